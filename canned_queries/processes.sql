@@ -1,0 +1,21 @@
+-- title: GPU processes
+-- description: Compute processes in each server's latest report, with owner (user), container or job, and VRAM in MiB (null where the driver does not report it, e.g. Windows WDDM).
+select
+  p.server_id,
+  coalesce(s.display_name, s.hostname) as server,
+  p.gpu_id,
+  g.gpu_index,
+  g.uuid as gpu_uuid,
+  p.pid,
+  p.process_name,
+  p.used_gpu_memory_mib,
+  p.user,
+  p.uid,
+  p.container,
+  p.container_kind,
+  p.ts
+from servers s
+join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
+left join gpus g on g.id = p.gpu_id
+where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+order by server collate nocase, g.gpu_index, p.used_gpu_memory_mib desc

@@ -1,0 +1,117 @@
+"""GPU collection: two bounded ``nvidia-smi --query-*`` calls per cycle, parsed by ``nvsmi``.
+
+The field set adapts to the installed driver: ``--help-query-gpu`` is read once, and a
+field the driver still rejects (``Field "x" is not a valid field to query.``) is dropped
+and remembered. Every outcome is reported by name in ``status["state"]``.
+"""
+
+from . import nvsmi
+from .runner import BoundedRunner
+
+# Fields dropped one at a time before giving up on a cycle (a driver rejects one per run).
+MAX_FIELD_RETRIES = 8
+
+
+def _text(data):
+    # Localised drivers and broken WSL installs print bytes that are not UTF-8.
+    return data.decode("utf-8", errors="replace")
+
+
+class GpuCollector:
+    """Collects GPUs and compute processes from ``nvidia-smi``.
+
+    ``nvidia_smi``: executable path or name. ``timeout``: seconds for each call.
+    ``runner``: a :class:`BoundedRunner` (shared so that a hung child blocks later calls).
+    ``discover_fields``: read ``--help-query-gpu`` once before the first query (else rely
+    on the field-by-field fallback alone).
+    """
+
+    def __init__(self, nvidia_smi="nvidia-smi", timeout=10.0, runner=None, discover_fields=True):
+        self.nvidia_smi = nvidia_smi
+        self.timeout = timeout
+        self.runner = runner or BoundedRunner()
+        self.supported = None  # names from --help-query-gpu; None until learnt
+        self.unsupported = set()
+        self._discover = discover_fields
+        self.calls = 0  # nvidia-smi processes started (for the benchmark)
+
+    def _run(self, args, timeout):
+        result = self.runner.run([self.nvidia_smi] + args, timeout)
+        if result.state not in ("busy", "not_found"):
+            self.calls += 1
+        return result
+
+    def _learn_fields(self, timeout):
+        result = self._run(["--help-query-gpu"], timeout)
+        if result.state == "ok" and result.returncode == 0:
+            names = nvsmi.parse_help_query_gpu(_text(result.stdout))
+            if names:
+                self.supported = names
+        return result
+
+    def collect(self):
+        """One collection. Returns ``{"status": {...}, "gpus": [...], "processes": [...]}``.
+
+        ``status``: ``{"state", "message", "lost", "stale"}`` with ``state`` one of
+        ``ok``, ``gpu_lost`` (some rows missing, named by bus id in ``lost``),
+        ``not_installed`` (no nvidia-smi: a host without NVIDIA GPUs, not an error),
+        ``driver_mismatch``, ``no_devices``, ``driver_not_loaded``,
+        ``insufficient_permissions``, ``timeout``, ``busy`` (an earlier call is still
+        alive), ``error``. ``gpus``: dicts keyed by nvidia-smi field names
+        (``nvsmi.GPU_FIELDS``). ``processes``: dicts from ``nvsmi.parse_compute_apps``.
+        """
+        if self._discover:
+            self._discover = False
+            first = self._learn_fields(self.timeout)
+            early = self._failure(first)
+            if early is not None and early["state"] in ("not_installed", "timeout", "busy"):
+                return {"status": early, "gpus": [], "processes": []}
+        for _ in range(MAX_FIELD_RETRIES):
+            fields = nvsmi.choose_fields(self.supported, self.unsupported)
+            query = ",".join(name for _, name, _ in fields)
+            result = self._run([f"--query-gpu={query}", "--format=csv,noheader,nounits"], self.timeout)
+            failure = self._failure(result)
+            if failure is None or failure["state"] != "error":
+                break
+            bad = nvsmi.invalid_field(_text(result.stdout) + _text(result.stderr))
+            if bad is None or bad in self.unsupported:
+                break
+            self.unsupported.add(bad)
+        gpus, lost, other = nvsmi.parse_gpu_rows(_text(result.stdout), fields) if result.state == "ok" else ([], [], [])
+        if failure is not None and not gpus and not lost:
+            return {"status": failure, "gpus": [], "processes": []}
+        status = {"state": "ok", "message": None, "lost": lost, "stale": False}
+        if lost:
+            status["state"] = "gpu_lost"
+            status["message"] = "; ".join(item["message"] for item in lost)[:4096]
+        elif failure is not None:
+            # Some rows parsed but nvidia-smi still failed: keep the rows, name the failure.
+            status.update(state=failure["state"], message=failure["message"])
+        elif other:
+            status["message"] = other[0]
+        processes = []
+        apps = self._run(
+            ["--query-compute-apps=" + ",".join(nvsmi.APP_FIELDS), "--format=csv,noheader,nounits"],
+            self.timeout,
+        )
+        if apps.state == "ok":
+            processes = nvsmi.parse_compute_apps(_text(apps.stdout))
+        return {"status": status, "gpus": gpus, "processes": processes}
+
+    def _failure(self, result):
+        """Status dict for a failed run, or None when nvidia-smi exited 0."""
+        if result.state == "not_found":
+            return {"state": "not_installed", "message": None, "lost": [], "stale": False}
+        if result.state == "timeout":
+            return {"state": "timeout", "lost": [], "stale": True,
+                    "message": f"nvidia-smi did not answer within {self.timeout:g} s and was killed"}
+        if result.state == "busy":
+            return {"state": "busy", "lost": [], "stale": True,
+                    "message": "an earlier nvidia-smi call is still running (killed, not yet exited)"}
+        if result.state == "error":
+            return {"state": "error", "lost": [], "stale": False,
+                    "message": "cannot run nvidia-smi: " + _text(result.stderr)[:400]}
+        if result.returncode == 0:
+            return None
+        state, message = nvsmi.classify_failure(result.returncode, _text(result.stdout) + "\n" + _text(result.stderr))
+        return {"state": state, "message": message, "lost": [], "stale": False}

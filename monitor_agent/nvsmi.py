@@ -1,0 +1,207 @@
+"""Pure parsing of ``nvidia-smi --query-*`` output (no I/O here).
+
+Input is what ``nvidia-smi --query-gpu=<fields> --format=csv,noheader,nounits`` and
+``--query-compute-apps=...`` print; output is plain dicts keyed by nvidia-smi field
+names, with units implied by the field (MiB, W, °C, %, MHz). Every sentinel nvidia-smi
+prints for a value it cannot give becomes ``None`` for that value only.
+"""
+
+import re
+
+# Values nvidia-smi prints instead of a number or name. Anything in [brackets] is also one.
+SENTINELS = frozenset(
+    {"", "N/A", "ERR!", "Unknown Error", "Not Supported", "Insufficient Permissions", "-"}
+)
+
+# (report key, query names in order of preference, kind). The report key is the
+# nvidia-smi name people know; the query names cover drivers that renamed a field.
+GPU_FIELDS = (
+    ("index", ("index",), "int"),
+    ("uuid", ("uuid",), "str"),
+    ("pci.bus_id", ("pci.bus_id",), "str"),
+    ("driver_version", ("driver_version",), "str"),
+    ("persistence_mode", ("persistence_mode",), "bool"),
+    ("utilization.gpu", ("utilization.gpu",), "num"),
+    ("utilization.memory", ("utilization.memory",), "num"),
+    ("memory.used", ("memory.used",), "int"),
+    ("memory.total", ("memory.total",), "int"),
+    ("memory.reserved", ("memory.reserved",), "int"),
+    ("temperature.gpu", ("temperature.gpu",), "num"),
+    ("temperature.memory", ("temperature.memory",), "num"),
+    ("power.draw", ("power.draw",), "num"),
+    ("power.draw.instant", ("power.draw.instant",), "num"),
+    ("power.draw.average", ("power.draw.average",), "num"),
+    ("power.limit", ("power.limit",), "num"),
+    ("fan.speed", ("fan.speed",), "num"),
+    ("clocks.sm", ("clocks.sm", "clocks.current.sm"), "int"),
+    ("clocks.mem", ("clocks.mem", "clocks.current.memory"), "int"),
+    ("pstate", ("pstate",), "str"),
+    ("clocks_event_reasons.active", ("clocks_event_reasons.active", "clocks_throttle_reasons.active"), "hex"),
+    ("ecc.errors.uncorrected.volatile.total", ("ecc.errors.uncorrected.volatile.total",), "int"),
+    ("retired_pages.pending", ("retired_pages.pending",), "bool"),
+    ("remapped_rows.pending", ("remapped_rows.pending",), "bool"),
+    ("mig.mode.current", ("mig.mode.current",), "bool"),
+    # Last, so a product name holding ", " cannot shift the other columns.
+    ("name", ("name",), "str"),
+)
+
+# process_name goes last: CSV is not quoted and paths may hold ", ", so everything after
+# the third separator is the name.
+APP_FIELDS = ("gpu_uuid", "pid", "used_gpu_memory", "process_name")
+
+_BUS_ID = r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]"
+_LOST_LINE = re.compile(r"(?:GPU|device handle for GPU)\s+(" + _BUS_ID + r")")
+_BAD_FIELD = re.compile(r'Field "([^"]+)" is not a valid field to query')
+_HELP_NAME = re.compile(r'"([A-Za-z0-9_.\[\]]+)"')
+
+_TRUE = {"enabled", "yes", "on", "active", "true"}
+_FALSE = {"disabled", "no", "off", "not active", "false"}
+
+
+def is_sentinel(text):
+    """True for values nvidia-smi prints in place of data (``[N/A]``, ``ERR!``, ...)."""
+    text = text.strip()
+    return text in SENTINELS or (text.startswith("[") and text.endswith("]"))
+
+
+def parse_value(text, kind):
+    """One CSV cell (``nounits``) to a Python value of ``kind``; sentinels and junk → None.
+
+    ``kind``: ``num`` (float, or int when integral), ``int``, ``hex`` (``0x...`` → int),
+    ``bool`` (Enabled/Disabled, Yes/No), ``str``.
+    """
+    text = text.strip()
+    if is_sentinel(text):
+        return None
+    if kind == "str":
+        return text
+    if kind == "bool":
+        low = text.lower()
+        return True if low in _TRUE else False if low in _FALSE else None
+    try:
+        if kind == "hex":
+            return int(text, 16)
+        number = float(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    if kind == "int" or number.is_integer():
+        return int(number)
+    return number
+
+
+def parse_help_query_gpu(text):
+    """Names (and aliases) listed by ``nvidia-smi --help-query-gpu``, as a set of str."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith('"'):
+            names.update(_HELP_NAME.findall(line))
+    return names
+
+
+def choose_fields(supported=None, unsupported=()):
+    """Pick the query name for each :data:`GPU_FIELDS` entry.
+
+    ``supported`` is the set from :func:`parse_help_query_gpu` (None = unknown: try the
+    first name); ``unsupported`` names were rejected by the driver. Returns a list of
+    ``(report_key, query_name, kind)``.
+    """
+    chosen = []
+    for key, names, kind in GPU_FIELDS:
+        for name in names:
+            if name in unsupported:
+                continue
+            if supported is None or name in supported:
+                chosen.append((key, name, kind))
+                break
+    return chosen
+
+
+def invalid_field(text):
+    """The field named in ``Field "x" is not a valid field to query.``, else None."""
+    match = _BAD_FIELD.search(text)
+    return match.group(1) if match else None
+
+
+def parse_gpu_rows(text, fields):
+    """Parse ``--query-gpu`` output for ``fields`` (from :func:`choose_fields`).
+
+    Returns ``(gpus, lost, other)``: ``gpus`` a list of dicts keyed by report key;
+    ``lost`` a list of ``{"pci.bus_id", "message"}`` for error lines that name a GPU
+    (``Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error``,
+    ``... GPU is lost``); ``other`` the remaining unparseable lines.
+    """
+    gpus, lost, other = [], [], []
+    n = len(fields)
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = line.split(", ", n - 1)
+        if len(cells) == n and not _LOST_LINE.search(line):
+            gpu = {key: parse_value(cell, kind) for (key, _, kind), cell in zip(fields, cells)}
+            gpus.append(gpu)
+            continue
+        match = _LOST_LINE.search(line)
+        if match:
+            lost.append({"pci.bus_id": match.group(1), "message": line.strip()[:1024]})
+        else:
+            other.append(line.strip()[:1024])
+    return gpus, lost, other
+
+
+def parse_compute_apps(text):
+    """Parse ``--query-compute-apps=gpu_uuid,pid,used_gpu_memory,process_name`` output.
+
+    Returns a list of ``{"gpu_uuid", "pid", "used_gpu_memory", "process_name"}``;
+    ``pid`` / ``used_gpu_memory`` (MiB) are None for sentinels (``[N/A]`` on WDDM).
+    Lines that do not have the four columns are skipped.
+    """
+    apps = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = line.split(", ", 3)
+        if len(cells) != 4:
+            continue
+        uuid, pid, mem, name = cells
+        uuid = parse_value(uuid, "str")
+        if uuid is None or not uuid.startswith(("GPU-", "MIG-")):
+            continue
+        apps.append(
+            {
+                "gpu_uuid": uuid,
+                "pid": parse_value(pid, "int"),
+                "used_gpu_memory": parse_value(mem, "int"),
+                "process_name": name.strip()[:4096] if not is_sentinel(name) else None,
+            }
+        )
+    return apps
+
+
+# (state, pattern in nvidia-smi's output) for whole-tool failures, checked in order.
+FAILURES = (
+    ("driver_mismatch", re.compile(r"Driver/library version mismatch", re.I)),
+    ("insufficient_permissions", re.compile(r"Insufficient Permissions", re.I)),
+    ("no_devices", re.compile(r"No devices were found", re.I)),
+    ("driver_not_loaded", re.compile(r"couldn't communicate with the NVIDIA driver|NVIDIA driver is not loaded", re.I)),
+)
+
+
+def classify_failure(returncode, text):
+    """Name a failed nvidia-smi run: ``(state, message)``.
+
+    ``state`` is one of ``driver_mismatch``, ``insufficient_permissions``,
+    ``no_devices``, ``driver_not_loaded`` or ``error``; ``message`` is nvidia-smi's own
+    first meaningful line (at most 500 chars), or the exit code when it printed nothing.
+    """
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    message = lines[0][:500] if lines else f"nvidia-smi exited with code {returncode}"
+    for state, pattern in FAILURES:
+        if pattern.search(text):
+            for line in lines:
+                if pattern.search(line):
+                    message = line[:500]
+                    break
+            return state, message
+    return "error", message

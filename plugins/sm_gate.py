@@ -1,0 +1,213 @@
+"""The hub's front door (one ASGI wrapper around Datasette).
+
+1. ``/api/report`` goes to the WSGI ingest app (``ingest.py``) on the same port, run in
+   one worker thread so writes never block the event loop.
+2. Every other request is private: the session cookie is resolved to an actor here, and
+   anonymous requests for anything but the login page and static assets get a redirect
+   to ``/login`` (HTML) or a 401 JSON error (API and ``.json`` paths).
+3. Every response gets security headers; pages that set their own stricter
+   Content-Security-Policy keep it.
+"""
+
+import asyncio
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from http.cookies import SimpleCookie
+from urllib.parse import quote
+
+from datasette import hookimpl
+
+from server_monitor import hub
+
+INGEST_PATH = "/api/report"
+PUBLIC_PATHS = {"/login", "/favicon.ico"}
+PUBLIC_PREFIXES = ("/static/", "/-/static/", "/-/static-plugins/")
+BASELINE_CSP = "frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'"
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+def _header(scope, name):
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def wants_json(scope):
+    """True for API-style requests, which get JSON errors instead of redirects."""
+    path = scope.get("path", "")
+    query = scope.get("query_string", b"").decode("latin-1")
+    if path.startswith("/api/") or path.endswith(".json") or "_format=json" in query:
+        return True
+    accept = _header(scope, b"accept")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def session_id_from_scope(scope, datasette):
+    """The raw session id from the signed ``sm_session`` cookie, or None."""
+    raw = _header(scope, b"cookie")
+    if hub.SESSION_COOKIE not in raw:
+        return None
+    cookie = SimpleCookie()
+    try:
+        cookie.load(raw)
+    except Exception:  # malformed cookie header: treat as anonymous
+        return None
+    morsel = cookie.get(hub.SESSION_COOKIE)
+    if morsel is None:
+        return None
+    try:
+        data = datasette.unsign(morsel.value, hub.SESSION_NAMESPACE)
+    except Exception:  # bad signature
+        return None
+    return data.get("sid") if isinstance(data, dict) else None
+
+
+def _strip_cookie(scope, name):
+    """Drop cookie ``name`` from the request (Datasette's own ``ds_actor`` is not honoured)."""
+    headers = []
+    for key, value in scope.get("headers") or ():
+        if key == b"cookie" and name.encode() in value:
+            parts = [p for p in value.split(b";") if not p.strip().startswith(name.encode() + b"=")]
+            value = b";".join(parts).strip()
+            if not value:
+                continue
+        headers.append((key, value))
+    return dict(scope, headers=headers)
+
+
+async def send_json(send, status, body, extra=()):
+    payload = json.dumps(body).encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json; charset=utf-8"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"cache-control", b"no-store")] + list(extra) + SECURITY_HEADERS,
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def redirect(send, location):
+    await send({
+        "type": "http.response.start",
+        "status": 302,
+        "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0"),
+                    (b"cache-control", b"no-store")] + SECURITY_HEADERS,
+    })
+    await send({"type": "http.response.body", "body": b""})
+
+
+class IngestBridge:
+    """Runs the WSGI ingest app for an ASGI request in a single worker thread."""
+
+    def __init__(self):
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+
+    async def __call__(self, app, scope, receive, send):
+        length = _header(scope, b"content-length").strip()
+        body = b""
+        # Read the body only when its declared size is acceptable; the app itself answers
+        # 411/413 otherwise, before anything large is read.
+        if length.isdigit() and int(length) <= app.max_bytes:
+            want = int(length)
+            more = True
+            while more and len(body) < want:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+        client = scope.get("client") or ("", 0)
+        environ = {
+            "REQUEST_METHOD": scope["method"],
+            "PATH_INFO": scope["path"],
+            "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+            "CONTENT_LENGTH": length,
+            "CONTENT_TYPE": _header(scope, b"content-type"),
+            "REMOTE_ADDR": client[0] or "",
+            "SERVER_NAME": "server-monitor",
+            "SERVER_PORT": "0",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": scope.get("scheme", "http"),
+            "wsgi.errors": io.StringIO(),
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for key, value in scope.get("headers") or ():
+            name = "HTTP_" + key.decode("latin-1").upper().replace("-", "_")
+            if name not in ("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"):
+                environ[name] = value.decode("latin-1")
+        captured = {}
+
+        def start_response(status, headers, exc_info=None):
+            captured["status"] = int(status.split(" ", 1)[0])
+            captured["headers"] = headers
+
+        def call():
+            return b"".join(app(environ, start_response))
+
+        payload = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        await send({
+            "type": "http.response.start",
+            "status": captured["status"],
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in captured["headers"]]
+            + SECURITY_HEADERS,
+        })
+        await send({"type": "http.response.body", "body": payload})
+
+
+def is_public(path):
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+@hookimpl
+def asgi_wrapper(datasette):
+    bridge = IngestBridge()
+
+    def wrap(app):
+        async def gate(scope, receive, send):
+            if scope["type"] != "http":
+                return await app(scope, receive, send)
+            ctx = hub.context(datasette)
+            path = scope.get("path", "")
+            if path == INGEST_PATH:
+                return await bridge(ctx.ingest, scope, receive, send)
+            scope = _strip_cookie(scope, "ds_actor")
+            session_id = session_id_from_scope(scope, datasette)
+            actor = ctx.actor_for_session(session_id) if session_id else None
+            scope = dict(scope, **{"sm.actor": actor, "sm.session_id": session_id if actor else None})
+            if actor is None and not is_public(path):
+                if wants_json(scope):
+                    return await send_json(
+                        send, 401, {"ok": False, "status": 401, "error": "login required"},
+                        [(b"www-authenticate", b'Cookie realm="server-monitor"')],
+                    )
+                target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+                return await redirect(send, "/login?next=" + quote(target, safe=""))
+
+            async def send_with_headers(message):
+                if message["type"] == "http.response.start":
+                    headers = list(message.get("headers") or [])
+                    names = {k.lower() for k, _ in headers}
+                    headers += [h for h in SECURITY_HEADERS if h[0] not in names]
+                    if b"content-security-policy" not in names:
+                        headers.append((b"content-security-policy", BASELINE_CSP.encode()))
+                    if b"cache-control" not in names and not path.startswith(PUBLIC_PREFIXES):
+                        headers.append((b"cache-control", b"no-store"))
+                    message = dict(message, headers=headers)
+                await send(message)
+
+            return await app(scope, receive, send_with_headers)
+
+        return gate
+
+    return wrap

@@ -1,0 +1,19 @@
+"""The hub's own HTML pages (dashboard at ``/``), rendered from ``templates/``.
+
+Pages carry no data: static JavaScript fetches the canned-query JSON and builds the DOM
+with ``textContent`` only. Each page sends a Content-Security-Policy without
+``'unsafe-inline'`` or ``'unsafe-eval'``.
+"""
+
+from datasette import hookimpl
+
+from server_monitor.web import page
+
+
+async def dashboard(request, datasette):
+    return await page(datasette, request, "dashboard.html")
+
+
+@hookimpl
+def register_routes():
+    return [(r"^/$", dashboard)]

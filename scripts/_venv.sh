@@ -1,0 +1,20 @@
+# shellcheck shell=bash
+# Sourced by run.sh and test.sh: create .venv and install pinned requirements when they changed.
+# Usage: ensure_venv ROOT REQUIREMENTS_FILE
+ensure_venv() {
+  local root=$1 requirements=$2
+  local venv="$root/.venv" stamp
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "Creating $venv" >&2
+    python3 -m venv "$venv"
+  fi
+  stamp="$venv/.installed-$(basename "$requirements")"
+  local want
+  want=$(cat "$root/requirements.txt" "$requirements" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "Installing $(basename "$requirements") into $venv" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$root"
+    echo "$want" > "$stamp"
+  fi
+}

@@ -1,0 +1,39 @@
+"""Print the report contract (server_monitor.contract.REPORT) as a Markdown table.
+
+    .venv/bin/python scripts/contract_doc.py > /tmp/contract.md
+
+docs/api.md embeds this output between the CONTRACT markers; a test keeps them in sync.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from server_monitor.contract import List, Obj, REPORT  # noqa: E402
+
+
+def rows(spec, path=""):
+    for key, sub in spec.fields.items():
+        name = f"{path}.{key}" if path else key
+        kind = sub.type_name
+        if isinstance(sub, List):
+            kind = f"array of {sub.items.type_name}"
+        need = "required" if sub.required else "optional"
+        if not sub.nullable:
+            need += ", not null"
+        yield f"| `{name}` | {kind} | {sub.unit or ''} | {sub.range_text()} | {need} | {sub.doc} |"
+        if isinstance(sub, Obj):
+            yield from rows(sub, name)
+        elif isinstance(sub, List) and isinstance(sub.items, Obj):
+            yield from rows(sub.items, name + "[]")
+
+
+def markdown():
+    lines = ["| field | type | unit | range | presence | meaning / source |", "|---|---|---|---|---|---|"]
+    lines.extend(rows(REPORT))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown())

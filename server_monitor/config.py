@@ -1,0 +1,169 @@
+"""Hub configuration: ``config.yaml`` loading, defaults and first-run creation.
+
+The file keeps the keys of the original product (``server.host``, ``server.port``,
+``server.secret_key``, ``auth.username``, ``auth.password`` / ``auth.password_hash``,
+``agent.token``, ``data.retention_days``) and adds a few of our own, all optional.
+Relative paths in ``data.*`` are resolved against the directory holding the config file.
+"""
+
+import copy
+import os
+import secrets
+from dataclasses import dataclass
+
+import yaml
+from datasette_auth_passwords.utils import hash_password
+
+ENV_VAR = "SERVER_MONITOR_CONFIG"
+
+DEFAULTS = {
+    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None},
+    "auth": {
+        "username": "admin",
+        "password": None,
+        "password_hash": None,
+        "session_hours": 12,
+        "trusted_proxy_header": None,
+    },
+    "agent": {"token": None, "max_report_bytes": 1_048_576},
+    "data": {
+        "path": "monitor.db",
+        "auth_path": "auth.db",
+        "retention_days": 7,
+    },
+}
+
+
+class ConfigError(ValueError):
+    """Raised when ``config.yaml`` is missing a required key or holds a wrong type."""
+
+
+@dataclass
+class Config:
+    """The parsed hub configuration (a dict tree) plus the file it came from."""
+
+    data: dict
+    path: str
+
+    def get(self, dotted, default=None):
+        """Value at ``"section.key"``, or ``default`` when absent or null."""
+        node = self.data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or node.get(part) is None:
+                return default
+            node = node[part]
+        return node
+
+    def resolve(self, dotted):
+        """A path-valued key resolved against the config file's directory."""
+        value = self.get(dotted)
+        if value is None:
+            return None
+        if os.path.isabs(value):
+            return value
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), value)
+
+    @property
+    def db_path(self):
+        """Absolute path of the metrics database (Datasette name: its file stem)."""
+        return self.resolve("data.path")
+
+    @property
+    def auth_db_path(self):
+        """Absolute path of the accounts/sessions database, never served by Datasette."""
+        return self.resolve("data.auth_path")
+
+
+def _merge(defaults, given):
+    out = copy.deepcopy(defaults)
+    for key, value in (given or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check(data):
+    for section in ("server", "auth", "agent", "data"):
+        if not isinstance(data.get(section), dict):
+            raise ConfigError(f"config: '{section}' must be a mapping")
+    port = data["server"]["port"]
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError("config: server.port must be an integer 1..65535")
+    for key in ("server.secret_key", "agent.token"):
+        section, name = key.split(".")
+        value = data[section][name]
+        if not isinstance(value, str) or len(value) < 16:
+            raise ConfigError(f"config: {key} must be a string of at least 16 characters")
+    auth = data["auth"]
+    if not isinstance(auth.get("username"), str) or not auth["username"].strip():
+        raise ConfigError("config: auth.username must be a non-empty string")
+    if not (auth.get("password") or auth.get("password_hash")):
+        raise ConfigError("config: set auth.password_hash (preferred) or auth.password")
+    if auth.get("password_hash") and not str(auth["password_hash"]).startswith("pbkdf2_sha256$"):
+        raise ConfigError("config: auth.password_hash must be a pbkdf2_sha256$... hash")
+    days = data["data"]["retention_days"]
+    if not isinstance(days, (int, float)) or days <= 0:
+        raise ConfigError("config: data.retention_days must be a positive number")
+
+
+def load(path):
+    """Read and validate ``path``; return a :class:`Config`.
+
+    Raises :class:`ConfigError` for a missing file, bad YAML or a bad value.
+    """
+    try:
+        with open(path, encoding="utf-8") as fp:
+            given = yaml.safe_load(fp) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}")
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}")
+    if not isinstance(given, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    data = _merge(DEFAULTS, given)
+    _check(data)
+    return Config(data=data, path=os.path.abspath(path))
+
+
+def admin_password_hash(config):
+    """The admin's PBKDF2 hash: ``auth.password_hash``, else a hash of ``auth.password``.
+
+    The plain password is hashed in memory once per process and never stored elsewhere.
+    """
+    stored = config.get("auth.password_hash")
+    if stored:
+        return stored
+    cached = config.data["auth"].get("_derived_hash")
+    if not cached:
+        cached = hash_password(config.get("auth.password"))
+        config.data["auth"]["_derived_hash"] = cached
+    return cached
+
+
+def create(path, username="admin", host="127.0.0.1", port=5100):
+    """Write a new config with random secrets to ``path`` (mode 0600).
+
+    Returns ``(Config, password)``; the generated admin password exists only in the
+    return value (the file stores its PBKDF2 hash). Raises ``FileExistsError`` if the
+    file is already there.
+    """
+    password = secrets.token_urlsafe(12)
+    data = {
+        "server": {"host": host, "port": port, "secret_key": secrets.token_hex(32)},
+        "auth": {"username": username, "password_hash": hash_password(password)},
+        "agent": {"token": secrets.token_urlsafe(32)},
+        "data": {"path": "monitor.db", "auth_path": "auth.db", "retention_days": 7},
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fp:
+        fp.write("# Server Monitor hub configuration (created on first run).\n")
+        fp.write("# Keep this file private: it holds the session secret and the agent token.\n")
+        yaml.safe_dump(data, fp, sort_keys=False)
+    return load(path), password
+
+
+def from_env():
+    """Load the config named by ``$SERVER_MONITOR_CONFIG`` (default ``./config.yaml``)."""
+    return load(os.environ.get(ENV_VAR, "config.yaml"))

@@ -1,0 +1,352 @@
+"""The agent report contract (version 1): a declarative spec and a total validator.
+
+``validate_report(obj)`` either returns a normalised copy of the report (every known key
+present, missing optional values as ``None``, unknown keys dropped) or raises
+:class:`ContractError` naming the first bad field by its path, e.g.
+``gpus[1].utilization.gpu: expected a number from 0 to 100, got 140``.
+
+The validator never raises anything else for any JSON value, so ingest can map
+``ContractError`` to HTTP 400 and treat every other exception as a bug. ``docs/api.md``
+documents the same spec (generated from :data:`REPORT` by ``scripts/contract_doc.py``).
+"""
+
+import math
+import re
+
+CONTRACT_VERSION = 1
+
+
+class ContractError(ValueError):
+    """A report that breaks the contract; ``str()`` is the message sent to the agent."""
+
+    def __init__(self, path, message):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+def _describe(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Spec:
+    """Base of the field specs. ``doc`` and ``unit`` feed the API documentation."""
+
+    type_name = "value"
+
+    def __init__(self, required=False, nullable=True, doc="", unit=""):
+        self.required = required
+        self.nullable = nullable
+        self.doc = doc
+        self.unit = unit
+
+    def check(self, value, path):
+        if value is None:
+            if not self.nullable:
+                raise ContractError(path, f"must not be null (expected {self.type_name})")
+            return None
+        return self._check(value, path)
+
+    def _check(self, value, path):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def range_text(self):
+        return ""
+
+
+class Num(Spec):
+    """A JSON number (bool excluded), finite, within ``[min, max]``."""
+
+    type_name = "number"
+
+    def __init__(self, min=None, max=None, integer=False, **kw):
+        super().__init__(**kw)
+        self.min, self.max, self.integer = min, max, integer
+        if integer:
+            self.type_name = "integer"
+
+    def _check(self, value, path):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ContractError(path, f"expected {self.type_name}, got {_describe(value)}")
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ContractError(path, f"expected a finite {self.type_name}")
+            if self.integer:
+                if not value.is_integer():
+                    raise ContractError(path, f"expected integer, got {_describe(value)}")
+                value = int(value)
+        if (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        ):
+            raise ContractError(
+                path, f"expected {self.type_name} {self.range_text()}, got {_describe(value)}"
+            )
+        return value
+
+    def range_text(self):
+        if self.min is not None and self.max is not None:
+            return f"from {self.min:g} to {self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        if self.max is not None:
+            return f"<= {self.max:g}"
+        return ""
+
+
+def Int(min=None, max=None, **kw):
+    """An integral number (``3`` or ``3.0``), returned as ``int``."""
+    return Num(min=min, max=max, integer=True, **kw)
+
+
+class Str(Spec):
+    """A string of at most ``maxlen`` characters, valid UTF-8, no NUL; optional regex."""
+
+    type_name = "string"
+
+    def __init__(self, maxlen=256, minlen=0, pattern=None, choices=None, **kw):
+        super().__init__(**kw)
+        self.maxlen, self.minlen = maxlen, minlen
+        self.pattern = re.compile(pattern) if pattern else None
+        self.choices = tuple(choices) if choices else None
+
+    def _check(self, value, path):
+        if not isinstance(value, str):
+            raise ContractError(path, f"expected string, got {_describe(value)}")
+        if len(value) > self.maxlen:
+            raise ContractError(path, f"longer than {self.maxlen} characters ({len(value)})")
+        if len(value) < self.minlen:
+            raise ContractError(path, f"shorter than {self.minlen} characters")
+        if "\x00" in value:
+            raise ContractError(path, "contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ContractError(path, "is not valid Unicode (lone surrogate)")
+        if self.choices is not None and value not in self.choices:
+            raise ContractError(path, f"expected one of {', '.join(self.choices)}, got {_describe(value)}")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise ContractError(path, f"does not match {self.pattern.pattern}")
+        return value
+
+    def range_text(self):
+        if self.choices:
+            return "one of " + ", ".join(f"`{c}`" for c in self.choices)
+        return f"≤ {self.maxlen} chars"
+
+
+class Bool(Spec):
+    """``true`` or ``false``."""
+
+    type_name = "boolean"
+
+    def _check(self, value, path):
+        if not isinstance(value, bool):
+            raise ContractError(path, f"expected boolean, got {_describe(value)}")
+        return value
+
+
+class Obj(Spec):
+    """A JSON object with known ``fields``; unknown keys are ignored."""
+
+    type_name = "object"
+
+    def __init__(self, fields, **kw):
+        super().__init__(**kw)
+        self.fields = fields
+
+    def _check(self, value, path):
+        if not isinstance(value, dict):
+            raise ContractError(path, f"expected object, got {_describe(value)}")
+        out = {}
+        for key, spec in self.fields.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in value:
+                if spec.required:
+                    raise ContractError(sub, "is required")
+                out[key] = None
+                continue
+            out[key] = spec.check(value[key], sub)
+        return out
+
+
+class List(Spec):
+    """A JSON array of at most ``max_items`` items, each checked by ``items``."""
+
+    type_name = "array"
+
+    def __init__(self, items, max_items, **kw):
+        super().__init__(**kw)
+        self.items, self.max_items = items, max_items
+
+    def _check(self, value, path):
+        if not isinstance(value, list):
+            raise ContractError(path, f"expected array, got {_describe(value)}")
+        if len(value) > self.max_items:
+            raise ContractError(path, f"more than {self.max_items} items ({len(value)})")
+        return [self.items.check(item, f"{path}[{i}]") for i, item in enumerate(value)]
+
+    def range_text(self):
+        return f"≤ {self.max_items} items"
+
+
+def _pct(doc, source):
+    return Num(0, 100, doc=doc, unit=f"% ({source})")
+
+
+BYTES = 2**62
+MIB = 2**40
+
+# Collector states the agent reports by name (see docs/api.md for their meaning).
+GPU_STATES = (
+    "ok",
+    "not_installed",
+    "gpu_lost",
+    "driver_mismatch",
+    "no_devices",
+    "driver_not_loaded",
+    "insufficient_permissions",
+    "timeout",
+    "busy",
+    "error",
+)
+
+HOST = Obj(
+    {
+        "machine_id": Str(128, pattern=r"[A-Za-z0-9_.:-]+", doc="/etc/machine-id; stable host identity"),
+        "hostname": Str(253, minlen=1, required=True, nullable=False, doc="socket.gethostname()"),
+        "os": Str(256, doc="OS name and version, from /etc/os-release PRETTY_NAME"),
+        "kernel": Str(256, doc="platform.release()"),
+        "arch": Str(64, doc="platform.machine()"),
+        "cpu_model": Str(256, doc="/proc/cpuinfo 'model name'"),
+        "cpu_count": Int(1, 65536, doc="logical CPUs, psutil.cpu_count()"),
+        "boot_time": Num(0, 1e11, doc="psutil.boot_time()", unit="epoch s"),
+        "agent_version": Str(64, doc="agent release"),
+    },
+    required=True,
+    nullable=False,
+)
+
+CPU = Obj(
+    {
+        "percent": Num(0, 100, doc="busy share over the whole report interval (psutil counter delta)", unit="%"),
+        "load_1": Num(0, 1e6, doc="os.getloadavg()[0]"),
+        "load_5": Num(0, 1e6, doc="os.getloadavg()[1]"),
+        "load_15": Num(0, 1e6, doc="os.getloadavg()[2]"),
+    }
+)
+
+MEMORY = Obj(
+    {
+        "total_bytes": Int(0, BYTES, doc="psutil.virtual_memory().total", unit="B"),
+        "used_bytes": Int(0, BYTES, doc="total - available", unit="B"),
+        "swap_total_bytes": Int(0, BYTES, doc="psutil.swap_memory().total", unit="B"),
+        "swap_used_bytes": Int(0, BYTES, doc="psutil.swap_memory().used", unit="B"),
+    }
+)
+
+NETWORK = Obj(
+    {
+        "rx_bytes_per_s": Num(0, 1e13, doc="receive rate over the interval, physical NICs only", unit="B/s"),
+        "tx_bytes_per_s": Num(0, 1e13, doc="transmit rate over the interval, physical NICs only", unit="B/s"),
+    }
+)
+
+DISK = Obj(
+    {
+        "mountpoint": Str(1024, minlen=1, required=True, nullable=False, doc="mount point"),
+        "device": Str(1024, doc="block device or pool name"),
+        "fstype": Str(64, doc="filesystem type"),
+        "total_bytes": Int(0, BYTES, doc="psutil.disk_usage().total", unit="B"),
+        "used_bytes": Int(0, BYTES, doc="psutil.disk_usage().used", unit="B"),
+    }
+)
+
+LOST_GPU = Obj(
+    {
+        "pci.bus_id": Str(64, doc="bus id named in nvidia-smi's error line"),
+        "message": Str(1024, doc="nvidia-smi's error line"),
+    }
+)
+
+GPU_STATUS = Obj(
+    {
+        "state": Str(32, choices=GPU_STATES, doc="collector state by name"),
+        "message": Str(4096, doc="nvidia-smi's own error text, when not ok"),
+        "lost": List(LOST_GPU, 64, doc="GPUs nvidia-smi could not read this time"),
+        "stale": Bool(doc="true when the GPU values are from an earlier collection"),
+    }
+)
+
+GPU = Obj(
+    {
+        "index": Int(0, 1023, doc="nvidia-smi index"),
+        "uuid": Str(128, doc="nvidia-smi uuid; identity of the GPU"),
+        "name": Str(256, doc="nvidia-smi name"),
+        "pci.bus_id": Str(64, doc="nvidia-smi pci.bus_id"),
+        "driver_version": Str(64, doc="nvidia-smi driver_version"),
+        "utilization.gpu": _pct("kernel duty cycle; null under MIG", "utilization.gpu"),
+        "utilization.memory": _pct("memory controller duty cycle; null under MIG", "utilization.memory"),
+        "memory.used": Int(0, MIB, doc="nvidia-smi memory.used", unit="MiB"),
+        "memory.total": Int(0, MIB, doc="nvidia-smi memory.total", unit="MiB"),
+        "memory.reserved": Int(0, MIB, doc="nvidia-smi memory.reserved", unit="MiB"),
+        "temperature.gpu": Num(-100, 250, doc="nvidia-smi temperature.gpu", unit="°C"),
+        "temperature.memory": Num(-100, 250, doc="nvidia-smi temperature.memory (HBM)", unit="°C"),
+        "power.draw": Num(0, 10000, doc="nvidia-smi power.draw", unit="W"),
+        "power.draw.instant": Num(0, 10000, doc="nvidia-smi power.draw.instant", unit="W"),
+        "power.draw.average": Num(0, 10000, doc="nvidia-smi power.draw.average", unit="W"),
+        "power.limit": Num(0, 10000, doc="nvidia-smi power.limit", unit="W"),
+        "fan.speed": Num(0, 1000, doc="nvidia-smi fan.speed (may exceed 100); null when fanless", unit="%"),
+        "clocks.sm": Int(0, 100000, doc="nvidia-smi clocks.sm", unit="MHz"),
+        "clocks.mem": Int(0, 100000, doc="nvidia-smi clocks.mem", unit="MHz"),
+        "pstate": Str(8, doc="nvidia-smi pstate (P0..P15)"),
+        "clocks_event_reasons.active": Int(0, 2**63 - 1, doc="bitmask (clocks_throttle_reasons.active on old drivers)"),
+        "ecc.errors.uncorrected.volatile.total": Int(0, 2**62, doc="since last driver load"),
+        "retired_pages.pending": Bool(doc="nvidia-smi retired_pages.pending (Yes/No)"),
+        "remapped_rows.pending": Bool(doc="nvidia-smi remapped_rows.pending (Yes/No)"),
+        "mig.mode.current": Bool(doc="nvidia-smi mig.mode.current (Enabled/Disabled)"),
+        "persistence_mode": Bool(doc="nvidia-smi persistence_mode (Enabled/Disabled)"),
+    }
+)
+
+PROCESS = Obj(
+    {
+        "gpu_uuid": Str(128, doc="--query-compute-apps gpu_uuid"),
+        "pid": Int(0, 2**31, doc="--query-compute-apps pid (host PID namespace)"),
+        "process_name": Str(4096, doc="--query-compute-apps process_name"),
+        "used_gpu_memory": Int(0, MIB, doc="--query-compute-apps used_gpu_memory; null on WDDM", unit="MiB"),
+        "user": Str(256, doc="owner's name from the host or the container's passwd"),
+        "uid": Int(0, 2**32, doc="real UID from /proc/<pid>/status"),
+        "container": Str(512, doc="container / job name from /proc/<pid>/cgroup"),
+        "container_kind": Str(32, doc="lxc, incus, docker, podman, kubernetes, slurm, user-slice"),
+    }
+)
+
+REPORT = Obj(
+    {
+        "contract_version": Int(CONTRACT_VERSION, CONTRACT_VERSION, required=True, nullable=False, doc="always 1"),
+        "report_id": Str(64, minlen=8, pattern=r"[A-Za-z0-9_.:-]+", required=True, nullable=False,
+                         doc="unique per report; a repeated id is stored once"),
+        "sample_time": Num(1e9, 1e11, required=True, nullable=False, doc="agent clock at collection", unit="epoch s"),
+        "sent_at": Num(1e9, 1e11, doc="agent clock at sending (used to measure clock skew)", unit="epoch s"),
+        "interval": Num(1, 86400, doc="agent's reporting interval", unit="s"),
+        "host": HOST,
+        "cpu": CPU,
+        "memory": MEMORY,
+        "network": NETWORK,
+        "uptime_s": Num(0, 1e10, doc="now - boot_time", unit="s"),
+        "disks": List(DISK, 256, doc="real mounted filesystems"),
+        "gpu_status": GPU_STATUS,
+        "gpus": List(GPU, 64, doc="one object per GPU nvidia-smi could read"),
+        "processes": List(PROCESS, 4096, doc="compute processes on any GPU"),
+    },
+    nullable=False,
+)
+
+
+def validate_report(obj):
+    """Check one decoded JSON report against :data:`REPORT`.
+
+    Returns the normalised report dict. Raises :class:`ContractError` for anything
+    else; no other exception escapes for any JSON-decodable input.
+    """
+    return REPORT.check(obj, "")

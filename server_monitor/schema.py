@@ -1,0 +1,237 @@
+"""The metrics database schema (``monitor.db``) and its migrations.
+
+Layout (see ``docs/schema.md`` for every column):
+
+* ``servers`` / ``gpus``: one row per host / per GPU, holding identity, admin state and the
+  **latest** values, rewritten in the same transaction as each report so "latest state"
+  never scans history.
+* ``host_samples``, ``gpu_samples``, ``disk_samples``, ``gpu_processes``: append-only raw
+  history, keyed for "one server (or GPU) over N hours" range scans.
+
+Timestamps are integer UTC epoch seconds. The schema version lives in
+``PRAGMA user_version``; :data:`MIGRATIONS` is the ordered list of steps, each applied
+once in its own transaction. To change the schema, append a step, never edit one.
+"""
+
+import sqlite3
+
+import sqlite_utils
+
+MIGRATION_1 = """
+CREATE TABLE servers (
+    id INTEGER PRIMARY KEY,
+    machine_id TEXT NOT NULL UNIQUE,
+    hostname TEXT NOT NULL,
+    display_name TEXT,
+    status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'maintenance', 'fault')),
+    status_note TEXT,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    last_ts INTEGER,
+    interval_s INTEGER NOT NULL DEFAULT 30,
+    clock_skew_s INTEGER NOT NULL DEFAULT 0,
+    agent_version TEXT,
+    os TEXT,
+    kernel TEXT,
+    arch TEXT,
+    cpu_model TEXT,
+    cpu_count INTEGER,
+    boot_time INTEGER,
+    cpu_percent REAL,
+    load_1 REAL,
+    load_5 REAL,
+    load_15 REAL,
+    memory_used_bytes INTEGER,
+    memory_total_bytes INTEGER,
+    swap_used_bytes INTEGER,
+    swap_total_bytes INTEGER,
+    net_rx_bps REAL,
+    net_tx_bps REAL,
+    uptime_s INTEGER,
+    gpu_state TEXT,
+    gpu_message TEXT,
+    gpu_lost TEXT
+);
+
+CREATE TABLE gpus (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    uuid TEXT NOT NULL,
+    gpu_index INTEGER,
+    name TEXT,
+    pci_bus_id TEXT,
+    driver_version TEXT,
+    status TEXT NOT NULL DEFAULT 'active'
+        CHECK (status IN ('active', 'maintenance', 'fault')),
+    status_note TEXT,
+    first_seen INTEGER NOT NULL,
+    last_ts INTEGER,
+    present INTEGER NOT NULL DEFAULT 1,
+    utilization_gpu INTEGER,
+    utilization_memory INTEGER,
+    memory_used_mib INTEGER,
+    memory_total_mib INTEGER,
+    memory_reserved_mib INTEGER,
+    temperature_gpu_c INTEGER,
+    temperature_memory_c INTEGER,
+    power_draw_w REAL,
+    power_limit_w REAL,
+    fan_speed INTEGER,
+    clocks_sm_mhz INTEGER,
+    clocks_mem_mhz INTEGER,
+    pstate TEXT,
+    clocks_event_reasons_active INTEGER,
+    ecc_errors_uncorrected_volatile_total INTEGER,
+    retired_pages_pending INTEGER,
+    remapped_rows_pending INTEGER,
+    mig_mode INTEGER,
+    persistence_mode INTEGER,
+    UNIQUE (server_id, uuid)
+);
+
+CREATE TABLE host_samples (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    report_id TEXT NOT NULL,
+    cpu_percent REAL,
+    load_1 REAL,
+    memory_used_bytes INTEGER,
+    memory_total_bytes INTEGER,
+    swap_used_bytes INTEGER,
+    net_rx_bps REAL,
+    net_tx_bps REAL,
+    gpu_state TEXT,
+    PRIMARY KEY (server_id, ts)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX host_samples_report_id ON host_samples (report_id);
+
+CREATE TABLE gpu_samples (
+    gpu_id INTEGER NOT NULL REFERENCES gpus(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    utilization_gpu INTEGER,
+    utilization_memory INTEGER,
+    memory_used_mib INTEGER,
+    temperature_gpu_c INTEGER,
+    power_draw_w REAL,
+    fan_speed INTEGER,
+    PRIMARY KEY (gpu_id, ts)
+) WITHOUT ROWID;
+
+CREATE TABLE disk_samples (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    mountpoint TEXT NOT NULL,
+    device TEXT,
+    fstype TEXT,
+    total_bytes INTEGER,
+    used_bytes INTEGER,
+    PRIMARY KEY (server_id, ts, mountpoint)
+) WITHOUT ROWID;
+
+CREATE TABLE gpu_processes (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    gpu_id INTEGER REFERENCES gpus(id) ON DELETE CASCADE,
+    pid INTEGER,
+    process_name TEXT,
+    used_gpu_memory_mib INTEGER,
+    user TEXT,
+    uid INTEGER,
+    container TEXT,
+    container_kind TEXT
+);
+CREATE INDEX gpu_processes_server_ts ON gpu_processes (server_id, ts);
+CREATE INDEX gpus_server ON gpus (server_id);
+
+-- Liveness from the hub's clock: stale after two missed reports, offline after four.
+CREATE VIEW server_state AS
+SELECT s.*,
+    CAST(strftime('%s', 'now') AS INTEGER) - s.last_seen AS seen_age_s,
+    CASE
+        WHEN s.status = 'maintenance' THEN 'maintenance'
+        WHEN CAST(strftime('%s', 'now') AS INTEGER) - s.last_seen > s.interval_s * 4 + 30 THEN 'offline'
+        WHEN CAST(strftime('%s', 'now') AS INTEGER) - s.last_seen > s.interval_s * 2 + 10 THEN 'stale'
+        WHEN s.status = 'fault' OR coalesce(s.gpu_state, 'ok') NOT IN ('ok', 'not_installed') THEN 'error'
+        ELSE 'online'
+    END AS state
+FROM servers s;
+
+-- Latest GPU state with the processes of the server's newest report.
+CREATE VIEW gpu_state AS
+SELECT g.*,
+    (SELECT count(*) FROM gpu_processes p
+        WHERE p.server_id = g.server_id AND p.ts = s.last_ts AND p.gpu_id = g.id) AS process_count
+FROM gpus g JOIN servers s ON s.id = g.server_id;
+"""
+
+MIGRATIONS = [MIGRATION_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer release than this code knows."""
+
+
+def connect(path, timeout=5.0):
+    """Open ``path`` for writing with the pragmas every hub writer uses.
+
+    WAL journal (readers never block the writer), ``synchronous=NORMAL`` (durable at
+    checkpoints, safe against corruption), foreign keys on, ``busy_timeout`` =
+    ``timeout`` seconds. Returns a ``sqlite3.Connection`` in autocommit mode; callers
+    open transactions with ``BEGIN IMMEDIATE``.
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    return conn
+
+
+def migrate(path):
+    """Create or upgrade the database at ``path`` to :data:`SCHEMA_VERSION`.
+
+    Each pending step runs in one ``BEGIN IMMEDIATE`` transaction together with the
+    ``user_version`` bump, so a crash leaves the previous version intact. Returns the
+    version the database had before. Raises :class:`SchemaTooNew` when the file is
+    newer than this code.
+    """
+    sqlite_utils.Database(path).enable_wal()
+    conn = connect(path)
+    try:
+        before = conn.execute("PRAGMA user_version").fetchone()[0]
+        if before > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{path} has schema version {before}; this release knows {SCHEMA_VERSION}"
+            )
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # executescript would COMMIT first; run statement by statement instead.
+                for statement in _statements(MIGRATIONS[version - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return before
+    finally:
+        conn.close()
+
+
+def _statements(script):
+    """Split a migration script into statements (``sqlite3.complete_statement`` aware)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements

@@ -1,0 +1,277 @@
+"""Writing one validated report into ``monitor.db`` in a single transaction.
+
+``store_report`` appends the raw samples and refreshes the latest-state rows in
+``servers`` and ``gpus``. A report older than the latest one stored for its host
+(spool replay) is appended to history but leaves the latest state alone. A report whose
+id is already stored, or whose host already has a sample at the same second, is a
+duplicate: nothing is written and the caller answers 2xx.
+"""
+
+import json
+
+# Beyond this |agent clock - hub clock| the agent's clock is not trusted for ordering.
+SKEW_THRESHOLD_S = 30
+
+# Collector states in which the GPU list is complete, so a GPU missing from it is gone.
+_COMPLETE_GPU_STATES = (None, "ok", "gpu_lost", "not_installed")
+
+
+def machine_identity(host):
+    """Stable server key: ``/etc/machine-id`` when the agent sent one, else the hostname."""
+    return host.get("machine_id") or "hostname:" + host["hostname"]
+
+
+def gpu_identity(gpu):
+    """Stable GPU key within a server: uuid, else PCI bus id, else index."""
+    if gpu.get("uuid"):
+        return gpu["uuid"]
+    if gpu.get("pci.bus_id"):
+        return "bus:" + gpu["pci.bus_id"]
+    return "index:%s" % gpu.get("index")
+
+
+def sample_time(report, received_at):
+    """Hub-clock time of the sample and the measured clock skew (both int seconds).
+
+    Skew is ``sent_at - received_at`` (transit time is negligible at this resolution).
+    Within :data:`SKEW_THRESHOLD_S` the agent's ``sample_time`` is used as is; beyond it
+    the skew is subtracted, so a host with a wrong clock still lands in order.
+    """
+    ts = report["sample_time"]
+    skew = 0
+    if report.get("sent_at") is not None:
+        skew = report["sent_at"] - received_at
+        if abs(skew) > SKEW_THRESHOLD_S:
+            ts -= skew
+    return int(min(ts, received_at + SKEW_THRESHOLD_S)), int(round(skew))
+
+
+def _num(obj, key):
+    return None if obj is None else obj.get(key)
+
+
+def _bool(value):
+    return None if value is None else int(value)
+
+
+def store_report(conn, report, received_at):
+    """Store ``report`` (output of ``contract.validate_report``) received at ``received_at``.
+
+    ``conn`` is a connection from ``schema.connect`` (autocommit mode); the whole report
+    is written inside one ``BEGIN IMMEDIATE`` transaction. Returns
+    ``{"stored": bool, "server_id": int | None}``; ``stored`` is False for a duplicate.
+    Raises ``sqlite3.Error`` (nothing written) when the database fails.
+    """
+    host = report["host"]
+    ts, skew = sample_time(report, received_at)
+    gpu_status = report.get("gpu_status") or {}
+    gpu_state = gpu_status.get("state")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute(
+            "SELECT 1 FROM host_samples WHERE report_id = ?", (report["report_id"],)
+        ).fetchone():
+            conn.execute("ROLLBACK")
+            return {"stored": False, "server_id": None}
+        server_id, newest = _upsert_server(conn, report, host, ts, skew, received_at)
+        cpu, mem, net = report.get("cpu"), report.get("memory"), report.get("network")
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO host_samples (server_id, ts, received_at, report_id,"
+            " cpu_percent, load_1, memory_used_bytes, memory_total_bytes, swap_used_bytes,"
+            " net_rx_bps, net_tx_bps, gpu_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                server_id, ts, received_at, report["report_id"],
+                _num(cpu, "percent"), _num(cpu, "load_1"),
+                _num(mem, "used_bytes"), _num(mem, "total_bytes"), _num(mem, "swap_used_bytes"),
+                _num(net, "rx_bytes_per_s"), _num(net, "tx_bytes_per_s"), gpu_state,
+            ),
+        )
+        if cur.rowcount == 0:  # same host, same second: already have this sample
+            conn.execute("ROLLBACK")
+            return {"stored": False, "server_id": server_id}
+        gpu_ids = _store_gpus(conn, server_id, report.get("gpus") or [], ts, newest, gpu_state)
+        _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
+        disks = report.get("disks") or []
+        if disks:
+            conn.executemany(
+                "INSERT OR IGNORE INTO disk_samples (server_id, ts, mountpoint, device, fstype,"
+                " total_bytes, used_bytes) VALUES (?,?,?,?,?,?,?)",
+                [
+                    (server_id, ts, d["mountpoint"], d["device"], d["fstype"],
+                     d["total_bytes"], d["used_bytes"])
+                    for d in disks
+                ],
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return {"stored": True, "server_id": server_id}
+
+
+_SERVER_LATEST = (
+    "hostname", "last_ts", "interval_s", "clock_skew_s", "agent_version", "os", "kernel",
+    "arch", "cpu_model", "cpu_count", "boot_time", "cpu_percent", "load_1", "load_5",
+    "load_15", "memory_used_bytes", "memory_total_bytes", "swap_used_bytes",
+    "swap_total_bytes", "net_rx_bps", "net_tx_bps", "uptime_s", "gpu_state",
+    "gpu_message", "gpu_lost",
+)
+
+
+def _upsert_server(conn, report, host, ts, skew, received_at):
+    """Insert or refresh the ``servers`` row; returns ``(id, is_newest_report)``."""
+    cpu = report.get("cpu") or {}
+    mem = report.get("memory") or {}
+    net = report.get("network") or {}
+    status = report.get("gpu_status") or {}
+    lost = status.get("lost")
+    boot = host.get("boot_time")
+    interval = report.get("interval")
+    latest = dict(
+        hostname=host["hostname"], last_ts=ts,
+        interval_s=int(round(interval)) if interval else 30, clock_skew_s=skew,
+        agent_version=host.get("agent_version"), os=host.get("os"),
+        kernel=host.get("kernel"), arch=host.get("arch"), cpu_model=host.get("cpu_model"),
+        cpu_count=host.get("cpu_count"), boot_time=int(boot) if boot is not None else None,
+        cpu_percent=cpu.get("percent"), load_1=cpu.get("load_1"), load_5=cpu.get("load_5"),
+        load_15=cpu.get("load_15"), memory_used_bytes=mem.get("used_bytes"),
+        memory_total_bytes=mem.get("total_bytes"), swap_used_bytes=mem.get("swap_used_bytes"),
+        swap_total_bytes=mem.get("swap_total_bytes"), net_rx_bps=net.get("rx_bytes_per_s"),
+        net_tx_bps=net.get("tx_bytes_per_s"),
+        uptime_s=int(report["uptime_s"]) if report.get("uptime_s") is not None else None,
+        gpu_state=status.get("state"), gpu_message=status.get("message"),
+        gpu_lost=json.dumps(lost) if lost else None,
+    )
+    identity = machine_identity(host)
+    row = conn.execute(
+        "SELECT id, last_ts FROM servers WHERE machine_id = ?", (identity,)
+    ).fetchone()
+    if row is None:
+        cols = ("machine_id", "first_seen", "last_seen") + _SERVER_LATEST
+        values = (identity, received_at, received_at) + tuple(latest[c] for c in _SERVER_LATEST)
+        cur = conn.execute(
+            f"INSERT INTO servers ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+            values,
+        )
+        return cur.lastrowid, True
+    server_id, last_ts = row
+    if last_ts is None or ts >= last_ts:
+        sets = ", ".join(f"{c} = ?" for c in _SERVER_LATEST)
+        conn.execute(
+            f"UPDATE servers SET last_seen = max(last_seen, ?), {sets} WHERE id = ?",
+            (received_at,) + tuple(latest[c] for c in _SERVER_LATEST) + (server_id,),
+        )
+        return server_id, True
+    conn.execute(
+        "UPDATE servers SET last_seen = max(last_seen, ?) WHERE id = ?", (received_at, server_id)
+    )
+    return server_id, False
+
+
+_GPU_LATEST = {
+    # gpus column: report key (nvidia-smi field name)
+    "gpu_index": "index",
+    "name": "name",
+    "pci_bus_id": "pci.bus_id",
+    "driver_version": "driver_version",
+    "utilization_gpu": "utilization.gpu",
+    "utilization_memory": "utilization.memory",
+    "memory_used_mib": "memory.used",
+    "memory_total_mib": "memory.total",
+    "memory_reserved_mib": "memory.reserved",
+    "temperature_gpu_c": "temperature.gpu",
+    "temperature_memory_c": "temperature.memory",
+    "power_draw_w": "power.draw",
+    "power_limit_w": "power.limit",
+    "fan_speed": "fan.speed",
+    "clocks_sm_mhz": "clocks.sm",
+    "clocks_mem_mhz": "clocks.mem",
+    "pstate": "pstate",
+    "clocks_event_reasons_active": "clocks_event_reasons.active",
+    "ecc_errors_uncorrected_volatile_total": "ecc.errors.uncorrected.volatile.total",
+    "retired_pages_pending": "retired_pages.pending",
+    "remapped_rows_pending": "remapped_rows.pending",
+    "mig_mode": "mig.mode.current",
+    "persistence_mode": "persistence_mode",
+}
+_BOOL_COLUMNS = {"retired_pages_pending", "remapped_rows_pending", "mig_mode", "persistence_mode"}
+_INT_COLUMNS = {"temperature_gpu_c", "temperature_memory_c", "fan_speed", "utilization_gpu", "utilization_memory"}
+
+
+def _gpu_values(gpu):
+    out = {}
+    for column, key in _GPU_LATEST.items():
+        value = gpu.get(key)
+        if value is not None and column in _BOOL_COLUMNS:
+            value = int(value)
+        elif value is not None and column in _INT_COLUMNS:
+            value = int(round(value))
+        out[column] = value
+    return out
+
+
+def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
+    """Upsert ``gpus`` rows and append ``gpu_samples``; returns ``{identity: gpu_id}``."""
+    known = {
+        uuid: (gpu_id, last_ts)
+        for gpu_id, uuid, last_ts in conn.execute(
+            "SELECT id, uuid, last_ts FROM gpus WHERE server_id = ?", (server_id,)
+        )
+    }
+    ids, samples = {}, []
+    columns = list(_GPU_LATEST)
+    for gpu in gpus:
+        identity = gpu_identity(gpu)
+        if identity in ids:  # duplicated row in one report: keep the first
+            continue
+        values = _gpu_values(gpu)
+        if identity not in known:
+            cols = ["server_id", "uuid", "first_seen", "last_ts", "present"] + columns
+            cur = conn.execute(
+                f"INSERT INTO gpus ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                [server_id, identity, ts, ts, 1] + [values[c] for c in columns],
+            )
+            gpu_id = cur.lastrowid
+        else:
+            gpu_id, last_ts = known[identity]
+            if last_ts is None or ts >= last_ts:
+                sets = ", ".join(f"{c} = ?" for c in columns)
+                conn.execute(
+                    f"UPDATE gpus SET last_ts = ?, present = 1, {sets} WHERE id = ?",
+                    [ts] + [values[c] for c in columns] + [gpu_id],
+                )
+        ids[identity] = gpu_id
+        samples.append(
+            (gpu_id, ts, values["utilization_gpu"], values["utilization_memory"],
+             values["memory_used_mib"], values["temperature_gpu_c"], values["power_draw_w"],
+             values["fan_speed"])
+        )
+    if samples:
+        conn.executemany(
+            "INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, utilization_gpu, utilization_memory,"
+            " memory_used_mib, temperature_gpu_c, power_draw_w, fan_speed)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            samples,
+        )
+    if newest and gpu_state in _COMPLETE_GPU_STATES:
+        gone = [gpu_id for identity, (gpu_id, _) in known.items() if identity not in ids]
+        if gone:
+            conn.executemany("UPDATE gpus SET present = 0 WHERE id = ?", [(g,) for g in gone])
+    return ids
+
+
+def _store_processes(conn, server_id, ts, gpu_ids, processes):
+    if not processes:
+        return
+    by_uuid = dict(gpu_ids)
+    conn.executemany(
+        "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name,"
+        " used_gpu_memory_mib, user, uid, container, container_kind)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+        [
+            (server_id, ts, by_uuid.get(p.get("gpu_uuid")), p["pid"], p["process_name"],
+             p["used_gpu_memory"], p["user"], p["uid"], p["container"], p["container_kind"])
+            for p in processes
+        ],
+    )

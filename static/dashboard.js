@@ -1,0 +1,285 @@
+// Server Monitor dashboard: fetches the canned-query JSON and renders it.
+// Every value from an agent is untrusted text: the DOM is built with createElement and
+// textContent only (see h() below), never innerHTML.
+"use strict";
+
+const REFRESH_S = 30;
+const QUERIES = ["servers", "gpus", "processes", "disks"];
+const GPU_STATE_TEXT = {
+  driver_mismatch: "driver/library version mismatch (reboot pending?)",
+  no_devices: "driver found no GPUs",
+  driver_not_loaded: "NVIDIA driver not loaded",
+  insufficient_permissions: "insufficient permissions for NVML",
+  timeout: "nvidia-smi timed out",
+  busy: "nvidia-smi hung (earlier call still running)",
+  error: "nvidia-smi failed",
+};
+const STATUS_RANK = { error: 0, offline: 1, stale: 2, maintenance: 3, online: 4 };
+
+// ---- tiny DOM helper: attributes are set as properties, children as text -------------
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "style") for (const [p, v] of Object.entries(value)) el.style.setProperty(p, v);
+    else if (key.startsWith("aria-") || key === "role" || key === "for") el.setAttribute(key, String(value));
+    else el[key] = value;
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+// ---- formatting -------------------------------------------------------------------
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n.toFixed(0) : n.toFixed(n < 100 ? 1 : 0)) + " " + units[i];
+}
+function fmtMiB(n) { return n === null || n === undefined ? "–" : fmtBytes(n * 1048576); }
+function fmtRate(n) { return n === null || n === undefined ? "–" : fmtBytes(n) + "/s"; }
+function fmtPct(n) { return n === null || n === undefined ? "–" : Math.round(n) + "%"; }
+function pct(used, total) { return used === null || used === undefined || !total ? null : (100 * used) / total; }
+function fmtDuration(s) {
+  if (s === null || s === undefined) return "–";
+  const d = Math.floor(s / 86400), hr = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  if (d) return d + "d " + hr + "h";
+  if (hr) return hr + "h " + m + "m";
+  return m + "m";
+}
+function fmtAgo(s) {
+  if (s === null || s === undefined) return "never";
+  if (s < 90) return Math.max(0, Math.round(s)) + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+function fmtLocalTime(epoch) {
+  if (!epoch) return "–";
+  const d = new Date(epoch * 1000);
+  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
+  return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) + " (" + tz + ")";
+}
+function level(value, warn, crit) {
+  if (value === null || value === undefined) return "unknown";
+  return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
+}
+
+// ---- pieces -----------------------------------------------------------------------
+function bar(label, value, text, warn = 80, crit = 95, hideLabel = false) {
+  const v = value === null || value === undefined ? null : Math.max(0, Math.min(100, value));
+  return h("div", { class: "bar-row" },
+    h("span", { class: hideLabel ? "visually-hidden" : "bar-label" }, label),
+    h("span", { class: "bar", role: "meter", "aria-label": label, "aria-valuemin": 0, "aria-valuemax": 100,
+                "aria-valuenow": v === null ? 0 : Math.round(v), "aria-valuetext": text },
+      h("span", { class: "bar-fill level-" + level(v, warn, crit), style: { width: (v || 0) + "%" } })),
+    h("span", { class: "bar-text" }, text));
+}
+
+function statusBadge(status) {
+  // Colour plus a text label and a shape, so colour is never the only signal.
+  const symbol = { online: "●", stale: "◐", offline: "○", error: "▲", maintenance: "■" }[status] || "?";
+  return h("span", { class: "status status-" + status, title: status },
+    h("span", { class: "status-dot", "aria-hidden": "true" }, symbol), " ", status);
+}
+
+function gpuErrorText(server) {
+  if (!server.gpu_state || server.gpu_state === "ok" || server.gpu_state === "not_installed") return null;
+  if (server.gpu_state === "gpu_lost") {
+    let lost = [];
+    try { lost = JSON.parse(server.gpu_lost || "[]"); } catch (e) { lost = []; }
+    const ids = lost.map((l) => l["pci.bus_id"]).filter(Boolean);
+    return ids.length ? ids.map((id) => "GPU " + id + " lost").join(", ") : "a GPU is lost";
+  }
+  const base = GPU_STATE_TEXT[server.gpu_state] || server.gpu_state;
+  return server.gpu_message ? base + ": " + server.gpu_message : base;
+}
+
+function gpuRow(gpu, procs) {
+  const mig = gpu.mig_mode === 1;
+  const util = mig ? h("span", { class: "mig", title: "MIG mode: per-GPU utilization is not reported" }, "MIG")
+                   : bar("GPU " + gpu.gpu_index + " utilization", gpu.utilization_gpu, fmtPct(gpu.utilization_gpu), 101, 101, true);
+  const memPct = pct(gpu.memory_used_mib, gpu.memory_total_mib);
+  const temp = gpu.temperature_gpu_c;
+  const power = gpu.power_draw_w;
+  const powerPct = pct(power, gpu.power_limit_w);
+  const sortedProcs = procs.slice().sort((a, b) => (b.used_gpu_memory_mib || 0) - (a.used_gpu_memory_mib || 0));
+  const row = h("div", { class: "gpu" + (gpu.present ? "" : " gpu-missing"), dataset: { gpuId: String(gpu.gpu_id) } },
+    h("div", { class: "gpu-head" },
+      h("span", { class: "gpu-index" }, "GPU " + gpu.gpu_index),
+      h("span", { class: "gpu-name" }, gpu.name || "unknown GPU"),
+      h("span", { class: "gpu-bus" }, gpu.pci_bus_id || ""),
+      gpu.present ? null : h("span", { class: "badge badge-crit" }, "missing from latest report"),
+      gpu.busy ? h("span", { class: "badge badge-busy" }, "busy") : h("span", { class: "badge badge-free" }, "free")),
+    h("div", { class: "gpu-metrics" },
+      util,
+      bar("GPU " + gpu.gpu_index + " memory", memPct, fmtMiB(gpu.memory_used_mib) + " / " + fmtMiB(gpu.memory_total_mib), 90, 98, true),
+      h("span", { class: "metric temp level-" + level(temp, 80, 90), title: "temperature.gpu" },
+        temp === null ? "–" : temp + " °C"),
+      h("span", { class: "metric power level-" + level(powerPct, 90, 100), title: "power.draw / power.limit" },
+        (power === null ? "–" : Math.round(power) + " W") + (gpu.power_limit_w ? " / " + Math.round(gpu.power_limit_w) + " W" : ""))),
+    sortedProcs.length ? h("table", { class: "procs" },
+      h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, sortedProcs.map((p) => h("tr", {},
+        h("td", { class: "proc-user" }, p.user || (p.uid !== null ? String(p.uid) : "?")),
+        h("td", { class: "proc-container" }, p.container ? (p.container_kind ? p.container_kind + ": " : "") + p.container : "host"),
+        h("td", { class: "num" }, p.pid === null ? "?" : String(p.pid)),
+        h("td", { class: "proc-name", title: p.process_name || "" }, p.process_name || "?"),
+        h("td", { class: "num" }, fmtMiB(p.used_gpu_memory_mib)))))) : null);
+  return row;
+}
+
+function serverCard(server, gpus, procs, disks) {
+  const diskMax = disks.reduce((m, d) => Math.max(m, d.used_percent || 0), 0);
+  return h("a", { class: "card status-border-" + server.status, href: "#server-" + server.server_id },
+    h("div", { class: "card-head" },
+      h("span", { class: "card-name" }, server.name),
+      statusBadge(server.status)),
+    h("div", { class: "card-gpus" },
+      server.gpu_count ? (server.gpu_models || "") : "no GPU"),
+    server.gpu_count ? h("div", { class: "card-busy" }, server.gpus_busy + "/" + server.gpu_count + " GPUs busy") : null,
+    h("div", { class: "card-host" },
+      "CPU " + fmtPct(server.cpu_percent) + " · MEM " + fmtPct(pct(server.memory_used_bytes, server.memory_total_bytes)) +
+      " · DISK " + fmtPct(disks.length ? diskMax : null)),
+    h("div", { class: "card-foot" }, "agent " + (server.agent_version || "?")));
+}
+
+function serverSection(server, gpus, procsByGpu, disks) {
+  const err = gpuErrorText(server);
+  const memPct = pct(server.memory_used_bytes, server.memory_total_bytes);
+  const swapPct = pct(server.swap_used_bytes, server.swap_total_bytes);
+  return h("article", { class: "server", id: "server-" + server.server_id, dataset: { serverId: String(server.server_id) } },
+    h("header", { class: "server-head" },
+      h("h2", {}, server.name),
+      statusBadge(server.status),
+      h("span", { class: "muted", title: "Last report received" }, "last seen " + fmtLocalTime(server.last_seen) + " · " + fmtAgo(server.seen_age_s))),
+    err ? h("p", { class: "server-error", role: "alert" }, err) : null,
+    server.status_note ? h("p", { class: "server-note" }, server.status_note) : null,
+    h("div", { class: "server-body" },
+      h("div", { class: "host" },
+        bar("CPU (" + (server.cpu_count || "?") + " cores)", server.cpu_percent, fmtPct(server.cpu_percent) + " · load " + (server.load_1 === null ? "–" : server.load_1.toFixed(2))),
+        bar("Memory", memPct, fmtBytes(server.memory_used_bytes) + " / " + fmtBytes(server.memory_total_bytes)),
+        server.swap_total_bytes ? bar("Swap", swapPct, fmtBytes(server.swap_used_bytes) + " / " + fmtBytes(server.swap_total_bytes)) : null,
+        disks.map((d) => bar(d.mountpoint, d.used_percent, fmtBytes(d.used_bytes) + " / " + fmtBytes(d.total_bytes), 85, 95)),
+        h("div", { class: "host-facts" },
+          h("span", {}, "↓ " + fmtRate(server.net_rx_bps) + " ↑ " + fmtRate(server.net_tx_bps)),
+          h("span", {}, "up " + fmtDuration(server.uptime_s)),
+          h("span", {}, [server.os, server.kernel].filter(Boolean).join(" · ")),
+          server.clock_skew_s && Math.abs(server.clock_skew_s) > 30 ? h("span", { class: "warn-text" }, "clock off by " + server.clock_skew_s + " s") : null)),
+      h("div", { class: "gpus" },
+        gpus.length ? gpus.map((g) => gpuRow(g, procsByGpu.get(g.gpu_id) || [])) :
+          h("p", { class: "muted" }, server.gpu_state === "not_installed" ? "No NVIDIA GPU on this host." : "No GPU data."))));
+}
+
+// ---- state, fetch, render ---------------------------------------------------------
+let data = null;
+let nextRefreshAt = 0;
+let lastUpdate = null;
+
+function groupBy(rows, key) {
+  const map = new Map();
+  for (const row of rows) {
+    const k = row[key];
+    if (!map.has(k)) map.set(k, []);
+    map.get(k).push(row);
+  }
+  return map;
+}
+
+async function fetchQuery(name) {
+  const response = await fetch("/monitor/" + name + ".json?_shape=array", {
+    headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
+  });
+  if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("login required"); }
+  if (!response.ok) throw new Error(name + ": HTTP " + response.status);
+  return response.json();
+}
+
+function matches(server, gpus, procs, text) {
+  if (!text) return true;
+  const hay = [server.name, server.hostname, server.gpu_models, server.status]
+    .concat(gpus.map((g) => g.name), procs.map((p) => p.user), procs.map((p) => p.container))
+    .filter(Boolean).join(" ").toLowerCase();
+  return hay.includes(text.toLowerCase());
+}
+
+function render() {
+  if (!data) return;
+  const [servers, gpus, procs, disks] = data;
+  const gpusByServer = groupBy(gpus, "server_id");
+  const procsByServer = groupBy(procs, "server_id");
+  const procsByGpu = groupBy(procs, "gpu_id");
+  const disksByServer = groupBy(disks, "server_id");
+  const filterText = document.getElementById("filter").value.trim();
+  const sort = document.getElementById("sort").value;
+
+  const counts = { online: 0, stale: 0, offline: 0, error: 0, maintenance: 0 };
+  servers.forEach((s) => { counts[s.status] = (counts[s.status] || 0) + 1; });
+  const present = gpus.filter((g) => g.present);
+  const busy = present.filter((g) => g.busy).length;
+  const summary = document.getElementById("summary");
+  summary.replaceChildren(
+    h("span", { class: "sum sum-online" }, counts.online + " online"),
+    h("span", { class: "sum sum-offline" }, counts.offline + " offline"),
+    h("span", { class: "sum sum-problems" }, (counts.error + counts.stale) + " with problems"),
+    h("span", { class: "sum sum-gpus" }, busy + " GPUs busy · " + (present.length - busy) + " free"));
+
+  let shown = servers.filter((s) => matches(s, gpusByServer.get(s.server_id) || [], procsByServer.get(s.server_id) || [], filterText));
+  if (sort === "problems") shown.sort((a, b) => (STATUS_RANK[a.status] - STATUS_RANK[b.status]) || a.name.localeCompare(b.name));
+  else if (sort === "free") shown.sort((a, b) => ((b.gpu_count - b.gpus_busy) - (a.gpu_count - a.gpus_busy)) || a.name.localeCompare(b.name));
+  else shown.sort((a, b) => a.name.localeCompare(b.name));
+
+  document.getElementById("overview").replaceChildren(...shown.map((s) =>
+    serverCard(s, gpusByServer.get(s.server_id) || [], procsByServer.get(s.server_id) || [], disksByServer.get(s.server_id) || [])));
+  document.getElementById("servers").replaceChildren(...(shown.length ? shown.map((s) =>
+    serverSection(s, gpusByServer.get(s.server_id) || [], procsByGpu, disksByServer.get(s.server_id) || [])) :
+    [h("p", { class: "muted empty" }, servers.length ? "No server matches the filter." : "No server has reported yet. Start an agent (see README).")]));
+}
+
+async function refresh() {
+  nextRefreshAt = Date.now() + REFRESH_S * 1000;
+  const errorBox = document.getElementById("load-error");
+  try {
+    data = await Promise.all(QUERIES.map(fetchQuery));
+    lastUpdate = Date.now();
+    errorBox.hidden = true;
+    render();
+  } catch (e) {
+    errorBox.textContent = "Could not refresh: " + e.message + " (showing the last data)";
+    errorBox.hidden = false;
+  }
+  tick();
+}
+
+function tick() {
+  const el = document.getElementById("refresh-status");
+  const left = Math.max(0, Math.ceil((nextRefreshAt - Date.now()) / 1000));
+  const age = lastUpdate ? Math.round((Date.now() - lastUpdate) / 1000) : null;
+  el.textContent = (age === null ? "loading…" : "updated " + age + " s ago") + (document.hidden ? " · paused" : " · next in " + left + " s");
+}
+
+function setupTheme() {
+  document.getElementById("theme-toggle").addEventListener("click", () => {
+    const next = document.documentElement.getAttribute("data-theme") === "light" ? "dark" : "light";
+    document.documentElement.setAttribute("data-theme", next);
+    try { localStorage.setItem("sm-theme", next); } catch (e) { /* storage blocked */ }
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupTheme();
+  document.getElementById("filter").addEventListener("input", render);
+  document.getElementById("sort").addEventListener("change", render);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); else tick(); });
+  setInterval(() => {
+    if (document.hidden) return;
+    if (Date.now() >= nextRefreshAt) refresh(); else tick();
+  }, 1000);
+  refresh();
+});

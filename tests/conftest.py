@@ -1,0 +1,135 @@
+"""Shared fixtures: hub configs, sample reports, a running ingest server, Datasette clients."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+FAKE_NVSMI = os.path.join(TESTS, "fake_nvidia_smi.py")
+sys.path.insert(0, TESTS)
+
+from reports import sample_report  # noqa: E402,F401  (re-exported for tests)
+
+
+def free_port():
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def _config_template(tmp_path_factory):
+    """One generated config (PBKDF2 hashing is slow on purpose), copied per test."""
+    from server_monitor import config as config_mod
+
+    path = tmp_path_factory.mktemp("template") / "config.yaml"
+    _, password = config_mod.create(str(path))
+    return path.read_text(), password
+
+
+@pytest.fixture
+def hub_config(tmp_path, monkeypatch, _config_template):
+    """A hub config with random secrets in tmp_path (its own monitor.db and auth.db).
+
+    ``.password`` holds the admin password; ``$SERVER_MONITOR_CONFIG`` points at it.
+    """
+    from server_monitor import config as config_mod
+
+    text, password = _config_template
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    path.chmod(0o600)
+    cfg = config_mod.load(str(path))
+    cfg.password = password
+    monkeypatch.setenv(config_mod.ENV_VAR, cfg.path)
+    return cfg
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ingest_server(hub_config):
+    """The WSGI ingest app served by wsgiref on a loopback port; yields its base URL."""
+    import ingest
+
+    app = ingest.make_application(hub_config)
+    server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    server.base_url = f"http://127.0.0.1:{server.server_port}"
+    server.config = hub_config
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def make_datasette(cfg):
+    """A Datasette instance configured exactly like ``server-monitor serve`` runs it."""
+    from datasette.app import Datasette
+
+    return Datasette(
+        [cfg.db_path],
+        metadata=_metadata(),
+        plugins_dir=os.path.join(ROOT, "plugins"),
+        template_dir=os.path.join(ROOT, "templates"),
+        static_mounts=[("static", os.path.join(ROOT, "static"))],
+        secret=cfg.get("server.secret_key"),
+        settings={"max_returned_rows": 1000, "sql_time_limit_ms": 5000},
+    )
+
+
+def _metadata():
+    import yaml
+
+    with open(os.path.join(ROOT, "metadata.yml"), encoding="utf-8") as fp:
+        return yaml.safe_load(fp)
+
+
+@pytest.fixture
+def datasette(hub_config):
+    from server_monitor import schema
+
+    schema.migrate(hub_config.db_path)
+    return make_datasette(hub_config)
+
+
+@pytest.fixture
+def hub_process(hub_config, tmp_path):
+    """The real hub (``python -m server_monitor serve``) on a free loopback port; ``.base_url``."""
+    import urllib3
+
+    port = free_port()
+    log = open(tmp_path / "hub.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server_monitor", "serve", "-c", hub_config.path, "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    http = urllib3.PoolManager(retries=False)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if http.request("GET", base + "/login", timeout=1).status == 200:
+                break
+        except urllib3.exceptions.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("hub did not start:\n" + (tmp_path / "hub.log").read_text())
+    proc.base_url = base
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+    log.close()

@@ -1,0 +1,26 @@
+"""Documentation that is generated from code must match the code."""
+
+import os
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def test_api_doc_contract_table_is_current():
+    import contract_doc
+
+    text = open(os.path.join(ROOT, "docs", "api.md"), encoding="utf-8").read()
+    begin = text.index("-->\n", text.index("<!-- CONTRACT:BEGIN")) + 4
+    end = text.index("<!-- CONTRACT:END -->")
+    assert text[begin:end] == contract_doc.markdown(), "run scripts/contract_doc.py and update docs/api.md"
+
+
+def test_readme_shows_the_two_commands():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert "scripts/run.sh" in text and "scripts/test.sh" in text
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "scripts/test.sh" in open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()

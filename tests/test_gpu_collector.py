@@ -1,0 +1,147 @@
+"""GPU collection through the fake nvidia-smi: every failure kind reported by name."""
+
+import subprocess
+import time
+
+import pytest
+from conftest import FAKE_NVSMI
+
+from monitor_agent.gpu import GpuCollector
+from monitor_agent.runner import BoundedRunner
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """Configure the fake via its environment; returns a function that sets variables."""
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_NVSMI_LOG", str(log))
+    monkeypatch.setenv("FAKE_NVSMI_CAPTURE", "h100-80gb")
+
+    def configure(**env):
+        for key, value in env.items():
+            monkeypatch.setenv("FAKE_NVSMI_" + key.upper(), str(value))
+        return log
+
+    return configure
+
+
+def calls(log):
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_eight_gpus_two_calls_per_cycle(fake):
+    log = fake(gpus=8)
+    collector = GpuCollector(FAKE_NVSMI)
+    first = collector.collect()
+    assert first["status"]["state"] == "ok"
+    assert [g["index"] for g in first["gpus"]] == list(range(8))
+    assert len({g["uuid"] for g in first["gpus"]}) == 8
+    assert len(first["processes"]) == 24
+    assert len(calls(log)) == 3  # --help-query-gpu once, then the two queries
+    collector.collect()
+    assert len(calls(log)) == 5
+
+
+def test_missing_nvidia_smi_means_no_gpu_not_an_error(tmp_path):
+    result = GpuCollector(str(tmp_path / "nowhere" / "nvidia-smi")).collect()
+    assert result == {"status": {"state": "not_installed", "message": None, "lost": [], "stale": False},
+                      "gpus": [], "processes": []}
+
+
+@pytest.mark.parametrize(
+    "mode,state,text",
+    [
+        ("driver_mismatch", "driver_mismatch", "Failed to initialize NVML: Driver/library version mismatch"),
+        ("no_devices", "no_devices", "No devices were found"),
+        ("driver_not_loaded", "driver_not_loaded", "couldn't communicate with the NVIDIA driver"),
+        ("no_permission", "insufficient_permissions", "Insufficient Permissions"),
+    ],
+)
+def test_whole_tool_failures(fake, mode, state, text):
+    fake(mode=mode)
+    result = GpuCollector(FAKE_NVSMI).collect()
+    assert result["status"]["state"] == state
+    assert text in result["status"]["message"]
+    assert result["gpus"] == []
+
+
+@pytest.mark.parametrize("mode", ["lost:1", "is_lost:1"])
+def test_one_lost_gpu_keeps_the_others(fake, mode):
+    fake(gpus=4, mode=mode)
+    result = GpuCollector(FAKE_NVSMI).collect()
+    assert result["status"]["state"] == "gpu_lost"
+    assert [g["index"] for g in result["gpus"]] == [0, 2, 3]
+    assert [item["pci.bus_id"] for item in result["status"]["lost"]] == ["00000000:28:00.0"]
+    assert "00000000:28:00.0" in result["status"]["message"]
+
+
+def test_all_sentinel_spellings_null_values_but_keep_the_gpu(fake):
+    fake(gpus=2, mode="sentinels")
+    result = GpuCollector(FAKE_NVSMI).collect()
+    assert result["status"]["state"] == "ok"
+    assert len(result["gpus"]) == 2
+    gpu = result["gpus"][0]
+    assert gpu["uuid"].startswith("GPU-") and gpu["name"] == "NVIDIA H100 80GB HBM3"
+    assert all(gpu[k] is None for k in ("utilization.gpu", "memory.used", "power.draw", "temperature.gpu"))
+
+
+def test_field_unknown_to_the_driver_is_dropped_and_remembered(fake):
+    # An older driver: no power.draw.instant, throttle reasons under their old name.
+    log = fake(drop="power.draw.instant,clocks_event_reasons.active")
+    collector = GpuCollector(FAKE_NVSMI, discover_fields=False)
+    result = collector.collect()
+    assert result["status"]["state"] == "ok"
+    gpu = result["gpus"][0]
+    assert "power.draw.instant" not in gpu
+    assert gpu["power.draw"] == 631.95
+    assert gpu["clocks_event_reasons.active"] == 0  # answered by clocks_throttle_reasons.active
+    assert collector.unsupported == {"power.draw.instant", "clocks_event_reasons.active"}
+    before = len(calls(log))
+    collector.collect()
+    assert len(calls(log)) - before == 2  # learnt: no more failing queries
+
+
+def test_non_utf8_and_comma_in_process_name(fake):
+    fake(mode="garbage")
+    result = GpuCollector(FAKE_NVSMI).collect()
+    names = [p["process_name"] for p in result["processes"]]
+    assert "/opt/bad\ufffd\ufffdname, with comma/train.py" in names
+    assert all(p["pid"] for p in result["processes"])
+
+
+def test_hung_nvidia_smi_is_killed_on_time(fake):
+    fake(mode="hang")
+    collector = GpuCollector(FAKE_NVSMI, timeout=1.0)
+    start = time.monotonic()
+    result = collector.collect()
+    elapsed = time.monotonic() - start
+    assert result["status"]["state"] == "timeout"
+    assert result["status"]["stale"] is True
+    assert elapsed < 2.0
+
+
+def test_child_ignoring_sigterm_and_holding_stdout_does_not_block(fake):
+    fake(mode="hang_hard")
+    runner = BoundedRunner()
+    start = time.monotonic()
+    result = runner.run([FAKE_NVSMI, "--query-gpu=index", "--format=csv"], timeout=1.0)
+    assert result.state == "timeout"
+    assert time.monotonic() - start < 1.5
+    # The whole process group was killed: nothing holds the pipe any more.
+    time.sleep(0.2)
+    assert not runner.busy()
+
+
+def test_no_second_call_while_a_killed_child_is_still_alive():
+    # A child in uninterruptible sleep outlives SIGKILL; tests cannot make one, so a live
+    # process outside our reach stands in for it as the runner's lingering child.
+    runner = BoundedRunner()
+    stuck = subprocess.Popen(["sleep", "30"])
+    try:
+        runner._lingering = stuck
+        assert runner.run(["true"], timeout=1).state == "busy"
+        stuck.kill()
+        stuck.wait()
+        assert runner.run(["true"], timeout=1).state == "ok"
+    finally:
+        stuck.kill()

@@ -1,0 +1,200 @@
+"""nvidia-smi parsers on every real capture (tests/fixtures/captures/), idle and load.
+
+The CSV the agent would receive is derived here straight from each capture's full
+``--query-gpu`` section (same values, ``noheader,nounits`` form), so these tests check
+the parser against what real drivers printed, not against our fake.
+"""
+
+import pytest
+from capture_file import Capture, all_captures
+
+from monitor_agent import nvsmi
+
+# Values read off the captures by hand: (capture, state) -> expected parsed fields.
+EXPECTED = {
+    ("rtx-2080-super__595", "idle"): {"utilization.gpu": 0, "memory.used": 214, "memory.total": 8192,
+                                       "temperature.gpu": 40, "power.draw": 39.32, "power.limit": 250,
+                                       "fan.speed": 38, "persistence_mode": False, "pstate": "P8"},
+    ("rtx-2080-super__595", "load"): {"utilization.gpu": 8, "memory.used": 819, "power.draw": 111.5,
+                                       "clocks_event_reasons.active": 0},
+    ("rtx-4080", "idle"): {"memory.total": 16376, "power.limit": 320, "fan.speed": 0, "power.draw.instant": 28.77},
+    ("rtx-4080", "load"): {"utilization.gpu": 7, "memory.used": 1474, "temperature.gpu": 46},
+    ("h100-80gb", "idle"): {"memory.total": 81559, "power.limit": 700, "fan.speed": None,
+                            "temperature.memory": 48, "mig.mode.current": False, "memory.reserved": 479},
+    ("h100-80gb", "load"): {"utilization.gpu": 100, "utilization.memory": 11, "memory.used": 19818,
+                            "power.draw": 631.95, "power.draw.average": 631.95, "power.draw.instant": 625.68,
+                            "clocks.sm": 1980, "clocks.mem": 2619, "ecc.errors.uncorrected.volatile.total": 0,
+                            "remapped_rows.pending": False, "retired_pages.pending": None,
+                            "name": "NVIDIA H100 80GB HBM3", "pci.bus_id": "00000000:00:09.0"},
+    ("h100-mig", "idle"): {"utilization.gpu": None, "utilization.memory": None, "memory.used": 59,
+                           "mig.mode.current": True},
+    ("h100-mig", "load"): {"utilization.gpu": None, "memory.used": 11125, "power.draw": 433.78},
+    ("h200", "idle"): {"memory.total": 143771, "temperature.gpu": 28, "power.draw": 77.71},
+    ("h200", "load"): {"utilization.gpu": 100, "memory.used": 32362, "power.draw": 627.4, "name": "NVIDIA H200"},
+    ("windows", "idle"): {"memory.used": 702, "power.draw": 38.92, "fan.speed": 37, "persistence_mode": None,
+                          "temperature.memory": None, "power.draw.average": None},
+    ("windows", "load"): {"utilization.gpu": 7, "memory.used": 1296, "driver_version": "591.86"},
+}
+
+
+def agent_csv(capture, state, fields):
+    """What ``--query-gpu=<fields> --format=csv,noheader,nounits`` prints, from the capture."""
+    lines = []
+    canonical = capture.aliases()
+    for row in capture.query_gpu(state):
+        cells = []
+        for _, name, _ in fields:
+            text, unit = row[canonical[name]]
+            if unit and text.endswith(" " + unit):
+                text = text[: -len(unit) - 1]
+            cells.append(text)
+        lines.append(", ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def parse_capture(name, state):
+    capture = Capture(name)
+    supported = nvsmi.parse_help_query_gpu(capture.help_query_gpu())
+    fields = nvsmi.choose_fields(supported)
+    gpus, lost, other = nvsmi.parse_gpu_rows(agent_csv(capture, state, fields), fields)
+    assert lost == [] and other == []
+    return gpus, fields
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_gpu_values_match_capture(key):
+    name, state = key
+    gpus, _ = parse_capture(name, state)
+    assert len(gpus) == 1
+    for field, expected in EXPECTED[key].items():
+        assert gpus[0][field] == expected, field
+
+
+@pytest.mark.parametrize("name", all_captures())
+@pytest.mark.parametrize("state", ["idle", "load"])
+def test_every_capture_parses_every_field_it_has(name, state):
+    gpus, fields = parse_capture(name, state)
+    capture = Capture(name)
+    row, canonical = capture.query_gpu(state)[0], capture.aliases()
+    for key, query_name, kind in fields:
+        raw = row[canonical[query_name]][0]
+        value = gpus[0][key]
+        if raw in ("[N/A]", "N/A", "[Not Supported]", "[Requested functionality has been deprecated]"):
+            assert value is None, (key, raw)
+        else:
+            assert value is not None, (key, raw)
+
+
+def test_help_query_gpu_lists_aliases_and_new_names():
+    names = nvsmi.parse_help_query_gpu(Capture("h100-80gb").help_query_gpu())
+    assert {"clocks.sm", "clocks.current.sm", "clocks_event_reasons.active",
+            "clocks_throttle_reasons.active", "power.draw.instant"} <= names
+
+
+def test_old_driver_falls_back_to_throttle_reasons():
+    fields = nvsmi.choose_fields({"index", "clocks_throttle_reasons.active", "power.draw"})
+    assert ("clocks_event_reasons.active", "clocks_throttle_reasons.active", "hex") in fields
+    assert [f[0] for f in fields] == ["index", "power.draw", "clocks_event_reasons.active"]
+
+
+def test_unsupported_fields_are_skipped():
+    fields = nvsmi.choose_fields(None, unsupported={"power.draw.instant", "clocks.sm"})
+    names = [f[1] for f in fields]
+    assert "power.draw.instant" not in names
+    assert "clocks.current.sm" in names  # next name for the same value
+
+
+@pytest.mark.parametrize("text", ["[N/A]", "N/A", "[Not Supported]", "[Unknown Error]",
+                                  "[Requested functionality has been deprecated]", "ERR!",
+                                  "[Insufficient Permissions]", "", "  [N/A] "])
+def test_sentinels_null_the_value(text):
+    for kind in ("num", "int", "hex", "bool", "str"):
+        assert nvsmi.parse_value(text, kind) is None
+
+
+def test_one_bad_field_nulls_only_that_value():
+    fields = nvsmi.choose_fields({"index", "uuid", "utilization.gpu", "memory.used", "name"})
+    gpus, _, _ = nvsmi.parse_gpu_rows("0, GPU-abc, ERR!, 1234, NVIDIA A100\n", fields)
+    assert gpus == [{"index": 0, "uuid": "GPU-abc", "utilization.gpu": None, "memory.used": 1234,
+                     "name": "NVIDIA A100"}]
+
+
+def test_name_with_comma_does_not_shift_columns():
+    fields = nvsmi.choose_fields({"index", "memory.used", "name"})
+    gpus, _, _ = nvsmi.parse_gpu_rows("3, 512, Tesla, weird, name\n", fields)
+    assert gpus[0] == {"index": 3, "memory.used": 512, "name": "Tesla, weird, name"}
+
+
+def test_lost_gpu_lines_are_named_by_bus_id_and_other_rows_kept():
+    fields = nvsmi.choose_fields({"index", "uuid", "memory.used"})
+    text = (
+        "0, GPU-a, 100\n"
+        "Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error\n"
+        "GPU 00000000:3B:00.0: GPU is lost. Reboot the system to recover this GPU\n"
+        "3, GPU-d, 300\n"
+    )
+    gpus, lost, other = nvsmi.parse_gpu_rows(text, fields)
+    assert [g["index"] for g in gpus] == [0, 3]
+    assert [item["pci.bus_id"] for item in lost] == ["0000:0B:00.0", "00000000:3B:00.0"]
+    assert other == []
+
+
+@pytest.mark.parametrize(
+    "name,state,expected",
+    [
+        ("rtx-2080-super__595", "load", [(5268, "ffmpeg", 370), (5267, "ffmpeg", 230)]),
+        ("h100-80gb", "load", [(11327, "/root/tools/memhog", 2566), (11328, "/root/tools/memhog", 1542),
+                               (11345, "./gpu_burn", 15690)]),
+        ("h200", "load", [(10291, "/root/tools/memhog", 2566), (10293, "/root/tools/memhog", 1542),
+                          (10309, "./gpu_burn", 28234)]),
+        ("h100-mig", "load", [(21180, "/root/tools/memhog", 2296), (21181, "/root/tools/memhog", 1272),
+                              (21198, "./gpu_burn", 7484)]),
+    ],
+)
+def test_compute_apps_from_captures(name, state, expected):
+    text = "".join(
+        f"{a['gpu_uuid']}, {a['pid']}, {a['used_gpu_memory'].replace(' MiB', '')}, {a['process_name']}\n"
+        for a in Capture(name).compute_apps(state)
+    )
+    apps = nvsmi.parse_compute_apps(text)
+    assert [(a["pid"], a["process_name"], a["used_gpu_memory"]) for a in apps] == expected
+
+
+def test_windows_per_process_memory_is_null():
+    apps = Capture("windows").compute_apps("load")
+    text = "".join(f"{a['gpu_uuid']}, {a['pid']}, {a['used_gpu_memory']}, {a['process_name']}\n" for a in apps)
+    parsed = nvsmi.parse_compute_apps(text)
+    assert len(parsed) == 12
+    assert all(p["used_gpu_memory"] is None for p in parsed)
+    assert parsed[0]["process_name"].startswith("C:\\Windows\\SystemApps\\")
+    assert any(p["process_name"] == "C:\\Program Files\\NVIDIA Corporation\\NVIDIA GeForce Experience\\NVIDIA Share.exe"
+               for p in parsed)
+
+
+def test_process_name_with_comma_and_na_pid():
+    parsed = nvsmi.parse_compute_apps("GPU-1, [N/A], 10, /opt/my app, v2/run.py --x=1,2\n")
+    assert parsed == [{"gpu_uuid": "GPU-1", "pid": None, "used_gpu_memory": 10,
+                       "process_name": "/opt/my app, v2/run.py --x=1,2"}]
+
+
+@pytest.mark.parametrize(
+    "text,code,state",
+    [
+        ("Failed to initialize NVML: Driver/library version mismatch\nNVML library version: 590.48", 18, "driver_mismatch"),
+        ("No devices were found", 6, "no_devices"),
+        ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the "
+         "latest NVIDIA driver is installed and running.", 9, "driver_not_loaded"),
+        ("Failed to initialize NVML: Insufficient Permissions", 4, "insufficient_permissions"),
+        ("Something new and strange", 255, "error"),
+        ("", 3, "error"),
+    ],
+)
+def test_whole_tool_failures_are_named(text, code, state):
+    got, message = nvsmi.classify_failure(code, text)
+    assert got == state
+    assert message == (text.splitlines()[0] if text else f"nvidia-smi exited with code {code}")
+
+
+def test_invalid_field_message():
+    assert nvsmi.invalid_field('Field "power.draw.instant" is not a valid field to query.\n') == "power.draw.instant"
+    assert nvsmi.invalid_field("No devices were found") is None
