@@ -21,13 +21,16 @@ from monitor_agent import __version__
 from monitor_agent.collect import ReportBuilder
 from monitor_agent.config import AgentConfigError
 from monitor_agent.config import load as load_config
+from monitor_agent.delivery import Delivery
+from monitor_agent.probes import Prober
+from monitor_agent.spool import Spool
 from monitor_agent.transport import Transport
 
 log = logging.getLogger("server_monitor.agent")
 
 
 def send_once(transport, report):
-    """Stamp ``sent_at`` and POST; logs the outcome and returns the ``SendResult``."""
+    """Stamp ``sent_at`` and POST one report (no spool); logs and returns the ``SendResult``."""
     report["sent_at"] = time.time()
     result = transport.send(report)
     if result.outcome == "delivered":
@@ -39,23 +42,32 @@ def send_once(transport, report):
     return result
 
 
-def run_forever(builder, transport, interval, stop):
-    """Collect and send every ``interval`` seconds until ``stop`` (a threading.Event) is set.
+def run_forever(builder, delivery, interval, stop, clock=time.monotonic):
+    """Collect every ``interval`` seconds and hand each report to ``delivery`` until ``stop``.
 
     Fixed-rate: ticks are ``start + k * interval``; a slow cycle does not stretch the
-    period, and ticks missed while a cycle overran are skipped, not bunched.
+    period, and ticks missed while a cycle overran are skipped, not bunched. Between
+    ticks the spool is replayed whenever the delivery backoff allows.
     """
-    start = time.monotonic()
+    start = clock()
     tick = 0
     while not stop.is_set():
-        send_once(transport, builder.build())
-        tick += 1
-        now = time.monotonic()
+        now = clock()
         next_at = start + tick * interval
-        if next_at < now:  # overran: skip to the next future tick
-            tick = int((now - start) // interval) + 1
-            next_at = start + tick * interval
-        stop.wait(next_at - now)
+        if now >= next_at:
+            delivery.submit(builder.build())
+            tick += 1
+            now = clock()
+            if start + tick * interval < now:  # overran: skip to the next future tick
+                tick = int((now - start) // interval) + 1
+            continue
+        if delivery.due():
+            delivery.flush()
+            continue
+        wake = next_at
+        if len(delivery.spool):
+            wake = min(wake, max(delivery.next_attempt, now + 0.05))
+        stop.wait(max(0.0, wake - now))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,11 +104,19 @@ def main(config_path, interval, once, dry_run, verbose):
         if result.outcome != "delivered":
             sys.exit(1)
         return
+    spool = Spool(cfg["spool_dir"], max_bytes=int(cfg["spool_max_mb"] * 1024 * 1024),
+                  max_age_s=cfg["spool_max_age_h"] * 3600)
+    delivery = Delivery(transport, spool, retry_base_s=cfg["retry_base_s"], retry_max_s=cfg["retry_max_s"])
+    prober = Prober(cfg["probes"], interval=cfg["probe_interval"])
+    builder.extra = lambda: {"agent": spool.stats(), "probes": prober.results()}
+    prober.start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("reporting to %s every %gs", cfg["server_url"], cfg["interval"])
-    run_forever(builder, transport, cfg["interval"], stop)
+    log.info("reporting to %s every %gs (spool: %s, %d waiting)", cfg["server_url"], cfg["interval"],
+             cfg["spool_dir"], len(spool))
+    run_forever(builder, delivery, cfg["interval"], stop)
+    prober.stop()
 
 
 if __name__ == "__main__":

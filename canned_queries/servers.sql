@@ -32,6 +32,9 @@ select
   s.gpu_state,
   s.gpu_message,
   s.gpu_lost,
+  s.spool_depth,
+  s.spool_dropped,
+  s.rejected_reports,
   (select count(*) from gpu_state g where g.server_id = s.id and g.present) as gpu_count,
   (select count(*) from gpu_state g where g.server_id = s.id and g.present
      and (g.process_count > 0 or coalesce(g.utilization_gpu, 0) >= 10)) as gpus_busy,

@@ -1,29 +1,46 @@
-"""Assembling one report (contract version 1) from the host, GPU and process collectors."""
+"""Assembling one report (contract version 1) from the host, GPU, process and inventory collectors."""
 
 import time
 import uuid
 
 from .gpu import GpuCollector
 from .host import HostCollector
+from .inventory import Inventory
 from .procinfo import ProcessInfo
+from .runner import BoundedRunner
 
 CONTRACT_VERSION = 1
+
+
+def incus_display_names(containers):
+    """Map cgroup names of Incus/LXD instances in non-default projects to ``name (project)``.
+
+    Incus names the cgroup of instance ``c1`` in project ``vision`` ``lxc.payload.vision_c1``.
+    """
+    names = {}
+    for c in containers:
+        if c.get("project") and c["project"] != "default":
+            names[f"{c['project']}_{c['name']}"] = f"{c['name']} ({c['project']})"
+    return names
 
 
 class ReportBuilder:
     """Owns the collectors; :meth:`build` returns one report dict per call.
 
-    ``cfg`` is a dict from :func:`monitor_agent.config.load` (keys ``interval``,
-    ``nvidia_smi``, ``gpu_timeout``, ``proc_root``).
+    ``cfg`` is a dict from :func:`monitor_agent.config.load`. ``extra`` is a callable
+    returning more top-level fields (agent spool statistics, probe results).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, extra=None):
         self.interval = cfg["interval"]
         # Two nvidia-smi calls must fit well inside one interval.
         timeout = min(cfg["gpu_timeout"], max(1.0, self.interval * 0.4))
-        self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=timeout)
+        runner = BoundedRunner()
+        self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=timeout, runner=runner)
         self.host = HostCollector(hostname=cfg.get("hostname"), machine_id=cfg.get("machine_id"))
         self.procs = ProcessInfo(proc_root=cfg.get("proc_root", "/proc"))
+        self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
+        self.extra = extra
 
     def build(self):
         """Collect everything now; returns the report dict (see ``docs/api.md``)."""
@@ -35,14 +52,22 @@ class ReportBuilder:
             "interval": self.interval,
         }
         report.update(self.host.collect())
+        containers, zpools = self.inventory.refresh()
+        report["disks"].extend(zpools)
         gpu = self.gpu.collect()
         self.procs.new_cycle()
+        renames = incus_display_names(containers)
         processes = []
         for app in gpu["processes"]:
             app = dict(app)
             app.update(self.procs.owner(app["pid"]))
+            if app["container"] in renames:
+                app["container"] = renames[app["container"]]
             processes.append(app)
         report["gpu_status"] = gpu["status"]
         report["gpus"] = gpu["gpus"]
         report["processes"] = processes
+        report["containers"] = containers
+        if self.extra is not None:
+            report.update(self.extra())
         return report

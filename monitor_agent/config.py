@@ -1,6 +1,10 @@
 """``agent_config.yaml``: where to report, with which token, how often."""
 
+import os
+
 import yaml
+
+from .probes import normalise
 
 DEFAULTS = {
     "server_url": None,
@@ -11,6 +15,15 @@ DEFAULTS = {
     "ca_file": None,
     "verify_tls": True,
     "proc_root": "/proc",
+    # Reports the hub has not acknowledged wait here (bounded; oldest dropped first).
+    "spool_dir": None,  # default: /var/lib/server-monitor-agent/spool as root, else ~/.cache/...
+    "spool_max_mb": 64,
+    "spool_max_age_h": 168,
+    "retry_base_s": 5,
+    "retry_max_s": 300,
+    "inventory_interval": 60,  # seconds between `incus/lxc list` and `zpool list` calls
+    "probes": [],  # [{name, url, proxy?, timeout?}]
+    "probe_interval": 60,
     # Identity overrides, for cloned machines sharing a machine-id or for demo agents.
     "hostname": None,
     "machine_id": None,
@@ -57,13 +70,31 @@ def check(cfg, require_hub=True):
             raise AgentConfigError("server_url must be an http:// or https:// URL")
     if require_hub and (not isinstance(cfg.get("token"), str) or not cfg["token"]):
         raise AgentConfigError("token is required (the hub's agent.token)")
+    numbers = ("interval", "gpu_timeout", "spool_max_mb", "spool_max_age_h", "retry_base_s", "retry_max_s",
+               "inventory_interval", "probe_interval")
+    for key in numbers:
+        try:
+            cfg[key] = float(cfg[key])
+        except (TypeError, ValueError):
+            raise AgentConfigError(f"{key} must be a number")
+        if cfg[key] <= 0:
+            raise AgentConfigError(f"{key} must be positive")
     try:
-        cfg["interval"] = float(cfg["interval"])
-        cfg["gpu_timeout"] = float(cfg["gpu_timeout"])
-    except (TypeError, ValueError):
-        raise AgentConfigError("interval and gpu_timeout must be numbers of seconds")
+        cfg["probes"] = normalise(cfg.get("probes"))
+    except ValueError as exc:
+        raise AgentConfigError(str(exc))
+    if cfg.get("spool_dir") is None:
+        cfg["spool_dir"] = default_spool_dir()
     if not 1 <= cfg["interval"] <= 86400:
         raise AgentConfigError("interval must be between 1 and 86400 seconds")
     if not 0.5 <= cfg["gpu_timeout"] <= 600:
         raise AgentConfigError("gpu_timeout must be between 0.5 and 600 seconds")
     return cfg
+
+
+def default_spool_dir():
+    """``/var/lib/server-monitor-agent/spool`` when running as root, else under ~/.cache."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return "/var/lib/server-monitor-agent/spool"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "server-monitor-agent", "spool")

@@ -1,6 +1,7 @@
 """Print the report contract (server_monitor.contract.REPORT) as a Markdown table.
 
-    .venv/bin/python scripts/contract_doc.py > /tmp/contract.md
+    .venv/bin/python scripts/contract_doc.py            # print it
+    .venv/bin/python scripts/contract_doc.py --update   # rewrite it inside docs/api.md
 
 docs/api.md embeds this output between the CONTRACT markers; a test keeps them in sync.
 """
@@ -35,5 +36,16 @@ def markdown():
     return "\n".join(lines) + "\n"
 
 
+def update(path):
+    text = open(path, encoding="utf-8").read()
+    begin = text.index("-->\n", text.index("<!-- CONTRACT:BEGIN")) + 4
+    end = text.index("<!-- CONTRACT:END -->")
+    with open(path, "w", encoding="utf-8") as fp:
+        fp.write(text[:begin] + markdown() + text[end:])
+
+
 if __name__ == "__main__":
-    sys.stdout.write(markdown())
+    if sys.argv[1:] == ["--update"]:
+        update(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "api.md"))
+    else:
+        sys.stdout.write(markdown())

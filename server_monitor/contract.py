@@ -258,6 +258,7 @@ DISK = Obj(
         "fstype": Str(64, doc="filesystem type"),
         "total_bytes": Int(0, BYTES, doc="psutil.disk_usage().total", unit="B"),
         "used_bytes": Int(0, BYTES, doc="psutil.disk_usage().used", unit="B"),
+        "health": Str(32, doc="ZFS pool health (zpool list), else absent"),
     }
 )
 
@@ -321,6 +322,41 @@ PROCESS = Obj(
     }
 )
 
+CONTAINER = Obj(
+    {
+        "name": Str(256, minlen=1, required=True, nullable=False, doc="instance name (incus/lxc list)"),
+        "project": Str(128, doc="Incus/LXD project"),
+        "kind": Str(16, choices=("incus", "lxc"), doc="which tool listed it"),
+        "type": Str(32, doc="container or virtual-machine"),
+        "state": Str(32, doc="Running, Stopped, ..."),
+        "memory_bytes": Int(0, BYTES, doc="state.memory.usage", unit="B"),
+        "disk_bytes": Int(0, BYTES, doc="state.disk.root.usage", unit="B"),
+        "cpu_seconds": Num(0, 1e13, doc="state.cpu.usage / 1e9", unit="s"),
+        "ipv4": Str(64, doc="first global IPv4 address"),
+    }
+)
+
+PROBE = Obj(
+    {
+        "name": Str(64, minlen=1, required=True, nullable=False, doc="probe name from agent_config.yaml"),
+        "url": Str(1024, doc="probed URL"),
+        "ok": Bool(doc="an HTTP answer below 500 arrived in time"),
+        "latency_ms": Num(0, 1e7, doc="time to the response headers", unit="ms"),
+        "status": Int(100, 599, doc="HTTP status"),
+        "error": Str(512, doc="network error text"),
+        "checked_at": Num(1e9, 1e11, doc="agent clock when checked", unit="epoch s"),
+    }
+)
+
+AGENT = Obj(
+    {
+        "spool_depth": Int(0, 10**9, doc="reports waiting in the agent's spool"),
+        "spool_bytes": Int(0, BYTES, doc="size of the spool", unit="B"),
+        "spool_dropped": Int(0, 10**12, doc="reports dropped from a full or too old spool, ever"),
+        "rejected": Int(0, 10**12, doc="reports the hub rejected as invalid, ever"),
+    }
+)
+
 REPORT = Obj(
     {
         "contract_version": Int(CONTRACT_VERSION, CONTRACT_VERSION, required=True, nullable=False, doc="always 1"),
@@ -338,6 +374,9 @@ REPORT = Obj(
         "gpu_status": GPU_STATUS,
         "gpus": List(GPU, 64, doc="one object per GPU nvidia-smi could read"),
         "processes": List(PROCESS, 4096, doc="compute processes on any GPU"),
+        "containers": List(CONTAINER, 1024, doc="LXC/Incus instances; null = not collected"),
+        "probes": List(PROBE, 32, doc="reachability probe results"),
+        "agent": AGENT,
     },
     nullable=False,
 )

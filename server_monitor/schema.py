@@ -167,7 +167,43 @@ SELECT g.*,
 FROM gpus g JOIN servers s ON s.id = g.server_id;
 """
 
-MIGRATIONS = [MIGRATION_1]
+MIGRATION_2 = """
+-- Agent health, LXC/Incus instances, reachability probes, ZFS pool health.
+ALTER TABLE servers ADD COLUMN spool_depth INTEGER;
+ALTER TABLE servers ADD COLUMN spool_dropped INTEGER;
+ALTER TABLE servers ADD COLUMN rejected_reports INTEGER;
+ALTER TABLE disk_samples ADD COLUMN health TEXT;
+
+CREATE TABLE containers (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    project TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT,
+    type TEXT,
+    state TEXT,
+    memory_bytes INTEGER,
+    disk_bytes INTEGER,
+    cpu_seconds REAL,
+    ipv4 TEXT,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (server_id, project, name)
+) WITHOUT ROWID;
+
+CREATE TABLE probes (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    url TEXT,
+    ok INTEGER,
+    latency_ms REAL,
+    status INTEGER,
+    error TEXT,
+    checked_at INTEGER,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (server_id, name)
+) WITHOUT ROWID;
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -95,13 +95,15 @@ def store_report(conn, report, received_at):
         if disks:
             conn.executemany(
                 "INSERT OR IGNORE INTO disk_samples (server_id, ts, mountpoint, device, fstype,"
-                " total_bytes, used_bytes) VALUES (?,?,?,?,?,?,?)",
+                " total_bytes, used_bytes, health) VALUES (?,?,?,?,?,?,?,?)",
                 [
                     (server_id, ts, d["mountpoint"], d["device"], d["fstype"],
-                     d["total_bytes"], d["used_bytes"])
+                     d["total_bytes"], d["used_bytes"], d["health"])
                     for d in disks
                 ],
             )
+        if newest:
+            _store_inventory(conn, server_id, ts, report)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -115,7 +117,7 @@ _SERVER_LATEST = (
     "arch", "cpu_model", "cpu_count", "boot_time", "cpu_percent", "load_1", "load_5",
     "load_15", "memory_used_bytes", "memory_total_bytes", "swap_used_bytes",
     "swap_total_bytes", "net_rx_bps", "net_tx_bps", "uptime_s", "gpu_state",
-    "gpu_message", "gpu_lost",
+    "gpu_message", "gpu_lost", "spool_depth", "spool_dropped", "rejected_reports",
 )
 
 
@@ -126,6 +128,7 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
     net = report.get("network") or {}
     status = report.get("gpu_status") or {}
     lost = status.get("lost")
+    agent = report.get("agent") or {}
     boot = host.get("boot_time")
     interval = report.get("interval")
     latest = dict(
@@ -142,6 +145,8 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
         uptime_s=int(report["uptime_s"]) if report.get("uptime_s") is not None else None,
         gpu_state=status.get("state"), gpu_message=status.get("message"),
         gpu_lost=json.dumps(lost) if lost else None,
+        spool_depth=agent.get("spool_depth"), spool_dropped=agent.get("spool_dropped"),
+        rejected_reports=agent.get("rejected"),
     )
     identity = machine_identity(host)
     row = conn.execute(
@@ -275,3 +280,31 @@ def _store_processes(conn, server_id, ts, gpu_ids, processes):
             for p in processes
         ],
     )
+
+
+def _store_inventory(conn, server_id, ts, report):
+    """Latest-only tables: the LXC/Incus list (replaced when sent) and probe results."""
+    containers = report.get("containers")
+    if containers is not None:
+        conn.execute("DELETE FROM containers WHERE server_id = ?", (server_id,))
+        conn.executemany(
+            "INSERT OR REPLACE INTO containers (server_id, project, name, kind, type, state,"
+            " memory_bytes, disk_bytes, cpu_seconds, ipv4, ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (server_id, c["project"] or "default", c["name"], c["kind"], c["type"], c["state"],
+                 c["memory_bytes"], c["disk_bytes"], c["cpu_seconds"], c["ipv4"], ts)
+                for c in containers
+            ],
+        )
+    probes = report.get("probes")
+    if probes is not None:
+        conn.execute("DELETE FROM probes WHERE server_id = ?", (server_id,))
+        conn.executemany(
+            "INSERT OR REPLACE INTO probes (server_id, name, url, ok, latency_ms, status, error,"
+            " checked_at, ts) VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (server_id, p["name"], p["url"], _bool(p["ok"]), p["latency_ms"], p["status"], p["error"],
+                 int(p["checked_at"]) if p["checked_at"] is not None else None, ts)
+                for p in probes
+            ],
+        )

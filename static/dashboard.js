@@ -4,7 +4,7 @@
 "use strict";
 
 const REFRESH_S = 30;
-const QUERIES = ["servers", "gpus", "processes", "disks"];
+const QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes"];
 const GPU_STATE_TEXT = {
   driver_mismatch: "driver/library version mismatch (reboot pending?)",
   no_devices: "driver found no GPUs",
@@ -150,7 +150,34 @@ function serverCard(server, gpus, procs, disks) {
     h("div", { class: "card-foot" }, "agent " + (server.agent_version || "?")));
 }
 
-function serverSection(server, gpus, procsByGpu, disks) {
+function containersTable(containers) {
+  if (!containers.length) return null;
+  return h("details", { class: "containers" },
+    h("summary", {}, "Containers (" + containers.filter((c) => c.state === "Running").length + " running / " + containers.length + ")"),
+    h("table", { class: "procs" },
+      h("thead", {}, h("tr", {}, ["Name", "Project", "State", "Memory", "Disk", "CPU time", "IPv4"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, containers.map((c) => h("tr", {},
+        h("td", {}, c.name), h("td", {}, c.project || ""), h("td", {}, c.state || ""),
+        h("td", { class: "num" }, fmtBytes(c.memory_bytes)), h("td", { class: "num" }, fmtBytes(c.disk_bytes)),
+        h("td", { class: "num" }, c.cpu_seconds === null ? "–" : fmtDuration(c.cpu_seconds)),
+        h("td", {}, c.ipv4 || ""))))));
+}
+
+function probesLine(probes) {
+  if (!probes.length) return null;
+  return h("div", { class: "probes" }, probes.map((p) => h("span", { class: "probe " + (p.ok ? "probe-ok" : "probe-fail"), title: p.url + (p.error ? " — " + p.error : "") },
+    (p.ok ? "✓ " : "✗ ") + p.name + (p.ok && p.latency_ms !== null ? " " + Math.round(p.latency_ms) + " ms" : p.status ? " HTTP " + p.status : " unreachable"))));
+}
+
+function agentNotes(server) {
+  const notes = [];
+  if (server.spool_depth) notes.push(server.spool_depth + " report(s) waiting in the agent's spool");
+  if (server.spool_dropped) notes.push("agent dropped " + server.spool_dropped + " report(s) (spool full)");
+  if (server.rejected_reports) notes.push("hub rejected " + server.rejected_reports + " report(s)");
+  return notes.length ? h("p", { class: "server-note" }, notes.join(" · ")) : null;
+}
+
+function serverSection(server, gpus, procsByGpu, disks, containers, probes) {
   const err = gpuErrorText(server);
   const memPct = pct(server.memory_used_bytes, server.memory_total_bytes);
   const swapPct = pct(server.swap_used_bytes, server.swap_total_bytes);
@@ -161,6 +188,7 @@ function serverSection(server, gpus, procsByGpu, disks) {
       h("span", { class: "muted", title: "Last report received" }, "last seen " + fmtLocalTime(server.last_seen) + " · " + fmtAgo(server.seen_age_s))),
     err ? h("p", { class: "server-error", role: "alert" }, err) : null,
     server.status_note ? h("p", { class: "server-note" }, server.status_note) : null,
+    agentNotes(server),
     h("div", { class: "server-body" },
       h("div", { class: "host" },
         bar("CPU (" + (server.cpu_count || "?") + " cores)", server.cpu_percent, fmtPct(server.cpu_percent) + " · load " + (server.load_1 === null ? "–" : server.load_1.toFixed(2))),
@@ -171,7 +199,9 @@ function serverSection(server, gpus, procsByGpu, disks) {
           h("span", {}, "↓ " + fmtRate(server.net_rx_bps) + " ↑ " + fmtRate(server.net_tx_bps)),
           h("span", {}, "up " + fmtDuration(server.uptime_s)),
           h("span", {}, [server.os, server.kernel].filter(Boolean).join(" · ")),
-          server.clock_skew_s && Math.abs(server.clock_skew_s) > 30 ? h("span", { class: "warn-text" }, "clock off by " + server.clock_skew_s + " s") : null)),
+          server.clock_skew_s && Math.abs(server.clock_skew_s) > 30 ? h("span", { class: "warn-text" }, "clock off by " + server.clock_skew_s + " s") : null),
+        probesLine(probes),
+        containersTable(containers)),
       h("div", { class: "gpus" },
         gpus.length ? gpus.map((g) => gpuRow(g, procsByGpu.get(g.gpu_id) || [])) :
           h("p", { class: "muted" }, server.gpu_state === "not_installed" ? "No NVIDIA GPU on this host." : "No GPU data."))));
@@ -211,7 +241,9 @@ function matches(server, gpus, procs, text) {
 
 function render() {
   if (!data) return;
-  const [servers, gpus, procs, disks] = data;
+  const [servers, gpus, procs, disks, containers, probes] = data;
+  const containersByServer = groupBy(containers, "server_id");
+  const probesByServer = groupBy(probes, "server_id");
   const gpusByServer = groupBy(gpus, "server_id");
   const procsByServer = groupBy(procs, "server_id");
   const procsByGpu = groupBy(procs, "gpu_id");
@@ -238,7 +270,8 @@ function render() {
   document.getElementById("overview").replaceChildren(...shown.map((s) =>
     serverCard(s, gpusByServer.get(s.server_id) || [], procsByServer.get(s.server_id) || [], disksByServer.get(s.server_id) || [])));
   document.getElementById("servers").replaceChildren(...(shown.length ? shown.map((s) =>
-    serverSection(s, gpusByServer.get(s.server_id) || [], procsByGpu, disksByServer.get(s.server_id) || [])) :
+    serverSection(s, gpusByServer.get(s.server_id) || [], procsByGpu, disksByServer.get(s.server_id) || [],
+      containersByServer.get(s.server_id) || [], probesByServer.get(s.server_id) || [])) :
     [h("p", { class: "muted empty" }, servers.length ? "No server matches the filter." : "No server has reported yet. Start an agent (see README).")]));
 }
 

@@ -202,3 +202,36 @@ def test_security_headers_on_datasette_pages(admin):
     assert response.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert "no-store" in response.headers["cache-control"]
+
+
+def test_containers_probes_and_agent_health(admin, hub_config):
+    import time
+
+    report = sample_report("lxc-host", gpus=1, processes=0)
+    report["containers"] = [
+        {"name": "trainbox", "project": "default", "kind": "incus", "type": "container", "state": "Running",
+         "memory_bytes": 4 * 2**30, "disk_bytes": 10 * 2**30, "cpu_seconds": 123.4, "ipv4": "10.0.0.5"},
+        {"name": "ws-3", "project": "vision", "kind": "incus", "type": "container", "state": "Stopped",
+         "memory_bytes": None, "disk_bytes": None, "cpu_seconds": None, "ipv4": None},
+    ]
+    report["probes"] = [{"name": "intl", "url": "https://example.org", "ok": False, "latency_ms": None,
+                         "status": None, "error": "ConnectTimeoutError", "checked_at": time.time()}]
+    report["agent"] = {"spool_depth": 3, "spool_bytes": 4096, "spool_dropped": 2, "rejected": 0}
+    report["disks"].append({"mountpoint": "zpool:tank", "device": "tank", "fstype": "zpool",
+                            "total_bytes": 10**13, "used_bytes": 5 * 10**12, "health": "DEGRADED"})
+    assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
+    containers = admin.get("/monitor/containers.json?_shape=array").json()
+    assert [(c["project"], c["name"], c["state"]) for c in containers] == [
+        ("default", "trainbox", "Running"), ("vision", "ws-3", "Stopped")]
+    probes = admin.get("/monitor/probes.json?_shape=array").json()
+    assert probes[0]["ok"] == 0 and probes[0]["error"] == "ConnectTimeoutError"
+    server = admin.get("/monitor/servers.json?_shape=array").json()[0]
+    assert (server["spool_depth"], server["spool_dropped"]) == (3, 2)
+    pool = [d for d in admin.get("/monitor/disks.json?_shape=array").json() if d["fstype"] == "zpool"][0]
+    assert pool["health"] == "DEGRADED" and pool["used_percent"] == 50.0
+    # A newer report without a container list (not collected) keeps the last one.
+    newer = sample_report("lxc-host", gpus=1, processes=0, sample_time=report["sample_time"] + 30)
+    newer["sent_at"] = None
+    newer.pop("containers", None)
+    assert ingest(admin, newer, hub_config.get("agent.token")).status_code == 201
+    assert len(admin.get("/monitor/containers.json?_shape=array").json()) == 2

@@ -1,0 +1,114 @@
+"""Agent cost per report cycle on an 8-GPU / 64-process host (fake nvidia-smi).
+
+    .venv/bin/python scripts/bench_agent.py [--cycles 1000]
+
+Measures, per cycle of ReportBuilder.build() plus JSON encoding and gzip (what the
+agent does besides waiting on the network): nvidia-smi calls and other child processes
+started (counted with a sys.addaudithook on process creation), the agent's own CPU time
+(time.process_time: children such as nvidia-smi are excluded), RSS over the run, and the
+report size. The fake answers from pre-rendered files through a tiny shell script, so
+its own cost stays out of the agent's figures.
+"""
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import psutil  # noqa: E402
+
+from monitor_agent import nvsmi  # noqa: E402
+from monitor_agent.collect import ReportBuilder  # noqa: E402
+from monitor_agent.config import check  # noqa: E402
+
+FAKE = os.path.join(ROOT, "tests", "fake_nvidia_smi.py")
+GPUS, PROCS_PER_GPU = 8, 8
+
+spawned = []
+
+
+def audit(event, args):
+    if event in ("subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.system"):
+        spawned.append(event)
+
+
+def prepare(directory):
+    """Pre-render the fake's answers for the exact argument lists the agent uses."""
+    env = dict(os.environ, FAKE_NVSMI_GPUS=str(GPUS), FAKE_NVSMI_PROCS=str(PROCS_PER_GPU),
+               FAKE_NVSMI_PID=str(os.getpid()), FAKE_NVSMI_CAPTURE="h100-80gb", FAKE_NVSMI_STATE="load")
+    help_args = ["--help-query-gpu"]
+    supported = nvsmi.parse_help_query_gpu(subprocess.run([FAKE] + help_args, env=env, capture_output=True,
+                                                          text=True).stdout)
+    fields = nvsmi.choose_fields(supported)
+    arg_lists = [
+        help_args,
+        ["--query-gpu=" + ",".join(name for _, name, _ in fields), "--format=csv,noheader,nounits"],
+        ["--query-compute-apps=" + ",".join(nvsmi.APP_FIELDS), "--format=csv,noheader,nounits"],
+    ]
+    for args in arg_lists:
+        out = subprocess.run([FAKE] + args, env=env, capture_output=True).stdout
+        key = hashlib.md5(" ".join(args).encode()).hexdigest()
+        with open(os.path.join(directory, key + ".out"), "wb") as fp:
+            fp.write(out)
+    script = os.path.join(directory, "nvidia-smi")
+    with open(script, "w") as fp:
+        fp.write(f'#!/bin/sh\nexec cat "{directory}/$(printf %s "$*" | md5sum | cut -c1-32).out"\n')
+    os.chmod(script, 0o755)
+    return script
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        smi = prepare(tmp)
+        cfg = check({"server_url": "http://127.0.0.1:9", "token": "x", "interval": 30, "nvidia_smi": smi,
+                     "gpu_timeout": 10, "proc_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
+                     "spool_max_mb": 64, "spool_max_age_h": 168, "retry_base_s": 5, "retry_max_s": 300,
+                     "inventory_interval": 60, "probes": [], "probe_interval": 60})
+        builder = ReportBuilder(cfg)
+        sys.addaudithook(audit)
+        cpu_ms, calls, others, rss = [], [], [], {}
+        size_raw = size_gz = 0
+        proc = psutil.Process()
+        for i in range(1, args.cycles + 1):
+            spawned.clear()
+            before_calls = builder.gpu.calls
+            t0 = time.process_time()
+            report = builder.build()
+            body = json.dumps(report, separators=(",", ":")).encode()
+            packed = gzip.compress(body, compresslevel=6)
+            cpu_ms.append((time.process_time() - t0) * 1000)
+            smi_calls = builder.gpu.calls - before_calls
+            calls.append(smi_calls)
+            others.append(len(spawned) - smi_calls)
+            size_raw, size_gz = len(body), len(packed)
+            if i in (1, 10, 100, args.cycles):
+                rss[i] = proc.memory_info().rss / 1048576
+        assert len(report["gpus"]) == GPUS and len(report["processes"]) == GPUS * PROCS_PER_GPU
+        steady = cpu_ms[1:]
+        steady_calls = calls[1:]
+        print(f"agent benchmark: {GPUS} GPUs, {GPUS * PROCS_PER_GPU} GPU processes, {args.cycles} cycles")
+        print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+              f"Python {sys.version.split()[0]}")
+        print(f"nvidia-smi calls per cycle:   first {calls[0]}, then max {max(steady_calls)} (target <= 2)")
+        print(f"other child processes/cycle:  max {max(others)} (target 0)")
+        print(f"agent CPU per cycle (ms):     median {statistics.median(steady):.1f}, "
+              f"p95 {sorted(steady)[int(len(steady) * 0.95)]:.1f}, max {max(steady):.1f} (target <= 30)")
+        print("RSS (MiB):                    " + ", ".join(f"after {k}: {v:.1f}" for k, v in rss.items())
+              + " (target <= 40, no growth)")
+        print(f"report size:                  {size_raw} bytes JSON, {size_gz} bytes gzip")
+
+
+if __name__ == "__main__":
+    main()
