@@ -10,7 +10,7 @@ optional ``Content-Encoding: gzip``, body either one report object or a batch
 ``{"reports": [report, ...]}`` (see ``docs/api.md``).
 
 Answers (always JSON): 201 stored, 200 duplicate (already stored), 207 batch results,
-400 bad body or contract violation (message names the field), 401 bad token, 404 other
+400 bad body or contract violation (message names the field), 401 bad token, 403 per-host token used for another host, 404 other
 path, 405 other method, 411 no Content-Length, 413 too large, 415 bad encoding,
 503 database unavailable (with ``Retry-After``). Never 500 for any input.
 """
@@ -24,9 +24,9 @@ import time
 import zlib
 
 from server_monitor import config as config_mod
-from server_monitor import schema
+from server_monitor import schema, tokens
 from server_monitor.contract import ContractError, validate_report
-from server_monitor.store import store_report
+from server_monitor.store import machine_identity, store_report
 
 log = logging.getLogger("server_monitor.ingest")
 
@@ -45,7 +45,7 @@ class HTTPError(Exception):
 
 _REASONS = {
     200: "OK", 201: "Created", 207: "Multi-Status", 400: "Bad Request",
-    401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
     411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
@@ -95,6 +95,7 @@ class IngestApp:
         self.token = config.get("agent.token").encode("utf-8")
         self.max_bytes = int(config.get("agent.max_report_bytes", 1_048_576))
         self.db_path = config.db_path
+        self.auth_db_path = config.auth_db_path
         self._local = threading.local()
         schema.migrate(self.db_path)
 
@@ -105,13 +106,25 @@ class IngestApp:
             conn = self._local.conn = schema.connect(self.db_path)
         return conn
 
-    def _store_one(self, obj, received_at):
-        """Validate and store one report; returns ``(status, body dict)``."""
+    def _auth_conn(self):
+        conn = getattr(self._local, "auth", None)
+        if conn is None:
+            conn = self._local.auth = tokens.connect(self.auth_db_path)
+        return conn
+
+    def _store_one(self, obj, received_at, only_host):
+        """Validate and store one report; returns ``(status, body dict)``.
+
+        ``only_host``: the machine identity a per-host token may write, or None (shared token).
+        """
         try:
             report = validate_report(obj)
         except ContractError as exc:
             report_id = obj.get("report_id") if isinstance(obj, dict) else None
             return 400, {"error": str(exc), "report_id": report_id if isinstance(report_id, str) else None}
+        if only_host is not None and machine_identity(report["host"]) != only_host:
+            return 403, {"error": f"this token may only report for host {only_host!r}",
+                         "report_id": report["report_id"]}
         result = store_report(self._conn(), report, received_at)
         if result["stored"]:
             return 201, {"report_id": report["report_id"], "stored": True}
@@ -119,14 +132,20 @@ class IngestApp:
 
     # -- HTTP ----------------------------------------------------------------------
     def _authorize(self, environ):
+        """None for the shared token, the allowed machine id for a per-host token; else 401."""
         header = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, given = header.partition(" ")
+        given = given.strip()
         if scheme.lower() != "bearer" or not given:
             raise HTTPError(401, "missing 'Authorization: Bearer <agent token>' header",
                             [("WWW-Authenticate", 'Bearer realm="server-monitor"')])
-        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), self.token):
+        if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token):
+            return None
+        host = tokens.host_for_token(self._auth_conn(), given)
+        if host is None:
             raise HTTPError(401, "invalid agent token",
                             [("WWW-Authenticate", 'Bearer realm="server-monitor", error="invalid_token"')])
+        return host
 
     def _read_body(self, environ):
         length = environ.get("CONTENT_LENGTH") or ""
@@ -151,7 +170,7 @@ class IngestApp:
             raise HTTPError(404, f"not found; agents post to {REPORT_PATH}")
         if environ.get("REQUEST_METHOD") != "POST":
             raise HTTPError(405, "only POST is allowed", [("Allow", "POST")])
-        self._authorize(environ)
+        only_host = self._authorize(environ)
         raw = self._read_body(environ)
         body = decode_body(raw, environ.get("HTTP_CONTENT_ENCODING"), self.max_bytes)
         received_at = int(time.time())
@@ -162,14 +181,14 @@ class IngestApp:
             if len(reports) > MAX_BATCH:
                 raise HTTPError(413, f"reports: more than {MAX_BATCH} in one batch")
             results = []
-            for i, obj in enumerate(reports):
-                status, result = self._store_one(obj, received_at)
+            for obj in reports:
+                status, result = self._store_one(obj, received_at, only_host)
                 result["status"] = status
                 results.append(result)
             return 207, {"results": results}, []
         if not isinstance(body, dict):
             raise HTTPError(400, f"expected a JSON object (one report) or {{\"reports\": [...]}}, got {type(body).__name__}")
-        status, result = self._store_one(body, received_at)
+        status, result = self._store_one(body, received_at, only_host)
         return status, result, []
 
     def __call__(self, environ, start_response):

@@ -1,36 +1,59 @@
 -- title: GPU history
--- description: Per-GPU metrics of one server over the last :hours hours (default 24, at most 17520), averaged into time buckets so that all GPUs together return at most 1000 rows (Datasette's row limit). Units as in the gpus query.
+-- description: Per-GPU metrics of one server over the last :hours hours (default 24, at most 17520), in time buckets sized so that all GPUs together return at most 1000 rows (Datasette's row limit). Tier as in server_history: raw up to 48 h, 5-minute roll-ups up to 60 days, hourly beyond. Units as in the gpus query; averages weighted by samples, *_max are maxima.
 with params as (
   select
     cast(min(max(coalesce(cast(nullif(:hours, '') as real), 24), 0.1), 17520) * 3600 as integer) as span_s,
+    cast(:server_id as integer) as server_id,
     max(1, (select count(*) from gpus where server_id = cast(:server_id as integer))) as gpu_count
 ),
 range as (
   select
+    server_id,
     cast(strftime('%s', 'now') as integer) - span_s as since,
-    max(1, span_s * gpu_count / 990 + 1) as bucket_s
+    max(1, span_s * gpu_count / 990 + 1) as bucket_s,
+    case when span_s <= 172800 then 'raw' when span_s <= 5184000 then '5m' else '1h' end as tier,
+    coalesce((select value from maintenance_state where name = 'rolled_until'), 0) as rolled_until
   from params
+  where (:_scope_all or server_id in (select value from json_each(:_scope_servers)))
+),
+src as (
+  select s.gpu_id, s.ts, 1 as samples,
+    s.utilization_gpu as util_avg, s.utilization_gpu as util_max, s.utilization_memory as mutil_avg,
+    s.memory_used_mib as mem_avg, s.memory_used_mib as mem_max, s.temperature_gpu_c as temp_avg,
+    s.temperature_gpu_c as temp_max, s.power_draw_w as power_avg, s.power_draw_w as power_max
+  from range r join gpus g on g.server_id = r.server_id join gpu_samples s on s.gpu_id = g.id
+  where s.ts >= r.since and (r.tier = 'raw' or s.ts >= r.rolled_until)
+  union all
+  select t.gpu_id, t.ts, t.samples, t.utilization_gpu_avg, t.utilization_gpu_max, t.utilization_memory_avg,
+    t.memory_used_mib_avg, t.memory_used_mib_max, t.temperature_gpu_c_avg, t.temperature_gpu_c_max,
+    t.power_draw_w_avg, t.power_draw_w_max
+  from range r join gpus g on g.server_id = r.server_id join gpu_samples_5m t on t.gpu_id = g.id
+  where r.tier = '5m' and t.ts >= r.since and t.ts < r.rolled_until
+  union all
+  select t.gpu_id, t.ts, t.samples, t.utilization_gpu_avg, t.utilization_gpu_max, t.utilization_memory_avg,
+    t.memory_used_mib_avg, t.memory_used_mib_max, t.temperature_gpu_c_avg, t.temperature_gpu_c_max,
+    t.power_draw_w_avg, t.power_draw_w_max
+  from range r join gpus g on g.server_id = r.server_id join gpu_samples_1h t on t.gpu_id = g.id
+  where r.tier = '1h' and t.ts >= r.since and t.ts < r.rolled_until
 )
 select
   g.id as gpu_id,
   g.gpu_index,
   (s.ts / r.bucket_s) * r.bucket_s as ts,
   r.bucket_s,
-  count(*) as samples,
-  round(avg(s.utilization_gpu), 1) as utilization_gpu,
-  max(s.utilization_gpu) as utilization_gpu_max,
-  round(avg(s.utilization_memory), 1) as utilization_memory,
-  cast(avg(s.memory_used_mib) as integer) as memory_used_mib,
-  max(s.memory_used_mib) as memory_used_mib_max,
-  round(avg(s.temperature_gpu_c), 1) as temperature_gpu_c,
-  max(s.temperature_gpu_c) as temperature_gpu_c_max,
-  round(avg(s.power_draw_w), 1) as power_draw_w,
-  max(s.power_draw_w) as power_draw_w_max
-from gpus g
-join gpu_samples s on s.gpu_id = g.id
+  r.tier,
+  sum(s.samples) as samples,
+  round(sum(s.util_avg * s.samples) / nullif(sum(case when s.util_avg is not null then s.samples end), 0), 1) as utilization_gpu,
+  max(s.util_max) as utilization_gpu_max,
+  round(sum(s.mutil_avg * s.samples) / nullif(sum(case when s.mutil_avg is not null then s.samples end), 0), 1) as utilization_memory,
+  cast(sum(s.mem_avg * s.samples) / nullif(sum(case when s.mem_avg is not null then s.samples end), 0) as integer) as memory_used_mib,
+  cast(max(s.mem_max) as integer) as memory_used_mib_max,
+  round(sum(s.temp_avg * s.samples) / nullif(sum(case when s.temp_avg is not null then s.samples end), 0), 1) as temperature_gpu_c,
+  max(s.temp_max) as temperature_gpu_c_max,
+  round(sum(s.power_avg * s.samples) / nullif(sum(case when s.power_avg is not null then s.samples end), 0), 1) as power_draw_w,
+  max(s.power_max) as power_draw_w_max
+from src s
+join gpus g on g.id = s.gpu_id
 join range r
-where g.server_id = cast(:server_id as integer)
-  and s.ts >= r.since
-  and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 group by g.id, 3
 order by g.gpu_index, 3

@@ -83,6 +83,71 @@ def migrate(config_path):
     click.echo(f"{cfg.db_path}: schema version {before} -> {schema.SCHEMA_VERSION}")
 
 
+@cli.group()
+def token():
+    """Per-host agent tokens (stored hashed in auth.db)."""
+
+
+def _token_db(config_path):
+    from . import tokens
+
+    return tokens, tokens.connect(config_mod.load(config_path).auth_db_path)
+
+
+@token.command("issue")
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+@click.option("--server-id", type=int, help="Bind to this server (its machine id).")
+@click.option("--machine-id", help="Bind to this machine id (/etc/machine-id of the host).")
+@click.option("--label", help="Free text, e.g. the hostname.")
+def token_issue(config_path, server_id, machine_id, label):
+    """Issue a token that can only report for one host; prints it once."""
+    if (server_id is None) == (machine_id is None):
+        raise click.UsageError("give exactly one of --server-id or --machine-id")
+    if server_id is not None:
+        import sqlite3
+
+        cfg = config_mod.load(config_path)
+        row = sqlite3.connect(cfg.db_path).execute("SELECT machine_id, hostname FROM servers WHERE id = ?",
+                                                    (server_id,)).fetchone()
+        if row is None:
+            raise click.ClickException(f"no server with id {server_id}")
+        machine_id, label = row[0], label or row[1]
+    tokens, conn = _token_db(config_path)
+    token_id, value = tokens.issue(conn, machine_id, label)
+    click.echo(f"token {token_id} for {machine_id} ({label or '-'}):")
+    click.echo(value)
+
+
+@token.command("list")
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+def token_list(config_path):
+    """List per-host tokens (never their values)."""
+    tokens, conn = _token_db(config_path)
+    for t in tokens.list_tokens(conn):
+        state = "revoked" if t["revoked_at"] else "live"
+        click.echo(f"{t['id']}\t{state}\t{t['machine_id']}\t{t['label'] or ''}")
+
+
+@token.command("revoke")
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+@click.argument("token_id", type=int)
+def token_revoke(config_path, token_id):
+    """Revoke a per-host token; it stops working at once."""
+    tokens, conn = _token_db(config_path)
+    if not tokens.revoke(conn, token_id):
+        raise click.ClickException(f"no live token {token_id}")
+    click.echo(f"token {token_id} revoked")
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+def maintain(config_path):
+    """Run one maintenance pass now (roll-ups, retention, WAL checkpoint)."""
+    from .rollup import Maintenance
+
+    click.echo(Maintenance.from_config(config_mod.load(config_path)).run_once())
+
+
 @cli.command("hash-password")
 @click.password_option()
 def hash_password(password):

@@ -30,6 +30,9 @@ DEFAULTS = {
         "path": "monitor.db",
         "auth_path": "auth.db",
         "retention_days": 7,
+        "rollup_5m_days": 90,
+        "rollup_1h_days": 730,
+        "maintenance_interval_s": 60,
     },
 }
 
@@ -104,8 +107,12 @@ def _check(data):
     if auth.get("password_hash") and not str(auth["password_hash"]).startswith("pbkdf2_sha256$"):
         raise ConfigError("config: auth.password_hash must be a pbkdf2_sha256$... hash")
     days = data["data"]["retention_days"]
-    if not isinstance(days, (int, float)) or days <= 0:
-        raise ConfigError("config: data.retention_days must be a positive number")
+    # History charts up to 48 h read raw samples, so raw data must cover at least that.
+    if not isinstance(days, (int, float)) or days < 2:
+        raise ConfigError("config: data.retention_days must be a number >= 2")
+    for key in ("rollup_5m_days", "rollup_1h_days", "maintenance_interval_s"):
+        if not isinstance(data["data"][key], (int, float)) or data["data"][key] < 0:
+            raise ConfigError(f"config: data.{key} must be a non-negative number")
 
 
 def load(path):

@@ -203,7 +203,54 @@ CREATE TABLE probes (
 ) WITHOUT ROWID;
 """
 
-MIGRATIONS = [MIGRATION_1, MIGRATION_2]
+# Columns rolled up per tier: (column, aggregates), used by server_monitor.rollup. They are
+# part of migration 3 below: changing them needs a new migration, never an edit.
+HOST_ROLLUP = (
+    ("cpu_percent", ("avg", "max")),
+    ("load_1", ("avg", "max")),
+    ("memory_used_bytes", ("avg", "max")),
+    ("memory_total_bytes", ("max",)),
+    ("swap_used_bytes", ("avg", "max")),
+    ("net_rx_bps", ("avg", "max")),
+    ("net_tx_bps", ("avg", "max")),
+)
+GPU_ROLLUP = (
+    ("utilization_gpu", ("avg", "max")),
+    ("utilization_memory", ("avg", "max")),
+    ("memory_used_mib", ("avg", "max")),
+    ("temperature_gpu_c", ("avg", "max")),
+    ("power_draw_w", ("avg", "max")),
+    ("fan_speed", ("avg", "max")),
+)
+
+
+def _rollup_table(name, key, columns):
+    cols = ",\n    ".join(f"{col}_{agg} REAL" for col, aggs in columns for agg in aggs)
+    return (
+        f"CREATE TABLE {name} (\n    {key} INTEGER NOT NULL,\n    ts INTEGER NOT NULL,\n"
+        f"    samples INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY ({key}, ts)\n) WITHOUT ROWID;\n"
+        f"CREATE INDEX {name}_ts ON {name} (ts);\n"
+    )
+
+
+MIGRATION_3 = (
+    """
+-- Tiered retention: ts indexes for batched deletes and roll-ups, 5-minute and hourly tiers.
+CREATE INDEX host_samples_ts ON host_samples (ts);
+CREATE INDEX gpu_samples_ts ON gpu_samples (ts);
+CREATE INDEX disk_samples_ts ON disk_samples (ts);
+CREATE INDEX gpu_processes_ts ON gpu_processes (ts);
+-- Hours whose raw data arrived after they were rolled up (spool replays).
+CREATE TABLE rollup_dirty (hour INTEGER PRIMARY KEY);
+CREATE TABLE maintenance_state (name TEXT PRIMARY KEY, value INTEGER);
+"""
+    + _rollup_table("host_samples_5m", "server_id", HOST_ROLLUP)
+    + _rollup_table("host_samples_1h", "server_id", HOST_ROLLUP)
+    + _rollup_table("gpu_samples_5m", "gpu_id", GPU_ROLLUP)
+    + _rollup_table("gpu_samples_1h", "gpu_id", GPU_ROLLUP)
+)
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

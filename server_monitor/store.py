@@ -9,6 +9,11 @@ duplicate: nothing is written and the caller answers 2xx.
 
 import json
 
+from .rollup import merge_late_sample
+
+# Raw retention is at least two days; only samples older than this may predate the cutoff.
+_MIN_RAW_RETENTION_S = 2 * 86400
+
 # Beyond this |agent clock - hub clock| the agent's clock is not trusted for ordering.
 SKEW_THRESHOLD_S = 30
 
@@ -89,7 +94,18 @@ def store_report(conn, report, received_at):
         if cur.rowcount == 0:  # same host, same second: already have this sample
             conn.execute("ROLLBACK")
             return {"stored": False, "server_id": server_id}
-        gpu_ids = _store_gpus(conn, server_id, report.get("gpus") or [], ts, newest, gpu_state)
+        if (ts // 3600 + 1) * 3600 <= received_at:
+            # Its hour is complete and may be rolled up already: have the roll-up redone.
+            conn.execute("INSERT OR IGNORE INTO rollup_dirty (hour) VALUES (?)", (ts // 3600 * 3600,))
+        gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], ts, newest, gpu_state)
+        if ts < received_at - _MIN_RAW_RETENTION_S:
+            cutoff = conn.execute("SELECT value FROM maintenance_state WHERE name = 'raw_deleted_before'").fetchone()
+            if cutoff is not None and ts < cutoff[0]:
+                host_row = dict(cpu_percent=_num(cpu, "percent"), load_1=_num(cpu, "load_1"),
+                                memory_used_bytes=_num(mem, "used_bytes"), memory_total_bytes=_num(mem, "total_bytes"),
+                                swap_used_bytes=_num(mem, "swap_used_bytes"), net_rx_bps=_num(net, "rx_bytes_per_s"),
+                                net_tx_bps=_num(net, "tx_bytes_per_s"))
+                merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
         _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
         disks = report.get("disks") or []
         if disks:
@@ -217,14 +233,17 @@ def _gpu_values(gpu):
 
 
 def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
-    """Upsert ``gpus`` rows and append ``gpu_samples``; returns ``{identity: gpu_id}``."""
+    """Upsert ``gpus`` rows and append ``gpu_samples``.
+
+    Returns ``({identity: gpu_id}, [(gpu_id, {sample column: value})])``.
+    """
     known = {
         uuid: (gpu_id, last_ts)
         for gpu_id, uuid, last_ts in conn.execute(
             "SELECT id, uuid, last_ts FROM gpus WHERE server_id = ?", (server_id,)
         )
     }
-    ids, samples = {}, []
+    ids, samples, rows = {}, [], []
     columns = list(_GPU_LATEST)
     for gpu in gpus:
         identity = gpu_identity(gpu)
@@ -247,6 +266,7 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
                     [ts] + [values[c] for c in columns] + [gpu_id],
                 )
         ids[identity] = gpu_id
+        rows.append((gpu_id, values))
         samples.append(
             (gpu_id, ts, values["utilization_gpu"], values["utilization_memory"],
              values["memory_used_mib"], values["temperature_gpu_c"], values["power_draw_w"],
@@ -263,7 +283,7 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
         gone = [gpu_id for identity, (gpu_id, _) in known.items() if identity not in ids]
         if gone:
             conn.executemany("UPDATE gpus SET present = 0 WHERE id = ?", [(g,) for g in gone])
-    return ids
+    return ids, rows
 
 
 def _store_processes(conn, server_id, ts, gpu_ids, processes):

@@ -45,7 +45,7 @@ def sample_report(hostname="gpu-01", gpus=2, processes=2, disks=2, sample_time=N
         "contract_version": 1,
         "report_id": str(uuid.uuid4()),
         "sample_time": now,
-        "sent_at": now,
+        "sent_at": time.time(),  # sent now, whenever it was sampled (a replay when older)
         "interval": 30,
         "host": {
             "machine_id": machine_id or ("m" + uuid.uuid5(uuid.NAMESPACE_DNS, hostname).hex[:31]),

@@ -210,3 +210,26 @@ def test_clock_skew_is_recorded_and_corrected(ingest_server):
     skew, last_ts = conn.execute("select clock_skew_s, last_ts from servers").fetchone()
     assert 3590 <= skew <= 3610
     assert abs(last_ts - time.time()) < 60
+
+
+def test_per_host_token_writes_only_its_own_host(ingest_server):
+    from server_monitor import tokens
+
+    conn = tokens.connect(ingest_server.config.auth_db_path)
+    own = sample_report("gpu-07", machine_id="a" * 32)
+    other = sample_report("gpu-08", machine_id="b" * 32)
+    token_id, token = tokens.issue(conn, "a" * 32, "gpu-07")
+    assert post(ingest_server, own, token=token)[0] == 201
+    status, body = post(ingest_server, other, token=token)
+    assert status == 403 and "may only report for host" in body["error"]
+    import time
+
+    earlier = sample_report("gpu-07", machine_id="a" * 32, sample_time=time.time() - 60)
+    status, body = post(ingest_server, {"reports": [earlier, other]}, token=token)
+    assert [r["status"] for r in body["results"]] == [201, 403]
+    assert tokens.revoke(conn, token_id)
+    assert post(ingest_server, sample_report("gpu-07", machine_id="a" * 32), token=token)[0] == 401
+    assert counts(ingest_server)["host_samples"] == 2
+    assert "token_hash" not in tokens.list_tokens(conn)[0]
+    stored = conn.execute("select token_hash from agent_tokens").fetchone()[0]
+    assert token not in stored and stored == tokens.token_hash(token)

@@ -1,0 +1,138 @@
+"""Tiered retention: roll-ups with exact avg/max, watermark, dirty hours, deletes, tier choice."""
+
+import sqlite3
+
+import pytest
+from reports import sample_report
+
+from server_monitor import schema
+from server_monitor.contract import validate_report
+from server_monitor.rollup import Maintenance
+from server_monitor.store import store_report
+
+DAY = 86400
+T0 = 1_800_000_000 // 3600 * 3600  # an hour boundary
+
+
+class Conn(sqlite3.Connection):
+    path = None
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = sqlite3.connect(path, isolation_level=None, factory=Conn)
+    conn.execute("insert into servers (id, machine_id, hostname, first_seen, last_seen) values (1, 'm1', 'h1', 0, 0)")
+    conn.execute("insert into gpus (id, server_id, uuid, first_seen) values (10, 1, 'GPU-a', 0), (11, 1, 'GPU-b', 0)")
+    conn.path = path
+    return conn
+
+
+def add_samples(conn, start, count, step=30, util=lambda i: i % 100, cpu=lambda i: 10.0):
+    conn.executemany(
+        "insert into host_samples (server_id, ts, received_at, report_id, cpu_percent, memory_used_bytes)"
+        " values (1, ?, ?, ?, ?, ?)",
+        [(start + i * step, start + i * step, f"r{start + i * step}", cpu(i), 1000 + i) for i in range(count)])
+    conn.executemany(
+        "insert into gpu_samples (gpu_id, ts, utilization_gpu, memory_used_mib, power_draw_w) values (?, ?, ?, ?, ?)",
+        [(g, start + i * step, util(i), 100 * g, 50.0 + i) for g in (10, 11) for i in range(count)])
+
+
+def run(conn, now, **kw):
+    return Maintenance(conn.path, now=lambda: now, pause=0, **kw).run_once()
+
+
+def test_hours_roll_up_with_exact_avg_and_max(db):
+    add_samples(db, T0, 240)  # two hours of 30-second samples, utilization 0..99, 0..99, 0..39
+    stats = run(db, T0 + 2 * 3600 + 601)
+    assert stats["hours_rolled"] == 2
+    five = db.execute("select ts, samples, utilization_gpu_avg, utilization_gpu_max, power_draw_w_max"
+                      " from gpu_samples_5m where gpu_id = 10 order by ts").fetchall()
+    assert len(five) == 24
+    assert five[0] == (T0, 10, 4.5, 9, 59.0)  # samples 0..9
+    hourly = db.execute("select ts, samples, utilization_gpu_avg, utilization_gpu_max from gpu_samples_1h"
+                        " where gpu_id = 11 order by ts").fetchall()
+    first_hour = [i % 100 for i in range(120)]
+    assert hourly[0] == (T0, 120, sum(first_hour) / 120, 99)
+    host = db.execute("select samples, cpu_percent_avg, memory_used_bytes_max from host_samples_1h where ts = ?",
+                      (T0 + 3600,)).fetchone()
+    assert host == (120, 10.0, 1000 + 239)
+    assert db.execute("select value from maintenance_state where name = 'rolled_until'").fetchone()[0] == T0 + 7200
+
+
+def test_incomplete_hour_waits_for_the_lag(db):
+    add_samples(db, T0, 120)
+    assert run(db, T0 + 3600 + 10)["hours_rolled"] == 0
+    assert run(db, T0 + 3600 + 601)["hours_rolled"] == 1
+
+
+def test_late_samples_are_rolled_up_again(db):
+    add_samples(db, T0, 120, util=lambda i: 10)
+    run(db, T0 + 3600 + 601)
+    # A spooled report for that hour arrives later, through the normal ingest path.
+    report = validate_report(sample_report("h1", gpus=0, processes=0, machine_id="m1", sample_time=T0 + 15))
+    report["sent_at"] = None
+    assert store_report(db, report, T0 + 5000)["stored"]
+    assert db.execute("select hour from rollup_dirty").fetchall() == [(T0,)]
+    stats = run(db, T0 + 5000)
+    assert stats["dirty_hours"] == 1
+    assert db.execute("select samples from host_samples_1h where ts = ?", (T0,)).fetchone() == (121,)
+    assert db.execute("select count(*) from rollup_dirty").fetchone() == (0,)
+
+
+def test_late_samples_older_than_raw_retention_are_merged_by_ingest(db):
+    add_samples(db, T0, 120, util=lambda i: 10)
+    run(db, T0 + 3600 + 601)
+    later = T0 + 8 * DAY
+    run(db, later)  # raw retention passed: the raw hour is deleted, the roll-ups stay
+    assert db.execute("select count(*) from gpu_samples where ts < ?", (T0 + 3600,)).fetchone() == (0,)
+    report = sample_report("h1", gpus=1, processes=0, machine_id="m1", sample_time=T0 + 45)
+    report["sent_at"] = None
+    report["gpus"][0]["uuid"] = "GPU-a"
+    report["gpus"][0]["utilization.gpu"] = 70
+    assert store_report(db, validate_report(report), later)["stored"]
+    expected = (121, (120 * 10 + 70) / 121, 70)
+    query = "select samples, utilization_gpu_avg, utilization_gpu_max from gpu_samples_1h where gpu_id = 10 and ts = ?"
+    assert db.execute(query, (T0,)).fetchone() == expected
+    five = db.execute("select samples, utilization_gpu_max from gpu_samples_5m where gpu_id = 10 and ts = ?", (T0,))
+    assert five.fetchone() == (11, 70)
+    run(db, later + 60)  # the dirty mark is cleared without recomputing from the partial raw
+    assert db.execute(query, (T0,)).fetchone() == expected
+    assert db.execute("select count(*) from rollup_dirty").fetchone() == (0,)
+    assert db.execute("select count(*) from gpu_samples where ts < ?", (T0 + 3600,)).fetchone() == (0,)
+
+
+def test_retention_deletes_each_tier_in_batches(db):
+    add_samples(db, T0, 240)
+    run(db, T0 + 2 * 3600 + 601)
+    assert run(db, T0 + 7 * DAY + 3600, batch=50)["deleted"]["gpu_samples"] == 240  # first hour: 2 GPUs × 120
+    assert db.execute("select min(ts) from gpu_samples").fetchone() == (T0 + 3600,)
+    stats = run(db, T0 + 91 * DAY)
+    assert stats["deleted"]["gpu_samples_5m"] == 48 and stats["deleted"]["host_samples_5m"] == 24
+    assert db.execute("select count(*) from gpu_samples_1h").fetchone() == (4,)
+    assert run(db, T0 + 731 * DAY)["deleted"]["gpu_samples_1h"] == 4
+
+
+def test_history_query_reads_the_rolled_up_tier(db, tmp_path):
+    import time
+
+    from server_monitor.rollup import LAG
+
+    now = int(time.time())
+    start = (now - 20 * DAY) // 3600 * 3600
+    add_samples(db, start, 20 * 24 * 12, step=300, util=lambda i: 40)  # 20 days, one sample / 5 min
+    run(db, now)
+    db.execute("delete from gpu_samples where ts < ?", (now - 7 * DAY,))  # as raw retention would
+    watermark = db.execute("select value from maintenance_state where name='rolled_until'").fetchone()[0]
+    assert watermark >= (now - LAG) // 3600 * 3600 - 3600
+    sql = open(__import__("os").path.join(__import__("conftest").ROOT, "canned_queries", "gpu_history.sql")).read()
+    params = {"server_id": "1", "hours": str(30 * 24), "_scope_all": 1, "_scope_servers": "[]"}
+    rows = db.execute(sql, params).fetchall()
+    cols = [d[0] for d in db.execute(sql, params).description]
+    rows = [dict(zip(cols, r)) for r in rows]
+    assert {r["tier"] for r in rows} == {"5m"}
+    assert len(rows) <= 1000
+    assert rows[0]["ts"] <= start + rows[0]["bucket_s"]  # reaches back past raw retention
+    assert all(r["utilization_gpu"] == 40 for r in rows)
+    assert sum(r["samples"] for r in rows if r["gpu_id"] == 10) == 20 * 24 * 12
