@@ -1,5 +1,5 @@
 -- title: GPUs
--- description: Latest state of every GPU you may see. Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu ≥ 10 %. present = 0 when the GPU was missing from its server's latest complete report.
+-- description: Latest state of every GPU you may see. Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu ≥ 10 % in the server's newest report. present = 0 when the GPU was missing from its server's newest complete report.
 select
   g.server_id,
   coalesce(s.display_name, s.hostname) as server,
@@ -34,8 +34,8 @@ select
   g.persistence_mode,
   g.driver_version,
   g.process_count,
-  (g.process_count > 0 or coalesce(g.utilization_gpu, 0) >= 10) as busy
-from gpu_state g
+  g.busy
+from gpus g
 join server_state s on s.id = g.server_id
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
-order by server collate nocase, g.gpu_index
+order by server collate nocase, g.server_id, g.gpu_index

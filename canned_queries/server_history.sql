@@ -1,5 +1,5 @@
 -- title: Server history
--- description: Host metrics of one server over the last :hours hours (default 24, at most 17520) in at most 1000 time buckets. The tier is chosen from the range: raw samples up to 48 h, 5-minute roll-ups up to 60 days, hourly beyond (plus raw samples newer than the last roll-up). ts is the bucket start (UTC epoch s); averages weighted by samples; *_max are maxima.
+-- description: Host metrics of one server over the last :hours hours (default 24, at most 17520) in at most 1000 time buckets. The tier is the coarsest whose resolution fits the bucket size: raw samples (only within 48 h), then 5-minute, then hourly roll-ups, plus the raw samples newer than the last roll-up. ts is the bucket start (UTC epoch s); averages weighted by samples; *_max are maxima.
 with params as (
   select
     cast(min(max(coalesce(cast(nullif(:hours, '') as real), 24), 0.1), 17520) * 3600 as integer) as span_s,
@@ -10,7 +10,12 @@ range as (
     server_id,
     cast(strftime('%s', 'now') as integer) - span_s as since,
     max(1, span_s / 990 + 1) as bucket_s,
-    case when span_s <= 172800 then 'raw' when span_s <= 5184000 then '5m' else '1h' end as tier,
+    -- the coarsest tier whose resolution fits the bucket; raw only within 48 h
+    case
+      when max(1, span_s / 990 + 1) >= 3600 then '1h'
+      when max(1, span_s / 990 + 1) >= 300 or span_s > 172800 then '5m'
+      else 'raw'
+    end as tier,
     coalesce((select value from maintenance_state where name = 'rolled_until'), 0) as rolled_until
   from params
   where (:_scope_all or server_id in (select value from json_each(:_scope_servers)))

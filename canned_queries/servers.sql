@@ -35,12 +35,9 @@ select
   s.spool_depth,
   s.spool_dropped,
   s.rejected_reports,
-  (select count(*) from gpu_state g where g.server_id = s.id and g.present) as gpu_count,
-  (select count(*) from gpu_state g where g.server_id = s.id and g.present
-     and (g.process_count > 0 or coalesce(g.utilization_gpu, 0) >= 10)) as gpus_busy,
-  (select group_concat(name, ', ') from (
-     select g.name || ' × ' || count(*) as name from gpus g
-     where g.server_id = s.id and g.present group by g.name order by g.name)) as gpu_models
+  s.gpu_count,
+  s.gpus_busy,
+  s.gpu_models
 from server_state s
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
-order by name collate nocase
+order by name collate nocase, s.id

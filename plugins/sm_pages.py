@@ -14,6 +14,13 @@ async def dashboard(request, datasette):
     return await page(datasette, request, "dashboard.html")
 
 
+async def history(request, datasette):
+    return await page(datasette, request, "history.html", server_id=int(request.url_vars["server_id"]))
+
+
 @hookimpl
 def register_routes():
-    return [(r"^/$", dashboard)]
+    return [
+        (r"^/$", dashboard),
+        (r"^/servers/(?P<server_id>\d{1,18})/history$", history),
+    ]

@@ -33,7 +33,7 @@ def datasette_args(cfg, host=None, port=None):
         "--static", "static:" + os.path.join(ROOT, "static"),
         "--host", host or cfg.get("server.host"),
         "--port", str(port or cfg.get("server.port")),
-        "--setting", "max_returned_rows", "1000",
+        "--setting", "max_returned_rows", "20000",
         "--setting", "sql_time_limit_ms", "5000",
     ]
 

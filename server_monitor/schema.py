@@ -250,7 +250,18 @@ CREATE TABLE maintenance_state (name TEXT PRIMARY KEY, value INTEGER);
     + _rollup_table("gpu_samples_1h", "gpu_id", GPU_ROLLUP)
 )
 
-MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3]
+MIGRATION_4 = """
+-- GPU counts kept by ingest on the latest-state rows, so the fleet queries need no
+-- correlated subqueries (servers/gpus over 8000 GPUs stay fast).
+ALTER TABLE gpus ADD COLUMN process_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE gpus ADD COLUMN busy INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN gpu_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN gpus_busy INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN gpu_models TEXT;
+DROP VIEW gpu_state;
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

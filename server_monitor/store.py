@@ -97,7 +97,8 @@ def store_report(conn, report, received_at):
         if (ts // 3600 + 1) * 3600 <= received_at:
             # Its hour is complete and may be rolled up already: have the roll-up redone.
             conn.execute("INSERT OR IGNORE INTO rollup_dirty (hour) VALUES (?)", (ts // 3600 * 3600,))
-        gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], ts, newest, gpu_state)
+        gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], ts, newest, gpu_state,
+                                        _process_counts(report.get("processes") or []))
         if ts < received_at - _MIN_RAW_RETENTION_S:
             cutoff = conn.execute("SELECT value FROM maintenance_state WHERE name = 'raw_deleted_before'").fetchone()
             if cutoff is not None and ts < cutoff[0]:
@@ -232,9 +233,21 @@ def _gpu_values(gpu):
     return out
 
 
-def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
-    """Upsert ``gpus`` rows and append ``gpu_samples``.
+# A GPU counts as busy with any compute process or at least this utilization.gpu (%).
+BUSY_UTILIZATION = 10
 
+
+def _process_counts(processes):
+    counts = {}
+    for p in processes:
+        counts[p.get("gpu_uuid")] = counts.get(p.get("gpu_uuid"), 0) + 1
+    return counts
+
+
+def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
+    """Upsert ``gpus`` rows, append ``gpu_samples`` and refresh the server's GPU counts.
+
+    ``process_counts``: ``{gpu uuid: processes in this report}``.
     Returns ``({identity: gpu_id}, [(gpu_id, {sample column: value})])``.
     """
     known = {
@@ -244,12 +257,14 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
         )
     }
     ids, samples, rows = {}, [], []
-    columns = list(_GPU_LATEST)
+    columns = list(_GPU_LATEST) + ["process_count", "busy"]
     for gpu in gpus:
         identity = gpu_identity(gpu)
         if identity in ids:  # duplicated row in one report: keep the first
             continue
         values = _gpu_values(gpu)
+        values["process_count"] = process_counts.get(gpu.get("uuid"), 0)
+        values["busy"] = int(values["process_count"] > 0 or (values["utilization_gpu"] or 0) >= BUSY_UTILIZATION)
         if identity not in known:
             cols = ["server_id", "uuid", "first_seen", "last_ts", "present"] + columns
             cur = conn.execute(
@@ -283,6 +298,16 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state):
         gone = [gpu_id for identity, (gpu_id, _) in known.items() if identity not in ids]
         if gone:
             conn.executemany("UPDATE gpus SET present = 0 WHERE id = ?", [(g,) for g in gone])
+    if newest:
+        conn.execute(
+            "UPDATE servers SET"
+            " gpu_count = (SELECT count(*) FROM gpus WHERE server_id = ?1 AND present),"
+            " gpus_busy = (SELECT coalesce(sum(busy), 0) FROM gpus WHERE server_id = ?1 AND present),"
+            " gpu_models = (SELECT group_concat(model, ', ') FROM (SELECT name || ' × ' || count(*) AS model"
+            "   FROM gpus WHERE server_id = ?1 AND present GROUP BY name ORDER BY name))"
+            " WHERE id = ?1",
+            (server_id,),
+        )
     return ids, rows
 
 

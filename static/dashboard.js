@@ -1,6 +1,6 @@
 // Server Monitor dashboard: fetches the canned-query JSON and renders it.
 // Every value from an agent is untrusted text: the DOM is built with createElement and
-// textContent only (see h() below), never innerHTML.
+// textContent only (h() in common.js), never innerHTML.
 "use strict";
 
 const REFRESH_S = 30;
@@ -15,61 +15,6 @@ const GPU_STATE_TEXT = {
   error: "nvidia-smi failed",
 };
 const STATUS_RANK = { error: 0, offline: 1, stale: 2, maintenance: 3, online: 4 };
-
-// ---- tiny DOM helper: attributes are set as properties, children as text -------------
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined || value === false) continue;
-    if (key === "class") el.className = value;
-    else if (key === "dataset") Object.assign(el.dataset, value);
-    else if (key === "style") for (const [p, v] of Object.entries(value)) el.style.setProperty(p, v);
-    else if (key.startsWith("aria-") || key === "role" || key === "for") el.setAttribute(key, String(value));
-    else el[key] = value;
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return el;
-}
-
-// ---- formatting -------------------------------------------------------------------
-function fmtBytes(n) {
-  if (n === null || n === undefined) return "–";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-  let i = 0;
-  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i === 0 ? n.toFixed(0) : n.toFixed(n < 100 ? 1 : 0)) + " " + units[i];
-}
-function fmtMiB(n) { return n === null || n === undefined ? "–" : fmtBytes(n * 1048576); }
-function fmtRate(n) { return n === null || n === undefined ? "–" : fmtBytes(n) + "/s"; }
-function fmtPct(n) { return n === null || n === undefined ? "–" : Math.round(n) + "%"; }
-function pct(used, total) { return used === null || used === undefined || !total ? null : (100 * used) / total; }
-function fmtDuration(s) {
-  if (s === null || s === undefined) return "–";
-  const d = Math.floor(s / 86400), hr = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
-  if (d) return d + "d " + hr + "h";
-  if (hr) return hr + "h " + m + "m";
-  return m + "m";
-}
-function fmtAgo(s) {
-  if (s === null || s === undefined) return "never";
-  if (s < 90) return Math.max(0, Math.round(s)) + " s ago";
-  if (s < 5400) return Math.round(s / 60) + " min ago";
-  if (s < 172800) return Math.round(s / 3600) + " h ago";
-  return Math.round(s / 86400) + " d ago";
-}
-function fmtLocalTime(epoch) {
-  if (!epoch) return "–";
-  const d = new Date(epoch * 1000);
-  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
-  return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) + " (" + tz + ")";
-}
-function level(value, warn, crit) {
-  if (value === null || value === undefined) return "unknown";
-  return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
-}
 
 // ---- pieces -----------------------------------------------------------------------
 function bar(label, value, text, warn = 80, crit = 95, hideLabel = false) {
@@ -177,6 +122,23 @@ function agentNotes(server) {
   return notes.length ? h("p", { class: "server-note" }, notes.join(" · ")) : null;
 }
 
+function deleteButton(server) {
+  // Two clicks (no window.confirm): the first arms the button, the second deletes.
+  const button = h("button", { type: "button", class: "link-button danger" }, "Delete");
+  button.addEventListener("click", async () => {
+    if (button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = "Confirm delete of " + server.name;
+      setTimeout(() => { button.dataset.armed = ""; button.textContent = "Delete"; }, 5000);
+      return;
+    }
+    const response = await fetch("/api/servers/" + Number(server.server_id), { method: "DELETE", credentials: "same-origin" });
+    if (response.ok) refresh();
+    else button.textContent = "Delete failed (HTTP " + response.status + ")";
+  });
+  return button;
+}
+
 function serverSection(server, gpus, procsByGpu, disks, containers, probes) {
   const err = gpuErrorText(server);
   const memPct = pct(server.memory_used_bytes, server.memory_total_bytes);
@@ -185,7 +147,9 @@ function serverSection(server, gpus, procsByGpu, disks, containers, probes) {
     h("header", { class: "server-head" },
       h("h2", {}, server.name),
       statusBadge(server.status),
-      h("span", { class: "muted", title: "Last report received" }, "last seen " + fmtLocalTime(server.last_seen) + " · " + fmtAgo(server.seen_age_s))),
+      h("span", { class: "muted", title: "Last report received" }, "last seen " + fmtLocalTime(server.last_seen) + " · " + fmtAgo(server.seen_age_s)),
+      h("a", { class: "server-links", href: "/servers/" + Number(server.server_id) + "/history" }, "History"),
+      document.body.dataset.role === "admin" ? deleteButton(server) : null),
     err ? h("p", { class: "server-error", role: "alert" }, err) : null,
     server.status_note ? h("p", { class: "server-note" }, server.status_note) : null,
     agentNotes(server),
@@ -222,14 +186,6 @@ function groupBy(rows, key) {
   return map;
 }
 
-async function fetchQuery(name) {
-  const response = await fetch("/monitor/" + name + ".json?_shape=array", {
-    headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
-  });
-  if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("login required"); }
-  if (!response.ok) throw new Error(name + ": HTTP " + response.status);
-  return response.json();
-}
 
 function matches(server, gpus, procs, text) {
   if (!text) return true;
@@ -279,7 +235,7 @@ async function refresh() {
   nextRefreshAt = Date.now() + REFRESH_S * 1000;
   const errorBox = document.getElementById("load-error");
   try {
-    data = await Promise.all(QUERIES.map(fetchQuery));
+    data = await Promise.all(QUERIES.map((name) => fetchQuery(name)));
     lastUpdate = Date.now();
     errorBox.hidden = true;
     render();
@@ -295,14 +251,6 @@ function tick() {
   const left = Math.max(0, Math.ceil((nextRefreshAt - Date.now()) / 1000));
   const age = lastUpdate ? Math.round((Date.now() - lastUpdate) / 1000) : null;
   el.textContent = (age === null ? "loading…" : "updated " + age + " s ago") + (document.hidden ? " · paused" : " · next in " + left + " s");
-}
-
-function setupTheme() {
-  document.getElementById("theme-toggle").addEventListener("click", () => {
-    const next = document.documentElement.getAttribute("data-theme") === "light" ? "dark" : "light";
-    document.documentElement.setAttribute("data-theme", next);
-    try { localStorage.setItem("sm-theme", next); } catch (e) { /* storage blocked */ }
-  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {

@@ -86,7 +86,7 @@ def make_datasette(cfg):
         template_dir=os.path.join(ROOT, "templates"),
         static_mounts=[("static", os.path.join(ROOT, "static"))],
         secret=cfg.get("server.secret_key"),
-        settings={"max_returned_rows": 1000, "sql_time_limit_ms": 5000},
+        settings={"max_returned_rows": 20000, "sql_time_limit_ms": 5000},
     )
 
 

@@ -131,8 +131,14 @@ def test_history_query_reads_the_rolled_up_tier(db, tmp_path):
     rows = db.execute(sql, params).fetchall()
     cols = [d[0] for d in db.execute(sql, params).description]
     rows = [dict(zip(cols, r)) for r in rows]
-    assert {r["tier"] for r in rows} == {"5m"}
+    assert {r["tier"] for r in rows} == {"1h"}  # 30 days × 2 GPUs: ~87-minute buckets
     assert len(rows) <= 1000
     assert rows[0]["ts"] <= start + rows[0]["bucket_s"]  # reaches back past raw retention
     assert all(r["utilization_gpu"] == 40 for r in rows)
     assert sum(r["samples"] for r in rows if r["gpu_id"] == 10) == 20 * 24 * 12
+    host_sql = open(__import__("os").path.join(__import__("conftest").ROOT, "canned_queries", "server_history.sql")).read()
+    week = db.execute(host_sql, dict(params, hours=str(7 * 24)))
+    cols = [d[0] for d in week.description]
+    week = [dict(zip(cols, r)) for r in week.fetchall()]
+    assert {r["tier"] for r in week} == {"5m"}  # 7 days, one series: ~10-minute buckets
+    assert 0 < len(week) <= 1000

@@ -1,0 +1,15 @@
+-- title: GPU usage by user, now
+-- description: Who holds GPUs right now, from each server's newest report: per user (and container or job), the GPUs and servers they use, their processes and the VRAM they hold (MiB).
+select
+  coalesce(p.user, '(unknown)') as user,
+  count(distinct p.server_id) as servers,
+  count(distinct p.gpu_id) as gpus,
+  count(*) as processes,
+  sum(p.used_gpu_memory_mib) as used_gpu_memory_mib,
+  group_concat(distinct coalesce(s.display_name, s.hostname)) as server_names,
+  group_concat(distinct p.container) as containers
+from servers s
+join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
+where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+group by 1
+order by used_gpu_memory_mib desc, gpus desc

@@ -1,0 +1,122 @@
+"""The original product's JSON endpoints, on the session login (JSON errors only):
+
+* ``GET /api/servers`` — every server in the viewer's scope with its GPUs (each with its
+  processes) and disks;
+* ``GET /api/servers/<id>`` — one of them;
+* ``GET /api/servers/<id>/history?hours=24`` — host and per-GPU history (the
+  ``server_history`` / ``gpu_history`` canned queries: roll-up tier by range, ≤ 1000 rows);
+* ``DELETE /api/servers/<id>`` — admin only: the server and all its data.
+
+Anything else under ``/api/`` answers a JSON 404. ``POST /api/report`` is ingest, mounted
+by ``sm_gate``.
+"""
+
+import json
+
+from datasette import hookimpl
+from datasette.utils.asgi import Response
+
+from server_monitor.queries import DATABASE, run
+
+# Tables holding a server's rows, children first (Datasette's write connection does not
+# enable foreign keys, so the cascade is spelled out).
+_GPU_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
+_SERVER_TABLES = ("gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
+                  "containers", "probes", "gpus", "servers")
+
+
+def error(status, message, **headers):
+    return Response.json({"ok": False, "status": status, "error": message}, status=status,
+                         headers=dict({"cache-control": "no-store"}, **headers))
+
+
+def ok(body, status=200):
+    return Response(json.dumps(body, default=str), status=status, content_type="application/json; charset=utf-8",
+                    headers={"cache-control": "no-store"})
+
+
+async def fleet(datasette, actor, server_id=None):
+    servers = await run(datasette, "servers", actor)
+    if server_id is not None:
+        servers = [s for s in servers if s["server_id"] == server_id]
+    gpus = await run(datasette, "gpus", actor)
+    procs = await run(datasette, "processes", actor)
+    disks = await run(datasette, "disks", actor)
+    by_gpu, by_server_gpu, by_server_disk = {}, {}, {}
+    for p in procs:
+        by_gpu.setdefault(p["gpu_id"], []).append(p)
+    for g in gpus:
+        g["processes"] = by_gpu.get(g["gpu_id"], [])
+        by_server_gpu.setdefault(g["server_id"], []).append(g)
+    for d in disks:
+        by_server_disk.setdefault(d["server_id"], []).append(d)
+    for s in servers:
+        s["gpus"] = by_server_gpu.get(s["server_id"], [])
+        s["disks"] = by_server_disk.get(s["server_id"], [])
+    return servers
+
+
+async def servers_list(request, datasette):
+    if request.method != "GET":
+        return error(405, "use GET", allow="GET")
+    return ok(await fleet(datasette, request.actor))
+
+
+async def server_one(request, datasette):
+    server_id = int(request.url_vars["server_id"])
+    if request.method == "GET":
+        found = await fleet(datasette, request.actor, server_id)
+        return ok(found[0]) if found else error(404, f"no server {server_id}")
+    if request.method != "DELETE":
+        return error(405, "use GET or DELETE", allow="GET, DELETE")
+    if (request.actor or {}).get("role") != "admin":
+        return error(403, "only an admin can delete a server")
+
+    def delete(conn):
+        with conn:  # one transaction, committed here (Datasette's write thread does not)
+            if conn.execute("SELECT 1 FROM servers WHERE id = ?", (server_id,)).fetchone() is None:
+                return False
+            gpu_ids = "SELECT id FROM gpus WHERE server_id = ?"
+            for table in _GPU_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE gpu_id IN ({gpu_ids})", (server_id,))
+            for table in _SERVER_TABLES:
+                column = "id" if table == "servers" else "server_id"
+                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (server_id,))
+            return True
+
+    deleted = await datasette.get_database(DATABASE).execute_write_fn(delete, block=True)
+    if not deleted:
+        return error(404, f"no server {server_id}")
+    return ok({"ok": True, "deleted": server_id})
+
+
+async def server_history(request, datasette):
+    if request.method != "GET":
+        return error(405, "use GET", allow="GET")
+    server_id = int(request.url_vars["server_id"])
+    hours = request.args.get("hours", "24")
+    try:
+        hours_value = float(hours)
+    except ValueError:
+        return error(400, "hours must be a number")
+    if not 0 < hours_value <= 17520:
+        return error(400, "hours must be between 0 and 17520")
+    if not await fleet(datasette, request.actor, server_id):
+        return error(404, f"no server {server_id}")
+    host = await run(datasette, "server_history", request.actor, server_id=server_id, hours=hours_value)
+    gpus = await run(datasette, "gpu_history", request.actor, server_id=server_id, hours=hours_value)
+    return ok({"server_id": server_id, "hours": hours_value, "host": host, "gpus": gpus})
+
+
+async def not_found(request, datasette):
+    return error(404, f"no API endpoint {request.path}")
+
+
+@hookimpl
+def register_routes():
+    return [
+        (r"^/api/servers$", servers_list),
+        (r"^/api/servers/(?P<server_id>\d{1,18})$", server_one),
+        (r"^/api/servers/(?P<server_id>\d{1,18})/history$", server_history),
+        (r"^/api/(?!report$).*$", not_found),
+    ]

@@ -1,0 +1,379 @@
+"""Hub benchmarks: ingest throughput and latency over real HTTP, query times, disk per sample.
+
+    .venv/bin/python scripts/bench_hub.py [--seconds 30] [--servers 200] [--days 30] [--workdir DIR]
+
+Runs, side by side in one invocation:
+
+1. ingest throughput with ``wrk`` (Debian package) against ``server-monitor serve`` on
+   loopback (the default one-port deployment: uvicorn + Datasette + mounted WSGI ingest),
+   each request a distinct report of 8 GPUs, 16 processes and 4 disks, from 1000 hosts;
+   first on an empty database, then on one already holding ``--days`` of history for
+   ``--servers`` servers (raw samples for the raw retention, 5-minute and hourly roll-ups
+   for the whole span, as the hub keeps them);
+2. ingest latency at a fixed 100 reports/s (open loop: latency counted from the planned
+   send time, so a stall is not hidden);
+3. query times through Datasette's JSON API as the logged-in admin, with 1000 servers ×
+   8 GPUs: the ``servers`` and ``gpus`` canned queries, one server's 24 h and 30-day history;
+4. bytes per stored GPU sample (``gpu_samples`` table and its indexes, from ``dbstat``).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import urllib3  # noqa: E402
+
+from reports import sample_report  # noqa: E402
+from server_monitor import config as config_mod  # noqa: E402
+from server_monitor import schema  # noqa: E402
+
+HTTP = urllib3.PoolManager(maxsize=16, retries=False)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def report_template():
+    """One report as JSON with %s/%d holes for wrk's Lua, and the Lua names filling them in order."""
+    report = sample_report("HOSTNAME", gpus=8, processes=2, disks=4)
+    report.pop("sent_at")
+    report["report_id"] = "RID"
+    report["host"]["machine_id"] = "MID"
+    report["sample_time"] = 1234567890
+    text = json.dumps(report, separators=(",", ":"))
+    assert "%" not in text
+    holes = {'"RID"': ("rid", '"%s"'), '"HOSTNAME"': ("name", '"%s"'), '"MID"': ("name", '"%s"'),
+             "1234567890": ("t", "%d")}
+    order = sorted(holes, key=text.index)
+    for marker in order:
+        assert text.count(marker) == 1, marker
+        text = text.replace(marker, holes[marker][1])
+    return text, ", ".join(holes[m][0] for m in order)
+
+
+LUA = r"""
+local template = [==[TEMPLATE]==]
+local token = "TOKEN"
+local base = BASE
+local counter = 0
+local threads = {}
+function setup(thread)
+  -- becomes the global "tid" inside that thread's Lua state
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+request = function()
+  counter = counter + 1
+  local host = (tid * 1000) + (counter % 1000)
+  local t = base + math.floor(counter / 1000) * 30
+  local rid = string.format("bench-%d-%d-%d", tid, counter, base)
+  local name = string.format("bench-%d", host)
+  local body = string.format(template, ARGS)
+  return wrk.format("POST", "/api/report", {["Authorization"] = "Bearer " .. token,
+    ["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+class Hub:
+    """``server-monitor serve`` in a work directory."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.config_path = os.path.join(workdir, "config.yaml")
+        if not os.path.exists(self.config_path):
+            _, self.password = config_mod.create(self.config_path)
+            with open(os.path.join(workdir, "password"), "w") as fp:
+                fp.write(self.password)
+        else:
+            self.password = open(os.path.join(workdir, "password")).read()
+        self.config = config_mod.load(self.config_path)
+        self.proc = None
+
+    def start(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(self.workdir, "hub.log"), "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path,
+                                      "--port", str(self.port)], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        for _ in range(200):
+            try:
+                if HTTP.request("GET", self.url + "/login", timeout=1).status == 200:
+                    return self
+            except urllib3.exceptions.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("hub did not start")
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+    def cpu_seconds(self):
+        import psutil
+
+        proc = psutil.Process(self.proc.pid)
+        total = 0.0
+        for p in [proc] + proc.children(recursive=True):
+            t = p.cpu_times()
+            total += t.user + t.system
+        return total
+
+
+def run_wrk(hub, seconds, connections=16):
+    template, lua_args = report_template()
+    script = LUA.replace("TEMPLATE", template).replace("ARGS", lua_args).replace("TOKEN", hub.config.get("agent.token"))
+    script = script.replace("BASE", str(int(time.time()) - 3 * 3600 + int(time.time() * 1000) % 997))
+    path = os.path.join(hub.workdir, "bench.lua")
+    with open(path, "w") as fp:
+        fp.write(script)
+    cpu0 = hub.cpu_seconds()
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", path, hub.url],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    cpu = hub.cpu_seconds() - cpu0
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", out).group(1)
+    return {"rate": rate, "non_2xx": int(errors.group(1)) if errors else 0, "p99": p99, "hub_cpu_s": cpu,
+            "raw": out}
+
+
+def paced_latency(hub, rate=100, seconds=30):
+    """Open-loop load at ``rate`` reports/s; latency from each request's planned time (ms)."""
+    token = hub.config.get("agent.token")
+    planned = [i / rate for i in range(int(rate * seconds))]
+    latencies, statuses = [], []
+    lock = threading.Lock()
+    base = time.time() - 2 * 3600
+    bodies = []
+    for i in range(len(planned)):
+        r = sample_report(f"paced-{i % 500}", gpus=8, processes=2, disks=4, sample_time=base + (i // 500) * 30)
+        r.pop("sent_at")
+        bodies.append(json.dumps(r).encode())
+    index = iter(range(len(planned)))
+    start = time.monotonic() + 0.5  # after the bodies are built, so building is not counted
+
+    def worker():
+        pool = urllib3.PoolManager(retries=False)
+        for i in index:
+            wait = start + planned[i] - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            resp = pool.request("POST", hub.url + "/api/report", body=bodies[i],
+                                headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+            done = time.monotonic()
+            with lock:
+                latencies.append((done - (start + planned[i])) * 1000)
+                statuses.append(resp.status)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    latencies.sort()
+    return {"p50": statistics.median(latencies), "p99": latencies[int(len(latencies) * 0.99)],
+            "max": latencies[-1], "errors": sum(1 for s in statuses if s >= 300), "n": len(latencies)}
+
+
+def populate(db_path, servers, days, raw_days, extra_servers):
+    """Fill a database like the hub's after ``days`` of ``servers`` hosts (8 GPUs each)."""
+    schema.migrate(db_path)
+    conn = schema.connect(db_path)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA secure_delete=OFF")
+    now = int(time.time()) // 30 * 30
+    conn.execute("BEGIN")
+    total = servers + extra_servers
+    for s in range(1, total + 1):
+        conn.execute(
+            "INSERT INTO servers (id, machine_id, hostname, first_seen, last_seen, last_ts, interval_s, cpu_percent,"
+            " memory_used_bytes, memory_total_bytes, gpu_state, agent_version, os, kernel) VALUES"
+            " (?, ?, ?, ?, ?, ?, 30, 40, 500000000000, 1000000000000, 'ok', '0.1.0', 'Ubuntu 22.04', '5.15')",
+            (s, uuid.uuid4().hex, f"node-{s:04d}", now - days * 86400, now, now))
+        conn.executemany(
+            "INSERT INTO gpus (id, server_id, uuid, gpu_index, name, pci_bus_id, first_seen, last_ts, utilization_gpu,"
+            " memory_used_mib, memory_total_mib, temperature_gpu_c, power_draw_w, power_limit_w) VALUES"
+            " (?, ?, ?, ?, 'NVIDIA H100 80GB HBM3', ?, ?, ?, 50, 40000, 81559, 60, 400.5, 700)",
+            [(s * 8 + g, s, f"GPU-{s}-{g}", g, f"00000000:{g:02X}:00.0", now - days * 86400, now) for g in range(8)])
+        conn.executemany(
+            "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib, user, uid,"
+            " container, container_kind) VALUES (?, ?, ?, ?, 'python train.py --config configs/large.yaml', 9000,"
+            " 'alice', 1000, 'lab-ws', 'lxc')", [(s, now, s * 8 + g, 1000 + g * 2 + k) for g in range(8) for k in range(2)])
+    conn.execute("COMMIT")
+    raw_from = now - raw_days * 86400
+    series = f"WITH RECURSIVE t(ts) AS (SELECT {raw_from} UNION ALL SELECT ts + 30 FROM t WHERE ts + 30 < {now}) "
+    started = time.time()
+    for s in range(1, servers + 1):
+        conn.execute("BEGIN")
+        conn.execute(
+            series + "INSERT INTO host_samples (server_id, ts, received_at, report_id, cpu_percent, load_1,"
+            " memory_used_bytes, memory_total_bytes, swap_used_bytes, net_rx_bps, net_tx_bps, gpu_state)"
+            f" SELECT {s}, ts, ts, 'p{s}-' || ts, abs(random() % 100), 12.5, 500000000000 + abs(random() % 1000000),"
+            " 1000000000000, 0, abs(random() % 100000000), abs(random() % 10000000), 'ok' FROM t")
+        conn.execute(
+            series + "INSERT INTO gpu_samples (gpu_id, ts, utilization_gpu, utilization_memory, memory_used_mib,"
+            " temperature_gpu_c, power_draw_w, fan_speed) SELECT g.id, t.ts, abs(random() % 101), abs(random() % 101),"
+            " abs(random() % 81559), 30 + abs(random() % 50), 70 + abs(random() % 63000) / 100.0, NULL"
+            f" FROM t, gpus g WHERE g.server_id = {s}")
+        conn.execute(
+            series + "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib, user,"
+            " uid, container, container_kind) SELECT g.server_id, t.ts, g.id, 1000 + k.k, 'python train.py --config"
+            " configs/large.yaml', 9000, 'alice', 1000, 'lab-ws', 'lxc' FROM t, gpus g, (SELECT 0 AS k UNION ALL"
+            f" SELECT 1) k WHERE g.server_id = {s}")
+        conn.execute(
+            series + "INSERT INTO disk_samples (server_id, ts, mountpoint, device, fstype, total_bytes, used_bytes)"
+            f" SELECT {s}, t.ts, m.m, '/dev/nvme0n1', 'ext4', 4000000000000, 1000000000000 FROM t,"
+            " (SELECT '/' AS m UNION ALL SELECT '/data1' UNION ALL SELECT '/data2' UNION ALL SELECT '/scratch') m")
+        for tier, step, keep in (("5m", 300, days), ("1h", 3600, days)):
+            tier_from = (now - keep * 86400) // step * step
+            tier_series = (f"WITH RECURSIVE t(ts) AS (SELECT {tier_from} UNION ALL SELECT ts + {step} FROM t"
+                           f" WHERE ts + {step} < {raw_from}) ")
+            conn.execute(
+                tier_series + f"INSERT INTO gpu_samples_{tier} (gpu_id, ts, samples, utilization_gpu_avg,"
+                " utilization_gpu_max, utilization_memory_avg, utilization_memory_max, memory_used_mib_avg,"
+                " memory_used_mib_max, temperature_gpu_c_avg, temperature_gpu_c_max, power_draw_w_avg, power_draw_w_max)"
+                f" SELECT g.id, t.ts, {step // 30}, 50.5, 100, 10, 20, 40000, 80000, 60, 80, 400.5, 690"
+                f" FROM t, gpus g WHERE g.server_id = {s}")
+            conn.execute(
+                tier_series + f"INSERT INTO host_samples_{tier} (server_id, ts, samples, cpu_percent_avg,"
+                " cpu_percent_max, memory_used_bytes_avg, memory_used_bytes_max, memory_total_bytes_max,"
+                f" net_rx_bps_avg, net_rx_bps_max, net_tx_bps_avg, net_tx_bps_max) SELECT {s}, t.ts, {step // 30},"
+                " 40, 95, 5e11, 6e11, 1e12, 1e7, 1e8, 1e6, 1e7 FROM t")
+        conn.execute("COMMIT")
+        if s % 20 == 0:
+            print(f"  populated {s}/{servers} servers ({time.time() - started:.0f} s)", flush=True)
+    conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('rolled_until', ?)", (raw_from,))
+    conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('raw_deleted_before', ?)", (raw_from,))
+    conn.execute("ANALYZE")
+    conn.close()
+
+
+def login(hub):
+    http = urllib3.PoolManager(retries=False)
+    page = http.request("GET", hub.url + "/login")
+    cookies = {}
+
+    def keep(resp):
+        for raw in resp.headers.getlist("Set-Cookie"):
+            name, _, rest = raw.partition("=")
+            cookies[name] = rest.split(";", 1)[0]
+
+    keep(page)
+    token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
+    resp = http.request("POST", hub.url + "/login", encode_multipart=False, redirect=False,
+                        fields={"username": "admin", "password": hub.password, "csrftoken": token, "next": "/"},
+                        headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})
+    keep(resp)
+    return http, {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+
+
+def time_queries(hub, server_id, runs=30):
+    http, headers = login(hub)
+    paths = {
+        "servers (1000 servers)": "/monitor/servers.json?_shape=array",
+        "gpus (8000 GPUs)": "/monitor/gpus.json?_shape=array",
+        "server_history 24 h": f"/monitor/server_history.json?_shape=array&server_id={server_id}&hours=24",
+        "gpu_history 24 h (8 GPUs)": f"/monitor/gpu_history.json?_shape=array&server_id={server_id}&hours=24",
+        "server_history 30 d": f"/monitor/server_history.json?_shape=array&server_id={server_id}&hours=720",
+        "gpu_history 30 d (8 GPUs)": f"/monitor/gpu_history.json?_shape=array&server_id={server_id}&hours=720",
+    }
+    results = {}
+    for name, path in paths.items():
+        times, rows = [], 0
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            resp = http.request("GET", hub.url + path, headers=headers)
+            times.append((time.perf_counter() - t0) * 1000)
+            assert resp.status == 200, (path, resp.status, resp.data[:300])
+            rows = len(json.loads(resp.data))
+        results[name] = (statistics.median(times), sorted(times)[int(runs * 0.95)], rows)
+    return results
+
+
+def bytes_per_gpu_sample(db_path):
+    conn = sqlite3.connect(db_path)
+    size = conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name IN ('gpu_samples', 'gpu_samples_ts')").fetchone()[0]
+    rows = conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0]
+    return size / rows, rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=30, help="length of each throughput/latency run")
+    parser.add_argument("--servers", type=int, default=200, help="servers with stored history")
+    parser.add_argument("--days", type=int, default=30, help="days of history (roll-ups; raw for 7)")
+    parser.add_argument("--workdir", help="keep databases here (default: a temporary directory)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("needs wrk (apt-get install wrk)")
+    import psutil
+
+    work = args.workdir or tempfile.mkdtemp(prefix="sm-bench-")
+    os.makedirs(work, exist_ok=True)
+    print(f"hub benchmark in {work}; machine: {psutil.cpu_count()} CPUs, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}")
+
+    os.makedirs(os.path.join(work, "empty"), exist_ok=True)
+    empty = Hub(os.path.join(work, "empty"))
+    results = {}
+    empty.start()
+    try:
+        results["empty"] = run_wrk(empty, args.seconds)
+        results["latency"] = paced_latency(empty, 100, args.seconds)
+    finally:
+        empty.stop()
+
+    full_dir = os.path.join(work, "full")
+    os.makedirs(full_dir, exist_ok=True)
+    full = Hub(full_dir)
+    if not os.path.exists(full.config.db_path):
+        print(f"populating {args.servers} servers × {args.days} days (+{1000 - args.servers} servers latest only)…")
+        t0 = time.time()
+        populate(full.config.db_path, args.servers, args.days, 7, 1000 - args.servers)
+        print(f"  done in {time.time() - t0:.0f} s, {os.path.getsize(full.config.db_path) / 2**30:.2f} GiB")
+    per_sample, gpu_rows = bytes_per_gpu_sample(full.config.db_path)
+    full.start()
+    try:
+        results["queries"] = time_queries(full, server_id=1)
+        results["full"] = run_wrk(full, args.seconds)
+    finally:
+        full.stop()
+
+    e, f, lat = results["empty"], results["full"], results["latency"]
+    print("\ningest throughput (wrk, 1 thread, 16 connections, 8 GPUs + 16 processes + 4 disks per report)")
+    print(f"  empty database:         {e['rate']:7.0f} reports/s  p99 {e['p99']:>8}  non-2xx {e['non_2xx']}  "
+          f"hub CPU {e['hub_cpu_s'] / args.seconds:.2f} cores")
+    print(f"  {args.servers} servers × {args.days} d: {f['rate']:7.0f} reports/s  p99 {f['p99']:>8}  "
+          f"non-2xx {f['non_2xx']}  ({100 * f['rate'] / e['rate']:.0f} % of empty)")
+    print(f"ingest latency at 100 reports/s (open loop, {lat['n']} reports): p50 {lat['p50']:.1f} ms, "
+          f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, errors {lat['errors']}")
+    print("queries through Datasette as admin (median / p95 ms, rows):")
+    for name, (med, p95, rows) in results["queries"].items():
+        print(f"  {name:28} {med:7.1f} / {p95:7.1f}   {rows} rows")
+    print(f"disk: {per_sample:.1f} bytes per stored GPU sample (gpu_samples + its ts index, {gpu_rows} rows)")
+
+
+if __name__ == "__main__":
+    main()

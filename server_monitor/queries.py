@@ -1,0 +1,70 @@
+"""Canned queries (``canned_queries/*.sql``) and the actor scope they filter by.
+
+Shared by the Datasette plugin that registers them (``plugins/sm_canned.py``) and the
+JSON endpoints that run them directly (``plugins/sm_api.py``).
+"""
+
+import json
+import os
+
+QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "canned_queries")
+DATABASE = "monitor"
+_OPTION_KEYS = {"title", "description", "hide_sql", "write", "on_success_message", "on_success_redirect"}
+
+
+def parse_query_file(text):
+    """``.sql`` text to a Datasette canned query dict: ``sql`` plus ``-- key: value`` options."""
+    options = {}
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("--"):
+            break
+        key, sep, value = stripped[2:].partition(":")
+        key = key.strip()
+        if sep and key in _OPTION_KEYS:
+            value = value.strip()
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    options["sql"] = text.strip()
+    return options
+
+
+def load_queries(directory=QUERY_DIR):
+    """``{name: canned query dict}`` for every ``*.sql`` file in ``directory``."""
+    queries = {}
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".sql"):
+            with open(os.path.join(directory, name), encoding="utf-8") as fp:
+                queries[name[:-4]] = parse_query_file(fp.read())
+    return queries
+
+
+QUERIES = load_queries()
+
+
+def scope_value(key, actor):
+    """Value of magic parameter ``:_scope_<key>`` for ``actor``.
+
+    ``all``: 1 when the actor sees every server (no ``servers`` list), else 0.
+    ``servers``: JSON array of the server ids the actor may see (``[]`` with ``all``).
+    No actor sees nothing. Raises KeyError for other keys.
+    """
+    scope = actor.get("servers", "*") if actor else []
+    if key == "all":
+        return 1 if scope == "*" else 0
+    if key == "servers":
+        return json.dumps([] if scope == "*" else list(scope))
+    raise KeyError(key)
+
+
+def scope_params(actor):
+    """Both scope parameters, for running a canned query outside Datasette's views."""
+    return {"_scope_all": scope_value("all", actor), "_scope_servers": scope_value("servers", actor)}
+
+
+async def run(datasette, name, actor, **params):
+    """Run canned query ``name`` on ``monitor`` for ``actor``; returns a list of dicts."""
+    sql = QUERIES[name]["sql"]
+    values = scope_params(actor)
+    values.update({k: "" if v is None else str(v) for k, v in params.items()})
+    result = await datasette.get_database(DATABASE).execute(sql, values)
+    return [dict(row) for row in result.rows]

@@ -1,0 +1,82 @@
+// Helpers shared by the hub's pages (dashboard.js, history.js). Classic script: globals.
+// Agent-supplied values only ever reach the page through h()'s text nodes.
+"use strict";
+
+// ---- tiny DOM helper: attributes are set as properties, children as text -------------
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key === "style") for (const [p, v] of Object.entries(value)) el.style.setProperty(p, v);
+    else if (key.startsWith("aria-") || key === "role" || key === "for") el.setAttribute(key, String(value));
+    else el[key] = value;
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+// ---- formatting -------------------------------------------------------------------
+function fmtBytes(n) {
+  if (n === null || n === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n.toFixed(0) : n.toFixed(n < 100 ? 1 : 0)) + " " + units[i];
+}
+function fmtMiB(n) { return n === null || n === undefined ? "–" : fmtBytes(n * 1048576); }
+function fmtRate(n) { return n === null || n === undefined ? "–" : fmtBytes(n) + "/s"; }
+function fmtPct(n) { return n === null || n === undefined ? "–" : Math.round(n) + "%"; }
+function pct(used, total) { return used === null || used === undefined || !total ? null : (100 * used) / total; }
+function fmtDuration(s) {
+  if (s === null || s === undefined) return "–";
+  const d = Math.floor(s / 86400), hr = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  if (d) return d + "d " + hr + "h";
+  if (hr) return hr + "h " + m + "m";
+  return m + "m";
+}
+function fmtAgo(s) {
+  if (s === null || s === undefined) return "never";
+  if (s < 90) return Math.max(0, Math.round(s)) + " s ago";
+  if (s < 5400) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+function fmtLocalTime(epoch) {
+  if (!epoch) return "–";
+  const d = new Date(epoch * 1000);
+  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
+  return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) + " (" + tz + ")";
+}
+function level(value, warn, crit) {
+  if (value === null || value === undefined) return "unknown";
+  return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
+}
+
+// ---- data ------------------------------------------------------------------------
+async function fetchQuery(name, params) {
+  const query = new URLSearchParams(Object.assign({ _shape: "objects" }, params || {}));
+  const response = await fetch("/monitor/" + name + ".json?" + query.toString(), {
+    headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
+  });
+  if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("login required"); }
+  if (!response.ok) throw new Error(name + ": HTTP " + response.status);
+  const body = await response.json();
+  // Datasette caps rows (max_returned_rows); never show a silently shortened fleet.
+  if (body.truncated) throw new Error(name + ": more rows than the hub's max_returned_rows setting");
+  return body.rows;
+}
+
+// ---- theme (the saved choice was applied before paint by theme-init.js) -----------
+function setupTheme() {
+  document.getElementById("theme-toggle").addEventListener("click", () => {
+    const next = document.documentElement.getAttribute("data-theme") === "light" ? "dark" : "light";
+    document.documentElement.setAttribute("data-theme", next);
+    try { localStorage.setItem("sm-theme", next); } catch (e) { /* storage blocked */ }
+  });
+}
+

@@ -1,0 +1,119 @@
+"""History charts, admin delete and hostile agent strings, in a real Chromium."""
+
+import json
+import time
+
+import pytest
+import urllib3
+from browser import browser, login  # noqa: F401  (fixture)
+from reports import sample_report
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+HTTP = urllib3.PoolManager(retries=False)
+
+XSS = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(2)>",
+    "javascript:alert(3)",
+    "{{7*7}}${7*7}",
+    "\"><svg onload=alert(4)>",
+    "</td><iframe srcdoc='<script>alert(5)</script>'>",
+]
+
+
+def push(hub, config, report):
+    response = HTTP.request("POST", hub.base_url + "/api/report", body=json.dumps(report).encode(),
+                            headers={"Authorization": "Bearer " + config.get("agent.token"),
+                                     "Content-Type": "application/json"})
+    assert response.status == 201, response.data
+
+
+@pytest.fixture
+def page(browser, hub_process, hub_config):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    page.dialogs, page.console_errors = [], []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    yield page
+    context.close()
+
+
+def test_history_renders_points_for_each_range(page, hub_process, hub_config):
+    now = time.time()
+    for i in range(20):
+        report = sample_report("hist-node", gpus=2, processes=0, sample_time=now - 3000 + i * 150)
+        report["cpu"]["percent"] = float(i)
+        push(hub_process, hub_config, report)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.click("#server-1 .server-links")
+    page.wait_for_url("**/servers/1/history")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#server-name")).to_have_text("hist-node")
+    for label in ("1 h", "6 h", "24 h", "7 d", "30 d"):
+        page.click(f"button.range:text-is('{label}')")
+        expect(page.locator(f"button.range:text-is('{label}')")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#tier")).to_contain_text("points")
+        points = int(page.inner_text("#tier").split()[0])
+        assert points > 0, label
+        assert page.locator("figure.chart canvas").count() == 7  # CPU, memory, network + 4 GPU charts
+    page.fill("#custom-hours", "2")
+    page.click("#custom-apply")
+    expect(page.locator("#tier")).to_contain_text("raw samples")
+    assert "hours=2" in page.url
+    # Crosshair: hovering a chart shows the values in its legend.
+    box = page.locator("figure.chart .u-over").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
+    legend = page.locator("figure.chart").first.locator(".u-legend").inner_text()
+    assert "%" in legend
+    assert page.console_errors == [] and page.dialogs == []
+
+
+def test_admin_deletes_a_server(page, hub_process, hub_config):
+    push(hub_process, hub_config, sample_report("doomed", gpus=1, processes=0))
+    push(hub_process, hub_config, sample_report("keeper", gpus=1, processes=0))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.wait_for_selector("#server-1")
+    button = page.locator("#server-1 button.danger")
+    button.click()
+    from playwright.sync_api import expect
+
+    expect(button).to_have_text("Confirm delete of doomed")
+    button.click()
+    expect(page.locator("#server-1")).to_have_count(0)
+    expect(page.locator("#overview")).not_to_contain_text("doomed")
+    assert "keeper" in page.inner_text("#overview")
+    assert page.dialogs == []
+
+
+def test_hostile_agent_strings_show_as_text(page, hub_process, hub_config):
+    for n, payload in enumerate(XSS):
+        report = sample_report(f"x{n}", gpus=1, processes=1)
+        report["host"]["hostname"] = payload
+        report["host"]["os"] = payload
+        report["gpus"][0]["name"] = payload
+        report["processes"][0].update(process_name=payload, user=payload, container=payload, container_kind=payload[:32])
+        report["gpu_status"] = {"state": "error", "message": payload, "lost": [], "stale": False}
+        report["containers"] = [{"name": payload, "project": payload, "kind": "lxc", "type": payload[:32],
+                                 "state": payload[:32], "memory_bytes": 1, "disk_bytes": 1, "cpu_seconds": 1, "ipv4": payload}]
+        report["probes"] = [{"name": payload, "url": payload, "ok": False, "latency_ms": None, "status": None,
+                             "error": payload, "checked_at": time.time()}]
+        push(hub_process, hub_config, report)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.wait_for_selector(f"#server-{len(XSS)} .gpu")
+    page.click("details.containers summary") if page.locator("details.containers").count() else None
+    text = page.inner_text("body")
+    for payload in XSS:
+        assert payload in text, payload
+    page.locator("#server-1 .server-links").click()
+    page.wait_for_url("**/history")
+    page.wait_for_selector("figure.chart")
+    assert XSS[0] in page.inner_text("#server-name")
+    assert page.dialogs == []
+    assert page.console_errors == []
+    # And in Datasette's own pages (server-rendered, autoescaped).
+    page.goto(hub_process.base_url + "/monitor/servers")
+    assert XSS[1] in page.inner_text("body")
+    assert page.dialogs == []
