@@ -18,4 +18,5 @@ from servers s
 join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
 left join gpus g on g.id = p.gpu_id
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+  and :_scope_processes
 order by server collate nocase, g.gpu_index, p.used_gpu_memory_mib desc

@@ -11,5 +11,6 @@ select
 from servers s
 join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+  and :_scope_processes
 group by 1
 order by used_gpu_memory_mib desc, gpus desc

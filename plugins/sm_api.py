@@ -17,13 +17,7 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 
 from server_monitor.queries import DATABASE, run
-
-# Tables holding a server's rows, children first (Datasette's write connection does not
-# enable foreign keys, so the cascade is spelled out).
-_GPU_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_TABLES = ("gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
-                  "containers", "probes", "gpus", "servers")
-
+from server_monitor.store import delete_server
 
 def error(status, message, **headers):
     return Response.json({"ok": False, "status": status, "error": message}, status=status,
@@ -72,19 +66,8 @@ async def server_one(request, datasette):
     if (request.actor or {}).get("role") != "admin":
         return error(403, "only an admin can delete a server")
 
-    def delete(conn):
-        with conn:  # one transaction, committed here (Datasette's write thread does not)
-            if conn.execute("SELECT 1 FROM servers WHERE id = ?", (server_id,)).fetchone() is None:
-                return False
-            gpu_ids = "SELECT id FROM gpus WHERE server_id = ?"
-            for table in _GPU_TABLES:
-                conn.execute(f"DELETE FROM {table} WHERE gpu_id IN ({gpu_ids})", (server_id,))
-            for table in _SERVER_TABLES:
-                column = "id" if table == "servers" else "server_id"
-                conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (server_id,))
-            return True
-
-    deleted = await datasette.get_database(DATABASE).execute_write_fn(delete, block=True)
+    deleted = await datasette.get_database(DATABASE).execute_write_fn(
+        lambda conn: delete_server(conn, server_id), block=True)
     if not deleted:
         return error(404, f"no server {server_id}")
     return ok({"ok": True, "deleted": server_id})

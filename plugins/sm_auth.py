@@ -1,9 +1,12 @@
-"""Login, logout, actors and permissions.
+"""Login, logout, registration by invite, own password, actors and permissions.
 
-* ``/login``: one form for the config admin (password hash from ``config.yaml``);
-  rate limited per client address and per username; the PBKDF2 check runs in a thread
-  and costs the same for unknown users.
+* ``/login``: one form for the config admin (password hash from ``config.yaml``) and
+  invited users (hashes in ``auth.db``); rate limited per client address and per
+  username; the PBKDF2 check runs in a thread and costs the same for unknown users.
 * ``/logout``: ends the server-side session.
+* ``/register?code=...``: creates an account from an invite (the code is consumed
+  atomically).
+* ``/account``: change your own password (ends your other sessions).
 * The actor comes from the session resolved by ``sm_gate``; Datasette's own
   ``ds_actor`` cookie, HTTP Basic path and ``/-/password-tool`` are not used.
 * Permissions by role: ``admin`` everything; ``analyst`` also SQL on ``monitor``;
@@ -18,7 +21,9 @@ from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password, verify_password
 
 from server_monitor import hub
+from server_monitor.accounts import AccountError, check_password, check_username
 from server_monitor.config import admin_password_hash
+from server_monitor.queries import ADMIN_QUERIES
 from server_monitor.web import page
 
 # Same cost as a real check, so unknown usernames cannot be told apart by timing.
@@ -47,9 +52,36 @@ def client_address(request, ctx):
 
 
 def _verify(ctx, username, password):
+    """``"config"`` or ``"user"`` for a right password, else None (same cost either way)."""
     if username == ctx.admin_username:
-        return verify_password(password, admin_password_hash(ctx.config))
-    verify_password(password, _DUMMY_HASH)
+        return "config" if verify_password(password, admin_password_hash(ctx.config)) else None
+    user = ctx.accounts.user(username) if username else None
+    if user is None:
+        verify_password(password, _DUMMY_HASH)
+        return None
+    return "user" if verify_password(password, user["password_hash"]) else None
+
+
+def _start_session(datasette, request, ctx, username, source, next_url):
+    session_id = ctx.accounts.create_session(username, source, ctx.session_hours, client=client_address(request, ctx))
+    response = Response.redirect(next_url)
+    response.set_cookie(
+        hub.SESSION_COOKIE,
+        datasette.sign({"sid": session_id}, hub.SESSION_NAMESPACE),
+        max_age=int(ctx.session_hours * 3600),
+        httponly=True,
+        samesite="lax",
+        secure=is_https(request, ctx),
+    )
+    return response
+
+
+def is_https(request, ctx):
+    """True when the browser talks https to us (directly, or to a trusted proxy that says so)."""
+    if request.scheme == "https":
+        return True
+    if ctx.config.get("auth.trusted_proxy_header"):
+        return request.headers.get("x-forwarded-proto", "").lower() == "https"
     return False
 
 
@@ -76,26 +108,79 @@ async def login(request, datasette):
             error=f"Too many failed attempts. Try again in {wait} seconds.",
             headers={"retry-after": str(wait)},
         )
-    ok = await asyncio.get_running_loop().run_in_executor(None, _verify, ctx, username, password[:1024])
-    if not ok:
+    source = await asyncio.get_running_loop().run_in_executor(None, _verify, ctx, username, password[:1024])
+    if source is None:
         return await _render_login(
             datasette, request, status=401, next_url=next_url, username=username,
             error="Invalid username or password.",
         )
     ctx.limiter.succeeded(token)
-    session_id = ctx.accounts.create_session(
-        username, "config", ctx.session_hours, client=client_address(request, ctx)
-    )
-    response = Response.redirect(next_url)
-    response.set_cookie(
-        hub.SESSION_COOKIE,
-        datasette.sign({"sid": session_id}, hub.SESSION_NAMESPACE),
-        max_age=int(ctx.session_hours * 3600),
-        httponly=True,
-        samesite="lax",
-        secure=request.scheme == "https",
-    )
-    return response
+    if source == "user":
+        username = ctx.accounts.user(username)["username"]  # canonical case
+    return _start_session(datasette, request, ctx, username, source, next_url)
+
+
+async def register(request, datasette):
+    ctx = hub.context(datasette)
+    code = request.args.get("code") or ""
+    if request.method == "GET":
+        if not ctx.accounts.invite_valid(code):
+            return await page(datasette, request, "sm_register.html", status=404, code="",
+                              error="This invite link is not valid (used up, expired or revoked).")
+        return await page(datasette, request, "sm_register.html", code=code, error=None)
+    form = await request.post_vars()
+    code = form.get("code") or ""
+    username = (form.get("username") or "").strip()
+    password = form.get("password") or ""
+    error = None
+    if password != (form.get("password2") or ""):
+        error = "The two passwords differ."
+    else:
+        try:
+            check_username(username)
+            if username.lower() == ctx.admin_username.lower():
+                raise AccountError(f"The username {username!r} is taken.")
+            check_password(password)
+            password_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+            await asyncio.get_running_loop().run_in_executor(
+                None, ctx.accounts.register, code, username, password_hash)
+        except AccountError as exc:
+            error = str(exc)
+    if error:
+        return await page(datasette, request, "sm_register.html", status=400, code=code, error=error,
+                          username=username)
+    return _start_session(datasette, request, ctx, username, "user", "/")
+
+
+async def account(request, datasette):
+    ctx = hub.context(datasette)
+    actor = request.actor
+    if actor is None:
+        return Response.redirect("/login?next=/account")
+    is_user = actor.get("source") == "user"
+    message = error = None
+    if request.method == "POST":
+        form = await request.post_vars()
+        if not is_user:
+            error = "The admin's password lives in config.yaml (auth.password_hash)."
+        elif form.get("new_password") != form.get("new_password2"):
+            error = "The two new passwords differ."
+        else:
+            user = ctx.accounts.user(actor["id"])
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(None, verify_password, form.get("password") or "", user["password_hash"])
+            try:
+                if not ok:
+                    raise AccountError("The current password is wrong.")
+                check_password(form.get("new_password") or "")
+                new_hash = await loop.run_in_executor(None, hash_password, form["new_password"])
+                ctx.accounts.set_password(actor["id"], new_hash)  # ends every session, this one too
+                return _start_session(datasette, request, ctx, actor["id"], "user", "/account?changed=1")
+            except AccountError as exc:
+                error = str(exc)
+    if request.args.get("changed"):
+        message = "Password changed. Your other sessions were logged out."
+    return await page(datasette, request, "sm_account.html", is_user=is_user, message=message, error=error)
 
 
 async def logout(request, datasette):
@@ -121,6 +206,9 @@ def register_routes():
     return [
         (r"^/login$", login),
         (r"^/logout$", logout),
+        (r"^/register$", register),
+        (r"^/-/register$", register),
+        (r"^/account$", account),
         (r"^/-/logout$", logout),
         (r"^/-/login$", old_login),
         (r"^/-/password-tool$", not_found),
@@ -132,7 +220,7 @@ def actor_from_request(datasette, request):
     return request.scope.get("sm.actor")
 
 
-_ANALYST_ACTIONS = {"view-database", "view-table", "execute-sql", "view-database-download"}
+_ANALYST_ACTIONS = {"view-database", "view-table", "execute-sql"}
 
 
 @hookimpl
@@ -143,8 +231,11 @@ def permission_allowed(datasette, actor, action, resource):
     role = actor.get("role")
     if role == "admin":
         return True
-    if action in ("view-instance", "view-query"):
+    if action == "view-instance":
         return True
+    if action == "view-query":
+        # The admin_* (write) canned queries are for admins only.
+        return isinstance(resource, tuple) and resource[1] not in ADMIN_QUERIES
     if role == "analyst" and action in _ANALYST_ACTIONS:
         db = resource[0] if isinstance(resource, tuple) else resource
         return db == "monitor"
@@ -155,5 +246,8 @@ def permission_allowed(datasette, actor, action, resource):
 def menu_links(datasette, actor):
     links = [{"href": "/", "label": "Dashboard"}]
     if actor:
+        if actor.get("role") == "admin":
+            links.append({"href": "/admin", "label": "Admin"})
+        links.append({"href": "/account", "label": "Account"})
         links.append({"href": "/logout", "label": "Log out"})
     return links

@@ -8,14 +8,14 @@ actor sees only the servers in their scope.
 
 from datasette import hookimpl
 
-from server_monitor.queries import DATABASE, QUERIES, scope_value
+from server_monitor.queries import DATABASE, DATASETTE_QUERIES, scope_value
 
 
 @hookimpl
 def canned_queries(datasette, database, actor):
-    if database != DATABASE:
-        return None
-    return QUERIES
+    # Admin-only (write) queries are listed here for everyone; sm_auth's permission rules
+    # let only admins see or run them.
+    return DATASETTE_QUERIES if database == DATABASE else None
 
 
 @hookimpl

@@ -21,7 +21,10 @@ from datasette import hookimpl
 from server_monitor import hub
 
 INGEST_PATH = "/api/report"
-PUBLIC_PATHS = {"/login", "/favicon.ico"}
+PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
+# Datasette's introspection pages (/-/metadata, /-/plugins, /-/actor, ...) are admin-only;
+# these /-/ paths are for everyone logged in (or public, by the rules above).
+DASH_PATHS_FOR_ALL = ("/-/logout", "/-/login", "/-/register", "/-/static/", "/-/static-plugins/")
 PUBLIC_PREFIXES = ("/static/", "/-/static/", "/-/static-plugins/")
 BASELINE_CSP = "frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'"
 SECURITY_HEADERS = [
@@ -89,6 +92,17 @@ async def send_json(send, status, body, extra=()):
         "headers": [(b"content-type", b"application/json; charset=utf-8"),
                     (b"content-length", str(len(payload)).encode()),
                     (b"cache-control", b"no-store")] + list(extra) + SECURITY_HEADERS,
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def send_text(send, status, text):
+    payload = text.encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(payload)).encode()),
+                    (b"cache-control", b"no-store")] + SECURITY_HEADERS,
     })
     await send({"type": "http.response.body", "body": payload})
 
@@ -201,6 +215,12 @@ def asgi_wrapper(datasette):
                     )
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 return await redirect(send, "/login?next=" + quote(target, safe=""))
+
+            if (actor is not None and path.startswith("/-/") and actor.get("role") != "admin"
+                    and not path.startswith(DASH_PATHS_FOR_ALL)):
+                if wants_json(scope):
+                    return await send_json(send, 403, {"ok": False, "status": 403, "error": "admins only"})
+                return await send_text(send, 403, "Forbidden: admins only")
 
             async def send_with_headers(message):
                 if message["type"] == "http.response.start":

@@ -1,13 +1,19 @@
-"""Accounts and sessions, kept in their own SQLite file (``auth.db``), never served.
+"""Accounts, invites and sessions, kept in their own SQLite file (``auth.db``), never served.
 
 Sessions are server-side: the browser holds a random session id inside a cookie signed
-by Datasette; the database stores only its SHA-256. Each request looks the session up
-again, so logout, expiry, deletion and role changes take effect on the next request.
-The config admin (``auth.username``) has sessions but no row in ``users``: its
-password lives only in ``config.yaml``.
+by Datasette; the database stores only its SHA-256. Each request looks the session and
+the user up again, so logout, expiry, deletion and role or scope changes take effect on
+the next request. The config admin (``auth.username``) has sessions but no row in
+``users``: its password lives only in ``config.yaml``.
+
+Users have a PBKDF2 password hash (datasette-auth-passwords' format), a role
+(``viewer``, ``analyst``, ``admin``) and a scope (``servers``: NULL for all servers, or a
+JSON list of server ids; ``see_processes``). Invite codes are stored as SHA-256 and
+consumed atomically, so a code can never be used more often than allowed.
 """
 
 import hashlib
+import json
 import secrets
 import sqlite3
 import threading
@@ -23,7 +29,58 @@ CREATE TABLE IF NOT EXISTS sessions (
     client TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_username ON sessions (username);
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'analyst', 'admin')),
+    servers TEXT,
+    see_processes INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    created_by TEXT
+);
+CREATE TABLE IF NOT EXISTS invites (
+    id INTEGER PRIMARY KEY,
+    code_hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'analyst', 'admin')),
+    servers TEXT,
+    see_processes INTEGER NOT NULL DEFAULT 1,
+    max_uses INTEGER NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    created_by TEXT,
+    revoked_at INTEGER
+);
 """
+
+ROLES = ("viewer", "analyst", "admin")
+USERNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+MIN_PASSWORD = 10
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be done; ``str()`` is shown to the user."""
+
+
+def check_username(username):
+    """Raise :class:`AccountError` unless ``username`` is 1-64 of ``[A-Za-z0-9._@-]``."""
+    if not username or len(username) > 64 or not set(username) <= USERNAME_CHARS:
+        raise AccountError("Usernames are 1 to 64 letters, digits, '.', '_', '-' or '@'.")
+
+
+def check_password(password):
+    if len(password or "") < MIN_PASSWORD:
+        raise AccountError(f"Passwords need at least {MIN_PASSWORD} characters.")
+    if len(password) > 1024:
+        raise AccountError("Passwords are at most 1024 characters.")
+
+
+def scope_json(servers):
+    """``None`` (all servers) or a list of ints as stored in ``users.servers``."""
+    if servers is None:
+        return None
+    return json.dumps(sorted({int(s) for s in servers}))
 
 
 def _hash(session_id):
@@ -80,6 +137,148 @@ class Accounts:
     def end_sessions_of(self, username):
         """Delete every session of ``username``; returns how many."""
         return self._conn().execute("DELETE FROM sessions WHERE username = ?", (username,)).rowcount
+
+    # -- users ------------------------------------------------------------------------
+    def user(self, username):
+        """The user row (dict, with ``servers`` decoded) or None."""
+        row = self._conn().execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        if row is None:
+            return None
+        user = dict(row)
+        user["servers"] = json.loads(user["servers"]) if user["servers"] is not None else None
+        return user
+
+    def users(self):
+        """Every user (dicts without password hashes), by username."""
+        out = []
+        for row in self._conn().execute("SELECT * FROM users ORDER BY username"):
+            user = dict(row)
+            user.pop("password_hash")
+            user["servers"] = json.loads(user["servers"]) if user["servers"] is not None else None
+            out.append(user)
+        return out
+
+    def create_user(self, username, password_hash, role, servers=None, see_processes=True, created_by=None):
+        """Insert a user; raises :class:`AccountError` when the name is taken or invalid."""
+        check_username(username)
+        if role not in ROLES:
+            raise AccountError(f"Unknown role {role!r}.")
+        try:
+            cur = self._conn().execute(
+                "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (username, password_hash, role, scope_json(servers), int(bool(see_processes)), int(time.time()),
+                 created_by),
+            )
+        except sqlite3.IntegrityError:
+            raise AccountError(f"The username {username!r} is taken.")
+        return cur.lastrowid
+
+    def update_user(self, username, role=None, servers=(), see_processes=None):
+        """Change role and/or scope (``servers=None`` means all). Effective on the next request."""
+        sets, values = [], []
+        if role is not None:
+            if role not in ROLES:
+                raise AccountError(f"Unknown role {role!r}.")
+            sets.append("role = ?")
+            values.append(role)
+        if servers != ():
+            sets.append("servers = ?")
+            values.append(scope_json(servers))
+        if see_processes is not None:
+            sets.append("see_processes = ?")
+            values.append(int(bool(see_processes)))
+        if not sets:
+            return False
+        cur = self._conn().execute(f"UPDATE users SET {', '.join(sets)} WHERE username = ?", values + [username])
+        return cur.rowcount == 1
+
+    def set_password(self, username, password_hash):
+        """Replace a user's password hash and end all of that user's sessions."""
+        cur = self._conn().execute("UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username))
+        self.end_sessions_of(username)
+        return cur.rowcount == 1
+
+    def delete_user(self, username):
+        """Delete a user and end all of that user's sessions."""
+        cur = self._conn().execute("DELETE FROM users WHERE username = ?", (username,))
+        self.end_sessions_of(username)
+        return cur.rowcount == 1
+
+    # -- invites ----------------------------------------------------------------------
+    def create_invite(self, role, hours, max_uses=1, servers=None, see_processes=True, created_by=None):
+        """New invite; returns ``(id, code)`` — the code exists only in this return value."""
+        if role not in ROLES:
+            raise AccountError(f"Unknown role {role!r}.")
+        if not 1 <= int(max_uses) <= 1000 or not 0 < float(hours) <= 24 * 365:
+            raise AccountError("Uses must be 1-1000 and the expiry within a year.")
+        code = secrets.token_urlsafe(24)
+        now = int(time.time())
+        cur = self._conn().execute(
+            "INSERT INTO invites (code_hash, role, servers, see_processes, max_uses, expires_at, created_at, created_by)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (_hash(code), role, scope_json(servers), int(bool(see_processes)), int(max_uses),
+             now + int(float(hours) * 3600), now, created_by),
+        )
+        return cur.lastrowid, code
+
+    def invites(self):
+        """Every invite (dicts without code hashes), newest first."""
+        out = []
+        for row in self._conn().execute("SELECT * FROM invites ORDER BY id DESC"):
+            invite = dict(row)
+            invite.pop("code_hash")
+            invite["servers"] = json.loads(invite["servers"]) if invite["servers"] is not None else None
+            out.append(invite)
+        return out
+
+    def revoke_invite(self, invite_id):
+        cur = self._conn().execute("UPDATE invites SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                                   (int(time.time()), invite_id))
+        return cur.rowcount == 1
+
+    def invite_valid(self, code):
+        """True when ``code`` names a live invite with uses left."""
+        if not isinstance(code, str) or not code:
+            return False
+        row = self._conn().execute(
+            "SELECT 1 FROM invites WHERE code_hash = ? AND revoked_at IS NULL AND expires_at > ? AND uses < max_uses",
+            (_hash(code), int(time.time())),
+        ).fetchone()
+        return row is not None
+
+    def register(self, code, username, password_hash):
+        """Consume one use of invite ``code`` and create the user, in one transaction.
+
+        Returns the new user's role. Raises :class:`AccountError` for a bad, used-up,
+        expired or revoked code, or a taken username (the use is then not consumed).
+        """
+        check_username(username)
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT id, role, servers, see_processes FROM invites WHERE code_hash = ? AND revoked_at IS NULL"
+                " AND expires_at > ? AND uses < max_uses",
+                (_hash(code or ""), int(time.time())),
+            ).fetchone()
+            if row is None:
+                raise AccountError("This invite link is not valid any more.")
+            conn.execute("UPDATE invites SET uses = uses + 1 WHERE id = ?", (row["id"],))
+            try:
+                conn.execute(
+                    "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (username, password_hash, row["role"], row["servers"], row["see_processes"], int(time.time()),
+                     f"invite {row['id']}"),
+                )
+            except sqlite3.IntegrityError:
+                raise AccountError(f"The username {username!r} is taken.")
+            conn.execute("COMMIT")
+            return row["role"]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def purge_expired(self):
         """Delete expired sessions; returns how many."""

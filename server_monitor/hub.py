@@ -32,15 +32,26 @@ class HubContext:
     def actor_for_session(self, session_id):
         """Actor dict for a live session id, or None.
 
-        The config admin: ``{"id": <auth.username>, "role": "admin"}``. Looked up on every
-        request, so an ended session stops working at once.
+        The config admin: ``{"id": <auth.username>, "role": "admin"}``. A user:
+        ``{"id", "role", "processes": bool}`` plus ``"servers": [ids]`` for a viewer limited
+        to some servers (analysts and admins always see all). Session and user are looked
+        up on every request, so logout, deletion and role or scope changes apply at once.
         """
         session = self.accounts.session(session_id)
         if session is None:
             return None
-        if session["source"] == "config" and session["username"] == self.admin_username:
-            return {"id": self.admin_username, "role": "admin", "display": self.admin_username}
-        return None
+        if session["source"] == "config":
+            if session["username"] == self.admin_username:
+                return {"id": self.admin_username, "role": "admin", "processes": True, "source": "config"}
+            return None
+        user = self.accounts.user(session["username"])
+        if user is None:
+            return None
+        actor = {"id": user["username"], "role": user["role"], "processes": bool(user["see_processes"]),
+                 "source": "user"}
+        if user["role"] == "viewer" and user["servers"] is not None:
+            actor["servers"] = user["servers"]
+        return actor
 
 
 def context(datasette):

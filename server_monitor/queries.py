@@ -9,7 +9,8 @@ import os
 
 QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "canned_queries")
 DATABASE = "monitor"
-_OPTION_KEYS = {"title", "description", "hide_sql", "write", "on_success_message", "on_success_redirect"}
+_OPTION_KEYS = {"title", "description", "hide_sql", "write", "on_success_message", "on_success_redirect",
+                "on_error_redirect", "admin"}
 
 
 def parse_query_file(text):
@@ -41,11 +42,18 @@ def load_queries(directory=QUERY_DIR):
 QUERIES = load_queries()
 
 
+# For Datasette: the queries without our own "admin" option.
+DATASETTE_QUERIES = {name: {k: v for k, v in q.items() if k != "admin"} for name, q in QUERIES.items()}
+# Names of the admin-only (write) queries; plugins/sm_auth.py lets only admins run them.
+ADMIN_QUERIES = frozenset(name for name, q in QUERIES.items() if q.get("admin"))
+
+
 def scope_value(key, actor):
     """Value of magic parameter ``:_scope_<key>`` for ``actor``.
 
     ``all``: 1 when the actor sees every server (no ``servers`` list), else 0.
     ``servers``: JSON array of the server ids the actor may see (``[]`` with ``all``).
+    ``processes``: 1 when the actor may see GPU processes (users, process names).
     No actor sees nothing. Raises KeyError for other keys.
     """
     scope = actor.get("servers", "*") if actor else []
@@ -53,12 +61,14 @@ def scope_value(key, actor):
         return 1 if scope == "*" else 0
     if key == "servers":
         return json.dumps([] if scope == "*" else list(scope))
+    if key == "processes":
+        return 1 if actor and actor.get("processes", True) else 0
     raise KeyError(key)
 
 
 def scope_params(actor):
-    """Both scope parameters, for running a canned query outside Datasette's views."""
-    return {"_scope_all": scope_value("all", actor), "_scope_servers": scope_value("servers", actor)}
+    """The scope parameters, for running a canned query outside Datasette's views."""
+    return {f"_scope_{key}": scope_value(key, actor) for key in ("all", "servers", "processes")}
 
 
 async def run(datasette, name, actor, **params):

@@ -261,7 +261,20 @@ ALTER TABLE servers ADD COLUMN gpu_models TEXT;
 DROP VIEW gpu_state;
 """
 
-MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4]
+MIGRATION_5 = """
+-- Dashboard announcements written by admins (write canned queries).
+CREATE TABLE announcements (
+    id INTEGER PRIMARY KEY,
+    level TEXT NOT NULL CHECK (level IN ('info', 'warning', 'critical')),
+    message TEXT NOT NULL CHECK (length(message) BETWEEN 1 AND 2000),
+    created_at INTEGER NOT NULL,
+    created_by TEXT,
+    expires_at INTEGER,
+    ended_at INTEGER
+);
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

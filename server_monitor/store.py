@@ -353,3 +353,39 @@ def _store_inventory(conn, server_id, ts, report):
                 for p in probes
             ],
         )
+
+
+# Tables holding a server's rows, children first (connections without foreign keys
+# enabled, such as Datasette's write connection, need the cascade spelled out).
+_GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
+_SERVER_CHILD_TABLES = ("gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
+                        "containers", "probes", "gpus")
+
+
+def delete_server(conn, server_id):
+    """Delete server ``server_id`` and all its history in one transaction.
+
+    ``conn`` may be any writable connection (autocommit or not). Returns False when there
+    is no such server. Its agent, if still running, will create a new server row.
+    """
+    in_txn = conn.in_transaction
+    if not in_txn:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("SELECT 1 FROM servers WHERE id = ?", (server_id,)).fetchone() is None:
+            found = False
+        else:
+            for table in _GPU_CHILD_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE gpu_id IN (SELECT id FROM gpus WHERE server_id = ?)",
+                             (server_id,))
+            for table in _SERVER_CHILD_TABLES:
+                conn.execute(f"DELETE FROM {table} WHERE server_id = ?", (server_id,))
+            conn.execute("DELETE FROM servers WHERE id = ?", (server_id,))
+            found = True
+        if not in_txn:
+            conn.execute("COMMIT")
+        return found
+    except BaseException:
+        if not in_txn:
+            conn.execute("ROLLBACK")
+        raise

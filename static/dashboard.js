@@ -4,7 +4,7 @@
 "use strict";
 
 const REFRESH_S = 30;
-const QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes"];
+const QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes", "announcements"];
 const GPU_STATE_TEXT = {
   driver_mismatch: "driver/library version mismatch (reboot pending?)",
   no_devices: "driver found no GPUs",
@@ -197,7 +197,10 @@ function matches(server, gpus, procs, text) {
 
 function render() {
   if (!data) return;
-  const [servers, gpus, procs, disks, containers, probes] = data;
+  const [servers, gpus, procs, disks, containers, probes, announcements] = data;
+  document.getElementById("announcements").replaceChildren(...announcements.map((a) =>
+    h("p", { class: "announcement announcement-" + a.level, role: a.level === "critical" ? "alert" : "status" },
+      h("strong", {}, a.level + ": "), a.message)));
   const containersByServer = groupBy(containers, "server_id");
   const probesByServer = groupBy(probes, "server_id");
   const gpusByServer = groupBy(gpus, "server_id");

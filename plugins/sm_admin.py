@@ -1,0 +1,170 @@
+"""The admin panel at ``/admin``: invites, users, servers and GPUs, announcements, agent tokens.
+
+Server-rendered (``templates/admin.html``, no data in scripts). Account changes go to
+``auth.db`` through the routes below; server/GPU status and announcements go through the
+admin-only write canned queries in ``canned_queries/admin_*.sql``. Every form carries
+Datasette's CSRF token; every route answers 403 to anyone but an admin.
+"""
+
+import asyncio
+import secrets
+
+from datasette import hookimpl
+from datasette.utils.asgi import Response
+from datasette_auth_passwords.utils import hash_password
+
+from server_monitor import hub, tokens
+from server_monitor.accounts import ROLES, AccountError
+from server_monitor.queries import DATABASE, run
+from server_monitor.store import delete_server
+from server_monitor.web import page
+
+
+def _forbidden(request, post=True):
+    if (request.actor or {}).get("role") != "admin":
+        return Response.text("Forbidden: admins only", status=403)
+    if post and request.method != "POST":
+        return Response.text("Method not allowed: use the forms on /admin", status=405, headers={"allow": "POST"})
+    return None
+
+
+class Form(dict):
+    """Form fields with repeated names kept (checkbox lists)."""
+
+    def getlist(self, key):
+        return self.get(key, [])
+
+    def first(self, key, default=None):
+        values = self.get(key)
+        return values[0] if values else default
+
+
+async def read_form(request):
+    from urllib.parse import parse_qs
+
+    body = (await request.post_body()).decode("utf-8", "replace")
+    return Form(parse_qs(body, keep_blank_values=True))
+
+
+def _servers_from_form(form):
+    """Scope from the form: None for all servers, else the checked server ids."""
+    if form.first("scope") != "some":
+        return None
+    return [int(v) for v in form.getlist("servers") if v.isdigit()]
+
+
+async def render(request, datasette, status=200, **extra):
+    ctx = hub.context(datasette)
+    actor = request.actor
+    servers = await run(datasette, "servers", actor)
+    gpus = await run(datasette, "gpus", actor)
+    announcements = await run(datasette, "announcements", actor)
+    conn = tokens.connect(ctx.config.auth_db_path)
+    try:
+        agent_tokens = tokens.list_tokens(conn)
+    finally:
+        conn.close()
+    base = f"{request.scheme}://{request.host}"
+    return await page(
+        datasette, request, "admin.html", status=status,
+        servers=servers, gpus=gpus, announcements=announcements, users=ctx.accounts.users(),
+        invites=ctx.accounts.invites(), agent_tokens=agent_tokens, roles=ROLES, base_url=base,
+        admin_username=ctx.admin_username, **extra,
+    )
+
+
+async def admin_page(request, datasette):
+    return _forbidden(request, post=False) or await render(request, datasette)
+
+
+async def create_invite(request, datasette):
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    ctx = hub.context(datasette)
+    form = await read_form(request)
+    try:
+        invite_id, code = ctx.accounts.create_invite(
+            form.first("role", "viewer"), float(form.first("hours") or 72), int(form.first("max_uses") or 1),
+            servers=_servers_from_form(form), see_processes=form.first("see_processes") == "on",
+            created_by=request.actor["id"])
+    except (AccountError, ValueError) as exc:
+        return await render(request, datasette, status=400, error=str(exc))
+    # The link is shown in this response only; the database keeps just the code's hash.
+    return await render(request, datasette, new_invite={"id": invite_id, "code": code})
+
+
+async def revoke_invite(request, datasette):
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    hub.context(datasette).accounts.revoke_invite(int(request.url_vars["id"]))
+    return Response.redirect("/admin#invites")
+
+
+async def update_user(request, datasette):
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    ctx = hub.context(datasette)
+    username = request.url_vars["username"]
+    form = await read_form(request)
+    action = form.first("action")
+    try:
+        if action == "delete":
+            ctx.accounts.delete_user(username)
+        elif action == "reset":
+            password = secrets.token_urlsafe(12)
+            password_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+            ctx.accounts.set_password(username, password_hash)
+            return await render(request, datasette, reset={"username": username, "password": password})
+        else:
+            ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form),
+                                     see_processes=form.first("see_processes") == "on")
+    except AccountError as exc:
+        return await render(request, datasette, status=400, error=str(exc))
+    return Response.redirect("/admin#users")
+
+
+async def server_delete(request, datasette):
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    server_id = int(request.url_vars["id"])
+    await datasette.get_database(DATABASE).execute_write_fn(lambda conn: delete_server(conn, server_id), block=True)
+    return Response.redirect("/admin#servers")
+
+
+async def agent_token(request, datasette):
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    ctx = hub.context(datasette)
+    form = await read_form(request)
+    conn = tokens.connect(ctx.config.auth_db_path)
+    try:
+        if form.first("action") == "revoke":
+            tokens.revoke(conn, int(form.first("token_id") or 0))
+            return Response.redirect("/admin#tokens")
+        servers = {str(s["server_id"]): s for s in await run(datasette, "servers", request.actor)}
+        server = servers.get(form.first("server_id") or "")
+        if server is None:
+            return await render(request, datasette, status=400, error="Choose a server for the token.")
+        db = datasette.get_database(DATABASE)
+        machine_id = (await db.execute("SELECT machine_id FROM servers WHERE id = ?", [server["server_id"]])).first()[0]
+        token_id, value = tokens.issue(conn, machine_id, server["name"])
+    finally:
+        conn.close()
+    return await render(request, datasette, new_token={"id": token_id, "token": value, "server": server["name"]})
+
+
+@hookimpl
+def register_routes():
+    return [
+        (r"^/admin$", admin_page),
+        (r"^/admin/invites$", create_invite),
+        (r"^/admin/invites/(?P<id>\d+)/revoke$", revoke_invite),
+        (r"^/admin/users/(?P<username>[A-Za-z0-9._@-]{1,64})$", update_user),
+        (r"^/admin/servers/(?P<id>\d+)/delete$", server_delete),
+        (r"^/admin/tokens$", agent_token),
+    ]
