@@ -96,6 +96,9 @@ async def login(request, datasette):
         if request.actor:
             return Response.redirect(safe_next(request.args.get("next")))
         return await _render_login(datasette, request, next_url=safe_next(request.args.get("next")))
+    if "ds_csrftoken" not in request.cookies:
+        # Datasette's CSRF check skips cookieless posts; a login form always has the cookie.
+        return await _render_login(datasette, request, status=403, error="Cookies are needed to log in. Reload and retry.")
     form = await request.post_vars()
     username = (form.get("username") or "").strip()[:128]
     password = form.get("password") or ""
@@ -128,6 +131,9 @@ async def register(request, datasette):
             return await page(datasette, request, "sm_register.html", status=404, code="",
                               error="This invite link is not valid (used up, expired or revoked).")
         return await page(datasette, request, "sm_register.html", code=code, error=None)
+    if "ds_csrftoken" not in request.cookies:
+        return await page(datasette, request, "sm_register.html", status=403, code=code,
+                          error="Cookies are needed to register. Reload and retry.")
     form = await request.post_vars()
     code = form.get("code") or ""
     username = (form.get("username") or "").strip()

@@ -21,6 +21,7 @@ from datasette import hookimpl
 from server_monitor import hub
 
 INGEST_PATH = "/api/report"
+HEALTH_PATH = "/-/health"
 PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
 # Datasette's introspection pages (/-/metadata, /-/plugins, /-/actor, ...) are admin-only;
 # these /-/ paths are for everyone logged in (or public, by the rules above).
@@ -179,6 +180,15 @@ class IngestBridge:
         await send({"type": "http.response.body", "body": payload})
 
 
+async def health(datasette, send):
+    """``GET /-/health``: 200 when the metrics database answers a query, else 503. No data."""
+    try:
+        await datasette.get_database("monitor").execute("SELECT count(*) FROM sqlite_master")
+        return await send_json(send, 200, {"ok": True})
+    except Exception as exc:  # any failure to read is "unhealthy", whatever its kind
+        return await send_json(send, 503, {"ok": False, "error": type(exc).__name__})
+
+
 def is_public(path):
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
@@ -195,6 +205,8 @@ def asgi_wrapper(datasette):
             path = scope.get("path", "")
             if path == INGEST_PATH:
                 return await bridge(ctx.ingest, scope, receive, send)
+            if path == HEALTH_PATH:
+                return await health(datasette, send)
             scope = _strip_cookie(scope, "ds_actor")
             session_id = session_id_from_scope(scope, datasette)
             actor = ctx.actor_for_session(session_id) if session_id else None

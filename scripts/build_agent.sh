@@ -31,7 +31,6 @@ if [ ! -x "$BUILD_VENV/bin/shiv" ]; then
   "$BUILD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-build.txt"
 fi
 PY="$BUILD_VENV/bin/python"
-VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$ROOT/monitor_agent/__init__.py")
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
 mkdir -p "$OUT"

@@ -11,14 +11,18 @@ from . import schema
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _ensure_config(path, username="admin"):
+def _ensure_config(path, username="admin", **options):
     """Load ``path``, creating it with random secrets first when missing."""
     if not os.path.exists(path):
-        cfg, password = config_mod.create(path, username=username)
+        chosen = options.get("password")
+        cfg, password = config_mod.create(path, username=username, **options)
         click.echo(f"Created {path} with new random secrets (mode 0600).", err=True)
-        click.echo("Admin login (shown once; the file stores only its hash):", err=True)
-        click.echo(f"    username: {username}", err=True)
-        click.echo(f"    password: {password}", err=True)
+        if chosen:
+            click.echo(f"Admin login: {username} with the password you chose.", err=True)
+        else:
+            click.echo("Admin login (shown once; the file stores only its hash):", err=True)
+            click.echo(f"    username: {username}", err=True)
+            click.echo(f"    password: {password}", err=True)
         return cfg
     return config_mod.load(path)
 
@@ -67,11 +71,20 @@ def serve(config_path, host, port):
 @cli.command("init-config")
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 @click.option("--admin", default="admin", show_default=True, help="Admin username.")
-def init_config(config_path, admin):
-    """Write a new config with random secrets (refuses to overwrite)."""
+@click.option("--host", default="127.0.0.1", show_default=True, help="server.host")
+@click.option("--port", type=int, default=5100, show_default=True, help="server.port")
+@click.option("--data-dir", help="Directory for monitor.db and auth.db (default: next to the config).")
+def init_config(config_path, admin, host, port, data_dir):
+    """Write a new config with random secrets (refuses to overwrite).
+
+    The admin password is $SERVER_MONITOR_INIT_PASSWORD when set, else generated and
+    printed once.
+    """
     if os.path.exists(config_path):
         raise click.ClickException(f"{config_path} exists; not overwriting")
-    _ensure_config(config_path, admin)
+    os.makedirs(os.path.dirname(os.path.abspath(config_path)), exist_ok=True)
+    _ensure_config(config_path, admin, host=host, port=port, data_dir=data_dir,
+                   password=os.environ.get("SERVER_MONITOR_INIT_PASSWORD") or None)
 
 
 @cli.command()
@@ -146,6 +159,35 @@ def maintain(config_path):
     from .rollup import Maintenance
 
     click.echo(Maintenance.from_config(config_mod.load(config_path)).run_once())
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+@click.argument("destination")
+def backup(config_path, destination):
+    """Online backup of monitor.db and auth.db (SQLite backup API; safe while running).
+
+    DESTINATION is a directory; files are written as monitor-<UTC time>.db and auth-<UTC time>.db.
+    """
+    import sqlite3
+    import time
+
+    cfg = config_mod.load(config_path)
+    os.makedirs(destination, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for name, path in (("monitor", cfg.db_path), ("auth", cfg.auth_db_path)):
+        if not os.path.exists(path):
+            continue
+        target = os.path.join(destination, f"{name}-{stamp}.db")
+        src = sqlite3.connect(path)
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst, pages=4096)  # in steps, so writers are not held up for long
+        finally:
+            dst.close()
+            src.close()
+        os.chmod(target, 0o600)
+        click.echo(target)
 
 
 @cli.command("hash-password")

@@ -15,6 +15,13 @@ import yaml
 from datasette_auth_passwords.utils import hash_password
 
 ENV_VAR = "SERVER_MONITOR_CONFIG"
+# Secrets may come from the environment instead of the file (containers, secret stores).
+ENV_OVERRIDES = {
+    "SERVER_MONITOR_SECRET_KEY": ("server", "secret_key"),
+    "SERVER_MONITOR_AGENT_TOKEN": ("agent", "token"),
+    "SERVER_MONITOR_ADMIN_USERNAME": ("auth", "username"),
+    "SERVER_MONITOR_ADMIN_PASSWORD_HASH": ("auth", "password_hash"),
+}
 
 DEFAULTS = {
     "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None},
@@ -118,7 +125,9 @@ def _check(data):
 def load(path):
     """Read and validate ``path``; return a :class:`Config`.
 
-    Raises :class:`ConfigError` for a missing file, bad YAML or a bad value.
+    ``$SERVER_MONITOR_SECRET_KEY``, ``$SERVER_MONITOR_AGENT_TOKEN``,
+    ``$SERVER_MONITOR_ADMIN_USERNAME`` and ``$SERVER_MONITOR_ADMIN_PASSWORD_HASH`` override
+    the file. Raises :class:`ConfigError` for a missing file, bad YAML or a bad value.
     """
     try:
         with open(path, encoding="utf-8") as fp:
@@ -130,6 +139,9 @@ def load(path):
     if not isinstance(given, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
     data = _merge(DEFAULTS, given)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            data[section][key] = os.environ[var]
     _check(data)
     return Config(data=data, path=os.path.abspath(path))
 
@@ -149,19 +161,22 @@ def admin_password_hash(config):
     return cached
 
 
-def create(path, username="admin", host="127.0.0.1", port=5100):
+def create(path, username="admin", host="127.0.0.1", port=5100, data_dir=None, password=None):
     """Write a new config with random secrets to ``path`` (mode 0600).
 
-    Returns ``(Config, password)``; the generated admin password exists only in the
-    return value (the file stores its PBKDF2 hash). Raises ``FileExistsError`` if the
-    file is already there.
+    ``data_dir``: where monitor.db and auth.db go (absolute paths in the file; default:
+    next to the config). ``password``: the admin password, else a random one.
+    Returns ``(Config, password)``; the password exists only in the return value (the
+    file stores its PBKDF2 hash). Raises ``FileExistsError`` if the file is already there.
     """
-    password = secrets.token_urlsafe(12)
+    password = password or secrets.token_urlsafe(12)
+    base = os.path.abspath(data_dir) if data_dir else ""
     data = {
         "server": {"host": host, "port": port, "secret_key": secrets.token_hex(32)},
         "auth": {"username": username, "password_hash": hash_password(password)},
         "agent": {"token": secrets.token_urlsafe(32)},
-        "data": {"path": "monitor.db", "auth_path": "auth.db", "retention_days": 7},
+        "data": {"path": os.path.join(base, "monitor.db"), "auth_path": os.path.join(base, "auth.db"),
+                 "retention_days": 7},
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fp:

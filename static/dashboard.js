@@ -61,6 +61,7 @@ function gpuRow(gpu, procs) {
       h("span", { class: "gpu-name" }, gpu.name || "unknown GPU"),
       h("span", { class: "gpu-bus" }, gpu.pci_bus_id || ""),
       gpu.present ? null : h("span", { class: "badge badge-crit" }, "missing from latest report"),
+      gpu.admin_status && gpu.admin_status !== "active" ? h("span", { class: "badge badge-crit", title: gpu.status_note || "" }, gpu.admin_status + (gpu.status_note ? ": " + gpu.status_note : "")) : null,
       gpu.busy ? h("span", { class: "badge badge-busy" }, "busy") : h("span", { class: "badge badge-free" }, "free")),
     h("div", { class: "gpu-metrics" },
       util,

@@ -133,3 +133,13 @@ def hub_process(hub_config, tmp_path):
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
     log.close()
+
+
+@pytest.fixture(scope="session")
+def agent_dist(tmp_path_factory):
+    """The x86_64 agent zipapp built once by scripts/build_agent.sh (dir with .pyz and .sha256)."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run([os.path.join(ROOT, "scripts", "build_agent.sh"), "--arch", "x86_64", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

@@ -274,3 +274,9 @@ def test_session_cookie_flags(datasette, hub_config):
     assert "Secure" not in cookie  # plain http here; https sets Secure
 
 
+
+
+def test_cookieless_login_post_is_refused(hub, hub_config):
+    client = Client(hub["anon"].ds)
+    response = client.post("/login", data={"username": hub_config.get("auth.username"), "password": hub_config.password})
+    assert response.status_code == 403 and "sm_session" not in response.headers.get("set-cookie", "")

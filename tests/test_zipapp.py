@@ -32,13 +32,9 @@ def interpreters():
 
 
 @pytest.fixture(scope="module")
-def pyz(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run([os.path.join(ROOT, "scripts", "build_agent.sh"), "--arch", "x86_64", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    path = out / "server-monitor-agent-x86_64.pyz"
-    digest = (out / "server-monitor-agent-x86_64.pyz.sha256").read_text().split()[0]
+def pyz(agent_dist):
+    path = agent_dist / "server-monitor-agent-x86_64.pyz"
+    digest = (agent_dist / "server-monitor-agent-x86_64.pyz.sha256").read_text().split()[0]
     import hashlib
 
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
