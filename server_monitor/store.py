@@ -369,6 +369,11 @@ def delete_server(conn, server_id):
     is no such server. Its agent, if still running, will create a new server row.
     """
     in_txn = conn.in_transaction
+    fk = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    if fk and not in_txn:
+        # Children are deleted explicitly below; with foreign keys on, SQLite would also
+        # scan gpu_processes (no gpu_id index) once per deleted GPU to check the constraint.
+        conn.execute("PRAGMA foreign_keys=OFF")
     if not in_txn:
         conn.execute("BEGIN IMMEDIATE")
     try:
@@ -389,3 +394,6 @@ def delete_server(conn, server_id):
         if not in_txn:
             conn.execute("ROLLBACK")
         raise
+    finally:
+        if fk and not in_txn:
+            conn.execute("PRAGMA foreign_keys=ON")
