@@ -8,6 +8,7 @@ actor sees only the servers in their scope.
 
 from datasette import hookimpl
 
+from server_monitor import hub
 from server_monitor.queries import DATABASE, DATASETTE_QUERIES, scope_value
 
 
@@ -20,4 +21,14 @@ def canned_queries(datasette, database, actor):
 
 @hookimpl
 def register_magic_parameters(datasette):
-    return [("scope", lambda key, request: scope_value(key, request.actor if request else None))]
+    def config_value(key, request):
+        """``:_config_<key>``: the ``features.<key>`` default from config.yaml."""
+        value = hub.context(datasette).config.get(f"features.{key}")
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    return [
+        ("scope", lambda key, request: scope_value(key, request.actor if request else None)),
+        ("config", config_value),
+    ]

@@ -23,6 +23,8 @@ from server_monitor import hub
 INGEST_PATH = "/api/report"
 HEALTH_PATH = "/-/health"
 PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
+# Paths that check a bearer token themselves (Prometheus scrapes /metrics without a session).
+TOKEN_PATHS = {"/metrics"}
 # Datasette's introspection pages (/-/metadata, /-/plugins, /-/actor, ...) are admin-only;
 # these /-/ paths are for everyone logged in (or public, by the rules above).
 DASH_PATHS_FOR_ALL = ("/-/logout", "/-/login", "/-/register", "/-/static/", "/-/static-plugins/")
@@ -46,7 +48,7 @@ def wants_json(scope):
     """True for API-style requests, which get JSON errors instead of redirects."""
     path = scope.get("path", "")
     query = scope.get("query_string", b"").decode("latin-1")
-    if path.startswith("/api/") or path.endswith(".json") or "_format=json" in query:
+    if path.startswith("/api/") or path in TOKEN_PATHS or path.endswith(".json") or "_format=json" in query:
         return True
     accept = _header(scope, b"accept")
     return "application/json" in accept and "text/html" not in accept
@@ -219,7 +221,8 @@ def asgi_wrapper(datasette):
                 if kind not in ("", "application/json"):
                     return await send_json(send, 415, {"ok": False, "status": 415,
                                                        "error": "API writes take application/json or no body"})
-            if actor is None and not is_public(path):
+            bearer = _header(scope, b"authorization").lower().startswith("bearer ")
+            if actor is None and not is_public(path) and not (path in TOKEN_PATHS and bearer):
                 if wants_json(scope):
                     return await send_json(
                         send, 401, {"ok": False, "status": 401, "error": "login required"},

@@ -1,13 +1,13 @@
-"""Background jobs of the hub process: roll-ups, retention and WAL checkpoints.
+"""Background jobs of the hub process, each in one daemon thread, never on the request path:
 
-One daemon thread per hub process (``server_monitor.rollup.MaintenanceThread``), every
-``data.maintenance_interval_s`` seconds (60; 0 turns it off). It never runs on the
-request path.
+* maintenance (roll-ups, retention, WAL checkpoints) every ``data.maintenance_interval_s``
+  seconds (60; 0 turns it off);
+* alert evaluation and delivery every ``alerts.interval_s`` seconds (``alerts.enabled``).
 """
 
 from datasette import hookimpl
 
-from server_monitor import hub
+from server_monitor import alerts, hub
 from server_monitor.rollup import Maintenance, MaintenanceThread
 
 
@@ -18,3 +18,7 @@ def startup(datasette):
     if interval > 0 and getattr(ctx, "maintenance_thread", None) is None:
         ctx.maintenance_thread = MaintenanceThread(Maintenance.from_config(ctx.config), interval)
         ctx.maintenance_thread.start()
+    cfg = alerts.settings(ctx.config)
+    if cfg["enabled"] and getattr(ctx, "alert_thread", None) is None:
+        ctx.alert_thread = alerts.AlertThread(alerts.AlertEngine(ctx.config.db_path, cfg))
+        ctx.alert_thread.start()

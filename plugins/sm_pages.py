@@ -18,9 +18,19 @@ async def history(request, datasette):
     return await page(datasette, request, "history.html", server_id=int(request.url_vars["server_id"]))
 
 
+async def free(request, datasette):
+    return await page(datasette, request, "free.html")
+
+
+async def accounting(request, datasette):
+    return await page(datasette, request, "accounting.html")
+
+
 @hookimpl
 def register_routes():
     return [
         (r"^/$", dashboard),
+        (r"^/free$", free),
+        (r"^/accounting$", accounting),
         (r"^/servers/(?P<server_id>\d{1,18})/history$", history),
     ]

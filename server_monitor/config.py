@@ -33,6 +33,15 @@ DEFAULTS = {
         "trusted_proxy_header": None,
     },
     "agent": {"token": None, "max_report_bytes": 1_048_576},
+    "alerts": {"enabled": True},
+    "prometheus": {"token": None},
+    # Defaults of the fleet views (canned-query parameters left empty use these).
+    "features": {
+        "free_max_util": 10,
+        "idle_min_mib": 1024,
+        "idle_max_util": 5,
+        "idle_hours": 2,
+    },
     "data": {
         "path": "monitor.db",
         "auth_path": "auth.db",
@@ -175,6 +184,7 @@ def create(path, username="admin", host="127.0.0.1", port=5100, data_dir=None, p
         "server": {"host": host, "port": port, "secret_key": secrets.token_hex(32)},
         "auth": {"username": username, "password_hash": hash_password(password)},
         "agent": {"token": secrets.token_urlsafe(32)},
+        "prometheus": {"token": secrets.token_urlsafe(32)},
         "data": {"path": os.path.join(base, "monitor.db"), "auth_path": os.path.join(base, "auth.db"),
                  "retention_days": 7},
     }

@@ -71,10 +71,18 @@ def scope_params(actor):
     return {f"_scope_{key}": scope_value(key, actor) for key in ("all", "servers", "processes")}
 
 
+def config_params(config):
+    """``:_config_<key>`` values (``features.*`` in config.yaml) for running queries directly."""
+    return {f"_config_{key}": value for key, value in (config.get("features") or {}).items()}
+
+
 async def run(datasette, name, actor, **params):
     """Run canned query ``name`` on ``monitor`` for ``actor``; returns a list of dicts."""
+    from . import hub
+
     sql = QUERIES[name]["sql"]
     values = scope_params(actor)
+    values.update(config_params(hub.context(datasette).config))
     values.update({k: "" if v is None else str(v) for k, v in params.items()})
     result = await datasette.get_database(DATABASE).execute(sql, values)
     return [dict(row) for row in result.rows]

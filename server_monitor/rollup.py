@@ -56,6 +56,38 @@ def _aggregate_sql(table, key, columns, bucket, source_tier=None):
     )
 
 
+# GPU-hours per hour and owner from raw rows in [?1, ?2). Each report counts for the time
+# to the host's next report, at most one interval (so an offline gap adds nothing); a GPU
+# shared by k owners (distinct user + container) gives each 1/k of that time.
+USAGE_SQL = """
+WITH h AS (
+    SELECT hs.server_id, hs.ts,
+        min(coalesce(lead(hs.ts) OVER (PARTITION BY hs.server_id ORDER BY hs.ts), hs.ts + s.interval_s) - hs.ts,
+            s.interval_s) AS dur
+    FROM host_samples hs JOIN servers s ON s.id = hs.server_id
+    WHERE hs.ts >= ?1 AND hs.ts < ?2 + 3600
+),
+owners AS (
+    SELECT server_id, ts, gpu_id, coalesce(user, '') AS user, coalesce(container, '') AS container,
+        sum(coalesce(used_gpu_memory_mib, 0)) AS vram
+    FROM gpu_processes
+    WHERE ts >= ?1 AND ts < ?2 AND gpu_id IS NOT NULL
+    GROUP BY server_id, ts, gpu_id, 4, 5
+),
+shares AS (
+    SELECT o.*, count(*) OVER (PARTITION BY o.gpu_id, o.ts) AS k FROM owners o
+)
+SELECT (sh.ts / 3600) * 3600 AS hour, sh.server_id, sh.gpu_id, sh.user, sh.container,
+    sum(h.dur * 1.0 / sh.k), sum(sh.vram * h.dur),
+    sum(coalesce(g.utilization_gpu, 0) * h.dur), sum(CASE WHEN g.utilization_gpu IS NOT NULL THEN h.dur ELSE 0 END),
+    sum(h.dur)
+FROM shares sh
+JOIN h ON h.server_id = sh.server_id AND h.ts = sh.ts
+LEFT JOIN gpu_samples g ON g.gpu_id = sh.gpu_id AND g.ts = sh.ts
+GROUP BY 1, 2, 3, 4, 5
+"""
+
+
 def _columns(columns):
     return [f"{col}_{agg}" for col, aggs in columns for agg in aggs]
 
@@ -148,9 +180,24 @@ class Maintenance:
         writer.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES (?, ?)", (name, value))
 
     # -- roll-ups -------------------------------------------------------------------
+    def _roll_usage(self, writer, reader, start, end):
+        """(Re)compute ``gpu_usage_1h`` for the hours in ``[start, end)`` from raw rows."""
+        rows = reader.execute(USAGE_SQL, (start, end)).fetchall()
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            writer.execute("DELETE FROM gpu_usage_1h WHERE hour >= ? AND hour < ?", (start, end))
+            writer.execute("COMMIT")
+        except BaseException:
+            writer.execute("ROLLBACK")
+            raise
+        self._write(writer, "INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container,"
+                            " gpu_seconds, vram_mib_seconds, util_seconds, util_known_seconds, held_seconds)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        return len(rows)
+
     def _roll(self, writer, reader, start, end):
-        """(Re)compute both tiers for ``[start, end)`` from raw rows. Returns rows written."""
-        written = 0
+        """(Re)compute both tiers and GPU usage for ``[start, end)`` from raw rows."""
+        written = self._roll_usage(writer, reader, start, end)
         for table, key, columns in SOURCES:
             cols = ", ".join([key, "ts", "samples"] + _columns(columns))
             marks = ", ".join("?" * (3 + len(_columns(columns))))
@@ -191,6 +238,10 @@ class Maintenance:
             if hour + 3600 > previous_cutoff:
                 written += self._roll(writer, reader, hour, hour + 3600)
             writer.execute("DELETE FROM rollup_dirty WHERE hour = ?", (hour,))
+        # GPU-hours of the hours not rolled up yet are kept current too (accounting reads
+        # only gpu_usage_1h, so it is at most one maintenance pass behind).
+        if done < now:
+            written += self._roll_usage(writer, reader, done, int(now // 3600 * 3600) + 3600)
         return {"hours_rolled": hours, "dirty_hours": len(dirty), "rollup_rows": written}
 
     # -- retention ------------------------------------------------------------------
@@ -225,7 +276,24 @@ class Maintenance:
         for table, key, _ in SOURCES:
             deleted[f"{table}_5m"] = self._delete_before(writer, f"{table}_5m", f"{key}, ts", m5)
             deleted[f"{table}_1h"] = self._delete_before(writer, f"{table}_1h", f"{key}, ts", h1)
+        deleted["gpu_usage_1h"] = self._delete_hours_before(writer, h1)
         return deleted
+
+    def _delete_hours_before(self, writer, cutoff):
+        total = 0
+        while True:
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                cur = writer.execute(
+                    "DELETE FROM gpu_usage_1h WHERE (hour, gpu_id, user, container) IN (SELECT hour, gpu_id, user,"
+                    f" container FROM gpu_usage_1h WHERE hour < ? LIMIT {int(self.batch)})", (cutoff,))
+                writer.execute("COMMIT")
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+            total += cur.rowcount
+            if cur.rowcount < self.batch:
+                return total
 
     def run_once(self):
         """One pass: roll-ups, then retention, then a passive WAL checkpoint. Returns stats."""

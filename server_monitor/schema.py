@@ -274,7 +274,41 @@ CREATE TABLE announcements (
 );
 """
 
-MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5]
+MIGRATION_6 = """
+-- GPU-hours accounting per hour and owner (user, container), kept by maintenance.
+CREATE TABLE gpu_usage_1h (
+    hour INTEGER NOT NULL,
+    server_id INTEGER NOT NULL,
+    gpu_id INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    container TEXT NOT NULL,
+    gpu_seconds REAL NOT NULL,
+    vram_mib_seconds REAL NOT NULL,
+    util_seconds REAL NOT NULL,
+    util_known_seconds REAL NOT NULL,
+    held_seconds REAL NOT NULL,
+    PRIMARY KEY (hour, gpu_id, user, container)
+) WITHOUT ROWID;
+CREATE INDEX gpu_usage_1h_server ON gpu_usage_1h (server_id, hour);
+
+-- Alerts: one row per firing (rule, subject), resolved_at set when it clears.
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    server_id INTEGER,
+    subject TEXT,
+    message TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    last_notified_at INTEGER,
+    notifications INTEGER NOT NULL DEFAULT 0,
+    resolved_at INTEGER
+);
+CREATE INDEX alerts_active ON alerts (resolved_at, key);
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -4,7 +4,7 @@
 "use strict";
 
 const REFRESH_S = 30;
-const QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes", "announcements"];
+const QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes", "announcements", "alerts_active", "idle_holders"];
 const GPU_STATE_TEXT = {
   driver_mismatch: "driver/library version mismatch (reboot pending?)",
   no_devices: "driver found no GPUs",
@@ -198,7 +198,20 @@ function matches(server, gpus, procs, text) {
 
 function render() {
   if (!data) return;
-  const [servers, gpus, procs, disks, containers, probes, announcements] = data;
+  const [servers, gpus, procs, disks, containers, probes, announcements, alerts, idle] = data;
+  document.getElementById("alerts").replaceChildren(...alerts.map((a) =>
+    h("p", { class: "alert-row alert-" + a.severity, role: a.severity === "critical" ? "alert" : "status" },
+      h("strong", {}, a.severity + " · " + a.rule.replace("_", " ") + ": "), a.message,
+      h("span", { class: "muted" }, " · since " + fmtLocalTime(a.started_at)))));
+  const idlePanel = document.getElementById("idle");
+  idlePanel.hidden = idle.length === 0;
+  document.getElementById("idle-summary").textContent = idle.length + " idle GPU holder" + (idle.length === 1 ? "" : "s") +
+    " (memory held, utilization near 0)";
+  document.getElementById("idle-list").replaceChildren(h("table", { class: "procs" },
+    h("thead", {}, h("tr", {}, ["Server", "GPU", "Held", "Users", "Containers", "Idle for"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, idle.map((r) => h("tr", {}, h("td", {}, r.server), h("td", {}, "GPU " + r.gpu_index),
+      h("td", { class: "num" }, fmtMiB(r.held_mib)), h("td", {}, r.users || "?"), h("td", {}, r.containers || ""),
+      h("td", { class: "num" }, r.idle_hours + " h"))))));
   document.getElementById("announcements").replaceChildren(...announcements.map((a) =>
     h("p", { class: "announcement announcement-" + a.level, role: a.level === "critical" ? "alert" : "status" },
       h("strong", {}, a.level + ": "), a.message)));

@@ -29,6 +29,8 @@ MATRIX = {
     "/-/login": (302, 302, 302, 302, 302),
     "/-/password-tool": (302, 403, 403, 403, 404),
     "/servers/1/history": (302, 200, 200, 200, 200),
+    "/free": (302, 200, 200, 200, 200),
+    "/accounting": (302, 200, 200, 200, 200),
     "/admin": (302, 403, 403, 403, 200),
     "/admin/invites": (302, 403, 403, 403, 405),
     "/admin/invites/1/revoke": (302, 403, 403, 403, 405),
@@ -39,6 +41,8 @@ MATRIX = {
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),
     "/api/anything": (401, 404, 404, 404, 404),
+    "/metrics": (401, 403, 403, 403, 200),
+    "/-/health": (200, 200, 200, 200, 200),
     "/monitor": (302, 403, 403, 200, 200),
     "/monitor.json": (401, 403, 403, 200, 200),
     "/monitor.db": (302, 403, 403, 403, 403),  # no download of a live database; use backups
@@ -71,7 +75,8 @@ MATRIX = {
 }
 # Every canned query except the admin ones: open to all logged-in users, HTML and JSON.
 PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gpu_history", "usage_by_user",
-                  "containers", "probes", "announcements"]
+                  "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
+                  "alerts_active", "alerts_history"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)
@@ -280,3 +285,11 @@ def test_cookieless_login_post_is_refused(hub, hub_config):
     client = Client(hub["anon"].ds)
     response = client.post("/login", data={"username": hub_config.get("auth.username"), "password": hub_config.password})
     assert response.status_code == 403 and "sm_session" not in response.headers.get("set-cookie", "")
+
+
+def test_every_canned_query_is_in_the_matrix():
+    from server_monitor.queries import ADMIN_QUERIES, QUERIES
+
+    assert set(QUERIES) == set(PUBLIC_QUERIES) | ADMIN_QUERIES
+    for name in ADMIN_QUERIES:
+        assert f"/monitor/{name}" in MATRIX or name != "admin_set_server"

@@ -117,3 +117,47 @@ def test_hostile_agent_strings_show_as_text(page, hub_process, hub_config):
     page.goto(hub_process.base_url + "/monitor/servers")
     assert XSS[1] in page.inner_text("body")
     assert page.dialogs == []
+
+
+@pytest.fixture
+def fast_hub(hub_config, request):
+    """The real hub with alerts and maintenance every second."""
+    import yaml
+
+    data = yaml.safe_load(open(hub_config.path))
+    data["alerts"] = {"interval_s": 1}
+    data["data"]["maintenance_interval_s"] = 1
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    return request.getfixturevalue("hub_process")
+
+
+def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):  # noqa: F811
+    from playwright.sync_api import expect
+
+    now = time.time()
+    for i in range(120):  # an hour of alice on GPU 0 of "busy-node"; GPU 1 stays free
+        report = sample_report("busy-node", gpus=2, processes=1, sample_time=now - 3600 + i * 30)
+        report["processes"] = report["processes"][:1]
+        report["gpus"][1]["utilization.gpu"] = 0
+        report["gpus"][1]["memory.used"] = 0
+        push(fast_hub, hub_config, report)
+    broken = sample_report("sick-node", gpus=0, processes=0)
+    broken["gpu_status"] = {"state": "driver_mismatch", "lost": [], "stale": False,
+                            "message": "Failed to initialize NVML: Driver/library version mismatch"}
+    push(fast_hub, hub_config, broken)
+    page = browser.new_page()
+    login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    time.sleep(2.5)  # the alert job runs every second here; the dashboard refreshes on visibility
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    expect(page.locator("#alerts")).to_contain_text("driver/library version mismatch", timeout=15000)
+    page.click("nav.main-nav a:text-is('Free GPUs')")
+    expect(page.locator("#free-table tbody")).to_contain_text("busy-node")
+    expect(page.locator("#free-table tbody")).to_contain_text("CUDA_VISIBLE_DEVICES=1")
+    assert "free_gpus.json" in page.inner_text("#one-liner")
+    page.click("nav.main-nav a:text-is('GPU-hours')")
+    expect(page.locator("#hours-table tbody")).to_contain_text("user0", timeout=15000)
+    hours = float(page.locator("#hours-table tbody tr").first.locator("td").nth(1).inner_text())
+    assert 0.9 <= hours <= 1.05
+    assert "gpu_hours.csv" in page.get_attribute("#csv", "href")
+    page.close()

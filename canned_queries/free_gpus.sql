@@ -1,0 +1,39 @@
+-- title: Free GPUs now
+-- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu ≤ :max_util % (default from config, 10) and at least :min_free_mib MiB free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. cuda_visible_devices lists the :count GPUs with the most free memory (nvidia-smi indexes; use CUDA_DEVICE_ORDER=PCI_BUS_ID), gpu_uuids the same GPUs by UUID.
+with params as (
+  select
+    cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
+    cast(coalesce(nullif(:max_util, ''), :_config_free_max_util) as real) as max_util,
+    max(1, cast(coalesce(nullif(:count, ''), 1) as integer)) as want,
+    coalesce(:model, '') as model
+),
+free as (
+  select
+    g.server_id, coalesce(s.display_name, s.hostname) as server, g.gpu_index, g.uuid, g.name,
+    g.memory_total_mib - coalesce(g.memory_used_mib, 0) as free_mib,
+    row_number() over (partition by g.server_id
+                       order by g.memory_total_mib - coalesce(g.memory_used_mib, 0) desc, g.gpu_index) as pick,
+    count(*) over (partition by g.server_id) as host_free
+  from gpus g
+  join server_state s on s.id = g.server_id
+  join params p
+  where (s.state = 'online' or (s.state = 'error' and s.gpu_state = 'gpu_lost' and s.status = 'active'))
+    and g.present and g.status = 'active'
+    and g.process_count = 0
+    and coalesce(g.utilization_gpu, 0) <= p.max_util
+    and g.memory_total_mib - coalesce(g.memory_used_mib, 0) >= p.min_free
+    and instr(lower(g.name), lower(p.model)) > 0
+    and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
+)
+select
+  f.server_id,
+  f.server,
+  max(f.host_free) as free_gpus,
+  group_concat(f.gpu_index, ',') as cuda_visible_devices,
+  group_concat(f.uuid, ',') as gpu_uuids,
+  min(f.free_mib) as min_free_mib,
+  group_concat(distinct f.name) as gpu_models
+from free f join params p
+where f.pick <= p.want and f.host_free >= p.want
+group by f.server_id
+order by min_free_mib desc, free_gpus desc, f.server

@@ -1,0 +1,30 @@
+-- title: GPU-hours
+-- description: GPU time held between :since and :until (UTC epoch seconds; default the last 24 h), grouped :by user (default), container or server. A GPU shared by k owners counts 1/k for each; a report counts until the host's next report, at most one interval, so offline gaps add nothing. gpu_hours, vram_gib_hours (GiB held × hours), avg_utilization_gpu (%, while held). Whole hours, up to the last maintenance pass (about a minute).
+with params as (
+  select
+    cast(coalesce(nullif(:since, ''), strftime('%s', 'now') - 86400) as integer) / 3600 * 3600 as since,
+    cast(coalesce(nullif(:until, ''), strftime('%s', 'now')) as integer) as until,
+    coalesce(nullif(:by, ''), 'user') as by
+)
+select
+  case p.by
+    when 'container' then nullif(u.container, '')
+    when 'server' then coalesce(s.display_name, s.hostname)
+    else nullif(u.user, '')
+  end as owner,
+  p.by as grouped_by,
+  round(sum(u.gpu_seconds) / 3600.0, 3) as gpu_hours,
+  round(sum(u.vram_mib_seconds) / 1024.0 / 3600.0, 3) as vram_gib_hours,
+  round(sum(u.util_seconds) / nullif(sum(u.util_known_seconds), 0), 1) as avg_utilization_gpu,
+  count(distinct u.gpu_id) as gpus,
+  count(distinct u.server_id) as servers,
+  min(u.hour) as first_hour,
+  max(u.hour) as last_hour
+from gpu_usage_1h u
+join params p
+join servers s on s.id = u.server_id
+where u.hour >= p.since and u.hour < p.until
+  and (:_scope_all or u.server_id in (select value from json_each(:_scope_servers)))
+  and :_scope_processes
+group by 1, 2
+order by gpu_hours desc

@@ -1,0 +1,266 @@
+"""Alert rules, evaluated in the background, delivered by webhook (generic, Slack, Feishu/Lark)
+and optionally e-mail. Every firing is a row in ``alerts``; it fires once, is repeated at
+most every ``alerts.repeat_minutes``, and sends a resolved notice when it clears. Servers
+and GPUs an admin marked ``maintenance`` raise nothing.
+
+Configuration (``config.yaml``, all optional)::
+
+    alerts:
+      enabled: true
+      interval_s: 60
+      repeat_minutes: 60
+      host_offline_minutes: 5
+      gpu_temperature_c: 85
+      gpu_temperature_minutes: 5
+      disk_percent: 90
+      dashboard_url: https://monitor.example.org/
+      webhooks:
+        - {url: "https://hooks.slack.com/services/...", format: slack}
+        - {url: "https://open.feishu.cn/open-apis/bot/v2/hook/...", format: feishu}
+        - {url: "https://example.org/hook", format: generic}
+      smtp: {host: smtp.example.org, port: 587, starttls: true, username: ..., password: ...,
+             from: monitor@example.org, to: [gpu-admins@example.org]}
+"""
+
+import json
+import logging
+import smtplib
+import sqlite3
+import threading
+import time
+from email.message import EmailMessage
+
+import urllib3
+
+from . import schema
+
+log = logging.getLogger("server_monitor.alerts")
+
+DEFAULTS = {
+    "enabled": True,
+    "interval_s": 60,
+    "repeat_minutes": 60,
+    "host_offline_minutes": 5,
+    "gpu_temperature_c": 85,
+    "gpu_temperature_minutes": 5,
+    "disk_percent": 90,
+    "dashboard_url": None,
+    "webhooks": [],
+    "smtp": None,
+}
+FAILURE_STATES = ("driver_mismatch", "no_devices", "driver_not_loaded", "insufficient_permissions", "error")
+STATE_TEXT = {
+    "driver_mismatch": "NVIDIA driver/library version mismatch (a reboot is usually pending)",
+    "no_devices": "the NVIDIA driver finds no GPUs",
+    "driver_not_loaded": "the NVIDIA driver is not loaded",
+    "insufficient_permissions": "insufficient permissions for NVML",
+    "error": "nvidia-smi fails",
+    "timeout": "nvidia-smi does not answer (killed after the timeout)",
+    "busy": "nvidia-smi hangs (an earlier call is still alive)",
+}
+
+
+def settings(config):
+    """``alerts`` section of the hub config merged over :data:`DEFAULTS`."""
+    merged = dict(DEFAULTS)
+    merged.update(config.get("alerts") or {})
+    return merged
+
+
+def evaluate(conn, now, cfg):
+    """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message"}}``.
+
+    ``conn``: a connection to monitor.db. ``cfg``: :func:`settings`. Pure reads.
+    """
+    firing = {}
+
+    def fire(rule, severity, server_id, subject, message):
+        key = f"{rule}:{server_id}:{subject}"
+        firing[key] = {"rule": rule, "severity": severity, "server_id": server_id, "subject": subject,
+                       "message": message}
+
+    servers = {row[0]: row for row in conn.execute(
+        "SELECT id, coalesce(display_name, hostname), last_seen, interval_s, gpu_state, gpu_message, gpu_lost, status"
+        " FROM servers WHERE status != 'maintenance'")}
+    offline = set()
+    for server_id, name, last_seen, interval, state, message, lost, _ in servers.values():
+        age = now - last_seen
+        if age > cfg["host_offline_minutes"] * 60:
+            offline.add(server_id)
+            fire("host_offline", "critical", server_id, "", f"{name}: no report for {int(age // 60)} min")
+            continue
+        if state in FAILURE_STATES:
+            fire("gpu_failure", "critical", server_id, state, f"{name}: {STATE_TEXT[state]}"
+                 + (f" ({message})" if message else ""))
+        elif state in ("timeout", "busy"):
+            fire("collection_stale", "warning", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}")
+        if state == "gpu_lost" and lost:
+            for item in json.loads(lost):
+                bus = item.get("pci.bus_id") or "?"
+                fire("gpu_lost", "critical", server_id, bus, f"{name}: GPU {bus} is lost ({item.get('message') or ''})")
+    for gpu_id, server_id, index, bus, gpu_name in conn.execute(
+            "SELECT id, server_id, gpu_index, pci_bus_id, name FROM gpus WHERE present = 0 AND status != 'maintenance'"):
+        if server_id in servers and server_id not in offline:
+            fire("gpu_lost", "critical", server_id, bus or f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report")
+    for gpu_id, server_id, index, ecc, remap, retire in conn.execute(
+            "SELECT id, server_id, gpu_index, ecc_errors_uncorrected_volatile_total, remapped_rows_pending,"
+            " retired_pages_pending FROM gpus WHERE present AND status != 'maintenance'"
+            " AND (ecc_errors_uncorrected_volatile_total > 0 OR remapped_rows_pending = 1 OR retired_pages_pending = 1)"):
+        if server_id in servers and server_id not in offline:
+            what = []
+            if ecc:
+                what.append(f"{ecc} uncorrectable ECC errors")
+            if remap:
+                what.append("row remapping pending (reset needed)")
+            if retire:
+                what.append("page retirement pending (reset needed)")
+            fire("gpu_ecc", "critical", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}")
+    window = cfg["gpu_temperature_minutes"] * 60
+    for gpu_id, server_id, index, coolest, samples in conn.execute(
+            "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"
+            " JOIN gpu_samples s ON s.gpu_id = g.id AND s.ts >= ? WHERE g.present AND g.status != 'maintenance'"
+            " GROUP BY g.id HAVING min(s.temperature_gpu_c) >= ? AND count(*) >= 2",
+            (now - window, cfg["gpu_temperature_c"])):
+        if server_id in servers and server_id not in offline:
+            fire("gpu_temperature", "warning", server_id, f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} at {coolest} °C or more for {cfg['gpu_temperature_minutes']} min")
+    for server_id, mount, percent in conn.execute(
+            "SELECT d.server_id, d.mountpoint, 100.0 * d.used_bytes / d.total_bytes FROM servers s"
+            " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
+            " WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?", (cfg["disk_percent"],)):
+        if server_id in servers and server_id not in offline:
+            fire("disk_full", "warning", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full")
+    return firing
+
+
+class Notifier:
+    """Sends alert notices to every configured webhook and e-mail address."""
+
+    def __init__(self, cfg, http=None):
+        self.cfg = cfg
+        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
+
+    @staticmethod
+    def text(event, alert):
+        mark = {"firing": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[event]
+        return f"[{mark}] [{alert['severity']}] {alert['message']}"
+
+    def body(self, fmt, event, alert):
+        """Webhook body for ``fmt``: ``generic`` JSON, ``slack`` (``text``), ``feishu`` (Lark bot)."""
+        text = self.text(event, alert)
+        if self.cfg.get("dashboard_url"):
+            text += f"\n{self.cfg['dashboard_url']}"
+        if fmt == "slack":
+            return {"text": text}
+        if fmt in ("feishu", "lark"):
+            return {"msg_type": "text", "content": {"text": text}}
+        return {"status": "resolved" if event == "resolved" else "firing", "event": event, "text": text,
+                "rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
+                "subject": alert["subject"], "message": alert["message"], "started_at": alert.get("started_at"),
+                "resolved_at": alert.get("resolved_at"), "dashboard_url": self.cfg.get("dashboard_url")}
+
+    def send(self, event, alert):
+        """Deliver to all targets; returns True when at least one delivery succeeded (or none is set)."""
+        targets = self.cfg.get("webhooks") or []
+        ok = not targets and not self.cfg.get("smtp")
+        for hook in targets:
+            try:
+                response = self.http.request("POST", hook["url"], body=json.dumps(self.body(hook.get("format", "generic"),
+                                                                                           event, alert)).encode(),
+                                             headers={"Content-Type": "application/json"})
+                ok = ok or 200 <= response.status < 300
+                if response.status >= 300:
+                    log.warning("webhook %s answered %s", hook["url"], response.status)
+            except urllib3.exceptions.HTTPError as exc:
+                log.warning("webhook %s failed: %s", hook["url"], exc)
+        smtp = self.cfg.get("smtp")
+        if smtp:
+            try:
+                self._mail(smtp, event, alert)
+                ok = True
+            except (OSError, smtplib.SMTPException) as exc:
+                log.warning("alert e-mail failed: %s", exc)
+        return ok
+
+    def _mail(self, smtp, event, alert):
+        message = EmailMessage()
+        message["Subject"] = self.text(event, alert)[:200]
+        message["From"] = smtp["from"]
+        to = smtp["to"] if isinstance(smtp["to"], list) else [smtp["to"]]
+        message["To"] = ", ".join(to)
+        message.set_content(self.text(event, alert) + (f"\n\n{self.cfg['dashboard_url']}" if self.cfg.get("dashboard_url") else ""))
+        with smtplib.SMTP(smtp["host"], int(smtp.get("port", 25)), timeout=15) as client:
+            if smtp.get("starttls"):
+                client.starttls()
+            if smtp.get("username"):
+                client.login(smtp["username"], smtp.get("password") or "")
+            client.send_message(message)
+
+
+class AlertEngine:
+    """Keeps the ``alerts`` table in step with :func:`evaluate` and sends the notices."""
+
+    def __init__(self, db_path, cfg, notifier=None):
+        self.db_path = db_path
+        self.cfg = cfg
+        self.notifier = notifier or Notifier(cfg)
+
+    def run_once(self, now=None):
+        """One evaluation; returns ``{"fired": [...], "repeated": [...], "resolved": [...]}`` (keys)."""
+        now = int(time.time() if now is None else now)
+        conn = schema.connect(self.db_path, timeout=30)
+        try:
+            firing = evaluate(conn, now, self.cfg)
+            active = {row[1]: row for row in conn.execute(
+                "SELECT id, key, rule, severity, server_id, subject, message, started_at, last_notified_at"
+                " FROM alerts WHERE resolved_at IS NULL")}
+            result = {"fired": [], "repeated": [], "resolved": []}
+            repeat = self.cfg["repeat_minutes"] * 60
+            for key, alert in firing.items():
+                if key not in active:
+                    cur = conn.execute(
+                        "INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (key, alert["rule"], alert["severity"], alert["server_id"], alert["subject"], alert["message"], now))
+                    self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=now), now)
+                    result["fired"].append(key)
+                else:
+                    row = active[key]
+                    if row[8] is None or now - row[8] >= repeat:
+                        conn.execute("UPDATE alerts SET message = ? WHERE id = ?", (alert["message"], row[0]))
+                        self._notify(conn, row[0], "reminder" if row[8] else "firing", dict(alert, started_at=row[7]), now)
+                        result["repeated"].append(key)
+            for key, row in active.items():
+                if key not in firing:
+                    conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, row[0]))
+                    alert = {"rule": row[2], "severity": row[3], "server_id": row[4], "subject": row[5],
+                             "message": row[6], "started_at": row[7], "resolved_at": now}
+                    self.notifier.send("resolved", alert)
+                    result["resolved"].append(key)
+            return result
+        finally:
+            conn.close()
+
+    def _notify(self, conn, alert_id, event, alert, now):
+        if self.notifier.send(event, alert):
+            conn.execute("UPDATE alerts SET last_notified_at = ?, notifications = notifications + 1 WHERE id = ?",
+                         (now, alert_id))
+
+
+class AlertThread(threading.Thread):
+    """Runs :meth:`AlertEngine.run_once` every ``interval_s`` seconds."""
+
+    def __init__(self, engine):
+        super().__init__(name="alerts", daemon=True)
+        self.engine = engine
+        self.stopped = threading.Event()
+
+    def run(self):
+        while not self.stopped.wait(self.engine.cfg["interval_s"]):
+            try:
+                result = self.engine.run_once()
+                if any(result.values()):
+                    log.info("alerts: %s", result)
+            except sqlite3.Error as exc:
+                log.warning("alert evaluation failed, will retry: %s", exc)

@@ -1,0 +1,114 @@
+"""Prometheus exposition of the fleet's latest state, with DCGM-exporter metric names.
+
+GPU series use the names and labels of NVIDIA's dcgm-exporter (``DCGM_FI_DEV_GPU_UTIL``,
+``DCGM_FI_DEV_FB_USED``, ... with ``gpu``, ``UUID``, ``device``, ``modelName``,
+``Hostname``), so the stock Grafana DCGM dashboard works on them. Host series are
+``server_monitor_*``. Only hosts that reported recently (status online, or error with a
+partial GPU list) export values; stale, offline and maintenance hosts export just
+``server_monitor_up 0``, so a dead host never looks live.
+"""
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+LIVE_STATES = ("online", "error")
+
+# (metric, gpus column, help)
+GPU_METRICS = (
+    ("DCGM_FI_DEV_GPU_UTIL", "utilization_gpu", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "utilization_memory", "Memory utilization (in %)."),
+    ("DCGM_FI_DEV_FB_USED", "memory_used_mib", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_FB_FREE", "fb_free_mib", "Framebuffer memory free (in MiB)."),
+    ("DCGM_FI_DEV_FB_TOTAL", "memory_total_mib", "Framebuffer memory total (in MiB)."),
+    ("DCGM_FI_DEV_GPU_TEMP", "temperature_gpu_c", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_MEMORY_TEMP", "temperature_memory_c", "Memory temperature (in C)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "power_draw_w", "Power draw (in W)."),
+    ("DCGM_FI_DEV_SM_CLOCK", "clocks_sm_mhz", "SM clock frequency (in MHz)."),
+    ("DCGM_FI_DEV_MEM_CLOCK", "clocks_mem_mhz", "Memory clock frequency (in MHz)."),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "ecc_errors_uncorrected_volatile_total", "Total uncorrectable (double-bit) volatile ECC errors."),
+    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "remapped_rows_pending", "Row remapping pending (1 = GPU reset needed)."),
+    ("server_monitor_gpu_processes", "process_count", "Compute processes on the GPU."),
+)
+GPU_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id"]
+
+HOST_METRICS = (
+    ("server_monitor_cpu_percent", "cpu_percent", "CPU busy over the last report interval (in %)."),
+    ("server_monitor_load1", "load_1", "1-minute load average."),
+    ("server_monitor_memory_used_bytes", "memory_used_bytes", "Memory used (total - available)."),
+    ("server_monitor_memory_total_bytes", "memory_total_bytes", "Memory total."),
+    ("server_monitor_swap_used_bytes", "swap_used_bytes", "Swap used."),
+    ("server_monitor_network_receive_bytes_per_second", "net_rx_bps", "Receive rate, physical NICs."),
+    ("server_monitor_network_transmit_bytes_per_second", "net_tx_bps", "Transmit rate, physical NICs."),
+    ("server_monitor_gpus", "gpu_count", "GPUs present in the latest report."),
+    ("server_monitor_gpus_busy", "gpus_busy", "GPUs with a compute process or utilization >= 10 %."),
+)
+
+SERVERS_SQL = """
+SELECT id, hostname, coalesce(display_name, hostname) AS name, state, seen_age_s, cpu_percent, load_1,
+    memory_used_bytes, memory_total_bytes, swap_used_bytes, net_rx_bps, net_tx_bps, gpu_count, gpus_busy
+FROM server_state
+"""
+GPUS_SQL = """
+SELECT g.server_id, g.gpu_index, g.uuid, g.name, g.pci_bus_id, g.utilization_gpu, g.utilization_memory,
+    g.memory_used_mib, g.memory_total_mib - g.memory_used_mib AS fb_free_mib, g.memory_total_mib,
+    g.temperature_gpu_c, g.temperature_memory_c, g.power_draw_w, g.clocks_sm_mhz, g.clocks_mem_mhz,
+    g.ecc_errors_uncorrected_volatile_total, g.remapped_rows_pending, g.process_count
+FROM gpus g WHERE g.present
+"""
+DISKS_SQL = """
+SELECT d.server_id, d.mountpoint, d.used_bytes, d.total_bytes FROM servers s
+JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts
+"""
+
+
+class FleetCollector(Collector):
+    """Builds the metric families from rows read by the caller (``servers``, ``gpus``, ``disks``)."""
+
+    def __init__(self, servers, gpus, disks):
+        self.servers, self.gpus, self.disks = servers, gpus, disks
+
+    def collect(self):
+        live = {s["id"]: s for s in self.servers if s["state"] in LIVE_STATES}
+        up = GaugeMetricFamily("server_monitor_up", "1 when the host reported recently (online), else 0.",
+                               labels=["Hostname", "server_id"])
+        age = GaugeMetricFamily("server_monitor_last_report_age_seconds", "Seconds since the host's last report.",
+                                labels=["Hostname", "server_id"])
+        for s in self.servers:
+            up.add_metric([s["hostname"], str(s["id"])], 1 if s["id"] in live else 0)
+            age.add_metric([s["hostname"], str(s["id"])], s["seen_age_s"])
+        yield up
+        yield age
+        for metric, column, help_text in HOST_METRICS:
+            family = GaugeMetricFamily(metric, help_text, labels=["Hostname", "server_id"])
+            for s in live.values():
+                if s[column] is not None:
+                    family.add_metric([s["hostname"], str(s["id"])], s[column])
+            yield family
+        for metric, column, help_text in GPU_METRICS:
+            family = GaugeMetricFamily(metric, help_text, labels=GPU_LABELS)
+            for g in self.gpus:
+                server = live.get(g["server_id"])
+                if server is None or g[column] is None:
+                    continue
+                family.add_metric([str(g["gpu_index"]), g["uuid"], f"nvidia{g['gpu_index']}", g["name"] or "",
+                                   server["hostname"], g["pci_bus_id"] or ""], g[column])
+            yield family
+        used = GaugeMetricFamily("server_monitor_filesystem_used_bytes", "Filesystem space used.",
+                                 labels=["Hostname", "mountpoint"])
+        size = GaugeMetricFamily("server_monitor_filesystem_size_bytes", "Filesystem size.",
+                                 labels=["Hostname", "mountpoint"])
+        for d in self.disks:
+            server = live.get(d["server_id"])
+            if server is not None:
+                used.add_metric([server["hostname"], d["mountpoint"]], d["used_bytes"] or 0)
+                size.add_metric([server["hostname"], d["mountpoint"]], d["total_bytes"] or 0)
+        yield used
+        yield size
+
+
+def exposition(servers, gpus, disks):
+    """Prometheus text format (bytes) for the given rows (lists of dicts)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(servers, gpus, disks))
+    return generate_latest(registry)

@@ -1,0 +1,33 @@
+// Free-GPU finder: the free_gpus canned query, and the command line that does the same.
+"use strict";
+
+async function find(event) {
+  if (event) event.preventDefault();
+  const form = new FormData(document.getElementById("free-form"));
+  const params = { count: form.get("count") || "1", min_free_mib: String(Math.round(Number(form.get("min_free_gib") || 0) * 1024)) };
+  if (form.get("max_util")) params.max_util = form.get("max_util");
+  if (form.get("model")) params.model = form.get("model");
+  const errorBox = document.getElementById("load-error");
+  try {
+    const rows = await fetchQuery("free_gpus", params);
+    errorBox.hidden = true;
+    document.querySelector("#free-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
+      h("td", {}, r.server), h("td", { class: "num" }, String(r.free_gpus)),
+      h("td", {}, h("code", {}, "CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=" + r.cuda_visible_devices)),
+      h("td", { class: "num" }, fmtMiB(r.min_free_mib)), h("td", {}, r.gpu_models || ""))) :
+      [h("tr", {}, h("td", { colSpan: 5 }, "No host has that many free GPUs right now."))]));
+    const query = new URLSearchParams(Object.assign({ _shape: "array" }, params)).toString();
+    document.getElementById("one-liner").textContent =
+      "curl -s -b cookies.txt '" + location.origin + "/monitor/free_gpus.json?" + query + "' \\\n" +
+      "  | python3 -c 'import json,sys; [print(r[\"server\"], \"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=\" + r[\"cuda_visible_devices\"]) for r in json.load(sys.stdin)]'";
+  } catch (e) {
+    errorBox.textContent = "Could not load: " + e.message;
+    errorBox.hidden = false;
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupTheme();
+  document.getElementById("free-form").addEventListener("submit", find);
+  find();
+});

@@ -1,0 +1,134 @@
+"""Alert rules fire, deduplicate and resolve, delivered to a local webhook receiver."""
+
+import json
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from reports import sample_report
+
+from server_monitor import alerts, schema
+from server_monitor.contract import validate_report
+from server_monitor.store import store_report
+
+
+class Receiver:
+    """A real HTTP server collecting webhook bodies."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def of(self, path):
+        return [body for p, body in self.received if p == path]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    receiver = Receiver()
+    cfg = alerts.settings(type("C", (), {"get": lambda self, key, default=None: {
+        "webhooks": [{"url": receiver.url + "/generic", "format": "generic"},
+                     {"url": receiver.url + "/slack", "format": "slack"},
+                     {"url": receiver.url + "/feishu", "format": "feishu"}],
+        "repeat_minutes": 30, "dashboard_url": "https://monitor.example.org/"}})())
+    engine = alerts.AlertEngine(path, cfg)
+    conn = schema.connect(path)
+    yield engine, receiver, conn
+    receiver.server.shutdown()
+
+
+def put(conn, report, received):
+    store_report(conn, validate_report(report), received)
+
+
+def test_rules_fire_dedupe_repeat_and_resolve(setup):
+    engine, receiver, conn = setup
+    now = int(time.time())
+    healthy = sample_report("node-a", gpus=2, processes=0, sample_time=now)
+    put(conn, healthy, now)
+    assert engine.run_once(now) == {"fired": [], "repeated": [], "resolved": []}
+
+    # The driver breaks after an upgrade: reported by name.
+    broken = sample_report("node-a", gpus=0, processes=0, sample_time=now + 30)
+    broken["gpu_status"] = {"state": "driver_mismatch", "lost": [], "stale": False,
+                            "message": "Failed to initialize NVML: Driver/library version mismatch"}
+    put(conn, broken, now + 30)
+    result = engine.run_once(now + 30)
+    assert result["fired"] == ["gpu_failure:1:driver_mismatch"]
+    generic = receiver.of("/generic")[-1]
+    assert generic["status"] == "firing" and generic["rule"] == "gpu_failure" and generic["severity"] == "critical"
+    assert "driver/library version mismatch" in generic["message"]
+    assert receiver.of("/slack")[-1]["text"].startswith("[FIRING] [critical] node-a:")
+    assert receiver.of("/feishu")[-1] == {"msg_type": "text", "content": {"text": receiver.of("/slack")[-1]["text"]}}
+    # Still broken a minute later: no second notice before repeat_minutes.
+    assert engine.run_once(now + 90)["fired"] == [] and len(receiver.of("/generic")) == 1
+    still = sample_report("node-a", gpus=0, processes=0, sample_time=now + 1830)
+    still["gpu_status"] = broken["gpu_status"]
+    put(conn, still, now + 1830)
+    assert engine.run_once(now + 1830)["repeated"] == ["gpu_failure:1:driver_mismatch"]
+    assert receiver.of("/generic")[-1]["event"] == "reminder"
+
+    # Fixed, but one GPU went missing: the failure resolves, the lost GPU fires.
+    fixed = sample_report("node-a", gpus=1, processes=0, sample_time=now + 2000)
+    put(conn, fixed, now + 2000)
+    result = engine.run_once(now + 2000)
+    assert result["resolved"] == ["gpu_failure:1:driver_mismatch"]
+    assert result["fired"] == ["gpu_lost:1:00000000:28:00.0"]
+    assert sorted(b["status"] for b in receiver.of("/generic")[-2:]) == ["firing", "resolved"]
+
+    # The host stops reporting: host_offline replaces the per-GPU alerts.
+    result = engine.run_once(now + 2000 + 600)
+    assert result["fired"] == ["host_offline:1:"]
+    assert "gpu_lost:1:00000000:28:00.0" in result["resolved"]
+    history = conn.execute("select rule, resolved_at is not null from alerts order by id").fetchall()
+    assert history == [("gpu_failure", 1), ("gpu_lost", 1), ("host_offline", 0)]
+
+
+def test_temperature_ecc_disk_and_maintenance(setup):
+    engine, receiver, conn = setup
+    now = int(time.time())
+    for i in range(12):
+        report = sample_report("hot", gpus=1, processes=0, disks=1, sample_time=now - 330 + i * 30)
+        report["gpus"][0]["temperature.gpu"] = 91
+        report["gpus"][0]["ecc.errors.uncorrected.volatile.total"] = 2
+        report["disks"][0]["used_bytes"] = report["disks"][0]["total_bytes"] * 95 // 100
+        put(conn, report, now - 330 + i * 30)
+    fired = sorted(engine.run_once(now)["fired"])
+    assert [key.split(":")[0] for key in fired] == ["disk_full", "gpu_ecc", "gpu_temperature"]
+    messages = [b["message"] for b in receiver.of("/generic")]
+    assert any("91 °C" in m for m in messages) and any("2 uncorrectable ECC errors" in m for m in messages)
+    # An admin puts the host into maintenance: its alerts resolve, nothing new fires.
+    conn.execute("update servers set status = 'maintenance'")
+    result = engine.run_once(now + 60)
+    assert sorted(result["resolved"]) == fired and result["fired"] == []
+
+
+def test_failed_delivery_is_retried(setup, tmp_path):
+    engine, receiver, conn = setup
+    engine.notifier.cfg = dict(engine.cfg, webhooks=[{"url": "http://127.0.0.1:9/nowhere", "format": "generic"}])
+    now = int(time.time())
+    report = sample_report("x", gpus=0, processes=0, sample_time=now)
+    report["gpu_status"] = {"state": "no_devices", "message": "No devices were found", "lost": [], "stale": False}
+    put(conn, report, now)
+    assert engine.run_once(now)["fired"] == ["gpu_failure:1:no_devices"]
+    assert conn.execute("select last_notified_at, notifications from alerts").fetchone() == (None, 0)
+    engine.notifier.cfg = engine.cfg
+    assert engine.run_once(now + 60)["repeated"] == ["gpu_failure:1:no_devices"]
+    assert receiver.of("/generic")[-1]["event"] == "firing"

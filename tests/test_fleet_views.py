@@ -1,0 +1,74 @@
+"""Free-GPU finder and idle holders, through Datasette's JSON API."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from reports import sample_report
+from test_hub_datasette import Client, ingest
+
+
+@pytest.fixture
+def admin(datasette, hub_config):
+    client = Client(datasette)
+    assert client.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    client.token = hub_config.get("agent.token")
+    client.db = hub_config.db_path
+    return client
+
+
+def host(client, name, gpus, used_mib=None, busy=(), util=0, sample_time=None, **kw):
+    report = sample_report(name, gpus=gpus, processes=1, sample_time=sample_time, **kw)
+    for g in report["gpus"]:
+        g["utilization.gpu"] = util
+        g["memory.used"] = (used_mib or {}).get(g["index"], 0)
+    report["processes"] = [p for p in report["processes"] if int(p["gpu_uuid"].split("-")[2]) in busy]
+    assert ingest(client, report, client.token).status_code == 201, name
+
+
+def test_free_gpus_best_first_with_cuda_visible_devices(admin):
+    host(admin, "big", 8, used_mib={0: 70000, 1: 1000, 2: 500, 3: 30000}, busy=(4, 5, 6))
+    host(admin, "small", 2, used_mib={0: 60000, 1: 60000})
+    host(admin, "gone", 4, sample_time=time.time() - 3600)  # offline: last report an hour ago
+    conn = sqlite3.connect(admin.db)
+    conn.execute("update servers set last_seen = last_seen - 3600 where hostname = 'gone'")
+    conn.commit()
+    host(admin, "fixing", 4)
+    conn.execute("update servers set status = 'maintenance' where hostname = 'fixing'")
+    conn.commit()
+    rows = admin.get("/monitor/free_gpus.json?_shape=array&count=2&min_free_mib=40000").json()
+    # Free with >= 40000 MiB: GPUs 1, 2, 3 and 7; the two with the most free memory are 7 and 2.
+    assert [(r["server"], r["free_gpus"], r["cuda_visible_devices"]) for r in rows] == [("big", 4, "7,2")]
+    assert rows[0]["min_free_mib"] == 81559 - 500
+    one = admin.get("/monitor/free_gpus.json?_shape=array").json()
+    assert [r["server"] for r in one] == ["big", "small"]  # small: its two GPUs are not busy
+    assert admin.get("/monitor/free_gpus.json?_shape=array&model=A100").json() == []
+    # The documented one-liner, on this answer.
+    one_liner = ("import json,sys; [print(r['server'], 'CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES='"
+                 " + r['cuda_visible_devices']) for r in json.load(sys.stdin)]")
+    out = subprocess.run([sys.executable, "-c", one_liner], input=json.dumps(rows), capture_output=True, text=True)
+    assert out.stdout == "big CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=7,2\n"
+
+
+def test_idle_holders(admin):
+    now = int(time.time())
+    host(admin, "idler", 2, used_mib={0: 30000, 1: 30000}, busy=(0, 1), util=0)
+    conn = sqlite3.connect(admin.db)
+    gpu0, gpu1 = [r[0] for r in conn.execute("select id from gpus order by gpu_index")]
+    # GPU 0: 3 hours holding 30 GB at 0 %. GPU 1: was busy 40 minutes ago.
+    rows = []
+    for i in range(1, 361):
+        ts = now - i * 30
+        rows.append((gpu0, ts, 0, 30000))
+        rows.append((gpu1, ts, 90 if i == 80 else 0, 30000))
+    conn.executemany("insert or ignore into gpu_samples (gpu_id, ts, utilization_gpu, memory_used_mib) values (?,?,?,?)",
+                     rows)
+    conn.commit()
+    idle = admin.get("/monitor/idle_holders.json?_shape=array").json()
+    assert [(r["server"], r["gpu_index"], r["users"]) for r in idle] == [("idler", 0, "user0")]
+    assert idle[0]["idle_hours"] >= 2.9 and idle[0]["held_mib"] == 30000
+    assert len(admin.get("/monitor/idle_holders.json?_shape=array&hours=0.5").json()) == 2
+    assert admin.get("/monitor/idle_holders.json?_shape=array&min_mib=40000").json() == []

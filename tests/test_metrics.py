@@ -1,0 +1,66 @@
+"""/metrics in the Prometheus text format with DCGM-exporter names, parsed by prometheus_client."""
+
+import sqlite3
+
+from prometheus_client.parser import text_string_to_metric_families
+from reports import sample_report
+from test_hub_datasette import Client, ingest
+
+HOSTILE = 'evil"host\\name\n{le="1"}'
+
+
+def families(text):
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def samples(family, **labels):
+    return [s for s in family.samples if all(s.labels.get(k) == v for k, v in labels.items())]
+
+
+def test_metrics_values_labels_and_stale_hosts(datasette, hub_config):
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    token = hub_config.get("agent.token")
+    assert ingest(admin, sample_report("gpu-live", gpus=2, processes=1), token).status_code == 201
+    hostile = sample_report("x", gpus=1, processes=0)
+    hostile["host"]["hostname"] = HOSTILE
+    assert ingest(admin, hostile, token).status_code == 201
+    assert ingest(admin, sample_report("gpu-dead", gpus=1, processes=0), token).status_code == 201
+    conn = sqlite3.connect(hub_config.db_path)
+    conn.execute("update servers set last_seen = last_seen - 3600 where hostname = 'gpu-dead'")
+    conn.commit()
+
+    response = admin.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    found = families(response.text)
+    util = found["DCGM_FI_DEV_GPU_UTIL"]
+    live = samples(util, Hostname="gpu-live")
+    assert sorted(s.labels["gpu"] for s in live) == ["0", "1"]
+    assert live[0].value == 100 and live[0].labels["modelName"] == "NVIDIA H100 80GB HBM3"
+    assert live[0].labels["UUID"].startswith("GPU-gpu-live-") and live[0].labels["device"] in ("nvidia0", "nvidia1")
+    assert samples(found["DCGM_FI_DEV_FB_USED"], Hostname="gpu-live", gpu="0")[0].value == 19818
+    assert samples(found["DCGM_FI_DEV_FB_FREE"], Hostname="gpu-live", gpu="0")[0].value == 81559 - 19818
+    assert samples(found["DCGM_FI_DEV_GPU_TEMP"], Hostname="gpu-live", gpu="1")[0].value == 59
+    assert samples(found["DCGM_FI_DEV_POWER_USAGE"], Hostname="gpu-live", gpu="0")[0].value == 631.95
+    # The offline host: up 0 and no GPU values that would look live.
+    assert samples(found["server_monitor_up"], Hostname="gpu-dead")[0].value == 0
+    assert samples(util, Hostname="gpu-dead") == []
+    assert samples(found["server_monitor_up"], Hostname="gpu-live")[0].value == 1
+    # A hostile hostname round-trips through label escaping.
+    assert samples(util, Hostname=HOSTILE)[0].value == 100
+    assert samples(found["server_monitor_cpu_percent"], Hostname="gpu-live")[0].value == 42.5
+
+
+def test_metrics_access(datasette, hub_config):
+    anonymous = Client(datasette)
+    assert anonymous.get("/metrics").status_code == 401
+    assert anonymous.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    scraped = anonymous.get("/metrics", headers={"Authorization": f"Bearer {hub_config.get('prometheus.token')}"})
+    assert scraped.status_code == 200 and "server_monitor_up" in scraped.text
+    viewer_hash = __import__("datasette_auth_passwords.utils", fromlist=["x"]).hash_password("viewer password", iterations=1000)
+    from server_monitor import hub
+
+    hub.context(datasette).accounts.create_user("vic", viewer_hash, "viewer")
+    viewer = Client(datasette)
+    assert viewer.login("vic", "viewer password").status_code == 302
+    assert viewer.get("/metrics").status_code == 403
