@@ -1,0 +1,562 @@
+"""Proof under load and faults: one suite, a quick profile for CI and a full one by hand.
+
+    .venv/bin/python scripts/prove.py --profile quick            # ~2 minutes (CI runs it)
+    .venv/bin/python scripts/prove.py --profile full             # ~15 minutes, the recorded figures
+    .venv/bin/python scripts/prove.py --only outage,crash        # some scenarios
+
+Scenarios, each against the real hub process (``server-monitor serve``) on loopback:
+
+* ``load``: simulated agents (payloads from the real captures, the agent's own
+  Delivery/Spool/Transport code, a compressed interval) and dashboard viewers polling the
+  canned queries: zero errors, every acknowledged report stored exactly once, latencies,
+  hub CPU and RSS over time.
+* ``outage``: the hub stopped for 100 agent intervals, then started: every spooled report
+  arrives, none twice, in order per host.
+* ``crash``: ``kill -9`` of the hub under load: ``PRAGMA integrity_check`` ok, every report
+  acknowledged before the kill is there, the agents resend the rest.
+* ``disk_full``: the hub's file-size limit (RLIMIT_FSIZE) stops the database from growing:
+  ingest answers 503, agents spool, nothing is corrupt, all arrives once space returns.
+* ``bad_collectors``: real agent processes whose fake nvidia-smi hangs, loses a GPU or
+  reports a driver/library mismatch, beside the simulated fleet: each state is named, the
+  other hosts are unaffected.
+* ``fuzz``: schemathesis against ``docs/openapi.yaml`` on the running hub: no 5xx,
+  responses match the schema.
+
+Exit status 0 when every invariant held; the figures are printed and written as JSON.
+"""
+
+import argparse
+import copy
+import json
+import os
+import re
+import resource
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+import logging  # noqa: E402
+
+import psutil  # noqa: E402
+import urllib3  # noqa: E402
+
+from monitor_agent.delivery import Delivery  # noqa: E402
+from monitor_agent.spool import Spool  # noqa: E402
+from monitor_agent.transport import Transport  # noqa: E402
+from reports import sample_report  # noqa: E402
+from server_monitor import config as config_mod  # noqa: E402
+
+PROFILES = {
+    # agents, viewers, load seconds, agent tick (real s), viewer period (s), outage agents, outage tick
+    "quick": dict(agents=60, viewers=4, seconds=20, tick=1.0, viewer_period=2.0, outage_agents=20,
+                  outage_tick=0.1, crash_agents=30),
+    "full": dict(agents=500, viewers=20, seconds=300, tick=5.0, viewer_period=5.0, outage_agents=500,
+                 outage_tick=0.5, crash_agents=200),
+}
+CAPTURES = [("h100-80gb", "load", 8), ("h200", "load", 8), ("h100-mig", "load", 4), ("rtx-4080", "load", 1)]
+VIRTUAL_INTERVAL = 30  # seconds of sample time per agent tick (the "compressed interval")
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Hub:
+    """The hub process; ``fsize`` limits the size of any file it writes (disk-full test)."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.config_path = os.path.join(workdir, "config.yaml")
+        self.cfg, self.password = config_mod.create(self.config_path)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.samples = []
+
+    def start(self, fsize=None):
+        def limits():
+            if fsize is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
+
+        log = open(os.path.join(self.workdir, "hub.log"), "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path, "--port", str(self.port)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limits)
+        http = urllib3.PoolManager(retries=False)
+        for _ in range(300):
+            try:
+                if http.request("GET", self.url + "/-/health", timeout=1).status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("hub did not start: " + open(os.path.join(self.workdir, "hub.log")).read()[-2000:])
+
+    def stop(self, sig=signal.SIGTERM):
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+    def raise_fsize(self):
+        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+    def sample(self):
+        """CPU seconds and RSS (bytes) of the hub process tree now."""
+        try:
+            proc = psutil.Process(self.proc.pid)
+            procs = [proc] + proc.children(recursive=True)
+            cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+            rss = sum(p.memory_info().rss for p in procs)
+            self.samples.append((time.monotonic(), cpu, rss))
+        except psutil.Error:
+            pass
+
+    def db(self):
+        return sqlite3.connect(self.cfg.db_path, timeout=30)
+
+
+class AckTransport(Transport):
+    """The agent's transport, also recording which report ids the hub acknowledged."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.acked, self.latencies, self.statuses = set(), [], []
+        self.lock = threading.Lock()
+
+    def send(self, payload):
+        t0 = time.perf_counter()
+        result = super().send(payload)
+        with self.lock:
+            self.latencies.append((time.perf_counter() - t0) * 1000)
+            self.statuses.append(result.status)
+            if result.outcome == "delivered":
+                if "reports" in payload:
+                    for report, item in zip(payload["reports"], result.body.get("results") or []):
+                        if item.get("status") in (200, 201):
+                            self.acked.add(report["report_id"])
+                else:
+                    self.acked.add(payload["report_id"])
+        return result
+
+
+TEMPLATES = {}
+
+
+def template(index):
+    capture, state, gpus = CAPTURES[index % len(CAPTURES)]
+    if capture not in TEMPLATES:
+        TEMPLATES[capture] = sample_report("template", gpus=gpus, processes=1, capture=capture, state=state)
+    return TEMPLATES[capture]
+
+
+class SimAgent:
+    """One simulated host: real Delivery + Spool + Transport, reports from a capture template."""
+
+    def __init__(self, index, hub_url, token, spool_root, t0):
+        self.name = f"sim-{index:04d}"
+        self.base = template(index)
+        self.transport = AckTransport(hub_url, token, timeout=10)
+        self.delivery = Delivery(self.transport, Spool(os.path.join(spool_root, self.name)), retry_base_s=0.5,
+                                 retry_max_s=5)
+        self.t0 = t0
+        self.seq = 0
+        self.generated = []
+
+    def make(self):
+        report = copy.deepcopy(self.base)
+        report["report_id"] = str(uuid.uuid4())
+        report["sample_time"] = self.t0 + self.seq * VIRTUAL_INTERVAL
+        report.pop("sent_at", None)
+        report["host"]["hostname"] = self.name
+        report["host"]["machine_id"] = self.name
+        for gpu in report["gpus"]:
+            gpu["uuid"] = f"GPU-{self.name}-{gpu['index']}"
+        for proc in report["processes"]:
+            proc["gpu_uuid"] = f"GPU-{self.name}-{report['gpus'][0]['index']}"
+        report["processes"] = report["processes"][:1]
+        report["processes"][0]["pid"] = self.seq  # the hub's storage order, per host, is checkable
+        self.seq += 1
+        self.generated.append(report["report_id"])
+        return report
+
+    def tick(self):
+        self.delivery.submit(self.make())
+
+    def drain(self, seconds=120):
+        deadline = time.monotonic() + seconds
+        while len(self.delivery.spool) and time.monotonic() < deadline:
+            self.delivery.next_attempt = 0
+            self.delivery.flush()
+            if len(self.delivery.spool):
+                time.sleep(0.2)
+        return len(self.delivery.spool) == 0
+
+
+def run_agents(agents, seconds, tick, stop=None):
+    """Tick every agent every ``tick`` seconds (staggered) for ``seconds``, in threads."""
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + seconds
+
+    def loop(agent, offset):
+        next_at = time.monotonic() + offset
+        while not stop.is_set() and time.monotonic() < deadline:
+            wait = next_at - time.monotonic()
+            if wait > 0:
+                stop.wait(min(wait, deadline - time.monotonic()))
+                continue
+            agent.tick()
+            next_at += tick
+
+    threads = [threading.Thread(target=loop, args=(a, tick * i / len(agents)), daemon=True)
+               for i, a in enumerate(agents)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def login(hub):
+    http = urllib3.PoolManager(retries=False)
+    page = http.request("GET", hub.url + "/login")
+    cookies = {}
+
+    def keep(resp):
+        for raw in resp.headers.getlist("Set-Cookie"):
+            name, _, rest = raw.partition("=")
+            cookies[name] = rest.split(";", 1)[0]
+
+    keep(page)
+    token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
+    keep(http.request("POST", hub.url + "/login", encode_multipart=False, redirect=False,
+                      fields={"username": "admin", "password": hub.password, "csrftoken": token, "next": "/"},
+                      headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}))
+    return http, {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+
+
+def viewers(hub, count, period, stop):
+    """Dashboard viewers: each fetches what the dashboard fetches every ``period`` seconds."""
+    results = {"latencies": [], "errors": 0, "requests": 0}
+    lock = threading.Lock()
+    queries = ["servers", "gpus", "processes", "disks", "alerts_active", "idle_holders"]
+
+    def loop(n):
+        http, headers = login(hub)
+        while not stop.is_set():
+            for q in queries + [f"server_history.json?_shape=objects&hours=24&server_id={1 + n}"]:
+                path = "/monitor/" + (q if "?" in q else q + ".json?_shape=objects")
+                t0 = time.perf_counter()
+                try:
+                    status = http.request("GET", hub.url + path, headers=headers, timeout=30).status
+                except urllib3.exceptions.HTTPError:
+                    status = 0
+                with lock:
+                    results["latencies"].append((time.perf_counter() - t0) * 1000)
+                    results["requests"] += 1
+                    results["errors"] += status != 200
+            stop.wait(period)
+
+    threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(count)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))] if values else None
+
+
+def check_stored(hub, agents, check_order=True):
+    """Every generated report stored exactly once (and in order per host)."""
+    conn = hub.db()
+    stored = [r for (r,) in conn.execute(
+        "SELECT h.report_id FROM host_samples h JOIN servers s ON s.id = h.server_id WHERE s.hostname LIKE 'sim-%'")]
+    generated = [r for a in agents for r in a.generated]
+    assert len(stored) == len(set(stored)), "a report was stored twice"
+    missing = set(generated) - set(stored)
+    if missing:
+        where = [(a.name, a.generated.index(r), r in a.transport.acked, a.delivery.spool.stats(),
+                  sorted(set(a.transport.statuses), key=str), a.t0 + a.generated.index(r) * VIRTUAL_INTERVAL,
+                  conn.execute("SELECT h.ts, h.received_at, h.report_id FROM host_samples h JOIN servers s"
+                               " ON s.id = h.server_id WHERE s.hostname = ? AND abs(h.ts - ?) <= 120 ORDER BY h.ts",
+                               (a.name, a.t0 + a.generated.index(r) * VIRTUAL_INTERVAL)).fetchall())
+                 for a in agents for r in a.generated if r in missing]
+        raise AssertionError(f"{len(missing)} reports missing: (host, sequence, acknowledged, spool, statuses) {where[:5]}")
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    if check_order:
+        for agent in agents:
+            pids = [p for (p,) in conn.execute(
+                "SELECT p.pid FROM gpu_processes p JOIN servers s ON s.id = p.server_id WHERE s.hostname = ?"
+                " ORDER BY p.id", (agent.name,))]
+            assert pids == sorted(pids), f"{agent.name}: reports stored out of order"
+    conn.close()
+    return len(generated)
+
+
+def scenario_load(p, work):
+    hub = Hub(os.path.join(work, "load"))
+    hub.start()
+    t0 = time.time() - p["seconds"] / p["tick"] * VIRTUAL_INTERVAL - 600
+    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "load-spools"), t0)
+              for i in range(p["agents"])]
+    stop = threading.Event()
+    viewer_threads, viewed = viewers(hub, p["viewers"], p["viewer_period"], stop)
+    threads = run_agents(agents, p["seconds"], p["tick"])
+    while any(t.is_alive() for t in threads):
+        hub.sample()
+        time.sleep(1)
+    stop.set()
+    for t in viewer_threads:
+        t.join(timeout=60)
+    for a in agents:
+        assert a.drain(), f"{a.name}: spool did not drain"
+    total = check_stored(hub, agents)
+    latencies = [lat for a in agents for lat in a.transport.latencies]
+    errors = sum(1 for a in agents for s in a.transport.statuses if s not in (200, 201, 207))
+    acked = set().union(*(a.transport.acked for a in agents))
+    assert errors == 0, f"{errors} ingest requests failed"
+    assert viewed["errors"] == 0, f"{viewed['errors']} dashboard requests failed"
+    assert len(acked) == total
+    cpu = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(hub.samples, hub.samples[1:])]
+    rss = [s[2] for s in hub.samples]
+    hub.stop()
+    return {"agents": p["agents"], "viewers": p["viewers"], "seconds": p["seconds"], "reports": total,
+            "reports_per_s": round(total / p["seconds"], 1),
+            "ingest_ms_p50": round(pct(latencies, 0.5), 1), "ingest_ms_p99": round(pct(latencies, 0.99), 1),
+            "query_requests": viewed["requests"], "query_ms_p50": round(pct(viewed["latencies"], 0.5), 1),
+            "query_ms_p99": round(pct(viewed["latencies"], 0.99), 1),
+            "hub_cpu_cores_avg": round(statistics.mean(cpu), 2) if cpu else None,
+            "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None,
+            "hub_rss_mib_start": round(rss[0] / 2**20, 1), "hub_rss_mib_end": round(rss[-1] / 2**20, 1),
+            "hub_rss_mib_max": round(max(rss) / 2**20, 1), "errors": 0, "duplicates": 0}
+
+
+def scenario_outage(p, work):
+    hub = Hub(os.path.join(work, "outage"))
+    hub.start()
+    tick = p["outage_tick"]
+    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "outage-spools"),
+                       time.time() - 200 * VIRTUAL_INTERVAL - 600) for i in range(p["outage_agents"])]
+    threads = run_agents(agents, 10 * tick + 100 * tick + 20 * tick, tick)
+    time.sleep(10 * tick)
+    hub.stop()
+    time.sleep(100 * tick)
+    spooled = sum(len(a.delivery.spool) for a in agents)
+    hub.start()
+    for t in threads:
+        t.join()
+    for a in agents:
+        assert a.drain(), f"{a.name}: spool did not drain"
+    total = check_stored(hub, agents)
+    hub.stop()
+    return {"agents": len(agents), "tick_s": tick, "outage_intervals": 100,
+            "outage_s": round(100 * tick, 1),
+            "spooled_at_restart": spooled, "reports": total, "missing": 0, "duplicates": 0, "order_kept": True}
+
+
+def scenario_crash(p, work):
+    hub = Hub(os.path.join(work, "crash"))
+    hub.start()
+    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "crash-spools"),
+                       time.time() - 400 * VIRTUAL_INTERVAL) for i in range(p["crash_agents"])]
+    tick = 0.2
+    threads = run_agents(agents, 12, tick)
+    time.sleep(5)
+    acked_before = set().union(*(set(a.transport.acked) for a in agents))
+    hub.stop(signal.SIGKILL)
+    conn = sqlite3.connect(hub.cfg.db_path)
+    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    present = {r for (r,) in conn.execute("SELECT report_id FROM host_samples")}
+    conn.close()
+    lost_acked = acked_before - present
+    assert integrity == "ok", integrity
+    assert not lost_acked, f"{len(lost_acked)} acknowledged reports lost in the crash"
+    time.sleep(2)
+    hub.start()
+    for t in threads:
+        t.join()
+    for a in agents:
+        assert a.drain(), f"{a.name}: spool did not drain"
+    total = check_stored(hub, agents)
+    hub.stop()
+    return {"agents": len(agents), "acked_before_kill": len(acked_before), "present_after_kill": len(present),
+            "integrity": integrity, "acked_lost": 0, "reports": total, "duplicates": 0}
+
+
+def scenario_disk_full(p, work):
+    hub = Hub(os.path.join(work, "disk"))
+    hub.start()
+    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "disk-spools"),
+                       time.time() - 400 * VIRTUAL_INTERVAL) for i in range(10)]
+    for a in agents:  # servers and GPUs exist before the disk fills
+        a.tick()
+    hub.stop()
+    size = os.path.getsize(hub.cfg.db_path)
+    hub.start(fsize=size + 256 * 1024)  # room for ~256 KiB more, then "disk full"
+    threads = run_agents(agents, 8, 0.1)
+    for t in threads:
+        t.join()
+    statuses = [s for a in agents for s in a.transport.statuses]
+    full_answers = statuses.count(503)
+    spooled = sum(len(a.delivery.spool) for a in agents)
+    conn = sqlite3.connect(hub.cfg.db_path)
+    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    conn.close()
+    assert full_answers > 0, "the file-size limit was never hit"
+    assert spooled > 0 and integrity == "ok"
+    assert 500 not in statuses
+    hub.raise_fsize()
+    for a in agents:
+        assert a.drain(), f"{a.name}: spool did not drain after space returned"
+    total = check_stored(hub, agents)
+    hub.stop()
+    return {"agents": len(agents), "answers_503": full_answers, "spooled_while_full": spooled,
+            "integrity_while_full": integrity, "reports_after_recovery": total, "missing": 0}
+
+
+def scenario_bad_collectors(p, work):
+    hub = Hub(os.path.join(work, "bad"))
+    hub.start()
+    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "bad-spools"),
+                       time.time() - 400 * VIRTUAL_INTERVAL) for i in range(20)]
+    threads = run_agents(agents, 12, 1.0)
+    real = []
+    fake = os.path.join(ROOT, "tests", "fake_nvidia_smi.py")
+    for name, mode in (("bad-hang", "hang"), ("bad-lost", "lost:1"), ("bad-driver", "driver_mismatch")):
+        cfg = os.path.join(work, f"{name}.yaml")
+        with open(cfg, "w") as fp:
+            fp.write(f"server_url: {hub.url}\ntoken: {hub.cfg.get('agent.token')}\ninterval: 2\ngpu_timeout: 1\n"
+                     f"nvidia_smi: {fake}\nhostname: {name}\nmachine_id: {name}\nspool_dir: {work}/{name}-spool\n")
+        env = dict(os.environ, FAKE_NVSMI_MODE=mode, FAKE_NVSMI_GPUS="4", FAKE_NVSMI_SEED=name)
+        real.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "agent.py"), "-c", cfg], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for t in threads:
+        t.join()
+    for proc in real:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    conn = hub.db()
+    states = dict(conn.execute("SELECT hostname, gpu_state FROM servers"))
+    lost = conn.execute("SELECT gpu_lost FROM servers WHERE hostname = 'bad-lost'").fetchone()[0]
+    conn.close()
+    assert states["bad-hang"] in ("timeout", "busy"), states["bad-hang"]
+    assert states["bad-lost"] == "gpu_lost" and "00000000:28:00.0" in lost
+    assert states["bad-driver"] == "driver_mismatch"
+    others = {h: s for h, s in states.items() if h.startswith("sim-")}
+    assert set(others.values()) == {"ok"}, others
+    check_stored(hub, agents)
+    result = {"states": {k: v for k, v in states.items() if k.startswith("bad-")}, "healthy_hosts": len(others)}
+    text = dashboard_text(hub)
+    if text is None:
+        result["dashboard"] = "not checked: no browser (playwright + chromium)"
+        assert os.environ.get("CI") != "true", "CI must check the dashboard in a browser"
+    else:
+        for name in ("driver/library version mismatch", "GPU 00000000:28:00.0 lost"):
+            assert name in text, name
+        assert "nvidia-smi timed out" in text or "nvidia-smi hung" in text
+        result["dashboard"] = "names every state"
+    hub.stop()
+    return result
+
+
+def dashboard_text(hub):
+    """The dashboard's visible text in headless Chromium, or None without a browser."""
+    import shutil
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        return None
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(hub.url + "/login")
+        page.fill("#username", "admin")
+        page.fill("#password", hub.password)
+        page.click("input[type=submit]")
+        page.wait_for_selector("#servers .server")
+        text = page.inner_text("body")
+        browser.close()
+    return text
+
+
+def scenario_fuzz(p, work):
+    hub = Hub(os.path.join(work, "fuzz"))
+    hub.start()
+    agent = SimAgent(0, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "fuzz-spools"), time.time() - 3600)
+    agent.tick()
+    _, headers = login(hub)
+    st = os.path.join(os.path.dirname(sys.executable), "schemathesis")
+    examples = "30" if p is PROFILES["quick"] else "300"
+    result = subprocess.run(
+        [st, "run", os.path.join(ROOT, "docs", "openapi.yaml"), "--url", hub.url,
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+         "--max-examples", examples, "--exclude-method", "DELETE",
+         "-H", f"Authorization: Bearer {hub.cfg.get('agent.token')}", "-H", headers["Cookie"].join(["Cookie: ", ""])],
+        capture_output=True, text=True, timeout=1800)
+    conn = hub.db()
+    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    conn.close()
+    hub.stop()
+    summary = [line for line in result.stdout.splitlines() if re.search(r"passed|failed|error", line, re.I)][-5:]
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert integrity == "ok"
+    return {"examples_per_operation": int(examples), "schemathesis": " / ".join(s.strip() for s in summary)}
+
+
+SCENARIOS = {"load": scenario_load, "outage": scenario_outage, "crash": scenario_crash,
+             "disk_full": scenario_disk_full, "bad_collectors": scenario_bad_collectors, "fuzz": scenario_fuzz}
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.ERROR)  # the agents' retry warnings are expected here
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--only", help="comma-separated scenarios (default: all)")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(SCENARIOS)
+    profile = PROFILES[args.profile]
+    results, failed = {}, []
+    machine = (f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+               f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+    print(f"proof suite, profile {args.profile}; machine: {machine}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sm-proof-") as work:
+        for name in names:
+            started = time.monotonic()
+            try:
+                results[name] = SCENARIOS[name](profile, work)
+                results[name]["ok"] = True
+            except AssertionError as exc:
+                results[name] = {"ok": False, "error": str(exc)[:2000]}
+                failed.append(name)
+            results[name]["duration_s"] = round(time.monotonic() - started, 1)
+            print(f"{name:15} {'ok  ' if results[name]['ok'] else 'FAIL'} {json.dumps(results[name])}", flush=True)
+    if args.json:
+        with open(args.json, "w") as fp:
+            json.dump({"profile": args.profile, "machine": machine, "results": results}, fp, indent=2)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
