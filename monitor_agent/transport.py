@@ -28,7 +28,11 @@ class Transport:
     def __init__(self, server_url, token, timeout=10.0, ca_file=None, verify_tls=True):
         self.url = server_url.rstrip("/") + REPORT_PATH
         self.token = token
-        kwargs = {"retries": False, "timeout": urllib3.Timeout(connect=timeout, read=timeout), "maxsize": 1}
+        # One quick resend when a kept-alive connection was closed by the hub just as we
+        # reused it (or the answer was lost): safe, the hub stores each report id once.
+        retries = urllib3.Retry(total=1, connect=1, read=1, status=0, redirect=0, backoff_factor=0.1,
+                                allowed_methods=frozenset({"POST"}), raise_on_status=False)
+        kwargs = {"retries": retries, "timeout": urllib3.Timeout(connect=timeout, read=timeout), "maxsize": 1}
         if self.url.startswith("https://"):
             kwargs["cert_reqs"] = "CERT_REQUIRED" if verify_tls else "CERT_NONE"
             if ca_file:

@@ -104,15 +104,27 @@ async def login(request, datasette):
     password = form.get("password") or ""
     next_url = safe_next(form.get("next"))
     keys = ["ip:" + client_address(request, ctx), "user:" + username.lower()]
-    token, wait = ctx.limiter.reserve(keys)
-    if token is None:
-        return await _render_login(
-            datasette, request, status=429, next_url=next_url, username=username,
-            error=f"Too many failed attempts. Try again in {wait} seconds.",
-            headers={"retry-after": str(wait)},
-        )
-    source = await asyncio.get_running_loop().run_in_executor(None, _verify, ctx, username, password[:1024])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        token, wait, busy = ctx.limiter.reserve(keys)
+        if token is not None:
+            break
+        if not busy or loop.time() > deadline:
+            wait = wait or 5
+            return await _render_login(
+                datasette, request, status=429, next_url=next_url, username=username,
+                error=f"Too many failed attempts. Try again in {wait} seconds.",
+                headers={"retry-after": str(wait)},
+            )
+        await asyncio.sleep(0.05)  # other attempts with these keys are being checked
+    try:
+        source = await loop.run_in_executor(None, _verify, ctx, username, password[:1024])
+    except BaseException:
+        ctx.limiter.failed(token)
+        raise
     if source is None:
+        ctx.limiter.failed(token)
         return await _render_login(
             datasette, request, status=401, next_url=next_url, username=username,
             error="Invalid username or password.",

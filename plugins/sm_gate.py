@@ -1,24 +1,25 @@
 """The hub's front door (one ASGI wrapper around Datasette).
 
 1. ``/api/report`` goes to the WSGI ingest app (``ingest.py``) on the same port, run in
-   one worker thread so writes never block the event loop.
+   one worker thread (``server_monitor.wsgi_bridge``) so writes never block the event loop;
+   ``/-/health`` answers here too, without a session.
 2. Every other request is private: the session cookie is resolved to an actor here, and
-   anonymous requests for anything but the login page and static assets get a redirect
-   to ``/login`` (HTML) or a 401 JSON error (API and ``.json`` paths).
+   anonymous requests for anything but login/register, static assets and token paths
+   (``/metrics``) get a redirect to ``/login`` (HTML) or a 401 JSON error (API and
+   ``.json`` paths). Datasette's ``/-/`` introspection pages are for admins only.
 3. Every response gets security headers; pages that set their own stricter
    Content-Security-Policy keep it.
 """
 
-import asyncio
-import io
 import json
-from concurrent.futures import ThreadPoolExecutor
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
 from datasette import hookimpl
 
 from server_monitor import hub
+from server_monitor.wsgi_bridge import IngestBridge
+from server_monitor.wsgi_bridge import header as _header
 
 INGEST_PATH = "/api/report"
 HEALTH_PATH = "/-/health"
@@ -35,13 +36,6 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
 ]
-
-
-def _header(scope, name):
-    for key, value in scope.get("headers") or ():
-        if key == name:
-            return value.decode("latin-1")
-    return ""
 
 
 def wants_json(scope):
@@ -120,68 +114,6 @@ async def redirect(send, location):
     await send({"type": "http.response.body", "body": b""})
 
 
-class IngestBridge:
-    """Runs the WSGI ingest app for an ASGI request in a single worker thread."""
-
-    def __init__(self):
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
-
-    async def __call__(self, app, scope, receive, send):
-        length = _header(scope, b"content-length").strip()
-        body = b""
-        # Read the body only when its declared size is acceptable; the app itself answers
-        # 411/413 otherwise, before anything large is read.
-        if length.isdigit() and int(length) <= app.max_bytes:
-            want = int(length)
-            more = True
-            while more and len(body) < want:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-        client = scope.get("client") or ("", 0)
-        environ = {
-            "REQUEST_METHOD": scope["method"],
-            "PATH_INFO": scope["path"],
-            "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-            "CONTENT_LENGTH": length,
-            "CONTENT_TYPE": _header(scope, b"content-type"),
-            "REMOTE_ADDR": client[0] or "",
-            "SERVER_NAME": "server-monitor",
-            "SERVER_PORT": "0",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.url_scheme": scope.get("scheme", "http"),
-            "wsgi.errors": io.StringIO(),
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
-            "wsgi.multiprocess": False,
-            "wsgi.run_once": False,
-        }
-        for key, value in scope.get("headers") or ():
-            name = "HTTP_" + key.decode("latin-1").upper().replace("-", "_")
-            if name not in ("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"):
-                environ[name] = value.decode("latin-1")
-        captured = {}
-
-        def start_response(status, headers, exc_info=None):
-            captured["status"] = int(status.split(" ", 1)[0])
-            captured["headers"] = headers
-
-        def call():
-            return b"".join(app(environ, start_response))
-
-        payload = await asyncio.get_running_loop().run_in_executor(self.executor, call)
-        await send({
-            "type": "http.response.start",
-            "status": captured["status"],
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in captured["headers"]]
-            + SECURITY_HEADERS,
-        })
-        await send({"type": "http.response.body", "body": payload})
-
-
 async def health(datasette, send):
     """``GET /-/health``: 200 when the metrics database answers a query, else 503. No data."""
     try:
@@ -197,7 +129,7 @@ def is_public(path):
 
 @hookimpl
 def asgi_wrapper(datasette):
-    bridge = IngestBridge()
+    bridge = IngestBridge(SECURITY_HEADERS)
 
     def wrap(app):
         async def gate(scope, receive, send):

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install what the tests need and run the whole suite: scripts/test.sh [pytest args]
 #
-# Browser tests drive Debian's chromium through Playwright. When chromium is missing it
-# is installed with apt (as root, or with sudo). Where that is impossible the browser
-# tests are skipped with a loud message, except under CI=true where they must run.
+# Browser tests drive Debian's chromium through Playwright. When chromium (or curl, openssl)
+# is missing it is installed with apt (as root, or with sudo). Where that is impossible the
+# browser tests are skipped with a loud message, except under CI=true where they must run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -13,14 +13,21 @@ cd "$ROOT"
 . "$ROOT/scripts/_venv.sh"
 ensure_venv "$ROOT" "$ROOT/requirements-dev.txt"
 
-if ! command -v chromium >/dev/null 2>&1; then
+# System tools the tests drive: chromium (browser tests), curl (install_agent.sh), openssl (TLS test).
+MISSING=()
+command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
+command -v curl >/dev/null 2>&1 || MISSING+=(curl)
+command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+if [ ${#MISSING[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi
   if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; }; then
-    echo "Installing Debian chromium for the browser tests" >&2
+    echo "Installing ${MISSING[*]} for the tests" >&2
     export DEBIAN_FRONTEND=noninteractive
     $SUDO apt-get update -qq || true
-    $SUDO apt-get install -y -qq chromium >/dev/null || echo "WARNING: could not install chromium" >&2
+    $SUDO apt-get install -y -qq "${MISSING[@]}" >/dev/null || echo "WARNING: could not install ${MISSING[*]}" >&2
+  else
+    echo "WARNING: ${MISSING[*]} missing and cannot be installed here; the tests that need them will skip or fail" >&2
   fi
 fi
 

@@ -288,45 +288,68 @@ class Accounts:
 class LoginLimiter:
     """Login budget: at most ``limit`` failed attempts per ``window`` seconds per key.
 
-    Keys are ``"ip:<address>"`` and ``"user:<name>"``. :meth:`reserve` counts an attempt
-    as failed *before* the password is checked (so concurrent attempts cannot overrun
-    the budget) and :meth:`succeeded` takes it back when the password was right.
+    Keys are ``"ip:<address>"`` and ``"user:<name>"``. An attempt is admitted only while
+    ``failures + attempts being checked < limit`` for every key, so parallel guesses can
+    never get more than ``limit`` password checks per window. When the budget is used up
+    only by attempts still being checked, a newcomer is told to wait (``busy``) instead of
+    being refused: many people logging in at once behind one NAT address are not failures.
     """
 
     def __init__(self, limit=5, window=300):
         self.limit, self.window = limit, window
-        self._attempts = {}
+        self._failures = {}
+        self._pending = {}
         self._lock = threading.Lock()
 
     def _recent(self, key, now):
-        times = [t for t in self._attempts.get(key, ()) if now - t < self.window]
+        times = [t for t in self._failures.get(key, ()) if now - t < self.window]
         if times:
-            self._attempts[key] = times
+            self._failures[key] = times
         else:
-            self._attempts.pop(key, None)
+            self._failures.pop(key, None)
         return times
 
     def reserve(self, keys, now=None):
-        """Claim one attempt for every key. Returns ``(token, retry_after_seconds)``:
-        a token (pass it to :meth:`succeeded`) and 0, or None and the wait in seconds."""
+        """Admit one attempt for ``keys``. Returns ``(token, retry_after_seconds, busy)``:
+
+        a token (pass it to :meth:`succeeded` or :meth:`failed`); or no token and the
+        seconds until the failure budget frees (refuse, 429); or no token and ``busy``
+        (other attempts are being checked: try again in a moment).
+        """
         now = time.time() if now is None else now
         with self._lock:
-            waits = []
+            waits, busy = [], False
             for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.limit:
-                    waits.append(int(times[-self.limit] + self.window - now) + 1)
+                failures = self._recent(key, now)
+                if len(failures) >= self.limit:
+                    waits.append(int(failures[-self.limit] + self.window - now) + 1)
+                elif len(failures) + self._pending.get(key, 0) >= self.limit:
+                    busy = True
             if waits:
-                return None, max(waits)
+                return None, max(waits), False
+            if busy:
+                return None, 0, True
             for key in keys:
-                self._attempts.setdefault(key, []).append(now)
-            return (now, tuple(keys)), 0
+                self._pending[key] = self._pending.get(key, 0) + 1
+            return tuple(keys), 0, False
+
+    def _release(self, token):
+        for key in token:
+            left = self._pending.get(key, 0) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
 
     def succeeded(self, token):
-        """Forget the attempt claimed by ``token`` (the password was right)."""
-        now, keys = token
+        """The password was right: the attempt costs nothing."""
         with self._lock:
-            for key in keys:
-                times = self._attempts.get(key)
-                if times and now in times:
-                    times.remove(now)
+            self._release(token)
+
+    def failed(self, token, now=None):
+        """The password was wrong: one failure against every key of the attempt."""
+        now = time.time() if now is None else now
+        with self._lock:
+            self._release(token)
+            for key in token:
+                self._failures.setdefault(key, []).append(now)

@@ -259,14 +259,16 @@ DISK = Obj(
         "total_bytes": Int(0, BYTES, doc="psutil.disk_usage().total", unit="B"),
         "used_bytes": Int(0, BYTES, doc="psutil.disk_usage().used", unit="B"),
         "health": Str(32, doc="ZFS pool health (zpool list), else absent"),
-    }
+    },
+    nullable=False,  # a list item must be an object
 )
 
 LOST_GPU = Obj(
     {
         "pci.bus_id": Str(64, doc="bus id named in nvidia-smi's error line"),
         "message": Str(1024, doc="nvidia-smi's error line"),
-    }
+    },
+    nullable=False,  # a list item must be an object
 )
 
 GPU_STATUS = Obj(
@@ -306,7 +308,8 @@ GPU = Obj(
         "remapped_rows.pending": Bool(doc="nvidia-smi remapped_rows.pending (Yes/No)"),
         "mig.mode.current": Bool(doc="nvidia-smi mig.mode.current (Enabled/Disabled)"),
         "persistence_mode": Bool(doc="nvidia-smi persistence_mode (Enabled/Disabled)"),
-    }
+    },
+    nullable=False,  # a list item must be an object
 )
 
 PROCESS = Obj(
@@ -319,7 +322,8 @@ PROCESS = Obj(
         "uid": Int(0, 2**32, doc="real UID from /proc/<pid>/status"),
         "container": Str(512, doc="container / job name from /proc/<pid>/cgroup"),
         "container_kind": Str(32, doc="lxc, incus, docker, podman, kubernetes, slurm, user-slice"),
-    }
+    },
+    nullable=False,  # a list item must be an object
 )
 
 CONTAINER = Obj(
@@ -333,7 +337,8 @@ CONTAINER = Obj(
         "disk_bytes": Int(0, BYTES, doc="state.disk.root.usage", unit="B"),
         "cpu_seconds": Num(0, 1e13, doc="state.cpu.usage / 1e9", unit="s"),
         "ipv4": Str(64, doc="first global IPv4 address"),
-    }
+    },
+    nullable=False,  # a list item must be an object
 )
 
 PROBE = Obj(
@@ -345,7 +350,8 @@ PROBE = Obj(
         "status": Int(100, 599, doc="HTTP status"),
         "error": Str(512, doc="network error text"),
         "checked_at": Num(1e9, 1e11, doc="agent clock when checked", unit="epoch s"),
-    }
+    },
+    nullable=False,  # a list item must be an object
 )
 
 AGENT = Obj(

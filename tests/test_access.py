@@ -1,7 +1,6 @@
 """Access control: a crawler over every registered route as anonymous, viewer, scoped
 viewer, analyst and admin; login rate limit; invites; changes that apply at once."""
 
-import asyncio
 import re
 
 import pytest
@@ -293,3 +292,20 @@ def test_every_canned_query_is_in_the_matrix():
     assert set(QUERIES) == set(PUBLIC_QUERIES) | ADMIN_QUERIES
     for name in ADMIN_QUERIES:
         assert f"/monitor/{name}" in MATRIX or name != "admin_set_server"
+
+
+def test_parallel_logins_all_succeed_and_parallel_guesses_get_five_checks(hub, datasette):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def good(i):
+        return Client(datasette).login("ana", PASSWORD).status_code
+
+    with ThreadPoolExecutor(12) as pool:  # a class logging in at once from one address
+        assert set(pool.map(good, range(12))) == {302}
+
+    def guess(i):
+        return Client(datasette).login("vera", f"wrong-{i}").status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(guess, range(20)))
+    assert statuses.count(401) == 5 and statuses.count(429) == 15

@@ -1,7 +1,6 @@
 """Alert rules fire, deduplicate and resolve, delivered to a local webhook receiver."""
 
 import json
-import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -132,3 +131,57 @@ def test_failed_delivery_is_retried(setup, tmp_path):
     engine.notifier.cfg = engine.cfg
     assert engine.run_once(now + 60)["repeated"] == ["gpu_failure:1:no_devices"]
     assert receiver.of("/generic")[-1]["event"] == "firing"
+
+
+class SmtpSink:
+    """A minimal real SMTP server on loopback that keeps the messages it receives."""
+
+    def __init__(self):
+        import socket
+
+        self.messages = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(5)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as rfile:
+                conn.sendall(b"220 sink ESMTP\r\n")
+                data = None
+                for line in rfile:
+                    if data is not None:
+                        if line == b".\r\n":
+                            self.messages.append(b"".join(data).decode())
+                            data = None
+                            conn.sendall(b"250 queued\r\n")
+                        else:
+                            data.append(line)
+                        continue
+                    verb = line[:4].upper()
+                    if verb == b"DATA":
+                        data = []
+                        conn.sendall(b"354 go on\r\n")
+                    elif verb == b"QUIT":
+                        conn.sendall(b"221 bye\r\n")
+                        break
+                    else:
+                        conn.sendall(b"250 ok\r\n")
+
+
+def test_alert_by_email(tmp_path):
+    sink = SmtpSink()
+    cfg = dict(alerts.DEFAULTS, smtp={"host": "127.0.0.1", "port": sink.port, "from": "monitor@example.org",
+                                      "to": ["admins@example.org"]})
+    assert alerts.Notifier(cfg).send("firing", {"rule": "host_offline", "severity": "critical", "server_id": 1,
+                                                "subject": "", "message": "node-9: no report for 7 min"})
+    assert len(sink.messages) == 1
+    mail = sink.messages[0]
+    assert "Subject: [FIRING] [critical] node-9: no report for 7 min" in mail and "To: admins@example.org" in mail
+    sink.sock.close()

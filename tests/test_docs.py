@@ -24,3 +24,12 @@ def test_readme_shows_the_two_commands():
 
 def test_ci_runs_the_readme_test_command():
     assert "scripts/test.sh" in open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
+
+
+def test_python_code_is_lint_clean():
+    import subprocess
+    import sys
+
+    ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
+    result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout

@@ -111,6 +111,10 @@ def mutate(path, value):
         ("host/hostname", "x" * 300, "host.hostname: longer than 253 characters"),
         ("host/hostname", "bad\x00name", "host.hostname: contains a NUL character"),
         ("gpus/0/temperature.gpu", True, "gpus[0].temperature.gpu: expected number, got True"),
+        ("gpus/1", None, "gpus[1]: must not be null"),
+        ("processes/0", None, "processes[0]: must not be null"),
+        ("disks/1", None, "disks[1]: must not be null"),
+        ("gpu_status/lost", [None], "gpu_status.lost[0]: must not be null"),
     ],
 )
 def test_contract_violations_are_400_naming_the_field(ingest_server, path, value, message):

@@ -52,7 +52,7 @@ def mutated_reports(draw):
             if action == "delete" and isinstance(node, dict):
                 node.pop(path[-1], None)
             elif action == "extreme":
-                node[path[-1]] = draw(st.sampled_from([-1, 10**30, 1e308, "", "x" * 5000, [], {}, True, "\u202e\u0000",
+                node[path[-1]] = draw(st.sampled_from([None, -1, 10**30, 1e308, "", "x" * 5000, [], {}, True, "\u202e\u0000",
                                                        "<script>alert(1)</script>", -0.0, 2**63]))
             else:
                 node[path[-1]] = draw(JSON)
