@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import urllib3  # noqa: E402
 
+from http_client import Browserless  # noqa: E402
 from reports import sample_report  # noqa: E402
 from server_monitor import config as config_mod  # noqa: E402
 from server_monitor import schema  # noqa: E402
@@ -275,22 +276,9 @@ def populate(db_path, servers, days, raw_days, extra_servers):
 
 
 def login(hub):
-    http = urllib3.PoolManager(retries=False)
-    page = http.request("GET", hub.url + "/login")
-    cookies = {}
-
-    def keep(resp):
-        for raw in resp.headers.getlist("Set-Cookie"):
-            name, _, rest = raw.partition("=")
-            cookies[name] = rest.split(";", 1)[0]
-
-    keep(page)
-    token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
-    resp = http.request("POST", hub.url + "/login", encode_multipart=False, redirect=False,
-                        fields={"username": "admin", "password": hub.password, "csrftoken": token, "next": "/"},
-                        headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})
-    keep(resp)
-    return http, {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+    client = Browserless(hub.url)
+    client.login("admin", hub.password)
+    return client.http, client.cookie_header
 
 
 def time_queries(hub, server_id, runs=30):

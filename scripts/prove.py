@@ -53,6 +53,7 @@ import urllib3  # noqa: E402
 from monitor_agent.delivery import Delivery  # noqa: E402
 from monitor_agent.spool import Spool  # noqa: E402
 from monitor_agent.transport import Transport  # noqa: E402
+from http_client import Browserless  # noqa: E402
 from reports import sample_report  # noqa: E402
 from server_monitor import config as config_mod  # noqa: E402
 
@@ -232,21 +233,9 @@ def run_agents(agents, seconds, tick, stop=None):
 
 def login(hub):
     # Default retries for idempotent requests, as browsers do on a stale kept-alive connection.
-    http = urllib3.PoolManager()
-    page = http.request("GET", hub.url + "/login")
-    cookies = {}
-
-    def keep(resp):
-        for raw in resp.headers.getlist("Set-Cookie"):
-            name, _, rest = raw.partition("=")
-            cookies[name] = rest.split(";", 1)[0]
-
-    keep(page)
-    token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
-    keep(http.request("POST", hub.url + "/login", encode_multipart=False, redirect=False,
-                      fields={"username": "admin", "password": hub.password, "csrftoken": token, "next": "/"},
-                      headers={"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}))
-    return http, {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+    client = Browserless(hub.url, retries=None)
+    client.login("admin", hub.password)
+    return client.http, client.cookie_header
 
 
 def viewers(hub, count, period, stop):

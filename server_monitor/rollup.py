@@ -245,10 +245,10 @@ class Maintenance:
         return {"hours_rolled": hours, "dirty_hours": len(dirty), "rollup_rows": written}
 
     # -- retention ------------------------------------------------------------------
-    def _delete_before(self, writer, table, keys, cutoff):
-        """Delete rows with ``ts < cutoff`` in batches (via the ts index). Returns the count."""
+    def _delete_before(self, writer, table, keys, cutoff, column="ts"):
+        """Delete rows with ``column < cutoff`` in batches (via its index). Returns the count."""
         total = 0
-        select = f"SELECT {keys} FROM {table} WHERE ts < ? ORDER BY ts LIMIT {int(self.batch)}"
+        select = f"SELECT {keys} FROM {table} WHERE {column} < ? ORDER BY {column} LIMIT {int(self.batch)}"
         while True:
             writer.execute("BEGIN IMMEDIATE")
             try:
@@ -276,24 +276,9 @@ class Maintenance:
         for table, key, _ in SOURCES:
             deleted[f"{table}_5m"] = self._delete_before(writer, f"{table}_5m", f"{key}, ts", m5)
             deleted[f"{table}_1h"] = self._delete_before(writer, f"{table}_1h", f"{key}, ts", h1)
-        deleted["gpu_usage_1h"] = self._delete_hours_before(writer, h1)
+        deleted["gpu_usage_1h"] = self._delete_before(writer, "gpu_usage_1h", "hour, gpu_id, user, container", h1,
+                                                      column="hour")
         return deleted
-
-    def _delete_hours_before(self, writer, cutoff):
-        total = 0
-        while True:
-            writer.execute("BEGIN IMMEDIATE")
-            try:
-                cur = writer.execute(
-                    "DELETE FROM gpu_usage_1h WHERE (hour, gpu_id, user, container) IN (SELECT hour, gpu_id, user,"
-                    f" container FROM gpu_usage_1h WHERE hour < ? LIMIT {int(self.batch)})", (cutoff,))
-                writer.execute("COMMIT")
-            except BaseException:
-                writer.execute("ROLLBACK")
-                raise
-            total += cur.rowcount
-            if cur.rowcount < self.batch:
-                return total
 
     def run_once(self):
         """One pass: roll-ups, then retention, then a passive WAL checkpoint. Returns stats."""

@@ -4,11 +4,13 @@ When chromium or Playwright is missing the tests are skipped with a loud reason,
 under ``CI=true`` where a missing browser is a failure (scripts/test.sh installs it).
 """
 
+import json
 import os
 import re
 import shutil
 
 import pytest
+import urllib3
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -53,3 +55,24 @@ def login(page, base_url, username, password):
     page.fill("#password", password)
     page.click("input[type=submit]")
     page.wait_for_url(base_url + "/")
+
+
+def push(hub, config, report):
+    """POST a report to the hub process with the agent token; it must be stored (201)."""
+    response = urllib3.PoolManager(retries=False).request(
+        "POST", hub.base_url + "/api/report", body=json.dumps(report).encode(),
+        headers={"Authorization": "Bearer " + config.get("agent.token"), "Content-Type": "application/json"})
+    assert response.status == 201, response.data
+
+
+@pytest.fixture
+def page(browser, hub_process):
+    """A browser page; ``.dialogs`` and ``.console_errors`` collect what the page raised."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.dialogs, page.console_errors = [], []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    yield page
+    context.close()

@@ -143,3 +143,19 @@ def agent_dist(tmp_path_factory):
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+def file_connection(path):
+    """An autocommit sqlite3 connection that remembers its file (``.path``) for Maintenance."""
+    import sqlite3
+
+    class Conn(sqlite3.Connection):
+        pass
+
+    conn = sqlite3.connect(path, isolation_level=None, factory=Conn)
+    conn.path = path
+    return conn
+
+
+# Browser fixtures (Playwright + Debian chromium), shared by the browser tests.
+from browser import browser, page  # noqa: E402,F401

@@ -1,8 +1,8 @@
 """GPU-hours accounting on hand-built histories with known answers."""
 
-import sqlite3
 
 import pytest
+from conftest import file_connection
 from server_monitor import schema
 from server_monitor.queries import QUERIES
 from server_monitor.rollup import Maintenance
@@ -10,19 +10,14 @@ from server_monitor.rollup import Maintenance
 T0 = 1_800_000_000 // 3600 * 3600
 
 
-class Conn(sqlite3.Connection):
-    path = None
-
-
 @pytest.fixture
 def db(tmp_path):
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)
-    conn = sqlite3.connect(path, isolation_level=None, factory=Conn)
+    conn = file_connection(path)
     conn.execute("insert into servers (id, machine_id, hostname, first_seen, last_seen, interval_s)"
                  " values (1, 'm1', 'node1', 0, 0, 30)")
     conn.execute("insert into gpus (id, server_id, uuid, first_seen) values (10, 1, 'GPU-0', 0), (11, 1, 'GPU-1', 0)")
-    conn.path = path
     return conn
 
 

@@ -1,35 +1,13 @@
 """The dashboard in a real Chromium against the real hub process."""
 
-import json
 import os
 
 import pytest
-import urllib3
-from browser import browser, login  # noqa: F401  (fixture)
+from browser import login, push
 from conftest import ROOT
 from reports import sample_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-HTTP = urllib3.PoolManager(retries=False)
-
-
-def push(hub, config, report):
-    response = HTTP.request("POST", hub.base_url + "/api/report", body=json.dumps(report).encode(),
-                            headers={"Authorization": "Bearer " + config.get("agent.token"),
-                                     "Content-Type": "application/json"})
-    assert response.status == 201, response.data
-
-
-@pytest.fixture
-def page(browser, hub_process, hub_config):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    errors = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.console_errors = errors
-    yield page
-    context.close()
 
 
 def test_dashboard_shows_servers_gpus_and_processes(page, hub_process, hub_config):

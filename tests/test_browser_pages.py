@@ -1,15 +1,12 @@
 """History charts, admin delete and hostile agent strings, in a real Chromium."""
 
-import json
 import time
 
 import pytest
-import urllib3
-from browser import browser, login  # noqa: F401  (fixture)
+from browser import login, push
 from reports import sample_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-HTTP = urllib3.PoolManager(retries=False)
 
 XSS = [
     "<script>alert(1)</script>",
@@ -19,25 +16,6 @@ XSS = [
     "\"><svg onload=alert(4)>",
     "</td><iframe srcdoc='<script>alert(5)</script>'>",
 ]
-
-
-def push(hub, config, report):
-    response = HTTP.request("POST", hub.base_url + "/api/report", body=json.dumps(report).encode(),
-                            headers={"Authorization": "Bearer " + config.get("agent.token"),
-                                     "Content-Type": "application/json"})
-    assert response.status == 201, response.data
-
-
-@pytest.fixture
-def page(browser, hub_process, hub_config):  # noqa: F811
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    page.dialogs, page.console_errors = [], []
-    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
-    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-    yield page
-    context.close()
 
 
 def test_history_renders_points_for_each_range(page, hub_process, hub_config):
@@ -132,7 +110,7 @@ def fast_hub(hub_config, request):
     return request.getfixturevalue("hub_process")
 
 
-def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):  # noqa: F811
+def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):
     from playwright.sync_api import expect
 
     now = time.time()
@@ -146,18 +124,18 @@ def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):  
     broken["gpu_status"] = {"state": "driver_mismatch", "lost": [], "stale": False,
                             "message": "Failed to initialize NVML: Driver/library version mismatch"}
     push(fast_hub, hub_config, broken)
-    page = browser.new_page()
-    login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    tab = browser.new_page()
+    login(tab, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
     time.sleep(2.5)  # the alert job runs every second here; the dashboard refreshes on visibility
-    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
-    expect(page.locator("#alerts")).to_contain_text("driver/library version mismatch", timeout=15000)
-    page.click("nav.main-nav a:text-is('Free GPUs')")
-    expect(page.locator("#free-table tbody")).to_contain_text("busy-node")
-    expect(page.locator("#free-table tbody")).to_contain_text("CUDA_VISIBLE_DEVICES=1")
-    assert "free_gpus.json" in page.inner_text("#one-liner")
-    page.click("nav.main-nav a:text-is('GPU-hours')")
-    expect(page.locator("#hours-table tbody")).to_contain_text("user0", timeout=15000)
-    hours = float(page.locator("#hours-table tbody tr").first.locator("td").nth(1).inner_text())
+    tab.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    expect(tab.locator("#alerts")).to_contain_text("driver/library version mismatch", timeout=15000)
+    tab.click("nav.main-nav a:text-is('Free GPUs')")
+    expect(tab.locator("#free-table tbody")).to_contain_text("busy-node")
+    expect(tab.locator("#free-table tbody")).to_contain_text("CUDA_VISIBLE_DEVICES=1")
+    assert "free_gpus.json" in tab.inner_text("#one-liner")
+    tab.click("nav.main-nav a:text-is('GPU-hours')")
+    expect(tab.locator("#hours-table tbody")).to_contain_text("user0", timeout=15000)
+    hours = float(tab.locator("#hours-table tbody tr").first.locator("td").nth(1).inner_text())
     assert 0.9 <= hours <= 1.05
-    assert "gpu_hours.csv" in page.get_attribute("#csv", "href")
-    page.close()
+    assert "gpu_hours.csv" in tab.get_attribute("#csv", "href")
+    tab.close()

@@ -2,45 +2,14 @@
 
 import getpass
 import os
-import re
 import subprocess
 import sys
 
 import pytest
-import urllib3
 from conftest import FAKE_NVSMI, ROOT
+from http_client import Browserless
 
 pytestmark = pytest.mark.slow
-
-
-class Browserless:
-    """Minimal cookie-keeping HTTP client (urllib3) to act as a logged-in user."""
-
-    def __init__(self, base):
-        self.base = base
-        self.http = urllib3.PoolManager(retries=False)
-        self.cookies = {}
-
-    def request(self, method, path, **kw):
-        headers = kw.pop("headers", {})
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        response = self.http.request(method, self.base + path, headers=headers, redirect=False, **kw)
-        for raw in response.headers.getlist("Set-Cookie"):
-            name, _, rest = raw.partition("=")
-            value = rest.split(";", 1)[0]
-            if value and "Max-Age=0" not in raw:
-                self.cookies[name] = value
-            else:
-                self.cookies.pop(name, None)
-        return response
-
-    def login(self, username, password):
-        page = self.request("GET", "/login")
-        token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
-        return self.request("POST", "/login", fields={"username": username, "password": password,
-                                                      "csrftoken": token, "next": "/"},
-                            encode_multipart=False)
 
 
 def run_agent(tmp_path, hub_url, token, extra_env=None, *args):

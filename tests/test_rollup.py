@@ -1,8 +1,8 @@
 """Tiered retention: roll-ups with exact avg/max, watermark, dirty hours, deletes, tier choice."""
 
-import sqlite3
 
 import pytest
+from conftest import file_connection
 from reports import sample_report
 
 from server_monitor import schema
@@ -14,18 +14,13 @@ DAY = 86400
 T0 = 1_800_000_000 // 3600 * 3600  # an hour boundary
 
 
-class Conn(sqlite3.Connection):
-    path = None
-
-
 @pytest.fixture
 def db(tmp_path):
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)
-    conn = sqlite3.connect(path, isolation_level=None, factory=Conn)
+    conn = file_connection(path)
     conn.execute("insert into servers (id, machine_id, hostname, first_seen, last_seen) values (1, 'm1', 'h1', 0, 0)")
     conn.execute("insert into gpus (id, server_id, uuid, first_seen) values (10, 1, 'GPU-a', 0), (11, 1, 'GPU-b', 0)")
-    conn.path = path
     return conn
 
 
