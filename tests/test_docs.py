@@ -33,3 +33,20 @@ def test_python_code_is_lint_clean():
     ruff = os.path.join(os.path.dirname(sys.executable), "ruff")
     result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_config_example_is_valid_and_lists_known_keys():
+    import yaml
+
+    from server_monitor import alerts
+    from server_monitor import config as config_mod
+
+    path = os.path.join(ROOT, "config.example.yaml")
+    cfg = config_mod.load(path)
+    assert cfg.get("server.port") == 5100
+    example = yaml.safe_load(open(path))
+    for section, values in example.items():
+        known = alerts.DEFAULTS if section == "alerts" else config_mod.DEFAULTS[section]
+        assert set(values) <= set(known), (section, set(values) - set(known))
+    for section, values in config_mod.DEFAULTS.items():
+        assert set(values) <= set(example[section]) | {"password"}, section
