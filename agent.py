@@ -23,7 +23,7 @@ from monitor_agent.config import AgentConfigError
 from monitor_agent.config import load as load_config
 from monitor_agent.delivery import Delivery
 from monitor_agent.probes import Prober
-from monitor_agent.spool import Spool
+from monitor_agent.spool import Spool, SpoolInUse
 from monitor_agent.transport import Transport
 
 log = logging.getLogger("server_monitor.agent")
@@ -104,8 +104,11 @@ def main(config_path, interval, once, dry_run, verbose):
         if result.outcome != "delivered":
             sys.exit(1)
         return
-    spool = Spool(cfg["spool_dir"], max_bytes=int(cfg["spool_max_mb"] * 1024 * 1024),
-                  max_age_s=cfg["spool_max_age_h"] * 3600)
+    try:
+        spool = Spool(cfg["spool_dir"], max_bytes=int(cfg["spool_max_mb"] * 1024 * 1024),
+                      max_age_s=cfg["spool_max_age_h"] * 3600)
+    except (SpoolInUse, OSError) as exc:
+        raise click.ClickException(str(exc))
     delivery = Delivery(transport, spool, retry_base_s=cfg["retry_base_s"], retry_max_s=cfg["retry_max_s"])
     prober = Prober(cfg["probes"], interval=cfg["probe_interval"])
     builder.extra = lambda: {"agent": spool.stats(), "probes": prober.results()}

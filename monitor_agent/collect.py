@@ -1,5 +1,6 @@
 """Assembling one report (contract version 1) from the host, GPU, process and inventory collectors."""
 
+import re
 import time
 import uuid
 
@@ -10,6 +11,20 @@ from .procinfo import ProcessInfo
 from .runner import BoundedRunner
 
 CONTRACT_VERSION = 1
+# What the hub refuses in any string (server_monitor/contract.py): control characters and
+# bidi overrides. Text read from nvidia-smi, /proc or container tools may hold them.
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean_text(value):
+    """``value`` with every string inside it stripped of control and bidi override characters."""
+    if isinstance(value, str):
+        return _UNSAFE_CHARS.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: clean_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_text(v) for v in value]
+    return value
 
 
 def incus_display_names(containers):
@@ -70,4 +85,4 @@ class ReportBuilder:
         report["containers"] = containers
         if self.extra is not None:
             report.update(self.extra())
-        return report
+        return clean_text(report)

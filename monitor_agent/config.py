@@ -65,9 +65,10 @@ def _merged(given, overrides):
 def check(cfg, require_hub=True):
     """Validate a config dict in place and return it (see :func:`load`)."""
     url = cfg.get("server_url")
-    if require_hub or url is not None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise AgentConfigError("server_url must be an http:// or https:// URL")
+    if require_hub and not url:
+        raise AgentConfigError("server_url is required (the hub's address, e.g. http://hub:5100)")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        raise AgentConfigError("server_url must be an http:// or https:// URL")
     if require_hub and (not isinstance(cfg.get("token"), str) or not cfg["token"]):
         raise AgentConfigError("token is required (the hub's agent.token)")
     numbers = ("interval", "gpu_timeout", "spool_max_mb", "spool_max_age_h", "retry_base_s", "retry_max_s",

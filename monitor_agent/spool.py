@@ -6,6 +6,7 @@ report). Bounded by total bytes and by age: the oldest reports are dropped first
 every drop is counted in ``state.json`` so the hub can show that data was lost.
 """
 
+import fcntl
 import gzip
 import json
 import logging
@@ -14,6 +15,10 @@ import time
 
 log = logging.getLogger("server_monitor.agent.spool")
 SUFFIX = ".json.gz"
+
+
+class SpoolInUse(RuntimeError):
+    """Another agent process already uses this spool directory."""
 
 
 class Spool:
@@ -28,6 +33,13 @@ class Spool:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        # One agent per spool: another's reports would be sent under this agent's token.
+        self._lock = open(os.path.join(directory, "lock"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise SpoolInUse(f"spool {directory} is in use by another agent; give each agent its own spool_dir")
         self._state_path = os.path.join(directory, "state.json")
         self.state = {"dropped": 0, "rejected": 0}
         try:
@@ -36,6 +48,10 @@ class Spool:
         except (OSError, ValueError):
             pass
         self._clean_temporaries()
+
+    def close(self):
+        """Release the directory (another Spool may then open it)."""
+        self._lock.close()
 
     def _clean_temporaries(self):
         for name in os.listdir(self.directory):

@@ -22,7 +22,9 @@ from server_monitor.web import page
 
 def _forbidden(request, post=True):
     if (request.actor or {}).get("role") != "admin":
-        return Response.text("Forbidden: admins only", status=403)
+        return Response.html("<!DOCTYPE html><title>Forbidden</title><link rel=stylesheet href=/static/dashboard.css>"
+                             "<main><h1>Forbidden</h1><p>This page is for admins. <a href=/>Back to the dashboard</a>"
+                             "</p></main>", status=403)
     if post and request.method != "POST":
         return Response.text("Method not allowed: use the forms on /admin", status=405, headers={"allow": "POST"})
     return None
@@ -64,11 +66,12 @@ async def render(request, datasette, status=200, **extra):
         agent_tokens = tokens.list_tokens(conn)
     finally:
         conn.close()
-    base = f"{request.scheme}://{request.host}"
+    # Not "base_url": Datasette's own template variable of that name would win.
+    site_url = f"{request.scheme}://{request.host}"
     return await page(
         datasette, request, "admin.html", status=status,
         servers=servers, gpus=gpus, announcements=announcements, users=ctx.accounts.users(),
-        invites=ctx.accounts.invites(), agent_tokens=agent_tokens, roles=ROLES, base_url=base,
+        invites=ctx.accounts.invites(), agent_tokens=agent_tokens, roles=ROLES, site_url=site_url,
         admin_username=ctx.admin_username, **extra,
     )
 

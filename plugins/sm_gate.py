@@ -42,7 +42,8 @@ def wants_json(scope):
     """True for API-style requests, which get JSON errors instead of redirects."""
     path = scope.get("path", "")
     query = scope.get("query_string", b"").decode("latin-1")
-    if path.startswith("/api/") or path in TOKEN_PATHS or path.endswith(".json") or "_format=json" in query:
+    if (path.startswith("/api/") or path in TOKEN_PATHS or path.endswith((".json", ".csv"))
+            or "_format=" in query):
         return True
     accept = _header(scope, b"accept")
     return "application/json" in accept and "text/html" not in accept
@@ -137,7 +138,8 @@ def asgi_wrapper(datasette):
                 return await app(scope, receive, send)
             ctx = hub.context(datasette)
             path = scope.get("path", "")
-            if path == INGEST_PATH:
+            if path == INGEST_PATH or path.startswith(INGEST_PATH + "/"):
+                # Ingest answers the near misses itself (a clear 404 naming the right path).
                 return await bridge(ctx.ingest, scope, receive, send)
             if path == HEALTH_PATH:
                 return await health(datasette, send)
@@ -192,3 +194,13 @@ def asgi_wrapper(datasette):
 def skip_csrf(datasette, scope):
     """API paths answer JSON and refuse form bodies themselves (see the gate above)."""
     return scope.get("path", "").startswith("/api/")
+
+
+@hookimpl
+def forbidden(datasette, request, message):
+    """Datasette's 403 as JSON for API-style requests (scripts never get an HTML page)."""
+    from datasette.utils.asgi import Response
+
+    if wants_json(request.scope):
+        return Response.json({"ok": False, "status": 403, "error": f"forbidden: {message}"}, status=403)
+    return None

@@ -87,6 +87,7 @@ start_agent() {  # name, then KEY=VALUE environment for the fake nvidia-smi
     echo "server_url: $URL"
     echo "token: $TOKEN"
     echo "interval: 30"
+    echo "spool_dir: $RUN_DIR/spool-$name"
     if [ "$name" != "local" ]; then
       echo "hostname: $name"
       echo "machine_id: $name"

@@ -76,6 +76,13 @@ def check_password(password):
         raise AccountError("Passwords are at most 1024 characters.")
 
 
+def role_scope(role, servers, see_processes):
+    """Scope that applies to ``role``: only viewers can be limited; others see everything."""
+    if role == "viewer":
+        return servers, see_processes
+    return None, True
+
+
 def scope_json(servers):
     """``None`` (all servers) or a list of ints as stored in ``users.servers``."""
     if servers is None:
@@ -163,6 +170,7 @@ class Accounts:
         check_username(username)
         if role not in ROLES:
             raise AccountError(f"Unknown role {role!r}.")
+        servers, see_processes = role_scope(role, servers, see_processes)
         try:
             cur = self._conn().execute(
                 "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by)"
@@ -182,6 +190,8 @@ class Accounts:
                 raise AccountError(f"Unknown role {role!r}.")
             sets.append("role = ?")
             values.append(role)
+            if role != "viewer":  # analysts and admins see everything
+                servers, see_processes = None, True
         if servers != ():
             sets.append("servers = ?")
             values.append(scope_json(servers))
@@ -210,6 +220,7 @@ class Accounts:
         """New invite; returns ``(id, code)`` — the code exists only in this return value."""
         if role not in ROLES:
             raise AccountError(f"Unknown role {role!r}.")
+        servers, see_processes = role_scope(role, servers, see_processes)
         if not 1 <= int(max_uses) <= 1000 or not 0 < float(hours) <= 24 * 365:
             raise AccountError("Uses must be 1-1000 and the expiry within a year.")
         code = secrets.token_urlsafe(24)

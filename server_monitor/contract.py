@@ -13,6 +13,10 @@ documents the same spec (generated from :data:`REPORT` by ``scripts/contract_doc
 import math
 import re
 
+# Control characters (C0 but tab and newline, DEL, C1) and the bidi embedding, override and
+# isolate controls that can make "ab\u202egnp.exe" display as "abexe.png".
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
 CONTRACT_VERSION = 1
 
 
@@ -118,6 +122,9 @@ class Str(Spec):
             raise ContractError(path, f"shorter than {self.minlen} characters")
         if "\x00" in value:
             raise ContractError(path, "contains a NUL character")
+        unsafe = _UNSAFE_CHARS.search(value)
+        if unsafe:
+            raise ContractError(path, f"contains the control character U+{ord(unsafe.group()):04X}")
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

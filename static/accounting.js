@@ -38,7 +38,6 @@ function choose(kind) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupTheme();
   document.querySelectorAll(".range").forEach((b) => b.addEventListener("click", () => choose(b.dataset.range)));
   document.getElementById("by").addEventListener("change", load);
   document.getElementById("custom").addEventListener("click", () => {

@@ -2,7 +2,6 @@
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupTheme();
   document.querySelectorAll("button.copy").forEach((button) => button.addEventListener("click", async () => {
     const input = document.getElementById(button.dataset.copy);
     input.select();

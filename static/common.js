@@ -80,3 +80,4 @@ function setupTheme() {
   });
 }
 
+document.addEventListener("DOMContentLoaded", setupTheme);

@@ -226,7 +226,8 @@ function render() {
 
   const counts = { online: 0, stale: 0, offline: 0, error: 0, maintenance: 0 };
   servers.forEach((s) => { counts[s.status] = (counts[s.status] || 0) + 1; });
-  const present = gpus.filter((g) => g.present);
+  // Busy/free counts only GPUs whose host reports now (not stale, offline or in maintenance).
+  const present = gpus.filter((g) => g.present && (g.server_status === "online" || g.server_status === "error"));
   const busy = present.filter((g) => g.busy).length;
   const summary = document.getElementById("summary");
   summary.replaceChildren(
@@ -271,7 +272,6 @@ function tick() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupTheme();
   document.getElementById("filter").addEventListener("input", render);
   document.getElementById("sort").addEventListener("change", render);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); else tick(); });

@@ -27,7 +27,6 @@ async function find(event) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupTheme();
   document.getElementById("free-form").addEventListener("submit", find);
   find();
 });

@@ -19,14 +19,16 @@ function chartWidth(container) {
   return Math.max(280, container.clientWidth - 24);
 }
 
-function makeChart(container, title, unitFormat, xs, seriesList) {
+function makeChart(container, title, unitFormat, xs, seriesList, range) {
   const box = h("figure", { class: "chart" }, h("figcaption", {}, title));
   container.append(box);
+  const sparse = xs.length < 60;  // a few buckets: draw the points, a line alone may be invisible
   const opts = {
     width: chartWidth(container),
     height: 200,
     cursor: { sync: { key: "history" } },
-    scales: { x: { time: true } },
+    // The x axis always spans the requested range, however few buckets have data.
+    scales: { x: { time: true, range: () => range } },
     axes: [Object.assign({}, axisStyle()),
            Object.assign({ values: (u, ticks) => ticks.map(unitFormat), size: 70 }, axisStyle())],
     series: [{}].concat(seriesList.map((s, i) => ({
@@ -34,7 +36,7 @@ function makeChart(container, title, unitFormat, xs, seriesList) {
       stroke: SERIES_COLORS[i % SERIES_COLORS.length],
       width: 1.5,
       value: (u, v) => (v === null || v === undefined ? "–" : unitFormat(v)),
-      points: { show: false },
+      points: { show: sparse, size: 5 },
     }))),
   };
   const chart = new uPlot(opts, [xs].concat(seriesList.map((s) => s.values)), box);
@@ -66,18 +68,25 @@ async function load(hours) {
     ]);
     const server = servers.find((s) => String(s.server_id) === serverId);
     document.getElementById("server-name").textContent = server ? server.name : "unknown server " + serverId;
+    const describe = (rows) => (rows[0].tier === "raw" ? "raw samples" : rows[0].tier + " roll-ups") +
+      ", " + fmtBucket(rows[0].bucket_s) + " buckets";
     document.getElementById("tier").textContent = host.length
-      ? host.length + " points · " + (host[0].tier === "raw" ? "raw samples" : host[0].tier + " roll-ups") + " · bucket " + fmtDuration(host[0].bucket_s) + (host[0].bucket_s < 60 ? " (" + host[0].bucket_s + " s)" : "")
+      ? host.length + " points · host: " + describe(host) + (gpu.length ? " · GPUs: " + describe(gpu) : "")
       : "no data in this range";
     errorBox.hidden = true;
-    draw(host, gpu);
+    const now = Date.now() / 1000;
+    draw(host, gpu, [now - hours * 3600, now]);
   } catch (e) {
     errorBox.textContent = "Could not load history: " + e.message;
     errorBox.hidden = false;
   }
 }
 
-function draw(host, gpu) {
+function fmtBucket(seconds) {
+  return seconds < 120 ? seconds + " s" : fmtDuration(seconds);
+}
+
+function draw(host, gpu, range) {
   charts.forEach((c) => c.destroy());
   charts = [];
   const container = document.getElementById("charts");
@@ -86,13 +95,13 @@ function draw(host, gpu) {
   const pct = (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + "%");
   makeChart(container, "CPU", pct, xs, [
     { label: "avg", values: host.map((r) => r.cpu_percent) },
-    { label: "max", values: host.map((r) => r.cpu_percent_max) }]);
+    { label: "max", values: host.map((r) => r.cpu_percent_max) }], range);
   makeChart(container, "Memory", fmtBytes, xs, [
     { label: "used", values: host.map((r) => r.memory_used_bytes) },
-    { label: "total", values: host.map((r) => r.memory_total_bytes) }]);
+    { label: "total", values: host.map((r) => r.memory_total_bytes) }], range);
   makeChart(container, "Network", fmtRate, xs, [
     { label: "rx", values: host.map((r) => r.net_rx_bps) },
-    { label: "tx", values: host.map((r) => r.net_tx_bps) }]);
+    { label: "tx", values: host.map((r) => r.net_tx_bps) }], range);
   const byGpu = {};
   for (const row of gpu) (byGpu["GPU " + row.gpu_index] = byGpu["GPU " + row.gpu_index] || []).push(row);
   if (!Object.keys(byGpu).length) return;
@@ -100,12 +109,11 @@ function draw(host, gpu) {
                                        ["GPU temperature", "temperature_gpu_c", (v) => (v === null ? "–" : v.toFixed(0) + " °C")],
                                        ["GPU power", "power_draw_w", (v) => (v === null ? "–" : v.toFixed(0) + " W")]]) {
     const { xs: gx, out } = alignSeries(byGpu, key);
-    makeChart(container, title, format, gx, Object.entries(out).map(([label, values]) => ({ label, values })));
+    makeChart(container, title, format, gx, Object.entries(out).map(([label, values]) => ({ label, values })), range);
   }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setupTheme();
   document.getElementById("theme-toggle").addEventListener("click", () => load(currentHours));
   let currentHours = Number(new URLSearchParams(location.search).get("hours")) || 24;
   document.querySelectorAll(".range").forEach((button) => button.addEventListener("click", () => {

@@ -40,6 +40,7 @@ MATRIX = {
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),
     "/api/anything": (401, 404, 404, 404, 404),
+    "/monitor/gpus.csv": (401, 200, 200, 200, 200),
     "/metrics": (401, 403, 403, 403, 200),
     "/-/health": (200, 200, 200, 200, 200),
     "/monitor": (302, 403, 403, 200, 200),
@@ -241,10 +242,16 @@ def test_admin_panel_flows(hub):
     created = admin.post("/admin/invites", data={"csrftoken": token, "role": "viewer", "max_uses": "2", "hours": "24",
                                                   "scope": "some", "servers": ["2"], "see_processes": "on"})
     assert created.status_code == 200
-    link = re.search(r"/register\?code=([A-Za-z0-9_-]+)", created.text).group(1)
+    url = re.search(r'id="invite-link" readonly value="([^"]+)"', created.text).group(1)
+    assert re.fullmatch(r"https?://[^/]+/register\?code=[A-Za-z0-9_-]+", url), url  # absolute, usable as sent
+    link = url.rsplit("=", 1)[1]
     assert hub["ctx"].accounts.invite_valid(link)
     invite = hub["ctx"].accounts.invites()[0]
     assert invite["servers"] == [2] and invite["max_uses"] == 2
+    # A scope on an analyst invite does not apply: analysts see every server and process.
+    admin.post("/admin/invites", data={"csrftoken": token, "role": "analyst", "max_uses": "1", "hours": "24",
+                                       "scope": "some", "servers": ["2"]})
+    assert hub["ctx"].accounts.invites()[0]["servers"] is None and hub["ctx"].accounts.invites()[0]["see_processes"] == 1
     # Role and scope change through the form.
     assert admin.post("/admin/users/vera", data={"csrftoken": token, "action": "update", "role": "analyst",
                                                  "scope": "all"}).status_code == 302
@@ -309,3 +316,12 @@ def test_parallel_logins_all_succeed_and_parallel_guesses_get_five_checks(hub, d
     with ThreadPoolExecutor(20) as pool:
         statuses = list(pool.map(guess, range(20)))
     assert statuses.count(401) == 5 and statuses.count(429) == 15
+
+
+def test_refusals_for_scripts_are_json(hub):
+    response = hub["viewer"].get("/monitor.json?sql=select+1")
+    assert response.status_code == 403 and response.json()["ok"] is False
+    response = hub["anon"].get("/monitor/gpus.csv")
+    assert response.status_code == 401 and response.json()["error"] == "login required"
+    near_miss = hub["anon"].post("/api/report/", content=b"{}", headers={"Authorization": "Bearer x"})
+    assert near_miss.status_code == 404 and "agents post to /api/report" in near_miss.json()["error"]

@@ -84,3 +84,13 @@ def test_screenshots_in_both_themes(page, hub_process, hub_config, tmp_path):
         page.screenshot(path=os.path.join(out, f"dashboard-{theme}.png"), full_page=False)
         assert page.evaluate("document.documentElement.dataset.theme") == theme
         assert os.path.getsize(os.path.join(out, f"dashboard-{theme}.png")) > 20000
+
+
+def test_phone_width_has_no_sideways_scroll(browser, hub_process, hub_config):
+    push(hub_process, hub_config, sample_report("phone-node-with-a-long-name", gpus=2, processes=2))
+    context = browser.new_context(viewport={"width": 390, "height": 800})
+    tab = context.new_page()
+    login(tab, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    tab.wait_for_selector("#server-1 .gpu")
+    assert tab.evaluate("document.documentElement.scrollWidth") <= 391
+    context.close()

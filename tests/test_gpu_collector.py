@@ -145,3 +145,11 @@ def test_no_second_call_while_a_killed_child_is_still_alive():
         assert runner.run(["true"], timeout=1).state == "ok"
     finally:
         stuck.kill()
+
+
+def test_report_strings_are_cleaned_of_control_and_bidi_characters():
+    from monitor_agent.collect import clean_text
+
+    report = {"host": {"hostname": "ab\u202egnp.exe"}, "processes": [{"process_name": "x\x1b[31my\tz"}], "n": 3}
+    assert clean_text(report) == {"host": {"hostname": "ab\ufffdgnp.exe"},
+                                  "processes": [{"process_name": "x\ufffd[31my\tz"}], "n": 3}

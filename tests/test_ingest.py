@@ -110,6 +110,8 @@ def mutate(path, value):
         ("contract_version", 2, "contract_version: expected integer from 1 to 1, got 2"),
         ("host/hostname", "x" * 300, "host.hostname: longer than 253 characters"),
         ("host/hostname", "bad\x00name", "host.hostname: contains a NUL character"),
+        ("host/hostname", "ab\u202egnp.exe", "host.hostname: contains the control character U+202E"),
+        ("processes/0/process_name", "run\x1b[31m", "processes[0].process_name: contains the control character U+001B"),
         ("gpus/0/temperature.gpu", True, "gpus[0].temperature.gpu: expected number, got True"),
         ("gpus/1", None, "gpus[1]: must not be null"),
         ("processes/0", None, "processes[0]: must not be null"),

@@ -166,6 +166,7 @@ def test_spool_is_bounded_by_bytes_oldest_dropped_first(tmp_path):
     assert kept == list(range(10060 - len(kept), 10060))  # the newest survive, in order
     assert spool.stats()["spool_dropped"] == 60 - len(kept)
     # The counter survives a restart.
+    spool.close()
     assert Spool(str(tmp_path / "s")).stats()["spool_dropped"] == 60 - len(kept)
 
 
@@ -184,3 +185,12 @@ def test_corrupt_spool_file_is_dropped_not_fatal(tmp_path):
         fp.write(b"not gzip")
     assert spool.load(path) is None
     assert len(spool) == 0 and spool.stats()["spool_dropped"] == 1
+
+
+def test_two_agents_cannot_share_a_spool(tmp_path):
+    from monitor_agent.spool import SpoolInUse
+
+    first = Spool(str(tmp_path / "s"))
+    with pytest.raises(SpoolInUse):
+        Spool(str(tmp_path / "s"))
+    assert len(first) == 0
