@@ -61,11 +61,7 @@ async def render(request, datasette, status=200, **extra):
     servers = await run(datasette, "servers", actor)
     gpus = await run(datasette, "gpus", actor)
     announcements = await run(datasette, "announcements", actor)
-    conn = tokens.connect(ctx.config.auth_db_path)
-    try:
-        agent_tokens = tokens.list_tokens(conn)
-    finally:
-        conn.close()
+    agent_tokens = tokens.list_tokens(ctx.accounts.connection())
     # Not "base_url": Datasette's own template variable of that name would win.
     site_url = f"{request.scheme}://{request.host}"
     return await page(
@@ -144,20 +140,17 @@ async def agent_token(request, datasette):
         return denied
     ctx = hub.context(datasette)
     form = await read_form(request)
-    conn = tokens.connect(ctx.config.auth_db_path)
-    try:
-        if form.first("action") == "revoke":
-            tokens.revoke(conn, int(form.first("token_id") or 0))
-            return Response.redirect("/admin#tokens")
-        servers = {str(s["server_id"]): s for s in await run(datasette, "servers", request.actor)}
-        server = servers.get(form.first("server_id") or "")
-        if server is None:
-            return await render(request, datasette, status=400, error="Choose a server for the token.")
-        db = datasette.get_database(DATABASE)
-        machine_id = (await db.execute("SELECT machine_id FROM servers WHERE id = ?", [server["server_id"]])).first()[0]
-        token_id, value = tokens.issue(conn, machine_id, server["name"])
-    finally:
-        conn.close()
+    conn = ctx.accounts.connection()
+    if form.first("action") == "revoke":
+        tokens.revoke(conn, int(form.first("token_id") or 0))
+        return Response.redirect("/admin#tokens")
+    servers = {str(s["server_id"]): s for s in await run(datasette, "servers", request.actor)}
+    server = servers.get(form.first("server_id") or "")
+    if server is None:
+        return await render(request, datasette, status=400, error="Choose a server for the token.")
+    db = datasette.get_database(DATABASE)
+    machine_id = (await db.execute("SELECT machine_id FROM servers WHERE id = ?", [server["server_id"]])).first()[0]
+    token_id, value = tokens.issue(conn, machine_id, server["name"])
     return await render(request, datasette, new_token={"id": token_id, "token": value, "server": server["name"]})
 
 

@@ -209,6 +209,20 @@ class SimAgent:
         return len(self.delivery.spool) == 0
 
 
+def fleet(hub, work, name, count, t0):
+    """``count`` simulated agents reporting to ``hub``, spools under ``work/<name>-spools``."""
+    return [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, f"{name}-spools"), t0)
+            for i in range(count)]
+
+
+def finish(threads, agents):
+    """Wait for the agents' schedule to end, then for every spool to drain."""
+    for t in threads:
+        t.join()
+    for a in agents:
+        assert a.drain(), f"{a.name}: spool did not drain"
+
+
 def run_agents(agents, seconds, tick, stop=None):
     """Tick every agent every ``tick`` seconds (staggered) for ``seconds``, in threads."""
     stop = stop or threading.Event()
@@ -302,8 +316,7 @@ def scenario_load(p, work):
     hub = Hub(os.path.join(work, "load"))
     hub.start()
     t0 = time.time() - p["seconds"] / p["tick"] * VIRTUAL_INTERVAL - 600
-    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "load-spools"), t0)
-              for i in range(p["agents"])]
+    agents = fleet(hub, work, "load", p["agents"], t0)
     stop = threading.Event()
     viewer_threads, viewed = viewers(hub, p["viewers"], p["viewer_period"], stop)
     threads = run_agents(agents, p["seconds"], p["tick"])
@@ -345,18 +358,14 @@ def scenario_outage(p, work):
     hub = Hub(os.path.join(work, "outage"))
     hub.start()
     tick = p["outage_tick"]
-    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "outage-spools"),
-                       time.time() - 200 * VIRTUAL_INTERVAL - 600) for i in range(p["outage_agents"])]
+    agents = fleet(hub, work, "outage", p["outage_agents"], time.time() - 200 * VIRTUAL_INTERVAL - 600)
     threads = run_agents(agents, 10 * tick + 100 * tick + 20 * tick, tick)
     time.sleep(10 * tick)
     hub.stop()
     time.sleep(100 * tick)
     spooled = sum(len(a.delivery.spool) for a in agents)
     hub.start()
-    for t in threads:
-        t.join()
-    for a in agents:
-        assert a.drain(), f"{a.name}: spool did not drain"
+    finish(threads, agents)
     total = check_stored(hub, agents)
     hub.stop()
     return {"agents": len(agents), "tick_s": tick, "outage_intervals": 100,
@@ -367,8 +376,7 @@ def scenario_outage(p, work):
 def scenario_crash(p, work):
     hub = Hub(os.path.join(work, "crash"))
     hub.start()
-    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "crash-spools"),
-                       time.time() - 400 * VIRTUAL_INTERVAL) for i in range(p["crash_agents"])]
+    agents = fleet(hub, work, "crash", p["crash_agents"], time.time() - 400 * VIRTUAL_INTERVAL)
     tick = 0.2
     threads = run_agents(agents, 12, tick)
     time.sleep(5)
@@ -383,10 +391,7 @@ def scenario_crash(p, work):
     assert not lost_acked, f"{len(lost_acked)} acknowledged reports lost in the crash"
     time.sleep(2)
     hub.start()
-    for t in threads:
-        t.join()
-    for a in agents:
-        assert a.drain(), f"{a.name}: spool did not drain"
+    finish(threads, agents)
     total = check_stored(hub, agents)
     hub.stop()
     return {"agents": len(agents), "acked_before_kill": len(acked_before), "present_after_kill": len(present),
@@ -396,8 +401,7 @@ def scenario_crash(p, work):
 def scenario_disk_full(p, work):
     hub = Hub(os.path.join(work, "disk"))
     hub.start()
-    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "disk-spools"),
-                       time.time() - 400 * VIRTUAL_INTERVAL) for i in range(10)]
+    agents = fleet(hub, work, "disk", 10, time.time() - 400 * VIRTUAL_INTERVAL)
     for a in agents:  # servers and GPUs exist before the disk fills
         a.tick()
     hub.stop()
@@ -427,8 +431,7 @@ def scenario_disk_full(p, work):
 def scenario_bad_collectors(p, work):
     hub = Hub(os.path.join(work, "bad"))
     hub.start()
-    agents = [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "bad-spools"),
-                       time.time() - 400 * VIRTUAL_INTERVAL) for i in range(20)]
+    agents = fleet(hub, work, "bad", 20, time.time() - 400 * VIRTUAL_INTERVAL)
     threads = run_agents(agents, 12, 1.0)
     real = []
     fake = os.path.join(ROOT, "tests", "fake_nvidia_smi.py")
@@ -498,7 +501,7 @@ def dashboard_text(hub):
 def scenario_fuzz(p, work):
     hub = Hub(os.path.join(work, "fuzz"))
     hub.start()
-    agent = SimAgent(0, hub.url, hub.cfg.get("agent.token"), os.path.join(work, "fuzz-spools"), time.time() - 3600)
+    agent = fleet(hub, work, "fuzz", 1, time.time() - 3600)[0]
     agent.tick()
     _, headers = login(hub)
     st = os.path.join(os.path.dirname(sys.executable), "schemathesis")

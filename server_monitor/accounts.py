@@ -19,6 +19,8 @@ import sqlite3
 import threading
 import time
 
+from . import tokens
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     id_hash TEXT PRIMARY KEY,
@@ -102,6 +104,7 @@ class Accounts:
         self._local = threading.local()
         conn = self._conn()
         conn.executescript(SCHEMA)
+        conn.executescript(tokens.SCHEMA)  # per-host agent tokens live in auth.db too
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -112,6 +115,10 @@ class Accounts:
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
         return conn
+
+    def connection(self):
+        """This thread's connection to ``auth.db`` (for :mod:`server_monitor.tokens`)."""
+        return self._conn()
 
     def create_session(self, username, source, hours, client=None):
         """Start a session; returns the raw session id (to be signed into the cookie)."""

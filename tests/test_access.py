@@ -325,3 +325,27 @@ def test_refusals_for_scripts_are_json(hub):
     assert response.status_code == 401 and response.json()["error"] == "login required"
     near_miss = hub["anon"].post("/api/report/", content=b"{}", headers={"Authorization": "Bearer x"})
     assert near_miss.status_code == 404 and "agents post to /api/report" in near_miss.json()["error"]
+
+
+def test_admin_issues_and_revokes_a_host_token(hub, hub_config):
+    import json
+
+    admin = hub["admin"]
+    token = re.search(r'name="csrftoken" value="([^"]+)"', admin.get("/admin").text).group(1)
+    page = admin.post("/admin/tokens", data={"csrftoken": token, "action": "issue", "server_id": "2"})
+    value = re.search(r'id="new-token" readonly value="([^"]+)"', page.text).group(1)
+    report = sample_report("two", gpus=1, processes=0, sample_time=__import__("time").time() - 120)
+    send = lambda: admin.post("/api/report", content=json.dumps(report).encode(),  # noqa: E731
+                              headers={"Authorization": f"Bearer {value}", "Content-Type": "application/json"})
+    assert send().status_code == 201
+    token_id = re.search(r'name="token_id" value="(\d+)"', admin.get("/admin").text).group(1)
+    admin.post("/admin/tokens", data={"csrftoken": token, "action": "revoke", "token_id": token_id})
+    assert send().status_code == 401
+
+
+def test_expired_sessions_are_purged_at_login(hub, hub_config):
+    conn = hub["ctx"].accounts.connection()
+    conn.execute("UPDATE sessions SET expires_at = 0 WHERE username = 'vera'")
+    assert hub["viewer"].get("/api/servers").status_code == 401  # expired
+    Client(hub["anon"].ds).login("ana", PASSWORD)
+    assert conn.execute("SELECT count(*) FROM sessions WHERE username = 'vera'").fetchone()[0] == 0
