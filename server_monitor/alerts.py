@@ -24,8 +24,8 @@ Configuration (``config.yaml``, all optional)::
 
 import json
 import logging
+import re
 import smtplib
-import sqlite3
 import threading
 import time
 from email.message import EmailMessage
@@ -58,6 +58,27 @@ STATE_TEXT = {
     "timeout": "nvidia-smi does not answer (killed after the timeout)",
     "busy": "nvidia-smi hangs (an earlier call is still alive)",
 }
+
+
+# Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
+# error messages, mountpoints) become one space in every notice (M3: a newline in an e-mail
+# Subject raised ValueError and killed the alert thread; also no forged lines in chat).
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+
+
+def clean_text(text):
+    """``text`` on one line: controls, line/paragraph separators, bidi and zero-width marks → " "."""
+    return _UNSAFE_TEXT.sub(" ", str(text)).strip()
+
+
+def slack_escape(text):
+    """Slack mrkdwn escaping (``&``, ``<``, ``>``): no ``<!channel>`` pings or disguised links (L9)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def feishu_escape(text):
+    """Feishu/Lark text: ``<`` and ``>`` as full-width look-alikes, so no ``<at user_id="all">`` (L9)."""
+    return text.replace("<", "\uff1c").replace(">", "\uff1e")
 
 
 def settings(config):
@@ -143,12 +164,17 @@ class Notifier:
 
     @staticmethod
     def text(event, alert):
+        """One-line notice text (agent strings cleaned by :func:`clean_text`)."""
         mark = {"firing": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[event]
-        return f"[{mark}] [{alert['severity']}] {alert['message']}"
+        return f"[{mark}] [{alert['severity']}] {clean_text(alert['message'])}"
 
     def body(self, fmt, event, alert):
         """Webhook body for ``fmt``: ``generic`` JSON, ``slack`` (``text``), ``feishu`` (Lark bot)."""
         text = self.text(event, alert)
+        if fmt == "slack":
+            text = slack_escape(text)
+        elif fmt in ("feishu", "lark"):
+            text = feishu_escape(text)
         if self.cfg.get("dashboard_url"):
             text += f"\n{self.cfg['dashboard_url']}"
         if fmt == "slack":
@@ -172,15 +198,15 @@ class Notifier:
                 ok = ok or 200 <= response.status < 300
                 if response.status >= 300:
                     log.warning("webhook %s answered %s", hook["url"], response.status)
-            except urllib3.exceptions.HTTPError as exc:
-                log.warning("webhook %s failed: %s", hook["url"], exc)
+            except Exception as exc:  # one bad target never stops the others (M3)
+                log.warning("webhook %s failed: %s: %s", hook.get("url"), type(exc).__name__, exc)
         smtp = self.cfg.get("smtp")
         if smtp:
             try:
                 self._mail(smtp, event, alert)
                 ok = True
-            except (OSError, smtplib.SMTPException) as exc:
-                log.warning("alert e-mail failed: %s", exc)
+            except Exception as exc:  # SMTP errors, bad config, a header the policy refuses (M3)
+                log.warning("alert e-mail failed: %s: %s", type(exc).__name__, exc)
         return ok
 
     def _mail(self, smtp, event, alert):
@@ -249,18 +275,27 @@ class AlertEngine:
 
 
 class AlertThread(threading.Thread):
-    """Runs :meth:`AlertEngine.run_once` every ``interval_s`` seconds."""
+    """Runs :meth:`AlertEngine.run_once` every ``interval_s`` seconds.
+
+    A failing pass (any exception) is logged and retried on the next tick; it never ends the
+    thread (M3). ``last_error`` holds the last failure's text (None after a good pass),
+    ``last_pass_at`` the epoch seconds of the last good pass; ``/-/health`` reports both.
+    """
 
     def __init__(self, engine):
         super().__init__(name="alerts", daemon=True)
         self.engine = engine
         self.stopped = threading.Event()
+        self.last_error = None
+        self.last_pass_at = None
 
     def run(self):
         while not self.stopped.wait(self.engine.cfg["interval_s"]):
             try:
                 result = self.engine.run_once()
+                self.last_error, self.last_pass_at = None, time.time()
                 if any(result.values()):
                     log.info("alerts: %s", result)
-            except sqlite3.Error as exc:
-                log.warning("alert evaluation failed, will retry: %s", exc)
+            except Exception as exc:  # keep alerting whatever one pass hit (M3)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("alert evaluation failed, will retry")

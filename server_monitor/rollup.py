@@ -310,5 +310,5 @@ class MaintenanceThread(threading.Thread):
                 stats = self.maintenance.run_once()
                 if stats["hours_rolled"] or stats["dirty_hours"] or any(stats["deleted"].values()):
                     log.info("maintenance: %s", stats)
-            except sqlite3.Error as exc:
-                log.warning("maintenance failed, will retry: %s", exc)
+            except Exception:  # any failure: log it and retry next tick, never end the thread (M3)
+                log.exception("maintenance failed, will retry")
