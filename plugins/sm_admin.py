@@ -6,7 +6,6 @@ admin-only write canned queries in ``canned_queries/admin_*.sql``. Every form ca
 Datasette's CSRF token; every route answers 403 to anyone but an admin.
 """
 
-import asyncio
 import secrets
 
 from datasette import hookimpl
@@ -114,7 +113,7 @@ async def update_user(request, datasette):
             ctx.accounts.delete_user(username)
         elif action == "reset":
             password = secrets.token_urlsafe(12)
-            password_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
+            password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)
             return await render(request, datasette, reset={"username": username, "password": password})
         else:
@@ -122,6 +121,8 @@ async def update_user(request, datasette):
                                      see_processes=form.first("see_processes") == "on")
     except AccountError as exc:
         return await render(request, datasette, status=400, error=str(exc))
+    except hub.PasswordBusy:
+        return await render(request, datasette, status=503, error="The hub is busy checking passwords; try again.")
     return Response.redirect("/admin#users")
 
 

@@ -14,6 +14,7 @@
 """
 
 import asyncio
+import hashlib
 from urllib.parse import urlsplit
 
 from datasette import hookimpl
@@ -25,6 +26,8 @@ from server_monitor.accounts import AccountError, check_password, check_username
 from server_monitor.config import admin_password_hash
 from server_monitor.queries import ADMIN_QUERIES
 from server_monitor.web import page
+
+BUSY_MESSAGE = "The hub is busy checking other passwords. Try again in a few seconds."
 
 # Same cost as a real check, so unknown usernames cannot be told apart by timing.
 _DUMMY_HASH = hash_password("not-a-real-password")
@@ -120,7 +123,11 @@ async def login(request, datasette):
             )
         await asyncio.sleep(0.05)  # other attempts with these keys are being checked
     try:
-        source = await loop.run_in_executor(None, _verify, ctx, username, password[:1024])
+        source = await ctx.password_work(_verify, ctx, username, password[:1024])
+    except hub.PasswordBusy:
+        ctx.limiter.succeeded(token)  # not checked: costs no budget
+        return await _render_login(datasette, request, status=503, next_url=next_url, username=username,
+                                   error=BUSY_MESSAGE, headers={"retry-after": "5"})
     except BaseException:
         ctx.limiter.failed(token)
         raise
@@ -137,6 +144,11 @@ async def login(request, datasette):
 
 
 async def register(request, datasette):
+    """``/register?code=``: the form (GET, 404 for a dead invite) and the account creation (POST).
+
+    The invite, the username and the password policy are checked before any PBKDF2 work (M2);
+    failures (bad invite, taken name) are limited per client address and per invite (429).
+    """
     ctx = hub.context(datasette)
     code = request.args.get("code") or ""
     if request.method == "GET":
@@ -151,23 +163,38 @@ async def register(request, datasette):
     code = form.get("code") or ""
     username = (form.get("username") or "").strip()
     password = form.get("password") or ""
-    error = None
-    if password != (form.get("password2") or ""):
-        error = "The two passwords differ."
-    else:
-        try:
-            check_username(username)
-            if username.lower() == ctx.admin_username.lower():
-                raise AccountError(f"The username {username!r} is taken.")
-            check_password(password)
-            password_hash = await asyncio.get_running_loop().run_in_executor(None, hash_password, password)
-            await asyncio.get_running_loop().run_in_executor(
-                None, ctx.accounts.register, code, username, password_hash)
-        except AccountError as exc:
-            error = str(exc)
+    keys = ["ip:" + client_address(request, ctx), "invite:" + hashlib.sha256(code.encode()).hexdigest()[:32]]
+    token, wait, _ = ctx.register_limiter.reserve(keys)
+    if token is None:
+        wait = wait or 5
+        return await page(datasette, request, "sm_register.html", status=429, code=code, username=username,
+                          error=f"Too many failed attempts. Try again in {wait} seconds.",
+                          headers={"retry-after": str(wait)})
+    error, status, failed = None, 400, False
+    try:
+        if not ctx.accounts.invite_valid(code):
+            failed = True
+            raise AccountError("This invite link is not valid any more.")
+        if password != (form.get("password2") or ""):
+            raise AccountError("The two passwords differ.")
+        check_username(username)
+        if username.lower() == ctx.admin_username.lower() or ctx.accounts.user(username) is not None:
+            failed = True  # only an invite holder gets this far (I7)
+            raise AccountError(f"The username {username!r} is taken.")
+        check_password(password, username)
+        password_hash = await ctx.password_work(hash_password, password)
+        failed = True  # a race for the name or the last use of the invite
+        await asyncio.get_running_loop().run_in_executor(None, ctx.accounts.register, code, username, password_hash)
+        failed = False
+    except AccountError as exc:
+        error = str(exc)
+    except hub.PasswordBusy:
+        error, status = BUSY_MESSAGE, 503
+    finally:
+        (ctx.register_limiter.failed if failed else ctx.register_limiter.succeeded)(token)
     if error:
-        return await page(datasette, request, "sm_register.html", status=400, code=code, error=error,
-                          username=username)
+        return await page(datasette, request, "sm_register.html", status=status, code=code, error=error,
+                          username=username, headers={"retry-after": "5"} if status == 503 else None)
     return _start_session(datasette, request, ctx, username, "user", "/")
 
 
@@ -186,17 +213,31 @@ async def account(request, datasette):
             error = "The two new passwords differ."
         else:
             user = ctx.accounts.user(actor["id"])
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(None, verify_password, form.get("password") or "", user["password_hash"])
+            # The current-password check shares the login budget of this username (L5).
+            token, wait, busy = ctx.limiter.reserve(["user:" + actor["id"].lower()])
+            if token is None:
+                wait = wait or 5
+                return await page(datasette, request, "sm_account.html", status=429, is_user=is_user, message=None,
+                                  error=f"Too many failed attempts. Try again in {wait} seconds.",
+                                  headers={"retry-after": str(wait)})
             try:
+                ok = await ctx.password_work(verify_password, (form.get("password") or "")[:1024],
+                                             user["password_hash"])
                 if not ok:
+                    ctx.limiter.failed(token)
+                    token = None
                     raise AccountError("The current password is wrong.")
-                check_password(form.get("new_password") or "")
-                new_hash = await loop.run_in_executor(None, hash_password, form["new_password"])
+                check_password(form.get("new_password") or "", actor["id"])
+                new_hash = await ctx.password_work(hash_password, form["new_password"])
                 ctx.accounts.set_password(actor["id"], new_hash)  # ends every session, this one too
                 return _start_session(datasette, request, ctx, actor["id"], "user", "/account?changed=1")
             except AccountError as exc:
                 error = str(exc)
+            except hub.PasswordBusy:
+                error = BUSY_MESSAGE
+            finally:
+                if token is not None:
+                    ctx.limiter.succeeded(token)
     if request.args.get("changed"):
         message = "Password changed. Your other sessions were logged out."
     return await page(datasette, request, "sm_account.html", is_user=is_user, message=message, error=error)

@@ -71,11 +71,35 @@ def check_username(username):
         raise AccountError("Usernames are 1 to 64 letters, digits, '.', '_', '-' or '@'.")
 
 
-def check_password(password):
+# Passwords of 10+ characters that lead every breached-password list (I4); compared
+# case-insensitively. Source: the top of the public "10k most common" lists (SecLists).
+COMMON_PASSWORDS = frozenset("""
+1234567890 0123456789 0987654321 1234567891 12345678910 123456789a 123456789q a123456789 q1w2e3r4t5
+1q2w3e4r5t 1qaz2wsx3edc qwertyuiop qwerty1234 qwerty12345 1234qwerty asdfghjkl; asdfghjkl1 zxcvbnm123
+password12 password123 password1234 password12345 passw0rd123 p@ssw0rd123 iloveyou12 iloveyou123
+letmein123 welcome123 welcome1234 changeme123 administrator admin12345 admin123456 abcdefghij
+abcd123456 abc1234567 football123 baseball123 monkey1234 dragon1234 sunshine12 princess12 trustno123
+starwars123 superman123 1111111111 0000000000 1234512345 9876543210 1029384756 qazwsxedcrfv
+""".split())
+
+
+def check_password(password, username=None):
+    """Raise :class:`AccountError` unless ``password`` meets the policy (I4).
+
+    10-1024 characters, at least 4 different characters, not the username (or the
+    username with a few characters around it), not in :data:`COMMON_PASSWORDS`.
+    """
     if len(password or "") < MIN_PASSWORD:
         raise AccountError(f"Passwords need at least {MIN_PASSWORD} characters.")
     if len(password) > 1024:
         raise AccountError("Passwords are at most 1024 characters.")
+    if len(set(password)) < 4:
+        raise AccountError("This password is too easy to guess: use at least 4 different characters.")
+    lowered = password.lower()
+    if username and len(username) >= 3 and username.lower() in lowered and len(lowered) - len(username) < 6:
+        raise AccountError("The password must not be (or be close to) the username.")
+    if lowered in COMMON_PASSWORDS:
+        raise AccountError("This password is on every list of common passwords; choose another.")
 
 
 def role_scope(role, servers, see_processes):

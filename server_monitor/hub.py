@@ -4,8 +4,10 @@
 accounts store, the login limiter, the ingest WSGI app) and caches it on the instance.
 """
 
+import asyncio
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from . import config as config_mod
 from .accounts import Accounts, LoginLimiter
@@ -14,6 +16,12 @@ SESSION_COOKIE = "sm_session"
 SESSION_NAMESPACE = "sm-session"
 
 _lock = threading.Lock()
+# At most this many password hashes/checks queued or running at once (M2).
+PASSWORD_QUEUE = 32
+
+
+class PasswordBusy(Exception):
+    """Too many password checks are waiting; try again in a few seconds."""
 
 
 class HubContext:
@@ -25,9 +33,29 @@ class HubContext:
         self.config = config
         self.accounts = Accounts(config.auth_db_path)
         self.limiter = LoginLimiter(limit=5, window=300)
+        # Registrations: failures (bad invite, taken name) per client address and per invite (M2).
+        self.register_limiter = LoginLimiter(limit=10, window=300)
+        # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
+        # burst of password checks queues instead of taking every core (M2).
+        self.password_workers = max(1, (os.cpu_count() or 2) // 2)
+        self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
+        self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
         self.ingest = ingest.make_application(config)
         self.admin_username = config.get("auth.username")
         self.session_hours = float(config.get("auth.session_hours", 12))
+
+    async def password_work(self, fn, *args):
+        """Run ``fn(*args)`` (a PBKDF2 hash or check) on the bounded password pool; returns its result.
+
+        Raises :class:`PasswordBusy` when :data:`PASSWORD_QUEUE` jobs are already queued or
+        running (the caller answers 429/503 instead of piling up work).
+        """
+        if not self._password_queue.acquire(blocking=False):
+            raise PasswordBusy()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._password_pool, fn, *args)
+        finally:
+            self._password_queue.release()
 
     def actor_for_session(self, session_id):
         """Actor dict for a live session id, or None.

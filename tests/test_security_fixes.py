@@ -5,6 +5,7 @@ Each test names its finding (M1-M4, L1-L10, I1-I10) in the docstring and fails o
 
 import email
 import email.policy
+import re
 import time
 
 import pytest
@@ -110,3 +111,116 @@ def test_l9_slack_and_feishu_markup_is_neutralised():
     assert "&lt;!channel&gt;" in slack and slack.endswith("\nhttps://monitor.example.org/")
     feishu = notifier.body("feishu", "firing", _alert(MARKUP_HOST))["content"]["text"]
     assert "<at" not in feishu and "<" not in feishu and "\uff1cat user_id" in feishu
+
+
+# -- M2 / L5 / I4 / I7: password work --------------------------------------------------------
+PASSWORD = "correct horse battery"
+
+
+def _plugin(name):
+    """The loaded plugin module ``plugins/<name>.py`` (Datasette registers it under its file name)."""
+    from datasette.plugins import pm
+
+    return pm.get_plugin(name + ".py")
+
+
+def _token(client, path="/login"):
+    return re.search(r'name="csrftoken" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def _register(client, code, username="flood", password="xxxxxxxx-strong", password2=None):
+    return client.post("/register", data={"csrftoken": _token(client), "code": code, "username": username,
+                                          "password": password, "password2": password2 or password})
+
+
+def test_m2_register_checks_the_invite_before_hashing_and_is_rate_limited(datasette, monkeypatch):
+    """M2: /register with a bogus invite runs no PBKDF2 at all, and failures get 429 after the budget."""
+    sm_auth = _plugin("sm_auth")
+    hashes = []
+    real = sm_auth.hash_password
+    monkeypatch.setattr(sm_auth, "hash_password", lambda *a, **k: hashes.append(1) or real(*a, **k))
+    anon = Client(datasette)
+    statuses = [_register(anon, f"bogus-{i}").status_code for i in range(12)]
+    assert statuses == [400] * 10 + [429] * 2
+    assert hashes == []  # before the fix: one 480,000-round hash per request
+    refused = _register(anon, "bogus-x")
+    assert int(refused.headers["retry-after"]) > 0
+
+
+def test_m2_a_valid_invite_still_registers_and_hashes_once(datasette, monkeypatch):
+    """M2: the invite-first order keeps the normal path working (one hash, one account)."""
+    sm_auth = _plugin("sm_auth")
+    from server_monitor import hub
+
+    hashes = []
+    real = sm_auth.hash_password
+    monkeypatch.setattr(sm_auth, "hash_password", lambda *a, **k: hashes.append(1) or real(*a, iterations=1000))
+    ctx = hub.context(datasette)
+    _, code = ctx.accounts.create_invite("viewer", hours=1)
+    anon = Client(datasette)
+    assert _register(anon, code, "taken-later", "pw-mismatch-1", "pw-mismatch-2").status_code == 400
+    assert _register(anon, code, "newbie", PASSWORD).status_code == 302
+    assert hashes == [1] and ctx.accounts.user("newbie")["role"] == "viewer"
+
+
+def test_m2_pbkdf2_work_is_capped(datasette):
+    """M2: password hashing runs on a bounded pool (never more than ``password_workers`` at
+    once) and a full queue is refused (PasswordBusy -> 503) instead of piling up."""
+    import asyncio
+    import threading
+
+    from server_monitor import hub
+
+    ctx = hub.context(datasette)
+    running, peak, lock = [0], [0], threading.Lock()
+    release = threading.Event()
+
+    def work():
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        release.wait(5)
+        with lock:
+            running[0] -= 1
+        return True
+
+    async def flood():
+        jobs = [asyncio.ensure_future(ctx.password_work(work)) for _ in range(hub.PASSWORD_QUEUE + 8)]
+        await asyncio.sleep(0.3)
+        release.set()
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    results = asyncio.run(flood())
+    assert peak[0] == ctx.password_workers
+    assert results.count(True) == hub.PASSWORD_QUEUE
+    assert sum(isinstance(r, hub.PasswordBusy) for r in results) == 8
+
+
+def test_l5_account_current_password_check_is_rate_limited(datasette):
+    """L5: wrong current passwords at /account share the per-username login budget (429 after five)."""
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor import hub
+
+    ctx = hub.context(datasette)
+    ctx.accounts.create_user("vera", hash_password(PASSWORD, iterations=1000), "viewer")
+    vera = Client(datasette)
+    assert vera.login("vera", PASSWORD).status_code == 302
+    statuses = []
+    for i in range(7):
+        response = vera.post("/account", data={"csrftoken": _token(vera, "/account"), "password": f"guess-{i}",
+                                               "new_password": "another strong one", "new_password2": "another strong one"})
+        statuses.append(response.status_code)
+    assert statuses == [200] * 5 + [429] * 2
+    # The login of that username is locked for the window too.
+    assert Client(datasette).login("vera", PASSWORD).status_code == 429
+
+
+@pytest.mark.parametrize("password", ["aaaaaaaaaaaa", "abababababab", "1234567890", "Password123", "vera-the-user1"])
+def test_i4_trivially_weak_passwords_are_refused(password):
+    """I4: all-same/few-character passwords, the common list and the username are refused."""
+    from server_monitor.accounts import AccountError, check_password
+
+    with pytest.raises(AccountError):
+        check_password(password, "vera-the-user")
+    check_password("correct horse battery", "vera-the-user")  # a passphrase passes
