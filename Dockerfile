@@ -31,4 +31,4 @@ VOLUME ["/data"]
 EXPOSE 5100
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:5100/-/health', timeout=4).status != 200)"]
-CMD ["server-monitor", "serve", "-c", "/data/config.yaml", "--host", "0.0.0.0", "--port", "5100"]
+CMD ["server-monitor", "serve", "--init", "-c", "/data/config.yaml", "--host", "0.0.0.0", "--port", "5100"]

@@ -12,6 +12,7 @@
 """
 
 import json
+import os
 from http.cookies import SimpleCookie
 from urllib.parse import quote
 
@@ -132,16 +133,19 @@ def background_problems(ctx):
 async def health(datasette, send):
     """``GET /-/health``: 200 ``{"ok": true}`` when the metrics database answers a query and
     every background thread (maintenance, alerts) is alive; else 503 with ``error`` (the
-    exception's class) or ``dead_threads`` (names). No data, no secrets."""
+    exception's class) or ``dead_threads`` (names). No data, no secrets. ``run_id`` echoes
+    ``$SERVER_MONITOR_RUN_ID`` (a random id ``scripts/run.sh`` gives its hub, so that it can tell
+    its own hub from another one answering on the port)."""
+    run_id = os.environ.get("SERVER_MONITOR_RUN_ID")
     try:
         await datasette.get_database("monitor").execute("SELECT count(*) FROM sqlite_master")
     except Exception as exc:  # any failure to read is "unhealthy", whatever its kind
-        return await send_json(send, 503, {"ok": False, "error": type(exc).__name__})
+        return await send_json(send, 503, {"ok": False, "error": type(exc).__name__, "run_id": run_id})
     dead = background_problems(hub.context(datasette))
     if dead:
         return await send_json(send, 503, {"ok": False, "error": "background thread stopped",
-                                           "dead_threads": dead})
-    return await send_json(send, 200, {"ok": True})
+                                           "dead_threads": dead, "run_id": run_id})
+    return await send_json(send, 200, {"ok": True, "run_id": run_id})
 
 
 def is_public(path):

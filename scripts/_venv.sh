@@ -17,4 +17,9 @@ ensure_venv() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$root"
     echo "$want" > "$stamp"
   fi
+  # requirements-dev.txt includes requirements.txt: run.sh then needs no install of its own.
+  if [ "$(basename "$requirements")" != requirements.txt ] && grep -qx -- '-r requirements.txt' "$requirements"; then
+    cat "$root/requirements.txt" "$root/requirements.txt" "$root/pyproject.toml" | sha256sum | cut -d' ' -f1 \
+      > "$venv/.installed-requirements.txt"
+  fi
 }

@@ -1,12 +1,13 @@
 """``server-monitor``: run and manage the hub (a thin layer over ``datasette serve``)."""
 
 import os
+import sqlite3
 import sys
 
 import click
 
 from . import config as config_mod
-from . import schema
+from . import instance, schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,6 +26,14 @@ def _ensure_config(path, username="admin", **options):
             click.echo(f"    password: {password}", err=True)
         return cfg
     return config_mod.load(path)
+
+
+def _load(path):
+    """``config_mod.load`` with a one-line click error instead of a traceback."""
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(str(exc))
 
 
 def datasette_args(cfg, host=None, port=None):
@@ -50,20 +59,43 @@ def cli():
 
 @cli.command()
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True, help="Hub config file.")
+@click.option("--init", is_flag=True,
+              help="Create the config (random secrets) when it does not exist. Without it only the default "
+                   "./config.yaml is created; any other missing path is an error.")
 @click.option("--host", default=None, help="Listen address (default: server.host).")
-@click.option("--port", type=int, default=None, help="Listen port (default: server.port).")
-def serve(config_path, host, port):
-    """Create config and database if needed, then run Datasette with the hub plugins."""
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Listen port (default: server.port).")
+def serve(config_path, init, host, port):
+    """Create config and database if needed, then run Datasette with the hub plugins.
+
+    Refuses to start (one line, exit 1) when another hub holds the same database (a lock
+    next to it, see ``server_monitor.instance``) or the port is taken.
+    """
+    default_path = click.get_current_context().get_parameter_source("config_path") == click.core.ParameterSource.DEFAULT
+    if not os.path.exists(config_path) and not (init or default_path):
+        raise click.ClickException(f"no such config file: {config_path} (use --init to create one)")
     try:
         cfg = _ensure_config(config_path)
+        config_mod.check_data_dirs(cfg)
+        host = host or cfg.get("server.host")
+        port = port or cfg.get("server.port")
+        url = f"http://{host}:{port}/"
+        instance.acquire_data_lock(cfg.db_path, url)  # fd stays open through exec: held for life
+        instance.check_port_free(host, port)
+        if not os.path.exists(cfg.db_path) and os.path.exists(cfg.auth_db_path):
+            click.echo(f"WARNING: {cfg.db_path} does not exist but {cfg.auth_db_path} does: starting with an "
+                       "EMPTY metrics database (was monitor.db deleted or moved?)", err=True)
         schema.migrate(cfg.db_path)
-    except (config_mod.ConfigError, schema.SchemaTooNew) as exc:
+    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError) as exc:
         raise click.ClickException(str(exc))
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or config_path}: {exc.strerror}")
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"{cfg.db_path}: {exc}")
     env = dict(os.environ)
     env[config_mod.ENV_VAR] = cfg.path
     env["DATASETTE_SECRET"] = cfg.get("server.secret_key")
     args = datasette_args(cfg, host, port)
-    click.echo(f"Server Monitor hub on http://{args[args.index('--host') + 1]}:{args[args.index('--port') + 1]}/", err=True)
+    click.echo(f"Server Monitor hub on {url}", err=True)
     datasette = os.path.join(os.path.dirname(sys.executable), "datasette")
     os.execve(datasette, args, env)
 
@@ -72,7 +104,7 @@ def serve(config_path, host, port):
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 @click.option("--admin", default="admin", show_default=True, help="Admin username.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="server.host")
-@click.option("--port", type=int, default=5100, show_default=True, help="server.port")
+@click.option("--port", type=click.IntRange(1, 65535), default=5100, show_default=True, help="server.port")
 @click.option("--data-dir", help="Directory for monitor.db and auth.db (default: next to the config).")
 def init_config(config_path, admin, host, port, data_dir):
     """Write a new config with random secrets (refuses to overwrite).
@@ -91,7 +123,11 @@ def init_config(config_path, admin, host, port, data_dir):
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 def migrate(config_path):
     """Create or upgrade monitor.db to the current schema version."""
-    cfg = config_mod.load(config_path)
+    cfg = _load(config_path)
+    try:
+        config_mod.check_data_dirs(cfg)
+    except config_mod.ConfigError as exc:
+        raise click.ClickException(str(exc))
     before = schema.migrate(cfg.db_path)
     click.echo(f"{cfg.db_path}: schema version {before} -> {schema.SCHEMA_VERSION}")
 
@@ -104,7 +140,7 @@ def token():
 def _token_db(config_path):
     from . import tokens
 
-    return tokens, tokens.connect(config_mod.load(config_path).auth_db_path)
+    return tokens, tokens.connect(_load(config_path).auth_db_path)
 
 
 @token.command("issue")
@@ -117,9 +153,7 @@ def token_issue(config_path, server_id, machine_id, label):
     if (server_id is None) == (machine_id is None):
         raise click.UsageError("give exactly one of --server-id or --machine-id")
     if server_id is not None:
-        import sqlite3
-
-        cfg = config_mod.load(config_path)
+        cfg = _load(config_path)
         row = sqlite3.connect(cfg.db_path).execute("SELECT machine_id, hostname FROM servers WHERE id = ?",
                                                     (server_id,)).fetchone()
         if row is None:
@@ -158,7 +192,7 @@ def maintain(config_path):
     """Run one maintenance pass now (roll-ups, retention, WAL checkpoint)."""
     from .rollup import Maintenance
 
-    click.echo(Maintenance.from_config(config_mod.load(config_path)).run_once())
+    click.echo(Maintenance.from_config(_load(config_path)).run_once())
 
 
 @cli.command()
@@ -169,10 +203,9 @@ def backup(config_path, destination):
 
     DESTINATION is a directory; files are written as monitor-<UTC time>.db and auth-<UTC time>.db.
     """
-    import sqlite3
     import time
 
-    cfg = config_mod.load(config_path)
+    cfg = _load(config_path)
     os.makedirs(destination, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for name, path in (("monitor", cfg.db_path), ("auth", cfg.auth_db_path)):

@@ -7,6 +7,7 @@ Relative paths in ``data.*`` are resolved against the directory holding the conf
 """
 
 import copy
+import difflib
 import os
 import secrets
 from dataclasses import dataclass
@@ -103,6 +104,37 @@ def _merge(defaults, given):
     return out
 
 
+def known_keys():
+    """``{section: set of key names}`` a config file may use: :data:`DEFAULTS` plus the
+    ``alerts`` keys of :data:`server_monitor.alerts.DEFAULTS`. A new key is added there."""
+    from .alerts import DEFAULTS as ALERT_DEFAULTS
+
+    known = {section: set(values) for section, values in DEFAULTS.items()}
+    known["alerts"] |= set(ALERT_DEFAULTS)
+    return known
+
+
+def _did_you_mean(name, choices):
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def check_unknown(given):
+    """Raise :class:`ConfigError` naming the first unknown section or key in ``given``
+    (the file's mapping), with the closest known name: a misspelt key must not be ignored."""
+    known = known_keys()
+    for section, values in given.items():
+        if section not in known:
+            raise ConfigError(f"config: unknown section {section!r}{_did_you_mean(str(section), known)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: '{section}' must be a mapping")
+        for key in values:
+            if key not in known[section]:
+                raise ConfigError(f"config: unknown key {section}.{key}{_did_you_mean(str(key), known[section])}")
+
+
 def _check(data):
     for section in ("server", "auth", "agent", "data"):
         if not isinstance(data.get(section), dict):
@@ -136,7 +168,8 @@ def load(path):
 
     ``$SERVER_MONITOR_SECRET_KEY``, ``$SERVER_MONITOR_AGENT_TOKEN``,
     ``$SERVER_MONITOR_ADMIN_USERNAME`` and ``$SERVER_MONITOR_ADMIN_PASSWORD_HASH`` override
-    the file. Raises :class:`ConfigError` for a missing file, bad YAML or a bad value.
+    the file. Raises :class:`ConfigError` for a missing file, bad YAML, an unknown section or
+    key (with the closest known name) or a bad value.
     """
     try:
         with open(path, encoding="utf-8") as fp:
@@ -147,12 +180,24 @@ def load(path):
         raise ConfigError(f"config file {path} is not valid YAML: {exc}")
     if not isinstance(given, dict):
         raise ConfigError(f"config file {path} must hold a mapping")
-    data = _merge(DEFAULTS, given)
+    check_unknown(given)
+    data = _merge(DEFAULTS, {k: v for k, v in given.items() if v is not None})  # "agent:" left empty = defaults
     for var, (section, key) in ENV_OVERRIDES.items():
         if os.environ.get(var):
             data[section][key] = os.environ[var]
     _check(data)
     return Config(data=data, path=os.path.abspath(path))
+
+
+def check_data_dirs(config):
+    """Raise :class:`ConfigError` naming the key and directory when the directory of
+    ``data.path`` or ``data.auth_path`` does not exist (SQLite would only say "unable to
+    open database file")."""
+    for key in ("data.path", "data.auth_path"):
+        directory = os.path.dirname(config.resolve(key))
+        if not os.path.isdir(directory):
+            raise ConfigError(f"config: {key}: directory {directory} does not exist "
+                              f"(create it, or fix {key} in {config.path})")
 
 
 def admin_password_hash(config):

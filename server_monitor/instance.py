@@ -1,0 +1,74 @@
+"""One hub per database: a lock next to ``monitor.db`` and a free-port check before start.
+
+``server-monitor serve`` calls :func:`acquire_data_lock` and :func:`check_port_free` before
+it execs Datasette. The lock is an ``flock`` on ``<data.path>.lock`` taken on a file
+descriptor that is inherited across ``exec``, so the hub process holds it for its whole
+life and the kernel drops it when the process dies (no stale lock files to clean up).
+A second hub on the same database, on any port, is refused with one line naming the
+first one (pid and address, read from the lock file).
+"""
+
+import errno
+import fcntl
+import os
+import socket
+
+
+class InstanceError(RuntimeError):
+    """Another hub holds the database, or the listen address is taken; ``str()`` says which."""
+
+
+def lock_path(db_path):
+    """The lock file of a database: ``<db_path>.lock`` (in the data directory)."""
+    return db_path + ".lock"
+
+
+def acquire_data_lock(db_path, url):
+    """Take the exclusive lock for ``db_path``; returns the open descriptor (inheritable).
+
+    ``url``: the address this hub will serve, written into the lock file for the error
+    message of a second hub. Raises :class:`InstanceError` when another process holds the
+    lock, ``OSError`` when the lock file cannot be created (e.g. missing directory).
+    """
+    path = lock_path(db_path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            os.close(fd)
+            raise
+        try:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        os.close(fd)
+        raise InstanceError(f"another hub already uses {db_path} ({holder}); stop it first, "
+                            "or give this one its own data.path")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}, {url}\n".encode(), 0)
+    os.set_inheritable(fd, True)  # kept by the Datasette process that replaces this one
+    return fd
+
+
+def check_port_free(host, port):
+    """Raise :class:`InstanceError` unless ``host:port`` can be bound now (TCP).
+
+    Binds with ``SO_REUSEADDR`` (as uvicorn does), so sockets in TIME_WAIT do not count.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InstanceError(f"cannot listen on {host}: {exc.strerror}")
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise InstanceError(f"port {port} on {host} is already in use (another hub or program); "
+                                "stop it or choose another port with --port")
+        raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror}")
+    finally:
+        sock.close()
