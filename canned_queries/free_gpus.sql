@@ -1,5 +1,5 @@
 -- title: Free GPUs now
--- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu ≤ :max_util % (default from config, 10) and at least :min_free_mib MiB free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. cuda_visible_devices lists the :count GPUs with the most free memory (nvidia-smi indexes; use CUDA_DEVICE_ORDER=PCI_BUS_ID), gpu_uuids the same GPUs by UUID.
+-- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu ≤ :max_util % (default from config, 10) and at least :min_free_mib MiB free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs with the most free memory by index and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
 with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
@@ -9,11 +9,11 @@ with params as (
 ),
 free as (
   select
-    g.server_id, coalesce(s.display_name, s.hostname) as server, g.gpu_index, g.uuid, g.name,
+    g.server_id, coalesce(s.display_name, s.hostname) as server, g.vendor, g.gpu_index, g.uuid, g.name,
     g.memory_total_mib - coalesce(g.memory_used_mib, 0) as free_mib,
-    row_number() over (partition by g.server_id
+    row_number() over (partition by g.server_id, g.vendor
                        order by g.memory_total_mib - coalesce(g.memory_used_mib, 0) desc, g.gpu_index) as pick,
-    count(*) over (partition by g.server_id) as host_free
+    count(*) over (partition by g.server_id, g.vendor) as host_free
   from gpus g
   join server_state s on s.id = g.server_id
   join params p
@@ -28,12 +28,16 @@ free as (
 select
   f.server_id,
   f.server,
+  f.vendor,
   max(f.host_free) as free_gpus,
-  group_concat(f.gpu_index, ',') as cuda_visible_devices,
+  group_concat(f.gpu_index, ',') as visible_devices,
+  case f.vendor when 'amd' then 'ROCR_VISIBLE_DEVICES=' when 'intel' then 'ZE_AFFINITY_MASK='
+    else 'CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=' end || group_concat(f.gpu_index, ',') as env,
+  case when f.vendor = 'nvidia' then group_concat(f.gpu_index, ',') end as cuda_visible_devices,
   group_concat(f.uuid, ',') as gpu_uuids,
   min(f.free_mib) as min_free_mib,
   group_concat(distinct f.name) as gpu_models
 from free f join params p
 where f.pick <= p.want and f.host_free >= p.want
-group by f.server_id
-order by min_free_mib desc, free_gpus desc, f.server
+group by f.server_id, f.vendor
+order by min_free_mib desc, free_gpus desc, f.server, f.vendor

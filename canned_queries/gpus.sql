@@ -1,5 +1,5 @@
 -- title: GPUs
--- description: Latest state of every GPU you may see. Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu ≥ 10 % in the server's newest report. present = 0 when the GPU was missing from its server's newest complete report.
+-- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu ≥ 10 % in the server's newest report. present = 0 when the GPU was missing from its server's newest complete report.
 select
   g.server_id,
   coalesce(s.display_name, s.hostname) as server,
@@ -7,6 +7,7 @@ select
   g.id as gpu_id,
   g.gpu_index,
   g.uuid,
+  g.vendor,
   g.name,
   g.pci_bus_id,
   g.present,
@@ -20,6 +21,7 @@ select
   g.memory_reserved_mib,
   g.temperature_gpu_c,
   g.temperature_memory_c,
+  g.temperature_junction_c,
   g.power_draw_w,
   g.power_limit_w,
   g.fan_speed,
@@ -32,6 +34,8 @@ select
   g.remapped_rows_pending,
   g.mig_mode,
   g.persistence_mode,
+  g.compute_partition,
+  g.memory_partition,
   g.driver_version,
   g.process_count,
   g.busy

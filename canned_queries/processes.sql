@@ -1,14 +1,16 @@
 -- title: GPU processes
--- description: Compute processes in each server's latest report, with owner (user), container or job, and VRAM in MiB (null where the driver does not report it, e.g. Windows WDDM).
+-- description: Compute processes in each server's latest report, with owner (user), container or job, VRAM in MiB (null where the driver does not report it, e.g. Windows WDDM) and, for AMD/Intel GPUs, utilization_gpu: the busiest DRM engine of the process over the last interval, in %.
 select
   p.server_id,
   coalesce(s.display_name, s.hostname) as server,
   p.gpu_id,
   g.gpu_index,
   g.uuid as gpu_uuid,
+  g.vendor,
   p.pid,
   p.process_name,
   p.used_gpu_memory_mib,
+  p.utilization_gpu,
   p.user,
   p.uid,
   p.container,

@@ -1,14 +1,18 @@
 """Assembling one report (contract version 1) from the host, GPU, process and inventory collectors."""
 
+import logging
 import re
 import time
 import uuid
 
+from .drm import DrmCollector
 from .gpu import GpuCollector
 from .host import HostCollector
 from .inventory import Inventory
 from .procinfo import ProcessInfo
 from .runner import BoundedRunner
+
+log = logging.getLogger("server_monitor.agent")
 
 CONTRACT_VERSION = 1
 # What the hub refuses in any string (server_monitor/contract.py): control characters and
@@ -53,7 +57,12 @@ class ReportBuilder:
         runner = BoundedRunner()
         self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=timeout, runner=runner)
         self.host = HostCollector(hostname=cfg.get("hostname"), machine_id=cfg.get("machine_id"))
-        self.procs = ProcessInfo(proc_root=cfg.get("proc_root", "/proc"))
+        self.procs = ProcessInfo(proc_root=cfg.get("procfs_root", "/proc"))
+        # AMD / Intel GPUs from sysfs and DRM fdinfo (no child process).
+        self.drm = None
+        if cfg.get("drm", True):
+            self.drm = DrmCollector(cfg.get("sysfs_root", "/sys"), cfg.get("procfs_root", "/proc"),
+                                    rediscover_s=cfg.get("inventory_interval", 60))
         self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
         self.extra = extra
 
@@ -70,17 +79,31 @@ class ReportBuilder:
         containers, zpools = self.inventory.refresh()
         report["disks"].extend(zpools)
         gpu = self.gpu.collect()
+        status = gpu["status"]
+        gpus = [dict(g, vendor="nvidia") for g in gpu["gpus"]]
+        apps = list(gpu["processes"])
+        if self.drm is not None:
+            try:
+                drm = self.drm.collect(skip_bus_ids=[g.get("pci.bus_id") for g in gpus])
+            except Exception as exc:  # a collector bug must not cost the host's report
+                log.warning("AMD/Intel GPU collection failed: %r", exc)
+                drm = {"gpus": [], "processes": []}
+            gpus.extend(drm["gpus"])
+            apps.extend(drm["processes"])
+            if drm["gpus"] and status["state"] == "not_installed":
+                # No nvidia-smi on an AMD/Intel host is normal: the GPU list is complete.
+                status = {"state": "ok", "message": None, "lost": [], "stale": False}
         self.procs.new_cycle()
         renames = incus_display_names(containers)
         processes = []
-        for app in gpu["processes"]:
+        for app in apps:
             app = dict(app)
             app.update(self.procs.owner(app["pid"]))
             if app["container"] in renames:
                 app["container"] = renames[app["container"]]
             processes.append(app)
-        report["gpu_status"] = gpu["status"]
-        report["gpus"] = gpu["gpus"]
+        report["gpu_status"] = status
+        report["gpus"] = gpus
         report["processes"] = processes
         report["containers"] = containers
         if self.extra is not None:

@@ -14,7 +14,12 @@ DEFAULTS = {
     "gpu_timeout": 10,
     "ca_file": None,
     "verify_tls": True,
-    "proc_root": "/proc",
+    # Where the kernel's sysfs and procfs are mounted (AMD/Intel GPUs, process owners);
+    # tests and containers that bind-mount the host's point these elsewhere.
+    "sysfs_root": "/sys",
+    "procfs_root": "/proc",
+    "drm": True,  # read AMD / Intel GPUs from sysfs and DRM fdinfo
+    "amd_smi": "amd-smi",  # optional, only for ECC/RAS counts and XGMI links; missing = skipped
     # Reports the hub has not acknowledged wait here (bounded; oldest dropped first).
     "spool_dir": None,  # default: /var/lib/server-monitor-agent/spool as root, else ~/.cache/...
     "spool_max_mb": 64,
@@ -80,6 +85,17 @@ def check(cfg, require_hub=True):
             raise AgentConfigError(f"{key} must be a number")
         if cfg[key] <= 0:
             raise AgentConfigError(f"{key} must be positive")
+    for key in ("sysfs_root", "procfs_root", "drm", "amd_smi"):
+        cfg.setdefault(key, DEFAULTS[key])
+    if cfg.get("proc_root") and cfg.get("procfs_root") in (None, "/proc"):
+        cfg["procfs_root"] = cfg["proc_root"]  # the key's earlier name
+    for key in ("sysfs_root", "procfs_root"):
+        if not isinstance(cfg.get(key), str) or not cfg[key].startswith("/"):
+            raise AgentConfigError(f"{key} must be an absolute path (default {DEFAULTS[key]})")
+    if not isinstance(cfg.get("drm"), bool):
+        raise AgentConfigError("drm must be true or false")
+    if cfg.get("amd_smi") is not None and not isinstance(cfg["amd_smi"], str):
+        raise AgentConfigError("amd_smi must be a path or null")
     try:
         cfg["probes"] = normalise(cfg.get("probes"))
     except ValueError as exc:

@@ -73,7 +73,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         smi = prepare(tmp)
         cfg = check({"server_url": "http://127.0.0.1:9", "token": "x", "interval": 30, "nvidia_smi": smi,
-                     "gpu_timeout": 10, "proc_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
+                     "gpu_timeout": 10, "procfs_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
                      "spool_max_mb": 64, "spool_max_age_h": 168, "retry_base_s": 5, "retry_max_s": 300,
                      "inventory_interval": 60, "probes": [], "probe_interval": 60})
         builder = ReportBuilder(cfg)

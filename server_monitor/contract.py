@@ -287,20 +287,28 @@ GPU_STATUS = Obj(
     }
 )
 
+GPU_VENDORS = ("nvidia", "amd", "intel")
+
 GPU = Obj(
     {
-        "index": Int(0, 1023, doc="nvidia-smi index"),
-        "uuid": Str(128, doc="nvidia-smi uuid; identity of the GPU"),
-        "name": Str(256, doc="nvidia-smi name"),
-        "pci.bus_id": Str(64, doc="nvidia-smi pci.bus_id"),
-        "driver_version": Str(64, doc="nvidia-smi driver_version"),
+        "index": Int(0, 1023, doc="nvidia-smi index; AMD/Intel: position in PCI bus order among the vendor's GPUs "
+                                  "(ROCR_VISIBLE_DEVICES / ZE_AFFINITY_MASK numbering)"),
+        "uuid": Str(128, doc="identity of the GPU: nvidia-smi uuid; AMD `GPU-<unique_id>` (as rocminfo), "
+                             "else the PCI bus id"),
+        "vendor": Str(16, choices=GPU_VENDORS, doc="who made it; absent (null) from older agents = nvidia"),
+        "name": Str(256, doc="nvidia-smi name; AMD product_name or libdrm amdgpu.ids; Intel pci.ids"),
+        "pci.bus_id": Str(64, doc="nvidia-smi pci.bus_id; AMD/Intel the sysfs PCI address (0000:05:00.0)"),
+        "driver_version": Str(64, doc="nvidia-smi driver_version; AMD/Intel /sys/module/<driver>/version"),
         "utilization.gpu": _pct("kernel duty cycle; null under MIG", "utilization.gpu"),
         "utilization.memory": _pct("memory controller duty cycle; null under MIG", "utilization.memory"),
         "memory.used": Int(0, MIB, doc="nvidia-smi memory.used", unit="MiB"),
         "memory.total": Int(0, MIB, doc="nvidia-smi memory.total", unit="MiB"),
         "memory.reserved": Int(0, MIB, doc="nvidia-smi memory.reserved", unit="MiB"),
         "temperature.gpu": Num(-100, 250, doc="nvidia-smi temperature.gpu", unit="°C"),
-        "temperature.memory": Num(-100, 250, doc="nvidia-smi temperature.memory (HBM)", unit="°C"),
+        "temperature.memory": Num(-100, 250, doc="nvidia-smi temperature.memory (HBM); AMD hwmon `mem`",
+                                  unit="°C"),
+        "temperature.junction": Num(-100, 250, doc="AMD hwmon `junction` (hotspot), Intel xe `pkg`; NVIDIA null",
+                                    unit="°C"),
         "power.draw": Num(0, 10000, doc="nvidia-smi power.draw", unit="W"),
         "power.draw.instant": Num(0, 10000, doc="nvidia-smi power.draw.instant", unit="W"),
         "power.draw.average": Num(0, 10000, doc="nvidia-smi power.draw.average", unit="W"),
@@ -315,6 +323,10 @@ GPU = Obj(
         "remapped_rows.pending": Bool(doc="nvidia-smi remapped_rows.pending (Yes/No)"),
         "mig.mode.current": Bool(doc="nvidia-smi mig.mode.current (Enabled/Disabled)"),
         "persistence_mode": Bool(doc="nvidia-smi persistence_mode (Enabled/Disabled)"),
+        "compute_partition": Str(16, pattern=r"[A-Z0-9]{2,16}",
+                                 doc="AMD MI300 current_compute_partition (SPX, DPX, QPX, CPX)"),
+        "memory_partition": Str(16, pattern=r"[A-Z0-9]{2,16}",
+                                doc="AMD MI300 current_memory_partition (NPS1, NPS4)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -324,7 +336,10 @@ PROCESS = Obj(
         "gpu_uuid": Str(128, doc="--query-compute-apps gpu_uuid"),
         "pid": Int(0, 2**31, doc="--query-compute-apps pid (host PID namespace)"),
         "process_name": Str(4096, doc="--query-compute-apps process_name"),
-        "used_gpu_memory": Int(0, MIB, doc="--query-compute-apps used_gpu_memory; null on WDDM", unit="MiB"),
+        "used_gpu_memory": Int(0, MIB, doc="--query-compute-apps used_gpu_memory; null on WDDM; AMD/Intel "
+                                           "device memory from DRM fdinfo (drm-resident-vram / -local0)", unit="MiB"),
+        "utilization.gpu": _pct("AMD/Intel: busiest DRM engine of the process over the interval (fdinfo "
+                                "drm-engine-* deltas); NVIDIA null", "fdinfo"),
         "user": Str(256, doc="owner's name from the host or the container's passwd"),
         "uid": Int(0, 2**32, doc="real UID from /proc/<pid>/status"),
         "container": Str(512, doc="container / job name from /proc/<pid>/cgroup"),
@@ -385,8 +400,9 @@ REPORT = Obj(
         "uptime_s": Num(0, 1e10, doc="now - boot_time", unit="s"),
         "disks": List(DISK, 256, doc="real mounted filesystems"),
         "gpu_status": GPU_STATUS,
-        "gpus": List(GPU, 64, doc="one object per GPU nvidia-smi could read"),
-        "processes": List(PROCESS, 4096, doc="compute processes on any GPU"),
+        "gpus": List(GPU, 64, doc="one object per GPU read this cycle (nvidia-smi, AMD/Intel sysfs)"),
+        "processes": List(PROCESS, 4096, doc="compute processes (NVIDIA) and DRM clients holding memory or "
+                                             "engine time (AMD/Intel) on any GPU"),
         "containers": List(CONTAINER, 1024, doc="LXC/Incus instances; null = not collected"),
         "probes": List(PROBE, 32, doc="reachability probe results"),
         "agent": AGENT,

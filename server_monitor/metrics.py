@@ -3,7 +3,11 @@
 GPU series use the names and labels of NVIDIA's dcgm-exporter (``DCGM_FI_DEV_GPU_UTIL``,
 ``DCGM_FI_DEV_FB_USED``, ... with ``gpu``, ``UUID``, ``device``, ``modelName``,
 ``Hostname``), so the stock Grafana DCGM dashboard works on them. Host series are
-``server_monitor_*``. Only hosts that reported recently (status online, or error with a
+``server_monitor_*``. AMD GPUs use the names and labels of AMD's device-metrics-exporter
+instead (``gpu_gfx_activity``, ``gpu_used_vram``, ``gpu_junction_temperature``, ... with
+``gpu_id``, ``gpu_uuid``, ``card_model``, ``hostname``), so AMD's Grafana dashboards work on
+them; Intel GPUs, for which no exporter name set is established, use the DCGM names. Every
+DCGM series carries a ``vendor`` label (``nvidia`` / ``intel``). Only hosts that reported recently (status online, or error with a
 partial GPU list) export values; stale, offline and maintenance hosts export just
 ``server_monitor_up 0``, so a dead host never looks live.
 """
@@ -30,7 +34,26 @@ GPU_METRICS = (
     ("DCGM_FI_DEV_ROW_REMAP_PENDING", "remapped_rows_pending", "Row remapping pending (1 = GPU reset needed)."),
     ("server_monitor_gpu_processes", "process_count", "Compute processes on the GPU."),
 )
-GPU_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id"]
+GPU_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id", "vendor"]
+
+# AMD device-metrics-exporter names (lower case of its GPUMetricField enum) and units.
+# (metric, gpus column, help, extra label values)
+AMD_METRICS = (
+    ("gpu_gfx_activity", "utilization_gpu", "Graphics/compute engine activity (in %).", {}),
+    ("gpu_umc_activity", "utilization_memory", "Memory controller activity (in %).", {}),
+    ("gpu_used_vram", "memory_used_mib", "Used VRAM (in MiB).", {}),
+    ("gpu_free_vram", "fb_free_mib", "Free VRAM (in MiB).", {}),
+    ("gpu_total_vram", "memory_total_mib", "Total VRAM (in MiB).", {}),
+    ("gpu_edge_temperature", "temperature_edge_c", "Edge temperature (in C).", {}),
+    ("gpu_junction_temperature", "temperature_junction_c", "Junction (hotspot) temperature (in C).", {}),
+    ("gpu_memory_temperature", "temperature_memory_c", "Memory temperature (in C).", {}),
+    ("gpu_power_usage", "power_draw_w", "Power draw (in W).", {}),
+    ("gpu_clock", "clocks_sm_mhz", "Current clock (in MHz).", {"clock_type": "GPU_CLOCK_TYPE_SYSTEM"}),
+    ("gpu_clock", "clocks_mem_mhz", "Current clock (in MHz).", {"clock_type": "GPU_CLOCK_TYPE_MEMORY"}),
+    ("gpu_ecc_uncorrect_total", "ecc_errors_uncorrected_volatile_total", "Uncorrectable ECC errors (amd-smi).", {}),
+)
+AMD_LABELS = ["gpu_id", "gpu_uuid", "card_model", "hostname", "pci_bus_id", "gpu_compute_partition_type",
+              "gpu_memory_partition_type", "clock_type"]
 
 HOST_METRICS = (
     ("server_monitor_cpu_percent", "cpu_percent", "CPU busy over the last report interval (in %)."),
@@ -53,7 +76,9 @@ GPUS_SQL = """
 SELECT g.server_id, g.gpu_index, g.uuid, g.name, g.pci_bus_id, g.utilization_gpu, g.utilization_memory,
     g.memory_used_mib, g.memory_total_mib - g.memory_used_mib AS fb_free_mib, g.memory_total_mib,
     g.temperature_gpu_c, g.temperature_memory_c, g.power_draw_w, g.clocks_sm_mhz, g.clocks_mem_mhz,
-    g.ecc_errors_uncorrected_volatile_total, g.remapped_rows_pending, g.process_count
+    g.ecc_errors_uncorrected_volatile_total, g.remapped_rows_pending, g.process_count,
+    g.vendor, g.temperature_junction_c, g.compute_partition, g.memory_partition,
+    CASE WHEN g.temperature_gpu_c IS NOT g.temperature_junction_c THEN g.temperature_gpu_c END AS temperature_edge_c
 FROM gpus g WHERE g.present
 """
 DISKS_SQL = """
@@ -85,15 +110,32 @@ class FleetCollector(Collector):
                 if s[column] is not None:
                     family.add_metric([s["hostname"], str(s["id"])], s[column])
             yield family
+        amd = [g for g in self.gpus if g.get("vendor") == "amd"]
+        other = [g for g in self.gpus if g.get("vendor") != "amd"]
         for metric, column, help_text in GPU_METRICS:
             family = GaugeMetricFamily(metric, help_text, labels=GPU_LABELS)
-            for g in self.gpus:
+            # The product's own series (not DCGM's) cover every vendor under one label set.
+            for g in (self.gpus if metric.startswith("server_monitor_") else other):
                 server = live.get(g["server_id"])
                 if server is None or g[column] is None:
                     continue
-                family.add_metric([str(g["gpu_index"]), g["uuid"], f"nvidia{g['gpu_index']}", g["name"] or "",
-                                   server["hostname"], g["pci_bus_id"] or ""], g[column])
+                vendor = g.get("vendor") or "nvidia"
+                family.add_metric([str(g["gpu_index"]), g["uuid"], f"{vendor}{g['gpu_index']}", g["name"] or "",
+                                   server["hostname"], g["pci_bus_id"] or "", vendor], g[column])
             yield family
+        families = {}
+        for metric, column, help_text, extra in AMD_METRICS:
+            if metric not in families:
+                families[metric] = GaugeMetricFamily(metric, help_text, labels=AMD_LABELS)
+            for g in amd:
+                server = live.get(g["server_id"])
+                if server is None or g[column] is None:
+                    continue
+                families[metric].add_metric(
+                    [str(g["gpu_index"]), g["uuid"], g["name"] or "", server["hostname"], g["pci_bus_id"] or "",
+                     g["compute_partition"] or "", g["memory_partition"] or "", extra.get("clock_type", "")],
+                    g[column])
+        yield from families.values()
         used = GaugeMetricFamily("server_monitor_filesystem_used_bytes", "Filesystem space used.",
                                  labels=["Hostname", "mountpoint"])
         size = GaugeMetricFamily("server_monitor_filesystem_size_bytes", "Filesystem size.",

@@ -308,7 +308,18 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_active ON alerts (resolved_at, key);
 """
 
-MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6]
+MIGRATION_7 = """
+-- AMD and Intel GPUs (read from sysfs and DRM fdinfo): who made the GPU (every GPU stored
+-- before was reported by nvidia-smi), junction temperature, MI300 partition modes, and the
+-- per-process engine utilisation DRM fdinfo gives.
+ALTER TABLE gpus ADD COLUMN vendor TEXT NOT NULL DEFAULT 'nvidia';
+ALTER TABLE gpus ADD COLUMN temperature_junction_c INTEGER;
+ALTER TABLE gpus ADD COLUMN compute_partition TEXT;
+ALTER TABLE gpus ADD COLUMN memory_partition TEXT;
+ALTER TABLE gpu_processes ADD COLUMN utilization_gpu REAL;
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -194,6 +194,7 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
 _GPU_LATEST = {
     # gpus column: report key (nvidia-smi field name)
     "gpu_index": "index",
+    "vendor": "vendor",
     "name": "name",
     "pci_bus_id": "pci.bus_id",
     "driver_version": "driver_version",
@@ -216,9 +217,12 @@ _GPU_LATEST = {
     "remapped_rows_pending": "remapped_rows.pending",
     "mig_mode": "mig.mode.current",
     "persistence_mode": "persistence_mode",
+    "temperature_junction_c": "temperature.junction",
+    "compute_partition": "compute_partition",
+    "memory_partition": "memory_partition",
 }
 _BOOL_COLUMNS = {"retired_pages_pending", "remapped_rows_pending", "mig_mode", "persistence_mode"}
-_INT_COLUMNS = {"temperature_gpu_c", "temperature_memory_c", "fan_speed", "utilization_gpu", "utilization_memory"}
+_INT_COLUMNS = {"temperature_gpu_c", "temperature_memory_c", "temperature_junction_c", "fan_speed", "utilization_gpu", "utilization_memory"}
 
 
 def _gpu_values(gpu):
@@ -230,6 +234,8 @@ def _gpu_values(gpu):
         elif value is not None and column in _INT_COLUMNS:
             value = int(round(value))
         out[column] = value
+    if out["vendor"] is None:
+        out["vendor"] = "nvidia"  # agents before AMD/Intel support read nvidia-smi only
     return out
 
 
@@ -317,11 +323,12 @@ def _store_processes(conn, server_id, ts, gpu_ids, processes):
     by_uuid = dict(gpu_ids)
     conn.executemany(
         "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name,"
-        " used_gpu_memory_mib, user, uid, container, container_kind)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?)",
+        " used_gpu_memory_mib, user, uid, container, container_kind, utilization_gpu)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         [
             (server_id, ts, by_uuid.get(p.get("gpu_uuid")), p["pid"], p["process_name"],
-             p["used_gpu_memory"], p["user"], p["uid"], p["container"], p["container_kind"])
+             p["used_gpu_memory"], p["user"], p["uid"], p["container"], p["container_kind"],
+             p.get("utilization.gpu"))
             for p in processes
         ],
     )

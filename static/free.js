@@ -13,13 +13,13 @@ async function find(event) {
     errorBox.hidden = true;
     document.querySelector("#free-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
       h("td", {}, r.server), h("td", { class: "num" }, String(r.free_gpus)),
-      h("td", {}, h("code", {}, "CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=" + r.cuda_visible_devices)),
+      h("td", {}, h("code", {}, r.env), r.vendor === "amd" ? h("span", { class: "muted" }, " (or HIP_VISIBLE_DEVICES)") : ""),
       h("td", { class: "num" }, fmtMiB(r.min_free_mib)), h("td", {}, r.gpu_models || ""))) :
       [h("tr", {}, h("td", { colSpan: 5 }, "No host has that many free GPUs right now."))]));
     const query = new URLSearchParams(Object.assign({ _shape: "array" }, params)).toString();
     document.getElementById("one-liner").textContent =
       "curl -s -b cookies.txt '" + location.origin + "/monitor/free_gpus.json?" + query + "' \\\n" +
-      "  | python3 -c 'import json,sys; [print(r[\"server\"], \"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=\" + r[\"cuda_visible_devices\"]) for r in json.load(sys.stdin)]'";
+      "  | python3 -c 'import json,sys; [print(r[\"server\"], r[\"env\"]) for r in json.load(sys.stdin)]'";
   } catch (e) {
     errorBox.textContent = "Could not load: " + e.message;
     errorBox.hidden = false;
