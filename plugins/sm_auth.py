@@ -69,24 +69,21 @@ def _start_session(datasette, request, ctx, username, source, next_url):
     ctx.accounts.purge_expired()  # logins are rare; expired rows never pile up
     session_id = ctx.accounts.create_session(username, source, ctx.session_hours, client=client_address(request, ctx))
     response = Response.redirect(next_url)
+    https = is_https(request, ctx)
     response.set_cookie(
-        hub.SESSION_COOKIE,
+        hub.session_cookie_name(https),
         datasette.sign({"sid": session_id}, hub.SESSION_NAMESPACE),
         max_age=int(ctx.session_hours * 3600),
         httponly=True,
         samesite="lax",
-        secure=is_https(request, ctx),
+        secure=https,
     )
     return response
 
 
 def is_https(request, ctx):
     """True when the browser talks https to us (directly, or to a trusted proxy that says so)."""
-    if request.scheme == "https":
-        return True
-    if ctx.config.get("auth.trusted_proxy_header"):
-        return request.headers.get("x-forwarded-proto", "").lower() == "https"
-    return False
+    return hub.scope_is_https(request.scope, ctx.config)
 
 
 async def _render_login(datasette, request, error=None, status=200, next_url="/", username="", headers=None):
@@ -248,7 +245,9 @@ async def logout(request, datasette):
         ctx = hub.context(datasette)
         ctx.accounts.end_session(request.scope.get("sm.session_id"))
         response = Response.redirect("/login")
-        response.set_cookie(hub.SESSION_COOKIE, "", max_age=0, httponly=True, samesite="lax")
+        https = is_https(request, ctx)
+        response.set_cookie(hub.session_cookie_name(https), "", max_age=0, httponly=True, samesite="lax",
+                            secure=https)
         return response
     return await page(datasette, request, "sm_logout.html")
 

@@ -14,7 +14,7 @@
 import json
 import os
 from http.cookies import SimpleCookie
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from datasette import hookimpl
 
@@ -50,17 +50,17 @@ def wants_json(scope):
     return "application/json" in accept and "text/html" not in accept
 
 
-def session_id_from_scope(scope, datasette):
-    """The raw session id from the signed ``sm_session`` cookie, or None."""
+def session_id_from_scope(scope, datasette, name=hub.SESSION_COOKIE):
+    """The raw session id from the signed session cookie ``name``, or None."""
     raw = _header(scope, b"cookie")
-    if hub.SESSION_COOKIE not in raw:
+    if name not in raw:
         return None
     cookie = SimpleCookie()
     try:
         cookie.load(raw)
     except Exception:  # malformed cookie header: treat as anonymous
         return None
-    morsel = cookie.get(hub.SESSION_COOKIE)
+    morsel = cookie.get(name)
     if morsel is None:
         return None
     try:
@@ -148,6 +148,57 @@ async def health(datasette, send):
     return await send_json(send, 200, {"ok": True, "run_id": run_id})
 
 
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+
+def _origin_of(url):
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else None
+
+
+def cross_origin_refusal(scope, ctx, https):
+    """Why a state-changing request must be refused as cross-origin, or None (M1).
+
+    ``Sec-Fetch-Site`` (sent by browsers on https and localhost) must be ``same-origin`` or
+    ``none``: ``same-site`` is the cookie-tossing case (another port or a sibling subdomain).
+    Without it, an ``Origin`` header must be the hub's own origin (the request's scheme and
+    ``Host``, or ``server.public_url``). Requests with neither header (scripts, curl) pass:
+    the session-bound CSRF token still protects them.
+    """
+    site = _header(scope, b"sec-fetch-site").strip().lower()
+    if site:
+        return None if site in ("same-origin", "none") else f"cross-site request (Sec-Fetch-Site: {site})"
+    origin = _header(scope, b"origin").strip().lower().rstrip("/")
+    if not origin:
+        return None
+    allowed = {("https://" if https else "http://") + _header(scope, b"host").strip().lower()}
+    public = _origin_of(ctx.config.get("server.public_url"))
+    if public:
+        allowed.add(public)
+    return None if origin in allowed else "request from another origin"
+
+
+def bind_csrf_to_session(scope, datasette, session_id):
+    """Replace any ``ds_csrftoken`` cookie the browser sent by the session-bound token (M1).
+
+    Datasette's CSRF check (asgi-csrf, inside the gate) then renders and expects that token,
+    so a token planted by a same-site page (cookie tossing) or taken from an anonymous page is
+    refused for any request that carries a session.
+    """
+    token = hub.csrf_token_for_session(datasette, session_id)
+    parts = []
+    headers = []
+    for key, value in scope.get("headers") or ():
+        if key == b"cookie":
+            parts += [p.strip() for p in value.split(b";")
+                      if p.strip() and not p.strip().startswith(hub.CSRF_COOKIE.encode() + b"=")]
+        else:
+            headers.append((key, value))
+    parts.append(f"{hub.CSRF_COOKIE}={token}".encode("latin-1"))
+    headers.append((b"cookie", b"; ".join(parts)))
+    return dict(scope, headers=headers)
+
+
 def is_public(path):
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
@@ -168,9 +219,23 @@ def asgi_wrapper(datasette):
             if path == HEALTH_PATH:
                 return await health(datasette, send)
             scope = _strip_cookie(scope, "ds_actor")
-            session_id = session_id_from_scope(scope, datasette)
+            https = hub.scope_is_https(scope, ctx.config)
+            session_id = session_id_from_scope(scope, datasette, hub.session_cookie_name(https))
             actor = ctx.actor_for_session(session_id) if session_id else None
             scope = dict(scope, **{"sm.actor": actor, "sm.session_id": session_id if actor else None})
+            if scope["method"] not in SAFE_METHODS:
+                refusal = cross_origin_refusal(scope, ctx, https)
+                if refusal:
+                    return await send_json(send, 403, {"ok": False, "status": 403,
+                                                       "error": f"forbidden: {refusal}"})
+                kind = _header(scope, b"content-type").split(";")[0].strip().lower()
+                if kind == "multipart/form-data":
+                    # No hub form uses it; asgi-csrf's multipart parser fails on current
+                    # python-multipart (500 before, I2).
+                    return await send_json(send, 415, {"ok": False, "status": 415, "error":
+                                                       "forms are posted as application/x-www-form-urlencoded"})
+            if actor is not None:
+                scope = bind_csrf_to_session(scope, datasette, session_id)
             if path.startswith("/api/") and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
                 # API writes take JSON or no body: a cross-site form cannot send either without
                 # a CORS preflight, which this hub never grants (Datasette's form CSRF check is
@@ -198,6 +263,9 @@ def asgi_wrapper(datasette):
             async def send_with_headers(message):
                 if message["type"] == "http.response.start":
                     headers = list(message.get("headers") or [])
+                    if https:  # Datasette's CSRF cookie gets Secure behind https too (I9)
+                        headers = [(k, v + b"; Secure") if k == b"set-cookie" and v.startswith(b"ds_csrftoken=")
+                                   and b"Secure" not in v else (k, v) for k, v in headers]
                     names = {k.lower() for k, _ in headers}
                     headers += [h for h in SECURITY_HEADERS if h[0] not in names]
                     if b"content-security-policy" not in names:

@@ -13,7 +13,48 @@ from . import config as config_mod
 from .accounts import Accounts, LoginLimiter
 
 SESSION_COOKIE = "sm_session"
+# Behind https the session cookie is __Host- prefixed: Secure, Path=/, no Domain, so a sibling
+# subdomain or plain-http page cannot plant or overwrite it (M1).
+SECURE_SESSION_COOKIE = "__Host-sm_session"
 SESSION_NAMESPACE = "sm-session"
+CSRF_COOKIE = "ds_csrftoken"  # Datasette's (asgi-csrf) cookie name
+
+
+def _scope_header(scope, name):
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def scope_is_https(scope, config):
+    """True when the browser talks https to the hub: directly, or to a trusted proxy
+    (``auth.trusted_proxy_header`` set) that says so in ``X-Forwarded-Proto``."""
+    if scope.get("scheme") == "https":
+        return True
+    if config.get("auth.trusted_proxy_header"):
+        return _scope_header(scope, b"x-forwarded-proto").strip().lower() == "https"
+    return False
+
+
+def session_cookie_name(https):
+    """``__Host-sm_session`` over https, ``sm_session`` over plain http."""
+    return SECURE_SESSION_COOKIE if https else SESSION_COOKIE
+
+
+def csrf_token_for_session(datasette, session_id):
+    """The CSRF token bound to a session (M1): ``HMAC-SHA256(secret, "csrf:" + session id)``,
+    signed the way asgi-csrf signs its cookie so Datasette's check accepts it.
+
+    Deterministic for a session, unknown to anyone without both the secret and the session id,
+    so a token taken from another (anonymous) page or planted in a cookie never matches.
+    """
+    import hmac
+
+    from itsdangerous.url_safe import URLSafeSerializer
+
+    digest = hmac.new(datasette._secret.encode("utf-8"), b"csrf:" + session_id.encode("utf-8"), "sha256").hexdigest()
+    return URLSafeSerializer(datasette._secret).dumps(digest, "csrftoken")
 
 _lock = threading.Lock()
 # At most this many password hashes/checks queued or running at once (M2).

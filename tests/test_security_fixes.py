@@ -224,3 +224,136 @@ def test_i4_trivially_weak_passwords_are_refused(password):
     with pytest.raises(AccountError):
         check_password(password, "vera-the-user")
     check_password("correct horse battery", "vera-the-user")  # a passphrase passes
+
+
+# -- M1 / I2 / I9: CSRF bound to the session, origin checks, https cookies -----------------------
+@pytest.fixture
+def admin_and_vera(datasette, hub_config):
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor import hub
+
+    ctx = hub.context(datasette)
+    ctx.accounts.create_user("vera", hash_password(PASSWORD, iterations=1000), "viewer")
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    return admin, ctx
+
+
+def test_m1_tossed_csrf_cookie_cannot_drive_admin_forms(datasette, admin_and_vera):
+    """M1: a token taken from an anonymous GET /login and planted as ds_csrftoken (cookie tossing
+    from a same-site page) no longer passes Datasette's CSRF check for a logged-in admin."""
+    admin, ctx = admin_and_vera
+    attacker = Client(datasette)
+    planted = _token(attacker)  # anonymous, validly signed
+    response = admin.post("/admin/users/vera", cookies={"ds_csrftoken": planted},
+                          data={"csrftoken": planted, "action": "update", "role": "admin", "scope": "all"})
+    assert response.status_code == 403
+    assert ctx.accounts.user("vera")["role"] == "viewer"
+    # The token rendered in the admin's own pages is bound to the session and works.
+    bound = _token(admin, "/admin")
+    assert bound != planted
+    assert admin.post("/admin/users/vera", cookies={"ds_csrftoken": planted},
+                      data={"csrftoken": bound, "action": "update", "role": "analyst", "scope": "all"}).status_code == 302
+    assert ctx.accounts.user("vera")["role"] == "analyst"
+
+
+def test_m1_same_site_and_foreign_origin_writes_are_refused(admin_and_vera):
+    """M1: writes with Sec-Fetch-Site other than same-origin/none, or a foreign Origin, get 403
+    even with the right token; the hub's own origin passes."""
+    admin, ctx = admin_and_vera
+    bound = _token(admin, "/admin")
+    form = {"csrftoken": bound, "action": "update", "role": "admin", "scope": "all"}
+    for headers in ({"Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": "http://127.0.0.1:8899"}, {"Origin": "null"}):
+        response = admin.post("/admin/users/vera", data=form, headers=headers)
+        assert response.status_code == 403 and "forbidden" in response.json()["error"], headers
+    assert ctx.accounts.user("vera")["role"] == "viewer"
+    ok = admin.post("/admin/users/vera", data=form, headers={"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"})
+    assert ok.status_code == 302 and ctx.accounts.user("vera")["role"] == "admin"
+
+
+def test_i2_multipart_post_is_a_clear_4xx(admin_and_vera):
+    """I2: a multipart/form-data POST with cookies answered 500 (asgi-csrf vs python-multipart);
+    now a 415 that names the accepted type, and nothing changes."""
+    admin, ctx = admin_and_vera
+    response = admin.post("/admin/users/vera", files={"role": (None, "admin")},
+                          data={"csrftoken": _token(admin, "/admin"), "action": "update"})
+    assert response.status_code == 415 and "x-www-form-urlencoded" in response.json()["error"]
+    assert ctx.accounts.user("vera")["role"] == "viewer"
+
+
+def _https_client(datasette):
+    import httpx
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=datasette.app()), base_url="https://localhost")
+
+
+def test_m1_i9_https_cookies_are_host_prefixed_and_secure(datasette, hub_config):
+    """M1/I9: over https the session cookie is __Host-sm_session (Secure, Path=/) and Datasette's
+    ds_csrftoken is Secure; a plain-named sm_session (which a sibling domain could plant) is ignored."""
+    import asyncio
+
+    async def go():
+        async with _https_client(datasette) as client:
+            page = await client.get("/login")
+            assert "Secure" in page.headers["set-cookie"] and page.headers["set-cookie"].startswith("ds_csrftoken=")
+            token = re.search(r'name="csrftoken" value="([^"]+)"', page.text).group(1)
+            login = await client.post("/login", data={"username": hub_config.get("auth.username"),
+                                                      "password": hub_config.password, "csrftoken": token})
+            assert login.status_code == 302
+            cookie = login.headers["set-cookie"]
+            assert cookie.startswith("__Host-sm_session=") and "Secure" in cookie and "Path=/" in cookie
+            assert "Domain" not in cookie
+            value = login.cookies["__Host-sm_session"]
+            assert (await client.get("/admin")).status_code == 200
+            client.cookies.clear()
+            client.cookies.set("ds_csrftoken", token)
+            client.cookies.set("sm_session", value)  # the same session under the unprefixed name
+            assert (await client.get("/admin")).status_code == 302
+
+    asyncio.run(go())
+
+
+def test_m1_browser_cookie_tossing_from_another_port_fails(page, hub_process, hub_config):
+    """M1, as the review ran it: an admin opens a page on another port of the hub's host; it plants
+    an anonymous ds_csrftoken and submits the role form. The viewer stays a viewer."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import urllib3
+    from browser import login
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor.accounts import Accounts
+
+    accounts = Accounts(hub_config.auth_db_path)
+    accounts.create_user("vera", hash_password(PASSWORD, iterations=1000), "viewer")
+    anon = urllib3.PoolManager().request("GET", hub_process.base_url + "/login")
+    planted = re.search(r'name="csrftoken" value="([^"]+)"', anon.data.decode()).group(1)
+    html = f"""<!DOCTYPE html><form id=f method=POST action="{hub_process.base_url}/admin/users/vera">
+<input name=csrftoken value="{planted}"><input name=action value=update><input name=role value=admin>
+<input name=scope value=all></form>
+<script>document.cookie = "ds_csrftoken={planted}; path=/"; f.submit();</script>""".encode()
+
+    class Attacker(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+        with page.expect_navigation(url=re.compile(r".*/admin/users/vera")) as nav:
+            page.goto(f"http://127.0.0.1:{server.server_port}/same.html")
+        assert nav.value.status == 403
+        assert accounts.user("vera")["role"] == "viewer"
+    finally:
+        server.shutdown()
