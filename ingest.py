@@ -24,7 +24,7 @@ import time
 import zlib
 
 from server_monitor import config as config_mod
-from server_monitor import schema, tokens
+from server_monitor import dbguard, schema, tokens
 from server_monitor.contract import ContractError, validate_report
 from server_monitor.store import machine_identity, store_report
 
@@ -98,6 +98,7 @@ class IngestApp:
         self.auth_db_path = config.auth_db_path
         self._local = threading.local()
         schema.migrate(self.db_path)
+        self.guard = dbguard.watch(self.db_path)  # H2: notice the file being deleted or replaced
 
     # -- storage -------------------------------------------------------------------
     def _conn(self):
@@ -171,6 +172,9 @@ class IngestApp:
         if environ.get("REQUEST_METHOD") != "POST":
             raise HTTPError(405, "only POST is allowed", [("Allow", "POST")])
         only_host = self._authorize(environ)
+        problem = self.guard.check()  # one stat(): never acknowledge into a deleted file
+        if problem is not None:
+            raise dbguard.DatabaseReplaced(problem)
         raw = self._read_body(environ)
         body = decode_body(raw, environ.get("HTTP_CONTENT_ENCODING"), self.max_bytes)
         received_at = int(time.time())
@@ -196,6 +200,8 @@ class IngestApp:
             status, body, headers = self.handle(environ)
         except HTTPError as exc:
             status, body, headers = exc.status, {"error": str(exc)}, exc.headers
+        except dbguard.DatabaseReplaced as exc:  # logged once, loudly, by the guard
+            status, body, headers = 503, {"error": str(exc)}, [("Retry-After", "30")]
         except sqlite3.Error as exc:
             log.warning("database unavailable: %s", exc)
             status, body, headers = 503, {"error": f"database unavailable: {exc}"}, [("Retry-After", "5")]

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from datasette import hookimpl
 
-from server_monitor import hub
+from server_monitor import dbguard, hub
 from server_monitor.wsgi_bridge import IngestBridge
 from server_monitor.wsgi_bridge import header as _header
 
@@ -133,19 +133,24 @@ def background_problems(ctx):
 async def health(datasette, send):
     """``GET /-/health``: 200 ``{"ok": true}`` when the metrics database answers a query and
     every background thread (maintenance, alerts) is alive; else 503 with ``error`` (the
-    exception's class) or ``dead_threads`` (names). No data, no secrets. ``run_id`` echoes
+    exception's class), ``dead_threads`` (names) or ``database_replaced: true`` (monitor.db was
+    deleted or replaced under the running hub; ``error`` says what to do). No data, no secrets. ``run_id`` echoes
     ``$SERVER_MONITOR_RUN_ID`` (a random id ``scripts/run.sh`` gives its hub, so that it can tell
     its own hub from another one answering on the port)."""
-    run_id = os.environ.get("SERVER_MONITOR_RUN_ID")
+    run_id = {"run_id": os.environ["SERVER_MONITOR_RUN_ID"]} if os.environ.get("SERVER_MONITOR_RUN_ID") else {}
+    replaced = dbguard.check(hub.context(datasette).config.db_path)
+    if replaced:  # H2: monitor.db deleted or replaced under the running hub
+        return await send_json(send, 503, {"ok": False, "error": replaced, "database_replaced": True,
+                                           **run_id})
     try:
         await datasette.get_database("monitor").execute("SELECT count(*) FROM sqlite_master")
     except Exception as exc:  # any failure to read is "unhealthy", whatever its kind
-        return await send_json(send, 503, {"ok": False, "error": type(exc).__name__, "run_id": run_id})
+        return await send_json(send, 503, {"ok": False, "error": type(exc).__name__, **run_id})
     dead = background_problems(hub.context(datasette))
     if dead:
         return await send_json(send, 503, {"ok": False, "error": "background thread stopped",
-                                           "dead_threads": dead, "run_id": run_id})
-    return await send_json(send, 200, {"ok": True, "run_id": run_id})
+                                           "dead_threads": dead, **run_id})
+    return await send_json(send, 200, {"ok": True, **run_id})
 
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")

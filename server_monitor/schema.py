@@ -17,6 +17,8 @@ import sqlite3
 
 import sqlite_utils
 
+from . import dbguard
+
 MIGRATION_1 = """
 CREATE TABLE servers (
     id INTEGER PRIMARY KEY,
@@ -335,8 +337,11 @@ def connect(path, timeout=5.0, cache_mib=64):
     ``timeout`` seconds, a page cache of ``cache_mib`` MiB (ingest touches one leaf page
     per GPU and host of the fleet; SQLite's 2 MiB default thrashes beyond ~500 GPUs).
     Returns a ``sqlite3.Connection`` in autocommit mode; callers open transactions with
-    ``BEGIN IMMEDIATE``.
+    ``BEGIN IMMEDIATE``. Raises :class:`server_monitor.dbguard.DatabaseReplaced` (an
+    ``sqlite3.OperationalError``) when the hub's database at ``path`` was deleted or
+    replaced while it runs, rather than creating a new empty file there.
     """
+    dbguard.ensure(path)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
