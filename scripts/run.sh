@@ -5,8 +5,10 @@
 #
 # First run: creates .venv, installs the pinned requirements, writes config.yaml with random
 # secrets and prints the admin login once (a --config path elsewhere is created only with --init).
-# --demo adds agents named demo-* whose GPUs come from the bundled real nvidia-smi captures
-# (through tests/fake_nvidia_smi.py). Everything runs in the foreground: an agent that exits is
+# --demo runs a separate demo hub instead: its own config and data in .run/demo/ (never your
+# config.yaml or monitor.db; the demo database is recreated on each --demo start), ~25 simulated
+# hosts with 24 h of history fed through POST /api/report by scripts/demo_feed.py, plus two real
+# agents on a fake nvidia-smi. Everything runs in the foreground: an agent that exits is
 # named and restarted with backoff; if the hub exits, everything stops with a non-zero status.
 # Ctrl-C or SIGTERM stops all of it. A second run on the same database or port is refused.
 set -euo pipefail
@@ -20,7 +22,7 @@ PORT=""
 AGENT=1
 DEMO=0
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "run.sh: $*" >&2; exit 2; }
 need_value() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
 
@@ -46,7 +48,16 @@ if [ -n "$PORT" ]; then
   fi
   PORT=$((10#$PORT))
 fi
-if [ ! -f "$CONFIG" ]; then
+DEMO_DIR="$ROOT/.run/demo"
+if [ "$DEMO" = 1 ]; then
+  # The demo never touches the real config or database: everything lives in .run/demo/.
+  [ "$CONFIG_GIVEN" = 0 ] || die "--demo uses its own config in $DEMO_DIR; drop --config"
+  AGENT=0
+  CONFIG="$DEMO_DIR/config.yaml"
+  mkdir -p "$DEMO_DIR"
+  chmod 700 "$ROOT/.run" "$DEMO_DIR"
+fi
+if [ ! -f "$CONFIG" ] && [ "$DEMO" = 0 ]; then
   # A typo in --config must not silently start a second installation with new secrets.
   if [ "$CONFIG_GIVEN" = 1 ] && [ "$INIT" = 0 ]; then
     die "no such config file: $CONFIG (use --init to create one)"
@@ -60,6 +71,16 @@ CONFIG=$(cd "$(dirname "$CONFIG")" && pwd)/$(basename "$CONFIG")
 ensure_venv "$ROOT" "$ROOT/requirements.txt"
 PY="$ROOT/.venv/bin/python"
 
+if [ "$DEMO" = 1 ]; then
+  if [ ! -f "$CONFIG" ]; then
+    (umask 077; "$PY" -c "import secrets; print(secrets.token_urlsafe(12))" > "$DEMO_DIR/admin-password")
+    SERVER_MONITOR_INIT_PASSWORD=$(cat "$DEMO_DIR/admin-password") \
+      "$PY" -m server_monitor init-config -c "$CONFIG" --data-dir "$DEMO_DIR" >/dev/null 2>&1 \
+      || die "could not create the demo config in $DEMO_DIR"
+  fi
+  rm -f "$DEMO_DIR"/monitor.db "$DEMO_DIR"/monitor.db-wal "$DEMO_DIR"/monitor.db-shm
+  rm -rf "$DEMO_DIR"/.run/spool-*
+fi
 if [ ! -f "$CONFIG" ]; then
   "$PY" -m server_monitor init-config -c "$CONFIG"
 fi
@@ -192,13 +213,15 @@ if [ "$AGENT" = 1 ]; then
   start_agent local
 fi
 if [ "$DEMO" = 1 ]; then
+  # Two hosts run the real agent (GPUs from a capture; their processes are the agent's own, so
+  # they show this machine's user); the simulated lab comes through the same ingest.
   common=(FAKE_NVSMI_STATE=cycle FAKE_NVSMI_PID=parent)
-  start_agent demo-h100-a "${common[@]}" FAKE_NVSMI_CAPTURE=h100-80gb FAKE_NVSMI_GPUS=8 FAKE_NVSMI_SEED=a
-  start_agent demo-h100-b "${common[@]}" FAKE_NVSMI_CAPTURE=h100-80gb FAKE_NVSMI_GPUS=8 FAKE_NVSMI_SEED=b FAKE_NVSMI_MODE=lost:5
-  start_agent demo-h200 "${common[@]}" FAKE_NVSMI_CAPTURE=h200 FAKE_NVSMI_GPUS=4 FAKE_NVSMI_SEED=c
-  start_agent demo-h100-mig "${common[@]}" FAKE_NVSMI_CAPTURE=h100-mig FAKE_NVSMI_GPUS=2 FAKE_NVSMI_SEED=d
-  start_agent demo-rtx4080-ws "${common[@]}" FAKE_NVSMI_CAPTURE=rtx-4080 FAKE_NVSMI_GPUS=1 FAKE_NVSMI_SEED=e
-  start_agent demo-driver-broken "${common[@]}" FAKE_NVSMI_MODE=driver_mismatch
+  start_agent agent-h100 "${common[@]}" FAKE_NVSMI_CAPTURE=h100-80gb FAKE_NVSMI_GPUS=8 FAKE_NVSMI_SEED=a
+  start_agent agent-rtx4080 "${common[@]}" FAKE_NVSMI_CAPTURE=rtx-4080 FAKE_NVSMI_GPUS=1 FAKE_NVSMI_SEED=e
+  supervise demo-feed "$PY" "$ROOT/scripts/demo_feed.py" --url "$URL" --config "$CONFIG" &
+  PIDS+=($!)
+  echo "Demo login: admin / $(cat "$DEMO_DIR/admin-password")" >&2
+  echo "Demo data: $DEMO_DIR (recreated on each --demo start; a plain run never sees it)." >&2
 fi
 
 echo "Server Monitor is running at $URL/ (Ctrl-C stops it)." >&2

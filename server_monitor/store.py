@@ -273,9 +273,10 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
         values["busy"] = int(values["process_count"] > 0 or (values["utilization_gpu"] or 0) >= BUSY_UTILIZATION)
         if identity not in known:
             cols = ["server_id", "uuid", "first_seen", "last_ts", "present"] + columns
+            # A GPU first seen in a replayed older report is not in the newest one: not present.
             cur = conn.execute(
                 f"INSERT INTO gpus ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [server_id, identity, ts, ts, 1] + [values[c] for c in columns],
+                [server_id, identity, ts, ts, int(newest)] + [values[c] for c in columns],
             )
             gpu_id = cur.lastrowid
         else:
@@ -283,8 +284,8 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
             if last_ts is None or ts >= last_ts:
                 sets = ", ".join(f"{c} = ?" for c in columns)
                 conn.execute(
-                    f"UPDATE gpus SET last_ts = ?, present = 1, {sets} WHERE id = ?",
-                    [ts] + [values[c] for c in columns] + [gpu_id],
+                    f"UPDATE gpus SET last_ts = ?, present = CASE WHEN ? THEN 1 ELSE present END, {sets} WHERE id = ?",
+                    [ts, int(newest)] + [values[c] for c in columns] + [gpu_id],
                 )
         ids[identity] = gpu_id
         rows.append((gpu_id, values))

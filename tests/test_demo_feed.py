@@ -1,0 +1,84 @@
+"""The demo feeder (scripts/demo_feed.py) through the real ingest over loopback HTTP."""
+
+import os
+import sqlite3
+import sys
+
+import pytest
+
+from server_monitor.rollup import Maintenance
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import demo_feed  # noqa: E402
+
+
+def test_demo_fleet_reports_satisfy_the_contract():
+    from server_monitor.contract import validate_report
+
+    fleet = demo_feed.build_fleet(12, start=1_800_000_000)
+    kinds = set()
+    for host in fleet:
+        for t in range(1_800_000_000 - 86400, 1_800_000_000, 3600):
+            report = validate_report(host.report(t, 1_800_000_000, 60))
+            kinds.update(p["container_kind"] for p in report["processes"])
+    assert {"lxc", "docker", "slurm", "incus", "user-slice"} <= kinds
+    # Deterministic: the same seed and time give the same report.
+    again = demo_feed.build_fleet(12, start=1_800_000_000)
+    assert again[3].report(1_799_990_000, 1_800_000_000, 60) == fleet[3].report(1_799_990_000, 1_800_000_000, 60)
+
+
+def test_demo_feed_backfills_through_ingest(ingest_server, hub_config):
+    stored = demo_feed.run(ingest_server.base_url, hub_config.get("agent.token"), hosts=6, hours=6, interval=60,
+                           once=True, log=lambda text: None)
+    assert stored > 6 * 300
+    conn = sqlite3.connect(hub_config.db_path)
+    span = conn.execute("SELECT max(ts) - min(ts) FROM host_samples").fetchone()[0]
+    assert span >= 6 * 3600 - 120
+    states = dict(conn.execute("SELECT hostname, gpu_state FROM servers"))
+    assert states["gpu-c01"] == "driver_mismatch" and states["dgx-a01"] == "gpu_lost"
+    assert conn.execute("SELECT count(*) FROM gpus g JOIN servers s ON s.id = g.server_id"
+                        " WHERE s.hostname = 'dgx-a01' AND NOT g.present").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM gpus WHERE mig_mode = 1 AND utilization_gpu IS NULL").fetchone()[0] == 2
+    # The offline host stopped 40 minutes ago.
+    last = conn.execute("SELECT max(h.ts) FROM host_samples h JOIN servers s ON s.id = h.server_id"
+                        " WHERE s.hostname = 'ws-f01'").fetchone()[0]
+    newest = conn.execute("SELECT max(ts) FROM host_samples").fetchone()[0]
+    assert newest - last >= 2400
+    # The hub's own maintenance turns the history into roll-ups and GPU-hours per owner.
+    Maintenance.from_config(hub_config).run_once()
+    users = {u for (u,) in conn.execute("SELECT DISTINCT user FROM gpu_usage_1h")}
+    assert len(users - {"root", ""}) >= 4
+    assert conn.execute("SELECT count(*) FROM gpu_samples_5m").fetchone()[0] > 0
+    # Posting the same period again stores nothing new (report ids derive from host and time).
+    before = conn.execute("SELECT count(*) FROM host_samples").fetchone()[0]
+    poster = demo_feed.Poster(ingest_server.base_url, hub_config.get("agent.token"))
+    host = demo_feed.build_fleet(6)[0]
+    t = conn.execute("SELECT min(ts) FROM host_samples").fetchone()[0]
+    poster.post([host.report(t + 60 * k, t + 7 * 3600, 60) for k in range(5)])
+    assert conn.execute("SELECT count(*) FROM host_samples").fetchone()[0] - before <= 5
+
+
+def test_demo_feed_names_a_refusal(ingest_server):
+    with pytest.raises(RuntimeError, match="401"):
+        demo_feed.run(ingest_server.base_url, "wrong-token-wrong-token", hosts=1, hours=0.1, once=True,
+                      log=lambda text: None)
+
+
+def test_gpu_seen_only_in_a_replayed_report_is_not_present(ingest_server, hub_config):
+    """A lost GPU that appears only in older (spooled) reports must not come back as present."""
+    import time
+
+    from browser import push
+    from reports import sample_report
+
+    now = time.time()
+    newest = sample_report("replay-node", gpus=3, processes=0, sample_time=now)
+    newest["gpus"].pop(1)
+    newest["gpu_status"] = {"state": "gpu_lost", "message": "GPU lost", "stale": False,
+                            "lost": [{"pci.bus_id": "0000:28:00.0", "message": "GPU is lost"}]}
+    push(ingest_server, hub_config, newest)
+    push(ingest_server, hub_config, sample_report("replay-node", gpus=3, processes=0, sample_time=now - 600))
+    conn = sqlite3.connect(hub_config.db_path)
+    present = dict(conn.execute("SELECT gpu_index, present FROM gpus"))
+    assert present == {0: 1, 1: 0, 2: 1}
+    assert conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0] == 5  # the history is kept
