@@ -128,7 +128,10 @@ class IngestApp:
                          "report_id": report["report_id"]}
         result = store_report(self._conn(), report, received_at)
         if result["stored"]:
-            return 201, {"report_id": report["report_id"], "stored": True}
+            body = {"report_id": report["report_id"], "stored": True}
+            if report["nulled"]:
+                body["nulled"] = report["nulled"][:20]
+            return 201, body
         return 200, {"report_id": report["report_id"], "stored": False, "duplicate": True}
 
     # -- HTTP ----------------------------------------------------------------------

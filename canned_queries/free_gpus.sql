@@ -1,5 +1,5 @@
 -- title: Free GPUs now
--- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu ≤ :max_util % (default from config, 10) and at least :min_free_mib MiB free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs with the most free memory by index and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
+-- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs with the most free memory by index and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
 with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
@@ -10,9 +10,10 @@ with params as (
 free as (
   select
     g.server_id, coalesce(s.display_name, s.hostname) as server, g.vendor, g.gpu_index, g.uuid, g.name,
-    g.memory_total_mib - coalesce(g.memory_used_mib, 0) as free_mib,
+    coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib,
     row_number() over (partition by g.server_id, g.vendor
-                       order by g.memory_total_mib - coalesce(g.memory_used_mib, 0) desc, g.gpu_index) as pick,
+                       order by coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) desc,
+                                g.gpu_index) as pick,
     count(*) over (partition by g.server_id, g.vendor) as host_free
   from gpus g
   join server_state s on s.id = g.server_id
@@ -20,8 +21,10 @@ free as (
   where (s.state = 'online' or (s.state = 'error' and s.gpu_state = 'gpu_lost' and s.status = 'active'))
     and g.present and g.status = 'active'
     and g.process_count = 0
-    and coalesce(g.utilization_gpu, 0) <= p.max_util
-    and g.memory_total_mib - coalesce(g.memory_used_mib, 0) >= p.min_free
+    and max(coalesce(g.utilization_gpu, 0), coalesce(g.utilization_encoder, 0), coalesce(g.utilization_decoder, 0))
+        <= p.max_util
+    and not coalesce(g.mig_mode, 0)
+    and coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) >= p.min_free
     and instr(lower(g.name), lower(p.model)) > 0
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 )

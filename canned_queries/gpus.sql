@@ -1,5 +1,5 @@
 -- title: GPUs
--- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu ≥ 10 % in the server's newest report. present = 0 when the GPU was missing from its server's newest complete report.
+-- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs). memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
 select
   g.server_id,
   coalesce(s.display_name, s.hostname) as server,
@@ -38,7 +38,36 @@ select
   g.memory_partition,
   g.driver_version,
   g.process_count,
-  g.busy
+  g.busy,
+  g.health,
+  g.health_reasons,
+  g.gpu_state,
+  g.clocks_event_reasons,
+  g.utilization_encoder,
+  g.utilization_decoder,
+  g.encoder_sessions,
+  g.memory_free_mib,
+  g.pcie_link_gen_current,
+  g.pcie_link_gen_max,
+  g.pcie_link_width_current,
+  g.pcie_link_width_max,
+  g.temperature_gpu_tlimit_c,
+  g.ecc_mode,
+  g.ecc_errors_corrected_volatile_total,
+  g.ecc_errors_corrected_aggregate_total,
+  g.ecc_errors_uncorrected_aggregate_total,
+  g.retired_pages_sbe,
+  g.retired_pages_dbe,
+  g.remapped_rows_correctable,
+  g.remapped_rows_uncorrectable,
+  g.remapped_rows_failure,
+  g.gpu_recovery_action,
+  g.sw_power_cap_us,
+  g.hw_thermal_slowdown_us,
+  g.sw_thermal_slowdown_us,
+  g.hw_power_brake_slowdown_us,
+  g.mig_mode_pending,
+  g.cuda_version
 from gpus g
 join server_state s on s.id = g.server_id
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))

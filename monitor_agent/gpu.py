@@ -34,6 +34,7 @@ class GpuCollector:
         self.unsupported = set()
         self._discover = discover_fields
         self.calls = 0  # nvidia-smi processes started (for the benchmark)
+        self.version = {"driver_version": None, "cuda_version": None}  # from --version, read once
 
     def _run(self, args, timeout):
         result = self.runner.run([self.nvidia_smi] + args, timeout)
@@ -47,6 +48,11 @@ class GpuCollector:
             names = nvsmi.parse_help_query_gpu(_text(result.stdout))
             if names:
                 self.supported = names
+            # The CUDA version is not a --query-gpu field: read it (and the driver version,
+            # the fallback when driver_version/kmd_version print a sentinel) once.
+            version = self._run(["--version"], timeout)
+            if version.state == "ok" and version.returncode == 0:
+                self.version = nvsmi.parse_version(_text(version.stdout))
         return result
 
     def collect(self):
@@ -80,13 +86,19 @@ class GpuCollector:
         gpus, lost, other = nvsmi.parse_gpu_rows(_text(result.stdout), fields) if result.state == "ok" else ([], [], [])
         if failure is not None and not gpus and not lost:
             return {"status": failure, "gpus": [], "processes": []}
+        for gpu in gpus:
+            if gpu.get("driver_version") is None:
+                gpu["driver_version"] = self.version["driver_version"]
+            gpu["cuda_version"] = self.version["cuda_version"]
         status = {"state": "ok", "message": None, "lost": lost, "stale": False}
         if lost:
             status["state"] = "gpu_lost"
             status["message"] = "; ".join(item["message"] for item in lost)[:4096]
         elif failure is not None:
-            # Some rows parsed but nvidia-smi still failed: keep the rows, name the failure.
-            status.update(state=failure["state"], message=failure["message"])
+            # Some rows parsed but nvidia-smi still failed: keep the rows, name the failure
+            # from the lines that are not GPU rows (never another GPU's CSV row).
+            state, message = nvsmi.classify_failure(result.returncode, "\n".join(other) + "\n" + _text(result.stderr))
+            status.update(state=state if failure["state"] == "error" else failure["state"], message=message)
         elif other:
             status["message"] = other[0]
         processes = []

@@ -19,7 +19,8 @@ GPU_FIELDS = (
     ("index", ("index",), "int"),
     ("uuid", ("uuid",), "str"),
     ("pci.bus_id", ("pci.bus_id",), "str"),
-    ("driver_version", ("driver_version",), "str"),
+    # driver_version is deprecated from the 595 drivers on ("use kmd_version instead").
+    ("driver_version", ("kmd_version", "driver_version"), "str"),
     ("persistence_mode", ("persistence_mode",), "bool"),
     ("utilization.gpu", ("utilization.gpu",), "num"),
     ("utilization.memory", ("utilization.memory",), "num"),
@@ -41,6 +42,41 @@ GPU_FIELDS = (
     ("retired_pages.pending", ("retired_pages.pending",), "bool"),
     ("remapped_rows.pending", ("remapped_rows.pending",), "bool"),
     ("mig.mode.current", ("mig.mode.current",), "bool"),
+    # Health: ECC, retired pages, row remapping (A100 and later), recovery action.
+    ("mig.mode.pending", ("mig.mode.pending",), "bool"),
+    ("ecc.mode.current", ("ecc.mode.current",), "bool"),
+    ("ecc.mode.pending", ("ecc.mode.pending",), "bool"),
+    ("ecc.errors.corrected.volatile.total", ("ecc.errors.corrected.volatile.total",), "int"),
+    ("ecc.errors.corrected.aggregate.total", ("ecc.errors.corrected.aggregate.total",), "int"),
+    ("ecc.errors.uncorrected.aggregate.total", ("ecc.errors.uncorrected.aggregate.total",), "int"),
+    ("retired_pages.single_bit_ecc.count", ("retired_pages.single_bit_ecc.count", "retired_pages.sbe"), "int"),
+    ("retired_pages.double_bit.count", ("retired_pages.double_bit.count", "retired_pages.dbe"), "int"),
+    ("remapped_rows.correctable", ("remapped_rows.correctable",), "int"),
+    ("remapped_rows.uncorrectable", ("remapped_rows.uncorrectable",), "int"),
+    ("remapped_rows.failure", ("remapped_rows.failure",), "bool"),
+    ("gpu_recovery_action", ("gpu_recovery_action",), "str"),
+    # Clock event (throttle) reasons: the supported mask and time spent per reason (us since driver load).
+    ("clocks_event_reasons.supported",
+     ("clocks_event_reasons.supported", "clocks_throttle_reasons.supported"), "hex"),
+    ("clocks_event_reasons_counters.sw_power_cap", ("clocks_event_reasons_counters.sw_power_cap",), "int"),
+    ("clocks_event_reasons_counters.sync_boost", ("clocks_event_reasons_counters.sync_boost",), "int"),
+    ("clocks_event_reasons_counters.sw_thermal_slowdown",
+     ("clocks_event_reasons_counters.sw_thermal_slowdown",), "int"),
+    ("clocks_event_reasons_counters.hw_thermal_slowdown",
+     ("clocks_event_reasons_counters.hw_thermal_slowdown",), "int"),
+    ("clocks_event_reasons_counters.hw_power_brake_slowdown",
+     ("clocks_event_reasons_counters.hw_power_brake_slowdown",), "int"),
+    # PCIe link, current vs max (max = the lower of what the GPU and the host slot allow).
+    ("pcie.link.gen.current", ("pcie.link.gen.current",), "int"),
+    ("pcie.link.gen.max", ("pcie.link.gen.max",), "int"),
+    ("pcie.link.width.current", ("pcie.link.width.current",), "int"),
+    ("pcie.link.width.max", ("pcie.link.width.max",), "int"),
+    ("temperature.gpu.tlimit", ("temperature.gpu.tlimit",), "num"),
+    # Media engines and capacity.
+    ("utilization.encoder", ("utilization.encoder",), "num"),
+    ("utilization.decoder", ("utilization.decoder",), "num"),
+    ("encoder.stats.sessionCount", ("encoder.stats.sessionCount",), "int"),
+    ("memory.free", ("memory.free",), "int"),
     # Last, so a product name holding ", " cannot shift the other columns.
     ("name", ("name",), "str"),
 )
@@ -50,12 +86,45 @@ GPU_FIELDS = (
 APP_FIELDS = ("gpu_uuid", "pid", "used_gpu_memory", "process_name")
 
 _BUS_ID = r"[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]"
-_LOST_LINE = re.compile(r"(?:GPU|device handle for GPU)\s+(" + _BUS_ID + r")")
+# "GPU 0000:0B:00.0: GPU is lost", "...device handle for GPU 0000:0B:00.0: Unknown Error" and the
+# spelling many drivers print without the space, "...device handle for GPU0000:17:00.0: ..."
+# (NVIDIA/nvidia-container-toolkit#69, #846).
+_LOST_LINE = re.compile(r"(?:^|\b)GPU\s*(" + _BUS_ID + r")(?=:|\s|$)")
+_LOST_WORDS = re.compile(r"Unable to determine the device handle|GPU is lost|Unknown Error|"
+                         r"Reboot the system|fallen off the bus", re.I)
 _BAD_FIELD = re.compile(r'Field "([^"]+)" is not a valid field to query')
 _HELP_NAME = re.compile(r'"([A-Za-z0-9_.\[\]]+)"')
 
 _TRUE = {"enabled", "yes", "on", "active", "true"}
 _FALSE = {"disabled", "no", "off", "not active", "false"}
+
+
+# Per-GPU states nvidia-smi prints in a value cell instead of data. "[GPU requires reset]"
+# means the GPU hit an error (e.g. an uncontained ECC error, Xid 48/79) and must be reset.
+CELL_STATES = {"[GPU requires reset]": "requires_reset", "[GPU is lost]": "lost"}
+
+
+def cell_state(text):
+    """The named per-GPU state a cell announces (``requires_reset``, ``lost``), else None."""
+    return CELL_STATES.get(text.strip())
+
+
+def parse_version(text):
+    """``nvidia-smi --version`` output to ``{"driver_version", "cuda_version"}`` (str or None).
+
+    Lines look like ``DRIVER version      : 590.48.01`` and ``CUDA Version        : 13.1``.
+    """
+    found = {"driver_version": None, "cuda_version": None}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep or is_sentinel(value):
+            continue
+        key = key.strip().lower()
+        if key == "driver version":
+            found["driver_version"] = value.strip()[:64]
+        elif key == "cuda version":
+            found["cuda_version"] = value.strip()[:64]
+    return found
 
 
 def is_sentinel(text):
@@ -138,11 +207,15 @@ def parse_gpu_rows(text, fields):
         if not line.strip():
             continue
         cells = line.split(", ", n - 1)
-        if len(cells) == n and not _LOST_LINE.search(line):
+        match = _LOST_LINE.search(line)
+        if len(cells) == n and not (match and _LOST_WORDS.search(line)):
             gpu = {key: parse_value(cell, kind) for (key, _, kind), cell in zip(fields, cells)}
+            states = {cell_state(cell) for cell in cells} - {None}
+            if states:
+                # "[GPU requires reset]" in its cells: a named state, not just nulls.
+                gpu["state"] = "requires_reset" if "requires_reset" in states else sorted(states)[0]
             gpus.append(gpu)
             continue
-        match = _LOST_LINE.search(line)
         if match:
             lost.append({"pci.bus_id": match.group(1), "message": line.strip()[:1024]})
         else:

@@ -32,7 +32,7 @@ from email.message import EmailMessage
 
 import urllib3
 
-from . import schema
+from . import gpu_health, schema
 
 log = logging.getLogger("server_monitor.alerts")
 
@@ -124,19 +124,42 @@ def evaluate(conn, now, cfg):
         if server_id in servers and server_id not in offline:
             fire("gpu_lost", "critical", server_id, bus or f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report")
-    for gpu_id, server_id, index, ecc, remap, retire in conn.execute(
+    for gpu_id, server_id, index, ecc, remap, retire, failure, state in conn.execute(
             "SELECT id, server_id, gpu_index, ecc_errors_uncorrected_volatile_total, remapped_rows_pending,"
-            " retired_pages_pending FROM gpus WHERE present AND status != 'maintenance'"
-            " AND (ecc_errors_uncorrected_volatile_total > 0 OR remapped_rows_pending = 1 OR retired_pages_pending = 1)"):
+            " retired_pages_pending, remapped_rows_failure, gpu_state FROM gpus WHERE present AND status != 'maintenance'"
+            " AND (ecc_errors_uncorrected_volatile_total > 0 OR remapped_rows_pending = 1 OR retired_pages_pending = 1"
+            "      OR remapped_rows_failure = 1 OR gpu_state = 'requires_reset')"):
         if server_id in servers and server_id not in offline:
             what = []
+            if state == "requires_reset":
+                what.append("GPU requires reset")
             if ecc:
                 what.append(f"{ecc} uncorrectable ECC errors")
+            if failure:
+                what.append("row remapping failed (RMA)")
             if remap:
                 what.append("row remapping pending (reset needed)")
             if retire:
                 what.append("page retirement pending (reset needed)")
             fire("gpu_ecc", "critical", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}")
+    for gpu_id, server_id, index, active, busy, gen, gen_max, width, width_max in conn.execute(
+            "SELECT id, server_id, gpu_index, clocks_event_reasons_active, busy, pcie_link_gen_current,"
+            " pcie_link_gen_max, pcie_link_width_current, pcie_link_width_max FROM gpus"
+            " WHERE present AND status != 'maintenance'"
+            " AND ((clocks_event_reasons_active & ?) != 0"
+            "      OR (busy AND (pcie_link_gen_current < pcie_link_gen_max OR pcie_link_width_current < pcie_link_width_max)))",
+            (gpu_health.HW_SLOWDOWN_MASK,)):
+        if server_id not in servers or server_id in offline:
+            continue
+        slow = gpu_health.reason_names((active or 0) & gpu_health.HW_SLOWDOWN_MASK)
+        if slow:
+            fire("gpu_throttle", "warning", server_id, f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} is throttled by {', '.join(slow)}")
+        degraded = gpu_health.pcie_degraded({"pcie_link_gen_current": gen, "pcie_link_gen_max": gen_max,
+                                             "pcie_link_width_current": width, "pcie_link_width_max": width_max})
+        if busy and degraded:
+            fire("gpu_pcie_degraded", "warning", server_id, f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
     window = cfg["gpu_temperature_minutes"] * 60
     for gpu_id, server_id, index, coolest, samples in conn.execute(
             "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"

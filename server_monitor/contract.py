@@ -12,12 +12,23 @@ documents the same spec (generated from :data:`REPORT` by ``scripts/contract_doc
 
 import math
 import re
+import threading
 
 # Control characters (C0 but tab and newline, DEL, C1) and the bidi embedding, override and
 # isolate controls that can make "ab\u202egnp.exe" display as "abexe.png".
 _UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 CONTRACT_VERSION = 1
+
+
+class _Nulled(threading.local):
+    """Messages for soft fields nulled during the current :func:`validate_report` call."""
+
+    def __init__(self):
+        self.items = []
+
+
+_NULLED = _Nulled()
 
 
 class ContractError(ValueError):
@@ -38,11 +49,14 @@ class Spec:
 
     type_name = "value"
 
-    def __init__(self, required=False, nullable=True, doc="", unit=""):
+    def __init__(self, required=False, nullable=True, doc="", unit="", soft=False):
         self.required = required
         self.nullable = nullable
         self.doc = doc
         self.unit = unit
+        # soft: a bad value is replaced by null (and named in the report's ``nulled`` list)
+        # instead of refusing the whole report.
+        self.soft = soft
 
     def check(self, value, path):
         if value is None:
@@ -172,7 +186,13 @@ class Obj(Spec):
                     raise ContractError(sub, "is required")
                 out[key] = None
                 continue
-            out[key] = spec.check(value[key], sub)
+            try:
+                out[key] = spec.check(value[key], sub)
+            except ContractError as exc:
+                if not spec.soft:
+                    raise
+                out[key] = None
+                _NULLED.items.append(str(exc)[:300])
         return out
 
 
@@ -216,6 +236,9 @@ GPU_STATES = (
     "busy",
     "error",
 )
+
+# Per-GPU states printed by nvidia-smi in place of values.
+GPU_CELL_STATES = ("requires_reset", "lost")
 
 HOST = Obj(
     {
@@ -327,6 +350,45 @@ GPU = Obj(
                                  doc="AMD MI300 current_compute_partition (SPX, DPX, QPX, CPX)"),
         "memory_partition": Str(16, pattern=r"[A-Z0-9]{2,16}",
                                 doc="AMD MI300 current_memory_partition (NPS1, NPS4)"),
+        # Health and capacity fields (issue 15). Soft: a bad value nulls that field only.
+        "state": Str(32, choices=GPU_CELL_STATES, soft=True,
+                     doc="per-GPU state nvidia-smi printed in its cells (`[GPU requires reset]`); null = normal"),
+        "cuda_version": Str(64, soft=True, doc="CUDA Version from nvidia-smi --version"),
+        "mig.mode.pending": Bool(soft=True, doc="nvidia-smi mig.mode.pending: the mode after the next GPU reset"),
+        "ecc.mode.current": Bool(soft=True, doc="nvidia-smi ecc.mode.current (Enabled/Disabled)"),
+        "ecc.mode.pending": Bool(soft=True, doc="nvidia-smi ecc.mode.pending (after the next reboot)"),
+        "ecc.errors.corrected.volatile.total": Int(0, 2**62, soft=True, doc="single-bit ECC errors since driver load"),
+        "ecc.errors.corrected.aggregate.total": Int(0, 2**62, soft=True, doc="single-bit ECC errors, GPU lifetime"),
+        "ecc.errors.uncorrected.aggregate.total": Int(0, 2**62, soft=True,
+                                                      doc="double-bit ECC errors, GPU lifetime"),
+        "retired_pages.single_bit_ecc.count": Int(0, 2**31, soft=True,
+                                                  doc="pages retired for single-bit errors (pre-A100)"),
+        "retired_pages.double_bit.count": Int(0, 2**31, soft=True, doc="pages retired for double-bit errors (pre-A100)"),
+        "remapped_rows.correctable": Int(0, 2**31, soft=True, doc="rows remapped for correctable errors (A100+)"),
+        "remapped_rows.uncorrectable": Int(0, 2**31, soft=True, doc="rows remapped for uncorrectable errors"),
+        "remapped_rows.failure": Bool(soft=True, doc="a row remapping failed: the GPU needs service (RMA)"),
+        "gpu_recovery_action": Str(64, soft=True, doc="nvidia-smi gpu_recovery_action (None, GPU Reset, Node Reboot, ...)"),
+        "clocks_event_reasons.supported": Int(0, 2**63 - 1, soft=True, doc="bitmask of the reasons this GPU reports"),
+        "clocks_event_reasons_counters.sw_power_cap": Int(0, 2**63 - 1, soft=True, unit="µs",
+                                                          doc="time clocks were held by the power cap since driver load"),
+        "clocks_event_reasons_counters.sync_boost": Int(0, 2**63 - 1, soft=True, unit="µs",
+                                                        doc="time held by sync boost"),
+        "clocks_event_reasons_counters.sw_thermal_slowdown": Int(0, 2**63 - 1, soft=True, unit="µs",
+                                                                 doc="time held by software thermal slowdown"),
+        "clocks_event_reasons_counters.hw_thermal_slowdown": Int(0, 2**63 - 1, soft=True, unit="µs",
+                                                                 doc="time held by hardware thermal slowdown"),
+        "clocks_event_reasons_counters.hw_power_brake_slowdown": Int(0, 2**63 - 1, soft=True, unit="µs",
+                                                                     doc="time held by the external power brake"),
+        "pcie.link.gen.current": Int(1, 16, soft=True, doc="current PCIe generation (drops when idle)"),
+        "pcie.link.gen.max": Int(1, 16, soft=True, doc="max PCIe generation of GPU and slot"),
+        "pcie.link.width.current": Int(1, 64, soft=True, doc="current PCIe lanes"),
+        "pcie.link.width.max": Int(1, 64, soft=True, doc="max PCIe lanes"),
+        "temperature.gpu.tlimit": Num(-100, 250, soft=True, unit="°C",
+                                      doc="headroom to the slowdown temperature (nvidia-smi temperature.gpu.tlimit)"),
+        "utilization.encoder": Num(0, 100, soft=True, unit="%", doc="NVENC duty cycle; null under MIG"),
+        "utilization.decoder": Num(0, 100, soft=True, unit="%", doc="NVDEC duty cycle; null under MIG"),
+        "encoder.stats.sessionCount": Int(0, 100000, soft=True, doc="encoder sessions running"),
+        "memory.free": Int(0, MIB, soft=True, unit="MiB", doc="free memory as the driver reports it (total - reserved - used)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -414,7 +476,12 @@ REPORT = Obj(
 def validate_report(obj):
     """Check one decoded JSON report against :data:`REPORT`.
 
-    Returns the normalised report dict. Raises :class:`ContractError` for anything
+    Returns the normalised report dict, plus ``nulled``: a list of messages for soft fields
+    whose bad value was replaced by null. Raises :class:`ContractError` for anything
     else; no other exception escapes for any JSON-decodable input.
     """
-    return REPORT.check(obj, "")
+    del _NULLED.items[:]
+    report = REPORT.check(obj, "")
+    report["nulled"] = list(_NULLED.items)
+    del _NULLED.items[:]
+    return report

@@ -32,6 +32,36 @@ GPU_METRICS = (
     ("DCGM_FI_DEV_MEM_CLOCK", "clocks_mem_mhz", "Memory clock frequency (in MHz)."),
     ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "ecc_errors_uncorrected_volatile_total", "Total uncorrectable (double-bit) volatile ECC errors."),
     ("DCGM_FI_DEV_ROW_REMAP_PENDING", "remapped_rows_pending", "Row remapping pending (1 = GPU reset needed)."),
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "ecc_errors_corrected_volatile_total", "Total single-bit volatile ECC errors."),
+    ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "ecc_errors_corrected_aggregate_total", "Total single-bit persistent ECC errors."),
+    ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "ecc_errors_uncorrected_aggregate_total",
+     "Total double-bit persistent ECC errors."),
+    ("DCGM_FI_DEV_RETIRED_SBE", "retired_pages_sbe", "Total number of retired pages due to single-bit errors."),
+    ("DCGM_FI_DEV_RETIRED_DBE", "retired_pages_dbe", "Total number of retired pages due to double-bit errors."),
+    ("DCGM_FI_DEV_RETIRED_PENDING", "retired_pages_pending", "Number of pages pending retirement (1 = pending)."),
+    ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "remapped_rows_correctable",
+     "Number of remapped rows for correctable errors."),
+    ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "remapped_rows_uncorrectable",
+     "Number of remapped rows for uncorrectable errors."),
+    ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "remapped_rows_failure", "Whether remapping of rows has failed."),
+    ("DCGM_FI_DEV_PCIE_LINK_GEN", "pcie_link_gen_current", "PCIe link generation (current)."),
+    ("DCGM_FI_DEV_PCIE_LINK_WIDTH", "pcie_link_width_current", "PCIe link width (current lanes)."),
+    ("DCGM_FI_DEV_PCIE_MAX_LINK_GEN", "pcie_link_gen_max", "PCIe link generation (max of GPU and slot)."),
+    ("DCGM_FI_DEV_PCIE_MAX_LINK_WIDTH", "pcie_link_width_max", "PCIe link width (max lanes)."),
+    ("DCGM_FI_DEV_ENC_UTIL", "utilization_encoder", "Encoder utilization (in %)."),
+    ("DCGM_FI_DEV_DEC_UTIL", "utilization_decoder", "Decoder utilization (in %)."),
+    ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "clocks_event_reasons_active",
+     "Current clock throttle reasons (bitmask of nvmlClocksEventReason*)."),
+    ("DCGM_FI_DEV_POWER_VIOLATION", "sw_power_cap_us", "Throttling duration due to power constraints (in us)."),
+    ("DCGM_FI_DEV_THERMAL_VIOLATION", "thermal_violation_us",
+     "Throttling duration due to thermal constraints (in us; software + hardware thermal slowdown)."),
+    ("DCGM_FI_DEV_SYNC_BOOST_VIOLATION", "sync_boost_us", "Throttling duration due to sync-boost constraints (in us)."),
+    ("DCGM_FI_DEV_FB_RESERVED", "memory_reserved_mib", "Framebuffer memory reserved (in MiB)."),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "power_limit_w", "Current power limit for the device (in W)."),
+    ("server_monitor_gpu_temperature_tlimit_celsius", "temperature_gpu_tlimit_c",
+     "Headroom to the GPU's slowdown temperature (nvidia-smi temperature.gpu.tlimit, in C)."),
+    ("server_monitor_gpu_encoder_sessions", "encoder_sessions", "NVENC sessions running."),
+    ("server_monitor_gpu_health", "health_level", "GPU health badge: 0 ok, 1 warning, 2 critical."),
     ("server_monitor_gpu_processes", "process_count", "Compute processes on the GPU."),
 )
 GPU_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id", "vendor"]
@@ -73,12 +103,14 @@ SELECT id, hostname, coalesce(display_name, hostname) AS name, state, seen_age_s
 FROM server_state
 """
 GPUS_SQL = """
-SELECT g.server_id, g.gpu_index, g.uuid, g.name, g.pci_bus_id, g.utilization_gpu, g.utilization_memory,
-    g.memory_used_mib, g.memory_total_mib - g.memory_used_mib AS fb_free_mib, g.memory_total_mib,
-    g.temperature_gpu_c, g.temperature_memory_c, g.power_draw_w, g.clocks_sm_mhz, g.clocks_mem_mhz,
-    g.ecc_errors_uncorrected_volatile_total, g.remapped_rows_pending, g.process_count,
-    g.vendor, g.temperature_junction_c, g.compute_partition, g.memory_partition,
-    CASE WHEN g.temperature_gpu_c IS NOT g.temperature_junction_c THEN g.temperature_gpu_c END AS temperature_edge_c
+SELECT g.*,
+    CASE WHEN g.temperature_gpu_c IS NOT g.temperature_junction_c THEN g.temperature_gpu_c END AS temperature_edge_c,
+    -- memory.free as the driver reports it (total - reserved - used); total - used on old agents.
+    coalesce(g.memory_free_mib, g.memory_total_mib - g.memory_used_mib) AS fb_free_mib,
+    CASE WHEN g.sw_thermal_slowdown_us IS NULL AND g.hw_thermal_slowdown_us IS NULL THEN NULL
+         ELSE coalesce(g.sw_thermal_slowdown_us, 0) + coalesce(g.hw_thermal_slowdown_us, 0) END
+        AS thermal_violation_us,
+    CASE g.health WHEN 'ok' THEN 0 WHEN 'warning' THEN 1 WHEN 'critical' THEN 2 END AS health_level
 FROM gpus g WHERE g.present
 """
 DISKS_SQL = """

@@ -321,7 +321,52 @@ ALTER TABLE gpus ADD COLUMN memory_partition TEXT;
 ALTER TABLE gpu_processes ADD COLUMN utilization_gpu REAL;
 """
 
-MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7]
+MIGRATION_8 = """
+-- GPU health, media engines, PCIe link and capacity (issue 15): latest values on gpus,
+-- the time series among them on gpu_samples. Names follow the nvidia-smi fields.
+ALTER TABLE gpus ADD COLUMN gpu_state TEXT;
+ALTER TABLE gpus ADD COLUMN cuda_version TEXT;
+ALTER TABLE gpus ADD COLUMN mig_mode_pending INTEGER;
+ALTER TABLE gpus ADD COLUMN ecc_mode INTEGER;
+ALTER TABLE gpus ADD COLUMN ecc_mode_pending INTEGER;
+ALTER TABLE gpus ADD COLUMN ecc_errors_corrected_volatile_total INTEGER;
+ALTER TABLE gpus ADD COLUMN ecc_errors_corrected_aggregate_total INTEGER;
+ALTER TABLE gpus ADD COLUMN ecc_errors_uncorrected_aggregate_total INTEGER;
+ALTER TABLE gpus ADD COLUMN retired_pages_sbe INTEGER;
+ALTER TABLE gpus ADD COLUMN retired_pages_dbe INTEGER;
+ALTER TABLE gpus ADD COLUMN remapped_rows_correctable INTEGER;
+ALTER TABLE gpus ADD COLUMN remapped_rows_uncorrectable INTEGER;
+ALTER TABLE gpus ADD COLUMN remapped_rows_failure INTEGER;
+ALTER TABLE gpus ADD COLUMN gpu_recovery_action TEXT;
+ALTER TABLE gpus ADD COLUMN clocks_event_reasons_supported INTEGER;
+ALTER TABLE gpus ADD COLUMN clocks_event_reasons TEXT;
+ALTER TABLE gpus ADD COLUMN sw_power_cap_us INTEGER;
+ALTER TABLE gpus ADD COLUMN sync_boost_us INTEGER;
+ALTER TABLE gpus ADD COLUMN sw_thermal_slowdown_us INTEGER;
+ALTER TABLE gpus ADD COLUMN hw_thermal_slowdown_us INTEGER;
+ALTER TABLE gpus ADD COLUMN hw_power_brake_slowdown_us INTEGER;
+ALTER TABLE gpus ADD COLUMN pcie_link_gen_current INTEGER;
+ALTER TABLE gpus ADD COLUMN pcie_link_gen_max INTEGER;
+ALTER TABLE gpus ADD COLUMN pcie_link_width_current INTEGER;
+ALTER TABLE gpus ADD COLUMN pcie_link_width_max INTEGER;
+ALTER TABLE gpus ADD COLUMN temperature_gpu_tlimit_c REAL;
+ALTER TABLE gpus ADD COLUMN utilization_encoder INTEGER;
+ALTER TABLE gpus ADD COLUMN utilization_decoder INTEGER;
+ALTER TABLE gpus ADD COLUMN encoder_sessions INTEGER;
+ALTER TABLE gpus ADD COLUMN memory_free_mib INTEGER;
+ALTER TABLE gpus ADD COLUMN health TEXT;
+ALTER TABLE gpus ADD COLUMN health_reasons TEXT;
+ALTER TABLE gpu_samples ADD COLUMN utilization_encoder INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN utilization_decoder INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN clocks_event_reasons_active INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN pcie_link_gen_current INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN pcie_link_width_current INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN ecc_errors_corrected_volatile_total INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN ecc_errors_uncorrected_volatile_total INTEGER;
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
+              MIGRATION_8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -9,6 +9,7 @@ duplicate: nothing is written and the caller answers 2xx.
 
 import json
 
+from . import gpu_health
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -220,9 +221,48 @@ _GPU_LATEST = {
     "temperature_junction_c": "temperature.junction",
     "compute_partition": "compute_partition",
     "memory_partition": "memory_partition",
+    "gpu_state": "state",
+    "cuda_version": "cuda_version",
+    "mig_mode_pending": "mig.mode.pending",
+    "ecc_mode": "ecc.mode.current",
+    "ecc_mode_pending": "ecc.mode.pending",
+    "ecc_errors_corrected_volatile_total": "ecc.errors.corrected.volatile.total",
+    "ecc_errors_corrected_aggregate_total": "ecc.errors.corrected.aggregate.total",
+    "ecc_errors_uncorrected_aggregate_total": "ecc.errors.uncorrected.aggregate.total",
+    "retired_pages_sbe": "retired_pages.single_bit_ecc.count",
+    "retired_pages_dbe": "retired_pages.double_bit.count",
+    "remapped_rows_correctable": "remapped_rows.correctable",
+    "remapped_rows_uncorrectable": "remapped_rows.uncorrectable",
+    "remapped_rows_failure": "remapped_rows.failure",
+    "gpu_recovery_action": "gpu_recovery_action",
+    "clocks_event_reasons_supported": "clocks_event_reasons.supported",
+    "sw_power_cap_us": "clocks_event_reasons_counters.sw_power_cap",
+    "sync_boost_us": "clocks_event_reasons_counters.sync_boost",
+    "sw_thermal_slowdown_us": "clocks_event_reasons_counters.sw_thermal_slowdown",
+    "hw_thermal_slowdown_us": "clocks_event_reasons_counters.hw_thermal_slowdown",
+    "hw_power_brake_slowdown_us": "clocks_event_reasons_counters.hw_power_brake_slowdown",
+    "pcie_link_gen_current": "pcie.link.gen.current",
+    "pcie_link_gen_max": "pcie.link.gen.max",
+    "pcie_link_width_current": "pcie.link.width.current",
+    "pcie_link_width_max": "pcie.link.width.max",
+    "temperature_gpu_tlimit_c": "temperature.gpu.tlimit",
+    "utilization_encoder": "utilization.encoder",
+    "utilization_decoder": "utilization.decoder",
+    "encoder_sessions": "encoder.stats.sessionCount",
+    "memory_free_mib": "memory.free",
 }
-_BOOL_COLUMNS = {"retired_pages_pending", "remapped_rows_pending", "mig_mode", "persistence_mode"}
-_INT_COLUMNS = {"temperature_gpu_c", "temperature_memory_c", "temperature_junction_c", "fan_speed", "utilization_gpu", "utilization_memory"}
+_BOOL_COLUMNS = {"retired_pages_pending", "remapped_rows_pending", "mig_mode", "persistence_mode",
+                 "mig_mode_pending", "ecc_mode", "ecc_mode_pending", "remapped_rows_failure"}
+_INT_COLUMNS = {"temperature_gpu_c", "temperature_memory_c", "temperature_junction_c", "fan_speed", "utilization_gpu",
+                "utilization_memory", "utilization_encoder", "utilization_decoder"}
+# Columns derived at ingest from the values above (gpu_health).
+_GPU_DERIVED = ("clocks_event_reasons", "health", "health_reasons")
+# gpu_samples columns, in insert order (the time series among the GPU values).
+_GPU_SAMPLE_COLUMNS = (
+    "utilization_gpu", "utilization_memory", "memory_used_mib", "temperature_gpu_c", "power_draw_w", "fan_speed",
+    "utilization_encoder", "utilization_decoder", "clocks_event_reasons_active", "pcie_link_gen_current",
+    "pcie_link_width_current", "ecc_errors_corrected_volatile_total", "ecc_errors_uncorrected_volatile_total",
+)
 
 
 def _gpu_values(gpu):
@@ -239,8 +279,9 @@ def _gpu_values(gpu):
     return out
 
 
-# A GPU counts as busy with any compute process or at least this utilization.gpu (%).
-BUSY_UTILIZATION = 10
+# A GPU counts as busy with any compute process or at least this utilization (%) of its
+# SMs, encoder or decoder (see gpu_health.is_busy).
+BUSY_UTILIZATION = gpu_health.BUSY_UTILIZATION
 
 
 def _process_counts(processes):
@@ -263,14 +304,19 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
         )
     }
     ids, samples, rows = {}, [], []
-    columns = list(_GPU_LATEST) + ["process_count", "busy"]
+    columns = list(_GPU_LATEST) + ["process_count", "busy"] + list(_GPU_DERIVED)
     for gpu in gpus:
         identity = gpu_identity(gpu)
         if identity in ids:  # duplicated row in one report: keep the first
             continue
         values = _gpu_values(gpu)
         values["process_count"] = process_counts.get(gpu.get("uuid"), 0)
-        values["busy"] = int(values["process_count"] > 0 or (values["utilization_gpu"] or 0) >= BUSY_UTILIZATION)
+        values["busy"] = int(gpu_health.is_busy(values["process_count"], values["utilization_gpu"],
+                                                values["utilization_encoder"], values["utilization_decoder"]))
+        names = gpu_health.reason_names(values["clocks_event_reasons_active"])
+        values["clocks_event_reasons"] = ",".join(names) if names else None
+        values["health"], reasons = gpu_health.assess(values)
+        values["health_reasons"] = "; ".join(reasons) or None
         if identity not in known:
             cols = ["server_id", "uuid", "first_seen", "last_ts", "present"] + columns
             # A GPU first seen in a replayed older report is not in the newest one: not present.
@@ -289,16 +335,11 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
                 )
         ids[identity] = gpu_id
         rows.append((gpu_id, values))
-        samples.append(
-            (gpu_id, ts, values["utilization_gpu"], values["utilization_memory"],
-             values["memory_used_mib"], values["temperature_gpu_c"], values["power_draw_w"],
-             values["fan_speed"])
-        )
+        samples.append((gpu_id, ts) + tuple(values[c] for c in _GPU_SAMPLE_COLUMNS))
     if samples:
         conn.executemany(
-            "INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, utilization_gpu, utilization_memory,"
-            " memory_used_mib, temperature_gpu_c, power_draw_w, fan_speed)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            f"INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, {', '.join(_GPU_SAMPLE_COLUMNS)})"
+            f" VALUES ({', '.join('?' * (len(_GPU_SAMPLE_COLUMNS) + 2))})",
             samples,
         )
     if newest and gpu_state in _COMPLETE_GPU_STATES:

@@ -16,7 +16,8 @@ Configured by environment variables:
 ``FAKE_NVSMI_DROP``     comma-separated fields this "driver" does not know
 ``FAKE_NVSMI_MODE``     ``ok`` (default), ``driver_mismatch``, ``no_devices``,
                         ``driver_not_loaded``, ``no_permission``, ``lost:<index>``,
-                        ``is_lost:<index>``, ``hang`` (sleeps forever), ``hang_hard``
+                        ``is_lost:<index>``, ``lost_nospace:<index>`` (no space after
+                        "GPU"), ``reset:<index>`` ([GPU requires reset] cells), ``hang`` (sleeps forever), ``hang_hard``
                         (ignores SIGTERM, a child holds stdout open), ``slow:<seconds>``,
                         ``garbage`` (non-UTF-8 bytes and a comma in a process name),
                         ``sentinels`` (every sentinel spelling in the GPU fields)
@@ -104,9 +105,12 @@ def query_gpu(cap, fields, fmt, count, seed):
         lines.append(", ".join(fields))
     exit_code = 0
     for i, row in enumerate(rows):
-        if mode in (f"lost:{i}", f"is_lost:{i}"):
+        if mode in (f"lost:{i}", f"is_lost:{i}", f"lost_nospace:{i}"):
             exit_code = 15
-            if mode.startswith("lost"):
+            if mode.startswith("lost_nospace"):
+                # NVIDIA/nvidia-container-toolkit#69, #846: no space after "GPU".
+                lines.append(f"Unable to determine the device handle for GPU{bus_id(i)[4:]}: Unknown Error")
+            elif mode.startswith("lost"):
                 lines.append(f"Unable to determine the device handle for GPU {bus_id(i)}: Unknown Error")
             else:
                 lines.append(f"GPU {bus_id(i)}: GPU is lost. Reboot the system to recover this GPU")
@@ -117,6 +121,8 @@ def query_gpu(cap, fields, fmt, count, seed):
             text, unit = row.get(canonical, row.get(field, ("[N/A]", None)))
             if mode == "sentinels" and field not in ("index", "uuid", "pci.bus_id", "name"):
                 text, unit = SENTINEL_SPELLINGS[j % len(SENTINEL_SPELLINGS)], None
+            if mode == f"reset:{i}" and field not in ("index", "uuid", "pci.bus_id", "name"):
+                text, unit = "[GPU requires reset]", None
             cells.append(render((text, unit), unit, nounits))
         lines.append(", ".join(cells))
     out("\n".join(lines) + "\n")
@@ -131,7 +137,7 @@ def query_apps(cap, fields, fmt, count, seed):
     mode = env("FAKE_NVSMI_MODE", "ok")
     lines = [] if "noheader" in fmt else [", ".join(fields)]
     for i in range(count):
-        if gpu_state(i) != "load" or mode in (f"lost:{i}", f"is_lost:{i}"):
+        if gpu_state(i) != "load" or mode in (f"lost:{i}", f"is_lost:{i}", f"lost_nospace:{i}"):
             continue
         for k in range(per_gpu):
             app = dict(base[k % len(base)]) if base else {"pid": "1", "process_name": "python", "used_gpu_memory": "100 MiB"}

@@ -33,7 +33,44 @@ def gpu_from_capture(capture="h100-80gb", state="load", index=0, seed="t"):
         "power.limit": num("power.limit"),
         "fan.speed": num("fan.speed"),
         "mig.mode.current": row["mig.mode.current"][0] == "Enabled",
+        **health_from_capture(row),
     }
+
+
+# Report keys of the health/engine fields (issue 15) and how their capture cells read.
+HEALTH_FIELDS = {
+    "memory.free": "num", "memory.reserved": "num", "utilization.encoder": "num", "utilization.decoder": "num",
+    "encoder.stats.sessionCount": "num", "temperature.gpu.tlimit": "num", "pcie.link.gen.current": "num",
+    "pcie.link.gen.max": "num", "pcie.link.width.current": "num", "pcie.link.width.max": "num",
+    "ecc.mode.current": "bool", "ecc.mode.pending": "bool", "mig.mode.pending": "bool",
+    "ecc.errors.uncorrected.volatile.total": "num", "ecc.errors.corrected.volatile.total": "num",
+    "ecc.errors.corrected.aggregate.total": "num", "ecc.errors.uncorrected.aggregate.total": "num",
+    "remapped_rows.correctable": "num", "remapped_rows.uncorrectable": "num", "remapped_rows.pending": "bool",
+    "remapped_rows.failure": "bool", "retired_pages.pending": "bool", "gpu_recovery_action": "str",
+    "clocks_event_reasons.active": "hex", "clocks_event_reasons.supported": "hex",
+    "clocks_event_reasons_counters.sw_power_cap": "num", "clocks_event_reasons_counters.hw_thermal_slowdown": "num",
+}
+
+
+def health_from_capture(row):
+    """The health/engine fields of one capture row, as the agent reports them."""
+    out = {}
+    for key, kind in HEALTH_FIELDS.items():
+        if kind is None or key not in row:
+            continue
+        text = row[key][0]
+        if text.startswith("[") or text in ("N/A", ""):
+            out[key] = None
+        elif kind == "bool":
+            out[key] = text in ("Enabled", "Yes")
+        elif kind == "hex":
+            out[key] = int(text, 16)
+        elif kind == "str":
+            out[key] = text
+        else:
+            value = float(text.split(" ")[0])
+            out[key] = int(value) if value.is_integer() else value
+    return out
 
 
 def sample_report(hostname="gpu-01", gpus=2, processes=2, disks=2, sample_time=None,

@@ -185,3 +185,32 @@ def test_alert_by_email(tmp_path):
     mail = sink.messages[0]
     assert "Subject: [FIRING] [critical] node-9: no report for 7 min" in mail and "To: admins@example.org" in mail
     sink.sock.close()
+
+
+def test_health_rules_remap_failure_reset_throttle_and_degraded_link(setup):
+    engine, receiver, conn = setup
+    now = int(time.time())
+    report = sample_report("sick", gpus=4, processes=1, sample_time=now)
+    g0, g1, g2, g3 = report["gpus"]
+    g0["remapped_rows.failure"] = True
+    g1["state"] = "requires_reset"
+    g2["clocks_event_reasons.active"] = 0x40 | 0x4  # HW thermal slowdown + power cap
+    g3["pcie.link.gen.current"], g3["pcie.link.width.current"] = 3, 8  # busy (a process) on gen 3 x8 of 5 x16
+    put(conn, report, now)
+    fired = sorted(engine.run_once(now)["fired"])
+    assert fired == ["gpu_ecc:1:gpu1", "gpu_ecc:1:gpu2", "gpu_pcie_degraded:1:gpu4", "gpu_throttle:1:gpu3"]
+    messages = {b["rule"] + str(b["subject"]): b["message"] for b in receiver.of("/generic")}
+    assert "row remapping failed (RMA)" in messages["gpu_eccgpu1"]
+    assert "GPU requires reset" in messages["gpu_eccgpu2"]
+    assert messages["gpu_throttlegpu3"] == "sick: GPU 2 is throttled by hw_thermal_slowdown"
+    assert "PCIe gen 3 of 5, PCIe x8 of x16" in messages["gpu_pcie_degradedgpu4"]
+    health = conn.execute("select gpu_index, health, health_reasons from gpus order by gpu_index").fetchall()
+    assert [h[1] for h in health] == ["critical", "critical", "warning", "warning"]
+    # An idle GPU at a low link generation is power saving, not a fault.
+    idle = sample_report("sick", gpus=4, processes=0, sample_time=now + 30)
+    for g in idle["gpus"]:
+        g["utilization.gpu"] = 0
+    idle["gpus"][3]["pcie.link.gen.current"] = 1
+    put(conn, idle, now + 30)
+    result = engine.run_once(now + 30)
+    assert sorted(result["resolved"]) == fired

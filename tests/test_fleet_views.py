@@ -25,6 +25,7 @@ def host(client, name, gpus, used_mib=None, busy=(), util=0, sample_time=None, *
     for g in report["gpus"]:
         g["utilization.gpu"] = util
         g["memory.used"] = (used_mib or {}).get(g["index"], 0)
+        g["memory.free"] = g["memory.total"] - g["memory.reserved"] - g["memory.used"]  # as the driver reports
     report["processes"] = [p for p in report["processes"] if int(p["gpu_uuid"].split("-")[2]) in busy]
     assert ingest(client, report, client.token).status_code == 201, name
 
@@ -42,7 +43,7 @@ def test_free_gpus_best_first_with_cuda_visible_devices(admin):
     rows = admin.get("/monitor/free_gpus.json?_shape=array&count=2&min_free_mib=40000").json()
     # Free with >= 40000 MiB: GPUs 1, 2, 3 and 7; the two with the most free memory are 7 and 2.
     assert [(r["server"], r["free_gpus"], r["cuda_visible_devices"]) for r in rows] == [("big", 4, "7,2")]
-    assert rows[0]["min_free_mib"] == 81559 - 500
+    assert rows[0]["min_free_mib"] == 81559 - 479 - 500  # memory.free: the 479 MiB reserved are not free
     one = admin.get("/monitor/free_gpus.json?_shape=array").json()
     assert [r["server"] for r in one] == ["big", "small"]  # small: its two GPUs are not busy
     assert admin.get("/monitor/free_gpus.json?_shape=array&model=A100").json() == []
@@ -72,3 +73,18 @@ def test_idle_holders(admin):
     assert idle[0]["idle_hours"] >= 2.9 and idle[0]["held_mib"] == 30000
     assert len(admin.get("/monitor/idle_holders.json?_shape=array&hours=0.5").json()) == 2
     assert admin.get("/monitor/idle_holders.json?_shape=array&min_mib=40000").json() == []
+
+
+def test_free_gpus_never_offers_mig_or_encoding_gpus_whole(admin):
+    host(admin, "mixed", 4)
+    conn = sqlite3.connect(admin.db)
+    report = sample_report("mig-h100", gpus=2, processes=0, capture="h100-mig", state="idle")
+    assert report["gpus"][0]["mig.mode.current"] is True
+    assert ingest(admin, report, admin.token).status_code == 201
+    # The RTX 2080 capture: NVENC at 100 % while utilization.gpu reads 8 %, no compute process.
+    nvenc = sample_report("nvenc", gpus=1, processes=0, capture="rtx-2080-super__595")
+    assert ingest(admin, nvenc, admin.token).status_code == 201
+    rows = admin.get("/monitor/free_gpus.json?_shape=array").json()
+    assert [r["server"] for r in rows] == ["mixed"]
+    assert conn.execute("select busy from gpus g join servers s on s.id = g.server_id"
+                        " where s.hostname = 'nvenc'").fetchone() == (1,)

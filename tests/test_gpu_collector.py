@@ -37,9 +37,10 @@ def test_eight_gpus_two_calls_per_cycle(fake):
     assert [g["index"] for g in first["gpus"]] == list(range(8))
     assert len({g["uuid"] for g in first["gpus"]}) == 8
     assert len(first["processes"]) == 24
-    assert len(calls(log)) == 3  # --help-query-gpu once, then the two queries
+    assert len(calls(log)) == 4  # --help-query-gpu and --version once, then the two queries
     collector.collect()
-    assert len(calls(log)) == 5
+    assert len(calls(log)) == 6
+    assert first["gpus"][0]["cuda_version"] == "13.1" and first["gpus"][0]["driver_version"] == "590.48.01"
 
 
 def test_missing_nvidia_smi_means_no_gpu_not_an_error(tmp_path):
@@ -65,14 +66,24 @@ def test_whole_tool_failures(fake, mode, state, text):
     assert result["gpus"] == []
 
 
-@pytest.mark.parametrize("mode", ["lost:1", "is_lost:1"])
-def test_one_lost_gpu_keeps_the_others(fake, mode):
+@pytest.mark.parametrize("mode,bus", [("lost:1", "00000000:28:00.0"), ("is_lost:1", "00000000:28:00.0"),
+                                      ("lost_nospace:1", "0000:28:00.0")])
+def test_one_lost_gpu_keeps_the_others(fake, mode, bus):
     fake(gpus=4, mode=mode)
     result = GpuCollector(FAKE_NVSMI).collect()
     assert result["status"]["state"] == "gpu_lost"
     assert [g["index"] for g in result["gpus"]] == [0, 2, 3]
-    assert [item["pci.bus_id"] for item in result["status"]["lost"]] == ["00000000:28:00.0"]
-    assert "00000000:28:00.0" in result["status"]["message"]
+    assert [item["pci.bus_id"] for item in result["status"]["lost"]] == [bus]
+    assert bus in result["status"]["message"]
+    assert "GPU-" not in result["status"]["message"]  # never another GPU's CSV row
+
+
+def test_gpu_requires_reset_is_reported_by_name(fake):
+    fake(gpus=2, mode="reset:0")
+    result = GpuCollector(FAKE_NVSMI).collect()
+    assert result["status"]["state"] == "ok"
+    assert result["gpus"][0]["state"] == "requires_reset" and result["gpus"][0]["memory.used"] is None
+    assert "state" not in result["gpus"][1] and result["gpus"][1]["memory.used"] == 19818
 
 
 def test_all_sentinel_spellings_null_values_but_keep_the_gpu(fake):
@@ -95,7 +106,9 @@ def test_field_unknown_to_the_driver_is_dropped_and_remembered(fake):
     assert "power.draw.instant" not in gpu
     assert gpu["power.draw"] == 631.95
     assert gpu["clocks_event_reasons.active"] == 0  # answered by clocks_throttle_reasons.active
-    assert collector.unsupported == {"power.draw.instant", "clocks_event_reasons.active"}
+    # kmd_version (595+) is unknown to this 590 capture too: driver_version answers instead.
+    assert collector.unsupported == {"power.draw.instant", "clocks_event_reasons.active", "kmd_version"}
+    assert gpu["driver_version"] == "590.48.01"
     before = len(calls(log))
     collector.collect()
     assert len(calls(log)) - before == 2  # learnt: no more failing queries

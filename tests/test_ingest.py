@@ -239,3 +239,30 @@ def test_per_host_token_writes_only_its_own_host(ingest_server):
     assert "token_hash" not in tokens.list_tokens(conn)[0]
     stored = conn.execute("select token_hash from agent_tokens").fetchone()[0]
     assert token not in stored and stored == tokens.token_hash(token)
+
+
+def test_bad_health_value_nulls_that_field_only(ingest_server):
+    report = sample_report("soft", gpus=2, processes=0, disks=0)
+    report["gpus"][0]["pcie.link.width.current"] = "sixteen"
+    report["gpus"][1]["utilization.encoder"] = 140
+    status, body = post(ingest_server, report)
+    assert status == 201, body
+    assert body["nulled"] == ["gpus[0].pcie.link.width.current: expected integer, got 'sixteen'",
+                              "gpus[1].utilization.encoder: expected number from 0 to 100, got 140"]
+    conn = sqlite3.connect(ingest_server.config.db_path)
+    rows = conn.execute("select gpu_index, pcie_link_width_current, pcie_link_gen_current, utilization_encoder,"
+                        " memory_free_mib from gpus order by gpu_index").fetchall()
+    assert rows == [(0, None, 5, 0, 61263), (1, 16, 5, None, 61263)]
+
+
+def test_encoder_busy_gpu_is_busy_and_health_stored(ingest_server):
+    # The RTX 2080 capture under load: NVENC 100 %, utilization.gpu 8 %, no compute process.
+    report = sample_report("nvenc", gpus=1, processes=0, disks=0, capture="rtx-2080-super__595")
+    assert report["gpus"][0]["utilization.gpu"] == 8 and report["gpus"][0]["utilization.encoder"] == 100
+    assert post(ingest_server, report)[0] == 201
+    conn = sqlite3.connect(ingest_server.config.db_path)
+    row = conn.execute("select busy, utilization_encoder, encoder_sessions, health, pcie_link_gen_current,"
+                       " pcie_link_gen_max, memory_free_mib from gpus").fetchone()
+    assert row == (1, 100, 2, "ok", 3, 3, 6967)
+    assert conn.execute("select gpus_busy from servers").fetchone() == (1,)
+    assert conn.execute("select utilization_encoder, pcie_link_gen_current from gpu_samples").fetchone() == (100, 3)

@@ -39,7 +39,9 @@ def test_metrics_values_labels_and_stale_hosts(datasette, hub_config):
     assert live[0].value == 100 and live[0].labels["modelName"] == "NVIDIA H100 80GB HBM3"
     assert live[0].labels["UUID"].startswith("GPU-gpu-live-") and live[0].labels["device"] in ("nvidia0", "nvidia1")
     assert samples(found["DCGM_FI_DEV_FB_USED"], Hostname="gpu-live", gpu="0")[0].value == 19818
-    assert samples(found["DCGM_FI_DEV_FB_FREE"], Hostname="gpu-live", gpu="0")[0].value == 81559 - 19818
+    # memory.free as the driver reports it (total - reserved - used), not total - used.
+    assert samples(found["DCGM_FI_DEV_FB_FREE"], Hostname="gpu-live", gpu="0")[0].value == 61263
+    assert samples(found["DCGM_FI_DEV_FB_RESERVED"], Hostname="gpu-live", gpu="0")[0].value == 479
     assert samples(found["DCGM_FI_DEV_GPU_TEMP"], Hostname="gpu-live", gpu="1")[0].value == 59
     assert samples(found["DCGM_FI_DEV_POWER_USAGE"], Hostname="gpu-live", gpu="0")[0].value == 631.95
     # The offline host: up 0 and no GPU values that would look live.
@@ -64,3 +66,42 @@ def test_metrics_access(datasette, hub_config):
     viewer = Client(datasette)
     assert viewer.login("vic", "viewer password").status_code == 302
     assert viewer.get("/metrics").status_code == 403
+
+
+def test_health_metrics_under_dcgm_names(datasette, hub_config):
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    token = hub_config.get("agent.token")
+    h100 = sample_report("h100-host", gpus=1, processes=0)
+    h100["gpus"][0]["remapped_rows.failure"] = True
+    h100["gpus"][0]["ecc.errors.corrected.volatile.total"] = 7
+    assert ingest(admin, h100, token).status_code == 201
+    nvenc = sample_report("nvenc-host", gpus=1, processes=0, capture="rtx-2080-super__595")
+    assert ingest(admin, nvenc, token).status_code == 201
+    found = families(admin.get("/metrics").text)
+
+    def value(metric, host):
+        (sample,) = samples(found[metric], Hostname=host, gpu="0")
+        return sample.value
+
+    # Values of the captures (H100 under load; RTX 2080 SUPER encoding at 100 %).
+    assert value("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "h100-host") == 7
+    assert value("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "h100-host") == 0
+    assert value("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "h100-host") == 0
+    assert value("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "h100-host") == 0
+    assert value("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "h100-host") == 0
+    assert value("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "h100-host") == 0
+    assert value("DCGM_FI_DEV_ROW_REMAP_FAILURE", "h100-host") == 1
+    assert value("DCGM_FI_DEV_ROW_REMAP_PENDING", "h100-host") == 0
+    assert value("DCGM_FI_DEV_PCIE_LINK_GEN", "h100-host") == 5
+    assert value("DCGM_FI_DEV_PCIE_LINK_WIDTH", "h100-host") == 16
+    assert value("server_monitor_gpu_health", "h100-host") == 2
+    assert value("server_monitor_gpu_temperature_tlimit_celsius", "h100-host") == 26
+    assert samples(found["DCGM_FI_DEV_RETIRED_SBE"], Hostname="h100-host") == []  # [N/A] on H100: no series
+    assert value("DCGM_FI_DEV_ENC_UTIL", "nvenc-host") == 100
+    assert value("DCGM_FI_DEV_DEC_UTIL", "nvenc-host") == 0
+    assert value("DCGM_FI_DEV_GPU_UTIL", "nvenc-host") == 8
+    assert value("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "nvenc-host") == 0
+    assert value("DCGM_FI_DEV_POWER_VIOLATION", "nvenc-host") == 221310321
+    assert value("DCGM_FI_DEV_FB_FREE", "nvenc-host") == 6967
+    assert value("server_monitor_gpu_health", "nvenc-host") == 0

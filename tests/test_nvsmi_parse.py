@@ -198,3 +198,123 @@ def test_whole_tool_failures_are_named(text, code, state):
 def test_invalid_field_message():
     assert nvsmi.invalid_field('Field "power.draw.instant" is not a valid field to query.\n') == "power.draw.instant"
     assert nvsmi.invalid_field("No devices were found") is None
+
+
+# Health, engine and capacity fields (issue 15), read off the captures by hand.
+HEALTH_EXPECTED = {
+    ("rtx-2080-super__595", "idle"): {
+        "driver_version": "595.71.05",  # from kmd_version: driver_version is deprecated in 595
+        "clocks_event_reasons.active": 0x4, "clocks_event_reasons.supported": 0x1FF,
+        "clocks_event_reasons_counters.sw_power_cap": 212553937,
+        "pcie.link.gen.current": 1, "pcie.link.gen.max": 3, "pcie.link.width.current": 16,
+        "memory.free": 7571, "ecc.mode.current": None, "remapped_rows.failure": None,
+        "temperature.gpu.tlimit": None, "mig.mode.pending": None},
+    ("rtx-2080-super__595", "load"): {
+        "utilization.gpu": 8, "utilization.encoder": 100, "utilization.decoder": 0,
+        "encoder.stats.sessionCount": 2, "pcie.link.gen.current": 3, "memory.free": 6967},
+    ("rtx-4080", "load"): {"utilization.encoder": 72, "encoder.stats.sessionCount": 2, "pcie.link.gen.max": 4},
+    ("h100-80gb", "load"): {
+        "driver_version": "590.48.01", "ecc.mode.current": True, "ecc.mode.pending": True,
+        "ecc.errors.corrected.volatile.total": 0, "ecc.errors.corrected.aggregate.total": 0,
+        "ecc.errors.uncorrected.aggregate.total": 0, "retired_pages.single_bit_ecc.count": None,
+        "retired_pages.double_bit.count": None, "remapped_rows.correctable": 0,
+        "remapped_rows.uncorrectable": 0, "remapped_rows.failure": False, "gpu_recovery_action": "None",
+        "pcie.link.gen.current": 5, "pcie.link.gen.max": 5, "pcie.link.width.current": 16,
+        "pcie.link.width.max": 16, "temperature.gpu.tlimit": 26, "memory.free": 61263,
+        "utilization.encoder": 0, "mig.mode.pending": False},
+    ("h100-mig", "load"): {"mig.mode.current": True, "mig.mode.pending": True, "utilization.encoder": None,
+                           "utilization.decoder": None, "remapped_rows.correctable": None,
+                           "temperature.gpu.tlimit": 24, "memory.free": 69956},
+    ("h200", "load"): {"memory.free": 110796, "memory.reserved": 614, "memory.total": 143771,
+                       "temperature.gpu.tlimit": 35, "clocks_event_reasons_counters.hw_thermal_slowdown": 0},
+    ("windows", "idle"): {"clocks_event_reasons_counters.sw_power_cap": 5451018134, "driver_version": "591.86",
+                          "memory.free": 7286},
+}
+
+
+@pytest.mark.parametrize("key", sorted(HEALTH_EXPECTED), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_health_values_match_capture(key):
+    gpus, _ = parse_capture(*key)
+    for field, expected in HEALTH_EXPECTED[key].items():
+        assert gpus[0][field] == expected, field
+
+
+def _independent(raw, kind):
+    """The capture's cell as a value, written without the parser: units cut, words mapped."""
+    if raw.startswith("[") or raw in ("N/A", ""):
+        return None
+    if kind == "bool":
+        return {"Enabled": True, "Yes": True, "Disabled": False, "No": False}[raw]
+    if kind == "hex":
+        return int(raw, 16)
+    if kind == "str":
+        return raw
+    number = float(raw.split(" ")[0])
+    return int(number) if number.is_integer() else number
+
+
+NEW_FIELDS = ("mig.mode.pending", "ecc.mode.current", "ecc.mode.pending", "ecc.errors.corrected.volatile.total",
+              "ecc.errors.corrected.aggregate.total", "ecc.errors.uncorrected.aggregate.total",
+              "retired_pages.single_bit_ecc.count", "retired_pages.double_bit.count", "remapped_rows.correctable",
+              "remapped_rows.uncorrectable", "remapped_rows.failure", "gpu_recovery_action",
+              "clocks_event_reasons.supported", "clocks_event_reasons_counters.sw_power_cap",
+              "clocks_event_reasons_counters.sync_boost", "clocks_event_reasons_counters.sw_thermal_slowdown",
+              "clocks_event_reasons_counters.hw_thermal_slowdown",
+              "clocks_event_reasons_counters.hw_power_brake_slowdown", "pcie.link.gen.current", "pcie.link.gen.max",
+              "pcie.link.width.current", "pcie.link.width.max", "temperature.gpu.tlimit", "utilization.encoder",
+              "utilization.decoder", "encoder.stats.sessionCount", "memory.free")
+
+
+@pytest.mark.parametrize("name", all_captures())
+@pytest.mark.parametrize("state", ["idle", "load"])
+def test_every_new_field_equals_the_capture(name, state):
+    gpus, fields = parse_capture(name, state)
+    row = Capture(name).query_gpu(state)[0]
+    kinds = {key: kind for key, _, kind in fields}
+    assert set(NEW_FIELDS) <= set(kinds), set(NEW_FIELDS) - set(kinds)
+    for key in NEW_FIELDS:
+        assert gpus[0][key] == _independent(row[key][0], kinds[key]), key
+
+
+@pytest.mark.parametrize("name", all_captures())
+@pytest.mark.parametrize("state", ["idle", "load"])
+def test_throttle_bitmask_decodes_to_the_per_reason_columns(name, state):
+    from server_monitor.gpu_health import reason_names
+
+    gpus, _ = parse_capture(name, state)
+    row = Capture(name).query_gpu(state)[0]
+    active = {field.split(".", 1)[1] for field, (text, _) in row.items()
+              if field.startswith("clocks_event_reasons.") and text == "Active"}
+    assert set(reason_names(gpus[0]["clocks_event_reasons.active"])) == active
+
+
+@pytest.mark.parametrize("name", all_captures())
+def test_version_gives_driver_and_cuda(name):
+    capture = Capture(name)
+    parsed = nvsmi.parse_version(capture.version())
+    driver = capture.query_gpu("idle")[0]["driver_version"][0]
+    assert parsed["driver_version"] == driver
+    assert parsed["cuda_version"] in ("13.1", "13.2")
+    assert parsed["cuda_version"] in capture.section("idle", "nvidia-smi (default table)")
+
+
+def test_lost_gpu_without_a_space_is_named_by_bus_id():
+    # The spelling of NVIDIA/nvidia-container-toolkit#69 and #846: no space after "GPU".
+    fields = nvsmi.choose_fields({"index", "uuid", "memory.used", "name"})
+    text = ("0, GPU-a, 100, NVIDIA H100\n"
+            "Unable to determine the device handle for GPU0000:17:00.0: Unknown Error\n"
+            "2, GPU-c, 300, NVIDIA H100\n")
+    gpus, lost, other = nvsmi.parse_gpu_rows(text, fields)
+    assert [g["index"] for g in gpus] == [0, 2]
+    assert lost == [{"pci.bus_id": "0000:17:00.0",
+                     "message": "Unable to determine the device handle for GPU0000:17:00.0: Unknown Error"}]
+    assert other == []
+
+
+def test_gpu_requires_reset_is_a_named_state():
+    fields = nvsmi.choose_fields({"index", "uuid", "memory.used", "temperature.gpu", "name"})
+    gpus, lost, _ = nvsmi.parse_gpu_rows(
+        "0, GPU-a, [GPU requires reset], [GPU requires reset], NVIDIA H100\n1, GPU-b, 5, 40, NVIDIA H100\n", fields)
+    assert lost == []
+    assert gpus[0]["state"] == "requires_reset" and gpus[0]["memory.used"] is None
+    assert "state" not in gpus[1]
