@@ -21,7 +21,7 @@ from monitor_agent import __version__
 from monitor_agent.collect import ReportBuilder
 from monitor_agent.config import AgentConfigError
 from monitor_agent.config import load as load_config
-from monitor_agent.delivery import Delivery
+from monitor_agent.delivery import Delivery, describe_result
 from monitor_agent.probes import Prober
 from monitor_agent.spool import Spool, SpoolInUse
 from monitor_agent.transport import Transport
@@ -30,16 +30,55 @@ log = logging.getLogger("server_monitor.agent")
 
 
 def send_once(transport, report):
-    """Stamp ``sent_at`` and POST one report (no spool); logs and returns the ``SendResult``."""
+    """Stamp ``sent_at`` and POST one report (no spool); returns the ``SendResult``."""
     report["sent_at"] = time.time()
     result = transport.send(report)
-    if result.outcome == "delivered":
-        log.debug("delivered %s (%s)", report["report_id"], result.status)
-    elif result.outcome == "rejected":
-        log.error("hub rejected report %s with %s: %s", report["report_id"], result.status, result.body)
-    else:
-        log.warning("hub unreachable (%s): %s", result.status, result.body)
+    log.debug("report %s: %s %s", report["report_id"], result.outcome, result.status)
     return result
+
+
+def _open_spool(cfg):
+    return Spool(cfg["spool_dir"], max_bytes=int(cfg["spool_max_mb"] * 1024 * 1024),
+                 max_age_s=cfg["spool_max_age_h"] * 3600)
+
+
+def report_once(cfg, transport, report):
+    """``--once``: send ``report``; print one line saying whether it was stored, or kept in the spool.
+
+    Stored: ``stored report <id> at <hub>`` on stdout (then reports spooled earlier are sent
+    too). The hub unreachable, failing (5xx) or refusing the token: the report is kept in the
+    spool for the agent's next run, and the line says where (or why it could not be kept,
+    e.g. a running agent holds the spool). Rejected as invalid (4xx): dropped, said so.
+    Returns the exit status: 0 stored, 1 otherwise.
+    """
+    report_id, hub = report["report_id"], cfg["server_url"]
+    try:
+        spool, why = _open_spool(cfg), None
+    except (SpoolInUse, OSError) as exc:
+        spool, why = None, str(exc)
+    try:
+        result = send_once(transport, report)
+        if result.outcome == "delivered":
+            duplicate = isinstance(result.body, dict) and result.body.get("duplicate")
+            click.echo(f"{'already stored' if duplicate else 'stored'} report {report_id} at {hub}")
+            if spool is not None and len(spool):
+                sent = Delivery(transport, spool).flush()
+                click.echo(f"sent {sent} report(s) spooled earlier; {len(spool)} still waiting in {cfg['spool_dir']}")
+            return 0
+        problem = describe_result(result)
+        if result.outcome == "rejected" and result.status not in (401, 403):
+            click.echo(f"hub rejected report {report_id} ({problem}); it is not kept", err=True)
+            return 1
+        if spool is None:
+            click.echo(f"report {report_id} not stored ({problem}) and NOT kept: {why}", err=True)
+            return 1
+        spool.append(report)
+        click.echo(f"report {report_id} not stored ({problem}); kept in the spool {cfg['spool_dir']} "
+                   f"({len(spool)} waiting), sent by the agent's next run", err=True)
+        return 1
+    finally:
+        if spool is not None:
+            spool.close()
 
 
 def run_forever(builder, delivery, interval, stop, clock=time.monotonic):
@@ -84,7 +123,9 @@ def main(config_path, interval, once, dry_run, verbose):
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # urllib3 logs a WARNING for each internal retry ("Retrying (Retry(total=0, ...")); the
+    # delivery's own one-line message says what matters.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     # A dry run needs no hub, nor even a config file.
     path = config_path if (os.path.exists(config_path) or not dry_run) else None
     try:
@@ -100,13 +141,9 @@ def main(config_path, interval, once, dry_run, verbose):
     transport = Transport(cfg["server_url"], cfg["token"], ca_file=cfg.get("ca_file"),
                           verify_tls=cfg.get("verify_tls", True))
     if once:
-        result = send_once(transport, builder.build())
-        if result.outcome != "delivered":
-            sys.exit(1)
-        return
+        sys.exit(report_once(cfg, transport, builder.build()))
     try:
-        spool = Spool(cfg["spool_dir"], max_bytes=int(cfg["spool_max_mb"] * 1024 * 1024),
-                      max_age_s=cfg["spool_max_age_h"] * 3600)
+        spool = _open_spool(cfg)
     except (SpoolInUse, OSError) as exc:
         raise click.ClickException(str(exc))
     delivery = Delivery(transport, spool, retry_base_s=cfg["retry_base_s"], retry_max_s=cfg["retry_max_s"])

@@ -20,6 +20,16 @@ BATCH_REPORTS = 200
 BATCH_BYTES = 512 * 1024  # uncompressed JSON per batch, well under the hub's 1 MiB limit
 
 
+def describe_result(result):
+    """``HTTP 503: <the hub's error text>`` or ``no answer: <reason>`` for a failed send."""
+    if result.status is None:
+        return f"no answer: {result.body}"
+    body = result.body
+    if isinstance(body, dict) and "error" in body:
+        body = body["error"]
+    return f"HTTP {result.status}: {body}"
+
+
 class Delivery:
     """Sends reports through ``transport`` (a ``Transport``), spooling to ``spool``.
 
@@ -151,6 +161,5 @@ class Delivery:
             log.error("hub refused the agent token (HTTP %s); keeping %d report(s), retrying in %.0fs",
                       result.status, len(self.spool), delay)
         else:
-            log.warning("hub unavailable (%s %s); %d report(s) spooled, retrying in %.0fs",
-                        result.status or "no answer", result.body if result.status else "",
-                        len(self.spool), delay)
+            log.warning("hub unavailable (%s); %d report(s) spooled, retrying in %.0fs",
+                        describe_result(result), len(self.spool), delay)

@@ -18,6 +18,16 @@ SendResult.__doc__ = """``outcome``: ``delivered``, ``retry`` or ``rejected``; `
 code or None (no answer); ``body``: decoded JSON answer, or an error text."""
 
 
+def describe_error(exc):
+    """A short text for a failed request: the underlying reason without urllib3's wrapping,
+    e.g. ``Failed to establish a new connection: [Errno 111] Connection refused``."""
+    reason = getattr(exc, "reason", None) or exc  # MaxRetryError wraps the real cause
+    text = str(reason)
+    if text.startswith("<") and ">: " in text:  # "<urllib3.connection.HTTPConnection object at 0x..>: ..."
+        text = text.split(">: ", 1)[1]
+    return text or type(reason).__name__
+
+
 class Transport:
     """POSTs JSON to ``<server_url>/api/report``.
 
@@ -50,7 +60,7 @@ class Transport:
         try:
             response = self.pool.request("POST", self.url, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as exc:
-            return SendResult("retry", None, f"{type(exc).__name__}: {exc}")
+            return SendResult("retry", None, describe_error(exc))
         try:
             answer = json.loads(response.data.decode("utf-8") or "null")
         except ValueError:

@@ -3,6 +3,7 @@
 import os
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -50,3 +51,19 @@ def test_config_example_is_valid_and_lists_known_keys():
         assert set(values) <= set(known), (section, set(values) - set(known))
     for section, values in config_mod.DEFAULTS.items():
         assert set(values) <= set(example[section]) | {"password"}, section
+
+
+def test_test_caches_are_not_tracked():
+    """M6 (newcomer review): scripts/test.sh rewrote the tracked .schemathesis cache (with the
+    developer's absolute path), leaving the clone dirty. Tool caches are untracked and ignored."""
+    import subprocess
+
+    if not os.path.isdir(os.path.join(ROOT, ".git")) and not os.path.isfile(os.path.join(ROOT, ".git")):
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", ".schemathesis", ".hypothesis", ".pytest_cache", ".run"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert tracked == ""
+    for path in (".schemathesis/default/cache/crashes/manifest.json", ".hypothesis/examples/x", "monitor.db.lock",
+                 "agent-spool/x.json.gz"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert ignored.returncode == 0, path
