@@ -131,7 +131,8 @@ async def server_delete(request, datasette):
     if denied:
         return denied
     server_id = int(request.url_vars["id"])
-    await datasette.get_database(DATABASE).execute_write_fn(lambda conn: delete_server(conn, server_id), block=True)
+    if await datasette.get_database(DATABASE).execute_write_fn(lambda conn: delete_server(conn, server_id), block=True):
+        hub.context(datasette).accounts.forget_server(server_id)
     return Response.redirect("/admin#servers")
 
 

@@ -16,6 +16,7 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
+from server_monitor import hub
 from server_monitor.queries import DATABASE, run
 from server_monitor.store import delete_server
 
@@ -70,6 +71,7 @@ async def server_one(request, datasette):
         lambda conn: delete_server(conn, server_id), block=True)
     if not deleted:
         return error(404, f"no server {server_id}")
+    hub.context(datasette).accounts.forget_server(server_id)
     return ok({"ok": True, "deleted": server_id})
 
 

@@ -322,6 +322,29 @@ class Accounts:
             conn.execute("ROLLBACK")
             raise
 
+    def forget_server(self, server_id):
+        """Remove ``server_id`` from every user's and invite's server list (after a delete, M4).
+
+        A viewer limited to that server alone keeps an empty list (sees nothing), never "all".
+        Returns how many rows changed.
+        """
+        conn = self._conn()
+        changed = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ("users", "invites"):
+                for row_id, servers in conn.execute(f"SELECT id, servers FROM {table} WHERE servers IS NOT NULL").fetchall():
+                    ids = json.loads(servers)
+                    if server_id in ids:
+                        conn.execute(f"UPDATE {table} SET servers = ? WHERE id = ?",
+                                     (scope_json([s for s in ids if s != server_id]), row_id))
+                        changed += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return changed
+
     def purge_expired(self):
         """Delete expired sessions; returns how many."""
         return self._conn().execute("DELETE FROM sessions WHERE expires_at <= ?", (int(time.time()),)).rowcount

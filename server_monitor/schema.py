@@ -13,6 +13,7 @@ Timestamps are integer UTC epoch seconds. The schema version lives in
 once in its own transaction. To change the schema, append a step, never edit one.
 """
 
+import re
 import sqlite3
 
 import sqlite_utils
@@ -365,8 +366,66 @@ ALTER TABLE gpu_samples ADD COLUMN ecc_errors_corrected_volatile_total INTEGER;
 ALTER TABLE gpu_samples ADD COLUMN ecc_errors_uncorrected_volatile_total INTEGER;
 """
 
+
+def _rebuild_with_autoincrement(conn, table):
+    """Rebuild ``table`` (``id INTEGER PRIMARY KEY``) as ``AUTOINCREMENT``, rows and ids kept.
+
+    SQLite's documented 12-step table rebuild, run with foreign keys off (``migrate`` does
+    that): the new table's SQL is the stored ``CREATE TABLE`` (which includes every column
+    added by ``ALTER TABLE``), renamed and with ``AUTOINCREMENT`` added; its indexes are
+    re-created from their stored SQL. Child tables keep referring to ``table`` by name.
+    """
+    create = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    if "AUTOINCREMENT" in create.upper():
+        return
+    new_sql, count = re.subn(r"^CREATE TABLE\s+\"?" + table + r"\"?\s*\(", f"CREATE TABLE {table}_rebuild (",
+                             create, count=1)
+    new_sql, count2 = re.subn(r"\bid\s+INTEGER\s+PRIMARY\s+KEY\b(?!\s+AUTOINCREMENT)",
+                              "id INTEGER PRIMARY KEY AUTOINCREMENT", new_sql, count=1, flags=re.IGNORECASE)
+    if count != 1 or count2 != 1:
+        raise RuntimeError(f"cannot rebuild {table}: unexpected table SQL")
+    indexes = [row[0] for row in conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL", (table,))]
+    conn.execute(new_sql)
+    conn.execute(f"INSERT INTO {table}_rebuild SELECT * FROM {table}")
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}_rebuild RENAME TO {table}")
+    for sql in indexes:
+        conn.execute(sql)
+
+
+def migration_9(conn):
+    """Server and GPU ids are never reused (security review M4).
+
+    ``servers`` and ``gpus`` become ``AUTOINCREMENT`` (a viewer scoped to a deleted server's id
+    must never see the next new host). The sequence starts above every id still named anywhere
+    in ``monitor.db`` (``gpu_usage_1h``, ``alerts``), so ids deleted before this step are not
+    handed out again either. Views are dropped and re-created around the rebuild.
+    """
+    views = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'view'").fetchall()
+    triggers = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    for name, _ in views:
+        conn.execute(f'DROP VIEW "{name}"')
+    for name, _ in triggers:
+        conn.execute(f'DROP TRIGGER "{name}"')
+    _rebuild_with_autoincrement(conn, "servers")
+    _rebuild_with_autoincrement(conn, "gpus")
+    for _, sql in views + triggers:
+        conn.execute(sql)
+    top_server = conn.execute(
+        "SELECT max(m) FROM (SELECT max(id) AS m FROM servers UNION ALL SELECT max(server_id) FROM gpu_usage_1h"
+        " UNION ALL SELECT max(server_id) FROM alerts)").fetchone()[0] or 0
+    top_gpu = conn.execute(
+        "SELECT max(m) FROM (SELECT max(id) AS m FROM gpus UNION ALL SELECT max(gpu_id) FROM gpu_usage_1h)").fetchone()[0] or 0
+    for table, top in (("servers", top_server), ("gpus", top_gpu)):
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, top))
+
+
+# Each step is a SQL script or a function of the connection (run inside the step's transaction,
+# with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8]
+              MIGRATION_8, migration_9]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -406,6 +465,9 @@ def migrate(path):
     """
     sqlite_utils.Database(path).enable_wal()
     conn = connect(path)
+    # Off for the migration connection (it cannot change inside a transaction): with it on,
+    # DROP TABLE in a table rebuild would cascade into every child table.
+    conn.execute("PRAGMA foreign_keys=OFF")
     try:
         before = conn.execute("PRAGMA user_version").fetchone()[0]
         if before > SCHEMA_VERSION:
@@ -415,9 +477,13 @@ def migrate(path):
         for version in range(before + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # executescript would COMMIT first; run statement by statement instead.
-                for statement in _statements(MIGRATIONS[version - 1]):
-                    conn.execute(statement)
+                step = MIGRATIONS[version - 1]
+                if callable(step):
+                    step(conn)
+                else:
+                    # executescript would COMMIT first; run statement by statement instead.
+                    for statement in _statements(step):
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={version}")
                 conn.execute("COMMIT")
             except BaseException:

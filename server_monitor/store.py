@@ -408,14 +408,18 @@ def _store_inventory(conn, server_id, ts, report):
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
 _SERVER_CHILD_TABLES = ("gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
-                        "containers", "probes", "gpus")
+                        "containers", "probes", "gpu_usage_1h", "alerts", "gpus")
 
 
 def delete_server(conn, server_id):
     """Delete server ``server_id`` and all its history in one transaction.
 
-    ``conn`` may be any writable connection (autocommit or not). Returns False when there
-    is no such server. Its agent, if still running, will create a new server row.
+    History includes the GPU-hours accounting (``gpu_usage_1h``) and the alerts of the server
+    (M4: they attached to the next server that got the id). Ids are never reused (schema
+    migration 9), so a new server never inherits anything. ``conn`` may be any writable
+    connection (autocommit or not). Returns False when there is no such server. Its agent, if
+    still running, will create a new server row with a new id. Viewer scopes in ``auth.db``
+    are cleaned by :meth:`server_monitor.accounts.Accounts.forget_server`.
     """
     in_txn = conn.in_transaction
     fk = conn.execute("PRAGMA foreign_keys").fetchone()[0]

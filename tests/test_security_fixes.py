@@ -11,7 +11,7 @@ import time
 import pytest
 from reports import sample_report
 from test_alerts import Receiver, SmtpSink
-from test_hub_datasette import Client
+from test_hub_datasette import Client, ingest
 
 from server_monitor import alerts, schema
 from server_monitor.contract import validate_report
@@ -357,3 +357,88 @@ def test_m1_browser_cookie_tossing_from_another_port_fails(page, hub_process, hu
         assert accounts.user("vera")["role"] == "viewer"
     finally:
         server.shutdown()
+
+
+# -- M4: ids never reused, delete is complete ---------------------------------------------------
+def _put(conn, name, ts=None, gpus=1):
+    now = int(time.time()) if ts is None else ts
+    return store_report(conn, validate_report(sample_report(name, gpus=gpus, processes=0, sample_time=now)), now)
+
+
+def test_m4_server_and_gpu_ids_are_never_reused(tmp_path):
+    """M4: deleting the highest-id server (or GPU) no longer gives its id to the next new host."""
+    from server_monitor.store import delete_server
+
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    assert _put(conn, "keep")["server_id"] == 1
+    assert _put(conn, "old-host")["server_id"] == 2
+    old_gpu = conn.execute("SELECT max(id) FROM gpus").fetchone()[0]
+    assert delete_server(conn, 2)
+    new = _put(conn, "brand-new-secret-host")["server_id"]
+    assert new == 3
+    assert conn.execute("SELECT min(id) FROM gpus WHERE server_id = ?", (new,)).fetchone()[0] > old_gpu
+
+
+def test_m4_migration_rebuilds_tables_keeping_every_row(tmp_path, monkeypatch):
+    """M4: the AUTOINCREMENT rebuild of a populated older database keeps all rows and children
+    (no cascade through the foreign keys), keeps the views, and starts ids above any id still
+    named in gpu_usage_1h/alerts."""
+    path = str(tmp_path / "monitor.db")
+    full, version = schema.MIGRATIONS, schema.MIGRATIONS.index(schema.migration_9)
+    monkeypatch.setattr(schema, "MIGRATIONS", full[:version])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", version)
+    schema.migrate(path)
+    conn = schema.connect(path)
+    now = int(time.time())
+    for i in range(3):
+        _put(conn, "a", now - 60 + i * 30, gpus=2)
+        _put(conn, "b", now - 60 + i * 30, gpus=2)
+    conn.execute("INSERT INTO alerts (key, rule, severity, server_id, message, started_at)"
+                 " VALUES ('k', 'host_offline', 'critical', 9, 'gone', 1)")  # a server deleted long ago
+    tables = ("servers", "gpus", "host_samples", "gpu_samples", "gpu_processes", "disk_samples", "alerts")
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+    conn.close()
+    monkeypatch.setattr(schema, "MIGRATIONS", full)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", len(full))
+    assert schema.migrate(path) == version
+    conn = schema.connect(path)
+    assert {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables} == before
+    assert "AUTOINCREMENT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'servers'").fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM server_state").fetchone()[0] == 2
+    assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+    assert _put(conn, "c")["server_id"] == 10
+
+
+def test_m4_delete_removes_accounting_alerts_and_scopes(datasette, hub_config):
+    """M4: deleting a server removes its gpu_usage_1h and alerts rows and drops its id from
+    users.servers and invites.servers; a viewer scoped to it sees nothing of the next new host."""
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor import hub
+
+    ctx = hub.context(datasette)
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    token = hub_config.get("agent.token")
+    for name in ("one", "victim"):
+        assert ingest(admin, sample_report(name, gpus=1, processes=1), token).status_code == 201
+    conn = schema.connect(hub_config.db_path)
+    conn.execute("INSERT INTO gpu_usage_1h VALUES (0, 2, 2, 'old-host-user-alice', '', 60, 0, 0, 0, 60)")
+    conn.execute("INSERT INTO alerts (key, rule, severity, server_id, message, started_at)"
+                 " VALUES ('k', 'disk_full', 'warning', 2, 'victim: / full', 1)")
+    ctx.accounts.create_user("scoped-old", hash_password(PASSWORD, iterations=1000), "viewer", servers=[1, 2])
+    ctx.accounts.create_user("only-victim", hash_password(PASSWORD, iterations=1000), "viewer", servers=[2])
+    ctx.accounts.create_invite("viewer", hours=1, servers=[2])
+    viewer = Client(datasette)
+    assert viewer.login("only-victim", PASSWORD).status_code == 302
+    assert [s["name"] for s in viewer.get("/monitor/servers.json?_shape=array").json()] == ["victim"]
+    assert admin.request("DELETE", "/api/servers/2").json() == {"ok": True, "deleted": 2}
+    assert conn.execute("SELECT count(*) FROM gpu_usage_1h WHERE server_id = 2").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM alerts WHERE server_id = 2").fetchone()[0] == 0
+    assert ctx.accounts.user("scoped-old")["servers"] == [1]
+    assert ctx.accounts.user("only-victim")["servers"] == []
+    assert ctx.accounts.invites()[0]["servers"] == []
+    assert ingest(admin, sample_report("brand-new-secret-host", gpus=1, processes=0), token).status_code == 201
+    assert viewer.get("/monitor/servers.json?_shape=array").json() == []
