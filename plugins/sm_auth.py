@@ -44,12 +44,16 @@ def safe_next(value):
 
 
 def client_address(request, ctx):
-    """The client's address: the trusted proxy header when configured, else the socket peer."""
+    """The client's address: the trusted proxy header when configured, else the socket peer.
+
+    From the header the rightmost address is taken: the one your proxy added. Addresses to its
+    left come from the client and can be forged (L4).
+    """
     header = ctx.config.get("auth.trusted_proxy_header")
     if header:
         value = request.headers.get(header.lower(), "")
-        if value:
-            return value.split(",")[0].strip()
+        if value and value.split(",")[-1].strip():
+            return value.split(",")[-1].strip()
     client = request.scope.get("client") or ("unknown", 0)
     return client[0]
 

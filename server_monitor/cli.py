@@ -94,6 +94,9 @@ def serve(config_path, init, host, port):
     env = dict(os.environ)
     env[config_mod.ENV_VAR] = cfg.path
     env["DATASETTE_SECRET"] = cfg.get("server.secret_key")
+    # uvicorn must not take the client address from X-Forwarded-For (it trusts 127.0.0.1 by
+    # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
+    env["FORWARDED_ALLOW_IPS"] = ""
     args = datasette_args(cfg, host, port)
     click.echo(f"Server Monitor hub on {url}", err=True)
     datasette = os.path.join(os.path.dirname(sys.executable), "datasette")

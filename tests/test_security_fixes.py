@@ -442,3 +442,62 @@ def test_m4_delete_removes_accounting_alerts_and_scopes(datasette, hub_config):
     assert ctx.accounts.invites()[0]["servers"] == []
     assert ingest(admin, sample_report("brand-new-secret-host", gpus=1, processes=0), token).status_code == 201
     assert viewer.get("/monitor/servers.json?_shape=array").json() == []
+
+
+# -- L4: client address --------------------------------------------------------------------------
+def test_l4_x_forwarded_for_is_not_trusted_without_configuration(hub_process, hub_config):
+    """L4: the real hub (uvicorn via server-monitor serve) no longer takes the client address from
+    X-Forwarded-For sent by a local client: rotating it does not reset the per-address login budget
+    and the session's audit address is the socket peer."""
+    from http_client import Browserless
+
+    admin = Browserless(hub_process.base_url)
+    page = admin.request("GET", "/login")
+    token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
+    admin.request("POST", "/login", headers={"X-Forwarded-For": "6.6.6.6"}, encode_multipart=False,
+                  fields={"username": hub_config.get("auth.username"), "password": hub_config.password,
+                          "csrftoken": token})
+    statuses = []
+    for i in range(6):
+        client = Browserless(hub_process.base_url)
+        page = client.request("GET", "/login")
+        token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode()).group(1)
+        response = client.request("POST", "/login", headers={"X-Forwarded-For": f"10.19.0.{i}"},
+                                  fields={"username": f"user{i}", "password": "wrong", "csrftoken": token},
+                                  encode_multipart=False)
+        statuses.append(response.status)
+    assert statuses == [401] * 5 + [429]
+    from server_monitor.accounts import Accounts
+
+    clients = [r[0] for r in Accounts(hub_config.auth_db_path).connection().execute("SELECT client FROM sessions")]
+    assert clients == ["127.0.0.1"]
+
+
+def _set_config(hub_config, **values):
+    """Write dotted ``values`` into the test hub's config.yaml (the hub reads it at start)."""
+    import yaml
+
+    data = yaml.safe_load(open(hub_config.path))
+    for dotted, value in values.items():
+        section, key = dotted.split(".")
+        data.setdefault(section, {})[key] = value
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+
+
+def test_l4_trusted_proxy_header_uses_the_rightmost_address(hub_config):
+    """L4: with auth.trusted_proxy_header set, the address the proxy appended (rightmost) counts,
+    not the leftmost one a client can forge."""
+    from conftest import make_datasette
+
+    from server_monitor import hub
+
+    _set_config(hub_config, **{"auth.trusted_proxy_header": "X-Forwarded-For"})
+    schema.migrate(hub_config.db_path)
+    ds = make_datasette(hub_config)
+    client = Client(ds)
+    token = _token(client)
+    client.post("/login", headers={"X-Forwarded-For": "6.6.6.6, 10.0.0.9"},
+                data={"username": hub_config.get("auth.username"), "password": hub_config.password, "csrftoken": token})
+    rows = hub.context(ds).accounts.connection().execute("SELECT client FROM sessions").fetchall()
+    assert [r[0] for r in rows] == ["10.0.0.9"]
