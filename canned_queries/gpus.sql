@@ -36,6 +36,7 @@ select
   g.persistence_mode,
   g.compute_partition,
   g.memory_partition,
+  g.xgmi_links_down,
   g.driver_version,
   g.process_count,
   g.busy,

@@ -5,6 +5,7 @@ import re
 import time
 import uuid
 
+from .amdsmi import AmdSmi
 from .drm import DrmCollector
 from .gpu import GpuCollector
 from .host import HostCollector
@@ -63,6 +64,8 @@ class ReportBuilder:
         if cfg.get("drm", True):
             self.drm = DrmCollector(cfg.get("sysfs_root", "/sys"), cfg.get("procfs_root", "/proc"),
                                     rediscover_s=cfg.get("inventory_interval", 60))
+        # amd-smi only for ECC/RAS counts and XGMI links, at the inventory cadence; optional.
+        self.amdsmi = AmdSmi(cfg.get("amd_smi"), interval=cfg.get("inventory_interval", 60), timeout=timeout)
         self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
         self.extra = extra
 
@@ -85,6 +88,7 @@ class ReportBuilder:
         if self.drm is not None:
             try:
                 drm = self.drm.collect(skip_bus_ids=[g.get("pci.bus_id") for g in gpus])
+                self.amdsmi.apply(drm["gpus"])
             except Exception as exc:  # a collector bug must not cost the host's report
                 log.warning("AMD/Intel GPU collection failed: %r", exc)
                 drm = {"gpus": [], "processes": []}

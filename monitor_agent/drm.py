@@ -53,11 +53,9 @@ PCI_IDS_PATHS = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids", "/usr/s
 _CARD = re.compile(r"card\d+$")
 _BUS_ID = re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-9a-fA-F]$")
 _DPM_LINE = re.compile(r"^\s*\d+:\s*(\d+)\s*[Mm][Hh]z.*\*\s*$")
-_SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB)?$")
-_ENGINE_NS = re.compile(r"^(\d+)\s*ns$")
 # Device-local memory regions: amdgpu "vram", xe "vram0", i915 "local0".
 _DEVICE_REGION = re.compile(r"^(vram|local|lmem)\d*$")
-_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}
+_UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}
 
 
 # --------------------------------------------------------------------------- parsing
@@ -181,10 +179,10 @@ def micro(text, low=0, high=10000):
 
 def parse_size(text):
     """An fdinfo memory value (``1234 KiB``, ``5 MiB``, ``4096``) to bytes, else None."""
-    match = _SIZE.match(text.strip())
-    if not match:
+    number, _, unit = text.strip().partition(" ")
+    if not number.isdigit() or unit.strip() not in _UNITS:
         return None
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    return int(number) * _UNITS[unit.strip()]
 
 
 def parse_fdinfo(text):
@@ -200,38 +198,38 @@ def parse_fdinfo(text):
             "total_cycles": {}, "capacity": {}}
     memory = {"resident": {}, "memory": {}, "total": {}}
     for line in (text or "").splitlines():
-        key, sep, value = line.partition(":")
-        if not sep or not key.startswith("drm-"):
+        if not line.startswith("drm-"):
             continue
-        value = value.strip()
-        if key == "drm-driver":
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key, value = key[4:], value.strip()
+        group, _, name = key.partition("-")
+        if group == "engine":
+            if name.startswith("capacity-"):
+                if value.isdigit() and int(value) > 0:
+                    info["capacity"][name[9:]] = int(value)
+            else:
+                number, _, unit = value.partition(" ")
+                if unit.strip() == "ns" and number.isdigit():
+                    info["engines"][name] = int(number)
+        elif group in memory:
+            if group == "total" and name.startswith("cycles-"):
+                if value.isdigit():
+                    info["total_cycles"][name[7:]] = int(value)
+            elif _DEVICE_REGION.match(name):
+                size = parse_size(value)
+                if size is not None:
+                    memory[group][name] = size
+        elif group == "cycles":
+            if value.isdigit():
+                info["cycles"][name] = int(value)
+        elif key == "driver":
             info["driver"] = value[:64] or None
-        elif key == "drm-pdev":
+        elif key == "pdev":
             info["pdev"] = value.lower() if _BUS_ID.match(value) else None
-        elif key == "drm-client-id":
+        elif key == "client-id":
             info["client_id"] = int(value) if value.isdigit() else None
-        elif key.startswith("drm-engine-capacity-"):
-            if value.isdigit() and int(value) > 0:
-                info["capacity"][key[20:]] = int(value)
-        elif key.startswith("drm-engine-"):
-            match = _ENGINE_NS.match(value)
-            if match:
-                info["engines"][key[11:]] = int(match.group(1))
-        elif key.startswith("drm-total-cycles-"):
-            if value.isdigit():
-                info["total_cycles"][key[17:]] = int(value)
-        elif key.startswith("drm-cycles-"):
-            if value.isdigit():
-                info["cycles"][key[11:]] = int(value)
-        else:
-            for kind in ("resident", "memory", "total"):
-                prefix = f"drm-{kind}-"
-                if key.startswith(prefix):
-                    region = key[len(prefix):]
-                    size = parse_size(value)
-                    if size is not None and _DEVICE_REGION.match(region):
-                        memory[kind][region] = size
-                    break
     if info["driver"] is None or info["client_id"] is None:
         return None
     info["device_bytes"] = None
@@ -317,6 +315,8 @@ class DrmCollector:
         self._clients = {}  # (pdev, client id) -> (parse_fdinfo dict, clock ns)
         self._energy = {}  # bus id -> (joules, clock s)
         self._sysfs_drivers = {}
+        self._fd_cache = {}  # pid -> (fd names at the last scan, those that link to /dev/dri/)
+        self._scans = 0
 
     # -- discovery
 
@@ -498,17 +498,33 @@ class DrmCollector:
 
     # -- DRM clients
 
+    # Every this many scans each process's fd links are all resolved again even when its fd
+    # numbers are unchanged (a tenth of the processes per scan, so no scan is much dearer).
+    FULL_SCAN_EVERY = 10
+
     def scan_clients(self):
         """Every DRM client in ``<procfs_root>/*/fdinfo``, de-duplicated by (pdev, client id).
 
-        Only fds whose link target starts with ``/dev/dri/`` are read. A process or fd that
-        vanishes while we look is skipped. Returns ``{(pdev, client_id): (info, pids)}`` where
-        ``info`` is :func:`parse_fdinfo`'s dict and ``pids`` the sorted PIDs holding the client.
+        Only fds whose link target starts with ``/dev/dri/`` are read. To stay cheap on hosts
+        with thousands of open files, a process whose list of fd numbers is the same as in the
+        previous scan is assumed to hold the same files (its known DRM fds are re-read, the rest
+        are not re-resolved); each process's links are all resolved again every
+        :data:`FULL_SCAN_EVERY` scans (staggered by PID).
+        A process or fd that vanishes while we look is skipped. Returns
+        ``{(pdev, client_id): (info, pids)}`` where ``info`` is :func:`parse_fdinfo`'s dict and
+        ``pids`` the PIDs holding the client, in scan order.
         """
         root = self.procfs_root
         clients = {}
         readlink = os.readlink
-        for pid in os.listdir(root):
+        self._scans += 1
+        turn = self._scans % self.FULL_SCAN_EVERY
+        known, cache = self._fd_cache, {}
+        try:
+            pids = os.listdir(root)
+        except OSError:
+            return clients
+        for pid in pids:
             if not pid.isdigit():
                 continue
             fd_dir = f"{root}/{pid}/fd"
@@ -516,12 +532,19 @@ class DrmCollector:
                 fds = os.listdir(fd_dir)
             except OSError:
                 continue
-            for fd in fds:
-                try:
-                    if not readlink(f"{fd_dir}/{fd}").startswith("/dev/dri/"):
+            before = known.get(pid)
+            if before is not None and before[0] == fds and int(pid) % self.FULL_SCAN_EVERY != turn:
+                drm_fds = before[1]
+            else:
+                drm_fds = []
+                for fd in fds:
+                    try:
+                        if readlink(f"{fd_dir}/{fd}").startswith("/dev/dri/"):
+                            drm_fds.append(fd)
+                    except OSError:
                         continue
-                except OSError:
-                    continue
+            cache[pid] = (fds, drm_fds)
+            for fd in drm_fds:
                 info = parse_fdinfo(_read(f"{root}/{pid}/fdinfo/{fd}", 16384))
                 if info is None or info["pdev"] is None:
                     continue
@@ -530,6 +553,7 @@ class DrmCollector:
                     clients[key][1].append(int(pid))
                 else:
                     clients[key] = (info, [int(pid)])
+        self._fd_cache = cache
         return clients
 
     def collect(self, skip_bus_ids=()):

@@ -5,6 +5,9 @@ field the driver still rejects (``Field "x" is not a valid field to query.``) is
 and remembered. Every outcome is reported by name in ``status["state"]``.
 """
 
+import os
+import shutil
+
 from . import nvsmi
 from .runner import BoundedRunner
 
@@ -66,6 +69,11 @@ class GpuCollector:
         alive), ``error``. ``gpus``: dicts keyed by nvidia-smi field names
         (``nvsmi.GPU_FIELDS``). ``processes``: dicts from ``nvsmi.parse_compute_apps``.
         """
+        name = self.nvidia_smi
+        if not (os.path.exists(name) if os.sep in name else shutil.which(name)):
+            # No nvidia-smi (an AMD/Intel-only host): say so without starting a process,
+            # which would fork only for exec to fail. Checked every cycle (a few stat calls).
+            return {"status": self._failure(self.runner.not_found()), "gpus": [], "processes": []}
         if self._discover:
             self._discover = False
             first = self._learn_fields(self.timeout)

@@ -42,6 +42,11 @@ class BoundedRunner:
         self._lingering = None
         return False
 
+    @staticmethod
+    def not_found():
+        """The :data:`RunResult` of an executable that does not exist (nothing started)."""
+        return RunResult("not_found", None, b"", b"", 0.0)
+
     def run(self, argv, timeout, env=None):
         """Run ``argv`` with a hard ``timeout`` in seconds; returns a :data:`RunResult`."""
         start = time.monotonic()

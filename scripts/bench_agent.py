@@ -1,6 +1,10 @@
-"""Agent cost per report cycle on an 8-GPU / 64-process host (fake nvidia-smi).
+"""Agent cost per report cycle on an 8-GPU / 64-process host: NVIDIA and AMD side by side.
 
-    .venv/bin/python scripts/bench_agent.py [--cycles 1000]
+    .venv/bin/python scripts/bench_agent.py [--cycles 1000] [--case nvidia|amd|both]
+
+NVIDIA case: a fake nvidia-smi. AMD case: no nvidia-smi; 8 x MI300X in a sysfs fixture tree
+and 64 GPU processes (each with 30 other fds) among 300 other processes (20 fds each) in a
+procfs fixture tree built by tests/drm_tree.py, read through ``sysfs_root`` / ``procfs_root``.
 
 Measures, per cycle of ReportBuilder.build() plus JSON encoding and gzip (what the
 agent does besides waiting on the network): nvidia-smi calls and other child processes
@@ -23,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import psutil  # noqa: E402
 
@@ -30,10 +35,13 @@ from monitor_agent import nvsmi  # noqa: E402
 from monitor_agent.collect import ReportBuilder  # noqa: E402
 from monitor_agent.config import check  # noqa: E402
 
+import drm_tree  # noqa: E402
+
 FAKE = os.path.join(ROOT, "tests", "fake_nvidia_smi.py")
 GPUS, PROCS_PER_GPU = 8, 8
 
 spawned = []
+hooks = []
 
 
 def audit(event, args):
@@ -66,48 +74,65 @@ def prepare(directory):
     return script
 
 
+OTHER_PROCESSES, FDS_PER_OTHER = 300, 20
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=1000)
+    parser.add_argument("--case", choices=("nvidia", "amd", "both"), default="both")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        smi = prepare(tmp)
-        cfg = check({"server_url": "http://127.0.0.1:9", "token": "x", "interval": 30, "nvidia_smi": smi,
-                     "gpu_timeout": 10, "procfs_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
-                     "spool_max_mb": 64, "spool_max_age_h": 168, "retry_base_s": 5, "retry_max_s": 300,
-                     "inventory_interval": 60, "probes": [], "probe_interval": 60})
-        builder = ReportBuilder(cfg)
+    print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+          f"Python {sys.version.split()[0]}")
+    for case in ("nvidia", "amd") if args.case == "both" else (args.case,):
+        with tempfile.TemporaryDirectory() as tmp:
+            run_case(case, tmp, args.cycles)
+
+
+def run_case(case, tmp, cycles):
+    cfg = {"server_url": "http://127.0.0.1:9", "token": "x", "interval": 30,
+           "gpu_timeout": 10, "procfs_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
+           "spool_max_mb": 64, "spool_max_age_h": 168, "retry_base_s": 5, "retry_max_s": 300,
+           "inventory_interval": 60, "probes": [], "probe_interval": 60}
+    if case == "nvidia":
+        cfg["nvidia_smi"] = prepare(tmp)
+    else:
+        sys_root, proc_root = drm_tree.mi300x_host(tmp, procs_per_gpu=PROCS_PER_GPU, other_processes=OTHER_PROCESSES,
+                                                   fds_per_other=FDS_PER_OTHER)
+        cfg.update(nvidia_smi=os.path.join(tmp, "no-nvidia-smi"), sysfs_root=sys_root, procfs_root=proc_root)
+    builder = ReportBuilder(check(cfg))
+    if audit not in hooks:
         sys.addaudithook(audit)
-        cpu_ms, calls, others, rss = [], [], [], {}
-        size_raw = size_gz = 0
-        proc = psutil.Process()
-        for i in range(1, args.cycles + 1):
-            spawned.clear()
-            before_calls = builder.gpu.calls
-            t0 = time.process_time()
-            report = builder.build()
-            body = json.dumps(report, separators=(",", ":")).encode()
-            packed = gzip.compress(body, compresslevel=6)
-            cpu_ms.append((time.process_time() - t0) * 1000)
-            smi_calls = builder.gpu.calls - before_calls
-            calls.append(smi_calls)
-            others.append(len(spawned) - smi_calls)
-            size_raw, size_gz = len(body), len(packed)
-            if i in (1, 10, 100, args.cycles):
-                rss[i] = proc.memory_info().rss / 1048576
-        assert len(report["gpus"]) == GPUS and len(report["processes"]) == GPUS * PROCS_PER_GPU
-        steady = cpu_ms[1:]
-        steady_calls = calls[1:]
-        print(f"agent benchmark: {GPUS} GPUs, {GPUS * PROCS_PER_GPU} GPU processes, {args.cycles} cycles")
-        print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-              f"Python {sys.version.split()[0]}")
-        print(f"nvidia-smi calls per cycle:   first {calls[0]}, then max {max(steady_calls)} (target <= 2)")
-        print(f"other child processes/cycle:  max {max(others)} (target 0)")
-        print(f"agent CPU per cycle (ms):     median {statistics.median(steady):.1f}, "
-              f"p95 {sorted(steady)[int(len(steady) * 0.95)]:.1f}, max {max(steady):.1f} (target <= 30)")
-        print("RSS (MiB):                    " + ", ".join(f"after {k}: {v:.1f}" for k, v in rss.items())
-              + " (target <= 40, no growth)")
-        print(f"report size:                  {size_raw} bytes JSON, {size_gz} bytes gzip")
+        hooks.append(audit)
+    cpu_ms, calls, others, rss = [], [], [], {}
+    size_raw = size_gz = 0
+    proc = psutil.Process()
+    for i in range(1, cycles + 1):
+        spawned.clear()
+        before_calls = builder.gpu.calls
+        t0 = time.process_time()
+        report = builder.build()
+        body = json.dumps(report, separators=(",", ":")).encode()
+        packed = gzip.compress(body, compresslevel=6)
+        cpu_ms.append((time.process_time() - t0) * 1000)
+        smi_calls = builder.gpu.calls - before_calls
+        calls.append(smi_calls)
+        others.append(len(spawned) - smi_calls)
+        size_raw, size_gz = len(body), len(packed)
+        if i in (1, 10, 100, cycles):
+            rss[i] = proc.memory_info().rss / 1048576
+    assert len(report["gpus"]) == GPUS and len(report["processes"]) == GPUS * PROCS_PER_GPU
+    steady = cpu_ms[1:]
+    steady_calls = calls[1:]
+    extra = (f", {OTHER_PROCESSES} other processes x {FDS_PER_OTHER} fds in procfs" if case == "amd" else "")
+    print(f"\n[{case}] agent benchmark: {GPUS} GPUs, {GPUS * PROCS_PER_GPU} GPU processes{extra}, {cycles} cycles")
+    print(f"nvidia-smi calls per cycle:   first {calls[0]}, then max {max(steady_calls)} (target <= 2)")
+    print(f"other child processes/cycle:  max {max(others)} (target 0)")
+    print(f"agent CPU per cycle (ms):     median {statistics.median(steady):.1f}, "
+          f"p95 {sorted(steady)[int(len(steady) * 0.95)]:.1f}, max {max(steady):.1f} (target <= 30)")
+    print("RSS (MiB):                    " + ", ".join(f"after {k}: {v:.1f}" for k, v in rss.items())
+          + " (target <= 40, no growth)")
+    print(f"report size:                  {size_raw} bytes JSON, {size_gz} bytes gzip")
 
 
 if __name__ == "__main__":

@@ -341,7 +341,8 @@ GPU = Obj(
         "clocks.mem": Int(0, 100000, doc="nvidia-smi clocks.mem", unit="MHz"),
         "pstate": Str(8, doc="nvidia-smi pstate (P0..P15)"),
         "clocks_event_reasons.active": Int(0, 2**63 - 1, doc="bitmask (clocks_throttle_reasons.active on old drivers)"),
-        "ecc.errors.uncorrected.volatile.total": Int(0, 2**62, doc="since last driver load"),
+        "ecc.errors.uncorrected.volatile.total": Int(0, 2**62, doc="since last driver load; AMD: amd-smi "
+                                                     "metric --ecc total_uncorrectable_count (where installed)"),
         "retired_pages.pending": Bool(doc="nvidia-smi retired_pages.pending (Yes/No)"),
         "remapped_rows.pending": Bool(doc="nvidia-smi remapped_rows.pending (Yes/No)"),
         "mig.mode.current": Bool(doc="nvidia-smi mig.mode.current (Enabled/Disabled)"),
@@ -389,6 +390,8 @@ GPU = Obj(
         "utilization.decoder": Num(0, 100, soft=True, unit="%", doc="NVDEC duty cycle; null under MIG"),
         "encoder.stats.sessionCount": Int(0, 100000, soft=True, doc="encoder sessions running"),
         "memory.free": Int(0, MIB, soft=True, unit="MiB", doc="free memory as the driver reports it (total - reserved - used)"),
+        "xgmi.links_down": Int(0, 1024, doc="AMD: XGMI links reported down by `amd-smi xgmi --link-status` "
+                                            "(only where amd-smi is installed)"),
     },
     nullable=False,  # a list item must be an object
 )

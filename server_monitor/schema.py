@@ -422,10 +422,15 @@ def migration_9(conn):
         conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, top))
 
 
+MIGRATION_10 = """
+-- AMD XGMI links down, from the optional amd-smi (null without it).
+ALTER TABLE gpus ADD COLUMN xgmi_links_down INTEGER;
+"""
+
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9]
+              MIGRATION_8, migration_9, MIGRATION_10]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

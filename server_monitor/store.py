@@ -250,6 +250,7 @@ _GPU_LATEST = {
     "utilization_decoder": "utilization.decoder",
     "encoder_sessions": "encoder.stats.sessionCount",
     "memory_free_mib": "memory.free",
+    "xgmi_links_down": "xgmi.links_down",
 }
 _BOOL_COLUMNS = {"retired_pages_pending", "remapped_rows_pending", "mig_mode", "persistence_mode",
                  "mig_mode_pending", "ecc_mode", "ecc_mode_pending", "remapped_rows_failure"}

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 FIX = os.path.join(ROOT, "tests", "fixtures")
 
 
-def run_agent(tmp_path, hub_url, token, host, nvidia_smi, machine_id, env=None):
+def run_agent(tmp_path, hub_url, token, host, nvidia_smi, machine_id, env=None, amd_smi="amd-smi-not-here"):
     config = tmp_path / f"agent_{host}.yaml"
-    config.write_text(
+    config.write_text(f"amd_smi: {amd_smi}\n" +
         f"server_url: {hub_url}\ntoken: {token}\nnvidia_smi: {nvidia_smi}\ninterval: 30\n"
         f"hostname: {host}\nmachine_id: {machine_id}\nspool_dir: {tmp_path / ('spool-' + host)}\n"
         f"sysfs_root: {os.path.join(FIX, 'sysfs', host)}\nprocfs_root: {os.path.join(FIX, 'procfs', host)}\n")
@@ -29,7 +29,12 @@ def run_agent(tmp_path, hub_url, token, host, nvidia_smi, machine_id, env=None):
 
 def test_amd_hosts_reach_gpus_processes_free_and_metrics(hub_process, hub_config, tmp_path):
     token = hub_config.get("agent.token")
-    run_agent(tmp_path, hub_process.base_url, token, "mi300x-8", str(tmp_path / "absent-nvidia-smi"), "a" * 32)
+    amd_smi = tmp_path / "amd-smi"  # answers from the fixtures written from AMD's documented JSON
+    amd_smi.write_text(f'#!/bin/sh\ncase "$1" in metric) cat {FIX}/amdsmi/metric_ecc_rocm7.json ;;'
+                       f' xgmi) cat {FIX}/amdsmi/xgmi_link_status.json ;; esac\n')
+    amd_smi.chmod(0o755)
+    run_agent(tmp_path, hub_process.base_url, token, "mi300x-8", str(tmp_path / "absent-nvidia-smi"), "a" * 32,
+              amd_smi=str(amd_smi))
     run_agent(tmp_path, hub_process.base_url, token, "nvidia-amd", FAKE_NVSMI, "b" * 32,
               {"FAKE_NVSMI_CAPTURE": "h100-80gb", "FAKE_NVSMI_STATE": "idle", "FAKE_NVSMI_GPUS": "1"})
     admin = Browserless(hub_process.base_url)
@@ -52,6 +57,8 @@ def test_amd_hosts_reach_gpus_processes_free_and_metrics(hub_process, hub_config
             g0["power_limit_w"], g0["temperature_gpu_c"], g0["temperature_junction_c"],
             g0["temperature_memory_c"], g0["clocks_sm_mhz"], g0["compute_partition"], g0["memory_partition"]) == (
         100, 181200, 196592, 704, 750, 86, 86, 72, 2100, "SPX", "NPS1")
+    assert [g["ecc_errors_uncorrected_volatile_total"] for g in amd] == [0, 0, 0, 0, 0, 0, 2, 0]
+    assert [g["xgmi_links_down"] for g in amd] == [0, 0, 0, 1, 0, 1, 0, 0]
     mixed = sorted((g["vendor"], g["name"]) for g in gpus if g["server"] == "nvidia-amd")
     assert mixed == [("amd", "AMD Instinct MI210"), ("nvidia", "NVIDIA H100 80GB HBM3")]
 
@@ -85,6 +92,9 @@ def test_amd_hosts_reach_gpus_processes_free_and_metrics(hub_process, hub_config
     # The MI300X has no edge sensor: no gpu_edge_temperature for it; the MI210 has one.
     edge = {s.labels["hostname"] for s in families["gpu_edge_temperature"].samples}
     assert edge == {"nvidia-amd"}
+    ecc = {s.labels["gpu_id"]: s.value for s in families["gpu_ecc_uncorrect_total"].samples
+           if s.labels["hostname"] == "mi300x-8"}
+    assert ecc["6"] == 2
     used = [s for s in families["gpu_used_vram"].samples if s.labels["hostname"] == "nvidia-amd"]
     assert [s.value for s in used] == [30720]
     # NVIDIA keeps the DCGM names, now with a vendor label; no AMD GPU among them.

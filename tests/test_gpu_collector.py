@@ -1,6 +1,7 @@
 """GPU collection through the fake nvidia-smi: every failure kind reported by name."""
 
 import subprocess
+import sys
 import time
 
 import pytest
@@ -43,10 +44,29 @@ def test_eight_gpus_two_calls_per_cycle(fake):
     assert first["gpus"][0]["cuda_version"] == "13.1" and first["gpus"][0]["driver_version"] == "590.48.01"
 
 
-def test_missing_nvidia_smi_means_no_gpu_not_an_error(tmp_path):
-    result = GpuCollector(str(tmp_path / "nowhere" / "nvidia-smi")).collect()
+_spawned = []
+_watching = []
+
+
+def _audit(event, args):
+    if _watching and event in ("subprocess.Popen", "os.fork", "os.posix_spawn"):
+        _spawned.append(event)
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.mark.parametrize("name", ["nowhere/nvidia-smi", "nvidia-smi-not-on-path"])
+def test_missing_nvidia_smi_means_no_gpu_not_an_error(tmp_path, name):
+    path = str(tmp_path / name) if "/" in name else name
+    _watching.append(True)
+    try:
+        result = GpuCollector(path).collect()
+    finally:
+        _watching.clear()
     assert result == {"status": {"state": "not_installed", "message": None, "lost": [], "stale": False},
                       "gpus": [], "processes": []}
+    assert _spawned == []  # an AMD-only host forks nothing for the missing tool
 
 
 @pytest.mark.parametrize(
