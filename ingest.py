@@ -26,7 +26,7 @@ import zlib
 from server_monitor import config as config_mod
 from server_monitor import dbguard, schema, tokens
 from server_monitor.contract import ContractError, validate_report
-from server_monitor.store import machine_identity, store_report
+from server_monitor.store import machine_identity, sample_time, store_report
 
 log = logging.getLogger("server_monitor.ingest")
 
@@ -95,6 +95,10 @@ class IngestApp:
         self.token = config.get("agent.token").encode("utf-8")
         self.max_bytes = int(config.get("agent.max_report_bytes", 1_048_576))
         self.db_path = config.db_path
+        # Oldest stored time accepted (L3): the longest history kept (hourly roll-ups), at least
+        # the raw retention. Older means a broken clock or a forged report; 400 naming the field.
+        self.max_age_s = int(86400 * max(float(config.get("data.retention_days", 7)),
+                                         float(config.get("data.rollup_1h_days", 730))))
         self.auth_db_path = config.auth_db_path
         self._local = threading.local()
         schema.migrate(self.db_path)
@@ -123,6 +127,12 @@ class IngestApp:
         except ContractError as exc:
             report_id = obj.get("report_id") if isinstance(obj, dict) else None
             return 400, {"error": str(exc), "report_id": report_id if isinstance(report_id, str) else None}
+        ts, _ = sample_time(report, received_at)
+        if ts < received_at - self.max_age_s:
+            return 400, {"error": f"sample_time: the report's time (corrected for the agent's clock skew) is"
+                                  f" {(received_at - ts) / 86400:.0f} days before the hub's clock; the hub keeps"
+                                  f" at most {self.max_age_s / 86400:.0f} days (data.rollup_1h_days)",
+                         "report_id": report["report_id"]}
         if only_host is not None and machine_identity(report["host"]) != only_host:
             return 403, {"error": f"this token may only report for host {only_host!r}",
                          "report_id": report["report_id"]}

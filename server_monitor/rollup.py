@@ -220,7 +220,10 @@ class Maintenance:
         done = self._state(reader, "rolled_until")
         if done is None:
             first = reader.execute("SELECT min(ts) FROM host_samples").fetchone()[0]
-            done = target if first is None else int(first // 3600 * 3600)
+            # Never before the oldest hour kept: a stray ancient timestamp must not make the first
+            # pass walk millions of hours (L3).
+            oldest = int((now - self.keep["1h"]) // 3600 * 3600)
+            done = target if first is None else max(oldest, int(first // 3600 * 3600))
         written = hours = 0
         # Retention runs after this in the same pass, so raw rows of every hour behind the
         # watermark are still there, however long the hub was down.

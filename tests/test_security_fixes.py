@@ -5,6 +5,7 @@ Each test names its finding (M1-M4, L1-L10, I1-I10) in the docstring and fails o
 
 import email
 import email.policy
+import json
 import re
 import time
 
@@ -501,3 +502,48 @@ def test_l4_trusted_proxy_header_uses_the_rightmost_address(hub_config):
                 data={"username": hub_config.get("auth.username"), "password": hub_config.password, "csrftoken": token})
     rows = hub.context(ds).accounts.connection().execute("SELECT client FROM sessions").fetchall()
     assert [r[0] for r in rows] == ["10.0.0.9"]
+
+
+# -- L3: stored timestamps -----------------------------------------------------------------------
+def test_l3_absurd_past_timestamps_are_refused_with_a_precise_400(ingest_server):
+    """L3: sample_time=1e9 with sent_at=9.9e10 gave a stored time in year -1079; now 400 naming
+    sample_time, nothing stored. A 24 h backfill (demo, spool replay) is still stored."""
+    import urllib3
+
+    def post(report):
+        response = urllib3.PoolManager().request(
+            "POST", ingest_server.base_url + "/api/report", body=json.dumps(report).encode(),
+            headers={"Authorization": "Bearer " + ingest_server.config.get("agent.token"),
+                     "Content-Type": "application/json"})
+        return response.status, json.loads(response.data)
+
+    bad = sample_report("clock-bomb", sample_time=1e9)
+    bad["sent_at"] = 9.9e10
+    status, body = post(bad)
+    assert status == 400 and body["error"].startswith("sample_time:") and "days before the hub's clock" in body["error"]
+    old = sample_report("replayed", sample_time=time.time() - 86400)
+    old["sent_at"] = time.time()
+    assert post(old)[0] == 201
+    conn = schema.connect(ingest_server.config.db_path)
+    assert conn.execute("SELECT min(ts) > 0, count(DISTINCT server_id) FROM host_samples").fetchone() == (1, 1)
+
+
+def test_l3_first_rollup_starts_at_the_oldest_hour_kept(tmp_path):
+    """L3: on a new hub, a stray ancient sample made the first maintenance pass walk millions of
+    hours; now it starts at the oldest hour the hourly tier keeps."""
+    from conftest import file_connection
+
+    from server_monitor.rollup import Maintenance
+
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    now = int(time.time())
+    _put(conn, "fresh", now - 7200)
+    # A year-old stray sample (stored before the ingest check existed); on ba1fb60 a sample from
+    # 1970 made this walk ~490,000 hours, a year walks 9,000 (slow, still finite for this test).
+    conn.execute("UPDATE host_samples SET ts = ?", (now - 400 * 86400,))
+    maintenance = Maintenance(path, retention_days=7, rollup_5m_days=90, rollup_1h_days=30)
+    stats = maintenance.run_once()
+    assert stats["hours_rolled"] <= 30 * 24 + 2
+    assert file_connection(path).execute("SELECT value FROM maintenance_state WHERE name = 'rolled_until'").fetchone()[0] >= now - 3 * 3600
