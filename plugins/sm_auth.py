@@ -71,7 +71,8 @@ def _verify(ctx, username, password):
 
 def _start_session(datasette, request, ctx, username, source, next_url):
     ctx.accounts.purge_expired()  # logins are rare; expired rows never pile up
-    session_id = ctx.accounts.create_session(username, source, ctx.session_hours, client=client_address(request, ctx))
+    session_id = ctx.accounts.create_session(username, source, ctx.session_hours, client=client_address(request, ctx),
+                                             fingerprint=ctx.admin_fingerprint if source == "config" else None)
     response = Response.redirect(next_url)
     https = is_https(request, ctx)
     response.set_cookie(

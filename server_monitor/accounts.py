@@ -129,6 +129,9 @@ class Accounts:
         conn = self._conn()
         conn.executescript(SCHEMA)
         conn.executescript(tokens.SCHEMA)  # per-host agent tokens live in auth.db too
+        if "fingerprint" not in {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}:
+            # Config-admin sessions remember which admin credential they were made with (L1).
+            conn.execute("ALTER TABLE sessions ADD COLUMN fingerprint TEXT")
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -144,14 +147,18 @@ class Accounts:
         """This thread's connection to ``auth.db`` (for :mod:`server_monitor.tokens`)."""
         return self._conn()
 
-    def create_session(self, username, source, hours, client=None):
-        """Start a session; returns the raw session id (to be signed into the cookie)."""
+    def create_session(self, username, source, hours, client=None, fingerprint=None):
+        """Start a session; returns the raw session id (to be signed into the cookie).
+
+        ``fingerprint``: for the config admin, a keyed hash of the admin credential in force
+        (``HubContext.admin_fingerprint``); the session dies when that credential changes.
+        """
         session_id = secrets.token_urlsafe(32)
         now = int(time.time())
         self._conn().execute(
-            "INSERT INTO sessions (id_hash, username, source, created_at, expires_at, client)"
-            " VALUES (?,?,?,?,?,?)",
-            (_hash(session_id), username, source, now, now + int(hours * 3600), client),
+            "INSERT INTO sessions (id_hash, username, source, created_at, expires_at, client, fingerprint)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (_hash(session_id), username, source, now, now + int(hours * 3600), client, fingerprint),
         )
         return session_id
 
@@ -160,7 +167,7 @@ class Accounts:
         if not isinstance(session_id, str) or not session_id:
             return None
         row = self._conn().execute(
-            "SELECT username, source, created_at, expires_at FROM sessions WHERE id_hash = ?",
+            "SELECT username, source, created_at, expires_at, fingerprint FROM sessions WHERE id_hash = ?",
             (_hash(session_id),),
         ).fetchone()
         if row is None or row["expires_at"] <= time.time():

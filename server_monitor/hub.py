@@ -83,6 +83,7 @@ class HubContext:
         self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
         self.ingest = ingest.make_application(config)
         self.admin_username = config.get("auth.username")
+        self.admin_fingerprint = admin_fingerprint(config)
         self.session_hours = float(config.get("auth.session_hours", 12))
 
     async def password_work(self, fn, *args):
@@ -110,7 +111,8 @@ class HubContext:
         if session is None:
             return None
         if session["source"] == "config":
-            if session["username"] == self.admin_username:
+            # Sessions made with an older admin credential end when it changes (L1).
+            if session["username"] == self.admin_username and session.get("fingerprint") == self.admin_fingerprint:
                 return {"id": self.admin_username, "role": "admin", "processes": True, "source": "config"}
             return None
         user = self.accounts.user(session["username"])
@@ -121,6 +123,17 @@ class HubContext:
         if user["role"] == "viewer" and user["servers"] is not None:
             actor["servers"] = user["servers"]
         return actor
+
+
+def admin_fingerprint(config):
+    """Keyed hash (HMAC-SHA256 with ``server.secret_key``) of the admin credential in force:
+    ``auth.password_hash``, else ``auth.password``. Stored with config-admin sessions (L1);
+    keyed so that ``auth.db`` holds nothing that helps guess a plain ``auth.password``."""
+    import hmac
+
+    credential = config.get("auth.password_hash") or "plain:" + str(config.get("auth.password") or "")
+    key = str(config.get("server.secret_key") or "").encode("utf-8")
+    return hmac.new(key, b"admin-credential:" + credential.encode("utf-8"), "sha256").hexdigest()
 
 
 def context(datasette):

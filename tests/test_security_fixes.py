@@ -547,3 +547,24 @@ def test_l3_first_rollup_starts_at_the_oldest_hour_kept(tmp_path):
     stats = maintenance.run_once()
     assert stats["hours_rolled"] <= 30 * 24 + 2
     assert file_connection(path).execute("SELECT value FROM maintenance_state WHERE name = 'rolled_until'").fetchone()[0] >= now - 3 * 3600
+
+
+# -- L1: admin sessions and the admin credential -----------------------------------------------
+def test_l1_admin_sessions_end_when_the_admin_password_changes(hub_config):
+    """L1: after auth.password_hash is replaced and the hub restarted, an admin cookie from before
+    is refused; a restart without a change keeps it."""
+    from conftest import make_datasette
+    from datasette_auth_passwords.utils import hash_password
+
+    schema.migrate(hub_config.db_path)
+    first = Client(make_datasette(hub_config))
+    assert first.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    cookies = dict(first.cookies)
+    restarted = Client(make_datasette(hub_config))
+    restarted.cookies = dict(cookies)
+    assert restarted.get("/admin").status_code == 200
+    _set_config(hub_config, **{"auth.password_hash": hash_password("a rotated admin password", iterations=1000)})
+    rotated = Client(make_datasette(hub_config))
+    rotated.cookies = dict(cookies)
+    response = rotated.get("/admin")
+    assert response.status_code == 302 and response.headers["location"].startswith("/login")
