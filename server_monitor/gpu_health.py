@@ -72,7 +72,8 @@ def assess(row):
     ``level``: ``critical`` (uncorrectable ECC errors since driver load, row remap pending
     or failed, page retirement pending, ``[GPU requires reset]``, a recovery action asked by
     the driver), ``warning`` (hardware slowdown or thermal throttling now, a degraded PCIe
-    link on a busy GPU, ECC mode change pending, MIG mode change pending) or ``ok``.
+    link on a busy GPU, AMD XGMI links down, ECC mode change pending, MIG mode change pending)
+    or ``ok``.
     ``reasons``: short English phrases, most severe first. ``row``: the ``gpus`` columns of
     the GPU (``store._gpu_values`` output plus ``busy``).
     """
@@ -102,6 +103,9 @@ def assess(row):
     if row.get("mig_mode_pending") is not None and row.get("mig_mode") is not None \
             and row["mig_mode_pending"] != row["mig_mode"]:
         warning.append("MIG mode change pending (reset needed)")
+    links_down = row.get("xgmi_links_down")
+    if links_down:
+        warning.append(f"{links_down} XGMI link{'s' if links_down > 1 else ''} down")
     if row.get("ecc_mode_pending") is not None and row.get("ecc_mode") is not None \
             and row["ecc_mode_pending"] != row["ecc_mode"]:
         warning.append("ECC mode change pending (reboot needed)")

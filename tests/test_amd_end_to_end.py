@@ -59,6 +59,8 @@ def test_amd_hosts_reach_gpus_processes_free_and_metrics(hub_process, hub_config
         100, 181200, 196592, 704, 750, 86, 86, 72, 2100, "SPX", "NPS1")
     assert [g["ecc_errors_uncorrected_volatile_total"] for g in amd] == [0, 0, 0, 0, 0, 0, 2, 0]
     assert [g["xgmi_links_down"] for g in amd] == [0, 0, 0, 1, 0, 1, 0, 0]
+    # The health badge reads them like NVIDIA's: uncorrectable ECC critical, a link down a warning.
+    assert (amd[6]["health"], amd[3]["health"], amd[0]["health"]) == ("critical", "warning", "ok")
     mixed = sorted((g["vendor"], g["name"]) for g in gpus if g["server"] == "nvidia-amd")
     assert mixed == [("amd", "AMD Instinct MI210"), ("nvidia", "NVIDIA H100 80GB HBM3")]
 
