@@ -12,6 +12,7 @@
 # named and restarted with backoff; if the hub exits, everything stops with a non-zero status.
 # Ctrl-C or SIGTERM stops all of it. A second run on the same database or port is refused.
 set -euo pipefail
+umask 077  # databases, logs and spools readable by this user only (security review L8)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONFIG="$ROOT/config.yaml"

@@ -51,6 +51,14 @@ def datasette_args(cfg, host=None, port=None):
     ]
 
 
+def _private_files(cfg):
+    """chmod 0600 the databases and their WAL/SHM files (made 0644 by releases before L8)."""
+    for base in (cfg.db_path, cfg.auth_db_path):
+        for path in (base, base + "-wal", base + "-shm"):
+            if os.path.exists(path) and os.stat(path).st_mode & 0o077:
+                os.chmod(path, 0o600)
+
+
 @click.group()
 @click.version_option(package_name=None, version=__import__("server_monitor").__version__)
 def cli():
@@ -69,7 +77,9 @@ def serve(config_path, init, host, port):
 
     Refuses to start (one line, exit 1) when another hub holds the same database (a lock
     next to it, see ``server_monitor.instance``) or the port is taken.
+    Files it creates are private (umask 077, L8); existing database files are made 0600.
     """
+    os.umask(0o077)
     default_path = click.get_current_context().get_parameter_source("config_path") == click.core.ParameterSource.DEFAULT
     if not os.path.exists(config_path) and not (init or default_path):
         raise click.ClickException(f"no such config file: {config_path} (use --init to create one)")
@@ -85,6 +95,7 @@ def serve(config_path, init, host, port):
             click.echo(f"WARNING: {cfg.db_path} does not exist but {cfg.auth_db_path} does: starting with an "
                        "EMPTY metrics database (was monitor.db deleted or moved?)", err=True)
         schema.migrate(cfg.db_path)
+        _private_files(cfg)
     except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError) as exc:
         raise click.ClickException(str(exc))
     except OSError as exc:

@@ -596,3 +596,42 @@ def test_l2_csv_exports_escape_formulas(datasette, hub_config):
         assert "'=cmd|' /C calc'!A0" in cells, path
     sql_cells = list(csv.reader(io.StringIO(admin.get(paths[-1]).text)))[1]
     assert sql_cells[2:] == ["-3", "'-2+3"]
+
+
+# -- L8: file modes ------------------------------------------------------------------------------
+@pytest.fixture
+def umask_022():
+    """The usual login umask, so files are world-readable unless the hub itself prevents it."""
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_l8_databases_are_private_under_serve(umask_022, hub_process, hub_config):
+    """L8: `server-monitor serve` (which scripts/run.sh runs) leaves monitor.db, auth.db and their
+    WAL files readable by the hub's user only, even under umask 022."""
+    import os
+    import stat
+
+    from browser import push
+
+    push(hub_process, hub_config, sample_report("mode-host"))
+    from http_client import Browserless
+
+    Browserless(hub_process.base_url).login(hub_config.get("auth.username"), hub_config.password)
+    for path in (hub_config.db_path, hub_config.auth_db_path, hub_config.db_path + "-wal", hub_config.auth_db_path + "-wal"):
+        assert os.path.exists(path), path
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, (path, oct(os.stat(path).st_mode))
+
+
+def test_l8_run_sh_sets_umask_before_creating_anything():
+    """L8: scripts/run.sh sets umask 077 before its first command that writes a file."""
+    import os
+
+    from conftest import ROOT
+
+    lines = open(os.path.join(ROOT, "scripts", "run.sh")).read().splitlines()
+    first_code = next(i for i, line in enumerate(lines) if line and not line.startswith("#") and line != "set -euo pipefail")
+    assert lines[first_code].startswith("umask 077")
