@@ -103,5 +103,6 @@ def register_routes():
         (r"^/api/servers$", servers_list),
         (r"^/api/servers/(?P<server_id>\d{1,18})$", server_one),
         (r"^/api/servers/(?P<server_id>\d{1,18})/history$", server_history),
-        (r"^/api/(?!report$).*$", not_found),
+        # /api/fleet, /api/alerts/<id>/ack and /api/silences are served by plugins/sm_fleet.py.
+        (r"^/api/(?!report$|fleet$|alerts/\d{1,18}/ack$|silences(/\d{1,18})?$).*$", not_found),
     ]

@@ -427,10 +427,34 @@ MIGRATION_10 = """
 ALTER TABLE gpus ADD COLUMN xgmi_links_down INTEGER;
 """
 
+MIGRATION_11 = """
+-- Alert acknowledgements (one per firing), silences (per server and/or rule, for a time) and
+-- lost GPUs an admin marked removed (hidden from the fleet grid and the gpu_lost rule).
+CREATE TABLE alert_acks (
+    alert_id INTEGER PRIMARY KEY REFERENCES alerts(id) ON DELETE CASCADE,
+    note TEXT CHECK (note IS NULL OR length(note) <= 500),
+    acked_by TEXT NOT NULL,
+    acked_at INTEGER NOT NULL
+);
+CREATE TABLE silences (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER REFERENCES servers(id) ON DELETE CASCADE,
+    rule TEXT,
+    note TEXT CHECK (note IS NULL OR length(note) <= 500),
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    until INTEGER NOT NULL,
+    ended_at INTEGER,
+    CHECK (server_id IS NOT NULL OR rule IS NOT NULL)
+);
+CREATE INDEX silences_active ON silences (ended_at, until);
+ALTER TABLE gpus ADD COLUMN removed_at INTEGER;
+"""
+
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9, MIGRATION_10]
+              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

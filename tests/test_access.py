@@ -40,6 +40,10 @@ MATRIX = {
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),
     "/api/anything": (401, 404, 404, 404, 404),
+    "/api/fleet": (401, 200, 200, 200, 200),
+    "/api/alerts/1/ack": (401, 405, 405, 405, 405),
+    "/api/silences": (401, 405, 405, 405, 405),
+    "/api/silences/1": (401, 405, 405, 405, 405),
     "/monitor/gpus.csv": (401, 200, 200, 200, 200),
     "/metrics": (401, 403, 403, 403, 200),
     "/-/health": (200, 200, 200, 200, 200),
@@ -76,7 +80,7 @@ MATRIX = {
 # Every canned query except the admin ones: open to all logged-in users, HTML and JSON.
 PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gpu_history", "usage_by_user",
                   "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
-                  "alerts_active", "alerts_history"]
+                  "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)

@@ -1,0 +1,25 @@
+-- title: Fleet grid: GPUs
+-- description: Latest values of every GPU shown in the fleet grid (GET /api/fleet), in server and index order: utilization.gpu %, memory MiB, temperature.gpu °C, power.draw W, MIG mode, compute process count, admin status. GPUs missing from their server's latest report (present = 0) stay listed as lost until an admin marks them removed (removed_at).
+select
+  g.id,
+  g.server_id,
+  g.gpu_index,
+  g.name,
+  g.pci_bus_id,
+  g.present,
+  g.status,
+  g.status_note,
+  g.utilization_gpu,
+  g.memory_used_mib,
+  g.memory_total_mib,
+  g.temperature_gpu_c,
+  g.power_draw_w,
+  g.power_limit_w,
+  g.mig_mode,
+  g.process_count,
+  g.busy,
+  g.ecc_errors_uncorrected_volatile_total
+from gpus g
+where (g.present or g.removed_at is null)
+  and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
+order by g.server_id, g.present desc, g.gpu_index

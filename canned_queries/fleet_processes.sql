@@ -1,0 +1,17 @@
+-- title: Fleet grid: GPU processes
+-- description: Compute processes of each server's latest report for the fleet grid (GET /api/fleet): GPU, PID, process name, VRAM MiB, user, container or job. Empty for viewers who may not see processes.
+select
+  p.server_id,
+  p.gpu_id,
+  p.pid,
+  p.process_name,
+  p.used_gpu_memory_mib,
+  p.user,
+  p.uid,
+  p.container,
+  p.container_kind
+from servers s
+join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
+where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+  and :_scope_processes
+order by p.server_id, p.gpu_id, p.used_gpu_memory_mib desc

@@ -1,0 +1,20 @@
+-- title: Fleet grid: servers
+-- description: One row per server for the fleet grid (GET /api/fleet): liveness state (online, stale, offline, error, maintenance), last report received (UTC epoch s), GPU collection state and message, lost GPUs (JSON), admin status, CPU % and memory bytes.
+select
+  s.id,
+  coalesce(s.display_name, s.hostname) as name,
+  s.state,
+  s.status as admin_status,
+  s.status_note,
+  s.last_seen,
+  s.interval_s,
+  s.gpu_state,
+  s.gpu_message,
+  s.gpu_lost,
+  s.cpu_percent,
+  s.memory_used_bytes,
+  s.memory_total_bytes,
+  s.gpu_models
+from server_state s
+where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+order by name collate nocase, s.id

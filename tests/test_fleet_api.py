@@ -1,0 +1,160 @@
+"""GET /api/fleet (the grid's one document) and the alert controls, against the real Datasette app."""
+
+import gzip
+import json
+import sqlite3
+import time
+
+import pytest
+from datasette_auth_passwords.utils import hash_password
+from reports import sample_report
+from test_hub_datasette import Client, ingest
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def hub(datasette, hub_config):
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    token = hub_config.get("agent.token")
+    busy = sample_report("alpha", gpus=2, processes=2, sample_time=time.time() - 60)
+    idle = sample_report("beta", gpus=2, processes=1, sample_time=time.time() - 60)
+    for g in idle["gpus"]:
+        g["utilization.gpu"] = 0
+    idle["processes"] = idle["processes"][:1]  # GPU 0 held idle by user0, GPU 1 free
+    for report in (busy, idle):
+        assert ingest(admin, report, token).status_code == 201
+    ctx = __import__("server_monitor.hub", fromlist=["context"]).context(datasette)
+    ctx.accounts.create_user("scott", hash_password(PASSWORD, iterations=1000), "viewer", servers=[2],
+                             see_processes=False)
+    scoped = Client(datasette)
+    assert scoped.login("scott", PASSWORD).status_code == 302
+    return {"admin": admin, "scoped": scoped, "anon": Client(datasette), "token": token, "db": hub_config.db_path}
+
+
+def cells(doc, name):
+    fields = doc["gpu_fields"]
+    server = next(s for s in doc["servers"] if s["name"] == name)
+    return [dict(zip(fields, g)) for g in server["gpus"]]
+
+
+def test_one_document_with_states_holders_and_who(hub):
+    response = hub["admin"].get("/api/fleet")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
+    doc = response.json()
+    assert [s["name"] for s in doc["servers"]] == ["alpha", "beta"]
+    alpha, beta = cells(doc, "alpha"), cells(doc, "beta")
+    assert [c["state"] for c in alpha] == ["busy", "busy"] and [c["state"] for c in beta] == ["idle", "free"]
+    assert alpha[0]["util"] == 100 and alpha[0]["mem_total_mib"] == 81559 and alpha[0]["bus"] == "00000000:18:00.0"
+    procs = [dict(zip(doc["proc_fields"], p)) for p in alpha[0]["procs"]]
+    assert {doc["strings"][p["user"]] for p in procs} == {"user0", "user1"}
+    assert {doc["strings"][p["container"]] for p in procs} == {"lxc:lab-0", "lxc:lab-1"}
+    who = {w["user"]: w for w in doc["who"]}
+    assert who["user0"]["gpus"] == 3 and who["user0"]["hosts"] == 2 and who["user0"]["idle"] == 1
+    assert who["user1"]["gpus"] == 2 and who["user1"]["idle"] == 0 and who["user1"]["containers"] == ["lxc:lab-1"]
+    assert doc["counts"]["gpus"] == {"busy": 2, "idle": 1, "free": 1}
+
+
+def test_etag_304_gzip_and_change(hub):
+    admin = hub["admin"]
+    first = admin.get("/api/fleet", headers={"accept-encoding": "gzip"})
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"].startswith("private")  # the page keeps the ETag itself
+    again = admin.get("/api/fleet", headers={"if-none-match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    raw = admin.request("GET", "/api/fleet", headers={"accept-encoding": "gzip"})
+    assert raw.headers.get("content-encoding") == "gzip"  # httpx decodes; the header says it was sent so
+    report = sample_report("alpha", gpus=2, processes=0)
+    assert ingest(admin, report, hub["token"]).status_code == 201
+    changed = admin.get("/api/fleet", headers={"if-none-match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+    assert [c["state"] for c in cells(changed.json(), "alpha")] == ["busy", "busy"]  # 100 % util, no process
+    assert cells(changed.json(), "alpha")[0]["procs"] == []
+
+
+def test_document_is_compressed_on_the_wire(hub, hub_config):
+    from server_monitor import fleet
+
+    conn = sqlite3.connect(hub["db"])
+    doc = fleet.build(conn, {"id": "a", "role": "admin"})
+    entry = fleet.encode(doc)
+    assert json.loads(gzip.decompress(entry.gzip)) == doc and len(entry.gzip) < len(entry.body) / 2
+
+
+def test_scoped_viewer_sees_only_its_servers_and_no_processes(hub):
+    doc = hub["scoped"].get("/api/fleet").json()
+    assert [s["name"] for s in doc["servers"]] == ["beta"]
+    assert doc["processes"] is False and doc["who"] == [] and doc["strings"] == ["NVIDIA H100 80GB HBM3"]
+    assert all(c["procs"] == [] for c in cells(doc, "beta"))
+    # Different scopes never share a cached document or an ETag.
+    assert hub["scoped"].get("/api/fleet").headers["etag"] != hub["admin"].get("/api/fleet").headers["etag"]
+    assert hub["anon"].get("/api/fleet").status_code == 401
+
+
+def test_lost_gpu_stays_until_marked_removed_and_offline_host(hub):
+    admin = hub["admin"]
+    fewer = sample_report("alpha", gpus=1, processes=0)
+    assert ingest(admin, fewer, hub["token"]).status_code == 201
+    lost = [c for c in cells(admin.get("/api/fleet").json(), "alpha") if c["state"] == "lost"]
+    assert len(lost) == 1 and lost[0]["index"] == 1 and lost[0]["bus"] == "00000000:28:00.0"
+    # The driver's own "lost" list (no gpus row) gives a lost cell named by bus id too.
+    report = sample_report("gamma", gpus=1, processes=0)
+    report["gpu_status"] = {"state": "gpu_lost", "message": None, "stale": False,
+                            "lost": [{"pci.bus_id": "00000000:3B:00.0", "message": "Unable to determine the device handle"}]}
+    assert ingest(admin, report, hub["token"]).status_code == 201
+    gamma = cells(admin.get("/api/fleet").json(), "gamma")
+    assert [(c["state"], c["bus"]) for c in gamma] == [("busy", "00000000:18:00.0"), ("lost", "00000000:3B:00.0")]
+    page = admin.get("/monitor/admin_remove_gpu")
+    import re
+
+    csrf = re.search(r'name="csrftoken" value="([^"]+)"', page.text).group(1)
+    assert admin.post("/monitor/admin_remove_gpu", data={"gpu_id": str(lost[0]["id"]), "csrftoken": csrf}).status_code == 302
+    assert [c["state"] for c in cells(admin.get("/api/fleet").json(), "alpha")] == ["busy"]
+    conn = sqlite3.connect(hub["db"])
+    conn.execute("UPDATE servers SET last_seen = last_seen - 3600 WHERE hostname = 'beta'")
+    conn.commit()
+    doc = admin.get("/api/fleet").json()
+    beta = next(s for s in doc["servers"] if s["name"] == "beta")
+    assert beta["state"] == "offline" and time.time() - beta["last_seen"] > 3500
+    assert [c["state"] for c in cells(doc, "beta")] == ["offline", "offline"]
+    assert "user0" not in {w["user"] for w in doc["who"] if w["idle"]}  # offline hosts hold nothing now
+
+
+def test_acknowledge_and_silence_api(hub, hub_config):
+    from server_monitor import alerts
+
+    admin = hub["admin"]
+    conn = sqlite3.connect(hub["db"])
+    conn.execute("UPDATE servers SET last_seen = last_seen - 3600 WHERE hostname = 'beta'")
+    conn.commit()
+    sent = []
+
+    class Sink:
+        def send(self, event, alert):
+            sent.append((event, alert["rule"]))
+            return True
+
+    engine = alerts.AlertEngine(hub["db"], alerts.settings({}), notifier=Sink())
+    engine.run_once()
+    problems = admin.get("/api/fleet").json()["problems"]
+    assert [p["rule"] for p in problems] == ["host_offline"]
+    offline = problems[0]
+    assert offline["server"] == "beta" and abs(offline["since"] - (time.time() - 3600)) < 120
+    assert hub["scoped"].post(f"/api/alerts/{offline['id']}/ack", json={"note": "x"}).status_code == 403
+    assert admin.post(f"/api/alerts/{offline['id']}/ack", content=b"[1]",
+                      headers={"content-type": "application/json"}).status_code == 400
+    assert admin.post("/api/alerts/999/ack", json={}).status_code == 404
+    assert admin.post(f"/api/alerts/{offline['id']}/ack", json={"note": "<b>rebooting</b>"}).status_code == 200
+    acked = admin.get("/api/fleet").json()["problems"][0]
+    assert acked["acked_by"] == hub_config.get("auth.username") and acked["ack_note"] == "<b>rebooting</b>"
+    for bad in ({"minutes": 60}, {"server_id": 2, "minutes": 0}, {"rule": "nope", "minutes": 5},
+                {"server_id": "2", "minutes": 5}, {"server_id": 99, "minutes": 5}):
+        assert admin.post("/api/silences", json=bad).status_code in (400, 404), bad
+    created = admin.post("/api/silences", json={"server_id": 2, "minutes": 30, "note": "planned"})
+    assert created.status_code == 201
+    silenced = admin.get("/api/fleet").json()["problems"][0]
+    assert silenced["silenced_until"] - time.time() == pytest.approx(1800, abs=60)
+    assert admin.request("DELETE", f"/api/silences/{created.json()['silence_id']}").status_code == 200
+    assert admin.get("/api/fleet").json()["problems"][0]["silenced_until"] is None
+    assert admin.request("DELETE", f"/api/silences/{created.json()['silence_id']}").status_code == 404
