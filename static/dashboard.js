@@ -1,10 +1,11 @@
-// Server Monitor dashboard: fetches the canned-query JSON and renders it.
-// Every value from an agent is untrusted text: the DOM is built with createElement and
-// textContent only (h() in common.js), never innerHTML.
+// Server Monitor dashboard: the fleet grid (one cell per GPU, one row per server), the
+// problems strip, the who-is-using-GPUs-now panel and one server's detail on demand.
+// Data: GET /api/fleet (one compact document, ETag/304) every 30 s; /api/servers/<id> when a
+// server is opened. Every value from an agent is untrusted text: the DOM is built with
+// createElement and textContent only (h() in common.js), never innerHTML.
 "use strict";
 
 const REFRESH_S = 30;
-const QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes", "announcements", "alerts_active", "idle_holders"];
 const GPU_STATE_TEXT = {
   driver_mismatch: "driver/library version mismatch (reboot pending?)",
   no_devices: "driver found no GPUs",
@@ -14,24 +15,402 @@ const GPU_STATE_TEXT = {
   busy: "nvidia-smi hung (earlier call still running)",
   error: "nvidia-smi failed",
 };
+const STATE_WORD = {
+  free: "free", busy: "busy", idle: "held idle", mig: "MIG mode", lost: "lost (missing from the latest report)",
+  error: "error", offline: "host offline", stale: "host late (stale)", maint: "maintenance",
+};
 const STATUS_RANK = { error: 0, offline: 1, stale: 2, maintenance: 3, online: 4 };
+const SERVER_GLYPH = { online: "●", stale: "◐", offline: "○", error: "▲", maintenance: "■" };
+const RULE_TEXT = {
+  host_offline: "offline", gpu_failure: "GPU failure", collection_stale: "GPU data stale", gpu_lost: "GPU lost",
+  gpu_ecc: "ECC", gpu_temperature: "hot GPU", disk_full: "disk full",
+};
 
-// ---- pieces -----------------------------------------------------------------------
-function bar(label, value, text, warn = 80, crit = 95, hideLabel = false) {
+// ---- state -------------------------------------------------------------------------
+let doc = null;            // the last /api/fleet document
+let etag = null;
+let skew = 0;              // hub clock minus ours (s), from generated_at
+let nextRefreshAt = 0;
+let lastUpdate = null;
+let announcements = [];
+let highlight = null;      // {kind: "user" | "container", value}
+let gridKey = null;        // structure of the rendered grid (server and GPU ids)
+let rowEls = new Map();    // server id -> {row, name, sub, cells: [el]}
+let showAllProblems = false;
+let openServer = null;     // server id shown in the detail panel
+
+// replaceChildren() without the null/false placeholders of conditional pieces.
+const fill = (el, ...kids) => el.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
+const nowHub = () => Date.now() / 1000 + skew;
+const str = (i) => (i === null || i === undefined ? null : doc.strings[i]);
+
+// ---- small formatters ----------------------------------------------------------------
+function fmtAge(s) {
+  s = Math.max(0, Math.round(s));
+  if (s < 90) return s + " s";
+  if (s < 5400) return Math.round(s / 60) + " min";
+  if (s < 172800) { const hr = Math.floor(s / 3600); const m = Math.round((s % 3600) / 60); return hr + " h" + (m ? " " + m + " min" : ""); }
+  return Math.round(s / 86400) + " d";
+}
+function clock(epoch) {
+  const d = new Date(epoch * 1000);
+  const sameDay = new Date().toDateString() === d.toDateString();
+  const t = d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  return sameDay ? t : d.toLocaleDateString(undefined, { month: "short", day: "numeric" }) + " " + t;
+}
+function gib(mib) { return mib === null || mib === undefined ? "–" : Math.round(mib / 1024) + "G"; }
+function shortBus(bus) { return bus ? bus.replace(/^0+:/, "").replace(/\.\d$/, "") : "?"; }
+
+// ---- GPU cells ------------------------------------------------------------------------
+function holders(procs) {
+  // Distinct users (by held VRAM, biggest first) of one GPU's processes.
+  const by = new Map();
+  for (const p of procs) {
+    const key = p[1];
+    by.set(key, (by.get(key) || 0) + (p[3] || 0));
+  }
+  return [...by.entries()].sort((a, b) => b[1] - a[1]).map((e) => e[0]);
+}
+
+function cellText(server, g) {
+  const [, , state, util, memUsed, memTotal, , , bus, , procs] = g;
+  const users = holders(procs);
+  const who = users.length ? (str(users[0]) || "?").slice(0, 6) + (users.length > 1 ? "+" + (users.length - 1) : "") : "";
+  switch (state) {
+    case "free": return ["free", gib(memTotal)];
+    case "busy": return [util === null ? "busy" : util + "%", who || (memUsed ? gib(memUsed) : "")];
+    case "idle": return ["◌" + (util === null ? "" : util + "%"), who];
+    case "mig": return ["MIG", who];
+    case "lost": return ["✕lost", shortBus(bus)];
+    case "error": return ["▲err", who];
+    case "offline": return ["○off", who];
+    case "stale": return ["◐" + (util === null ? "" : util), who];
+    case "maint": return ["■mnt", who];
+    default: return [state, who];
+  }
+}
+
+function cellLabel(server, g) {
+  const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs] = g;
+  const users = holders(procs).map((u) => str(u) || "?");
+  return server.name + " GPU " + (index === null ? shortBus(bus) : index) + ": " + STATE_WORD[state] +
+    (util !== null && util !== undefined ? ", " + util + "% utilization" : "") +
+    (memTotal ? ", " + fmtMiB(memUsed) + " of " + fmtMiB(memTotal) + " VRAM" : "") +
+    (users.length ? ", used by " + users.join(", ") : "");
+}
+
+function updateCell(el, server, g) {
+  const [l1, l2] = cellText(server, g);
+  const memPct = g[5] ? Math.min(100, Math.round((100 * (g[4] || 0)) / g[5])) : 0;
+  const sig = g[2] + "|" + l1 + "|" + l2 + "|" + memPct + "|" + g[3] + "|" + g[6] + "|" + g[7];
+  if (el.dataset.sig === sig) return;
+  el.dataset.sig = sig;
+  el.className = "cell s-" + g[2] + (el.classList.contains("hl") ? " hl" : "");
+  el.firstChild.textContent = l1;
+  el.lastChild.textContent = l2;
+  el.style.setProperty("--m", memPct + "%");
+  el.setAttribute("aria-label", cellLabel(server, g));
+}
+
+function newCell(server, g, i) {
+  const el = h("button", { type: "button", class: "cell", dataset: { s: String(server.id), i: String(i) } },
+    h("span", { class: "l1" }), h("span", { class: "l2" }));
+  updateCell(el, server, g);
+  return el;
+}
+
+function serverSub(s) {
+  const glyph = SERVER_GLYPH[s.state] || "?";
+  if (s.state === "offline" || s.state === "stale") return glyph + " " + fmtAge(nowHub() - s.last_seen);
+  if (s.state === "maintenance") return glyph + " maint";
+  if (s.gpu_state && GPU_STATE_TEXT[s.gpu_state]) return glyph + " " + (s.gpu_state === "driver_mismatch" ? "driver" : "GPU err");
+  const live = s.gpus.filter((g) => g[2] !== "lost");
+  const busy = live.filter((g) => g[2] === "busy" || g[2] === "idle" || g[2] === "mig").length;
+  return glyph + " " + busy + "/" + live.length;
+}
+
+function serverTitle(s) {
+  let t = s.name + " — " + s.state;
+  if (s.state === "offline" || s.state === "stale") t += ", last seen " + fmtAge(nowHub() - s.last_seen) + " ago (" + clock(s.last_seen) + ")";
+  if (s.gpu_state && GPU_STATE_TEXT[s.gpu_state]) t += ", " + GPU_STATE_TEXT[s.gpu_state];
+  if (s.note) t += " — " + s.note;
+  if (s.models) t += " — " + s.models;
+  if (s.cpu_percent !== null) t += " — CPU " + s.cpu_percent + "%, memory " + fmtPct(s.mem_percent);
+  return t;
+}
+
+function shortName(name) {
+  // Hostnames without the domain; long ones keep their head and their distinguishing tail.
+  const max = window.matchMedia("(max-width: 600px)").matches ? 11 : 14;
+  let n = /^[0-9.:]+$/.test(name) ? name : name.split(".")[0] || name;
+  if (n.length > max) { const head = Math.ceil((max - 1) / 3); n = n.slice(0, head) + "…" + n.slice(n.length - (max - 1 - head)); }
+  return n;
+}
+
+function updateRowHead(r, s) {
+  r.row.className = "srow st-" + s.state;
+  r.name.textContent = shortName(s.name);
+  r.sub.textContent = serverSub(s);
+  r.head.title = serverTitle(s);
+  r.head.setAttribute("aria-label", "Open " + s.name + " (" + r.sub.textContent + ")");
+  if (r.empty) r.empty.textContent = s.gpu_state && GPU_STATE_TEXT[s.gpu_state] ? "▲ " + GPU_STATE_TEXT[s.gpu_state] :
+    s.state === "offline" ? "○ offline, no GPU data" : "no GPU";
+}
+
+function buildRow(s) {
+  const head = h("button", { type: "button", class: "shead", dataset: { open: String(s.id) } },
+    h("span", { class: "sname" }), h("span", { class: "ssub" }));
+  const cells = s.gpus.map((g, i) => newCell(s, g, i));
+  const empty = s.gpus.length ? null : h("span", { class: "cells-empty" });
+  const row = h("div", { class: "srow", dataset: { sid: String(s.id) } }, head,
+    h("div", { class: "cells" }, cells.length ? cells : empty));
+  const r = { row, head, name: head.firstChild, sub: head.lastChild, cells, empty };
+  updateRowHead(r, s);
+  return r;
+}
+
+function sortedServers() {
+  const sort = document.getElementById("sort").value;
+  const list = doc.servers.slice();
+  const free = (s) => s.gpus.filter((g) => g[2] === "free").length;
+  if (sort === "problems") list.sort((a, b) => (STATUS_RANK[a.state] - STATUS_RANK[b.state]) || a.name.localeCompare(b.name));
+  else if (sort === "free") list.sort((a, b) => (free(b) - free(a)) || a.name.localeCompare(b.name));
+  return list;  // "name": the hub's order (name, case-insensitive)
+}
+
+function renderGrid() {
+  const grid = document.getElementById("grid");
+  const list = sortedServers();
+  const key = document.getElementById("sort").value + ":" + list.map((s) => s.id + "." + s.gpus.map((g) => g[0]).join(",")).join(";");
+  if (key !== gridKey) {
+    rowEls = new Map();
+    const rows = list.map((s) => { const r = buildRow(s); rowEls.set(s.id, r); return r.row; });
+    grid.replaceChildren(...(rows.length ? rows : [h("p", { class: "muted empty" }, "No server has reported yet. Start an agent (see README).")]));
+    gridKey = key;
+  } else {
+    for (const s of list) {
+      const r = rowEls.get(s.id);
+      updateRowHead(r, s);
+      s.gpus.forEach((g, i) => updateCell(r.cells[i], s, g));
+    }
+  }
+  applyFilterAndHighlight();
+}
+
+// ---- filter and highlight ----------------------------------------------------------
+function gpuMatches(g, kind, value) {
+  return g[10].some((p) => (kind === "user" ? str(p[1]) === value : str(p[2]) === value));
+}
+
+function applyFilterAndHighlight() {
+  if (!doc) return;
+  const text = document.getElementById("filter").value.trim().toLowerCase();
+  const grid = document.getElementById("grid");
+  let lit = 0;
+  for (const s of doc.servers) {
+    const r = rowEls.get(s.id);
+    if (!r) continue;
+    let show = true;
+    if (text) {
+      const hay = [s.name, s.models || "", s.state].join(" ").toLowerCase();
+      show = hay.includes(text) || s.gpus.some((g) => g[10].some((p) =>
+        (str(p[1]) || "").toLowerCase().includes(text) || (str(p[2]) || "").toLowerCase().includes(text)));
+    }
+    r.row.hidden = !show;
+    s.gpus.forEach((g, i) => {
+      const on = highlight !== null && gpuMatches(g, highlight.kind, highlight.value);
+      r.cells[i].classList.toggle("hl", on);
+      if (on) lit++;
+    });
+  }
+  grid.classList.toggle("highlighting", highlight !== null);
+  const pill = document.getElementById("highlight");
+  pill.hidden = highlight === null;
+  if (highlight) document.getElementById("highlight-text").textContent =
+    (highlight.kind === "user" ? "User " : "Container ") + highlight.value + ": " + lit + " GPU" + (lit === 1 ? "" : "s");
+  for (const tr of document.querySelectorAll("#who-body tr")) {
+    tr.classList.toggle("selected", highlight !== null && highlight.kind === "user" && tr.dataset.user === highlight.value);
+  }
+}
+
+function setHighlight(kind, value) {
+  highlight = highlight && highlight.kind === kind && highlight.value === value ? null : { kind, value };
+  applyFilterAndHighlight();
+  if (highlight) {
+    const first = document.querySelector("#grid .cell.hl");
+    if (first && first.getBoundingClientRect().top > window.innerHeight) first.scrollIntoView({ block: "center" });
+  }
+}
+
+// ---- who is using GPUs now -----------------------------------------------------------
+function renderWho() {
+  const body = document.getElementById("who-body");
+  const note = document.getElementById("who-note");
+  const text = document.getElementById("who-filter").value.trim().toLowerCase();
+  if (!doc.processes) {
+    body.replaceChildren();
+    note.textContent = "Your account does not show GPU processes or users.";
+    return;
+  }
+  const rows = doc.who.filter((w) => !text || (w.user || "").toLowerCase().includes(text) ||
+    w.containers.some((c) => c.toLowerCase().includes(text)));
+  body.replaceChildren(...rows.map((w) => {
+    const user = w.user === null ? "(unknown)" : w.user;
+    const button = h("button", { type: "button", class: "link-button who-user", dataset: { user } }, user);
+    const containers = w.containers.length ? h("div", { class: "who-containers" }, w.containers.slice(0, 4).map((c) =>
+      h("button", { type: "button", class: "chip", dataset: { container: c }, title: "Highlight the GPUs of " + c }, c)),
+    w.containers.length > 4 ? h("span", { class: "muted" }, " +" + (w.containers.length - 4)) : null) : null;
+    return h("tr", { dataset: { user } },
+      h("td", { class: "who-name" }, button, containers),
+      h("td", { class: "num" }, String(w.gpus)),
+      h("td", { class: "num" }, fmtMiB(w.mib)),
+      h("td", { class: "num" }, String(w.hosts)),
+      h("td", { class: "num" + (w.idle ? " warn-text" : "") }, w.idle ? String(w.idle) : "–"));
+  }));
+  note.textContent = doc.who.length ? (rows.length < doc.who.length ? rows.length + " of " + doc.who.length + " users" : doc.who.length + " users") +
+    " · choose a user or container to highlight their GPUs" : "Nobody holds a GPU right now.";
+}
+
+// ---- problems first ------------------------------------------------------------------
+function problemText(p) {
+  const age = fmtAge(nowHub() - p.since);
+  const server = p.server || "?";
+  switch (p.rule) {
+    case "host_offline": return server + ": offline for " + age + " (last report " + clock(p.since) + ")";
+    case "gpu_lost": return p.message.replace(/ is missing from the latest report$/, " lost") + " · for " + age;
+    default: return p.message + " · since " + clock(p.since) + " (" + age + ")";
+  }
+}
+
+function problemRow(p, admin) {
+  const state = [];
+  if (p.acked_by) state.push("acknowledged by " + p.acked_by + " " + clock(p.acked_at) + (p.ack_note ? ": " + p.ack_note : ""));
+  if (p.silenced_until) state.push("silenced until " + clock(p.silenced_until));
+  const row = h("li", { class: "problem sev-" + p.severity + (p.acked_by || p.silenced_until ? " quiet" : ""), dataset: { alert: String(p.id) } },
+    h("span", { class: "sev", "aria-hidden": "true" }, p.severity === "critical" ? "▲" : "◆"),
+    h("span", { class: "visually-hidden" }, p.severity + ": "),
+    h("span", { class: "problem-rule" }, RULE_TEXT[p.rule] || p.rule),
+    h("button", { type: "button", class: "link-button problem-text", dataset: { open: String(p.server_id) } }, problemText(p)),
+    state.length ? h("span", { class: "problem-state" }, state.join(" · ")) : null,
+    admin ? h("span", { class: "problem-actions" },
+      p.acked_by ? null : h("button", { type: "button", class: "small", dataset: { ack: String(p.id) } }, "Acknowledge"),
+      h("button", { type: "button", class: "small", dataset: { silence: String(p.id) } }, "Silence…")) : null);
+  return row;
+}
+
+function renderProblems() {
+  const box = document.getElementById("problems");
+  const admin = document.body.dataset.role === "admin";
+  if (box.querySelector("form")) return;  // an admin is typing a note: do not replace the form
+  const list = doc.problems;
+  if (!list.length) { box.replaceChildren(); return; }
+  const limit = showAllProblems ? list.length : 4;
+  const open = list.filter((p) => !p.acked_by && !p.silenced_until).length;
+  fill(box,
+    h("h2", { class: "problems-title" }, list.length + " problem" + (list.length === 1 ? "" : "s") +
+      (open < list.length ? " (" + (list.length - open) + " acknowledged or silenced)" : "")),
+    h("ul", { class: "problem-list" }, list.slice(0, limit).map((p) => problemRow(p, admin))),
+    list.length > 4 ? h("button", { type: "button", class: "link-button", id: "problems-more" },
+      showAllProblems ? "Show fewer" : "Show all " + list.length + " problems") : null);
+}
+
+async function apiWrite(method, path, body) {
+  const response = await fetch(path, { method, credentials: "same-origin", headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body) });
+  if (!response.ok) {
+    let msg = "HTTP " + response.status;
+    try { msg = (await response.json()).error || msg; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return response.json();
+}
+
+function problemForm(li, p, kind) {
+  const note = h("input", { type: "text", maxLength: 500, placeholder: "note (optional)", class: "note-input", "aria-label": "Note" });
+  const parts = [note];
+  let duration = null;
+  let what = null;
+  if (kind === "silence") {
+    duration = h("select", { "aria-label": "For how long" }, [["60", "1 h"], ["240", "4 h"], ["1440", "1 day"], ["10080", "1 week"]].map(([v, t]) => h("option", { value: v }, t)));
+    what = h("select", { "aria-label": "What to silence" },
+      h("option", { value: "host" }, "this server, every rule"),
+      h("option", { value: "rule" }, "this rule on every server"),
+      h("option", { value: "both" }, "this rule on this server"));
+    parts.unshift(what, duration);
+  }
+  const status = h("span", { class: "muted", role: "status" });
+  const form = h("form", { class: "problem-form" }, parts,
+    h("button", { type: "submit", class: "small" }, kind === "ack" ? "Acknowledge" : "Silence"),
+    h("button", { type: "button", class: "small link-button", dataset: { cancel: "1" } }, "Cancel"), status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      if (kind === "ack") await apiWrite("POST", "/api/alerts/" + p.id + "/ack", { note: note.value });
+      else {
+        const body = { minutes: Number(duration.value), note: note.value, server_id: null, rule: null };
+        if (what.value !== "rule") body.server_id = p.server_id;
+        if (what.value !== "host") body.rule = p.rule;
+        await apiWrite("POST", "/api/silences", body);
+      }
+      form.remove();
+      etag = null;
+      refresh();
+    } catch (e) { status.textContent = "Failed: " + e.message; }
+  });
+  form.querySelector("[data-cancel]").addEventListener("click", () => { form.remove(); renderProblems(); });
+  li.append(form);
+  note.focus();
+}
+
+// ---- tooltip -------------------------------------------------------------------------
+function gpuFromCell(el) {
+  const s = doc.servers.find((x) => String(x.id) === el.dataset.s);
+  return s ? [s, s.gpus[Number(el.dataset.i)]] : [null, null];
+}
+
+function showTip(el) {
+  const [s, g] = gpuFromCell(el);
+  if (!g) return;
+  const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs] = g;
+  const tip = document.getElementById("tip");
+  const old = s.state === "offline" || s.state === "stale";
+  fill(tip, [
+    h("div", { class: "tip-head" }, s.name + " · GPU " + (index === null ? "?" : index)),
+    h("div", { class: "muted" }, [str(model), bus].filter(Boolean).join(" · ")),
+    h("div", { class: "tip-state s-" + state }, STATE_WORD[state] + (old ? " — last seen " + fmtAge(nowHub() - s.last_seen) + " ago, values from then" : "")),
+    state === "lost" ? null : h("div", {}, "utilization " + fmtPct(util) + " · VRAM " + fmtMiB(memUsed) + " / " + fmtMiB(memTotal) +
+      " · " + (temp === null ? "–" : temp + " °C") + " · " + (power === null ? "–" : power + " W")),
+    procs.length ? h("table", { class: "tip-procs" },
+      h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, procs.slice(0, 12).map((p) => h("tr", {},
+        h("td", {}, str(p[1]) || "?"), h("td", {}, str(p[2]) || "host"), h("td", { class: "num" }, p[0] === null ? "?" : String(p[0])),
+        h("td", { class: "tip-pname" }, str(p[4]) || "?"), h("td", { class: "num" }, fmtMiB(p[3])))))) :
+      h("div", { class: "muted" }, doc.processes ? (state === "lost" ? "" : "no compute process") : "processes are hidden for your account"),
+    procs.length > 12 ? h("div", { class: "muted" }, "+" + (procs.length - 12) + " more processes") : null,
+    h("div", { class: "muted tip-hint" }, "click: open " + s.name)]);
+  tip.hidden = false;
+  const rect = el.getBoundingClientRect();
+  const width = Math.min(420, window.innerWidth - 16);
+  tip.style.setProperty("width", width + "px");
+  let left = Math.min(Math.max(8, rect.left), window.innerWidth - width - 8);
+  let top = rect.bottom + 6;
+  const height = tip.offsetHeight;
+  if (top + height > window.innerHeight - 8) top = Math.max(8, rect.top - height - 6);
+  tip.style.setProperty("left", left + "px");
+  tip.style.setProperty("top", top + "px");
+}
+
+function hideTip() { document.getElementById("tip").hidden = true; }
+
+// ---- server detail on demand ----------------------------------------------------------
+function bar(label, value, text, warn = 80, crit = 95) {
   const v = value === null || value === undefined ? null : Math.max(0, Math.min(100, value));
   return h("div", { class: "bar-row" },
-    h("span", { class: hideLabel ? "visually-hidden" : "bar-label" }, label),
+    h("span", { class: "bar-label" }, label),
     h("span", { class: "bar", role: "meter", "aria-label": label, "aria-valuemin": 0, "aria-valuemax": 100,
                 "aria-valuenow": v === null ? 0 : Math.round(v), "aria-valuetext": text },
       h("span", { class: "bar-fill level-" + level(v, warn, crit), style: { width: (v || 0) + "%" } })),
     h("span", { class: "bar-text" }, text));
-}
-
-function statusBadge(status) {
-  // Colour plus a text label and a shape, so colour is never the only signal.
-  const symbol = { online: "●", stale: "◐", offline: "○", error: "▲", maintenance: "■" }[status] || "?";
-  return h("span", { class: "status status-" + status, title: status },
-    h("span", { class: "status-dot", "aria-hidden": "true" }, symbol), " ", status);
 }
 
 function gpuErrorText(server) {
@@ -46,54 +425,52 @@ function gpuErrorText(server) {
   return server.gpu_message ? base + ": " + server.gpu_message : base;
 }
 
-function gpuRow(gpu, procs) {
+function gpuRow(gpu) {
   const mig = gpu.mig_mode === 1;
-  const util = mig ? h("span", { class: "mig", title: "MIG mode: per-GPU utilization is not reported" }, "MIG")
-                   : bar("GPU " + gpu.gpu_index + " utilization", gpu.utilization_gpu, fmtPct(gpu.utilization_gpu), 101, 101, true);
+  const procs = gpu.processes.slice().sort((a, b) => (b.used_gpu_memory_mib || 0) - (a.used_gpu_memory_mib || 0));
   const memPct = pct(gpu.memory_used_mib, gpu.memory_total_mib);
-  const temp = gpu.temperature_gpu_c;
-  const power = gpu.power_draw_w;
-  const powerPct = pct(power, gpu.power_limit_w);
-  const sortedProcs = procs.slice().sort((a, b) => (b.used_gpu_memory_mib || 0) - (a.used_gpu_memory_mib || 0));
-  const row = h("div", { class: "gpu" + (gpu.present ? "" : " gpu-missing"), dataset: { gpuId: String(gpu.gpu_id) } },
+  const powerPct = pct(gpu.power_draw_w, gpu.power_limit_w);
+  return h("div", { class: "gpu" + (gpu.present ? "" : " gpu-missing"), dataset: { gpuId: String(gpu.gpu_id) } },
     h("div", { class: "gpu-head" },
       h("span", { class: "gpu-index" }, "GPU " + gpu.gpu_index),
       h("span", { class: "gpu-name" }, gpu.name || "unknown GPU"),
       h("span", { class: "gpu-bus" }, gpu.pci_bus_id || ""),
-      gpu.present ? null : h("span", { class: "badge badge-crit" }, "missing from latest report"),
+      gpu.present ? null : h("span", { class: "badge badge-crit" }, "✕ lost: missing from the latest report"),
       gpu.admin_status && gpu.admin_status !== "active" ? h("span", { class: "badge badge-crit", title: gpu.status_note || "" }, gpu.admin_status + (gpu.status_note ? ": " + gpu.status_note : "")) : null,
-      gpu.busy ? h("span", { class: "badge badge-busy" }, "busy") : h("span", { class: "badge badge-free" }, "free")),
+      gpu.present ? (gpu.busy ? h("span", { class: "badge badge-busy" }, "busy") : h("span", { class: "badge badge-free" }, "free")) : null),
     h("div", { class: "gpu-metrics" },
-      util,
-      bar("GPU " + gpu.gpu_index + " memory", memPct, fmtMiB(gpu.memory_used_mib) + " / " + fmtMiB(gpu.memory_total_mib), 90, 98, true),
-      h("span", { class: "metric temp level-" + level(temp, 80, 90), title: "temperature.gpu" },
-        temp === null ? "–" : temp + " °C"),
+      mig ? h("span", { class: "mig", title: "MIG mode: per-GPU utilization is not reported" }, "MIG")
+        : bar("Utilization", gpu.utilization_gpu, fmtPct(gpu.utilization_gpu), 101, 101),
+      bar("VRAM", memPct, fmtMiB(gpu.memory_used_mib) + " / " + fmtMiB(gpu.memory_total_mib), 90, 98),
+      h("span", { class: "metric temp level-" + level(gpu.temperature_gpu_c, 80, 90), title: "temperature.gpu" },
+        gpu.temperature_gpu_c === null ? "–" : gpu.temperature_gpu_c + " °C"),
       h("span", { class: "metric power level-" + level(powerPct, 90, 100), title: "power.draw / power.limit" },
-        (power === null ? "–" : Math.round(power) + " W") + (gpu.power_limit_w ? " / " + Math.round(gpu.power_limit_w) + " W" : ""))),
-    sortedProcs.length ? h("table", { class: "procs" },
+        (gpu.power_draw_w === null ? "–" : Math.round(gpu.power_draw_w) + " W") + (gpu.power_limit_w ? " / " + Math.round(gpu.power_limit_w) + " W" : ""))),
+    procs.length ? h("table", { class: "procs" },
       h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, sortedProcs.map((p) => h("tr", {},
+      h("tbody", {}, procs.map((p) => h("tr", {},
         h("td", { class: "proc-user" }, p.user || (p.uid !== null ? String(p.uid) : "?")),
         h("td", { class: "proc-container" }, p.container ? (p.container_kind ? p.container_kind + ": " : "") + p.container : "host"),
         h("td", { class: "num" }, p.pid === null ? "?" : String(p.pid)),
         h("td", { class: "proc-name", title: p.process_name || "" }, p.process_name || "?"),
         h("td", { class: "num" }, fmtMiB(p.used_gpu_memory_mib)))))) : null);
-  return row;
 }
 
-function serverCard(server, gpus, procs, disks) {
-  const diskMax = disks.reduce((m, d) => Math.max(m, d.used_percent || 0), 0);
-  return h("a", { class: "card status-border-" + server.status, href: "#server-" + server.server_id },
-    h("div", { class: "card-head" },
-      h("span", { class: "card-name" }, server.name),
-      statusBadge(server.status)),
-    h("div", { class: "card-gpus" },
-      server.gpu_count ? (server.gpu_models || "") : "no GPU"),
-    server.gpu_count ? h("div", { class: "card-busy" }, server.gpus_busy + "/" + server.gpu_count + " GPUs busy") : null,
-    h("div", { class: "card-host" },
-      "CPU " + fmtPct(server.cpu_percent) + " · MEM " + fmtPct(pct(server.memory_used_bytes, server.memory_total_bytes)) +
-      " · DISK " + fmtPct(disks.length ? diskMax : null)),
-    h("div", { class: "card-foot" }, "agent " + (server.agent_version || "?")));
+function deleteButton(server) {
+  // Two clicks (no window.confirm): the first arms the button, the second deletes.
+  const button = h("button", { type: "button", class: "link-button danger" }, "Delete…");
+  button.addEventListener("click", async () => {
+    if (button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = "Confirm delete of " + server.name;
+      setTimeout(() => { button.dataset.armed = ""; button.textContent = "Delete…"; }, 5000);
+      return;
+    }
+    const response = await fetch("/api/servers/" + Number(server.server_id), { method: "DELETE", credentials: "same-origin" });
+    if (response.ok) { closeDetail(); etag = null; refresh(); }
+    else button.textContent = "Delete failed (HTTP " + response.status + ")";
+  });
+  return button;
 }
 
 function containersTable(containers) {
@@ -115,148 +492,132 @@ function probesLine(probes) {
     (p.ok ? "✓ " : "✗ ") + p.name + (p.ok && p.latency_ms !== null ? " " + Math.round(p.latency_ms) + " ms" : p.status ? " HTTP " + p.status : " unreachable"))));
 }
 
-function agentNotes(server) {
+function serverSection(server, containers, probes) {
+  const err = gpuErrorText(server);
+  const old = server.status === "offline" || server.status === "stale";
+  const memPct = pct(server.memory_used_bytes, server.memory_total_bytes);
+  const swapPct = pct(server.swap_used_bytes, server.swap_total_bytes);
   const notes = [];
   if (server.spool_depth) notes.push(server.spool_depth + " report(s) waiting in the agent's spool");
   if (server.spool_dropped) notes.push("agent dropped " + server.spool_dropped + " report(s) (spool full)");
   if (server.rejected_reports) notes.push("hub rejected " + server.rejected_reports + " report(s)");
-  return notes.length ? h("p", { class: "server-note" }, notes.join(" · ")) : null;
-}
-
-function deleteButton(server) {
-  // Two clicks (no window.confirm): the first arms the button, the second deletes.
-  const button = h("button", { type: "button", class: "link-button danger" }, "Delete");
-  button.addEventListener("click", async () => {
-    if (button.dataset.armed !== "1") {
-      button.dataset.armed = "1";
-      button.textContent = "Confirm delete of " + server.name;
-      setTimeout(() => { button.dataset.armed = ""; button.textContent = "Delete"; }, 5000);
-      return;
-    }
-    const response = await fetch("/api/servers/" + Number(server.server_id), { method: "DELETE", credentials: "same-origin" });
-    if (response.ok) refresh();
-    else button.textContent = "Delete failed (HTTP " + response.status + ")";
-  });
-  return button;
-}
-
-function serverSection(server, gpus, procsByGpu, disks, containers, probes) {
-  const err = gpuErrorText(server);
-  const memPct = pct(server.memory_used_bytes, server.memory_total_bytes);
-  const swapPct = pct(server.swap_used_bytes, server.swap_total_bytes);
-  return h("article", { class: "server", id: "server-" + server.server_id, dataset: { serverId: String(server.server_id) } },
+  return h("article", { class: "server" + (old ? " is-old" : ""), id: "server-" + server.server_id, dataset: { serverId: String(server.server_id) } },
     h("header", { class: "server-head" },
       h("h2", {}, server.name),
-      statusBadge(server.status),
-      h("span", { class: "muted", title: "Last report received" }, "last seen " + fmtLocalTime(server.last_seen) + " · " + fmtAgo(server.seen_age_s)),
+      h("span", { class: "status status-" + server.status }, (SERVER_GLYPH[server.status] || "?") + " " + server.status),
       h("a", { class: "server-links", href: "/servers/" + Number(server.server_id) + "/history" }, "History"),
       document.body.dataset.role === "admin" ? deleteButton(server) : null),
-    err ? h("p", { class: "server-error", role: "alert" }, err) : null,
+    h("p", { class: old ? "last-seen old-banner" : "last-seen muted", title: "Last report received" },
+      "last seen " + fmtAge(server.seen_age_s) + " ago · " + fmtLocalTime(server.last_seen) + (old ? " — the values below are from then, not live" : "")),
+    err ? h("p", { class: "server-error", role: "alert" }, "▲ " + err) : null,
     server.status_note ? h("p", { class: "server-note" }, server.status_note) : null,
-    agentNotes(server),
+    notes.length ? h("p", { class: "server-note" }, notes.join(" · ")) : null,
     h("div", { class: "server-body" },
       h("div", { class: "host" },
         bar("CPU (" + (server.cpu_count || "?") + " cores)", server.cpu_percent, fmtPct(server.cpu_percent) + " · load " + (server.load_1 === null ? "–" : server.load_1.toFixed(2))),
         bar("Memory", memPct, fmtBytes(server.memory_used_bytes) + " / " + fmtBytes(server.memory_total_bytes)),
         server.swap_total_bytes ? bar("Swap", swapPct, fmtBytes(server.swap_used_bytes) + " / " + fmtBytes(server.swap_total_bytes)) : null,
-        disks.map((d) => bar(d.mountpoint, d.used_percent, fmtBytes(d.used_bytes) + " / " + fmtBytes(d.total_bytes), 85, 95)),
+        server.disks.map((d) => bar(d.mountpoint, d.used_percent, fmtBytes(d.used_bytes) + " / " + fmtBytes(d.total_bytes), 85, 95)),
         h("div", { class: "host-facts" },
           h("span", {}, "↓ " + fmtRate(server.net_rx_bps) + " ↑ " + fmtRate(server.net_tx_bps)),
           h("span", {}, "up " + fmtDuration(server.uptime_s)),
           h("span", {}, [server.os, server.kernel].filter(Boolean).join(" · ")),
+          h("span", {}, "agent " + (server.agent_version || "?")),
           server.clock_skew_s && Math.abs(server.clock_skew_s) > 30 ? h("span", { class: "warn-text" }, "clock off by " + server.clock_skew_s + " s") : null),
         probesLine(probes),
         containersTable(containers)),
       h("div", { class: "gpus" },
-        gpus.length ? gpus.map((g) => gpuRow(g, procsByGpu.get(g.gpu_id) || [])) :
+        server.gpus.length ? server.gpus.map(gpuRow) :
           h("p", { class: "muted" }, server.gpu_state === "not_installed" ? "No NVIDIA GPU on this host." : "No GPU data."))));
 }
 
-// ---- state, fetch, render ---------------------------------------------------------
-let data = null;
-let nextRefreshAt = 0;
-let lastUpdate = null;
-
-function groupBy(rows, key) {
-  const map = new Map();
-  for (const row of rows) {
-    const k = row[key];
-    if (!map.has(k)) map.set(k, []);
-    map.get(k).push(row);
+async function openDetail(serverId, push = true) {
+  openServer = Number(serverId);
+  const panel = document.getElementById("detail");
+  const body = document.getElementById("detail-body");
+  panel.hidden = false;
+  document.body.classList.add("detail-open");
+  if (push && location.hash !== "#server-" + openServer) history.pushState(null, "", "#server-" + openServer);
+  body.replaceChildren(h("p", { class: "muted" }, "loading…"));
+  try {
+    const response = await fetch("/api/servers/" + openServer, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (!response.ok) throw new Error("HTTP " + response.status);
+    const server = await response.json();
+    const [containers, probes] = await Promise.all([fetchQuery("containers"), fetchQuery("probes")]);
+    if (openServer !== server.server_id) return;
+    body.replaceChildren(serverSection(server, containers.filter((c) => c.server_id === server.server_id),
+      probes.filter((p) => p.server_id === server.server_id)));
+    document.getElementById("detail-close").focus();
+  } catch (e) {
+    body.replaceChildren(h("p", { class: "load-error" }, "Could not load this server: " + e.message));
   }
-  return map;
 }
 
-
-function matches(server, gpus, procs, text) {
-  if (!text) return true;
-  const hay = [server.name, server.hostname, server.gpu_models, server.status]
-    .concat(gpus.map((g) => g.name), procs.map((p) => p.user), procs.map((p) => p.container))
-    .filter(Boolean).join(" ").toLowerCase();
-  return hay.includes(text.toLowerCase());
+function closeDetail(push = true) {
+  openServer = null;
+  document.getElementById("detail").hidden = true;
+  document.body.classList.remove("detail-open");
+  if (push && location.hash) history.pushState(null, "", location.pathname + location.search);
 }
 
-function render() {
-  if (!data) return;
-  const [servers, gpus, procs, disks, containers, probes, announcements, alerts, idle] = data;
-  document.getElementById("alerts").replaceChildren(...alerts.map((a) =>
-    h("p", { class: "alert-row alert-" + a.severity, role: a.severity === "critical" ? "alert" : "status" },
-      h("strong", {}, a.severity + " · " + a.rule.replace("_", " ") + ": "), a.message,
-      h("span", { class: "muted" }, " · since " + fmtLocalTime(a.started_at)))));
-  const idlePanel = document.getElementById("idle");
-  idlePanel.hidden = idle.length === 0;
-  document.getElementById("idle-summary").textContent = idle.length + " idle GPU holder" + (idle.length === 1 ? "" : "s") +
-    " (memory held, utilization near 0)";
-  document.getElementById("idle-list").replaceChildren(h("table", { class: "procs" },
-    h("thead", {}, h("tr", {}, ["Server", "GPU", "Held", "Users", "Containers", "Idle for"].map((t) => h("th", { scope: "col" }, t)))),
-    h("tbody", {}, idle.map((r) => h("tr", {}, h("td", {}, r.server), h("td", {}, "GPU " + r.gpu_index),
-      h("td", { class: "num" }, fmtMiB(r.held_mib)), h("td", {}, r.users || "?"), h("td", {}, r.containers || ""),
-      h("td", { class: "num" }, r.idle_hours + " h"))))));
+function routeFromHash() {
+  const m = /^#server-(\d+)$/.exec(location.hash);
+  if (m) openDetail(m[1], false); else if (openServer !== null) closeDetail(false);
+}
+
+// ---- summary, fetch, refresh -----------------------------------------------------------
+function renderSummary() {
+  const sc = doc.counts.servers, gc = doc.counts.gpus;
+  const n = (o, k) => o[k] || 0;
+  const busy = n(gc, "busy") + n(gc, "mig"), idle = n(gc, "idle"), free = n(gc, "free");
+  const broken = n(gc, "lost") + n(gc, "error");
+  fill(document.getElementById("summary"),
+    h("span", { class: "sum sum-online" }, n(sc, "online") + " online"),
+    n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
+    n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
+    h("span", { class: "sum sum-gpus" }, free + " free · " + busy + " busy" + (idle ? " · " + idle + " held idle" : "") +
+      (broken ? " · " + broken + " broken" : "")));
+}
+
+function renderAnnouncements() {
   document.getElementById("announcements").replaceChildren(...announcements.map((a) =>
     h("p", { class: "announcement announcement-" + a.level, role: a.level === "critical" ? "alert" : "status" },
       h("strong", {}, a.level + ": "), a.message)));
-  const containersByServer = groupBy(containers, "server_id");
-  const probesByServer = groupBy(probes, "server_id");
-  const gpusByServer = groupBy(gpus, "server_id");
-  const procsByServer = groupBy(procs, "server_id");
-  const procsByGpu = groupBy(procs, "gpu_id");
-  const disksByServer = groupBy(disks, "server_id");
-  const filterText = document.getElementById("filter").value.trim();
-  const sort = document.getElementById("sort").value;
+}
 
-  const counts = { online: 0, stale: 0, offline: 0, error: 0, maintenance: 0 };
-  servers.forEach((s) => { counts[s.status] = (counts[s.status] || 0) + 1; });
-  // Busy/free counts only GPUs whose host reports now (not stale, offline or in maintenance).
-  const present = gpus.filter((g) => g.present && (g.server_status === "online" || g.server_status === "error"));
-  const busy = present.filter((g) => g.busy).length;
-  const summary = document.getElementById("summary");
-  summary.replaceChildren(
-    h("span", { class: "sum sum-online" }, counts.online + " online"),
-    h("span", { class: "sum sum-offline" }, counts.offline + " offline"),
-    h("span", { class: "sum sum-problems" }, (counts.error + counts.stale) + " with problems"),
-    h("span", { class: "sum sum-gpus" }, busy + " GPUs busy · " + (present.length - busy) + " free"));
+function render() {
+  if (!doc) return;
+  renderSummary();
+  renderProblems();
+  renderGrid();
+  renderWho();
+  applyFilterAndHighlight();
+}
 
-  let shown = servers.filter((s) => matches(s, gpusByServer.get(s.server_id) || [], procsByServer.get(s.server_id) || [], filterText));
-  if (sort === "problems") shown.sort((a, b) => (STATUS_RANK[a.status] - STATUS_RANK[b.status]) || a.name.localeCompare(b.name));
-  else if (sort === "free") shown.sort((a, b) => ((b.gpu_count - b.gpus_busy) - (a.gpu_count - a.gpus_busy)) || a.name.localeCompare(b.name));
-  else shown.sort((a, b) => a.name.localeCompare(b.name));
-
-  document.getElementById("overview").replaceChildren(...shown.map((s) =>
-    serverCard(s, gpusByServer.get(s.server_id) || [], procsByServer.get(s.server_id) || [], disksByServer.get(s.server_id) || [])));
-  document.getElementById("servers").replaceChildren(...(shown.length ? shown.map((s) =>
-    serverSection(s, gpusByServer.get(s.server_id) || [], procsByGpu, disksByServer.get(s.server_id) || [],
-      containersByServer.get(s.server_id) || [], probesByServer.get(s.server_id) || [])) :
-    [h("p", { class: "muted empty" }, servers.length ? "No server matches the filter." : "No server has reported yet. Start an agent (see README).")]));
+async function fetchFleet() {
+  const headers = { Accept: "application/json" };
+  if (etag && doc) headers["If-None-Match"] = etag;
+  const response = await fetch("/api/fleet", { headers, credentials: "same-origin", cache: "no-store" });
+  if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("login required"); }
+  if (response.status === 304) return false;
+  if (!response.ok) throw new Error("fleet: HTTP " + response.status);
+  const body = await response.json();
+  etag = response.headers.get("ETag");
+  skew = body.generated_at - Date.now() / 1000;
+  doc = body;
+  return true;
 }
 
 async function refresh() {
   nextRefreshAt = Date.now() + REFRESH_S * 1000;
   const errorBox = document.getElementById("load-error");
   try {
-    data = await Promise.all(QUERIES.map((name) => fetchQuery(name)));
+    const [changed, notes] = await Promise.all([fetchFleet(), fetchQuery("announcements")]);
     lastUpdate = Date.now();
     errorBox.hidden = true;
-    render();
+    if (JSON.stringify(notes) !== JSON.stringify(announcements)) { announcements = notes; renderAnnouncements(); }
+    if (changed) render();
+    else { renderSummary(); for (const s of doc.servers) { const r = rowEls.get(s.id); if (r) updateRowHead(r, s); } renderProblems(); }
   } catch (e) {
     errorBox.textContent = "Could not refresh: " + e.message + " (showing the last data)";
     errorBox.hidden = false;
@@ -272,12 +633,41 @@ function tick() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  document.getElementById("filter").addEventListener("input", render);
-  document.getElementById("sort").addEventListener("change", render);
+  const grid = document.getElementById("grid");
+  document.getElementById("filter").addEventListener("input", applyFilterAndHighlight);
+  document.getElementById("sort").addEventListener("change", renderGrid);
+  document.getElementById("who-filter").addEventListener("input", () => { renderWho(); applyFilterAndHighlight(); });
+  document.getElementById("highlight-clear").addEventListener("click", () => { highlight = null; applyFilterAndHighlight(); });
+  document.getElementById("detail-close").addEventListener("click", () => closeDetail());
+  grid.addEventListener("mouseover", (e) => { const c = e.target.closest(".cell"); if (c) showTip(c); });
+  grid.addEventListener("mouseleave", hideTip);
+  grid.addEventListener("focusin", (e) => { const c = e.target.closest(".cell"); if (c) showTip(c); else hideTip(); });
+  grid.addEventListener("focusout", hideTip);
+  grid.addEventListener("click", (e) => {
+    const c = e.target.closest(".cell[data-s], .shead");
+    if (c) { hideTip(); openDetail(c.dataset.s || c.dataset.open); }
+  });
+  document.getElementById("who").addEventListener("click", (e) => {
+    const u = e.target.closest("[data-user]"), c = e.target.closest("[data-container]");
+    if (c) setHighlight("container", c.dataset.container);
+    else if (u && u.tagName === "BUTTON") setHighlight("user", u.dataset.user);
+  });
+  document.getElementById("problems").addEventListener("click", (e) => {
+    const t = e.target;
+    if (t.id === "problems-more") { showAllProblems = !showAllProblems; renderProblems(); return; }
+    const li = t.closest("li.problem");
+    const p = li && doc.problems.find((x) => String(x.id) === li.dataset.alert);
+    if (t.dataset.open && t.dataset.open !== "null") openDetail(t.dataset.open);
+    else if (p && t.dataset.ack) problemForm(li, p, "ack");
+    else if (p && t.dataset.silence) problemForm(li, p, "silence");
+  });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") { hideTip(); if (openServer !== null) closeDetail(); } });
+  window.addEventListener("popstate", routeFromHash);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); else tick(); });
   setInterval(() => {
     if (document.hidden) return;
     if (Date.now() >= nextRefreshAt) refresh(); else tick();
   }, 1000);
   refresh();
+  routeFromHash();
 });
