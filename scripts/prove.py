@@ -492,8 +492,11 @@ def dashboard_text(hub):
         page.fill("#username", "admin")
         page.fill("#password", hub.password)
         page.click("input[type=submit]")
-        page.wait_for_selector("#servers .server")
-        text = page.inner_text("body")
+        page.wait_for_selector("#grid .cell")
+        # The grid names states in its text and, for each server and GPU, in title/aria-label.
+        text = page.inner_text("body") + "\n" + "\n".join(page.evaluate(
+            "[...document.querySelectorAll('#grid [title], #grid [aria-label]')]"
+            ".map((e) => (e.title || '') + ' ' + (e.getAttribute('aria-label') || ''))"))
         browser.close()
     return text
 

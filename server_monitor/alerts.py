@@ -1,7 +1,9 @@
 """Alert rules, evaluated in the background, delivered by webhook (generic, Slack, Feishu/Lark)
 and optionally e-mail. Every firing is a row in ``alerts``; it fires once, is repeated at
 most every ``alerts.repeat_minutes``, and sends a resolved notice when it clears. Servers
-and GPUs an admin marked ``maintenance`` raise nothing.
+and GPUs an admin marked ``maintenance`` raise nothing. An acknowledged alert (``alert_acks``)
+sends no reminders; an alert covered by a silence (``silences``: a server and/or a rule until
+a time) sends nothing while the silence lasts (and no resolved notice if it was never sent).
 
 Configuration (``config.yaml``, all optional)::
 
@@ -108,11 +110,13 @@ def evaluate(conn, now, cfg):
         age = now - last_seen
         if age > cfg["host_offline_minutes"] * 60:
             offline.add(server_id)
-            fire("host_offline", "critical", server_id, "", f"{name}: no report for {int(age // 60)} min")
+            since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_seen))
+            fire("host_offline", "critical", server_id, "", f"{name}: no report since {since} ({int(age // 60)} min)")
             continue
         if state in FAILURE_STATES:
+            # The driver-mismatch message is NVML's wording of the same thing: not repeated.
             fire("gpu_failure", "critical", server_id, state, f"{name}: {STATE_TEXT[state]}"
-                 + (f" ({message})" if message else ""))
+                 + (f" ({message})" if message and state != "driver_mismatch" else ""))
         elif state in ("timeout", "busy"):
             fire("collection_stale", "warning", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}")
         if state == "gpu_lost" and lost:
@@ -120,7 +124,8 @@ def evaluate(conn, now, cfg):
                 bus = item.get("pci.bus_id") or "?"
                 fire("gpu_lost", "critical", server_id, bus, f"{name}: GPU {bus} is lost ({item.get('message') or ''})")
     for gpu_id, server_id, index, bus, gpu_name in conn.execute(
-            "SELECT id, server_id, gpu_index, pci_bus_id, name FROM gpus WHERE present = 0 AND status != 'maintenance'"):
+            "SELECT id, server_id, gpu_index, pci_bus_id, name FROM gpus WHERE present = 0 AND removed_at IS NULL"
+            " AND status != 'maintenance'"):
         if server_id in servers and server_id not in offline:
             fire("gpu_lost", "critical", server_id, bus or f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report")
@@ -262,8 +267,15 @@ class AlertEngine:
         try:
             firing = evaluate(conn, now, self.cfg)
             active = {row[1]: row for row in conn.execute(
-                "SELECT id, key, rule, severity, server_id, subject, message, started_at, last_notified_at"
+                "SELECT id, key, rule, severity, server_id, subject, message, started_at, last_notified_at,"
+                " notifications, EXISTS (SELECT 1 FROM alert_acks k WHERE k.alert_id = alerts.id)"
                 " FROM alerts WHERE resolved_at IS NULL")}
+            silences = conn.execute("SELECT server_id, rule FROM silences WHERE ended_at IS NULL AND until > ?",
+                                    (now,)).fetchall()
+
+            def silenced(alert):
+                return any((sid is None or sid == alert["server_id"]) and (rule is None or rule == alert["rule"])
+                           for sid, rule in silences)
             result = {"fired": [], "repeated": [], "resolved": []}
             repeat = self.cfg["repeat_minutes"] * 60
             for key, alert in firing.items():
@@ -272,12 +284,16 @@ class AlertEngine:
                         "INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
                         " VALUES (?,?,?,?,?,?,?)",
                         (key, alert["rule"], alert["severity"], alert["server_id"], alert["subject"], alert["message"], now))
-                    self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=now), now)
+                    if not silenced(alert):
+                        self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=now), now)
                     result["fired"].append(key)
                 else:
                     row = active[key]
-                    if row[8] is None or now - row[8] >= repeat:
+                    if alert["message"] != row[6]:  # live text (e.g. how long a host is offline)
                         conn.execute("UPDATE alerts SET message = ? WHERE id = ?", (alert["message"], row[0]))
+                    # Acknowledged: no reminders. Silenced: nothing until the silence ends.
+                    quiet = silenced(alert) or (row[10] and row[8] is not None)
+                    if not quiet and (row[8] is None or now - row[8] >= repeat):
                         self._notify(conn, row[0], "reminder" if row[8] else "firing", dict(alert, started_at=row[7]), now)
                         result["repeated"].append(key)
             for key, row in active.items():
@@ -285,7 +301,8 @@ class AlertEngine:
                     conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, row[0]))
                     alert = {"rule": row[2], "severity": row[3], "server_id": row[4], "subject": row[5],
                              "message": row[6], "started_at": row[7], "resolved_at": now}
-                    self.notifier.send("resolved", alert)
+                    if row[9] and not silenced(alert):  # no "resolved" for what was never announced
+                        self.notifier.send("resolved", alert)
                     result["resolved"].append(key)
             return result
         finally:

@@ -75,7 +75,9 @@ function holders(procs) {
 function cellText(server, g) {
   const [, , state, util, memUsed, memTotal, , , bus, , procs] = g;
   const users = holders(procs);
-  const who = users.length ? (str(users[0]) || "?").slice(0, 6) + (users.length > 1 ? "+" + (users.length - 1) : "") : "";
+  // One holder: the name (clipped by the cell); several: a short name and "+N" that stays visible.
+  const first = str(users[0]) || "?";
+  const who = !users.length ? "" : users.length === 1 ? first : first.slice(0, 3) + "+" + (users.length - 1);
   switch (state) {
     case "free": return ["free", gib(memTotal)];
     case "busy": return [util === null ? "busy" : util + "%", who || (memUsed ? gib(memUsed) : "")];
@@ -133,6 +135,7 @@ function serverTitle(s) {
   let t = s.name + " — " + s.state;
   if (s.state === "offline" || s.state === "stale") t += ", last seen " + fmtAge(nowHub() - s.last_seen) + " ago (" + clock(s.last_seen) + ")";
   if (s.gpu_state && GPU_STATE_TEXT[s.gpu_state]) t += ", " + GPU_STATE_TEXT[s.gpu_state];
+  for (const g of s.gpus) if (g[2] === "lost") t += ", GPU " + (g[8] || g[1]) + " lost";
   if (s.note) t += " — " + s.note;
   if (s.models) t += " — " + s.models;
   if (s.cpu_percent !== null) t += " — CPU " + s.cpu_percent + "%, memory " + fmtPct(s.mem_percent);
@@ -141,7 +144,7 @@ function serverTitle(s) {
 
 function shortName(name) {
   // Hostnames without the domain; long ones keep their head and their distinguishing tail.
-  const max = window.matchMedia("(max-width: 600px)").matches ? 11 : 14;
+  const max = window.matchMedia("(max-width: 600px)").matches ? 10 : 14;
   let n = /^[0-9.:]+$/.test(name) ? name : name.split(".")[0] || name;
   if (n.length > max) { const head = Math.ceil((max - 1) / 3); n = n.slice(0, head) + "…" + n.slice(n.length - (max - 1 - head)); }
   return n;
@@ -556,6 +559,7 @@ async function openDetail(serverId, push = true) {
 function closeDetail(push = true) {
   openServer = null;
   document.getElementById("detail").hidden = true;
+  document.getElementById("detail-body").replaceChildren();
   document.body.classList.remove("detail-open");
   if (push && location.hash) history.pushState(null, "", location.pathname + location.search);
 }

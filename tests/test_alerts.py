@@ -214,3 +214,53 @@ def test_health_rules_remap_failure_reset_throttle_and_degraded_link(setup):
     put(conn, idle, now + 30)
     result = engine.run_once(now + 30)
     assert sorted(result["resolved"]) == fired
+
+
+def test_acknowledged_and_silenced_alerts_stop_notifying(setup):
+    engine, receiver, conn = setup
+    now = int(time.time())
+    for name in ("node-a", "node-b"):
+        put(conn, sample_report(name, gpus=1, processes=0, sample_time=now), now)
+    # node-a goes offline: announced once, its text follows the outage ("since …", minutes).
+    assert engine.run_once(now + 600)["fired"] == ["host_offline:1:", "host_offline:2:"]
+    assert len(receiver.of("/generic")) == 2
+    assert conn.execute("select message from alerts where server_id = 1").fetchone()[0].endswith("(10 min)")
+    engine.run_once(now + 1500)
+    assert conn.execute("select message from alerts where server_id = 1").fetchone()[0].endswith("(25 min)")
+    # An admin acknowledges node-a's alert: no reminder after repeat_minutes, node-b still reminds.
+    alert_a = conn.execute("select id from alerts where server_id = 1").fetchone()[0]
+    conn.execute("insert into alert_acks (alert_id, note, acked_by, acked_at) values (?, 'on it', 'admin', ?)",
+                 (alert_a, now + 700))
+    result = engine.run_once(now + 600 + 1800)
+    assert result["repeated"] == ["host_offline:2:"]
+    assert [b["server_id"] for b in receiver.of("/generic")[2:]] == [2]
+    # A silence on node-b (any rule): nothing more for it while the silence lasts.
+    conn.execute("insert into silences (server_id, rule, created_by, created_at, until) values (2, null, 'admin', ?, ?)",
+                 (now, now + 7200))
+    assert engine.run_once(now + 600 + 3600)["repeated"] == []
+    # A rule-wide silence keeps a new firing quiet, and its clearing sends no "resolved" either.
+    conn.execute("insert into silences (server_id, rule, created_by, created_at, until)"
+                 " values (null, 'gpu_temperature', 'admin', ?, ?)", (now, now + 7200))
+    t = now + 4300
+    for i in range(12):
+        hot = sample_report("node-c", gpus=1, processes=0, sample_time=t - 330 + i * 30)
+        hot["gpus"][0]["temperature.gpu"] = 95
+        put(conn, hot, t - 330 + i * 30)
+    assert engine.run_once(t)["fired"] == ["gpu_temperature:3:gpu3"]
+    sent_before = len(receiver.of("/generic"))
+    assert all(b["rule"] != "gpu_temperature" for b in receiver.of("/generic"))
+    cool = sample_report("node-c", gpus=1, processes=0, sample_time=t + 400)
+    put(conn, cool, t + 400)
+    resolved = engine.run_once(t + 400)["resolved"]
+    assert any(k.startswith("gpu_temperature") for k in resolved)
+    assert len(receiver.of("/generic")) == sent_before
+
+
+def test_a_lost_gpu_marked_removed_stops_alerting(setup):
+    engine, receiver, conn = setup
+    now = int(time.time())
+    put(conn, sample_report("node-a", gpus=2, processes=0, sample_time=now), now)
+    put(conn, sample_report("node-a", gpus=1, processes=0, sample_time=now + 30), now + 30)
+    assert engine.run_once(now + 30)["fired"] == ["gpu_lost:1:00000000:28:00.0"]
+    conn.execute("update gpus set removed_at = ? where present = 0", (now + 40,))
+    assert engine.run_once(now + 60)["resolved"] == ["gpu_lost:1:00000000:28:00.0"]

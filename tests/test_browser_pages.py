@@ -25,6 +25,7 @@ def test_history_renders_points_for_each_range(page, hub_process, hub_config):
         report["cpu"]["percent"] = float(i)
         push(hub_process, hub_config, report)
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.click("#grid .shead")
     page.click("#server-1 .server-links")
     page.wait_for_url("**/servers/1/history")
     from playwright.sync_api import expect
@@ -53,7 +54,8 @@ def test_admin_deletes_a_server(page, hub_process, hub_config):
     push(hub_process, hub_config, sample_report("doomed", gpus=1, processes=0))
     push(hub_process, hub_config, sample_report("keeper", gpus=1, processes=0))
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
-    page.wait_for_selector("#server-1")
+    page.wait_for_selector("#grid .shead")
+    page.locator("#grid .shead").first.click()
     button = page.locator("#server-1 button.danger")
     button.click()
     from playwright.sync_api import expect
@@ -61,12 +63,21 @@ def test_admin_deletes_a_server(page, hub_process, hub_config):
     expect(button).to_have_text("Confirm delete of doomed")
     button.click()
     expect(page.locator("#server-1")).to_have_count(0)
-    expect(page.locator("#overview")).not_to_contain_text("doomed")
-    assert "keeper" in page.inner_text("#overview")
+    expect(page.locator("#grid")).not_to_contain_text("doomed")
+    assert "keeper" in page.inner_text("#grid")
     assert page.dialogs == []
 
 
-def test_hostile_agent_strings_show_as_text(page, hub_process, hub_config):
+def refresh_until(page, expression, seconds=20):
+    """Trigger dashboard refreshes until the JavaScript ``expression`` is true."""
+    deadline = time.time() + seconds
+    while not page.evaluate(expression):
+        assert time.time() < deadline, expression
+        page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+        time.sleep(0.5)
+
+
+def test_hostile_agent_strings_show_as_text(fast_hub, page, hub_config):
     for n, payload in enumerate(XSS):
         report = sample_report(f"x{n}", gpus=1, processes=1)
         report["host"]["hostname"] = payload
@@ -78,21 +89,47 @@ def test_hostile_agent_strings_show_as_text(page, hub_process, hub_config):
                                  "state": payload[:32], "memory_bytes": 1, "disk_bytes": 1, "cpu_seconds": 1, "ipv4": payload}]
         report["probes"] = [{"name": payload, "url": payload, "ok": False, "latency_ms": None, "status": None,
                              "error": payload, "checked_at": time.time()}]
-        push(hub_process, hub_config, report)
-    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
-    page.wait_for_selector(f"#server-{len(XSS)} .gpu")
-    page.click("details.containers summary") if page.locator("details.containers").count() else None
-    text = page.inner_text("body")
-    for payload in XSS:
-        assert payload in text, payload
-    page.locator("#server-1 .server-links").click()
+        push(fast_hub, hub_config, report)
+    login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.wait_for_selector("#grid .cell")
+    assert page.locator("#grid .cell").count() == len(XSS)
+    refresh_until(page, f"doc && doc.problems.length === {len(XSS)}")
+    page.click("#problems-more")
+    problems = page.inner_text("#problems")
+    who = page.inner_text("#who")
+    for n, payload in enumerate(XSS):
+        assert payload in problems, payload  # the host name and nvidia-smi's message
+        assert payload in who, payload  # the user, and the container chip
+        cell = page.locator(f"#grid .srow[data-sid='{n + 1}'] .cell")
+        assert payload in cell.get_attribute("aria-label") and payload in page.locator(
+            f"#grid .srow[data-sid='{n + 1}'] .shead").get_attribute("title")
+        cell.hover()
+        tip = page.inner_text("#tip")
+        assert tip.count(payload) >= 3, (payload, tip)  # server name, model, user, container, process
+    # Every string reaches the page as text: no element from the corpus exists anywhere.
+    assert page.evaluate("document.querySelectorAll('img, svg, iframe, script:not([src])').length") == 0
+    # The admin's own note on an acknowledgement is text too.
+    page.locator("#problems li.problem").first.locator("button[data-ack]").click()
+    page.fill("#problems .note-input", XSS[1])
+    page.click("#problems .problem-form button[type=submit]")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#problems")).to_contain_text("acknowledged by " + hub_config.get("auth.username"))
+    expect(page.locator("#problems")).to_contain_text(XSS[1])
+    page.locator("#grid .shead").first.click()
+    page.wait_for_selector("#detail article.server .gpu")
+    page.click("#detail details.containers summary")
+    detail = page.inner_text("#detail")
+    assert XSS[0] in detail or any(p in detail for p in XSS)
+    assert page.evaluate("document.querySelectorAll('img, svg, iframe, script:not([src])').length") == 0
+    page.locator("#detail .server-links").click()
     page.wait_for_url("**/history")
     page.wait_for_selector("figure.chart")
-    assert XSS[0] in page.inner_text("#server-name")
+    assert page.inner_text("#server-name") in XSS
     assert page.dialogs == []
     assert page.console_errors == []
     # And in Datasette's own pages (server-rendered, autoescaped).
-    page.goto(hub_process.base_url + "/monitor/servers")
+    page.goto(fast_hub.base_url + "/monitor/servers")
     assert XSS[1] in page.inner_text("body")
     assert page.dialogs == []
 
@@ -128,7 +165,7 @@ def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):
     login(tab, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
     time.sleep(2.5)  # the alert job runs every second here; the dashboard refreshes on visibility
     tab.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
-    expect(tab.locator("#alerts")).to_contain_text("driver/library version mismatch", timeout=15000)
+    expect(tab.locator("#problems")).to_contain_text("driver/library version mismatch", timeout=15000)
     tab.click("nav.main-nav a:text-is('Free GPUs')")
     expect(tab.locator("#free-table tbody")).to_contain_text("busy-node")
     expect(tab.locator("#free-table tbody")).to_contain_text("CUDA_VISIBLE_DEVICES=1")
