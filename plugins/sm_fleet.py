@@ -19,7 +19,8 @@ from datasette.utils.asgi import Response
 from server_monitor import fleet, hub
 from server_monitor.queries import DATABASE, QUERIES, run
 
-RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "disk_full")
+RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
+         "gpu_pcie_degraded", "disk_full")
 
 
 def error(status, message, **headers):

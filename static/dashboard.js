@@ -23,7 +23,8 @@ const STATUS_RANK = { error: 0, offline: 1, stale: 2, maintenance: 3, online: 4 
 const SERVER_GLYPH = { online: "●", stale: "◐", offline: "○", error: "▲", maintenance: "■" };
 const RULE_TEXT = {
   host_offline: "offline", gpu_failure: "GPU failure", collection_stale: "GPU data stale", gpu_lost: "GPU lost",
-  gpu_ecc: "ECC", gpu_temperature: "hot GPU", disk_full: "disk full",
+  gpu_ecc: "GPU health", gpu_temperature: "hot GPU", gpu_throttle: "throttled", gpu_pcie_degraded: "PCIe degraded",
+  disk_full: "disk full",
 };
 
 // ---- state -------------------------------------------------------------------------
