@@ -409,7 +409,7 @@ def _store_inventory(conn, server_id, ts, report):
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
 _SERVER_CHILD_TABLES = ("gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
-                        "containers", "probes", "gpu_usage_1h", "alerts", "gpus")
+                        "containers", "probes", "gpu_usage_1h", "alerts", "silences", "gpus")
 
 
 def delete_server(conn, server_id):
@@ -437,6 +437,8 @@ def delete_server(conn, server_id):
             for table in _GPU_CHILD_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE gpu_id IN (SELECT id FROM gpus WHERE server_id = ?)",
                              (server_id,))
+            conn.execute("DELETE FROM alert_acks WHERE alert_id IN (SELECT id FROM alerts WHERE server_id = ?)",
+                         (server_id,))
             for table in _SERVER_CHILD_TABLES:
                 conn.execute(f"DELETE FROM {table} WHERE server_id = ?", (server_id,))
             conn.execute("DELETE FROM servers WHERE id = ?", (server_id,))
