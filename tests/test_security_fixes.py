@@ -635,3 +635,16 @@ def test_l8_run_sh_sets_umask_before_creating_anything():
     lines = open(os.path.join(ROOT, "scripts", "run.sh")).read().splitlines()
     first_code = next(i for i, line in enumerate(lines) if line and not line.startswith("#") and line != "set -euo pipefail")
     assert lines[first_code].startswith("umask 077")
+
+
+# -- L7: fts3_tokenizer ---------------------------------------------------------------------------
+def test_l7_fts3_tokenizer_is_not_reachable_from_sql(datasette, hub_config):
+    """L7: an analyst's (here the admin's) ?sql= can no longer read libsqlite3 pointers with
+    fts3_tokenizer('porter') or register a tokenizer with the two-argument form."""
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    for sql in ("select hex(fts3_tokenizer('porter'))", "select fts3_tokenizer('simple', x'4141414141414141')"):
+        response = admin.get("/monitor.json", params={"sql": sql})
+        assert response.status_code == 400, (sql, response.text)
+        assert "not authorized" in response.json()["error"]
+    assert admin.get("/monitor.json", params={"sql": "select 1 as one", "_shape": "array"}).json() == [{"one": 1}]
