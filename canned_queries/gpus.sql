@@ -68,7 +68,9 @@ select
   g.sw_thermal_slowdown_us,
   g.hw_power_brake_slowdown_us,
   g.mig_mode_pending,
-  g.cuda_version
+  g.cuda_version,
+  g.xid_last,
+  g.xid_last_ts
 from gpus g
 join server_state s on s.id = g.server_id
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))

@@ -35,6 +35,7 @@ select
   s.spool_depth,
   s.spool_dropped,
   s.rejected_reports,
+  s.kmsg_state,
   s.gpu_count,
   s.gpus_busy,
   s.gpu_models

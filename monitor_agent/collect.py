@@ -5,11 +5,14 @@ import re
 import time
 import uuid
 
+import psutil
+
 from .amdsmi import AmdSmi
 from .drm import DrmCollector
 from .gpu import GpuCollector
 from .host import HostCollector
 from .inventory import Inventory
+from .kmsg import KmsgReader, bus_key
 from .procinfo import ProcessInfo
 from .runner import BoundedRunner
 
@@ -66,8 +69,26 @@ class ReportBuilder:
                                     rediscover_s=cfg.get("inventory_interval", 60))
         # amd-smi only for ECC/RAS counts and XGMI links, at the inventory cadence; optional.
         self.amdsmi = AmdSmi(cfg.get("amd_smi"), interval=cfg.get("inventory_interval", 60), timeout=timeout)
+        # NVIDIA XID errors from the kernel log (no child process; the file stays open).
+        self.kmsg = None
+        if cfg.get("kmsg_path"):
+            self.kmsg = KmsgReader(cfg["kmsg_path"], boot_time=psutil.boot_time())
         self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
         self.extra = extra
+
+    def _xid_events(self, gpus):
+        """``kmsg_state`` and ``xid_events`` (each with the ``gpu_uuid`` its bus id names, if known)."""
+        if self.kmsg is None:
+            return {"kmsg_state": "disabled", "xid_events": []}
+        try:
+            found = self.kmsg.collect()
+        except Exception as exc:  # a collector bug must not cost the host's report
+            log.warning("kernel log read failed: %r", exc)
+            return {"kmsg_state": "error", "xid_events": []}
+        by_bus = {bus_key(g.get("pci.bus_id")): g.get("uuid") for g in gpus if g.get("pci.bus_id")}
+        for event in found["xid_events"]:
+            event["gpu_uuid"] = by_bus.get(bus_key(event["pci.bus_id"]))
+        return found
 
     def build(self):
         """Collect everything now; returns the report dict (see ``docs/api.md``)."""
@@ -110,6 +131,7 @@ class ReportBuilder:
         report["gpus"] = gpus
         report["processes"] = processes
         report["containers"] = containers
+        report.update(self._xid_events(gpus))
         if self.extra is not None:
             report.update(self.extra())
         return clean_text(report)

@@ -19,7 +19,9 @@ DEFAULTS = {
     "sysfs_root": "/sys",
     "procfs_root": "/proc",
     "drm": True,  # read AMD / Intel GPUs from sysfs and DRM fdinfo
-    "amd_smi": "amd-smi",  # optional, only for ECC/RAS counts and XGMI links; missing = skipped
+    "amd_smi": "amd-smi",
+    # Kernel log read for NVIDIA XID errors (needs root or CAP_SYSLOG); null = not read.
+    "kmsg_path": "/dev/kmsg",  # optional, only for ECC/RAS counts and XGMI links; missing = skipped
     # Reports the hub has not acknowledged wait here (bounded; oldest dropped first).
     "spool_dir": None,  # default: /var/lib/server-monitor-agent/spool as root, else ~/.cache/...
     "spool_max_mb": 64,
@@ -94,6 +96,9 @@ def check(cfg, require_hub=True):
             raise AgentConfigError(f"{key} must be an absolute path (default {DEFAULTS[key]})")
     if not isinstance(cfg.get("drm"), bool):
         raise AgentConfigError("drm must be true or false")
+    cfg.setdefault("kmsg_path", DEFAULTS["kmsg_path"])
+    if cfg["kmsg_path"] is not None and (not isinstance(cfg["kmsg_path"], str) or not cfg["kmsg_path"].startswith("/")):
+        raise AgentConfigError("kmsg_path must be an absolute path or null (default /dev/kmsg)")
     if cfg.get("amd_smi") is not None and not isinstance(cfg["amd_smi"], str):
         raise AgentConfigError("amd_smi must be a path or null")
     try:

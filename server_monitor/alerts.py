@@ -14,6 +14,7 @@ Configuration (``config.yaml``, all optional)::
       host_offline_minutes: 5
       gpu_temperature_c: 85
       gpu_temperature_minutes: 5
+      xid_minutes: 60
       disk_percent: 90
       dashboard_url: https://monitor.example.org/
       webhooks:
@@ -36,6 +37,10 @@ import urllib3
 
 from . import gpu_health, schema
 
+# NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
+# must not import the agent package, so the codes are repeated here and a test keeps them equal).
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140})
+
 log = logging.getLogger("server_monitor.alerts")
 
 DEFAULTS = {
@@ -45,6 +50,7 @@ DEFAULTS = {
     "host_offline_minutes": 5,
     "gpu_temperature_c": 85,
     "gpu_temperature_minutes": 5,
+    "xid_minutes": 60,
     "disk_percent": 90,
     "dashboard_url": None,
     "webhooks": [],
@@ -165,6 +171,19 @@ def evaluate(conn, now, cfg):
         if busy and degraded:
             fire("gpu_pcie_degraded", "warning", server_id, f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
+    critical_xids = sorted(CRITICAL_XIDS)
+    for server_id, gpu_id, index, bus, xid, name, pid, process, ts in conn.execute(
+            "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, e.pid, e.process_name, max(e.ts)"
+            " FROM xid_events e LEFT JOIN gpus g ON g.id = e.gpu_id"
+            f" WHERE e.ts >= ? AND e.xid IN ({','.join('?' * len(critical_xids))})"
+            " AND coalesce(g.status, 'active') != 'maintenance'"
+            " GROUP BY e.server_id, e.gpu_id, e.pci_bus_id, e.xid",
+            [now - cfg["xid_minutes"] * 60] + critical_xids):
+        if server_id in servers and server_id not in offline:
+            gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
+            who = f", pid {pid} {process or ''}".rstrip() if pid else ""
+            fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
+                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}{who}".replace("  ", " "))
     window = cfg["gpu_temperature_minutes"] * 60
     for gpu_id, server_id, index, coolest, samples in conn.execute(
             "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"

@@ -441,6 +441,24 @@ PROBE = Obj(
     nullable=False,  # a list item must be an object
 )
 
+KMSG_STATES = ("ok", "not_found", "permission_denied", "error", "disabled")
+
+XID_EVENT = Obj(
+    {
+        "xid": Int(0, 100000, required=True, nullable=False, doc="NVIDIA XID code from `NVRM: Xid (PCI:...): <code>`"),
+        "pci.bus_id": Str(64, doc="bus id in the Xid line, in nvidia-smi's form"),
+        "gpu_uuid": Str(128, doc="the GPU of this report with that bus id, if any"),
+        "name": Str(128, doc="the code's name in NVIDIA's XID table (null for codes the agent does not know)"),
+        "pid": Int(0, 2**31, doc="pid= in the Xid line"),
+        "process_name": Str(256, doc="name= in the Xid line"),
+        "message": Str(1024, doc="the kernel log message"),
+        "seq": Int(0, 2**63 - 1, doc="/dev/kmsg record sequence number"),
+        "usec": Int(0, 2**63 - 1, doc="/dev/kmsg record time since boot", unit="µs"),
+        "time": Num(0, 1e11, doc="boot_time + usec", unit="epoch s"),
+    },
+    nullable=False,  # a list item must be an object
+)
+
 AGENT = Obj(
     {
         "spool_depth": Int(0, 10**9, doc="reports waiting in the agent's spool"),
@@ -471,6 +489,9 @@ REPORT = Obj(
         "containers": List(CONTAINER, 1024, doc="LXC/Incus instances; null = not collected"),
         "probes": List(PROBE, 32, doc="reachability probe results"),
         "agent": AGENT,
+        "kmsg_state": Str(32, choices=KMSG_STATES, soft=True,
+                          doc="reading the kernel log for XID errors: ok, not_found, permission_denied, error, disabled"),
+        "xid_events": List(XID_EVENT, 256, doc="NVIDIA XID errors read from the kernel log since the last report"),
     },
     nullable=False,
 )

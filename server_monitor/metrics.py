@@ -61,6 +61,7 @@ GPU_METRICS = (
     ("server_monitor_gpu_temperature_tlimit_celsius", "temperature_gpu_tlimit_c",
      "Headroom to the GPU's slowdown temperature (nvidia-smi temperature.gpu.tlimit, in C)."),
     ("server_monitor_gpu_encoder_sessions", "encoder_sessions", "NVENC sessions running."),
+    ("DCGM_FI_DEV_XID_ERRORS", "xid_errors", "Value of the last XID error encountered."),
     ("server_monitor_gpu_health", "health_level", "GPU health badge: 0 ok, 1 warning, 2 critical."),
     ("server_monitor_gpu_processes", "process_count", "Compute processes on the GPU."),
 )
@@ -110,6 +111,9 @@ SELECT g.*,
     CASE WHEN g.sw_thermal_slowdown_us IS NULL AND g.hw_thermal_slowdown_us IS NULL THEN NULL
          ELSE coalesce(g.sw_thermal_slowdown_us, 0) + coalesce(g.hw_thermal_slowdown_us, 0) END
         AS thermal_violation_us,
+    -- The last XID seen (dcgm-exporter's value); 0 where the kernel log is read and none came.
+    CASE WHEN g.xid_last IS NOT NULL THEN g.xid_last
+         WHEN (SELECT kmsg_state FROM servers s WHERE s.id = g.server_id) = 'ok' THEN 0 END AS xid_errors,
     CASE g.health WHEN 'ok' THEN 0 WHEN 'warning' THEN 1 WHEN 'critical' THEN 2 END AS health_level
 FROM gpus g WHERE g.present
 """

@@ -451,10 +451,35 @@ CREATE INDEX silences_active ON silences (ended_at, until);
 ALTER TABLE gpus ADD COLUMN removed_at INTEGER;
 """
 
+MIGRATION_12 = """
+-- NVIDIA XID errors from the agents' kernel log (/dev/kmsg); one row per kernel record.
+CREATE TABLE xid_events (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    gpu_id INTEGER REFERENCES gpus(id) ON DELETE SET NULL,
+    ts INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    seq INTEGER,
+    usec INTEGER,
+    pci_bus_id TEXT,
+    xid INTEGER NOT NULL,
+    name TEXT,
+    pid INTEGER,
+    process_name TEXT,
+    message TEXT
+);
+CREATE UNIQUE INDEX xid_events_record ON xid_events (server_id, seq, usec);
+CREATE INDEX xid_events_ts ON xid_events (ts);
+CREATE INDEX xid_events_gpu ON xid_events (gpu_id, ts);
+ALTER TABLE gpus ADD COLUMN xid_last INTEGER;
+ALTER TABLE gpus ADD COLUMN xid_last_ts INTEGER;
+ALTER TABLE servers ADD COLUMN kmsg_state TEXT;
+"""
+
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11]
+              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -109,6 +109,7 @@ def store_report(conn, report, received_at):
                                 net_tx_bps=_num(net, "tx_bytes_per_s"))
                 merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
         _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
+        _store_xid_events(conn, server_id, ts, received_at, report.get("xid_events") or [])
         disks = report.get("disks") or []
         if disks:
             conn.executemany(
@@ -135,7 +136,7 @@ _SERVER_LATEST = (
     "arch", "cpu_model", "cpu_count", "boot_time", "cpu_percent", "load_1", "load_5",
     "load_15", "memory_used_bytes", "memory_total_bytes", "swap_used_bytes",
     "swap_total_bytes", "net_rx_bps", "net_tx_bps", "uptime_s", "gpu_state",
-    "gpu_message", "gpu_lost", "spool_depth", "spool_dropped", "rejected_reports",
+    "gpu_message", "gpu_lost", "spool_depth", "spool_dropped", "rejected_reports", "kmsg_state",
 )
 
 
@@ -164,7 +165,7 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
         gpu_state=status.get("state"), gpu_message=status.get("message"),
         gpu_lost=json.dumps(lost) if lost else None,
         spool_depth=agent.get("spool_depth"), spool_dropped=agent.get("spool_dropped"),
-        rejected_reports=agent.get("rejected"),
+        rejected_reports=agent.get("rejected"), kmsg_state=report.get("kmsg_state"),
     )
     identity = machine_identity(host)
     row = conn.execute(
@@ -360,6 +361,40 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
     return ids, rows
 
 
+def _bus_key(bus_id):
+    """``00000000:3B:00.0`` and ``0000:3b:00.0`` compare equal: (domain, bus, device, function) ints."""
+    try:
+        domain, bus, rest = bus_id.strip().split(":")
+        device, _, function = rest.partition(".")
+        return int(domain, 16), int(bus, 16), int(device, 16), int(function or "0", 16)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _store_xid_events(conn, server_id, ts, received_at, events):
+    """Append XID events (each kernel record once) and keep ``gpus.xid_last`` / ``xid_last_ts``.
+
+    An event's GPU is the server's GPU with its UUID, else with its PCI bus id; its time is the
+    agent's ``time`` (boot time + record usec), else the report's.
+    """
+    if not events:
+        return
+    gpus = conn.execute("SELECT id, uuid, pci_bus_id FROM gpus WHERE server_id = ?", (server_id,)).fetchall()
+    by_uuid = {uuid: gpu_id for gpu_id, uuid, _ in gpus}
+    by_bus = {_bus_key(bus): gpu_id for gpu_id, _, bus in gpus if bus}
+    for e in events:
+        gpu_id = by_uuid.get(e["gpu_uuid"]) or by_bus.get(_bus_key(e["pci.bus_id"]))
+        when = int(e["time"]) if e["time"] is not None and e["time"] > 1e9 else ts
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO xid_events (server_id, gpu_id, ts, received_at, seq, usec, pci_bus_id, xid, name,"
+            " pid, process_name, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (server_id, gpu_id, when, received_at, e["seq"], e["usec"], e["pci.bus_id"], e["xid"], e["name"],
+             e["pid"], e["process_name"], e["message"]))
+        if cur.rowcount and gpu_id is not None:
+            conn.execute("UPDATE gpus SET xid_last = ?, xid_last_ts = ? WHERE id = ? AND coalesce(xid_last_ts, 0) <= ?",
+                         (e["xid"], when, gpu_id, when))
+
+
 def _store_processes(conn, server_id, ts, gpu_ids, processes):
     if not processes:
         return
@@ -408,7 +443,7 @@ def _store_inventory(conn, server_id, ts, report):
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_CHILD_TABLES = ("gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
+_SERVER_CHILD_TABLES = ("xid_events", "gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
                         "containers", "probes", "gpu_usage_1h", "alerts", "silences", "gpus")
 
 

@@ -1,6 +1,7 @@
 """Alert rules fire, deduplicate and resolve, delivered to a local webhook receiver."""
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -264,3 +265,38 @@ def test_a_lost_gpu_marked_removed_stops_alerting(setup):
     assert engine.run_once(now + 30)["fired"] == ["gpu_lost:1:00000000:28:00.0"]
     conn.execute("update gpus set removed_at = ? where present = 0", (now + 40,))
     assert engine.run_once(now + 60)["resolved"] == ["gpu_lost:1:00000000:28:00.0"]
+
+
+def test_xid_events_stored_attributed_and_critical_ones_alerted(setup):
+    from monitor_agent.kmsg import KmsgReader
+
+    engine, receiver, conn = setup
+    now = int(time.time())
+    report = sample_report("xid-host", gpus=4, processes=0, sample_time=now)
+    # The kernel-log fixture read by the agent's reader; its bus ids name GPUs 0 (18), 1 (28), 2 (38).
+    boot = now - 9200
+    found = KmsgReader(os.path.join(os.path.dirname(__file__), "fixtures", "kmsg", "xid.kmsg"),
+                       boot_time=boot, history_s=10**9).collect(now=now)
+    report.update(found)
+    put(conn, report, now)
+    rows = conn.execute("select g.gpu_index, e.xid, e.ts from xid_events e left join gpus g on g.id = e.gpu_id"
+                        " order by e.seq").fetchall()
+    assert rows == [(0, 13, boot + 3600), (1, 31, boot + 3600), (1, 48, boot + 7200), (2, 79, boot + 9000),
+                    (0, 999, boot + 9100)]
+    assert conn.execute("select gpu_index, xid_last from gpus order by gpu_index").fetchall() == [
+        (0, 999), (1, 48), (2, 79), (3, None)]
+    assert conn.execute("select kmsg_state from servers").fetchone() == ("ok",)
+    # The same records again (an agent restart re-reading the ring buffer): stored once.
+    again = sample_report("xid-host", gpus=4, processes=0, sample_time=now + 30)
+    again.update(found)
+    put(conn, again, now + 30)
+    assert conn.execute("select count(*) from xid_events").fetchone() == (5,)
+    fired = sorted(engine.run_once(now + 30)["fired"])
+    assert fired == ["gpu_xid:1:00000000:28:00.0:xid48", "gpu_xid:1:00000000:38:00.0:xid79"]
+    messages = sorted(b["message"] for b in receiver.of("/generic"))
+    assert messages == ["xid-host: GPU 1 (00000000:28:00.0): Xid 48 Double Bit ECC Error, pid 20311 python3",
+                        "xid-host: GPU 2 (00000000:38:00.0): Xid 79 GPU has fallen off the bus"]
+    # An hour later (xid_minutes) they resolve.
+    later = sample_report("xid-host", gpus=4, processes=0, sample_time=now + 4000)
+    put(conn, later, now + 4000)
+    assert sorted(engine.run_once(now + 4000)["resolved"]) == fired

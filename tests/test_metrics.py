@@ -105,3 +105,21 @@ def test_health_metrics_under_dcgm_names(datasette, hub_config):
     assert value("DCGM_FI_DEV_POWER_VIOLATION", "nvenc-host") == 221310321
     assert value("DCGM_FI_DEV_FB_FREE", "nvenc-host") == 6967
     assert value("server_monitor_gpu_health", "nvenc-host") == 0
+
+
+def test_xid_errors_metric_is_the_last_xid(datasette, hub_config):
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    report = sample_report("xid-host", gpus=2, processes=0)
+    report["kmsg_state"] = "ok"
+    report["xid_events"] = [{"xid": 79, "pci.bus_id": "00000000:28:00.0", "seq": 7, "usec": 9000,
+                             "time": report["sample_time"] - 5, "message": "NVRM: Xid (PCI:0000:28:00): 79, ..."}]
+    assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
+    blind = sample_report("no-kmsg", gpus=1, processes=0)
+    blind["kmsg_state"] = "permission_denied"
+    assert ingest(admin, blind, hub_config.get("agent.token")).status_code == 201
+    found = families(admin.get("/metrics").text)
+    xid = found["DCGM_FI_DEV_XID_ERRORS"]
+    assert [(s.labels["gpu"], s.value) for s in samples(xid, Hostname="xid-host")] == [("0", 0), ("1", 79)]
+    assert samples(xid, Hostname="no-kmsg") == []  # unknown, not "no error"
+    assert admin.get("/monitor/xid_events.json?_shape=array").json()[0]["xid"] == 79

@@ -1,0 +1,127 @@
+"""XID errors from the kernel log: the /dev/kmsg record format, incremental reads, named states."""
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from monitor_agent import kmsg
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "kmsg", "xid.kmsg")
+BOOT = 1_790_000_000
+
+
+def test_fixture_gives_the_xid_events_with_bus_ids_and_names(tmp_path):
+    path = tmp_path / "kmsg"
+    shutil.copy(FIXTURE, path)
+    reader = kmsg.KmsgReader(str(path), boot_time=BOOT, history_s=10**9)
+    found = reader.collect(now=BOOT + 10_000)
+    assert found["kmsg_state"] == "ok"
+    got = [(e["seq"], e["pci.bus_id"], e["xid"], e["name"], e["pid"], e["process_name"]) for e in found["xid_events"]]
+    assert got == [
+        (1004, "00000000:18:00.0", 13, "Graphics Engine Exception", None, None),
+        (1005, "00000000:28:00.0", 31, "GPU memory page fault", 20311, "python3"),
+        (1006, "00000000:28:00.0", 48, "Double Bit ECC Error", 20311, "python3"),
+        (1008, "00000000:38:00.0", 79, "GPU has fallen off the bus", None, None),
+        (1010, "00000000:18:00.0", 999, None, 4242, "nvidia-smi"),
+    ]
+    assert found["xid_events"][3]["time"] == BOOT + 9000
+    assert found["xid_events"][3]["message"] == ("NVRM: Xid (PCI:0000:38:00): 79, pid='<unknown>', name=<unknown>, "
+                                                 "GPU has fallen off the bus.")
+    # Nothing new: nothing again. A new record: only that one.
+    assert reader.collect(now=BOOT + 10_000)["xid_events"] == []
+    with open(path, "a") as fp:
+        fp.write("4,1011,9200000000,-;NVRM: Xid (PCI:0000:38:00): 94, pid=77, name=train, Contained ECC error.\n")
+    again = reader.collect(now=BOOT + 10_000)["xid_events"]
+    assert [(e["seq"], e["xid"], e["name"]) for e in again] == [(1011, 94, "Contained ECC error")]
+
+
+def test_first_read_skips_old_history(tmp_path):
+    reader = kmsg.KmsgReader(FIXTURE, boot_time=BOOT, history_s=3600)
+    # At boot + 10900 s only records of the last hour count: Xid 79 (9000 s) and 999 (9100 s);
+    # Xid 13, 31 (3600 s) and 48 (7200 s) are older.
+    found = reader.collect(now=BOOT + 10_900)
+    assert [e["xid"] for e in found["xid_events"]] == [79, 999]
+
+
+def test_missing_kernel_log_is_a_named_state(tmp_path):
+    reader = kmsg.KmsgReader(str(tmp_path / "nowhere"))
+    assert reader.collect() == {"kmsg_state": "not_found", "xid_events": []}
+
+
+def test_unreadable_kernel_log_is_permission_denied(tmp_path):
+    path = tmp_path / "kmsg"
+    shutil.copy(FIXTURE, path)
+    os.chmod(path, 0o600)
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from monitor_agent import kmsg;"
+            " print(kmsg.KmsgReader(sys.argv[2]).collect()['kmsg_state'])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.geteuid() == 0:
+        # Root reads any file: read it as nobody instead, as a real unprivileged agent would.
+        nobody = pwd.getpwnam("nobody").pw_uid
+        os.chmod(tmp_path, 0o755)
+        python = shutil.which("python3", path="/usr/bin:/usr/local/bin") or sys.executable
+        run = subprocess.run([python, "-c", code, root, str(path)], capture_output=True, text=True, user=nobody)
+    else:
+        os.chmod(path, 0)
+        run = subprocess.run([sys.executable, "-c", code, root, str(path)], capture_output=True, text=True)
+    assert run.stdout.strip() == "permission_denied", run.stderr
+
+
+@pytest.mark.skipif(not os.access("/dev/kmsg", os.R_OK), reason="/dev/kmsg not readable here")
+def test_real_dev_kmsg_is_read_without_blocking():
+    reader = kmsg.KmsgReader("/dev/kmsg", boot_time=time.time() - 3600)
+    start = time.monotonic()
+    first = reader.collect()
+    second = reader.collect()
+    assert first["kmsg_state"] == "ok" and second["kmsg_state"] == "ok"
+    assert time.monotonic() - start < 2.0
+    reader.close()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("00000000:3B:00.0", (0, 0x3B, 0, 0)), ("0000:3b:00.0", (0, 0x3B, 0, 0)), ("0000:3b:00", (0, 0x3B, 0, 0)),
+    ("0001:17:02.1", (1, 0x17, 2, 1)), ("GPU-abc", None), (None, None),
+])
+def test_bus_ids_compare_across_spellings(text, expected):
+    assert kmsg.bus_key(text) == expected
+
+
+def test_hub_alerts_the_same_critical_codes():
+    from server_monitor import alerts
+
+    assert alerts.CRITICAL_XIDS == kmsg.CRITICAL_XIDS
+    assert {48, 63, 64, 74, 79, 94, 95, 119, 120} <= kmsg.CRITICAL_XIDS
+    assert all(code in kmsg.XID_NAMES for code in kmsg.CRITICAL_XIDS)
+
+
+def test_report_carries_xid_events_attributed_to_its_gpus(tmp_path, monkeypatch):
+    from conftest import FAKE_NVSMI
+
+    from monitor_agent.collect import ReportBuilder
+    from monitor_agent.config import AgentConfigError, check
+    from server_monitor.contract import validate_report
+
+    monkeypatch.setenv("FAKE_NVSMI_GPUS", "3")
+    base = {"server_url": "http://127.0.0.1:9", "token": "x", "nvidia_smi": FAKE_NVSMI, "drm": False,
+            "spool_dir": str(tmp_path / "spool"),
+            **{k: 30 for k in ("interval", "gpu_timeout", "spool_max_mb", "spool_max_age_h", "retry_base_s",
+                               "retry_max_s", "inventory_interval", "probe_interval")}}
+    builder = ReportBuilder(check(dict(base, kmsg_path=FIXTURE)))
+    builder.kmsg.history_s = 10**10  # the fixture's records are "old" against this machine's boot time
+    report = validate_report(builder.build())
+    assert report["kmsg_state"] == "ok"
+    uuids = {g["pci.bus_id"]: g["uuid"] for g in report["gpus"]}
+    got = [(e["xid"], e["gpu_uuid"]) for e in report["xid_events"]]
+    assert got == [(13, uuids["00000000:18:00.0"]), (31, uuids["00000000:28:00.0"]), (48, uuids["00000000:28:00.0"]),
+                   (79, uuids["00000000:38:00.0"]), (999, uuids["00000000:18:00.0"])]
+    missing = validate_report(ReportBuilder(check(dict(base, kmsg_path=str(tmp_path / "none")))).build())
+    assert missing["kmsg_state"] == "not_found" and missing["xid_events"] == []
+    off = validate_report(ReportBuilder(check(dict(base, kmsg_path=None))).build())
+    assert off["kmsg_state"] == "disabled"
+    with pytest.raises(AgentConfigError, match="^kmsg_path must be an absolute path"):
+        check(dict(base, kmsg_path="kmsg"))
