@@ -4,6 +4,7 @@ select
   g.id,
   g.server_id,
   g.gpu_index,
+  g.vendor,
   g.name,
   g.pci_bus_id,
   g.present,

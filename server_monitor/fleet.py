@@ -22,14 +22,15 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
      "servers": [{"id", "name", "state", "admin_status", "note", "last_seen", "interval_s",
                   "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
-                            bus, model, [[pid, user, container, mib, name], ...]], ...]}],
+                            bus, model, [[pid, user, container, mib, name], ...], vendor], ...]}],
      "who": [{"user", "gpus", "mib", "hosts", "idle", "containers": [...]}],
      "problems": [{"id", "rule", "severity", "server_id", "server", "subject", "message",
                    "since", "acked_by", "acked_at", "ack_note", "silenced_until"}],
      "counts": {"servers": {state: n}, "gpus": {state: n}}}
 
 ``user``/``container``/``name``/``model`` in the arrays are indexes into ``strings``
-(null when unknown). GPU ``state`` is one of :data:`GPU_STATES`.
+(null when unknown). GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
+``intel``, null for NVIDIA (the common case, kept out of the document).
 """
 
 import asyncio
@@ -44,7 +45,7 @@ from collections import OrderedDict
 from .queries import QUERIES, scope_params
 
 GPU_FIELDS = ["id", "index", "state", "util", "mem_used_mib", "mem_total_mib", "temp_c", "power_w",
-              "bus", "model", "procs"]
+              "bus", "model", "procs", "vendor"]
 PROC_FIELDS = ["pid", "user", "container", "mib", "name"]
 # free, busy, idle (held: processes but utilization under features.idle_max_util), mig,
 # lost (missing from the latest report), error (collection failing or marked fault),
@@ -129,7 +130,8 @@ def build(conn, actor, idle_max_util=5, now=None):
             cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"],
                           g["memory_total_mib"], g["temperature_gpu_c"],
                           None if g["power_draw_w"] is None else round(g["power_draw_w"]),
-                          g["pci_bus_id"], intern(g["name"]), holders])
+                          g["pci_bus_id"], intern(g["name"]), holders,
+                          g["vendor"] if g["vendor"] != "nvidia" else None])
             if state in ("offline", "stale", "lost"):
                 continue
             for pid, user, container, mib, _ in holders:
@@ -153,7 +155,7 @@ def build(conn, actor, idle_max_util=5, now=None):
                 bus = item.get("pci.bus_id") if isinstance(item, dict) else None
                 if bus and bus not in known_bus:
                     counts_g["lost"] = counts_g.get("lost", 0) + 1
-                    cells.append([None, None, "lost", None, None, None, None, None, bus, None, []])
+                    cells.append([None, None, "lost", None, None, None, None, None, bus, None, [], None])
         out.append({
             "id": s["id"], "name": s["name"], "state": s["state"], "admin_status": s["admin_status"],
             "note": s["status_note"], "last_seen": s["last_seen"], "interval_s": s["interval_s"],

@@ -93,10 +93,14 @@ function cellText(server, g) {
   }
 }
 
+// GPUs not made by NVIDIA carry a vendor (fleet document: last GPU field; gpus query: vendor).
+const VENDOR_LABEL = { amd: "AMD", intel: "Intel" };
+
 function cellLabel(server, g) {
-  const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs] = g;
+  const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs, vendor] = g;
   const users = holders(procs).map((u) => str(u) || "?");
-  return server.name + " GPU " + (index === null ? shortBus(bus) : index) + ": " + STATE_WORD[state] +
+  return server.name + " GPU " + (index === null ? shortBus(bus) : index) + (VENDOR_LABEL[vendor] ? " (" + VENDOR_LABEL[vendor] + ")" : "") +
+    ": " + STATE_WORD[state] +
     (util !== null && util !== undefined ? ", " + util + "% utilization" : "") +
     (memTotal ? ", " + fmtMiB(memUsed) + " of " + fmtMiB(memTotal) + " VRAM" : "") +
     (users.length ? ", used by " + users.join(", ") : "");
@@ -375,12 +379,13 @@ function gpuFromCell(el) {
 function showTip(el) {
   const [s, g] = gpuFromCell(el);
   if (!g) return;
-  const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs] = g;
+  const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs, vendor] = g;
   const tip = document.getElementById("tip");
   const old = s.state === "offline" || s.state === "stale";
   fill(tip, [
     h("div", { class: "tip-head" }, s.name + " · GPU " + (index === null ? "?" : index)),
-    h("div", { class: "muted" }, [str(model), bus].filter(Boolean).join(" · ")),
+    h("div", { class: "muted" }, VENDOR_LABEL[vendor] ? h("span", { class: "badge badge-vendor" }, VENDOR_LABEL[vendor]) : null,
+      (VENDOR_LABEL[vendor] ? " " : "") + [str(model), bus].filter(Boolean).join(" · ")),
     h("div", { class: "tip-state s-" + state }, STATE_WORD[state] + (old ? " — last seen " + fmtAge(nowHub() - s.last_seen) + " ago, values from then" : "")),
     state === "lost" ? null : h("div", {}, "utilization " + fmtPct(util) + " · VRAM " + fmtMiB(memUsed) + " / " + fmtMiB(memTotal) +
       " · " + (temp === null ? "–" : temp + " °C") + " · " + (power === null ? "–" : power + " W")),
@@ -437,6 +442,7 @@ function gpuRow(gpu) {
   return h("div", { class: "gpu" + (gpu.present ? "" : " gpu-missing"), dataset: { gpuId: String(gpu.gpu_id) } },
     h("div", { class: "gpu-head" },
       h("span", { class: "gpu-index" }, "GPU " + gpu.gpu_index),
+      VENDOR_LABEL[gpu.vendor] ? h("span", { class: "badge badge-vendor", title: "read from the kernel (sysfs, DRM fdinfo)" }, VENDOR_LABEL[gpu.vendor]) : null,
       h("span", { class: "gpu-name" }, gpu.name || "unknown GPU"),
       h("span", { class: "gpu-bus" }, gpu.pci_bus_id || ""),
       gpu.present ? null : h("span", { class: "badge badge-crit" }, "✕ lost: missing from the latest report"),
