@@ -1,5 +1,5 @@
 -- title: Free GPUs now
--- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs with the most free memory by index and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
+-- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: its free MIG instances are offered one per row instead, for :count 1, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs with the most free memory by index and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
 with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
@@ -27,6 +27,21 @@ free as (
     and coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) >= p.min_free
     and instr(lower(g.name), lower(p.model)) > 0
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
+),
+-- Free MIG instances (no process in them), offered one at a time as CUDA_VISIBLE_DEVICES=MIG-<uuid>.
+mig_free as (
+  select m.server_id, coalesce(s.display_name, s.hostname) as server, m.uuid, m.profile, g.name,
+    coalesce(m.memory_total_mib - coalesce(m.memory_used_mib, 0), 0) as free_mib
+  from mig_devices m
+  join gpus g on g.id = m.gpu_id
+  join server_state s on s.id = m.server_id
+  join params p
+  where (s.state = 'online' or (s.state = 'error' and s.gpu_state = 'gpu_lost' and s.status = 'active'))
+    and g.present and g.status = 'active' and p.want = 1
+    and m.process_count = 0
+    and coalesce(m.memory_total_mib - coalesce(m.memory_used_mib, 0), 0) >= p.min_free
+    and instr(lower(g.name || ' ' || coalesce(m.profile, '')), lower(p.model)) > 0
+    and (:_scope_all or m.server_id in (select value from json_each(:_scope_servers)))
 )
 select
   f.server_id,
@@ -39,8 +54,13 @@ select
   case when f.vendor = 'nvidia' then group_concat(f.gpu_index, ',') end as cuda_visible_devices,
   group_concat(f.uuid, ',') as gpu_uuids,
   min(f.free_mib) as min_free_mib,
-  group_concat(distinct f.name) as gpu_models
+  group_concat(distinct f.name) as gpu_models,
+  null as mig_profile
 from free f join params p
 where f.pick <= p.want and f.host_free >= p.want
 group by f.server_id, f.vendor
-order by min_free_mib desc, free_gpus desc, f.server, f.vendor
+union all
+select m.server_id, m.server, 'nvidia', 1, m.uuid, 'CUDA_VISIBLE_DEVICES=' || m.uuid, m.uuid, m.uuid, m.free_mib,
+  m.name || ' MIG ' || coalesce(m.profile, '?'), m.profile
+from mig_free m
+order by min_free_mib desc, free_gpus desc, server, vendor

@@ -130,6 +130,7 @@ class ReportBuilder:
         report["gpu_status"] = status
         report["gpus"] = gpus
         report["processes"] = processes
+        report["mig_devices"] = gpu.get("mig_devices")  # None: no MIG GPU on this host
         report["containers"] = containers
         report.update(self._xid_events(gpus))
         if self.extra is not None:

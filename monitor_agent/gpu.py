@@ -7,9 +7,13 @@ and remembered. Every outcome is reported by name in ``status["state"]``.
 
 import os
 import shutil
+import time
 
 from . import nvsmi
 from .runner import BoundedRunner
+
+# MIG devices are read with at most one extra nvidia-smi call this often (seconds).
+MIG_INTERVAL_S = 60
 
 # Fields dropped one at a time before giving up on a cycle (a driver rejects one per run).
 MAX_FIELD_RETRIES = 8
@@ -38,6 +42,10 @@ class GpuCollector:
         self._discover = discover_fields
         self.calls = 0  # nvidia-smi processes started (for the benchmark)
         self.version = {"driver_version": None, "cuda_version": None}  # from --version, read once
+        # MIG (only where a GPU has MIG enabled): -L listing, last table, when called.
+        self._mig_listing = None
+        self._mig_table, self._mig_procs = [], []
+        self._mig_called = self._mig_sampled = None
 
     def _run(self, args, timeout):
         result = self.runner.run([self.nvidia_smi] + args, timeout)
@@ -116,7 +124,55 @@ class GpuCollector:
         )
         if apps.state == "ok":
             processes = nvsmi.parse_compute_apps(_text(apps.stdout))
-        return {"status": status, "gpus": gpus, "processes": processes}
+        result = {"status": status, "gpus": gpus, "processes": processes}
+        if any(g.get("mig.mode.current") for g in gpus):
+            result["mig_devices"] = self._mig(processes)
+        return result
+
+    def _mig(self, processes, now=None):
+        """MIG devices of this host, refreshed by at most one nvidia-smi call per :data:`MIG_INTERVAL_S`.
+
+        ``nvidia-smi -L`` names each MIG device (profile, ``MIG-`` UUID); plain ``nvidia-smi``
+        gives its GPU/compute instance ids, memory and the processes in each instance. The
+        calls alternate: ``-L`` first and whenever the table shows a layout it does not name,
+        the table otherwise. Adds ``gpu_instance_id``, ``compute_instance_id`` and ``mig_uuid``
+        to the ``processes`` it can place. Returns the list from :func:`nvsmi.mig_devices`, each
+        with ``sampled_at`` (epoch s of the table it comes from; None before the first table).
+        """
+        now = time.time() if now is None else now
+        if self._mig_called is None or now - self._mig_called >= MIG_INTERVAL_S:
+            self._mig_called = now
+            layout = {(d["gpu_index"], d["mig_index"]) for d in self._mig_table}
+            named = {(gpu, index) for gpu, info in (self._mig_listing or {}).items() for index in info["mig"]}
+            if self._mig_listing is None or not layout <= named:
+                listed = self._run(["-L"], self.timeout)
+                if listed.state == "ok" and listed.returncode == 0:
+                    self._mig_listing = nvsmi.parse_list_gpus(_text(listed.stdout))
+            else:
+                table = self._run([], self.timeout)
+                if table.state == "ok" and table.returncode == 0:
+                    self._mig_table, self._mig_procs = nvsmi.parse_mig_table(_text(table.stdout))
+                    self._mig_sampled = now
+        devices = nvsmi.mig_devices(self._mig_listing or {}, self._mig_table)
+        if not devices and self._mig_listing:
+            # Named by -L, no table yet: the instances without usage.
+            devices = [{"gpu_index": gpu, "gpu_uuid": info["uuid"], "mig_index": index, "uuid": mig["uuid"],
+                        "profile": mig["profile"], "gpu_instance_id": None, "compute_instance_id": None,
+                        "memory.used": None, "memory.total": None, "sm_count": None}
+                       for gpu, info in sorted(self._mig_listing.items()) for index, mig in sorted(info["mig"].items())]
+        for device in devices:
+            device["sampled_at"] = self._mig_sampled if device["memory.used"] is not None else None
+        by_instance = {(d["gpu_uuid"], d["gpu_instance_id"], d["compute_instance_id"]): d["uuid"] for d in devices}
+        uuid_of = {gpu: info["uuid"] for gpu, info in (self._mig_listing or {}).items()}
+        placed = {(uuid_of.get(p["gpu_index"]), p["pid"]): p for p in self._mig_procs}
+        for proc in processes:
+            where = placed.get((proc["gpu_uuid"], proc["pid"]))
+            if where is not None and where["gpu_instance_id"] is not None:
+                proc["gpu_instance_id"] = where["gpu_instance_id"]
+                proc["compute_instance_id"] = where["compute_instance_id"]
+                proc["mig_uuid"] = by_instance.get((proc["gpu_uuid"], where["gpu_instance_id"],
+                                                    where["compute_instance_id"]))
+        return devices
 
     def _failure(self, result):
         """Status dict for a failed run, or None when nvidia-smi exited 0."""

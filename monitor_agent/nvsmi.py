@@ -278,3 +278,83 @@ def classify_failure(returncode, text):
                     break
             return state, message
     return "error", message
+
+
+# ``nvidia-smi -L``: "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)" then, under MIG,
+# "  MIG 3g.40gb     Device  0: (UUID: MIG-...)".
+_L_GPU = re.compile(r"^GPU (\d+): (.*?) \(UUID: (GPU-[0-9A-Za-z-]+)\)\s*$")
+_L_MIG = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[0-9A-Za-z/-]+)\)\s*$")
+
+
+def parse_list_gpus(text):
+    """``nvidia-smi -L`` to ``{gpu_index: {"uuid", "name", "mig": {mig_index: {"profile", "uuid"}}}}``.
+
+    ``profile`` is the MIG profile name as printed (``3g.40gb``); ``mig`` is empty without MIG.
+    """
+    gpus, current = {}, None
+    for line in text.splitlines():
+        match = _L_GPU.match(line)
+        if match:
+            current = {"uuid": match.group(3), "name": match.group(2)[:256], "mig": {}}
+            gpus[int(match.group(1))] = current
+            continue
+        match = _L_MIG.match(line)
+        if match and current is not None:
+            current["mig"][int(match.group(2))] = {"profile": match.group(1)[:64], "uuid": match.group(3)[:128]}
+    return gpus
+
+
+_TABLE_MIG_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|\s+(\d+)MiB\s*/\s*(\d+)MiB\s+\|\s+(\d+)\s+(\S+)\s+\|")
+_TABLE_PROC_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+|N/A)\s+(\d+|N/A)\s+(\d+)\s+(\S+)\s+(.*?)\s+(\d+|N/A)(?:MiB)?\s*\|$")
+
+
+def parse_mig_table(text):
+    """The ``MIG devices:`` and ``Processes:`` boxes of plain ``nvidia-smi`` output.
+
+    Returns ``(devices, processes)``: ``devices`` a list of ``{"gpu_index", "gpu_instance_id",
+    "compute_instance_id", "mig_index", "memory.used", "memory.total", "sm_count"}`` (MiB; the
+    first line of each device row), ``processes`` a list of ``{"gpu_index", "gpu_instance_id",
+    "compute_instance_id", "pid", "process_name", "used_gpu_memory"}`` (ids None without MIG).
+    """
+    devices, processes = [], []
+    section = None
+    for line in text.splitlines():
+        if "MIG devices:" in line:
+            section = "mig"
+            continue
+        if "Processes:" in line:
+            section = "proc"
+            continue
+        if section == "mig":
+            match = _TABLE_MIG_ROW.match(line)
+            if match:
+                gpu, gi, ci, dev, used, total, sms = (int(match.group(i)) for i in range(1, 8))
+                devices.append({"gpu_index": gpu, "gpu_instance_id": gi, "compute_instance_id": ci, "mig_index": dev,
+                                "memory.used": used, "memory.total": total, "sm_count": sms})
+        elif section == "proc":
+            match = _TABLE_PROC_ROW.match(line)
+            if match:
+                gi, ci, mem = match.group(2), match.group(3), match.group(7)
+                processes.append({
+                    "gpu_index": int(match.group(1)),
+                    "gpu_instance_id": int(gi) if gi.isdigit() else None,
+                    "compute_instance_id": int(ci) if ci.isdigit() else None,
+                    "pid": int(match.group(4)),
+                    "process_name": match.group(6).strip()[:4096],
+                    "used_gpu_memory": int(mem) if mem.isdigit() else None,
+                })
+    return devices, processes
+
+
+def mig_devices(listing, devices):
+    """Join :func:`parse_list_gpus` and :func:`parse_mig_table` output by GPU and MIG device index.
+
+    Returns a list of ``{"gpu_index", "gpu_uuid", "mig_index", "uuid", "profile",
+    "gpu_instance_id", "compute_instance_id", "memory.used", "memory.total", "sm_count"}``.
+    """
+    out = []
+    for dev in devices:
+        gpu = listing.get(dev["gpu_index"]) or {}
+        named = (gpu.get("mig") or {}).get(dev["mig_index"]) or {}
+        out.append(dict(dev, gpu_uuid=gpu.get("uuid"), uuid=named.get("uuid"), profile=named.get("profile")))
+    return out

@@ -11,7 +11,7 @@ from datasette.utils.asgi import Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from server_monitor import hub
-from server_monitor.metrics import DISKS_SQL, GPUS_SQL, SERVERS_SQL, exposition
+from server_monitor.metrics import DISKS_SQL, GPUS_SQL, MIG_SQL, SERVERS_SQL, exposition
 
 
 def _token_ok(request, configured):
@@ -29,7 +29,7 @@ async def metrics(request, datasette):
                              status=status, headers={"www-authenticate": 'Bearer realm="server-monitor"'})
     db = datasette.get_database("monitor")
     rows = []
-    for sql in (SERVERS_SQL, GPUS_SQL, DISKS_SQL):
+    for sql in (SERVERS_SQL, GPUS_SQL, DISKS_SQL, MIG_SQL):
         rows.append([dict(r) for r in (await db.execute(sql)).rows])
     return Response(exposition(*rows), content_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
 

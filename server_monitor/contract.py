@@ -409,6 +409,9 @@ PROCESS = Obj(
         "uid": Int(0, 2**32, doc="real UID from /proc/<pid>/status"),
         "container": Str(512, doc="container / job name from /proc/<pid>/cgroup"),
         "container_kind": Str(32, doc="lxc, incus, docker, podman, kubernetes, slurm, user-slice"),
+        "gpu_instance_id": Int(0, 1023, soft=True, doc="MIG GPU instance (GI) the process runs in"),
+        "compute_instance_id": Int(0, 1023, soft=True, doc="MIG compute instance (CI) the process runs in"),
+        "mig_uuid": Str(128, soft=True, doc="MIG device UUID of that instance (MIG-...)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -437,6 +440,23 @@ PROBE = Obj(
         "status": Int(100, 599, doc="HTTP status"),
         "error": Str(512, doc="network error text"),
         "checked_at": Num(1e9, 1e11, doc="agent clock when checked", unit="epoch s"),
+    },
+    nullable=False,  # a list item must be an object
+)
+
+MIG_DEVICE = Obj(
+    {
+        "gpu_uuid": Str(128, doc="the MIG-enabled GPU (nvidia-smi -L)"),
+        "gpu_index": Int(0, 1023, doc="its nvidia-smi index"),
+        "mig_index": Int(0, 1023, doc="MIG device index on that GPU (nvidia-smi -L `Device N`)"),
+        "uuid": Str(128, doc="MIG device UUID, the value for CUDA_VISIBLE_DEVICES"),
+        "profile": Str(64, soft=True, doc="MIG profile, e.g. 3g.40gb (nvidia-smi -L)"),
+        "gpu_instance_id": Int(0, 1023, soft=True, doc="GPU instance id (GI)"),
+        "compute_instance_id": Int(0, 1023, soft=True, doc="compute instance id (CI)"),
+        "memory.used": Int(0, MIB, soft=True, unit="MiB", doc="instance memory used (nvidia-smi table)"),
+        "memory.total": Int(0, MIB, soft=True, unit="MiB", doc="instance memory size"),
+        "sm_count": Int(0, 100000, soft=True, doc="streaming multiprocessors of the instance"),
+        "sampled_at": Num(0, 1e11, soft=True, unit="epoch s", doc="when the usage was read (refreshed once a minute)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -489,6 +509,7 @@ REPORT = Obj(
         "containers": List(CONTAINER, 1024, doc="LXC/Incus instances; null = not collected"),
         "probes": List(PROBE, 32, doc="reachability probe results"),
         "agent": AGENT,
+        "mig_devices": List(MIG_DEVICE, 448, doc="MIG devices of MIG-enabled GPUs; null = no MIG GPU"),
         "kmsg_state": Str(32, choices=KMSG_STATES, soft=True,
                           doc="reading the kernel log for XID errors: ok, not_found, permission_denied, error, disabled"),
         "xid_events": List(XID_EVENT, 256, doc="NVIDIA XID errors read from the kernel log since the last report"),

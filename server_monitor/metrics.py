@@ -65,7 +65,16 @@ GPU_METRICS = (
     ("server_monitor_gpu_health", "health_level", "GPU health badge: 0 ok, 1 warning, 2 critical."),
     ("server_monitor_gpu_processes", "process_count", "Compute processes on the GPU."),
 )
-GPU_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id", "vendor"]
+# GPU_I_ID / GPU_I_PROFILE: the MIG GPU instance id and profile, as dcgm-exporter labels MIG
+# series; empty (absent for Prometheus) on whole-GPU series.
+GPU_LABELS = ["gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id", "vendor", "GPU_I_ID", "GPU_I_PROFILE"]
+# Per MIG instance (metric, mig_devices column).
+MIG_METRICS = (
+    ("DCGM_FI_DEV_FB_USED", "memory_used_mib"),
+    ("DCGM_FI_DEV_FB_FREE", "fb_free_mib"),
+    ("DCGM_FI_DEV_FB_TOTAL", "memory_total_mib"),
+    ("server_monitor_gpu_processes", "process_count"),
+)
 
 # AMD device-metrics-exporter names (lower case of its GPUMetricField enum) and units.
 # (metric, gpus column, help, extra label values)
@@ -117,6 +126,11 @@ SELECT g.*,
     CASE g.health WHEN 'ok' THEN 0 WHEN 'warning' THEN 1 WHEN 'critical' THEN 2 END AS health_level
 FROM gpus g WHERE g.present
 """
+MIG_SQL = """
+SELECT m.server_id, m.gpu_index, g.uuid, g.name, g.pci_bus_id, m.gpu_instance_id, m.profile, m.memory_used_mib,
+    m.memory_total_mib, m.memory_total_mib - m.memory_used_mib AS fb_free_mib, m.process_count
+FROM mig_devices m JOIN gpus g ON g.id = m.gpu_id WHERE g.present AND m.gpu_instance_id IS NOT NULL
+"""
 DISKS_SQL = """
 SELECT d.server_id, d.mountpoint, d.used_bytes, d.total_bytes FROM servers s
 JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts
@@ -126,8 +140,8 @@ JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts
 class FleetCollector(Collector):
     """Builds the metric families from rows read by the caller (``servers``, ``gpus``, ``disks``)."""
 
-    def __init__(self, servers, gpus, disks):
-        self.servers, self.gpus, self.disks = servers, gpus, disks
+    def __init__(self, servers, gpus, disks, migs=()):
+        self.servers, self.gpus, self.disks, self.migs = servers, gpus, disks, migs
 
     def collect(self):
         live = {s["id"]: s for s in self.servers if s["state"] in LIVE_STATES}
@@ -157,7 +171,17 @@ class FleetCollector(Collector):
                     continue
                 vendor = g.get("vendor") or "nvidia"
                 family.add_metric([str(g["gpu_index"]), g["uuid"], f"{vendor}{g['gpu_index']}", g["name"] or "",
-                                   server["hostname"], g["pci_bus_id"] or "", vendor], g[column])
+                                   server["hostname"], g["pci_bus_id"] or "", vendor, "", ""], g[column])
+            for mig_metric, mig_column in MIG_METRICS:
+                if mig_metric != metric:
+                    continue
+                for m in self.migs:
+                    server = live.get(m["server_id"])
+                    if server is None or m[mig_column] is None:
+                        continue
+                    family.add_metric([str(m["gpu_index"]), m["uuid"], f"nvidia{m['gpu_index']}", m["name"] or "",
+                                       server["hostname"], m["pci_bus_id"] or "", "nvidia",
+                                       str(m["gpu_instance_id"]), m["profile"] or ""], m[mig_column])
             yield family
         families = {}
         for metric, column, help_text, extra in AMD_METRICS:
@@ -185,8 +209,8 @@ class FleetCollector(Collector):
         yield size
 
 
-def exposition(servers, gpus, disks):
-    """Prometheus text format (bytes) for the given rows (lists of dicts)."""
+def exposition(servers, gpus, disks, migs=()):
+    """Prometheus text format (bytes) for the given rows (lists of dicts; ``migs`` from :data:`MIG_SQL`)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(servers, gpus, disks))
+    registry.register(FleetCollector(servers, gpus, disks, migs))
     return generate_latest(registry)

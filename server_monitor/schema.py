@@ -476,10 +476,36 @@ ALTER TABLE gpus ADD COLUMN xid_last_ts INTEGER;
 ALTER TABLE servers ADD COLUMN kmsg_state TEXT;
 """
 
+MIGRATION_13 = """
+-- MIG devices of MIG-enabled NVIDIA GPUs (latest list per server, replaced when a report
+-- carries one) and the MIG instance each GPU process runs in.
+CREATE TABLE mig_devices (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    uuid TEXT NOT NULL,
+    gpu_id INTEGER REFERENCES gpus(id) ON DELETE CASCADE,
+    gpu_index INTEGER,
+    mig_index INTEGER,
+    profile TEXT,
+    gpu_instance_id INTEGER,
+    compute_instance_id INTEGER,
+    memory_used_mib INTEGER,
+    memory_total_mib INTEGER,
+    sm_count INTEGER,
+    process_count INTEGER NOT NULL DEFAULT 0,
+    sampled_at INTEGER,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (server_id, uuid)
+) WITHOUT ROWID;
+CREATE INDEX mig_devices_gpu ON mig_devices (gpu_id);
+ALTER TABLE gpu_processes ADD COLUMN gpu_instance_id INTEGER;
+ALTER TABLE gpu_processes ADD COLUMN compute_instance_id INTEGER;
+ALTER TABLE gpu_processes ADD COLUMN mig_uuid TEXT;
+"""
+
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12]
+              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

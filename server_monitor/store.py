@@ -401,19 +401,40 @@ def _store_processes(conn, server_id, ts, gpu_ids, processes):
     by_uuid = dict(gpu_ids)
     conn.executemany(
         "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name,"
-        " used_gpu_memory_mib, user, uid, container, container_kind, utilization_gpu)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        " used_gpu_memory_mib, user, uid, container, container_kind, utilization_gpu, gpu_instance_id,"
+        " compute_instance_id, mig_uuid)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [
             (server_id, ts, by_uuid.get(p.get("gpu_uuid")), p["pid"], p["process_name"],
              p["used_gpu_memory"], p["user"], p["uid"], p["container"], p["container_kind"],
-             p.get("utilization.gpu"))
+             p.get("utilization.gpu"), p.get("gpu_instance_id"), p.get("compute_instance_id"), p.get("mig_uuid"))
             for p in processes
         ],
     )
 
 
+def _store_mig(conn, server_id, ts, devices, processes):
+    """Replace the server's ``mig_devices`` rows with ``devices`` (report's ``mig_devices``)."""
+    conn.execute("DELETE FROM mig_devices WHERE server_id = ?", (server_id,))
+    gpu_ids = dict(conn.execute("SELECT uuid, id FROM gpus WHERE server_id = ?", (server_id,)).fetchall())
+    counts = {}
+    for p in processes:
+        if p.get("mig_uuid"):
+            counts[p["mig_uuid"]] = counts.get(p["mig_uuid"], 0) + 1
+    conn.executemany(
+        "INSERT OR REPLACE INTO mig_devices (server_id, uuid, gpu_id, gpu_index, mig_index, profile, gpu_instance_id,"
+        " compute_instance_id, memory_used_mib, memory_total_mib, sm_count, process_count, sampled_at, ts)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(server_id, d["uuid"], gpu_ids.get(d["gpu_uuid"]), d["gpu_index"], d["mig_index"], d["profile"],
+          d["gpu_instance_id"], d["compute_instance_id"], d["memory.used"], d["memory.total"], d["sm_count"],
+          counts.get(d["uuid"], 0), int(d["sampled_at"]) if d["sampled_at"] is not None else None, ts)
+         for d in devices if d["uuid"]])
+
+
 def _store_inventory(conn, server_id, ts, report):
-    """Latest-only tables: the LXC/Incus list (replaced when sent) and probe results."""
+    """Latest-only tables: the LXC/Incus list (replaced when sent), probe results, MIG devices."""
+    if report.get("mig_devices") is not None:
+        _store_mig(conn, server_id, ts, report["mig_devices"], report.get("processes") or [])
     containers = report.get("containers")
     if containers is not None:
         conn.execute("DELETE FROM containers WHERE server_id = ?", (server_id,))
@@ -443,7 +464,7 @@ def _store_inventory(conn, server_id, ts, report):
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_CHILD_TABLES = ("xid_events", "gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
+_SERVER_CHILD_TABLES = ("mig_devices", "xid_events", "gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
                         "containers", "probes", "gpu_usage_1h", "alerts", "silences", "gpus")
 
 

@@ -3,7 +3,7 @@
 
 Point the agent's ``nvidia_smi`` setting at this file. It answers the queries the agent
 makes (``--query-gpu=<any fields>``, ``--query-compute-apps=...``, ``--format=csv[,noheader][,nounits]``,
-``--help-query-gpu``, ``--version``, ``-L``) with the capture's values, for N GPUs.
+``--help-query-gpu``, ``--version``, ``-L``, plain ``nvidia-smi``) with the capture's values, for N GPUs.
 Configured by environment variables:
 
 ``FAKE_NVSMI_CAPTURE``  capture file name or unique substring (default ``h100-80gb``)
@@ -208,8 +208,16 @@ def main(argv):
         out(cap.version() + "\n")
         return
     if "-L" in argv:
+        # MIG device lines of the capture (MIG captures only), under every GPU.
+        mig_lines = [ln for ln in cap.section("capabilities", "list (-L)").splitlines() if ln.startswith("  MIG ")]
         for row in gpu_rows(cap, count, seed):
             out(f"GPU {row['index'][0]}: {row['name'][0]} (UUID: {row['uuid'][0]})\n")
+            for line in mig_lines:
+                out(line.replace("MIG-0000", f"MIG-{int(row['index'][0]):04d}", 1) + "\n")
+        return
+    if len(argv) == 1:
+        # Plain nvidia-smi: the capture's default table (GPU 0's state).
+        out(cap.section(gpu_state(0), "nvidia-smi (default table)") + "\n")
         return
     if query is None:
         fail("fake nvidia-smi: only --query-gpu, --query-compute-apps, --help-query-gpu, --version, -L", 2)

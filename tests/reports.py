@@ -113,3 +113,23 @@ def sample_report(hostname="gpu-01", gpus=2, processes=2, disks=2, sample_time=N
             for g in gpu_list for k in range(processes)
         ],
     }
+
+
+def mig_report(hostname="mig-host", busy_instances=(0,), **kw):
+    """A report of one H100 in MIG mode, with its four MIG devices as the H100-MIG capture shows
+    them (nvidia-smi -L and the default table, load state); processes in ``busy_instances``."""
+    report = sample_report(hostname, gpus=1, processes=0, capture="h100-mig", **kw)
+    gpu = report["gpus"][0]
+    layout = [(0, "3g.40gb", 2, 11091, 40448, 60), (1, "2g.20gb", 3, 17, 20096, 32),
+              (2, "1g.10gb", 9, 9, 9984, 16), (3, "1g.10gb", 10, 9, 9984, 16)]
+    report["mig_devices"] = [
+        {"gpu_uuid": gpu["uuid"], "gpu_index": 0, "mig_index": i, "uuid": f"MIG-{hostname}-{i:04d}",
+         "profile": profile, "gpu_instance_id": gi, "compute_instance_id": 0, "memory.used": used,
+         "memory.total": total, "sm_count": sms, "sampled_at": report["sample_time"]}
+        for i, profile, gi, used, total, sms in layout]
+    report["processes"] = [
+        {"gpu_uuid": gpu["uuid"], "pid": 21180 + i, "process_name": "./gpu_burn", "used_gpu_memory": 2296,
+         "user": "alice", "uid": 1000, "container": None, "container_kind": None,
+         "gpu_instance_id": layout[i][2], "compute_instance_id": 0, "mig_uuid": f"MIG-{hostname}-{i:04d}"}
+        for i in busy_instances]
+    return report

@@ -88,3 +88,22 @@ def test_free_gpus_never_offers_mig_or_encoding_gpus_whole(admin):
     assert [r["server"] for r in rows] == ["mixed"]
     assert conn.execute("select busy from gpus g join servers s on s.id = g.server_id"
                         " where s.hostname = 'nvenc'").fetchone() == (1,)
+
+
+def test_free_mig_instances_offered_as_such(admin):
+    from reports import mig_report
+
+    assert ingest(admin, mig_report("mig-a", busy_instances=(0,)), admin.token).status_code == 201
+    rows = admin.get("/monitor/free_gpus.json?_shape=array").json()
+    # The MIG GPU is never offered whole; its three instances without a process are, one per row.
+    assert [(r["server"], r["mig_profile"], r["env"], r["min_free_mib"]) for r in rows] == [
+        ("mig-a", "2g.20gb", "CUDA_VISIBLE_DEVICES=MIG-mig-a-0001", 20096 - 17),
+        ("mig-a", "1g.10gb", "CUDA_VISIBLE_DEVICES=MIG-mig-a-0002", 9984 - 9),
+        ("mig-a", "1g.10gb", "CUDA_VISIBLE_DEVICES=MIG-mig-a-0003", 9984 - 9)]
+    assert rows[0]["gpu_models"] == "NVIDIA H100 80GB HBM3 MIG 2g.20gb"
+    assert admin.get("/monitor/free_gpus.json?_shape=array&model=1g.10gb").json()[0]["mig_profile"] == "1g.10gb"
+    assert admin.get("/monitor/free_gpus.json?_shape=array&count=2").json() == []  # one MIG device per process
+    conn = sqlite3.connect(admin.db)
+    assert conn.execute("select uuid, process_count from mig_devices order by mig_index").fetchall() == [
+        ("MIG-mig-a-0000", 1), ("MIG-mig-a-0001", 0), ("MIG-mig-a-0002", 0), ("MIG-mig-a-0003", 0)]
+    assert conn.execute("select gpu_instance_id, mig_uuid from gpu_processes").fetchall() == [(2, "MIG-mig-a-0000")]

@@ -186,3 +186,35 @@ def test_report_strings_are_cleaned_of_control_and_bidi_characters():
     report = {"host": {"hostname": "ab\u202egnp.exe"}, "processes": [{"process_name": "x\x1b[31my\tz"}], "n": 3}
     assert clean_text(report) == {"host": {"hostname": "ab\ufffdgnp.exe"},
                                   "processes": [{"process_name": "x\ufffd[31my\tz"}], "n": 3}
+
+
+def test_mig_host_reads_instances_with_one_extra_call_per_minute(fake):
+    log = fake(capture="h100-mig", gpus=1)
+    collector = GpuCollector(FAKE_NVSMI)
+    first = collector.collect()
+    assert first["gpus"][0]["mig.mode.current"] is True
+    assert calls(log)[-1].endswith(" -L")  # help, version, query, apps, then -L once
+    assert len(calls(log)) == 5
+    assert [(d["profile"], d["uuid"], d["memory.used"]) for d in first["mig_devices"]] == [
+        ("3g.40gb", "MIG-00000000-0000-0000-0000-000000000000", None),
+        ("2g.20gb", "MIG-00000001-0000-0000-0000-000000000001", None),
+        ("1g.10gb", "MIG-00000002-0000-0000-0000-000000000002", None),
+        ("1g.10gb", "MIG-00000003-0000-0000-0000-000000000003", None)]
+    collector.collect()
+    assert len(calls(log)) == 7  # within the minute: no extra call
+    collector._mig_called -= 61  # a minute later: the table
+    third = collector.collect()
+    assert len(calls(log)) == 10 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
+    assert [(d["gpu_instance_id"], d["memory.used"], d["memory.total"]) for d in third["mig_devices"]] == [
+        (2, 11091, 40448), (3, 17, 20096), (9, 9, 9984), (10, 9, 9984)]
+    assert {(p["pid"], p["gpu_instance_id"], p["mig_uuid"]) for p in third["processes"]} == {
+        (21180, 2, "MIG-00000000-0000-0000-0000-000000000000"), (21181, 2, "MIG-00000000-0000-0000-0000-000000000000"),
+        (21198, 2, "MIG-00000000-0000-0000-0000-000000000000")}
+
+
+def test_non_mig_host_makes_no_mig_call(fake):
+    log = fake(capture="h200", gpus=2)
+    collector = GpuCollector(FAKE_NVSMI)
+    assert "mig_devices" not in collector.collect()
+    collector.collect()
+    assert len(calls(log)) == 6 and not any(c.endswith(" -L") for c in calls(log))

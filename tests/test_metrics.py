@@ -123,3 +123,17 @@ def test_xid_errors_metric_is_the_last_xid(datasette, hub_config):
     assert [(s.labels["gpu"], s.value) for s in samples(xid, Hostname="xid-host")] == [("0", 0), ("1", 79)]
     assert samples(xid, Hostname="no-kmsg") == []  # unknown, not "no error"
     assert admin.get("/monitor/xid_events.json?_shape=array").json()[0]["xid"] == 79
+
+
+def test_mig_instances_carry_gpu_i_id_and_profile(datasette, hub_config):
+    from reports import mig_report
+
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    assert ingest(admin, mig_report("mig-m"), hub_config.get("agent.token")).status_code == 201
+    found = families(admin.get("/metrics").text)
+    used = samples(found["DCGM_FI_DEV_FB_USED"], Hostname="mig-m")
+    by_instance = {(s.labels.get("GPU_I_ID"), s.labels.get("GPU_I_PROFILE")): s.value for s in used}
+    assert by_instance == {("", ""): 11125, ("2", "3g.40gb"): 11091, ("3", "2g.20gb"): 17, ("9", "1g.10gb"): 9,
+                           ("10", "1g.10gb"): 9}
+    assert {s.labels["gpu"] for s in used} == {"0"}

@@ -318,3 +318,37 @@ def test_gpu_requires_reset_is_a_named_state():
     assert lost == []
     assert gpus[0]["state"] == "requires_reset" and gpus[0]["memory.used"] is None
     assert "state" not in gpus[1]
+
+
+def test_mig_devices_from_the_h100_mig_capture():
+    capture = Capture("h100-mig")
+    listing = nvsmi.parse_list_gpus(capture.section("capabilities", "list (-L)"))
+    assert listing[0]["uuid"] == "GPU-00000000-0000-0000-0000-000000000000"
+    assert [(i, m["profile"], m["uuid"]) for i, m in sorted(listing[0]["mig"].items())] == [
+        (0, "3g.40gb", "MIG-00000000-0000-0000-0000-000000000000"),
+        (1, "2g.20gb", "MIG-00000001-0000-0000-0000-000000000001"),
+        (2, "1g.10gb", "MIG-00000002-0000-0000-0000-000000000002"),
+        (3, "1g.10gb", "MIG-00000003-0000-0000-0000-000000000003")]
+    devices, procs = nvsmi.parse_mig_table(capture.section("load", "nvidia-smi (default table)"))
+    joined = nvsmi.mig_devices(listing, devices)
+    assert [(d["profile"], d["gpu_instance_id"], d["compute_instance_id"], d["memory.used"], d["memory.total"],
+             d["sm_count"]) for d in joined] == [
+        ("3g.40gb", 2, 0, 11091, 40448, 60), ("2g.20gb", 3, 0, 17, 20096, 32),
+        ("1g.10gb", 9, 0, 9, 9984, 16), ("1g.10gb", 10, 0, 9, 9984, 16)]
+    assert [(p["pid"], p["gpu_instance_id"], p["compute_instance_id"], p["process_name"], p["used_gpu_memory"])
+            for p in procs] == [(21180, 2, 0, "/root/tools/memhog", 2296), (21181, 2, 0, "/root/tools/memhog", 1272),
+                                (21198, 2, 0, "./gpu_burn", 7484)]
+    idle, none = nvsmi.parse_mig_table(capture.section("idle", "nvidia-smi (default table)"))
+    assert len(idle) == 4 and none == []
+
+
+@pytest.mark.parametrize("name", [c for c in all_captures() if "mig" not in c])
+def test_non_mig_captures_have_no_mig_devices(name):
+    capture = Capture(name)
+    devices, procs = nvsmi.parse_mig_table(capture.section("load", "nvidia-smi (default table)"))
+    assert devices == []
+    # The default table's process rows (no GI/CI) agree with --query-compute-apps where it has memory.
+    apps = {int(a["pid"]) for a in capture.compute_apps("load")}
+    assert apps <= {p["pid"] for p in procs}
+    assert all(p["gpu_instance_id"] is None for p in procs)
+    assert all(m["mig"] == {} for m in nvsmi.parse_list_gpus(capture.section("capabilities", "list (-L)")).values())
