@@ -66,7 +66,8 @@ class ReportBuilder:
         self.drm = None
         if cfg.get("drm", True):
             self.drm = DrmCollector(cfg.get("sysfs_root", "/sys"), cfg.get("procfs_root", "/proc"),
-                                    rediscover_s=cfg.get("inventory_interval", 60))
+                                    rediscover_s=cfg.get("inventory_interval", 60),
+                                    min_vram_mib=cfg.get("drm_min_vram_mib", 4096))
         # amd-smi only for ECC/RAS counts and XGMI links, at the inventory cadence; optional.
         self.amdsmi = AmdSmi(cfg.get("amd_smi"), interval=cfg.get("inventory_interval", 60), timeout=timeout)
         # NVIDIA XID errors from the kernel log (no child process; the file stays open).

@@ -19,6 +19,7 @@ DEFAULTS = {
     "sysfs_root": "/sys",
     "procfs_root": "/proc",
     "drm": True,  # read AMD / Intel GPUs from sysfs and DRM fdinfo
+    "drm_min_vram_mib": 4096,  # AMD GPUs with less VRAM are integrated graphics (Ryzen iGPU): skipped
     "amd_smi": "amd-smi",
     # Kernel log read for NVIDIA XID errors (needs root or CAP_SYSLOG); null = not read.
     "kmsg_path": "/dev/kmsg",  # optional, only for ECC/RAS counts and XGMI links; missing = skipped
@@ -87,7 +88,7 @@ def check(cfg, require_hub=True):
             raise AgentConfigError(f"{key} must be a number")
         if cfg[key] <= 0:
             raise AgentConfigError(f"{key} must be positive")
-    for key in ("sysfs_root", "procfs_root", "drm", "amd_smi"):
+    for key in ("sysfs_root", "procfs_root", "drm", "amd_smi", "drm_min_vram_mib"):
         cfg.setdefault(key, DEFAULTS[key])
     if cfg.get("proc_root") and cfg.get("procfs_root") in (None, "/proc"):
         cfg["procfs_root"] = cfg["proc_root"]  # the key's earlier name
@@ -99,6 +100,9 @@ def check(cfg, require_hub=True):
     cfg.setdefault("kmsg_path", DEFAULTS["kmsg_path"])
     if cfg["kmsg_path"] is not None and (not isinstance(cfg["kmsg_path"], str) or not cfg["kmsg_path"].startswith("/")):
         raise AgentConfigError("kmsg_path must be an absolute path or null (default /dev/kmsg)")
+    value = cfg["drm_min_vram_mib"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AgentConfigError("drm_min_vram_mib must be a whole number of MiB (0 keeps integrated AMD GPUs)")
     if cfg.get("amd_smi") is not None and not isinstance(cfg["amd_smi"], str):
         raise AgentConfigError("amd_smi must be a path or null")
     try:

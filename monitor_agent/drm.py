@@ -297,17 +297,20 @@ class DrmCollector:
     ``pci_ids_paths``: candidate ``pci.ids`` files (the name when ``product_name`` and
     ``amdgpu.ids`` do not give one).
     ``rediscover_s``: seconds between re-listing the cards (hot-plug is rare).
+    ``min_vram_mib``: AMD GPUs with less VRAM than this are integrated graphics (a Ryzen's
+    Radeon iGPU has a 512 MiB - 2 GiB carve-out) and are skipped; 0 keeps them.
     ``clock``: monotonic seconds (tests inject one).
     """
 
     def __init__(self, sysfs_root="/sys", procfs_root="/proc", ids_paths=AMDGPU_IDS_PATHS,
-                 pci_ids_paths=PCI_IDS_PATHS, rediscover_s=60.0, clock=time.monotonic):
+                 pci_ids_paths=PCI_IDS_PATHS, rediscover_s=60.0, min_vram_mib=4096, clock=time.monotonic):
         self.sysfs_root = sysfs_root.rstrip("/") or "/"
         self.procfs_root = procfs_root.rstrip("/") or "/"
         self.ids_paths = ids_paths
         self.pci_ids_paths = pci_ids_paths
         self._pci_names = {}  # (vendor, device) -> name or None, looked up once
         self.rediscover_s = rediscover_s
+        self.min_vram_mib = min_vram_mib
         self.clock = clock
         self._cards = None
         self._found_at = None
@@ -334,8 +337,9 @@ class DrmCollector:
         """List the AMD / Intel GPUs under ``class/drm``; returns a list of :class:`_Card`.
 
         Connector (``card0-DP-1``) and render (``renderD128``) nodes are skipped; two
-        ``card`` nodes of one PCI device count once. Intel GPUs on PCI bus 0 (integrated
-        graphics at ``00:02.0``) are skipped: they are not compute devices a lab hands out.
+        ``card`` nodes of one PCI device count once. Integrated graphics are skipped (they are not
+        compute devices a lab hands out): Intel GPUs on PCI bus 0 (``00:02.0``) and AMD GPUs with
+        less than ``min_vram_mib`` of VRAM.
         """
         base = f"{self.sysfs_root}/class/drm"
         cards, seen = [], set()
@@ -363,6 +367,9 @@ class DrmCollector:
             c = _Card()
             c.card, c.path, c.card_path, c.bus_id, c.vendor = card, path, f"{base}/{card}", bus_id, vendor
             c.integrated = vendor == "intel" and bus_id.split(":")[-2] == "00"
+            if vendor == "amd" and self.min_vram_mib:
+                vram = parse_int(_read(f"{path}/mem_info_vram_total"))
+                c.integrated = vram is not None and vram < self.min_vram_mib * MIB
             if c.integrated:
                 continue
             c.driver = uevent.get("DRIVER")

@@ -232,7 +232,8 @@ def mi300x_host(root, procs_per_gpu=1, other_processes=0, fds_per_other=20):
 
 
 def radeon_host(root):
-    """A workstation with one Radeon RX 7900 XTX driving a display; no product_name, no unique_id."""
+    """A Ryzen workstation: one Radeon RX 7900 XTX driving a display (no product_name, no
+    unique_id) and the CPU's integrated Radeon (skipped as integrated graphics)."""
     sys_root, proc_root = os.path.join(root, "sys"), os.path.join(root, "proc")
     card(sys_root, 0, "0000:03:00.0", {
         "device": "0x744c\n", "revision": "0xc8\n", "subsystem_vendor": "0x1002\n", "subsystem_device": "0x0e3b\n",
@@ -248,6 +249,12 @@ def radeon_host(root):
         "pwm1": "89\n", "pwm1_enable": "2\n", "fan1_input": "1150\n",
         "freq1_input": "1423000000\n", "freq1_label": "sclk\n", "freq2_input": "1249000000\n", "freq2_label": "mclk\n",
     }, connectors=("DP-1", "DP-2", "HDMI-A-1"), bridge="0000:02:00.0")
+    # The Ryzen 9 7950X's integrated Radeon (Raphael): a 512 MiB carve-out, skipped by default.
+    card(sys_root, 1, "0000:13:00.0", {
+        "device": "0x164e\n", "revision": "0xc1\n", "gpu_busy_percent": "0\n",
+        "mem_info_vram_total": f"{512 * MIB}\n", "mem_info_vram_used": f"{40 * MIB}\n",
+    }, hwmon={"name": "amdgpu\n", "temp1_input": "41000\n", "temp1_label": "edge\n"},
+        connectors=("HDMI-A-2",), bridge="0000:00:08.1")
     process(proc_root, 1234, 0, "0::/system.slice/display-manager.service\n", ["/usr/lib/xorg/Xorg", ":0"],
             {12: ("/dev/dri/card0", amdgpu_fdinfo("0000:03:00.0", 1, 262144, gfx_ns=912345678901))})
     process(proc_root, 2345, 65534, CGROUP_HOST, ["/home/bob/venv/bin/python", "finetune.py"],

@@ -61,6 +61,10 @@ def test_amd_hosts_reach_gpus_processes_free_and_metrics(hub_process, hub_config
     assert [g["xgmi_links_down"] for g in amd] == [0, 0, 0, 1, 0, 1, 0, 0]
     # The health badge reads them like NVIDIA's: uncorrectable ECC critical, a link down a warning.
     assert (amd[6]["health"], amd[3]["health"], amd[0]["health"]) == ("critical", "warning", "ok")
+    history = admin.request(
+        "GET", f"/monitor/gpu_history.json?_shape=array&server_id={g0['server_id']}&hours=1").json()
+    assert {h["gpu_id"] for h in history} == {g["gpu_id"] for g in amd}
+    assert {h["gpu_id"]: h["utilization_gpu"] for h in history}[g0["gpu_id"]] == 100
     mixed = sorted((g["vendor"], g["name"]) for g in gpus if g["server"] == "nvidia-amd")
     assert mixed == [("amd", "AMD Instinct MI210"), ("nvidia", "NVIDIA H100 80GB HBM3")]
 

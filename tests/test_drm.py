@@ -154,7 +154,7 @@ def test_engine_utilisation_from_deltas_between_cycles(tmp_path):
 
 def test_radeon_workstation_names_from_amdgpu_ids_and_fan():
     result = collector("radeon-7900xtx").collect()
-    (g,) = result["gpus"]  # connectors card0-DP-1 ... and renderD128 are not GPUs
+    (g,) = result["gpus"]  # connector and render nodes are not GPUs; the 512 MiB iGPU is skipped
     assert g["name"] == "AMD Radeon RX 7900 XTX"  # no product_name: libdrm's amdgpu.ids
     assert g["uuid"] == "0000:03:00.0"  # no unique_id: the PCI bus id
     assert (g["temperature.gpu"], g["temperature.junction"], g["temperature.memory"]) == (52, 67, 60)
@@ -162,6 +162,13 @@ def test_radeon_workstation_names_from_amdgpu_ids_and_fan():
     assert (g["memory.used"], g["memory.total"], g["clocks.sm"], g["clocks.mem"]) == (6144, 24560, 1423, 1249)
     procs = sorted((p["pid"], p["process_name"], p["used_gpu_memory"]) for p in result["processes"])
     assert procs == [(1234, "/usr/lib/xorg/Xorg", 256), (2345, "/home/bob/venv/bin/python", 4096)]
+
+
+def test_integrated_amd_gpu_kept_on_request():
+    c = drm.DrmCollector(os.path.join(FIX, "sysfs", "radeon-7900xtx"), os.path.join(FIX, "procfs", "radeon-7900xtx"),
+                         ids_paths=IDS, pci_ids_paths=PCI_IDS, min_vram_mib=0)
+    gpus = c.collect()["gpus"]
+    assert [(g["pci.bus_id"], g["memory.total"]) for g in gpus] == [("0000:03:00.0", 24560), ("0000:13:00.0", 512)]
 
 
 def test_intel_host_i915_and_xe(tmp_path):
@@ -289,3 +296,5 @@ def test_config_roots_and_old_key(tmp_path):
     assert old["procfs_root"] == "/srv/proc" and old["sysfs_root"] == "/sys"
     with pytest.raises(AgentConfigError, match="^sysfs_root must be an absolute path"):
         _cfg(tmp_path, "mi300x-8", sysfs_root="sys")
+    with pytest.raises(AgentConfigError, match="^drm_min_vram_mib must be a whole number"):
+        _cfg(tmp_path, "mi300x-8", drm_min_vram_mib="4G")
