@@ -502,10 +502,15 @@ ALTER TABLE gpu_processes ADD COLUMN compute_instance_id INTEGER;
 ALTER TABLE gpu_processes ADD COLUMN mig_uuid TEXT;
 """
 
+MIGRATION_14 = """
+-- Alert markers on one server's history charts (canned_queries/server_alerts.sql).
+CREATE INDEX alerts_server ON alerts (server_id, started_at);
+"""
+
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13]
+              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

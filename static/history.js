@@ -1,9 +1,19 @@
-// History charts of one server (uPlot). Data: the server_history and gpu_history canned
-// queries, which pick the roll-up tier and keep every answer at <= 1000 rows.
+// History of one server (uPlot): who held each GPU (holder timeline), a GPU × time utilization
+// heatmap, and host/GPU line charts; every chart carries the server's alert and outage markers.
+// Data: the server_history, gpu_history, gpu_holders_history and server_alerts canned queries,
+// each bounded in rows whatever the range. Agent strings (users, containers, alert texts) reach
+// the page only as text nodes or as canvas text, never as markup.
 "use strict";
 
 const SERIES_COLORS = ["#5aa9ff", "#f2994a", "#3fb950", "#a371f7", "#f85149", "#d29922", "#39c5cf", "#ff7eb6"];
+// Owner colours of the holder timeline, most GPU time first; owners beyond these share grey.
+const OWNER_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
+                      "#9c755f", "#86bcb6", "#d37295", "#8cd17d"];
+const OTHER_OWNER = "#8d97a5";
+// Viridis stops for the utilization heatmap (0 % .. 100 %), readable on both themes.
+const HEAT_STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 let charts = [];
+let markers = { alerts: [], outages: [] };
 
 function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -19,7 +29,106 @@ function chartWidth(container) {
   return Math.max(280, container.clientWidth - 24);
 }
 
-function makeChart(container, title, unitFormat, xs, seriesList, range) {
+function heatColor(value) {
+  const x = Math.max(0, Math.min(100, value)) / 100 * (HEAT_STOPS.length - 1);
+  const i = Math.min(HEAT_STOPS.length - 2, Math.floor(x));
+  const f = x - i;
+  const c = HEAT_STOPS[i].map((v, k) => Math.round(v + (HEAT_STOPS[i + 1][k] - v) * f));
+  return "rgb(" + c.join(",") + ")";
+}
+
+function fmtTime(epoch) {
+  // ISO-like local time, 24 h clock: 2026-12-01 14:05
+  const d = new Date(epoch * 1000);
+  const p = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " + p(d.getHours()) + ":" + p(d.getMinutes());
+}
+
+function timeTicks(u, splits) {
+  // 24-hour, ISO-ordered tick labels: "14:00", with the date under the first tick of each day.
+  const p = (n) => String(n).padStart(2, "0");
+  let lastDay = null;
+  const long = u.scales.x.max - u.scales.x.min > 3 * 86400;
+  return splits.map((t) => {
+    const d = new Date(t * 1000);
+    const day = d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate());
+    const clock = p(d.getHours()) + ":" + p(d.getMinutes());
+    const newDay = day !== lastDay;
+    lastDay = day;
+    if (long) return clock === "00:00" || newDay ? day.slice(5) + (clock === "00:00" ? "" : "\n" + clock) : clock;
+    return newDay ? clock + "\n" + day : clock;
+  });
+}
+
+function timeAxis() {
+  return Object.assign({ values: timeTicks, space: 60 }, axisStyle());
+}
+
+function fmtSpan(seconds) {
+  if (seconds < 90) return Math.round(seconds) + " s";
+  if (seconds < 5400) return Math.round(seconds / 60) + " min";
+  if (seconds < 172800) return +(seconds / 3600).toFixed(1) + " h";
+  return +(seconds / 86400).toFixed(1) + " days";
+}
+
+function plural(n, word) {
+  return n + " " + word + (n === 1 ? "" : "s");
+}
+
+// ---- markers: alerts (red) and outages (grey), drawn on every chart ---------------------
+function drawMarkers(u) {
+  const ctx = u.ctx;
+  const top = u.bbox.top, height = u.bbox.height;
+  const x = (v) => Math.round(u.valToPos(v, "x", true));
+  ctx.save();
+  ctx.fillStyle = "rgba(141, 151, 165, 0.18)";
+  for (const o of markers.outages) {
+    const x0 = x(o.from), x1 = x(o.to);
+    if (x1 > x0) ctx.fillRect(x0, top, x1 - x0, height);
+  }
+  const red = cssVar("--crit") || "#f85149";
+  const warn = cssVar("--warn") || "#d29922";
+  const strip = Math.max(3, Math.round(4 * devicePixelRatio));
+  for (const a of markers.alerts) {
+    const colour = a.severity === "critical" ? red : warn;
+    const x0 = Math.max(u.bbox.left, x(a.started_at));
+    const x1 = Math.min(u.bbox.left + u.bbox.width, x(a.resolved_at || Date.now() / 1000));
+    ctx.fillStyle = colour;
+    ctx.globalAlpha = 0.85;
+    ctx.fillRect(x0, top, Math.max(2, x1 - x0), strip);
+    ctx.globalAlpha = 1;
+    if (x(a.started_at) >= u.bbox.left) {
+      ctx.strokeStyle = colour;
+      ctx.lineWidth = Math.max(1, devicePixelRatio);
+      ctx.setLineDash([4 * devicePixelRatio, 3 * devicePixelRatio]);
+      ctx.beginPath();
+      ctx.moveTo(x0 + 0.5, top);
+      ctx.lineTo(x0 + 0.5, top + height);
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
+  }
+  ctx.restore();
+}
+
+function findOutages(host, range) {
+  // A gap between two host reports longer than three buckets (and two minutes) is an outage.
+  const out = [];
+  if (!host.length) return out;
+  const bucket = host[0].bucket_s;
+  const limit = Math.max(3 * bucket, 120);
+  let prev = null;
+  for (const row of host) {
+    if (prev !== null && row.ts - prev > limit) out.push({ from: prev + bucket, to: row.ts });
+    prev = row.ts;
+  }
+  const now = range[1];
+  if (now - (prev + bucket) > limit) out.push({ from: prev + bucket, to: now, open: true });
+  return out;
+}
+
+// ---- line charts ------------------------------------------------------------------------
+function makeChart(container, title, unitFormat, xs, seriesList, range, yRange) {
   const box = h("figure", { class: "chart" }, h("figcaption", {}, title));
   container.append(box);
   const sparse = xs.length < 60;  // a few buckets: draw the points, a line alone may be invisible
@@ -28,16 +137,17 @@ function makeChart(container, title, unitFormat, xs, seriesList, range) {
     height: 200,
     cursor: { sync: { key: "history" } },
     // The x axis always spans the requested range, however few buckets have data.
-    scales: { x: { time: true, range: () => range } },
-    axes: [Object.assign({}, axisStyle()),
+    scales: { x: { time: true, range: () => range }, y: yRange ? { range: () => yRange } : {} },
+    axes: [timeAxis(),
            Object.assign({ values: (u, ticks) => ticks.map(unitFormat), size: 70 }, axisStyle())],
-    series: [{}].concat(seriesList.map((s, i) => ({
+    series: [{ value: (u, v) => (v === null || v === undefined ? "–" : fmtTime(v)) }].concat(seriesList.map((s, i) => ({
       label: s.label,
       stroke: SERIES_COLORS[i % SERIES_COLORS.length],
       width: 1.5,
       value: (u, v) => (v === null || v === undefined ? "–" : unitFormat(v)),
       points: { show: sparse, size: 5 },
     }))),
+    hooks: { draw: [drawMarkers] },
   };
   const chart = new uPlot(opts, [xs].concat(seriesList.map((s) => s.values)), box);
   charts.push(chart);
@@ -55,47 +165,225 @@ function alignSeries(rowsBySeries, key) {
   return { xs, out };
 }
 
+// ---- GPU rows charts (holder timeline, heatmap): one row per GPU, cells painted in a hook --
+function gpuRowChart(container, opts) {
+  // opts: title, cls, gpus (sorted gpu_index list), cells [{row, ts, span, parts:[{colour, frac, label}]}],
+  //       describe(cell, part) -> tooltip lines, legend (element), range
+  const n = opts.gpus.length;
+  const rowHeight = n > 8 ? 18 : 26;
+  const box = h("figure", { class: "chart gpu-rows " + opts.cls }, h("figcaption", {}, opts.title));
+  if (opts.note) box.append(h("p", { class: "muted chart-note" }, opts.note));
+  container.append(box);
+  const tip = h("div", { class: "chart-tip", role: "status", hidden: true });
+  const rowOf = (v) => n - 1 - Math.floor(v);  // y value -> row (GPU 0 on top)
+  const paint = (u) => {
+    const ctx = u.ctx;
+    const px = devicePixelRatio;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(u.bbox.left, u.bbox.top, u.bbox.width, u.bbox.height);
+    ctx.clip();
+    ctx.font = Math.round(11 * px) + "px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    for (const cell of opts.cells) {
+      const x0 = u.valToPos(cell.ts, "x", true), x1 = u.valToPos(cell.ts + cell.span, "x", true);
+      const yTop = u.valToPos(n - cell.row, "y", true), yBottom = u.valToPos(n - cell.row - 1, "y", true);
+      const inner = (yBottom - yTop) - 2 * px;
+      let y = yTop + px;
+      for (const part of cell.parts) {
+        const hgt = inner * Math.min(1, part.frac);
+        ctx.fillStyle = part.colour;
+        ctx.fillRect(x0, y, Math.max(1, x1 - x0 + 0.5), hgt);
+        y += hgt;
+      }
+    }
+    // Owner names written into long enough runs of the same owner.
+    if (opts.labels) {
+      ctx.fillStyle = "#ffffff";
+      for (const run of opts.labels) {
+        const x0 = Math.max(u.bbox.left, u.valToPos(run.from, "x", true));
+        const x1 = Math.min(u.bbox.left + u.bbox.width, u.valToPos(run.to, "x", true));
+        if (x1 - x0 < 48 * px) continue;
+        const yMid = (u.valToPos(n - run.row, "y", true) + u.valToPos(n - run.row - 1, "y", true)) / 2;
+        let text = run.text;
+        while (text.length > 1 && ctx.measureText(text).width > x1 - x0 - 8 * px) text = text.slice(0, -2) + "…";
+        ctx.fillText(text, x0 + 4 * px, yMid);
+      }
+    }
+    ctx.restore();
+    drawMarkers(u);
+  };
+  const showTip = (u) => {
+    const { left, top } = u.cursor;
+    if (left === undefined || left < 0 || top < 0) { tip.hidden = true; return; }
+    const t = u.posToVal(left, "x");
+    const row = rowOf(u.posToVal(top, "y"));
+    if (row < 0 || row >= n) { tip.hidden = true; return; }
+    const cell = opts.cellAt(row, t);
+    const lines = ["GPU " + opts.gpus[row] + " · " + fmtTime(cell ? cell.ts : t)].concat(opts.describe(cell, t));
+    const alert = markers.alerts.filter((a) => a.started_at <= t && (a.resolved_at || Infinity) >= t);
+    for (const a of alert) lines.push("⚠ " + a.message);
+    if (markers.outages.some((o) => o.from <= t && o.to >= t)) lines.push("no reports (host offline or unreachable)");
+    tip.replaceChildren(...lines.map((line) => h("div", {}, line)));
+    tip.hidden = false;
+    const x = Math.min(left + 14, u.over.clientWidth - 260);
+    tip.style.setProperty("left", Math.max(0, x) + u.over.offsetLeft + "px");
+    tip.style.setProperty("top", top + u.over.offsetTop + 14 + "px");
+  };
+  const chart = new uPlot({
+    width: chartWidth(container),
+    height: n * rowHeight + 40,
+    legend: { show: false },
+    cursor: { sync: { key: "history" }, y: false, points: { show: false } },
+    scales: { x: { time: true, range: () => opts.range }, y: { range: () => [0, n] } },
+    axes: [timeAxis(),
+           Object.assign({ size: 70, splits: () => opts.gpus.map((_, k) => k + 0.5),
+                           values: (u, splits) => splits.map((v) => "GPU " + opts.gpus[rowOf(v)]) }, axisStyle(),
+                         { grid: { show: false } })],
+    series: [{}, { label: opts.title, stroke: "transparent", paths: () => null, points: { show: false } }],
+    hooks: { draw: [paint], setCursor: [showTip] },
+  }, [[opts.range[0], opts.range[1]], [null, null]], box);
+  box.append(tip);
+  box.addEventListener("mouseleave", () => { tip.hidden = true; });
+  if (opts.legend) box.append(opts.legend);
+  charts.push(chart);
+  return chart;
+}
+
+function ownerName(row) {
+  if (!row.user && !row.container) return "unknown owner";
+  return (row.user || "?") + (row.container ? " · " + row.container : "");
+}
+
+function holderTimeline(container, holders, gpus, range) {
+  // Owners ranked by GPU time, so the biggest users get the distinct colours.
+  const totals = new Map();
+  for (const r of holders) totals.set(ownerName(r), (totals.get(ownerName(r)) || 0) + r.share * r.bucket_s);
+  const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([name]) => name);
+  const colour = (name) => (ranked.indexOf(name) < OWNER_COLORS.length ? OWNER_COLORS[ranked.indexOf(name)] : OTHER_OWNER);
+  const rowIndex = new Map(gpus.map((g, i) => [g, i]));
+  const byKey = new Map();
+  for (const r of holders) {
+    const key = r.gpu_index + ":" + r.ts;
+    if (!byKey.has(key)) byKey.set(key, { row: rowIndex.get(r.gpu_index), ts: r.ts, span: r.bucket_s, parts: [], rows: [] });
+    const cell = byKey.get(key);
+    cell.parts.push({ colour: colour(ownerName(r)), frac: r.share });
+    cell.rows.push(r);
+  }
+  const cells = [...byKey.values()].filter((c) => c.row !== undefined);
+  // Runs of the same main owner, for the names written into the bands.
+  const labels = [];
+  for (const g of gpus) {
+    const mine = cells.filter((c) => c.row === rowIndex.get(g)).sort((a, b) => a.ts - b.ts);
+    let run = null;
+    for (const c of mine) {
+      const main = ownerName(c.rows[0]);
+      if (run && run.text === (c.rows[0].user || main) && c.ts <= run.to + 1) { run.to = c.ts + c.span; continue; }
+      run = { row: rowIndex.get(g), from: c.ts, to: c.ts + c.span, text: c.rows[0].user || main };
+      labels.push(run);
+    }
+  }
+  const legend = h("ul", { class: "owner-legend", "aria-label": "Owners, most GPU time first" },
+    ranked.slice(0, OWNER_COLORS.length).map((name) => h("li", {},
+      h("span", { class: "swatch", style: { background: colour(name) } }), name)),
+    ranked.length > OWNER_COLORS.length ? h("li", {}, h("span", { class: "swatch", style: { background: OTHER_OWNER } }),
+                                             plural(ranked.length - OWNER_COLORS.length, "other owner")) : null);
+  const tier = holders.length && holders[0].tier === "1h" ? "from the hourly GPU-hours" : "from the process samples";
+  return gpuRowChart(container, {
+    title: "Who held each GPU", cls: "holders", gpus, cells, labels, legend, range,
+    note: holders.length ? "Coloured by owner (user · container or job), " + tier +
+      "; a band's height is the share of the time held." : "No GPU process in this range.",
+    cellAt: (row, t) => cells.find((c) => c.row === row && c.ts <= t && t < c.ts + c.span),
+    describe: (cell) => (cell ? cell.rows.map((r) => ownerName(r) + (r.container_kind ? " (" + r.container_kind + ")" : "") +
+      " · " + Math.round(r.share * 100) + "% of the time" + (r.vram_mib ? " · " + fmtMiB(r.vram_mib) : "")) : ["free (no process)"]),
+  });
+}
+
+function utilizationHeatmap(container, gpu, gpus, range) {
+  const rowIndex = new Map(gpus.map((g, i) => [g, i]));
+  const cells = gpu.filter((r) => rowIndex.has(r.gpu_index)).map((r) => ({
+    row: rowIndex.get(r.gpu_index), ts: r.ts, span: r.bucket_s, r,
+    parts: [{ colour: r.utilization_gpu === null ? (cssVar("--bar-bg") || "#555") : heatColor(r.utilization_gpu), frac: 1 }],
+  }));
+  const scale = h("div", { class: "heat-scale", "aria-hidden": "true" },
+    h("span", {}, "0%"), h("span", { class: "heat-bar" }), h("span", {}, "100%"),
+    h("span", { class: "muted" }, " · grey: not reported (MIG)"));
+  return gpuRowChart(container, {
+    title: "GPU utilization", cls: "heatmap", gpus, cells, range, legend: scale,
+    note: "Average utilization.gpu per GPU and time bucket; hover for values.",
+    cellAt: (row, t) => cells.find((c) => c.row === row && c.ts <= t && t < c.ts + c.span),
+    describe: (cell) => (cell ? [cell.r.utilization_gpu === null ? "utilization not reported (MIG or driver)"
+      : "utilization " + fmtPct(cell.r.utilization_gpu) + " avg, " + fmtPct(cell.r.utilization_gpu_max) + " max",
+      "memory " + fmtMiB(cell.r.memory_used_mib) + " · " + (cell.r.temperature_gpu_c === null ? "–" : Math.round(cell.r.temperature_gpu_c) + " °C") +
+      " · " + (cell.r.power_draw_w === null ? "–" : Math.round(cell.r.power_draw_w) + " W")] : ["no data"]),
+  });
+}
+
+// ---- page -----------------------------------------------------------------------------
+function describeRange(hours, host, gpu) {
+  if (!host.length) return "No reports in this range.";
+  const samples = host.reduce((n, r) => n + (r.samples || 0), 0);
+  const each = (rows) => (rows[0].tier === "raw" && rows[0].bucket_s <= 60 ? "every report" : "one point per " + fmtSpan(rows[0].bucket_s));
+  return "Last " + fmtSpan(hours * 3600) + " · " + plural(host.length, "point") + " from " + plural(samples, "report") +
+    " · host charts: " + each(host) + (gpu.length ? ", GPU charts: " + each(gpu) : "") +
+    (host[0].tier === "raw" ? " (raw samples)" : " (from " + (host[0].tier === "5m" ? "5-minute" : "hourly") + " averages)");
+}
+
+function alertList(alerts) {
+  const box = document.getElementById("alert-list");
+  if (!alerts.length && !markers.outages.length) { box.hidden = true; box.replaceChildren(); return; }
+  const items = alerts.map((a) => h("li", { class: "alert-" + (a.severity === "critical" ? "crit" : "warn") },
+    fmtTime(a.started_at) + " → " + (a.resolved_at ? fmtTime(a.resolved_at) : "still firing") + " · ", a.message))
+    .concat(markers.outages.map((o) => h("li", { class: "outage" }, fmtTime(o.from) + " → " +
+      (o.open ? "now" : fmtTime(o.to)) + " · no reports for " + fmtSpan(o.to - o.from))));
+  box.replaceChildren(h("h2", {}, "In this range: ", plural(alerts.length, "alert"), ", ", plural(markers.outages.length, "outage")),
+    h("p", { class: "muted" }, "Marked on every chart: a red (critical) or amber (warning) strip with a dashed start line; grey = no reports."),
+    h("ul", {}, items));
+  box.hidden = false;
+}
+
 async function load(hours) {
   const section = document.getElementById("ranges");
   const serverId = section.dataset.serverId;
   const errorBox = document.getElementById("load-error");
   document.querySelectorAll(".range").forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.hours) === hours)));
   try {
-    const [servers, host, gpu] = await Promise.all([
-      fetchQuery("servers"),
-      fetchQuery("server_history", { server_id: serverId, hours: String(hours) }),
-      fetchQuery("gpu_history", { server_id: serverId, hours: String(hours) }),
+    const q = { server_id: serverId, hours: String(hours) };
+    const [servers, host, gpu, holders, alerts] = await Promise.all([
+      fetchQuery("servers"), fetchQuery("server_history", q), fetchQuery("gpu_history", q),
+      fetchQuery("gpu_holders_history", q), fetchQuery("server_alerts", q),
     ]);
     const server = servers.find((s) => String(s.server_id) === serverId);
     document.getElementById("server-name").textContent = server ? server.name : "unknown server " + serverId;
-    const describe = (rows) => (rows[0].tier === "raw" ? "raw samples" : rows[0].tier + " roll-ups") +
-      ", " + fmtBucket(rows[0].bucket_s) + " buckets";
-    document.getElementById("tier").textContent = host.length
-      ? host.length + " points · host: " + describe(host) + (gpu.length ? " · GPUs: " + describe(gpu) : "")
-      : "no data in this range";
+    document.getElementById("tier").textContent = describeRange(hours, host, gpu);
     errorBox.hidden = true;
     const now = Date.now() / 1000;
-    draw(host, gpu, [now - hours * 3600, now]);
+    const range = [now - hours * 3600, now];
+    markers = { alerts, outages: findOutages(host, range) };
+    alertList(alerts);
+    draw(host, gpu, holders, range);
   } catch (e) {
     errorBox.textContent = "Could not load history: " + e.message;
     errorBox.hidden = false;
   }
 }
 
-function fmtBucket(seconds) {
-  return seconds < 120 ? seconds + " s" : fmtDuration(seconds);
-}
-
-function draw(host, gpu, range) {
+function draw(host, gpu, holders, range) {
   charts.forEach((c) => c.destroy());
   charts = [];
   const container = document.getElementById("charts");
   container.replaceChildren();
-  const xs = host.map((r) => r.ts);
+  const gpus = Array.from(new Set(gpu.map((r) => r.gpu_index).concat(holders.map((r) => r.gpu_index))))
+    .filter((g) => g !== null).sort((a, b) => a - b);
   const pct = (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + "%");
+  if (gpus.length) {
+    holderTimeline(container, holders, gpus, range);
+    utilizationHeatmap(container, gpu, gpus, range);
+  }
+  const xs = host.map((r) => r.ts);
   makeChart(container, "CPU", pct, xs, [
     { label: "avg", values: host.map((r) => r.cpu_percent) },
-    { label: "max", values: host.map((r) => r.cpu_percent_max) }], range);
+    { label: "max", values: host.map((r) => r.cpu_percent_max) }], range, [0, 100]);
   makeChart(container, "Memory", fmtBytes, xs, [
     { label: "used", values: host.map((r) => r.memory_used_bytes) },
     { label: "total", values: host.map((r) => r.memory_total_bytes) }], range);
@@ -105,7 +393,7 @@ function draw(host, gpu, range) {
   const byGpu = {};
   for (const row of gpu) (byGpu["GPU " + row.gpu_index] = byGpu["GPU " + row.gpu_index] || []).push(row);
   if (!Object.keys(byGpu).length) return;
-  for (const [title, key, format] of [["GPU utilization", "utilization_gpu", pct], ["GPU memory used", "memory_used_mib", fmtMiB],
+  for (const [title, key, format] of [["GPU memory used", "memory_used_mib", fmtMiB],
                                        ["GPU temperature", "temperature_gpu_c", (v) => (v === null ? "–" : v.toFixed(0) + " °C")],
                                        ["GPU power", "power_draw_w", (v) => (v === null ? "–" : v.toFixed(0) + " W")]]) {
     const { xs: gx, out } = alignSeries(byGpu, key);
@@ -129,6 +417,7 @@ document.addEventListener("DOMContentLoaded", () => {
       load(currentHours);
     }
   });
-  window.addEventListener("resize", () => charts.forEach((c) => c.setSize({ width: chartWidth(document.getElementById("charts")), height: 200 })));
+  window.addEventListener("resize", () => charts.forEach((c) => c.setSize({ width: chartWidth(document.getElementById("charts")),
+                                                                            height: c.height })));
   load(currentHours);
 });

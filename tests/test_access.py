@@ -80,7 +80,8 @@ MATRIX = {
 # Every canned query except the admin ones: open to all logged-in users, HTML and JSON.
 PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gpu_history", "usage_by_user",
                   "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
-                  "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences"]
+                  "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences",
+                  "gpu_holders_history", "server_alerts"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)
@@ -131,6 +132,10 @@ def test_scoped_viewer_sees_only_its_servers_and_no_processes(hub):
     assert scoped.get("/monitor/usage_by_user.json?_shape=array").json() == []
     assert scoped.get("/monitor/server_history.json?_shape=array&server_id=1&hours=24").json() == []
     assert scoped.get("/monitor/gpu_history.json?_shape=array&server_id=1&hours=24").json() == []
+    assert scoped.get("/monitor/server_alerts.json?_shape=array&server_id=1&hours=24").json() == []
+    # Holders are processes: not even for its own server without see_processes.
+    assert scoped.get("/monitor/gpu_holders_history.json?_shape=array&server_id=2&hours=24").json() == []
+    assert len(viewer.get("/monitor/gpu_holders_history.json?_shape=array&server_id=1&hours=24").json()) == 1
     assert [s["name"] for s in scoped.get("/api/servers").json()] == ["two"]
     assert scoped.get("/api/servers").json()[0]["gpus"][0]["processes"] == []
     # Magic parameters cannot be overridden from the query string.

@@ -1,5 +1,6 @@
 """History charts, admin delete and hostile agent strings, in a real Chromium."""
 
+import re
 import time
 
 import pytest
@@ -35,17 +36,19 @@ def test_history_renders_points_for_each_range(page, hub_process, hub_config):
         page.click(f"button.range:text-is('{label}')")
         expect(page.locator(f"button.range:text-is('{label}')")).to_have_attribute("aria-pressed", "true")
         expect(page.locator("#tier")).to_contain_text("points")
-        points = int(page.inner_text("#tier").split()[0])
+        points = int(re.search(r"(\d+) points", page.inner_text("#tier")).group(1))
         assert points > 0, label
-        assert page.locator("figure.chart canvas").count() == 7  # CPU, memory, network + 4 GPU charts
+        # holders, utilization heatmap, CPU, memory, network + 3 GPU line charts
+        assert page.locator("figure.chart canvas").count() == 8
     page.fill("#custom-hours", "2")
     page.click("#custom-apply")
     expect(page.locator("#tier")).to_contain_text("raw samples")
     assert "hours=2" in page.url
     # Crosshair: hovering a chart shows the values in its legend.
-    box = page.locator("figure.chart .u-over").first.bounding_box()
+    cpu = page.locator("figure.chart", has=page.locator("figcaption", has_text="CPU"))
+    box = cpu.locator(".u-over").bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2)
-    legend = page.locator("figure.chart").first.locator(".u-legend").inner_text()
+    legend = cpu.locator(".u-legend").inner_text()
     assert "%" in legend
     assert page.console_errors == [] and page.dialogs == []
 

@@ -1,0 +1,122 @@
+"""The history page answers "who was on GPU 3 last night?": holder timeline, utilization
+heatmap, alert/outage markers — with demo data fed through the real ingest, in Chromium."""
+
+import os
+import sys
+import time
+
+import pytest
+from browser import login, push
+from reports import sample_report
+from test_browser_pages import XSS, fast_hub  # noqa: F401,F811  (fixture)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import demo_feed  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+# Tests that use fast_hub list it before page: it must rewrite the config before page starts the hub.
+
+
+def _server_id(hub, config, name):
+    import sqlite3
+
+    return sqlite3.connect(config.db_path).execute("SELECT id FROM servers WHERE hostname = ?", (name,)).fetchone()[0]
+
+
+def _wait_for_alert(config, server_id, timeout=20):
+    import sqlite3
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if sqlite3.connect(config.db_path).execute("SELECT count(*) FROM alerts WHERE server_id = ?",
+                                                   (server_id,)).fetchone()[0]:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"no alert for server {server_id} within {timeout} s")
+
+
+def _hover(page, selector, fx, fy):
+    box = page.locator(selector).first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+
+
+def test_holder_timeline_heatmap_and_alert_markers(fast_hub, page, hub_config):  # noqa: F811
+    from playwright.sync_api import expect
+
+    demo_feed.run(fast_hub.base_url, hub_config.get("agent.token"), hosts=4, hours=6, interval=60, once=True,
+                  log=lambda text: None)
+    server = _server_id(fast_hub, hub_config, "dgx-a01")  # 8 GPUs, GPU 5 lost 5 h ago
+    _wait_for_alert(hub_config, server)  # alerts are evaluated every second on this hub
+    login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(f"{fast_hub.base_url}/servers/{server}/history?hours=6")
+    expect(page.locator("#server-name")).to_have_text("dgx-a01")
+    expect(page.locator("figure.holders canvas")).to_have_count(1)
+    expect(page.locator("figure.heatmap canvas")).to_have_count(1)
+    # One row per GPU, GPU 0 on top; every owner of the period is named in the legend.
+    legend = page.inner_text("figure.holders .owner-legend")
+    import sqlite3
+
+    owners = {u for (u,) in sqlite3.connect(hub_config.db_path).execute(
+        "SELECT DISTINCT user FROM gpu_processes WHERE server_id = ?", (server,))}
+    assert len(owners) >= 2 and all(user in legend for user in owners), (owners, legend)
+    # Hovering GPU 0 now-ish names its holder (or says free) in a tooltip; the heatmap follows.
+    _hover(page, "figure.holders .u-over", 0.97, 0.5 / 8)
+    tip = page.locator("figure.holders .chart-tip")
+    expect(tip).to_be_visible()
+    assert tip.inner_text().startswith("GPU 0 ·")
+    current = sqlite3.connect(hub_config.db_path).execute(
+        "SELECT p.user FROM gpu_processes p JOIN gpus g ON g.id = p.gpu_id JOIN servers s ON s.id = p.server_id"
+        " WHERE s.id = ? AND g.gpu_index = 0 AND p.ts = s.last_ts", (server,)).fetchone()
+    assert (current[0] if current else "free") in tip.inner_text()
+    heat_tip = page.locator("figure.heatmap .chart-tip")
+    expect(heat_tip).to_contain_text("utilization")
+    # The lost GPU's alert is listed and marked; the CPU axis is 0-100 %.
+    expect(page.locator("#alert-list")).to_contain_text("lost")
+    expect(page.locator("#alert-list")).to_contain_text("still firing")
+    y = page.evaluate("""() => { const c = charts.find((u) => u.root.parentElement.querySelector('figcaption').textContent === 'CPU');
+                                 return [c.scales.y.min, c.scales.y.max]; }""")
+    assert y == [0, 100]
+    assert "raw samples" in page.inner_text("#tier") and " 1 points" not in page.inner_text("#tier")
+    # 30 days: the holder timeline reads the hourly GPU-hours (the hub's maintenance made them).
+    page.click("button.range:text-is('30 d')")
+    expect(page.locator("#tier")).to_contain_text("Last 30 days")
+    expect(page.locator("figure.holders .chart-note")).to_contain_text("hourly GPU-hours", timeout=15000)
+    assert page.console_errors == [] and page.dialogs == []
+
+
+def test_one_report_says_one_point(page, hub_process, hub_config):
+    from playwright.sync_api import expect
+
+    push(hub_process, hub_config, sample_report("lonely", gpus=1, processes=1))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/servers/1/history?hours=1")
+    expect(page.locator("#tier")).to_contain_text("1 point from 1 report ")
+
+
+def test_hostile_strings_stay_text_in_history(fast_hub, page, hub_config):  # noqa: F811
+    from playwright.sync_api import expect
+
+    now = time.time()
+    for i in range(10):
+        report = sample_report("evil-node", gpus=2, processes=1, sample_time=now - 600 + i * 60)
+        for k, proc in enumerate(report["processes"]):
+            proc["user"] = XSS[(i + k) % len(XSS)]
+            proc["container"] = XSS[(i + k + 1) % len(XSS)]
+        report["gpu_status"] = {"state": "driver_mismatch" if i == 9 else "ok", "message": XSS[1] if i == 9 else None,
+                                "lost": [], "stale": False}
+        push(fast_hub, hub_config, report)
+    _wait_for_alert(hub_config, 1)
+    login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(fast_hub.base_url + "/servers/1/history?hours=1")
+    expect(page.locator("#alert-list")).to_contain_text(XSS[1])
+    legend = page.inner_text("figure.holders .owner-legend")
+    for payload in XSS:
+        assert payload in legend, payload
+    _hover(page, "figure.holders .u-over", 0.95, 0.25)
+    expect(page.locator("figure.holders .chart-tip")).to_be_visible()
+    tip = page.inner_text("figure.holders .chart-tip")
+    assert any(payload in tip for payload in XSS), tip
+    injected = page.evaluate("""() => document.querySelectorAll(
+        '#charts img, #charts svg, #charts iframe, #charts script, #alert-list img, #alert-list svg, #alert-list iframe').length""")
+    assert injected == 0
+    assert page.dialogs == [] and page.console_errors == []
