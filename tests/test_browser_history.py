@@ -99,6 +99,7 @@ def test_hostile_strings_stay_text_in_history(fast_hub, page, hub_config):  # no
     now = time.time()
     for i in range(10):
         report = sample_report("evil-node", gpus=2, processes=1, sample_time=now - 600 + i * 60)
+        report["host"]["hostname"] = XSS[1]  # named in the alert text
         for k, proc in enumerate(report["processes"]):
             proc["user"] = XSS[(i + k) % len(XSS)]
             proc["container"] = XSS[(i + k + 1) % len(XSS)]
