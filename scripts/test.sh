@@ -13,11 +13,13 @@ cd "$ROOT"
 . "$ROOT/scripts/_venv.sh"
 ensure_venv "$ROOT" "$ROOT/requirements-dev.txt"
 
-# System tools the tests drive: chromium (browser tests), curl (install_agent.sh), openssl (TLS test).
+# System tools the tests drive: chromium (browser tests), curl (install_agent.sh), openssl (TLS test),
+# prometheus (a real Prometheus scrapes the hub).
 MISSING=()
 command -v chromium >/dev/null 2>&1 || MISSING+=(chromium)
 command -v curl >/dev/null 2>&1 || MISSING+=(curl)
 command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
+command -v prometheus >/dev/null 2>&1 || MISSING+=(prometheus)  # tests/test_prometheus.py scrapes the hub
 if [ ${#MISSING[@]} -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; fi

@@ -33,6 +33,8 @@ def gpu_from_capture(capture="h100-80gb", state="load", index=0, seed="t"):
         "power.limit": num("power.limit"),
         "fan.speed": num("fan.speed"),
         "mig.mode.current": row["mig.mode.current"][0] == "Enabled",
+        "clocks.sm": num("clocks.current.sm"),
+        "clocks.mem": num("clocks.current.memory"),
         **health_from_capture(row),
     }
 
