@@ -11,6 +11,7 @@ select
   round(100.0 * d.used_bytes / nullif(d.total_bytes, 0), 1) as used_percent,
   d.health
 from servers s
-join disk_samples d on d.server_id = s.id and d.ts = s.last_ts
+-- cross join: servers drive the plan (one primary-key search per server, never a scan of history)
+cross join disk_samples d on d.server_id = s.id and d.ts = s.last_ts
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
 order by server collate nocase, d.mountpoint

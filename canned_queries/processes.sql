@@ -17,7 +17,8 @@ select
   p.container_kind,
   p.ts
 from servers s
-join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
+-- cross join: servers drive the plan (one index search per server, never a scan of history)
+cross join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
 left join gpus g on g.id = p.gpu_id
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
   and :_scope_processes

@@ -59,6 +59,22 @@ def _private_files(cfg):
                 os.chmod(path, 0o600)
 
 
+def _prepare_statistics(db_path):
+    """Planner statistics before Datasette opens its (long-lived) connections; best effort."""
+    import sqlite3
+
+    from .rollup import refresh_statistics
+
+    try:
+        conn = schema.connect(db_path, timeout=30)
+        try:
+            refresh_statistics(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        click.echo(f"warning: could not gather query statistics: {exc}", err=True)
+
+
 @click.group()
 @click.version_option(package_name=None, version=__import__("server_monitor").__version__)
 def cli():
@@ -102,6 +118,7 @@ def serve(config_path, init, host, port):
         raise click.ClickException(f"{exc.filename or config_path}: {exc.strerror}")
     except sqlite3.Error as exc:
         raise click.ClickException(f"{cfg.db_path}: {exc}")
+    _prepare_statistics(cfg.db_path)
     env = dict(os.environ)
     env[config_mod.ENV_VAR] = cfg.path
     env["DATASETTE_SECRET"] = cfg.get("server.secret_key")

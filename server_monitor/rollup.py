@@ -56,36 +56,84 @@ def _aggregate_sql(table, key, columns, bucket, source_tier=None):
     )
 
 
-# GPU-hours per hour and owner from raw rows in [?1, ?2). Each report counts for the time
-# to the host's next report, at most one interval (so an offline gap adds nothing); a GPU
-# shared by k owners (distinct user + container) gives each 1/k of that time.
-USAGE_SQL = """
-WITH h AS (
-    SELECT hs.server_id, hs.ts,
-        min(coalesce(lead(hs.ts) OVER (PARTITION BY hs.server_id ORDER BY hs.ts), hs.ts + s.interval_s) - hs.ts,
-            s.interval_s) AS dur
-    FROM host_samples hs JOIN servers s ON s.id = hs.server_id
-    WHERE hs.ts >= ?1 AND hs.ts < ?2 + 3600
-),
-owners AS (
-    SELECT server_id, ts, gpu_id, coalesce(user, '') AS user, coalesce(container, '') AS container,
-        sum(coalesce(used_gpu_memory_mib, 0)) AS vram
-    FROM gpu_processes
-    WHERE ts >= ?1 AND ts < ?2 AND gpu_id IS NOT NULL
-    GROUP BY server_id, ts, gpu_id, 4, 5
-),
-shares AS (
-    SELECT o.*, count(*) OVER (PARTITION BY o.gpu_id, o.ts) AS k FROM owners o
-)
-SELECT (sh.ts / 3600) * 3600 AS hour, sh.server_id, sh.gpu_id, sh.user, sh.container,
-    sum(h.dur * 1.0 / sh.k), sum(sh.vram * h.dur),
-    sum(coalesce(g.utilization_gpu, 0) * h.dur), sum(CASE WHEN g.utilization_gpu IS NOT NULL THEN h.dur ELSE 0 END),
-    sum(h.dur)
-FROM shares sh
-JOIN h ON h.server_id = sh.server_id AND h.ts = sh.ts
-LEFT JOIN gpu_samples g ON g.gpu_id = sh.gpu_id AND g.ts = sh.ts
-GROUP BY 1, 2, 3, 4, 5
+# GPU-hours per hour and owner. Each report counts for the time to the host's next report,
+# at most one interval (so an offline gap adds nothing; a report with no successor yet counts
+# one interval until its successor arrives); a GPU shared by k owners (distinct user +
+# container) gives each 1/k of that time. Computed in Python from indexed reads, so the cost
+# is linear in the rows read (the former single CTE query joined two materialised CTEs in a
+# nested loop: quadratic in the reports of the window).
+
+# Owners of the GPUs in some reports: (server_id, ts, gpu_id, user, container, vram MiB,
+# utilization.gpu of that GPU in that report). {where} selects the gpu_processes rows.
+OWNERS_SQL = """
+SELECT p.server_id, p.ts, p.gpu_id, coalesce(p.user, '') AS user, coalesce(p.container, '') AS container,
+    sum(coalesce(p.used_gpu_memory_mib, 0)), g.utilization_gpu
+FROM gpu_processes p LEFT JOIN gpu_samples g ON g.gpu_id = p.gpu_id AND g.ts = p.ts
+WHERE {where} AND p.gpu_id IS NOT NULL
+GROUP BY p.server_id, p.ts, p.gpu_id, 4, 5
 """
+NEXT_SQL = "SELECT min(ts) FROM host_samples WHERE server_id = ? AND ts > ?"
+USAGE_COLUMNS = ("gpu_seconds", "vram_mib_seconds", "util_seconds", "util_known_seconds", "held_seconds")
+
+
+def _accumulate(totals, owners, durations):
+    """Add owner rows (from :data:`OWNERS_SQL`) to ``totals``, weighting each report by ``durations``.
+
+    ``durations``: {(server_id, ts): seconds} (a negative value corrects an earlier
+    provisional duration). ``totals``: {(hour, server_id, gpu_id, user, container): [5 sums]}
+    in the order of :data:`USAGE_COLUMNS`. Owner rows of reports not in ``durations`` are
+    skipped (no host sample: the former query's inner join did the same).
+    """
+    by_report = {}
+    for row in owners:
+        by_report.setdefault((row[0], row[1]), []).append(row)
+    for report, rows in by_report.items():
+        dur = durations.get(report)
+        if dur is None:
+            continue
+        shares = {}
+        for row in rows:
+            shares[row[2]] = shares.get(row[2], 0) + 1
+        hour = report[1] // 3600 * 3600
+        for server_id, _ts, gpu_id, user, container, vram, util in rows:
+            acc = totals.setdefault((hour, server_id, gpu_id, user, container), [0.0, 0.0, 0.0, 0.0, 0.0])
+            acc[0] += dur / shares[gpu_id]
+            acc[1] += vram * dur
+            if util is not None:
+                acc[2] += util * dur
+                acc[3] += dur
+            acc[4] += dur
+    return totals
+
+
+def usage_for_range(reader, start, end):
+    """GPU usage of the reports with ``start <= ts < end`` (epoch s), from raw rows.
+
+    Returns ``(totals, provisional)``: totals as in :func:`_accumulate`; provisional maps
+    the reports that have no successor yet ((server_id, ts)) to the duration they were
+    counted with (their server's ``interval_s``). One indexed range read per server
+    (host_samples primary key, gpu_processes (server_id, ts)): linear in the window's rows.
+    """
+    totals, provisional = {}, {}
+    servers = reader.execute("SELECT id, interval_s FROM servers").fetchall()
+    for server_id, interval in servers:
+        times = [ts for (ts,) in reader.execute(
+            "SELECT ts FROM host_samples WHERE server_id = ? AND ts >= ? AND ts < ? ORDER BY ts",
+            (server_id, start, end + 3600))]
+        durations = {}
+        for i, ts in enumerate(times):
+            if ts >= end:
+                break
+            if i + 1 < len(times):
+                durations[(server_id, ts)] = min(times[i + 1] - ts, interval)
+            else:
+                durations[(server_id, ts)] = interval
+                provisional[(server_id, ts)] = interval
+        if durations:
+            owners = reader.execute(OWNERS_SQL.format(where="p.server_id = ? AND p.ts >= ? AND p.ts < ?"),
+                                    (server_id, start, end))
+            _accumulate(totals, owners, durations)
+    return totals, provisional
 
 
 def _columns(columns):
@@ -131,6 +179,45 @@ def merge_late_sample(conn, server_id, ts, host_row, gpu_rows):
                 conn.executemany(sql, [[gpu_id, bucket_ts] + [row.get(v) for v in values] for gpu_id, row in gpu_rows])
 
 
+ANALYSIS_LIMIT = 1000  # rows ANALYZE visits per index (PRAGMA analysis_limit): approximate, bounded cost
+STATS_MAX_AGE = 3600  # seconds before statistics are gathered again
+STATS_TABLES = ("servers", "gpus", "host_samples", "gpu_samples", "disk_samples", "gpu_processes")
+
+
+def refresh_statistics(conn, now=None, force=False):
+    """Gather the query planner's statistics when missing or stale; otherwise ``PRAGMA optimize``.
+
+    ``conn``: a writable connection (``schema.connect``). Statistics (``sqlite_stat1``) are
+    gathered with ``ANALYZE`` under ``PRAGMA analysis_limit`` = :data:`ANALYSIS_LIMIT` (a
+    bounded sample per index, so milliseconds even on a 30-day database) when ``force``,
+    when a table of :data:`STATS_TABLES` holding rows has none, when the last gathering
+    (``maintenance_state.analyzed_at``, epoch s) is older than :data:`STATS_MAX_AGE`, or when
+    ``gpu_processes`` has doubled since. Connections opened afterwards plan with them (SQLite
+    reads statistics when a connection loads the schema); the hub's serve command runs this
+    before Datasette opens its connections. Returns ``"analyze"`` or ``"optimize"``.
+    Raises ``sqlite3.Error``.
+    """
+    now = time.time() if now is None else now
+    state = dict(conn.execute("SELECT name, value FROM maintenance_state WHERE name IN"
+                              " ('analyzed_at', 'analyzed_rows')").fetchall())
+    rows = conn.execute("SELECT coalesce(max(id), 0) FROM gpu_processes").fetchone()[0]
+    has_stats = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone()
+    analyzed = set()
+    if has_stats:
+        analyzed = {t for (t,) in conn.execute("SELECT DISTINCT tbl FROM sqlite_stat1")}
+    missing = [t for t in STATS_TABLES if t not in analyzed
+               and conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
+    stale = (state.get("analyzed_at") or 0) < now - STATS_MAX_AGE or rows > 2 * (state.get("analyzed_rows") or 0)
+    if force or missing or stale:
+        conn.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
+        conn.execute("ANALYZE")
+        conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('analyzed_at', ?),"
+                     " ('analyzed_rows', ?)", (int(now), rows))
+        return "analyze"
+    conn.execute("PRAGMA optimize")
+    return "optimize"
+
+
 class Maintenance:
     """Runs roll-ups and retention on ``db_path``; :meth:`run_once` does one full pass.
 
@@ -145,6 +232,7 @@ class Maintenance:
         self.batch = batch
         self.pause = pause
         self.now = now
+        self._usage_inc = None  # incremental GPU-usage state (see _current_usage)
 
     @classmethod
     def from_config(cls, config):
@@ -180,9 +268,22 @@ class Maintenance:
         writer.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES (?, ?)", (name, value))
 
     # -- roll-ups -------------------------------------------------------------------
+    _UPSERT_USAGE = ("INSERT INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
+                     + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)"
+                     " ON CONFLICT (hour, gpu_id, user, container) DO UPDATE SET "
+                     + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COLUMNS))
+
+    @staticmethod
+    def _usage_rows(totals):
+        return [key + tuple(values) for key, values in totals.items()]
+
     def _roll_usage(self, writer, reader, start, end):
-        """(Re)compute ``gpu_usage_1h`` for the hours in ``[start, end)`` from raw rows."""
-        rows = reader.execute(USAGE_SQL, (start, end)).fetchall()
+        """(Re)compute ``gpu_usage_1h`` for the hours in ``[start, end)`` from raw rows.
+
+        Returns ``(rows written, provisional)`` (see :func:`usage_for_range`).
+        """
+        totals, provisional = usage_for_range(reader, start, end)
+        rows = self._usage_rows(totals)
         writer.execute("BEGIN IMMEDIATE")
         try:
             writer.execute("DELETE FROM gpu_usage_1h WHERE hour >= ? AND hour < ?", (start, end))
@@ -190,14 +291,85 @@ class Maintenance:
         except BaseException:
             writer.execute("ROLLBACK")
             raise
-        self._write(writer, "INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container,"
-                            " gpu_seconds, vram_mib_seconds, util_seconds, util_known_seconds, held_seconds)"
-                            " VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        self._write(writer, "INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
+                            + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        return len(rows), provisional
+
+    def _current_usage(self, writer, reader, done, now):
+        """Keep ``gpu_usage_1h`` of the hours not rolled up yet (``hour >= done``) current.
+
+        Incremental: only the ``gpu_processes`` rows inserted since the last pass (``id``
+        above the watermark this object keeps) are added, each report weighted by the time
+        to its host's next report; a report without a successor yet counts one interval and
+        is corrected by the difference once its successor arrives. The first pass of a
+        process (or after another process recomputed these hours: ``usage_epoch`` in
+        ``maintenance_state`` differs) recomputes the hours from raw. Hours are made exact
+        again by the full recompute when they are rolled up (:meth:`rollup`), so reports
+        delivered out of order only leave the current hours approximate until then.
+        Returns rows written.
+        """
+        epoch = self._state(reader, "usage_epoch")
+        inc = self._usage_inc
+        reader.execute("BEGIN")  # one snapshot: the id watermark and the rows agree
+        try:
+            top = reader.execute("SELECT coalesce(max(id), 0) FROM gpu_processes").fetchone()[0]
+            if inc is None or inc["epoch"] != epoch or inc["done"] > done:
+                totals, provisional = usage_for_range(reader, done, int(now // 3600 * 3600) + 3600)
+                full = True
+            else:
+                full = False
+                totals, provisional = {}, {}
+                # Reports counted with a provisional duration whose successor has arrived.
+                corrections = {}
+                for (server_id, ts), counted in inc["provisional"].items():
+                    if ts < done:
+                        continue  # its hour was recomputed from raw by rollup()
+                    nxt = reader.execute(NEXT_SQL, (server_id, ts)).fetchone()[0]
+                    if nxt is None:
+                        provisional[(server_id, ts)] = counted
+                    elif min(nxt - ts, counted) != counted:
+                        corrections[(server_id, ts)] = min(nxt - ts, counted) - counted
+                for (server_id, ts), delta in corrections.items():
+                    owners = reader.execute(OWNERS_SQL.format(where="p.server_id = ? AND p.ts = ?"), (server_id, ts))
+                    _accumulate(totals, owners, {(server_id, ts): delta})
+                # Reports stored since the last pass.
+                owners = reader.execute(OWNERS_SQL.format(where="p.id > ? AND p.id <= ? AND p.ts >= ?"),
+                                        (inc["top"], top, done)).fetchall()
+                intervals = dict(reader.execute("SELECT id, interval_s FROM servers"))
+                durations = {}
+                for server_id, ts, *_ in owners:
+                    if (server_id, ts) in durations or server_id not in intervals:
+                        continue
+                    interval = intervals[server_id]
+                    nxt = reader.execute(NEXT_SQL, (server_id, ts)).fetchone()[0]
+                    if nxt is None:
+                        durations[(server_id, ts)] = provisional[(server_id, ts)] = interval
+                    else:
+                        durations[(server_id, ts)] = min(nxt - ts, interval)
+                _accumulate(totals, owners, durations)
+        finally:
+            reader.execute("COMMIT")
+        rows = self._usage_rows(totals)
+        if full:
+            epoch = time.time_ns()
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                writer.execute("DELETE FROM gpu_usage_1h WHERE hour >= ?", (done,))
+                self._set_state(writer, "usage_epoch", epoch)
+                writer.execute("COMMIT")
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+            self._write(writer, "INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
+                                + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        else:
+            self._write(writer, self._UPSERT_USAGE, rows)
+        self._usage_inc = {"epoch": epoch, "top": top, "done": done, "provisional": provisional}
         return len(rows)
 
     def _roll(self, writer, reader, start, end):
         """(Re)compute both tiers and GPU usage for ``[start, end)`` from raw rows."""
-        written = self._roll_usage(writer, reader, start, end)
+        written = self._roll_usage(writer, reader, start, end)[0]
         for table, key, columns in SOURCES:
             cols = ", ".join([key, "ts", "samples"] + _columns(columns))
             marks = ", ".join("?" * (3 + len(_columns(columns))))
@@ -244,7 +416,7 @@ class Maintenance:
         # GPU-hours of the hours not rolled up yet are kept current too (accounting reads
         # only gpu_usage_1h, so it is at most one maintenance pass behind).
         if done < now:
-            written += self._roll_usage(writer, reader, done, int(now // 3600 * 3600) + 3600)
+            written += self._current_usage(writer, reader, done, now)
         return {"hours_rolled": hours, "dirty_hours": len(dirty), "rollup_rows": written}
 
     # -- retention ------------------------------------------------------------------
@@ -284,11 +456,12 @@ class Maintenance:
         return deleted
 
     def run_once(self):
-        """One pass: roll-ups, then retention, then a passive WAL checkpoint. Returns stats."""
+        """One pass: roll-ups, retention, planner statistics, a passive WAL checkpoint. Returns stats."""
         writer, reader = self._connect()
         try:
             stats = self.rollup(writer, reader)
             stats["deleted"] = self.retention(writer, reader)
+            stats["statistics"] = refresh_statistics(writer, self.now())
             stats["checkpoint"] = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             return stats
         finally:

@@ -509,8 +509,14 @@ CREATE INDEX alerts_server ON alerts (server_id, started_at);
 
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
+MIGRATION_15 = """
+-- Alert history by start time (the alerts_history query), without scanning every alert.
+CREATE INDEX alerts_started ON alerts (started_at);
+"""
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14]
+              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14,
+              MIGRATION_15]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
