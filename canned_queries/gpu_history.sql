@@ -26,19 +26,20 @@ src as (
     s.utilization_gpu as util_avg, s.utilization_gpu as util_max, s.utilization_memory as mutil_avg,
     s.memory_used_mib as mem_avg, s.memory_used_mib as mem_max, s.temperature_gpu_c as temp_avg,
     s.temperature_gpu_c as temp_max, s.power_draw_w as power_avg, s.power_draw_w as power_max
-  from range r join gpus g on g.server_id = r.server_id join gpu_samples s on s.gpu_id = g.id
+  -- cross joins: the server's GPUs drive the plan (primary-key range per GPU), whatever the statistics say
+  from range r cross join gpus g on g.server_id = r.server_id cross join gpu_samples s on s.gpu_id = g.id
   where s.ts >= r.since and (r.tier = 'raw' or s.ts >= r.rolled_until)
   union all
   select t.gpu_id, t.ts, t.samples, t.utilization_gpu_avg, t.utilization_gpu_max, t.utilization_memory_avg,
     t.memory_used_mib_avg, t.memory_used_mib_max, t.temperature_gpu_c_avg, t.temperature_gpu_c_max,
     t.power_draw_w_avg, t.power_draw_w_max
-  from range r join gpus g on g.server_id = r.server_id join gpu_samples_5m t on t.gpu_id = g.id
+  from range r cross join gpus g on g.server_id = r.server_id cross join gpu_samples_5m t on t.gpu_id = g.id
   where r.tier = '5m' and t.ts >= r.since and t.ts < r.rolled_until
   union all
   select t.gpu_id, t.ts, t.samples, t.utilization_gpu_avg, t.utilization_gpu_max, t.utilization_memory_avg,
     t.memory_used_mib_avg, t.memory_used_mib_max, t.temperature_gpu_c_avg, t.temperature_gpu_c_max,
     t.power_draw_w_avg, t.power_draw_w_max
-  from range r join gpus g on g.server_id = r.server_id join gpu_samples_1h t on t.gpu_id = g.id
+  from range r cross join gpus g on g.server_id = r.server_id cross join gpu_samples_1h t on t.gpu_id = g.id
   where r.tier = '1h' and t.ts >= r.since and t.ts < r.rolled_until
 )
 select

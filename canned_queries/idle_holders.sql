@@ -40,9 +40,9 @@ select
   st.utilization_gpu,
   st.idle_since,
   round((p.now - st.idle_since) / 3600.0, 1) as idle_hours,
-  (select group_concat(distinct pr.user) from gpu_processes pr
+  (select group_concat(distinct pr.user) from gpu_processes pr indexed by gpu_processes_server_ts
     where pr.server_id = st.server_id and pr.ts = st.last_ts and pr.gpu_id = st.id and :_scope_processes) as users,
-  (select group_concat(distinct pr.container) from gpu_processes pr
+  (select group_concat(distinct pr.container) from gpu_processes pr indexed by gpu_processes_server_ts
     where pr.server_id = st.server_id and pr.ts = st.last_ts and pr.gpu_id = st.id and :_scope_processes) as containers
 from streaks st join params p
 where st.idle_since is not null and p.now - st.idle_since >= p.hours * 3600

@@ -26,19 +26,20 @@ src as (
     h.memory_used_bytes as mem_avg, h.memory_used_bytes as mem_max, h.memory_total_bytes as mem_total,
     h.swap_used_bytes as swap_avg, h.net_rx_bps as rx_avg, h.net_rx_bps as rx_max,
     h.net_tx_bps as tx_avg, h.net_tx_bps as tx_max
-  from range r join host_samples h on h.server_id = r.server_id
+  -- cross joins: the server drives the plan (primary-key range), whatever the statistics say
+  from range r cross join host_samples h on h.server_id = r.server_id
   where h.ts >= r.since and (r.tier = 'raw' or h.ts >= r.rolled_until)
   union all
   select t.ts, t.samples, t.cpu_percent_avg, t.cpu_percent_max, t.load_1_avg, t.memory_used_bytes_avg,
     t.memory_used_bytes_max, t.memory_total_bytes_max, t.swap_used_bytes_avg, t.net_rx_bps_avg, t.net_rx_bps_max,
     t.net_tx_bps_avg, t.net_tx_bps_max
-  from range r join host_samples_5m t on t.server_id = r.server_id
+  from range r cross join host_samples_5m t on t.server_id = r.server_id
   where r.tier = '5m' and t.ts >= r.since and t.ts < r.rolled_until
   union all
   select t.ts, t.samples, t.cpu_percent_avg, t.cpu_percent_max, t.load_1_avg, t.memory_used_bytes_avg,
     t.memory_used_bytes_max, t.memory_total_bytes_max, t.swap_used_bytes_avg, t.net_rx_bps_avg, t.net_rx_bps_max,
     t.net_tx_bps_avg, t.net_tx_bps_max
-  from range r join host_samples_1h t on t.server_id = r.server_id
+  from range r cross join host_samples_1h t on t.server_id = r.server_id
   where r.tier = '1h' and t.ts >= r.since and t.ts < r.rolled_until
 )
 select

@@ -9,8 +9,8 @@ select
   group_concat(distinct coalesce(s.display_name, s.hostname)) as server_names,
   group_concat(distinct p.container) as containers
 from servers s
--- cross join: servers drive the plan (one index search per server, never a scan of history)
-cross join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
+-- cross join + indexed by: servers drive the plan (one index search per server), whatever the statistics say
+cross join gpu_processes p indexed by gpu_processes_server_ts on p.server_id = s.id and p.ts = s.last_ts
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
   and :_scope_processes
 group by 1

@@ -181,38 +181,42 @@ def merge_late_sample(conn, server_id, ts, host_row, gpu_rows):
 
 ANALYSIS_LIMIT = 1000  # rows ANALYZE visits per index (PRAGMA analysis_limit): approximate, bounded cost
 STATS_MAX_AGE = 3600  # seconds before statistics are gathered again
+STATS_MIN_PAGES = 2000  # database pages (8 MiB at 4 KiB) before statistics are worth gathering
 STATS_TABLES = ("servers", "gpus", "host_samples", "gpu_samples", "disk_samples", "gpu_processes")
 
 
-def refresh_statistics(conn, now=None, force=False):
+def refresh_statistics(conn, now=None, force=False, min_pages=None):
     """Gather the query planner's statistics when missing or stale; otherwise ``PRAGMA optimize``.
 
     ``conn``: a writable connection (``schema.connect``). Statistics (``sqlite_stat1``) are
     gathered with ``ANALYZE`` under ``PRAGMA analysis_limit`` = :data:`ANALYSIS_LIMIT` (a
-    bounded sample per index, so milliseconds even on a 30-day database) when ``force``,
-    when a table of :data:`STATS_TABLES` holding rows has none, when the last gathering
+    bounded sample per index, so milliseconds even on a 30-day database) when ``force``, or,
+    once the database has ``min_pages`` (default :data:`STATS_MIN_PAGES`) pages, when a table
+    of :data:`STATS_TABLES` holding rows has none, when the last gathering
     (``maintenance_state.analyzed_at``, epoch s) is older than :data:`STATS_MAX_AGE`, or when
-    ``gpu_processes`` has doubled since. Connections opened afterwards plan with them (SQLite
-    reads statistics when a connection loads the schema); the hub's serve command runs this
-    before Datasette opens its connections. Returns ``"analyze"`` or ``"optimize"``.
-    Raises ``sqlite3.Error``.
+    the database file has doubled in pages since (``analyzed_pages``). Connections opened
+    afterwards plan with them (SQLite reads statistics when a connection loads its schema;
+    connections already open keep what they read, which is why the canned queries fix their
+    join order where it matters). Returns ``"analyze"`` or ``"optimize"``. Raises ``sqlite3.Error``.
     """
     now = time.time() if now is None else now
+    min_pages = STATS_MIN_PAGES if min_pages is None else min_pages
     state = dict(conn.execute("SELECT name, value FROM maintenance_state WHERE name IN"
-                              " ('analyzed_at', 'analyzed_rows')").fetchall())
-    rows = conn.execute("SELECT coalesce(max(id), 0) FROM gpu_processes").fetchone()[0]
+                              " ('analyzed_at', 'analyzed_pages')").fetchall())
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
     has_stats = conn.execute("SELECT 1 FROM sqlite_schema WHERE name = 'sqlite_stat1'").fetchone()
     analyzed = set()
     if has_stats:
         analyzed = {t for (t,) in conn.execute("SELECT DISTINCT tbl FROM sqlite_stat1")}
     missing = [t for t in STATS_TABLES if t not in analyzed
                and conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
-    stale = (state.get("analyzed_at") or 0) < now - STATS_MAX_AGE or rows > 2 * (state.get("analyzed_rows") or 0)
-    if force or missing or stale:
+    stale = (state.get("analyzed_at") or 0) < now - STATS_MAX_AGE or pages > 2 * (state.get("analyzed_pages") or 0)
+    # Statistics of a nearly empty database (a fresh install) mislead more than none at all.
+    if force or (pages >= min_pages and (missing or stale)):
         conn.execute(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
         conn.execute("ANALYZE")
         conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('analyzed_at', ?),"
-                     " ('analyzed_rows', ?)", (int(now), rows))
+                     " ('analyzed_pages', ?)", (int(now), pages))
         return "analyze"
     conn.execute("PRAGMA optimize")
     return "optimize"
@@ -226,13 +230,14 @@ class Maintenance:
     """
 
     def __init__(self, db_path, retention_days=7, rollup_5m_days=90, rollup_1h_days=730,
-                 batch=5000, pause=0.005, now=time.time):
+                 batch=5000, pause=0.005, now=time.time, stats_min_pages=None):
         self.db_path = db_path
         self.keep = {"raw": retention_days * 86400, "5m": rollup_5m_days * 86400, "1h": rollup_1h_days * 86400}
         self.batch = batch
         self.pause = pause
         self.now = now
         self._usage_inc = None  # incremental GPU-usage state (see _current_usage)
+        self.stats_min_pages = stats_min_pages
 
     @classmethod
     def from_config(cls, config):
@@ -461,7 +466,7 @@ class Maintenance:
         try:
             stats = self.rollup(writer, reader)
             stats["deleted"] = self.retention(writer, reader)
-            stats["statistics"] = refresh_statistics(writer, self.now())
+            stats["statistics"] = refresh_statistics(writer, self.now(), min_pages=self.stats_min_pages)
             stats["checkpoint"] = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             return stats
         finally:

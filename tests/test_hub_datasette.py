@@ -158,7 +158,20 @@ def test_canned_queries_are_the_json_api(admin, hub_config):
     assert [g["gpu_index"] for g in gpu_hist] == [0, 1]
 
 
-def test_history_is_downsampled_below_the_row_limit(admin, hub_config):
+@pytest.fixture
+def long_raw_retention(hub_config):
+    """Raw rows kept 40 days: for a test that writes 30 days of raw rows straight into the
+    database (no ingest, so no dirty marks nor late merges), where the hub's own retention
+    pass would otherwise delete their older part while the test reads them."""
+    with open(hub_config.path) as fp:
+        text = fp.read()
+    assert "retention_days: 7" in text
+    with open(hub_config.path, "w") as fp:
+        fp.write(text.replace("retention_days: 7", "retention_days: 40"))
+    return hub_config
+
+
+def test_history_is_downsampled_below_the_row_limit(long_raw_retention, admin, hub_config):
     import sqlite3
     import time
 
@@ -174,6 +187,10 @@ def test_history_is_downsampled_below_the_row_limit(admin, hub_config):
     conn.executemany("insert into gpu_samples (gpu_id, ts, utilization_gpu) values (?, ?, ?)",
                      [(g, now - i * 30, 80) for g in gpu_ids for i in range(1, 86400)])
     conn.commit()
+    # Roll the 30 days up now (`server-monitor maintain`), rather than racing the hub's own pass.
+    from server_monitor.rollup import Maintenance
+
+    Maintenance.from_config(long_raw_retention).run_once()
     for hours in (1, 24, 24 * 7, 24 * 30):
         rows = admin.get(f"/monitor/server_history.json?_shape=array&server_id={server_id}&hours={hours}").json()
         assert 0 < len(rows) <= 1000
