@@ -11,7 +11,8 @@ select
   p.container,
   p.container_kind
 from servers s
-join gpu_processes p on p.server_id = s.id and p.ts = s.last_ts
+-- cross join + indexed by: servers drive the plan (one index search per server), whatever the statistics say
+cross join gpu_processes p indexed by gpu_processes_server_ts on p.server_id = s.id and p.ts = s.last_ts
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
   and :_scope_processes
 order by p.server_id, p.gpu_id, p.used_gpu_memory_mib desc
