@@ -2,6 +2,7 @@
 
 import logging
 import re
+import threading
 import time
 import uuid
 
@@ -68,6 +69,9 @@ class ReportBuilder:
             self.drm = DrmCollector(cfg.get("sysfs_root", "/sys"), cfg.get("procfs_root", "/proc"),
                                     rediscover_s=cfg.get("inventory_interval", 60),
                                     min_vram_mib=cfg.get("drm_min_vram_mib", 4096))
+        self.drm_timeout = timeout
+        self._drm_thread = None  # a read that outlived its timeout (blocked in sysfs); None when none
+        self._drm_seen = False  # AMD/Intel GPUs were found at least once
         # amd-smi only for ECC/RAS counts and XGMI links, at the inventory cadence; optional.
         self.amdsmi = AmdSmi(cfg.get("amd_smi"), interval=cfg.get("inventory_interval", 60), timeout=timeout)
         # NVIDIA XID errors from the kernel log (no child process; the file stays open).
@@ -76,6 +80,37 @@ class ReportBuilder:
             self.kmsg = KmsgReader(cfg["kmsg_path"], boot_time=psutil.boot_time())
         self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
         self.extra = extra
+
+    def _collect_drm(self, skip_bus_ids):
+        """AMD/Intel GPUs with a deadline: ``(result, None)`` or ``(None, state)``.
+
+        sysfs reads are file reads, but an amdgpu attribute can block while the GPU hangs or
+        resets; the read runs in a daemon thread joined for at most ``drm_timeout`` seconds.
+        ``state``: ``timeout`` (still blocked: left running, remembered), ``busy`` (an earlier
+        read is still blocked; nothing started), ``error`` (the collector raised; logged).
+        """
+        if self._drm_thread is not None:
+            if self._drm_thread.is_alive():
+                return None, "busy"
+            self._drm_thread = None
+        box = {}
+
+        def work():
+            try:
+                box["result"] = self.drm.collect(skip_bus_ids=skip_bus_ids)
+            except Exception as exc:  # a collector bug must not cost the host's report
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, name="drm-collect", daemon=True)
+        thread.start()
+        thread.join(self.drm_timeout)
+        if thread.is_alive():
+            self._drm_thread = thread
+            return None, "timeout"
+        if "error" in box:
+            log.warning("AMD/Intel GPU collection failed: %r", box["error"])
+            return None, "error"
+        return box["result"], None
 
     def _xid_events(self, gpus):
         """``kmsg_state`` and ``xid_events`` (each with the ``gpu_uuid`` its bus id names, if known)."""
@@ -108,12 +143,23 @@ class ReportBuilder:
         gpus = [dict(g, vendor="nvidia") for g in gpu["gpus"]]
         apps = list(gpu["processes"])
         if self.drm is not None:
-            try:
-                drm = self.drm.collect(skip_bus_ids=[g.get("pci.bus_id") for g in gpus])
-                self.amdsmi.apply(drm["gpus"])
-            except Exception as exc:  # a collector bug must not cost the host's report
-                log.warning("AMD/Intel GPU collection failed: %r", exc)
+            drm, failure = self._collect_drm([g.get("pci.bus_id") for g in gpus])
+            if drm is None:
                 drm = {"gpus": [], "processes": []}
+                if self._drm_seen and status["state"] in ("ok", "not_installed", "gpu_lost"):
+                    # The GPU list lacks the AMD/Intel GPUs: say why, so they are not taken as gone.
+                    status = {"state": failure, "lost": status.get("lost") or [], "stale": failure != "error",
+                              "message": {
+                                  "timeout": f"reading AMD/Intel GPUs from sysfs did not finish within "
+                                             f"{self.drm_timeout:g} s (a GPU hang or reset?)",
+                                  "busy": "an earlier read of AMD/Intel GPUs from sysfs is still blocked",
+                                  "error": "reading AMD/Intel GPUs from sysfs failed (see the agent's log)"}[failure]}
+            else:
+                self._drm_seen = self._drm_seen or bool(drm["gpus"])
+                try:
+                    self.amdsmi.apply(drm["gpus"])
+                except Exception as exc:  # a collector bug must not cost the host's report
+                    log.warning("amd-smi collection failed: %r", exc)
             gpus.extend(drm["gpus"])
             apps.extend(drm["processes"])
             if drm["gpus"] and status["state"] == "not_installed":

@@ -298,3 +298,29 @@ def test_config_roots_and_old_key(tmp_path):
         _cfg(tmp_path, "mi300x-8", sysfs_root="sys")
     with pytest.raises(AgentConfigError, match="^drm_min_vram_mib must be a whole number"):
         _cfg(tmp_path, "mi300x-8", drm_min_vram_mib="4G")
+
+
+def test_blocked_sysfs_read_times_out_without_stalling_the_report(tmp_path):
+    """An amdgpu attribute that blocks (a GPU hang) costs one bounded wait, not the report."""
+    import time
+
+    sys_root = tmp_path / "sys"
+    shutil.copytree(os.path.join(FIX, "sysfs", "mi300x-8"), sys_root, symlinks=True)
+    builder = ReportBuilder(_cfg(tmp_path, "mi300x-8", sysfs_root=str(sys_root), interval=2, gpu_timeout=1))
+    assert len(builder.build()["gpus"]) == 8
+    busy = sys_root / "devices" / "pci0000:00" / "0000:00:01.0" / "0000:05:00.0" / "gpu_busy_percent"
+    busy.unlink()
+    os.mkfifo(busy)  # opening it for reading blocks until a writer comes: a real blocking read
+    start = time.monotonic()
+    report = validate_report(builder.build())
+    assert time.monotonic() - start < 3
+    assert report["gpu_status"]["state"] == "timeout" and report["gpu_status"]["stale"] is True
+    assert "did not finish within 1 s" in report["gpu_status"]["message"] and report["gpus"] == []
+    assert validate_report(builder.build())["gpu_status"]["state"] == "busy"  # nothing new started
+    with open(busy, "w") as fp:  # the GPU answers again
+        fp.write("42\n")
+    builder._drm_thread.join(5)
+    busy.unlink()
+    busy.write_text("42\n")
+    report = validate_report(builder.build())
+    assert report["gpu_status"]["state"] == "ok" and report["gpus"][0]["utilization.gpu"] == 42
