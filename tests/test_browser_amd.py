@@ -54,4 +54,11 @@ def test_amd_gpus_on_the_grid_with_holders_and_vendor(page, hub_process, hub_con
     assert "AMD Instinct MI300X" in first.inner_text() and "86 °C" in first.inner_text()
     rows = page.locator("#detail .gpu").nth(3).locator("tbody tr")
     assert rows.count() == 2 and rows.nth(0).inner_text().split("\t")[:3] == ["alice", "lxc: vision_trainer", "4130"]
+    # The free-GPU finder offers the two idle MI300X with the variable ROCm reads.
+    page.goto(hub_process.base_url + "/free")
+    page.fill("input[name=count]", "2")
+    page.click("#free-form button[type=submit]")
+    row = page.locator("#free-table tbody tr").first
+    expect(row).to_contain_text("ROCR_VISIBLE_DEVICES=2,5")
+    assert "mi300x-01" in row.inner_text() and "(or HIP_VISIBLE_DEVICES)" in row.inner_text()
     assert page.console_errors == []
