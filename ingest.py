@@ -136,6 +136,15 @@ class IngestApp:
         if only_host is not None and machine_identity(report["host"]) != only_host:
             return 403, {"error": f"this token may only report for host {only_host!r}",
                          "report_id": report["report_id"]}
+        if only_host is not None:
+            # A per-host token cannot take the name of another server (L10).
+            other = self._conn().execute(
+                "SELECT id FROM servers WHERE machine_id != ?1 AND (hostname = ?2 OR display_name = ?2) LIMIT 1",
+                (only_host, report["host"]["hostname"])).fetchone()
+            if other is not None:
+                return 403, {"error": f"host.hostname: {report['host']['hostname']!r} is the name of another server"
+                                      f" (id {other[0]}); this token's host may not use it",
+                             "report_id": report["report_id"]}
         result = store_report(self._conn(), report, received_at)
         if result["stored"]:
             body = {"report_id": report["report_id"], "stored": True}

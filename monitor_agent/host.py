@@ -69,6 +69,13 @@ def is_physical_nic(name):
     return not _VIRTUAL_NIC.match(name)
 
 
+def hub_hostname(name):
+    """``name`` in the characters the hub accepts (ASCII letters, digits, '.', '-', '_'; see
+    ``server_monitor.contract.HOSTNAME_PATTERN``): others become '-'; empty becomes "unknown"."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name or "")[:253].lstrip("._-")
+    return name or "unknown"
+
+
 class HostCollector:
     """Collects the host part of a report. Keep one instance for the agent's lifetime."""
 
@@ -155,7 +162,7 @@ class HostCollector:
         rx, tx = self._net_rates()
         boot = psutil.boot_time()
         host = dict(self._static)
-        name = self._hostname or socket.gethostname()[:253] or "unknown"
+        name = hub_hostname(self._hostname or socket.gethostname()[:253])
         host.update(hostname=name, cpu_count=psutil.cpu_count() or 1, boot_time=boot)
         return {
             "host": host,

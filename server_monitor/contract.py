@@ -14,9 +14,15 @@ import math
 import re
 import threading
 
-# Control characters (C0 but tab and newline, DEL, C1) and the bidi embedding, override and
-# isolate controls that can make "ab\u202egnp.exe" display as "abexe.png".
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0 but tab and newline, DEL, C1), the bidi embedding, override and
+# isolate controls that can make "ab\u202egnp.exe" display as "abexe.png", and the invisible
+# marks that make look-alike names (security review L10): ALM U+061C, ZWSP U+200B, LRM/RLM
+# U+200E/U+200F, LS/PS U+2028/U+2029, BOM U+FEFF.
+_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
+                           "\u202a-\u202e\u2066-\u2069\ufeff]")
+# Host names as RFC 1123 spells them (plus '_', common on lab machines): ASCII letters,
+# digits, '.', '-' and '_'. No spaces, newlines or look-alike letters from other scripts.
+HOSTNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 
 CONTRACT_VERSION = 1
 
@@ -243,7 +249,8 @@ GPU_CELL_STATES = ("requires_reset", "lost")
 HOST = Obj(
     {
         "machine_id": Str(128, pattern=r"[A-Za-z0-9_.:-]+", doc="/etc/machine-id; stable host identity"),
-        "hostname": Str(253, minlen=1, required=True, nullable=False, doc="socket.gethostname()"),
+        "hostname": Str(253, minlen=1, required=True, nullable=False, pattern=HOSTNAME_PATTERN,
+                        doc="socket.gethostname(); ASCII letters, digits, '.', '-', '_'"),
         "os": Str(256, doc="OS name and version, from /etc/os-release PRETTY_NAME"),
         "kernel": Str(256, doc="platform.release()"),
         "arch": Str(64, doc="platform.machine()"),

@@ -507,16 +507,23 @@ MIGRATION_14 = """
 CREATE INDEX alerts_server ON alerts (server_id, started_at);
 """
 
-# Each step is a SQL script or a function of the connection (run inside the step's transaction,
-# with foreign keys off so a table rebuild cannot cascade).
 MIGRATION_15 = """
 -- Alert history by start time (the alerts_history query), without scanning every alert.
 CREATE INDEX alerts_started ON alerts (started_at);
 """
 
+MIGRATION_16 = """
+-- Report ids are unique per server, not across the fleet (security review L10: one host could
+-- suppress another's report by sending its id first).
+DROP INDEX host_samples_report_id;
+CREATE UNIQUE INDEX host_samples_server_report ON host_samples (server_id, report_id);
+"""
+
+# Each step is a SQL script or a function of the connection (run inside the step's transaction,
+# with foreign keys off so a table rebuild cannot cascade).
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
               MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14,
-              MIGRATION_15]
+              MIGRATION_15, MIGRATION_16]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

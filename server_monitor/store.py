@@ -74,11 +74,13 @@ def store_report(conn, report, received_at):
     gpu_state = gpu_status.get("state")
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if conn.execute(
-            "SELECT 1 FROM host_samples WHERE report_id = ?", (report["report_id"],)
+        known = conn.execute("SELECT id FROM servers WHERE machine_id = ?", (machine_identity(host),)).fetchone()
+        if known is not None and conn.execute(
+            "SELECT 1 FROM host_samples WHERE server_id = ? AND report_id = ?", (known[0], report["report_id"])
         ).fetchone():
+            # A duplicate only of this host's own reports (L10: ids are not unique across hosts).
             conn.execute("ROLLBACK")
-            return {"stored": False, "server_id": None}
+            return {"stored": False, "server_id": known[0]}
         server_id, newest = _upsert_server(conn, report, host, ts, skew, received_at)
         cpu, mem, net = report.get("cpu"), report.get("memory"), report.get("network")
         cur = conn.execute(

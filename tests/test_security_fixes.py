@@ -393,19 +393,34 @@ def test_m4_migration_rebuilds_tables_keeping_every_row(tmp_path, monkeypatch):
     schema.migrate(path)
     conn = schema.connect(path)
     now = int(time.time())
-    for i in range(3):
-        _put(conn, "a", now - 60 + i * 30, gpus=2)
-        _put(conn, "b", now - 60 + i * 30, gpus=2)
+    # Rows as that version's ingest wrote them (plain SQL: today's store_report needs later columns).
+    for sid, name in ((1, "a"), (2, "b")):
+        conn.execute("INSERT INTO servers (id, machine_id, hostname, first_seen, last_seen, last_ts) VALUES (?,?,?,?,?,?)",
+                     (sid, "m-" + name, name, now, now, now))
+        for g in range(2):
+            gid = sid * 10 + g
+            conn.execute("INSERT INTO gpus (id, server_id, uuid, first_seen, last_ts) VALUES (?,?,?,?,?)",
+                         (gid, sid, f"GPU-{name}-{g}", now, now))
+            for i in range(3):
+                conn.execute("INSERT INTO gpu_samples (gpu_id, ts, utilization_gpu) VALUES (?,?,?)", (gid, now - i * 30, 50))
+            conn.execute("INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, user) VALUES (?,?,?,?,?)",
+                         (sid, now, gid, 100 + g, "alice"))
+        for i in range(3):
+            conn.execute("INSERT INTO host_samples (server_id, ts, received_at, report_id) VALUES (?,?,?,?)",
+                         (sid, now - i * 30, now, f"r-{name}-{i}"))
+            conn.execute("INSERT INTO disk_samples (server_id, ts, mountpoint, used_bytes) VALUES (?,?,?,?)",
+                         (sid, now - i * 30, "/", 1))
     conn.execute("INSERT INTO alerts (key, rule, severity, server_id, message, started_at)"
                  " VALUES ('k', 'host_offline', 'critical', 9, 'gone', 1)")  # a server deleted long ago
     tables = ("servers", "gpus", "host_samples", "gpu_samples", "gpu_processes", "disk_samples", "alerts")
-    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
+    columns = {t: ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({t})")) for t in tables}
+    before = {t: conn.execute(f"SELECT {columns[t]} FROM {t} ORDER BY 1, 2").fetchall() for t in tables}
     conn.close()
     monkeypatch.setattr(schema, "MIGRATIONS", full)
     monkeypatch.setattr(schema, "SCHEMA_VERSION", len(full))
     assert schema.migrate(path) == version
     conn = schema.connect(path)
-    assert {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in tables} == before
+    assert {t: conn.execute(f"SELECT {columns[t]} FROM {t} ORDER BY 1, 2").fetchall() for t in tables} == before
     assert "AUTOINCREMENT" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'servers'").fetchone()[0]
     assert conn.execute("SELECT count(*) FROM server_state").fetchone()[0] == 2
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
@@ -648,3 +663,79 @@ def test_l7_fts3_tokenizer_is_not_reachable_from_sql(datasette, hub_config):
         assert response.status_code == 400, (sql, response.text)
         assert "not authorized" in response.json()["error"]
     assert admin.get("/monitor.json", params={"sql": "select 1 as one", "_shape": "array"}).json() == [{"one": 1}]
+
+
+# -- L10: host identity ----------------------------------------------------------------------------
+def _post(base, report, token):
+    import urllib3
+
+    response = urllib3.PoolManager().request(
+        "POST", base + "/api/report", body=json.dumps(report).encode(),
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    return response.status, json.loads(response.data)
+
+
+def test_l10_report_ids_are_deduplicated_per_host(ingest_server):
+    """L10: a report id already used by another host no longer suppresses this host's report."""
+    token = ingest_server.config.get("agent.token")
+    first = sample_report("gpu-a")
+    second = sample_report("gpu-c")
+    second["report_id"] = first["report_id"]
+    assert _post(ingest_server.base_url, first, token)[0] == 201
+    assert _post(ingest_server.base_url, second, token) == (201, {"report_id": first["report_id"], "stored": True})
+    assert _post(ingest_server.base_url, second, token)[1]["duplicate"] is True  # its own replay still is one
+
+
+def test_l10_per_host_token_cannot_take_another_servers_name(ingest_server):
+    """L10: a per-host token of gpu-a reporting hostname gpu-c (an existing server) gets 403."""
+    from server_monitor import tokens
+    from server_monitor.store import machine_identity
+
+    shared = ingest_server.config.get("agent.token")
+    assert _post(ingest_server.base_url, sample_report("gpu-c"), shared)[0] == 201
+    own = sample_report("gpu-a")
+    _, value = tokens.issue(tokens.connect(ingest_server.config.auth_db_path), machine_identity(own["host"]), "gpu-a")
+    assert _post(ingest_server.base_url, own, value)[0] == 201
+    spoof = sample_report("gpu-a")
+    spoof["host"]["hostname"] = "gpu-c"
+    status, body = _post(ingest_server.base_url, spoof, value)
+    assert status == 403 and body["error"].startswith("host.hostname: 'gpu-c' is the name of another server")
+
+
+@pytest.mark.parametrize("name", ["gpu-07\nBcc: x@evil.example", "gpu\u200e-07", "gpu-\u0430", "gpu 07", "\ufeffgpu",
+                                  "gpu\u2028x"])
+def test_l10_hostnames_are_rfc1123_ish(name):
+    """L10/M3: newlines, spaces, invisible marks and look-alike letters are refused in host names."""
+    from server_monitor.contract import ContractError, validate_report
+
+    report = sample_report("ok-host")
+    report["host"]["hostname"] = name
+    with pytest.raises(ContractError, match=r"^host\.hostname: "):
+        validate_report(report)
+
+
+@pytest.mark.parametrize("mark", ["\u200e", "\u200f", "\u061c", "\u200b", "\ufeff", "\u2028", "\u2029"])
+def test_l10_invisible_marks_are_refused_in_names(mark):
+    """L10: LRM, RLM, ALM, ZWSP, BOM, LS and PS never reach a stored name (GPU model, process)."""
+    from server_monitor.contract import ContractError, validate_report
+
+    report = sample_report("ok-host", gpus=1, processes=1)
+    report["gpus"][0]["name"] = "NVIDIA" + mark + " H100"
+    report["processes"][0]["process_name"] = "py" + mark + "thon"
+    try:
+        clean = validate_report(report)
+    except ContractError as exc:
+        assert "U+" in str(exc)
+    else:
+        assert mark not in json.dumps(clean, ensure_ascii=False)
+
+
+def test_l10_agent_sends_a_name_the_hub_accepts():
+    """L10: the agent turns a configured or kernel host name with other characters into one the hub accepts."""
+    from monitor_agent.host import hub_hostname
+
+    from server_monitor.contract import HOSTNAME_PATTERN
+
+    assert hub_hostname("GPU Box\n1") == "GPU-Box-1"
+    assert hub_hostname("gpu-\u0430") == "gpu--"
+    assert re.fullmatch(HOSTNAME_PATTERN, hub_hostname("..."))
