@@ -71,6 +71,8 @@ def decode_body(raw, encoding, max_bytes):
                 raise HTTPError(413, f"decompressed body is larger than {max_bytes} bytes")
             if not inflater.eof:
                 raise HTTPError(400, "gzip body is truncated")
+            if inflater.unused_data:
+                raise HTTPError(400, f"{len(inflater.unused_data)} bytes of trailing data after the gzip stream")
         except zlib.error as exc:
             raise HTTPError(400, f"body is not valid gzip: {exc}")
         raw = data
@@ -93,6 +95,8 @@ class IngestApp:
 
     def __init__(self, config):
         self.token = config.get("agent.token").encode("utf-8")
+        # agent.shared_token_enabled: false leaves only per-host tokens (I8).
+        self.shared_token_enabled = config.get("agent.shared_token_enabled", True) is not False
         self.max_bytes = int(config.get("agent.max_report_bytes", 1_048_576))
         self.db_path = config.db_path
         # Oldest stored time accepted (L3): the longest history kept (hourly roll-ups), at least
@@ -163,6 +167,10 @@ class IngestApp:
             raise HTTPError(401, "missing 'Authorization: Bearer <agent token>' header",
                             [("WWW-Authenticate", 'Bearer realm="server-monitor"')])
         if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token):
+            if not self.shared_token_enabled:
+                raise HTTPError(401, "the shared agent token is disabled on this hub (agent.shared_token_enabled:"
+                                     " false); use a per-host token",
+                                [("WWW-Authenticate", 'Bearer realm="server-monitor", error="invalid_token"')])
             return None
         host = tokens.host_for_token(self._auth_conn(), given)
         if host is None:

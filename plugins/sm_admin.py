@@ -61,8 +61,9 @@ async def render(request, datasette, status=200, **extra):
     gpus = await run(datasette, "gpus", actor)
     announcements = await run(datasette, "announcements", actor)
     agent_tokens = tokens.list_tokens(ctx.accounts.connection())
-    # Not "base_url": Datasette's own template variable of that name would win.
-    site_url = f"{request.scheme}://{request.host}"
+    # Not "base_url": Datasette's own template variable of that name would win. server.public_url
+    # when configured: the Host header can be forged (I5).
+    site_url = (ctx.config.get("server.public_url") or f"{request.scheme}://{request.host}").rstrip("/")
     return await page(
         datasette, request, "admin.html", status=status,
         servers=servers, gpus=gpus, announcements=announcements, users=ctx.accounts.users(),

@@ -25,7 +25,7 @@ ENV_OVERRIDES = {
 }
 
 DEFAULTS = {
-    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None},
+    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None},
     "auth": {
         "username": "admin",
         "password": None,
@@ -33,7 +33,7 @@ DEFAULTS = {
         "session_hours": 12,
         "trusted_proxy_header": None,
     },
-    "agent": {"token": None, "max_report_bytes": 1_048_576},
+    "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True},
     "alerts": {"enabled": True},
     "prometheus": {"token": None},
     # Defaults of the fleet views (canned-query parameters left empty use these).
@@ -147,6 +147,12 @@ def _check(data):
         value = data[section][name]
         if not isinstance(value, str) or len(value) < 16:
             raise ConfigError(f"config: {key} must be a string of at least 16 characters")
+    public_url = data["server"].get("public_url")
+    if public_url is not None and (not isinstance(public_url, str)
+                                   or not public_url.startswith(("http://", "https://"))):
+        raise ConfigError("config: server.public_url must be an http:// or https:// URL (or null)")
+    if not isinstance(data["agent"].get("shared_token_enabled", True), bool):
+        raise ConfigError("config: agent.shared_token_enabled must be true or false")
     auth = data["auth"]
     if not isinstance(auth.get("username"), str) or not auth["username"].strip():
         raise ConfigError("config: auth.username must be a non-empty string")

@@ -739,3 +739,60 @@ def test_l10_agent_sends_a_name_the_hub_accepts():
     assert hub_hostname("GPU Box\n1") == "GPU-Box-1"
     assert hub_hostname("gpu-\u0430") == "gpu--"
     assert re.fullmatch(HOSTNAME_PATTERN, hub_hostname("..."))
+
+
+# -- I5 / I6 / I8 ------------------------------------------------------------------------------------
+def test_i5_invite_link_uses_the_configured_public_url(hub_config):
+    """I5: with server.public_url set, a forged Host header does not change the invite link."""
+    from conftest import make_datasette
+
+    _set_config(hub_config, **{"server.public_url": "https://monitor.example.org/"})
+    schema.migrate(hub_config.db_path)
+    admin = Client(make_datasette(hub_config))
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    created = admin.post("/admin/invites", headers={"Host": "evil.example"},
+                         data={"csrftoken": _token(admin, "/admin"), "role": "viewer", "max_uses": "1", "hours": "24"})
+    link = re.search(r'id="invite-link" readonly value="([^"]+)"', created.text).group(1)
+    assert link.startswith("https://monitor.example.org/register?code=")
+
+
+def test_i6_gzip_with_trailing_junk_is_refused():
+    """I6: a gzip body followed by other bytes is a 400, not silently accepted."""
+    import gzip
+
+    import ingest
+
+    body = gzip.compress(b'{"a": 1}')
+    assert ingest.decode_body(body, "gzip", 1 << 20) == {"a": 1}
+    with pytest.raises(ingest.HTTPError) as refused:
+        ingest.decode_body(body + b"TRAILINGJUNK", "gzip", 1 << 20)
+    assert refused.value.status == 400 and "trailing data" in str(refused.value)
+
+
+def test_i8_shared_agent_token_can_be_turned_off(hub_config):
+    """I8: agent.shared_token_enabled: false refuses the shared token (401 saying why); per-host tokens work."""
+    import io
+
+    import ingest
+
+    from server_monitor import config as config_mod
+    from server_monitor import tokens
+    from server_monitor.store import machine_identity
+
+    _set_config(hub_config, **{"agent.shared_token_enabled": False})
+    app = ingest.make_application(config_mod.load(hub_config.path))
+    report = sample_report("only-own-token")
+    _, own = tokens.issue(tokens.connect(hub_config.auth_db_path), machine_identity(report["host"]), "x")
+
+    def post(token):
+        body = json.dumps(report).encode()
+        environ = {"PATH_INFO": "/api/report", "REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(len(body)),
+                   "HTTP_AUTHORIZATION": "Bearer " + token, "wsgi.input": io.BytesIO(body)}
+        try:
+            return app.handle(environ)[:2]
+        except ingest.HTTPError as exc:
+            return exc.status, str(exc)
+
+    status, message = post(hub_config.get("agent.token"))
+    assert status == 401 and "shared agent token is disabled" in message
+    assert post(own)[0] == 201
