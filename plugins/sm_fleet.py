@@ -43,10 +43,12 @@ async def fleet_json(request, datasette):
     idle = float(hub.context(datasette).config.get("features.idle_max_util") or 5)
     db = datasette.get_database(DATABASE)
 
-    async def build():
-        return await db.execute_fn(lambda conn: fleet.build(conn, actor, idle))
+    store = cache(datasette)
 
-    entry = await cache(datasette).get(fleet.scope_key(actor), build)
+    async def build(previous, version):
+        return await db.execute_fn(lambda conn: store.build(conn, actor, idle, previous, version))
+
+    entry = await store.get(fleet.scope_key(actor), build)
     headers = {"etag": entry.etag, "cache-control": "private, no-cache", "vary": "accept-encoding, cookie"}
     match = request.headers.get("if-none-match", "")
     if match and (match.strip() == "*" or entry.etag in [m.strip() for m in match.split(",")]):

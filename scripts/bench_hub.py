@@ -1,6 +1,7 @@
 """Hub benchmarks: ingest throughput and latency over real HTTP, query times, disk per sample.
 
     .venv/bin/python scripts/bench_hub.py [--seconds 30] [--servers 200] [--days 30] [--workdir DIR]
+    .venv/bin/python scripts/bench_hub.py fleet [--servers 1000]   # GET /api/fleet vs per-table calls
 
 Runs, side by side in one invocation:
 
@@ -390,4 +391,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["fleet"]:  # the dashboard's data path: scripts/bench_fleet.py
+        import bench_fleet
+
+        bench_fleet.main(sys.argv[2:])
+    else:
+        main()

@@ -17,10 +17,9 @@ clock bucket changes:
 Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °C)::
 
     {"v": 1, "generated_at": 1764633600, "processes": true,
-     "strings": ["alice", "lxc:lab-1", "python", ...],        # users, containers, names
      "gpu_fields": [...GPU_FIELDS], "proc_fields": [...PROC_FIELDS],
      "servers": [{"id", "name", "state", "admin_status", "note", "last_seen", "interval_s",
-                  "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models",
+                  "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
                             bus, model, [[pid, user, container, mib, name], ...], vendor], ...]}],
      "who": [{"user", "gpus", "mib", "hosts", "idle", "containers": [...]}],
@@ -28,9 +27,12 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
                    "since", "acked_by", "acked_at", "ack_note", "silenced_until"}],
      "counts": {"servers": {state: n}, "gpus": {state: n}}}
 
-``user``/``container``/``name``/``model`` in the arrays are indexes into ``strings``
-(null when unknown). GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
-``intel``, null for NVIDIA (the common case, kept out of the document).
+``bus`` is the PCI bus id without an all-zero domain; ``model`` is null when it is the server's
+``model``. ``container`` is ``kind:name`` (``lxc:lab-1``, ``docker:…``, ``slurm:job-…``), null on the host;
+``user`` null when unknown. GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
+``intel``, null for NVIDIA (the common case, kept out of the document). Each server's part is
+kept as JSON bytes and rebuilt only when that server's row changes (a new report, its state,
+an admin change), so a refresh after a few reports costs a few servers, not the fleet.
 """
 
 import asyncio
@@ -79,96 +81,142 @@ def _rows(conn, name, params):
     return [dict(zip(columns, row)) for row in cursor.fetchall()]
 
 
-def build(conn, actor, idle_max_util=5, now=None):
-    """The fleet document (a dict, shape in the module docstring) for ``actor``'s scope.
+def _dumps(value):
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Fragment:
+    """One server's part of the document: its JSON bytes, GPU state counts and who-uses-it."""
+
+    __slots__ = ("sig", "json", "counts", "who", "state")
+
+    def __init__(self, sig, server, cells, counts, who):
+        self.sig, self.json, self.counts, self.who, self.state = sig, _dumps(dict(server, gpus=cells)), counts, who, server["state"]
+
+
+def _bus(bus):
+    """PCI bus id without the all-zero domain (``00000000:3B:00.0`` → ``3B:00.0``, as lspci)."""
+    return bus[9:] if bus and bus.startswith("00000000:") else bus
+
+
+def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util):
+    """Build the :class:`Fragment` of server row ``s`` with its ``gpus`` rows."""
+    cells, counts, who, known_bus = [], {}, {}, set()
+    models = {g["name"] for g in gpus}
+    model = models.pop() if len(models) == 1 else None  # said once per server when all GPUs match
+    for g in gpus:
+        state = gpu_state(s, g, idle_max_util)
+        counts[state] = counts.get(state, 0) + 1
+        known_bus.add(g["pci_bus_id"])
+        procs = procs_by_gpu.get(g["id"], [])
+        cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"], g["memory_total_mib"],
+                      g["temperature_gpu_c"], None if g["power_draw_w"] is None else round(g["power_draw_w"]),
+                      _bus(g["pci_bus_id"]), None if g["name"] == model else g["name"], procs,
+                      g["vendor"] if g["vendor"] != "nvidia" else None])
+        if state in ("offline", "stale", "lost"):
+            continue  # a host that does not report holds nothing now
+        seen = set()
+        for _, user, container, mib, _ in procs:
+            entry = who.get(user)
+            if entry is None:
+                entry = who[user] = [0, 0, 0, set()]  # GPUs, MiB, idle GPUs, containers
+            entry[1] += mib or 0
+            if user not in seen:
+                seen.add(user)
+                entry[0] += 1
+                entry[2] += state == "idle"
+            if container is not None:
+                entry[3].add(container)
+    # GPUs the driver reports as lost (nvidia-smi "Unable to determine the device handle")
+    # that have no row of their own: a lost cell each, named by PCI bus id.
+    if s["gpu_lost"]:
+        try:
+            lost = json.loads(s["gpu_lost"])
+        except ValueError:
+            lost = []
+        for item in lost if isinstance(lost, list) else []:
+            bus = item.get("pci.bus_id") if isinstance(item, dict) else None
+            if bus and bus not in known_bus:
+                counts["lost"] = counts.get("lost", 0) + 1
+                cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None])
+    server = {
+        "id": s["id"], "name": s["name"], "state": s["state"], "admin_status": s["admin_status"],
+        "note": s["status_note"], "last_seen": s["last_seen"], "interval_s": s["interval_s"],
+        "gpu_state": s["gpu_state"], "gpu_message": s["gpu_message"],
+        "cpu_percent": None if s["cpu_percent"] is None else round(s["cpu_percent"]),
+        "mem_percent": (round(100 * s["memory_used_bytes"] / s["memory_total_bytes"])
+                        if s["memory_used_bytes"] is not None and s["memory_total_bytes"] else None),
+        "models": s["gpu_models"], "model": model,
+    }
+    return Fragment(sig, server, cells, counts, who)
+
+
+def build_content(conn, actor, fragments, idle_max_util=5):
+    """The fleet document's bytes without ``generated_at`` for ``actor`` (shape in the module docstring).
 
     ``conn``: a ``sqlite3`` connection to monitor.db (read in one transaction).
-    ``idle_max_util``: utilization.gpu % under which a held GPU counts as idle.
+    ``fragments``: ``{(server id, processes?): Fragment}`` kept between calls; only servers
+    whose row changed (new report, state, admin status) are rebuilt from the GPU and process
+    tables. ``idle_max_util``: utilization.gpu % under which a held GPU counts as idle.
     """
     params = scope_params(actor)
-    see_processes = bool(params["_scope_processes"])
+    see = bool(params["_scope_processes"])
     conn.execute("BEGIN")
     try:
-        servers = _rows(conn, "fleet_servers", params)
-        gpus = _rows(conn, "fleet_gpus", params)
-        procs = _rows(conn, "fleet_processes", params) if see_processes else []
+        cursor = conn.execute(QUERIES["fleet_servers"]["sql"], params)
+        columns = [c[0] for c in cursor.description]
+        skip = columns.index("last_seen")
+        ids, sigs, stale = [], {}, []
+        for row in cursor.fetchall():
+            sig = sigs[row[0]] = row[:skip] + row[skip + 1:]
+            ids.append(row[0])
+            known = fragments.get((row[0], see))
+            if known is None or known.sig != sig:
+                stale.append(dict(zip(columns, row)))
+        gpus, procs = [], []
+        for i in range(0, len(stale), 500):
+            chunk = json.dumps([s["id"] for s in stale[i:i + 500]])
+            gpus += _rows(conn, "fleet_gpus", dict(params, servers=chunk))
+            if see:
+                procs += _rows(conn, "fleet_processes", dict(params, servers=chunk))
         alerts = _rows(conn, "alerts_active", params)
     finally:
         conn.execute("COMMIT")
-    strings, index = [], {}
-
-    def intern(text):
-        if text is None or text == "":
-            return None
-        found = index.get(text)
-        if found is None:
-            found = index[text] = len(strings)
-            strings.append(text)
-        return found
-
-    procs_by_gpu = {}
+    procs_by_gpu, gpus_by_server = {}, {}
     for p in procs:
         container = p["container"]
         if container and p["container_kind"]:
             container = f"{p['container_kind']}:{container}"
         user = p["user"] if p["user"] is not None else (f"uid {p['uid']}" if p["uid"] is not None else None)
         procs_by_gpu.setdefault(p["gpu_id"], []).append(
-            [p["pid"], intern(user), intern(container), p["used_gpu_memory_mib"], intern(p["process_name"])])
-    by_server = {}
+            [p["pid"], user, container, p["used_gpu_memory_mib"], p["process_name"]])
     for g in gpus:
-        by_server.setdefault(g["server_id"], []).append(g)
-    who, counts_s, counts_g, out = {}, {}, {}, []
-    for s in servers:
-        counts_s[s["state"]] = counts_s.get(s["state"], 0) + 1
-        cells = []
-        known_bus = set()
-        for g in by_server.get(s["id"], ()):
-            state = gpu_state(s, g, idle_max_util)
-            counts_g[state] = counts_g.get(state, 0) + 1
-            known_bus.add(g["pci_bus_id"])
-            holders = procs_by_gpu.get(g["id"], [])
-            cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"],
-                          g["memory_total_mib"], g["temperature_gpu_c"],
-                          None if g["power_draw_w"] is None else round(g["power_draw_w"]),
-                          g["pci_bus_id"], intern(g["name"]), holders,
-                          g["vendor"] if g["vendor"] != "nvidia" else None])
-            if state in ("offline", "stale", "lost"):
-                continue
-            for pid, user, container, mib, _ in holders:
-                entry = who.setdefault(user, {"user": strings[user] if user is not None else None, "gpus": set(),
-                                              "mib": 0, "hosts": set(), "idle": set(), "containers": set()})
-                entry["mib"] += mib or 0
-                entry["hosts"].add(s["id"])
-                entry["gpus"].add(g["id"])
-                if state == "idle":
-                    entry["idle"].add(g["id"])
-                if container is not None:
-                    entry["containers"].add(strings[container])
-        # GPUs the driver reports as lost (nvidia-smi "Unable to determine the device handle")
-        # that have no row of their own: a lost cell each, named by PCI bus id.
-        if s["gpu_lost"]:
-            try:
-                lost = json.loads(s["gpu_lost"])
-            except ValueError:
-                lost = []
-            for item in lost if isinstance(lost, list) else []:
-                bus = item.get("pci.bus_id") if isinstance(item, dict) else None
-                if bus and bus not in known_bus:
-                    counts_g["lost"] = counts_g.get("lost", 0) + 1
-                    cells.append([None, None, "lost", None, None, None, None, None, bus, None, [], None])
-        out.append({
-            "id": s["id"], "name": s["name"], "state": s["state"], "admin_status": s["admin_status"],
-            "note": s["status_note"], "last_seen": s["last_seen"], "interval_s": s["interval_s"],
-            "gpu_state": s["gpu_state"], "gpu_message": s["gpu_message"],
-            "cpu_percent": None if s["cpu_percent"] is None else round(s["cpu_percent"]),
-            "mem_percent": (round(100 * s["memory_used_bytes"] / s["memory_total_bytes"])
-                            if s["memory_used_bytes"] is not None and s["memory_total_bytes"] else None),
-            "models": s["gpu_models"], "gpus": cells,
-        })
-    who_list = sorted(
-        ({"user": e["user"], "gpus": len(e["gpus"]), "mib": e["mib"], "hosts": len(e["hosts"]),
-          "idle": len(e["idle"]), "containers": sorted(e["containers"])} for e in who.values()),
-        key=lambda e: (-e["gpus"], -e["mib"], e["user"] or ""))
+        gpus_by_server.setdefault(g["server_id"], []).append(g)
+    if params["_scope_all"]:  # forget deleted servers
+        for key in [k for k in fragments if k[0] not in sigs]:
+            del fragments[key]
+    for s in stale:
+        fragments[(s["id"], see)] = _fragment(sigs[s["id"]], s, gpus_by_server.get(s["id"], ()), procs_by_gpu,
+                                              idle_max_util)
+    parts, counts_s, counts_g, who = [], {}, {}, {}
+    for server_id in ids:  # last_seen is left out of the signature: it moves with every report
+        f = fragments[(server_id, see)]
+        parts.append(f.json)
+        counts_s[f.state] = counts_s.get(f.state, 0) + 1
+        for state, n in f.counts.items():
+            counts_g[state] = counts_g.get(state, 0) + n
+        for user, (n, mib, idle, containers) in f.who.items():
+            entry = who.get(user)
+            if entry is None:
+                entry = who[user] = [0, 0, 0, 0, set()]
+            entry[0] += n
+            entry[1] += mib
+            entry[2] += 1
+            entry[3] += idle
+            entry[4] |= containers
+    who_list = sorted(({"user": u, "gpus": e[0], "mib": e[1], "hosts": e[2], "idle": e[3],
+                        "containers": sorted(e[4])} for u, e in who.items()),
+                      key=lambda e: (-e["gpus"], -e["mib"], e["user"] or ""))
     problems = [{
         "id": a["id"], "rule": a["rule"], "severity": a["severity"], "server_id": a["server_id"],
         "server": a["server"], "subject": a["subject"], "message": a["message"],
@@ -176,12 +224,18 @@ def build(conn, actor, idle_max_util=5, now=None):
         "acked_by": a["acked_by"], "acked_at": a["acked_at"], "ack_note": a["ack_note"],
         "silenced_until": a["silenced_until"],
     } for a in alerts]
-    return {
-        "v": 1, "generated_at": int(time.time() if now is None else now), "processes": see_processes,
-        "strings": strings, "gpu_fields": GPU_FIELDS, "proc_fields": PROC_FIELDS,
-        "servers": out, "who": who_list, "problems": problems,
-        "counts": {"servers": counts_s, "gpus": counts_g},
-    }
+    return b"".join((
+        b'{"v":1,"processes":', b"true" if see else b"false",
+        b',"gpu_fields":', _dumps(GPU_FIELDS), b',"proc_fields":', _dumps(PROC_FIELDS),
+        b',"servers":[', b",".join(parts), b'],"who":', _dumps(who_list), b',"problems":', _dumps(problems),
+        b',"counts":', _dumps({"servers": counts_s, "gpus": counts_g}), b"}"))
+
+
+def build(conn, actor, idle_max_util=5, now=None):
+    """The fleet document as a dict (a fresh build; see :func:`build_content`)."""
+    doc = json.loads(build_content(conn, actor, {}, idle_max_util))
+    doc["generated_at"] = int(time.time() if now is None else now)
+    return doc
 
 
 def scope_key(actor):
@@ -199,15 +253,17 @@ class Entry:
         self.version, self.etag, self.body, self.gzip, self.content = version, etag, body, gz, content
 
 
-def encode(doc, previous=None, version=None):
-    """JSON + gzip + ETag for ``doc``; reuses ``previous`` when only ``generated_at`` moved."""
-    content = json.dumps(dict(doc, generated_at=0), separators=(",", ":"), ensure_ascii=False).encode()
+def encode(content, previous=None, version=None, now=None):
+    """The :class:`Entry` for document ``content`` (bytes without ``generated_at``).
+
+    Reuses ``previous`` (ETag, bytes, ``generated_at``) when the content did not change.
+    """
     if previous is not None and previous.content == content:
         previous.version = version
         return previous
-    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
     etag = '"' + hashlib.blake2b(content, digest_size=12).hexdigest() + '"'
-    return Entry(version, etag, body, gzip.compress(body, compresslevel=5), content)
+    body = content[:-1] + b',"generated_at":' + str(int(time.time() if now is None else now)).encode() + b"}"
+    return Entry(version, etag, body, gzip.compress(body, compresslevel=1), content)
 
 
 class FleetCache:
@@ -225,6 +281,8 @@ class FleetCache:
         self._probe = None
         self._probe_lock = threading.Lock()
         self._locks = {}
+        self.fragments = {}
+        self.build_lock = threading.Lock()
 
     def version(self, now=None):
         """``(PRAGMA data_version, clock bucket)``: changes when anyone commits or time moves on."""
@@ -234,8 +292,15 @@ class FleetCache:
             data_version = self._probe.execute("PRAGMA data_version").fetchone()[0]
         return (data_version, int((time.time() if now is None else now) // self.bucket_s))
 
+    def build(self, conn, actor, idle_max_util, previous=None, version=None):
+        """:func:`build_content` with this cache's fragments (one build at a time), encoded:
+        an :class:`Entry` (``previous`` reused when nothing changed). Runs in a worker thread."""
+        with self.build_lock:
+            content = build_content(conn, actor, self.fragments, idle_max_util)
+        return encode(content, previous, version)
+
     async def get(self, key, build_fn):
-        """The :class:`Entry` for scope ``key``; ``build_fn()`` is awaited for a new document."""
+        """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one."""
         version = self.version()
         entry = self.entries.get(key)
         if entry is not None and entry.version == version:
@@ -246,8 +311,7 @@ class FleetCache:
             version = self.version()
             if entry is not None and entry.version == version:
                 return entry
-            doc = await build_fn()
-            entry = encode(doc, entry, version)
+            entry = await build_fn(entry, version)
             self.entries[key] = entry
             self.entries.move_to_end(key)
             while len(self.entries) > self.max_entries:

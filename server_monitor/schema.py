@@ -521,9 +521,19 @@ CREATE UNIQUE INDEX host_samples_server_report ON host_samples (server_id, repor
 
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
-MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7,
-              MIGRATION_8, migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14,
-              MIGRATION_15, MIGRATION_16]
+MIGRATION_17 = """
+-- Bumped by any admin change to a server's GPUs (status, note, removed), so the fleet
+-- document (server_monitor/fleet.py) knows which servers to rebuild without scanning gpus.
+ALTER TABLE servers ADD COLUMN gpu_admin_gen INTEGER NOT NULL DEFAULT 0;
+CREATE TRIGGER gpus_admin_change AFTER UPDATE OF status, status_note, removed_at ON gpus
+BEGIN
+    UPDATE servers SET gpu_admin_gen = gpu_admin_gen + 1 WHERE id = NEW.server_id;
+END;
+"""
+
+MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
+              migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
+              MIGRATION_16, MIGRATION_17]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

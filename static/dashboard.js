@@ -43,7 +43,7 @@ let openServer = null;     // server id shown in the detail panel
 // replaceChildren() without the null/false placeholders of conditional pieces.
 const fill = (el, ...kids) => el.replaceChildren(...kids.flat().filter((k) => k !== null && k !== undefined && k !== false));
 const nowHub = () => Date.now() / 1000 + skew;
-const str = (i) => (i === null || i === undefined ? null : doc.strings[i]);
+const str = (v) => (v === undefined ? null : v);  // strings arrive inline (null when unknown)
 
 // ---- small formatters ----------------------------------------------------------------
 function fmtAge(s) {
@@ -385,7 +385,7 @@ function showTip(el) {
   fill(tip, [
     h("div", { class: "tip-head" }, s.name + " · GPU " + (index === null ? "?" : index)),
     h("div", { class: "muted" }, VENDOR_LABEL[vendor] ? h("span", { class: "badge badge-vendor" }, VENDOR_LABEL[vendor]) : null,
-      (VENDOR_LABEL[vendor] ? " " : "") + [str(model), bus].filter(Boolean).join(" · ")),
+      (VENDOR_LABEL[vendor] ? " " : "") + [str(model) || s.model, bus].filter(Boolean).join(" · ")),
     h("div", { class: "tip-state s-" + state }, STATE_WORD[state] + (old ? " — last seen " + fmtAge(nowHub() - s.last_seen) + " ago, values from then" : "")),
     state === "lost" ? null : h("div", {}, "utilization " + fmtPct(util) + " · VRAM " + fmtMiB(memUsed) + " / " + fmtMiB(memTotal) +
       " · " + (temp === null ? "–" : temp + " °C") + " · " + (power === null ? "–" : power + " W")),
