@@ -265,6 +265,10 @@ def asgi_wrapper(datasette):
                     return await send_json(send, 403, {"ok": False, "status": 403, "error": "admins only"})
                 return await send_text(send, 403, "Forbidden: admins only")
 
+            if scope["method"] not in SAFE_METHODS and post_refusal(path):
+                return await send_json(send, 405, {"ok": False, "status": 405, "error": post_refusal(path)},
+                                       [(b"allow", b"GET, HEAD")])
+
             async def send_with_headers(message):
                 if message["type"] == "http.response.start":
                     headers = list(message.get("headers") or [])
@@ -291,6 +295,43 @@ def asgi_wrapper(datasette):
 def skip_csrf(datasette, scope):
     """API paths answer JSON and refuse form bodies themselves (see the gate above)."""
     return scope.get("path", "").startswith("/api/")
+
+
+# Datasette errors caused by the request, not the server, that Datasette 0.65 answers with 500 (I3).
+_BAD_INPUT_ERRORS = ("Cannot sort table by", "Cannot use _sort and _sort_desc")
+
+
+@hookimpl
+def handle_exception(datasette, request, exception):
+    """Bad ``?_sort=`` and similar request mistakes: 400 instead of Datasette's 500 (I3).
+
+    Sets the status on the exception and returns None, so Datasette's own handler still renders
+    the page or JSON error (with the message escaped) as usual.
+    """
+    from datasette.views.base import DatasetteError
+
+    if isinstance(exception, DatasetteError) and exception.status == 500 and \
+            str(exception.message).startswith(_BAD_INPUT_ERRORS):
+        exception.status = 400
+    return None
+
+
+def post_refusal(path):
+    """Why a state-changing request to a Datasette data path cannot be served, or None (I3).
+
+    Only the admin write canned queries (``/monitor/admin_*``) take POST; Datasette 0.65 answers
+    a POST to a read-only query or a table page with a 500.
+    """
+    from server_monitor.queries import ADMIN_QUERIES, DATABASE
+
+    prefix = "/" + DATABASE
+    if path != prefix and not path.startswith((prefix + "/", prefix + ".", "/_internal")):
+        return None
+    name = path[len(prefix) + 1:]
+    name = name[:-5] if name.endswith(".json") else name
+    if path.startswith(prefix + "/") and name in ADMIN_QUERIES:
+        return None
+    return "this page only answers GET; writes go through the admin forms"
 
 
 @hookimpl

@@ -796,3 +796,19 @@ def test_i8_shared_agent_token_can_be_turned_off(hub_config):
     status, message = post(hub_config.get("agent.token"))
     assert status == 401 and "shared agent token is disabled" in message
     assert post(own)[0] == 201
+
+
+# -- I3: 500s on bad input -----------------------------------------------------------------------------
+def test_i3_bad_input_to_datasette_pages_is_a_4xx(admin_and_vera):
+    """I3: POST to a read-only canned query or a table, and ?_sort= on an unknown column, answered
+    500; now 405 (with Allow) and 400 naming the problem. The admin write queries still take POST."""
+    admin, _ = admin_and_vera
+    token = _token(admin, "/admin")
+    for path in ("/monitor/servers", "/monitor/servers.json", "/monitor/host_samples", "/monitor"):
+        response = admin.post(path, data={"csrftoken": token})
+        assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD", path
+    for path in ("/monitor/host_samples.json?_sort=nope", "/monitor/host_samples?_sort_desc=nope"):
+        response = admin.get(path)
+        assert response.status_code == 400 and "Cannot sort table by nope" in response.text, path
+    done = admin.post("/monitor/admin_announce", data={"csrftoken": token, "level": "info", "message": "hi", "hours": "1"})
+    assert done.status_code == 302
