@@ -10,7 +10,7 @@ import psutil
 
 from .amdsmi import AmdSmi
 from .drm import DrmCollector
-from .gpu import GpuCollector
+from .gpu import BackgroundGpu, GpuCollector
 from .host import HostCollector
 from .inventory import Inventory
 from .kmsg import KmsgReader, bus_key
@@ -57,10 +57,13 @@ class ReportBuilder:
 
     def __init__(self, cfg, extra=None):
         self.interval = cfg["interval"]
-        # Two nvidia-smi calls must fit well inside one interval.
+        # Other bounded children (inventory, amd-smi) must fit well inside one interval.
         timeout = min(cfg["gpu_timeout"], max(1.0, self.interval * 0.4))
-        runner = BoundedRunner()
-        self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=timeout, runner=runner)
+        # nvidia-smi runs in a background thread with its own hard limit (gpu_timeout per call):
+        # a report waits for it at most 40 % of the interval, then carries the newest finished
+        # sample with its age, so a slow but working nvidia-smi still delivers.
+        self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=cfg["gpu_timeout"], runner=BoundedRunner())
+        self.gpu_background = BackgroundGpu(self.gpu, wait=timeout)
         self.host = HostCollector(hostname=cfg.get("hostname"), machine_id=cfg.get("machine_id"))
         self.procs = ProcessInfo(proc_root=cfg.get("procfs_root", "/proc"))
         # AMD / Intel GPUs from sysfs and DRM fdinfo (no child process).
@@ -138,7 +141,7 @@ class ReportBuilder:
         report.update(self.host.collect())
         containers, zpools = self.inventory.refresh()
         report["disks"].extend(zpools)
-        gpu = self.gpu.collect()
+        gpu = self.gpu_background.collect()
         status = gpu["status"]
         gpus = [dict(g, vendor="nvidia") for g in gpu["gpus"]]
         apps = list(gpu["processes"])

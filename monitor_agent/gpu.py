@@ -7,6 +7,7 @@ and remembered. Every outcome is reported by name in ``status["state"]``.
 
 import os
 import shutil
+import threading
 import time
 
 from . import nvsmi
@@ -191,3 +192,56 @@ class GpuCollector:
             return None
         state, message = nvsmi.classify_failure(result.returncode, _text(result.stdout) + "\n" + _text(result.stderr))
         return {"state": state, "message": message, "lost": [], "stale": False}
+
+
+class BackgroundGpu:
+    """Runs :meth:`GpuCollector.collect` in one background thread so a slow nvidia-smi still delivers.
+
+    Each :meth:`collect` starts a collection when none is running (never two at once: the
+    thread owns the collector and its :class:`BoundedRunner`, which kills a call at the
+    collector's hard ``timeout``), waits up to ``wait`` seconds for it, and returns:
+
+    * the new result when it finished in time (``status.stale`` false);
+    * otherwise the newest finished result, marked ``stale: true`` with ``age_s`` (seconds since
+      that collection started), e.g. a 3 s nvidia-smi on a 5 s interval reports each sample one
+      cycle late instead of never;
+    * ``state: busy`` with no GPUs when nothing has finished yet.
+    """
+
+    def __init__(self, collector, wait):
+        self.collector = collector
+        self.wait = wait
+        self._thread = None
+        self._lock = threading.Lock()
+        self._done = None  # (wall time the collection started, result)
+
+    def _work(self, started):
+        try:
+            result = self.collector.collect()
+        except Exception as exc:  # a collector bug must not kill the thread silently
+            result = {"status": {"state": "error", "message": f"GPU collection failed: {exc!r}"[:4096],
+                                 "lost": [], "stale": False}, "gpus": [], "processes": []}
+        with self._lock:
+            self._done = (started, result)
+
+    def collect(self, now=None):
+        """One report's GPU data: ``GpuCollector.collect`` output plus ``status.age_s`` when stale."""
+        mine = None
+        if self._thread is None or not self._thread.is_alive():
+            mine = time.time()
+            self._thread = threading.Thread(target=self._work, args=(mine,), name="nvidia-smi", daemon=True)
+            self._thread.start()
+        self._thread.join(self.wait)
+        with self._lock:
+            done = self._done
+        now = time.time() if now is None else now
+        if done is None:
+            return {"status": {"state": "busy", "lost": [], "stale": True, "age_s": None,
+                               "message": "nvidia-smi has not answered yet (still running; killed after "
+                                          f"{self.collector.timeout:g} s)"},
+                    "gpus": [], "processes": []}
+        started, result = done
+        if started == mine:
+            return result
+        status = dict(result["status"], stale=True, age_s=round(max(0.0, now - started), 1))
+        return dict(result, status=status)

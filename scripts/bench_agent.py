@@ -59,6 +59,7 @@ def prepare(directory):
     fields = nvsmi.choose_fields(supported)
     arg_lists = [
         help_args,
+        ["--version"],
         ["--query-gpu=" + ",".join(name for _, name, _ in fields), "--format=csv,noheader,nounits"],
         ["--query-compute-apps=" + ",".join(nvsmi.APP_FIELDS), "--format=csv,noheader,nounits"],
     ]

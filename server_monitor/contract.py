@@ -314,6 +314,8 @@ GPU_STATUS = Obj(
         "message": Str(4096, doc="nvidia-smi's own error text, when not ok"),
         "lost": List(LOST_GPU, 64, doc="GPUs nvidia-smi could not read this time"),
         "stale": Bool(doc="true when the GPU values are from an earlier collection"),
+        "age_s": Num(0, 86400, soft=True, unit="s",
+                     doc="with stale: how old the GPU values are (a slow nvidia-smi finished after the last report)"),
     }
 )
 

@@ -100,7 +100,11 @@ def store_report(conn, report, received_at):
         if (ts // 3600 + 1) * 3600 <= received_at:
             # Its hour is complete and may be rolled up already: have the roll-up redone.
             conn.execute("INSERT OR IGNORE INTO rollup_dirty (hour) VALUES (?)", (ts // 3600 * 3600,))
-        gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], ts, newest, gpu_state,
+        # Values of a slow nvidia-smi that finished after the previous report come stale with
+        # their age: they are history at the time they were read, not at this report's.
+        age = gpu_status.get("age_s") if gpu_status.get("stale") else None
+        gpu_ts = ts - int(round(age)) if age else ts
+        gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], gpu_ts, newest, gpu_state,
                                         _process_counts(report.get("processes") or []))
         if ts < received_at - _MIN_RAW_RETENTION_S:
             cutoff = conn.execute("SELECT value FROM maintenance_state WHERE name = 'raw_deleted_before'").fetchone()

@@ -218,3 +218,37 @@ def test_non_mig_host_makes_no_mig_call(fake):
     assert "mig_devices" not in collector.collect()
     collector.collect()
     assert len(calls(log)) == 6 and not any(c.endswith(" -L") for c in calls(log))
+
+
+def test_slow_nvidia_smi_still_delivers_with_its_age(fake):
+    # Each call takes 1.2 s; a report waits 1 s (40 % of a 2.5 s interval). Before, each call
+    # was killed at 1 s and no GPU was ever reported.
+    from monitor_agent.gpu import BackgroundGpu
+
+    log = fake(mode="slow:1.2", gpus=2, capture="rtx-4080")  # a 595 driver: kmd_version known, 2 calls
+    collector = GpuCollector(FAKE_NVSMI, timeout=10, discover_fields=False)
+    background = BackgroundGpu(collector, wait=1.0)
+    start = time.monotonic()
+    first = background.collect()
+    assert time.monotonic() - start < 1.5  # the report is not held up
+    assert first["status"]["state"] == "busy" and first["gpus"] == [] and first["status"]["stale"] is True
+    time.sleep(5.5 - (time.monotonic() - start))  # a later report (margin for a loaded test machine)
+    second = background.collect()
+    assert second["status"]["state"] == "ok" and len(second["gpus"]) == 2
+    assert second["status"]["stale"] is True and 5.0 <= second["status"]["age_s"] <= 9.0
+    assert second["gpus"][0]["memory.used"] == 1474
+    # Never two nvidia-smi at once: a collection starts only after the previous one ended.
+    time.sleep(3.0)
+    background.collect()
+    starts = calls(log)
+    assert 4 <= len(starts) <= 6  # two collections of two calls, the third one under way
+
+
+def test_fast_nvidia_smi_is_reported_fresh(fake):
+    from monitor_agent.gpu import BackgroundGpu
+
+    fake(gpus=1)
+    background = BackgroundGpu(GpuCollector(FAKE_NVSMI, timeout=10), wait=10)
+    result = background.collect()
+    assert result["status"] == {"state": "ok", "message": None, "lost": [], "stale": False}
+    assert len(result["gpus"]) == 1

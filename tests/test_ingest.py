@@ -266,3 +266,13 @@ def test_encoder_busy_gpu_is_busy_and_health_stored(ingest_server):
     assert row == (1, 100, 2, "ok", 3, 3, 6967)
     assert conn.execute("select gpus_busy from servers").fetchone() == (1,)
     assert conn.execute("select utilization_encoder, pcie_link_gen_current from gpu_samples").fetchone() == (100, 3)
+
+
+def test_stale_gpu_values_are_history_at_their_own_time(ingest_server):
+    report = sample_report("slow-smi", gpus=1, processes=0, disks=0)
+    report["gpu_status"] = {"state": "ok", "message": None, "lost": [], "stale": True, "age_s": 12.4}
+    assert post(ingest_server, report)[0] == 201
+    conn = sqlite3.connect(ingest_server.config.db_path)
+    host_ts = conn.execute("select ts from host_samples").fetchone()[0]
+    assert conn.execute("select ts from gpu_samples").fetchone()[0] == host_ts - 12
+    assert conn.execute("select last_ts from gpus").fetchone()[0] == host_ts - 12
