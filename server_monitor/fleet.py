@@ -21,7 +21,8 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
      "servers": [{"id", "name", "state", "admin_status", "note", "last_seen", "interval_s",
                   "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
-                            bus, model, [[pid, user, container, mib, name], ...], vendor], ...]}],
+                            bus, model, [[pid, user, container, mib, name], ...], vendor,
+                            health, health_reasons, xid, mig], ...]}],
      "who": [{"user", "gpus", "mib", "hosts", "idle", "containers": [...]}],
      "problems": [{"id", "rule", "severity", "server_id", "server", "subject", "message",
                    "since", "acked_by", "acked_at", "ack_note", "silenced_until"}],
@@ -30,7 +31,10 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
 ``bus`` is the PCI bus id without an all-zero domain; ``model`` is null when it is the server's
 ``model``. ``container`` is ``kind:name`` (``lxc:lab-1``, ``docker:…``, ``slurm:job-…``), null on the host;
 ``user`` null when unknown. GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
-``intel``, null for NVIDIA (the common case, kept out of the document). Each server's part is
+``intel``, null for NVIDIA (the common case, kept out of the document). ``health`` is ``warning`` or
+``critical`` (null when ok) with ``health_reasons`` text (``server_monitor.gpu_health``); ``xid``
+the GPU's last NVIDIA XID code; ``mig`` for a MIG-enabled GPU a list of
+``[uuid, profile, gi, mem_used_mib, mem_total_mib, procs]`` per MIG device (:data:`MIG_FIELDS`). Each server's part is
 kept as JSON bytes and rebuilt only when that server's row changes (a new report, its state,
 an admin change), so a refresh after a few reports costs a few servers, not the fleet.
 """
@@ -47,7 +51,9 @@ from collections import OrderedDict
 from .queries import QUERIES, scope_params
 
 GPU_FIELDS = ["id", "index", "state", "util", "mem_used_mib", "mem_total_mib", "temp_c", "power_w",
-              "bus", "model", "procs", "vendor"]
+              "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig"]
+# A MIG-enabled GPU's "mig" field: one array per MIG device, split in the grid.
+MIG_FIELDS = ["uuid", "profile", "gi", "mem_used_mib", "mem_total_mib", "procs"]
 PROC_FIELDS = ["pid", "user", "container", "mib", "name"]
 # free, busy, idle (held: processes but utilization under features.idle_max_util), mig,
 # lost (missing from the latest report), error (collection failing or marked fault),
@@ -71,7 +77,9 @@ def gpu_state(server, gpu, idle_max_util):
     if gpu["mig_mode"] == 1:
         return "mig"
     if gpu["process_count"]:
-        return "idle" if (gpu["utilization_gpu"] or 0) < idle_max_util else "busy"
+        # NVENC/NVDEC at work count as use: a transcoder at 100 % encoder, 8 % SM is not idle.
+        util = max(gpu["utilization_gpu"] or 0, gpu.get("utilization_encoder") or 0, gpu.get("utilization_decoder") or 0)
+        return "idle" if util < idle_max_util else "busy"
     return "busy" if gpu["busy"] else "free"
 
 
@@ -99,7 +107,7 @@ def _bus(bus):
     return bus[9:] if bus and bus.startswith("00000000:") else bus
 
 
-def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util):
+def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     """Build the :class:`Fragment` of server row ``s`` with its ``gpus`` rows."""
     cells, counts, who, known_bus = [], {}, {}, set()
     models = {g["name"] for g in gpus}
@@ -112,7 +120,9 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util):
         cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"], g["memory_total_mib"],
                       g["temperature_gpu_c"], None if g["power_draw_w"] is None else round(g["power_draw_w"]),
                       _bus(g["pci_bus_id"]), None if g["name"] == model else g["name"], procs,
-                      g["vendor"] if g["vendor"] != "nvidia" else None])
+                      g["vendor"] if g["vendor"] != "nvidia" else None,
+                      g.get("health") if g.get("health") not in (None, "ok") else None, g.get("health_reasons"),
+                      g.get("xid_last"), (migs_by_gpu or {}).get(g["id"])])
         if state in ("offline", "stale", "lost"):
             continue  # a host that does not report holds nothing now
         seen = set()
@@ -138,7 +148,8 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util):
             bus = item.get("pci.bus_id") if isinstance(item, dict) else None
             if bus and bus not in known_bus:
                 counts["lost"] = counts.get("lost", 0) + 1
-                cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None])
+                cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None,
+                              "critical", "lost", None, None])
     server = {
         "id": s["id"], "name": s["name"], "state": s["state"], "admin_status": s["admin_status"],
         "note": s["status_note"], "last_seen": s["last_seen"], "interval_s": s["interval_s"],
@@ -173,16 +184,21 @@ def build_content(conn, actor, fragments, idle_max_util=5):
             known = fragments.get((row[0], see))
             if known is None or known.sig != sig:
                 stale.append(dict(zip(columns, row)))
-        gpus, procs = [], []
+        gpus, procs, migs = [], [], []
         for i in range(0, len(stale), 500):
             chunk = json.dumps([s["id"] for s in stale[i:i + 500]])
             gpus += _rows(conn, "fleet_gpus", dict(params, servers=chunk))
+            migs += _rows(conn, "fleet_mig", dict(params, servers=chunk))
             if see:
                 procs += _rows(conn, "fleet_processes", dict(params, servers=chunk))
         alerts = _rows(conn, "alerts_active", params)
     finally:
         conn.execute("COMMIT")
-    procs_by_gpu, gpus_by_server = {}, {}
+    procs_by_gpu, gpus_by_server, migs_by_gpu = {}, {}, {}
+    for m in migs:
+        migs_by_gpu.setdefault(m["gpu_id"], []).append(
+            [m["uuid"], m["profile"], m["gpu_instance_id"], m["memory_used_mib"], m["memory_total_mib"],
+             m["process_count"]])
     for p in procs:
         container = p["container"]
         if container and p["container_kind"]:
@@ -197,7 +213,7 @@ def build_content(conn, actor, fragments, idle_max_util=5):
             del fragments[key]
     for s in stale:
         fragments[(s["id"], see)] = _fragment(sigs[s["id"]], s, gpus_by_server.get(s["id"], ()), procs_by_gpu,
-                                              idle_max_util)
+                                              idle_max_util, migs_by_gpu)
     parts, counts_s, counts_g, who = [], {}, {}, {}
     for server_id in ids:  # last_seen is left out of the signature: it moves with every report
         f = fragments[(server_id, see)]

@@ -163,3 +163,27 @@ def test_acknowledge_and_silence_api(hub, hub_config):
     assert admin.request("DELETE", f"/api/silences/{created.json()['silence_id']}").status_code == 200
     assert admin.get("/api/fleet").json()["problems"][0]["silenced_until"] is None
     assert admin.request("DELETE", f"/api/silences/{created.json()['silence_id']}").status_code == 404
+
+
+def test_health_xid_encoder_and_mig_in_the_grid_document(hub):
+    from reports import mig_report
+
+    admin, token = hub["admin"], hub["token"]
+    sick = sample_report("gamma", gpus=2, processes=1)
+    sick["gpus"][0]["remapped_rows.failure"] = True
+    sick["gpus"][1]["utilization.gpu"] = 3  # a transcoder: SMs idle, NVENC busy, one process
+    sick["gpus"][1]["utilization.encoder"] = 100
+    sick["kmsg_state"] = "ok"
+    sick["xid_events"] = [{"xid": 79, "pci.bus_id": sick["gpus"][0]["pci.bus_id"], "seq": 1, "usec": 5,
+                           "time": sick["sample_time"] - 1, "message": "NVRM: Xid (PCI:0000:18:00): 79, ..."}]
+    assert ingest(admin, sick, token).status_code == 201
+    assert ingest(admin, mig_report("delta"), token).status_code == 201
+    doc = admin.get("/api/fleet").json()
+    gamma, delta = cells(doc, "gamma"), cells(doc, "delta")
+    assert gamma[0]["health"] == "critical" and "row remapping failed" in gamma[0]["health_reasons"]
+    assert gamma[0]["xid"] == 79 and gamma[1]["xid"] is None
+    assert gamma[1]["state"] == "busy" and gamma[1]["health"] is None
+    assert delta[0]["state"] == "mig"
+    assert [m[:3] for m in delta[0]["mig"]] == [["MIG-delta-0000", "3g.40gb", 2], ["MIG-delta-0001", "2g.20gb", 3],
+                                                ["MIG-delta-0002", "1g.10gb", 9], ["MIG-delta-0003", "1g.10gb", 10]]
+    assert [m[5] for m in delta[0]["mig"]] == [1, 0, 0, 0]
