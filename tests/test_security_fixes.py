@@ -812,3 +812,38 @@ def test_i3_bad_input_to_datasette_pages_is_a_4xx(admin_and_vera):
         assert response.status_code == 400 and "Cannot sort table by nope" in response.text, path
     done = admin.post("/monitor/admin_announce", data={"csrftoken": token, "level": "info", "message": "hi", "hours": "1"})
     assert done.status_code == 302
+
+
+# -- I1: script-src on Datasette's pages ---------------------------------------------------------------
+INJECTED = ('<script>window.__pwned = 1</script><img src="/nope.png" onerror="window.__pwned2 = 1">'
+            '<a id="jsl" href="javascript:window.__pwned3 = 1">x</a>')
+
+
+def test_i1_datasette_pages_block_injected_script_but_keep_their_own(page, hub_process, hub_config):
+    """I1: on Datasette's pages (canned query, table, SQL editor) an injected inline script, an
+    onerror attribute and a javascript: link do not run (the review's csp_check ran all three);
+    Datasette's own scripts (table facets flag, CodeMirror editor) still work."""
+    from browser import login, push
+
+    push(hub_process, hub_config, sample_report("csp-host", gpus=1, processes=1))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+
+    def inject(route):
+        response = route.fetch()
+        route.fulfill(response=response, body=response.text().replace("</body>", INJECTED + "</body>"))
+
+    page.route("**/monitor/**", inject)
+    page.route("**/monitor?**", inject)
+    checks = {"/monitor/servers": "true", "/monitor/host_samples": "typeof DATASETTE_ALLOW_FACET === 'boolean'",
+              "/monitor?sql=select+1": "document.querySelector('.CodeMirror') !== null"}
+    for path, own_code_ran in checks.items():
+        page.console_errors.clear()
+        page.goto(hub_process.base_url + path)
+        page.wait_for_load_state("load")
+        page.click("#jsl")
+        page.wait_for_timeout(300)
+        assert page.evaluate("[window.__pwned, window.__pwned2, window.__pwned3]") == [None, None, None], path
+        assert page.evaluate(own_code_ran), path
+        blocked = [e for e in page.console_errors if "Content Security Policy" in e]
+        assert len(blocked) >= 2, (path, page.console_errors)  # the injected ones, reported
+        assert not any("DATASETTE_ALLOW_FACET" in e or "datasette-sql-editor" in e for e in blocked), blocked
