@@ -1,5 +1,5 @@
 -- title: Free GPUs now
--- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: its free MIG instances are offered one per row instead, for :count 1, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs with the most free memory by index and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
+-- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: its free MIG instances are offered one per row instead, for :count 1, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs to use by index — for :count > 1 a set on one NUMA node joined by NVLink where nvidia-smi topo -m shows one (link: the weakest connection inside the set, NV<n> = n bonded NVLinks, else PIX/PXB/PHB/NODE/SYS; numa_node: their NUMA node), then the most free memory — and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
 with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
@@ -9,12 +9,8 @@ with params as (
 ),
 free as (
   select
-    g.server_id, coalesce(s.display_name, s.hostname) as server, g.vendor, g.gpu_index, g.uuid, g.name,
-    coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib,
-    row_number() over (partition by g.server_id, g.vendor
-                       order by coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) desc,
-                                g.gpu_index) as pick,
-    count(*) over (partition by g.server_id, g.vendor) as host_free
+    g.server_id, coalesce(s.display_name, s.hostname) as server, g.vendor, g.gpu_index, g.uuid, g.name, g.numa_node,
+    coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib
   from gpus g
   join server_state s on s.id = g.server_id
   join params p
@@ -27,6 +23,19 @@ free as (
     and coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) >= p.min_free
     and instr(lower(g.name), lower(p.model)) > 0
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
+),
+-- Per host and vendor: the :count GPUs to use, chosen by gpu_set() (server_monitor/topology.py):
+-- one NUMA node and NVLink first (nvidia-smi topo -m, gpu_links), then the most free memory.
+hosts as (
+  select f.server_id, f.server, f.vendor, count(*) as free_gpus,
+    gpu_set(json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
+                                         'name', f.name)),
+            (select json_group_array(json_array(l.gpu_a, l.gpu_b, l.link)) from gpu_links l
+              where l.server_id = f.server_id and f.vendor = 'nvidia'),
+            p.want) as chosen
+  from free f join params p
+  group by f.server_id, f.vendor
+  having count(*) >= p.want
 ),
 -- Free MIG instances (no process in them), offered one at a time as CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 mig_free as (
@@ -44,23 +53,23 @@ mig_free as (
     and (:_scope_all or m.server_id in (select value from json_each(:_scope_servers)))
 )
 select
-  f.server_id,
-  f.server,
-  f.vendor,
-  max(f.host_free) as free_gpus,
-  group_concat(f.gpu_index, ',') as visible_devices,
-  case f.vendor when 'amd' then 'ROCR_VISIBLE_DEVICES=' when 'intel' then 'ZE_AFFINITY_MASK='
-    else 'CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=' end || group_concat(f.gpu_index, ',') as env,
-  case when f.vendor = 'nvidia' then group_concat(f.gpu_index, ',') end as cuda_visible_devices,
-  group_concat(f.uuid, ',') as gpu_uuids,
-  min(f.free_mib) as min_free_mib,
-  group_concat(distinct f.name) as gpu_models,
-  null as mig_profile
-from free f join params p
-where f.pick <= p.want and f.host_free >= p.want
-group by f.server_id, f.vendor
+  h.server_id,
+  h.server,
+  h.vendor,
+  h.free_gpus,
+  json_extract(h.chosen, '$.devices') as visible_devices,
+  case h.vendor when 'amd' then 'ROCR_VISIBLE_DEVICES=' when 'intel' then 'ZE_AFFINITY_MASK='
+    else 'CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=' end || json_extract(h.chosen, '$.devices') as env,
+  case when h.vendor = 'nvidia' then json_extract(h.chosen, '$.devices') end as cuda_visible_devices,
+  json_extract(h.chosen, '$.uuids') as gpu_uuids,
+  json_extract(h.chosen, '$.min_free') as min_free_mib,
+  json_extract(h.chosen, '$.models') as gpu_models,
+  null as mig_profile,
+  json_extract(h.chosen, '$.link') as link,
+  json_extract(h.chosen, '$.numa') as numa_node
+from hosts h
 union all
 select m.server_id, m.server, 'nvidia', 1, m.uuid, 'CUDA_VISIBLE_DEVICES=' || m.uuid, m.uuid, m.uuid, m.free_mib,
-  m.name || ' MIG ' || coalesce(m.profile, '?'), m.profile
+  m.name || ' MIG ' || coalesce(m.profile, '?'), m.profile, null, null
 from mig_free m
 order by min_free_mib desc, free_gpus desc, server, vendor

@@ -70,7 +70,9 @@ select
   g.mig_mode_pending,
   g.cuda_version,
   g.xid_last,
-  g.xid_last_ts
+  g.xid_last_ts,
+  g.numa_node,
+  g.cpu_affinity
 from gpus g
 join server_state s on s.id = g.server_id
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))

@@ -62,7 +62,8 @@ class ReportBuilder:
         # nvidia-smi runs in a background thread with its own hard limit (gpu_timeout per call):
         # a report waits for it at most 40 % of the interval, then carries the newest finished
         # sample with its age, so a slow but working nvidia-smi still delivers.
-        self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=cfg["gpu_timeout"], runner=BoundedRunner())
+        self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=cfg["gpu_timeout"], runner=BoundedRunner(),
+                                topology_interval=cfg.get("inventory_interval", 60))
         self.gpu_background = BackgroundGpu(self.gpu, wait=timeout)
         self.host = HostCollector(hostname=cfg.get("hostname"), machine_id=cfg.get("machine_id"))
         self.procs = ProcessInfo(proc_root=cfg.get("procfs_root", "/proc"))
@@ -181,6 +182,7 @@ class ReportBuilder:
         report["gpus"] = gpus
         report["processes"] = processes
         report["mig_devices"] = gpu.get("mig_devices")  # None: no MIG GPU on this host
+        report["gpu_topology"] = gpu.get("gpu_topology")  # None: not read this cycle
         report["containers"] = containers
         report.update(self._xid_events(gpus))
         if self.extra is not None:

@@ -31,10 +31,11 @@ class GpuCollector:
     ``nvidia_smi``: executable path or name. ``timeout``: seconds for each call.
     ``runner``: a :class:`BoundedRunner` (shared so that a hung child blocks later calls).
     ``discover_fields``: read ``--help-query-gpu`` once before the first query (else rely
-    on the field-by-field fallback alone).
+    on the field-by-field fallback alone). ``topology_interval``: seconds between ``topo -m`` calls.
     """
 
-    def __init__(self, nvidia_smi="nvidia-smi", timeout=10.0, runner=None, discover_fields=True):
+    def __init__(self, nvidia_smi="nvidia-smi", timeout=10.0, runner=None, discover_fields=True,
+                 topology_interval=60.0):
         self.nvidia_smi = nvidia_smi
         self.timeout = timeout
         self.runner = runner or BoundedRunner()
@@ -45,6 +46,8 @@ class GpuCollector:
         self.version = {"driver_version": None, "cuda_version": None}  # from --version, read once
         # MIG (only where a GPU has MIG enabled): -L listing, last table, when called.
         self._mig_listing = None
+        self.topology_interval = topology_interval  # seconds between nvidia-smi topo -m calls
+        self._topo_at = None
         self._mig_table, self._mig_procs = [], []
         self._mig_called = self._mig_sampled = None
 
@@ -126,6 +129,13 @@ class GpuCollector:
         if apps.state == "ok":
             processes = nvsmi.parse_compute_apps(_text(apps.stdout))
         result = {"status": status, "gpus": gpus, "processes": processes}
+        now = time.time()
+        if gpus and (self._topo_at is None or now - self._topo_at >= self.topology_interval):
+            # Topology changes with hardware only: read once per inventory interval.
+            self._topo_at = now
+            topo = self._run(["topo", "-m"], self.timeout)
+            if topo.state == "ok" and topo.returncode == 0:
+                result["gpu_topology"] = nvsmi.parse_topo(_text(topo.stdout))
         if any(g.get("mig.mode.current") for g in gpus):
             result["mig_devices"] = self._mig(processes)
         return result

@@ -358,3 +358,39 @@ def mig_devices(listing, devices):
         named = (gpu.get("mig") or {}).get(dev["mig_index"]) or {}
         out.append(dict(dev, gpu_uuid=gpu.get("uuid"), uuid=named.get("uuid"), profile=named.get("profile")))
     return out
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def parse_topo(text):
+    """``nvidia-smi topo -m`` to ``{"gpus": [...], "links": [...]}``; None when it is not a matrix.
+
+    ``gpus``: ``{"index", "cpu_affinity", "numa_affinity", "gpu_numa_id"}`` per GPU row (text
+    as printed, None for ``N/A`` or empty). ``links``: ``{"a", "b", "link"}`` for every GPU pair
+    ``a < b`` with nvidia-smi's connection name (``NV4``: 4 bonded NVLinks, ``PIX``, ``PXB``,
+    ``PHB``, ``NODE``, ``SYS``). NIC rows and columns are skipped.
+    """
+    lines = [_ANSI.sub("", line) for line in text.splitlines()]
+    header = next((line for line in lines if line.startswith("\t") and "GPU0" in line), None)
+    if header is None:
+        return None
+    columns = [c.strip() for c in header.split("\t")[1:]]
+    gpu_cols = [i for i, c in enumerate(columns) if re.fullmatch(r"GPU\d+", c)]
+    dev_cols = [i for i, c in enumerate(columns) if re.fullmatch(r"(GPU|NIC)\d+", c)]
+    gpus, links = [], []
+    for line in lines:
+        match = re.match(r"^GPU(\d+)\t", line)
+        if not match:
+            continue
+        index = int(match.group(1))
+        cells = [c.strip() for c in line.split("\t")[1:]]
+        for col in gpu_cols:
+            other = int(columns[col][3:])
+            if other > index and col < len(cells) and cells[col] not in ("", "X"):
+                links.append({"a": index, "b": other, "link": cells[col][:16]})
+        rest = [c for c in cells[len(dev_cols):] if c != ""]
+        values = [None if c in ("N/A", "") else c[:256] for c in rest] + [None, None, None]
+        gpus.append({"index": index, "cpu_affinity": values[0], "numa_affinity": values[1],
+                     "gpu_numa_id": values[2]})
+    return {"gpus": gpus, "links": links} if gpus else None

@@ -470,6 +470,24 @@ MIG_DEVICE = Obj(
     nullable=False,  # a list item must be an object
 )
 
+GPU_TOPOLOGY = Obj(
+    {
+        "gpus": List(Obj({
+            "index": Int(0, 1023, required=True, nullable=False, doc="GPU<n> row of nvidia-smi topo -m"),
+            "cpu_affinity": Str(256, doc="CPU Affinity column (e.g. 0-31,64-95)"),
+            "numa_affinity": Str(64, doc="NUMA Affinity column"),
+            "gpu_numa_id": Str(64, doc="GPU NUMA ID column"),
+        }, nullable=False), 64, doc="per GPU"),
+        "links": List(Obj({
+            "a": Int(0, 1023, required=True, nullable=False, doc="GPU index"),
+            "b": Int(0, 1023, required=True, nullable=False, doc="GPU index, > a"),
+            "link": Str(16, required=True, nullable=False, pattern=r"[A-Z]{2,4}[0-9]{0,3}",
+                        doc="connection: NV<n> (n bonded NVLinks), PIX, PXB, PHB, NODE, SYS"),
+        }, nullable=False), 2016, doc="every GPU pair"),
+    },
+    soft=True,
+)
+
 KMSG_STATES = ("ok", "not_found", "permission_denied", "error", "disabled")
 
 XID_EVENT = Obj(
@@ -518,6 +536,7 @@ REPORT = Obj(
         "containers": List(CONTAINER, 1024, doc="LXC/Incus instances; null = not collected"),
         "probes": List(PROBE, 32, doc="reachability probe results"),
         "agent": AGENT,
+        "gpu_topology": GPU_TOPOLOGY,
         "mig_devices": List(MIG_DEVICE, 448, doc="MIG devices of MIG-enabled GPUs; null = no MIG GPU"),
         "kmsg_state": Str(32, choices=KMSG_STATES, soft=True,
                           doc="reading the kernel log for XID errors: ok, not_found, permission_denied, error, disabled"),

@@ -519,6 +519,20 @@ DROP INDEX host_samples_report_id;
 CREATE UNIQUE INDEX host_samples_server_report ON host_samples (server_id, report_id);
 """
 
+MIGRATION_18 = """
+-- GPU topology from nvidia-smi topo -m (latest per server, replaced when a report carries it):
+-- the connection between every GPU pair and each GPU's CPU / NUMA affinity.
+CREATE TABLE gpu_links (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    gpu_a INTEGER NOT NULL,
+    gpu_b INTEGER NOT NULL,
+    link TEXT NOT NULL,
+    PRIMARY KEY (server_id, gpu_a, gpu_b)
+) WITHOUT ROWID;
+ALTER TABLE gpus ADD COLUMN cpu_affinity TEXT;
+ALTER TABLE gpus ADD COLUMN numa_node TEXT;
+"""
+
 # Each step is a SQL script or a function of the connection (run inside the step's transaction,
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATION_17 = """
@@ -533,7 +547,7 @@ END;
 
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
-              MIGRATION_16, MIGRATION_17]
+              MIGRATION_16, MIGRATION_17, MIGRATION_18]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -439,6 +439,15 @@ def _store_mig(conn, server_id, ts, devices, processes):
 
 def _store_inventory(conn, server_id, ts, report):
     """Latest-only tables: the LXC/Incus list (replaced when sent), probe results, MIG devices."""
+    topo = report.get("gpu_topology")
+    if topo is not None:
+        conn.execute("DELETE FROM gpu_links WHERE server_id = ?", (server_id,))
+        conn.executemany("INSERT OR REPLACE INTO gpu_links (server_id, gpu_a, gpu_b, link) VALUES (?,?,?,?)",
+                         [(server_id, min(link["a"], link["b"]), max(link["a"], link["b"]), link["link"])
+                          for link in topo["links"] or [] if link["a"] != link["b"]])
+        conn.executemany("UPDATE gpus SET cpu_affinity = ?, numa_node = ? WHERE server_id = ? AND gpu_index = ?"
+                         " AND vendor = 'nvidia'",
+                         [(g["cpu_affinity"], g["numa_affinity"], server_id, g["index"]) for g in topo["gpus"] or []])
     if report.get("mig_devices") is not None:
         _store_mig(conn, server_id, ts, report["mig_devices"], report.get("processes") or [])
     containers = report.get("containers")
@@ -470,8 +479,9 @@ def _store_inventory(conn, server_id, ts, report):
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_CHILD_TABLES = ("mig_devices", "xid_events", "gpu_processes", "host_samples", "host_samples_5m", "host_samples_1h", "disk_samples",
-                        "containers", "probes", "gpu_usage_1h", "alerts", "silences", "gpus")
+_SERVER_CHILD_TABLES = ("gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
+                        "host_samples_5m", "host_samples_1h", "disk_samples", "containers", "probes",
+                        "gpu_usage_1h", "alerts", "silences", "gpus")
 
 
 def delete_server(conn, server_id):

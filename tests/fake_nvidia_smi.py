@@ -22,6 +22,7 @@ Configured by environment variables:
                         ``garbage`` (non-UTF-8 bytes and a comma in a process name),
                         ``sentinels`` (every sentinel spelling in the GPU fields)
 ``FAKE_NVSMI_LOG``      append one line per invocation (argv) to this file
+``FAKE_NVSMI_TOPO``     file answered to ``topo -m`` (default: the capture's one-GPU matrix)
 """
 
 import hashlib
@@ -214,6 +215,14 @@ def main(argv):
             out(f"GPU {row['index'][0]}: {row['name'][0]} (UUID: {row['uuid'][0]})\n")
             for line in mig_lines:
                 out(line.replace("MIG-0000", f"MIG-{int(row['index'][0]):04d}", 1) + "\n")
+        return
+    if argv[1:] == ["topo", "-m"]:
+        # The capture's matrix (one GPU), or a multi-GPU fixture named by FAKE_NVSMI_TOPO.
+        if env("FAKE_NVSMI_TOPO"):
+            with open(env("FAKE_NVSMI_TOPO")) as fp:
+                out(fp.read())
+        else:
+            out(cap.section("capabilities", "topo -m") + "\n")
         return
     if len(argv) == 1:
         # Plain nvidia-smi: the capture's default table (GPU 0's state).

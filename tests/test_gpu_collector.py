@@ -38,9 +38,12 @@ def test_eight_gpus_two_calls_per_cycle(fake):
     assert [g["index"] for g in first["gpus"]] == list(range(8))
     assert len({g["uuid"] for g in first["gpus"]}) == 8
     assert len(first["processes"]) == 24
-    assert len(calls(log)) == 4  # --help-query-gpu and --version once, then the two queries
+    # --help-query-gpu and --version once, the two queries, topo -m once per inventory interval
+    assert len(calls(log)) == 5
+    assert first["gpu_topology"] == {"gpus": [{"index": 0, "cpu_affinity": "0-19", "numa_affinity": "0",
+                                               "gpu_numa_id": None}], "links": []}
     collector.collect()
-    assert len(calls(log)) == 6
+    assert len(calls(log)) == 7
     assert first["gpus"][0]["cuda_version"] == "13.1" and first["gpus"][0]["driver_version"] == "590.48.01"
 
 
@@ -193,18 +196,18 @@ def test_mig_host_reads_instances_with_one_extra_call_per_minute(fake):
     collector = GpuCollector(FAKE_NVSMI)
     first = collector.collect()
     assert first["gpus"][0]["mig.mode.current"] is True
-    assert calls(log)[-1].endswith(" -L")  # help, version, query, apps, then -L once
-    assert len(calls(log)) == 5
+    assert calls(log)[-1].endswith(" -L")  # help, version, query, apps, topo -m, then -L once
+    assert len(calls(log)) == 6
     assert [(d["profile"], d["uuid"], d["memory.used"]) for d in first["mig_devices"]] == [
         ("3g.40gb", "MIG-00000000-0000-0000-0000-000000000000", None),
         ("2g.20gb", "MIG-00000001-0000-0000-0000-000000000001", None),
         ("1g.10gb", "MIG-00000002-0000-0000-0000-000000000002", None),
         ("1g.10gb", "MIG-00000003-0000-0000-0000-000000000003", None)]
     collector.collect()
-    assert len(calls(log)) == 7  # within the minute: no extra call
+    assert len(calls(log)) == 8  # within the minute: no extra call
     collector._mig_called -= 61  # a minute later: the table
     third = collector.collect()
-    assert len(calls(log)) == 10 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
+    assert len(calls(log)) == 11 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
     assert [(d["gpu_instance_id"], d["memory.used"], d["memory.total"]) for d in third["mig_devices"]] == [
         (2, 11091, 40448), (3, 17, 20096), (9, 9, 9984), (10, 9, 9984)]
     assert {(p["pid"], p["gpu_instance_id"], p["mig_uuid"]) for p in third["processes"]} == {
@@ -217,7 +220,7 @@ def test_non_mig_host_makes_no_mig_call(fake):
     collector = GpuCollector(FAKE_NVSMI)
     assert "mig_devices" not in collector.collect()
     collector.collect()
-    assert len(calls(log)) == 6 and not any(c.endswith(" -L") for c in calls(log))
+    assert len(calls(log)) == 7 and not any(c.endswith(" -L") for c in calls(log))
 
 
 def test_slow_nvidia_smi_still_delivers_with_its_age(fake):
