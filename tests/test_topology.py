@@ -32,7 +32,7 @@ def test_eight_gpu_matrix():
     parsed = nvsmi.parse_topo(open(FIXTURE).read())
     assert [g["numa_affinity"] for g in parsed["gpus"]] == ["0"] * 4 + ["1"] * 4
     assert parsed["gpus"][5]["cpu_affinity"] == "32-63,96-127"
-    links = {(l["a"], l["b"]): l["link"] for l in parsed["links"]}
+    links = {(x["a"], x["b"]): x["link"] for x in parsed["links"]}
     assert len(links) == 28  # every pair once; the NIC is left out
     assert [pair for pair, link in sorted(links.items()) if link == "NV4"] == [(0, 1), (2, 3), (4, 5), (6, 7)]
     assert links[(0, 2)] == "NODE" and links[(3, 4)] == "SYS"
@@ -41,7 +41,7 @@ def test_eight_gpu_matrix():
 def _candidates(free):
     parsed = nvsmi.parse_topo(open(FIXTURE).read())
     numa = {g["index"]: g["numa_affinity"] for g in parsed["gpus"]}
-    links = {(l["a"], l["b"]): l["link"] for l in parsed["links"]}
+    links = {(x["a"], x["b"]): x["link"] for x in parsed["links"]}
     return [{"i": i, "numa": numa[i], "free": 80000 - i, "uuid": f"GPU-{i}", "name": "H100"} for i in free], links
 
 
