@@ -1,5 +1,5 @@
 -- title: GPU-hours
--- description: GPU time held between :since and :until (UTC epoch seconds; default the last 24 h), grouped :by user (default), container or server. A GPU shared by k owners counts 1/k for each; a report counts until the host's next report, at most one interval, so offline gaps add nothing. gpu_hours, vram_gib_hours (GiB held × hours), avg_utilization_gpu (%, while held). Whole hours, up to the last maintenance pass (about a minute).
+-- description: GPU time held between :since and :until (UTC epoch seconds; default the last 24 h), grouped :by user (default), container or server. A GPU shared by k owners counts 1/k for each; a report counts until the host's next report, at most one interval, so offline gaps add nothing. gpu_hours, vram_gib_hours (GiB held × hours), avg_utilization_gpu (%, while held); first_hour/last_hour: the first and last hour with use (UTC epoch s, kept for scripts), first_hour_utc/last_hour_utc the same as ISO 8601 UTC. gpu_hours has decimals; the range is counted in hourly steps from the start of the hour holding :since, the current hour up to the last maintenance pass (about a minute).
 with params as (
   select
     cast(coalesce(nullif(:since, ''), strftime('%s', 'now') - 86400) as integer) / 3600 * 3600 as since,
@@ -19,7 +19,9 @@ select
   count(distinct u.gpu_id) as gpus,
   count(distinct u.server_id) as servers,
   min(u.hour) as first_hour,
-  max(u.hour) as last_hour
+  max(u.hour) as last_hour,
+  strftime('%Y-%m-%dT%H:%M:%SZ', min(u.hour), 'unixepoch') as first_hour_utc,
+  strftime('%Y-%m-%dT%H:%M:%SZ', max(u.hour), 'unixepoch') as last_hour_utc
 from gpu_usage_1h u
 join params p
 join servers s on s.id = u.server_id

@@ -27,6 +27,7 @@ HEALTH_PATH = "/-/health"
 PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
 # Paths that check a bearer token themselves (Prometheus scrapes /metrics without a session).
 TOKEN_PATHS = {"/metrics"}
+METRICS_401 = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
 # Datasette's introspection pages (/-/metadata, /-/plugins, /-/actor, ...) are admin-only;
 # these /-/ paths are for everyone logged in (or public, by the rules above).
 DASH_PATHS_FOR_ALL = ("/-/logout", "/-/login", "/-/register", "/-/static/", "/-/static-plugins/")
@@ -267,6 +268,11 @@ def asgi_wrapper(datasette):
                                                        "error": "API writes take application/json or no body"})
             bearer = _header(scope, b"authorization").lower().startswith("bearer ")
             if actor is None and not is_public(path) and not (path in TOKEN_PATHS and bearer):
+                if path in TOKEN_PATHS:  # /metrics: say what a scraper needs, not "login required"
+                    return await send_json(
+                        send, 401, {"ok": False, "status": 401, "error": METRICS_401},
+                        [(b"www-authenticate", b'Bearer realm="server-monitor"')],
+                    )
                 if wants_json(scope):
                     return await send_json(
                         send, 401, {"ok": False, "status": 401, "error": "login required"},

@@ -14,6 +14,9 @@ from server_monitor import hub
 from server_monitor.metrics import DISKS_SQL, GPUS_SQL, MIG_SQL, SERVERS_SQL, exposition
 
 
+METRICS_REFUSED = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
+
+
 def _token_ok(request, configured):
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
@@ -25,7 +28,7 @@ async def metrics(request, datasette):
     ctx = hub.context(datasette)
     if not (_token_ok(request, ctx.config.get("prometheus.token")) or (request.actor or {}).get("role") == "admin"):
         status = 403 if request.actor else 401
-        return Response.json({"ok": False, "status": status, "error": "metrics need the prometheus token or an admin"},
+        return Response.json({"ok": False, "status": status, "error": METRICS_REFUSED},
                              status=status, headers={"www-authenticate": 'Bearer realm="server-monitor"'})
     db = datasette.get_database("monitor")
     rows = []

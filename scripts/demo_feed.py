@@ -62,7 +62,7 @@ WORKLOADS = [
     ("python finetune_lora.py --model mistral-7b", 0.15, "train", 0.6),
     ("python -m vllm.entrypoints.openai.api_server", 0.12, "serve", 0.9),
     ("python eval_harness.py --tasks mmlu", 0.10, "eval", 0.5),
-    ("/usr/bin/python3 -m ipykernel_launcher -f kernel.json", 0.18, "idle", 0.35),
+    ("/usr/bin/python3 -m ipykernel_launcher -f kernel.json", 0.07, "idle", 0.35),
 ]
 GPU_MODELS = {
     # kind -> (capture substring, GPUs per host)
@@ -272,7 +272,7 @@ class Host:
                 if rng.random() < 0.04:
                     util = rng.uniform(0, 20)  # checkpointing / data loading stall
             elif profile == "serve":
-                util = 35 + 30 * math.sin(t / 5400 + job["phase"]) + rng.uniform(-8, 8)
+                util = 45 + 25 * math.sin(t / 5400 + job["phase"]) + rng.uniform(-8, 8)
             elif profile == "eval":
                 util = 60 + rng.uniform(-25, 25)
             else:
@@ -386,9 +386,19 @@ def run(url, token, hosts=25, hours=24.0, interval=60, seed="demo", once=False, 
     poster.post([h.report(now, now, interval) for h in fleet if h.alive(now, now)])
     log(f"demo: {len(fleet)} hosts reporting; backfilling {hours:g} h of history")
     started = time.time()
+    next_live = now + interval
+
+    def live_due():
+        # Live reports keep coming while the backfill runs, so no host looks offline meanwhile.
+        nonlocal next_live
+        if time.time() >= next_live:
+            t = int(time.time())
+            poster.post([h.report(t, t, interval) for h in fleet if h.alive(t, now)])
+            next_live += interval * (1 + int((time.time() - next_live) // interval))
+
     # The offline host first (its interval is shorter, so the hub marks it offline soonest),
     # then the others, oldest first, a slice of time across the fleet per batch.
-    for host in sorted(fleet, key=lambda h: h.special != "offline"):
+    for host in fleet:
         if host.special == "offline":
             step = host.interval
             poster.post(host.report(t, now, interval) for t in backfill_times(hours, step, now) if host.alive(t, now))
@@ -396,15 +406,13 @@ def run(url, token, hosts=25, hours=24.0, interval=60, seed="demo", once=False, 
     times = list(backfill_times(hours, interval, now))
     for k in range(0, len(times), 30):
         poster.post(h.report(t, now, interval) for t in times[k:k + 30] for h in normal)
+        live_due()
     log(f"demo: {poster.stored} reports stored in {time.time() - started:.0f} s")
     if once:
         return poster.stored
-    next_t = now + interval
     while True:
-        time.sleep(max(0.0, next_t - time.time()))
-        t = int(time.time())
-        poster.post([h.report(t, t, interval) for h in fleet if h.alive(t, now)])
-        next_t += interval
+        time.sleep(max(0.0, next_live - time.time()))
+        live_due()
 
 
 def main(argv=None):

@@ -327,10 +327,15 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
         values["health_reasons"] = "; ".join(reasons) or None
         if identity not in known:
             cols = ["server_id", "uuid", "first_seen", "last_ts", "present"] + columns
-            # A GPU first seen in a replayed older report is not in the newest one: not present.
+            present = 1
+            if not newest:
+                # First seen in a replayed older report: absent from the newest report, so gone,
+                # unless that newest report could not list the GPUs (driver failure, timeout).
+                latest_state = conn.execute("SELECT gpu_state FROM servers WHERE id = ?", (server_id,)).fetchone()[0]
+                present = int(latest_state not in _COMPLETE_GPU_STATES)
             cur = conn.execute(
                 f"INSERT INTO gpus ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [server_id, identity, ts, ts, int(newest)] + [values[c] for c in columns],
+                [server_id, identity, ts, ts, present] + [values[c] for c in columns],
             )
             gpu_id = cur.lastrowid
         else:

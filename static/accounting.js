@@ -9,12 +9,29 @@ function localMidnight() {
   return Math.floor(d.getTime() / 1000);
 }
 
+function isoDay(epoch) {
+  const d = new Date(epoch * 1000);
+  const p = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate());
+}
+
+function parseIsoDay(text) {
+  // "YYYY-MM-DD" (ISO 8601 calendar date) -> local midnight as a Date, or null.
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(text.trim());
+  if (!m) return null;
+  const d = new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3]));
+  return d.getMonth() === Number(m[2]) - 1 && d.getDate() === Number(m[3]) ? d : null;
+}
+
 async function load() {
   const by = document.getElementById("by").value;
   const params = { since: String(range.since), until: String(range.until), by };
   document.getElementById("owner-head").textContent = { user: "User", container: "Container / job", server: "Server" }[by];
   document.getElementById("csv").href = "/monitor/gpu_hours.csv?" + new URLSearchParams(Object.assign({ _size: "max" }, params)).toString();
   const errorBox = document.getElementById("load-error");
+  const lastDay = isoDay(Math.max(range.since, range.until - 1));
+  document.getElementById("range-text").textContent = "From " + isoDay(range.since) +
+    (lastDay === isoDay(range.since) ? "" : " to " + lastDay + " (inclusive)") + ", grouped by " + by + ".";
   try {
     const rows = await fetchQuery("gpu_hours", params);
     errorBox.hidden = true;
@@ -33,6 +50,8 @@ async function load() {
 function choose(kind) {
   const now = Math.floor(Date.now() / 1000);
   range = kind === "today" ? { since: localMidnight(), until: now } : { since: now - Number(kind) * 86400, until: now };
+  document.getElementById("since").value = isoDay(range.since);
+  document.getElementById("until").value = isoDay(range.until);
   document.querySelectorAll(".range").forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.range === kind)));
   load();
 }
@@ -41,13 +60,17 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".range").forEach((b) => b.addEventListener("click", () => choose(b.dataset.range)));
   document.getElementById("by").addEventListener("change", load);
   document.getElementById("custom").addEventListener("click", () => {
-    const since = document.getElementById("since").valueAsDate;
-    const until = document.getElementById("until").valueAsDate;
-    if (!since || !until) return;
-    // <input type=date> is UTC midnight; use local midnights, "to" inclusive.
-    const s = new Date(since.getUTCFullYear(), since.getUTCMonth(), since.getUTCDate());
-    const u = new Date(until.getUTCFullYear(), until.getUTCMonth(), until.getUTCDate() + 1);
-    range = { since: Math.floor(s.getTime() / 1000), until: Math.floor(u.getTime() / 1000) };
+    const errorBox = document.getElementById("load-error");
+    const since = parseIsoDay(document.getElementById("since").value);
+    const until = parseIsoDay(document.getElementById("until").value);
+    if (!since || !until || until < since) {
+      errorBox.textContent = "Give both dates as YYYY-MM-DD, the second not before the first.";
+      errorBox.hidden = false;
+      return;
+    }
+    // Local midnights; "to" is inclusive.
+    const end = new Date(until.getFullYear(), until.getMonth(), until.getDate() + 1);
+    range = { since: Math.floor(since.getTime() / 1000), until: Math.floor(end.getTime() / 1000) };
     document.querySelectorAll(".range").forEach((b) => b.setAttribute("aria-pressed", "false"));
     load();
   });

@@ -206,8 +206,8 @@ function gpuRowChart(container, opts) {
         if (x1 - x0 < 48 * px) continue;
         const yMid = (u.valToPos(n - run.row, "y", true) + u.valToPos(n - run.row - 1, "y", true)) / 2;
         let text = run.text;
-        while (text.length > 1 && ctx.measureText(text).width > x1 - x0 - 8 * px) text = text.slice(0, -2) + "…";
-        ctx.fillText(text, x0 + 4 * px, yMid);
+        while (text.length > 3 && ctx.measureText(text).width > x1 - x0 - 8 * px) text = text.slice(0, -2) + "…";
+        if (ctx.measureText(text).width <= x1 - x0 - 8 * px) ctx.fillText(text, x0 + 4 * px, yMid);
       }
     }
     ctx.restore();
@@ -256,9 +256,11 @@ function ownerName(row) {
 }
 
 function holderTimeline(container, holders, gpus, range) {
-  // Owners ranked by GPU time, so the biggest users get the distinct colours.
+  // Colour by user (the question is "who"), users ranked by GPU time so the biggest get the
+  // distinct colours; the tooltip names the container or job too.
+  const who = (r) => r.user || r.container || "unknown owner";
   const totals = new Map();
-  for (const r of holders) totals.set(ownerName(r), (totals.get(ownerName(r)) || 0) + r.share * r.bucket_s);
+  for (const r of holders) totals.set(who(r), (totals.get(who(r)) || 0) + r.share * r.bucket_s);
   const ranked = [...totals.entries()].sort((a, b) => b[1] - a[1]).map(([name]) => name);
   const colour = (name) => (ranked.indexOf(name) < OWNER_COLORS.length ? OWNER_COLORS[ranked.indexOf(name)] : OTHER_OWNER);
   const rowIndex = new Map(gpus.map((g, i) => [g, i]));
@@ -267,7 +269,7 @@ function holderTimeline(container, holders, gpus, range) {
     const key = r.gpu_index + ":" + r.ts;
     if (!byKey.has(key)) byKey.set(key, { row: rowIndex.get(r.gpu_index), ts: r.ts, span: r.bucket_s, parts: [], rows: [] });
     const cell = byKey.get(key);
-    cell.parts.push({ colour: colour(ownerName(r)), frac: r.share });
+    cell.parts.push({ colour: colour(who(r)), frac: r.share });
     cell.rows.push(r);
   }
   const cells = [...byKey.values()].filter((c) => c.row !== undefined);
@@ -277,22 +279,22 @@ function holderTimeline(container, holders, gpus, range) {
     const mine = cells.filter((c) => c.row === rowIndex.get(g)).sort((a, b) => a.ts - b.ts);
     let run = null;
     for (const c of mine) {
-      const main = ownerName(c.rows[0]);
-      if (run && run.text === (c.rows[0].user || main) && c.ts <= run.to + 1) { run.to = c.ts + c.span; continue; }
-      run = { row: rowIndex.get(g), from: c.ts, to: c.ts + c.span, text: c.rows[0].user || main };
+      const main = who(c.rows[0]);
+      if (run && run.text === main && c.ts <= run.to + 1) { run.to = c.ts + c.span; continue; }
+      run = { row: rowIndex.get(g), from: c.ts, to: c.ts + c.span, text: main };
       labels.push(run);
     }
   }
-  const legend = h("ul", { class: "owner-legend", "aria-label": "Owners, most GPU time first" },
+  const legend = h("ul", { class: "owner-legend", "aria-label": "Users, most GPU time first" },
     ranked.slice(0, OWNER_COLORS.length).map((name) => h("li", {},
       h("span", { class: "swatch", style: { background: colour(name) } }), name)),
     ranked.length > OWNER_COLORS.length ? h("li", {}, h("span", { class: "swatch", style: { background: OTHER_OWNER } }),
-                                             plural(ranked.length - OWNER_COLORS.length, "other owner")) : null);
+                                             plural(ranked.length - OWNER_COLORS.length, "other user")) : null);
   const tier = holders.length && holders[0].tier === "1h" ? "from the hourly GPU-hours" : "from the process samples";
   return gpuRowChart(container, {
     title: "Who held each GPU", cls: "holders", gpus, cells, labels, legend, range,
-    note: holders.length ? "Coloured by owner (user · container or job), " + tier +
-      "; a band's height is the share of the time held." : "No GPU process in this range.",
+    note: holders.length ? "Coloured by user, " + tier + "; a band's height is the share of the time held; " +
+      "hover for the container or job." : "No GPU process in this range.",
     cellAt: (row, t) => cells.find((c) => c.row === row && c.ts <= t && t < c.ts + c.span),
     describe: (cell) => (cell ? cell.rows.map((r) => ownerName(r) + (r.container_kind ? " (" + r.container_kind + ")" : "") +
       " · " + Math.round(r.share * 100) + "% of the time" + (r.vram_mib ? " · " + fmtMiB(r.vram_mib) : "")) : ["free (no process)"]),

@@ -99,12 +99,11 @@ def test_hostile_strings_stay_text_in_history(fast_hub, page, hub_config):  # no
     now = time.time()
     for i in range(10):
         report = sample_report("evil-node", gpus=2, processes=1, sample_time=now - 600 + i * 60)
-        report["host"]["hostname"] = XSS[1]  # named in the alert text
+        # A full disk whose mount point is hostile: the disk_full alert text names it.
+        report["disks"][1].update(mountpoint=XSS[1], used_bytes=int(report["disks"][1]["total_bytes"] * 0.97))
         for k, proc in enumerate(report["processes"]):
             proc["user"] = XSS[(i + k) % len(XSS)]
             proc["container"] = XSS[(i + k + 1) % len(XSS)]
-        report["gpu_status"] = {"state": "driver_mismatch" if i == 9 else "ok", "message": XSS[1] if i == 9 else None,
-                                "lost": [], "stale": False}
         push(fast_hub, hub_config, report)
     _wait_for_alert(hub_config, 1)
     login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)

@@ -82,3 +82,20 @@ def test_gpu_seen_only_in_a_replayed_report_is_not_present(ingest_server, hub_co
     present = dict(conn.execute("SELECT gpu_index, present FROM gpus"))
     assert present == {0: 1, 1: 0, 2: 1}
     assert conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0] == 5  # the history is kept
+
+
+def test_gpus_seen_only_in_replays_stay_present_when_the_newest_report_cannot_list_gpus(ingest_server, hub_config):
+    """Newest report: driver/library mismatch (no GPU list); older replays name the GPUs: not lost."""
+    import time
+
+    from browser import push
+    from reports import sample_report
+
+    now = time.time()
+    newest = sample_report("broken-driver", gpus=0, processes=0, sample_time=now)
+    newest["gpu_status"] = {"state": "driver_mismatch", "message": "Failed to initialize NVML", "lost": [],
+                            "stale": False}
+    push(ingest_server, hub_config, newest)
+    push(ingest_server, hub_config, sample_report("broken-driver", gpus=2, processes=0, sample_time=now - 600))
+    present = dict(sqlite3.connect(hub_config.db_path).execute("SELECT gpu_index, present FROM gpus"))
+    assert present == {0: 1, 1: 1}

@@ -57,8 +57,13 @@ def test_metrics_values_labels_and_stale_hosts(datasette, hub_config):
 
 def test_metrics_access(datasette, hub_config):
     anonymous = Client(datasette)
-    assert anonymous.get("/metrics").status_code == 401
-    assert anonymous.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    for headers in ({}, {"Accept": "text/html"}, {"Authorization": "Bearer wrong"}):
+        refused = anonymous.get("/metrics", headers=headers)
+        assert refused.status_code == 401, headers
+        # A scraper set up without the token is told what to send, not "login required".
+        assert refused.json()["error"] == ("metrics need the prometheus token (Authorization: Bearer ...)"
+                                           " or an admin session"), headers
+        assert refused.headers["www-authenticate"].startswith("Bearer")
     scraped = anonymous.get("/metrics", headers={"Authorization": f"Bearer {hub_config.get('prometheus.token')}"})
     assert scraped.status_code == 200 and "server_monitor_up" in scraped.text
     viewer_hash = __import__("datasette_auth_passwords.utils", fromlist=["x"]).hash_password("viewer password", iterations=1000)
