@@ -9,6 +9,36 @@ function localMidnight() {
   return Math.floor(d.getTime() / 1000);
 }
 
+const DAY_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7"];
+
+async function loadDaily(params) {
+  // Stacked bars, one per local day: the top owners of the range by colour, the rest grey.
+  const rows = await fetchQuery("gpu_hours_daily", Object.assign({ tz_offset_min: String(-new Date().getTimezoneOffset()) }, params));
+  const totals = new Map();
+  for (const r of rows) totals.set(r.owner, (totals.get(r.owner) || 0) + r.gpu_hours);
+  const top = [...totals.entries()].sort((a, b) => b[1] - a[1]).slice(0, DAY_COLORS.length).map(([o]) => o);
+  const colour = (o) => (top.indexOf(o) >= 0 ? DAY_COLORS[top.indexOf(o)] : "var(--muted)");
+  const days = new Map();
+  for (let t = range.since; t < range.until; t += 86400) days.set(isoDay(t), []);
+  days.set(isoDay(range.until - 1), days.get(isoDay(range.until - 1)) || []);
+  for (const r of rows) (days.get(r.day) || days.set(r.day, []).get(r.day)).push(r);
+  const max = Math.max(1e-9, ...[...days.values()].map((list) => list.reduce((n, r) => n + r.gpu_hours, 0)));
+  const bars = [...days.entries()].map(([day, list]) => {
+    const sum = list.reduce((n, r) => n + r.gpu_hours, 0);
+    const label = day + ": " + sum.toFixed(1) + " GPU-hours" + (list.length ? " — " + list.slice(0, 5).map((r) =>
+      (r.owner === null ? "(unknown)" : r.owner) + " " + r.gpu_hours.toFixed(1)).join(", ") + (list.length > 5 ? ", …" : "") : "");
+    const stack = h("div", { class: "daily-stack", style: { height: (100 * sum / max).toFixed(1) + "%" } },
+      list.map((r) => h("span", { class: "daily-seg", style: { height: (100 * r.gpu_hours / Math.max(sum, 1e-9)).toFixed(2) + "%",
+                                                                  background: colour(r.owner) } })));
+    return h("div", { class: "daily-bar", title: label, tabIndex: 0, "aria-label": label },
+      h("span", { class: "daily-value" }, sum >= 10 ? sum.toFixed(0) : sum.toFixed(1)), stack, h("span", { class: "daily-day" }, day.slice(5)));
+  });
+  document.getElementById("daily-bars").replaceChildren(...bars);
+  document.getElementById("daily-legend").replaceChildren(...top.map((o) => h("li", {},
+    h("span", { class: "swatch", style: { background: colour(o) } }), o === null ? "(unknown)" : o)),
+    totals.size > top.length ? h("li", {}, h("span", { class: "swatch", style: { background: "var(--muted)" } }), "others") : null);
+}
+
 function isoDay(epoch) {
   const d = new Date(epoch * 1000);
   const p = (n) => String(n).padStart(2, "0");
@@ -33,7 +63,7 @@ async function load() {
   document.getElementById("range-text").textContent = "From " + isoDay(range.since) +
     (lastDay === isoDay(range.since) ? "" : " to " + lastDay + " (inclusive)") + ", grouped by " + by + ".";
   try {
-    const rows = await fetchQuery("gpu_hours", params);
+    const [rows] = await Promise.all([fetchQuery("gpu_hours", params), loadDaily(params)]);
     errorBox.hidden = true;
     document.querySelector("#hours-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
       h("td", {}, r.owner === null ? "(unknown)" : r.owner), h("td", { class: "num" }, r.gpu_hours.toFixed(2)),

@@ -81,7 +81,7 @@ MATRIX = {
 PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gpu_history", "usage_by_user",
                   "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
                   "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences",
-                  "gpu_holders_history", "server_alerts"]
+                  "gpu_holders_history", "server_alerts", "gpu_hours_daily"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)
@@ -136,6 +136,7 @@ def test_scoped_viewer_sees_only_its_servers_and_no_processes(hub):
     # Holders are processes: not even for its own server without see_processes.
     assert scoped.get("/monitor/gpu_holders_history.json?_shape=array&server_id=2&hours=24").json() == []
     assert len(viewer.get("/monitor/gpu_holders_history.json?_shape=array&server_id=1&hours=24").json()) == 1
+    assert scoped.get("/monitor/gpu_hours_daily.json?_shape=array").json() == []
     assert [s["name"] for s in scoped.get("/api/servers").json()] == ["two"]
     assert scoped.get("/api/servers").json()[0]["gpus"][0]["processes"] == []
     # Magic parameters cannot be overridden from the query string.

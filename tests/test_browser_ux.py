@@ -37,6 +37,11 @@ def test_accounting_dates_are_iso_and_the_csv_has_utc_hours(fast_hub, page, hub_
     login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
     page.goto(fast_hub.base_url + "/accounting")
     expect(page.locator("#hours-table tbody")).to_contain_text("user0")
+    # Per-day chart: one bar per local day of the range, the owner named in the legend and the bar's label.
+    expect(page.locator("#daily-bars .daily-bar")).to_have_count(8)  # 7 days back to today, both ends shown
+    assert "user0" in page.inner_text("#daily-legend")
+    labels = page.eval_on_selector_all("#daily-bars .daily-bar", "els => els.map((e) => e.getAttribute('aria-label'))")
+    assert any(label.startswith(time.strftime("%Y-%m-%d")) and "user0" in label for label in labels), labels
     for field in ("#since", "#until"):
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", page.input_value(field)), field
     assert re.search(r"From \d{4}-\d{2}-\d{2} to \d{4}-\d{2}-\d{2}", page.inner_text("#range-text"))
