@@ -90,6 +90,11 @@ for name in PUBLIC_QUERIES:
 @pytest.fixture
 def hub(datasette, hub_config):
     """Two servers, and a client logged in for each role."""
+    return build_hub(datasette, hub_config)
+
+
+def build_hub(datasette, hub_config):
+    """The ``hub`` fixture's value (also used by tests/test_attacks.py)."""
     admin = Client(datasette)
     assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
     for name in ("one", "two"):
