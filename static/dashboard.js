@@ -149,7 +149,7 @@ function serverTitle(s) {
 
 function shortName(name) {
   // Hostnames without the domain; long ones keep their head and their distinguishing tail.
-  const max = window.matchMedia("(max-width: 600px)").matches ? 10 : 14;
+  const max = window.matchMedia("(max-width: 600px)").matches ? 8 : 14;
   let n = /^[0-9.:]+$/.test(name) ? name : name.split(".")[0] || name;
   if (n.length > max) { const head = Math.ceil((max - 1) / 3); n = n.slice(0, head) + "…" + n.slice(n.length - (max - 1 - head)); }
   return n;
