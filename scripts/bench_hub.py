@@ -9,8 +9,8 @@ Runs, side by side in one invocation:
    loopback (the default one-port deployment: uvicorn + Datasette + mounted WSGI ingest),
    each request a distinct report of 8 GPUs, 16 processes and 4 disks, from 1000 hosts;
    first on an empty database, then on one already holding ``--days`` of history for
-   ``--servers`` servers (raw samples for the raw retention, 5-minute and hourly roll-ups
-   for the whole span, as the hub keeps them);
+   ``--servers`` servers, grown through ``store_report`` with the hub's own maintenance
+   (see :func:`populate`: no roll-up written and no ANALYZE run by the benchmark);
 2. ingest latency at a fixed 100 reports/s (open loop: latency counted from the planned
    send time, so a stall is not hidden);
 3. query times through Datasette's JSON API as the logged-in admin, with 1000 servers ×
@@ -198,82 +198,59 @@ def paced_latency(hub, rate=100, seconds=30):
             "max": latencies[-1], "errors": sum(1 for s in statuses if s >= 300), "n": len(latencies)}
 
 
-def populate(db_path, servers, days, raw_days, extra_servers):
-    """Fill a database like the hub's after ``days`` of ``servers`` hosts (8 GPUs each)."""
+def populate(db_path, servers, days, interval, extra_servers):
+    """Grow a database like the hub's after ``days`` of ``servers`` hosts (8 GPUs each).
+
+    Through the product's own paths only: every report goes through ``validate_report`` +
+    ``store_report`` (as ingest stores it, on a clock running from ``days`` ago to now, one
+    report per server every ``interval`` seconds), and the hub's own ``Maintenance`` runs
+    every simulated hour (roll-ups, GPU-hours, retention, the planner statistics as the hub
+    leaves them). No roll-up is written and no ANALYZE is run here. ``extra_servers`` hosts
+    send one report now (latest state only). Costs one ``store_report`` per report
+    (~650 reports/s of CPU on the reference VM): 200 servers x 30 days at 300 s is
+    1.7 M reports, about 45 minutes.
+    """
+    import copy
+
+    from server_monitor.contract import validate_report
+    from server_monitor.rollup import Maintenance
+    from server_monitor.store import store_report
+
     schema.migrate(db_path)
     conn = schema.connect(db_path)
-    conn.execute("PRAGMA synchronous=OFF")
-    conn.execute("PRAGMA secure_delete=OFF")
-    now = int(time.time()) // 30 * 30
-    conn.execute("BEGIN")
-    total = servers + extra_servers
-    for s in range(1, total + 1):
-        conn.execute(
-            "INSERT INTO servers (id, machine_id, hostname, first_seen, last_seen, last_ts, interval_s, cpu_percent,"
-            " memory_used_bytes, memory_total_bytes, gpu_state, agent_version, os, kernel) VALUES"
-            " (?, ?, ?, ?, ?, ?, 30, 40, 500000000000, 1000000000000, 'ok', '0.1.0', 'Ubuntu 22.04', '5.15')",
-            (s, uuid.uuid4().hex, f"node-{s:04d}", now - days * 86400, now, now))
-        conn.executemany(
-            "INSERT INTO gpus (id, server_id, uuid, gpu_index, name, pci_bus_id, first_seen, last_ts, utilization_gpu,"
-            " memory_used_mib, memory_total_mib, temperature_gpu_c, power_draw_w, power_limit_w) VALUES"
-            " (?, ?, ?, ?, 'NVIDIA H100 80GB HBM3', ?, ?, ?, 50, 40000, 81559, 60, 400.5, 700)",
-            [(s * 8 + g, s, f"GPU-{s}-{g}", g, f"00000000:{g:02X}:00.0", now - days * 86400, now) for g in range(8)])
-        conn.executemany(
-            "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib, user, uid,"
-            " container, container_kind) VALUES (?, ?, ?, ?, 'python train.py --config configs/large.yaml', 9000,"
-            " 'alice', 1000, 'lab-ws', 'lxc')", [(s, now, s * 8 + g, 1000 + g * 2 + k) for g in range(8) for k in range(2)])
-    conn.execute("COMMIT")
-    raw_from = now - raw_days * 86400
-    series = f"WITH RECURSIVE t(ts) AS (SELECT {raw_from} UNION ALL SELECT ts + 30 FROM t WHERE ts + 30 < {now}) "
-    started = time.time()
-    for s in range(1, servers + 1):
-        conn.execute("BEGIN")
-        conn.execute(
-            series + "INSERT INTO host_samples (server_id, ts, received_at, report_id, cpu_percent, load_1,"
-            " memory_used_bytes, memory_total_bytes, swap_used_bytes, net_rx_bps, net_tx_bps, gpu_state)"
-            f" SELECT {s}, ts, ts, 'p{s}-' || ts, abs(random() % 100), 12.5, 500000000000 + abs(random() % 1000000),"
-            " 1000000000000, 0, abs(random() % 100000000), abs(random() % 10000000), 'ok' FROM t")
-        conn.execute(
-            series + "INSERT INTO gpu_samples (gpu_id, ts, utilization_gpu, utilization_memory, memory_used_mib,"
-            " temperature_gpu_c, power_draw_w, fan_speed) SELECT g.id, t.ts, abs(random() % 101), abs(random() % 101),"
-            " abs(random() % 81559), 30 + abs(random() % 50), 70 + abs(random() % 63000) / 100.0, NULL"
-            f" FROM t, gpus g WHERE g.server_id = {s}")
-        conn.execute(
-            series + "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib, user,"
-            " uid, container, container_kind) SELECT g.server_id, t.ts, g.id, 1000 + k.k, 'python train.py --config"
-            " configs/large.yaml', 9000, 'alice', 1000, 'lab-ws', 'lxc' FROM t, gpus g, (SELECT 0 AS k UNION ALL"
-            f" SELECT 1) k WHERE g.server_id = {s}")
-        conn.execute(
-            series + "INSERT INTO disk_samples (server_id, ts, mountpoint, device, fstype, total_bytes, used_bytes)"
-            f" SELECT {s}, t.ts, m.m, '/dev/nvme0n1', 'ext4', 4000000000000, 1000000000000 FROM t,"
-            " (SELECT '/' AS m UNION ALL SELECT '/data1' UNION ALL SELECT '/data2' UNION ALL SELECT '/scratch') m")
-        for tier, step, keep in (("5m", 300, days), ("1h", 3600, days)):
-            tier_from = (now - keep * 86400) // step * step
-            tier_series = (f"WITH RECURSIVE t(ts) AS (SELECT {tier_from} UNION ALL SELECT ts + {step} FROM t"
-                           f" WHERE ts + {step} < {raw_from}) ")
-            conn.execute(
-                tier_series + f"INSERT INTO gpu_samples_{tier} (gpu_id, ts, samples, utilization_gpu_avg,"
-                " utilization_gpu_max, utilization_memory_avg, utilization_memory_max, memory_used_mib_avg,"
-                " memory_used_mib_max, temperature_gpu_c_avg, temperature_gpu_c_max, power_draw_w_avg, power_draw_w_max)"
-                f" SELECT g.id, t.ts, {step // 30}, 50.5, 100, 10, 20, 40000, 80000, 60, 80, 400.5, 690"
-                f" FROM t, gpus g WHERE g.server_id = {s}")
-            conn.execute(
-                tier_series + f"INSERT INTO host_samples_{tier} (server_id, ts, samples, cpu_percent_avg,"
-                " cpu_percent_max, memory_used_bytes_avg, memory_used_bytes_max, memory_total_bytes_max,"
-                f" net_rx_bps_avg, net_rx_bps_max, net_tx_bps_avg, net_tx_bps_max) SELECT {s}, t.ts, {step // 30},"
-                " 40, 95, 5e11, 6e11, 1e12, 1e7, 1e8, 1e6, 1e7 FROM t")
-        conn.execute("COMMIT")
-        if s % 20 == 0:
-            print(f"  populated {s}/{servers} servers ({time.time() - started:.0f} s)", flush=True)
-    conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('rolled_until', ?)", (raw_from,))
-    conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('raw_deleted_before', ?)", (raw_from,))
-    conn.execute("ANALYZE")
-    conn.close()
-    # The raw period's roll-ups come from the hub's own maintenance, as in production.
-    from server_monitor.rollup import Maintenance
+    now = int(time.time()) // interval * interval
+    clock = [now - days * 86400]
+    maintenance = Maintenance(db_path, pause=0, now=lambda: clock[0])
+    templates = []
+    for s in range(servers):
+        r = sample_report(f"node-{s:04d}", gpus=8, processes=2, disks=4)
+        r["interval"] = interval
+        templates.append(json.dumps(r))
 
-    print("  rolling up the raw period…", flush=True)
-    Maintenance(db_path, pause=0).run_once()
+    def send(template, ts):
+        r = json.loads(template)
+        r["report_id"] = str(uuid.uuid4())
+        r["sample_time"] = r["sent_at"] = ts
+        store_report(conn, validate_report(copy.deepcopy(r)), ts)
+
+    started, reports = time.time(), 0
+    for ts in range(now - days * 86400, now, interval):
+        for template in templates:
+            send(template, ts)
+        reports += len(templates)
+        if ts // 3600 != (ts + interval) // 3600:
+            clock[0] = ts + interval
+            maintenance.run_once()
+            if ts // 86400 != (ts + interval) // 86400:
+                print(f"  {reports} reports, {(ts - now) / 86400 + days:.0f}/{days} days "
+                      f"({time.time() - started:.0f} s)", flush=True)
+    for s in range(extra_servers):
+        r = sample_report(f"node-x{s:04d}", gpus=8, processes=2, disks=4)
+        r["interval"] = interval
+        send(json.dumps(r), now)
+    conn.close()
+    clock[0] = now
+    maintenance.run_once()
 
 
 def login(hub):
@@ -331,6 +308,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=30, help="length of each throughput/latency run")
     parser.add_argument("--servers", type=int, default=200, help="servers with stored history")
     parser.add_argument("--days", type=int, default=30, help="days of history (roll-ups; raw for 7)")
+    parser.add_argument("--interval", type=int, default=300,
+                        help="seconds between one server's reports while the history is grown")
     parser.add_argument("--workdir", help="keep databases here (default: a temporary directory)")
     parser.add_argument("--queries-only", action="store_true", help="skip the ingest runs")
     args = parser.parse_args()
@@ -362,7 +341,7 @@ def main():
     if not os.path.exists(full.config.db_path):
         print(f"populating {args.servers} servers × {args.days} days (+{1000 - args.servers} servers latest only)…")
         t0 = time.time()
-        populate(full.config.db_path, args.servers, args.days, 7, 1000 - args.servers)
+        populate(full.config.db_path, args.servers, args.days, args.interval, 1000 - args.servers)
         print(f"  done in {time.time() - t0:.0f} s, {os.path.getsize(full.config.db_path) / 2**30:.2f} GiB")
     forget_bench_hosts(full.config.db_path)
     per_sample, gpu_rows = bytes_per_gpu_sample(full.config.db_path)
