@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 
 from datasette import hookimpl
 
-from server_monitor import dbguard, hub
+from server_monitor import analyst, dbguard, hub
 from server_monitor.wsgi_bridge import IngestBridge
 from server_monitor.wsgi_bridge import header as _header
 
@@ -306,6 +306,8 @@ def asgi_wrapper(datasette):
                     message = dict(message, headers=headers)
                 await send(message)
 
+            if analyst.is_adhoc_sql(scope):  # ad-hoc SQL on its own bounded path (L6)
+                return await ctx.analyst_sql(app, scope, receive, send_with_headers)
             return await app(scope, receive, send_with_headers)
 
         return gate

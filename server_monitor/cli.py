@@ -48,6 +48,9 @@ def datasette_args(cfg, host=None, port=None):
         "--port", str(port or cfg.get("server.port")),
         "--setting", "max_returned_rows", "20000",
         "--setting", "sql_time_limit_ms", "5000",
+        # Three SQL threads stay the viewers' while analysts' ad-hoc SQL uses its own few
+        # (server_monitor/analyst.py caps those at sql.analyst_concurrency).
+        "--setting", "num_sql_threads", str(3 + max(1, int(cfg.get("sql.analyst_concurrency", 1)))),
     ]
 
 

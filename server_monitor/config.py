@@ -43,6 +43,12 @@ DEFAULTS = {
         "idle_max_util": 5,
         "idle_hours": 2,
     },
+    # Analysts' ad-hoc SQL (?sql= on /monitor): its own bounded path (server_monitor/analyst.py).
+    "sql": {
+        "analyst_time_limit_ms": 2000,
+        "analyst_concurrency": 1,
+        "analyst_queue": 8,
+    },
     "data": {
         "path": "monitor.db",
         "auth_path": "auth.db",
@@ -167,6 +173,12 @@ def _check(data):
     for key in ("rollup_5m_days", "rollup_1h_days", "maintenance_interval_s"):
         if not isinstance(data["data"][key], (int, float)) or data["data"][key] < 0:
             raise ConfigError(f"config: data.{key} must be a non-negative number")
+    sql = data.get("sql")
+    if not isinstance(sql, dict):
+        raise ConfigError("config: 'sql' must be a mapping")
+    for key, low in (("analyst_time_limit_ms", 1), ("analyst_concurrency", 1), ("analyst_queue", 0)):
+        if not isinstance(sql[key], int) or isinstance(sql[key], bool) or sql[key] < low:
+            raise ConfigError(f"config: sql.{key} must be an integer >= {low}")
 
 
 def load(path):

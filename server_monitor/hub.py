@@ -10,6 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from . import config as config_mod
+from .analyst import AnalystSQL
 from .accounts import Accounts, LoginLimiter
 
 SESSION_COOKIE = "sm_session"
@@ -82,6 +83,8 @@ class HubContext:
         self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
         self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
         self.ingest = ingest.make_application(config)
+        # Analysts' ad-hoc SQL: bounded concurrency, queue and time limit (L6).
+        self.analyst_sql = AnalystSQL.from_config(config)
         self.admin_username = config.get("auth.username")
         self.admin_fingerprint = admin_fingerprint(config)
         self.session_hours = float(config.get("auth.session_hours", 12))

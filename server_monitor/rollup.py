@@ -197,7 +197,8 @@ def refresh_statistics(conn, now=None, force=False, min_pages=None):
     the database file has doubled in pages since (``analyzed_pages``). Connections opened
     afterwards plan with them (SQLite reads statistics when a connection loads its schema;
     connections already open keep what they read, which is why the canned queries fix their
-    join order where it matters). Returns ``"analyze"`` or ``"optimize"``. Raises ``sqlite3.Error``.
+    join order where it matters). Returns ``"analyze"``, ``"optimize"`` or ``"skipped"`` (a database
+    under ``min_pages``). Raises ``sqlite3.Error``.
     """
     now = time.time() if now is None else now
     min_pages = STATS_MIN_PAGES if min_pages is None else min_pages
@@ -218,6 +219,11 @@ def refresh_statistics(conn, now=None, force=False, min_pages=None):
         conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('analyzed_at', ?),"
                      " ('analyzed_pages', ?)", (int(now), pages))
         return "analyze"
+    if pages < min_pages:
+        # Not even PRAGMA optimize: on a small database it would ANALYZE (misleading
+        # statistics), and creating sqlite_stat1 changes the schema, which makes Datasette
+        # re-read every table's schema under a lock that holds up every request meanwhile.
+        return "skipped"
     conn.execute("PRAGMA optimize")
     return "optimize"
 
