@@ -19,7 +19,7 @@ import uuid
 import pytest
 from reports import sample_report
 
-from server_monitor import schema
+from server_monitor import schema, topology
 from server_monitor.contract import validate_report
 from server_monitor.queries import QUERIES
 from server_monitor.rollup import Maintenance, refresh_statistics
@@ -70,6 +70,7 @@ def grown(tmp_path_factory):
 
 
 def plan(conn, sql):
+    topology.register(conn)  # the SQL functions every Datasette connection has (plugins/sm_topology.py)
     names = set(re.findall(r"(?<!:):(\w+)", sql))
     params = {name: PARAMS.get(name, "") for name in names}
     params.update({n: 10 for n in names if n.startswith("_config_")})
