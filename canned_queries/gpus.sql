@@ -1,5 +1,5 @@
 -- title: GPUs
--- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs). memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
+-- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs); power_capped_h / thermal_slowdown_h the same in hours ("power capped 4 h" since the driver loaded). memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
 select
   g.server_id,
   coalesce(s.display_name, s.hostname) as server,
@@ -67,6 +67,10 @@ select
   g.hw_thermal_slowdown_us,
   g.sw_thermal_slowdown_us,
   g.hw_power_brake_slowdown_us,
+  round(g.sw_power_cap_us / 3600e6, 1) as power_capped_h,
+  case when g.sw_thermal_slowdown_us is not null or g.hw_thermal_slowdown_us is not null
+    then round((coalesce(g.sw_thermal_slowdown_us, 0) + coalesce(g.hw_thermal_slowdown_us, 0)) / 3600e6, 1)
+  end as thermal_slowdown_h,
   g.mig_mode_pending,
   g.cuda_version,
   g.xid_last,

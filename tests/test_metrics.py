@@ -144,3 +144,15 @@ def test_mig_instances_carry_gpu_i_id_and_profile(datasette, hub_config):
     assert by_instance == {("", ""): 11125, ("2", "3g.40gb"): 11091, ("3", "2g.20gb"): 17, ("9", "1g.10gb"): 9,
                            ("10", "1g.10gb"): 9}
     assert {s.labels["gpu"] for s in used} == {"0"}
+
+
+def test_gpus_query_shows_throttle_time_in_hours(datasette, hub_config):
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    # The Windows RTX 2080 SUPER capture: 5451018134 us held by the power cap since driver load.
+    report = sample_report("capped", gpus=1, processes=0, capture="windows", state="idle")
+    assert report["gpus"][0]["clocks_event_reasons_counters.sw_power_cap"] == 5451018134
+    assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
+    row = admin.get("/monitor/gpus.json?_shape=array").json()[0]
+    assert row["power_capped_h"] == 1.5 and row["thermal_slowdown_h"] == 0.0
+    assert row["clocks_event_reasons"] == "gpu_idle" and row["health"] == "ok"
