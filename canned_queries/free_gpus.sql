@@ -1,5 +1,5 @@
 -- title: Free GPUs now
--- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: its free MIG instances are offered one per row instead, for :count 1, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Offline, stale and maintenance hosts and GPUs marked maintenance/fault or missing are left out. One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs to use by index — for :count > 1 a set on one NUMA node joined by NVLink where nvidia-smi topo -m shows one (link: the weakest connection inside the set, NV<n> = n bonded NVLinks, else PIX/PXB/PHB/NODE/SYS; numa_node: their NUMA node), then the most free memory — and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
+-- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: its free MIG instances are offered one per row instead, for :count 1, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Only hosts reporting now without a problem are offered: offline, stale, error (GPU collection failing, a GPU lost, marked faulty) and maintenance hosts, and GPUs marked maintenance/fault or missing, are left out. free_gpus counts every free GPU of the host and vendor, free_indexes lists them (nvidia-smi indexes). One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs to use by index — for :count > 1 a set on one NUMA node joined by NVLink where nvidia-smi topo -m shows one (link: the weakest connection inside the set, NV<n> = n bonded NVLinks, else PIX/PXB/PHB/NODE/SYS; numa_node: their NUMA node), then the most free memory — and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
 with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
@@ -14,7 +14,7 @@ free as (
   from gpus g
   join server_state s on s.id = g.server_id
   join params p
-  where (s.state = 'online' or (s.state = 'error' and s.gpu_state = 'gpu_lost' and s.status = 'active'))
+  where s.state = 'online'
     and g.present and g.status = 'active'
     and g.process_count = 0
     and max(coalesce(g.utilization_gpu, 0), coalesce(g.utilization_encoder, 0), coalesce(g.utilization_decoder, 0))
@@ -28,6 +28,7 @@ free as (
 -- one NUMA node and NVLink first (nvidia-smi topo -m, gpu_links), then the most free memory.
 hosts as (
   select f.server_id, f.server, f.vendor, count(*) as free_gpus,
+    group_concat(f.gpu_index, ',') as free_indexes,
     gpu_set(json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
                                          'name', f.name)),
             (select json_group_array(json_array(l.gpu_a, l.gpu_b, l.link)) from gpu_links l
@@ -45,7 +46,7 @@ mig_free as (
   join gpus g on g.id = m.gpu_id
   join server_state s on s.id = m.server_id
   join params p
-  where (s.state = 'online' or (s.state = 'error' and s.gpu_state = 'gpu_lost' and s.status = 'active'))
+  where s.state = 'online'
     and g.present and g.status = 'active' and p.want = 1
     and m.process_count = 0
     and coalesce(m.memory_total_mib - coalesce(m.memory_used_mib, 0), 0) >= p.min_free
@@ -66,10 +67,11 @@ select
   json_extract(h.chosen, '$.models') as gpu_models,
   null as mig_profile,
   json_extract(h.chosen, '$.link') as link,
-  json_extract(h.chosen, '$.numa') as numa_node
+  json_extract(h.chosen, '$.numa') as numa_node,
+  h.free_indexes
 from hosts h
 union all
 select m.server_id, m.server, 'nvidia', 1, m.uuid, 'CUDA_VISIBLE_DEVICES=' || m.uuid, m.uuid, m.uuid, m.free_mib,
-  m.name || ' MIG ' || coalesce(m.profile, '?'), m.profile, null, null
+  m.name || ' MIG ' || coalesce(m.profile, '?'), m.profile, null, null, null
 from mig_free m
 order by min_free_mib desc, free_gpus desc, server, vendor

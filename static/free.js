@@ -1,6 +1,25 @@
 // Free-GPU finder: the free_gpus canned query, and the command line that does the same.
 "use strict";
 
+// Copy to the clipboard where the browser allows it (https or localhost); else select the text.
+function copyButton(text) {
+  const button = h("button", { type: "button", class: "small copy" }, "Copy");
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(text);
+      button.textContent = "Copied";
+    } catch (e) {
+      const range = document.createRange();
+      range.selectNodeContents(button.previousSibling.previousSibling);
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+      button.textContent = "Selected: Ctrl+C";
+    }
+    setTimeout(() => { button.textContent = "Copy"; }, 2000);
+  });
+  return button;
+}
+
 async function find(event) {
   if (event) event.preventDefault();
   const form = new FormData(document.getElementById("free-form"));
@@ -12,8 +31,10 @@ async function find(event) {
     const rows = await fetchQuery("free_gpus", params);
     errorBox.hidden = true;
     document.querySelector("#free-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
-      h("td", {}, r.server), h("td", { class: "num" }, String(r.free_gpus)),
-      h("td", {}, h("code", {}, r.env), r.vendor === "amd" ? h("span", { class: "muted" }, " (or HIP_VISIBLE_DEVICES)") : ""),
+      h("td", {}, h("a", { href: "/#server-" + Number(r.server_id) }, r.server)),
+      h("td", {}, r.mig_profile ? "1 MIG instance" : r.free_gpus + " free" + (r.free_indexes ? ": " + r.free_indexes : "")),
+      h("td", {}, h("code", { class: "env" }, r.env), " ", copyButton(r.env),
+        r.vendor === "amd" ? h("span", { class: "muted" }, " (or HIP_VISIBLE_DEVICES)") : ""),
       h("td", { class: "num" }, fmtMiB(r.min_free_mib)), h("td", {}, r.gpu_models || ""))) :
       [h("tr", {}, h("td", { colSpan: 5 }, "No host has that many free GPUs right now."))]));
     const query = new URLSearchParams(Object.assign({ _shape: "array" }, params)).toString();
@@ -27,6 +48,8 @@ async function find(event) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  const howto = document.getElementById("cookie-howto");
+  howto.textContent = howto.textContent.replaceAll("HUB", location.origin);
   document.getElementById("free-form").addEventListener("submit", find);
   find();
 });

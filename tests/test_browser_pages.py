@@ -183,3 +183,35 @@ def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):
     assert 0.9 <= hours <= 1.05
     assert "gpu_hours.csv" in tab.get_attribute("#csv", "href")
     tab.close()
+
+
+def test_free_page_copy_button_and_cookie_recipe_work(page, hub_process, hub_config, tmp_path):
+    import shutil
+    import subprocess
+
+    from playwright.sync_api import expect
+
+    report = sample_report("free-node", gpus=3, processes=1)
+    report["processes"] = report["processes"][:1]  # GPU 0 busy; 1 and 2 free
+    for g in report["gpus"][1:]:
+        g["utilization.gpu"], g["memory.used"] = 0, 0
+    push(hub_process, hub_config, report)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/free")
+    row = page.locator("#free-table tbody tr").first
+    expect(row).to_contain_text("2 free: 1,2")
+    assert "CUDA_VISIBLE_DEVICES=" in row.locator("code.env").inner_text()
+    row.locator("button.copy").click()
+    expect(row.locator("button.copy")).to_have_text(re.compile("Copied|Selected"))
+    assert row.locator("a").get_attribute("href") == "/#server-1"
+    # The page's own recipe for a script's cookie, run by curl against this hub.
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    recipe = page.inner_text("#cookie-howto").replace("YOUR-PASSWORD", hub_config.password).replace(
+        "YOU", hub_config.get("auth.username"))
+    assert hub_process.base_url + "/login" in recipe
+    subprocess.run(["bash", "-c", recipe], cwd=tmp_path, check=True, timeout=60)
+    one_liner = page.inner_text("#one-liner")
+    out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("free-node CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES="), (out.stdout, out.stderr)
+    assert page.console_errors == []

@@ -54,6 +54,24 @@ def test_free_gpus_best_first_with_cuda_visible_devices(admin):
     assert out.stdout == "big CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=7,2\n"
 
 
+def test_free_gpus_never_offers_failing_or_late_hosts_and_lists_every_free_index(admin):
+    host(admin, "good", 4, busy=(1,))
+    lossy = sample_report("lossy", gpus=2, processes=0)
+    lossy["gpu_status"] = {"state": "gpu_lost", "stale": False,
+                           "lost": [{"pci.bus_id": "00000000:3B:00.0", "message": "Unable to determine the device handle"}]}
+    assert ingest(admin, lossy, admin.token).status_code == 201
+    host(admin, "late", 2)
+    conn = sqlite3.connect(admin.db)
+    conn.execute("update servers set last_seen = last_seen - 75 where hostname = 'late'")  # stale: 2 reports missed
+    conn.commit()
+    host(admin, "faulty", 2)
+    conn.execute("update servers set status = 'fault' where hostname = 'faulty'")
+    conn.commit()
+    rows = admin.get("/monitor/free_gpus.json?_shape=array").json()
+    assert [(r["server"], r["free_gpus"], r["free_indexes"], r["cuda_visible_devices"]) for r in rows] == [
+        ("good", 3, "0,2,3", "0")]
+
+
 def test_idle_holders(admin):
     now = int(time.time())
     host(admin, "idler", 2, used_mib={0: 30000, 1: 30000}, busy=(0, 1), util=0)
