@@ -10,8 +10,10 @@ range as (
     server_id,
     span_s,
     cast(strftime('%s', 'now') as integer) - span_s as since,
+    -- never finer than the server's report interval (a finer bucket would show gaps between reports)
     case
-      when span_s <= 172800 then max(30, span_s / 200 + 1)
+      when span_s <= 172800 then max(30, coalesce((select interval_s from servers where id = params.server_id), 30),
+                                     span_s / 200 + 1)
       else ((span_s / 200) / 3600 + 1) * 3600
     end as bucket_s,
     case when span_s <= 172800 then 'raw' else '1h' end as tier

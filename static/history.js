@@ -301,10 +301,29 @@ function holderTimeline(container, holders, gpus, range) {
   });
 }
 
+function naturalSpans(rows) {
+  // Buckets finer than the report interval leave gaps between reports: a cell lasts until the
+  // GPU's next bucket, at most the typical (median) step between buckets.
+  const byGpu = new Map();
+  for (const r of rows) (byGpu.get(r.gpu_index) || byGpu.set(r.gpu_index, []).get(r.gpu_index)).push(r);
+  const spans = new Map();
+  for (const list of byGpu.values()) {
+    list.sort((a, b) => a.ts - b.ts);
+    const steps = list.slice(1).map((r, i) => r.ts - list[i].ts).sort((a, b) => a - b);
+    const typical = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
+    list.forEach((r, i) => {
+      const gap = i + 1 < list.length ? list[i + 1].ts - r.ts : typical;
+      spans.set(r, Math.max(r.bucket_s, Math.min(gap, typical)));
+    });
+  }
+  return spans;
+}
+
 function utilizationHeatmap(container, gpu, gpus, range) {
   const rowIndex = new Map(gpus.map((g, i) => [g, i]));
+  const spans = naturalSpans(gpu);
   const cells = gpu.filter((r) => rowIndex.has(r.gpu_index)).map((r) => ({
-    row: rowIndex.get(r.gpu_index), ts: r.ts, span: r.bucket_s, r,
+    row: rowIndex.get(r.gpu_index), ts: r.ts, span: spans.get(r), r,
     parts: [{ colour: r.utilization_gpu === null ? (cssVar("--bar-bg") || "#555") : heatColor(r.utilization_gpu), frac: 1 }],
   }));
   const scale = h("div", { class: "heat-scale", "aria-hidden": "true" },
