@@ -13,9 +13,12 @@ Runs, side by side in one invocation:
    (see :func:`populate`: no roll-up written and no ANALYZE run by the benchmark);
 2. ingest latency at a fixed 100 reports/s (open loop: latency counted from the planned
    send time, so a stall is not hidden);
-3. query times through Datasette's JSON API as the logged-in admin, with 1000 servers ×
+3. the limits without HTTP on the same disk: raw SQLite (the same rows, one transaction
+   per report) and in-process ``validate_report`` + ``store_report``; the HTTP figures are
+   stated as fractions of them;
+4. query times through Datasette's JSON API as the logged-in admin, with 1000 servers ×
    8 GPUs: the ``servers`` and ``gpus`` canned queries, one server's 24 h and 30-day history;
-4. bytes per stored GPU sample (``gpu_samples`` table and its indexes, from ``dbstat``).
+5. bytes per stored GPU sample (``gpu_samples`` table and its indexes, from ``dbstat``).
 """
 
 import argparse
@@ -253,6 +256,68 @@ def populate(db_path, servers, days, interval, extra_servers):
     maintenance.run_once()
 
 
+def sqlite_limits(workdir, seconds=10):
+    """Reports/s without HTTP, on the same disk: (raw SQLite, in-process validate+store).
+
+    Raw: the rows one report of 8 GPUs, 16 processes and 4 disks writes (1 host sample, 8 GPU
+    samples, 16 process rows, 4 disk rows, the server's and 8 GPUs' latest-state updates) as
+    plain INSERT/UPDATEs, one ``BEGIN IMMEDIATE`` transaction per report, with the hub's
+    pragmas (``schema.connect``). In-process: ``validate_report`` + ``store_report`` of the same
+    reports. Each for ``seconds`` on a fresh database in ``workdir``.
+    """
+    import copy
+
+    from server_monitor.contract import validate_report
+    from server_monitor.store import store_report
+
+    results = {}
+    for kind in ("raw", "store"):
+        path = os.path.join(workdir, f"limit-{kind}.db")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        schema.migrate(path)
+        conn = schema.connect(path)
+        template = sample_report("limit-host", gpus=8, processes=2, disks=4)
+        first = copy.deepcopy(template)
+        store_report(conn, validate_report(first), first["sample_time"])  # the server and its GPUs
+        server_id = conn.execute("SELECT id FROM servers").fetchone()[0]
+        gpu_ids = [g for (g,) in conn.execute("SELECT id FROM gpus ORDER BY gpu_index")]
+        t = int(time.time()) - 86400
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            t += 1
+            n += 1
+            if kind == "store":
+                r = copy.deepcopy(template)
+                r["report_id"] = str(uuid.uuid4())
+                r["sample_time"] = r["sent_at"] = t
+                store_report(conn, validate_report(r), t)
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE servers SET last_seen = ?, last_ts = ?, cpu_percent = 12.5 WHERE id = ?",
+                         (t, t, server_id))
+            conn.execute("INSERT INTO host_samples (server_id, ts, received_at, report_id, cpu_percent, load_1,"
+                         " memory_used_bytes, memory_total_bytes, swap_used_bytes, net_rx_bps, net_tx_bps, gpu_state)"
+                         " VALUES (?, ?, ?, ?, 12.5, 1.0, 1, 2, 0, 3.0, 4.0, 'ok')", (server_id, t, t, f"raw-{t}"))
+            conn.executemany("UPDATE gpus SET last_ts = ?, utilization_gpu = 50, memory_used_mib = 1000 WHERE id = ?",
+                             [(t, g) for g in gpu_ids])
+            conn.executemany("INSERT INTO gpu_samples (gpu_id, ts, utilization_gpu, utilization_memory,"
+                             " memory_used_mib, temperature_gpu_c, power_draw_w, fan_speed)"
+                             " VALUES (?, ?, 50, 20, 1000, 60, 300.5, NULL)", [(g, t) for g in gpu_ids])
+            conn.executemany("INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib,"
+                             " user, uid, container, container_kind) VALUES (?, ?, ?, ?, 'python train.py', 9000,"
+                             " 'alice', 1000, 'lab-ws', 'lxc')",
+                             [(server_id, t, g, 1000 + k) for g in gpu_ids for k in range(2)])
+            conn.executemany("INSERT INTO disk_samples (server_id, ts, mountpoint, device, fstype, total_bytes,"
+                             " used_bytes) VALUES (?, ?, ?, '/dev/nvme0n1', 'ext4', 4000000000000, 1000000000000)",
+                             [(server_id, t, m) for m in ("/", "/data1", "/data2", "/scratch")])
+            conn.execute("COMMIT")
+        results[kind] = n / (time.perf_counter() - started)
+        conn.close()
+    return results
+
+
 def login(hub):
     client = Browserless(hub.url)
     client.login("admin", hub.password)
@@ -324,6 +389,9 @@ def main():
           f"SQLite {sqlite3.sqlite_version}")
 
     results = {}
+    limits = sqlite_limits(work, min(args.seconds, 15))
+    print(f"same disk, no HTTP, one transaction per report: raw SQLite {limits['raw']:.0f} reports/s, "
+          f"validate_report + store_report {limits['store']:.0f} reports/s")
     if not args.queries_only:
         shutil.rmtree(os.path.join(work, "empty"), ignore_errors=True)
         os.makedirs(os.path.join(work, "empty"))
@@ -358,7 +426,9 @@ def main():
         e, f, lat = results["empty"], results["full"], results["latency"]
         print("\ningest throughput (wrk, 1 thread, 16 connections, 8 GPUs + 16 processes + 4 disks per report)")
         print(f"  empty database:         {e['rate']:7.0f} reports/s  p99 {e['p99']:>8}  non-2xx {e['non_2xx']}  "
-              f"hub CPU {e['hub_cpu_s'] / args.seconds:.2f} cores")
+              f"hub CPU {e['hub_cpu_s'] / args.seconds:.2f} cores  "
+              f"({100 * e['rate'] / limits['raw']:.0f} % of raw SQLite, {100 * e['rate'] / limits['store']:.0f} % of"
+              " in-process store)")
         print(f"  {args.servers} servers × {args.days} d: {f['rate']:7.0f} reports/s  p99 {f['p99']:>8}  "
               f"non-2xx {f['non_2xx']}  ({100 * f['rate'] / e['rate']:.0f} % of empty)")
         print(f"ingest latency at 100 reports/s (open loop, {lat['n']} reports): p50 {lat['p50']:.1f} ms, "

@@ -3,6 +3,8 @@
     .venv/bin/python scripts/prove.py --profile quick            # ~2 minutes (CI runs it)
     .venv/bin/python scripts/prove.py --profile full             # ~15 minutes, the recorded figures
     .venv/bin/python scripts/prove.py --only outage,crash        # some scenarios
+    .venv/bin/python scripts/prove.py --profile mixed-small      # issue 13's mixed use, scaled down
+    .venv/bin/python scripts/prove.py --profile mixed            # the same at 1,000 agents, 10 minutes
 
 Scenarios, each against the real hub process (``server-monitor serve``) on loopback:
 
@@ -19,6 +21,9 @@ Scenarios, each against the real hub process (``server-monitor serve``) on loopb
 * ``bad_collectors``: real agent processes whose fake nvidia-smi hangs, loses a GPU or
   reports a driver/library mismatch, beside the simulated fleet: each state is named, the
   other hosts are unaffected.
+* ``mixed`` (profiles ``mixed``/``mixed-small`` only): agents, dashboard viewer groups and
+  analysts looping a heavy ad-hoc query at once: ingest and dashboard p50/p99, errors, lost
+  reports, the analysts' answers (time-limited, queued out) and the hub's CPU.
 * ``fuzz``: schemathesis against ``docs/openapi.yaml`` on the running hub: no 5xx,
   responses match the schema.
 
@@ -39,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +69,17 @@ PROFILES = {
                   outage_tick=0.1, crash_agents=30, fuzz_examples=30),
     "full": dict(agents=500, viewers=20, seconds=300, tick=5.0, viewer_period=5.0, outage_agents=500,
                  outage_tick=0.5, crash_agents=200, fuzz_examples=300),
+    # Issue 13's mixed use, all at once: agents at agents/tick reports/s, viewer groups
+    # (count, refresh period s), analysts looping a heavy ad-hoc SQL query. "mixed" is the
+    # goal (1,000 agents at 200 reports/s, 10 minutes); "mixed-small" fits a shared 2-core VM.
+    "mixed": dict(agents=1000, seconds=600, tick=5.0, viewer_groups=[(50, 30.0), (10, 5.0)], analysts=2),
+    "mixed-small": dict(agents=200, seconds=120, tick=5.0, viewer_groups=[(10, 30.0), (2, 5.0)], analysts=2),
 }
+# Scenarios a profile runs when --only is not given.
+PROFILE_SCENARIOS = {"mixed": ["mixed"], "mixed-small": ["mixed"]}
+# A heavy analyst query: every raw GPU sample, grouped per server (a full scan of history).
+HEAVY_SQL = ("select g.server_id, count(*), avg(s.utilization_gpu), max(s.temperature_gpu_c) "
+             "from gpu_samples s join gpus g on g.id = s.gpu_id group by g.server_id")
 CAPTURES = [("h100-80gb", "load", 8), ("h200", "load", 8), ("h100-mig", "load", 4), ("rtx-4080", "load", 1)]
 VIRTUAL_INTERVAL = 30  # seconds of sample time per agent tick (the "compressed interval")
 
@@ -252,9 +268,45 @@ def login(hub):
     return client.http, client.cookie_header
 
 
-def viewers(hub, count, period, stop):
+def analysts(hub, count, stop):
+    """Analysts looping :data:`HEAVY_SQL` as ad-hoc SQL; an answer stopped by the analysts'
+    time limit (400 "too long") or held back by their queue (429/503) is expected, anything
+    else (5xx, a dropped connection) is an error."""
+    results = {"requests": 0, "ok": 0, "time_limited": 0, "queued_out": 0, "errors": 0, "latencies": []}
+    lock = threading.Lock()
+    path = "/monitor.json?_shape=objects&sql=" + urllib.parse.quote(HEAVY_SQL)
+
+    def loop():
+        http, headers = login(hub)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                response = http.request("GET", hub.url + path, headers=headers, timeout=60)
+                status, body = response.status, response.data
+            except urllib3.exceptions.HTTPError:
+                status, body = 0, b""
+            with lock:
+                results["requests"] += 1
+                results["latencies"].append((time.perf_counter() - t0) * 1000)
+                if status == 200:
+                    results["ok"] += 1
+                elif status == 400 and b"too long" in body:
+                    results["time_limited"] += 1
+                elif status in (429, 503):
+                    results["queued_out"] += 1
+                    stop.wait(1)
+                else:
+                    results["errors"] += 1
+
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(count)]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def viewers(hub, count, period, stop, results=None):
     """Dashboard viewers: each fetches what the dashboard fetches every ``period`` seconds."""
-    results = {"latencies": [], "errors": 0, "requests": 0}
+    results = results or {"latencies": [], "errors": 0, "requests": 0}
     lock = threading.Lock()
     queries = ["servers", "gpus", "processes", "disks", "alerts_active", "idle_holders"]
 
@@ -272,6 +324,9 @@ def viewers(hub, count, period, stop):
                     results["latencies"].append((time.perf_counter() - t0) * 1000)
                     results["requests"] += 1
                     results["errors"] += status != 200
+                    if status != 200:
+                        key = f"{path.split('?')[0]} {status}"
+                        results.setdefault("failures", {})[key] = results.get("failures", {}).get(key, 0) + 1
             stop.wait(period)
 
     threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(count)]
@@ -352,6 +407,56 @@ def scenario_load(p, work):
             "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None,
             "hub_rss_mib_start": round(rss[0] / 2**20, 1), "hub_rss_mib_end": round(rss[-1] / 2**20, 1),
             "hub_rss_mib_max": round(max(rss) / 2**20, 1), "errors": 0, "duplicates": 0}
+
+
+def scenario_mixed(p, work):
+    """Issue 13's mixed use: agents, viewer groups and analysts at once, on one hub."""
+    hub = Hub(os.path.join(work, "mixed"))
+    hub.start()
+    t0 = time.time() - p["seconds"] / p["tick"] * VIRTUAL_INTERVAL - 600
+    agents = fleet(hub, work, "mixed", p["agents"], t0)
+    stop = threading.Event()
+    viewed = {"latencies": [], "errors": 0, "requests": 0}
+    viewer_threads = []
+    for count, period in p["viewer_groups"]:
+        threads, _ = viewers(hub, count, period, stop, viewed)
+        viewer_threads += threads
+    analyst_threads, analysed = analysts(hub, p.get("analysts", 0), stop)
+    threads = run_agents(agents, p["seconds"], p["tick"])
+    while any(t.is_alive() for t in threads):
+        hub.sample()
+        time.sleep(1)
+    stop.set()
+    for t in viewer_threads + analyst_threads:
+        t.join(timeout=90)
+    for a in agents:
+        assert a.drain(), f"{a.name}: spool did not drain"
+    total = check_stored(hub, agents)
+    latencies = [lat for a in agents for lat in a.transport.latencies]
+    errors = sum(1 for a in agents for s in a.transport.statuses if s not in (200, 201, 207))
+    acked = set().union(*(a.transport.acked for a in agents))
+    cpu = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(hub.samples, hub.samples[1:])]
+    hub.stop()
+    result = {"agents": p["agents"], "seconds": p["seconds"], "target_reports_per_s": p["agents"] / p["tick"],
+              "viewer_groups": p["viewer_groups"], "analysts": p.get("analysts", 0), "reports": total,
+              "reports_per_s": round(total / p["seconds"], 1), "acknowledged": len(acked),
+              "lost": 0,  # check_stored raised otherwise: every generated report is stored once
+              "ingest_errors": errors,
+              "ingest_ms_p50": round(pct(latencies, 0.5), 1), "ingest_ms_p99": round(pct(latencies, 0.99), 1),
+              "dashboard_requests": viewed["requests"], "dashboard_errors": viewed["errors"],
+              "dashboard_failures": viewed.get("failures", {}),
+              "dashboard_ms_p50": round(pct(viewed["latencies"], 0.5), 1),
+              "dashboard_ms_p99": round(pct(viewed["latencies"], 0.99), 1),
+              "analyst_requests": analysed["requests"], "analyst_ok": analysed["ok"],
+              "analyst_time_limited": analysed["time_limited"], "analyst_queued_out": analysed["queued_out"],
+              "analyst_errors": analysed["errors"],
+              "hub_cpu_cores_avg": round(statistics.mean(cpu), 2) if cpu else None,
+              "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None}
+    print(json.dumps(result), flush=True)
+    assert errors == 0, f"{errors} ingest requests failed"
+    assert viewed["errors"] == 0, f"{viewed['errors']} dashboard requests failed"
+    assert analysed["errors"] == 0, f"{analysed['errors']} analyst requests failed"
+    return result
 
 
 def scenario_outage(p, work):
@@ -526,7 +631,8 @@ def scenario_fuzz(p, work):
 
 
 SCENARIOS = {"load": scenario_load, "outage": scenario_outage, "crash": scenario_crash,
-             "disk_full": scenario_disk_full, "bad_collectors": scenario_bad_collectors, "fuzz": scenario_fuzz}
+             "disk_full": scenario_disk_full, "bad_collectors": scenario_bad_collectors, "fuzz": scenario_fuzz,
+             "mixed": scenario_mixed}
 
 
 def main(argv=None):
@@ -537,7 +643,8 @@ def main(argv=None):
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--seconds", type=int, help="override the load duration")
     args = parser.parse_args(argv)
-    names = args.only.split(",") if args.only else list(SCENARIOS)
+    default = PROFILE_SCENARIOS.get(args.profile, [n for n in SCENARIOS if n != "mixed"])
+    names = args.only.split(",") if args.only else default
     profile = dict(PROFILES[args.profile])
     if args.seconds:
         profile["seconds"] = args.seconds
