@@ -79,7 +79,18 @@ if [ "$DEMO" = 1 ]; then
       "$PY" -m server_monitor init-config -c "$CONFIG" --data-dir "$DEMO_DIR" >/dev/null 2>&1 \
       || die "could not create the demo config in $DEMO_DIR"
   fi
-  rm -f "$DEMO_DIR"/monitor.db "$DEMO_DIR"/monitor.db-wal "$DEMO_DIR"/monitor.db-shm
+  # A fresh demo each time: its metrics and its auth database (demo sessions) start empty;
+  # never under a demo hub that is still running (it holds the lock next to monitor.db).
+  "$PY" - "$DEMO_DIR/monitor.db" <<'PYEOF' || die "a demo hub is already running on $DEMO_DIR; stop it first"
+import sys
+from server_monitor import instance
+try:
+    instance.acquire_data_lock(sys.argv[1], "run.sh --demo (resetting)")
+except instance.InstanceError:
+    sys.exit(1)
+PYEOF
+  rm -f "$DEMO_DIR"/monitor.db "$DEMO_DIR"/monitor.db-wal "$DEMO_DIR"/monitor.db-shm \
+    "$DEMO_DIR"/auth.db "$DEMO_DIR"/auth.db-wal "$DEMO_DIR"/auth.db-shm
   rm -rf "$DEMO_DIR"/.run/spool-*
 fi
 if [ ! -f "$CONFIG" ]; then
