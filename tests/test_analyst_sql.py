@@ -121,9 +121,9 @@ def test_six_heavy_analyst_queries_leave_viewers_canned_queries_alone(short_anal
     assert any(s == 400 and b"too long" in body for s, body in answers), answers[:2]
     # Viewers keep their own SQL threads: the median stays within 20 % of the baseline, or
     # 150 ms above it where the baseline is a few ms (CPU is shared with the analysts' query
-    # on a small machine), and most requests never come near an analyst's 1.5 s limit (the
-    # shared-pool behaviour this replaces made every viewer query wait: 9 s in issue 13).
-    # Single outliers of several seconds were seen on the 2-core development VM at load
-    # average 10 (see docs/performance.md); they are not asserted away here, only bounded.
+    # on a small machine), and no request comes near an analyst's 1.5 s limit (the shared
+    # pool this replaces made every viewer query wait: 9 s in issue 13; Datasette's rich
+    # traceback of each timed-out query, printed on the event loop, stalled every request
+    # for 3-10 s until plugins/sm_errors.py).
     assert load_p50 <= max(1.2 * base_p50, base_p50 + 150), (baseline, loaded)
-    assert sum(ms < 500 for ms in loaded) >= 0.8 * len(loaded), loaded
+    assert max(loaded) < 1500, loaded
