@@ -133,6 +133,8 @@ def main(config_path, interval, once, dry_run, verbose):
     except AgentConfigError as exc:
         raise click.ClickException(str(exc))
     builder = ReportBuilder(cfg)
+    if once or dry_run:
+        builder.gpu_background.wait = None  # one report: wait for nvidia-smi (each call still bounded)
     if once:
         time.sleep(0.5)  # give the CPU and network counter deltas something to measure
     if dry_run:
@@ -155,7 +157,10 @@ def main(config_path, interval, once, dry_run, verbose):
         signal.signal(sig, lambda *_: stop.set())
     log.info("reporting to %s every %gs (spool: %s, %d waiting)", cfg["server_url"], cfg["interval"],
              cfg["spool_dir"], len(spool))
-    run_forever(builder, delivery, cfg["interval"], stop)
+    try:
+        run_forever(builder, delivery, cfg["interval"], stop)
+    finally:
+        builder.gpu_background.close()
     prober.stop()
 
 

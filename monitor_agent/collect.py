@@ -64,7 +64,7 @@ class ReportBuilder:
         # sample with its age, so a slow but working nvidia-smi still delivers.
         self.gpu = GpuCollector(cfg["nvidia_smi"], timeout=cfg["gpu_timeout"], runner=BoundedRunner(),
                                 topology_interval=cfg.get("inventory_interval", 60))
-        self.gpu_background = BackgroundGpu(self.gpu, wait=timeout)
+        self.gpu_background = BackgroundGpu(self.gpu, wait=min(cfg["gpu_timeout"], self.interval * 0.4))
         self.host = HostCollector(hostname=cfg.get("hostname"), machine_id=cfg.get("machine_id"))
         self.procs = ProcessInfo(proc_root=cfg.get("procfs_root", "/proc"))
         # AMD / Intel GPUs from sysfs and DRM fdinfo (no child process).

@@ -234,8 +234,15 @@ class BackgroundGpu:
         with self._lock:
             self._done = (started, result)
 
+    def close(self):
+        """Kill the nvidia-smi call in progress (at agent exit: no child outlives the agent)."""
+        self.collector.runner.kill_current()
+
     def collect(self, now=None):
-        """One report's GPU data: ``GpuCollector.collect`` output plus ``status.age_s`` when stale."""
+        """One report's GPU data: ``GpuCollector.collect`` output plus ``status.age_s`` when stale.
+
+        ``wait`` None (one-shot runs) waits for the collection to end; each call is still bounded.
+        """
         mine = None
         if self._thread is None or not self._thread.is_alive():
             mine = time.time()

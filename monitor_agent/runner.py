@@ -34,6 +34,7 @@ class BoundedRunner:
 
     def __init__(self):
         self._lingering = None  # Popen killed at its deadline that had not exited yet
+        self._current = None  # Popen of the call in progress (run() may be in another thread)
 
     def busy(self):
         """True while a child killed at its deadline has not exited yet."""
@@ -66,6 +67,19 @@ class BoundedRunner:
             return RunResult("not_found", None, b"", b"", time.monotonic() - start)
         except OSError as exc:
             return RunResult("error", None, b"", str(exc).encode(), time.monotonic() - start)
+        self._current = proc
+        try:
+            return self._wait(proc, start, timeout)
+        finally:
+            self._current = None
+
+    def kill_current(self):
+        """SIGKILL the process group of the call in progress, if any (agent shutdown)."""
+        proc = self._current
+        if proc is not None and proc.poll() is None:
+            self._kill_group(proc)
+
+    def _wait(self, proc, start, timeout):
         out, err = bytearray(), bytearray()
         buffers = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
         deadline = start + timeout

@@ -233,18 +233,18 @@ def test_slow_nvidia_smi_still_delivers_with_its_age(fake):
     background = BackgroundGpu(collector, wait=1.0)
     start = time.monotonic()
     first = background.collect()
-    assert time.monotonic() - start < 1.5  # the report is not held up
+    assert time.monotonic() - start < 2.5  # the report is not held up (1 s wait, loaded machine)
     assert first["status"]["state"] == "busy" and first["gpus"] == [] and first["status"]["stale"] is True
-    time.sleep(5.5 - (time.monotonic() - start))  # a later report (margin for a loaded test machine)
+    time.sleep(max(0.0, 8.0 - (time.monotonic() - start)))  # a later report (margin for a loaded machine)
     second = background.collect()
     assert second["status"]["state"] == "ok" and len(second["gpus"]) == 2
-    assert second["status"]["stale"] is True and 5.0 <= second["status"]["age_s"] <= 9.0
+    assert second["status"]["stale"] is True and 7.5 <= second["status"]["age_s"] <= 12.0
     assert second["gpus"][0]["memory.used"] == 1474
     # Never two nvidia-smi at once: a collection starts only after the previous one ended.
-    time.sleep(3.0)
+    time.sleep(4.0)
     background.collect()
     starts = calls(log)
-    assert 4 <= len(starts) <= 6  # two collections of two calls, the third one under way
+    assert 4 <= len(starts) <= 6  # two or three collections of two calls, never overlapping
 
 
 def test_fast_nvidia_smi_is_reported_fresh(fake):
