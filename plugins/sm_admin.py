@@ -14,7 +14,7 @@ from datasette_auth_passwords.utils import hash_password
 
 from server_monitor import hub, tokens
 from server_monitor.accounts import ROLES, AccountError
-from server_monitor.queries import DATABASE, run
+from server_monitor.queries import DATABASE, QUERIES, run
 from server_monitor.store import delete_server
 from server_monitor.web import page
 
@@ -59,6 +59,9 @@ async def render(request, datasette, status=200, **extra):
     actor = request.actor
     servers = await run(datasette, "servers", actor)
     gpus = await run(datasette, "gpus", actor)
+    names = {row["server_id"]: row["name"] for row in servers}
+    lost_gpus = [dict(g, server=names.get(g["server_id"], "?")) for g in await run(datasette, "fleet_gpus", actor, servers="")
+                 if not g["present"]]
     announcements = await run(datasette, "announcements", actor)
     agent_tokens = tokens.list_tokens(ctx.accounts.connection())
     # Not "base_url": Datasette's own template variable of that name would win. server.public_url
@@ -66,7 +69,7 @@ async def render(request, datasette, status=200, **extra):
     site_url = (ctx.config.get("server.public_url") or f"{request.scheme}://{request.host}").rstrip("/")
     return await page(
         datasette, request, "admin.html", status=status,
-        servers=servers, gpus=gpus, announcements=announcements, users=ctx.accounts.users(),
+        servers=servers, gpus=gpus, lost_gpus=lost_gpus, announcements=announcements, users=ctx.accounts.users(),
         invites=ctx.accounts.invites(), agent_tokens=agent_tokens, roles=ROLES, site_url=site_url,
         admin_username=ctx.admin_username, **extra,
     )
@@ -137,6 +140,33 @@ async def server_delete(request, datasette):
     return Response.redirect("/admin#servers")
 
 
+GPU_STATUSES = ("active", "maintenance", "fault")
+
+
+async def gpus_bulk(request, datasette):
+    """``POST /admin/gpus``: one status and note for every checked GPU (``gpu_id`` repeated)."""
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    form = await read_form(request)
+    status = form.first("status")
+    ids = [int(v) for v in form.getlist("gpu_id") if v.isdigit()]
+    if status not in GPU_STATUSES:
+        return await render(request, datasette, status=400, error=f"status must be one of {', '.join(GPU_STATUSES)}")
+    if not ids:
+        return await render(request, datasette, status=400, error="select at least one GPU")
+    note = (form.first("status_note") or "")[:500]
+    sql = QUERIES["admin_set_gpu"]["sql"]
+
+    def write(conn):  # one transaction for all of them
+        for gpu_id in ids:
+            conn.execute(sql, {"status": status, "status_note": note, "gpu_id": str(gpu_id)})
+        conn.commit()
+
+    await datasette.get_database(DATABASE).execute_write_fn(write, block=True)
+    return Response.redirect("/admin#gpus")
+
+
 async def agent_token(request, datasette):
     denied = _forbidden(request)
     if denied:
@@ -166,4 +196,5 @@ def register_routes():
         (r"^/admin/users/(?P<username>[A-Za-z0-9._@-]{1,64})$", update_user),
         (r"^/admin/servers/(?P<id>\d+)/delete$", server_delete),
         (r"^/admin/tokens$", agent_token),
+        (r"^/admin/gpus$", gpus_bulk),
     ]

@@ -36,6 +36,7 @@ MATRIX = {
     "/admin/users/someone": (302, 403, 403, 403, 405),
     "/admin/servers/1/delete": (302, 403, 403, 403, 405),
     "/admin/tokens": (302, 403, 403, 403, 405),
+    "/admin/gpus": (302, 403, 403, 403, 405),
     "/api/servers": (401, 200, 200, 200, 200),
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),

@@ -215,3 +215,39 @@ def test_free_page_copy_button_and_cookie_recipe_work(page, hub_process, hub_con
     out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("free-node CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES="), (out.stdout, out.stderr)
     assert page.console_errors == []
+
+
+def test_admin_edits_many_gpus_at_once_and_removes_a_lost_one(page, hub_process, hub_config):
+    from playwright.sync_api import expect
+
+    now = time.time()
+    push(hub_process, hub_config, sample_report("rack-a", gpus=4, processes=0, sample_time=now - 60))
+    fewer = sample_report("rack-a", gpus=4, processes=0, sample_time=now)
+    fewer["gpus"].pop(3)
+    push(hub_process, hub_config, fewer)
+    push(hub_process, hub_config, sample_report("rack-b", gpus=2, processes=0))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/admin#gpus")
+    rows = page.locator("#gpu-table tbody tr")
+    assert rows.count() == 6  # the lost GPU is listed too
+    page.fill("#gpu-filter", "rack-a")
+    expect(page.locator("#gpu-table tbody tr:visible")).to_have_count(4)
+    page.click("#gpu-select-shown")
+    expect(page.locator("#gpu-selected")).to_have_text("4 selected")
+    page.select_option("#gpu-bulk select[name=status]", "maintenance")
+    page.fill("#gpu-bulk input[name=status_note]", "PSU swap")
+    with page.expect_navigation():
+        page.click("#gpu-bulk button[type=submit]")
+    statuses = [rows.nth(i).locator("td").nth(2).inner_text() for i in range(rows.count())]
+    assert statuses.count("maintenance") == 4 and statuses.count("active") == 2  # one Save, four GPUs
+    assert page.locator("#gpu-table").inner_text().count("PSU swap") == 4
+    expect(page.locator("#lost-gpus")).to_contain_text("rack-a · GPU 3")
+    with page.expect_navigation():
+        page.click("#lost-gpus button")
+    page.goto(hub_process.base_url + "/admin#gpus")
+    expect(page.locator("#lost-gpus")).to_contain_text("None.")
+    page.goto(hub_process.base_url + "/")
+    page.wait_for_selector("#grid .cell")
+    assert page.locator("#grid .srow[data-sid='1'] .cell").count() == 3  # the removed GPU's cell is gone
+    assert page.locator("#grid .srow[data-sid='1'] .cell.s-maint").count() == 3
+    assert page.console_errors == []
