@@ -207,6 +207,8 @@ function renderGrid() {
 
 // ---- filter and highlight ----------------------------------------------------------
 function gpuMatches(g, kind, value) {
+  // As in the who panel: hosts that do not report now (and lost GPUs) hold nothing now.
+  if (g[2] === "offline" || g[2] === "stale" || g[2] === "lost") return false;
   return g[10].some((p) => (kind === "user" ? str(p[1]) === value : str(p[2]) === value));
 }
 
