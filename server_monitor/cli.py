@@ -58,8 +58,11 @@ def _private_files(cfg):
     """chmod 0600 the databases and their WAL/SHM files (made 0644 by releases before L8)."""
     for base in (cfg.db_path, cfg.auth_db_path):
         for path in (base, base + "-wal", base + "-shm"):
-            if os.path.exists(path) and os.stat(path).st_mode & 0o077:
-                os.chmod(path, 0o600)
+            try:
+                if os.path.exists(path) and os.stat(path).st_mode & 0o077:
+                    os.chmod(path, 0o600)
+            except OSError as exc:  # not ours (e.g. made by root): say so, do not refuse to start
+                click.echo(f"WARNING: could not make {path} private (chmod 600): {exc.strerror}", err=True)
 
 
 def _prepare_statistics(db_path):
