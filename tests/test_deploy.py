@@ -117,7 +117,9 @@ def test_install_upgrade_rollback_uninstall(deployed):
     # A broken new release: health check fails, the old release comes back, data intact.
     before_upgrade = os.path.realpath(root / "opt/server-monitor/current")
     broken = root.parent / "broken-src"
-    shutil.copytree(ROOT, broken, ignore=shutil.ignore_patterns(".venv", ".venv-build", ".git", "dist", "*.db"))
+    # symlinks=True: the sysfs fixture trees under tests/ hold symlink loops, as /sys does.
+    shutil.copytree(ROOT, broken, symlinks=True,
+                    ignore=shutil.ignore_patterns(".venv", ".venv-build", ".git", "dist", "*.db", ".run", "tests"))
     cli = broken / "server_monitor" / "cli.py"
     cli.write_text(cli.read_text().replace('    """Create config and database if needed, then run Datasette with the hub plugins."""',
                                            '    """Broken on purpose."""\n    raise SystemExit(3)'))
