@@ -82,7 +82,7 @@ MATRIX = {
 PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gpu_history", "usage_by_user",
                   "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
                   "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences",
-                  "gpu_holders_history", "server_alerts", "gpu_hours_daily"]
+                  "gpu_holders_history", "server_alerts", "gpu_hours_daily", "xid_events", "fleet_mig"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)
