@@ -334,6 +334,8 @@ def odd_host(root):
             {5: ("/dev/dri/renderD128", None)})
     # A process whose fd directory is gone entirely (only its cmdline left).
     os.makedirs(os.path.join(proc_root, "6150"), exist_ok=True)
+    with open(os.path.join(proc_root, "6150", "cmdline"), "w") as f:
+        f.write("/usr/bin/python3\0gone.py\0")
     # Garbage values in an otherwise valid client: vram unparseable (null), gfx time valid.
     bad = ("drm-driver:\tamdgpu\ndrm-client-id:\t8\ndrm-pdev:\t0000:c9:00.0\ndrm-memory-vram:\tlots KiB\n"
            "drm-engine-gfx:\t12345 ns\ndrm-engine-compute:\tbusy ns\ndrm-engine-capacity-gfx:\tzero\n")

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.slow
 
 def run_agent(tmp_path, hub_url, token, extra_env=None, *args):
     config = tmp_path / "agent_config.yaml"
-    config.write_text(f"server_url: {hub_url}\ntoken: {token}\nnvidia_smi: {FAKE_NVSMI}\ninterval: 30\n")
+    # Each run its own spool: as root the default is /var/lib/server-monitor-agent/spool,
+    # shared with every other test and left behind.
+    config.write_text(f"server_url: {hub_url}\ntoken: {token}\nnvidia_smi: {FAKE_NVSMI}\ninterval: 30\n"
+                      f"spool_dir: {tmp_path / 'spool'}\n")
     env = dict(os.environ, FAKE_NVSMI_CAPTURE="h100-80gb", FAKE_NVSMI_STATE="load", FAKE_NVSMI_GPUS="2",
                FAKE_NVSMI_PID="parent", **(extra_env or {}))
     return subprocess.run([sys.executable, os.path.join(ROOT, "agent.py"), "-c", str(config), *args],
@@ -69,4 +72,6 @@ def test_agent_reports_failure_state_by_name(hub_process, hub_config, tmp_path):
 def test_agent_with_wrong_token_fails_loudly(hub_process, tmp_path):
     result = run_agent(tmp_path, hub_process.base_url, "not-the-token", None, "--once")
     assert result.returncode == 1
-    assert "rejected" in result.stderr and "401" in result.stderr
+    assert "not stored" in result.stderr and "401" in result.stderr
+    # A refused token is a configuration problem, not a bad report: the report is kept for the next run.
+    assert "kept in the spool" in result.stderr

@@ -70,7 +70,7 @@ def test_zipapp_reports_to_a_hub(pyz, ingest_server, tmp_path):
     python = clean_python(sys.executable, tmp_path)
     config = tmp_path / "agent.yaml"
     config.write_text(f"server_url: {ingest_server.base_url}\ntoken: {ingest_server.config.get('agent.token')}\n"
-                      f"nvidia_smi: {FAKE_NVSMI}\n")
+                      f"nvidia_smi: {FAKE_NVSMI}\nspool_dir: {tmp_path / 'spool'}\n")
     env = dict(os.environ, SHIV_ROOT=str(tmp_path / "shiv"))
     result = subprocess.run([python, "-I", str(pyz), "-c", str(config), "--once"],
                             capture_output=True, text=True, env=env, timeout=120)
