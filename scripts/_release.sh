@@ -14,9 +14,15 @@ build_release() {
   done
   run find "$release" -name '__pycache__' -type d -prune -exec rm -rf {} +
   run python3 -m venv "$release/.venv"
-  run "$release/.venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$release/requirements.txt"
+  # $SM_WHEELHOUSE: a directory of wheels (pip wheel -r requirements.txt setuptools -w DIR) to
+  # install from instead of the package index: offline installs, and the deployment tests.
+  local pip_from=()
+  if [ -n "${SM_WHEELHOUSE:-}" ]; then pip_from=(--no-index --find-links "$SM_WHEELHOUSE"); fi
+  run "$release/.venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_from[@]}" \
+    -r "$release/requirements.txt"
   # Editable: the hub finds metadata.yml, plugins/, templates/ and static/ in the release.
-  run "$release/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$release"
+  run "$release/.venv/bin/python" -m pip install --quiet --disable-pip-version-check "${pip_from[@]}" \
+    --no-deps -e "$release"
   if [ -n "${SM_AGENT_DIST:-}" ]; then
     # Prebuilt zipapps (air-gapped installs, tests): copied instead of built.
     run mkdir -p "$release/static/agent"

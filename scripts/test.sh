@@ -33,4 +33,18 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   fi
 fi
 
-exec "$ROOT/.venv/bin/python" -m pytest "$@"
+# The whole suite runs on parallel workers (pytest-xdist, $SM_TEST_WORKERS, default 3: most tests
+# wait on real processes and sockets, not on the CPU), one test file per worker at a time, so the
+# tests of a file share its fixtures and never race each other. Chosen tests (a path, -n or -p
+# in the arguments) run as asked.
+ARGS=("$@")
+PARALLEL=1
+for arg in "$@"; do
+  case "$arg" in
+    -n|-n[0-9]*|--numprocesses*|-p|tests|tests/*|*.py|*::*) PARALLEL=0 ;;
+  esac
+done
+if [ "$PARALLEL" = 1 ]; then
+  ARGS=(-n "${SM_TEST_WORKERS:-3}" --dist loadfile "${ARGS[@]}")
+fi
+exec "$ROOT/.venv/bin/python" -m pytest "${ARGS[@]}"

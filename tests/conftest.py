@@ -135,14 +135,51 @@ def hub_process(hub_config, tmp_path):
     log.close()
 
 
+def shared_dir(tmp_path_factory, name, build):
+    """A directory ``build(path)`` fills once per test run, shared by the pytest-xdist workers
+    (one builds it under a file lock, the others wait and reuse it)."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory above the per-worker ones
+    out = base / name
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".done").exists():
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir()
+            build(out)
+            (out / ".done").write_text("")
+    return out
+
+
 @pytest.fixture(scope="session")
 def agent_dist(tmp_path_factory):
     """The x86_64 agent zipapp built once by scripts/build_agent.sh (dir with .pyz and .sha256)."""
-    out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run([os.path.join(ROOT, "scripts", "build_agent.sh"), "--arch", "x86_64", "--out", str(out)],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+
+    def build(out):
+        result = subprocess.run([os.path.join(ROOT, "scripts", "build_agent.sh"), "--arch", "x86_64", "--out",
+                                 str(out)], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_dir(tmp_path_factory, "agent-dist", build)
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory):
+    """Wheels of requirements.txt (and setuptools, the build backend), fetched once per run, for
+    install tests that build several release venvs (``$SM_WHEELHOUSE`` of scripts/_release.sh)."""
+
+    def build(out):
+        result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                                 "-r", os.path.join(ROOT, "requirements.txt"), "setuptools>=61", "-w", str(out)],
+                                capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return shared_dir(tmp_path_factory, "wheelhouse", build)
 
 
 def file_connection(path):

@@ -21,8 +21,9 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 HTTP = urllib3.PoolManager(retries=False)
 
 
-def env_for(root, agent_dist):
-    return dict(os.environ, SM_ROOT=str(root), SM_AGENT_DIST=str(agent_dist),
+def env_for(root, agent_dist, wheelhouse=None):
+    extra = {"SM_WHEELHOUSE": str(wheelhouse)} if wheelhouse else {}
+    return dict(os.environ, SM_ROOT=str(root), SM_AGENT_DIST=str(agent_dist), **extra,
                 PATH=os.path.join(TESTS, "fakebin") + os.pathsep + os.environ["PATH"],
                 FAKE_SYSTEMCTL_LOG=str(root / "calls.log"), SM_AGENT_SETTLE="3")
 
@@ -52,10 +53,10 @@ def sha(path):
 
 
 @pytest.fixture
-def deployed(tmp_path, agent_dist):
+def deployed(tmp_path, agent_dist, wheelhouse):
     root = tmp_path / "root"
     root.mkdir()
-    env = env_for(root, agent_dist)
+    env = env_for(root, agent_dist, wheelhouse)  # four release venvs, installed from local wheels
     port = free_port()
     yield root, env, port
     subprocess.run([os.path.join(TESTS, "fakebin", "systemctl"), "stop", "server-monitor.service",
@@ -123,7 +124,7 @@ def test_install_upgrade_rollback_uninstall(deployed):
     cli = broken / "server_monitor" / "cli.py"
     cli.write_text(cli.read_text().replace('    """Create config and database if needed, then run Datasette with the hub plugins."""',
                                            '    """Broken on purpose."""\n    raise SystemExit(3)'))
-    result = run("upgrade.sh", "server", "--timeout", "15", env=env, src=str(broken), check=False)
+    result = run("upgrade.sh", "server", "--timeout", "8", env=env, src=str(broken), check=False)
     assert result.returncode != 0 and "rolled back" in result.stderr
     assert os.path.realpath(root / "opt/server-monitor/current") == before_upgrade
     assert wait_health(port)
