@@ -35,13 +35,13 @@ fi
 
 # The whole suite runs on parallel workers (pytest-xdist, $SM_TEST_WORKERS, default 3: most tests
 # wait on real processes and sockets, not on the CPU), one test file per worker at a time, so the
-# tests of a file share its fixtures and never race each other. Chosen tests (a path, -n or -p
-# in the arguments) run as asked.
+# tests of a file share its fixtures and never race each other. Chosen tests (a path, -n or
+# -p no:xdist in the arguments) run as asked.
 ARGS=("$@")
 PARALLEL=1
 for arg in "$@"; do
   case "$arg" in
-    -n|-n[0-9]*|--numprocesses*|-p|tests|tests/*|*.py|*::*) PARALLEL=0 ;;
+    -n|-n[0-9]*|--numprocesses*|no:xdist|-pno:xdist|tests|tests/*|*.py|*::*) PARALLEL=0 ;;
   esac
 done
 if [ "$PARALLEL" = 1 ]; then
