@@ -52,13 +52,21 @@ def report_once(cfg, transport, report):
     Returns the exit status: 0 stored, 1 otherwise.
     """
     report_id, hub = report["report_id"], cfg["server_url"]
-    try:
-        spool, why = _open_spool(cfg), None
-    except (SpoolInUse, OSError) as exc:
-        spool, why = None, str(exc)
+    spool = why = None
+
+    def open_spool():  # only when needed: a stored report creates no spool directory
+        nonlocal spool, why
+        try:
+            spool = _open_spool(cfg)
+        except (SpoolInUse, OSError) as exc:
+            why = str(exc)
+        return spool
+
     try:
         result = send_once(transport, report)
         if result.outcome == "delivered":
+            if os.path.isdir(cfg["spool_dir"]):
+                open_spool()
             duplicate = isinstance(result.body, dict) and result.body.get("duplicate")
             click.echo(f"{'already stored' if duplicate else 'stored'} report {report_id} at {hub}")
             if spool is not None and len(spool):
@@ -69,7 +77,9 @@ def report_once(cfg, transport, report):
         if result.outcome == "rejected" and result.status not in (401, 403):
             click.echo(f"hub rejected report {report_id} ({problem}); it is not kept", err=True)
             return 1
-        if spool is None:
+        if result.outcome == "rejected":  # 401/403: kept, as the running agent keeps it
+            problem = f"hub rejected the agent token, {problem}"
+        if open_spool() is None:
             click.echo(f"report {report_id} not stored ({problem}) and NOT kept: {why}", err=True)
             return 1
         spool.append(report)

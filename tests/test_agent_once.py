@@ -29,6 +29,11 @@ def test_once_says_stored_or_spooled_in_one_line(ingest_server, tmp_path):
     import sqlite3
 
     token = ingest_server.config.get("agent.token")
+    up = _config(tmp_path, ingest_server.base_url, token)
+    rc, out, err = _agent(up, "--once")
+    assert rc == 0 and out.startswith("stored report ") and err == "", err
+    assert not (tmp_path / "spool").exists()  # a stored report creates no spool directory
+
     down = _config(tmp_path, f"http://127.0.0.1:{free_port()}", token)
     rc, out, err = _agent(down, "--once")
     assert rc == 1 and out == ""
@@ -46,11 +51,11 @@ def test_once_says_stored_or_spooled_in_one_line(ingest_server, tmp_path):
     assert first.startswith("stored report ") and first.endswith(f" at {ingest_server.base_url}"), out
     assert second == f"sent 1 report(s) spooled earlier; 0 still waiting in {tmp_path / 'spool'}", out
     stored = {r for (r,) in sqlite3.connect(ingest_server.config.db_path).execute("SELECT report_id FROM host_samples")}
-    assert len(stored) == 2 and first.split()[2] in stored
+    assert len(stored) == 3 and first.split()[2] in stored
 
     bad = _config(tmp_path, ingest_server.base_url, "wrong-token-of-enough-length")
     rc, out, err = _agent(bad, "--once")
-    assert rc == 1 and "not stored (HTTP 401: invalid agent token); kept in the spool" in err, err
+    assert rc == 1 and "not stored (hub rejected the agent token, HTTP 401: invalid agent token); kept in the spool" in err, err
 
 
 def test_unreachable_hub_is_one_quiet_line_per_attempt(tmp_path):

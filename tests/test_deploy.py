@@ -6,6 +6,7 @@ and the installed agent reports to it.
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -122,8 +123,10 @@ def test_install_upgrade_rollback_uninstall(deployed):
     shutil.copytree(ROOT, broken, symlinks=True,
                     ignore=shutil.ignore_patterns(".venv", ".venv-build", ".git", "dist", "*.db", ".run", "tests"))
     cli = broken / "server_monitor" / "cli.py"
-    cli.write_text(cli.read_text().replace('    """Create config and database if needed, then run Datasette with the hub plugins."""',
-                                           '    """Broken on purpose."""\n    raise SystemExit(3)'))
+    text = cli.read_text()
+    sabotaged = re.sub(r"(\ndef serve\([^)]*\):\n)", "\\1    raise SystemExit(3)  # broken on purpose\n", text, count=1)
+    assert sabotaged != text
+    cli.write_text(sabotaged)
     result = run("upgrade.sh", "server", "--timeout", "8", env=env, src=str(broken), check=False)
     assert result.returncode != 0 and "rolled back" in result.stderr
     assert os.path.realpath(root / "opt/server-monitor/current") == before_upgrade
