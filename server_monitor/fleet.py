@@ -21,7 +21,7 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
      "servers": [{"id", "name", "state", "admin_status", "note", "last_seen", "interval_s",
                   "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
-                            bus, model, [[pid, user, container, mib, name], ...], vendor,
+                            bus, model, [[pid, user, container, mib, name, gi], ...], vendor,
                             health, health_reasons, xid, mig], ...]}],
      "who": [{"user", "gpus", "mib", "hosts", "idle", "containers": [...]}],
      "problems": [{"id", "rule", "severity", "server_id", "server", "subject", "message",
@@ -30,7 +30,8 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
 
 ``bus`` is the PCI bus id without an all-zero domain; ``model`` is null when it is the server's
 ``model``. ``container`` is ``kind:name`` (``lxc:lab-1``, ``docker:…``, ``slurm:job-…``), null on the host;
-``user`` null when unknown. GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
+``user`` null when unknown; ``gi`` the MIG GPU instance id of the process (null outside MIG).
+GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
 ``intel``, null for NVIDIA (the common case, kept out of the document). ``health`` is ``warning`` or
 ``critical`` (null when ok) with ``health_reasons`` text (``server_monitor.gpu_health``); ``xid``
 the GPU's last NVIDIA XID code; ``mig`` for a MIG-enabled GPU a list of
@@ -54,7 +55,7 @@ GPU_FIELDS = ["id", "index", "state", "util", "mem_used_mib", "mem_total_mib", "
               "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig"]
 # A MIG-enabled GPU's "mig" field: one array per MIG device, split in the grid.
 MIG_FIELDS = ["uuid", "profile", "gi", "mem_used_mib", "mem_total_mib", "procs"]
-PROC_FIELDS = ["pid", "user", "container", "mib", "name"]
+PROC_FIELDS = ["pid", "user", "container", "mib", "name", "gi"]
 # free, busy, idle (held: processes but utilization under features.idle_max_util), mig,
 # lost (missing from the latest report), error (collection failing or marked fault),
 # offline / stale (host not reporting), maint (GPU or host in maintenance).
@@ -126,7 +127,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
         if state in ("offline", "stale", "lost"):
             continue  # a host that does not report holds nothing now
         seen = set()
-        for _, user, container, mib, _ in procs:
+        for _, user, container, mib, *_ in procs:
             entry = who.get(user)
             if entry is None:
                 entry = who[user] = [0, 0, 0, set()]  # GPUs, MiB, idle GPUs, containers
@@ -205,7 +206,7 @@ def build_content(conn, actor, fragments, idle_max_util=5):
             container = f"{p['container_kind']}:{container}"
         user = p["user"] if p["user"] is not None else (f"uid {p['uid']}" if p["uid"] is not None else None)
         procs_by_gpu.setdefault(p["gpu_id"], []).append(
-            [p["pid"], user, container, p["used_gpu_memory_mib"], p["process_name"]])
+            [p["pid"], user, container, p["used_gpu_memory_mib"], p["process_name"], p["gpu_instance_id"]])
     for g in gpus:
         gpus_by_server.setdefault(g["server_id"], []).append(g)
     if params["_scope_all"]:  # forget deleted servers

@@ -96,6 +96,45 @@ function cellText(server, g) {
 // GPUs not made by NVIDIA carry a vendor (fleet document: last GPU field; gpus query: vendor).
 const VENDOR_LABEL = { amd: "AMD", intel: "Intel" };
 
+// ---- GPU health (fleet document: health, health_reasons, xid, mig after vendor) --------
+const F_HEALTH = 12, F_REASONS = 13, F_XID = 14, F_MIG = 15;
+const HEALTH_GLYPH = { critical: "✖", warning: "⚠" };
+// nvidia-smi clocks_event_reasons.* names (server_monitor.gpu_health) in words.
+const THROTTLE_TEXT = {
+  gpu_idle: "idle", applications_clocks_setting: "applications clocks", sw_power_cap: "power cap",
+  hw_slowdown: "HW slowdown", sync_boost: "sync boost", sw_thermal_slowdown: "SW thermal slowdown",
+  hw_thermal_slowdown: "HW thermal slowdown", hw_power_brake_slowdown: "HW power brake", display_clock_setting: "display clock",
+};
+function throttleWords(text) {
+  return String(text).replace(/[a-z_]+/g, (w) => THROTTLE_TEXT[w] || w);
+}
+// The health text of one fleet cell: "critical: 2 uncorrectable ECC errors; last XID 79", or null.
+function healthText(g) {
+  const level = g[F_HEALTH];
+  const parts = [];
+  if (level) parts.push(level + ": " + (g[F_REASONS] ? throttleWords(g[F_REASONS]) : "see the server"));
+  if (g[F_XID] !== null && g[F_XID] !== undefined) parts.push("last XID " + g[F_XID]);
+  return parts.length ? parts.join("; ") : null;
+}
+// MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs]; holders by GPU instance id.
+function migHolders(procs, gi) {
+  return holders(procs.filter((p) => p[5] === gi));
+}
+function migLabel(m, procs) {
+  const users = migHolders(procs, m[2]).map((u) => str(u) || "?");
+  return "MIG " + (str(m[1]) || "?") + " (GI " + m[2] + "): " + fmtMiB(m[3]) + " of " + fmtMiB(m[4]) +
+    (users.length ? ", used by " + users.join(", ") : m[5] ? ", " + m[5] + " process" + (m[5] === 1 ? "" : "es") : ", free");
+}
+function migSub(m, procs) {
+  const users = migHolders(procs, m[2]);
+  const profile = str(m[1]) || "?";
+  const slices = Math.max(1, Math.min(8, parseInt(profile, 10) || 1));
+  const line2 = users.length ? (str(users[0]) || "?") + (users.length > 1 ? "+" + (users.length - 1) : "") : (m[5] ? m[5] + "p" : gib(m[3]));
+  return h("span", { class: "mi grow-" + slices + (users.length || m[5] ? " mi-used" : ""), title: migLabel(m, procs),
+                     dataset: { profile } },
+    h("span", { class: "mi1" }, profile.split(".")[0]), h("span", { class: "mi2" }, line2));
+}
+
 function cellLabel(server, g) {
   const [, index, state, util, memUsed, memTotal, temp, power, bus, model, procs, vendor] = g;
   const users = holders(procs).map((u) => str(u) || "?");
@@ -103,18 +142,30 @@ function cellLabel(server, g) {
     ": " + STATE_WORD[state] +
     (util !== null && util !== undefined ? ", " + util + "% utilization" : "") +
     (memTotal ? ", " + fmtMiB(memUsed) + " of " + fmtMiB(memTotal) + " VRAM" : "") +
-    (users.length ? ", used by " + users.join(", ") : "");
+    (users.length ? ", used by " + users.join(", ") : "") +
+    (healthText(g) ? ", health " + healthText(g) : "") +
+    (g[F_MIG] && g[F_MIG].length ? ", " + g[F_MIG].map((m) => migLabel(m, procs)).join("; ") : "");
 }
 
 function updateCell(el, server, g) {
   const [l1, l2] = cellText(server, g);
   const memPct = g[5] ? Math.min(100, Math.round((100 * (g[4] || 0)) / g[5])) : 0;
-  const sig = g[2] + "|" + l1 + "|" + l2 + "|" + memPct + "|" + g[3] + "|" + g[6] + "|" + g[7];
+  const migs = g[F_MIG] && g[F_MIG].length ? g[F_MIG] : null;
+  const sig = g[2] + "|" + l1 + "|" + l2 + "|" + memPct + "|" + g[3] + "|" + g[6] + "|" + g[7] + "|" + g[F_HEALTH] + "|" +
+    g[F_REASONS] + "|" + g[F_XID] + "|" + (migs ? JSON.stringify(migs) + JSON.stringify(g[10]) : "");
   if (el.dataset.sig === sig) return;
   el.dataset.sig = sig;
-  el.className = "cell s-" + g[2] + (el.classList.contains("hl") ? " hl" : "");
+  el.className = "cell s-" + g[2] + (g[F_HEALTH] ? " h-" + g[F_HEALTH] : "") +
+    (migs ? " mig-split span-" + Math.min(4, migs.length) : "") + (el.classList.contains("hl") ? " hl" : "");
   el.firstChild.textContent = l1;
   el.lastChild.textContent = l2;
+  // Middle children: the health badge, then the MIG devices (one sub-cell each).
+  while (el.childNodes.length > 2) el.childNodes[1].remove();
+  const extra = [];
+  if (g[F_HEALTH]) extra.push(h("span", { class: "hb hb-" + g[F_HEALTH], title: healthText(g), "aria-hidden": "true" },
+    HEALTH_GLYPH[g[F_HEALTH]] || "!"));
+  if (migs) extra.push(h("span", { class: "migs" }, migs.map((m) => migSub(m, g[10]))));
+  for (const x of extra) el.insertBefore(x, el.lastChild);
   el.style.setProperty("--m", memPct + "%");
   el.setAttribute("aria-label", cellLabel(server, g));
 }
@@ -389,6 +440,9 @@ function showTip(el) {
     h("div", { class: "muted" }, VENDOR_LABEL[vendor] ? h("span", { class: "badge badge-vendor" }, VENDOR_LABEL[vendor]) : null,
       (VENDOR_LABEL[vendor] ? " " : "") + [str(model) || s.model, bus].filter(Boolean).join(" · ")),
     h("div", { class: "tip-state s-" + state }, STATE_WORD[state] + (old ? " — last seen " + fmtAge(nowHub() - s.last_seen) + " ago, values from then" : "")),
+    healthText(g) ? h("div", { class: "tip-health hl-" + (g[F_HEALTH] || "info") },
+      (HEALTH_GLYPH[g[F_HEALTH]] || "ⓘ") + " " + healthText(g)) : null,
+    g[F_MIG] && g[F_MIG].length ? h("ul", { class: "tip-mig" }, g[F_MIG].map((m) => h("li", {}, migLabel(m, procs)))) : null,
     state === "lost" ? null : h("div", {}, "utilization " + fmtPct(util) + " · VRAM " + fmtMiB(memUsed) + " / " + fmtMiB(memTotal) +
       " · " + (temp === null ? "–" : temp + " °C") + " · " + (power === null ? "–" : power + " W")),
     procs.length ? h("table", { class: "tip-procs" },
@@ -436,6 +490,76 @@ function gpuErrorText(server) {
   return server.gpu_message ? base + ": " + server.gpu_message : base;
 }
 
+// ---- GPU health in the server panel (gpus canned query fields) -------------------------
+const num = (v) => (v === null || v === undefined ? "–" : String(v));
+const yesNo = (v) => (v === null || v === undefined ? "–" : v ? "yes" : "no");
+
+function healthFacts(gpu) {
+  // [label, text, level] rows; null values read "–" (the driver does not report them).
+  const rows = [];
+  const ecc = gpu.ecc_mode === null || gpu.ecc_mode === undefined ? "–" : gpu.ecc_mode ? "enabled" : "disabled";
+  rows.push(["ECC", ecc + " · volatile " + num(gpu.ecc_errors_corrected_volatile_total) + " corrected / " +
+    num(gpu.ecc_errors_uncorrected_volatile_total) + " uncorrected · aggregate " + num(gpu.ecc_errors_corrected_aggregate_total) +
+    " corrected / " + num(gpu.ecc_errors_uncorrected_aggregate_total) + " uncorrected",
+    gpu.ecc_errors_uncorrected_volatile_total ? "crit" : ""]);
+  if (gpu.retired_pages_sbe !== null || gpu.retired_pages_dbe !== null || gpu.retired_pages_pending)
+    rows.push(["Retired pages", num(gpu.retired_pages_sbe) + " single-bit · " + num(gpu.retired_pages_dbe) + " double-bit · pending " +
+      yesNo(gpu.retired_pages_pending), gpu.retired_pages_pending ? "crit" : ""]);
+  rows.push(["Remapped rows", num(gpu.remapped_rows_correctable) + " correctable · " + num(gpu.remapped_rows_uncorrectable) +
+    " uncorrectable · pending " + yesNo(gpu.remapped_rows_pending) + " · failure " + yesNo(gpu.remapped_rows_failure) +
+    (gpu.remapped_rows_failure ? " (RMA)" : ""), gpu.remapped_rows_failure || gpu.remapped_rows_pending ? "crit" : ""]);
+  const reasons = gpu.clocks_event_reasons ? gpu.clocks_event_reasons.split(",").map((r) => THROTTLE_TEXT[r] || r) : [];
+  const counters = [];
+  if (gpu.power_capped_h) counters.push("power capped " + gpu.power_capped_h + " h");
+  if (gpu.thermal_slowdown_h) counters.push("thermal slowdown " + gpu.thermal_slowdown_h + " h");
+  rows.push(["Throttle", (reasons.length ? reasons.join(", ") : "none now") +
+    (counters.length ? " · " + counters.join(", ") + " since driver load" : ""),
+    /HW |thermal|brake/.test(reasons.join(" ")) ? "warn" : ""]);
+  const gen = gpu.pcie_link_gen_current, genMax = gpu.pcie_link_gen_max;
+  const width = gpu.pcie_link_width_current, widthMax = gpu.pcie_link_width_max;
+  if (gen !== null || width !== null) {
+    const below = (gen && genMax && gen < genMax) || (width && widthMax && width < widthMax);
+    rows.push(["PCIe", "gen " + num(gen) + " of " + num(genMax) + " · x" + num(width) + " of x" + num(widthMax) +
+      (below ? (gpu.busy ? " — degraded while busy" : " (idle GPUs lower the link)") : ""), below && gpu.busy ? "warn" : ""]);
+  }
+  if (gpu.utilization_encoder !== null || gpu.utilization_decoder !== null)
+    rows.push(["Video engines", "encoder " + fmtPct(gpu.utilization_encoder) + " · decoder " + fmtPct(gpu.utilization_decoder) +
+      (gpu.encoder_sessions ? " · " + gpu.encoder_sessions + " encoder sessions" : ""), ""]);
+  if (gpu.temperature_gpu_tlimit_c !== null && gpu.temperature_gpu_tlimit_c !== undefined)
+    rows.push(["Slowdown headroom", gpu.temperature_gpu_tlimit_c + " °C below the slowdown temperature (temperature.gpu.tlimit)",
+      gpu.temperature_gpu_tlimit_c < 5 ? "warn" : ""]);
+  if (gpu.xid_last !== null && gpu.xid_last !== undefined)
+    rows.push(["Last XID", gpu.xid_last + (gpu.xid_last_ts ? " at " + fmtLocalTime(gpu.xid_last_ts) : ""), ""]);
+  return rows;
+}
+
+function healthSection(gpu) {
+  const level = gpu.health && gpu.health !== "ok" ? gpu.health : null;
+  return h("details", { class: "gpu-health", open: Boolean(level) },
+    h("summary", {}, level ? h("span", { class: "badge badge-health hb-" + level }, HEALTH_GLYPH[level] + " " + level) :
+      h("span", { class: "badge badge-ok" }, "✓ healthy"),
+      level && gpu.health_reasons ? h("span", { class: "health-reasons" }, " " + throttleWords(gpu.health_reasons)) : " Health"),
+    h("dl", { class: "health-facts" }, healthFacts(gpu).flatMap(([label, text, lvl]) => [
+      h("dt", {}, label), h("dd", { class: lvl ? "level-" + lvl : null }, text)])));
+}
+
+function xidSection(events) {
+  if (!events) return h("p", { class: "muted xid-none" }, "XID errors could not be loaded.");
+  if (!events.length) return h("p", { class: "muted xid-none" }, "No XID error in the last 7 days.");
+  const shown = events.slice(0, 50);
+  return h("section", { class: "xids", "aria-label": "Recent XID errors" },
+    h("h3", {}, "XID errors, last 7 days (" + events.length + ")"),
+    h("table", { class: "procs xid-table" },
+      h("thead", {}, h("tr", {}, ["Time", "GPU", "XID", "Name", "Kernel message"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, shown.map((e) => h("tr", { class: e.critical ? "xid-crit" : null },
+        h("td", {}, fmtLocalTime(e.ts)),
+        h("td", {}, e.gpu_index !== null ? "GPU " + e.gpu_index : e.pci_bus_id || "?"),
+        h("td", { class: "num" }, (e.critical ? "✖ " : "") + e.xid),
+        h("td", {}, e.name || "–"),
+        h("td", { class: "xid-msg", title: e.message || "" }, e.message || ""))))),
+    events.length > shown.length ? h("p", { class: "muted" }, "+" + (events.length - shown.length) + " older, see the xid_events query") : null);
+}
+
 function gpuRow(gpu) {
   const mig = gpu.mig_mode === 1;
   const procs = gpu.processes.slice().sort((a, b) => (b.used_gpu_memory_mib || 0) - (a.used_gpu_memory_mib || 0));
@@ -449,7 +573,9 @@ function gpuRow(gpu) {
       h("span", { class: "gpu-bus" }, gpu.pci_bus_id || ""),
       gpu.present ? null : h("span", { class: "badge badge-crit" }, "✕ lost: missing from the latest report"),
       gpu.admin_status && gpu.admin_status !== "active" ? h("span", { class: "badge badge-crit", title: gpu.status_note || "" }, gpu.admin_status + (gpu.status_note ? ": " + gpu.status_note : "")) : null,
-      gpu.present ? (gpu.busy ? h("span", { class: "badge badge-busy" }, "busy") : h("span", { class: "badge badge-free" }, "free")) : null),
+      gpu.present ? (gpu.busy ? h("span", { class: "badge badge-busy" }, "busy") : h("span", { class: "badge badge-free" }, "free")) : null,
+      gpu.health && gpu.health !== "ok" ? h("span", { class: "badge badge-health hb-" + gpu.health, title: throttleWords(gpu.health_reasons || "") },
+        HEALTH_GLYPH[gpu.health] + " " + gpu.health) : null),
     h("div", { class: "gpu-metrics" },
       mig ? h("span", { class: "mig", title: "MIG mode: per-GPU utilization is not reported" }, "MIG")
         : bar("Utilization", gpu.utilization_gpu, fmtPct(gpu.utilization_gpu), 101, 101),
@@ -458,6 +584,7 @@ function gpuRow(gpu) {
         gpu.temperature_gpu_c === null ? "–" : gpu.temperature_gpu_c + " °C"),
       h("span", { class: "metric power level-" + level(powerPct, 90, 100), title: "power.draw / power.limit" },
         (gpu.power_draw_w === null ? "–" : Math.round(gpu.power_draw_w) + " W") + (gpu.power_limit_w ? " / " + Math.round(gpu.power_limit_w) + " W" : ""))),
+    gpu.present ? healthSection(gpu) : null,
     procs.length ? h("table", { class: "procs" },
       h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, procs.map((p) => h("tr", {},
@@ -504,7 +631,7 @@ function probesLine(probes) {
     (p.ok ? "✓ " : "✗ ") + p.name + (p.ok && p.latency_ms !== null ? " " + Math.round(p.latency_ms) + " ms" : p.status ? " HTTP " + p.status : " unreachable"))));
 }
 
-function serverSection(server, containers, probes) {
+function serverSection(server, containers, probes, xids) {
   const err = gpuErrorText(server);
   const old = server.status === "offline" || server.status === "stale";
   const memPct = pct(server.memory_used_bytes, server.memory_total_bytes);
@@ -540,7 +667,8 @@ function serverSection(server, containers, probes) {
         containersTable(containers)),
       h("div", { class: "gpus" },
         server.gpus.length ? server.gpus.map(gpuRow) :
-          h("p", { class: "muted" }, server.gpu_state === "not_installed" ? "No NVIDIA GPU on this host." : "No GPU data."))));
+          h("p", { class: "muted" }, server.gpu_state === "not_installed" ? "No NVIDIA GPU on this host." : "No GPU data."),
+        server.gpus.some((g) => g.vendor === "nvidia") || (xids && xids.length) ? xidSection(xids) : null)));
 }
 
 async function openDetail(serverId, push = true) {
@@ -555,10 +683,11 @@ async function openDetail(serverId, push = true) {
     const response = await fetch("/api/servers/" + openServer, { credentials: "same-origin", headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error("HTTP " + response.status);
     const server = await response.json();
-    const [containers, probes] = await Promise.all([fetchQuery("containers"), fetchQuery("probes")]);
+    const [containers, probes, xids] = await Promise.all([fetchQuery("containers"), fetchQuery("probes"),
+      fetchQuery("xid_events", { server_id: String(server.server_id) }).catch(() => null)]);
     if (openServer !== server.server_id) return;
     body.replaceChildren(serverSection(server, containers.filter((c) => c.server_id === server.server_id),
-      probes.filter((p) => p.server_id === server.server_id)));
+      probes.filter((p) => p.server_id === server.server_id), xids && xids.filter((e) => e.server_id === server.server_id)));
     document.getElementById("detail-close").focus();
   } catch (e) {
     body.replaceChildren(h("p", { class: "load-error" }, "Could not load this server: " + e.message));
