@@ -552,7 +552,7 @@ function xidSection(events) {
     h("table", { class: "procs xid-table" },
       h("thead", {}, h("tr", {}, ["Time", "GPU", "XID", "Name", "Kernel message"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, shown.map((e) => h("tr", { class: e.critical ? "xid-crit" : null },
-        h("td", {}, fmtLocalTime(e.ts)),
+        h("td", { title: fmtLocalTime(e.ts) }, clock(e.ts)),
         h("td", {}, e.gpu_index !== null ? "GPU " + e.gpu_index : e.pci_bus_id || "?"),
         h("td", { class: "num" }, (e.critical ? "✖ " : "") + e.xid),
         h("td", {}, e.name || "–"),

@@ -141,6 +141,7 @@ def test_screenshot_of_sick_gpus(browser, hub_process, hub_config, tmp_path):
     tab.locator(".srow", has=tab.locator(".sname", has_text="sick-node")).locator(".shead").click()
     tab.wait_for_selector("#detail .xid-table")
     tab.screenshot(path=os.path.join(out, "dashboard-gpu-health-panel.png"))
+    tab.locator("#detail .xids").screenshot(path=os.path.join(out, "dashboard-xid-events.png"))
     # Nothing in the grid spills past the viewport at the common laptop width.
     assert tab.evaluate("document.documentElement.scrollWidth") <= 1440
     assert errors == []
