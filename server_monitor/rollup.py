@@ -5,7 +5,8 @@ Tiers (defaults, configurable in ``data.*``):
 * raw ``host_samples`` / ``gpu_samples`` / ``disk_samples`` / ``gpu_processes``:
   ``retention_days`` (7);
 * 5-minute ``*_5m`` (samples, avg, max): ``rollup_5m_days`` (90);
-* hourly ``*_1h``: ``rollup_1h_days`` (730).
+* hourly ``*_1h``: ``rollup_1h_days`` (730);
+* ``xid_events`` (rare, and the record of a GPU's faults): as long as the hourly tier.
 
 An hour is rolled up once it is complete plus :data:`LAG` seconds; ``maintenance_state``
 holds the watermark ``rolled_until``. Hours that receive raw data later (spool replays,
@@ -464,6 +465,8 @@ class Maintenance:
             deleted[f"{table}_1h"] = self._delete_before(writer, f"{table}_1h", f"{key}, ts", h1)
         deleted["gpu_usage_1h"] = self._delete_before(writer, "gpu_usage_1h", "hour, gpu_id, user, container", h1,
                                                       column="hour")
+        # XIDs are rare and are a GPU's fault history: kept as long as the longest tier.
+        deleted["xid_events"] = self._delete_before(writer, "xid_events", "id", h1)
         return deleted
 
     def run_once(self):

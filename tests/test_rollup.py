@@ -137,3 +137,23 @@ def test_history_query_reads_the_rolled_up_tier(db, tmp_path):
     week = [dict(zip(cols, r)) for r in week.fetchall()]
     assert {r["tier"] for r in week} == {"5m"}  # 7 days, one series: ~10-minute buckets
     assert 0 < len(week) <= 1000
+
+
+def test_xid_events_are_kept_as_long_as_the_hourly_tier_and_deleted_in_batches(db):
+    events = [{"xid": 79, "pci.bus_id": "00000000:18:00.0", "name": "GPU has fallen off the bus", "seq": i,
+               "usec": 1000 + i, "time": T0 + i, "message": f"NVRM: Xid (PCI:0000:18:00): 79, record {i}"}
+              for i in range(7)]
+    report = sample_report("h1", gpus=1, processes=0, machine_id="m1", sample_time=T0 + 10)
+    report["kmsg_state"] = "ok"
+    report["xid_events"] = events
+    assert store_report(db, validate_report(report), T0 + 10)["stored"]
+    newer = sample_report("h1", gpus=1, processes=0, machine_id="m1", sample_time=T0 + 40 * DAY)
+    newer["xid_events"] = [dict(events[0], seq=100, usec=5000, time=T0 + 40 * DAY)]
+    assert store_report(db, validate_report(newer), T0 + 40 * DAY)["stored"]
+    assert db.execute("select count(*) from xid_events").fetchone() == (8,)
+    # Past raw (7 d) and 5-minute (90 d) retention: the fault history stays.
+    assert run(db, T0 + 91 * DAY)["deleted"]["xid_events"] == 0
+    # Past the hourly tier's 730 days: the old ones go, three per transaction, the newer one stays.
+    assert run(db, T0 + 731 * DAY, batch=3)["deleted"]["xid_events"] == 7
+    assert db.execute("select seq from xid_events").fetchall() == [(100,)]
+    assert run(db, T0 + 731 * DAY, rollup_1h_days=30)["deleted"]["xid_events"] == 1
