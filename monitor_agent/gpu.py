@@ -1,5 +1,10 @@
 """GPU collection: two bounded ``nvidia-smi --query-*`` calls per cycle, parsed by ``nvsmi``.
 
+``nvidia-smi topo -m`` is not part of a cycle: the topology changes only with the set of GPUs
+(reboot, hot-plug, driver reload), so :class:`BackgroundGpu` reads it between cycles, after a
+collection's result is handed over, when the agent starts and when the GPU UUIDs or the driver
+version change (at most once per ``topology_interval``), and the next report carries it.
+
 The field set adapts to the installed driver: ``--help-query-gpu`` is read once, and a
 field the driver still rejects (``Field "x" is not a valid field to query.``) is dropped
 and remembered. Every outcome is reported by name in ``status["state"]``.
@@ -16,6 +21,10 @@ from .runner import BoundedRunner
 # MIG devices are read with at most one extra nvidia-smi call this often (seconds).
 MIG_INTERVAL_S = 60
 
+# topo -m is read again after this long even when nothing changed (a report lost on the way,
+# a hub restored from an older backup), between cycles like every topology read (seconds).
+TOPOLOGY_REFRESH_S = 86400
+
 # Fields dropped one at a time before giving up on a cycle (a driver rejects one per run).
 MAX_FIELD_RETRIES = 8
 
@@ -31,7 +40,8 @@ class GpuCollector:
     ``nvidia_smi``: executable path or name. ``timeout``: seconds for each call.
     ``runner``: a :class:`BoundedRunner` (shared so that a hung child blocks later calls).
     ``discover_fields``: read ``--help-query-gpu`` once before the first query (else rely
-    on the field-by-field fallback alone). ``topology_interval``: seconds between ``topo -m`` calls.
+    on the field-by-field fallback alone). ``topology_interval``: least seconds between two
+    ``topo -m`` calls (:meth:`read_topology`, run between cycles by :class:`BackgroundGpu`).
     """
 
     def __init__(self, nvidia_smi="nvidia-smi", timeout=10.0, runner=None, discover_fields=True,
@@ -43,17 +53,22 @@ class GpuCollector:
         self.unsupported = set()
         self._discover = discover_fields
         self.calls = 0  # nvidia-smi processes started (for the benchmark)
+        self.topology_calls = 0  # of which topo -m (between cycles)
         self.version = {"driver_version": None, "cuda_version": None}  # from --version, read once
         # MIG (only where a GPU has MIG enabled): -L listing, last table, when called.
         self._mig_listing = None
-        self.topology_interval = topology_interval  # seconds between nvidia-smi topo -m calls
-        self._topo_at = None
+        self.topology_interval = topology_interval  # least seconds between nvidia-smi topo -m calls
+        self._topo_at = None  # when topo -m last ran
+        self._topo_key = None  # (driver version, GPU UUIDs) the last topology read was for
+        self._gpu_key = None  # the same for the newest collection
         self._mig_table, self._mig_procs = [], []
         self._mig_called = self._mig_sampled = None
 
     def _run(self, args, timeout):
         result = self.runner.run([self.nvidia_smi] + args, timeout)
         if result.state not in ("busy", "not_found"):
+            if args[:1] == ["topo"]:
+                self.topology_calls += 1
             self.calls += 1
         return result
 
@@ -129,16 +144,34 @@ class GpuCollector:
         if apps.state == "ok":
             processes = nvsmi.parse_compute_apps(_text(apps.stdout))
         result = {"status": status, "gpus": gpus, "processes": processes}
-        now = time.time()
-        if gpus and (self._topo_at is None or now - self._topo_at >= self.topology_interval):
-            # Topology changes with hardware only: read once per inventory interval.
-            self._topo_at = now
-            topo = self._run(["topo", "-m"], self.timeout)
-            if topo.state == "ok" and topo.returncode == 0:
-                result["gpu_topology"] = nvsmi.parse_topo(_text(topo.stdout))
+        if gpus:
+            self._gpu_key = (self.version["driver_version"], tuple(sorted(str(g.get("uuid")) for g in gpus)))
         if any(g.get("mig.mode.current") for g in gpus):
             result["mig_devices"] = self._mig(processes)
         return result
+
+    def topology_due(self, now=None):
+        """True when ``topo -m`` should run: GPUs seen whose UUID set or driver version differs
+        from the last successful read (or none yet), and ``topology_interval`` has passed since
+        the last call (so a failing ``topo -m`` is retried at that cadence, not every cycle);
+        or the same GPUs read :data:`TOPOLOGY_REFRESH_S` ago (a daily refresh)."""
+        now = time.time() if now is None else now
+        if self._gpu_key is None:
+            return False
+        if self._gpu_key == self._topo_key:
+            return now - self._topo_at >= max(TOPOLOGY_REFRESH_S, self.topology_interval)
+        return self._topo_at is None or now - self._topo_at >= self.topology_interval
+
+    def read_topology(self, now=None):
+        """Runs ``nvidia-smi topo -m`` (bounded by ``timeout``). Returns ``nvsmi.parse_topo``'s
+        ``{"gpus": [...], "links": [...]}``, or None when the call failed or printed no matrix."""
+        self._topo_at = time.time() if now is None else now
+        key = self._gpu_key
+        topo = self._run(["topo", "-m"], self.timeout)
+        if topo.state != "ok" or topo.returncode != 0:
+            return None
+        self._topo_key = key
+        return nvsmi.parse_topo(_text(topo.stdout))
 
     def _mig(self, processes, now=None):
         """MIG devices of this host, refreshed by at most one nvidia-smi call per :data:`MIG_INTERVAL_S`.
@@ -216,16 +249,23 @@ class BackgroundGpu:
       that collection started), e.g. a 3 s nvidia-smi on a 5 s interval reports each sample one
       cycle late instead of never;
     * ``state: busy`` with no GPUs when nothing has finished yet.
+
+    After handing a result over, the same thread reads ``nvidia-smi topo -m`` when
+    :meth:`GpuCollector.topology_due` says so (between cycles: a cycle's collection makes only its
+    two queries); the next result returned carries it as ``gpu_topology`` (absent otherwise).
+    One-shot runs (``wait`` None) wait for that read and carry it at once.
     """
 
     def __init__(self, collector, wait):
         self.collector = collector
         self.wait = wait
         self._thread = None
+        self._ready = threading.Event()  # set when the running thread's collection is done
         self._lock = threading.Lock()
         self._done = None  # (wall time the collection started, result)
+        self._topology = None  # read between cycles, not yet handed over
 
-    def _work(self, started):
+    def _work(self, started, ready):
         try:
             result = self.collector.collect()
         except Exception as exc:  # a collector bug must not kill the thread silently
@@ -233,6 +273,15 @@ class BackgroundGpu:
                                  "lost": [], "stale": False}, "gpus": [], "processes": []}
         with self._lock:
             self._done = (started, result)
+        ready.set()
+        try:
+            if self.collector.topology_due():
+                topology = self.collector.read_topology()
+                if topology is not None:
+                    with self._lock:
+                        self._topology = topology
+        except Exception:  # topology is optional; the next due read tries again
+            pass
 
     def close(self):
         """Kill the nvidia-smi call in progress (at agent exit: no child outlives the agent)."""
@@ -244,13 +293,21 @@ class BackgroundGpu:
         ``wait`` None (one-shot runs) waits for the collection to end; each call is still bounded.
         """
         mine = None
+        if self._thread is not None and self._thread.is_alive() and self._ready.is_set():
+            self._thread.join(self.wait)  # the previous collection is done; its topo -m read is not
         if self._thread is None or not self._thread.is_alive():
             mine = time.time()
-            self._thread = threading.Thread(target=self._work, args=(mine,), name="nvidia-smi", daemon=True)
+            self._ready = threading.Event()
+            self._thread = threading.Thread(target=self._work, args=(mine, self._ready), name="nvidia-smi",
+                                            daemon=True)
             self._thread.start()
-        self._thread.join(self.wait)
+        if self.wait is None:
+            self._thread.join()
+        else:
+            self._ready.wait(self.wait)
         with self._lock:
             done = self._done
+            topology, self._topology = self._topology, None
         now = time.time() if now is None else now
         if done is None:
             return {"status": {"state": "busy", "lost": [], "stale": True, "age_s": None,
@@ -258,6 +315,8 @@ class BackgroundGpu:
                                           f"{self.collector.timeout:g} s)"},
                     "gpus": [], "processes": []}
         started, result = done
+        if topology is not None:
+            result = dict(result, gpu_topology=topology)
         if started == mine:
             return result
         status = dict(result["status"], stale=True, age_s=round(max(0.0, now - started), 1))

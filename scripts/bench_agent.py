@@ -1,6 +1,6 @@
 """Agent cost per report cycle on an 8-GPU / 64-process host: NVIDIA and AMD side by side.
 
-    .venv/bin/python scripts/bench_agent.py [--cycles 1000] [--case nvidia|amd|both]
+    .venv/bin/python scripts/bench_agent.py [--cycles 1000] [--case nvidia|amd|both] [--inventory-interval 2]
 
 NVIDIA case: a fake nvidia-smi. AMD case: no nvidia-smi; 8 x MI300X in a sysfs fixture tree
 and 64 GPU processes (each with 30 other fds) among 300 other processes (20 fds each) in a
@@ -12,6 +12,14 @@ started (counted with a sys.addaudithook on process creation), the agent's own C
 (time.process_time: children such as nvidia-smi are excluded), RSS over the run, and the
 report size. The fake answers from pre-rendered files through a tiny shell script, so
 its own cost stays out of the agent's figures.
+
+``nvidia-smi topo -m`` runs between cycles (in the agent's nvidia-smi thread, after a cycle's
+result is handed over) when the GPU set or driver changes, at most once per
+``inventory_interval`` (shortened to ``--inventory-interval`` seconds here so a run spans
+several). Halfway through the run the fake's GPUs are replaced by others (new UUIDs, as after a
+hot-plug), so the run shows a second read. Calls per cycle count what each cycle's collection
+started; the ``topo -m`` reads are counted apart, with the most calls started in one cycle's
+window (from one build() to the next) including them.
 """
 
 import argparse
@@ -46,13 +54,30 @@ hooks = []
 
 def audit(event, args):
     if event in ("subprocess.Popen", "os.fork", "os.forkpty", "os.posix_spawn", "os.system"):
-        spawned.append(event)
+        argv = args[1] if event == "subprocess.Popen" and len(args) > 1 else None
+        program = os.path.basename(str(argv[0] if isinstance(argv, (list, tuple)) and argv else argv or ""))
+        spawned.append(program)
 
 
-def prepare(directory):
-    """Pre-render the fake's answers for the exact argument lists the agent uses."""
+TOPOLOGY = os.path.join(ROOT, "tests", "fixtures", "topo", "8gpu-nvlink-pairs.txt")
+
+
+def script_for(directory):
+    """A tiny nvidia-smi answering from ``directory``'s pre-rendered files (rewritten in place)."""
+    script = os.path.join(os.path.dirname(directory), "nvidia-smi")
+    with open(script + ".new", "w") as fp:
+        fp.write(f'#!/bin/sh\nexec cat "{directory}/$(printf %s "$*" | md5sum | cut -c1-32).out"\n')
+    os.chmod(script + ".new", 0o755)
+    os.replace(script + ".new", script)
+    return script
+
+
+def prepare(directory, seed="bench"):
+    """Pre-render the fake's answers for the exact argument lists the agent uses into ``directory``."""
+    os.makedirs(directory)
     env = dict(os.environ, FAKE_NVSMI_GPUS=str(GPUS), FAKE_NVSMI_PROCS=str(PROCS_PER_GPU),
-               FAKE_NVSMI_PID=str(os.getpid()), FAKE_NVSMI_CAPTURE="h100-80gb", FAKE_NVSMI_STATE="load")
+               FAKE_NVSMI_PID=str(os.getpid()), FAKE_NVSMI_CAPTURE="h100-80gb", FAKE_NVSMI_STATE="load",
+               FAKE_NVSMI_SEED=seed, FAKE_NVSMI_TOPO=TOPOLOGY)
     help_args = ["--help-query-gpu"]
     supported = nvsmi.parse_help_query_gpu(subprocess.run([FAKE] + help_args, env=env, capture_output=True,
                                                           text=True).stdout)
@@ -62,17 +87,13 @@ def prepare(directory):
         ["--version"],
         ["--query-gpu=" + ",".join(name for _, name, _ in fields), "--format=csv,noheader,nounits"],
         ["--query-compute-apps=" + ",".join(nvsmi.APP_FIELDS), "--format=csv,noheader,nounits"],
+        ["topo", "-m"],
     ]
     for args in arg_lists:
         out = subprocess.run([FAKE] + args, env=env, capture_output=True).stdout
         key = hashlib.md5(" ".join(args).encode()).hexdigest()
         with open(os.path.join(directory, key + ".out"), "wb") as fp:
             fp.write(out)
-    script = os.path.join(directory, "nvidia-smi")
-    with open(script, "w") as fp:
-        fp.write(f'#!/bin/sh\nexec cat "{directory}/$(printf %s "$*" | md5sum | cut -c1-32).out"\n')
-    os.chmod(script, 0o755)
-    return script
 
 
 OTHER_PROCESSES, FDS_PER_OTHER = 300, 20
@@ -82,21 +103,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--case", choices=("nvidia", "amd", "both"), default="both")
+    parser.add_argument("--inventory-interval", type=float, default=2.0,
+                        help="agent inventory_interval for the run, seconds (the agent's default is 60)")
     args = parser.parse_args()
     print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
           f"Python {sys.version.split()[0]}")
     for case in ("nvidia", "amd") if args.case == "both" else (args.case,):
         with tempfile.TemporaryDirectory() as tmp:
-            run_case(case, tmp, args.cycles)
+            run_case(case, tmp, args.cycles, args.inventory_interval)
 
 
-def run_case(case, tmp, cycles):
+def run_case(case, tmp, cycles, inventory_interval):
     cfg = {"server_url": "http://127.0.0.1:9", "token": "x", "interval": 30,
            "gpu_timeout": 10, "procfs_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
            "spool_max_mb": 64, "spool_max_age_h": 168, "retry_base_s": 5, "retry_max_s": 300,
-           "inventory_interval": 60, "probes": [], "probe_interval": 60}
+           "inventory_interval": inventory_interval, "probes": [], "probe_interval": 60}
     if case == "nvidia":
-        cfg["nvidia_smi"] = prepare(tmp)
+        prepare(os.path.join(tmp, "first"))
+        prepare(os.path.join(tmp, "replaced"), seed="replaced")  # other GPUs: new UUIDs
+        cfg["nvidia_smi"] = script_for(os.path.join(tmp, "first"))
     else:
         sys_root, proc_root = drm_tree.mi300x_host(tmp, procs_per_gpu=PROCS_PER_GPU, other_processes=OTHER_PROCESSES,
                                                    fds_per_other=FDS_PER_OTHER)
@@ -105,29 +130,51 @@ def run_case(case, tmp, cycles):
     if audit not in hooks:
         sys.addaudithook(audit)
         hooks.append(audit)
-    cpu_ms, calls, others, rss = [], [], [], {}
+    cpu_ms, calls, window, others, rss = [], [], [], [], {}
+    topologies = []  # cycles whose report carried a topology
     size_raw = size_gz = 0
     proc = psutil.Process()
+    gpu = builder.gpu
+    start = time.monotonic()
     for i in range(1, cycles + 1):
+        if case == "nvidia" and i == cycles // 2 + 1:
+            script_for(os.path.join(tmp, "replaced"))  # a hot-plug: the GPU set changes
         spawned.clear()
-        before_calls = builder.gpu.calls
+        before_calls, before_topo = gpu.calls, gpu.topology_calls
         t0 = time.process_time()
         report = builder.build()
         body = json.dumps(report, separators=(",", ":")).encode()
         packed = gzip.compress(body, compresslevel=6)
         cpu_ms.append((time.process_time() - t0) * 1000)
-        smi_calls = builder.gpu.calls - before_calls
+        # Calls this cycle's collection started; a topo -m read of the previous window that
+        # the build waited for is counted with the window, not the cycle.
+        smi_calls = (gpu.calls - before_calls) - (gpu.topology_calls - before_topo)
         calls.append(smi_calls)
-        others.append(len(spawned) - smi_calls)
+        others.append(sum(1 for program in spawned if program != "nvidia-smi"))
+        if report.get("gpu_topology"):
+            topologies.append(i)
+        if i > 1:
+            window[-1] += gpu.topology_calls - before_topo
+        window.append(smi_calls)
         size_raw, size_gz = len(body), len(packed)
         if i in (1, 10, 100, cycles):
             rss[i] = proc.memory_info().rss / 1048576
+    if builder.gpu_background._thread is not None:
+        builder.gpu_background._thread.join(10)
+    elapsed = time.monotonic() - start
     assert len(report["gpus"]) == GPUS and len(report["processes"]) == GPUS * PROCS_PER_GPU
     steady = cpu_ms[1:]
     steady_calls = calls[1:]
     extra = (f", {OTHER_PROCESSES} other processes x {FDS_PER_OTHER} fds in procfs" if case == "amd" else "")
     print(f"\n[{case}] agent benchmark: {GPUS} GPUs, {GPUS * PROCS_PER_GPU} GPU processes{extra}, {cycles} cycles")
     print(f"nvidia-smi calls per cycle:   first {calls[0]}, then max {max(steady_calls)} (target <= 2)")
+    if case == "nvidia":
+        print(f"topo -m between cycles:       {gpu.topology_calls} reads in {elapsed:.1f} s (inventory_interval "
+              f"{inventory_interval:g} s; GPU set replaced at cycle {cycles // 2 + 1}), reports carrying it: "
+              f"cycles {', '.join(map(str, topologies))}; most calls in one cycle's window incl. topo -m: "
+              f"{max(window[1:])}")
+        assert gpu.topology_calls >= 2 and len(topologies) >= 2, "topology read at start and after the change"
+    assert max(steady_calls) <= 2, "more than 2 nvidia-smi calls in a cycle"
     print(f"other child processes/cycle:  max {max(others)} (target 0)")
     print(f"agent CPU per cycle (ms):     median {statistics.median(steady):.1f}, "
           f"p95 {sorted(steady)[int(len(steady) * 0.95)]:.1f}, max {max(steady):.1f} (target <= 30)")

@@ -38,12 +38,10 @@ def test_eight_gpus_two_calls_per_cycle(fake):
     assert [g["index"] for g in first["gpus"]] == list(range(8))
     assert len({g["uuid"] for g in first["gpus"]}) == 8
     assert len(first["processes"]) == 24
-    # --help-query-gpu and --version once, the two queries, topo -m once per inventory interval
-    assert len(calls(log)) == 5
-    assert first["gpu_topology"] == {"gpus": [{"index": 0, "cpu_affinity": "0-19", "numa_affinity": "0",
-                                               "gpu_numa_id": None}], "links": []}
+    # --help-query-gpu and --version once, then the two queries (topo -m is not part of a cycle)
+    assert len(calls(log)) == 4 and "gpu_topology" not in first
     collector.collect()
-    assert len(calls(log)) == 7
+    assert len(calls(log)) == 6
     assert first["gpus"][0]["cuda_version"] == "13.1" and first["gpus"][0]["driver_version"] == "590.48.01"
 
 
@@ -196,18 +194,18 @@ def test_mig_host_reads_instances_with_one_extra_call_per_minute(fake):
     collector = GpuCollector(FAKE_NVSMI)
     first = collector.collect()
     assert first["gpus"][0]["mig.mode.current"] is True
-    assert calls(log)[-1].endswith(" -L")  # help, version, query, apps, topo -m, then -L once
-    assert len(calls(log)) == 6
+    assert calls(log)[-1].endswith(" -L")  # help, version, query, apps, then -L once
+    assert len(calls(log)) == 5
     assert [(d["profile"], d["uuid"], d["memory.used"]) for d in first["mig_devices"]] == [
         ("3g.40gb", "MIG-00000000-0000-0000-0000-000000000000", None),
         ("2g.20gb", "MIG-00000001-0000-0000-0000-000000000001", None),
         ("1g.10gb", "MIG-00000002-0000-0000-0000-000000000002", None),
         ("1g.10gb", "MIG-00000003-0000-0000-0000-000000000003", None)]
     collector.collect()
-    assert len(calls(log)) == 8  # within the minute: no extra call
+    assert len(calls(log)) == 7  # within the minute: no extra call
     collector._mig_called -= 61  # a minute later: the table
     third = collector.collect()
-    assert len(calls(log)) == 11 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
+    assert len(calls(log)) == 10 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
     assert [(d["gpu_instance_id"], d["memory.used"], d["memory.total"]) for d in third["mig_devices"]] == [
         (2, 11091, 40448), (3, 17, 20096), (9, 9, 9984), (10, 9, 9984)]
     assert {(p["pid"], p["gpu_instance_id"], p["mig_uuid"]) for p in third["processes"]} == {
@@ -220,7 +218,7 @@ def test_non_mig_host_makes_no_mig_call(fake):
     collector = GpuCollector(FAKE_NVSMI)
     assert "mig_devices" not in collector.collect()
     collector.collect()
-    assert len(calls(log)) == 7 and not any(c.endswith(" -L") for c in calls(log))
+    assert len(calls(log)) == 6 and not any(c.endswith(" -L") for c in calls(log))
 
 
 def test_slow_nvidia_smi_still_delivers_with_its_age(fake):
@@ -243,8 +241,10 @@ def test_slow_nvidia_smi_still_delivers_with_its_age(fake):
     # Never two nvidia-smi at once: a collection starts only after the previous one ended.
     time.sleep(4.0)
     background.collect()
-    starts = calls(log)
+    starts = [c for c in calls(log) if not c.endswith("topo -m")]
     assert 4 <= len(starts) <= 6  # two or three collections of two calls, never overlapping
+    assert len(calls(log)) - len(starts) == 1  # topo -m once, after the first collection
+    background._thread.join(15)  # its last collection would log into the next test's file
 
 
 def test_fast_nvidia_smi_is_reported_fresh(fake):
@@ -255,3 +255,41 @@ def test_fast_nvidia_smi_is_reported_fresh(fake):
     result = background.collect()
     assert result["status"] == {"state": "ok", "message": None, "lost": [], "stale": False}
     assert len(result["gpus"]) == 1
+    background._thread.join(10)  # its topo -m read, after the result, would log into the next test's file
+
+
+def test_topology_is_read_between_cycles_when_the_gpus_change(fake, monkeypatch):
+    from monitor_agent.gpu import BackgroundGpu
+
+    log = fake(gpus=2)
+    collector = GpuCollector(FAKE_NVSMI, timeout=10, topology_interval=0.0)
+    background = BackgroundGpu(collector, wait=10)
+    per_cycle, topologies = [], []
+    for _ in range(4):
+        before = len(calls(log))
+        result = background.collect()
+        # The calls this cycle's collection made (topo -m runs after the result is handed over).
+        per_cycle.append(len([c for c in calls(log)[before:] if not c.endswith("topo -m")]))
+        topologies.append(result.get("gpu_topology"))
+        assert result["status"]["state"] == "ok" and result["status"]["stale"] is False
+        background._thread.join(10)  # a quiet agent: the next cycle comes after the read
+    assert per_cycle == [4, 2, 2, 2], calls(log)  # --help-query-gpu and --version once, then only the two queries
+    assert topologies[0] is None and topologies[1]["gpus"][0]["cpu_affinity"] == "0-19"
+    assert topologies[2:] == [None, None]  # same GPUs, same driver: not read again
+    assert len([c for c in calls(log) if c.endswith("topo -m")]) == 1
+    monkeypatch.setenv("FAKE_NVSMI_GPUS", "3")  # a GPU hot-plugged: a new UUID set
+    background.collect()
+    background._thread.join(10)
+    assert len([c for c in calls(log) if c.endswith("topo -m")]) == 2
+    assert background.collect()["gpu_topology"] is not None
+
+
+def test_topology_is_read_at_most_once_per_interval_while_it_fails(fake):
+    fake(gpus=1, topo="/nonexistent/topo.txt")  # the fake exits 1 on topo -m
+    collector = GpuCollector(FAKE_NVSMI, timeout=10, topology_interval=60.0)
+    collector.collect()
+    assert collector.topology_due(now=1000.0)
+    assert collector.read_topology(now=1000.0) is None
+    assert not collector.topology_due(now=1030.0) and collector.topology_due(now=1060.0)
+    collector._topo_key = collector._gpu_key  # as after a successful read: then once a day
+    assert not collector.topology_due(now=1000.0 + 3600) and collector.topology_due(now=1000.0 + 86400)
