@@ -36,6 +36,9 @@ def gpu_identity(gpu):
     return "index:%s" % gpu.get("index")
 
 
+_TS_SHIFT_MAX = 5  # seconds a report may move when its host already has a sample in that second
+
+
 def sample_time(report, received_at):
     """Hub-clock time of the sample and the measured clock skew (both int seconds).
 
@@ -83,18 +86,27 @@ def store_report(conn, report, received_at):
             return {"stored": False, "server_id": known[0]}
         server_id, newest = _upsert_server(conn, report, host, ts, skew, received_at)
         cpu, mem, net = report.get("cpu"), report.get("memory"), report.get("network")
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO host_samples (server_id, ts, received_at, report_id,"
-            " cpu_percent, load_1, memory_used_bytes, memory_total_bytes, swap_used_bytes,"
-            " net_rx_bps, net_tx_bps, gpu_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                server_id, ts, received_at, report["report_id"],
-                _num(cpu, "percent"), _num(cpu, "load_1"),
-                _num(mem, "used_bytes"), _num(mem, "total_bytes"), _num(mem, "swap_used_bytes"),
-                _num(net, "rx_bytes_per_s"), _num(net, "tx_bytes_per_s"), gpu_state,
-            ),
-        )
-        if cur.rowcount == 0:  # same host, same second: already have this sample
+        # host_samples is keyed by (server_id, ts) at 1 s. Another report of this host (a
+        # different report_id: duplicates were answered above) in the same second happens
+        # with short intervals under load, when a slow cycle samples just past a second
+        # boundary and the next cycle samples in that second too: move this one to the next
+        # free second instead of dropping an acknowledged report.
+        for _ in range(_TS_SHIFT_MAX + 1):
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO host_samples (server_id, ts, received_at, report_id,"
+                " cpu_percent, load_1, memory_used_bytes, memory_total_bytes, swap_used_bytes,"
+                " net_rx_bps, net_tx_bps, gpu_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    server_id, ts, received_at, report["report_id"],
+                    _num(cpu, "percent"), _num(cpu, "load_1"),
+                    _num(mem, "used_bytes"), _num(mem, "total_bytes"), _num(mem, "swap_used_bytes"),
+                    _num(net, "rx_bytes_per_s"), _num(net, "tx_bytes_per_s"), gpu_state,
+                ),
+            )
+            if cur.rowcount:
+                break
+            ts += 1
+        else:  # a burst of reports for one host in a few seconds: keep the ones stored
             conn.execute("ROLLBACK")
             return {"stored": False, "server_id": server_id}
         if (ts // 3600 + 1) * 3600 <= received_at:

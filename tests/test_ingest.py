@@ -69,6 +69,26 @@ def test_repeated_report_id_is_stored_once(ingest_server):
     assert counts(ingest_server)["gpu_samples"] == 2
 
 
+def test_two_reports_of_one_host_in_one_second_are_both_kept(ingest_server):
+    """Found under load (tests/test_agent_process.py outage test, 1 s interval): a slow cycle
+    sampled just past a second boundary and the next cycle sampled in that same second; the
+    hub answered the second report "stored": false and the agent dropped it. Both are kept:
+    the later one moves to the next free second."""
+    import time
+
+    now = int(time.time())
+    first = sample_report("same-second", sample_time=now - 60 + 0.95)
+    second = sample_report("same-second", sample_time=now - 60 + 0.40)
+    third = sample_report("same-second", sample_time=now - 59 + 0.10)  # its own second, taken by then
+    for report in (first, second, third):
+        status, body = post(ingest_server, report)
+        assert status == 201 and body["stored"] is True, body
+    conn = sqlite3.connect(ingest_server.config.db_path)
+    rows = conn.execute("select ts, report_id from host_samples order by ts").fetchall()
+    assert rows == [(now - 60, first["report_id"]), (now - 59, second["report_id"]), (now - 58, third["report_id"])]
+    assert conn.execute("select count(*) from gpu_samples").fetchone()[0] == 3 * len(first["gpus"])
+
+
 @pytest.mark.parametrize("token", ["wrong-token", ""])
 def test_bad_token_is_401_and_writes_nothing(ingest_server, token):
     headers = {"Authorization": f"Bearer {token}"} if token else {"Authorization": ""}
