@@ -1,5 +1,5 @@
 -- title: GPUs
--- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs); power_capped_h / thermal_slowdown_h the same in hours ("power capped 4 h" since the driver loaded). memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
+-- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs); power_capped_h / thermal_slowdown_h the same in hours ("power capped 4 h" since the driver loaded); power_capped_today_h / thermal_slowdown_today_h: hours since the GPU's first sample of the current UTC day (throttle_today_since, epoch s; null without a sample today). memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
 select
   g.server_id,
   coalesce(s.display_name, s.hostname) as server,
@@ -71,6 +71,21 @@ select
   case when g.sw_thermal_slowdown_us is not null or g.hw_thermal_slowdown_us is not null
     then round((coalesce(g.sw_thermal_slowdown_us, 0) + coalesce(g.hw_thermal_slowdown_us, 0)) / 3600e6, 1)
   end as thermal_slowdown_h,
+  -- "Today": the counters' growth since the GPU's first sample of the current UTC day (one
+  -- primary-key seek per GPU); a counter that went down (driver reloaded) counts from zero.
+  case when g.sw_power_cap_us is not null and d.sw_power_cap_us is not null
+    then round((case when g.sw_power_cap_us >= d.sw_power_cap_us then g.sw_power_cap_us - d.sw_power_cap_us
+                     else g.sw_power_cap_us end) / 3600e6, 2)
+  end as power_capped_today_h,
+  case when d.ts is not null and (g.sw_thermal_slowdown_us is not null or g.hw_thermal_slowdown_us is not null)
+    then round(((case when coalesce(g.sw_thermal_slowdown_us, 0) >= coalesce(d.sw_thermal_slowdown_us, 0)
+                      then coalesce(g.sw_thermal_slowdown_us, 0) - coalesce(d.sw_thermal_slowdown_us, 0)
+                      else coalesce(g.sw_thermal_slowdown_us, 0) end)
+              + (case when coalesce(g.hw_thermal_slowdown_us, 0) >= coalesce(d.hw_thermal_slowdown_us, 0)
+                      then coalesce(g.hw_thermal_slowdown_us, 0) - coalesce(d.hw_thermal_slowdown_us, 0)
+                      else coalesce(g.hw_thermal_slowdown_us, 0) end)) / 3600e6, 2)
+  end as thermal_slowdown_today_h,
+  d.ts as throttle_today_since,
   g.mig_mode_pending,
   g.cuda_version,
   g.xid_last,
@@ -79,5 +94,10 @@ select
   g.cpu_affinity
 from gpus g
 join server_state s on s.id = g.server_id
+left join gpu_samples d on d.gpu_id = g.id and d.ts = (
+  select f.ts from gpu_samples f
+  where f.gpu_id = g.id and f.ts >= cast(strftime('%s', 'now', 'start of day') as integer)
+    and (f.sw_power_cap_us is not null or f.sw_thermal_slowdown_us is not null or f.hw_thermal_slowdown_us is not null)
+  order by f.ts limit 1)
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 order by server collate nocase, g.server_id, g.gpu_index

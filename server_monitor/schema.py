@@ -545,9 +545,17 @@ BEGIN
 END;
 """
 
+MIGRATION_19 = """
+-- Throttle counters on the time series (issue 15): the gpus query's "today" figures are the
+-- counter's growth since the GPU's first sample of the day (one (gpu_id, ts) seek per GPU).
+ALTER TABLE gpu_samples ADD COLUMN sw_power_cap_us INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN sw_thermal_slowdown_us INTEGER;
+ALTER TABLE gpu_samples ADD COLUMN hw_thermal_slowdown_us INTEGER;
+"""
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
-              MIGRATION_16, MIGRATION_17, MIGRATION_18]
+              MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -494,6 +494,13 @@ function gpuErrorText(server) {
 const num = (v) => (v === null || v === undefined ? "–" : String(v));
 const yesNo = (v) => (v === null || v === undefined ? "–" : v ? "yes" : "no");
 
+// Throttle hours in words: "4 h", "1.5 h", "15 min" (under an hour), "< 1 min".
+function fmtThrottleHours(hours) {
+  if (hours >= 1) return (Math.round(hours * 10) / 10) + " h";
+  const minutes = Math.round(hours * 60);
+  return minutes >= 1 ? minutes + " min" : "< 1 min";
+}
+
 function healthFacts(gpu) {
   // [label, text, level] rows; null values read "–" (the driver does not report them).
   const rows = [];
@@ -512,7 +519,12 @@ function healthFacts(gpu) {
   const counters = [];
   if (gpu.power_capped_h) counters.push("power capped " + gpu.power_capped_h + " h");
   if (gpu.thermal_slowdown_h) counters.push("thermal slowdown " + gpu.thermal_slowdown_h + " h");
+  // Today (UTC day, from the first sample of the day: power_capped_today_h, thermal_slowdown_today_h).
+  const today = [];
+  if (gpu.power_capped_today_h) today.push("power capped " + fmtThrottleHours(gpu.power_capped_today_h) + " today");
+  if (gpu.thermal_slowdown_today_h) today.push("thermal slowdown " + fmtThrottleHours(gpu.thermal_slowdown_today_h) + " today");
   rows.push(["Throttle", (reasons.length ? reasons.join(", ") : "none now") +
+    (today.length ? " · " + today.join(", ") + " (UTC day)" : "") +
     (counters.length ? " · " + counters.join(", ") + " since driver load" : ""),
     /HW |thermal|brake/.test(reasons.join(" ")) ? "warn" : ""]);
   const gen = gpu.pcie_link_gen_current, genMax = gpu.pcie_link_gen_max;

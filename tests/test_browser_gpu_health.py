@@ -38,6 +38,15 @@ def sick_fleet(hub_process, hub_config):
          "message": "NVRM: Xid (PCI:0000:18:00): 79, " + XSS[1]},
         {"xid": 13, "pci.bus_id": g[2]["pci.bus_id"], "name": "Graphics Engine Exception", "seq": 8, "usec": 6,
          "time": now - 60, "message": "NVRM: Xid (PCI:0000:38:00): 13, " + XSS[4]}]
+    # GPU 2 has been held by its power cap for 4 h of today (its counter since the day's first
+    # sample, an earlier report) and 9 h since the driver loaded.
+    hour = 3600 * 10**6
+    earlier = sample_report("sick-node", gpus=4, processes=1, sample_time=max(now // 86400 * 86400 + 1, now - 3600))
+    earlier["gpus"][2]["clocks_event_reasons_counters.sw_power_cap"] = 5 * hour
+    earlier["gpus"][2]["clocks_event_reasons_counters.hw_thermal_slowdown"] = 0
+    push(hub_process, hub_config, earlier)
+    g[2]["clocks_event_reasons_counters.sw_power_cap"] = 9 * hour
+    g[2]["clocks_event_reasons_counters.hw_thermal_slowdown"] = hour // 4
     push(hub_process, hub_config, sick)
     mig = mig_report("mig-node", busy_instances=(0,))
     mig["mig_devices"][3]["profile"] = XSS[2]
@@ -101,7 +110,10 @@ def test_health_badges_xid_panel_and_mig_split(page, hub_process, hub_config):
     assert "✖ critical" in gpus.nth(0).locator(".gpu-head").inner_text()
     remap_facts = gpus.nth(1).locator(".health-facts").inner_text()
     assert "1 uncorrectable · pending yes · failure no" in remap_facts
-    assert "HW slowdown" in gpus.nth(2).locator(".health-facts").inner_text()
+    slow_facts = gpus.nth(2).locator(".health-facts").inner_text()
+    assert "HW slowdown" in slow_facts
+    assert "power capped 4 h today, thermal slowdown 15 min today (UTC day)" in slow_facts
+    assert "power capped 9 h" in slow_facts and "since driver load" in slow_facts
     assert gpus.nth(3).locator(".gpu-health").get_attribute("open") is None
     assert "✓ healthy" in gpus.nth(3).locator(".gpu-health summary").inner_text()
     xids = page.locator("#detail .xid-table tbody tr")

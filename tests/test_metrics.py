@@ -1,6 +1,7 @@
 """/metrics in the Prometheus text format with DCGM-exporter names, parsed by prometheus_client."""
 
 import sqlite3
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 from reports import sample_report
@@ -156,3 +157,31 @@ def test_gpus_query_shows_throttle_time_in_hours(datasette, hub_config):
     row = admin.get("/monitor/gpus.json?_shape=array").json()[0]
     assert row["power_capped_h"] == 1.5 and row["thermal_slowdown_h"] == 0.0
     assert row["clocks_event_reasons"] == "gpu_idle" and row["health"] == "ok"
+
+
+def test_gpus_query_shows_throttle_time_today_from_the_stored_samples(datasette, hub_config):
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    now = int(time.time())
+    day = now // 86400 * 86400  # the current UTC day
+    hour = 3600 * 10**6
+
+    def send(sample_time, power_cap, sw_thermal, hw_thermal):
+        report = sample_report("capped-today", gpus=1, processes=0, sample_time=sample_time)
+        gpu = report["gpus"][0]
+        gpu["clocks_event_reasons_counters.sw_power_cap"] = power_cap
+        gpu["clocks_event_reasons_counters.sw_thermal_slowdown"] = sw_thermal
+        gpu["clocks_event_reasons_counters.hw_thermal_slowdown"] = hw_thermal
+        assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
+
+    send(day - 600, 1 * hour, 0, 0)  # yesterday: not part of today's figure
+    send(min(day + 1, now), 2 * hour, hour // 10, 0)  # the first sample of today
+    send(now, 6 * hour, hour // 10 + hour // 4, hour // 4)
+    row = admin.get("/monitor/gpus.json?_shape=array").json()[0]
+    assert row["power_capped_h"] == 6.0  # since the driver loaded
+    assert row["power_capped_today_h"] == 4.0 and row["thermal_slowdown_today_h"] == 0.5
+    assert row["throttle_today_since"] == min(day + 1, now)
+    # The driver reloaded during the day (counters back near zero): counted from the reload.
+    send(now + 1, hour // 2, 0, 0)
+    row = admin.get("/monitor/gpus.json?_shape=array").json()[0]
+    assert row["power_capped_today_h"] == 0.5 and row["thermal_slowdown_today_h"] == 0.0
