@@ -96,6 +96,22 @@ def settings(config):
     return merged
 
 
+def _bus_subject(bus):
+    """One spelling of a PCI bus id for alert keys: ``00000000:6D:00.0``.
+
+    nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
+    ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not
+    a bus id is returned as it is.
+    """
+    text = str(bus).strip()
+    parts = text.split(":")
+    if len(parts) == 3 and all(parts):
+        domain = parts[0][-8:]
+        if all(c in "0123456789abcdefABCDEF" for c in domain):
+            return f"{domain.zfill(8)}:{parts[1]}:{parts[2]}".upper()
+    return text
+
+
 def evaluate(conn, now, cfg):
     """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message"}}``.
 
@@ -128,12 +144,16 @@ def evaluate(conn, now, cfg):
         if state == "gpu_lost" and lost:
             for item in json.loads(lost):
                 bus = item.get("pci.bus_id") or "?"
-                fire("gpu_lost", "critical", server_id, bus, f"{name}: GPU {bus} is lost ({item.get('message') or ''})")
+                fire("gpu_lost", "critical", server_id, _bus_subject(bus),
+                     f"{name}: GPU {bus} is lost ({item.get('message') or ''})")
     for gpu_id, server_id, index, bus, gpu_name in conn.execute(
             "SELECT id, server_id, gpu_index, pci_bus_id, name FROM gpus WHERE present = 0 AND removed_at IS NULL"
             " AND status != 'maintenance'"):
+        subject = _bus_subject(bus) if bus else f"gpu{gpu_id}"
+        if f"gpu_lost:{server_id}:{subject}" in firing:
+            continue  # the driver named it lost already (its own message says why): one problem, not two
         if server_id in servers and server_id not in offline:
-            fire("gpu_lost", "critical", server_id, bus or f"gpu{gpu_id}",
+            fire("gpu_lost", "critical", server_id, subject,
                  f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report")
     for gpu_id, server_id, index, ecc, remap, retire, failure, state in conn.execute(
             "SELECT id, server_id, gpu_index, ecc_errors_uncorrected_volatile_total, remapped_rows_pending,"

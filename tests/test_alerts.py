@@ -267,6 +267,22 @@ def test_a_lost_gpu_marked_removed_stops_alerting(setup):
     assert engine.run_once(now + 60)["resolved"] == ["gpu_lost:1:00000000:28:00.0"]
 
 
+def test_a_gpu_the_driver_names_lost_is_one_problem_not_two(setup):
+    """Seen in the demo's problem strip: the lost-GPU line (``0000:28:00.0``) and the GPU
+    missing from the report (``00000000:28:00.0``) fired two gpu_lost alerts for one GPU."""
+    engine, receiver, conn = setup
+    now = int(time.time())
+    put(conn, sample_report("node-a", gpus=2, processes=0, sample_time=now), now)
+    lost = sample_report("node-a", gpus=1, processes=0, sample_time=now + 30)
+    lost["gpu_status"] = {"state": "gpu_lost", "stale": False, "message": "1 GPU lost",
+                          "lost": [{"pci.bus_id": "0000:28:00.0",
+                                    "message": "Unable to determine the device handle for GPU0000:28:00.0: Unknown Error"}]}
+    put(conn, lost, now + 30)
+    assert engine.run_once(now + 30)["fired"] == ["gpu_lost:1:00000000:28:00.0"]
+    (message,) = conn.execute("select message from alerts where resolved_at is null").fetchone()
+    assert "Unknown Error" in message
+
+
 def test_xid_events_stored_attributed_and_critical_ones_alerted(setup):
     from monitor_agent.kmsg import KmsgReader
 
