@@ -16,8 +16,11 @@ import os
 from http.cookies import SimpleCookie
 from urllib.parse import quote, urlsplit
 
+import threading
+
 from datasette import hookimpl
 
+import ingest
 from server_monitor import analyst, dbguard, hub
 from server_monitor.wsgi_bridge import IngestBridge
 from server_monitor.wsgi_bridge import header as _header
@@ -225,6 +228,27 @@ def is_public(path):
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+_ingest_lock = threading.Lock()
+
+
+def ingest_app(ctx):
+    """The hub's ingest WSGI app (``ingest.make_application``), built once per hub context.
+
+    Building it migrates ``monitor.db`` and starts watching the file's identity (H2), so the
+    ``startup`` hook below builds it before the first request.
+    """
+    if ctx.ingest is None:
+        with _ingest_lock:
+            if ctx.ingest is None:
+                ctx.ingest = ingest.make_application(ctx.config)
+    return ctx.ingest
+
+
+@hookimpl
+def startup(datasette):
+    ingest_app(hub.context(datasette))
+
+
 @hookimpl
 def asgi_wrapper(datasette):
     bridge = IngestBridge(SECURITY_HEADERS)
@@ -237,7 +261,7 @@ def asgi_wrapper(datasette):
             path = scope.get("path", "")
             if path == INGEST_PATH or path.startswith(INGEST_PATH + "/"):
                 # Ingest answers the near misses itself (a clear 404 naming the right path).
-                return await bridge(ctx.ingest, scope, receive, send)
+                return await bridge(ingest_app(ctx), scope, receive, send)
             if path == HEALTH_PATH:
                 return await health(datasette, send)
             scope = _strip_cookie(scope, "ds_actor")

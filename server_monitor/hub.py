@@ -67,11 +67,15 @@ class PasswordBusy(Exception):
 
 
 class HubContext:
-    """What the plugins need: ``config``, ``accounts``, ``limiter``, ``ingest`` (WSGI app)."""
+    """What the plugins need: ``config``, ``accounts``, ``limiter``, the password pool, the analysts' SQL gate.
+
+    The ingest WSGI app is not built here (``server_monitor`` never imports the top-level
+    ``ingest.py``): ``plugins/sm_gate.py`` builds it at startup and keeps it as ``ctx.ingest``.
+    """
+
+    ingest = None
 
     def __init__(self, config):
-        import ingest  # top-level module, importable from the repo root / installed project
-
         self.config = config
         self.accounts = Accounts(config.auth_db_path)
         self.limiter = LoginLimiter(limit=5, window=300)
@@ -82,7 +86,6 @@ class HubContext:
         self.password_workers = max(1, (os.cpu_count() or 2) // 2)
         self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
         self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
-        self.ingest = ingest.make_application(config)
         # Analysts' ad-hoc SQL: bounded concurrency, queue and time limit (L6).
         self.analyst_sql = AnalystSQL.from_config(config)
         self.admin_username = config.get("auth.username")
