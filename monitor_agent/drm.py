@@ -37,6 +37,8 @@ import os
 import re
 import time
 
+from .procinfo import _read
+
 VENDORS = {"0x1002": "amd", "0x8086": "intel"}
 MIB = 1048576
 
@@ -265,14 +267,6 @@ def engine_busy(prev, cur, elapsed_ns):
 
 
 # --------------------------------------------------------------------------- I/O
-
-
-def _read(path, limit=65536):
-    try:
-        with open(path, "rb") as fp:
-            return fp.read(limit).decode("utf-8", errors="replace")
-    except OSError:
-        return None
 
 
 def _listdir(path):

@@ -296,16 +296,25 @@ class Maintenance:
         """
         totals, provisional = usage_for_range(reader, start, end)
         rows = self._usage_rows(totals)
+        self._replace_usage(writer, "hour >= ? AND hour < ?", (start, end), rows)
+        return len(rows), provisional
+
+    _INSERT_USAGE = ("INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
+                     + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)")
+
+    def _replace_usage(self, writer, where, params, rows, epoch=None):
+        """Delete the ``gpu_usage_1h`` rows matching ``where`` (and record ``usage_epoch`` when
+        given) in one short transaction, then write ``rows`` in batches (:meth:`_write`)."""
         writer.execute("BEGIN IMMEDIATE")
         try:
-            writer.execute("DELETE FROM gpu_usage_1h WHERE hour >= ? AND hour < ?", (start, end))
+            writer.execute("DELETE FROM gpu_usage_1h WHERE " + where, params)
+            if epoch is not None:
+                self._set_state(writer, "usage_epoch", epoch)
             writer.execute("COMMIT")
         except BaseException:
             writer.execute("ROLLBACK")
             raise
-        self._write(writer, "INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
-                            + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-        return len(rows), provisional
+        self._write(writer, self._INSERT_USAGE, rows)
 
     def _current_usage(self, writer, reader, done, now):
         """Keep ``gpu_usage_1h`` of the hours not rolled up yet (``hour >= done``) current.
@@ -364,16 +373,7 @@ class Maintenance:
         rows = self._usage_rows(totals)
         if full:
             epoch = time.time_ns()
-            writer.execute("BEGIN IMMEDIATE")
-            try:
-                writer.execute("DELETE FROM gpu_usage_1h WHERE hour >= ?", (done,))
-                self._set_state(writer, "usage_epoch", epoch)
-                writer.execute("COMMIT")
-            except BaseException:
-                writer.execute("ROLLBACK")
-                raise
-            self._write(writer, "INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
-                                + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            self._replace_usage(writer, "hour >= ?", (done,), rows, epoch=epoch)
         else:
             self._write(writer, self._UPSERT_USAGE, rows)
         self._usage_inc = {"epoch": epoch, "top": top, "done": done, "provisional": provisional}
