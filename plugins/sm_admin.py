@@ -13,6 +13,7 @@ from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
 from server_monitor import hub, tokens
+from server_monitor.alerts import identity_text
 from server_monitor.accounts import ROLES, AccountError
 from server_monitor.queries import DATABASE, QUERIES, run
 from server_monitor.store import delete_server
@@ -63,6 +64,7 @@ async def render(request, datasette, status=200, **extra):
     lost_gpus = [dict(g, server=names.get(g["server_id"], "?")) for g in await run(datasette, "fleet_gpus", actor, servers="")
                  if not g["present"]]
     announcements = await run(datasette, "announcements", actor)
+    identity_events = await run(datasette, "host_identity_events", actor)
     agent_tokens = tokens.list_tokens(ctx.accounts.connection())
     # Not "base_url": Datasette's own template variable of that name would win. server.public_url
     # when configured: the Host header can be forged (I5).
@@ -70,7 +72,8 @@ async def render(request, datasette, status=200, **extra):
     return await page(
         datasette, request, "admin.html", status=status,
         servers=servers, gpus=gpus, lost_gpus=lost_gpus, announcements=announcements, users=ctx.accounts.users(),
-        invites=ctx.accounts.invites(), agent_tokens=agent_tokens, roles=ROLES, site_url=site_url,
+        invites=ctx.accounts.invites(), agent_tokens=agent_tokens, identity_events=identity_events,
+        identity_text=identity_text, roles=ROLES, site_url=site_url,
         admin_username=ctx.admin_username, **extra,
     )
 

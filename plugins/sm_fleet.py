@@ -20,7 +20,7 @@ from server_monitor import fleet, hub
 from server_monitor.queries import DATABASE, QUERIES, run
 
 RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
-         "gpu_pcie_degraded", "disk_full")
+         "gpu_pcie_degraded", "disk_full", "host_identity")
 
 
 def error(status, message, **headers):

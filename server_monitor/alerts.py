@@ -219,7 +219,25 @@ def evaluate(conn, now, cfg):
             " WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?", (cfg["disk_percent"],)):
         if server_id in servers and server_id not in offline:
             fire("disk_full", "warning", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full")
+    for event_id, server_id, kind, hostname, previous, other in conn.execute(
+            "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id FROM host_identity_events e"
+            " JOIN servers s ON s.id = e.server_id WHERE e.accepted_at IS NULL AND s.status != 'maintenance'"):
+        fire("host_identity", "warning", server_id, f"event{event_id}", identity_text(kind, hostname, previous, other)
+             + " (accept it on /admin if expected)")
     return firing
+
+
+IDENTITY_TEXT = {
+    "renamed": "{hostname}: the host name changed from {previous} (same machine id)",
+    "name_taken": "{hostname}: a second server (another machine id) reports the name of server #{other}",
+    "look_alike": "{hostname}: the name looks like {previous}, the name of server #{other}",
+}
+
+
+def identity_text(kind, hostname, previous, other):
+    """One line about a ``host_identity_events`` row (security review L10)."""
+    return IDENTITY_TEXT.get(kind, "{hostname}: host identity changed ({kind})").format(
+        hostname=hostname, previous=previous, other=other, kind=kind)
 
 
 class Notifier:

@@ -553,9 +553,28 @@ ALTER TABLE gpu_samples ADD COLUMN sw_thermal_slowdown_us INTEGER;
 ALTER TABLE gpu_samples ADD COLUMN hw_thermal_slowdown_us INTEGER;
 """
 
+MIGRATION_20 = """
+-- Host identity changes (security review L10): a server whose reported host name changed
+-- (same machine id), or whose name is that of another server or looks like it (0/o, 1/l/i, _/-,
+-- case). Recorded at ingest, shown to admins on /admin and as a host_identity alert until an
+-- admin accepts it. Nothing is refused or lost: the report is stored as usual.
+CREATE TABLE host_identity_events (
+    id INTEGER PRIMARY KEY,
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    hostname TEXT NOT NULL,
+    previous TEXT,
+    other_server_id INTEGER,
+    accepted_at INTEGER,
+    accepted_by TEXT
+);
+CREATE INDEX host_identity_events_open ON host_identity_events (accepted_at, server_id);
+"""
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
-              MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19]
+              MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -187,7 +187,7 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
     )
     identity = machine_identity(host)
     row = conn.execute(
-        "SELECT id, last_ts FROM servers WHERE machine_id = ?", (identity,)
+        "SELECT id, last_ts, hostname FROM servers WHERE machine_id = ?", (identity,)
     ).fetchone()
     if row is None:
         cols = ("machine_id", "first_seen", "last_seen") + _SERVER_LATEST
@@ -196,9 +196,12 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
             f"INSERT INTO servers ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
             values,
         )
+        note_identity_change(conn, cur.lastrowid, host["hostname"], None, received_at)
         return cur.lastrowid, True
-    server_id, last_ts = row
+    server_id, last_ts, previous = row
     if last_ts is None or ts >= last_ts:
+        if previous != host["hostname"]:
+            note_identity_change(conn, server_id, host["hostname"], previous, received_at)
         sets = ", ".join(f"{c} = ?" for c in _SERVER_LATEST)
         conn.execute(
             f"UPDATE servers SET last_seen = max(last_seen, ?), {sets} WHERE id = ?",
@@ -209,6 +212,40 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
         "UPDATE servers SET last_seen = max(last_seen, ?) WHERE id = ?", (received_at, server_id)
     )
     return server_id, False
+
+
+# Characters that look alike in a host name (which the contract keeps to ASCII letters, digits,
+# ".", "-", "_"): compared after lower-casing.
+_LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "_": "-"})
+
+
+def name_skeleton(name):
+    """A host name reduced to what a reader sees: lower case, ``0``→``o``, ``1``/``i``→``l``,
+    ``_``→``-``, ``rn``→``m``, ``vv``→``w``. Two different names with one skeleton look alike."""
+    return name.lower().translate(_LOOK_ALIKE).replace("rn", "m").replace("vv", "w")
+
+
+def note_identity_change(conn, server_id, hostname, previous, now):
+    """Record in ``host_identity_events`` what an admin should look at about ``hostname``, the
+    name server ``server_id`` reports now (``previous``: the name it reported before, None for a
+    new server). Called inside the ingest transaction only when a server is new or its name
+    changed (a scan of ``servers``' names, not per report). Kinds: ``renamed`` (same machine id,
+    another name), ``name_taken`` (another server has this host or display name), ``look_alike``
+    (another server's name has the same :func:`name_skeleton`). Security review L10: an agent
+    with the shared token can send any host name; nothing is refused, the admin is told.
+    """
+    if previous is not None:
+        conn.execute("INSERT INTO host_identity_events (server_id, ts, kind, hostname, previous)"
+                     " VALUES (?, ?, 'renamed', ?, ?)", (server_id, now, hostname, previous))
+    skeleton = name_skeleton(hostname)
+    for other_id, other_host, other_display in conn.execute(
+            "SELECT id, hostname, display_name FROM servers WHERE id != ?", (server_id,)).fetchall():
+        for name in {other_host, other_display} - {None}:
+            kind = "name_taken" if name == hostname else "look_alike" if name_skeleton(name) == skeleton else None
+            if kind:
+                conn.execute("INSERT INTO host_identity_events (server_id, ts, kind, hostname, previous,"
+                             " other_server_id) VALUES (?, ?, ?, ?, ?, ?)", (server_id, now, kind, hostname, name, other_id))
+                break
 
 
 _GPU_LATEST = {
@@ -497,7 +534,7 @@ def _store_inventory(conn, server_id, ts, report):
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_CHILD_TABLES = ("gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
+_SERVER_CHILD_TABLES = ("host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
                         "host_samples_5m", "host_samples_1h", "disk_samples", "containers", "probes",
                         "gpu_usage_1h", "alerts", "silences", "gpus")
 
