@@ -22,6 +22,7 @@ from datasette import hookimpl
 
 import ingest
 from server_monitor import analyst, dbguard, hub
+from server_monitor.web import STRICT_CSP
 from server_monitor.wsgi_bridge import IngestBridge
 from server_monitor.wsgi_bridge import header as _header
 
@@ -122,6 +123,45 @@ async def send_text(send, status, text):
         "status": status,
         "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(payload)).encode()),
                     (b"cache-control", b"no-store")] + SECURITY_HEADERS,
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+# Paths that never read monitor.db: they keep working while the file is replaced (H2), so a
+# user can still log in or out and the pages' banner can ask /-/health what happened.
+NO_METRICS_PATHS = {"/login", "/logout", "/-/logout", "/-/login", "/register", "/-/register", "/account",
+                    "/favicon.ico"}
+
+
+def database_refusal(path, ctx):
+    """The dbguard problem text when ``path`` would serve data from a monitor.db that was deleted
+    or replaced under the running hub (newcomer H2), else None. Static files and the account
+    pages (auth.db only) are always served."""
+    if path in NO_METRICS_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return None
+    return dbguard.check(ctx.config.db_path)
+
+
+async def send_database_replaced(send, scope, problem):
+    """503 with ``Retry-After`` for a data page while monitor.db is replaced: JSON
+    ``{"ok": false, "status": 503, "error": ..., "database_replaced": true}`` for API-style
+    requests, else a short HTML page saying the same (H2)."""
+    extra = [(b"retry-after", b"30")]
+    if wants_json(scope):
+        return await send_json(send, 503, {"ok": False, "status": 503, "error": problem, "database_replaced": True},
+                               extra)
+    from html import escape
+
+    payload = ("<!DOCTYPE html><html lang=en><meta charset=utf-8><title>Database replaced · Server Monitor</title>"
+               "<link rel=stylesheet href=/static/dashboard.css><main><h1>The metrics database was replaced or deleted"
+               "</h1><p role=alert>" + escape(problem) + "</p><p>Restart the hub (after restoring the file if it"
+               " was a mistake). Until then no page shows data, so nothing here is stale.</p></main>").encode("utf-8")
+    await send({
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(payload)).encode()),
+                    (b"cache-control", b"no-store"), (b"content-security-policy", STRICT_CSP.encode())]
+                   + extra + SECURITY_HEADERS,
     })
     await send({"type": "http.response.body", "body": payload})
 
@@ -304,6 +344,10 @@ def asgi_wrapper(datasette):
                     )
                 target = path + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                 return await redirect(send, "/login?next=" + quote(target, safe=""))
+
+            problem = database_refusal(path, ctx)
+            if problem is not None:  # H2: never serve the deleted file's data as if it were current
+                return await send_database_replaced(send, scope, problem)
 
             if (actor is not None and path.startswith("/-/") and actor.get("role") != "admin"
                     and not path.startswith(DASH_PATHS_FOR_ALL)):

@@ -96,3 +96,60 @@ def test_real_agent_spools_while_the_database_is_gone_and_delivers_after_restart
     stored = {r for (r,) in sqlite3.connect(hub_config.db_path).execute("SELECT report_id FROM host_samples")}
     assert list((tmp_path / "spool").glob("*.json.gz")) == []
     assert set(spooled) <= stored, set(spooled) - stored
+
+
+DATA_PATHS = ["/", "/free", "/accounting", "/servers/1/history", "/admin", "/monitor", "/monitor.json",
+              "/monitor/servers", "/monitor/servers.json", "/monitor/gpus.csv", "/monitor/host_samples.json",
+              "/monitor.json?sql=select+hostname+from+servers", "/monitor/gpus/1.json", "/api/fleet", "/api/servers",
+              "/api/servers/1", "/api/servers/1/history", "/metrics", "/-/metadata.json"]
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_data_pages_answer_503_while_the_file_is_replaced(hub_process, hub_config, tmp_path, how):
+    """H2: after monitor.db was deleted or replaced under the running hub, the dashboard, Datasette's
+    database, table and query pages, their JSON/CSV, the SQL editor, /api/* and /metrics kept serving
+    the deleted file's data as if it were current. Now every data page answers 503 (JSON with
+    database_replaced for API-style requests, an HTML page saying what to do otherwise) and no old
+    data is in any answer; login, logout, /account and static files still work."""
+    from http_client import Browserless
+
+    from server_monitor import schema
+
+    base = hub_process.base_url
+    token = hub_config.get("agent.token")
+    assert _post(base, token, sample_report("h2-ghost-host", gpus=1)).status == 201
+    admin = Browserless(base)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
+    before = {path: admin.request("GET", path) for path in DATA_PATHS}
+    assert {p: r.status for p, r in before.items() if r.status != 200} == {}
+    assert b"h2-ghost-host" in before["/monitor/servers.json"].data
+
+    if how == "deleted":
+        os.remove(hub_config.db_path)
+    else:  # a restore copied over it with mv: another file, with other (here: no) servers
+        other = tmp_path / "other.db"
+        schema.migrate(str(other))
+        os.replace(other, hub_config.db_path)
+    for path in DATA_PATHS:
+        answer = admin.request("GET", path)
+        assert answer.status == 503, (path, answer.status)
+        assert answer.headers["Retry-After"] == "30" and answer.headers["Cache-Control"] == "no-store"
+        assert b"h2-ghost-host" not in answer.data
+        text = answer.data.decode()
+        assert f"{hub_config.db_path} was {how}" in text
+        if path.startswith("/api/") or path in ("/metrics",) or ".json" in path or path.endswith(".csv"):
+            body = json.loads(text)
+            assert body["status"] == 503 and body["database_replaced"] is True, path
+        else:
+            assert "The metrics database was replaced or deleted" in text and "Restart the hub" in text
+            assert answer.headers["Content-Security-Policy"].startswith("default-src 'self'; script-src 'self';")
+    # What does not read monitor.db still answers: static files, the account page, logout and login.
+    assert admin.request("GET", "/static/dashboard.css").status == 200
+    assert admin.request("GET", "/account").status == 200
+    assert admin.request("GET", "/monitor/servers", headers={"Accept": "text/html"}).status == 503
+    anonymous = Browserless(base)
+    assert anonymous.request("GET", "/monitor/servers.json").status == 401  # no session: still "log in" first
+    assert anonymous.request("GET", "/login").status == 200
+    health = anonymous.request("GET", "/-/health")
+    assert health.status == 503 and json.loads(health.data)["database_replaced"] is True
+    assert not (how == "deleted" and os.path.exists(hub_config.db_path))  # nothing re-created the file
