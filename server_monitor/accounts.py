@@ -116,6 +116,10 @@ def scope_json(servers):
     return json.dumps(sorted({int(s) for s in servers}))
 
 
+# Session use is written back at most this often (seconds) per session, not on every request.
+LAST_SEEN_RESOLUTION_S = 60
+
+
 def _hash(session_id):
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
@@ -132,6 +136,9 @@ class Accounts:
         if "fingerprint" not in {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}:
             # Config-admin sessions remember which admin credential they were made with (L1).
             conn.execute("ALTER TABLE sessions ADD COLUMN fingerprint TEXT")
+        if "last_seen_at" not in {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}:
+            # When the session was last used (to the minute), for `server-monitor sessions list`.
+            conn.execute("ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER")
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -166,13 +173,36 @@ class Accounts:
         """The live session row for ``session_id`` (dict) or None if unknown/expired."""
         if not isinstance(session_id, str) or not session_id:
             return None
-        row = self._conn().execute(
-            "SELECT username, source, created_at, expires_at, fingerprint FROM sessions WHERE id_hash = ?",
-            (_hash(session_id),),
+        conn = self._conn()
+        id_hash = _hash(session_id)
+        row = conn.execute(
+            "SELECT username, source, created_at, expires_at, fingerprint, last_seen_at FROM sessions WHERE id_hash = ?",
+            (id_hash,),
         ).fetchone()
-        if row is None or row["expires_at"] <= time.time():
+        now = int(time.time())
+        if row is None or row["expires_at"] <= now:
             return None
+        if now - (row["last_seen_at"] or 0) >= LAST_SEEN_RESOLUTION_S:  # at most one write a minute per session
+            try:
+                conn.execute("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?", (now, id_hash))
+            except sqlite3.OperationalError:  # auth.db busy: "last seen" may lag, the request goes on
+                pass
         return dict(row)
+
+    def live_sessions(self):
+        """Live (unexpired) sessions, newest first, for ``server-monitor sessions list``:
+        dicts ``username``, ``source`` (``config`` admin or ``user``), ``created_at``,
+        ``last_seen_at`` (epoch s, to :data:`LAST_SEEN_RESOLUTION_S`; None before the first use),
+        ``expires_at``, ``client`` (address at login), ``ref`` (8 hex digits of the stored hash of
+        the id: tells sessions apart, useless as a credential). Never the id itself."""
+        rows = self._conn().execute(
+            "SELECT substr(id_hash, 1, 8) AS ref, username, source, created_at, last_seen_at, expires_at, client"
+            " FROM sessions WHERE expires_at > ? ORDER BY created_at DESC", (int(time.time()),))
+        return [dict(row) for row in rows]
+
+    def end_all_sessions(self):
+        """Delete every session (everyone must log in again); returns how many."""
+        return self._conn().execute("DELETE FROM sessions").rowcount
 
     def end_session(self, session_id):
         """Delete one session (logout)."""

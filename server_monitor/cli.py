@@ -223,6 +223,57 @@ def token_revoke(config_path, token_id):
     click.echo(f"token {token_id} revoked")
 
 
+@cli.group()
+def sessions():
+    """Login sessions (stored in auth.db as hashes of their ids)."""
+
+
+def _utc(epoch):
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
+
+
+def _accounts(config_path):
+    from .accounts import Accounts
+
+    cfg = _load(config_path)
+    return cfg, Accounts(cfg.auth_db_path)
+
+
+@sessions.command("list")
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+def sessions_list(config_path):
+    """List live sessions: user, created, last seen, expires (UTC), login address. No session ids."""
+    _, accounts = _accounts(config_path)
+    rows = accounts.live_sessions()
+    click.echo("ref       username              source  created (UTC)        last seen (UTC)      expires (UTC)        client")
+    for r in rows:
+        click.echo(f"{r['ref']:<9} {r['username']:<21} {r['source']:<7} {_utc(r['created_at']):<20} "
+                   f"{_utc(r['last_seen_at']):<20} {_utc(r['expires_at']):<20} {r['client'] or '-'}")
+    click.echo(f"{len(rows)} live session{'' if len(rows) == 1 else 's'}", err=True)
+
+
+@sessions.command("revoke")
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+@click.option("--all", "everyone", is_flag=True, help="End every session (everyone logs in again).")
+@click.argument("username", required=False)
+def sessions_revoke(config_path, everyone, username):
+    """End every session of USERNAME (or of everyone with --all); takes effect on the next request,
+    also on a running hub. Use it after a password leak or when someone leaves."""
+    if everyone == bool(username):
+        raise click.UsageError("give a USERNAME or --all (not both)")
+    cfg, accounts = _accounts(config_path)
+    if everyone:
+        count = accounts.end_all_sessions()
+        click.echo(f"ended {count} session{'' if count == 1 else 's'} (all users)")
+        return
+    if username != cfg.get("auth.username") and accounts.user(username) is None:
+        raise click.ClickException(f"no user {username!r} (nor is it auth.username); see: server-monitor sessions list")
+    count = accounts.end_sessions_of(username)
+    click.echo(f"ended {count} session{'' if count == 1 else 's'} of {username}")
+
+
 @cli.command()
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 def maintain(config_path):

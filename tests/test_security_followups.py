@@ -122,3 +122,64 @@ def test_l10_changed_or_look_alike_host_names_are_flagged_to_the_admin(hub_confi
         assert anonymous.request("GET", "/monitor/host_identity_events.json").status == 401
     finally:
         _stop(hub)
+
+
+def _cli(hub_config, *args):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    return subprocess.run([sys.executable, "-m", "server_monitor", "sessions", *args, "-c", hub_config.path],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_l1_sessions_cli_lists_and_revokes_sessions_of_a_running_hub(hub_process, hub_config):
+    """L1: an admin had no way to end sessions (a leaked cookie stayed valid for session_hours)
+    short of deleting the user or changing the admin password. `server-monitor sessions list`
+    shows who is logged in (user, created, last seen; never a session id or its hash in full) and
+    `server-monitor sessions revoke USER` / `--all` end them: the next request of a revoked
+    session is sent to /login (302) or refused (401), on the running hub, through the real CLI."""
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor.accounts import Accounts
+
+    accounts = Accounts(hub_config.auth_db_path)
+    accounts.create_user("vera", hash_password("correct horse battery"), "viewer")
+    base = hub_process.base_url
+    admin, vera, vera2 = Browserless(base), Browserless(base), Browserless(base)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
+    assert vera.login("vera", "correct horse battery").status == 302
+    assert vera2.login("vera", "correct horse battery").status == 302
+    for client in (admin, vera, vera2):
+        assert client.request("GET", "/api/fleet").status == 200
+
+    listed = _cli(hub_config, "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ref", "username", "source", "created"]
+    rows = [line.split() for line in lines[1:]]
+    assert sorted(r[1] for r in rows) == ["admin", "vera", "vera"] and listed.stderr.strip() == "3 live sessions"
+    assert all(r[2] in ("config", "user") and re.fullmatch(r"\d{4}-\d\d-\d\d", r[3]) for r in rows)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", r[5]) for r in rows)  # last seen: the requests above
+    stored = [h for (h,) in accounts.connection().execute("SELECT id_hash FROM sessions")]
+    raw_ids = [c for client in (admin, vera, vera2) for c in client.cookies.values()]
+    assert not any(secret in listed.stdout for secret in stored + raw_ids)
+    assert not re.search(r"[A-Za-z0-9_-]{20,}", listed.stdout)  # nothing id-like at all
+
+    unknown = _cli(hub_config, "revoke", "nobody")
+    assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
+    assert _cli(hub_config, "revoke").returncode == 2  # neither a user nor --all: usage error
+
+    revoked = _cli(hub_config, "revoke", "vera")
+    assert revoked.returncode == 0 and revoked.stdout.strip() == "ended 2 sessions of vera"
+    for client in (vera, vera2):
+        page = client.request("GET", "/")
+        assert page.status == 302 and page.headers["Location"].startswith("/login")
+        assert client.request("GET", "/api/fleet").status == 401
+    assert admin.request("GET", "/api/fleet").status == 200  # other users keep theirs
+
+    everyone = _cli(hub_config, "revoke", "--all")
+    assert everyone.returncode == 0 and everyone.stdout.strip() == "ended 1 session (all users)"
+    assert admin.request("GET", "/admin").status == 302
+    assert _cli(hub_config, "list").stderr.strip() == "0 live sessions"
