@@ -4,7 +4,8 @@ Tiers (defaults, configurable in ``data.*``):
 
 * raw ``host_samples`` / ``gpu_samples`` / ``disk_samples`` / ``gpu_processes``:
   ``retention_days`` (7);
-* 5-minute ``*_5m`` (samples, avg, max): ``rollup_5m_days`` (90);
+* 5-minute ``*_5m`` (samples, and per column avg, max or min as ``schema.HOST_ROLLUP``,
+  ``schema.GPU_ROLLUP`` and ``schema.GPU_ROLLUP_DEPTH`` list): ``rollup_5m_days`` (90);
 * hourly ``*_1h``: ``rollup_1h_days`` (730);
 * ``xid_events`` (rare, and the record of a GPU's faults): as long as the hourly tier.
 
@@ -34,7 +35,7 @@ TIERS = (("5m", 300), ("1h", 3600))
 SOURCES = (
     # raw table, key column, rolled-up columns
     ("host_samples", "server_id", schema.HOST_ROLLUP),
-    ("gpu_samples", "gpu_id", schema.GPU_ROLLUP),
+    ("gpu_samples", "gpu_id", schema.GPU_ROLLUP + schema.GPU_ROLLUP_DEPTH),
 )
 
 
@@ -48,7 +49,7 @@ def _aggregate_sql(table, key, columns, bucket, source_tier=None):
             elif agg == "avg":
                 exprs.append(f"sum({col}_avg * samples) / nullif(sum(CASE WHEN {col}_avg IS NOT NULL THEN samples END), 0)")
             else:
-                exprs.append(f"max({col}_max)")
+                exprs.append(f"{agg}({col}_{agg})")
     count = "count(*)" if source_tier is None else "sum(samples)"
     source = table if source_tier is None else f"{table}_{source_tier}"
     return (
@@ -155,8 +156,8 @@ def _merge_sql(table, key, columns):
                 # Weighted by samples; a NULL on either side keeps the other.
                 sets.append(f"{name} = CASE WHEN {new} IS NULL THEN {name} WHEN {name} IS NULL THEN {new} "
                             f"ELSE ({name} * samples + {new}) / (samples + 1) END")
-            else:
-                sets.append(f"{name} = max(coalesce({name}, {new}), coalesce({new}, {name}))")
+            else:  # min or max; a NULL on either side keeps the other
+                sets.append(f"{name} = {agg}(coalesce({name}, {new}), coalesce({new}, {name}))")
     sql = (f"INSERT INTO {table} ({key}, ts, samples, {', '.join(names)}) "
            f"VALUES (?, ?, 1, {', '.join('?' * len(names))}) "
            f"ON CONFLICT ({key}, ts) DO UPDATE SET {', '.join(sets)}")

@@ -572,9 +572,41 @@ CREATE TABLE host_identity_events (
 CREATE INDEX host_identity_events_open ON host_identity_events (accepted_at, server_id);
 """
 
+# GPU-depth time series of gpu_samples carried into both roll-up tiers (migration 21): gauges
+# avg + max; PCIe link generation/width min + max (a downgraded moment is not averaged away; the
+# max shows whether the link reached full speed); monotonic counters (ECC errors since driver
+# load, cumulative throttle time in µs) max, their last value in the bucket; the thermal headroom
+# (tlimit) min + avg. clocks_event_reasons_active (a bitmask) is not rolled up: the throttle
+# counters give the same answer as time, and a bitmask has no max or mean.
+GPU_ROLLUP_DEPTH = (
+    ("utilization_encoder", ("avg", "max")),
+    ("utilization_decoder", ("avg", "max")),
+    ("pcie_link_gen_current", ("min", "max")),
+    ("pcie_link_width_current", ("min", "max")),
+    ("ecc_errors_corrected_volatile_total", ("max",)),
+    ("ecc_errors_uncorrected_volatile_total", ("max",)),
+    ("sw_power_cap_us", ("max",)),
+    ("sw_thermal_slowdown_us", ("max",)),
+    ("hw_thermal_slowdown_us", ("max",)),
+    ("temperature_gpu_tlimit_c", ("avg", "min")),
+)
+
+MIGRATION_21 = (
+    """
+-- GPU-depth series in the 5-minute and hourly tiers (issue 15), the thermal headroom
+-- (temperature.gpu.tlimit) on the raw series, XIDs by server and time.
+ALTER TABLE gpu_samples ADD COLUMN temperature_gpu_tlimit_c REAL;
+-- XID markers of one server's history (canned_queries/server_xids.sql).
+CREATE INDEX xid_events_server ON xid_events (server_id, ts);
+"""
+    + "".join(f"ALTER TABLE {table} ADD COLUMN {col}_{agg} REAL;\n"
+              for table in ("gpu_samples_5m", "gpu_samples_1h") for col, aggs in GPU_ROLLUP_DEPTH for agg in aggs)
+)
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
-              MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20]
+              MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
+              MIGRATION_21]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -319,7 +319,7 @@ _GPU_SAMPLE_COLUMNS = (
     "utilization_gpu", "utilization_memory", "memory_used_mib", "temperature_gpu_c", "power_draw_w", "fan_speed",
     "utilization_encoder", "utilization_decoder", "clocks_event_reasons_active", "pcie_link_gen_current",
     "pcie_link_width_current", "ecc_errors_corrected_volatile_total", "ecc_errors_uncorrected_volatile_total",
-    "sw_power_cap_us", "sw_thermal_slowdown_us", "hw_thermal_slowdown_us",
+    "sw_power_cap_us", "sw_thermal_slowdown_us", "hw_thermal_slowdown_us", "temperature_gpu_tlimit_c",
 )
 
 

@@ -1,6 +1,6 @@
 // History of one server (uPlot): who held each GPU (holder timeline), a GPU × time utilization
 // heatmap, and host/GPU line charts; every chart carries the server's alert and outage markers.
-// Data: the server_history, gpu_history, gpu_holders_history and server_alerts canned queries,
+// Data: the server_history, gpu_history, gpu_holders_history, server_alerts and server_xids canned queries,
 // each bounded in rows whatever the range. Agent strings (users, containers, alert texts) reach
 // the page only as text nodes or as canvas text, never as markup.
 "use strict";
@@ -13,7 +13,8 @@ const OTHER_OWNER = "#8d97a5";
 // Viridis stops for the utilization heatmap (0 % .. 100 %), readable on both themes.
 const HEAT_STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 let charts = [];
-let markers = { alerts: [], outages: [] };
+let markers = { alerts: [], outages: [], xids: [] };
+const XID_COLOUR = "#d16ee8";  // XID markers: a violet tick with the code, distinct from alert red/amber
 
 function cssVar(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -108,7 +109,36 @@ function drawMarkers(u) {
       ctx.setLineDash([]);
     }
   }
+  // XID errors: a solid violet line with the code at the top ("79"); canvas text, never markup.
+  const px = devicePixelRatio;
+  ctx.font = "bold " + Math.round(10 * px) + "px system-ui, sans-serif";
+  ctx.textBaseline = "top";
+  let lastLabel = -Infinity;
+  for (const e of markers.xids) {
+    const xe = x(e.ts);
+    if (xe < u.bbox.left || xe > u.bbox.left + u.bbox.width) continue;
+    ctx.strokeStyle = XID_COLOUR;
+    ctx.fillStyle = XID_COLOUR;
+    ctx.lineWidth = Math.max(1.5, 1.5 * px);
+    ctx.beginPath();
+    ctx.moveTo(xe + 0.5, top);
+    ctx.lineTo(xe + 0.5, top + height);
+    ctx.stroke();
+    if (xe - lastLabel > 28 * px) {  // labels of XIDs close together would overlap: first one only
+      ctx.fillText(String(e.xid), xe + 3 * px, top + strip + 2 * px);
+      lastLabel = xe;
+    }
+  }
   ctx.restore();
+}
+
+function xidsNear(t, span, gpuIndex) {
+  // XIDs of one GPU (or of any GPU when gpuIndex is undefined) within span seconds of t.
+  return markers.xids.filter((e) => Math.abs(e.ts - t) <= span && (gpuIndex === undefined || e.gpu_index === gpuIndex));
+}
+
+function xidLabel(e) {
+  return "XID " + e.xid + (e.name ? " (" + e.name + ")" : "");
 }
 
 function findOutages(host, range) {
@@ -223,6 +253,8 @@ function gpuRowChart(container, opts) {
     const lines = ["GPU " + opts.gpus[row] + " · " + fmtTime(cell ? cell.ts : t)].concat(opts.describe(cell, t));
     const alert = markers.alerts.filter((a) => a.started_at <= t && (a.resolved_at || Infinity) >= t);
     for (const a of alert) lines.push("⚠ " + a.message);
+    const near = (u.scales.x.max - u.scales.x.min) / 100;
+    for (const e of xidsNear(t, cell ? Math.max(near, cell.span) : near, opts.gpus[row])) lines.push("✖ " + xidLabel(e) + " at " + fmtTime(e.ts));
     if (markers.outages.some((o) => o.from <= t && o.to >= t)) lines.push("no reports (host offline or unreachable)");
     tip.replaceChildren(...lines.map((line) => h("div", {}, line)));
     tip.hidden = false;
@@ -363,6 +395,22 @@ function alertList(alerts) {
   box.hidden = false;
 }
 
+function xidList(xids) {
+  // Time, GPU, code, NVIDIA's name and the kernel's text (hostile agent text: text nodes only).
+  const box = document.getElementById("xid-list");
+  if (!xids.length) { box.hidden = true; box.replaceChildren(); return; }
+  const rows = xids.slice().reverse().map((e) => h("tr", { class: e.critical ? "xid-critical" : null },
+    h("td", {}, fmtTime(e.ts)), h("td", {}, e.gpu_index === null ? (e.pci_bus_id || "–") : "GPU " + e.gpu_index),
+    h("td", { class: "num" }, String(e.xid)), h("td", {}, e.name || "–"), h("td", { class: "xid-message" }, e.message || "")));
+  box.replaceChildren(
+    h("h2", {}, "XID errors in this range: " + xids.length + (xids.length >= 500 ? " (the first 500)" : "")),
+    h("p", { class: "muted" }, "Marked on every chart by a violet line with the code; newest first."),
+    h("table", { class: "xid-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Time"), h("th", {}, "GPU"), h("th", {}, "XID"), h("th", {}, "Name"), h("th", {}, "Kernel message"))),
+      h("tbody", {}, rows)));
+  box.hidden = false;
+}
+
 async function load(hours) {
   const section = document.getElementById("ranges");
   const serverId = section.dataset.serverId;
@@ -370,9 +418,9 @@ async function load(hours) {
   document.querySelectorAll(".range").forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.hours) === hours)));
   try {
     const q = { server_id: serverId, hours: String(hours) };
-    const [servers, host, gpu, holders, alerts] = await Promise.all([
+    const [servers, host, gpu, holders, alerts, xids] = await Promise.all([
       fetchQuery("servers"), fetchQuery("server_history", q), fetchQuery("gpu_history", q),
-      fetchQuery("gpu_holders_history", q), fetchQuery("server_alerts", q),
+      fetchQuery("gpu_holders_history", q), fetchQuery("server_alerts", q), fetchQuery("server_xids", q),
     ]);
     const server = servers.find((s) => String(s.server_id) === serverId);
     document.getElementById("server-name").textContent = server ? server.name : "unknown server " + serverId;
@@ -380,8 +428,9 @@ async function load(hours) {
     errorBox.hidden = true;
     const now = Date.now() / 1000;
     const range = [now - hours * 3600, now];
-    markers = { alerts, outages: findOutages(host, range) };
+    markers = { alerts, outages: findOutages(host, range), xids };
     alertList(alerts);
+    xidList(xids);
     draw(host, gpu, holders, range);
   } catch (e) {
     errorBox.textContent = "Could not load history: " + e.message;
@@ -419,6 +468,56 @@ function draw(host, gpu, holders, range) {
                                        ["GPU power", "power_draw_w", (v) => (v === null ? "–" : v.toFixed(0) + " W")]]) {
     const { xs: gx, out } = alignSeries(byGpu, key);
     makeChart(container, title, format, gx, Object.entries(out).map(([label, values]) => ({ label, values })), range);
+  }
+  gpuDepthCharts(container, byGpu, range);
+}
+
+// ---- GPU depth (issue 15): throttling, PCIe link, media engines, ECC, thermal headroom -------
+function counterShare(rows, key) {
+  // Share of each bucket's time spent in a throttle state, from the growth of its cumulative
+  // µs counter since the GPU's previous bucket (a drop is a driver reload: no value).
+  let prev = null;
+  return rows.map((r) => {
+    const v = r[key];
+    let share = null;
+    if (prev && v !== null && prev[key] !== null && v >= prev[key] && r.ts > prev.ts) {
+      share = Math.min(100, (v - prev[key]) / 1e6 / (r.ts - prev.ts) * 100);
+    }
+    if (v !== null) prev = r;
+    return share;
+  });
+}
+
+function gpuDepthCharts(container, byGpu, range) {
+  const pct = (v) => (v === null || v === undefined ? "–" : v.toFixed(v < 10 && v > 0 ? 1 : 0) + "%");
+  const int = (unit) => (v) => (v === null || v === undefined ? "–" : (unit === "Gen " ? unit + Math.round(v) : Math.round(v) + unit));
+  for (const rows of Object.values(byGpu)) {
+    const power = counterShare(rows, "sw_power_cap_us");
+    const swThermal = counterShare(rows, "sw_thermal_slowdown_us");
+    const hwThermal = counterShare(rows, "hw_thermal_slowdown_us");
+    rows.forEach((r, i) => {
+      r.power_capped_pct = power[i];
+      r.thermal_pct = swThermal[i] === null && hwThermal[i] === null ? null : Math.min(100, (swThermal[i] || 0) + (hwThermal[i] || 0));
+    });
+  }
+  const specs = [
+    ["Power capped (% of time)", "power_capped_pct", pct, "From clocks_event_reasons_counters.sw_power_cap growth per bucket."],
+    ["Thermal slowdown (% of time)", "thermal_pct", pct, "Software + hardware thermal slowdown counters' growth per bucket."],
+    ["PCIe link generation (lowest in bucket)", "pcie_link_gen_min", int("Gen "), "A drop at idle is the driver saving power; under load it is a degraded link."],
+    ["PCIe link width (lowest in bucket)", "pcie_link_width_min", int("×"), null],
+    ["Encoder utilization", "utilization_encoder", pct, null],
+    ["Decoder utilization", "utilization_decoder", pct, null],
+    ["ECC errors, corrected (volatile count)", "ecc_errors_corrected_volatile_total", int(""), "Since the driver loaded; a steady climb is a GPU to watch."],
+    ["ECC errors, uncorrected (volatile count)", "ecc_errors_uncorrected_volatile_total", int(""), null],
+    ["Thermal headroom (tlimit, lowest in bucket)", "temperature_gpu_tlimit_c_min", (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + " °C"),
+     "Degrees below the GPU's slowdown temperature."],
+  ];
+  for (const [title, key, format, note] of specs) {
+    if (!Object.values(byGpu).some((rows) => rows.some((r) => r[key] !== null && r[key] !== undefined))) continue;
+    const { xs: gx, out } = alignSeries(byGpu, key);
+    const chart = makeChart(container, title, format, gx, Object.entries(out).map(([label, values]) => ({ label, values })), range);
+    chart.root.parentElement.dataset.series = key;
+    if (note) chart.root.parentElement.querySelector("figcaption").after(h("p", { class: "muted chart-note" }, note));
   }
 }
 

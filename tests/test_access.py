@@ -82,7 +82,8 @@ MATRIX = {
 PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gpu_history", "usage_by_user",
                   "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
                   "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences",
-                  "gpu_holders_history", "server_alerts", "gpu_hours_daily", "xid_events", "fleet_mig"]
+                  "gpu_holders_history", "server_alerts", "gpu_hours_daily", "xid_events", "fleet_mig",
+                  "server_xids"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)
@@ -148,6 +149,28 @@ def test_scoped_viewer_sees_only_its_servers_and_no_processes(hub):
     # Magic parameters cannot be overridden from the query string.
     assert scoped.get("/monitor/servers.json?_shape=array&_scope_all=1").json()[0]["name"] == "two"
     assert len(viewer.get("/monitor/processes.json?_shape=array").json()) == 2
+
+
+def test_server_xids_follow_the_viewer_scope(hub, hub_config):
+    """The history page's XID list (server_xids) shows a scoped viewer only its servers' XIDs,
+    and their pid / process name only with see_processes."""
+    import time
+
+    now = time.time()
+    for name in ("one", "two"):
+        report = sample_report(name, gpus=1, processes=0, sample_time=now)
+        report["kmsg_state"] = "ok"
+        report["xid_events"] = [{"xid": 79, "pci.bus_id": report["gpus"][0]["pci.bus_id"], "name": "GPU has fallen off the bus",
+                                 "seq": 7, "usec": 1000, "time": now - 3600, "pid": 4242, "process_name": "python",
+                                 "message": f"NVRM: Xid (PCI:0000:18:00): 79, pid=4242, {name}"}]
+        assert ingest(hub["admin"], report, hub_config.get("agent.token")).status_code == 201
+    scoped, viewer = hub["scoped"], hub["viewer"]
+    assert scoped.get("/monitor/server_xids.json?_shape=array&server_id=1&hours=24").json() == []
+    own = scoped.get("/monitor/server_xids.json?_shape=array&server_id=2&hours=24").json()
+    assert [(e["xid"], e["gpu_index"], e["message"].endswith("two"), e["pid"]) for e in own] == [(79, 0, True, None)]
+    seen = viewer.get("/monitor/server_xids.json?_shape=array&server_id=1&hours=24").json()
+    assert [(e["xid"], e["name"], e["pid"], e["process_name"]) for e in seen] == [(79, "GPU has fallen off the bus", 4242, "python")]
+    assert viewer.get("/monitor/server_xids.json?_shape=array&server_id=1&hours=0.5").json() == []  # an hour ago
 
 
 def test_brute_force_gets_only_five_password_checks(hub, hub_config):

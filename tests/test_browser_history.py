@@ -120,3 +120,60 @@ def test_hostile_strings_stay_text_in_history(fast_hub, page, hub_config):  # no
         '#charts img, #charts svg, #charts iframe, #charts script, #alert-list img, #alert-list svg, #alert-list iframe').length""")
     assert injected == 0
     assert page.dialogs == [] and page.console_errors == []
+
+
+def test_xids_and_gpu_depth_series_on_the_history_page(fast_hub, page, hub_config):  # noqa: F811
+    """XIDs of the server are listed (time, GPU, code, name, kernel text as text) and marked on
+    the charts; the GPU-depth series (power capping from the counter, PCIe link, ECC) are drawn."""
+    from playwright.sync_api import expect
+
+    now = time.time()
+    hostile = "NVRM: Xid (PCI:0000:18:00): 13, " + XSS[0] + XSS[1] + XSS[4]
+    for i in range(10):
+        report = sample_report("xid-node", gpus=2, processes=0, sample_time=now - 600 + i * 60)
+        for gpu in report["gpus"]:
+            gpu.update({"clocks_event_reasons_counters.sw_power_cap": i * 30_000_000,  # 30 s of each 60 s: 50 %
+                        "pcie.link.gen.current": 2 if i == 4 else 5, "ecc.errors.corrected.volatile.total": i})
+        if i == 5:
+            report["kmsg_state"] = "ok"
+            report["xid_events"] = [
+                {"xid": 13, "pci.bus_id": report["gpus"][1]["pci.bus_id"], "name": "Graphics Engine Exception",
+                 "seq": 1, "usec": 5, "time": now - 400, "message": hostile},
+                {"xid": 79, "pci.bus_id": report["gpus"][0]["pci.bus_id"], "name": "GPU has fallen off the bus",
+                 "seq": 2, "usec": 6, "time": now - 300, "message": "NVRM: Xid (PCI:0000:18:00): 79, pid='<unknown>'"}]
+        push(fast_hub, hub_config, report)
+    login(page, fast_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(fast_hub.base_url + "/servers/1/history?hours=1")
+    expect(page.locator("#xid-list")).to_be_visible()
+    expect(page.locator("#xid-list h2")).to_have_text("XID errors in this range: 2")
+    cells = page.locator("#xid-list tbody tr").all()
+    first = [c.inner_text() for c in cells[0].locator("td").all()]  # newest first
+    second = [c.inner_text() for c in cells[1].locator("td").all()]
+    assert first[1:4] == ["GPU 0", "79", "GPU has fallen off the bus"], first
+    assert second[1:] == ["GPU 1", "13", "Graphics Engine Exception", hostile], second
+    assert page.evaluate("() => markers.xids.map((e) => e.xid)") == [13, 79]
+    # The violet marker is drawn on the charts: the CPU chart's canvas has XID-coloured pixels.
+    violet = page.evaluate("""() => { const c = charts.find((u) => u.root.parentElement.querySelector('figcaption').textContent === 'CPU');
+        const d = c.ctx.getImageData(0, 0, c.ctx.canvas.width, c.ctx.canvas.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] === 0xd1 && d[i + 1] === 0x6e && d[i + 2] === 0xe8) n++; return n; }""")
+    assert violet > 20
+    # Hovering GPU 1's row at the XID names it in the tooltip.
+    _hover(page, "figure.heatmap .u-over", (3600 - 400) / 3600, 0.75)
+    expect(page.locator("figure.heatmap .chart-tip")).to_contain_text("XID 13 (Graphics Engine Exception)")
+    for key in ("power_capped_pct", "pcie_link_gen_min", "ecc_errors_corrected_volatile_total"):
+        expect(page.locator(f"figure[data-series='{key}'] canvas")).to_have_count(1)
+    xs, shares = page.evaluate("""() => { const c = charts.find((u) => u.root.parentElement.dataset.series === 'power_capped_pct');
+        return [c.data[0], c.data[1]]; }""")
+    # Each bucket's share is the counter's growth over the time since the GPU's previous bucket
+    # (bucket times are rounded to the bucket size, so single shares wobble around 50 %); over
+    # the range they add up to the counter's growth: 9 reports × 30 s.
+    points = [(x, v) for x, v in zip(xs, shares) if v is not None]
+    assert len(points) == 9 and all(35 < v < 65 for _, v in points), points
+    prev = [x for x, v in zip(xs, shares) if v is None][0]  # the first report: no previous value
+    assert sum(v / 100 * (x - p) for (x, v), p in zip(points, [prev] + [x for x, _ in points])) == pytest.approx(270)
+    assert page.evaluate("""() => Math.min(...charts.find((u) => u.root.parentElement.dataset.series === 'pcie_link_gen_min')
+        .data[1].filter((v) => v !== null))""") == 2
+    injected = page.evaluate("""() => document.querySelectorAll(
+        '#xid-list img, #xid-list svg, #xid-list script, #xid-list iframe, #charts img, #charts svg').length""")
+    assert injected == 0
+    assert page.dialogs == [] and page.console_errors == []

@@ -26,7 +26,7 @@ from server_monitor.rollup import Maintenance, refresh_statistics
 from server_monitor.store import store_report
 
 HISTORY = ("host_samples", "gpu_samples", "disk_samples", "gpu_processes", "host_samples_5m", "host_samples_1h",
-           "gpu_samples_5m", "gpu_samples_1h", "gpu_usage_1h", "alerts")
+           "gpu_samples_5m", "gpu_samples_1h", "gpu_usage_1h", "alerts", "xid_events")
 SERVERS, HOURS, INTERVAL = 12, 3, 120
 PARAMS = {"server_id": "1", "hours": "24", "since": "", "until": "", "by": "user", "count": "1", "_scope_all": 1,
           "_scope_servers": "[]", "_scope_processes": 1, "_actor_id": "admin"}

@@ -1,8 +1,10 @@
 """Tiered retention: roll-ups with exact avg/max, watermark, dirty hours, deletes, tier choice."""
 
 
+import os
+
 import pytest
-from conftest import file_connection
+from conftest import ROOT, file_connection
 from reports import sample_report
 
 from server_monitor import schema
@@ -157,3 +159,112 @@ def test_xid_events_are_kept_as_long_as_the_hourly_tier_and_deleted_in_batches(d
     assert run(db, T0 + 731 * DAY, batch=3)["deleted"]["xid_events"] == 7
     assert db.execute("select seq from xid_events").fetchall() == [(100,)]
     assert run(db, T0 + 731 * DAY, rollup_1h_days=30)["deleted"]["xid_events"] == 1
+
+
+def _depth_values(i):
+    """GPU-depth values of report ``i`` (30 s apart): gauges, a downgraded PCIe link for one
+    report each, monotonic counters."""
+    return {
+        "utilization.encoder": (i * 7) % 40, "utilization.decoder": (i * 3) % 25,
+        "pcie.link.gen.current": 1 if i == 13 else 5, "pcie.link.width.current": 8 if i == 50 else 16,
+        "ecc.errors.corrected.volatile.total": i // 10, "ecc.errors.uncorrected.volatile.total": i // 100,
+        "clocks_event_reasons_counters.sw_power_cap": i * 1000,
+        "clocks_event_reasons_counters.sw_thermal_slowdown": i * 10,
+        "clocks_event_reasons_counters.hw_thermal_slowdown": i // 60,
+        "temperature.gpu.tlimit": 20 + (i % 5),
+    }
+
+
+def _expected_depth(values):
+    """Aggregates of a list of _depth_values dicts, as the tiers must hold them."""
+    def col(key):
+        return [v[key] for v in values]
+    return {
+        "samples": len(values),
+        "utilization_encoder_avg": sum(col("utilization.encoder")) / len(values),
+        "utilization_encoder_max": max(col("utilization.encoder")),
+        "utilization_decoder_avg": sum(col("utilization.decoder")) / len(values),
+        "utilization_decoder_max": max(col("utilization.decoder")),
+        "pcie_link_gen_current_min": min(col("pcie.link.gen.current")),
+        "pcie_link_gen_current_max": max(col("pcie.link.gen.current")),
+        "pcie_link_width_current_min": min(col("pcie.link.width.current")),
+        "pcie_link_width_current_max": max(col("pcie.link.width.current")),
+        "ecc_errors_corrected_volatile_total_max": max(col("ecc.errors.corrected.volatile.total")),
+        "ecc_errors_uncorrected_volatile_total_max": max(col("ecc.errors.uncorrected.volatile.total")),
+        "sw_power_cap_us_max": max(col("clocks_event_reasons_counters.sw_power_cap")),
+        "sw_thermal_slowdown_us_max": max(col("clocks_event_reasons_counters.sw_thermal_slowdown")),
+        "hw_thermal_slowdown_us_max": max(col("clocks_event_reasons_counters.hw_thermal_slowdown")),
+        "temperature_gpu_tlimit_c_avg": sum(col("temperature.gpu.tlimit")) / len(values),
+        "temperature_gpu_tlimit_c_min": min(col("temperature.gpu.tlimit")),
+    }
+
+
+def test_gpu_depth_series_roll_up_into_both_tiers_and_the_history_query(tmp_path):
+    """ECC / throttle counters, PCIe link, encoder/decoder and tlimit reach the 5-minute and
+    hourly tiers exactly (written by store_report, rolled and raw-deleted by the hub's own
+    Maintenance), and gpu_history shows them from the tier once raw is gone."""
+    import time
+
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = file_connection(path)
+    now = int(time.time())
+    start = (now // 3600 - 4) * 3600  # two complete hours, 2-4 h ago
+    values = [_depth_values(i) for i in range(240)]
+    for i, extra in enumerate(values):
+        report = sample_report("depth", gpus=1, processes=0, machine_id="m-depth", sample_time=start + 30 * i)
+        report["sent_at"] = start + 30 * i
+        report["gpus"][0].update(extra)
+        assert store_report(conn, validate_report(report), start + 30 * i)["stored"]
+    gpu_id = conn.execute("select id from gpus").fetchone()[0]
+    names = list(_expected_depth(values[:1]))
+    # retention_days = 1 h: the same pass rolls the hours up, then deletes their raw rows.
+    stats = Maintenance(path, retention_days=1 / 24, pause=0, now=lambda: now).run_once()
+    assert stats["hours_rolled"] >= 2 and stats["deleted"]["gpu_samples"] == 240
+
+    def tier_row(table, ts):
+        row = conn.execute(f"select {', '.join(names)} from {table} where gpu_id = ? and ts = ?", (gpu_id, ts)).fetchone()
+        return dict(zip(names, row))
+
+    def close(actual, expected):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            assert actual[key] == pytest.approx(expected[key], abs=1e-9), key
+
+    close(tier_row("gpu_samples_5m", start), _expected_depth(values[0:10]))  # gen 1 at i = 13 is not here
+    close(tier_row("gpu_samples_5m", start + 300), _expected_depth(values[10:20]))
+    assert tier_row("gpu_samples_5m", start + 300)["pcie_link_gen_current_min"] == 1
+    close(tier_row("gpu_samples_1h", start), _expected_depth(values[0:120]))
+    close(tier_row("gpu_samples_1h", start + 3600), _expected_depth(values[120:240]))
+    assert tier_row("gpu_samples_1h", start)["pcie_link_width_current_min"] == 8
+
+    sql = open(os.path.join(ROOT, "canned_queries", "gpu_history.sql")).read()
+    cur = conn.execute(sql, {"server_id": "1", "hours": "100", "_scope_all": 1, "_scope_servers": "[]"})
+    cols = [d[0] for d in cur.description]
+    rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    assert {r["tier"] for r in rows} == {"5m"} and sum(r["samples"] for r in rows) == 240
+    assert min(r["pcie_link_gen_min"] for r in rows) == 1  # the degraded moment is not averaged away
+    assert max(r["pcie_link_gen_max"] for r in rows) == 5
+    assert min(r["pcie_link_width_min"] for r in rows) == 8
+    assert max(r["ecc_errors_corrected_volatile_total"] for r in rows) == 23
+    assert max(r["sw_power_cap_us"] for r in rows) == 239_000
+    assert max(r["hw_thermal_slowdown_us"] for r in rows) == 3
+    assert min(r["temperature_gpu_tlimit_c_min"] for r in rows) == 20
+    total = sum(r["utilization_encoder"] * r["samples"] for r in rows)
+    assert total == pytest.approx(sum(v["utilization.encoder"] for v in values), abs=0.05 * len(rows))
+
+
+def test_late_gpu_depth_sample_merges_min_and_max_into_the_tiers(db):
+    add_samples(db, T0, 120, util=lambda i: 10)
+    db.execute("update gpu_samples set pcie_link_gen_current = 4, ecc_errors_corrected_volatile_total = 5")
+    run(db, T0 + 3600 + 601)
+    later = T0 + 8 * DAY
+    run(db, later)  # raw deleted: a late sample is merged by ingest
+    report = sample_report("h1", gpus=1, processes=0, machine_id="m1", sample_time=T0 + 45)
+    report["sent_at"] = None
+    report["gpus"][0].update({"uuid": "GPU-a", "pcie.link.gen.current": 2, "ecc.errors.corrected.volatile.total": 3})
+    assert store_report(db, validate_report(report), later)["stored"]
+    for table in ("gpu_samples_5m", "gpu_samples_1h"):
+        row = db.execute(f"select pcie_link_gen_current_min, pcie_link_gen_current_max,"
+                         f" ecc_errors_corrected_volatile_total_max from {table} where gpu_id = 10 and ts = ?", (T0,))
+        assert row.fetchone() == (2, 4, 5)
