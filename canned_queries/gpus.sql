@@ -1,5 +1,11 @@
 -- title: GPUs
--- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs); power_capped_h / thermal_slowdown_h the same in hours ("power capped 4 h" since the driver loaded); power_capped_today_h / thermal_slowdown_today_h: hours since the GPU's first sample of the current UTC day (throttle_today_since, epoch s; null without a sample today). memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
+-- description: Latest state of every GPU you may see. vendor: nvidia, amd or intel (AMD/Intel read from sysfs; fields a driver does not expose are null, see docs/agent.md). Units: utilization_* %, memory_* MiB, temperature_* °C, power_* W, clocks_* MHz. busy = any compute process or utilization.gpu/encoder/decoder ≥ 10 % in the server's newest report. health = ok / warning / critical with health_reasons (ECC, row remapping, reset needed, HW slowdown/thermal throttling, degraded PCIe link while busy). clocks_event_reasons: active throttle reasons by name; *_us: time per reason since driver load (µs); power_capped_h / thermal_slowdown_h the same in hours ("power capped 4 h" since the driver loaded); power_capped_today_h / thermal_slowdown_today_h: hours since the GPU's first sample of the day (throttle_today_since, epoch s; null without a sample today); the day starts at :day_start (epoch s of the viewer's local midnight, as the dashboard sends it; kept within the last 25 h) or, without it, at 00:00 UTC; throttle_day_start is the start used. memory_free_mib: memory.free as the driver reports it. present = 0 when the GPU was missing from its server's newest complete report.
+-- "Today" starts at :day_start (epoch s: the viewer's local midnight, sent by the dashboard),
+-- kept within the last 25 h (a day is at most 25 h long at a DST change); without it, the UTC day.
+with day as (
+  select max(cast(strftime('%s', 'now') as integer) - 90000, min(cast(strftime('%s', 'now') as integer),
+    coalesce(cast(nullif(:day_start, '') as integer), cast(strftime('%s', 'now', 'start of day') as integer)))) as day_start
+)
 select
   g.server_id,
   coalesce(s.display_name, s.hostname) as server,
@@ -86,6 +92,7 @@ select
                       else coalesce(g.hw_thermal_slowdown_us, 0) end)) / 3600e6, 2)
   end as thermal_slowdown_today_h,
   d.ts as throttle_today_since,
+  d0.day_start as throttle_day_start,
   g.mig_mode_pending,
   g.cuda_version,
   g.xid_last,
@@ -94,9 +101,10 @@ select
   g.cpu_affinity
 from gpus g
 join server_state s on s.id = g.server_id
+cross join day d0
 left join gpu_samples d on d.gpu_id = g.id and d.ts = (
   select f.ts from gpu_samples f
-  where f.gpu_id = g.id and f.ts >= cast(strftime('%s', 'now', 'start of day') as integer)
+  where f.gpu_id = g.id and f.ts >= d0.day_start
     and (f.sw_power_cap_us is not null or f.sw_thermal_slowdown_us is not null or f.hw_thermal_slowdown_us is not null)
   order by f.ts limit 1)
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))

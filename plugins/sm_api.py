@@ -1,7 +1,8 @@
 """The original product's JSON endpoints, on the session login (JSON errors only):
 
 * ``GET /api/servers`` — every server in the viewer's scope with its GPUs (each with its
-  processes) and disks;
+  processes) and disks; ``?day_start=`` (epoch s of the viewer's local midnight) sets the
+  start of "today" for the GPUs' throttle figures (default: 00:00 UTC);
 * ``GET /api/servers/<id>`` — one of them;
 * ``GET /api/servers/<id>/history?hours=24`` — host and per-GPU history (the
   ``server_history`` / ``gpu_history`` canned queries: roll-up tier by range, ≤ 1000 rows);
@@ -30,11 +31,20 @@ def ok(body, status=200):
                     headers={"cache-control": "no-store"})
 
 
-async def fleet(datasette, actor, server_id=None):
+def day_start_arg(request):
+    """``?day_start=`` (epoch s of the viewer's local midnight, for the GPUs' "today" throttle
+    figures) as a string for the gpus query; "" when absent. Raises ValueError when not an integer."""
+    value = request.args.get("day_start", "")
+    if value == "":
+        return ""
+    return str(int(value))
+
+
+async def fleet(datasette, actor, server_id=None, day_start=""):
     servers = await run(datasette, "servers", actor)
     if server_id is not None:
         servers = [s for s in servers if s["server_id"] == server_id]
-    gpus = await run(datasette, "gpus", actor)
+    gpus = await run(datasette, "gpus", actor, day_start=day_start)
     procs = await run(datasette, "processes", actor)
     disks = await run(datasette, "disks", actor)
     by_gpu, by_server_gpu, by_server_disk = {}, {}, {}
@@ -54,13 +64,21 @@ async def fleet(datasette, actor, server_id=None):
 async def servers_list(request, datasette):
     if request.method != "GET":
         return error(405, "use GET", allow="GET")
-    return ok(await fleet(datasette, request.actor))
+    try:
+        day_start = day_start_arg(request)
+    except ValueError:
+        return error(400, "day_start must be an integer (epoch seconds)")
+    return ok(await fleet(datasette, request.actor, day_start=day_start))
 
 
 async def server_one(request, datasette):
     server_id = int(request.url_vars["server_id"])
     if request.method == "GET":
-        found = await fleet(datasette, request.actor, server_id)
+        try:
+            day_start = day_start_arg(request)
+        except ValueError:
+            return error(400, "day_start must be an integer (epoch seconds)")
+        found = await fleet(datasette, request.actor, server_id, day_start)
         return ok(found[0]) if found else error(404, f"no server {server_id}")
     if request.method != "DELETE":
         return error(405, "use GET or DELETE", allow="GET, DELETE")

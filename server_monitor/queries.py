@@ -6,6 +6,7 @@ JSON endpoints that run them directly (``plugins/sm_api.py``).
 
 import json
 import os
+import re
 
 QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "canned_queries")
 DATABASE = "monitor"
@@ -76,12 +77,22 @@ def config_params(config):
     return {f"_config_{key}": value for key, value in (config.get("features") or {}).items()}
 
 
+def named_parameters(sql):
+    """The ``:name`` parameters of ``sql`` (comments included; ``::`` casts are not parameters)."""
+    return set(re.findall(r"(?<![:\w]):(\w+)", sql))
+
+
 async def run(datasette, name, actor, **params):
-    """Run canned query ``name`` on ``monitor`` for ``actor``; returns a list of dicts."""
+    """Run canned query ``name`` on ``monitor`` for ``actor``; returns a list of dicts.
+
+    ``params``: the query's own parameters (``None`` and those not given are passed as ``""``,
+    as Datasette does for a canned query's missing parameters).
+    """
     from . import hub
 
     sql = QUERIES[name]["sql"]
-    values = scope_params(actor)
+    values = {key: "" for key in named_parameters(sql)}
+    values.update(scope_params(actor))
     values.update(config_params(hub.context(datasette).config))
     values.update({k: "" if v is None else str(v) for k, v in params.items()})
     result = await datasette.get_database(DATABASE).execute(sql, values)

@@ -501,6 +501,13 @@ function fmtThrottleHours(hours) {
   return minutes >= 1 ? minutes + " min" : "< 1 min";
 }
 
+// The start of the viewer's local day (epoch s), so "today" follows the viewer's clock.
+function localDayStart() {
+  const d = new Date();
+  d.setHours(0, 0, 0, 0);
+  return Math.floor(d.getTime() / 1000);
+}
+
 function healthFacts(gpu) {
   // [label, text, level] rows; null values read "–" (the driver does not report them).
   const rows = [];
@@ -519,12 +526,12 @@ function healthFacts(gpu) {
   const counters = [];
   if (gpu.power_capped_h) counters.push("power capped " + gpu.power_capped_h + " h");
   if (gpu.thermal_slowdown_h) counters.push("thermal slowdown " + gpu.thermal_slowdown_h + " h");
-  // Today (UTC day, from the first sample of the day: power_capped_today_h, thermal_slowdown_today_h).
+  // Today (the viewer's local day, sent as day_start; from the GPU's first sample of that day).
   const today = [];
   if (gpu.power_capped_today_h) today.push("power capped " + fmtThrottleHours(gpu.power_capped_today_h) + " today");
   if (gpu.thermal_slowdown_today_h) today.push("thermal slowdown " + fmtThrottleHours(gpu.thermal_slowdown_today_h) + " today");
   rows.push(["Throttle", (reasons.length ? reasons.join(", ") : "none now") +
-    (today.length ? " · " + today.join(", ") + " (UTC day)" : "") +
+    (today.length ? " · " + today.join(", ") + " (since 00:00 your time)" : "") +
     (counters.length ? " · " + counters.join(", ") + " since driver load" : ""),
     /HW |thermal|brake/.test(reasons.join(" ")) ? "warn" : ""]);
   const gen = gpu.pcie_link_gen_current, genMax = gpu.pcie_link_gen_max;
@@ -692,7 +699,7 @@ async function openDetail(serverId, push = true) {
   if (push && location.hash !== "#server-" + openServer) history.pushState(null, "", "#server-" + openServer);
   body.replaceChildren(h("p", { class: "muted" }, "loading…"));
   try {
-    const response = await fetch("/api/servers/" + openServer, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    const response = await fetch("/api/servers/" + openServer + "?day_start=" + localDayStart(), { credentials: "same-origin", headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error("HTTP " + response.status);
     const server = await response.json();
     const [containers, probes, xids] = await Promise.all([fetchQuery("containers"), fetchQuery("probes"),

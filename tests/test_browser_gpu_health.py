@@ -112,7 +112,7 @@ def test_health_badges_xid_panel_and_mig_split(page, hub_process, hub_config):
     assert "1 uncorrectable · pending yes · failure no" in remap_facts
     slow_facts = gpus.nth(2).locator(".health-facts").inner_text()
     assert "HW slowdown" in slow_facts
-    assert "power capped 4 h today, thermal slowdown 15 min today (UTC day)" in slow_facts
+    assert "power capped 4 h today, thermal slowdown 15 min today (since 00:00 your time)" in slow_facts
     assert "power capped 9 h" in slow_facts and "since driver load" in slow_facts
     assert gpus.nth(3).locator(".gpu-health").get_attribute("open") is None
     assert "✓ healthy" in gpus.nth(3).locator(".gpu-health summary").inner_text()
@@ -158,3 +158,40 @@ def test_screenshot_of_sick_gpus(browser, hub_process, hub_config, tmp_path):
     assert tab.evaluate("document.documentElement.scrollWidth") <= 1440
     assert errors == []
     context.close()
+
+
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "America/Los_Angeles"])
+def test_throttle_today_follows_the_viewers_local_day(browser, hub_process, hub_config, zone):
+    """A browser in another time zone sends its own local midnight: "power capped N h today"
+    counts from the GPU's first sample of the viewer's day, not of the UTC day."""
+    import datetime
+    import zoneinfo
+
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    local = datetime.datetime.fromtimestamp(now, zoneinfo.ZoneInfo(zone))
+    local_start = int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+    utc_start = now // 86400 * 86400
+    hour = 3600 * 10**6
+    first, second = min(local_start, utc_start) + 1, min(max(local_start, utc_start) + 1, now - 2)
+    for sample_time, power_cap in ((first, 1 * hour), (second, 3 * hour), (now, 6 * hour)):
+        report = sample_report("tz-node", gpus=1, processes=0, sample_time=sample_time)
+        report["gpus"][0]["clocks_event_reasons_counters.sw_power_cap"] = power_cap
+        push(hub_process, hub_config, report)
+    expected = "5 h" if local_start <= utc_start else "3 h"  # the UTC day would give the other one
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id=zone)
+    try:
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+        assert page.evaluate("() => Intl.DateTimeFormat().resolvedOptions().timeZone") == zone
+        with page.expect_request(lambda r: "/api/servers/" in r.url) as request:
+            page.locator(".srow", has=page.locator(".sname", has_text="tz-node")).locator(".shead").click()
+        assert f"day_start={local_start}" in request.value.url
+        facts = page.locator("#detail .gpu .health-facts")
+        expect(facts).to_contain_text(f"power capped {expected} today (since 00:00 your time)")
+        assert errors == []
+    finally:
+        context.close()

@@ -185,3 +185,39 @@ def test_gpus_query_shows_throttle_time_today_from_the_stored_samples(datasette,
     send(now + 1, hour // 2, 0, 0)
     row = admin.get("/monitor/gpus.json?_shape=array").json()[0]
     assert row["power_capped_today_h"] == 0.5 and row["thermal_slowdown_today_h"] == 0.0
+
+
+def test_throttle_today_starts_at_the_viewers_local_midnight(datasette, hub_config):
+    """day_start (the viewer's local midnight, epoch s) moves "today": /api/servers/<id> and the
+    gpus query count from the GPU's first sample at or after it; bad values are a 400."""
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    now = int(time.time())
+    hour = 3600 * 10**6
+    for sample_time, power_cap in ((now - 3 * 3600, 1 * hour), (now - 3600, 2 * hour), (now, 5 * hour)):
+        report = sample_report("local-day", gpus=1, processes=0, sample_time=sample_time)
+        report["gpus"][0]["clocks_event_reasons_counters.sw_power_cap"] = power_cap
+        assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
+    server_id = admin.get("/api/servers").json()[0]["server_id"]
+
+    def today(query):
+        gpu = admin.get(f"/api/servers/{server_id}?{query}").json()["gpus"][0]
+        return gpu["power_capped_today_h"], gpu["throttle_today_since"], gpu["throttle_day_start"]
+
+    # A viewer whose midnight was 2 h ago: today began with the report of an hour ago.
+    assert today(f"day_start={now - 7200}") == (3.0, now - 3600, now - 7200)
+    # Midnight 4 h ago (a viewer further west): the report of 3 h ago is today's first.
+    assert today(f"day_start={now - 4 * 3600}") == (4.0, now - 3 * 3600, now - 4 * 3600)
+    # The whole fleet list takes it too; the Datasette query takes it as a parameter.
+    assert admin.get(f"/api/servers?day_start={now - 7200}").json()[0]["gpus"][0]["power_capped_today_h"] == 3.0
+    row = admin.get(f"/monitor/gpus.json?_shape=array&day_start={now - 7200}").json()[0]
+    assert row["power_capped_today_h"] == 3.0
+    # A start further back than a day (25 h) is clamped, one in the future becomes now.
+    assert today("day_start=0")[2] in (now - 90000, now - 90000 + 1, now - 90000 + 2)
+    assert now <= today(f"day_start={now + 86400}")[2] <= time.time()
+    # Without it: the UTC day, as before.
+    assert today("")[2] == now // 86400 * 86400
+    for bad in ("yesterday", "1.5", "1e9"):
+        response = admin.get(f"/api/servers/{server_id}?day_start={bad}")
+        assert response.status_code == 400 and "day_start" in response.json()["error"]
+    assert admin.get("/api/servers?day_start=x").status_code == 400
