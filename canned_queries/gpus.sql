@@ -60,6 +60,7 @@ select
   g.pcie_link_width_max,
   g.temperature_gpu_tlimit_c,
   g.ecc_mode,
+  g.ecc_mode_pending,
   g.ecc_errors_corrected_volatile_total,
   g.ecc_errors_corrected_aggregate_total,
   g.ecc_errors_uncorrected_aggregate_total,

@@ -66,13 +66,31 @@ def pcie_degraded(row):
     return ", ".join(parts) or None
 
 
+def mode_name(value):
+    """nvidia-smi's word for a stored mode flag (``mig.mode.*``, ``ecc.mode.*``): 1 ``Enabled``,
+    0 ``Disabled``, None None."""
+    if value is None:
+        return None
+    return "Enabled" if value else "Disabled"
+
+
+def mode_change(current, pending):
+    """``"Enabled → Disabled"`` when a mode's pending value (applied at the next GPU reset or
+    reboot) differs from its current one; None when they agree or either is unknown. Values:
+    the stored 0/1 flags of ``mig_mode`` / ``mig_mode_pending`` or ``ecc_mode`` / ``ecc_mode_pending``."""
+    if current is None or pending is None or bool(current) == bool(pending):
+        return None
+    return f"{mode_name(current)} → {mode_name(pending)}"
+
+
 def assess(row):
     """Health badge of one GPU: ``(level, reasons)``.
 
     ``level``: ``critical`` (uncorrectable ECC errors since driver load, row remap pending
     or failed, page retirement pending, ``[GPU requires reset]``, a recovery action asked by
     the driver), ``warning`` (hardware slowdown or thermal throttling now, a degraded PCIe
-    link on a busy GPU, AMD XGMI links down, ECC mode change pending, MIG mode change pending)
+    link on a busy GPU, AMD XGMI links down, ECC or MIG mode change pending, named by
+    :func:`mode_change`: "MIG mode change pending (Enabled → Disabled after GPU reset)")
     or ``ok``.
     ``reasons``: short English phrases, most severe first. ``row``: the ``gpus`` columns of
     the GPU (``store._gpu_values`` output plus ``busy``).
@@ -100,15 +118,15 @@ def assess(row):
         degraded = pcie_degraded(row)
         if degraded:
             warning.append(degraded + " while busy")
-    if row.get("mig_mode_pending") is not None and row.get("mig_mode") is not None \
-            and row["mig_mode_pending"] != row["mig_mode"]:
-        warning.append("MIG mode change pending (reset needed)")
+    mig_change = mode_change(row.get("mig_mode"), row.get("mig_mode_pending"))
+    if mig_change:
+        warning.append(f"MIG mode change pending ({mig_change} after GPU reset)")
     links_down = row.get("xgmi_links_down")
     if links_down:
         warning.append(f"{links_down} XGMI link{'s' if links_down > 1 else ''} down")
-    if row.get("ecc_mode_pending") is not None and row.get("ecc_mode") is not None \
-            and row["ecc_mode_pending"] != row["ecc_mode"]:
-        warning.append("ECC mode change pending (reboot needed)")
+    ecc_change = mode_change(row.get("ecc_mode"), row.get("ecc_mode_pending"))
+    if ecc_change:
+        warning.append(f"ECC mode change pending ({ecc_change} after reboot)")
     if critical:
         return "critical", critical + warning
     if warning:

@@ -492,6 +492,7 @@ function gpuErrorText(server) {
 
 // ---- GPU health in the server panel (gpus canned query fields) -------------------------
 const num = (v) => (v === null || v === undefined ? "–" : String(v));
+const modeName = (v) => (v === null || v === undefined ? "–" : v ? "Enabled" : "Disabled");  // nvidia-smi's words
 const yesNo = (v) => (v === null || v === undefined ? "–" : v ? "yes" : "no");
 
 // Throttle hours in words: "4 h", "1.5 h", "15 min" (under an hour), "< 1 min".
@@ -547,6 +548,15 @@ function healthFacts(gpu) {
   if (gpu.temperature_gpu_tlimit_c !== null && gpu.temperature_gpu_tlimit_c !== undefined)
     rows.push(["Slowdown headroom", gpu.temperature_gpu_tlimit_c + " °C below the slowdown temperature (temperature.gpu.tlimit)",
       gpu.temperature_gpu_tlimit_c < 5 ? "warn" : ""]);
+  // MIG mode by nvidia-smi's names, and a change that waits for a GPU reset (mig.mode.pending).
+  if (gpu.mig_mode !== null && gpu.mig_mode !== undefined) {
+    const pending = gpu.mig_mode_pending !== null && gpu.mig_mode_pending !== undefined && Boolean(gpu.mig_mode_pending) !== Boolean(gpu.mig_mode);
+    rows.push(["MIG mode", modeName(gpu.mig_mode) + (pending ? " · MIG mode change pending (" + modeName(gpu.mig_mode) + " → " +
+      modeName(gpu.mig_mode_pending) + " after GPU reset)" : ""), pending ? "warn" : ""]);
+  }
+  if (gpu.ecc_mode_pending !== null && gpu.ecc_mode_pending !== undefined && gpu.ecc_mode !== null && gpu.ecc_mode !== undefined &&
+      Boolean(gpu.ecc_mode_pending) !== Boolean(gpu.ecc_mode))
+    rows.push(["ECC mode", "ECC mode change pending (" + modeName(gpu.ecc_mode) + " → " + modeName(gpu.ecc_mode_pending) + " after reboot)", "warn"]);
   if (gpu.xid_last !== null && gpu.xid_last !== undefined)
     rows.push(["Last XID", gpu.xid_last + (gpu.xid_last_ts ? " at " + fmtLocalTime(gpu.xid_last_ts) : ""), ""]);
   return rows;

@@ -195,3 +195,24 @@ def test_throttle_today_follows_the_viewers_local_day(browser, hub_process, hub_
         assert errors == []
     finally:
         context.close()
+
+
+def test_mig_mode_change_pending_is_named_in_tooltip_and_panel(page, hub_process, hub_config):
+    """A GPU whose mig.mode.pending differs (H100-MIG capture, `nvidia-smi -mig 0` without a reset):
+    the grid tooltip and the server panel name both modes."""
+    from playwright.sync_api import expect
+
+    report = mig_report("pending-node")
+    report["gpus"][0]["mig.mode.pending"] = False
+    push(hub_process, hub_config, report)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    cell = page.locator(".srow", has=page.locator(".sname", has_text="pending-node")).locator(".cell")
+    expect(cell).to_have_count(1)
+    assert cell.locator(".hb").inner_text() == "⚠"
+    cell.hover()
+    expect(page.locator("#tip .tip-health")).to_contain_text("MIG mode change pending (Enabled → Disabled after GPU reset)")
+    page.locator(".srow", has=page.locator(".sname", has_text="pending-node")).locator(".shead").click()
+    facts = page.locator("#detail .gpu .health-facts")
+    expect(facts).to_contain_text("MIG mode")
+    expect(facts).to_contain_text("Enabled · MIG mode change pending (Enabled → Disabled after GPU reset)")
+    assert page.dialogs == [] and page.console_errors == []

@@ -187,3 +187,31 @@ def test_health_xid_encoder_and_mig_in_the_grid_document(hub):
     assert [m[:3] for m in delta[0]["mig"]] == [["MIG-delta-0000", "3g.40gb", 2], ["MIG-delta-0001", "2g.20gb", 3],
                                                 ["MIG-delta-0002", "1g.10gb", 9], ["MIG-delta-0003", "1g.10gb", 10]]
     assert [m[5] for m in delta[0]["mig"]] == [1, 0, 0, 0]
+
+
+def test_mig_mode_change_pending_is_named_in_the_grid_document_and_gpus_query(hub):
+    """mig.mode.pending differing from mig.mode.current (the capture's words Enabled / Disabled)
+    is named with both modes: the grid tooltip's health_reasons and the gpus query agree."""
+    from reports import gpu_from_capture, mig_report
+
+    admin, token = hub["admin"], hub["token"]
+    mig_gpu = gpu_from_capture("h100-mig", "load")
+    assert (mig_gpu["mig.mode.current"], mig_gpu["mig.mode.pending"]) == (True, True)  # the capture: Enabled, Enabled
+    leaving = mig_report("epsilon")
+    leaving["gpus"][0]["mig.mode.pending"] = False  # `nvidia-smi -mig 0` ran, no reset yet
+    assert ingest(admin, leaving, token).status_code == 201
+    joining = sample_report("zeta", gpus=2, processes=0)
+    assert (joining["gpus"][0]["mig.mode.current"], joining["gpus"][0]["mig.mode.pending"]) == (False, False)
+    joining["gpus"][1]["mig.mode.pending"] = True
+    assert ingest(admin, joining, token).status_code == 201
+    assert ingest(admin, mig_report("eta"), token).status_code == 201  # the capture as it is: nothing pending
+    doc = admin.get("/api/fleet").json()
+    (epsilon,), zeta, (eta,) = cells(doc, "epsilon"), cells(doc, "zeta"), cells(doc, "eta")
+    assert epsilon["health"] == "warning"
+    assert "MIG mode change pending (Enabled → Disabled after GPU reset)" in epsilon["health_reasons"]
+    assert zeta[0]["health"] is None
+    assert "MIG mode change pending (Disabled → Enabled after GPU reset)" in zeta[1]["health_reasons"]
+    assert "MIG mode" not in (eta["health_reasons"] or "")
+    rows = {(r["server"], r["gpu_index"]): r for r in admin.get("/monitor/gpus.json?_shape=array&_size=max").json()}
+    assert (rows[("epsilon", 0)]["mig_mode"], rows[("epsilon", 0)]["mig_mode_pending"]) == (1, 0)
+    assert "Enabled → Disabled after GPU reset" in rows[("epsilon", 0)]["health_reasons"]
