@@ -1,5 +1,6 @@
 """Assembling one report (contract version 1) from the host, GPU, process and inventory collectors."""
 
+import gc
 import logging
 import re
 import threading
@@ -34,6 +35,20 @@ def clean_text(value):
     if isinstance(value, list):
         return [clean_text(v) for v in value]
     return value
+
+
+def freeze_startup_objects():
+    """Collect once, then move every object alive now to the collector's permanent generation.
+
+    Called after the first report (modules, collectors and their caches exist by then). Without
+    it, each full (generation 2) collection walks all of them again, ~8 ms of CPU on a 2-vCPU
+    VM (``scripts/bench_agent.py`` prints the figure), landing on whichever cycle triggers it;
+    with it, a full collection walks only what later cycles allocated (~0.1 ms). Objects frozen
+    here are never collected (they live as long as the agent anyway). Returns the number frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def incus_display_names(containers):

@@ -23,6 +23,7 @@ window (from one build() to the next) including them.
 """
 
 import argparse
+import gc
 import gzip
 import hashlib
 import json
@@ -38,9 +39,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import psutil  # noqa: E402
+import resource  # noqa: E402
 
 from monitor_agent import nvsmi  # noqa: E402
-from monitor_agent.collect import ReportBuilder  # noqa: E402
+from monitor_agent.collect import ReportBuilder, freeze_startup_objects  # noqa: E402
 from monitor_agent.config import check  # noqa: E402
 
 import drm_tree  # noqa: E402
@@ -99,21 +101,95 @@ def prepare(directory, seed="bench"):
 OTHER_PROCESSES, FDS_PER_OTHER = 300, 20
 
 
+class Stages:
+    """Agent CPU (``time.process_time``, ms) per collection stage of one cycle, by wrapping the
+    builder's collectors: which stage makes a slow cycle slow."""
+
+    def __init__(self, builder):
+        self.ms = {}
+        self.flags = set()
+        self._wrap(builder.host, "collect", "host")
+        self._wrap(builder.inventory, "refresh", "inventory")
+        self._wrap(builder.gpu_background, "collect", "nvidia-smi wait")
+        self._wrap(builder, "_collect_drm", "drm")
+        if builder.drm is not None:
+            self._wrap(builder.drm, "scan_clients", "drm.scan_clients")
+            self._wrap(builder.drm, "read_gpu", "drm.read_gpu")
+            self._wrap(builder.drm, "discover", "drm.discover", flag="drm rediscovery")
+        self._wrap(builder.procs, "owner", "owners")
+        self._wrap(builder, "_xid_events", "kmsg")
+        inventory = builder.inventory
+        refresh = inventory.refresh
+
+        def timed_refresh(*args, **kwargs):
+            before = inventory._at
+            result = refresh(*args, **kwargs)
+            if inventory._at != before:
+                self.flags.add("inventory")
+            return result
+        inventory.refresh = timed_refresh
+        self._wrap(inventory, "refresh", "inventory")
+
+    def gc_callback(self, phase, info):
+        """gc.callbacks hook: collector time of each generation (gc2 is a full collection)."""
+        if phase == "start":
+            self._gc_start = time.process_time()
+        elif getattr(self, "_gc_start", None) is not None:
+            key = f"gc{info['generation']}"
+            self.ms[key] = self.ms.get(key, 0.0) + (time.process_time() - self._gc_start) * 1000
+            if info["generation"] == 2:
+                self.flags.add("full gc")
+            self._gc_start = None
+
+    def _wrap(self, obj, name, label, flag=None):
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.ms[label] = self.ms.get(label, 0.0) + (time.process_time() - t0) * 1000
+                if flag:
+                    self.flags.add(flag)
+        setattr(obj, name, timed)
+
+    def take(self):
+        ms, flags = self.ms, self.flags
+        self.ms, self.flags = {}, set()
+        return ms, flags
+
+
+def describe(total, ms, flags, ref_ratio):
+    top = [k for k in ms if "." not in k]
+    rest = total - sum(ms[k] for k in top)
+    parts = []
+    for key in sorted(top, key=lambda k: -ms[k]):
+        if ms[key] < 0.5:
+            continue
+        subs = [f"{k.split('.', 1)[1]} {v:.1f}" for k, v in sorted(ms.items()) if k.startswith(key + ".") and v >= 0.5]
+        parts.append(f"{key} {ms[key]:.1f}" + (f" ({', '.join(subs)})" if subs else ""))
+    parts.append(f"report assembly + JSON + gzip {rest:.1f}")
+    return (f"{total:.1f} ms [{', '.join(sorted(flags)) or 'plain cycle'}]: " + ", ".join(parts)
+            + f"; reference work at {ref_ratio:.1f}x its median")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--case", choices=("nvidia", "amd", "both"), default="both")
     parser.add_argument("--inventory-interval", type=float, default=2.0,
                         help="agent inventory_interval for the run, seconds (the agent's default is 60)")
+    parser.add_argument("--slowest", type=int, default=5, help="steady cycles to break down by stage")
     args = parser.parse_args()
     print(f"machine: {psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
           f"Python {sys.version.split()[0]}")
     for case in ("nvidia", "amd") if args.case == "both" else (args.case,):
         with tempfile.TemporaryDirectory() as tmp:
-            run_case(case, tmp, args.cycles, args.inventory_interval)
+            run_case(case, tmp, args.cycles, args.inventory_interval, args.slowest)
 
 
-def run_case(case, tmp, cycles, inventory_interval):
+def run_case(case, tmp, cycles, inventory_interval, slowest=5):
     cfg = {"server_url": "http://127.0.0.1:9", "token": "x", "interval": 30,
            "gpu_timeout": 10, "procfs_root": "/proc", "spool_dir": os.path.join(tmp, "spool"),
            "spool_max_mb": 64, "spool_max_age_h": 168, "retry_base_s": 5, "retry_max_s": 300,
@@ -127,6 +203,11 @@ def run_case(case, tmp, cycles, inventory_interval):
                                                    fds_per_other=FDS_PER_OTHER)
         cfg.update(nvidia_smi=os.path.join(tmp, "no-nvidia-smi"), sysfs_root=sys_root, procfs_root=proc_root)
     builder = ReportBuilder(check(cfg))
+    stages = Stages(builder)
+    gc.callbacks.append(stages.gc_callback)
+    breakdown = []  # (cycle, total ms, stage ms, flags, reference ms)
+    reference = None  # a fixed piece of work (JSON-encoding the first report) timed before each cycle
+    ref_ms = []
     if audit not in hooks:
         sys.addaudithook(audit)
         hooks.append(audit)
@@ -140,12 +221,38 @@ def run_case(case, tmp, cycles, inventory_interval):
         if case == "nvidia" and i == cycles // 2 + 1:
             script_for(os.path.join(tmp, "replaced"))  # a hot-plug: the GPU set changes
         spawned.clear()
+        if reference is not None:
+            # The same work before every cycle: how much this machine's load alone moves CPU time.
+            t0 = time.process_time()
+            json.dumps(reference)
+            ref_ms.append((time.process_time() - t0) * 1000)
         before_calls, before_topo = gpu.calls, gpu.topology_calls
+        stages.take()
+        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
         t0 = time.process_time()
         report = builder.build()
         body = json.dumps(report, separators=(",", ":")).encode()
         packed = gzip.compress(body, compresslevel=6)
         cpu_ms.append((time.process_time() - t0) * 1000)
+        ms, flags = stages.take()
+        # Involuntary context switches in the cycle: the agent was preempted (its caches went cold
+        # while another process ran), which inflates CPU time on a shared machine.
+        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches
+        if i == 1:
+            flags.add("first cycle")
+            reference = report
+            # What a full collection costs with the startup objects still young, then frozen as the
+            # agent's run loop does after its first report (outside any cycle's window).
+            t0 = time.process_time()
+            gc.collect()
+            full_gc_before = (time.process_time() - t0) * 1000
+            frozen = freeze_startup_objects()
+            t0 = time.process_time()
+            gc.collect()
+            full_gc_after = (time.process_time() - t0) * 1000
+        if gpu.topology_calls != before_topo:
+            flags.add("topo -m read")
+        breakdown.append((i, cpu_ms[-1], ms, flags, ref_ms[-1] if i > 1 else None, preempted))
         # Calls this cycle's collection started; a topo -m read of the previous window that
         # the build waited for is counted with the window, not the cycle.
         smi_calls = (gpu.calls - before_calls) - (gpu.topology_calls - before_topo)
@@ -159,6 +266,7 @@ def run_case(case, tmp, cycles, inventory_interval):
         size_raw, size_gz = len(body), len(packed)
         if i in (1, 10, 100, cycles):
             rss[i] = proc.memory_info().rss / 1048576
+    gc.callbacks.remove(stages.gc_callback)
     if builder.gpu_background._thread is not None:
         builder.gpu_background._thread.join(10)
     elapsed = time.monotonic() - start
@@ -181,6 +289,38 @@ def run_case(case, tmp, cycles, inventory_interval):
     print("RSS (MiB):                    " + ", ".join(f"after {k}: {v:.1f}" for k, v in rss.items())
           + " (target <= 40, no growth)")
     print(f"report size:                  {size_raw} bytes JSON, {size_gz} bytes gzip")
+    ref_median = statistics.median(ref_ms)
+    over = [b for b in breakdown[1:] if b[1] > 30]
+    quiet = [b for b in over if b[5] == 0]
+    print(f"reference work per cycle (ms): median {ref_median:.2f}, max {max(ref_ms):.2f} (the same JSON encoding "
+          f"each time: its spread is the machine's, not the agent's)")
+    print(f"steady cycles over 30 ms:     {len(over)} of {len(breakdown) - 1}; {len(quiet)} of them never preempted "
+          f"(no involuntary context switch)")
+    groups = []
+    for low, high in ((0, 0), (1, 4), (5, 14), (15, 10**9)):
+        group = [b[1] for b in breakdown[1:] if low <= b[5] <= high]
+        if group:
+            label = f"{low}" if low == high else (f"{low}-{high}" if high < 10**9 else f">={low}")
+            groups.append(f"{label}: {len(group)} cycles, median {statistics.median(group):.1f}, "
+                          f"max {max(group):.1f}")
+    print("CPU ms by involuntary context switches in the cycle: " + "; ".join(groups))
+    first = breakdown[0]
+    print(f"full gc collection (ms):      {full_gc_before:.1f} before freeze_startup_objects(), "
+          f"{full_gc_after:.1f} after ({frozen} objects frozen); full collections during the run: "
+          f"{sum(1 for b in breakdown[1:] if 'full gc' in b[3])}")
+    print("first cycle:                  " + describe(first[1], first[2], first[3], 1.0).split("; reference")[0])
+    print("slowest steady cycles:")
+    for cycle, total, ms, flags, ref, preempted in sorted(breakdown[1:], key=lambda b: -b[1])[:slowest]:
+        print(f"  cycle {cycle}: " + describe(total, ms, flags, ref / ref_median) + f", preempted {preempted}x")
+    for flag in ("inventory", "drm rediscovery", "topo -m read", "full gc"):
+        marked = [b[1] for b in breakdown[1:] if flag in b[3]]
+        if marked:
+            print(f"cycles with {flag + ':':<17} {len(marked)}, median {statistics.median(marked):.1f} ms, "
+                  f"max {max(marked):.1f} ms")
+    names = sorted({k for b in breakdown[1:] for k in b[2]})
+    print("per stage, steady cycles (ms): " + "; ".join(
+        f"{k} {statistics.median([b[2].get(k, 0.0) for b in breakdown[1:]]):.1f}/"
+        f"{max(b[2].get(k, 0.0) for b in breakdown[1:]):.1f}" for k in names) + " (median/max)")
 
 
 if __name__ == "__main__":

@@ -77,3 +77,40 @@ def test_unreachable_hub_is_one_quiet_line_per_attempt(tmp_path):
     assert f"(spool: {tmp_path / 'spool'}, 0 waiting)" in text  # L10: where the reports wait is said at start
     assert text.count("hub unavailable (no answer: ") >= 2, text
     assert "Retrying" not in text and "no answer )" not in text and "MaxRetryError" not in text, text
+
+
+def test_run_loop_freezes_startup_objects_after_the_first_report():
+    """After its first report the run loop moves the objects alive then (modules, collectors,
+    caches) out of the collector's reach, so a later full collection walks only new objects."""
+    import gc
+    import threading
+
+    sys.path.insert(0, ROOT)
+    import agent
+
+    stop = threading.Event()
+    frozen_at_submit = []
+
+    class Builder:
+        def build(self):
+            return {"n": len(frozen_at_submit)}
+
+    class Delivery:
+        spool = []
+        next_attempt = 0
+
+        def submit(self, report):
+            frozen_at_submit.append(gc.get_freeze_count())
+            if len(frozen_at_submit) == 2:
+                stop.set()
+
+        def due(self):
+            return False
+
+    gc.unfreeze()
+    try:
+        agent.run_forever(Builder(), Delivery(), 0.01, stop)
+        assert frozen_at_submit[0] == 0  # the first report is built before anything is frozen
+        assert frozen_at_submit[1] > 1000  # frozen right after it (the interpreter's modules at least)
+    finally:
+        gc.unfreeze()
