@@ -45,6 +45,8 @@ for arg in "$@"; do
   esac
 done
 if [ "$PARALLEL" = 1 ]; then
-  ARGS=(-n "${SM_TEST_WORKERS:-3}" --dist loadfile "${ARGS[@]}")
+  # --no-loadscope-reorder: files go to workers in collection order, which tests/conftest.py
+  # starts with the longest files (LONG_FILES), instead of xdist's most-tests-first order.
+  ARGS=(-n "${SM_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "${ARGS[@]}")
 fi
 exec "$ROOT/.venv/bin/python" -m pytest "${ARGS[@]}"

@@ -19,6 +19,20 @@ sys.path.insert(0, TESTS)
 from reports import sample_report  # noqa: E402,F401  (re-exported for tests)
 
 
+# The test files that keep one worker busy longest, longest first (seconds of one worker; see
+# docs/reliability.md "Test suite time"). scripts/test.sh's parallel run hands files to workers in
+# collection order (--no-loadscope-reorder), so these start at once on separate workers. xdist's
+# default order (files with the most tests first) started them last, as they hold few tests, and
+# the run ended with one worker alone on a two-minute file.
+LONG_FILES = ["test_deploy.py", "test_hub_datasette.py", "test_proof.py", "test_proof_faults.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the tests of :data:`LONG_FILES` first (stable: every file keeps its own order)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
+
+
 def free_port():
     """An unused TCP port on 127.0.0.1."""
     with socket.socket() as s:
