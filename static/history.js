@@ -500,20 +500,30 @@ function gpuDepthCharts(container, byGpu, range) {
       r.thermal_pct = swThermal[i] === null && hwThermal[i] === null ? null : Math.min(100, (swThermal[i] || 0) + (hwThermal[i] || 0));
     });
   }
+  // Drawn only when they have something to show, so a healthy server's page stays short:
+  // throttling, media engines and ECC errors when any is above zero, the PCIe charts when a
+  // GPU's link ran below the best it reached in the range; the thermal headroom always.
+  const rowsOf = () => Object.values(byGpu);
+  const anyAbove = (key) => rowsOf().some((rows) => rows.some((r) => r[key] > 0));
+  const downgraded = (minKey, maxKey) => rowsOf().some((rows) => {
+    const best = Math.max(...rows.map((r) => (r[maxKey] === null || r[maxKey] === undefined ? -Infinity : r[maxKey])));
+    return rows.some((r) => r[minKey] !== null && r[minKey] !== undefined && r[minKey] < best);
+  });
   const specs = [
-    ["Power capped (% of time)", "power_capped_pct", pct, "From clocks_event_reasons_counters.sw_power_cap growth per bucket."],
-    ["Thermal slowdown (% of time)", "thermal_pct", pct, "Software + hardware thermal slowdown counters' growth per bucket."],
-    ["PCIe link generation (lowest in bucket)", "pcie_link_gen_min", int("Gen "), "A drop at idle is the driver saving power; under load it is a degraded link."],
-    ["PCIe link width (lowest in bucket)", "pcie_link_width_min", int("×"), null],
-    ["Encoder utilization", "utilization_encoder", pct, null],
-    ["Decoder utilization", "utilization_decoder", pct, null],
-    ["ECC errors, corrected (volatile count)", "ecc_errors_corrected_volatile_total", int(""), "Since the driver loaded; a steady climb is a GPU to watch."],
-    ["ECC errors, uncorrected (volatile count)", "ecc_errors_uncorrected_volatile_total", int(""), null],
+    ["Power capped (% of time)", "power_capped_pct", pct, "From clocks_event_reasons_counters.sw_power_cap growth per bucket.", anyAbove],
+    ["Thermal slowdown (% of time)", "thermal_pct", pct, "Software + hardware thermal slowdown counters' growth per bucket.", anyAbove],
+    ["PCIe link generation (lowest in bucket)", "pcie_link_gen_min", int("Gen "), "A drop at idle is the driver saving power; under load it is a degraded link.",
+     () => downgraded("pcie_link_gen_min", "pcie_link_gen_max")],
+    ["PCIe link width (lowest in bucket)", "pcie_link_width_min", int("×"), null, () => downgraded("pcie_link_width_min", "pcie_link_width_max")],
+    ["Encoder utilization", "utilization_encoder_max", pct, "Highest in each bucket.", anyAbove],
+    ["Decoder utilization", "utilization_decoder_max", pct, "Highest in each bucket.", anyAbove],
+    ["ECC errors, corrected (volatile count)", "ecc_errors_corrected_volatile_total", int(""), "Since the driver loaded; a steady climb is a GPU to watch.", anyAbove],
+    ["ECC errors, uncorrected (volatile count)", "ecc_errors_uncorrected_volatile_total", int(""), null, anyAbove],
     ["Thermal headroom (tlimit, lowest in bucket)", "temperature_gpu_tlimit_c_min", (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + " °C"),
-     "Degrees below the GPU's slowdown temperature."],
+     "Degrees below the GPU's slowdown temperature.", (key) => rowsOf().some((rows) => rows.some((r) => r[key] !== null && r[key] !== undefined))],
   ];
-  for (const [title, key, format, note] of specs) {
-    if (!Object.values(byGpu).some((rows) => rows.some((r) => r[key] !== null && r[key] !== undefined))) continue;
+  for (const [title, key, format, note, shown] of specs) {
+    if (!shown(key)) continue;
     const { xs: gx, out } = alignSeries(byGpu, key);
     const chart = makeChart(container, title, format, gx, Object.entries(out).map(([label, values]) => ({ label, values })), range);
     chart.root.parentElement.dataset.series = key;
