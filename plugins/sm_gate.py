@@ -176,20 +176,6 @@ async def redirect(send, location):
     await send({"type": "http.response.body", "body": b""})
 
 
-def background_problems(ctx):
-    """Names of the hub's background threads that were started but have died (M3).
-
-    ``[]`` when all are alive (or switched off). An alert pass that failed but will be
-    retried is not a death; its text is in ``ctx.alert_thread.last_error``.
-    """
-    dead = []
-    for name in ("maintenance_thread", "alert_thread"):
-        thread = getattr(ctx, name, None)
-        if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
-            dead.append(thread.name)
-    return dead
-
-
 async def health(datasette, send):
     """``GET /-/health``: 200 ``{"ok": true}`` when the metrics database answers a query and
     every background thread (maintenance, alerts) is alive; else 503 with ``error`` (the
@@ -206,7 +192,7 @@ async def health(datasette, send):
         await datasette.get_database("monitor").execute("SELECT count(*) FROM sqlite_master")
     except Exception as exc:  # any failure to read is "unhealthy", whatever its kind
         return await send_json(send, 503, {"ok": False, "error": type(exc).__name__, **run_id})
-    dead = background_problems(hub.context(datasette))
+    dead = hub.context(datasette).background_problems()
     if dead:
         return await send_json(send, 503, {"ok": False, "error": "background thread stopped",
                                            "dead_threads": dead, **run_id})

@@ -114,13 +114,13 @@ class Hub:
         self.config = config_mod.load(self.config_path)
         self.proc = None
 
-    def start(self):
+    def start(self, workers=1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(self.workdir, "hub.log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path,
-                                      "--port", str(self.port)], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                      "--port", str(self.port), "--workers", str(workers)], cwd=ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         for _ in range(200):
             try:
                 if HTTP.request("GET", self.url + "/login", timeout=1).status == 200:
@@ -377,6 +377,8 @@ def main():
                         help="seconds between one server's reports while the history is grown")
     parser.add_argument("--workdir", help="keep databases here (default: a temporary directory)")
     parser.add_argument("--queries-only", action="store_true", help="skip the ingest runs")
+    parser.add_argument("--workers", default="1,2",
+                        help="comma-separated server.workers values to compare (default 1,2)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt-get install wrk)")
@@ -392,16 +394,18 @@ def main():
     limits = sqlite_limits(work, min(args.seconds, 15))
     print(f"same disk, no HTTP, one transaction per report: raw SQLite {limits['raw']:.0f} reports/s, "
           f"validate_report + store_report {limits['store']:.0f} reports/s")
+    counts = [int(w) for w in args.workers.split(",")]
     if not args.queries_only:
-        shutil.rmtree(os.path.join(work, "empty"), ignore_errors=True)
-        os.makedirs(os.path.join(work, "empty"))
-        empty = Hub(os.path.join(work, "empty"))
-        empty.start()
-        try:
-            results["empty"] = run_wrk(empty, args.seconds)
-            results["latency"] = paced_latency(empty, 100, args.seconds)
-        finally:
-            empty.stop()
+        for w in counts:
+            shutil.rmtree(os.path.join(work, "empty"), ignore_errors=True)
+            os.makedirs(os.path.join(work, "empty"))
+            empty = Hub(os.path.join(work, "empty"))
+            empty.start(w)
+            try:
+                results[("empty", w)] = run_wrk(empty, args.seconds)
+                results[("latency", w)] = paced_latency(empty, 100, args.seconds)
+            finally:
+                empty.stop()
 
     full_dir = os.path.join(work, "full")
     os.makedirs(full_dir, exist_ok=True)
@@ -413,26 +417,30 @@ def main():
         print(f"  done in {time.time() - t0:.0f} s, {os.path.getsize(full.config.db_path) / 2**30:.2f} GiB")
     forget_bench_hosts(full.config.db_path)
     per_sample, gpu_rows = bytes_per_gpu_sample(full.config.db_path)
-    full.start()
-    try:
-        results["queries"] = time_queries(full, server_id=1)
-        if not args.queries_only:
-            results["full"] = run_wrk(full, args.seconds)
-    finally:
-        full.stop()
-        forget_bench_hosts(full.config.db_path)
+    for n, w in enumerate(counts if not args.queries_only else counts[:1]):
+        full.start(w)
+        try:
+            if n == 0:
+                results["queries"] = time_queries(full, server_id=1)
+            if not args.queries_only:
+                results[("full", w)] = run_wrk(full, args.seconds)
+        finally:
+            full.stop()
+            forget_bench_hosts(full.config.db_path)
 
     if not args.queries_only:
-        e, f, lat = results["empty"], results["full"], results["latency"]
         print("\ningest throughput (wrk, 1 thread, 16 connections, 8 GPUs + 16 processes + 4 disks per report)")
-        print(f"  empty database:         {e['rate']:7.0f} reports/s  p99 {e['p99']:>8}  non-2xx {e['non_2xx']}  "
-              f"hub CPU {e['hub_cpu_s'] / args.seconds:.2f} cores  "
-              f"({100 * e['rate'] / limits['raw']:.0f} % of raw SQLite, {100 * e['rate'] / limits['store']:.0f} % of"
-              " in-process store)")
-        print(f"  {args.servers} servers × {args.days} d: {f['rate']:7.0f} reports/s  p99 {f['p99']:>8}  "
-              f"non-2xx {f['non_2xx']}  ({100 * f['rate'] / e['rate']:.0f} % of empty)")
-        print(f"ingest latency at 100 reports/s (open loop, {lat['n']} reports): p50 {lat['p50']:.1f} ms, "
-              f"p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, errors {lat['errors']}")
+        for w in counts:
+            e, f, lat = results[("empty", w)], results[("full", w)], results[("latency", w)]
+            print(f" {w} worker{'s' if w > 1 else ' '} empty database: {e['rate']:7.0f} reports/s  p99 {e['p99']:>8}  "
+                  f"non-2xx {e['non_2xx']}  hub CPU {e['hub_cpu_s'] / args.seconds:.2f} cores  "
+                  f"({100 * e['rate'] / limits['raw']:.0f} % of raw SQLite, {100 * e['rate'] / limits['store']:.0f} %"
+                  " of in-process store)")
+            print(f" {w} worker{'s' if w > 1 else ' '} {args.servers} servers × {args.days} d: {f['rate']:7.0f} reports/s"
+                  f"  p99 {f['p99']:>8}  non-2xx {f['non_2xx']}  hub CPU {f['hub_cpu_s'] / args.seconds:.2f} cores  "
+                  f"({100 * f['rate'] / limits['raw']:.0f} % of raw SQLite, {100 * f['rate'] / e['rate']:.0f} % of empty)")
+            print(f" {w} worker{'s' if w > 1 else ' '} latency at 100 reports/s (open loop, {lat['n']} reports): "
+                  f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, errors {lat['errors']}")
     print("queries through Datasette's JSON API as admin (HTTP median / p95 ms; SQL time as Datasette measures it):")
     for name, (med, p95, rows, sql_ms) in results["queries"].items():
         print(f"  {name:28} {med:7.1f} / {p95:7.1f}   SQL {sql_ms:6.1f}   {rows} rows")

@@ -84,6 +84,7 @@ HEAVY_SQL = ("select g.server_id, count(*), avg(s.utilization_gpu), max(s.temper
              "from gpu_samples s join gpus g on g.id = s.gpu_id group by g.server_id")
 CAPTURES = [("h100-80gb", "load", 8), ("h200", "load", 8), ("h100-mig", "load", 4), ("rtx-4080", "load", 1)]
 VIRTUAL_INTERVAL = 30  # seconds of sample time per agent tick (the "compressed interval")
+HUB_WORKERS = None  # --workers: the hub's server.workers for this run (None: the config's default)
 
 
 def free_port():
@@ -114,7 +115,8 @@ class Hub:
 
         log = open(os.path.join(self.workdir, "hub.log"), "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path, "--port", str(self.port)],
+            [sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path, "--port", str(self.port)]
+            + (["--workers", str(HUB_WORKERS)] if HUB_WORKERS else []),
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limits)
         http = urllib3.PoolManager(retries=False)
         for _ in range(300):
@@ -133,7 +135,10 @@ class Hub:
         self.proc.wait(timeout=30)
 
     def raise_fsize(self):
-        resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        """Lift the file-size limit of the hub and its worker processes ("space returns")."""
+        procs = [psutil.Process(self.proc.pid)] + psutil.Process(self.proc.pid).children(recursive=True)
+        for proc in procs:
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 
     def sample(self):
         """CPU seconds and RSS (bytes) of the hub process tree now."""
@@ -307,28 +312,37 @@ def analysts(hub, count, stop):
 
 
 def viewers(hub, count, period, stop, results=None):
-    """Dashboard viewers: each fetches what the dashboard fetches every ``period`` seconds."""
+    """Dashboard viewers: each does what the dashboard page does every ``period`` seconds
+    (``static/dashboard.js`` ``refresh()``): ``GET /api/fleet`` with its last ``ETag`` (gzip, as a
+    browser asks) and the ``announcements`` canned query. One refresh's latency is both
+    requests one after the other (the browser runs them in parallel: this is the upper bound)."""
     results = results or {"latencies": [], "errors": 0, "requests": 0}
     lock = threading.Lock()
-    queries = ["servers", "gpus", "processes", "disks", "alerts_active", "idle_holders"]
 
     def loop(n):
         http, headers = login(hub)
+        headers = dict(headers, **{"Accept": "application/json", "Accept-Encoding": "gzip"})
+        etag = None
         while not stop.is_set():
-            for q in queries + [f"server_history.json?_shape=objects&hours=24&server_id={1 + n}"]:
-                path = "/monitor/" + (q if "?" in q else q + ".json?_shape=objects")
-                t0 = time.perf_counter()
+            t0 = time.perf_counter()
+            failed = []
+            for path in ("/api/fleet", "/monitor/announcements.json?_shape=objects"):
+                extra = {"If-None-Match": etag} if etag and path == "/api/fleet" else {}
                 try:
-                    status = http.request("GET", hub.url + path, headers=headers, timeout=30).status
+                    response = http.request("GET", hub.url + path, headers=dict(headers, **extra), timeout=30)
+                    status = response.status
+                    if path == "/api/fleet" and status == 200:
+                        etag = response.headers.get("ETag")
                 except urllib3.exceptions.HTTPError:
                     status = 0
-                with lock:
-                    results["latencies"].append((time.perf_counter() - t0) * 1000)
-                    results["requests"] += 1
-                    results["errors"] += status != 200
-                    if status != 200:
-                        key = f"{path.split('?')[0]} {status}"
-                        results.setdefault("failures", {})[key] = results.get("failures", {}).get(key, 0) + 1
+                if status not in (200, 304):
+                    failed.append(f"{path.split('?')[0]} {status}")
+            with lock:
+                results["latencies"].append((time.perf_counter() - t0) * 1000)
+                results["requests"] += 1
+                results["errors"] += bool(failed)
+                for key in failed:
+                    results.setdefault("failures", {})[key] = results.get("failures", {}).get(key, 0) + 1
             stop.wait(period)
 
     threads = [threading.Thread(target=loop, args=(n,), daemon=True) for n in range(count)]
@@ -411,6 +425,13 @@ def scenario_load(p, work):
             "hub_rss_mib_max": round(max(rss) / 2**20, 1), "errors": 0, "duplicates": 0}
 
 
+def maintenance_cpu_ms(hub):
+    """CPU time (ms) the hub's maintenance thread has used so far (``maintenance_state.cpu_ms``)."""
+    with hub.db() as conn:
+        row = conn.execute("SELECT value FROM maintenance_state WHERE name = 'cpu_ms'").fetchone()
+    return row[0] if row else 0
+
+
 def scenario_mixed(p, work):
     """Issue 13's mixed use: agents, viewer groups and analysts at once, on one hub."""
     hub = Hub(os.path.join(work, "mixed"))
@@ -425,9 +446,11 @@ def scenario_mixed(p, work):
         viewer_threads += threads
     analyst_threads, analysed = analysts(hub, p.get("analysts", 0), stop)
     threads = run_agents(agents, p["seconds"], p["tick"])
+    maint0, wall0 = maintenance_cpu_ms(hub), time.monotonic()
     while any(t.is_alive() for t in threads):
         hub.sample()
         time.sleep(1)
+    maintenance_share = (maintenance_cpu_ms(hub) - maint0) / 1000 / (time.monotonic() - wall0)
     stop.set()
     for t in viewer_threads + analyst_threads:
         t.join(timeout=90)
@@ -453,7 +476,9 @@ def scenario_mixed(p, work):
               "analyst_time_limited": analysed["time_limited"], "analyst_queued_out": analysed["queued_out"],
               "analyst_errors": analysed["errors"],
               "hub_cpu_cores_avg": round(statistics.mean(cpu), 2) if cpu else None,
-              "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None}
+              "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None,
+              "hub_workers": HUB_WORKERS or config_mod.load(hub.config_path).get("server.workers", 1),
+              "maintenance_core_share": round(maintenance_share, 3)}
     print(json.dumps(result), flush=True)
     assert errors == 0, f"{errors} ingest requests failed"
     assert viewed["errors"] == 0, f"{viewed['errors']} dashboard requests failed"
@@ -644,7 +669,10 @@ def main(argv=None):
     parser.add_argument("--only", help="comma-separated scenarios (default: all)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--seconds", type=int, help="override the load duration")
+    parser.add_argument("--workers", type=int, help="the hub's worker processes (default: server.workers)")
     args = parser.parse_args(argv)
+    global HUB_WORKERS
+    HUB_WORKERS = args.workers
     default = PROFILE_SCENARIOS.get(args.profile, [n for n in SCENARIOS if n != "mixed"])
     names = args.only.split(",") if args.only else default
     profile = dict(PROFILES[args.profile])
@@ -653,7 +681,8 @@ def main(argv=None):
     results, failed = {}, []
     machine = (f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
                f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
-    print(f"proof suite, profile {args.profile}; machine: {machine}", flush=True)
+    print(f"proof suite, profile {args.profile}; hub workers: {args.workers or 'config default'}; "
+          f"machine: {machine}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sm-proof-") as work:
         for name in names:
             started = time.monotonic()

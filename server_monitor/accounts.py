@@ -387,6 +387,19 @@ class Accounts:
         return self._conn().execute("DELETE FROM sessions WHERE expires_at <= ?", (int(time.time()),)).rowcount
 
 
+LIMITER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS login_attempts (
+    limiter TEXT NOT NULL,
+    key TEXT NOT NULL,
+    attempt TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'failed')),
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS login_attempts_key ON login_attempts (limiter, key, state, at);
+CREATE INDEX IF NOT EXISTS login_attempts_attempt ON login_attempts (attempt);
+"""
+
+
 class LoginLimiter:
     """Login budget: at most ``limit`` failed attempts per ``window`` seconds per key.
 
@@ -395,63 +408,69 @@ class LoginLimiter:
     never get more than ``limit`` password checks per window. When the budget is used up
     only by attempts still being checked, a newcomer is told to wait (``busy``) instead of
     being refused: many people logging in at once behind one NAT address are not failures.
+
+    The counts live in ``path`` (``auth.db``, table ``login_attempts``; ``":memory:"`` for a
+    private one), so every worker process of the hub shares one budget: N workers never
+    give N times the guesses. ``name`` separates limiters sharing a file ("login",
+    "register"). An attempt still "being checked" after :attr:`PENDING_TTL` seconds belongs to
+    a worker that died and no longer counts.
     """
 
-    def __init__(self, limit=5, window=300):
-        self.limit, self.window = limit, window
-        self._failures = {}
-        self._pending = {}
-        self._lock = threading.Lock()
+    PENDING_TTL = 120
 
-    def _recent(self, key, now):
-        times = [t for t in self._failures.get(key, ()) if now - t < self.window]
-        if times:
-            self._failures[key] = times
-        else:
-            self._failures.pop(key, None)
-        return times
+    def __init__(self, path=":memory:", limit=5, window=300, name="login"):
+        self.limit, self.window, self.name = limit, window, name
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(LIMITER_SCHEMA)
 
     def reserve(self, keys, now=None):
         """Admit one attempt for ``keys``. Returns ``(token, retry_after_seconds, busy)``:
 
         a token (pass it to :meth:`succeeded` or :meth:`failed`); or no token and the
         seconds until the failure budget frees (refuse, 429); or no token and ``busy``
-        (other attempts are being checked: try again in a moment).
+        (other attempts are being checked: try again in a moment). Raises ``sqlite3.Error``
+        when ``auth.db`` cannot be written.
         """
         now = time.time() if now is None else now
+        conn = self._conn
         with self._lock:
-            waits, busy = [], False
-            for key in keys:
-                failures = self._recent(key, now)
-                if len(failures) >= self.limit:
-                    waits.append(int(failures[-self.limit] + self.window - now) + 1)
-                elif len(failures) + self._pending.get(key, 0) >= self.limit:
-                    busy = True
-            if waits:
-                return None, max(waits), False
-            if busy:
-                return None, 0, True
-            for key in keys:
-                self._pending[key] = self._pending.get(key, 0) + 1
-            return tuple(keys), 0, False
-
-    def _release(self, token):
-        for key in token:
-            left = self._pending.get(key, 0) - 1
-            if left > 0:
-                self._pending[key] = left
-            else:
-                self._pending.pop(key, None)
+            conn.execute("BEGIN IMMEDIATE")  # one check-and-reserve at a time across processes
+            try:
+                conn.execute("DELETE FROM login_attempts WHERE limiter = ? AND ((state = 'failed' AND at <= ?)"
+                             " OR (state = 'pending' AND at <= ?))",
+                             (self.name, now - self.window, now - self.PENDING_TTL))
+                waits, busy = [], False
+                for key in keys:
+                    failures = [at for (at,) in conn.execute(
+                        "SELECT at FROM login_attempts WHERE limiter = ? AND key = ? AND state = 'failed'"
+                        " ORDER BY at", (self.name, key))]
+                    pending = conn.execute("SELECT count(*) FROM login_attempts WHERE limiter = ? AND key = ?"
+                                           " AND state = 'pending'", (self.name, key)).fetchone()[0]
+                    if len(failures) >= self.limit:
+                        waits.append(int(failures[-self.limit] + self.window - now) + 1)
+                    elif len(failures) + pending >= self.limit:
+                        busy = True
+                if waits or busy:
+                    conn.execute("COMMIT")
+                    return None, max(waits) if waits else 0, not waits
+                attempt = secrets.token_hex(12)
+                conn.executemany("INSERT INTO login_attempts (limiter, key, attempt, state, at)"
+                                 " VALUES (?, ?, ?, 'pending', ?)", [(self.name, key, attempt, now) for key in keys])
+                conn.execute("COMMIT")
+                return attempt, 0, False
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def succeeded(self, token):
         """The password was right: the attempt costs nothing."""
         with self._lock:
-            self._release(token)
+            self._conn.execute("DELETE FROM login_attempts WHERE attempt = ?", (token,))
 
     def failed(self, token, now=None):
         """The password was wrong: one failure against every key of the attempt."""
         now = time.time() if now is None else now
         with self._lock:
-            self._release(token)
-            for key in token:
-                self._failures.setdefault(key, []).append(now)
+            self._conn.execute("UPDATE login_attempts SET state = 'failed', at = ? WHERE attempt = ?", (now, token))

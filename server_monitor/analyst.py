@@ -5,12 +5,14 @@ Datasette runs every query of a database on one shared pool of SQL threads
 every viewer's dashboard query waited behind them (9 s measured). :class:`AnalystSQL` bounds
 ad-hoc SQL (``/monitor?sql=``, ``/monitor.json?sql=``, ``/monitor.csv?sql=``):
 
-* at most ``concurrency`` such queries run at once in this process (``sql.analyst_concurrency``,
-  default 1); the hub starts Datasette with ``num_sql_threads`` = 3 + that, so the viewers'
-  canned queries always keep three SQL threads of their own;
-* at most ``queue`` more wait (``sql.analyst_queue``, default 8), each for at most ``wait_s``
-  seconds; beyond that the answer is 429 (queue full) or 503 (waited too long), never a
-  held-up viewer;
+* at most ``concurrency`` such queries run at once in the whole hub (``sql.analyst_concurrency``,
+  default 1): with several worker processes the slots are ``flock``s on
+  ``<data.path>.analyst.<n>.lock``, so two workers never run two heavy queries on two cores;
+  the hub starts Datasette with ``num_sql_threads`` = 3 + that, so the viewers' canned
+  queries always keep three SQL threads of their own;
+* at most ``queue`` more wait in each worker (``sql.analyst_queue``, default 8), each for at most
+  ``wait_s`` seconds; beyond that the answer is 429 (queue full) or 503 (waited too long),
+  never a held-up viewer;
 * each runs under a shorter time limit (``sql.analyst_time_limit_ms``, default 2000 ms, passed
   to Datasette as ``_timelimit``; a larger ``_timelimit`` from the request is lowered to it).
 
@@ -18,7 +20,10 @@ Canned queries (the dashboard's, also when an analyst runs them) are not affecte
 """
 
 import asyncio
+import errno
+import fcntl
 import json
+import os
 from urllib.parse import parse_qsl, urlencode
 
 ADHOC_PATHS = ("/monitor", "/monitor.json", "/monitor.csv")
@@ -39,21 +44,51 @@ class AnalystSQL:
     ``waiting`` are the current counts (read by tests and ``/-/health``-style checks).
     """
 
-    def __init__(self, time_limit_ms=2000, concurrency=1, queue=8, wait_s=30.0):
+    def __init__(self, time_limit_ms=2000, concurrency=1, queue=8, wait_s=30.0, lock_prefix=None):
         self.time_limit_ms = int(time_limit_ms)
         self.concurrency = max(1, int(concurrency))
         self.queue = max(0, int(queue))
         self.wait_s = float(wait_s)
+        self.lock_prefix = lock_prefix
         self.running = 0
         self.waiting = 0
-        self._slots = None
+        self._held = set()
+        self._fds = {}
 
     @classmethod
     def from_config(cls, config):
-        """From ``sql.analyst_time_limit_ms``, ``sql.analyst_concurrency``, ``sql.analyst_queue``."""
+        """From ``sql.analyst_time_limit_ms``, ``sql.analyst_concurrency``, ``sql.analyst_queue``; the slots
+        are shared between worker processes through lock files next to ``data.path`` when
+        ``server.workers`` > 1."""
+        shared = int(config.get("server.workers", 1)) > 1
         return cls(time_limit_ms=config.get("sql.analyst_time_limit_ms", 2000),
                    concurrency=config.get("sql.analyst_concurrency", 1),
-                   queue=config.get("sql.analyst_queue", 8))
+                   queue=config.get("sql.analyst_queue", 8),
+                   lock_prefix=config.db_path + ".analyst" if shared else None)
+
+    def _take_slot(self):
+        """A free slot number (now held), or None. Raises ``OSError`` when a lock file cannot be opened."""
+        for slot in range(self.concurrency):
+            if slot in self._held:
+                continue
+            if self.lock_prefix is not None:
+                fd = self._fds.get(slot)
+                if fd is None:
+                    fd = self._fds[slot] = os.open(f"{self.lock_prefix}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        continue
+                    raise
+            self._held.add(slot)
+            return slot
+        return None
+
+    def _release(self, slot):
+        self._held.discard(slot)
+        if self.lock_prefix is not None:
+            fcntl.flock(self._fds[slot], fcntl.LOCK_UN)
 
     def limited_scope(self, scope):
         """``scope`` with ``_timelimit`` set to at most :attr:`time_limit_ms`."""
@@ -66,18 +101,19 @@ class AnalystSQL:
         return dict(scope, query_string=urlencode(pairs).encode("latin-1"))
 
     async def __call__(self, app, scope, receive, send):
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.concurrency)
-        if not self._slots.locked():
-            await self._slots.acquire()  # a free slot: taken at once, without yielding
-        elif self.waiting >= self.queue:
-            return await _refuse(send, 429, "too many analyst SQL queries waiting; try again shortly")
-        else:
+        slot = self._take_slot()
+        if slot is None:
+            if self.waiting >= self.queue:
+                return await _refuse(send, 429, "too many analyst SQL queries waiting; try again shortly")
             self.waiting += 1
             try:
-                await asyncio.wait_for(self._slots.acquire(), self.wait_s)
-            except asyncio.TimeoutError:
-                return await _refuse(send, 503, "analyst SQL queries are busy; try again shortly")
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.wait_s
+                while slot is None:
+                    if loop.time() >= deadline:
+                        return await _refuse(send, 503, "analyst SQL queries are busy; try again shortly")
+                    await asyncio.sleep(0.02)  # a slot may free in another worker: no wake-up to wait for
+                    slot = self._take_slot()
             finally:
                 self.waiting -= 1
         self.running += 1
@@ -85,7 +121,7 @@ class AnalystSQL:
             return await app(self.limited_scope(scope), receive, send)
         finally:
             self.running -= 1
-            self._slots.release()
+            self._release(slot)
 
 
 async def _refuse(send, status, message):

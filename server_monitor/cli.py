@@ -2,14 +2,12 @@
 
 import os
 import sqlite3
-import sys
 
 import click
 
 from . import config as config_mod
 from . import instance, schema
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _ensure_config(path, username="admin", **options):
@@ -34,24 +32,6 @@ def _load(path):
         return config_mod.load(path)
     except config_mod.ConfigError as exc:
         raise click.ClickException(str(exc))
-
-
-def datasette_args(cfg, host=None, port=None):
-    """The ``datasette serve`` argument list for a loaded config."""
-    return [
-        "datasette", "serve", cfg.db_path,
-        "--metadata", os.path.join(ROOT, "metadata.yml"),
-        "--plugins-dir", os.path.join(ROOT, "plugins"),
-        "--template-dir", os.path.join(ROOT, "templates"),
-        "--static", "static:" + os.path.join(ROOT, "static"),
-        "--host", host or cfg.get("server.host"),
-        "--port", str(port or cfg.get("server.port")),
-        "--setting", "max_returned_rows", "20000",
-        "--setting", "sql_time_limit_ms", "5000",
-        # Three SQL threads stay the viewers' while analysts' ad-hoc SQL uses its own few
-        # (server_monitor/analyst.py caps those at sql.analyst_concurrency).
-        "--setting", "num_sql_threads", str(3 + max(1, int(cfg.get("sql.analyst_concurrency", 1)))),
-    ]
 
 
 def _private_files(cfg):
@@ -94,8 +74,11 @@ def cli():
                    "./config.yaml is created; any other missing path is an error.")
 @click.option("--host", default=None, help="Listen address (default: server.host).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Listen port (default: server.port).")
-def serve(config_path, init, host, port):
-    """Create config and database if needed, then run Datasette with the hub plugins.
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Worker processes sharing the port (default: server.workers).")
+def serve(config_path, init, host, port, workers):
+    """Create config and database if needed, then serve the hub (Datasette + ingest, ``server_monitor.asgi``)
+    with uvicorn in ``server.workers`` processes.
 
     Refuses to start (one line, exit 1) when another hub holds the same database (a lock
     next to it, see ``server_monitor.instance``) or the port is taken.
@@ -125,16 +108,20 @@ def serve(config_path, init, host, port):
     except sqlite3.Error as exc:
         raise click.ClickException(f"{cfg.db_path}: {exc}")
     _prepare_statistics(cfg.db_path)
-    env = dict(os.environ)
-    env[config_mod.ENV_VAR] = cfg.path
-    env["DATASETTE_SECRET"] = cfg.get("server.secret_key")
+    workers = workers or int(cfg.get("server.workers", 1))
+    os.environ[config_mod.ENV_VAR] = cfg.path
     # uvicorn must not take the client address from X-Forwarded-For (it trusts 127.0.0.1 by
     # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
-    env["FORWARDED_ALLOW_IPS"] = ""
-    args = datasette_args(cfg, host, port)
-    click.echo(f"Server Monitor hub on {url}", err=True)
-    datasette = os.path.join(os.path.dirname(sys.executable), "datasette")
-    os.execve(datasette, args, env)
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+    if workers > 1:
+        os.environ["SERVER_MONITOR_WORKER"] = "1"  # workers die with this process (asgi._die_with_parent)
+    click.echo(f"Server Monitor hub on {url}" + (f" ({workers} worker processes)" if workers > 1 else ""), err=True)
+    import uvicorn
+
+    # One process by default; with server.workers > 1 uvicorn binds the port here and starts
+    # that many worker processes sharing it (restarting one that dies), see docs/architecture.md.
+    uvicorn.run("server_monitor.asgi:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", lifespan="on", proxy_headers=False, forwarded_allow_ips="")
 
 
 @cli.command("init-config")

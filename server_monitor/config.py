@@ -25,7 +25,9 @@ ENV_OVERRIDES = {
 }
 
 DEFAULTS = {
-    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None},
+    # workers: processes sharing the port (server_monitor/asgi.py); 2 keeps ingest answered
+    # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
+    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 1},
     "auth": {
         "username": "admin",
         "password": None,
@@ -148,6 +150,9 @@ def _check(data):
     port = data["server"]["port"]
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError("config: server.port must be an integer 1..65535")
+    workers = data["server"].get("workers", 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+        raise ConfigError("config: server.workers must be an integer 1..64")
     for key in ("server.secret_key", "agent.token"):
         section, name = key.split(".")
         value = data[section][name]

@@ -74,16 +74,22 @@ class HubContext:
     """
 
     ingest = None
+    jobs = None  # server_monitor.leader.JobsLeader, set by plugins/sm_jobs.py at startup
+    maintenance_thread = None
+    alert_thread = None
 
     def __init__(self, config):
         self.config = config
         self.accounts = Accounts(config.auth_db_path)
-        self.limiter = LoginLimiter(limit=5, window=300)
+        # Shared by every worker process through auth.db (one budget, not one per worker).
+        self.limiter = LoginLimiter(config.auth_db_path, limit=5, window=300, name="login")
         # Registrations: failures (bad invite, taken name) per client address and per invite (M2).
-        self.register_limiter = LoginLimiter(limit=10, window=300)
+        self.register_limiter = LoginLimiter(config.auth_db_path, limit=10, window=300, name="register")
         # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
         # burst of password checks queues instead of taking every core (M2).
-        self.password_workers = max(1, (os.cpu_count() or 2) // 2)
+        # Split between worker processes, so all of them together still leave half the cores.
+        workers = max(1, int(config.get("server.workers", 1)))
+        self.password_workers = max(1, (os.cpu_count() or 2) // 2 // workers)
         self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
         self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
         # Analysts' ad-hoc SQL: bounded concurrency, queue and time limit (L6).
@@ -104,6 +110,22 @@ class HubContext:
             return await asyncio.get_running_loop().run_in_executor(self._password_pool, fn, *args)
         finally:
             self._password_queue.release()
+
+    def dead_jobs(self):
+        """Names of this process's background threads that were started but have died (M3).
+
+        ``[]`` when all are alive (or switched off). An alert pass that failed but will be
+        retried is not a death; its text is in ``alert_thread.last_error``.
+        """
+        dead = []
+        for thread in (self.maintenance_thread, self.alert_thread):
+            if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
+                dead.append(thread.name)
+        return dead
+
+    def background_problems(self):
+        """Names of the hub's dead background threads, in whichever worker process runs them."""
+        return self.jobs.dead() if self.jobs is not None else self.dead_jobs()
 
     def actor_for_session(self, session_id):
         """Actor dict for a live session id, or None.

@@ -91,24 +91,9 @@ def ingest_server(hub_config):
 
 def make_datasette(cfg):
     """A Datasette instance configured exactly like ``server-monitor serve`` runs it."""
-    from datasette.app import Datasette
+    from server_monitor.asgi import build_datasette
 
-    return Datasette(
-        [cfg.db_path],
-        metadata=_metadata(),
-        plugins_dir=os.path.join(ROOT, "plugins"),
-        template_dir=os.path.join(ROOT, "templates"),
-        static_mounts=[("static", os.path.join(ROOT, "static"))],
-        secret=cfg.get("server.secret_key"),
-        settings={"max_returned_rows": 20000, "sql_time_limit_ms": 5000},
-    )
-
-
-def _metadata():
-    import yaml
-
-    with open(os.path.join(ROOT, "metadata.yml"), encoding="utf-8") as fp:
-        return yaml.safe_load(fp)
+    return build_datasette(cfg)
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_second_run_on_the_same_database_or_port_is_refused(tmp_path, config_tex
 
         rc, out = _run("--config", str(config), "--port", str(free_port()), "--no-agent")
         assert rc != 0, out
-        assert "another hub already uses" in out and f"pid {first.processes('datasette')[0].pid}" in out, out
+        assert "another hub already uses" in out and f"pid {first.processes('server_monitor')[0].pid}" in out, out
 
         # Another installation (its own data) on the busy port: the port is named.
         other = tmp_path / "other"
@@ -137,7 +137,7 @@ def test_a_dying_agent_is_restarted_and_a_dying_hub_stops_everything(tmp_path, c
         while not run.processes("agent.py") and time.time() < deadline:
             time.sleep(0.2)
         (agent,) = run.processes("agent.py")
-        (hub,) = run.processes("datasette")
+        (hub,) = run.processes("server_monitor")
         agent.kill()
         run.wait_for(f"agent local (pid {agent.pid}) was killed by signal 9; restarting it in", timeout=20)
         deadline = time.time() + 30

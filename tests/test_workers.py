@@ -1,0 +1,188 @@
+"""The hub with ``server.workers: 2``: two real worker processes behind one port (issue 13).
+
+What must hold across processes: every acknowledged report stored once, the background jobs
+in exactly one worker (another takes over when it dies), one login budget (not one per
+worker), one analyst-SQL slot for the whole hub, and no worker outliving a ``kill -9`` of the hub.
+"""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
+import pytest
+import urllib3
+import yaml
+
+from http_client import Browserless
+from reports import sample_report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def hub2(hub_config, tmp_path):
+    """``server-monitor serve`` with two workers (``server.workers: 2``, analyst queue 0)."""
+    data = yaml.safe_load(open(hub_config.path))
+    data["server"]["workers"] = 2
+    data.setdefault("sql", {})["analyst_queue"] = 0
+    data["data"]["maintenance_interval_s"] = 1
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    port = free_port()
+    log = open(tmp_path / "hub.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "server_monitor", "serve", "-c", hub_config.path,
+                             "--port", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    proc.base_url = f"http://127.0.0.1:{port}"
+    proc.config = hub_config
+    proc.log_path = tmp_path / "hub.log"
+    http = urllib3.PoolManager(retries=False)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if http.request("GET", proc.base_url + "/-/health", timeout=1).status == 200 and len(workers(proc)) == 2:
+                break
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("hub did not start:\n" + proc.log_path.read_text())
+    yield proc
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    log.close()
+
+
+def workers(proc):
+    """The uvicorn worker processes of the hub (children running the app, not the resource tracker)."""
+    try:
+        children = psutil.Process(proc.pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # gone, or a zombie not reaped yet
+            pass
+    return found
+
+
+def jobs_state(config):
+    with open(config.db_path + ".jobs.lock") as fp:
+        return json.loads(fp.read() or "{}")
+
+
+def post_report(base, token, report):
+    http = urllib3.PoolManager(retries=False)  # a new connection each time: spread over the workers
+    return http.request("POST", base + "/api/report", body=json.dumps(report).encode(),
+                        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"}).status
+
+
+def test_two_workers_store_every_report_once_and_both_take_requests(hub2):
+    token = hub2.config.get("agent.token")
+    before = {w.pid: w.cpu_times().user + w.cpu_times().system for w in workers(hub2)}
+    now = time.time()
+    reports = [sample_report(f"w-{i % 20}", gpus=8, processes=2, sample_time=now - 600 + i) for i in range(200)]
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda r: post_report(hub2.base_url, token, r), reports))
+    assert statuses == [201] * 200
+    conn = sqlite3.connect(hub2.config.db_path)
+    stored = {r for (r,) in conn.execute("SELECT report_id FROM host_samples")}
+    assert stored == {r["report_id"] for r in reports}
+    assert conn.execute("SELECT count(*) FROM servers").fetchone()[0] == 20
+    after = {w.pid: w.cpu_times().user + w.cpu_times().system for w in workers(hub2)}
+    busy = [pid for pid in before if after.get(pid, 0) - before[pid] > 0.05]
+    assert len(busy) == 2, f"only {busy} of {list(before)} did work"
+
+
+def test_jobs_run_in_one_worker_and_move_when_it_dies(hub2):
+    pids = {w.pid for w in workers(hub2)}
+    leader = jobs_state(hub2.config)["pid"]
+    assert leader in pids
+    threads = {pid: {t.id for t in psutil.Process(pid).threads()} for pid in pids}
+    assert len(threads[leader]) > min(len(v) for v in threads.values())  # the leader runs more threads
+    os.kill(leader, signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        state = jobs_state(hub2.config)
+        if state.get("pid") not in (None, leader) and len(workers(hub2)) == 2:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("no worker took the jobs over:\n" + hub2.log_path.read_text()[-3000:])
+    new_leader = jobs_state(hub2.config)["pid"]
+    assert new_leader in {w.pid for w in workers(hub2)}
+    # The new leader's maintenance runs: a report's hour is rolled up into the 5-minute tier.
+    token = hub2.config.get("agent.token")
+    assert post_report(hub2.base_url, token, sample_report("moved", gpus=1, processes=0,
+                                                           sample_time=time.time() - 3 * 3600)) == 201
+    conn = sqlite3.connect(hub2.config.db_path)
+    deadline = time.time() + 30
+    while time.time() < deadline and not conn.execute("SELECT count(*) FROM gpu_samples_5m").fetchone()[0]:
+        time.sleep(0.3)
+    assert conn.execute("SELECT count(*) FROM gpu_samples_5m").fetchone()[0] > 0
+    http = urllib3.PoolManager(retries=False)
+    assert all(http.request("GET", hub2.base_url + "/-/health").status == 200 for _ in range(6))
+
+
+def test_parallel_guesses_get_five_checks_across_workers(hub2):
+    def guess(i):
+        return Browserless(hub2.base_url).login("admin", f"wrong-{i}").status
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(guess, range(20)))
+    assert statuses.count(401) == 5 and statuses.count(429) == 15, statuses
+
+
+def test_one_analyst_query_at_a_time_in_the_whole_hub(hub2):
+    client = Browserless(hub2.base_url)
+    assert client.login("admin", hub2.config.password).status == 302
+    slow = ("/monitor.json?sql=" + urllib.parse.quote(
+        "with recursive c(x) as (select 1 union all select x + 1 from c) select count(*) from c"))
+    first = {}
+    runner = threading.Thread(target=lambda: first.setdefault("r", client.request("GET", slow)))
+    runner.start()
+    time.sleep(0.5)  # the first query holds the hub's one slot (analyst time limit 2 s)
+    others = []
+    for _ in range(6):  # new connections: some land on the other worker
+        other = Browserless(hub2.base_url)
+        other.cookies = dict(client.cookies)
+        others.append(other.request("GET", "/monitor.json?sql=select+1").status)
+    runner.join(30)
+    assert others == [429] * 6  # queue 0: refused in either worker while the slot is taken
+    assert first["r"].status in (200, 400)  # ran (stopped by the time limit), not refused
+    assert client.request("GET", "/monitor.json?sql=select+1").status == 200
+
+
+def test_kill_9_of_the_hub_takes_its_workers_along(hub2):
+    pids = [w.pid for w in workers(hub2)]
+    assert len(pids) == 2
+    os.kill(hub2.pid, signal.SIGKILL)
+    hub2.wait(timeout=10)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                                         for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
