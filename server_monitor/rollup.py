@@ -304,18 +304,41 @@ class Maintenance:
                      + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)")
 
     def _replace_usage(self, writer, where, params, rows, epoch=None):
-        """Delete the ``gpu_usage_1h`` rows matching ``where`` (and record ``usage_epoch`` when
-        given) in one short transaction, then write ``rows`` in batches (:meth:`_write`)."""
-        writer.execute("BEGIN IMMEDIATE")
-        try:
-            writer.execute("DELETE FROM gpu_usage_1h WHERE " + where, params)
-            if epoch is not None:
-                self._set_state(writer, "usage_epoch", epoch)
-            writer.execute("COMMIT")
-        except BaseException:
-            writer.execute("ROLLBACK")
-            raise
-        self._write(writer, self._INSERT_USAGE, rows)
+        """Replace the ``gpu_usage_1h`` rows matching ``where`` (an ``hour`` range) by ``rows``.
+
+        GPU by GPU: each transaction deletes the old rows of a group of GPUs and inserts their
+        new ones (at most about ``batch`` rows), so the write lock is held briefly and a reader
+        never sees a GPU's hour empty, only each GPU's old or new figures. ``usage_epoch`` is
+        set with the first group when ``epoch`` is given.
+        """
+        by_gpu = {}
+        for row in rows:
+            by_gpu.setdefault(row[2], []).append(row)
+        gpus = sorted(set(by_gpu) | {g for (g,) in writer.execute(
+            "SELECT DISTINCT gpu_id FROM gpu_usage_1h WHERE " + where, params)})
+        groups, group, size = [], [], 0
+        for gpu in gpus:
+            group.append(gpu)
+            size += len(by_gpu.get(gpu, ())) + 1
+            if size >= self.batch:
+                groups.append(group)
+                group, size = [], 0
+        if group or not groups:
+            groups.append(group)
+        for n, group in enumerate(groups):
+            writer.execute("BEGIN IMMEDIATE")
+            try:
+                if group:
+                    writer.execute(f"DELETE FROM gpu_usage_1h WHERE ({where}) AND gpu_id IN "
+                                   f"({','.join('?' * len(group))})", tuple(params) + tuple(group))
+                    writer.executemany(self._INSERT_USAGE, [r for g in group for r in by_gpu.get(g, ())])
+                if epoch is not None and n == 0:
+                    self._set_state(writer, "usage_epoch", epoch)
+                writer.execute("COMMIT")
+            except BaseException:
+                writer.execute("ROLLBACK")
+                raise
+            time.sleep(self.pause)
 
     def _current_usage(self, writer, reader, done, now):
         """Keep ``gpu_usage_1h`` of the hours not rolled up yet (``hour >= done``) current.

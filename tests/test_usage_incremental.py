@@ -182,3 +182,32 @@ def test_restarted_maintenance_recomputes_the_current_hours(tmp_path):
     first.now = lambda: T0 + 2100
     first.run_once()
     assert_same(table(conn), reference(conn, T0 + 2100))
+
+
+def test_a_reader_never_sees_a_gpus_hour_empty_while_it_is_rewritten(tmp_path):
+    """Issue 13: a recompute of the GPU-hours of an hour (restart, late data) deleted the whole
+    hour in one transaction and wrote it back in batches, so a dashboard reading in between saw
+    GPUs with no usage at all. Each group of GPUs is now replaced in one transaction."""
+    import threading
+
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = file_connection(path)
+    fleet = Fleet(conn, seed=5)
+    fleet.advance(T0 + 1500)
+    Maintenance(path, now=lambda: T0 + 1500, pause=0).run_once()
+    gpus = "select distinct gpu_id from gpu_usage_1h where hour = ?"
+    expected = {g for (g,) in conn.execute(gpus, (T0,))}
+    assert len(expected) >= 12
+    # A restarted hub recomputes the current hours (new epoch), slowly: small batches, pauses.
+    slow = Maintenance(path, now=lambda: T0 + 1500, pause=0.03, batch=2)
+    writer = threading.Thread(target=slow.run_once)
+    reader = file_connection(path)
+    seen = []
+    writer.start()
+    while writer.is_alive():
+        seen.append({g for (g,) in reader.execute(gpus, (T0,))})
+    writer.join()
+    assert len(seen) > 10  # the reader did look while the rewrite ran
+    assert all(s == expected for s in seen), [len(s) for s in seen if s != expected][:5]
+    assert_same(table(conn), reference(conn, T0 + 1500))
