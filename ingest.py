@@ -15,6 +15,7 @@ path, 405 other method, 411 no Content-Length, 413 too large, 415 bad encoding,
 503 database unavailable (with ``Retry-After``). Never 500 for any input.
 """
 
+import contextlib
 import hmac
 import json
 import logging
@@ -24,7 +25,7 @@ import time
 import zlib
 
 from server_monitor import config as config_mod
-from server_monitor import dbguard, schema, tokens
+from server_monitor import dbguard, instance, schema, tokens
 from server_monitor.contract import ContractError, validate_report
 from server_monitor.store import machine_identity, sample_time, store_report
 
@@ -107,6 +108,10 @@ class IngestApp:
         self._local = threading.local()
         schema.migrate(self.db_path)
         self.guard = dbguard.watch(self.db_path)  # H2: notice the file being deleted or replaced
+        # Several worker processes (server.workers > 1): their writes queue on a lock file
+        # instead of SQLite's sleeping busy handler (server_monitor.instance.WriterLock).
+        self.writer_lock = (instance.WriterLock(self.db_path) if int(config.get("server.workers", 1)) > 1
+                            else contextlib.nullcontext())
 
     # -- storage -------------------------------------------------------------------
     def _conn(self):
@@ -149,7 +154,8 @@ class IngestApp:
                 return 403, {"error": f"host.hostname: {report['host']['hostname']!r} is the name of another server"
                                       f" (id {other[0]}); this token's host may not use it",
                              "report_id": report["report_id"]}
-        result = store_report(self._conn(), report, received_at)
+        with self.writer_lock:
+            result = store_report(self._conn(), report, received_at)
         if result["stored"]:
             body = {"report_id": report["report_id"], "stored": True}
             if report["nulled"]:

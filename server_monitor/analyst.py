@@ -8,25 +8,67 @@ ad-hoc SQL (``/monitor?sql=``, ``/monitor.json?sql=``, ``/monitor.csv?sql=``):
 * at most ``concurrency`` such queries run at once in the whole hub (``sql.analyst_concurrency``,
   default 1): with several worker processes the slots are ``flock``s on
   ``<data.path>.analyst.<n>.lock``, so two workers never run two heavy queries on two cores;
-  the hub starts Datasette with ``num_sql_threads`` = 3 + that, so the viewers' canned
-  queries always keep three SQL threads of their own;
+  their SQL never occupies the viewers' SQL threads (see the last point);
 * at most ``queue`` more wait in each worker (``sql.analyst_queue``, default 8), each for at most
   ``wait_s`` seconds; beyond that the answer is 429 (queue full) or 503 (waited too long),
   never a held-up viewer;
 * each runs under a shorter time limit (``sql.analyst_time_limit_ms``, default 2000 ms, passed
   to Datasette as ``_timelimit``; a larger ``_timelimit`` from the request is lowered to it).
 
+* its SQL runs on threads of its own at a lower CPU priority (``nice`` +:data:`ANALYST_NICE`,
+  :class:`RoutingExecutor`): on a small hub a heavy query still uses an idle core fully, but
+  ingest and the viewers' queries get the CPU first when they need it.
+
 Canned queries (the dashboard's, also when an analyst runs them) are not affected.
 """
 
 import asyncio
+import contextvars
 import errno
 import fcntl
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode
 
 ADHOC_PATHS = ("/monitor", "/monitor.json", "/monitor.csv")
+# Niceness added to the threads running analysts' SQL (Linux: per thread; 10 gives them about a
+# tenth of a core's time while other threads want the CPU, all of an idle one).
+ANALYST_NICE = 10
+_IN_ANALYST_REQUEST = contextvars.ContextVar("sm_analyst_request", default=False)
+
+
+def _lower_priority(nice):
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):  # not Linux, or not allowed: run at normal priority
+        pass
+
+
+class RoutingExecutor(ThreadPoolExecutor):
+    """Datasette's SQL thread pool (``datasette.executor``), with analysts' work sent elsewhere.
+
+    Work submitted while an analyst's ad-hoc query is being answered (the request runs
+    inside :class:`AnalystSQL`, which marks its task with a context variable) goes to
+    ``analyst_workers`` threads of its own whose niceness is raised by ``nice``; everything
+    else (viewers' canned queries, pages) to the ``max_workers`` ordinary threads.
+    """
+
+    def __init__(self, max_workers, analyst_workers=1, nice=ANALYST_NICE):
+        super().__init__(max_workers=max_workers, thread_name_prefix="sql")
+        self.analyst = ThreadPoolExecutor(max_workers=max(1, analyst_workers), thread_name_prefix="analyst-sql",
+                                          initializer=_lower_priority, initargs=(nice,))
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Queue ``fn(*args, **kwargs)`` on the analysts' threads when called for an analyst request."""
+        if _IN_ANALYST_REQUEST.get():
+            return self.analyst.submit(fn, *args, **kwargs)
+        return super().submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait=True, **kwargs):
+        self.analyst.shutdown(wait=wait, **kwargs)
+        super().shutdown(wait=wait, **kwargs)
 
 
 def is_adhoc_sql(scope):
@@ -117,9 +159,11 @@ class AnalystSQL:
             finally:
                 self.waiting -= 1
         self.running += 1
+        marker = _IN_ANALYST_REQUEST.set(True)  # its SQL goes to the analysts' threads (RoutingExecutor)
         try:
             return await app(self.limited_scope(scope), receive, send)
         finally:
+            _IN_ANALYST_REQUEST.reset(marker)
             self.running -= 1
             self._release(slot)
 

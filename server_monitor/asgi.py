@@ -29,13 +29,13 @@ PR_SET_PDEATHSIG = 1
 def settings(cfg):
     """Datasette settings of the hub (dict of setting name -> value) for config ``cfg``.
 
-    ``num_sql_threads``: three threads stay the viewers' while analysts' ad-hoc SQL uses its
-    own few (``server_monitor/analyst.py`` caps those at ``sql.analyst_concurrency``).
+    ``num_sql_threads``: the viewers' SQL threads; analysts' ad-hoc SQL runs on threads of its
+    own (``server_monitor/analyst.py``, :func:`build_datasette` installs the pool).
     """
     return {
         "max_returned_rows": 20000,
         "sql_time_limit_ms": 5000,
-        "num_sql_threads": 3 + max(1, int(cfg.get("sql.analyst_concurrency", 1))),
+        "num_sql_threads": 3,
     }
 
 
@@ -48,9 +48,11 @@ def build_datasette(cfg):
     from datasette.app import Datasette
     from datasette.utils import parse_metadata
 
+    from .analyst import RoutingExecutor
+
     with open(os.path.join(ROOT, "metadata.yml")) as fp:
         metadata = parse_metadata(fp.read())
-    return Datasette(
+    datasette = Datasette(
         [cfg.db_path],
         metadata=metadata,
         plugins_dir=os.path.join(ROOT, "plugins"),
@@ -60,6 +62,10 @@ def build_datasette(cfg):
         secret=cfg.get("server.secret_key"),
         cache_headers=True,
     )
+    # Datasette's SQL pool, with analysts' ad-hoc SQL routed to lower-priority threads of its own.
+    datasette.executor = RoutingExecutor(settings(cfg)["num_sql_threads"],
+                                         int(cfg.get("sql.analyst_concurrency", 1)))
+    return datasette
 
 
 def _die_with_parent():

@@ -72,3 +72,38 @@ def check_port_free(host, port):
         raise InstanceError(f"cannot listen on {host}:{port}: {exc.strerror}")
     finally:
         sock.close()
+
+
+class WriterLock:
+    """Serialises ingest's write transactions across the hub's worker processes.
+
+    SQLite lets one writer in at a time and makes the others poll: a writer that finds the
+    database locked sleeps (1, 2, 5, 10 … up to 100 ms between tries) until ``busy_timeout``.
+    With two worker processes taking reports, those sleeps, not the work, made ingest slow.
+    This lock (an ``flock`` on ``<data.path>.write.lock`` plus a thread lock) queues the
+    writers in the kernel instead, which wakes the next one the moment the lock is released.
+    Use as a context manager around one report's transaction; it is held for that only.
+    Raises ``OSError`` when the lock file cannot be opened.
+    """
+
+    def __init__(self, db_path):
+        self.path = db_path + ".write.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        import threading
+
+        self._thread_lock = threading.Lock()
+
+    def __enter__(self):
+        self._thread_lock.acquire()
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()

@@ -127,3 +127,33 @@ def test_six_heavy_analyst_queries_leave_viewers_canned_queries_alone(short_anal
     # for 3-10 s until plugins/sm_errors.py).
     assert load_p50 <= max(1.2 * base_p50, base_p50 + 150), (baseline, loaded)
     assert max(loaded) < 1500, loaded
+
+
+def _nice_of(native_id):
+    """A thread's niceness, from /proc/self/task/<tid>/stat (field 19)."""
+    with open(f"/proc/self/task/{native_id}/stat") as fp:
+        return int(fp.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_analyst_sql_runs_on_lower_priority_threads_of_its_own(datasette, hub_config):
+    """Issue 13: an analyst's ad-hoc SQL runs on the analysts' own threads at nice +10, so on a
+    small hub ingest and the viewers' queries get the CPU first; canned queries stay on the
+    ordinary SQL threads (nice 0)."""
+    from test_hub_datasette import Client
+
+    from server_monitor.analyst import ANALYST_NICE, RoutingExecutor
+
+    executor = datasette.executor
+    assert isinstance(executor, RoutingExecutor)
+    client = Client(datasette)
+    assert client.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    assert client.get("/monitor/servers.json?_shape=array").status_code == 200
+    assert client.get("/monitor/gpus.json?_shape=array").status_code == 200
+    assert not executor.analyst._threads  # viewers' queries never touched the analysts' pool
+    ordinary = [t.native_id for t in executor._threads]
+    assert ordinary and all(_nice_of(tid) == _nice_of(threading.get_native_id()) for tid in ordinary)
+    response = client.get("/monitor.json?_shape=array&sql=" + quote("select count(*) as n from servers"))
+    assert response.status_code == 200 and response.json() == [{"n": 0}]
+    analysts = [t.native_id for t in executor.analyst._threads]
+    assert analysts and all(_nice_of(tid) == _nice_of(threading.get_native_id()) + ANALYST_NICE for tid in analysts)
+    assert len(executor._threads) == len(ordinary)  # no ordinary thread was needed for it
