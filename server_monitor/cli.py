@@ -1,4 +1,4 @@
-"""``server-monitor``: run and manage the hub (a thin layer over ``datasette serve``)."""
+"""``server-monitor``: run and manage the hub (Datasette and the ingest endpoint under uvicorn, see ``server_monitor.asgi``)."""
 
 import os
 import sqlite3

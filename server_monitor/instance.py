@@ -1,9 +1,9 @@
 """One hub per database: a lock next to ``monitor.db`` and a free-port check before start.
 
 ``server-monitor serve`` calls :func:`acquire_data_lock` and :func:`check_port_free` before
-it execs Datasette. The lock is an ``flock`` on ``<data.path>.lock`` taken on a file
-descriptor that is inherited across ``exec``, so the hub process holds it for its whole
-life and the kernel drops it when the process dies (no stale lock files to clean up).
+it starts uvicorn. The lock is an ``flock`` on ``<data.path>.lock`` held by the ``serve``
+process for its whole life; the kernel drops it when the process dies (no stale lock files
+to clean up).
 A second hub on the same database, on any port, is refused with one line naming the
 first one (pid and address, read from the lock file).
 """
@@ -24,7 +24,7 @@ def lock_path(db_path):
 
 
 def acquire_data_lock(db_path, url):
-    """Take the exclusive lock for ``db_path``; returns the open descriptor (inheritable).
+    """Take the exclusive lock for ``db_path``; returns the open descriptor (keep it open).
 
     ``url``: the address this hub will serve, written into the lock file for the error
     message of a second hub. Raises :class:`InstanceError` when another process holds the
@@ -47,7 +47,6 @@ def acquire_data_lock(db_path, url):
                             "or give this one its own data.path")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}, {url}\n".encode(), 0)
-    os.set_inheritable(fd, True)  # kept by the Datasette process that replaces this one
     return fd
 
 
