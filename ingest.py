@@ -15,7 +15,6 @@ path, 405 other method, 411 no Content-Length, 413 too large, 415 bad encoding,
 503 database unavailable (with ``Retry-After``). Never 500 for any input.
 """
 
-import contextlib
 import hmac
 import json
 import logging
@@ -108,10 +107,9 @@ class IngestApp:
         self._local = threading.local()
         schema.migrate(self.db_path)
         self.guard = dbguard.watch(self.db_path)  # H2: notice the file being deleted or replaced
-        # Several worker processes (server.workers > 1): their writes queue on a lock file
+        # Writes of every worker process and of the maintenance pass queue on a lock file
         # instead of SQLite's sleeping busy handler (server_monitor.instance.WriterLock).
-        self.writer_lock = (instance.WriterLock(self.db_path) if int(config.get("server.workers", 1)) > 1
-                            else contextlib.nullcontext())
+        self.writer_lock = instance.WriterLock(self.db_path)
 
     # -- storage -------------------------------------------------------------------
     def _conn(self):

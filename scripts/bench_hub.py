@@ -377,6 +377,8 @@ def main():
                         help="seconds between one server's reports while the history is grown")
     parser.add_argument("--workdir", help="keep databases here (default: a temporary directory)")
     parser.add_argument("--queries-only", action="store_true", help="skip the ingest runs")
+    parser.add_argument("--empty-only", action="store_true",
+                        help="only the runs on an empty database (no populated history, no query table)")
     parser.add_argument("--workers", default="1,2",
                         help="comma-separated server.workers values to compare (default 1,2)")
     args = parser.parse_args()
@@ -407,6 +409,17 @@ def main():
             finally:
                 empty.stop()
 
+    if args.empty_only:
+        print("\ningest throughput (wrk, 1 thread, 16 connections, 8 GPUs + 16 processes + 4 disks per report)")
+        for w in counts:
+            e, lat = results[("empty", w)], results[("latency", w)]
+            print(f" {w} worker{'s' if w > 1 else ' '} empty database: {e['rate']:7.0f} reports/s  p99 {e['p99']:>8}  "
+                  f"non-2xx {e['non_2xx']}  hub CPU {e['hub_cpu_s'] / args.seconds:.2f} cores  "
+                  f"({100 * e['rate'] / limits['raw']:.0f} % of raw SQLite, {100 * e['rate'] / limits['store']:.0f} %"
+                  " of in-process store)")
+            print(f" {w} worker{'s' if w > 1 else ' '} latency at 100 reports/s (open loop, {lat['n']} reports): "
+                  f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, max {lat['max']:.1f} ms, errors {lat['errors']}")
+        return
     full_dir = os.path.join(work, "full")
     os.makedirs(full_dir, exist_ok=True)
     full = Hub(full_dir)

@@ -32,6 +32,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode
 
+from . import config as config_mod
+
 ADHOC_PATHS = ("/monitor", "/monitor.json", "/monitor.csv")
 # Niceness added to the threads running analysts' SQL (Linux: per thread; 10 gives them about a
 # tenth of a core's time while other threads want the CPU, all of an idle one).
@@ -102,7 +104,7 @@ class AnalystSQL:
         """From ``sql.analyst_time_limit_ms``, ``sql.analyst_concurrency``, ``sql.analyst_queue``; the slots
         are shared between worker processes through lock files next to ``data.path`` when
         ``server.workers`` > 1."""
-        shared = int(config.get("server.workers", 1)) > 1
+        shared = config_mod.worker_count(config) > 1
         return cls(time_limit_ms=config.get("sql.analyst_time_limit_ms", 2000),
                    concurrency=config.get("sql.analyst_concurrency", 1),
                    queue=config.get("sql.analyst_queue", 8),

@@ -108,20 +108,27 @@ def serve(config_path, init, host, port, workers):
     except sqlite3.Error as exc:
         raise click.ClickException(f"{cfg.db_path}: {exc}")
     _prepare_statistics(cfg.db_path)
-    workers = workers or int(cfg.get("server.workers", 1))
+    workers = workers or config_mod.worker_count(cfg)
+    os.environ[config_mod.WORKERS_ENV] = str(workers)  # what each worker reads (config.worker_count)
     os.environ[config_mod.ENV_VAR] = cfg.path
     # uvicorn must not take the client address from X-Forwarded-For (it trusts 127.0.0.1 by
     # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
     os.environ["FORWARDED_ALLOW_IPS"] = ""
     if workers > 1:
         os.environ["SERVER_MONITOR_WORKER"] = "1"  # workers die with this process (asgi._die_with_parent)
+        from . import leader
+
+        leader.run_jobs_here(cfg)  # maintenance and alerts in this process, off the workers' GILs
     click.echo(f"Server Monitor hub on {url}" + (f" ({workers} worker processes)" if workers > 1 else ""), err=True)
     import uvicorn
 
     # One process by default; with server.workers > 1 uvicorn binds the port here and starts
     # that many worker processes sharing it (restarting one that dies), see docs/architecture.md.
+    # No access log: at fleet size it is one line per agent report (200 a second for 1,000
+    # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
+    # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
     uvicorn.run("server_monitor.asgi:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", lifespan="on", proxy_headers=False, forwarded_allow_ips="")
+                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="")
 
 
 @cli.command("init-config")

@@ -27,7 +27,7 @@ ENV_OVERRIDES = {
 DEFAULTS = {
     # workers: processes sharing the port (server_monitor/asgi.py); 2 keeps ingest answered
     # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
-    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 1},
+    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2},
     "auth": {
         "username": "admin",
         "password": None,
@@ -60,6 +60,19 @@ DEFAULTS = {
         "maintenance_interval_s": 60,
     },
 }
+
+
+WORKERS_ENV = "SERVER_MONITOR_WORKERS"
+
+
+def worker_count(config):
+    """How many worker processes the hub runs (int >= 1): ``$SERVER_MONITOR_WORKERS``, which
+    ``serve`` sets for its workers (so ``serve --workers N`` wins over the file), else
+    ``server.workers``."""
+    env = os.environ.get(WORKERS_ENV, "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, int(config.get("server.workers", 2)))
 
 
 class ConfigError(ValueError):
@@ -150,7 +163,7 @@ def _check(data):
     port = data["server"]["port"]
     if not isinstance(port, int) or not 0 < port < 65536:
         raise ConfigError("config: server.port must be an integer 1..65535")
-    workers = data["server"].get("workers", 1)
+    workers = data["server"].get("workers", 2)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise ConfigError("config: server.workers must be an integer 1..64")
     for key in ("server.secret_key", "agent.token"):

@@ -283,11 +283,22 @@ def encode(content, previous=None, version=None, now=None):
     return Entry(version, etag, body, gzip.compress(body, compresslevel=1), content)
 
 
+# A build that took longer than SLOW_BUILD_S (a large fleet, a busy hub) is not redone for a
+# scope until REBUILD_FACTOR times its duration has passed (at most MAX_STALE_S): with 1,000
+# hosts reporting every 5 s the database changes 200 times a second, and rebuilding for every
+# viewer's refresh took the CPU that ingest needed. Small fleets (fast builds) stay exact.
+SLOW_BUILD_S = 0.05
+REBUILD_FACTOR = 10
+MAX_STALE_S = 5.0
+
+
 class FleetCache:
     """Fleet documents per viewer scope, rebuilt once per change of ``monitor.db``.
 
     ``db_path``: monitor.db. ``bucket_s``: documents also expire when ``now // bucket_s``
     moves (offline/stale states follow the clock). Holds at most ``max_entries`` scopes.
+    A slow build is reused for a while even after a change (see :data:`REBUILD_FACTOR`):
+    the document is then at most :data:`MAX_STALE_S` seconds behind the database.
     """
 
     def __init__(self, db_path, bucket_s=10, max_entries=32):
@@ -300,6 +311,13 @@ class FleetCache:
         self._locks = {}
         self.fragments = {}
         self.build_lock = threading.Lock()
+        self.timing = {}  # scope key -> (monotonic time the last build finished, its duration s)
+
+    def fresh_enough(self, key, now=None):
+        """True while scope ``key``'s last build was slow and recent enough to be served again."""
+        built, cost = self.timing.get(key, (0.0, 0.0))
+        now = time.monotonic() if now is None else now
+        return cost > SLOW_BUILD_S and now - built < min(MAX_STALE_S, REBUILD_FACTOR * cost)
 
     def version(self, now=None):
         """``(PRAGMA data_version, clock bucket)``: changes when anyone commits or time moves on."""
@@ -320,18 +338,21 @@ class FleetCache:
         """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one."""
         version = self.version()
         entry = self.entries.get(key)
-        if entry is not None and entry.version == version:
+        if entry is not None and (entry.version == version or self.fresh_enough(key)):
             return entry
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self.entries.get(key)
             version = self.version()
-            if entry is not None and entry.version == version:
+            if entry is not None and (entry.version == version or self.fresh_enough(key)):
                 return entry
+            started = time.monotonic()
             entry = await build_fn(entry, version)
+            self.timing[key] = (time.monotonic(), time.monotonic() - started)
             self.entries[key] = entry
             self.entries.move_to_end(key)
             while len(self.entries) > self.max_entries:
                 old, _ = self.entries.popitem(last=False)
                 self._locks.pop(old, None)
+                self.timing.pop(old, None)
             return entry

@@ -88,7 +88,7 @@ class HubContext:
         # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
         # burst of password checks queues instead of taking every core (M2).
         # Split between worker processes, so all of them together still leave half the cores.
-        workers = max(1, int(config.get("server.workers", 1)))
+        workers = config_mod.worker_count(config)
         self.password_workers = max(1, (os.cpu_count() or 2) // 2 // workers)
         self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
         self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
@@ -112,16 +112,10 @@ class HubContext:
             self._password_queue.release()
 
     def dead_jobs(self):
-        """Names of this process's background threads that were started but have died (M3).
+        """Names of this process's background threads that were started but have died (M3)."""
+        from .leader import dead_jobs
 
-        ``[]`` when all are alive (or switched off). An alert pass that failed but will be
-        retried is not a death; its text is in ``alert_thread.last_error``.
-        """
-        dead = []
-        for thread in (self.maintenance_thread, self.alert_thread):
-            if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
-                dead.append(thread.name)
-        return dead
+        return dead_jobs(self)
 
     def background_problems(self):
         """Names of the hub's dead background threads, in whichever worker process runs them."""

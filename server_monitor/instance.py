@@ -12,6 +12,7 @@ import errno
 import fcntl
 import os
 import socket
+import sqlite3
 
 
 class InstanceError(RuntimeError):
@@ -74,15 +75,16 @@ def check_port_free(host, port):
 
 
 class WriterLock:
-    """Serialises ingest's write transactions across the hub's worker processes.
+    """Serialises the hub's write transactions (ingest in every worker, maintenance).
 
     SQLite lets one writer in at a time and makes the others poll: a writer that finds the
     database locked sleeps (1, 2, 5, 10 … up to 100 ms between tries) until ``busy_timeout``.
-    With two worker processes taking reports, those sleeps, not the work, made ingest slow.
-    This lock (an ``flock`` on ``<data.path>.write.lock`` plus a thread lock) queues the
-    writers in the kernel instead, which wakes the next one the moment the lock is released.
-    Use as a context manager around one report's transaction; it is held for that only.
-    Raises ``OSError`` when the lock file cannot be opened.
+    With two worker processes taking reports, and the maintenance pass writing beside them,
+    those sleeps, not the work, made ingest slow. This lock (an ``flock`` on
+    ``<data.path>.write.lock`` plus a thread lock) queues the writers in the kernel instead,
+    which wakes the next one the moment the lock is released. Use as a context manager around
+    one transaction; it is held for that only. Raises ``OSError`` when the lock file cannot
+    be opened.
     """
 
     def __init__(self, db_path):
@@ -106,3 +108,24 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+
+class LockedWriter(sqlite3.Connection):
+    """A writer connection whose ``BEGIN IMMEDIATE`` … ``COMMIT``/``ROLLBACK`` transactions hold
+    its ``writer_lock`` (a :class:`WriterLock`, set after connecting; none: no lock). For the
+    maintenance pass, whose transactions then queue with ingest's instead of making it poll."""
+
+    writer_lock = None
+    _held = False
+
+    def execute(self, sql, *args):
+        if (self.writer_lock is not None and not self._held
+                and sql.lstrip()[:15].upper() == "BEGIN IMMEDIATE"):
+            self.writer_lock.__enter__()
+            self._held = True
+        try:
+            return super().execute(sql, *args)
+        finally:
+            if self._held and not self.in_transaction:  # committed, rolled back, or BEGIN failed
+                self._held = False
+                self.writer_lock.__exit__(None, None, None)

@@ -238,10 +238,11 @@ class Maintenance:
     """
 
     def __init__(self, db_path, retention_days=7, rollup_5m_days=90, rollup_1h_days=730,
-                 batch=5000, pause=0.005, now=time.time, stats_min_pages=None):
+                 batch=1000, pause=0.005, now=time.time, stats_min_pages=None):
         self.db_path = db_path
         self.keep = {"raw": retention_days * 86400, "5m": rollup_5m_days * 86400, "1h": rollup_1h_days * 86400}
         self.batch = batch
+        self.writer_lock = None
         self.pause = pause
         self.now = now
         self._usage_inc = None  # incremental GPU-usage state (see _current_usage)
@@ -256,7 +257,12 @@ class Maintenance:
 
     # -- connections ----------------------------------------------------------------
     def _connect(self):
-        writer = schema.connect(self.db_path, timeout=30)
+        from .instance import LockedWriter, WriterLock
+
+        writer = schema.connect(self.db_path, timeout=30, factory=LockedWriter)
+        if self.writer_lock is None:
+            self.writer_lock = WriterLock(self.db_path)
+        writer.writer_lock = self.writer_lock  # its transactions queue with ingest's
         writer.execute("PRAGMA secure_delete=OFF")  # zeroing freed pages doubles delete I/O
         reader = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30)
         return writer, reader

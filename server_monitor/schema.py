@@ -614,7 +614,7 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer release than this code knows."""
 
 
-def connect(path, timeout=5.0, cache_mib=64):
+def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     """Open ``path`` for writing with the pragmas every hub writer uses.
 
     WAL journal (readers never block the writer), ``synchronous=NORMAL`` (durable at
@@ -627,7 +627,7 @@ def connect(path, timeout=5.0, cache_mib=64):
     replaced while it runs, rather than creating a new empty file there.
     """
     dbguard.ensure(path)
-    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False, factory=factory)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")

@@ -47,7 +47,12 @@ def _config_template(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("template") / "config.yaml"
     _, password = config_mod.create(str(path))
-    return path.read_text(), password
+    # One worker process for the tests' hubs (the product's default is 2): starting a second
+    # one per hub would cost the suite a minute; tests/test_workers.py, test_proof_mixed.py and
+    # the run.sh/deploy tests run the hub with two.
+    text = path.read_text().replace("\nserver:\n", "\nserver:\n  workers: 1\n", 1)
+    assert "  workers: 1\n" in text
+    return text, password
 
 
 @pytest.fixture

@@ -215,3 +215,40 @@ def test_mig_mode_change_pending_is_named_in_the_grid_document_and_gpus_query(hu
     rows = {(r["server"], r["gpu_index"]): r for r in admin.get("/monitor/gpus.json?_shape=array&_size=max").json()}
     assert (rows[("epsilon", 0)]["mig_mode"], rows[("epsilon", 0)]["mig_mode_pending"]) == (1, 0)
     assert "Enabled → Disabled after GPU reset" in rows[("epsilon", 0)]["health_reasons"]
+
+
+def test_a_slow_fleet_build_is_reused_for_ten_times_its_duration(tmp_path):
+    """Issue 13: with 1,000 hosts reporting the database changes 200 times a second; a build
+    slower than 50 ms is served again until 10x its duration has passed (at most 5 s), a fast
+    one (small fleet) is redone on every change."""
+    import asyncio
+
+    from server_monitor import fleet
+
+    path = str(tmp_path / "m.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("create table t (x)")
+    cache = fleet.FleetCache(path)
+    builds = []
+
+    def make(duration):
+        async def build(previous, version):
+            await asyncio.sleep(duration)
+            builds.append(version)
+            return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
+        return build
+
+    async def scenario():
+        first = await cache.get("slow", make(0.1))
+        writer.execute("insert into t values (1)")  # the database changed
+        again = await cache.get("slow", make(0.1))
+        assert again is first and len(builds) == 1  # within 10 x 0.1 s: reused
+        await asyncio.sleep(1.05)
+        later = await cache.get("slow", make(0.1))
+        assert later is not first and len(builds) == 2  # rebuilt once the window passed
+        await cache.get("fast", make(0.0))
+        writer.execute("insert into t values (2)")
+        await cache.get("fast", make(0.0))
+        assert len(builds) == 4  # a fast build is redone on every change
+
+    asyncio.run(scenario())
