@@ -447,10 +447,7 @@ class OpenLoopFleet:
     """
 
     def __init__(self, hub, agents, rate, threads=48):
-        import gzip
-
         self.hub, self.agents, self.rate, self.threads = hub, agents, rate, threads
-        self.gzip = gzip
         self.templates = []
         for capture, state, gpus in (("h100-80gb", "load", 8), ("h200", "load", 8)):
             report = sample_report("HOSTXXXX", gpus=gpus, processes=1, disks=2, capture=capture, state=state,
@@ -463,7 +460,6 @@ class OpenLoopFleet:
             self.templates.append(text)
         self.latencies, self.statuses, self.sent, self.errors = [], {}, [], 0
         self.by_second = {}  # second of the run -> latencies (ms) of the reports planned in it
-        self.lock = threading.Lock()
 
     def worst_seconds(self, n=3):
         """The ``n`` seconds of the run with the highest worst latency: ``[[second, max ms], ...]``."""
@@ -474,7 +470,9 @@ class OpenLoopFleet:
         report_id = str(uuid.uuid4())
         text = (self.templates[agent % len(self.templates)].replace("HOSTXXXX", f"sim-{agent:04d}")
                 .replace("RIDXXXX", report_id).replace("1234567890.5", f"{when:.3f}"))
-        return report_id, self.gzip.compress(text.encode(), compresslevel=6)
+        import gzip
+
+        return report_id, gzip.compress(text.encode(), compresslevel=6)
 
     def post(self, body):
         import http.client

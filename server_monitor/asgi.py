@@ -109,8 +109,8 @@ def create_app():
     Called once per worker process by uvicorn. Raises :class:`config.ConfigError` for a bad
     config (``serve`` has checked it before starting workers).
     """
-    if os.environ.get("SERVER_MONITOR_WORKER") == "1":
-        _die_with_parent()
     cfg = config_mod.load(os.environ.get(config_mod.ENV_VAR, "config.yaml"))
+    if config_mod.worker_count(cfg) > 1:
+        _die_with_parent()  # a worker of serve (which set $SERVER_MONITOR_WORKERS): dies with it
     datasette = build_datasette(cfg)
     return _Startup(datasette, datasette.app())

@@ -115,7 +115,6 @@ def serve(config_path, init, host, port, workers):
     # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
     os.environ["FORWARDED_ALLOW_IPS"] = ""
     if workers > 1:
-        os.environ["SERVER_MONITOR_WORKER"] = "1"  # workers die with this process (asgi._die_with_parent)
         from . import leader
 
         leader.run_jobs_here(cfg)  # maintenance and alerts in this process, off the workers' GILs

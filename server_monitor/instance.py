@@ -13,6 +13,7 @@ import fcntl
 import os
 import socket
 import sqlite3
+import threading
 
 
 class InstanceError(RuntimeError):
@@ -90,8 +91,6 @@ class WriterLock:
     def __init__(self, db_path):
         self.path = db_path + ".write.lock"
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        import threading
-
         self._thread_lock = threading.Lock()
 
     def __enter__(self):
