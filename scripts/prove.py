@@ -79,9 +79,11 @@ PROFILES = {
     "mixed": dict(agents=1000, seconds=600, tick=5.0, viewer_groups=[(50, 30.0), (10, 5.0)], analysts=2, warmup=60),
     "mixed-small": dict(agents=200, seconds=120, tick=5.0, viewer_groups=[(10, 30.0), (2, 5.0)], analysts=2,
                         warmup=30),
+    # The fleet alone (one viewer, no analysts): what ingest does beside the hub's own maintenance.
+    "mixed-fleet": dict(agents=1000, seconds=120, tick=5.0, viewer_groups=[(1, 30.0)], analysts=0, warmup=30),
 }
 # Scenarios a profile runs when --only is not given.
-PROFILE_SCENARIOS = {"mixed": ["mixed"], "mixed-small": ["mixed"]}
+PROFILE_SCENARIOS = {"mixed": ["mixed"], "mixed-small": ["mixed"], "mixed-fleet": ["mixed"]}
 # A heavy analyst query: every raw GPU sample, grouped per server (a full scan of history).
 HEAVY_SQL = ("select g.server_id, count(*), avg(s.utilization_gpu), max(s.temperature_gpu_c) "
              "from gpu_samples s join gpus g on g.id = s.gpu_id group by g.server_id")
