@@ -26,12 +26,15 @@ import zlib
 from server_monitor import config as config_mod
 from server_monitor import dbguard, instance, schema, tokens
 from server_monitor.contract import ContractError, validate_report
-from server_monitor.store import machine_identity, sample_time, store_report
+from server_monitor.store import machine_identity, sample_time, store_reports
 
 log = logging.getLogger("server_monitor.ingest")
 
 REPORT_PATH = "/api/report"
 MAX_BATCH = 500
+# Reports written in one transaction at most (group commit): a spool replay of MAX_BATCH reports
+# does not hold the writer lock, and the other workers' agents, for its whole length.
+MAX_GROUP = 64
 
 
 class HTTPError(Exception):
@@ -124,8 +127,9 @@ class IngestApp:
             conn = self._local.auth = tokens.connect(self.auth_db_path)
         return conn
 
-    def _store_one(self, obj, received_at, only_host):
-        """Validate and store one report; returns ``(status, body dict)``.
+    def _check_one(self, obj, received_at, only_host):
+        """Everything about one report but the write: ``(status, body, None)`` when it is
+        answered without storing (400/403), ``(None, None, report)`` when it is to be stored.
 
         ``only_host``: the machine identity a per-host token may write, or None (shared token).
         """
@@ -133,16 +137,16 @@ class IngestApp:
             report = validate_report(obj)
         except ContractError as exc:
             report_id = obj.get("report_id") if isinstance(obj, dict) else None
-            return 400, {"error": str(exc), "report_id": report_id if isinstance(report_id, str) else None}
+            return 400, {"error": str(exc), "report_id": report_id if isinstance(report_id, str) else None}, None
         ts, _ = sample_time(report, received_at)
         if ts < received_at - self.max_age_s:
             return 400, {"error": f"sample_time: the report's time (corrected for the agent's clock skew) is"
                                   f" {(received_at - ts) / 86400:.0f} days before the hub's clock; the hub keeps"
                                   f" at most {self.max_age_s / 86400:.0f} days (data.rollup_1h_days)",
-                         "report_id": report["report_id"]}
+                         "report_id": report["report_id"]}, None
         if only_host is not None and machine_identity(report["host"]) != only_host:
             return 403, {"error": f"this token may only report for host {only_host!r}",
-                         "report_id": report["report_id"]}
+                         "report_id": report["report_id"]}, None
         if only_host is not None:
             # A per-host token cannot take the name of another server (L10).
             other = self._conn().execute(
@@ -151,15 +155,42 @@ class IngestApp:
             if other is not None:
                 return 403, {"error": f"host.hostname: {report['host']['hostname']!r} is the name of another server"
                                       f" (id {other[0]}); this token's host may not use it",
-                             "report_id": report["report_id"]}
-        with self.writer_lock:
-            result = store_report(self._conn(), report, received_at)
-        if result["stored"]:
-            body = {"report_id": report["report_id"], "stored": True}
-            if report["nulled"]:
-                body["nulled"] = report["nulled"][:20]
-            return 201, body
-        return 200, {"report_id": report["report_id"], "stored": False, "duplicate": True}
+                             "report_id": report["report_id"]}, None
+        return None, None, report
+
+    def write(self, requests):
+        """Store the reports of several prepared requests (:meth:`prepare`), at most
+        :data:`MAX_GROUP` per transaction (group commit), and fill in their answers.
+
+        Each transaction holds the writer lock; a report that fails is answered alone (503 for
+        a database error, 500 for a bug) and the others are stored. When a transaction fails as a
+        whole (disk full, I/O error), its reports are answered 503 and nothing of them is stored.
+        """
+        entries = [entry for request in requests for entry in request.entries if entry[2] is not None]
+        for start in range(0, len(entries), MAX_GROUP):
+            group = entries[start:start + MAX_GROUP]
+            try:
+                with self.writer_lock:
+                    results = store_reports(self._conn(), [(entry[2], entry[3]) for entry in group])
+            except sqlite3.Error as exc:
+                log.warning("database unavailable: %s", exc)
+                results = [exc] * len(group)
+            for entry, result in zip(group, results):
+                report = entry[2]
+                entry[2] = None
+                if isinstance(result, sqlite3.Error):
+                    log.warning("database unavailable: %s", result)
+                    entry[0], entry[1] = 503, {"error": f"database unavailable: {result}",
+                                               "report_id": report["report_id"]}
+                elif isinstance(result, BaseException):
+                    log.error("storing report %s failed", report["report_id"], exc_info=result)
+                    entry[0], entry[1] = 500, {"error": "internal error", "report_id": report["report_id"]}
+                elif result["stored"]:
+                    entry[0], entry[1] = 201, {"report_id": report["report_id"], "stored": True}
+                    if report["nulled"]:
+                        entry[1]["nulled"] = report["nulled"][:20]
+                else:
+                    entry[0], entry[1] = 200, {"report_id": report["report_id"], "stored": False, "duplicate": True}
 
     # -- HTTP ----------------------------------------------------------------------
     def _authorize(self, environ):
@@ -199,8 +230,24 @@ class IngestApp:
             raise HTTPError(400, "body is shorter than Content-Length")
         return raw
 
-    def handle(self, environ):
-        """Process one request; returns ``(status, body dict, extra headers)``."""
+    def prepare(self, environ):
+        """Everything of one request before the write: path, method, token, database file,
+        body, contract. Returns a :class:`Prepared`; :meth:`write` stores its reports and
+        :meth:`answer` gives the response. Never raises for any request."""
+        try:
+            return self._prepare(environ)
+        except HTTPError as exc:
+            return Prepared(final=(exc.status, {"error": str(exc)}, exc.headers))
+        except dbguard.DatabaseReplaced as exc:  # logged once, loudly, by the guard
+            return Prepared(final=(503, {"error": str(exc)}, [("Retry-After", "30")]))
+        except sqlite3.Error as exc:
+            log.warning("database unavailable: %s", exc)
+            return Prepared(final=(503, {"error": f"database unavailable: {exc}"}, [("Retry-After", "5")]))
+        except Exception:  # a bug; say so without leaking internals
+            log.exception("ingest failed")
+            return Prepared(final=(500, {"error": "internal error"}, []))
+
+    def _prepare(self, environ):
         if environ.get("PATH_INFO", "") != REPORT_PATH:
             raise HTTPError(404, f"not found; agents post to {REPORT_PATH}")
         if environ.get("REQUEST_METHOD") != "POST":
@@ -218,38 +265,64 @@ class IngestApp:
                 raise HTTPError(400, "reports: expected array")
             if len(reports) > MAX_BATCH:
                 raise HTTPError(413, f"reports: more than {MAX_BATCH} in one batch")
-            results = []
-            for obj in reports:
-                status, result = self._store_one(obj, received_at, only_host)
-                result["status"] = status
-                results.append(result)
-            return 207, {"results": results}, []
+            return Prepared(entries=[[*self._check_one(obj, received_at, only_host), received_at] for obj in reports],
+                            batch=True)
         if not isinstance(body, dict):
             raise HTTPError(400, f"expected a JSON object (one report) or {{\"reports\": [...]}}, got {type(body).__name__}")
-        status, result = self._store_one(body, received_at, only_host)
-        return status, result, []
+        return Prepared(entries=[[*self._check_one(body, received_at, only_host), received_at]])
+
+    @staticmethod
+    def answer(prepared):
+        """``(status, body dict, extra headers)`` of a request after :meth:`write`."""
+        if prepared.final is not None:
+            return prepared.final
+        if prepared.batch:
+            return 207, {"results": [dict(body, status=status) for status, body, _, _ in prepared.entries]}, []
+        status, body, _, _ = prepared.entries[0]
+        return status, body, [("Retry-After", "5")] if status == 503 else []
+
+    def handle(self, environ):
+        """Process one request; returns ``(status, body dict, extra headers)``."""
+        prepared = self.prepare(environ)
+        self.write([prepared])
+        return self.answer(prepared)
+
+    def respond(self, environs):
+        """Several requests at once, their reports written together (group commit): a list of
+        ``(status line, headers, payload bytes)`` in the order of ``environs``. Used by the hub's
+        ASGI bridge (``server_monitor.wsgi_bridge``) for the requests that queued meanwhile."""
+        prepared = [self.prepare(environ) for environ in environs]
+        try:
+            self.write(prepared)
+        except Exception:  # a bug: no report of these was acknowledged
+            log.exception("ingest failed")
+            prepared = [Prepared(final=(500, {"error": "internal error"}, [])) for _ in environs]
+        return [render(*self.answer(p)) for p in prepared]
 
     def __call__(self, environ, start_response):
-        try:
-            status, body, headers = self.handle(environ)
-        except HTTPError as exc:
-            status, body, headers = exc.status, {"error": str(exc)}, exc.headers
-        except dbguard.DatabaseReplaced as exc:  # logged once, loudly, by the guard
-            status, body, headers = 503, {"error": str(exc)}, [("Retry-After", "30")]
-        except sqlite3.Error as exc:
-            log.warning("database unavailable: %s", exc)
-            status, body, headers = 503, {"error": f"database unavailable: {exc}"}, [("Retry-After", "5")]
-        except Exception:  # a bug; say so without leaking internals
-            log.exception("ingest failed")
-            status, body, headers = 500, {"error": "internal error"}, []
-        payload = json.dumps(body).encode("utf-8")
-        start_response(
-            f"{status} {_REASONS.get(status, '')}",
-            [("Content-Type", "application/json; charset=utf-8"),
-             ("Content-Length", str(len(payload))),
-             ("Cache-Control", "no-store")] + headers,
-        )
+        status_line, headers, payload = self.respond([environ])[0]
+        start_response(status_line, headers)
         return [payload]
+
+
+class Prepared:
+    """One request between its checks and the write. ``final``: its answer when nothing is
+    to be stored; else ``entries``, per report ``[status, body, report to store or None,
+    received_at]``; ``batch``: answer 207 with every report's result."""
+
+    __slots__ = ("final", "entries", "batch")
+
+    def __init__(self, final=None, entries=(), batch=False):
+        self.final, self.entries, self.batch = final, entries, batch
+
+
+def render(status, body, headers):
+    """An answer as ``(status line, headers, payload bytes)``: JSON, never cached."""
+    payload = json.dumps(body).encode("utf-8")
+    return (f"{status} {_REASONS.get(status, '')}",
+            [("Content-Type", "application/json; charset=utf-8"), ("Content-Length", str(len(payload))),
+             ("Cache-Control", "no-store")] + list(headers),
+            payload)
 
 
 _default = None

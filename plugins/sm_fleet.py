@@ -48,7 +48,8 @@ async def fleet_json(request, datasette):
     async def build(previous, version):
         return await db.execute_fn(lambda conn: store.build(conn, actor, idle, previous, version))
 
-    entry = await store.get(fleet.scope_key(actor), build)
+    # ?fresh=1: the dashboard after an admin's change wants it in the answer (no reused document).
+    entry = await store.get(fleet.scope_key(actor), build, fresh=request.args.get("fresh") == "1")
     headers = {"etag": entry.etag, "cache-control": "private, no-cache", "vary": "accept-encoding, cookie"}
     match = request.headers.get("if-none-match", "")
     if match and (match.strip() == "*" or entry.etag in [m.strip() for m in match.split(",")]):

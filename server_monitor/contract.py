@@ -50,10 +50,27 @@ def _describe(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class _Bad(Exception):
+    """A scalar value's problem without its path; the enclosing object or array adds the path
+    (building every field's path string up front cost more than checking the field)."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+_MISSING = object()
+
+
 class Spec:
-    """Base of the field specs. ``doc`` and ``unit`` feed the API documentation."""
+    """Base of the field specs. ``doc`` and ``unit`` feed the API documentation.
+
+    Scalar specs (``leaf = True``) implement ``_leaf(value)``, which returns the checked value
+    or raises :class:`_Bad`; containers implement ``_check(value, path)``.
+    """
 
     type_name = "value"
+    leaf = False
 
     def __init__(self, required=False, nullable=True, doc="", unit="", soft=False):
         self.required = required
@@ -65,13 +82,20 @@ class Spec:
         self.soft = soft
 
     def check(self, value, path):
+        """The checked (normalised) ``value``; raises :class:`ContractError` naming ``path``."""
         if value is None:
             if not self.nullable:
                 raise ContractError(path, f"must not be null (expected {self.type_name})")
             return None
         return self._check(value, path)
 
-    def _check(self, value, path):  # pragma: no cover - abstract
+    def _check(self, value, path):
+        try:
+            return self._leaf(value)
+        except _Bad as bad:
+            raise ContractError(path, bad.message) from None
+
+    def _leaf(self, value):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def range_text(self):
@@ -82,6 +106,7 @@ class Num(Spec):
     """A JSON number (bool excluded), finite, within ``[min, max]``."""
 
     type_name = "number"
+    leaf = True
 
     def __init__(self, min=None, max=None, integer=False, **kw):
         super().__init__(**kw)
@@ -89,22 +114,21 @@ class Num(Spec):
         if integer:
             self.type_name = "integer"
 
-    def _check(self, value, path):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ContractError(path, f"expected {self.type_name}, got {_describe(value)}")
-        if isinstance(value, float):
+    def _leaf(self, value):
+        kind = type(value)
+        if kind is not int and (kind is bool or not isinstance(value, (int, float))):
+            raise _Bad(f"expected {self.type_name}, got {_describe(value)}")
+        if kind is not int and isinstance(value, float):
             if not math.isfinite(value):
-                raise ContractError(path, f"expected a finite {self.type_name}")
+                raise _Bad(f"expected a finite {self.type_name}")
             if self.integer:
                 if not value.is_integer():
-                    raise ContractError(path, f"expected integer, got {_describe(value)}")
+                    raise _Bad(f"expected integer, got {_describe(value)}")
                 value = int(value)
         if (self.min is not None and value < self.min) or (
             self.max is not None and value > self.max
         ):
-            raise ContractError(
-                path, f"expected {self.type_name} {self.range_text()}, got {_describe(value)}"
-            )
+            raise _Bad(f"expected {self.type_name} {self.range_text()}, got {_describe(value)}")
         return value
 
     def range_text(self):
@@ -126,6 +150,7 @@ class Str(Spec):
     """A string of at most ``maxlen`` characters, valid UTF-8, no NUL; optional regex."""
 
     type_name = "string"
+    leaf = True
 
     def __init__(self, maxlen=256, minlen=0, pattern=None, choices=None, **kw):
         super().__init__(**kw)
@@ -133,26 +158,27 @@ class Str(Spec):
         self.pattern = re.compile(pattern) if pattern else None
         self.choices = tuple(choices) if choices else None
 
-    def _check(self, value, path):
-        if not isinstance(value, str):
-            raise ContractError(path, f"expected string, got {_describe(value)}")
+    def _leaf(self, value):
+        if type(value) is not str and not isinstance(value, str):
+            raise _Bad(f"expected string, got {_describe(value)}")
         if len(value) > self.maxlen:
-            raise ContractError(path, f"longer than {self.maxlen} characters ({len(value)})")
+            raise _Bad(f"longer than {self.maxlen} characters ({len(value)})")
         if len(value) < self.minlen:
-            raise ContractError(path, f"shorter than {self.minlen} characters")
+            raise _Bad(f"shorter than {self.minlen} characters")
         if "\x00" in value:
-            raise ContractError(path, "contains a NUL character")
+            raise _Bad("contains a NUL character")
         unsafe = _UNSAFE_CHARS.search(value)
         if unsafe:
-            raise ContractError(path, f"contains the control character U+{ord(unsafe.group()):04X}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ContractError(path, "is not valid Unicode (lone surrogate)")
+            raise _Bad(f"contains the control character U+{ord(unsafe.group()):04X}")
+        if not value.isascii():  # ASCII is valid UTF-8; only non-ASCII text can hold a lone surrogate
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _Bad("is not valid Unicode (lone surrogate)") from None
         if self.choices is not None and value not in self.choices:
-            raise ContractError(path, f"expected one of {', '.join(self.choices)}, got {_describe(value)}")
+            raise _Bad(f"expected one of {', '.join(self.choices)}, got {_describe(value)}")
         if self.pattern is not None and not self.pattern.fullmatch(value):
-            raise ContractError(path, f"does not match {self.pattern.pattern}")
+            raise _Bad(f"does not match {self.pattern.pattern}")
         return value
 
     def range_text(self):
@@ -165,10 +191,11 @@ class Bool(Spec):
     """``true`` or ``false``."""
 
     type_name = "boolean"
+    leaf = True
 
-    def _check(self, value, path):
+    def _leaf(self, value):
         if not isinstance(value, bool):
-            raise ContractError(path, f"expected boolean, got {_describe(value)}")
+            raise _Bad(f"expected boolean, got {_describe(value)}")
         return value
 
 
@@ -180,25 +207,42 @@ class Obj(Spec):
     def __init__(self, fields, **kw):
         super().__init__(**kw)
         self.fields = fields
+        self._plan = None
 
     def _check(self, value, path):
         if not isinstance(value, dict):
             raise ContractError(path, f"expected object, got {_describe(value)}")
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = tuple((key, spec, spec.leaf) for key, spec in self.fields.items())
         out = {}
-        for key, spec in self.fields.items():
-            sub = f"{path}.{key}" if path else key
-            if key not in value:
-                if spec.required:
-                    raise ContractError(sub, "is required")
-                out[key] = None
-                continue
-            try:
-                out[key] = spec.check(value[key], sub)
-            except ContractError as exc:
-                if not spec.soft:
-                    raise
-                out[key] = None
-                _NULLED.items.append(str(exc)[:300])
+        get = value.get
+        for key, spec, leaf in plan:
+            item = get(key, _MISSING)
+            if item is None or item is _MISSING:
+                if item is _MISSING and spec.required:
+                    raise ContractError(f"{path}.{key}" if path else key, "is required")
+                if item is _MISSING or spec.nullable:
+                    out[key] = None
+                    continue
+                error = ContractError(f"{path}.{key}" if path else key,
+                                      f"must not be null (expected {spec.type_name})")
+            elif leaf:
+                try:
+                    out[key] = spec._leaf(item)
+                    continue
+                except _Bad as bad:
+                    error = ContractError(f"{path}.{key}" if path else key, bad.message)
+            else:
+                try:
+                    out[key] = spec._check(item, f"{path}.{key}" if path else key)
+                    continue
+                except ContractError as exc:
+                    error = exc
+            if not spec.soft:
+                raise error
+            out[key] = None
+            _NULLED.items.append(str(error)[:300])
         return out
 
 

@@ -46,10 +46,13 @@ import hashlib
 import json
 import sqlite3
 import threading
+import logging
 import time
 from collections import OrderedDict
 
 from .queries import QUERIES, scope_params
+
+log = logging.getLogger("server_monitor.fleet")
 
 GPU_FIELDS = ["id", "index", "state", "util", "mem_used_mib", "mem_total_mib", "temp_c", "power_w",
               "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig"]
@@ -284,9 +287,13 @@ def encode(content, previous=None, version=None, now=None):
 
 
 # A build that took longer than SLOW_BUILD_S (a large fleet, a busy hub) is not redone for a
-# scope until REBUILD_FACTOR times its duration has passed (at most MAX_STALE_S): with 1,000
-# hosts reporting every 5 s the database changes 200 times a second, and rebuilding for every
-# viewer's refresh took the CPU that ingest needed. Small fleets (fast builds) stay exact.
+# scope until REBUILD_FACTOR times its duration has passed: with 1,000 hosts reporting every
+# 5 s the database changes 200 times a second, and rebuilding for every viewer's refresh took
+# the CPU that ingest needed. After that, until MAX_STALE_S, the document is still answered at
+# once while its successor is built in the background (stale-while-revalidate), so no viewer
+# waits for a build of a busy fleet; a document older than MAX_STALE_S is rebuilt before it is
+# answered, and ``?fresh=1`` (the dashboard after an admin's change) never gets a reused one.
+# Small fleets (fast builds) stay exact.
 SLOW_BUILD_S = 0.05
 REBUILD_FACTOR = 10
 MAX_STALE_S = 5.0
@@ -312,6 +319,7 @@ class FleetCache:
         self.fragments = {}
         self.build_lock = threading.Lock()
         self.timing = {}  # scope key -> (monotonic time the last build finished, its duration s)
+        self._background = set()  # revalidation tasks under way
 
     def fresh_enough(self, key, now=None):
         """True while scope ``key``'s last build was slow and recent enough to be served again."""
@@ -334,17 +342,48 @@ class FleetCache:
             content = build_content(conn, actor, self.fragments, idle_max_util)
         return encode(content, previous, version)
 
-    async def get(self, key, build_fn):
-        """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one."""
+    def stale_servable(self, key, now=None):
+        """True while scope ``key``'s last build was slow and its document is younger than
+        :data:`MAX_STALE_S`: it may be answered while a new one is built in the background."""
+        built, cost = self.timing.get(key, (0.0, 0.0))
+        now = time.monotonic() if now is None else now
+        return cost > SLOW_BUILD_S and now - built < MAX_STALE_S
+
+    async def get(self, key, build_fn, fresh=False):
+        """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one.
+
+        ``fresh``: the caller needs what the database holds now (no reused document)."""
         version = self.version()
         entry = self.entries.get(key)
-        if entry is not None and (entry.version == version or self.fresh_enough(key)):
+        if entry is not None and not fresh and entry.version != version:
+            if self.fresh_enough(key):
+                return entry
+            if self.stale_servable(key):
+                self._revalidate(key, build_fn)
+                return entry
+        if entry is not None and entry.version == version:
             return entry
+        return await self._build(key, build_fn, fresh)
+
+    def _revalidate(self, key, build_fn):
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():  # a build for this scope is under way
+            return
+        task = asyncio.get_running_loop().create_task(self._build(key, build_fn, False))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task):
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("building the fleet document failed", exc_info=task.exception())
+
+    async def _build(self, key, build_fn, fresh):
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             entry = self.entries.get(key)
             version = self.version()
-            if entry is not None and (entry.version == version or self.fresh_enough(key)):
+            if entry is not None and (entry.version == version or (not fresh and self.fresh_enough(key))):
                 return entry
             started = time.monotonic()
             entry = await build_fn(entry, version)

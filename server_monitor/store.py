@@ -71,81 +71,117 @@ def store_report(conn, report, received_at):
     ``{"stored": bool, "server_id": int | None}``; ``stored`` is False for a duplicate.
     Raises ``sqlite3.Error`` (nothing written) when the database fails.
     """
-    host = report["host"]
-    ts, skew = sample_time(report, received_at)
-    gpu_status = report.get("gpu_status") or {}
-    gpu_state = gpu_status.get("state")
+    result = store_reports(conn, [(report, received_at)])[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def store_reports(conn, items):
+    """Store several validated reports in one transaction (ingest's group commit).
+
+    ``items``: ``[(report, received_at), ...]``. Each report is written inside its own
+    ``SAVEPOINT`` of one ``BEGIN IMMEDIATE`` … ``COMMIT``, so a report that fails is undone
+    alone and the others are still stored: the result list has, per item in order, the
+    :func:`store_report` result dict or the exception that report raised. Nothing is durable
+    before the ``COMMIT``, so the caller answers agents after this returns. Raises
+    ``sqlite3.Error`` with nothing written when the transaction itself fails (``BEGIN``,
+    ``COMMIT``, or an error after which SQLite rolled the whole transaction back, such as a
+    full disk).
+    """
+    results = []
     conn.execute("BEGIN IMMEDIATE")
     try:
-        known = conn.execute("SELECT id FROM servers WHERE machine_id = ?", (machine_identity(host),)).fetchone()
-        if known is not None and conn.execute(
-            "SELECT 1 FROM host_samples WHERE server_id = ? AND report_id = ?", (known[0], report["report_id"])
-        ).fetchone():
-            # A duplicate only of this host's own reports (L10: ids are not unique across hosts).
-            conn.execute("ROLLBACK")
-            return {"stored": False, "server_id": known[0]}
-        server_id, newest = _upsert_server(conn, report, host, ts, skew, received_at)
-        cpu, mem, net = report.get("cpu"), report.get("memory"), report.get("network")
-        # host_samples is keyed by (server_id, ts) at 1 s. Another report of this host (a
-        # different report_id: duplicates were answered above) in the same second happens
-        # with short intervals under load, when a slow cycle samples just past a second
-        # boundary and the next cycle samples in that second too: move this one to the next
-        # free second instead of dropping an acknowledged report.
-        for _ in range(_TS_SHIFT_MAX + 1):
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO host_samples (server_id, ts, received_at, report_id,"
-                " cpu_percent, load_1, memory_used_bytes, memory_total_bytes, swap_used_bytes,"
-                " net_rx_bps, net_tx_bps, gpu_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    server_id, ts, received_at, report["report_id"],
-                    _num(cpu, "percent"), _num(cpu, "load_1"),
-                    _num(mem, "used_bytes"), _num(mem, "total_bytes"), _num(mem, "swap_used_bytes"),
-                    _num(net, "rx_bytes_per_s"), _num(net, "tx_bytes_per_s"), gpu_state,
-                ),
-            )
-            if cur.rowcount:
-                break
-            ts += 1
-        else:  # a burst of reports for one host in a few seconds: keep the ones stored
-            conn.execute("ROLLBACK")
-            return {"stored": False, "server_id": server_id}
-        if (ts // 3600 + 1) * 3600 <= received_at:
-            # Its hour is complete and may be rolled up already: have the roll-up redone.
-            conn.execute("INSERT OR IGNORE INTO rollup_dirty (hour) VALUES (?)", (ts // 3600 * 3600,))
-        # Values of a slow nvidia-smi that finished after the previous report come stale with
-        # their age: they are history at the time they were read, not at this report's.
-        age = gpu_status.get("age_s") if gpu_status.get("stale") else None
-        gpu_ts = ts - int(round(age)) if age else ts
-        gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], gpu_ts, newest, gpu_state,
-                                        _process_counts(report.get("processes") or []))
-        if ts < received_at - _MIN_RAW_RETENTION_S:
-            cutoff = conn.execute("SELECT value FROM maintenance_state WHERE name = 'raw_deleted_before'").fetchone()
-            if cutoff is not None and ts < cutoff[0]:
-                host_row = dict(cpu_percent=_num(cpu, "percent"), load_1=_num(cpu, "load_1"),
-                                memory_used_bytes=_num(mem, "used_bytes"), memory_total_bytes=_num(mem, "total_bytes"),
-                                swap_used_bytes=_num(mem, "swap_used_bytes"), net_rx_bps=_num(net, "rx_bytes_per_s"),
-                                net_tx_bps=_num(net, "tx_bytes_per_s"))
-                merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
-        _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
-        _store_xid_events(conn, server_id, ts, received_at, report.get("xid_events") or [])
-        disks = report.get("disks") or []
-        if disks:
-            conn.executemany(
-                "INSERT OR IGNORE INTO disk_samples (server_id, ts, mountpoint, device, fstype,"
-                " total_bytes, used_bytes, health) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (server_id, ts, d["mountpoint"], d["device"], d["fstype"],
-                     d["total_bytes"], d["used_bytes"], d["health"])
-                    for d in disks
-                ],
-            )
-        if newest:
-            _store_inventory(conn, server_id, ts, report)
+        for report, received_at in items:
+            conn.execute("SAVEPOINT report")
+            try:
+                result = _store(conn, report, received_at)
+            except Exception as exc:  # this report only; SQLite may have ended the whole transaction
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO report")
+                result = exc
+            else:
+                if not result["stored"]:
+                    conn.execute("ROLLBACK TO report")
+            conn.execute("RELEASE report")
+            results.append(result)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return results
+
+
+def _store(conn, report, received_at):
+    """Write one report inside the open transaction; ``{"stored": False}`` asks the caller to undo it."""
+    host = report["host"]
+    ts, skew = sample_time(report, received_at)
+    gpu_status = report.get("gpu_status") or {}
+    gpu_state = gpu_status.get("state")
+    known = conn.execute("SELECT id FROM servers WHERE machine_id = ?", (machine_identity(host),)).fetchone()
+    if known is not None and conn.execute(
+        "SELECT 1 FROM host_samples WHERE server_id = ? AND report_id = ?", (known[0], report["report_id"])
+    ).fetchone():
+        # A duplicate only of this host's own reports (L10: ids are not unique across hosts).
+        return {"stored": False, "server_id": known[0]}
+    server_id, newest = _upsert_server(conn, report, host, ts, skew, received_at)
+    cpu, mem, net = report.get("cpu"), report.get("memory"), report.get("network")
+    # host_samples is keyed by (server_id, ts) at 1 s. Another report of this host (a
+    # different report_id: duplicates were answered above) in the same second happens
+    # with short intervals under load, when a slow cycle samples just past a second
+    # boundary and the next cycle samples in that second too: move this one to the next
+    # free second instead of dropping an acknowledged report.
+    for _ in range(_TS_SHIFT_MAX + 1):
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO host_samples (server_id, ts, received_at, report_id,"
+            " cpu_percent, load_1, memory_used_bytes, memory_total_bytes, swap_used_bytes,"
+            " net_rx_bps, net_tx_bps, gpu_state) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                server_id, ts, received_at, report["report_id"],
+                _num(cpu, "percent"), _num(cpu, "load_1"),
+                _num(mem, "used_bytes"), _num(mem, "total_bytes"), _num(mem, "swap_used_bytes"),
+                _num(net, "rx_bytes_per_s"), _num(net, "tx_bytes_per_s"), gpu_state,
+            ),
+        )
+        if cur.rowcount:
+            break
+        ts += 1
+    else:  # a burst of reports for one host in a few seconds: keep the ones stored
+        return {"stored": False, "server_id": server_id}
+    if (ts // 3600 + 1) * 3600 <= received_at:
+        # Its hour is complete and may be rolled up already: have the roll-up redone.
+        conn.execute("INSERT OR IGNORE INTO rollup_dirty (hour) VALUES (?)", (ts // 3600 * 3600,))
+    # Values of a slow nvidia-smi that finished after the previous report come stale with
+    # their age: they are history at the time they were read, not at this report's.
+    age = gpu_status.get("age_s") if gpu_status.get("stale") else None
+    gpu_ts = ts - int(round(age)) if age else ts
+    gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], gpu_ts, newest, gpu_state,
+                                    _process_counts(report.get("processes") or []))
+    if ts < received_at - _MIN_RAW_RETENTION_S:
+        cutoff = conn.execute("SELECT value FROM maintenance_state WHERE name = 'raw_deleted_before'").fetchone()
+        if cutoff is not None and ts < cutoff[0]:
+            host_row = dict(cpu_percent=_num(cpu, "percent"), load_1=_num(cpu, "load_1"),
+                            memory_used_bytes=_num(mem, "used_bytes"), memory_total_bytes=_num(mem, "total_bytes"),
+                            swap_used_bytes=_num(mem, "swap_used_bytes"), net_rx_bps=_num(net, "rx_bytes_per_s"),
+                            net_tx_bps=_num(net, "tx_bytes_per_s"))
+            merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
+    _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
+    _store_xid_events(conn, server_id, ts, received_at, report.get("xid_events") or [])
+    disks = report.get("disks") or []
+    if disks:
+        conn.executemany(
+            "INSERT OR IGNORE INTO disk_samples (server_id, ts, mountpoint, device, fstype,"
+            " total_bytes, used_bytes, health) VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (server_id, ts, d["mountpoint"], d["device"], d["fstype"],
+                 d["total_bytes"], d["used_bytes"], d["health"])
+                for d in disks
+            ],
+        )
+    if newest:
+        _store_inventory(conn, server_id, ts, report)
     return {"stored": True, "server_id": server_id}
 
 
@@ -156,6 +192,10 @@ _SERVER_LATEST = (
     "swap_total_bytes", "net_rx_bps", "net_tx_bps", "uptime_s", "gpu_state",
     "gpu_message", "gpu_lost", "spool_depth", "spool_dropped", "rejected_reports", "kmsg_state",
 )
+
+
+_SERVER_UPDATE = ("UPDATE servers SET last_seen = max(last_seen, ?), "
+                  + ", ".join(f"{c} = ?" for c in _SERVER_LATEST) + " WHERE id = ?")
 
 
 def _upsert_server(conn, report, host, ts, skew, received_at):
@@ -202,9 +242,8 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
     if last_ts is None or ts >= last_ts:
         if previous != host["hostname"]:
             note_identity_change(conn, server_id, host["hostname"], previous, received_at)
-        sets = ", ".join(f"{c} = ?" for c in _SERVER_LATEST)
         conn.execute(
-            f"UPDATE servers SET last_seen = max(last_seen, ?), {sets} WHERE id = ?",
+            _SERVER_UPDATE,
             (received_at,) + tuple(latest[c] for c in _SERVER_LATEST) + (server_id,),
         )
         return server_id, True
@@ -323,15 +362,18 @@ _GPU_SAMPLE_COLUMNS = (
 )
 
 
+_GPU_KEYS = tuple(_GPU_LATEST.items())
+
+
 def _gpu_values(gpu):
-    out = {}
-    for column, key in _GPU_LATEST.items():
-        value = gpu.get(key)
-        if value is not None and column in _BOOL_COLUMNS:
-            value = int(value)
-        elif value is not None and column in _INT_COLUMNS:
-            value = int(round(value))
-        out[column] = value
+    get = gpu.get
+    out = {column: get(key) for column, key in _GPU_KEYS}
+    for column in _BOOL_COLUMNS:
+        if out[column] is not None:
+            out[column] = int(out[column])
+    for column in _INT_COLUMNS:
+        if out[column] is not None:
+            out[column] = int(round(out[column]))
     if out["vendor"] is None:
         out["vendor"] = "nvidia"  # agents before AMD/Intel support read nvidia-smi only
     return out
@@ -349,6 +391,16 @@ def _process_counts(processes):
     return counts
 
 
+# The statements of _store_gpus, built once.
+_GPU_COLUMNS = list(_GPU_LATEST) + ["process_count", "busy"] + list(_GPU_DERIVED)
+_GPU_INSERT = (f"INSERT INTO gpus ({', '.join(['server_id', 'uuid', 'first_seen', 'last_ts', 'present'] + _GPU_COLUMNS)})"
+               f" VALUES ({', '.join('?' * (len(_GPU_COLUMNS) + 5))})")
+_GPU_UPDATE = ("UPDATE gpus SET last_ts = ?, present = CASE WHEN ? THEN 1 ELSE present END, "
+               + ", ".join(f"{c} = ?" for c in _GPU_COLUMNS) + " WHERE id = ?")
+_GPU_SAMPLE_INSERT = (f"INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, {', '.join(_GPU_SAMPLE_COLUMNS)})"
+                      f" VALUES ({', '.join('?' * (len(_GPU_SAMPLE_COLUMNS) + 2))})")
+
+
 def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
     """Upsert ``gpus`` rows, append ``gpu_samples`` and refresh the server's GPU counts.
 
@@ -362,7 +414,7 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
         )
     }
     ids, samples, rows = {}, [], []
-    columns = list(_GPU_LATEST) + ["process_count", "busy"] + list(_GPU_DERIVED)
+    columns = _GPU_COLUMNS
     for gpu in gpus:
         identity = gpu_identity(gpu)
         if identity in ids:  # duplicated row in one report: keep the first
@@ -376,35 +428,23 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
         values["health"], reasons = gpu_health.assess(values)
         values["health_reasons"] = "; ".join(reasons) or None
         if identity not in known:
-            cols = ["server_id", "uuid", "first_seen", "last_ts", "present"] + columns
             present = 1
             if not newest:
                 # First seen in a replayed older report: absent from the newest report, so gone,
                 # unless that newest report could not list the GPUs (driver failure, timeout).
                 latest_state = conn.execute("SELECT gpu_state FROM servers WHERE id = ?", (server_id,)).fetchone()[0]
                 present = int(latest_state not in _COMPLETE_GPU_STATES)
-            cur = conn.execute(
-                f"INSERT INTO gpus ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
-                [server_id, identity, ts, ts, present] + [values[c] for c in columns],
-            )
+            cur = conn.execute(_GPU_INSERT, [server_id, identity, ts, ts, present] + [values[c] for c in columns])
             gpu_id = cur.lastrowid
         else:
             gpu_id, last_ts = known[identity]
             if last_ts is None or ts >= last_ts:
-                sets = ", ".join(f"{c} = ?" for c in columns)
-                conn.execute(
-                    f"UPDATE gpus SET last_ts = ?, present = CASE WHEN ? THEN 1 ELSE present END, {sets} WHERE id = ?",
-                    [ts, int(newest)] + [values[c] for c in columns] + [gpu_id],
-                )
+                conn.execute(_GPU_UPDATE, [ts, int(newest)] + [values[c] for c in columns] + [gpu_id])
         ids[identity] = gpu_id
         rows.append((gpu_id, values))
         samples.append((gpu_id, ts) + tuple(values[c] for c in _GPU_SAMPLE_COLUMNS))
     if samples:
-        conn.executemany(
-            f"INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, {', '.join(_GPU_SAMPLE_COLUMNS)})"
-            f" VALUES ({', '.join('?' * (len(_GPU_SAMPLE_COLUMNS) + 2))})",
-            samples,
-        )
+        conn.executemany(_GPU_SAMPLE_INSERT, samples)
     if newest and gpu_state in _COMPLETE_GPU_STATES:
         gone = [gpu_id for identity, (gpu_id, _) in known.items() if identity not in ids]
         if gone:

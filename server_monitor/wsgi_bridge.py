@@ -1,13 +1,24 @@
-"""Serving a WSGI app (the ingest endpoint) from inside the ASGI hub.
+"""Serving the ingest app (``ingest.py``) from inside the ASGI hub, with group commit.
 
 The body is read only when its declared ``Content-Length`` is within the app's limit (the
-app answers 411/413 itself otherwise, before anything large is read), and the app runs in
-a single worker thread: SQLite has one writer anyway, and the event loop never blocks.
+app answers 411/413 itself otherwise, before anything large is read). Requests then queue
+for a single writer thread (SQLite has one writer anyway, and the event loop never blocks),
+which takes every request that queued while it was busy and hands them to the app's
+``respond`` at once: their reports are written in one transaction (``store_reports``) and
+every agent is answered after that ``COMMIT``. Alone, a request is written by itself at once;
+under load, one commit and one turn on the writer lock serve many reports.
 """
 
 import asyncio
 import io
-from concurrent.futures import ThreadPoolExecutor
+import logging
+import queue
+import threading
+
+log = logging.getLogger("server_monitor.ingest")
+
+# Requests handed to the app at once at most (each may hold a batch of spooled reports).
+MAX_REQUESTS = 32
 
 
 def header(scope, name):
@@ -19,11 +30,42 @@ def header(scope, name):
 
 
 class IngestBridge:
-    """Runs the WSGI ingest app for an ASGI request in a single worker thread."""
+    """Runs the ingest app for ASGI requests on one writer thread, grouping the requests
+    that queue meanwhile (see the module docstring). The app needs ``max_bytes`` and
+    ``respond(environs) -> [(status line, headers, payload bytes)]`` (``ingest.IngestApp``)."""
 
     def __init__(self, extra_headers=()):
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
         self.extra_headers = extra_headers
+        self._queue = queue.SimpleQueue()
+        self._thread = None
+        self._start_lock = threading.Lock()
+
+    def _ensure_thread(self):
+        if self._thread is None or not self._thread.is_alive():
+            with self._start_lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+                    self._thread.start()
+
+    def _run(self):
+        while True:
+            jobs = [self._queue.get()]
+            while len(jobs) < MAX_REQUESTS:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_app = {}
+            for job in jobs:
+                by_app.setdefault(id(job[0]), []).append(job)
+            for group in by_app.values():
+                try:
+                    answers = group[0][0].respond([environ for _, environ, _, _ in group])
+                except Exception as exc:  # a bug in the app: fail these requests, keep the thread
+                    log.exception("ingest failed")
+                    answers = [exc] * len(group)
+                for (_, _, loop, future), answer in zip(group, answers):
+                    loop.call_soon_threadsafe(_resolve, future, answer)
 
     async def __call__(self, app, scope, receive, send):
         length = header(scope, b"content-length").strip()
@@ -62,20 +104,25 @@ class IngestBridge:
             name = "HTTP_" + key.decode("latin-1").upper().replace("-", "_")
             if name not in ("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"):
                 environ[name] = value.decode("latin-1")
-        captured = {}
-
-        def start_response(status, headers, exc_info=None):
-            captured["status"] = int(status.split(" ", 1)[0])
-            captured["headers"] = headers
-
-        def call():
-            return b"".join(app(environ, start_response))
-
-        payload = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((app, environ, loop, future))
+        self._ensure_thread()
+        answer = await asyncio.shield(future)  # a disconnect does not cancel the write
+        if isinstance(answer, BaseException):
+            status_line, headers, payload = "500 Internal Server Error", [
+                ("Content-Type", "application/json; charset=utf-8")], b'{"error": "internal error"}'
+        else:
+            status_line, headers, payload = answer
         await send({
             "type": "http.response.start",
-            "status": captured["status"],
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in captured["headers"]]
+            "status": int(status_line.split(" ", 1)[0]),
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
             + list(self.extra_headers),
         })
         await send({"type": "http.response.body", "body": payload})
+
+
+def _resolve(future, answer):
+    if not future.done():
+        future.set_result(answer)

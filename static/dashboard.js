@@ -29,6 +29,7 @@ const RULE_TEXT = {
 
 // ---- state -------------------------------------------------------------------------
 let doc = null;            // the last /api/fleet document
+let wantFresh = false;     // the next /api/fleet must not be a reused (stale) document
 let etag = null;
 let skew = 0;              // hub clock minus ours (s), from generated_at
 let nextRefreshAt = 0;
@@ -415,6 +416,7 @@ function problemForm(li, p, kind) {
       }
       form.remove();
       etag = null;
+      wantFresh = true;
       refresh();
     } catch (e) { status.textContent = "Failed: " + e.message; }
   });
@@ -635,7 +637,7 @@ function deleteButton(server) {
       return;
     }
     const response = await fetch("/api/servers/" + Number(server.server_id), { method: "DELETE", credentials: "same-origin" });
-    if (response.ok) { closeDetail(); etag = null; refresh(); }
+    if (response.ok) { closeDetail(); etag = null; wantFresh = true; refresh(); }
     else button.textContent = "Delete failed (HTTP " + response.status + ")";
   });
   return button;
@@ -768,12 +770,14 @@ function render() {
 async function fetchFleet() {
   const headers = { Accept: "application/json" };
   if (etag && doc) headers["If-None-Match"] = etag;
-  const response = await fetch("/api/fleet", { headers, credentials: "same-origin", cache: "no-store" });
+  // ?fresh=1 after this viewer changed something: the answer must show it (no reused document).
+  const response = await fetch(wantFresh ? "/api/fleet?fresh=1" : "/api/fleet", { headers, credentials: "same-origin", cache: "no-store" });
   if (response.status === 401) { window.location.assign("/login?next=" + encodeURIComponent(location.pathname)); throw new Error("login required"); }
   if (response.status === 304) return false;
   if (!response.ok) throw new Error("fleet: HTTP " + response.status);
   const body = await response.json();
   etag = response.headers.get("ETag");
+  wantFresh = false;
   skew = body.generated_at - Date.now() / 1000;
   doc = body;
   return true;

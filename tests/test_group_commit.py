@@ -1,0 +1,79 @@
+"""Ingest's group commit (issue 13): requests that queue while the writer is busy are written in
+one transaction, each report in its own savepoint, and answered after the COMMIT. Real SQLite
+file; the statements are observed with sqlite3's trace callback on the app's own connection."""
+
+import io
+import json
+import sqlite3
+
+import ingest
+from reports import sample_report
+
+from server_monitor import schema
+from server_monitor.contract import validate_report
+from server_monitor.store import store_reports
+
+
+def environ(cfg, body, token=None):
+    raw = json.dumps(body).encode()
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": ingest.REPORT_PATH, "CONTENT_LENGTH": str(len(raw)),
+            "HTTP_AUTHORIZATION": "Bearer " + (token or cfg.get("agent.token")), "wsgi.input": io.BytesIO(raw)}
+
+
+def statements(app):
+    seen = []
+    app._conn().set_trace_callback(seen.append)
+    return seen
+
+
+def test_queued_requests_are_written_in_one_transaction_and_answered_each(hub_config):
+    app = ingest.make_application(hub_config)
+    seen = statements(app)
+    reports = [sample_report(f"gc-{i}", gpus=2) for i in range(5)]
+    bad = dict(sample_report("gc-bad"), sample_time="yesterday")
+    batch = {"reports": [sample_report("gc-batch-1"), reports[0]]}  # the second one is a duplicate
+    answers = app.respond([environ(hub_config, r) for r in reports]
+                          + [environ(hub_config, bad), environ(hub_config, batch),
+                             environ(hub_config, reports[1], token="wrong")])
+    statuses = [int(line.split()[0]) for line, _, _ in answers]
+    assert statuses == [201] * 5 + [400, 207, 401]
+    results = json.loads(answers[6][2])["results"]
+    assert [r["status"] for r in results] == [201, 200] and results[1]["duplicate"] is True
+    assert "sample_time" in json.loads(answers[5][2])["error"]
+    assert sum(1 for s in seen if s.startswith("BEGIN IMMEDIATE")) == 1
+    assert sum(1 for s in seen if s == "COMMIT") == 1
+    conn = sqlite3.connect(hub_config.db_path)
+    assert conn.execute("select count(*) from host_samples").fetchone()[0] == 6
+    assert conn.execute("select count(distinct report_id) from host_samples").fetchone()[0] == 6
+
+
+def test_one_failing_report_is_undone_alone(hub_config):
+    """A report SQLite refuses (here a trigger raising for one host) is answered 503 and leaves
+    no row behind; the reports before and after it in the same transaction are stored."""
+    schema.migrate(hub_config.db_path)
+    setup = sqlite3.connect(hub_config.db_path)
+    setup.execute("CREATE TRIGGER refuse AFTER INSERT ON gpu_samples WHEN"
+                  " (SELECT hostname FROM servers JOIN gpus ON gpus.server_id = servers.id WHERE gpus.id = NEW.gpu_id)"
+                  " = 'gc-refused' BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END")
+    setup.close()
+    app = ingest.make_application(hub_config)
+    answers = app.respond([environ(hub_config, sample_report(name)) for name in ("gc-a", "gc-refused", "gc-b")])
+    assert [int(line.split()[0]) for line, _, _ in answers] == [201, 503, 201]
+    assert "refused by the test trigger" in json.loads(answers[1][2])["error"]
+    assert ("Retry-After", "5") in answers[1][1]
+    conn = sqlite3.connect(hub_config.db_path)
+    names = [n for (n,) in conn.execute("select hostname from servers order by hostname")]
+    assert names == ["gc-a", "gc-b"]  # nothing of gc-refused: its server row was undone too
+    assert conn.execute("select count(*) from host_samples").fetchone()[0] == 2
+
+
+def test_store_reports_answers_in_order_and_keeps_duplicates_out(tmp_path):
+    path = str(tmp_path / "m.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    first, second = validate_report(sample_report("gc-1")), validate_report(sample_report("gc-2"))
+    results = store_reports(conn, [(first, first["sample_time"]), (second, second["sample_time"]),
+                                   (first, first["sample_time"])])
+    assert [r["stored"] for r in results] == [True, True, False]
+    assert not conn.in_transaction
+    assert conn.execute("select count(*) from host_samples").fetchone()[0] == 2
