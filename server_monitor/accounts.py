@@ -133,12 +133,21 @@ class Accounts:
         conn = self._conn()
         conn.executescript(SCHEMA)
         conn.executescript(tokens.SCHEMA)  # per-host agent tokens live in auth.db too
-        if "fingerprint" not in {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}:
-            # Config-admin sessions remember which admin credential they were made with (L1).
-            conn.execute("ALTER TABLE sessions ADD COLUMN fingerprint TEXT")
-        if "last_seen_at" not in {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}:
-            # When the session was last used (to the minute), for `server-monitor sessions list`.
-            conn.execute("ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER")
+        # Look and add in one write transaction: the hub's worker processes all open auth.db at
+        # start, and two that both saw a column missing both added it ("duplicate column name").
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+            if "fingerprint" not in columns:
+                # Config-admin sessions remember which admin credential they were made with (L1).
+                conn.execute("ALTER TABLE sessions ADD COLUMN fingerprint TEXT")
+            if "last_seen_at" not in columns:
+                # When the session was last used (to the minute), for `server-monitor sessions list`.
+                conn.execute("ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)

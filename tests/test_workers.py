@@ -260,3 +260,36 @@ def test_every_worker_reports_the_leaders_dead_job_threads(tmp_path):
     while time.time() < deadline and follower.dead() != ["alerts"]:
         time.sleep(0.05)
     assert follower.dead() == ["alerts"]
+
+
+def _open_accounts(path, barrier, results):
+    from server_monitor.accounts import Accounts
+
+    barrier.wait()
+    try:
+        Accounts(path)
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 (reported to the test)
+        results.put(repr(exc))
+
+
+def test_workers_opening_a_new_auth_db_at_once_all_start(tmp_path):
+    """Every worker opens auth.db at start; on a new file they all found the sessions columns
+    missing and all added them: one started, the others died of "duplicate column name"
+    (seen as a hub that did not start, in this file). Six processes, released together, eight
+    times: before the fix 3 of 10 such rounds lost a process."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(8):
+        path = str(tmp_path / f"auth-{round_}.db")
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_accounts, args=(path, barrier, results)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=60) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=60)
+        assert outcomes == ["ok"] * 6, outcomes
+        columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(sessions)")}
+        assert {"fingerprint", "last_seen_at"} <= columns
