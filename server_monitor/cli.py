@@ -45,6 +45,14 @@ def _private_files(cfg):
                 click.echo(f"WARNING: could not make {path} private (chmod 600): {exc.strerror}", err=True)
 
 
+def _prepare_auth_db(path):
+    """Create or upgrade the sessions/users/tokens database at ``path`` (``data.auth_path``)
+    and close it again. Raises ``sqlite3.Error``."""
+    from .accounts import Accounts
+
+    Accounts(path).connection().close()
+
+
 def _prepare_statistics(db_path):
     """Planner statistics before Datasette opens its (long-lived) connections; best effort."""
     import sqlite3
@@ -100,6 +108,12 @@ def serve(config_path, init, host, port, workers):
             click.echo(f"WARNING: {cfg.db_path} does not exist but {cfg.auth_db_path} does: starting with an "
                        "EMPTY metrics database (was monitor.db deleted or moved?)", err=True)
         schema.migrate(cfg.db_path)
+        # auth.db created or upgraded here, once, before the worker processes all open it at
+        # the same moment (switching a new file to WAL at once could fail "database is locked").
+        try:
+            _prepare_auth_db(cfg.auth_db_path)
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"{cfg.auth_db_path}: {exc}")
         _private_files(cfg)
     except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError) as exc:
         raise click.ClickException(str(exc))
