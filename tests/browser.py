@@ -37,8 +37,8 @@ def require_browser():
         pytest.skip(f"BROWSER TESTS SKIPPED: {problem}")
 
 
-@pytest.fixture
-def browser():
+def launch():
+    """Generator: yields a Chromium (Playwright ``Browser``), closes it when resumed."""
     require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -46,6 +46,17 @@ def browser():
         instance = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium per test file (each test opens its own context: cookies, storage and
+    viewport are never shared); starting one per test cost the suite ~1 s of CPU per test.
+
+    While it lives, Playwright's event loop runs in this thread and ``asyncio.run`` refuses to
+    start: a file whose other tests use ``asyncio.run`` (Datasette's test client) overrides
+    this with a per-test ``browser`` fixture built on :func:`launch`."""
+    yield from launch()
 
 
 def login(page, base_url, username, password):

@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+from browser import launch
 from reports import sample_report
 from test_alerts import Receiver, SmtpSink
 from test_hub_datasette import Client, ingest
@@ -20,6 +21,13 @@ from server_monitor.store import store_report
 
 HOSTILE_HOST = "gpu-07\nBcc: attacker@evil.example"
 MARKUP_HOST = '<!channel> <at user_id="all"></at> re-login: <https://evil.example/login|https://monitor.example.org/>'
+
+
+@pytest.fixture
+def browser():
+    """A Chromium per test here: this file's other tests use ``asyncio.run``, which a
+    file-wide Playwright (its event loop running) would refuse."""
+    yield from launch()
 
 
 def _alert(message):
