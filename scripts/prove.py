@@ -337,6 +337,7 @@ def viewers(hub, count, period, stop, results=None):
             failed = []
             for path in ("/api/fleet", "/monitor/announcements.json?_shape=objects"):
                 extra = {"If-None-Match": etag} if etag and path == "/api/fleet" else {}
+                started = time.perf_counter()
                 try:
                     response = http.request("GET", hub.url + path, headers=dict(headers, **extra), timeout=30)
                     status = response.status
@@ -344,6 +345,9 @@ def viewers(hub, count, period, stop, results=None):
                         etag = response.headers.get("ETag")
                 except urllib3.exceptions.HTTPError:
                     status = 0
+                with lock:
+                    results.setdefault("by_path", {}).setdefault(path.split("?")[0], []).append(
+                        (time.perf_counter() - started) * 1000)
                 if status not in (200, 304):
                     failed.append(f"{path.split('?')[0]} {status}")
             with lock:
@@ -635,6 +639,8 @@ def scenario_mixed(p, work):
               "dashboard_failures": viewed.get("failures", {}),
               "dashboard_ms_p50": round(pct(viewed["latencies"], 0.5), 1),
               "dashboard_ms_p99": round(pct(viewed["latencies"], 0.99), 1),
+              "dashboard_ms_p99_by_request": {path: round(pct(values, 0.99), 1)
+                                              for path, values in viewed.get("by_path", {}).items()},
               "analyst_requests": analysed["requests"], "analyst_ok": analysed["ok"],
               "analyst_time_limited": analysed["time_limited"], "analyst_queued_out": analysed["queued_out"],
               "analyst_errors": analysed["errors"],

@@ -24,6 +24,11 @@ from . import config as config_mod
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PR_SET_PDEATHSIG = 1
+# How long a thread that wants the GIL waits before the running one is asked to let go
+# (Python's default: 5 ms). Ingest's writer thread gives the GIL up in every SQLite call and
+# must get it back while it holds the writer lock that every worker queues on; with 5 ms, a
+# report's 20-odd statements could wait 100 ms behind a thread rendering JSON.
+SWITCH_INTERVAL_S = 0.001
 
 
 def settings(cfg):
@@ -110,6 +115,7 @@ def create_app():
     config (``serve`` has checked it before starting workers).
     """
     cfg = config_mod.load(os.environ.get(config_mod.ENV_VAR, "config.yaml"))
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if config_mod.worker_count(cfg) > 1:
         _die_with_parent()  # a worker of serve (which set $SERVER_MONITOR_WORKERS): dies with it
     datasette = build_datasette(cfg)
