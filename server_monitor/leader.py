@@ -23,11 +23,15 @@ import time
 
 
 def start_jobs(holder, config):
-    """Start the maintenance and alert threads (each once) as ``holder.maintenance_thread`` and
-    ``holder.alert_thread``: maintenance every ``data.maintenance_interval_s`` s (0: off), alerts
-    every ``alerts.interval_s`` s when ``alerts.enabled``."""
+    """Start the job threads (each once): ``holder.checkpoint_thread`` (the WAL, every second),
+    ``holder.maintenance_thread`` (every ``data.maintenance_interval_s`` s; 0: off) and
+    ``holder.alert_thread`` (every ``alerts.interval_s`` s when ``alerts.enabled``)."""
     from . import alerts
-    from .rollup import Maintenance, MaintenanceThread
+    from .rollup import CheckpointThread, Maintenance, MaintenanceThread
+
+    if getattr(holder, "checkpoint_thread", None) is None:
+        holder.checkpoint_thread = CheckpointThread(config.db_path)
+        holder.checkpoint_thread.start()
 
     interval = float(config.get("data.maintenance_interval_s", 60))
     if interval > 0 and getattr(holder, "maintenance_thread", None) is None:
@@ -45,13 +49,15 @@ def dead_jobs(holder):
     An alert pass that failed but will be retried is not a death (its text is in
     ``alert_thread.last_error``)."""
     dead = []
-    for thread in (getattr(holder, "maintenance_thread", None), getattr(holder, "alert_thread", None)):
+    for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
+                   getattr(holder, "alert_thread", None)):
         if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
             dead.append(thread.name)
     return dead
 
 
 class _Holder:
+    checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None
 

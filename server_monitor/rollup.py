@@ -513,6 +513,37 @@ class Maintenance:
             reader.close()
 
 
+class CheckpointThread(threading.Thread):
+    """Copies the WAL into ``monitor.db`` every ``interval`` seconds (``PRAGMA
+    wal_checkpoint(PASSIVE)`` on a connection of its own), so that ingest's commits never do it.
+
+    A passive checkpoint takes none of the writers' locks: reports keep being written while it
+    copies and syncs, and the WAL stays a few MiB (writers restart it from the beginning once
+    it is fully copied). Failures are logged and retried; the thread never ends by itself.
+    ``last``: the last result ``(busy, WAL frames, frames copied)``.
+    """
+
+    def __init__(self, db_path, interval=1.0):
+        super().__init__(name="wal-checkpoint", daemon=True)
+        self.db_path = db_path
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.last = None
+
+    def run(self):
+        conn = None
+        while not self.stopped.wait(self.interval):
+            try:
+                if conn is None:
+                    conn = schema.connect(self.db_path, timeout=1)
+                self.last = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:  # a locked or replaced database: log, reconnect, retry
+                log.warning("WAL checkpoint failed, will retry: %s", exc)
+                if conn is not None:
+                    conn.close()
+                conn = None
+
+
 class MaintenanceThread(threading.Thread):
     """Runs :meth:`Maintenance.run_once` every ``interval`` seconds, logging failures."""
 

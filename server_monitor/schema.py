@@ -614,6 +614,10 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer release than this code knows."""
 
 
+# Pages in the WAL (4 KiB each) beyond which a writer connection checkpoints on commit.
+WAL_AUTOCHECKPOINT_PAGES = 16384
+
+
 def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     """Open ``path`` for writing with the pragmas every hub writer uses.
 
@@ -625,6 +629,12 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     ``BEGIN IMMEDIATE``. Raises :class:`server_monitor.dbguard.DatabaseReplaced` (an
     ``sqlite3.OperationalError``) when the hub's database at ``path`` was deleted or
     replaced while it runs, rather than creating a new empty file there.
+
+    The WAL is checkpointed by the hub's checkpoint thread (``rollup.CheckpointThread``, every
+    second, outside the writers' lock); a writer checkpoints only when the WAL passes
+    :data:`WAL_AUTOCHECKPOINT_PAGES` (a hub without the thread, e.g. ``ingest.py`` alone). With
+    SQLite's default of 1,000 pages, the commit of an ingest transaction copied the WAL into
+    the database and synced it while every other writer waited.
     """
     dbguard.ensure(path)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False, factory=factory)
@@ -633,6 +643,7 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     conn.execute(f"PRAGMA cache_size=-{int(cache_mib * 1024)}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     return conn
 
 

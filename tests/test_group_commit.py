@@ -5,6 +5,7 @@ file; the statements are observed with sqlite3's trace callback on the app's own
 import io
 import json
 import sqlite3
+import time
 
 import ingest
 from reports import sample_report
@@ -77,3 +78,38 @@ def test_store_reports_answers_in_order_and_keeps_duplicates_out(tmp_path):
     assert [r["stored"] for r in results] == [True, True, False]
     assert not conn.in_transaction
     assert conn.execute("select count(*) from host_samples").fetchone()[0] == 2
+
+
+def test_the_checkpoint_thread_copies_the_wal_so_writers_do_not(tmp_path):
+    """Writers checkpoint only past a 64 MiB WAL; the hub's checkpoint thread copies the WAL
+    into the database file while reports keep being written (a passive checkpoint, no lock)."""
+    from server_monitor.rollup import CheckpointThread
+
+    path = str(tmp_path / "m.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == schema.WAL_AUTOCHECKPOINT_PAGES
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size_empty = (tmp_path / "m.db").stat().st_size
+    for i in range(60):  # ~1,200 WAL pages: past SQLite's default threshold (1,000), where a writer would copy them
+        report = validate_report(sample_report(f"ck-{i}", gpus=8, processes=2, disks=4))
+        store_reports(conn, [(report, report["sample_time"])])
+    size_before = (tmp_path / "m.db").stat().st_size
+    assert size_before == size_empty  # no writer copied the WAL into the database
+    thread = CheckpointThread(path, interval=0.05)
+    thread.start()
+    try:
+        for i in range(60, 80):  # writes go on while it runs
+            report = validate_report(sample_report(f"ck-{i}", gpus=8, processes=2, disks=4))
+            store_reports(conn, [(report, report["sample_time"])])
+        deadline = time.time() + 10
+        while time.time() < deadline and not (thread.last and thread.last[1] > 0 and thread.last[1] == thread.last[2]):
+            time.sleep(0.05)
+        busy, frames, copied = thread.last
+        assert busy == 0 and frames > 0 and copied == frames
+        assert (tmp_path / "m.db").stat().st_size > size_before  # the rows are in the database file now
+        reader = sqlite3.connect(path)
+        assert reader.execute("select count(*) from servers").fetchone()[0] == 80
+    finally:
+        thread.stopped.set()
+        thread.join(5)
