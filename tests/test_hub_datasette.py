@@ -179,13 +179,16 @@ def test_history_is_downsampled_below_the_row_limit(long_raw_retention, admin, h
     conn = sqlite3.connect(hub_config.db_path)
     now = int(time.time())
     server_id = conn.execute("select id from servers").fetchone()[0]
-    # 30 days of 30-second samples for the host and its 8 GPUs.
+    # 30 days of history for the host and its 8 GPUs: 30-second samples for the last 3 days
+    # (history reads raw rows only within 48 h), one per 5 minutes before (read through the
+    # 5-minute and hourly roll-ups, which get the same buckets either way; a fifth of the rows).
+    times = [now - i * 30 for i in range(1, 3 * 2880)] + [now - 3 * 86400 - i * 300 for i in range(27 * 288)]
     conn.executemany("insert into host_samples (server_id, ts, received_at, report_id, cpu_percent)"
                      " values (?, ?, ?, ?, ?)",
-                     [(server_id, now - i * 30, now, f"r{i}", 50.0) for i in range(1, 86400)])
+                     [(server_id, ts, now, f"r{ts}", 50.0) for ts in times])
     gpu_ids = [r[0] for r in conn.execute("select id from gpus")]
     conn.executemany("insert into gpu_samples (gpu_id, ts, utilization_gpu) values (?, ?, ?)",
-                     [(g, now - i * 30, 80) for g in gpu_ids for i in range(1, 86400)])
+                     [(g, ts, 80) for g in gpu_ids for ts in times])
     conn.commit()
     # Roll the 30 days up now (`server-monitor maintain`), rather than racing the hub's own pass.
     from server_monitor.rollup import Maintenance
