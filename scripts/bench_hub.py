@@ -257,21 +257,23 @@ def populate(db_path, servers, days, interval, extra_servers):
 
 
 def sqlite_limits(workdir, seconds=10):
-    """Reports/s without HTTP, on the same disk: (raw SQLite, in-process validate+store).
+    """Reports/s without HTTP, on the same disk: raw SQLite, in-process validate+store, grouped.
 
     Raw: the rows one report of 8 GPUs, 16 processes and 4 disks writes (1 host sample, 8 GPU
     samples, 16 process rows, 4 disk rows, the server's and 8 GPUs' latest-state updates) as
     plain INSERT/UPDATEs, one ``BEGIN IMMEDIATE`` transaction per report, with the hub's
     pragmas (``schema.connect``). In-process: ``validate_report`` + ``store_report`` of the same
-    reports. Each for ``seconds`` on a fresh database in ``workdir``.
+    reports; grouped: the same through ``store_reports``, 16 per transaction (ingest's group
+    commit under load). Each for ``seconds`` on a fresh database in ``workdir``; returns
+    ``{"raw", "store", "grouped"}`` reports/s.
     """
     import copy
 
     from server_monitor.contract import validate_report
-    from server_monitor.store import store_report
+    from server_monitor.store import store_report, store_reports
 
     results = {}
-    for kind in ("raw", "store"):
+    for kind in ("raw", "store", "grouped"):
         path = os.path.join(workdir, f"limit-{kind}.db")
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
@@ -293,6 +295,17 @@ def sqlite_limits(workdir, seconds=10):
                 r["report_id"] = str(uuid.uuid4())
                 r["sample_time"] = r["sent_at"] = t
                 store_report(conn, validate_report(r), t)
+                continue
+            if kind == "grouped":  # ingest's group commit under load: 16 reports per transaction
+                group = []
+                for _ in range(16):
+                    r = copy.deepcopy(template)
+                    r["report_id"] = str(uuid.uuid4())
+                    r["sample_time"] = r["sent_at"] = t
+                    group.append((validate_report(r), t))
+                    t += 1
+                n += 15
+                store_reports(conn, group)
                 continue
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("UPDATE servers SET last_seen = ?, last_ts = ?, cpu_percent = 12.5 WHERE id = ?",
@@ -395,7 +408,8 @@ def main():
     results = {}
     limits = sqlite_limits(work, min(args.seconds, 15))
     print(f"same disk, no HTTP, one transaction per report: raw SQLite {limits['raw']:.0f} reports/s, "
-          f"validate_report + store_report {limits['store']:.0f} reports/s")
+          f"validate_report + store_report {limits['store']:.0f} reports/s; "
+          f"16 reports per transaction (group commit): {limits['grouped']:.0f} reports/s")
     counts = [int(w) for w in args.workers.split(",")]
     if not args.queries_only:
         for w in counts:
