@@ -7,6 +7,7 @@ id is already stored, or whose host already has a sample at the same second, is 
 duplicate: nothing is written and the caller answers 2xx.
 """
 
+import functools
 import json
 
 from . import gpu_health
@@ -258,6 +259,7 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
 _LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "_": "-"})
 
 
+@functools.lru_cache(maxsize=65536)  # a new server compares itself with every other server's names
 def name_skeleton(name):
     """A host name reduced to what a reader sees: lower case, ``0``→``o``, ``1``/``i``→``l``,
     ``_``→``-``, ``rn``→``m``, ``vv``→``w``. Two different names with one skeleton look alike."""
