@@ -65,7 +65,10 @@ class IngestBridge:
                     log.exception("ingest failed")
                     answers = [exc] * len(group)
                 for (_, _, loop, future), answer in zip(group, answers):
-                    loop.call_soon_threadsafe(_resolve, future, answer)
+                    try:
+                        loop.call_soon_threadsafe(_resolve, future, answer)
+                    except RuntimeError:  # that event loop is closed: nobody waits for this answer
+                        pass
 
     async def __call__(self, app, scope, receive, send):
         length = header(scope, b"content-length").strip()
