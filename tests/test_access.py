@@ -186,8 +186,21 @@ def test_brute_force_gets_only_five_password_checks(hub, hub_config):
     assert int(refused.headers["retry-after"]) > 0
 
 
-def test_unknown_user_costs_a_check_too(hub):
+def test_unknown_user_costs_a_check_too(hub, monkeypatch):
+    """An unknown name is checked against a dummy hash with the library's default rounds (the
+    cost of a real check), so it cannot be told apart by timing."""
+    import inspect
+
+    from datasette.plugins import pm
+
+    sm_auth = pm.get_plugin("sm_auth.py")
+    rounds = inspect.signature(hash_password).parameters["iterations"].default
+    assert sm_auth._DUMMY_HASH.split("$")[:2] == ["pbkdf2_sha256", str(rounds)]
+    checked = []
+    real = sm_auth.verify_password
+    monkeypatch.setattr(sm_auth, "verify_password", lambda password, stored: checked.append(stored) or real(password, stored))
     assert hub["anon"].login("nobody-here", "whatever").status_code == 401
+    assert checked == [sm_auth._DUMMY_HASH]
 
 
 def test_demote_and_delete_apply_on_the_next_request(hub):
