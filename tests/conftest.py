@@ -55,8 +55,8 @@ def _config_template(tmp_path_factory):
     text = path.read_text().replace("\nserver:\n", "\nserver:\n  workers: 1\n", 1)
     assert "  workers: 1\n" in text
     # The admin's hash with 1,000 PBKDF2 rounds instead of the product's 480,000 (the rounds
-    # are part of the stored hash, so the hub checks what it is given): every login of the
-    # suite's ~150 checked the full count, 0.26 s of CPU each. Users the tests create use 1,000
+    # are part of the stored hash, so the hub checks what it is given): every admin login
+    # of the suite checked the full count, 0.26 s of CPU each. Users the tests create use 1,000
     # too; config.create's own hash is what tests of init-config and the deployment see.
     weak = hash_password(password, iterations=1000)
     assert cfg.get("auth.password_hash") in text
