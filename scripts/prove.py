@@ -324,11 +324,13 @@ def viewers(hub, count, period, stop, results=None):
     (``static/dashboard.js`` ``refresh()``): ``GET /api/fleet`` with its last ``ETag`` (gzip, as a
     browser asks) and the ``announcements`` canned query, in parallel on two connections as the
     browser's ``Promise.all`` does. One refresh's latency is until both have answered; each
-    request's own latency is kept too (``by_path``)."""
+    request's own latency is kept too (``by_path``). Viewer ``n`` of ``count`` starts its cycle
+    ``period * n / count`` seconds in, as viewers who opened the page at different times."""
     results = results or {"latencies": [], "errors": 0, "requests": 0}
     lock = threading.Lock()
 
     sessions = [login(hub) for _ in range(count)]  # one after the other, before the load: not a login storm
+    phases = [period * n / count for n in range(count)]  # evenly out of phase (see loop)
 
     def loop(n):
         _, headers = sessions[n]
@@ -352,6 +354,10 @@ def viewers(hub, count, period, stop, results=None):
                     (time.perf_counter() - started) * 1000)
             return f"{path.split('?')[0]} {status}" if status not in (200, 304) else None
 
+        # Real viewers opened their dashboards at different moments, so their refresh timers are
+        # out of phase: each starts at its own offset within the period (all at once, every 30 s,
+        # would be 50 simultaneous first builds and bursts no group of people produces).
+        stop.wait(phases[n])
         while not stop.is_set():
             t0 = time.perf_counter()
             failed = [f for f in pool.map(get, ("/api/fleet", "/monitor/announcements.json?_shape=objects")) if f]
