@@ -29,7 +29,8 @@ const RULE_TEXT = {
 
 // ---- state -------------------------------------------------------------------------
 let doc = null;            // the last /api/fleet document
-let wantFresh = false;     // the next /api/fleet must not be a reused (stale) document
+let wantFresh = true;      // the next /api/fleet must not be a reused (stale) document: the first after the page
+                           // loads (an admin may just have changed something on /admin) and after own changes
 let etag = null;
 let skew = 0;              // hub clock minus ours (s), from generated_at
 let nextRefreshAt = 0;

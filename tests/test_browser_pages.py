@@ -249,8 +249,13 @@ def test_admin_edits_many_gpus_at_once_and_removes_a_lost_one(page, hub_process,
         page.click("#lost-gpus button")
     page.goto(hub_process.base_url + "/admin#gpus")
     expect(page.locator("#lost-gpus")).to_contain_text("None.")
+    fleet_requests = []
+    page.on("request", lambda r: fleet_requests.append(r.url) if "/api/fleet" in r.url else None)
     page.goto(hub_process.base_url + "/")
     page.wait_for_selector("#grid .cell")
+    # The page's first fetch never takes a reused document (a busy hub answers refreshes with one
+    # up to fleet.MAX_STALE_S old): the change just made on /admin must show.
+    assert fleet_requests[0].endswith("/api/fleet?fresh=1")
     assert page.locator("#grid .srow[data-sid='1'] .cell").count() == 3  # the removed GPU's cell is gone
     assert page.locator("#grid .srow[data-sid='1'] .cell.s-maint").count() == 3
     assert page.console_errors == []
