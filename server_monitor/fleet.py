@@ -294,8 +294,11 @@ def encode(content, previous=None, version=None, now=None):
 # (stale-while-revalidate), so no viewer waits for a build of a busy fleet (0.4-0.9 s under the
 # mixed load of scripts/prove.py); a document older than MAX_STALE_S is rebuilt before it is
 # answered, and ``?fresh=1`` (the dashboard after an admin's change) never gets a reused one.
-# Small fleets (fast builds) stay exact.
+# Fleets of fewer than REUSE_MIN_SERVERS servers (counted as the cached server fragments, one
+# per server and process visibility) stay exact whatever a build costs: a slow build there is
+# a busy machine, and a reused document would only hide a change.
 SLOW_BUILD_S = 0.05
+REUSE_MIN_SERVERS = 100
 REBUILD_FACTOR = 10
 MAX_REUSE_S = 5.0
 MAX_STALE_S = 15.0
@@ -328,7 +331,8 @@ class FleetCache:
         """True while scope ``key``'s last build was slow and recent enough to be served again."""
         built, cost = self.timing.get(key, (0.0, 0.0))
         now = time.monotonic() if now is None else now
-        return cost > SLOW_BUILD_S and now - built < min(MAX_REUSE_S, REBUILD_FACTOR * cost)
+        return (cost > SLOW_BUILD_S and len(self.fragments) >= REUSE_MIN_SERVERS
+                and now - built < min(MAX_REUSE_S, REBUILD_FACTOR * cost))
 
     def version(self, now=None):
         """``(PRAGMA data_version, clock bucket)``: changes when anyone commits or time moves on."""
@@ -350,7 +354,7 @@ class FleetCache:
         :data:`MAX_STALE_S`: it may be answered while a new one is built in the background."""
         built, cost = self.timing.get(key, (0.0, 0.0))
         now = time.monotonic() if now is None else now
-        return cost > SLOW_BUILD_S and now - built < MAX_STALE_S
+        return cost > SLOW_BUILD_S and len(self.fragments) >= REUSE_MIN_SERVERS and now - built < MAX_STALE_S
 
     async def get(self, key, build_fn, fresh=False):
         """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one.

@@ -225,6 +225,37 @@ def test_mig_mode_change_pending_is_named_in_the_grid_document_and_gpus_query(hu
     assert "Enabled → Disabled after GPU reset" in rows[("epsilon", 0)]["health_reasons"]
 
 
+def test_a_small_fleet_is_never_answered_from_a_reused_document(tmp_path):
+    """Below fleet.REUSE_MIN_SERVERS servers a slow build (a busy machine) is redone on every change."""
+    import asyncio
+
+    from server_monitor import fleet
+
+    path = str(tmp_path / "m.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("create table t (x)")
+    cache = fleet.FleetCache(path)
+    cache.fragments.update({n: b"" for n in range(fleet.REUSE_MIN_SERVERS - 1)})
+    builds = []
+
+    async def build(previous, version):
+        await asyncio.sleep(0.1)  # slower than SLOW_BUILD_S
+        builds.append(version)
+        return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
+
+    async def scenario():
+        await cache.get("k", build)
+        writer.execute("insert into t values (1)")
+        second = await cache.get("k", build)
+        assert len(builds) == 2 and second.version == cache.version()
+        cache.fragments[-1] = b""  # now REUSE_MIN_SERVERS servers: the slow build is reused
+        writer.execute("insert into t values (2)")
+        third = await cache.get("k", build)
+        assert third is second and len(builds) == 2
+
+    asyncio.run(scenario())
+
+
 def test_a_very_slow_build_is_still_revalidated_in_the_background(tmp_path, monkeypatch):
     """Under the mixed load a full build took 0.4-0.9 s, so "10x its duration" reached the 5 s
     cap of reuse; the window for answering a stale document must extend beyond that cap, or
@@ -234,6 +265,7 @@ def test_a_very_slow_build_is_still_revalidated_in_the_background(tmp_path, monk
     from server_monitor import fleet
 
     monkeypatch.setattr(fleet, "MAX_REUSE_S", 0.3)  # the cap, reached by a 0.1 s build (10x = 1 s)
+    monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers
     path = str(tmp_path / "m.db")
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("create table t (x)")
@@ -269,6 +301,7 @@ def test_a_slow_fleet_build_is_reused_then_revalidated_in_the_background(tmp_pat
     from server_monitor import fleet
 
     monkeypatch.setattr(fleet, "MAX_STALE_S", 2.0)
+    monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers
     path = str(tmp_path / "m.db")
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("create table t (x)")
