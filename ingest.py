@@ -26,7 +26,7 @@ import zlib
 from server_monitor import config as config_mod
 from server_monitor import dbguard, instance, schema, tokens
 from server_monitor.contract import ContractError, validate_report
-from server_monitor.store import machine_identity, sample_time, store_reports
+from server_monitor.store import NotStored, machine_identity, sample_time, store_reports
 
 log = logging.getLogger("server_monitor.ingest")
 
@@ -167,19 +167,22 @@ class IngestApp:
         whole (disk full, I/O error), its reports are answered 503 and nothing of them is stored.
         """
         entries = [entry for request in requests for entry in request.entries if entry[2] is not None]
+        failed_hosts = set()  # a host whose report failed: its later ones wait for the retry (order)
         for start in range(0, len(entries), MAX_GROUP):
             group = entries[start:start + MAX_GROUP]
             try:
                 with self.writer_lock:
-                    results = store_reports(self._conn(), [(entry[2], entry[3]) for entry in group])
+                    results = store_reports(self._conn(), [(entry[2], entry[3]) for entry in group], failed_hosts)
             except sqlite3.Error as exc:
                 log.warning("database unavailable: %s", exc)
                 results = [exc] * len(group)
+                failed_hosts.update(machine_identity(entry[2]["host"]) for entry in group)
             for entry, result in zip(group, results):
                 report = entry[2]
                 entry[2] = None
                 if isinstance(result, sqlite3.Error):
-                    log.warning("database unavailable: %s", result)
+                    if not isinstance(result, NotStored):
+                        log.warning("database unavailable: %s", result)
                     entry[0], entry[1] = 503, {"error": f"database unavailable: {result}",
                                                "report_id": report["report_id"]}
                 elif isinstance(result, BaseException):

@@ -9,6 +9,7 @@ duplicate: nothing is written and the caller answers 2xx.
 
 import functools
 import json
+import sqlite3
 
 from . import gpu_health
 from .rollup import merge_late_sample
@@ -78,22 +79,34 @@ def store_report(conn, report, received_at):
     return result
 
 
-def store_reports(conn, items):
+class NotStored(sqlite3.OperationalError):
+    """A report not written because an earlier report of its host failed in the same write:
+    storing it would put the host's history out of order once the earlier one is retried."""
+
+
+def store_reports(conn, items, failed_hosts=None):
     """Store several validated reports in one transaction (ingest's group commit).
 
     ``items``: ``[(report, received_at), ...]``. Each report is written inside its own
     ``SAVEPOINT`` of one ``BEGIN IMMEDIATE`` … ``COMMIT``, so a report that fails is undone
-    alone and the others are still stored: the result list has, per item in order, the
-    :func:`store_report` result dict or the exception that report raised. Nothing is durable
-    before the ``COMMIT``, so the caller answers agents after this returns. Raises
-    ``sqlite3.Error`` with nothing written when the transaction itself fails (``BEGIN``,
-    ``COMMIT``, or an error after which SQLite rolled the whole transaction back, such as a
-    full disk).
+    alone and the other hosts' reports are still stored: the result list has, per item in
+    order, the :func:`store_report` result dict or the exception that report raised. After a
+    report fails, the later reports of the same host (machine identity) are not written
+    (:class:`NotStored`), so that its agent's retry keeps the host's history in order;
+    ``failed_hosts`` (a set, updated) carries that across calls. Nothing is durable before the
+    ``COMMIT``, so the caller answers agents after this returns. Raises ``sqlite3.Error`` with
+    nothing written when the transaction itself fails (``BEGIN``, ``COMMIT``, or an error after
+    which SQLite rolled the whole transaction back, such as a full disk).
     """
+    failed_hosts = set() if failed_hosts is None else failed_hosts
     results = []
     conn.execute("BEGIN IMMEDIATE")
     try:
         for report, received_at in items:
+            host = machine_identity(report["host"])
+            if host in failed_hosts:
+                results.append(NotStored("not stored: an earlier report of this host failed; send it again"))
+                continue
             conn.execute("SAVEPOINT report")
             try:
                 result = _store(conn, report, received_at)
@@ -101,6 +114,7 @@ def store_reports(conn, items):
                 if not conn.in_transaction:
                     raise
                 conn.execute("ROLLBACK TO report")
+                failed_hosts.add(host)
                 result = exc
             else:
                 if not result["stored"]:

@@ -113,3 +113,29 @@ def test_the_checkpoint_thread_copies_the_wal_so_writers_do_not(tmp_path):
     finally:
         thread.stopped.set()
         thread.join(5)
+
+
+def test_after_a_failed_report_the_same_hosts_later_ones_wait(hub_config):
+    """Disk full in the proof suite: a host's report refused, its next one in the same write stored,
+    the first one stored on retry: the host's history out of order. Later reports of a host whose
+    report failed are answered 503 without being written; other hosts' are stored."""
+    schema.migrate(hub_config.db_path)
+    setup = sqlite3.connect(hub_config.db_path)
+    setup.execute("CREATE TRIGGER refuse AFTER INSERT ON host_samples WHEN NEW.report_id = 'refuse-me'"
+                  " BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); END")
+    setup.commit()
+    first = dict(sample_report("gc-host", sample_time=1_796_000_000), report_id="refuse-me")
+    second = sample_report("gc-host", sample_time=1_796_000_030)
+    app = ingest.make_application(hub_config)
+    answers = app.respond([environ(hub_config, {"reports": [first, sample_report("gc-other"), second]})])
+    assert [r["status"] for r in json.loads(answers[0][2])["results"]] == [503, 201, 503]
+    conn = sqlite3.connect(hub_config.db_path)
+    assert conn.execute("select count(*) from host_samples join servers on servers.id = server_id"
+                        " where hostname = 'gc-host'").fetchone()[0] == 0
+    setup.execute("DROP TRIGGER refuse")
+    setup.commit()
+    answers = app.respond([environ(hub_config, {"reports": [first, second]})])  # the agent's retry, in order
+    assert [r["status"] for r in json.loads(answers[0][2])["results"]] == [201, 201]
+    assert [r for (r,) in conn.execute("select report_id from host_samples join servers on servers.id = server_id"
+                                       " where hostname = 'gc-host' order by host_samples.ts")] == \
+        ["refuse-me", second["report_id"]]
