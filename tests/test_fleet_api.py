@@ -225,8 +225,9 @@ def test_mig_mode_change_pending_is_named_in_the_grid_document_and_gpus_query(hu
     assert "Enabled → Disabled after GPU reset" in rows[("epsilon", 0)]["health_reasons"]
 
 
-def test_a_small_fleet_is_never_answered_from_a_reused_document(tmp_path):
-    """Below fleet.REUSE_MIN_SERVERS servers a slow build (a busy machine) is redone on every change."""
+def _cache_and_builds(tmp_path):
+    """A FleetCache on a scratch database, a writer to change it, the builds made so far, and
+    ``make(duration)``: a build function that takes ``duration`` seconds and records itself."""
     import asyncio
 
     from server_monitor import fleet
@@ -234,14 +235,27 @@ def test_a_small_fleet_is_never_answered_from_a_reused_document(tmp_path):
     path = str(tmp_path / "m.db")
     writer = sqlite3.connect(path, isolation_level=None)
     writer.execute("create table t (x)")
-    cache = fleet.FleetCache(path)
-    cache.fragments.update({n: b"" for n in range(fleet.REUSE_MIN_SERVERS - 1)})
     builds = []
 
-    async def build(previous, version):
-        await asyncio.sleep(0.1)  # slower than SLOW_BUILD_S
-        builds.append(version)
-        return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
+    def make(duration):
+        async def build(previous, version):
+            await asyncio.sleep(duration)
+            builds.append(version)
+            return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
+        return build
+
+    return writer, fleet.FleetCache(path), builds, make
+
+
+def test_a_small_fleet_is_never_answered_from_a_reused_document(tmp_path):
+    """Below fleet.REUSE_MIN_SERVERS servers a slow build (a busy machine) is redone on every change."""
+    import asyncio
+
+    from server_monitor import fleet
+
+    writer, cache, builds, make = _cache_and_builds(tmp_path)
+    cache.fragments.update({n: b"" for n in range(fleet.REUSE_MIN_SERVERS - 1)})
+    build = make(0.1)  # slower than SLOW_BUILD_S
 
     async def scenario():
         await cache.get("k", build)
@@ -266,16 +280,8 @@ def test_a_very_slow_build_is_still_revalidated_in_the_background(tmp_path, monk
 
     monkeypatch.setattr(fleet, "MAX_REUSE_S", 0.3)  # the cap, reached by a 0.1 s build (10x = 1 s)
     monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers
-    path = str(tmp_path / "m.db")
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("create table t (x)")
-    cache = fleet.FleetCache(path)
-    builds = []
-
-    async def build(previous, version):
-        await asyncio.sleep(0.1)
-        builds.append(version)
-        return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
+    writer, cache, builds, make = _cache_and_builds(tmp_path)
+    build = make(0.1)
 
     async def scenario():
         first = await cache.get("k", build)
@@ -292,8 +298,8 @@ def test_a_very_slow_build_is_still_revalidated_in_the_background(tmp_path, monk
 
 def test_a_slow_fleet_build_is_reused_then_revalidated_in_the_background(tmp_path, monkeypatch):
     """Issue 13: with 1,000 hosts reporting the database changes 200 times a second. A build
-    slower than 50 ms is served again until 10x its duration has passed; then, until 5 s, the
-    old document is answered at once while the next one is built in the background (no viewer
+    slower than 50 ms is served again until 10x its duration has passed; then, until
+    fleet.MAX_STALE_S, the old document is answered at once while the next one is built in the background (no viewer
     waits for a build); older than that it is rebuilt first; ``fresh`` never gets a reused one.
     A fast build (small fleet) is redone on every change."""
     import asyncio
@@ -302,18 +308,7 @@ def test_a_slow_fleet_build_is_reused_then_revalidated_in_the_background(tmp_pat
 
     monkeypatch.setattr(fleet, "MAX_STALE_S", 2.0)
     monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers
-    path = str(tmp_path / "m.db")
-    writer = sqlite3.connect(path, isolation_level=None)
-    writer.execute("create table t (x)")
-    cache = fleet.FleetCache(path)
-    builds = []
-
-    def make(duration):
-        async def build(previous, version):
-            await asyncio.sleep(duration)
-            builds.append(version)
-            return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
-        return build
+    writer, cache, builds, make = _cache_and_builds(tmp_path)
 
     async def timed(coro):
         started = time.monotonic()
