@@ -1,4 +1,4 @@
-"""One process at a time runs the hub's background jobs (maintenance, alerts).
+"""One process at a time runs the hub's background jobs (WAL checkpoints, maintenance, alerts).
 
 Roll-ups, retention and alert delivery must run once per hub. :class:`JobsLeader` takes an
 ``flock`` on ``<data.path>.jobs.lock``; the process that holds it starts the jobs, every other
