@@ -16,7 +16,7 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor import fleet, hub
+from server_monitor import fleet, fleet_share, hub
 from server_monitor.queries import DATABASE, QUERIES, run
 
 RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
@@ -32,7 +32,8 @@ def cache(datasette):
     """The :class:`server_monitor.fleet.FleetCache` of this hub (created on first use)."""
     found = getattr(datasette, "_sm_fleet_cache", None)
     if found is None:
-        found = datasette._sm_fleet_cache = fleet.FleetCache(hub.context(datasette).config.db_path)
+        db_path = hub.context(datasette).config.db_path
+        found = datasette._sm_fleet_cache = fleet.FleetCache(db_path, shelf=fleet_share.Shelf(db_path))
     return found
 
 

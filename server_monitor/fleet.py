@@ -174,7 +174,17 @@ def build_content(conn, actor, fragments, idle_max_util=5):
     whose row changed (new report, state, admin status) are rebuilt from the GPU and process
     tables. ``idle_max_util``: utilization.gpu % under which a held GPU counts as idle.
     """
-    params = scope_params(actor)
+    return build_scope(conn, scope_params(actor), fragments, idle_max_util)[0]
+
+
+def scope_of(key):
+    """The scope parameters (``queries.scope_params``) of a :func:`scope_key`."""
+    return {"_scope_all": key[0], "_scope_servers": key[1], "_scope_processes": key[2]}
+
+
+def build_scope(conn, params, fragments, idle_max_util=5):
+    """:func:`build_content` for scope parameters ``params`` (``queries.scope_params``):
+    ``(document bytes without generated_at, number of servers in it)``. Raises ``sqlite3.Error``."""
     see = bool(params["_scope_processes"])
     conn.execute("BEGIN")
     try:
@@ -248,7 +258,7 @@ def build_content(conn, actor, fragments, idle_max_util=5):
         b'{"v":1,"processes":', b"true" if see else b"false",
         b',"gpu_fields":', _dumps(GPU_FIELDS), b',"proc_fields":', _dumps(PROC_FIELDS),
         b',"servers":[', b",".join(parts), b'],"who":', _dumps(who_list), b',"problems":', _dumps(problems),
-        b',"counts":', _dumps({"servers": counts_s, "gpus": counts_g}), b"}"))
+        b',"counts":', _dumps({"servers": counts_s, "gpus": counts_g}), b"}")), len(ids)
 
 
 def build(conn, actor, idle_max_util=5, now=None):
@@ -314,8 +324,9 @@ class FleetCache:
     :data:`MAX_STALE_S` seconds old (a few seconds while viewers keep asking).
     """
 
-    def __init__(self, db_path, bucket_s=10, max_entries=32):
+    def __init__(self, db_path, bucket_s=10, max_entries=32, shelf=None):
         self.db_path = db_path
+        self.shelf = shelf  # fleet_share.Shelf: documents the publisher process builds for every worker
         self.bucket_s = bucket_s
         self.max_entries = max_entries
         self.entries = OrderedDict()
@@ -359,7 +370,15 @@ class FleetCache:
     async def get(self, key, build_fn, fresh=False):
         """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one.
 
-        ``fresh``: the caller needs what the database holds now (no reused document)."""
+        ``fresh``: the caller needs what the database holds now (no reused document).
+        With a ``shelf``, a large fleet's document comes from the publisher process while it
+        is younger than :data:`MAX_STALE_S` (``server_monitor.fleet_share``)."""
+        if not fresh and self.shelf is not None:
+            shared = self.shelf.get(key)
+            if (shared is not None and shared.servers >= REUSE_MIN_SERVERS
+                    and time.time() - shared.checked < MAX_STALE_S):
+                self.shelf.want(key)
+                return shared.entry
         version = self.version()
         entry = self.entries.get(key)
         if entry is not None and not fresh and entry.version != version:
@@ -395,6 +414,8 @@ class FleetCache:
             started = time.monotonic()
             entry = await build_fn(entry, version)
             self.timing[key] = (time.monotonic(), time.monotonic() - started)
+            if self.shelf is not None and self.fresh_enough(key):  # slow on a large fleet: build it once for all
+                self.shelf.want(key)
             self.entries[key] = entry
             self.entries.move_to_end(key)
             while len(self.entries) > self.max_entries:

@@ -75,6 +75,7 @@ class HubContext:
 
     ingest = None
     jobs = None  # server_monitor.leader.JobsLeader, set by plugins/sm_jobs.py at startup
+    fleet_thread = None
     checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None

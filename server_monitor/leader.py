@@ -23,12 +23,18 @@ import time
 
 
 def start_jobs(holder, config):
-    """Start the job threads (each once): ``holder.checkpoint_thread`` (the WAL, every second),
+    """Start the job threads (each once): ``holder.fleet_thread`` (the fleet document publisher,
+    ``server_monitor.fleet_share``), ``holder.checkpoint_thread`` (the WAL, every second),
     ``holder.maintenance_thread`` (every ``data.maintenance_interval_s`` s; 0: off) and
     ``holder.alert_thread`` (every ``alerts.interval_s`` s when ``alerts.enabled``)."""
     from . import alerts
     from .rollup import CheckpointThread, Maintenance, MaintenanceThread
 
+    if getattr(holder, "fleet_thread", None) is None:
+        from .fleet_share import PublisherThread
+
+        holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
+        holder.fleet_thread.start()
     if getattr(holder, "checkpoint_thread", None) is None:
         holder.checkpoint_thread = CheckpointThread(config.db_path)
         holder.checkpoint_thread.start()
@@ -50,13 +56,14 @@ def dead_jobs(holder):
     ``alert_thread.last_error``)."""
     dead = []
     for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
-                   getattr(holder, "alert_thread", None)):
+                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None)):
         if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
             dead.append(thread.name)
     return dead
 
 
 class _Holder:
+    fleet_thread = None
     checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None

@@ -1,0 +1,151 @@
+"""Fleet documents built once by the publisher process and served by every worker
+(``server_monitor.fleet_share``), on a real monitor.db filled through ``store_report``."""
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+from reports import sample_report
+
+from server_monitor import fleet, fleet_share, schema
+from server_monitor.contract import validate_report
+from server_monitor.store import store_report
+
+ADMIN = {"id": "admin", "role": "admin"}
+SERVERS = fleet.REUSE_MIN_SERVERS + 20
+
+
+def _report(n, ts, util=50):
+    report = sample_report(f"node-{n:03d}", gpus=2, processes=1, disks=1, sample_time=ts)
+    report["sent_at"] = ts
+    for gpu in report["gpus"]:
+        gpu["utilization.gpu"] = util
+    return validate_report(report)
+
+
+@pytest.fixture
+def fleet_db(tmp_path):
+    """monitor.db with SERVERS servers of 2 GPUs (a fleet large enough to be shared)."""
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    now = int(time.time())
+    for n in range(SERVERS):
+        assert store_report(conn, _report(n, now - 30), now - 30)["stored"]
+    yield path, conn
+    conn.close()
+
+
+def _doc(entry):
+    doc = json.loads(entry.body)
+    doc.pop("generated_at")
+    return doc
+
+
+def _never(previous, version):
+    raise AssertionError("the worker built the document itself")
+
+
+def test_one_build_serves_every_worker_the_same_document_and_etag(fleet_db):
+    path, conn = fleet_db
+    key = fleet.scope_key(ADMIN)
+    first_worker, second_worker = fleet_share.Shelf(path), fleet_share.Shelf(path)
+    assert first_worker.get(key) is None  # nothing published yet
+    first_worker.want(key)
+    assert oct(os.stat(fleet_share.share_dir(path)).st_mode & 0o777) == "0o700"
+    publisher = fleet_share.Publisher(path)
+    assert publisher.round() == 1
+    a, b = first_worker.get(key), second_worker.get(key)
+    assert a.entry.etag == b.entry.etag and a.entry.body == b.entry.body and a.servers == SERVERS
+    # The document is what a worker would have built itself for that viewer.
+    assert _doc(a.entry) == json.loads(fleet.build_content(conn, ADMIN, {}))
+    assert json.loads(__import__("gzip").decompress(a.entry.gzip)) == json.loads(a.entry.body)
+
+    # A worker's FleetCache answers from the shelf without building.
+    cache = fleet.FleetCache(path, shelf=second_worker)
+    served = asyncio.run(cache.get(key, _never))
+    assert served.etag == a.entry.etag
+
+    # A new report: the next round publishes it; a round with no commit only confirms the document.
+    now = int(time.time())
+    assert store_report(conn, _report(0, now, util=7), now)["stored"]
+    publisher.round()
+    changed = first_worker.get(key)
+    assert changed.entry.etag != a.entry.etag
+    node = next(s for s in _doc(changed.entry)["servers"] if s["name"] == "node-000")
+    assert [g[3] for g in node["gpus"]] == [7, 7]  # utilization.gpu of the new report
+    os.utime(os.path.join(fleet_share.share_dir(path), fleet_share.scope_name(key) + ".doc"), (now - 5, now - 5))
+    publisher.round()
+    confirmed = first_worker.get(key)
+    assert confirmed.entry.etag == changed.entry.etag and confirmed.checked > now - 2
+
+
+def test_workers_build_themselves_for_old_documents_small_fleets_and_fresh(fleet_db, monkeypatch):
+    path, conn = fleet_db
+    key = fleet.scope_key(ADMIN)
+    shelf = fleet_share.Shelf(path)
+    shelf.want(key)
+    fleet_share.Publisher(path).round()
+    doc_path = os.path.join(fleet_share.share_dir(path), fleet_share.scope_name(key) + ".doc")
+    builds = []
+
+    async def build(previous, version):
+        builds.append(version)
+        return fleet.encode(b'{"local":true}', previous, version)
+
+    cache = fleet.FleetCache(path, shelf=shelf)
+    assert asyncio.run(cache.get(key, build, fresh=True)).body.startswith(b'{"local":true')  # ?fresh=1
+    old = time.time() - fleet.MAX_STALE_S - 1  # a publisher that stopped or fell behind
+    os.utime(doc_path, (old, old))
+    assert asyncio.run(fleet.FleetCache(path, shelf=shelf).get(key, build)).body.startswith(b'{"local":true')
+    os.utime(doc_path)
+    monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", SERVERS + 1)  # now a small fleet: exact documents
+    assert asyncio.run(fleet.FleetCache(path, shelf=shelf).get(key, build)).body.startswith(b'{"local":true')
+    assert len(builds) == 3
+    # A half-written or foreign file is never served.
+    with open(doc_path, "r+b") as fp:
+        fp.truncate(100)
+    assert fleet_share.Shelf(path).get(key) is None
+
+
+def test_a_scope_nobody_asks_for_is_dropped_with_its_document(fleet_db):
+    path, _ = fleet_db
+    scoped = fleet.scope_key({"id": "scott", "role": "viewer", "servers": [1, 2], "processes": False})
+    shelf = fleet_share.Shelf(path)
+    shelf.want(scoped)
+    publisher = fleet_share.Publisher(path)
+    assert publisher.round() == 1
+    doc = _doc(shelf.get(scoped).entry)
+    assert [s["id"] for s in doc["servers"]] == [1, 2] and doc["processes"] is False
+    assert all(g[10] == [] for s in doc["servers"] for g in s["gpus"])  # no processes for this viewer
+    stem = os.path.join(fleet_share.share_dir(path), fleet_share.scope_name(scoped))
+    old = time.time() - fleet_share.WANT_TTL_S - 1
+    os.utime(stem + ".want", (old, old))
+    assert publisher.round() == 0
+    assert not os.path.exists(stem + ".want") and not os.path.exists(stem + ".doc")
+
+
+def test_the_leader_runs_the_publisher_process_while_scopes_are_wanted(fleet_db):
+    path, _ = fleet_db
+    key = fleet.scope_key(ADMIN)
+    thread = fleet_share.PublisherThread(path, interval=0.1)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert thread.proc is None  # nobody asked: no process
+        shelf = fleet_share.Shelf(path)
+        shelf.want(key)
+        deadline = time.monotonic() + 30
+        while shelf.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shared = shelf.get(key)
+        assert shared is not None and shared.servers == SERVERS
+        proc = thread.proc
+        assert proc is not None and proc.poll() is None and proc.pid != os.getpid()
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) >= fleet_share.NICE  # display after acknowledgements
+    finally:
+        thread.stop()
+        thread.join(5)
+    assert proc.poll() is not None and not thread.is_alive()
