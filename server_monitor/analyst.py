@@ -32,7 +32,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode
 
-from . import config as config_mod
 
 ADHOC_PATHS = ("/monitor", "/monitor.json", "/monitor.csv")
 # Niceness added to the threads running analysts' SQL (Linux: per thread; 10 gives them about a
@@ -102,13 +101,18 @@ class AnalystSQL:
     @classmethod
     def from_config(cls, config):
         """From ``sql.analyst_time_limit_ms``, ``sql.analyst_concurrency``, ``sql.analyst_queue``; the slots
-        are shared between worker processes through lock files next to ``data.path`` when
-        ``server.workers`` > 1."""
-        shared = config_mod.worker_count(config) > 1
+        are lock files next to ``data.path``, shared by every worker process and held by the
+        WAL checkpoint thread while it restarts the WAL (``rollup.CheckpointThread``)."""
         return cls(time_limit_ms=config.get("sql.analyst_time_limit_ms", 2000),
                    concurrency=config.get("sql.analyst_concurrency", 1),
                    queue=config.get("sql.analyst_queue", 8),
-                   lock_prefix=config.db_path + ".analyst" if shared else None)
+                   lock_prefix=config.db_path + ".analyst")
+
+    def lock_paths(self):
+        """The slots' lock files (list of paths; empty without ``lock_prefix``)."""
+        if self.lock_prefix is None:
+            return []
+        return [f"{self.lock_prefix}.{slot}.lock" for slot in range(self.concurrency)]
 
     def _take_slot(self):
         """A free slot number (now held), or None. Raises ``OSError`` when a lock file cannot be opened."""

@@ -36,7 +36,10 @@ def start_jobs(holder, config):
         holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
         holder.fleet_thread.start()
     if getattr(holder, "checkpoint_thread", None) is None:
-        holder.checkpoint_thread = CheckpointThread(config.db_path)
+        from .analyst import AnalystSQL
+
+        holder.checkpoint_thread = CheckpointThread(config.db_path,
+                                                    analyst_locks=AnalystSQL.from_config(config).lock_paths())
         holder.checkpoint_thread.start()
 
     interval = float(config.get("data.maintenance_interval_s", 60))

@@ -513,22 +513,45 @@ class Maintenance:
             reader.close()
 
 
+# A WAL longer than this many frames (64 MiB of 4 KiB pages) is brought back to its start
+# (see CheckpointThread). SQLite restarts the WAL only when a writer begins while every frame is
+# copied and no reader still reads from the WAL; analysts' scans run back to back (each up to
+# sql.analyst_time_limit_ms) leave no such moment, and the 10-minute mixed run of
+# scripts/prove.py grew the WAL to 1.7 GB in 11 minutes.
+RESTART_FRAMES = 16384
+# How long a restart may hold writers while the last readers move off the WAL (ms); when a
+# reader takes longer the restart gives up at once and is tried again a second later.
+RESTART_WAIT_MS = 100
+# How long a restart waits for the analysts' slots (s): past the analysts' time limit (2 s).
+RESTART_SLOT_WAIT_S = 5.0
+
+
 class CheckpointThread(threading.Thread):
     """Copies the WAL into ``monitor.db`` every ``interval`` seconds (``PRAGMA
     wal_checkpoint(PASSIVE)`` on a connection of its own), so that ingest's commits never do it.
 
     A passive checkpoint takes none of the writers' locks: reports keep being written while it
     copies and syncs, and the WAL stays a few MiB (writers restart it from the beginning once
-    it is fully copied). Failures are logged and retried; the thread never ends by itself.
-    ``last``: the last result ``(busy, WAL frames, frames copied)``.
+    it is fully copied). When readers never leave the WAL (analysts' scans back to back) it
+    grows instead; past :data:`RESTART_FRAMES` the thread holds the analysts' slots
+    (``analyst_locks``: their lock files, so no new scan starts; the running one ends within
+    its time limit), copies what that scan held back without blocking anyone, then takes the
+    writer lock for at most :data:`RESTART_WAIT_MS` and runs ``wal_checkpoint(RESTART)``: the next
+    writer starts the WAL from its beginning (``schema.connect`` trims the file to its
+    ``journal_size_limit``). Failures are logged and retried; the thread never ends by itself.
+    ``last``: the last passive result ``(busy, WAL frames, frames copied)``; ``restarts``: WAL
+    restarts done.
     """
 
-    def __init__(self, db_path, interval=1.0):
+    def __init__(self, db_path, interval=1.0, analyst_locks=()):
         super().__init__(name="wal-checkpoint", daemon=True)
         self.db_path = db_path
         self.interval = interval
+        self.analyst_locks = list(analyst_locks)
         self.stopped = threading.Event()
         self.last = None
+        self.restarts = 0
+        self._writer_lock = None
 
     def run(self):
         conn = None
@@ -537,11 +560,51 @@ class CheckpointThread(threading.Thread):
                 if conn is None:
                     conn = schema.connect(self.db_path, timeout=1)
                 self.last = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            except sqlite3.Error as exc:  # a locked or replaced database: log, reconnect, retry
+                if self.last[1] > RESTART_FRAMES:
+                    self.restart(conn)
+            except (sqlite3.Error, OSError) as exc:  # a locked or replaced database: log, reconnect, retry
                 log.warning("WAL checkpoint failed, will retry: %s", exc)
                 if conn is not None:
                     conn.close()
                 conn = None
+
+    def restart(self, conn):
+        """Bring the WAL back to its start (see the class docstring); True when it was.
+        Raises ``sqlite3.Error`` or ``OSError``."""
+        import fcntl
+        import os
+
+        from .instance import WriterLock
+
+        held, busy = [], 1
+        try:
+            deadline = time.monotonic() + RESTART_SLOT_WAIT_S
+            for path in self.analyst_locks:  # no new analyst scan; wait for the running one
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                held.append(fd)
+                while True:  # polled (analysts poll every 20 ms): never blocked for good, checkpoints go on
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() > deadline:
+                            return False
+                        time.sleep(0.005)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what the scan held back, writers unimpeded
+            if self._writer_lock is None:
+                self._writer_lock = WriterLock(self.db_path)
+            with self._writer_lock:
+                conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+                try:
+                    busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+                finally:
+                    conn.execute("PRAGMA busy_timeout=1000")
+        finally:
+            for fd in held:
+                os.close(fd)  # releases its flock
+        if not busy:
+            self.restarts += 1
+        return not busy
 
 
 class MaintenanceThread(threading.Thread):

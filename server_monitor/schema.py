@@ -644,6 +644,9 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     conn.execute(f"PRAGMA cache_size=-{int(cache_mib * 1024)}")
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    # When the WAL restarts, its file is cut back to this size (a WAL that grew while readers
+    # held it would otherwise keep its largest size on disk).
+    conn.execute(f"PRAGMA journal_size_limit={WAL_AUTOCHECKPOINT_PAGES * 4096}")
     return conn
 
 

@@ -115,6 +115,97 @@ def test_the_checkpoint_thread_copies_the_wal_so_writers_do_not(tmp_path):
         thread.join(5)
 
 
+def test_a_wal_that_analysts_never_leave_is_brought_back_to_its_start(tmp_path, monkeypatch):
+    """The 10-minute mixed run grew the WAL to 1.7 GB: analysts' scans ran back to back, so some
+    reader always read from the WAL and SQLite never restarted it. Here two "analysts" on two
+    analyst slots (their lock files, as server_monitor.analyst takes them) hold overlapping read
+    transactions of 0.3 s while a writer commits every few ms under the writer lock: the WAL
+    grows past the restart threshold; the checkpoint thread holds both slots, restarts the WAL
+    (writers held at most RESTART_WAIT_MS) and the analysts go on after. Without holding the
+    slots a restart never finds a moment without an old reader."""
+    import fcntl
+    import os
+    import threading
+
+    from server_monitor import rollup
+    from server_monitor.instance import WriterLock
+
+    monkeypatch.setattr(rollup, "RESTART_FRAMES", 200)
+    path = str(tmp_path / "m.db")
+    schema.migrate(path)
+    setup = schema.connect(path)
+    setup.execute("create table t (x blob)")
+    setup.close()
+    slots = [path + ".analyst.0.lock", path + ".analyst.1.lock"]  # sql.analyst_concurrency: 2
+    stop = threading.Event()
+    scans, commits, waits = [0], [0], []
+
+    def analyst(slot, offset):
+        conn = sqlite3.connect(path, isolation_level=None)
+        fd = os.open(slot, os.O_RDWR | os.O_CREAT, 0o600)
+        time.sleep(offset)  # the two scans overlap: some reader is always in the WAL
+        while not stop.is_set():
+            try:  # as AnalystSQL takes a slot: without blocking, again after 20 ms
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                time.sleep(0.02)
+                continue
+            conn.execute("BEGIN")
+            conn.execute("select count(*) from t").fetchone()
+            time.sleep(0.3)
+            conn.execute("COMMIT")
+            scans[0] += 1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.005)  # the next query comes a round trip later
+
+    def writer():
+        conn = schema.connect(path)
+        lock = WriterLock(path)
+        while not stop.is_set():
+            started = time.monotonic()
+            with lock:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("insert into t values (randomblob(3000))")
+                conn.execute("COMMIT")
+            waits.append(time.monotonic() - started)
+            commits[0] += 1
+            time.sleep(0.003)
+
+    workers = [threading.Thread(target=analyst, args=(slots[0], 0), daemon=True),
+               threading.Thread(target=analyst, args=(slots[1], 0.15), daemon=True),
+               threading.Thread(target=writer, daemon=True)]
+    for t in workers:
+        t.start()
+    def wal_size():
+        try:
+            return os.path.getsize(path + "-wal")
+        except FileNotFoundError:  # before the first connection opens it
+            return 0
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and wal_size() < 300 * 4096:
+        time.sleep(0.05)
+    assert wal_size() >= 300 * 4096  # grown past the threshold: the readers never leave it
+    thread = rollup.CheckpointThread(path, interval=0.05, analyst_locks=slots)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not thread.restarts:
+            time.sleep(0.05)
+        assert thread.restarts >= 1, thread.last
+        before = scans[0], commits[0]
+        time.sleep(1)
+        assert scans[0] > before[0] and commits[0] > before[1]  # analysts and writes go on
+        assert wal_size() <= schema.WAL_AUTOCHECKPOINT_PAGES * 4096  # journal_size_limit
+        assert max(waits) < 5  # nobody hit a busy timeout
+    finally:
+        stop.set()
+        thread.stopped.set()
+        thread.join(5)
+        for t in workers:
+            t.join(5)
+
+
 def test_after_a_failed_report_the_same_hosts_later_ones_wait(hub_config):
     """Disk full in the proof suite: a host's report refused, its next one in the same write stored,
     the first one stored on retry: the host's history out of order. Later reports of a host whose
