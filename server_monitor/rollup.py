@@ -535,12 +535,14 @@ class CheckpointThread(threading.Thread):
     it is fully copied). When readers never leave the WAL (analysts' scans back to back) it
     grows instead; past :data:`RESTART_FRAMES` the thread holds the analysts' slots
     (``analyst_locks``: their lock files, so no new scan starts; the running one ends within
-    its time limit), copies what that scan held back without blocking anyone, then takes the
-    writer lock for at most :data:`RESTART_WAIT_MS` and runs ``wal_checkpoint(RESTART)``: the next
-    writer starts the WAL from its beginning (``schema.connect`` trims the file to its
-    ``journal_size_limit``). Failures are logged and retried; the thread never ends by itself.
-    ``last``: the last passive result ``(busy, WAL frames, frames copied)``; ``restarts``: WAL
-    restarts done.
+    its time limit), copies what that scan held back without blocking anyone, and only when
+    that copied (nearly) everything takes the writer lock, copies the last frames and, with
+    nothing left to copy, runs ``wal_checkpoint(RESTART)``, waiting at most
+    :data:`RESTART_WAIT_MS` for readers to move off: the next writer starts the WAL from its
+    beginning (``schema.connect`` trims the file to its ``journal_size_limit``). A long copy
+    never happens under the writer lock (the first version did that: a 3 s ingest stall).
+    Failures are logged and retried; the thread never ends by itself. ``last``: the last
+    passive result ``(busy, WAL frames, frames copied)``; ``restarts``: WAL restarts done.
     """
 
     def __init__(self, db_path, interval=1.0, analyst_locks=()):
@@ -590,13 +592,21 @@ class CheckpointThread(threading.Thread):
                         if time.monotonic() > deadline:
                             return False
                         time.sleep(0.005)
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # what the scan held back, writers unimpeded
+            # What the scans held back, copied without blocking anyone. When a reader still holds
+            # an older snapshot (a long fleet-document build) not everything is copied: try again
+            # later rather than copy it under the writer lock.
+            _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames - copied > RESTART_FRAMES // 16:
+                return False
             if self._writer_lock is None:
                 self._writer_lock = WriterLock(self.db_path)
-            with self._writer_lock:
-                conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+            with self._writer_lock:  # writers wait from here: copy the last few frames, then restart
+                conn.execute("PRAGMA busy_timeout=0")
                 try:
-                    busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+                    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if frames == copied:  # nothing left to copy: RESTART only waits for readers to leave
+                        conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+                        busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
                 finally:
                     conn.execute("PRAGMA busy_timeout=1000")
         finally:

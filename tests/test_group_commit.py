@@ -197,7 +197,8 @@ def test_a_wal_that_analysts_never_leave_is_brought_back_to_its_start(tmp_path, 
         time.sleep(1)
         assert scans[0] > before[0] and commits[0] > before[1]  # analysts and writes go on
         assert wal_size() <= schema.WAL_AUTOCHECKPOINT_PAGES * 4096  # journal_size_limit
-        assert max(waits) < 5  # nobody hit a busy timeout
+        # Writers waited for the last frames' copy and RESTART's 100 ms at most, never for a long copy.
+        assert max(waits) < 1.5, max(waits)
     finally:
         stop.set()
         thread.stopped.set()
