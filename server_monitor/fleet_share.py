@@ -71,11 +71,8 @@ def scope_name(key):
 
 def _write_atomic(path, data):
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fp:
+        fp.write(data)  # no fsync: a cache; a file cut short by a crash is never served (decode_doc)
     os.replace(tmp, path)
 
 
@@ -305,10 +302,14 @@ class PublisherThread(threading.Thread):
                     log.warning("the fleet document publisher exited with status %s; starting it again", code)
                     not_before = time.monotonic() + RESPAWN_S
             if time.monotonic() >= not_before and self._wanted():
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "server_monitor.fleet_share", self.db_path, str(self.idle_max_util),
-                     str(os.getpid())], cwd=ROOT, stdin=subprocess.DEVNULL)
-                self.starts += 1
+                try:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-m", "server_monitor.fleet_share", self.db_path, str(self.idle_max_util),
+                         str(os.getpid())], cwd=ROOT, stdin=subprocess.DEVNULL)
+                    self.starts += 1
+                except OSError as exc:  # workers keep building themselves meanwhile
+                    log.warning("cannot start the fleet document publisher: %s", exc)
+                    not_before = time.monotonic() + RESPAWN_S
         self.stop()
 
     def stop(self):
