@@ -33,12 +33,10 @@ Workers (``fleet.FleetCache``) answer from the shelf when the document covers at
 (small fleets, ``?fresh=1``, no publisher, a publisher behind) they build as before.
 """
 
-import ctypes
 import hashlib
 import json
 import logging
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -246,17 +244,11 @@ class Publisher:
             time.sleep(max(0.0, started + period - time.monotonic()))
 
 
-def _die_with_parent():
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-
-
 def main(argv=None):
     """``python -m server_monitor.fleet_share DB_PATH IDLE_MAX_UTIL PARENT_PID``: the publisher."""
     argv = sys.argv[1:] if argv is None else argv
+    from .asgi import _die_with_parent  # as the workers: SIGKILL when the leader dies
+
     db_path, idle, parent = argv[0], float(argv[1]), int(argv[2])
     _die_with_parent()
     if os.getppid() != parent:
