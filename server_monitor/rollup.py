@@ -21,7 +21,9 @@ transactions of at most :attr:`Maintenance.batch` rows, with a short pause betwe
 A first run after a long outage therefore catches up in many small steps.
 """
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -522,6 +524,9 @@ RESTART_FRAMES = 16384
 # How long a restart may hold writers while the last readers move off the WAL (ms); when a
 # reader takes longer the restart gives up at once and is tried again a second later.
 RESTART_WAIT_MS = 100
+# At most this many frames (4 MiB) are left for a restart to copy under the writer lock; with more
+# left (a reader still holds an older snapshot) it tries again a second later.
+RESTART_LAG_FRAMES = RESTART_FRAMES // 16
 # How long a restart waits for the analysts' slots (s): past the analysts' time limit (2 s).
 RESTART_SLOT_WAIT_S = 5.0
 
@@ -573,9 +578,6 @@ class CheckpointThread(threading.Thread):
     def restart(self, conn):
         """Bring the WAL back to its start (see the class docstring); True when it was.
         Raises ``sqlite3.Error`` or ``OSError``."""
-        import fcntl
-        import os
-
         from .instance import WriterLock
 
         held, busy = [], 1
@@ -596,7 +598,7 @@ class CheckpointThread(threading.Thread):
             # an older snapshot (a long fleet-document build) not everything is copied: try again
             # later rather than copy it under the writer lock.
             _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if frames - copied > RESTART_FRAMES // 16:
+            if frames - copied > RESTART_LAG_FRAMES:
                 return False
             if self._writer_lock is None:
                 self._writer_lock = WriterLock(self.db_path)
