@@ -287,7 +287,7 @@ function ownerName(row) {
   return (row.user || "?") + (row.container ? " · " + row.container : "");
 }
 
-function holderTimeline(container, holders, gpus, range) {
+function holderTimeline(container, holders, gpus, range, cadence) {
   // Colour by user (the question is "who"), users ranked by GPU time so the biggest get the
   // distinct colours; the tooltip names the container or job too.
   const who = (r) => r.user || r.container || "unknown owner";
@@ -305,6 +305,16 @@ function holderTimeline(container, holders, gpus, range) {
     cell.rows.push(r);
   }
   const cells = [...byKey.values()].filter((c) => c.row !== undefined);
+  // A bucket finer than the host's report cadence (the agent's configured interval is 30 s,
+  // its reports came every 60 s) must not leave "free" stripes between two reports that both
+  // listed the holder: a cell lasts until the GPU's next cell, at most one report step.
+  for (const g of gpus) {
+    const mine = cells.filter((c) => c.row === rowIndex.get(g)).sort((a, b) => a.ts - b.ts);
+    mine.forEach((c, i) => {
+      const next = i + 1 < mine.length ? mine[i + 1].ts - c.ts : cadence;
+      c.span = Math.max(c.span, Math.min(cadence, next));
+    });
+  }
   // Runs of the same main owner, for the names written into the bands.
   const labels = [];
   for (const g of gpus) {
@@ -331,6 +341,13 @@ function holderTimeline(container, holders, gpus, range) {
     describe: (cell) => (cell ? cell.rows.map((r) => ownerName(r) + (r.container_kind ? " (" + r.container_kind + ")" : "") +
       " · " + Math.round(r.share * 100) + "% of the time" + (r.vram_mib ? " · " + fmtMiB(r.vram_mib) : "")) : ["free (no process)"]),
   });
+}
+
+function typicalStep(times) {
+  // The median step between successive times (s), 0 for fewer than two.
+  const sorted = times.slice().sort((a, b) => a - b);
+  const steps = sorted.slice(1).map((t, i) => t - sorted[i]).filter((d) => d > 0).sort((a, b) => a - b);
+  return steps.length ? steps[Math.floor(steps.length / 2)] : 0;
 }
 
 function naturalSpans(rows) {
@@ -447,7 +464,7 @@ function draw(host, gpu, holders, range) {
     .filter((g) => g !== null).sort((a, b) => a - b);
   const pct = (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + "%");
   if (gpus.length) {
-    holderTimeline(container, holders, gpus, range);
+    holderTimeline(container, holders, gpus, range, typicalStep(host.map((r) => r.ts)));
     utilizationHeatmap(container, gpu, gpus, range);
   }
   const xs = host.map((r) => r.ts);
