@@ -394,6 +394,9 @@ def main():
                         help="only the runs on an empty database (no populated history, no query table)")
     parser.add_argument("--workers", default="1,2",
                         help="comma-separated server.workers values to compare (default 1,2)")
+    parser.add_argument("--full-only", action="store_true",
+                        help="only the ingest runs on the populated database, one per --workers value in "
+                             "that order (repeats allowed: 2,1,2,1), no limits, no query table")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt-get install wrk)")
@@ -406,6 +409,21 @@ def main():
           f"SQLite {sqlite3.sqlite_version}")
 
     results = {}
+    if args.full_only:
+        full = Hub(os.path.join(work, "full"))
+        if not os.path.exists(full.config.db_path):
+            sys.exit(f"no populated database in {work}/full: run without --full-only first")
+        for w in [int(x) for x in args.workers.split(",")]:
+            forget_bench_hosts(full.config.db_path)
+            full.start(w)
+            try:
+                f = run_wrk(full, args.seconds)
+            finally:
+                full.stop()
+                forget_bench_hosts(full.config.db_path)
+            print(f" {w} worker{'s' if w > 1 else ' '} populated database: {f['rate']:7.0f} reports/s  p99 {f['p99']:>8}  "
+                  f"non-2xx {f['non_2xx']}  hub CPU {f['hub_cpu_s'] / args.seconds:.2f} cores", flush=True)
+        return
     limits = sqlite_limits(work, min(args.seconds, 15))
     print(f"same disk, no HTTP, one transaction per report: raw SQLite {limits['raw']:.0f} reports/s, "
           f"validate_report + store_report {limits['store']:.0f} reports/s; "
