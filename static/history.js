@@ -305,16 +305,9 @@ function holderTimeline(container, holders, gpus, range, cadence) {
     cell.rows.push(r);
   }
   const cells = [...byKey.values()].filter((c) => c.row !== undefined);
-  // A bucket finer than the host's report cadence (the agent's configured interval is 30 s,
-  // its reports came every 60 s) must not leave "free" stripes between two reports that both
-  // listed the holder: a cell lasts until the GPU's next cell, at most one report step.
-  for (const g of gpus) {
-    const mine = cells.filter((c) => c.row === rowIndex.get(g)).sort((a, b) => a.ts - b.ts);
-    mine.forEach((c, i) => {
-      const next = i + 1 < mine.length ? mine[i + 1].ts - c.ts : cadence;
-      c.span = Math.max(c.span, Math.min(cadence, next));
-    });
-  }
+  // Stretched by the host's report step, not the GPU's own: a GPU held in every other report
+  // has a typical step of two reports, which would paint the free report between as held.
+  stretchSpans(cells, cadence);
   // Runs of the same main owner, for the names written into the bands.
   const labels = [];
   for (const g of gpus) {
@@ -350,31 +343,30 @@ function typicalStep(times) {
   return steps.length ? steps[Math.floor(steps.length / 2)] : 0;
 }
 
-function naturalSpans(rows) {
-  // Buckets finer than the report interval leave gaps between reports: a cell lasts until the
-  // GPU's next bucket, at most the typical (median) step between buckets.
-  const byGpu = new Map();
-  for (const r of rows) (byGpu.get(r.gpu_index) || byGpu.set(r.gpu_index, []).get(r.gpu_index)).push(r);
-  const spans = new Map();
-  for (const list of byGpu.values()) {
+function stretchSpans(cells, cadence) {
+  // Buckets finer than the reports (the agent's configured interval is 30 s, its reports came
+  // every 60 s) would leave stripes between two reports: each cell lasts until its row's next
+  // cell, at most `cadence` s (the typical step between reports; without it, the row's own
+  // typical step between cells). Changes cells' span in place.
+  const byRow = new Map();
+  for (const c of cells) (byRow.get(c.row) || byRow.set(c.row, []).get(c.row)).push(c);
+  for (const list of byRow.values()) {
     list.sort((a, b) => a.ts - b.ts);
-    const steps = list.slice(1).map((r, i) => r.ts - list[i].ts).sort((a, b) => a - b);
-    const typical = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
-    list.forEach((r, i) => {
-      const gap = i + 1 < list.length ? list[i + 1].ts - r.ts : typical;
-      spans.set(r, Math.max(r.bucket_s, Math.min(gap, typical)));
+    const step = cadence === undefined ? typicalStep(list.map((c) => c.ts)) : cadence;
+    list.forEach((c, i) => {
+      const next = i + 1 < list.length ? list[i + 1].ts - c.ts : step;
+      c.span = Math.max(c.span, Math.min(step, next));
     });
   }
-  return spans;
 }
 
 function utilizationHeatmap(container, gpu, gpus, range) {
   const rowIndex = new Map(gpus.map((g, i) => [g, i]));
-  const spans = naturalSpans(gpu);
   const cells = gpu.filter((r) => rowIndex.has(r.gpu_index)).map((r) => ({
-    row: rowIndex.get(r.gpu_index), ts: r.ts, span: spans.get(r), r,
+    row: rowIndex.get(r.gpu_index), ts: r.ts, span: r.bucket_s, r,
     parts: [{ colour: r.utilization_gpu === null ? (cssVar("--bar-bg") || "#555") : heatColor(r.utilization_gpu), frac: 1 }],
   }));
+  stretchSpans(cells);
   const scale = h("div", { class: "heat-scale", "aria-hidden": "true" },
     h("span", {}, "0%"), h("span", { class: "heat-bar" }), h("span", {}, "100%"),
     h("span", { class: "muted" }, " · grey: not reported (MIG)"));
