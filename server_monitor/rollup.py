@@ -29,6 +29,7 @@ import threading
 import time
 
 from . import schema
+from .instance import WriterLock
 
 log = logging.getLogger("server_monitor.rollup")
 
@@ -515,12 +516,13 @@ class Maintenance:
             reader.close()
 
 
-# A WAL longer than this many frames (64 MiB of 4 KiB pages) is brought back to its start
-# (see CheckpointThread). SQLite restarts the WAL only when a writer begins while every frame is
+# A WAL longer than this many frames (64 MiB of 4 KiB pages: the size at which SQLite itself
+# would checkpoint, schema.WAL_AUTOCHECKPOINT_PAGES) is brought back to its start (see
+# CheckpointThread). SQLite restarts the WAL only when a writer begins while every frame is
 # copied and no reader still reads from the WAL; analysts' scans run back to back (each up to
 # sql.analyst_time_limit_ms) leave no such moment, and the 10-minute mixed run of
 # scripts/prove.py grew the WAL to 1.7 GB in 11 minutes.
-RESTART_FRAMES = 16384
+RESTART_FRAMES = schema.WAL_AUTOCHECKPOINT_PAGES
 # How long a restart may hold writers while the last readers move off the WAL (ms); when a
 # reader takes longer the restart gives up at once and is tried again a second later.
 RESTART_WAIT_MS = 100
@@ -578,8 +580,6 @@ class CheckpointThread(threading.Thread):
     def restart(self, conn):
         """Bring the WAL back to its start (see the class docstring); True when it was.
         Raises ``sqlite3.Error`` or ``OSError``."""
-        from .instance import WriterLock
-
         held, busy = [], 1
         try:
             deadline = time.monotonic() + RESTART_SLOT_WAIT_S
@@ -602,6 +602,7 @@ class CheckpointThread(threading.Thread):
                 return False
             if self._writer_lock is None:
                 self._writer_lock = WriterLock(self.db_path)
+            timeout_ms = conn.execute("PRAGMA busy_timeout").fetchone()[0]
             with self._writer_lock:  # writers wait from here: copy the last few frames, then restart
                 conn.execute("PRAGMA busy_timeout=0")
                 try:
@@ -610,7 +611,7 @@ class CheckpointThread(threading.Thread):
                         conn.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
                         busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
                 finally:
-                    conn.execute("PRAGMA busy_timeout=1000")
+                    conn.execute(f"PRAGMA busy_timeout={timeout_ms}")
         finally:
             for fd in held:
                 os.close(fd)  # releases its flock
