@@ -321,3 +321,21 @@ def test_item3_agent_once_on_a_busy_mig_host_offers_only_the_idle_instances(inge
     conn = sqlite3.connect(admin.db)
     assert conn.execute("select count(*), min(mig_uuid) from gpu_processes").fetchone() == (
         3, "MIG-00000000-0000-0000-0000-000000000000")
+
+
+def test_item3_fleet_document_marks_unknown_and_shared_mig_instances(admin):
+    """The grid's MIG sub-cells: 227e0d8 called every instance without a process "free", also one
+    whose usage was never read and one beside a busy sibling CI. Now each device carries the state
+    /free goes by: busy, shared, unknown or free."""
+    sibling = corpus_report("mig-sibling", "mig-user-guide-a100-40gb-3ci-busy.txt",
+                            "mig-user-guide-a100-40gb-3ci.L.txt", busy_pids=(59796,))
+    assert ingest(admin, sibling, admin.token).status_code == 201
+    unknown = mig_report("mig-unknown", busy_instances=())
+    for device in unknown["mig_devices"]:
+        device.update({"memory.used": None, "memory.total": None, "sampled_at": None})
+    assert ingest(admin, unknown, admin.token).status_code == 201
+    doc = admin.get("/api/fleet").json()
+    mig = {s["name"]: s["gpus"][0][doc["gpu_fields"].index("mig")] for s in doc["servers"]}
+    assert [(m[0], m[5], m[6]) for m in mig["mig-sibling"]] == [
+        (GUIDE_UUIDS[0], 0, "shared"), (GUIDE_UUIDS[1], 1, "busy"), (GUIDE_UUIDS[2], 0, "shared")]
+    assert [m[6] for m in mig["mig-unknown"]] == ["unknown"] * 4
