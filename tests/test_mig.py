@@ -339,3 +339,21 @@ def test_item3_fleet_document_marks_unknown_and_shared_mig_instances(admin):
     assert [(m[0], m[5], m[6]) for m in mig["mig-sibling"]] == [
         (GUIDE_UUIDS[0], 0, "shared"), (GUIDE_UUIDS[1], 1, "busy"), (GUIDE_UUIDS[2], 0, "shared")]
     assert [m[6] for m in mig["mig-unknown"]] == ["unknown"] * 4
+
+
+def test_item2_metrics_one_series_per_gpu_instance(admin):
+    """/metrics after keeping every CI: the guide's GI 1 with three CIs (all named 1c.3g.20gb) is one
+    DCGM_FI_DEV_FB_USED series labelled GPU_I_PROFILE 3g.20gb, as dcgm-exporter labels a GI (a series per
+    CI would repeat one label set, which Prometheus rejects); processes summed over its CIs."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    busy = corpus_report("mig-metrics", "mig-user-guide-a100-40gb-3ci-busy.txt", "mig-user-guide-a100-40gb-3ci.L.txt",
+                         busy_pids=(59785, 59796))
+    assert ingest(admin, busy, admin.token).status_code == 201
+    found = {f.name: f for f in text_string_to_metric_families(admin.get("/metrics").text)}
+    mig = [(s.labels["GPU_I_ID"], s.labels["GPU_I_PROFILE"], s.value) for s in found["DCGM_FI_DEV_FB_USED"].samples
+           if s.labels["Hostname"] == "mig-metrics" and s.labels["GPU_I_ID"]]
+    assert mig == [("1", "3g.20gb", 476)]
+    procs = [s.value for s in found["server_monitor_gpu_processes"].samples
+             if s.labels["Hostname"] == "mig-metrics" and s.labels["GPU_I_ID"]]
+    assert procs == [2]
