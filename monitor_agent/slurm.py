@@ -39,8 +39,8 @@ HOLDING_STATES = frozenset(("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
 # never split into fields. JobName is the last field of the first line and read to its end.
 _FREE_TEXT = ("Command=", "WorkDir=", "StdErr=", "StdIn=", "StdOut=", "Comment=", "AdminComment=",
               "SystemComment=", "Reason=", "Features=", "Licenses=", "Network=")
-# One GRES entry of a detail line: name[:type][:count](IDX:list) or (CNT:n).
-_GRES_ENTRY = re.compile(r"([A-Za-z0-9_]+)((?::[^,():]*)*)\((IDX|CNT):([^)]*)\)")
+# One GRES entry of a detail line: name[:type][:count](IDX:list) or (CNT:n); type may be (null).
+_GRES_ENTRY = re.compile(r"([A-Za-z0-9_]+)((?::(?:\(null\)|[^,():]*))*)\((IDX|CNT):([^)]*)\)")
 _MIG_TYPE = re.compile(r"\d+g\.\d+gb", re.IGNORECASE)
 _USER = re.compile(r"^(.*)\((\d+)\)$")
 MAX_HOSTLIST = 100000  # names one hostlist expression may expand to
@@ -190,8 +190,9 @@ def job_display_id(job):
 def node_allocations(jobs, node):
     """The GPU allocations of node ``node`` among ``jobs`` (from :func:`parse_jobs`).
 
-    Returns a list of ``{"job_id", "user", "uid", "partition", "name", "state", "start_time",
-    "gpu_indexes"}`` (``job_id`` as :func:`job_display_id`; ``uid`` int or None;
+    Returns a list of ``{"job_id", "array_id", "user", "uid", "partition", "name", "state",
+    "start_time", "gpu_indexes"}`` (``job_id`` the JobId, as in the job's cgroup ``job_<id>``;
+    ``array_id`` ``ArrayJobId_ArrayTaskId`` for an array task, else None; ``uid`` int or None;
     ``start_time`` epoch s or None; ``gpu_indexes`` Slurm GRES indexes, sorted), one per job
     holding at least one GPU of this node in a state of :data:`HOLDING_STATES`.
     """
@@ -211,7 +212,8 @@ def node_allocations(jobs, node):
         if match:
             user, uid = match.group(1), int(match.group(2))
         out.append({
-            "job_id": job_display_id(job),
+            "job_id": job["JobId"],
+            "array_id": job_display_id(job) if job_display_id(job) != job["JobId"] else None,
             "user": user[:256] or None,
             "uid": uid if uid is not None and uid < 2**32 else None,
             "partition": (job.get("Partition") or "")[:128] or None,

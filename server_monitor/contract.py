@@ -554,8 +554,10 @@ SLURM_STATES = ("ok", "timeout", "error")
 
 SLURM_JOB = Obj(
     {
-        "job_id": Str(32, minlen=1, pattern=r"[0-9]{1,20}(_[0-9]{1,10})?", required=True, nullable=False,
-                      doc="Slurm job id as squeue prints it: JobId, or ArrayJobId_ArrayTaskId for an array task"),
+        "job_id": Str(20, minlen=1, pattern=r"[0-9]{1,20}", required=True, nullable=False,
+                      doc="Slurm JobId (as in the job's cgroup job_<id>)"),
+        "array_id": Str(32, pattern=r"[0-9]{1,20}_[0-9]{1,10}", soft=True,
+                        doc="ArrayJobId_ArrayTaskId of an array task, as squeue prints it; null otherwise"),
         "user": Str(256, soft=True, doc="the job's user (scontrol UserId name)"),
         "uid": Int(0, 2**32, soft=True, doc="the job's UID (scontrol UserId number)"),
         "partition": Str(128, soft=True, doc="scontrol Partition"),

@@ -420,14 +420,16 @@ _GPU_SAMPLE_INSERT = (f"INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, {', '.joi
 
 
 def slurm_allocations(report):
-    """``{gpu uuid: (job_id, user, uid)}`` of the report's ``slurm_jobs`` (empty without Slurm).
+    """``{gpu uuid: (job, user, uid, job_id)}`` of the report's ``slurm_jobs`` (empty without Slurm):
+    ``job`` the id users know (``array_id`` of an array task, else the JobId), ``job_id`` the JobId.
 
     A GPU named by two jobs (Slurm never does that; a confused report might) keeps the first.
     """
     out = {}
     for job in report.get("slurm_jobs") or []:
         for uuid in job.get("gpu_uuids") or []:
-            out.setdefault(uuid, (job["job_id"], job.get("user"), job.get("uid")))
+            out.setdefault(uuid, (job.get("array_id") or job["job_id"], job.get("user"), job.get("uid"),
+                                  job["job_id"]))
     return out
 
 
@@ -555,8 +557,8 @@ def _store_allocation_holders(conn, server_id, ts, gpu_ids, processes, allocatio
     """One ``gpu_processes`` row per GPU a Slurm job holds with no process on it in this report.
 
     The row stands for the job as the GPU's holder: ``pid`` and ``process_name`` NULL,
-    ``used_gpu_memory_mib`` 0, ``user``/``uid`` the job's, ``container`` ``job <id>`` (as a
-    process inside the job is attributed from its cgroup) and ``container_kind``
+    ``used_gpu_memory_mib`` 0, ``user``/``uid`` the job's, ``container`` ``job <JobId>`` (the name a
+    process inside the job gets from its cgroup, monitor_agent/cgroups.py) and ``container_kind``
     :data:`SLURM_ALLOCATION_KIND`. So the who-panel, the holder history and GPU-hours count
     an allocated GPU for the job's user from the moment it is allocated, and a GPU whose
     job's processes run is counted through those processes only (never twice).
@@ -564,8 +566,8 @@ def _store_allocation_holders(conn, server_id, ts, gpu_ids, processes, allocatio
     if not allocations:
         return
     used = {p.get("gpu_uuid") for p in processes}
-    rows = [(server_id, ts, gpu_ids[uuid], user, uid, f"job {job}", SLURM_ALLOCATION_KIND)
-            for uuid, (job, user, uid) in allocations.items() if uuid in gpu_ids and uuid not in used]
+    rows = [(server_id, ts, gpu_ids[uuid], user, uid, f"job {job_id}", SLURM_ALLOCATION_KIND)
+            for uuid, (_, user, uid, job_id) in allocations.items() if uuid in gpu_ids and uuid not in used]
     conn.executemany(
         "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib, user, uid,"
         " container, container_kind) VALUES (?, ?, ?, NULL, NULL, 0, ?, ?, ?, ?)", rows)
