@@ -43,8 +43,9 @@ hosts as (
 -- A GI is free when each of its compute instances (CI) has a known state (read from nvidia-smi's table,
 -- sampled_at within 300 s of the report) and none runs a process: CIs of one GI share its memory, so a
 -- CI beside a busy sibling is not free. A GPU with a compute process the agent could not place in an
--- instance (started after the last table read), or allocated to a Slurm job, offers none. A free GI is offered once, as its CI with
--- the most SMs (CUDA sees one MIG device per process): env CUDA_VISIBLE_DEVICES=MIG-<uuid>.
+-- instance (started after the last table read), or allocated to a Slurm job, offers none. A free GI is
+-- offered once, as its CI with the most SMs (CUDA sees one MIG device per process):
+-- env CUDA_VISIBLE_DEVICES=MIG-<uuid>.
 mig_gi as (
   select m.server_id, m.gpu_id, m.gpu_instance_id, sum(m.process_count) as busy,
     sum(m.sampled_at is null or m.memory_total_mib is null or m.memory_used_mib is null
