@@ -38,7 +38,8 @@ DEFAULTS = {
     },
     "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True},
     "alerts": {"enabled": True},
-    "prometheus": {"token": None},
+    # shards: how many targets /metrics/targets (Prometheus http_sd) splits the fleet into.
+    "prometheus": {"token": None, "shards": 1},
     # Defaults of the fleet views (canned-query parameters left empty use these).
     "features": {
         "free_max_util": 10,
