@@ -352,8 +352,8 @@ def test_item2_metrics_one_series_per_gpu_instance(admin):
     assert ingest(admin, busy, admin.token).status_code == 201
     found = {f.name: f for f in text_string_to_metric_families(admin.get("/metrics").text)}
     mig = [(s.labels["GPU_I_ID"], s.labels["GPU_I_PROFILE"], s.value) for s in found["DCGM_FI_DEV_FB_USED"].samples
-           if s.labels["Hostname"] == "mig-metrics" and s.labels["GPU_I_ID"]]
+           if s.labels.get("Hostname") == "mig-metrics" and s.labels.get("GPU_I_ID")]
     assert mig == [("1", "3g.20gb", 476)]
     procs = [s.value for s in found["server_monitor_gpu_processes"].samples
-             if s.labels["Hostname"] == "mig-metrics" and s.labels["GPU_I_ID"]]
+             if s.labels.get("Hostname") == "mig-metrics" and s.labels.get("GPU_I_ID")]
     assert procs == [2]
