@@ -267,7 +267,7 @@ class KmsgReader:
         bus = fallen_off_bus(message)
         if bus is None:
             match = _GPU_NAMED.search(message)
-            if match:
+            if match and "NVRM: The NVIDIA GPU" in message:
                 self._named = (_bus_of(match.group("bus")), seq)
                 return
             if self._named is not None and _FALLEN.search(message) and seq - self._named[1] <= FALLEN_SPAN:
