@@ -601,7 +601,8 @@ def _store_inventory(conn, server_id, ts, report):
                           for link in topo["links"] or [] if link["a"] != link["b"]])
         conn.executemany("UPDATE gpus SET cpu_affinity = ?, numa_node = ? WHERE server_id = ? AND gpu_index = ?"
                          " AND vendor = 'nvidia'",
-                         [(g["cpu_affinity"], topology.numa_node(g["numa_affinity"]), server_id, g["index"])
+                         [(topology.cpu_list(g["cpu_affinity"]), topology.numa_node(g["numa_affinity"]), server_id,
+                           g["index"])
                           for g in topo["gpus"] or []])
     if report.get("mig_devices") is not None:
         _store_mig(conn, server_id, ts, report["mig_devices"], report.get("processes") or [])

@@ -14,6 +14,8 @@ import re
 PCIE_RANK = {"SYS": 1, "SOC": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
 # A NUMA node set as nvidia-smi's "NUMA Affinity" column prints it: "0", "0-1", "0,8,252-255".
 _NUMA_SET = re.compile(r"\d{1,4}(?:[-,]\d{1,4}){0,63}")
+# A CPU list as the "CPU Affinity" column prints it: "0-31,64-95".
+_CPU_SET = re.compile(r"\d{1,5}(?:[-,]\d{1,5}){0,255}")
 # Beyond this many candidates on one host, pick greedily instead of trying every set.
 EXHAUSTIVE_MAX = 16
 
@@ -28,6 +30,14 @@ def numa_node(text):
         return None
     text = text.strip()
     return text if _NUMA_SET.fullmatch(text) else None
+
+
+def cpu_list(text):
+    """``text`` when it is a CPU list (``0-31,64-95``), else None (a link word from an old agent)."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    return text if _CPU_SET.fullmatch(text) else None
 
 
 def link_rank(link):

@@ -148,3 +148,6 @@ def test_item1_hub_never_takes_a_link_word_for_a_numa_node(datasette, hub_config
     assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
     rows = admin.get("/monitor/gpus.json?_shape=array").json()
     assert sorted((r["gpu_index"], r["numa_node"]) for r in rows if r["server"] == "ib-node") == [(0, None), (1, "1")]
+    assert sorted((r["gpu_index"], r["cpu_affinity"]) for r in rows if r["server"] == "ib-node") == [(0, None),
+                                                                                                    (1, "0-47")]
+    assert topology.cpu_list("NODE") is None and topology.cpu_list("0-47,96-143") == "0-47,96-143"
