@@ -506,10 +506,12 @@ MIG_DEVICE = Obj(
         "profile": Str(64, soft=True, doc="MIG profile, e.g. 3g.40gb (nvidia-smi -L)"),
         "gpu_instance_id": Int(0, 1023, soft=True, doc="GPU instance id (GI)"),
         "compute_instance_id": Int(0, 1023, soft=True, doc="compute instance id (CI)"),
-        "memory.used": Int(0, MIB, soft=True, unit="MiB", doc="instance memory used (nvidia-smi table)"),
-        "memory.total": Int(0, MIB, soft=True, unit="MiB", doc="instance memory size"),
+        "memory.used": Int(0, MIB, soft=True, unit="MiB",
+                           doc="memory used in its GPU instance (nvidia-smi table; shared by the GI's compute instances)"),
+        "memory.total": Int(0, MIB, soft=True, unit="MiB", doc="memory size of its GPU instance"),
         "sm_count": Int(0, 100000, soft=True, doc="streaming multiprocessors of the instance"),
-        "sampled_at": Num(0, 1e11, soft=True, unit="epoch s", doc="when the usage was read (refreshed once a minute)"),
+        "sampled_at": Num(0, 1e11, soft=True, unit="epoch s",
+                          doc="when the table this usage comes from was read; null: not read yet (never offered as free)"),
     },
     nullable=False,  # a list item must be an object
 )
