@@ -170,8 +170,8 @@ class Str(Spec):
     """A string of at most ``maxlen`` characters; optional regex or choices.
 
     Characters unsafe by :mod:`monitor_agent.textrule` (controls, bidi, invisible marks, lone
-    surrogates): an identity string (``identity=True``, or one with ``pattern`` or ``choices``)
-    is refused; free text has each one replaced by U+FFFD (same length) and is kept, the field
+    surrogates): an identity string (``identity=True``, or one with a ``pattern``) and a value
+    from ``choices`` are refused; free text has each one replaced by U+FFFD (same length) and is kept, the field
     named in the answer's ``replaced`` list (security review N2).
     """
 
@@ -183,7 +183,7 @@ class Str(Spec):
         self.maxlen, self.minlen = maxlen, minlen
         self.pattern = re.compile(pattern) if pattern else None
         self.choices = tuple(choices) if choices else None
-        self.identity = bool(identity or pattern or choices)
+        self.identity = bool(identity or pattern)  # a value from a fixed list is refused too (below)
 
     def _leaf(self, value):
         if type(value) is not str and not isinstance(value, str):
@@ -201,7 +201,7 @@ class Str(Spec):
                 what = "contains a NUL character (U+0000)"
             else:
                 what = f"contains the control character {textrule.describe(char)}"
-            if self.identity:
+            if self.identity or self.choices is not None:
                 raise _Bad(what)
             raise _Replaced(textrule.clean(value), f"{what}; replaced by U+FFFD")
         if self.choices is not None and value not in self.choices:
