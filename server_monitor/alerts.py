@@ -35,6 +35,8 @@ from email.message import EmailMessage
 
 import urllib3
 
+from monitor_agent import textrule
+
 from . import gpu_health, schema
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
@@ -70,8 +72,10 @@ STATE_TEXT = {
 
 # Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
 # error messages, mountpoints) become one space in every notice (M3: a newline in an e-mail
-# Subject raised ValueError and killed the alert thread; also no forged lines in chat).
-_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+# Subject raised ValueError and killed the alert thread; also no forged lines in chat): the
+# shared text rule (monitor_agent/textrule.py) plus, for one line, TAB, LF, ZWNJ/ZWJ and the
+# invisible operators U+2061-U+2065.
+_UNSAFE_TEXT = re.compile("[\t\n\u200c\u200d\u2061-\u2065" + textrule.UNSAFE_CLASS + "]+")
 
 
 def clean_text(text):
