@@ -17,6 +17,7 @@ from .inventory import Inventory
 from .kmsg import KmsgReader, bus_key
 from .procinfo import ProcessInfo
 from .runner import BoundedRunner
+from .slurm import SlurmCollector
 
 log = logging.getLogger("server_monitor.agent")
 
@@ -92,6 +93,11 @@ class ReportBuilder:
         if cfg.get("kmsg_path"):
             self.kmsg = KmsgReader(cfg["kmsg_path"], boot_time=psutil.boot_time())
         self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
+        # Slurm GPU allocations, only where scontrol is installed (no Slurm: no field, no child).
+        self.slurm = None
+        if cfg.get("slurm", True):
+            self.slurm = SlurmCollector(cfg.get("scontrol") or "scontrol", node=cfg.get("slurm_node"),
+                                        interval=cfg.get("slurm_interval", 60), timeout=timeout)
         self.extra = extra
 
     def _collect_drm(self, skip_bus_ids):
@@ -194,6 +200,14 @@ class ReportBuilder:
         report["gpu_topology"] = gpu.get("gpu_topology")  # None: not read this cycle
         report["containers"] = containers
         report.update(self._xid_events(gpus))
+        if self.slurm is not None:
+            try:
+                allocations = self.slurm.collect(gpus)
+            except Exception as exc:  # a collector bug must not cost the host's report
+                log.warning("Slurm allocation read failed: %r", exc)
+                allocations = None
+            if allocations is not None:
+                report.update(allocations)
         if self.extra is not None:
             report.update(self.extra())
         return clean_text(report)

@@ -273,7 +273,7 @@ def test_N6_migration_takes_the_process_out_of_stored_xid_text(tmp_path, monkeyp
 
     path = str(tmp_path / "old.db")
     full = list(schema.MIGRATIONS)
-    before = next(i for i, step in enumerate(full) if callable(step) and step.__name__ == "migration_22")
+    before = next(i for i, step in enumerate(full) if callable(step) and step.__name__ == "migration_23")
     monkeypatch.setattr(schema, "MIGRATIONS", full[:before])
     monkeypatch.setattr(schema, "SCHEMA_VERSION", before)
     schema.migrate(path)
