@@ -88,7 +88,8 @@ def check(cfg, require_hub=True):
                "inventory_interval", "probe_interval", "slurm_interval")
     for key in numbers:
         try:
-            cfg[key] = float(cfg[key])
+            # A dict built without load() (tests, embedding) may lack a key added later: its default.
+            cfg[key] = float(cfg.get(key, DEFAULTS[key]))
         except (TypeError, ValueError):
             raise AgentConfigError(f"{key} must be a number")
         if cfg[key] <= 0:

@@ -11,7 +11,7 @@ import functools
 import json
 import sqlite3
 
-from . import gpu_health, xidtext
+from . import gpu_health, topology, xidtext
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -606,7 +606,9 @@ def _store_inventory(conn, server_id, ts, report):
                           for link in topo["links"] or [] if link["a"] != link["b"]])
         conn.executemany("UPDATE gpus SET cpu_affinity = ?, numa_node = ? WHERE server_id = ? AND gpu_index = ?"
                          " AND vendor = 'nvidia'",
-                         [(g["cpu_affinity"], g["numa_affinity"], server_id, g["index"]) for g in topo["gpus"] or []])
+                         [(topology.cpu_list(g["cpu_affinity"]), topology.numa_node(g["numa_affinity"]), server_id,
+                           g["index"])
+                          for g in topo["gpus"] or []])
     if report.get("mig_devices") is not None:
         _store_mig(conn, server_id, ts, report["mig_devices"], report.get("processes") or [])
     containers = report.get("containers")
