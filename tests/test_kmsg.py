@@ -110,7 +110,7 @@ def test_report_carries_xid_events_attributed_to_its_gpus(tmp_path, monkeypatch)
     base = {"server_url": "http://127.0.0.1:9", "token": "x", "nvidia_smi": FAKE_NVSMI, "drm": False,
             "spool_dir": str(tmp_path / "spool"),
             **{k: 30 for k in ("interval", "gpu_timeout", "spool_max_mb", "spool_max_age_h", "retry_base_s",
-                               "retry_max_s", "inventory_interval", "probe_interval", "slurm_interval")}}
+                               "retry_max_s", "inventory_interval", "probe_interval")}}
     builder = ReportBuilder(check(dict(base, kmsg_path=FIXTURE)))
     builder.kmsg.history_s = 10**10  # the fixture's records are "old" against this machine's boot time
     report = validate_report(builder.build())
