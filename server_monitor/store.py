@@ -11,7 +11,7 @@ import functools
 import json
 import sqlite3
 
-from . import gpu_health, topology
+from . import gpu_health, topology, xidtext
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -511,7 +511,9 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     """Append XID events (each kernel record once) and keep ``gpus.xid_last`` / ``xid_last_ts``.
 
     An event's GPU is the server's GPU with its UUID, else with its PCI bus id; its time is the
-    agent's ``time`` (boot time + record usec), else the report's.
+    agent's ``time`` (boot time + record usec), else the report's. ``message`` is stored without
+    the line's ``pid=…, name=…`` part (:func:`server_monitor.xidtext.without_process`), the full
+    line in ``kernel_line`` (security review N6).
     """
     if not events:
         return
@@ -521,11 +523,14 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     for e in events:
         gpu_id = by_uuid.get(e["gpu_uuid"]) or by_bus.get(_bus_key(e["pci.bus_id"]))
         when = int(e["time"]) if e["time"] is not None and e["time"] > 1e9 else ts
+        # The process (pid=, name=) stays out of the text every viewer reads (N6): message holds
+        # the line without it, kernel_line the line as the kernel printed it (null when the same).
+        public = xidtext.without_process(e["message"])
         cur = conn.execute(
             "INSERT OR IGNORE INTO xid_events (server_id, gpu_id, ts, received_at, seq, usec, pci_bus_id, xid, name,"
-            " pid, process_name, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " pid, process_name, message, kernel_line) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (server_id, gpu_id, when, received_at, e["seq"], e["usec"], e["pci.bus_id"], e["xid"], e["name"],
-             e["pid"], e["process_name"], e["message"]))
+             e["pid"], e["process_name"], public, None if public == e["message"] else e["message"]))
         if cur.rowcount and gpu_id is not None:
             conn.execute("UPDATE gpus SET xid_last = ?, xid_last_ts = ? WHERE id = ? AND coalesce(xid_last_ts, 0) <= ?",
                          (e["xid"], when, gpu_id, when))

@@ -21,6 +21,8 @@ Configured by environment variables:
                         (ignores SIGTERM, a child holds stdout open), ``slow:<seconds>``,
                         ``garbage`` (non-UTF-8 bytes and a comma in a process name),
                         ``sentinels`` (every sentinel spelling in the GPU fields)
+``FAKE_NVSMI_PROCNAME`` process path printed for each GPU's first compute process (any text,
+                        e.g. with U+200B: security review N2)
 ``FAKE_NVSMI_LOG``      append one line per invocation (argv) to this file
 ``FAKE_NVSMI_TOPO``     file answered to ``topo -m`` (default: the capture's one-GPU matrix)
 ``FAKE_NVSMI_MIG_TABLE`` file answered to plain ``nvidia-smi`` (default: the capture's table), e.g. a
@@ -162,6 +164,8 @@ def query_apps(cap, fields, fmt, count, seed):
                 app["pid"] = str(int(app["pid"]) + 1000 * i + k)
             if mode == "garbage" and k == 0:
                 app["process_name"] = "/opt/bad\udcff\udcfename, with comma/train.py"
+            elif env("FAKE_NVSMI_PROCNAME") and k == 0:
+                app["process_name"] = env("FAKE_NVSMI_PROCNAME")
             mem = app["used_gpu_memory"]
             if nounits and mem.endswith(" MiB"):
                 mem = mem[:-4]

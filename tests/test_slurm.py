@@ -167,8 +167,10 @@ def test_item7_contract_nulls_a_hostile_job_string_only():
     report = allocated_report()
     report["slurm_jobs"][1]["name"] = "x\u202eevil"
     checked = validate_report(report)
-    assert checked["slurm_jobs"][1]["name"] is None and checked["slurm_jobs"][1]["user"] == "user9"
-    assert any("slurm_jobs[1].name" in n for n in checked["nulled"])
+    # Free text under the shared text rule (tests/test_textrule.py): the bad character is
+    # replaced by U+FFFD and the field named; the rest of the job is kept.
+    assert checked["slurm_jobs"][1]["name"] == "x\ufffdevil" and checked["slurm_jobs"][1]["user"] == "user9"
+    assert any("slurm_jobs[1].name" in n for n in checked["replaced"])
 
 
 @pytest.fixture
