@@ -23,10 +23,11 @@ import threading
 import time
 import zlib
 
-from server_monitor import config as config_mod
-from server_monitor import dbguard, instance, schema, tokens
-from server_monitor.contract import ContractError, validate_report
-from server_monitor.store import NotStored, machine_identity, sample_time, store_reports
+from server_monitor.core import config as config_mod
+from server_monitor.storage import dbguard, instance, schema
+from server_monitor.auth import tokens
+from server_monitor.storage.contract import ContractError, validate_report
+from server_monitor.storage.store import NotStored, machine_identity, sample_time, store_reports
 
 log = logging.getLogger("server_monitor.ingest")
 

@@ -12,12 +12,13 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
-from server_monitor import hub, tokens
-from server_monitor.alerts import identity_text
-from server_monitor.accounts import ROLES, AccountError
-from server_monitor.queries import DATABASE, QUERIES, run
-from server_monitor.store import delete_server
-from server_monitor.web import page
+from server_monitor.serving import hub
+from server_monitor.auth import tokens
+from server_monitor.jobs.alerts import identity_text
+from server_monitor.auth.accounts import ROLES, AccountError
+from server_monitor.serving.queries import DATABASE, QUERIES, run
+from server_monitor.storage.store import delete_server
+from server_monitor.serving.web import page
 
 
 def _forbidden(request, post=True):

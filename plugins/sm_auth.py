@@ -21,11 +21,11 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password, verify_password
 
-from server_monitor import hub
-from server_monitor.accounts import AccountError, check_password, check_username
-from server_monitor.config import admin_password_hash
-from server_monitor.queries import ADMIN_QUERIES
-from server_monitor.web import page
+from server_monitor.serving import hub
+from server_monitor.auth.accounts import AccountError, check_password, check_username
+from server_monitor.core.config import admin_password_hash
+from server_monitor.serving.queries import ADMIN_QUERIES
+from server_monitor.serving.web import page
 
 BUSY_MESSAGE = "The hub is busy checking other passwords. Try again in a few seconds."
 

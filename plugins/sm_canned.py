@@ -8,8 +8,8 @@ actor sees only the servers in their scope.
 
 from datasette import hookimpl
 
-from server_monitor import hub
-from server_monitor.queries import DATABASE, DATASETTE_QUERIES, scope_value
+from server_monitor.serving import hub
+from server_monitor.serving.queries import DATABASE, DATASETTE_QUERIES, scope_value
 
 
 @hookimpl

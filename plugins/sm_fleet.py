@@ -16,8 +16,8 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor import fleet, fleet_share, hub
-from server_monitor.queries import DATABASE, QUERIES, run
+from server_monitor.serving import fleet, fleet_share, hub
+from server_monitor.serving.queries import DATABASE, QUERIES, run
 
 RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
          "gpu_pcie_degraded", "disk_full", "host_identity")

@@ -21,10 +21,11 @@ import threading
 from datasette import hookimpl
 
 import ingest
-from server_monitor import analyst, dbguard, hub
-from server_monitor.web import STRICT_CSP
-from server_monitor.wsgi_bridge import IngestBridge
-from server_monitor.wsgi_bridge import header as _header
+from server_monitor.serving import analyst, hub
+from server_monitor.storage import dbguard
+from server_monitor.serving.web import STRICT_CSP
+from server_monitor.serving.wsgi_bridge import IngestBridge
+from server_monitor.serving.wsgi_bridge import header as _header
 
 INGEST_PATH = "/api/report"
 HEALTH_PATH = "/-/health"
@@ -400,7 +401,7 @@ def post_refusal(path):
     Only the admin write canned queries (``/monitor/admin_*``) take POST; Datasette 0.65 answers
     a POST to a read-only query or a table page with a 500.
     """
-    from server_monitor.queries import ADMIN_QUERIES, DATABASE
+    from server_monitor.serving.queries import ADMIN_QUERIES, DATABASE
 
     prefix = "/" + DATABASE
     if path != prefix and not path.startswith((prefix + "/", prefix + ".", "/_internal")):

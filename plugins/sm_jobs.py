@@ -11,8 +11,8 @@ on the lock and reads the leader's state for ``/-/health``).
 
 from datasette import hookimpl
 
-from server_monitor import hub
-from server_monitor.leader import JobsLeader, start_jobs
+from server_monitor.serving import hub
+from server_monitor.jobs.leader import JobsLeader, start_jobs
 
 
 @hookimpl

@@ -10,8 +10,8 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from server_monitor import hub
-from server_monitor.metrics import DISKS_SQL, GPUS_SQL, MIG_SQL, SERVERS_SQL, exposition
+from server_monitor.serving import hub
+from server_monitor.serving.metrics import DISKS_SQL, GPUS_SQL, MIG_SQL, SERVERS_SQL, exposition
 
 
 METRICS_REFUSED = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"

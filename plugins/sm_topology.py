@@ -3,7 +3,7 @@ used by the ``free_gpus`` canned query to pick GPUs joined by NVLink on one NUMA
 
 from datasette import hookimpl
 
-from server_monitor import topology
+from server_monitor.core import topology
 
 
 @hookimpl

@@ -26,10 +26,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
-from server_monitor import schema  # noqa: E402
-from server_monitor.contract import validate_report  # noqa: E402
-from server_monitor.rollup import Maintenance  # noqa: E402
-from server_monitor.store import store_report  # noqa: E402
+from server_monitor.storage import schema  # noqa: E402
+from server_monitor.storage.contract import validate_report  # noqa: E402
+from server_monitor.storage.rollup import Maintenance  # noqa: E402
+from server_monitor.storage.store import store_report  # noqa: E402
 
 
 def main():
@@ -105,7 +105,7 @@ def main():
                   " CPU, unfinished")
         old.set_progress_handler(None, 0)
         started = time.process_time()
-        from server_monitor.rollup import usage_for_range
+        from server_monitor.storage.rollup import usage_for_range
 
         totals, _ = usage_for_range(old, t0, t0 + 3600)
         print(f"  its replacement (usage_for_range) on that hour: {time.process_time() - started:.2f} s CPU "

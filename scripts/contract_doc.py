@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from server_monitor.contract import List, Obj, REPORT  # noqa: E402
+from server_monitor.storage.contract import List, Obj, REPORT  # noqa: E402
 
 
 def rows(spec, path=""):

@@ -428,7 +428,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("SERVER_MONITOR_AGENT_TOKEN")
     if not token and args.config:
-        from server_monitor import config as config_mod
+        from server_monitor.core import config as config_mod
 
         token = config_mod.load(args.config).get("agent.token")
     if not token:

@@ -22,8 +22,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
-from server_monitor import contract, schema  # noqa: E402
-from server_monitor.store import store_report  # noqa: E402
+from server_monitor.storage import contract, schema  # noqa: E402
+from server_monitor.storage.store import store_report  # noqa: E402
 
 FIRST = ["alice", "bob", "carol", "dmitri", "eve", "farah", "gao", "hiro", "ines", "jonas", "kemal", "lena",
          "mateo", "nadia", "oskar", "priya", "quinn", "rahul", "sofia", "tomas", "uma", "viktor", "wei", "xenia",

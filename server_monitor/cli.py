@@ -5,8 +5,8 @@ import sqlite3
 
 import click
 
-from . import config as config_mod
-from . import instance, schema
+from .core import config as config_mod
+from .storage import instance, schema
 
 
 
@@ -48,7 +48,7 @@ def _private_files(cfg):
 def _prepare_auth_db(path):
     """Create or upgrade the sessions/users/tokens database at ``path`` (``data.auth_path``)
     and close it again. Raises ``sqlite3.Error``."""
-    from .accounts import Accounts
+    from .auth.accounts import Accounts
 
     Accounts(path).connection().close()
 
@@ -57,7 +57,7 @@ def _prepare_statistics(db_path):
     """Planner statistics before Datasette opens its (long-lived) connections; best effort."""
     import sqlite3
 
-    from .rollup import refresh_statistics
+    from .storage.rollup import refresh_statistics
 
     try:
         conn = schema.connect(db_path, timeout=30)
@@ -129,7 +129,7 @@ def serve(config_path, init, host, port, workers):
     # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
     os.environ["FORWARDED_ALLOW_IPS"] = ""
     if workers > 1:
-        from . import leader
+        from .jobs import leader
 
         leader.run_jobs_here(cfg)  # maintenance and alerts in this process, off the workers' GILs
     click.echo(f"Server Monitor hub on {url}" + (f" ({workers} worker processes)" if workers > 1 else ""), err=True)
@@ -140,7 +140,7 @@ def serve(config_path, init, host, port, workers):
     # No access log: at fleet size it is one line per agent report (200 a second for 1,000
     # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
     # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
-    uvicorn.run("server_monitor.asgi:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="")
 
 
@@ -182,7 +182,7 @@ def token():
 
 
 def _token_db(config_path):
-    from . import tokens
+    from .auth import tokens
 
     return tokens, tokens.connect(_load(config_path).auth_db_path)
 
@@ -242,7 +242,7 @@ def _utc(epoch):
 
 
 def _accounts(config_path):
-    from .accounts import Accounts
+    from .auth.accounts import Accounts
 
     cfg = _load(config_path)
     return cfg, Accounts(cfg.auth_db_path)
@@ -285,7 +285,7 @@ def sessions_revoke(config_path, everyone, username):
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 def maintain(config_path):
     """Run one maintenance pass now (roll-ups, retention, WAL checkpoint)."""
-    from .rollup import Maintenance
+    from .storage.rollup import Maintenance
 
     click.echo(Maintenance.from_config(_load(config_path)).run_once())
 

@@ -92,7 +92,7 @@ def test_bus_ids_compare_across_spellings(text, expected):
 
 
 def test_hub_alerts_the_same_critical_codes():
-    from server_monitor import alerts
+    from server_monitor.jobs import alerts
 
     assert alerts.CRITICAL_XIDS == kmsg.CRITICAL_XIDS
     assert {48, 63, 64, 74, 79, 94, 95, 119, 120} <= kmsg.CRITICAL_XIDS
@@ -104,7 +104,7 @@ def test_report_carries_xid_events_attributed_to_its_gpus(tmp_path, monkeypatch)
 
     from monitor_agent.collect import ReportBuilder
     from monitor_agent.config import AgentConfigError, check
-    from server_monitor.contract import validate_report
+    from server_monitor.storage.contract import validate_report
 
     monkeypatch.setenv("FAKE_NVSMI_GPUS", "3")
     base = {"server_url": "http://127.0.0.1:9", "token": "x", "nvidia_smi": FAKE_NVSMI, "drm": False,

@@ -5,7 +5,7 @@ hub's arguments (one database ``monitor``, ``metadata.yml``, ``plugins/``, ``tem
 ``static/`` and the settings below) and returns its ASGI app, with the startup hooks run
 at ASGI lifespan startup (so the background jobs and the ingest app exist before the first
 request). It is a factory so that uvicorn can start it in each of ``server.workers``
-processes (``uvicorn.run("server_monitor.asgi:create_app", factory=True, workers=N)``): the
+processes (``uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, workers=N)``): the
 processes share the listening socket, each accepts its own connections.
 
 Process-wide state that must be shared between the workers lives in SQLite or behind a
@@ -20,9 +20,9 @@ import os
 import signal
 import sys
 
-from . import config as config_mod
+from ..core import config as config_mod
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_PDEATHSIG = 1
 # How long a thread that wants the GIL waits before the running one is asked to let go
 # (Python's default: 5 ms). Ingest's writer thread gives the GIL up in every SQLite call and

@@ -8,7 +8,7 @@ import json
 import os
 import re
 
-QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "canned_queries")
+QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "canned_queries")
 DATABASE = "monitor"
 _OPTION_KEYS = {"title", "description", "hide_sql", "write", "on_success_message", "on_success_redirect",
                 "on_error_redirect", "admin"}

@@ -28,15 +28,15 @@ def start_jobs(holder, config):
     ``holder.maintenance_thread`` (every ``data.maintenance_interval_s`` s; 0: off) and
     ``holder.alert_thread`` (every ``alerts.interval_s`` s when ``alerts.enabled``)."""
     from . import alerts
-    from .rollup import CheckpointThread, Maintenance, MaintenanceThread
+    from ..storage.rollup import CheckpointThread, Maintenance, MaintenanceThread
 
     if getattr(holder, "fleet_thread", None) is None:
-        from .fleet_share import PublisherThread
+        from ..serving.fleet_share import PublisherThread
 
         holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
         holder.fleet_thread.start()
     if getattr(holder, "checkpoint_thread", None) is None:
-        from .analyst import AnalystSQL
+        from ..serving.analyst import AnalystSQL
 
         holder.checkpoint_thread = CheckpointThread(config.db_path,
                                                     analyst_locks=AnalystSQL.from_config(config).lock_paths())

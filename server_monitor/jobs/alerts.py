@@ -35,7 +35,8 @@ from email.message import EmailMessage
 
 import urllib3
 
-from . import gpu_health, schema
+from ..core import gpu_health
+from ..storage import schema
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
 # must not import the agent package, so the codes are repeated here and a test keeps them equal).

@@ -54,7 +54,7 @@ WANT_TOUCH_S = 10.0  # a worker refreshes a scope's want at most this often
 MIN_PERIOD_S = 1.0  # rounds start at most once a second
 NICE = 5  # the publisher's niceness: acknowledgements before display freshness
 RESPAWN_S = 5.0  # a publisher that failed is started again after this long at the soonest
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def share_dir(db_path):
@@ -296,7 +296,7 @@ class PublisherThread(threading.Thread):
             if time.monotonic() >= not_before and self._wanted():
                 try:
                     self.proc = subprocess.Popen(
-                        [sys.executable, "-m", "server_monitor.fleet_share", self.db_path, str(self.idle_max_util),
+                        [sys.executable, "-m", "server_monitor.serving.fleet_share", self.db_path, str(self.idle_max_util),
                          str(os.getpid())], cwd=ROOT, stdin=subprocess.DEVNULL)
                     self.starts += 1
                 except OSError as exc:  # workers keep building themselves meanwhile

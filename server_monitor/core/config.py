@@ -128,7 +128,7 @@ def _merge(defaults, given):
 def known_keys():
     """``{section: set of key names}`` a config file may use: :data:`DEFAULTS` plus the
     ``alerts`` keys of :data:`server_monitor.alerts.DEFAULTS`. A new key is added there."""
-    from .alerts import DEFAULTS as ALERT_DEFAULTS
+    from ..jobs.alerts import DEFAULTS as ALERT_DEFAULTS
 
     known = {section: set(values) for section, values in DEFAULTS.items()}
     known["alerts"] |= set(ALERT_DEFAULTS)

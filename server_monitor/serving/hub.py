@@ -9,9 +9,9 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config as config_mod
+from ..core import config as config_mod
 from .analyst import AnalystSQL
-from .accounts import Accounts, LoginLimiter
+from ..auth.accounts import Accounts, LoginLimiter
 
 SESSION_COOKIE = "sm_session"
 # Behind https the session cookie is __Host- prefixed: Secure, Path=/, no Domain, so a sibling
@@ -115,7 +115,7 @@ class HubContext:
 
     def dead_jobs(self):
         """Names of this process's background threads that were started but have died (M3)."""
-        from .leader import dead_jobs
+        from ..jobs.leader import dead_jobs
 
         return dead_jobs(self)
 

@@ -11,7 +11,7 @@ import functools
 import json
 import sqlite3
 
-from . import gpu_health
+from ..core import gpu_health
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
