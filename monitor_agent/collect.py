@@ -21,7 +21,7 @@ from .runner import BoundedRunner
 log = logging.getLogger("server_monitor.agent")
 
 CONTRACT_VERSION = 1
-# What the hub refuses in any string (server_monitor/contract.py): control characters and
+# What the hub refuses in any string (server_monitor/storage/contract.py): control characters and
 # bidi overrides. Text read from nvidia-smi, /proc or container tools may hold them.
 _UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 

@@ -7,6 +7,7 @@ Datasette's CSRF token; every route answers 403 to anyone but an admin.
 """
 
 import secrets
+from urllib.parse import parse_qs
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
@@ -43,8 +44,6 @@ class Form(dict):
 
 
 async def read_form(request):
-    from urllib.parse import parse_qs
-
     body = (await request.post_body()).decode("utf-8", "replace")
     return Form(parse_qs(body, keep_blank_values=True))
 
@@ -68,7 +67,7 @@ async def render(request, datasette, status=200, **extra):
     identity_events = await run(datasette, "host_identity_events", actor)
     agent_tokens = tokens.list_tokens(ctx.accounts.connection())
     # Not "base_url": Datasette's own template variable of that name would win. server.public_url
-    # when configured: the Host header can be forged (I5).
+    # when configured: the Host header can be forged (see docs/security.md I5).
     site_url = (ctx.config.get("server.public_url") or f"{request.scheme}://{request.host}").rstrip("/")
     return await page(
         datasette, request, "admin.html", status=status,

@@ -1,7 +1,7 @@
 """Canned queries from ``canned_queries/*.sql`` plus the ``:_scope_*`` magic parameters.
 
 Each ``.sql`` file is one canned query on the ``monitor`` database, named by its file
-stem (see ``server_monitor/queries.py``). Queries filter rows with
+stem (see ``server_monitor/serving/queries.py``). Queries filter rows with
 ``(:_scope_all or s.id in (select value from json_each(:_scope_servers)))`` so every
 actor sees only the servers in their scope.
 """

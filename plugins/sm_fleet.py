@@ -1,6 +1,6 @@
 """The fleet grid's data and the alert controls, on the session login (JSON errors only):
 
-* ``GET /api/fleet`` — the compact fleet document of ``server_monitor.fleet`` for the
+* ``GET /api/fleet`` — the compact fleet document of ``server_monitor.serving.fleet`` for the
   viewer's scope; gzip when the client accepts it, ``ETag`` and ``304`` on ``If-None-Match``;
 * ``POST /api/alerts/<id>/ack`` ``{"note": "..."}`` — admin: acknowledge a firing alert;
 * ``POST /api/silences`` ``{"server_id": 3 | null, "rule": "gpu_temperature" | null,
@@ -29,7 +29,7 @@ def error(status, message, **headers):
 
 
 def cache(datasette):
-    """The :class:`server_monitor.fleet.FleetCache` of this hub (created on first use)."""
+    """The :class:`server_monitor.serving.fleet.FleetCache` of this hub (created on first use)."""
     found = getattr(datasette, "_sm_fleet_cache", None)
     if found is None:
         db_path = hub.context(datasette).config.db_path

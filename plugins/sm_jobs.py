@@ -4,7 +4,7 @@
   seconds (60; 0 turns it off);
 * alert evaluation and delivery every ``alerts.interval_s`` seconds (``alerts.enabled``).
 
-They run in one process per hub, the holder of the jobs lock (``server_monitor.leader``): the
+They run in one process per hub, the holder of the jobs lock (``server_monitor.jobs.leader``): the
 worker itself with one worker, the ``serve`` process with several (this hook then only waits
 on the lock and reads the leader's state for ``/-/health``).
 """

@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format of the fleet (see ``server_monitor/metrics.py``).
+"""``GET /metrics``: Prometheus text format of the fleet (see ``server_monitor/serving/metrics.py``).
 
 Allowed with ``Authorization: Bearer <prometheus.token>`` (config.yaml; compared in
 constant time) or an admin session. Anything else: 401/403 JSON.

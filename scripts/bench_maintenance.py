@@ -4,7 +4,7 @@
 
 Grows a fresh database through the product's own ingest path (``validate_report`` +
 ``store_report``, 8 GPUs and 16 processes per report) on a simulated clock, and runs the
-hub's own :class:`~server_monitor.rollup.Maintenance` object every simulated minute, as
+hub's own :class:`~server_monitor.storage.rollup.Maintenance` object every simulated minute, as
 the hub's maintenance thread does. Reports the CPU time of every pass (incremental passes
 and the pass that rolls a complete hour up), per stored report, and extrapolates to
 1,000 servers at 200 reports/s (720,000 reports an hour) as a share of one core. Side by

@@ -1,4 +1,4 @@
-"""Print the report contract (server_monitor.contract.REPORT) as a Markdown table.
+"""Print the report contract (server_monitor.storage.contract.REPORT) as a Markdown table.
 
     .venv/bin/python scripts/contract_doc.py            # print it
     .venv/bin/python scripts/contract_doc.py --update   # rewrite it inside docs/api.md

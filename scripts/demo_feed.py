@@ -13,7 +13,7 @@ captured), then
    and the GPU-hours accounting from them;
 3. keeps posting a live report per host every ``--interval`` seconds (unless ``--once``).
 
-Every report is contract v1 (``server_monitor/contract.py``) and is validated by the hub
+Every report is contract v1 (``server_monitor/storage/contract.py``) and is validated by the hub
 like any agent's. Nothing here touches the agent's collectors or the database directly.
 
 The simulated lab: users alice, bob, carol, ... running training, inference and notebooks

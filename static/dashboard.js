@@ -101,7 +101,7 @@ const VENDOR_LABEL = { amd: "AMD", intel: "Intel" };
 // ---- GPU health (fleet document: health, health_reasons, xid, mig after vendor) --------
 const F_HEALTH = 12, F_REASONS = 13, F_XID = 14, F_MIG = 15;
 const HEALTH_GLYPH = { critical: "✖", warning: "⚠" };
-// nvidia-smi clocks_event_reasons.* names (server_monitor.gpu_health) in words.
+// nvidia-smi clocks_event_reasons.* names (server_monitor.core.gpu_health) in words.
 const THROTTLE_TEXT = {
   gpu_idle: "idle", applications_clocks_setting: "applications clocks", sw_power_cap: "power cap",
   hw_slowdown: "HW slowdown", sync_boost: "sync boost", sw_thermal_slowdown: "SW thermal slowdown",

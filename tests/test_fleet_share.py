@@ -1,5 +1,5 @@
 """Fleet documents built once by the publisher process and served by every worker
-(``server_monitor.fleet_share``), on a real monitor.db filled through ``store_report``."""
+(``server_monitor.serving.fleet_share``), on a real monitor.db filled through ``store_report``."""
 
 import asyncio
 import json

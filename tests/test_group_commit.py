@@ -118,7 +118,7 @@ def test_the_checkpoint_thread_copies_the_wal_so_writers_do_not(tmp_path):
 def test_a_wal_that_analysts_never_leave_is_brought_back_to_its_start(tmp_path, monkeypatch):
     """The 10-minute mixed run grew the WAL to 1.7 GB: analysts' scans ran back to back, so some
     reader always read from the WAL and SQLite never restarted it. Here two "analysts" on two
-    analyst slots (their lock files, as server_monitor.analyst takes them) hold overlapping read
+    analyst slots (their lock files, as server_monitor.serving.analyst takes them) hold overlapping read
     transactions of 0.3 s while a writer commits every few ms under the writer lock: the WAL
     grows past the restart threshold; the checkpoint thread holds both slots, restarts the WAL
     (writers held at most RESTART_WAIT_MS) and the analysts go on after. Without holding the

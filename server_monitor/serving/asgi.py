@@ -10,7 +10,7 @@ processes share the listening socket, each accepts its own connections.
 
 Process-wide state that must be shared between the workers lives in SQLite or behind a
 file lock (see ``docs/architecture.md``, "Worker processes"): sessions and the login
-limiter in ``auth.db``, the background jobs in one worker at a time (``server_monitor.leader``),
+limiter in ``auth.db``, the background jobs in one worker at a time (``server_monitor.jobs.leader``),
 analysts' ad-hoc SQL gated across workers. Per-worker caches (the fleet document) are keyed
 by ``PRAGMA data_version``, so every worker serves the same data.
 """
@@ -21,6 +21,7 @@ import signal
 import sys
 
 from ..core import config as config_mod
+from .analyst import RoutingExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_PDEATHSIG = 1
@@ -35,7 +36,7 @@ def settings(cfg):
     """Datasette settings of the hub (dict of setting name -> value) for config ``cfg``.
 
     ``num_sql_threads``: the viewers' SQL threads; analysts' ad-hoc SQL runs on threads of its
-    own (``server_monitor/analyst.py``, :func:`build_datasette` installs the pool).
+    own (``server_monitor/serving/analyst.py``, :func:`build_datasette` installs the pool).
     """
     return {
         "max_returned_rows": 20000,
@@ -50,10 +51,10 @@ def build_datasette(cfg):
     Raises what Datasette raises for a broken metadata file or database
     (``datasette.app.StartupError``, ``sqlite3.Error``).
     """
+    # Deferred: datasette.app loads Jinja, the plugin manager and every view (~0.2 s); the fleet
+    # publisher subprocess imports this module only for _die_with_parent and never builds Datasette.
     from datasette.app import Datasette
     from datasette.utils import parse_metadata
-
-    from .analyst import RoutingExecutor
 
     with open(os.path.join(ROOT, "metadata.yml")) as fp:
         metadata = parse_metadata(fp.read())

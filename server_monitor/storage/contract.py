@@ -16,7 +16,7 @@ import threading
 
 # Control characters (C0 but tab and newline, DEL, C1), the bidi embedding, override and
 # isolate controls that can make "ab\u202egnp.exe" display as "abexe.png", and the invisible
-# marks that make look-alike names (security review L10): ALM U+061C, ZWSP U+200B, LRM/RLM
+# marks that make look-alike names (see docs/security.md L10): ALM U+061C, ZWSP U+200B, LRM/RLM
 # U+200E/U+200F, LS/PS U+2028/U+2029, BOM U+FEFF.
 _UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
                            "\u202a-\u202e\u2066-\u2069\ufeff]")
