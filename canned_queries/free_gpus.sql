@@ -25,7 +25,7 @@ free as (
     and instr(lower(g.name), lower(p.model)) > 0
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 ),
--- Per host and vendor: the :count GPUs to use, chosen by gpu_set() (server_monitor/topology.py):
+-- Per host and vendor: the :count GPUs to use, chosen by gpu_set() (server_monitor/core/topology.py):
 -- one NUMA node and NVLink first (nvidia-smi topo -m, gpu_links), then the most free memory.
 hosts as (
   select f.server_id, f.server, f.vendor, count(*) as free_gpus,

@@ -110,7 +110,7 @@ function slurmText(g) {
 // A process entry that stands for a Slurm allocation with no process (pid null, container slurm-alloc:…).
 function isAllocation(p) { return p[0] === null && String(p[2] || "").startsWith("slurm-alloc:"); }
 const HEALTH_GLYPH = { critical: "✖", warning: "⚠" };
-// nvidia-smi clocks_event_reasons.* names (server_monitor.gpu_health) in words.
+// nvidia-smi clocks_event_reasons.* names (server_monitor.core.gpu_health) in words.
 const THROTTLE_TEXT = {
   gpu_idle: "idle", applications_clocks_setting: "applications clocks", sw_power_cap: "power cap",
   hw_slowdown: "HW slowdown", sync_boost: "sync boost", sw_thermal_slowdown: "SW thermal slowdown",

@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from reports import sample_report
 
-from server_monitor import alerts, schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_report
+from server_monitor.jobs import alerts
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_report
 
 
 class Receiver:

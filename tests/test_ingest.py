@@ -240,7 +240,7 @@ def test_clock_skew_is_recorded_and_corrected(ingest_server):
 
 
 def test_per_host_token_writes_only_its_own_host(ingest_server):
-    from server_monitor import tokens
+    from server_monitor.auth import tokens
 
     conn = tokens.connect(ingest_server.config.auth_db_path)
     own = sample_report("gpu-07", machine_id="a" * 32)

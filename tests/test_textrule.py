@@ -49,7 +49,7 @@ def _agent_clean(text):
 def _hub_free_text(text):
     """What the hub stores for ``text`` in processes[0].user/container/process_name, and the
     fields it names as replaced; None when it refuses the report."""
-    from server_monitor.contract import ContractError, validate_report
+    from server_monitor.storage.contract import ContractError, validate_report
 
     report = sample_report("text-host", gpus=1, processes=1)
     for field in FREE_TEXT:
@@ -67,7 +67,7 @@ def test_item6_N2_one_text_rule_for_agent_and_hub(side):
     """One table of characters, run against the agent's cleaning and the hub's validation:
     an unsafe character becomes U+FFFD on both sides (the hub names the field and keeps the
     report); a kept one passes unchanged. The hub still refuses it in an identity field."""
-    from server_monitor.contract import ContractError, validate_report
+    from server_monitor.storage.contract import ContractError, validate_report
 
     wrong = []
     for cls, char, unsafe in TABLE:
@@ -103,7 +103,7 @@ def test_N2_agent_never_sends_what_the_hub_would_rewrite_or_refuse():
     """Every code point of Unicode, cleaned by the agent, is a free-text value the hub keeps as
     it is (nothing refused, nothing replaced)."""
     from monitor_agent.collect import clean_text
-    from server_monitor.contract import ContractError, validate_report
+    from server_monitor.storage.contract import ContractError, validate_report
 
     every = "".join(chr(c) for c in range(0x110000))
     sent = clean_text(every)
@@ -198,7 +198,7 @@ def _xid(report, seq, xid, line_tail, now, pid=SECRET_PID, name=SECRET_NAME):
 def xid_hub(datasette, hub_config):
     """One server with XIDs naming a process, the gpu_xid alert evaluated; clients for the
     admin, a viewer of every server with processes hidden, and one who may see processes."""
-    from server_monitor import alerts
+    from server_monitor.jobs import alerts
 
     admin = Client(datasette)
     assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
@@ -213,7 +213,7 @@ def xid_hub(datasette, hub_config):
         _xid(report, 4, 94, f"pid={SECRET_PID}, Contained ECC error.", now, name=None),
     ]
     assert ingest(admin, report, hub_config.get("agent.token")).status_code == 201
-    ctx = __import__("server_monitor.hub", fromlist=["context"]).context(datasette)
+    ctx = __import__("server_monitor.serving.hub", fromlist=["context"]).context(datasette)
     password_hash = hash_password(PASSWORD, iterations=1000)
     ctx.accounts.create_user("hugo", password_hash, "viewer", see_processes=False)
     ctx.accounts.create_user("vera", password_hash, "viewer")
@@ -269,7 +269,7 @@ def test_N6_hidden_processes_stay_hidden_in_xid_text(xid_hub):
 def test_N6_migration_takes_the_process_out_of_stored_xid_text(tmp_path, monkeypatch):
     """A database written before the fix: its XID lines and gpu_xid alert texts naming a process
     are rewritten without it; the kernel line is kept for those who may see processes."""
-    from server_monitor import schema
+    from server_monitor.storage import schema
 
     path = str(tmp_path / "old.db")
     full = list(schema.MIGRATIONS)
@@ -307,7 +307,7 @@ def test_N6_real_xid_lines_lose_only_their_process():
     import re
 
     from monitor_agent.kmsg import parse_xid
-    from server_monitor.xidtext import without_process
+    from server_monitor.storage.xidtext import without_process
 
     lines = []
     for path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "kmsg", "real", "*.txt"))):

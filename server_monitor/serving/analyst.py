@@ -1,4 +1,4 @@
-"""Analysts' ad-hoc SQL on its own bounded path (security review L6, issue 13).
+"""Analysts' ad-hoc SQL on its own bounded path (see docs/security.md L6, issue 13).
 
 Datasette runs every query of a database on one shared pool of SQL threads
 (``num_sql_threads``). Six analysts each running a heavy ``?sql=`` query filled that pool, and

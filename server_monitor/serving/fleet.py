@@ -33,7 +33,7 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
 ``user`` null when unknown; ``gi`` the MIG GPU instance id of the process (null outside MIG).
 GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
 ``intel``, null for NVIDIA (the common case, kept out of the document). ``health`` is ``warning`` or
-``critical`` (null when ok) with ``health_reasons`` text (``server_monitor.gpu_health``); ``xid``
+``critical`` (null when ok) with ``health_reasons`` text (``server_monitor.core.gpu_health``); ``xid``
 the GPU's last NVIDIA XID code; ``mig`` for a MIG-enabled GPU a list of
 ``[uuid, profile, gi, mem_used_mib, mem_total_mib, procs, state]`` per MIG device (:data:`MIG_FIELDS`,
 ``state`` from :func:`mig_states`);
@@ -70,7 +70,7 @@ PROC_FIELDS = ["pid", "user", "container", "mib", "name", "gi"]
 # offline / stale (host not reporting), maint (GPU or host in maintenance), alloc (allocated to a
 # Slurm job that has no process on it yet: never free).
 GPU_STATES = ("free", "busy", "idle", "mig", "lost", "error", "offline", "stale", "maint", "alloc")
-# gpu_state values of a host whose GPU collection fails (see server_monitor.alerts).
+# gpu_state values of a host whose GPU collection fails (see server_monitor.jobs.alerts).
 FAILING = frozenset(("driver_mismatch", "no_devices", "driver_not_loaded", "insufficient_permissions", "error",
                      "timeout", "busy"))
 
@@ -414,7 +414,7 @@ class FleetCache:
 
         ``fresh``: the caller needs what the database holds now (no reused document).
         With a ``shelf``, a large fleet's document comes from the publisher process while it
-        is younger than :data:`MAX_STALE_S` (``server_monitor.fleet_share``)."""
+        is younger than :data:`MAX_STALE_S` (``server_monitor.serving.fleet_share``)."""
         if not fresh and self.shelf is not None:
             shared = self.shelf.get(key)
             if (shared is not None and shared.servers >= REUSE_MIN_SERVERS

@@ -206,7 +206,7 @@ CREATE TABLE probes (
 ) WITHOUT ROWID;
 """
 
-# Columns rolled up per tier: (column, aggregates), used by server_monitor.rollup. They are
+# Columns rolled up per tier: (column, aggregates), used by server_monitor.storage.rollup. They are
 # part of migration 3 below: changing them needs a new migration, never an edit.
 HOST_ROLLUP = (
     ("cpu_percent", ("avg", "max")),
@@ -395,7 +395,7 @@ def _rebuild_with_autoincrement(conn, table):
 
 
 def migration_9(conn):
-    """Server and GPU ids are never reused (security review M4).
+    """Server and GPU ids are never reused (see docs/security.md M4).
 
     ``servers`` and ``gpus`` become ``AUTOINCREMENT`` (a viewer scoped to a deleted server's id
     must never see the next new host). The sequence starts above every id still named anywhere
@@ -537,7 +537,7 @@ ALTER TABLE gpus ADD COLUMN numa_node TEXT;
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATION_17 = """
 -- Bumped by any admin change to a server's GPUs (status, note, removed), so the fleet
--- document (server_monitor/fleet.py) knows which servers to rebuild without scanning gpus.
+-- document (server_monitor/serving/fleet.py) knows which servers to rebuild without scanning gpus.
 ALTER TABLE servers ADD COLUMN gpu_admin_gen INTEGER NOT NULL DEFAULT 0;
 CREATE TRIGGER gpus_admin_change AFTER UPDATE OF status, status_note, removed_at ON gpus
 BEGIN
@@ -652,7 +652,7 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     ``timeout`` seconds, a page cache of ``cache_mib`` MiB (ingest touches one leaf page
     per GPU and host of the fleet; SQLite's 2 MiB default thrashes beyond ~500 GPUs).
     Returns a ``sqlite3.Connection`` in autocommit mode; callers open transactions with
-    ``BEGIN IMMEDIATE``. Raises :class:`server_monitor.dbguard.DatabaseReplaced` (an
+    ``BEGIN IMMEDIATE``. Raises :class:`server_monitor.storage.dbguard.DatabaseReplaced` (an
     ``sqlite3.OperationalError``) when the hub's database at ``path`` was deleted or
     replaced while it runs, rather than creating a new empty file there.
 

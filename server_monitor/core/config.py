@@ -26,7 +26,7 @@ ENV_OVERRIDES = {
 }
 
 DEFAULTS = {
-    # workers: processes sharing the port (server_monitor/asgi.py); 2 keeps ingest answered
+    # workers: processes sharing the port (server_monitor/serving/asgi.py); 2 keeps ingest answered
     # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
     "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2},
     "auth": {
@@ -47,7 +47,7 @@ DEFAULTS = {
         "idle_max_util": 5,
         "idle_hours": 2,
     },
-    # Analysts' ad-hoc SQL (?sql= on /monitor): its own bounded path (server_monitor/analyst.py).
+    # Analysts' ad-hoc SQL (?sql= on /monitor): its own bounded path (server_monitor/serving/analyst.py).
     "sql": {
         "analyst_time_limit_ms": 2000,
         "analyst_concurrency": 1,
@@ -65,6 +65,23 @@ DEFAULTS = {
         "rollup_1h_days": 730,
         "maintenance_interval_s": 60,
     },
+}
+
+# The ``alerts`` section: thresholds and delivery (``server_monitor.jobs.alerts`` evaluates and
+# sends them, as its ``DEFAULTS``). Kept here so that the base layer knows every config key
+# without importing the jobs layer; a new alert key is added here.
+ALERT_DEFAULTS = {
+    "enabled": True,
+    "interval_s": 60,
+    "repeat_minutes": 60,
+    "host_offline_minutes": 5,
+    "gpu_temperature_c": 85,
+    "gpu_temperature_minutes": 5,
+    "xid_minutes": 60,
+    "disk_percent": 90,
+    "dashboard_url": None,
+    "webhooks": [],
+    "smtp": None,
 }
 
 
@@ -133,9 +150,7 @@ def _merge(defaults, given):
 
 def known_keys():
     """``{section: set of key names}`` a config file may use: :data:`DEFAULTS` plus the
-    ``alerts`` keys of :data:`server_monitor.alerts.DEFAULTS`. A new key is added there."""
-    from .alerts import DEFAULTS as ALERT_DEFAULTS
-
+    ``alerts`` keys of :data:`ALERT_DEFAULTS`. A new key is added there."""
     known = {section: set(values) for section, values in DEFAULTS.items()}
     known["alerts"] |= set(ALERT_DEFAULTS)
     return known
