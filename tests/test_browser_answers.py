@@ -3,6 +3,7 @@ measured (canvas text ink boxes against the bands and the canvas, element widths
 text they hold), with data fed through the real ingest of a real hub, in Chromium."""
 
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -133,3 +134,84 @@ def test_item12_chart_axis_labels_are_never_clipped(fast_hub, page, hub_config):
         u.root.parentElement.querySelector('figcaption').textContent === 'Network').ctx.canvas).map((t) => t.text)""")
     assert any(text.endswith("MiB/s") and len(text.split(" ")[0]) >= 3 for text in network), network
     assert page.console_errors == []
+
+
+def _held(name, t, users, util=0, lost_from=None, **kw):
+    """A report of ``name`` sampled at ``t``: GPU i held (30 GB) by ``users[i]`` (None: free)."""
+    report = sample_report(name, gpus=len(users), processes=1, sample_time=t, **kw)
+    processes = []
+    for g, user, p in zip(report["gpus"], users, report["processes"]):
+        g["utilization.gpu"] = util[g["index"]] if isinstance(util, (list, tuple)) else util
+        if user is not None:
+            g["memory.used"] = 30000
+            g["memory.free"] = g["memory.total"] - g["memory.reserved"] - 30000
+            processes.append(dict(p, user=user, used_gpu_memory=30000))
+    report["processes"] = processes
+    return report
+
+
+def test_item9_dashboard_lists_idle_holders_with_how_long(page, hub_process, hub_config):
+    """The dashboard's "Idle holders" panel names who holds a GPU at 0 % and for how long, in
+    words ("3 h 0 min", never epoch seconds); a GPU whose utilization is "[N/A]" is not in it,
+    and the header counts one GPU held idle (227e0d8: no duration anywhere on the dashboard)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    for t in range(now - 3 * 3600, now + 1, 600):
+        push(hub_process, hub_config, _held("idler", t, ["jchristensen", "mkowalczykjr"], util=[0, None]))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    rows = page.locator("#idle-body tr")
+    expect(rows).to_have_count(1)
+    cells = [c.inner_text() for c in rows.first.locator("td").all()]
+    assert cells[0] == "jchristensen" and cells[1] == "idler · GPU 0", cells
+    assert re.fullmatch(r"3 h( \d+ min)?", cells[3]), cells  # in words, never epoch seconds
+    expect(page.locator("#summary")).to_contain_text("1 held idle")
+    # The holder's cell is marked idle, the [N/A] one is not.
+    states = page.evaluate("() => [...document.querySelectorAll('#grid .cell')].map((c) => c.className)")
+    assert ["s-idle" in c for c in states] == [True, False], states
+    assert page.console_errors == []
+
+
+LOGINS = ["jchristensen", "mkowalczykjr", "abhattachary", "user07", "svenkatarama", "ohernandez12", "lwojciechows", "kimjisoo2024"]
+
+
+@pytest.mark.parametrize("width,height", [(1440, 900), (390, 844)])
+def test_item13_grid_cells_and_hover_card_are_not_clipped(browser, hub_process, hub_config, width, height):
+    """Eight GPUs at 100 %, each held by a different login of up to 12 characters, and a GPU
+    that went lost: every grid cell's text fits its box (scrollWidth <= clientWidth: "100%"
+    keeps its "%", "✕lost" its "t", "user07" its "7"), on a 1440 px desk and a 390 px phone;
+    the hover card shows the container, PID and process path whole (227e0d8 cut them)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    long_container = "vision-lab-segmentation-finetune-2024"
+    long_process = "/opt/conda/envs/segmentation/bin/python3.11 -m torch.distributed.run --nproc_per_node=8 train.py"
+    first = _held("dgx-h100-07", now - 60, LOGINS + [None], util=100)
+    second = _held("dgx-h100-07", now - 30, LOGINS, util=100)  # GPU 8 went missing
+    for report in (first, second):
+        report["processes"][0].update(container=long_container, container_kind="docker", pid=3141592,
+                                      process_name=long_process)
+        push(hub_process, hub_config, report)
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    expect(page.locator("#grid .cell")).to_have_count(9)
+    texts = page.evaluate("""() => [...document.querySelectorAll('#grid .cell .l1, #grid .cell .l2')].map((e) =>
+        [e.textContent, e.scrollWidth, e.clientWidth])""")
+    shown = [t for t, _, _ in texts]
+    assert all(login_ in shown for login_ in LOGINS) and shown.count("100%") == 8 and "✕lost" in shown, shown
+    assert [t for t in texts if t[1] > t[2]] == []
+    page.locator("#grid .cell").first.hover()
+    tip = page.locator("#tip")
+    expect(tip).to_be_visible()
+    row = [c for c in tip.locator(".tip-procs tbody tr").first.locator("td").all()]
+    assert [c.inner_text() for c in row[:4]] == [LOGINS[0], "docker:" + long_container, "3141592", long_process]
+    clipped = tip.evaluate("""(t) => [...t.querySelectorAll('td, th')].filter((e) => e.scrollWidth > e.clientWidth)
+        .map((e) => e.textContent)""")
+    assert clipped == []
+    box = tip.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width
+    assert errors == []
+    context.close()
