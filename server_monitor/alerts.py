@@ -185,7 +185,6 @@ def evaluate(conn, now, cfg):
                 bus = item.get("pci.bus_id") or "?"
                 fire("gpu_lost", "critical", server_id, _bus_subject(bus),
                      f"{name}: GPU {bus} is lost ({item.get('message') or ''})", since=state_onset)
-    missing = {}
     for gpu_id, server_id, index, bus, gpu_name, last_ts in conn.execute(
             "SELECT id, server_id, gpu_index, pci_bus_id, name, last_ts FROM gpus WHERE present = 0 AND removed_at IS NULL"
             " AND status != 'maintenance'"):
