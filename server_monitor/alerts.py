@@ -368,6 +368,11 @@ class Notifier:
             client.send_message(message)
 
 
+# An alert younger than this (s) has its onset read again on every pass: history that arrives
+# after it fired (a spool replay after an outage, the demo's backfill) moves its start back.
+ONSET_RECHECK_S = 900
+
+
 def onset(since, now):
     """``started_at`` of a new alert: its ``since`` (a number, a function returning one, or None)
     as integer epoch seconds, never after ``now``; ``now`` when history does not tell."""
@@ -419,6 +424,12 @@ class AlertEngine:
                     row = active[key]
                     if alert["message"] != row[6]:  # live text (e.g. how long a host is offline)
                         conn.execute("UPDATE alerts SET message = ? WHERE id = ?", (alert["message"], row[0]))
+                    if since is not None and row[7] >= now - ONSET_RECHECK_S:
+                        # Reports stored after the alert (an agent replaying its spool, the demo's
+                        # backfill) can show an earlier onset: a young alert moves back to it.
+                        earlier = onset(since, now)
+                        if earlier < row[7]:
+                            conn.execute("UPDATE alerts SET started_at = ? WHERE id = ?", (earlier, row[0]))
                     # Acknowledged: no reminders. Silenced: nothing until the silence ends.
                     quiet = silenced(alert) or (row[10] and row[8] is not None)
                     if not quiet and (row[8] is None or now - row[8] >= repeat):

@@ -338,6 +338,11 @@ function renderWho() {
 // Rows of the idle_holders canned query (README: "Idle holders"); its thresholds are the hub's
 // features.idle_* settings. A GPU whose utilization is not reported (MIG, [N/A]) is never in it.
 let idleRows = [];
+let idleFetchedAt = 0;     // Date.now() of the last idle_holders answer
+// Idle runs last hours and the durations advance on the client (idle_since): the list is asked
+// for every IDLE_REFRESH_S, not with every grid refresh (its streak search reads up to 48 h of
+// samples per candidate GPU, the heaviest query of the page on a 1,000-server fleet).
+const IDLE_REFRESH_S = 300;
 
 function idleGroups(rows) {
   // One line per holder and server: GPUs idle since about the same time (10 min) together,
@@ -825,9 +830,10 @@ async function refresh() {
   nextRefreshAt = Date.now() + REFRESH_S * 1000;
   const errorBox = document.getElementById("load-error");
   try {
+    const idleDue = Date.now() - idleFetchedAt >= IDLE_REFRESH_S * 1000;
     const [changed, notes, idle] = await Promise.all([fetchFleet(), fetchQuery("announcements"),
-      fetchQuery("idle_holders").catch(() => null)]);
-    if (idle !== null) idleRows = idle;
+      idleDue ? fetchQuery("idle_holders").catch(() => null) : null]);
+    if (idle !== null) { idleRows = idle; idleFetchedAt = Date.now(); }
     lastUpdate = Date.now();
     errorBox.hidden = true;
     if (JSON.stringify(notes) !== JSON.stringify(announcements)) { announcements = notes; renderAnnouncements(); }

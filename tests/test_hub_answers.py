@@ -123,6 +123,33 @@ def test_item11_alerts_start_when_the_condition_started_not_at_the_first_evaluat
     assert started["gpu_lost"] == first_at(lost_from)
     assert started["gpu_failure"] == first_at(now - 3 * 3600)
     assert started["disk_full"] == first_at(now - 2 * 3600)
-    # A condition that starts now still starts now; a second pass keeps the stored onset.
+    # A second pass keeps the stored onset.
     assert engine.run_once(now + 70)["fired"] == []
     assert dict(conn.execute("SELECT rule, started_at FROM alerts")) == started
+
+
+def test_item11_history_stored_after_the_alert_moves_its_start_back(tmp_path):
+    """The demo (and an agent replaying its spool after an outage) sends the current report
+    first and the hours before it afterwards: the alert fired on the current report alone is
+    moved back to the onset the replayed history shows, on the next pass."""
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    now = int(time.time())
+    lost_from = now - 5 * 3600
+
+    def report(t):
+        r = sample_report("dgx-a01", gpus=2 if t < lost_from else 1, processes=0, sample_time=t)
+        if t >= lost_from:
+            r["gpu_status"] = {"state": "gpu_lost", "stale": False, "message": "1 GPU lost",
+                               "lost": [{"pci.bus_id": "0000:28:00.0", "message": "Unable to determine the device handle"}]}
+        return r
+    _put(conn, sample_report("dgx-a01", gpus=2, processes=0, sample_time=now - 6 * 3600), now - 6 * 3600)
+    _put(conn, report(now), now)
+    engine = alerts.AlertEngine(path, alerts.settings(type("C", (), {"get": lambda *a, **k: {}})()))
+    engine.run_once(now + 1)
+    for t in range(now - 6 * 3600 + 600, now, 600):  # the replay
+        _put(conn, report(t), t)
+    engine.run_once(now + 61)
+    (started,) = conn.execute("SELECT started_at FROM alerts WHERE rule = 'gpu_lost'").fetchone()
+    assert started == lost_from  # the first replayed report without the GPU
