@@ -8,7 +8,7 @@ select
   e.pci_bus_id,
   e.xid,
   e.name,
-  e.xid in (48, 63, 64, 74, 79, 94, 95, 119, 120, 140) as critical,
+  e.xid in (48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158) as critical,
   case when :_scope_processes then e.pid end as pid,
   case when :_scope_processes then e.process_name end as process_name,
   case when :_scope_processes then coalesce(e.kernel_line, e.message) else e.message end as message

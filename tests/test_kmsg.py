@@ -95,6 +95,15 @@ def test_hub_alerts_the_same_critical_codes():
     from server_monitor import alerts
 
     assert alerts.CRITICAL_XIDS == kmsg.CRITICAL_XIDS
+    # The canned queries' critical column lists the same codes (the history page marks them).
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("server_xids.sql", "xid_events.sql"):
+        text = open(os.path.join(root, "canned_queries", name)).read()
+        listed = re.search(r"e\.xid in \(([0-9, ]+)\) as critical", text).group(1)
+        assert {int(code) for code in listed.split(",")} == kmsg.CRITICAL_XIDS, name
     assert {48, 63, 64, 74, 79, 94, 95, 119, 120} <= kmsg.CRITICAL_XIDS
     assert all(code in kmsg.XID_NAMES for code in kmsg.CRITICAL_XIDS)
 
