@@ -92,7 +92,7 @@ function cellText(server, g) {
     case "offline": return ["○off", who];
     case "stale": return ["◐" + (util === null ? "" : util), who];
     case "maint": return ["■mnt", who];
-    case "alloc": return ["⧗alloc", str((g[F_SLURM] || [])[1]) || who];
+    case "alloc": return ["◷alloc", str((g[F_SLURM] || [])[1]) || who];
     default: return [state, who];
   }
 }
