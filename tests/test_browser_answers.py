@@ -323,3 +323,33 @@ def test_item8_holder_rows_keep_their_height_on_small_hosts(hub_process, page, h
         assert 25 <= height <= 27, (title, height)
     assert rows[0][2].count("jchristensen") == gpus, rows
     assert page.console_errors == []
+
+
+def test_item10_header_counts_stay_readable_on_a_phone(browser, hub_process, hub_config):
+    """The header's GPU counts, lost GPU included ("1 broken"), are all inside a 390 px phone
+    screen: with free, busy, held idle, Slurm-allocated and broken GPUs the one-line chip was
+    440 px wide on the 200-server fleet and "9 broken" fell off the screen (227e0d8 + item 7)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    first = _held("node-a", now - 60, ["jchristensen", "mkowalczykjr", None, None, None], util=[90, 0, 0, 0, 0])
+    second = _held("node-a", now - 30, ["jchristensen", "mkowalczykjr", None, None], util=[90, 0, 0, 0])
+    lost = first["gpus"][4]["pci.bus_id"]  # a known GPU that went lost: one broken GPU
+    second["gpu_status"] = {"state": "gpu_lost", "stale": False, "message": "GPU lost",
+                            "lost": [{"pci.bus_id": "0000:" + lost[9:], "message": "Unable to determine the device handle"}]}
+    second["slurm_jobs"] = [{"job_id": "4242", "user": "kimjisoo2024", "uid": 3001, "state": "RUNNING",
+                             "gpu_indexes": [3], "gpu_uuids": [second["gpus"][3]["uuid"]]}]
+    push(hub_process, hub_config, first)
+    push(hub_process, hub_config, second)
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    summary = page.locator("#summary")
+    expect(summary).to_contain_text("1 broken")
+    for part in ("1 free", "1 busy", "1 held idle", "1 allocated (Slurm)", "1 broken"):
+        assert part in summary.inner_text(), (part, summary.inner_text())
+    boxes = page.evaluate("""() => [...document.querySelectorAll('#summary .sum')].map((e) => {
+        const r = e.getBoundingClientRect();
+        return [e.textContent, r.left, r.right, e.scrollWidth, e.clientWidth]; })""")
+    assert [b for b in boxes if b[1] < 0 or b[2] > 390 or b[3] > b[4]] == [], boxes
+    context.close()
