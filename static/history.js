@@ -349,6 +349,13 @@ function holderTimeline(container, holders, gpus, range, cadence) {
     cell.rows.push(r);
   }
   const cells = [...byKey.values()].filter((c) => c.row !== undefined);
+  // Owners of one cell are stacked in its row. Owners holding the GPU at the same time each have
+  // a share up to 1 (two users' processes in every report: 1 + 1): scaled to the row, else the
+  // second owner's band was drawn on the next GPU's row, which looked held by them.
+  for (const c of cells) {
+    const total = c.parts.reduce((sum, part) => sum + part.frac, 0);
+    if (total > 1) for (const part of c.parts) part.frac /= total;
+  }
   // Stretched by the host's report step, not the GPU's own: a GPU held in every other report
   // has a typical step of two reports, which would paint the free report between as held.
   stretchSpans(cells, cadence);
@@ -361,7 +368,7 @@ function holderTimeline(container, holders, gpus, range, cadence) {
     let run = null;
     for (const c of mine) {
       const main = who(c.rows[0]);
-      const full = c.rows[0].share >= FULL_BAND_SHARE;
+      const full = c.parts[0].frac >= FULL_BAND_SHARE;
       if (!(run && run.text === main && c.ts <= run.to + 1)) {
         run = { row: rowIndex.get(g), from: c.ts, to: c.ts + c.span, text: main, colour: colour(main),
                 labelFrom: null, labelTo: null };

@@ -353,3 +353,44 @@ def test_item10_header_counts_stay_readable_on_a_phone(browser, hub_process, hub
         return [e.textContent, r.left, r.right, e.scrollWidth, e.clientWidth]; })""")
     assert [b for b in boxes if b[1] < 0 or b[2] > 390 or b[3] > b[4]] == [], boxes
     context.close()
+
+
+def test_item8_a_gpu_shared_by_two_holders_is_drawn_on_its_own_row(hub_process, page, hub_config):
+    """GPU 0 held by two users at once in every report, GPU 1 free: the two owners' bands are
+    stacked inside GPU 0's row and GPU 1's row stays empty (227e0d8 drew the second owner a full
+    row lower: a free GPU 1 looked held by "mkowalczykjr" on the 200-server fleet)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    reports = []
+    for t in range(now - 1800, now, 30):
+        report = _held("pair-01", t, ["jchristensen", None], util=[80, 0])
+        report["processes"].append(dict(report["processes"][0], pid=4242, user="mkowalczykjr", uid=1004))
+        reports.append(report)
+    demo_feed.Poster(hub_process.base_url, hub_config.get("agent.token")).post(reports)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(f"{hub_process.base_url}/servers/{_server_id(hub_config, 'pair-01')}/history?hours=1")
+    expect(page.locator("figure.holders canvas")).to_have_count(1)
+    legend = {li.inner_text().strip(): _rgb(li.locator(".swatch").evaluate("e => getComputedStyle(e).backgroundColor"))
+              for li in page.locator("figure.holders .owner-legend li").all()}
+    assert sorted(legend) == ["jchristensen", "mkowalczykjr"], legend
+    rows = page.evaluate("""() => {
+      const u = charts.find((c) => c.root.parentElement.classList.contains('holders'));
+      const px = devicePixelRatio, ctx = u.ctx;
+      return [0, 1].map((row) => {
+        const top = u.valToPos(2 - row, 'y', true), bottom = u.valToPos(1 - row, 'y', true);
+        const pixels = [];
+        for (let y = Math.ceil(top + 2 * px); y < bottom - 2 * px; y += 2)
+          for (let x = Math.ceil(u.bbox.left); x < u.bbox.left + u.bbox.width; x += 7)
+            pixels.push(Array.from(ctx.getImageData(x, y, 1, 1).data));
+        return pixels;
+      });
+    }""")
+
+    def owners(pixels):
+        return {name for p in pixels for name, colour in legend.items()
+                if p[3] == 255 and max(abs(a - b) for a, b in zip(p, colour)) <= 12}
+
+    assert owners(rows[0]) == {"jchristensen", "mkowalczykjr"}
+    assert owners(rows[1]) == set()
+    assert page.console_errors == []
