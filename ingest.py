@@ -233,6 +233,24 @@ class IngestApp:
             raise HTTPError(400, "body is shorter than Content-Length")
         return raw
 
+    def precheck(self, environ):
+        """The answer to a request that is refused before its body is read: wrong path (404),
+        method (405) or token (401), as ``(status line, headers, payload bytes)``; None when the
+        body is to be read (security review N9: an anonymous client's megabyte was buffered
+        before its 401). The hub's ASGI bridge calls it first; :meth:`prepare` checks again.
+        A database error is left to :meth:`prepare` (None here)."""
+        try:
+            if environ.get("PATH_INFO", "") != REPORT_PATH:
+                raise HTTPError(404, f"not found; agents post to {REPORT_PATH}")
+            if environ.get("REQUEST_METHOD") != "POST":
+                raise HTTPError(405, "only POST is allowed", [("Allow", "POST")])
+            self._authorize(environ)
+        except HTTPError as exc:
+            return render(exc.status, {"error": str(exc)}, exc.headers)
+        except Exception:  # auth.db unavailable, or a bug: prepare() answers it as usual
+            return None
+        return None
+
     def prepare(self, environ):
         """Everything of one request before the write: path, method, token, database file,
         body, contract. Returns a :class:`Prepared`; :meth:`write` stores its reports and

@@ -140,8 +140,19 @@ def serve(config_path, init, host, port, workers):
     # No access log: at fleet size it is one line per agent report (200 a second for 1,000
     # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
     # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
+    # Connection limits (security review N3, server_monitor/netguard.py): header and body deadlines
+    # and connection caps in the HTTP protocol, uvicorn's limit_concurrency at the same cap, idle
+    # keep-alive connections closed after 5 s. A SIGTERM waits server.shutdown_timeout_s for
+    # running requests, then cancels them (I-10; asgi.py's watchdog ends a worker whose SQL
+    # thread still runs).
+    from . import netguard
+
+    limits = netguard.configure(cfg)
     uvicorn.run("server_monitor.asgi:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="")
+                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="",
+                http="server_monitor.netguard:GuardedHttpToolsProtocol",
+                limit_concurrency=limits["max_connections"], timeout_keep_alive=5,
+                timeout_graceful_shutdown=int(cfg.get("server.shutdown_timeout_s", 10)))
 
 
 @cli.command("init-config")

@@ -27,7 +27,11 @@ ENV_OVERRIDES = {
 DEFAULTS = {
     # workers: processes sharing the port (server_monitor/asgi.py); 2 keeps ingest answered
     # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
-    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2},
+    # header_timeout_s .. max_connections_per_address: connection limits per worker (N3,
+    # server_monitor/netguard.py); shutdown_timeout_s: how long a SIGTERM waits for requests (I-10).
+    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2,
+               "header_timeout_s": 10, "body_timeout_s": 30, "max_connections": 1000,
+               "max_connections_per_address": 128, "shutdown_timeout_s": 10},
     "auth": {
         "username": "admin",
         "password": None,
@@ -166,6 +170,11 @@ def _check(data):
     workers = data["server"].get("workers", 2)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise ConfigError("config: server.workers must be an integer 1..64")
+    for key, low in (("header_timeout_s", 1), ("body_timeout_s", 1), ("max_connections", 16),
+                     ("max_connections_per_address", 0), ("shutdown_timeout_s", 1)):
+        value = data["server"].get(key, DEFAULTS["server"][key])
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"config: server.{key} must be a number >= {low}")
     for key in ("server.secret_key", "agent.token"):
         section, name = key.split(".")
         value = data[section][name]

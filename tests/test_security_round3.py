@@ -130,3 +130,205 @@ def test_N5_where_and_tilde_paths_and_big_values_take_the_analysts_bounds(short_
     response = _timed(analyst, "/monitor.json?_shape=array&sql=" + quote(small))[1]
     assert json.loads(response.data) == [{"n": 1000, "p": "  3.1|7   |"}]
     assert _timed(analyst, "/monitor/servers.json?_shape=array")[1].status == 200
+
+
+# -- the hub process, with a chosen file limit -----------------------------------------------
+
+def _start_hub(hub_config, tmp_path, nofile=None):
+    """``python -m server_monitor serve`` on a free loopback port (like conftest's hub_process),
+    optionally with its file limit (``RLIMIT_NOFILE``) lowered to ``nofile``."""
+    import resource
+
+    def limit():
+        if nofile:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    port = free_port()
+    log = open(tmp_path / "hub.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "server_monitor", "serve", "-c", hub_config.path, "--port",
+                             str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=limit)
+    proc.base_url, proc.port, proc.log_path = f"http://127.0.0.1:{port}", port, tmp_path / "hub.log"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if HTTP.request("GET", proc.base_url + "/login", timeout=1).status == 200:
+                return proc
+        except urllib3.exceptions.HTTPError:
+            time.sleep(0.2)
+    _kill(proc)
+    pytest.fail("hub did not start:\n" + proc.log_path.read_text())
+
+
+def _kill(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _stop(proc, timeout=15):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise
+
+
+def _closed_by_server(sock):
+    """True when the server has closed ``sock`` (EOF or reset), False while it is still open."""
+    try:
+        return sock.recv(4096) == b""
+    except (BlockingIOError, socket.timeout):
+        return False
+    except OSError:
+        return True
+
+
+# -- N3: slow-header connections -------------------------------------------------------------
+
+def test_N3_slow_header_connections_are_capped_and_timed_out(hub_config, tmp_path):
+    """300 connections that trickle their headers from one address (127.0.0.2), against a hub
+    whose file limit is 256: before, they took every descriptor and /-/health and /login got no
+    answer. Now at most server.max_connections_per_address are kept, each at most
+    server.header_timeout_s (2 s here), and other clients are answered all along."""
+    import yaml
+
+    data = yaml.safe_load(open(hub_config.path))
+    data["server"]["header_timeout_s"] = 2
+    data["server"]["max_connections_per_address"] = 100
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    hub = _start_hub(hub_config, tmp_path, nofile=256)
+    slow = []
+    try:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.settimeout(1)
+            sock.bind(("127.0.0.2", 0))
+            try:
+                sock.connect(("127.0.0.1", hub.port))
+                sock.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n")
+            except OSError:
+                pass
+            sock.setblocking(False)
+            slow.append(sock)
+        started = time.monotonic()
+        for path in ("/-/health", "/login"):
+            assert HTTP.request("GET", hub.base_url + path, timeout=5).status == 200, path
+        time.sleep(0.3)
+        closed_at_once = sum(_closed_by_server(s) for s in slow)
+        assert closed_at_once >= 190, closed_at_once  # beyond the 100 per address: closed unread
+        while time.monotonic() - started < 6 and not all(_closed_by_server(s) for s in slow):
+            for sock in slow:
+                try:
+                    sock.send(b"X-a: b\r\n")  # one header line now and then: the deadline still holds
+                except OSError:
+                    pass
+            time.sleep(0.5)
+        assert all(_closed_by_server(s) for s in slow), sum(not _closed_by_server(s) for s in slow)
+        assert time.monotonic() - started < 6
+        for path in ("/-/health", "/login"):
+            assert HTTP.request("GET", hub.base_url + path, timeout=5).status == 200, path
+    finally:
+        for sock in slow:
+            sock.close()
+        _stop(hub)
+
+
+# -- N9: ingest checks the token before it reads the body --------------------------------------
+
+def _raw_post_headers(port, token=None, length=1_048_576, source="127.0.0.1"):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    sock.sendall((f"POST /api/report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}"
+                  f"Content-Length: {length}\r\n\r\n").encode())
+    return sock
+
+
+def test_N9_report_token_is_checked_before_the_body_is_read(hub_config, hub_process):
+    """Anonymous (or wrong-token) POST /api/report with a 1 MiB Content-Length: the hub read the
+    whole body before its 401 (300 such connections: 282 MB). Now the 401 comes before a byte of
+    the body is sent."""
+    port = int(hub_process.base_url.rsplit(":", 1)[1])
+    socks = [_raw_post_headers(port, token) for token in [None] * 10 + ["wrong-token-0123456789"] * 10]
+    try:
+        for sock in socks:
+            answer = sock.recv(4096)  # no body sent: only an answer given unread arrives
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    finally:
+        for sock in socks:
+            sock.close()
+    # The right token still gets its report stored.
+    _post_report(hub_process.base_url, hub_config.get("agent.token"), sample_report("gpu-n9"))
+
+
+def test_N9_report_bodies_read_at_once_are_capped():
+    """At most MAX_BODIES bodies are read at once per worker; one more waits, then gets 503."""
+    import asyncio
+
+    from server_monitor import wsgi_bridge
+
+    class App:
+        max_bytes = 1000
+
+        def precheck(self, environ):
+            return None
+
+    bridge = wsgi_bridge.IngestBridge()
+    statuses = []
+
+    async def main():
+        never = asyncio.Event()
+
+        async def receive():  # a client that never sends its body
+            await never.wait()
+
+        async def send(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {"type": "http", "method": "POST", "path": "/api/report", "headers": [(b"content-length", b"10")]}
+        tasks = [asyncio.create_task(bridge(App(), scope, receive, send)) for _ in range(3)]
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+
+    old = wsgi_bridge.MAX_BODIES, wsgi_bridge.BODY_SLOT_WAIT_S
+    wsgi_bridge.MAX_BODIES, wsgi_bridge.BODY_SLOT_WAIT_S = 2, 0.2
+    try:
+        asyncio.run(main())
+    finally:
+        wsgi_bridge.MAX_BODIES, wsgi_bridge.BODY_SLOT_WAIT_S = old
+    assert statuses == [503]
+
+
+# -- I-10: SIGTERM ends the hub while a request is stuck --------------------------------------
+
+def test_I10_sigterm_stops_the_hub_while_a_request_is_stuck(hub_config, tmp_path):
+    """A request that never finishes (here a login form whose body stops half way) kept uvicorn
+    "waiting for connections to close" forever after SIGTERM. Now it waits
+    server.shutdown_timeout_s (2 s here), cancels the request and exits."""
+    import yaml
+
+    data = yaml.safe_load(open(hub_config.path))
+    data["server"]["shutdown_timeout_s"] = 2
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    hub = _start_hub(hub_config, tmp_path)
+    sock = socket.create_connection(("127.0.0.1", hub.port), timeout=5)
+    try:
+        sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 1000\r\n\r\nusername=a")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        os.killpg(hub.pid, signal.SIGTERM)
+        try:
+            hub.wait(timeout=12)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the hub did not exit within 12 s of SIGTERM:\n" + hub.log_path.read_text()[-2000:])
+        assert time.monotonic() - t0 < 12
+    finally:
+        sock.close()
+        _kill(hub)
