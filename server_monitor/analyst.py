@@ -136,11 +136,52 @@ def bounded_printf(*values):
     return conn.execute(f"SELECT printf({placeholders})", values).fetchone()[0]
 
 
+# Every connection Datasette opened in this process (its SQL threads keep theirs for life), so
+# that a shutdown can interrupt their queries (I-10). Bounded: closed ones are dropped.
+_OPEN_CONNECTIONS = []
+_OPEN_LOCK = threading.Lock()
+
+
+def _is_open(conn):
+    try:
+        conn.total_changes  # noqa: B018 - raises ProgrammingError once closed
+        return True
+    except sqlite3.ProgrammingError:
+        return False
+
+
+def track_connection(conn):
+    """Remember ``conn`` (a Datasette connection) for :func:`interrupt_all`."""
+    with _OPEN_LOCK:
+        if len(_OPEN_CONNECTIONS) >= 256:
+            _OPEN_CONNECTIONS[:] = [c for c in _OPEN_CONNECTIONS if _is_open(c)]
+        _OPEN_CONNECTIONS.append(conn)
+
+
+def interrupt_all():
+    """``interrupt()`` every open Datasette connection of this process (SQLite's
+    ``sqlite3_interrupt``, safe from any thread): their running statements stop at the next
+    VM step with "interrupted". Called at shutdown (``server_monitor.asgi``, I-10) after
+    uvicorn cancelled the requests. Returns how many were interrupted."""
+    with _OPEN_LOCK:
+        connections = list(_OPEN_CONNECTIONS)
+    done = 0
+    for conn in connections:
+        try:
+            conn.interrupt()
+            done += 1
+        except sqlite3.ProgrammingError:  # closed meanwhile
+            pass
+    return done
+
+
 def limit_connection(conn):
     """Bounds for a connection Datasette opens (``plugins/sm_sql.py``, N5): ``printf()`` and
     ``format()`` become :func:`bounded_printf` on every connection; on an analysts' SQL thread
     (:class:`RoutingExecutor`) ``SQLITE_LIMIT_LENGTH`` is lowered to :data:`ANALYST_MAX_LENGTH`
-    as well (Python 3.11+, ``Connection.setlimit``; older Pythons keep SQLite's 1 GB)."""
+    as well (Python 3.11+, ``Connection.setlimit``; older Pythons keep SQLite's 1 GB). The
+    connection is remembered for :func:`interrupt_all` (I-10)."""
+    track_connection(conn)
     for name in ("printf", "format"):
         conn.create_function(name, -1, bounded_printf)
     if threading.current_thread().name.startswith(ANALYST_THREAD_PREFIX) and hasattr(conn, "setlimit"):

@@ -108,6 +108,12 @@ class _Startup:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # uvicorn has cancelled the requests still running after server.shutdown_timeout_s;
+                # their SQL still runs in Datasette's threads: stop it, so the threads let the
+                # process exit (I-10), and end the process should one still not finish.
+                from .analyst import interrupt_all
+
+                interrupt_all()
                 _exit_watchdog(EXIT_WATCHDOG_S)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
