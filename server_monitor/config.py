@@ -39,7 +39,9 @@ DEFAULTS = {
         "session_hours": 12,
         "trusted_proxy_header": None,
     },
-    "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True},
+    # max_new_hosts_per_hour: servers the shared token may create per hour (I-4; 0: no cap).
+    "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True,
+              "max_new_hosts_per_hour": 0},
     "alerts": {"enabled": True},
     "prometheus": {"token": None},
     # Defaults of the fleet views (canned-query parameters left empty use these).
@@ -184,6 +186,9 @@ def _check(data):
     if public_url is not None and (not isinstance(public_url, str)
                                    or not public_url.startswith(("http://", "https://"))):
         raise ConfigError("config: server.public_url must be an http:// or https:// URL (or null)")
+    new_hosts = data["agent"].get("max_new_hosts_per_hour", 0)
+    if not isinstance(new_hosts, int) or isinstance(new_hosts, bool) or new_hosts < 0:
+        raise ConfigError("config: agent.max_new_hosts_per_hour must be an integer >= 0 (0: no cap)")
     if not isinstance(data["agent"].get("shared_token_enabled", True), bool):
         raise ConfigError("config: agent.shared_token_enabled must be true or false")
     auth = data["auth"]

@@ -349,3 +349,39 @@ def test_I10_sigterm_stops_the_hub_while_long_queries_run(hub_config, tmp_path):
             runner.join(timeout=35)
     finally:
         _kill(hub)
+
+
+# -- I-4: new servers from the shared token are capped per hour --------------------------------
+
+def test_I4_shared_token_new_hosts_are_capped_per_hour(hub_config, tmp_path):
+    """One shared-token client created 1,000 servers in 2.2 s. With agent.max_new_hosts_per_hour
+    (50 here) a request that would go beyond it is refused whole with 429 and Retry-After, and
+    known hosts keep reporting."""
+    import yaml
+
+    data = yaml.safe_load(open(hub_config.path))
+    data["agent"]["max_new_hosts_per_hour"] = 50
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    hub = _start_hub(hub_config, tmp_path)
+    token = hub_config.get("agent.token")
+
+    def batch(names):
+        body = json.dumps({"reports": [sample_report(n, gpus=1, processes=0, disks=1) for n in names]}).encode()
+        return HTTP.request("POST", hub.base_url + "/api/report", body=body, timeout=30,
+                            headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+
+    try:
+        assert batch([f"node-{i:03d}" for i in range(40)]).status == 207
+        refused = batch([f"flood-{i:03d}" for i in range(200)])
+        assert refused.status == 429 and refused.headers.get("Retry-After") == "600", refused.data[:300]
+        assert b"max_new_hosts_per_hour" in refused.data
+        _post_report(hub.base_url, token, sample_report("node-007", gpus=1, processes=0))  # a known host: 201
+        assert batch([f"late-{i}" for i in range(10)]).status == 207  # 50 in all: still within the cap
+        assert batch(["one-too-many"]).status == 429
+        import sqlite3
+
+        with sqlite3.connect(hub_config.db_path) as conn:
+            assert conn.execute("SELECT count(*) FROM servers").fetchone()[0] == 50
+    finally:
+        _stop(hub)
