@@ -39,7 +39,7 @@ from . import gpu_health, schema
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
 # must not import the agent package, so the codes are repeated here and a test keeps them equal).
-CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140})
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158})
 
 log = logging.getLogger("server_monitor.alerts")
 

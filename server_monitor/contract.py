@@ -542,10 +542,35 @@ XID_EVENT = Obj(
         "name": Str(128, doc="the code's name in NVIDIA's XID table (null for codes the agent does not know)"),
         "pid": Int(0, 2**31, doc="pid= in the Xid line"),
         "process_name": Str(256, doc="name= in the Xid line"),
+        "gpu_instance_id": Int(0, 1023, soft=True, doc="MIG GPU instance the driver tagged the line with (GPU-I:<n>)"),
+        "compute_instance_id": Int(0, 1023, soft=True,
+                                   doc="MIG compute instance the driver tagged the line with (GPU-CI:<n>)"),
         "message": Str(1024, doc="the kernel log message"),
         "seq": Int(0, 2**63 - 1, doc="/dev/kmsg record sequence number"),
         "usec": Int(0, 2**63 - 1, doc="/dev/kmsg record time since boot", unit="µs"),
         "time": Num(0, 1e11, doc="boot_time + usec", unit="epoch s"),
+    },
+    nullable=False,  # a list item must be an object
+)
+
+SLURM_STATES = ("ok", "timeout", "error")
+
+SLURM_JOB = Obj(
+    {
+        "job_id": Str(20, minlen=1, pattern=r"[0-9]{1,20}", required=True, nullable=False,
+                      doc="Slurm JobId (as in the job's cgroup job_<id>)"),
+        "array_id": Str(32, pattern=r"[0-9]{1,20}_[0-9]{1,10}", soft=True,
+                        doc="ArrayJobId_ArrayTaskId of an array task, as squeue prints it; null otherwise"),
+        "user": Str(256, soft=True, doc="the job's user (scontrol UserId name)"),
+        "uid": Int(0, 2**32, soft=True, doc="the job's UID (scontrol UserId number)"),
+        "partition": Str(128, soft=True, doc="scontrol Partition"),
+        "name": Str(256, soft=True, doc="scontrol JobName (free text the job's owner chose)"),
+        "state": Str(32, soft=True, doc="scontrol JobState (RUNNING, CONFIGURING, COMPLETING, SUSPENDED, ...)"),
+        "start_time": Num(0, 1e11, soft=True, unit="epoch s", doc="scontrol StartTime"),
+        "gpu_indexes": List(Int(0, 1023, nullable=False), 64, soft=True,
+                            doc="Slurm GRES indexes of this node's GPUs allocated to the job (IDX: of scontrol -d)"),
+        "gpu_uuids": List(Str(128, nullable=False), 64, soft=True,
+                          doc="the GPUs of this report with those indexes (nvidia-smi index = Slurm IDX)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -585,6 +610,11 @@ REPORT = Obj(
         "kmsg_state": Str(32, choices=KMSG_STATES, soft=True,
                           doc="reading the kernel log for XID errors: ok, not_found, permission_denied, error, disabled"),
         "xid_events": List(XID_EVENT, 256, doc="NVIDIA XID errors read from the kernel log since the last report"),
+        "slurm_state": Str(32, choices=SLURM_STATES, soft=True,
+                           doc="reading Slurm allocations (scontrol show job -d): ok, timeout, error; "
+                               "absent where Slurm is not installed"),
+        "slurm_jobs": List(SLURM_JOB, 1024, soft=True,
+                           doc="Slurm jobs holding GPUs of this node; null/absent = no Slurm on the host"),
     },
     nullable=False,
 )

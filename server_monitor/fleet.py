@@ -22,7 +22,7 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
                   "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
                             bus, model, [[pid, user, container, mib, name, gi], ...], vendor,
-                            health, health_reasons, xid, mig], ...]}],
+                            health, health_reasons, xid, mig, slurm], ...]}],
      "who": [{"user", "gpus", "mib", "hosts", "idle", "containers": [...]}],
      "problems": [{"id", "rule", "severity", "server_id", "server", "subject", "message",
                    "since", "acked_by", "acked_at", "ack_note", "silenced_until"}],
@@ -35,7 +35,10 @@ GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
 ``intel``, null for NVIDIA (the common case, kept out of the document). ``health`` is ``warning`` or
 ``critical`` (null when ok) with ``health_reasons`` text (``server_monitor.gpu_health``); ``xid``
 the GPU's last NVIDIA XID code; ``mig`` for a MIG-enabled GPU a list of
-``[uuid, profile, gi, mem_used_mib, mem_total_mib, procs]`` per MIG device (:data:`MIG_FIELDS`). Each server's part is
+``[uuid, profile, gi, mem_used_mib, mem_total_mib, procs]`` per MIG device (:data:`MIG_FIELDS`);
+``slurm`` ``[job id, user]`` of the Slurm job the GPU is allocated to (null without one). A GPU a
+job holds with no process yet has state ``alloc`` and one process entry with a null pid and name,
+the job's user and container ``slurm-alloc:job <id>`` (``store.SLURM_ALLOCATION_KIND``). Each server's part is
 kept as JSON bytes and rebuilt only when that server's row changes (a new report, its state,
 an admin change), so a refresh after a few reports costs a few servers, not the fleet.
 """
@@ -55,14 +58,15 @@ from .queries import QUERIES, scope_params
 log = logging.getLogger("server_monitor.fleet")
 
 GPU_FIELDS = ["id", "index", "state", "util", "mem_used_mib", "mem_total_mib", "temp_c", "power_w",
-              "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig"]
+              "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig", "slurm"]
 # A MIG-enabled GPU's "mig" field: one array per MIG device, split in the grid.
 MIG_FIELDS = ["uuid", "profile", "gi", "mem_used_mib", "mem_total_mib", "procs"]
 PROC_FIELDS = ["pid", "user", "container", "mib", "name", "gi"]
 # free, busy, idle (held: processes but utilization under features.idle_max_util), mig,
 # lost (missing from the latest report), error (collection failing or marked fault),
-# offline / stale (host not reporting), maint (GPU or host in maintenance).
-GPU_STATES = ("free", "busy", "idle", "mig", "lost", "error", "offline", "stale", "maint")
+# offline / stale (host not reporting), maint (GPU or host in maintenance), alloc (allocated to a
+# Slurm job that has no process on it yet: never free).
+GPU_STATES = ("free", "busy", "idle", "mig", "lost", "error", "offline", "stale", "maint", "alloc")
 # gpu_state values of a host whose GPU collection fails (see server_monitor.alerts).
 FAILING = frozenset(("driver_mismatch", "no_devices", "driver_not_loaded", "insufficient_permissions", "error",
                      "timeout", "busy"))
@@ -84,6 +88,8 @@ def gpu_state(server, gpu, idle_max_util):
         # NVENC/NVDEC at work count as use: a transcoder at 100 % encoder, 8 % SM is not idle.
         util = max(gpu["utilization_gpu"] or 0, gpu.get("utilization_encoder") or 0, gpu.get("utilization_decoder") or 0)
         return "idle" if util < idle_max_util else "busy"
+    if gpu.get("slurm_job"):
+        return "alloc"
     return "busy" if gpu["busy"] else "free"
 
 
@@ -126,7 +132,8 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
                       _bus(g["pci_bus_id"]), None if g["name"] == model else g["name"], procs,
                       g["vendor"] if g["vendor"] != "nvidia" else None,
                       g.get("health") if g.get("health") not in (None, "ok") else None, g.get("health_reasons"),
-                      g.get("xid_last"), (migs_by_gpu or {}).get(g["id"])])
+                      g.get("xid_last"), (migs_by_gpu or {}).get(g["id"]),
+                      [g["slurm_job"], g.get("slurm_user")] if g.get("slurm_job") else None])
         if state in ("offline", "stale", "lost"):
             continue  # a host that does not report holds nothing now
         seen = set()
@@ -153,7 +160,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
             if bus and bus not in known_bus:
                 counts["lost"] = counts.get("lost", 0) + 1
                 cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None,
-                              "critical", "lost", None, None])
+                              "critical", "lost", None, None, None])
     server = {
         "id": s["id"], "name": s["name"], "state": s["state"], "admin_status": s["admin_status"],
         "note": s["status_note"], "last_seen": s["last_seen"], "interval_s": s["interval_s"],

@@ -79,6 +79,7 @@ class HubContext:
     checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None
+    replication_thread = None
 
     def __init__(self, config):
         self.config = config

@@ -21,6 +21,8 @@ import os
 import threading
 import time
 
+from . import replication
+
 
 def start_jobs(holder, config):
     """Start the job threads (each once): ``holder.fleet_thread`` (the fleet document publisher,
@@ -35,7 +37,12 @@ def start_jobs(holder, config):
 
         holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
         holder.fleet_thread.start()
-    if getattr(holder, "checkpoint_thread", None) is None:
+    if replication.enabled(config):
+        if getattr(holder, "replication_thread", None) is None:
+            # Litestream owns the WAL checkpoints: no CheckpointThread (docs/architecture.md "Replication").
+            holder.replication_thread = replication.ReplicationThread(config)
+            holder.replication_thread.start()
+    elif getattr(holder, "checkpoint_thread", None) is None:
         from .analyst import AnalystSQL
 
         holder.checkpoint_thread = CheckpointThread(config.db_path,
@@ -59,13 +66,16 @@ def dead_jobs(holder):
     ``alert_thread.last_error``)."""
     dead = []
     for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
-                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None)):
-        if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
+                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None),
+                   getattr(holder, "replication_thread", None)):
+        if thread is not None and not thread.stopped.is_set() and (
+                not thread.is_alive() or getattr(thread, "down", lambda: False)()):
             dead.append(thread.name)
     return dead
 
 
 class _Holder:
+    replication_thread = None
     fleet_thread = None
     checkpoint_thread = None
     maintenance_thread = None

@@ -603,10 +603,17 @@ CREATE INDEX xid_events_server ON xid_events (server_id, ts);
               for table in ("gpu_samples_5m", "gpu_samples_1h") for col, aggs in GPU_ROLLUP_DEPTH for agg in aggs)
 )
 
+MIGRATION_22 = """
+-- Slurm GPU allocations (issue 22 item 7): the job holding each GPU now, from the agent's
+-- scontrol show job -d; null when no job holds it or Slurm is not on the host.
+ALTER TABLE gpus ADD COLUMN slurm_job TEXT;
+ALTER TABLE gpus ADD COLUMN slurm_user TEXT;
+"""
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
-              MIGRATION_21]
+              MIGRATION_21, MIGRATION_22]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -13,7 +13,11 @@ import re
 import time
 
 # nvidia-smi topo -m connection names, weakest first (NV# ranks above all, by its # of links).
-PCIE_RANK = {"SYS": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
+PCIE_RANK = {"SYS": 1, "SOC": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
+# A NUMA node set as nvidia-smi's "NUMA Affinity" column prints it: "0", "0-1", "0,8,252-255".
+_NUMA_SET = re.compile(r"\d{1,4}(?:[-,]\d{1,4}){0,63}")
+# A CPU list as the "CPU Affinity" column prints it: "0-31,64-95".
+_CPU_SET = re.compile(r"\d{1,5}(?:[-,]\d{1,5}){0,255}")
 # Try every set when there are at most this many (C(16, 8) = 12,870 is 0.4 s: too many), else greedy.
 EXHAUSTIVE_MAX_SETS = 2000
 # Bounds of gpu_set() (security review N1): it runs inside SQLite, where the query time limit
@@ -30,6 +34,26 @@ MAX_CANDIDATES_JSON = 64 * 1024
 MAX_LINKS_JSON = 256 * 1024
 
 
+def numa_node(text):
+    """``text`` when it is a NUMA node set (``0``, ``0-1``), else None.
+
+    Agents before issue 22 read the NUMA column of ``topo -m`` on InfiniBand nodes (``mlx5_*``
+    NIC columns) from a link column and sent ``SYS`` / ``NODE``; a link word is never a NUMA node.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    return text if _NUMA_SET.fullmatch(text) else None
+
+
+def cpu_list(text):
+    """``text`` when it is a CPU list (``0-31,64-95``), else None (a link word from an old agent)."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    return text if _CPU_SET.fullmatch(text) else None
+
+
 def link_rank(link):
     """Strength of one connection name: ``NV<n>`` → 100 + n, PCIe kinds 1..5, unknown 0."""
     if not link:
@@ -41,7 +65,7 @@ def link_rank(link):
 
 
 def _score(combo, links):
-    numas = {c.get("numa") for c in combo}
+    numas = {numa_node(c.get("numa")) for c in combo}
     same_numa = len(numas) == 1 and None not in numas
     ranks = [link_rank(links.get((min(a["i"], b["i"]), max(a["i"], b["i"]))))
              for a, b in itertools.combinations(combo, 2)]
@@ -83,7 +107,7 @@ def choose(candidates, links, want, deadline_s=CHOOSE_DEADLINE_S):
     pairs = [links.get((min(a["i"], b["i"]), max(a["i"], b["i"]))) for a, b in itertools.combinations(best, 2)]
     known = [p for p in pairs if p]
     weakest = min(known, key=link_rank) if known and len(known) == len(pairs) else None
-    numas = {c.get("numa") for c in best}
+    numas = {numa_node(c.get("numa")) for c in best}
     return {
         "devices": ",".join(str(c["i"]) for c in best),
         "uuids": ",".join(str(c.get("uuid")) for c in best),
@@ -103,12 +127,13 @@ def _greedy(pool, links, want, deadline):
     Returns the best complete set found before ``deadline`` (``time.monotonic()``), or None.
     """
     ranks = {pair: link_rank(link) for pair, link in links.items()}
+    numa_of = {id(c): numa_node(c.get("numa")) for c in pool}
     best, best_score = None, None
     for seed in pool:
         if best is not None and time.monotonic() > deadline:
             break
         chosen = [seed]
-        numas = {seed.get("numa")}
+        numas = {numa_of[id(seed)]}
         weakest = None  # weakest link rank inside chosen (None: a single GPU, no pair yet)
         nvlinked = 0
         min_free = seed["free"] or 0
@@ -122,7 +147,7 @@ def _greedy(pool, links, want, deadline):
             top, top_key = None, None
             for entry in rest.values():
                 c, c_weakest, c_nvl = entry
-                new_numas = numas | {c.get("numa")}
+                new_numas = numas | {numa_of[id(c)]}
                 key = (len(new_numas) == 1 and None not in new_numas,
                        c_weakest if weakest is None else min(weakest, c_weakest),
                        nvlinked + c_nvl, min(min_free, c["free"] or 0), sum_free + (c["free"] or 0), -c["i"])
@@ -131,7 +156,7 @@ def _greedy(pool, links, want, deadline):
             c = top[0]
             chosen.append(c)
             del rest[id(c)]
-            numas.add(c.get("numa"))
+            numas.add(numa_of[id(c)])
             weakest = top[1] if weakest is None else min(weakest, top[1])
             nvlinked += top[2]
             min_free = min(min_free, c["free"] or 0)
