@@ -183,7 +183,7 @@ def limit_connection(conn):
     connection is remembered for :func:`interrupt_all` (I-10)."""
     track_connection(conn)
     for name in ("printf", "format"):
-        conn.create_function(name, -1, bounded_printf)
+        conn.create_function(name, -1, bounded_printf, deterministic=True)
     if threading.current_thread().name.startswith(ANALYST_THREAD_PREFIX) and hasattr(conn, "setlimit"):
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, ANALYST_MAX_LENGTH)
 

@@ -192,11 +192,13 @@ def test_N3_slow_header_connections_are_capped_and_timed_out(hub_config, tmp_pat
     """300 connections that trickle their headers from one address (127.0.0.2), against a hub
     whose file limit is 256: before, they took every descriptor and /-/health and /login got no
     answer. Now at most server.max_connections_per_address are kept, each at most
-    server.header_timeout_s (2 s here), and other clients are answered all along."""
+    server.header_timeout_s (2 s here; a stalled body server.body_timeout_s), and other clients
+    are answered all along."""
     import yaml
 
     data = yaml.safe_load(open(hub_config.path))
     data["server"]["header_timeout_s"] = 2
+    data["server"]["body_timeout_s"] = 2
     data["server"]["max_connections_per_address"] = 100
     with open(hub_config.path, "w") as fp:
         yaml.safe_dump(data, fp)
@@ -214,6 +216,12 @@ def test_N3_slow_header_connections_are_capped_and_timed_out(hub_config, tmp_pat
                 pass
             sock.setblocking(False)
             slow.append(sock)
+        # And one whose headers are complete but whose body stops (server.body_timeout_s, 2 s here).
+        body = socket.create_connection(("127.0.0.1", hub.port), timeout=5, source_address=("127.0.0.3", 0))
+        body.sendall(("POST /api/report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+                      + hub_config.get("agent.token") + "\r\nContent-Length: 100000\r\n\r\n{\"reports\": [").encode())
+        body.setblocking(False)
+        slow.append(body)
         started = time.monotonic()
         for path in ("/-/health", "/login"):
             assert HTTP.request("GET", hub.base_url + path, timeout=5).status == 200, path
