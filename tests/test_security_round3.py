@@ -92,6 +92,24 @@ def test_N1_gpu_set_answers_within_the_time_limit_for_64_gpus(hub_config, hub_pr
     assert health.status == 200
 
 
+def test_N1_gpu_set_bounds_its_inputs_and_its_search():
+    """The SQL function alone: more than 64 candidates → NULL, ``want`` read as 1..16, and 64
+    candidates with no topology answered within the 100 ms deadline (plus one greedy seed);
+    before, 64 × 32 took 31.5 s."""
+    from server_monitor import topology
+
+    def candidates(n):
+        return json.dumps([{"i": i, "numa": str(i % 2), "free": 1000 + i, "uuid": f"u{i}", "name": "n"}
+                           for i in range(n)])
+
+    assert topology.gpu_set_sql(candidates(65), "[]", 1) is None
+    t0 = time.monotonic()
+    answer = json.loads(topology.gpu_set_sql(candidates(64), "[]", 32))
+    assert time.monotonic() - t0 < 0.5
+    assert len(answer["devices"].split(",")) == 16 and answer["numa"] in ("0", "1")
+    assert json.loads(topology.gpu_set_sql(candidates(4), "[]", -5))["devices"] == "3"
+
+
 # -- N5: every ad-hoc SQL path is bounded ----------------------------------------------------
 
 @pytest.fixture
