@@ -2,13 +2,13 @@
 
 import gc
 import logging
-import re
 import threading
 import time
 import uuid
 
 import psutil
 
+from . import textrule
 from .amdsmi import AmdSmi
 from .drm import DrmCollector
 from .gpu import BackgroundGpu, GpuCollector
@@ -22,20 +22,14 @@ from .slurm import SlurmCollector
 log = logging.getLogger("server_monitor.agent")
 
 CONTRACT_VERSION = 1
-# What the hub refuses in any string (server_monitor/contract.py): control characters and
-# bidi overrides. Text read from nvidia-smi, /proc or container tools may hold them.
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(value):
-    """``value`` with every string inside it stripped of control and bidi override characters."""
-    if isinstance(value, str):
-        return _UNSAFE_CHARS.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {k: clean_text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean_text(v) for v in value]
-    return value
+    """``value`` with every string inside it, at any depth, cleaned by the shared text rule
+    (:mod:`monitor_agent.textrule`, the same rule the hub checks): each control, bidi,
+    invisible character or lone surrogate becomes U+FFFD. Text read from nvidia-smi, /proc or
+    container tools may hold them; the hub would otherwise replace them itself."""
+    return textrule.clean_tree(value)
 
 
 def freeze_startup_objects():

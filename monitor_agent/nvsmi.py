@@ -304,7 +304,12 @@ def parse_list_gpus(text):
     return gpus
 
 
-_TABLE_MIG_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|\s+(\d+)MiB\s*/\s*(\d+)MiB\s+\|\s+(\d+)\s+(\S+)\s+\|")
+# First line of a MIG device row: "|  GPU  GI  CI  MIG | <memory> | SM  Unc | CE ENC ... |". The memory
+# cell reads "11091MiB / 40448MiB", "N/A", or is blank: older drivers (R450-R550) print the compute
+# instances (CI) of one GPU instance (GI) as merged cells, the memory and BAR1 cells only on the
+# GI's first CI row (the NVIDIA MIG User Guide's `nvidia-smi mig -cci 0,0,0 -gi 1` example).
+_TABLE_MIG_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|([^|]*)\|\s+(\d+)\s+(\S+)\s+\|")
+_TABLE_MIG_MEMORY = re.compile(r"^\s*(\d+)MiB\s*/\s*(\d+)MiB\s*$")
 _TABLE_PROC_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+|N/A)\s+(\d+|N/A)\s+(\d+)\s+(\S+)\s+(.*?)\s+(\d+|N/A)(?:MiB)?\s*\|$")
 
 
@@ -312,12 +317,19 @@ def parse_mig_table(text):
     """The ``MIG devices:`` and ``Processes:`` boxes of plain ``nvidia-smi`` output.
 
     Returns ``(devices, processes)``: ``devices`` a list of ``{"gpu_index", "gpu_instance_id",
-    "compute_instance_id", "mig_index", "memory.used", "memory.total", "sm_count"}`` (MiB; the
-    first line of each device row), ``processes`` a list of ``{"gpu_index", "gpu_instance_id",
-    "compute_instance_id", "pid", "process_name", "used_gpu_memory"}`` (ids None without MIG).
+    "compute_instance_id", "mig_index", "memory.used", "memory.total", "sm_count"}``, one per MIG
+    device (= compute instance, CI) in table order; ``processes`` a list of ``{"gpu_index",
+    "gpu_instance_id", "compute_instance_id", "pid", "process_name", "used_gpu_memory"}`` (ids None
+    for a GPU without MIG, printed ``N/A``).
+
+    Memory (MiB, the first line of the row) belongs to the GPU instance (GI): every CI of a GI
+    shares it. Where the driver prints it once for the GI (merged cells: the later CI rows of the
+    GI have a blank memory cell), those CIs get the GI's values; ``N/A`` gives None. A CI row never
+    takes the memory of another GI.
     """
     devices, processes = [], []
     section = None
+    shared = {}  # (gpu, gi) -> (used, total) as printed on the GI's first row
     for line in text.splitlines():
         if "MIG devices:" in line:
             section = "mig"
@@ -328,9 +340,19 @@ def parse_mig_table(text):
         if section == "mig":
             match = _TABLE_MIG_ROW.match(line)
             if match:
-                gpu, gi, ci, dev, used, total, sms = (int(match.group(i)) for i in range(1, 8))
+                gpu, gi, ci, dev = (int(match.group(i)) for i in range(1, 5))
+                cell = match.group(5)
+                memory = _TABLE_MIG_MEMORY.match(cell)
+                if memory:
+                    used, total = int(memory.group(1)), int(memory.group(2))
+                    shared[(gpu, gi)] = (used, total)
+                elif cell.strip() == "":
+                    used, total = shared.get((gpu, gi), (None, None))
+                else:
+                    used = total = None
+                sms = match.group(6)
                 devices.append({"gpu_index": gpu, "gpu_instance_id": gi, "compute_instance_id": ci, "mig_index": dev,
-                                "memory.used": used, "memory.total": total, "sm_count": sms})
+                                "memory.used": used, "memory.total": total, "sm_count": int(sms)})
         elif section == "proc":
             match = _TABLE_PROC_ROW.match(line)
             if match:

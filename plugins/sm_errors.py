@@ -9,11 +9,10 @@ answered without printing, server errors (500) are still printed as a plain trac
 Datasette's own fallback.
 """
 
+import datasette.handle_exception as default_handler
 from datasette import hookimpl
 
 
 @hookimpl
 def startup(datasette):
-    import datasette.handle_exception as default_handler
-
     default_handler.rich = None

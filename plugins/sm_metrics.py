@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text format of the fleet (see ``server_monitor/metrics.py``), and
+"""``GET /metrics``: Prometheus text format of the fleet (see ``server_monitor/serving/metrics.py``), and
 ``GET /metrics/targets``: Prometheus HTTP service discovery (``http_sd_configs``) of its shards or
 servers, so one or many Prometheus / vmagent split the fleet with ``hashmod`` relabeling.
 
@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor import hub
-from server_monitor.metrics import CONTENT_TYPE, exposition, scoped_queries
+from server_monitor.serving import hub
+from server_monitor.serving.metrics import CONTENT_TYPE, exposition, scoped_queries
 
 METRICS_REFUSED = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
 # A built exposition is served again for this long (s): shorter than any sane scrape interval.

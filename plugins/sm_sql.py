@@ -1,4 +1,4 @@
-"""Datasette's SQL connections without ``fts3_tokenizer()`` (security review L7).
+"""Datasette's SQL connections without ``fts3_tokenizer()`` (see docs/security.md L7).
 
 Debian's libsqlite3 is built with ``SQLITE_ENABLE_FTS3_TOKENIZER``: ``fts3_tokenizer('porter')``
 returns a pointer into libsqlite3 (an ASLR leak) and the two-argument form registers a tokenizer
@@ -8,14 +8,14 @@ by a function that raises, and on Python 3.12+ the tokenizer switch
 (``SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER``) is turned off as well.
 
 Connections of the analysts' SQL threads also get a lower ``SQLITE_LIMIT_LENGTH``
-(``server_monitor.analyst.limit_connection``, security review N5).
+(``server_monitor.serving.analyst.limit_connection``, security review N5).
 """
 
 import sqlite3
 
 from datasette import hookimpl
 
-from server_monitor import analyst
+from server_monitor.serving import analyst
 
 
 def _refused(*args):

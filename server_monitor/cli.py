@@ -1,12 +1,18 @@
-"""``server-monitor``: run and manage the hub (Datasette and the ingest endpoint under uvicorn, see ``server_monitor.asgi``)."""
+"""``server-monitor``: run and manage the hub (Datasette and the ingest endpoint under uvicorn, see ``server_monitor.serving.asgi``)."""
 
 import os
 import sqlite3
+import time
 
 import click
+from datasette_auth_passwords.utils import hash_password as make_hash
 
-from . import config as config_mod
-from . import instance, replication, schema
+from .auth import tokens
+from .auth.accounts import Accounts
+from .core import config as config_mod
+from .jobs import leader, replication
+from .storage import instance, schema
+from .storage.rollup import Maintenance, refresh_statistics
 
 
 
@@ -35,7 +41,7 @@ def _load(path):
 
 
 def _private_files(cfg):
-    """chmod 0600 the databases and their WAL/SHM files (made 0644 by releases before L8)."""
+    """chmod 0600 the databases and their WAL/SHM files (made 0644 by releases before the fix of docs/security.md L8)."""
     for base in (cfg.db_path, cfg.auth_db_path):
         for path in (base, base + "-wal", base + "-shm"):
             try:
@@ -48,17 +54,11 @@ def _private_files(cfg):
 def _prepare_auth_db(path):
     """Create or upgrade the sessions/users/tokens database at ``path`` (``data.auth_path``)
     and close it again. Raises ``sqlite3.Error``."""
-    from .accounts import Accounts
-
     Accounts(path).connection().close()
 
 
 def _prepare_statistics(db_path):
     """Planner statistics before Datasette opens its (long-lived) connections; best effort."""
-    import sqlite3
-
-    from .rollup import refresh_statistics
-
     try:
         conn = schema.connect(db_path, timeout=30)
         try:
@@ -85,12 +85,12 @@ def cli():
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes sharing the port (default: server.workers).")
 def serve(config_path, init, host, port, workers):
-    """Create config and database if needed, then serve the hub (Datasette + ingest, ``server_monitor.asgi``)
+    """Create config and database if needed, then serve the hub (Datasette + ingest, ``server_monitor.serving.asgi``)
     with uvicorn in ``server.workers`` processes.
 
     Refuses to start (one line, exit 1) when another hub holds the same database (a lock
-    next to it, see ``server_monitor.instance``) or the port is taken.
-    Files it creates are private (umask 077, L8); existing database files are made 0600.
+    next to it, see ``server_monitor.storage.instance``) or the port is taken.
+    Files it creates are private (umask 077, see docs/security.md L8); existing database files are made 0600.
     """
     os.umask(0o077)
     default_path = click.get_current_context().get_parameter_source("config_path") == click.core.ParameterSource.DEFAULT
@@ -128,16 +128,15 @@ def serve(config_path, init, host, port, workers):
     os.environ[config_mod.WORKERS_ENV] = str(workers)  # what each worker reads (config.worker_count)
     os.environ[config_mod.ENV_VAR] = cfg.path
     # uvicorn must not take the client address from X-Forwarded-For (it trusts 127.0.0.1 by
-    # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
+    # default): the hub reads auth.trusted_proxy_header itself, only when configured (see docs/security.md L4).
     os.environ["FORWARDED_ALLOW_IPS"] = ""
     if workers > 1:
-        from . import leader
-
         leader.run_jobs_here(cfg)  # maintenance and alerts in this process, off the workers' GILs
     click.echo(f"Server Monitor hub on {url}" + (f" ({workers} worker processes)" if workers > 1 else ""), err=True)
     if replication.enabled(cfg):
         click.echo(f"Replicating {cfg.db_path} and {cfg.auth_db_path} to {cfg.get('replication.url')} "
                    f"with Litestream (every {cfg.get('replication.sync_interval') or '1s'})", err=True)
+    # Deferred: only serve runs the ASGI server; the other subcommands start without loading it.
     import uvicorn
 
     # One process by default; with server.workers > 1 uvicorn binds the port here and starts
@@ -145,17 +144,17 @@ def serve(config_path, init, host, port, workers):
     # No access log: at fleet size it is one line per agent report (200 a second for 1,000
     # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
     # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
-    # Connection limits (security review N3, server_monitor/netguard.py): header and body deadlines
+    # Connection limits (security review N3, server_monitor/serving/netguard.py): header and body deadlines
     # and connection caps in the HTTP protocol, uvicorn's limit_concurrency at the same cap, idle
     # keep-alive connections closed after 5 s. A SIGTERM waits server.shutdown_timeout_s for
-    # running requests, then cancels them (I-10; asgi.py's watchdog ends a worker whose SQL
+    # running requests, then cancels them (I-10; serving/asgi.py's watchdog ends a worker whose SQL
     # thread still runs).
-    from . import netguard
+    from .serving import netguard
 
     limits = netguard.configure(cfg)
-    uvicorn.run("server_monitor.asgi:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="",
-                http="server_monitor.netguard:GuardedHttpToolsProtocol",
+                http="server_monitor.serving.netguard:GuardedHttpToolsProtocol",
                 limit_concurrency=limits["max_connections"], timeout_keep_alive=5,
                 timeout_graceful_shutdown=int(cfg.get("server.shutdown_timeout_s", 10)))
 
@@ -198,8 +197,6 @@ def token():
 
 
 def _token_db(config_path):
-    from . import tokens
-
     return tokens, tokens.connect(_load(config_path).auth_db_path)
 
 
@@ -252,14 +249,10 @@ def sessions():
 
 
 def _utc(epoch):
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
 
 
 def _accounts(config_path):
-    from .accounts import Accounts
-
     cfg = _load(config_path)
     return cfg, Accounts(cfg.auth_db_path)
 
@@ -301,8 +294,6 @@ def sessions_revoke(config_path, everyone, username):
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 def maintain(config_path):
     """Run one maintenance pass now (roll-ups, retention, WAL checkpoint)."""
-    from .rollup import Maintenance
-
     click.echo(Maintenance.from_config(_load(config_path)).run_once())
 
 
@@ -314,8 +305,6 @@ def backup(config_path, destination):
 
     DESTINATION is a directory; files are written as monitor-<UTC time>.db and auth-<UTC time>.db.
     """
-    import time
-
     cfg = _load(config_path)
     os.makedirs(destination, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -362,8 +351,6 @@ def restore(config_path, force, timestamp):
 @click.password_option()
 def hash_password(password):
     """Print a PBKDF2 hash for auth.password_hash."""
-    from datasette_auth_passwords.utils import hash_password as make_hash
-
     click.echo(make_hash(password))
 
 

@@ -110,7 +110,7 @@ function slurmText(g) {
 // A process entry that stands for a Slurm allocation with no process (pid null, container slurm-alloc:…).
 function isAllocation(p) { return p[0] === null && String(p[2] || "").startsWith("slurm-alloc:"); }
 const HEALTH_GLYPH = { critical: "✖", warning: "⚠" };
-// nvidia-smi clocks_event_reasons.* names (server_monitor.gpu_health) in words.
+// nvidia-smi clocks_event_reasons.* names (server_monitor.core.gpu_health) in words.
 const THROTTLE_TEXT = {
   gpu_idle: "idle", applications_clocks_setting: "applications clocks", sw_power_cap: "power cap",
   hw_slowdown: "HW slowdown", sync_boost: "sync boost", sw_thermal_slowdown: "SW thermal slowdown",
@@ -127,21 +127,28 @@ function healthText(g) {
   if (g[F_XID] !== null && g[F_XID] !== undefined) parts.push("last XID " + g[F_XID]);
   return parts.length ? parts.join("; ") : null;
 }
-// MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs]; holders by GPU instance id.
+// MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs, state]; holders by GPU
+// instance id. state (server_monitor/fleet.py mig_states): free, busy, shared (a sibling compute instance of its GPU
+// instance is busy: they share its memory), unknown (usage not read yet): only "free" is what /free offers.
+const MIG_STATE_TEXT = { shared: ", idle but its GPU instance is in use (shared memory)",
+  unknown: ", usage not read yet" };
 function migHolders(procs, gi) {
-  return holders(procs.filter((p) => p[5] === gi));
+  return gi === null || gi === undefined ? [] : holders(procs.filter((p) => p[5] === gi));
 }
 function migLabel(m, procs) {
   const users = migHolders(procs, m[2]).map((u) => str(u) || "?");
+  const state = m[6];
   return "MIG " + (str(m[1]) || "?") + " (GI " + m[2] + "): " + fmtMiB(m[3]) + " of " + fmtMiB(m[4]) +
-    (users.length ? ", used by " + users.join(", ") : m[5] ? ", " + m[5] + " process" + (m[5] === 1 ? "" : "es") : ", free");
+    (users.length ? ", used by " + users.join(", ") : m[5] ? ", " + m[5] + " process" + (m[5] === 1 ? "" : "es") :
+      MIG_STATE_TEXT[state] || ", free");
 }
 function migSub(m, procs) {
   const users = migHolders(procs, m[2]);
   const profile = str(m[1]) || "?";
   const slices = Math.max(1, Math.min(8, parseInt(profile, 10) || 1));
   const line2 = users.length ? (str(users[0]) || "?") + (users.length > 1 ? "+" + (users.length - 1) : "") : (m[5] ? m[5] + "p" : gib(m[3]));
-  return h("span", { class: "mi grow-" + slices + (users.length || m[5] ? " mi-used" : ""), title: migLabel(m, procs),
+  const taken = users.length || m[5] || m[6] === "shared" || m[6] === "unknown";
+  return h("span", { class: "mi grow-" + slices + (taken ? " mi-used" : ""), title: migLabel(m, procs),
                      dataset: { profile } },
     h("span", { class: "mi1" }, profile.split(".")[0]), h("span", { class: "mi2" }, line2));
 }

@@ -45,7 +45,7 @@ def _config_template(tmp_path_factory):
     """One generated config (PBKDF2 hashing is slow on purpose), copied per test."""
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     path = tmp_path_factory.mktemp("template") / "config.yaml"
     cfg, password = config_mod.create(str(path))
@@ -70,7 +70,7 @@ def hub_config(tmp_path, monkeypatch, _config_template):
 
     ``.password`` holds the admin password; ``$SERVER_MONITOR_CONFIG`` points at it.
     """
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     text, password = _config_template
     path = tmp_path / "config.yaml"
@@ -105,14 +105,14 @@ def ingest_server(hub_config):
 
 def make_datasette(cfg):
     """A Datasette instance configured exactly like ``server-monitor serve`` runs it."""
-    from server_monitor.asgi import build_datasette
+    from server_monitor.serving.asgi import build_datasette
 
     return build_datasette(cfg)
 
 
 @pytest.fixture
 def datasette(hub_config):
-    from server_monitor import schema
+    from server_monitor.storage import schema
 
     schema.migrate(hub_config.db_path)
     return make_datasette(hub_config)

@@ -15,7 +15,7 @@ import drm_tree
 from monitor_agent import drm
 from monitor_agent.collect import ReportBuilder
 from monitor_agent.config import AgentConfigError, check
-from server_monitor.contract import validate_report
+from server_monitor.storage.contract import validate_report
 
 FIX = os.path.join(ROOT, "tests", "fixtures")
 IDS = [os.path.join(FIX, "sysfs", "amdgpu.ids")]

@@ -92,9 +92,18 @@ def test_bus_ids_compare_across_spellings(text, expected):
 
 
 def test_hub_alerts_the_same_critical_codes():
-    from server_monitor import alerts
+    from server_monitor.jobs import alerts
 
     assert alerts.CRITICAL_XIDS == kmsg.CRITICAL_XIDS
+    # The canned queries' critical column lists the same codes (the history page marks them).
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("server_xids.sql", "xid_events.sql"):
+        text = open(os.path.join(root, "canned_queries", name)).read()
+        listed = re.search(r"e\.xid in \(([0-9, ]+)\) as critical", text).group(1)
+        assert {int(code) for code in listed.split(",")} == kmsg.CRITICAL_XIDS, name
     assert {48, 63, 64, 74, 79, 94, 95, 119, 120} <= kmsg.CRITICAL_XIDS
     assert all(code in kmsg.XID_NAMES for code in kmsg.CRITICAL_XIDS)
 
@@ -104,7 +113,7 @@ def test_report_carries_xid_events_attributed_to_its_gpus(tmp_path, monkeypatch)
 
     from monitor_agent.collect import ReportBuilder
     from monitor_agent.config import AgentConfigError, check
-    from server_monitor.contract import validate_report
+    from server_monitor.storage.contract import validate_report
 
     monkeypatch.setenv("FAKE_NVSMI_GPUS", "3")
     base = {"server_url": "http://127.0.0.1:9", "token": "x", "nvidia_smi": FAKE_NVSMI, "drm": False,
@@ -182,7 +191,7 @@ def test_item4_report_names_the_fallen_gpu_lost(tmp_path, monkeypatch):
 
     from monitor_agent.collect import ReportBuilder
     from monitor_agent.config import check
-    from server_monitor.contract import validate_report
+    from server_monitor.storage.contract import validate_report
 
     monkeypatch.setenv("FAKE_NVSMI_GPUS", "3")
     records = [line.replace("0000:b3:00.0", "0000:38:00.0") for line in _real("nvsentinel-155-fallen-without-xid.txt")[:3]]
@@ -208,7 +217,7 @@ def test_item4_newer_codes_named_from_the_catalog_and_critical_list():
         "GPU Recovery Action Changed", "GPU Fatal Timeout")
     assert all(names[code].startswith("NVLink: ") for code in range(144, 151))
     assert {143, 158} <= kmsg.CRITICAL_XIDS and not {144, 145, 149, 154} & kmsg.CRITICAL_XIDS
-    from server_monitor import alerts
+    from server_monitor.jobs import alerts
 
     assert alerts.CRITICAL_XIDS == kmsg.CRITICAL_XIDS
     nvlink5 = [kmsg.parse_xid(line) for line in _real("gpud-1160-1174-nvlink5.txt")]

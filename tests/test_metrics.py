@@ -68,7 +68,7 @@ def test_metrics_access(datasette, hub_config):
     scraped = anonymous.get("/metrics", headers={"Authorization": f"Bearer {hub_config.get('prometheus.token')}"})
     assert scraped.status_code == 200 and "server_monitor_up" in scraped.text
     viewer_hash = __import__("datasette_auth_passwords.utils", fromlist=["x"]).hash_password("viewer password", iterations=1000)
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     hub.context(datasette).accounts.create_user("vic", viewer_hash, "viewer")
     viewer = Client(datasette)

@@ -22,8 +22,8 @@ import yaml
 
 from conftest import ROOT, start_hub
 from reports import sample_report
-from server_monitor import config as config_mod
-from server_monitor import replication
+from server_monitor.core import config as config_mod
+from server_monitor.jobs import replication
 
 SYNC_S = 1.0
 

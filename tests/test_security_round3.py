@@ -27,7 +27,7 @@ def _user(hub_config, name, role):
     """A logged-in-able user of ``role`` in the hub's auth.db (cheap PBKDF2 rounds)."""
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     Accounts(hub_config.auth_db_path).create_user(name, hash_password(PASSWORD, iterations=1000), role)
 
@@ -96,7 +96,7 @@ def test_N1_gpu_set_bounds_its_inputs_and_its_search():
     """The SQL function alone: more than 64 candidates → NULL, ``want`` read as 1..16, and 64
     candidates with no topology answered within the 100 ms deadline (plus one greedy seed);
     before, 64 × 32 took 31.5 s."""
-    from server_monitor import topology
+    from server_monitor.core import topology
 
     def candidates(n):
         return json.dumps([{"i": i, "numa": str(i % 2), "free": 1000 + i, "uuid": f"u{i}", "name": "n"}
@@ -296,7 +296,7 @@ def test_N9_report_bodies_read_at_once_are_capped():
     """At most MAX_BODIES bodies are read at once per worker; one more waits, then gets 503."""
     import asyncio
 
-    from server_monitor import wsgi_bridge
+    from server_monitor.serving import wsgi_bridge
 
     class App:
         max_bytes = 1000

@@ -126,9 +126,9 @@ def test_item7_no_slurm_host_report_unchanged(tmp_path, caplog):
     assert "slurm_jobs" not in report and "slurm_state" not in report
     assert not [r for r in caplog.records if "slurm" in r.getMessage().lower()]
     # The hub stores such a report as before: no allocation, the idle GPU offered.
-    from server_monitor import schema
-    from server_monitor.contract import validate_report
-    from server_monitor.store import store_report
+    from server_monitor.storage import schema
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.storage.store import store_report
 
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)
@@ -162,13 +162,15 @@ def allocated_report(hostname="dgx-12", sample_time=None, processes_on=()):
 
 
 def test_item7_contract_nulls_a_hostile_job_string_only():
-    from server_monitor.contract import validate_report
+    from server_monitor.storage.contract import validate_report
 
     report = allocated_report()
     report["slurm_jobs"][1]["name"] = "x\u202eevil"
     checked = validate_report(report)
-    assert checked["slurm_jobs"][1]["name"] is None and checked["slurm_jobs"][1]["user"] == "user9"
-    assert any("slurm_jobs[1].name" in n for n in checked["nulled"])
+    # Free text under the shared text rule (tests/test_textrule.py): the bad character is
+    # replaced by U+FFFD and the field named; the rest of the job is kept.
+    assert checked["slurm_jobs"][1]["name"] == "x\ufffdevil" and checked["slurm_jobs"][1]["user"] == "user9"
+    assert any("slurm_jobs[1].name" in n for n in checked["replaced"])
 
 
 @pytest.fixture
@@ -204,11 +206,11 @@ def test_item7_free_gpus_never_offers_allocated_gpus(admin):
 
 
 def test_item7_gpu_hours_count_allocated_gpus_for_the_jobs_user(tmp_path):
-    from server_monitor import schema
-    from server_monitor.contract import validate_report
-    from server_monitor.queries import QUERIES
-    from server_monitor.rollup import Maintenance
-    from server_monitor.store import store_report
+    from server_monitor.storage import schema
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.serving.queries import QUERIES
+    from server_monitor.storage.rollup import Maintenance
+    from server_monitor.storage.store import store_report
 
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)

@@ -9,7 +9,7 @@ from reports import sample_report
 from test_hub_datasette import Client, ingest
 
 from monitor_agent import nvsmi
-from server_monitor import topology
+from server_monitor.core import topology
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "topo", "8gpu-nvlink-pairs.txt")
 AFFINITY = {"rtx-2080-super__595": "0-23", "rtx-4080": "0-15", "h100-80gb": "0-19", "h100-mig": "0-19", "h200": "0-23"}

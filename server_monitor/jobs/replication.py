@@ -1,7 +1,7 @@
 """Continuous replication of ``monitor.db`` and ``auth.db`` with Litestream, and restore.
 
 Off by default. With ``replication.enabled: true`` the hub's jobs leader (the process that runs
-maintenance and alerts, ``server_monitor.leader``) starts one ``litestream replicate`` process
+maintenance and alerts, ``server_monitor.jobs.leader``) starts one ``litestream replicate`` process
 for both databases and supervises it (:class:`ReplicationThread`): restarted with backoff when it
 exits, stopped with the hub, killed with the leader (``PR_SET_PDEATHSIG``), so two copies never
 replicate the same file. Litestream then owns the WAL checkpoints: the hub does not start its own

@@ -29,7 +29,7 @@ import threading
 import time
 
 from . import schema
-from .instance import WriterLock
+from .instance import LockedWriter, WriterLock
 
 log = logging.getLogger("server_monitor.rollup")
 
@@ -253,15 +253,13 @@ class Maintenance:
 
     @classmethod
     def from_config(cls, config):
-        """Build from a hub :class:`~server_monitor.config.Config` (``data.*`` keys)."""
+        """Build from a hub :class:`~server_monitor.core.config.Config` (``data.*`` keys)."""
         return cls(config.db_path, retention_days=float(config.get("data.retention_days", 7)),
                    rollup_5m_days=float(config.get("data.rollup_5m_days", 90)),
                    rollup_1h_days=float(config.get("data.rollup_1h_days", 730)))
 
     # -- connections ----------------------------------------------------------------
     def _connect(self):
-        from .instance import LockedWriter, WriterLock
-
         writer = schema.connect(self.db_path, timeout=30, factory=LockedWriter)
         if self.writer_lock is None:
             self.writer_lock = WriterLock(self.db_path)
@@ -438,7 +436,7 @@ class Maintenance:
         if done is None:
             first = reader.execute("SELECT min(ts) FROM host_samples").fetchone()[0]
             # Never before the oldest hour kept: a stray ancient timestamp must not make the first
-            # pass walk millions of hours (L3).
+            # pass walk millions of hours (see docs/security.md L3).
             oldest = int((now - self.keep["1h"]) // 3600 * 3600)
             done = target if first is None else max(oldest, int(first // 3600 * 3600))
         written = hours = 0
@@ -638,7 +636,7 @@ class MaintenanceThread(threading.Thread):
                 stats = self.maintenance.run_once()
                 if stats["hours_rolled"] or stats["dirty_hours"] or any(stats["deleted"].values()):
                     log.info("maintenance: %s", stats)
-            except Exception:  # any failure: log it and retry next tick, never end the thread (M3)
+            except Exception:  # any failure: log it and retry next tick, never end the thread (see docs/security.md M3)
                 log.exception("maintenance failed, will retry")
             self.account(time.thread_time() - cpu)
 

@@ -27,7 +27,7 @@ import resource
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-log = logging.getLogger("server_monitor.netguard")
+log = logging.getLogger("server_monitor.serving.netguard")
 
 DEFAULTS = {"header_timeout_s": 10.0, "body_timeout_s": 30.0, "max_connections": 1000,
             "max_connections_per_address": 128}

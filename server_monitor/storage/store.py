@@ -11,7 +11,8 @@ import functools
 import json
 import sqlite3
 
-from . import gpu_health, topology
+from ..core import gpu_health, topology
+from . import xidtext
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -139,7 +140,7 @@ def _store(conn, report, received_at):
     if known is not None and conn.execute(
         "SELECT 1 FROM host_samples WHERE server_id = ? AND report_id = ?", (known[0], report["report_id"])
     ).fetchone():
-        # A duplicate only of this host's own reports (L10: ids are not unique across hosts).
+        # A duplicate only of this host's own reports (see docs/security.md L10: ids are not unique across hosts).
         return {"stored": False, "server_id": known[0]}
     server_id, newest = _upsert_server(conn, report, host, ts, skew, received_at)
     cpu, mem, net = report.get("cpu"), report.get("memory"), report.get("network")
@@ -288,7 +289,7 @@ def note_identity_change(conn, server_id, hostname, previous, now):
     new server). Called inside the ingest transaction only when a server is new or its name
     changed (a scan of ``servers``' names, not per report). Kinds: ``renamed`` (same machine id,
     another name), ``name_taken`` (another server has this host or display name), ``look_alike``
-    (another server's name has the same :func:`name_skeleton`). Security review L10: an agent
+    (another server's name has the same :func:`name_skeleton`). Security review L10 (docs/security.md): an agent
     with the shared token can send any host name; nothing is refused, the admin is told.
     """
     if previous is not None:
@@ -511,7 +512,9 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     """Append XID events (each kernel record once) and keep ``gpus.xid_last`` / ``xid_last_ts``.
 
     An event's GPU is the server's GPU with its UUID, else with its PCI bus id; its time is the
-    agent's ``time`` (boot time + record usec), else the report's.
+    agent's ``time`` (boot time + record usec), else the report's. ``message`` is stored without
+    the line's ``pid=…, name=…`` part (:func:`server_monitor.storage.xidtext.without_process`), the full
+    line in ``kernel_line`` (security review N6).
     """
     if not events:
         return
@@ -521,11 +524,14 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     for e in events:
         gpu_id = by_uuid.get(e["gpu_uuid"]) or by_bus.get(_bus_key(e["pci.bus_id"]))
         when = int(e["time"]) if e["time"] is not None and e["time"] > 1e9 else ts
+        # The process (pid=, name=) stays out of the text every viewer reads (N6): message holds
+        # the line without it, kernel_line the line as the kernel printed it (null when the same).
+        public = xidtext.without_process(e["message"])
         cur = conn.execute(
             "INSERT OR IGNORE INTO xid_events (server_id, gpu_id, ts, received_at, seq, usec, pci_bus_id, xid, name,"
-            " pid, process_name, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " pid, process_name, message, kernel_line) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (server_id, gpu_id, when, received_at, e["seq"], e["usec"], e["pci.bus_id"], e["xid"], e["name"],
-             e["pid"], e["process_name"], e["message"]))
+             e["pid"], e["process_name"], public, None if public == e["message"] else e["message"]))
         if cur.rowcount and gpu_id is not None:
             conn.execute("UPDATE gpus SET xid_last = ?, xid_last_ts = ? WHERE id = ? AND coalesce(xid_last_ts, 0) <= ?",
                          (e["xid"], when, gpu_id, when))
@@ -644,11 +650,11 @@ def delete_server(conn, server_id):
     """Delete server ``server_id`` and all its history in one transaction.
 
     History includes the GPU-hours accounting (``gpu_usage_1h``) and the alerts of the server
-    (M4: they attached to the next server that got the id). Ids are never reused (schema
+    (see docs/security.md M4: they attached to the next server that got the id). Ids are never reused (schema
     migration 9), so a new server never inherits anything. ``conn`` may be any writable
     connection (autocommit or not). Returns False when there is no such server. Its agent, if
     still running, will create a new server row with a new id. Viewer scopes in ``auth.db``
-    are cleaned by :meth:`server_monitor.accounts.Accounts.forget_server`.
+    are cleaned by :meth:`server_monitor.auth.accounts.Accounts.forget_server`.
     """
     in_txn = conn.in_transaction
     fk = conn.execute("PRAGMA foreign_keys").fetchone()[0]

@@ -1,4 +1,4 @@
-"""Analysts' ad-hoc SQL on its own bounded path (security review L6, issue 13).
+"""Analysts' ad-hoc SQL on its own bounded path (see docs/security.md L6, issue 13).
 
 Datasette runs every query of a database on one shared pool of SQL threads
 (``num_sql_threads``). Six analysts each running a heavy ``?sql=`` query filled that pool, and
@@ -161,7 +161,7 @@ def track_connection(conn):
 def interrupt_all():
     """``interrupt()`` every open Datasette connection of this process (SQLite's
     ``sqlite3_interrupt``, safe from any thread): their running statements stop at the next
-    VM step with "interrupted". Called at shutdown (``server_monitor.asgi``, I-10) after
+    VM step with "interrupted". Called at shutdown (``server_monitor.serving.asgi``, I-10) after
     uvicorn cancelled the requests. Returns how many were interrupted."""
     with _OPEN_LOCK:
         connections = list(_OPEN_CONNECTIONS)

@@ -1,4 +1,4 @@
-"""Noticing that ``monitor.db`` was deleted or replaced under the running hub (newcomer H2).
+"""Noticing that ``monitor.db`` was deleted or replaced under the running hub (see docs/reliability.md H2).
 
 SQLite keeps working on an open file after its path is unlinked: without this guard the
 hub went on acknowledging reports into the deleted file, served its old data, and a
@@ -9,7 +9,7 @@ that file, the hub is in a sticky "database replaced" state until it is restarte
 
 * ingest answers 503 with ``Retry-After`` (agents keep the reports in their spool and
   deliver them after the restart);
-* :func:`server_monitor.schema.connect` refuses to open the path, so no job creates a new
+* :func:`server_monitor.storage.schema.connect` refuses to open the path, so no job creates a new
   empty database there or writes into one;
 * ``/-/health`` answers 503 with ``database_replaced: true`` and the reason (the UI banner
   shows it);

@@ -71,7 +71,7 @@ def check_username(username):
         raise AccountError("Usernames are 1 to 64 letters, digits, '.', '_', '-' or '@'.")
 
 
-# Passwords of 10+ characters that lead every breached-password list (I4); compared
+# Passwords of 10+ characters that lead every breached-password list (see docs/security.md I4); compared
 # case-insensitively. Source: the top of the public "10k most common" lists (SecLists).
 COMMON_PASSWORDS = frozenset("""
 1234567890 0123456789 0987654321 1234567891 12345678910 123456789a 123456789q a123456789 q1w2e3r4t5
@@ -84,7 +84,7 @@ starwars123 superman123 1111111111 0000000000 1234512345 9876543210 1029384756 q
 
 
 def check_password(password, username=None):
-    """Raise :class:`AccountError` unless ``password`` meets the policy (I4).
+    """Raise :class:`AccountError` unless ``password`` meets the policy (see docs/security.md I4).
 
     10-1024 characters, at least 4 different characters, not the username (or the
     username with a few characters around it), not in :data:`COMMON_PASSWORDS`.
@@ -139,7 +139,7 @@ class Accounts:
         try:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
             if "fingerprint" not in columns:
-                # Config-admin sessions remember which admin credential they were made with (L1).
+                # Config-admin sessions remember which admin credential they were made with (see docs/security.md L1).
                 conn.execute("ALTER TABLE sessions ADD COLUMN fingerprint TEXT")
             if "last_seen_at" not in columns:
                 # When the session was last used (to the minute), for `server-monitor sessions list`.
@@ -160,7 +160,7 @@ class Accounts:
         return conn
 
     def connection(self):
-        """This thread's connection to ``auth.db`` (for :mod:`server_monitor.tokens`)."""
+        """This thread's connection to ``auth.db`` (for :mod:`server_monitor.auth.tokens`)."""
         return self._conn()
 
     def create_session(self, username, source, hours, client=None, fingerprint=None):
@@ -369,7 +369,7 @@ class Accounts:
             raise
 
     def forget_server(self, server_id):
-        """Remove ``server_id`` from every user's and invite's server list (after a delete, M4).
+        """Remove ``server_id`` from every user's and invite's server list (after a delete, see docs/security.md M4).
 
         A viewer limited to that server alone keeps an empty list (sees nothing), never "all".
         Returns how many rows changed.

@@ -1,12 +1,12 @@
 """Fleet documents built once for every worker, by one process of their own.
 
 Why: with 1,000 servers reporting every 5 s, every server changes between two refreshes, so
-each fleet document (``server_monitor.fleet``) is a full build: 0.3-0.9 s of Python. Built in
+each fleet document (``server_monitor.serving.fleet``) is a full build: 0.3-0.9 s of Python. Built in
 each worker process, that Python held the GIL that the worker's ingest writer thread needs
 between SQLite calls; measured with ``scripts/prove.py``'s mixed load (1,000 hosts at 200
 reports/s, 120 s runs): ingest p99 159-194 ms with the 60 dashboard viewers, 93 ms with the
 analysts and no viewers (docs/performance.md). Here the build runs in a **publisher process**
-(``python -m server_monitor.fleet_share``) that shares no GIL with any worker, once per round
+(``python -m server_monitor.serving.fleet_share``) that shares no GIL with any worker, once per round
 for all workers instead of once per worker.
 
 Files, in ``<data.path>.fleet/`` (mode 0700, the hub's own user):
@@ -21,7 +21,7 @@ Files, in ``<data.path>.fleet/`` (mode 0700, the hub's own user):
   round in which the database did not change.
 
 The publisher is started by the jobs leader (:class:`PublisherThread`, one of
-``server_monitor.leader``'s job threads) when the first want appears, exits when no scope
+``server_monitor.jobs.leader``'s job threads) when the first want appears, exits when no scope
 was wanted for :data:`WANT_TTL_S`, and dies with the leader (``PR_SET_PDEATHSIG``). A round
 rebuilds every wanted scope; the next starts ``REBUILD_FACTOR`` times its duration later
 (between :data:`MIN_PERIOD_S` and ``fleet.MAX_REUSE_S``), the rule workers used for reusing
@@ -44,6 +44,7 @@ import threading
 import time
 
 from . import fleet
+from .asgi import _die_with_parent  # as the workers: SIGKILL when the leader dies
 
 log = logging.getLogger("server_monitor.fleet")
 
@@ -54,7 +55,7 @@ WANT_TOUCH_S = 10.0  # a worker refreshes a scope's want at most this often
 MIN_PERIOD_S = 1.0  # rounds start at most once a second
 NICE = 5  # the publisher's niceness: acknowledgements before display freshness
 RESPAWN_S = 5.0  # a publisher that failed is started again after this long at the soonest
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def share_dir(db_path):
@@ -245,10 +246,8 @@ class Publisher:
 
 
 def main(argv=None):
-    """``python -m server_monitor.fleet_share DB_PATH IDLE_MAX_UTIL PARENT_PID``: the publisher."""
+    """``python -m server_monitor.serving.fleet_share DB_PATH IDLE_MAX_UTIL PARENT_PID``: the publisher."""
     argv = sys.argv[1:] if argv is None else argv
-    from .asgi import _die_with_parent  # as the workers: SIGKILL when the leader dies
-
     db_path, idle, parent = argv[0], float(argv[1]), int(argv[2])
     _die_with_parent()
     if os.getppid() != parent:
@@ -296,7 +295,7 @@ class PublisherThread(threading.Thread):
             if time.monotonic() >= not_before and self._wanted():
                 try:
                     self.proc = subprocess.Popen(
-                        [sys.executable, "-m", "server_monitor.fleet_share", self.db_path, str(self.idle_max_util),
+                        [sys.executable, "-m", "server_monitor.serving.fleet_share", self.db_path, str(self.idle_max_util),
                          str(os.getpid())], cwd=ROOT, stdin=subprocess.DEVNULL)
                     self.starts += 1
                 except OSError as exc:  # workers keep building themselves meanwhile

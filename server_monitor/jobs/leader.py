@@ -11,7 +11,7 @@ while that worker stores reports (measured: ~300 ms ingest stalls once a minute 
 a worker); the workers wait on the lock. With one worker that worker leads.
 
 The leader writes ``{"pid": ..., "dead": [thread names]}`` into the lock file whenever the set
-of dead job threads changes, so ``/-/health`` answers the same in every worker (M3).
+of dead job threads changes, so ``/-/health`` answers the same in every worker (see docs/security.md M3).
 """
 
 import errno
@@ -21,20 +21,20 @@ import os
 import threading
 import time
 
+from ..serving.analyst import AnalystSQL
+from ..serving.fleet_share import PublisherThread
+from ..serving.hub import dead_jobs  # noqa: F401 - also this module's API (tests, run_jobs_here)
+from ..storage.rollup import CheckpointThread, Maintenance, MaintenanceThread
+from . import alerts
 from . import replication
 
 
 def start_jobs(holder, config):
     """Start the job threads (each once): ``holder.fleet_thread`` (the fleet document publisher,
-    ``server_monitor.fleet_share``), ``holder.checkpoint_thread`` (the WAL, every second),
+    ``server_monitor.serving.fleet_share``), ``holder.checkpoint_thread`` (the WAL, every second),
     ``holder.maintenance_thread`` (every ``data.maintenance_interval_s`` s; 0: off) and
     ``holder.alert_thread`` (every ``alerts.interval_s`` s when ``alerts.enabled``)."""
-    from . import alerts
-    from .rollup import CheckpointThread, Maintenance, MaintenanceThread
-
     if getattr(holder, "fleet_thread", None) is None:
-        from .fleet_share import PublisherThread
-
         holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
         holder.fleet_thread.start()
     if replication.enabled(config):
@@ -43,8 +43,6 @@ def start_jobs(holder, config):
             holder.replication_thread = replication.ReplicationThread(config)
             holder.replication_thread.start()
     elif getattr(holder, "checkpoint_thread", None) is None:
-        from .analyst import AnalystSQL
-
         holder.checkpoint_thread = CheckpointThread(config.db_path,
                                                     analyst_locks=AnalystSQL.from_config(config).lock_paths())
         holder.checkpoint_thread.start()
@@ -57,21 +55,6 @@ def start_jobs(holder, config):
     if cfg["enabled"] and getattr(holder, "alert_thread", None) is None:
         holder.alert_thread = alerts.AlertThread(alerts.AlertEngine(config.db_path, cfg))
         holder.alert_thread.start()
-
-
-def dead_jobs(holder):
-    """Names of ``holder``'s job threads that were started but have died (list of str, M3).
-
-    An alert pass that failed but will be retried is not a death (its text is in
-    ``alert_thread.last_error``)."""
-    dead = []
-    for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
-                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None),
-                   getattr(holder, "replication_thread", None)):
-        if thread is not None and not thread.stopped.is_set() and (
-                not thread.is_alive() or getattr(thread, "down", lambda: False)()):
-            dead.append(thread.name)
-    return dead
 
 
 class _Holder:

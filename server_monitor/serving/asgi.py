@@ -5,12 +5,12 @@ hub's arguments (one database ``monitor``, ``metadata.yml``, ``plugins/``, ``tem
 ``static/`` and the settings below) and returns its ASGI app, with the startup hooks run
 at ASGI lifespan startup (so the background jobs and the ingest app exist before the first
 request). It is a factory so that uvicorn can start it in each of ``server.workers``
-processes (``uvicorn.run("server_monitor.asgi:create_app", factory=True, workers=N)``): the
+processes (``uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, workers=N)``): the
 processes share the listening socket, each accepts its own connections.
 
 Process-wide state that must be shared between the workers lives in SQLite or behind a
 file lock (see ``docs/architecture.md``, "Worker processes"): sessions and the login
-limiter in ``auth.db``, the background jobs in one worker at a time (``server_monitor.leader``),
+limiter in ``auth.db``, the background jobs in one worker at a time (``server_monitor.jobs.leader``),
 analysts' ad-hoc SQL gated across workers. Per-worker caches (the fleet document) are keyed
 by ``PRAGMA data_version``, so every worker serves the same data.
 """
@@ -23,10 +23,11 @@ import sys
 import threading
 import time
 
-from . import config as config_mod
+from ..core import config as config_mod
 from . import netguard
+from .analyst import RoutingExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_PDEATHSIG = 1
 # How long a thread that wants the GIL waits before the running one is asked to let go
 # (Python's default: 5 ms). Ingest's writer thread gives the GIL up in every SQLite call and
@@ -39,7 +40,7 @@ def settings(cfg):
     """Datasette settings of the hub (dict of setting name -> value) for config ``cfg``.
 
     ``num_sql_threads``: the viewers' SQL threads; analysts' ad-hoc SQL runs on threads of its
-    own (``server_monitor/analyst.py``, :func:`build_datasette` installs the pool).
+    own (``server_monitor/serving/analyst.py``, :func:`build_datasette` installs the pool).
     """
     return {
         "max_returned_rows": 20000,
@@ -54,10 +55,10 @@ def build_datasette(cfg):
     Raises what Datasette raises for a broken metadata file or database
     (``datasette.app.StartupError``, ``sqlite3.Error``).
     """
+    # Deferred: datasette.app loads Jinja, the plugin manager and every view (~0.2 s); the fleet
+    # publisher subprocess imports this module only for _die_with_parent and never builds Datasette.
     from datasette.app import Datasette
     from datasette.utils import parse_metadata
-
-    from .analyst import RoutingExecutor
 
     with open(os.path.join(ROOT, "metadata.yml")) as fp:
         metadata = parse_metadata(fp.read())

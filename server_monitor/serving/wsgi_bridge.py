@@ -4,7 +4,7 @@ The app's ``precheck`` (path, method, token) runs before a byte of the body is r
 anonymous or wrong-token client is answered 401 unread (security review N9). The body is read
 only when its declared ``Content-Length`` is within the app's limit (the app answers 411/413
 itself otherwise, before anything large is read), at most :data:`MAX_BODIES` at once per worker;
-a body that trickles is cut off by the connection's body deadline (``server_monitor.netguard``). Requests then queue
+a body that trickles is cut off by the connection's body deadline (``server_monitor.serving.netguard``). Requests then queue
 for a single writer thread (SQLite has one writer anyway, and the event loop never blocks),
 which takes every request that queued while it was busy and hands them to the app's
 ``respond`` at once: their reports are written in one transaction (``store_reports``) and

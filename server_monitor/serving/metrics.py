@@ -123,10 +123,18 @@ SELECT g.*,
     CASE g.health WHEN 'ok' THEN 0 WHEN 'warning' THEN 1 WHEN 'critical' THEN 2 END AS health_level
 FROM gpus g WHERE g.present AND {where}
 """
+# One series per MIG GPU instance (GI), as dcgm-exporter labels them: the compute instances (CIs) of a GI
+# share its memory and each carries the GI's values (monitor_agent.nvsmi.parse_mig_table), so they are
+# folded into one row (one label set: a series per CI would repeat it); GPU_I_PROFILE is the GI's profile,
+# "3g.40gb" for CIs named "1c.3g.40gb" / "2c.3g.40gb"; processes are summed over the CIs.
 MIG_SQL = """
-SELECT m.server_id, m.gpu_index, g.uuid, g.name, g.pci_bus_id, m.gpu_instance_id, m.profile, m.memory_used_mib,
-    m.memory_total_mib, m.memory_total_mib - m.memory_used_mib AS fb_free_mib, m.process_count
+SELECT m.server_id, m.gpu_index, g.uuid, g.name, g.pci_bus_id, m.gpu_instance_id,
+    CASE WHEN m.profile GLOB '[0-9]c.*' OR m.profile GLOB '[0-9][0-9]c.*'
+         THEN substr(m.profile, instr(m.profile, '.') + 1) ELSE m.profile END AS profile,
+    max(m.memory_used_mib) AS memory_used_mib, max(m.memory_total_mib) AS memory_total_mib,
+    max(m.memory_total_mib) - max(m.memory_used_mib) AS fb_free_mib, sum(m.process_count) AS process_count
 FROM mig_devices m JOIN gpus g ON g.id = m.gpu_id WHERE g.present AND m.gpu_instance_id IS NOT NULL AND {where}
+GROUP BY m.gpu_id, m.gpu_instance_id
 """
 DISKS_SQL = """
 SELECT d.server_id, d.mountpoint, d.used_bytes, d.total_bytes FROM servers s

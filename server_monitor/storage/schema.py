@@ -18,7 +18,7 @@ import sqlite3
 
 import sqlite_utils
 
-from . import dbguard
+from . import dbguard, xidtext
 
 MIGRATION_1 = """
 CREATE TABLE servers (
@@ -206,7 +206,7 @@ CREATE TABLE probes (
 ) WITHOUT ROWID;
 """
 
-# Columns rolled up per tier: (column, aggregates), used by server_monitor.rollup. They are
+# Columns rolled up per tier: (column, aggregates), used by server_monitor.storage.rollup. They are
 # part of migration 3 below: changing them needs a new migration, never an edit.
 HOST_ROLLUP = (
     ("cpu_percent", ("avg", "max")),
@@ -395,7 +395,7 @@ def _rebuild_with_autoincrement(conn, table):
 
 
 def migration_9(conn):
-    """Server and GPU ids are never reused (security review M4).
+    """Server and GPU ids are never reused (see docs/security.md M4).
 
     ``servers`` and ``gpus`` become ``AUTOINCREMENT`` (a viewer scoped to a deleted server's id
     must never see the next new host). The sequence starts above every id still named anywhere
@@ -537,7 +537,7 @@ ALTER TABLE gpus ADD COLUMN numa_node TEXT;
 # with foreign keys off so a table rebuild cannot cascade).
 MIGRATION_17 = """
 -- Bumped by any admin change to a server's GPUs (status, note, removed), so the fleet
--- document (server_monitor/fleet.py) knows which servers to rebuild without scanning gpus.
+-- document (server_monitor/serving/fleet.py) knows which servers to rebuild without scanning gpus.
 ALTER TABLE servers ADD COLUMN gpu_admin_gen INTEGER NOT NULL DEFAULT 0;
 CREATE TRIGGER gpus_admin_change AFTER UPDATE OF status, status_note, removed_at ON gpus
 BEGIN
@@ -610,10 +610,29 @@ ALTER TABLE gpus ADD COLUMN slurm_job TEXT;
 ALTER TABLE gpus ADD COLUMN slurm_user TEXT;
 """
 
+
+def migration_23(conn):
+    """XID lines without the process for viewers who may not see processes (security review N6).
+
+    ``xid_events.message`` becomes the kernel line without its ``pid=…, name=…`` part; the line
+    as printed moves to the new column ``kernel_line`` (shown only with processes visible). The
+    ``gpu_xid`` alerts no longer name the process: the suffix ``, pid N name`` of stored alert
+    texts is cut (the evaluator rewrites firing ones anyway).
+    """
+    conn.execute("ALTER TABLE xid_events ADD COLUMN kernel_line TEXT")
+    rows = conn.execute("SELECT id, message FROM xid_events WHERE instr(message, 'pid=') > 0").fetchall()
+    for row_id, message in rows:
+        public = xidtext.without_process(message)
+        if public != message:
+            conn.execute("UPDATE xid_events SET message = ?, kernel_line = ? WHERE id = ?", (public, message, row_id))
+    conn.execute("UPDATE alerts SET message = substr(message, 1, instr(message, ', pid ') - 1)"
+                 " WHERE rule = 'gpu_xid' AND instr(message, ', pid ') > 0")
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
-              MIGRATION_21, MIGRATION_22]
+              MIGRATION_21, MIGRATION_22, migration_23]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -633,7 +652,7 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     ``timeout`` seconds, a page cache of ``cache_mib`` MiB (ingest touches one leaf page
     per GPU and host of the fleet; SQLite's 2 MiB default thrashes beyond ~500 GPUs).
     Returns a ``sqlite3.Connection`` in autocommit mode; callers open transactions with
-    ``BEGIN IMMEDIATE``. Raises :class:`server_monitor.dbguard.DatabaseReplaced` (an
+    ``BEGIN IMMEDIATE``. Raises :class:`server_monitor.storage.dbguard.DatabaseReplaced` (an
     ``sqlite3.OperationalError``) when the hub's database at ``path`` was deleted or
     replaced while it runs, rather than creating a new empty file there.
 

@@ -2,7 +2,7 @@
 
 from datasette.utils.asgi import Response
 
-from . import __version__
+from .. import __version__
 
 # No 'unsafe-inline', no 'unsafe-eval': page code lives in static files and builds the
 # DOM with textContent, so agent-supplied strings can never run.

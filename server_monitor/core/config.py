@@ -26,10 +26,10 @@ ENV_OVERRIDES = {
 }
 
 DEFAULTS = {
-    # workers: processes sharing the port (server_monitor/asgi.py); 2 keeps ingest answered
+    # workers: processes sharing the port (server_monitor/serving/asgi.py); 2 keeps ingest answered
     # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
     # header_timeout_s .. max_connections_per_address: connection limits per worker (N3,
-    # server_monitor/netguard.py); shutdown_timeout_s: how long a SIGTERM waits for requests (I-10).
+    # server_monitor/serving/netguard.py); shutdown_timeout_s: how long a SIGTERM waits for requests (I-10).
     "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2,
                "header_timeout_s": 10, "body_timeout_s": 30, "max_connections": 1000,
                "max_connections_per_address": 128, "shutdown_timeout_s": 10},
@@ -53,7 +53,7 @@ DEFAULTS = {
         "idle_max_util": 5,
         "idle_hours": 2,
     },
-    # Analysts' ad-hoc SQL (?sql= on /monitor): its own bounded path (server_monitor/analyst.py).
+    # Analysts' ad-hoc SQL (?sql= on /monitor): its own bounded path (server_monitor/serving/analyst.py).
     "sql": {
         "analyst_time_limit_ms": 2000,
         "analyst_concurrency": 1,
@@ -71,6 +71,23 @@ DEFAULTS = {
         "rollup_1h_days": 730,
         "maintenance_interval_s": 60,
     },
+}
+
+# The ``alerts`` section: thresholds and delivery (``server_monitor.jobs.alerts`` evaluates and
+# sends them, as its ``DEFAULTS``). Kept here so that the base layer knows every config key
+# without importing the jobs layer; a new alert key is added here.
+ALERT_DEFAULTS = {
+    "enabled": True,
+    "interval_s": 60,
+    "repeat_minutes": 60,
+    "host_offline_minutes": 5,
+    "gpu_temperature_c": 85,
+    "gpu_temperature_minutes": 5,
+    "xid_minutes": 60,
+    "disk_percent": 90,
+    "dashboard_url": None,
+    "webhooks": [],
+    "smtp": None,
 }
 
 
@@ -139,9 +156,7 @@ def _merge(defaults, given):
 
 def known_keys():
     """``{section: set of key names}`` a config file may use: :data:`DEFAULTS` plus the
-    ``alerts`` keys of :data:`server_monitor.alerts.DEFAULTS`. A new key is added there."""
-    from .alerts import DEFAULTS as ALERT_DEFAULTS
-
+    ``alerts`` keys of :data:`ALERT_DEFAULTS`. A new key is added there."""
     known = {section: set(values) for section, values in DEFAULTS.items()}
     known["alerts"] |= set(ALERT_DEFAULTS)
     return known

@@ -5,17 +5,20 @@ accounts store, the login limiter, the ingest WSGI app) and caches it on the ins
 """
 
 import asyncio
+import hmac
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from . import config as config_mod
+from itsdangerous.url_safe import URLSafeSerializer
+
+from ..core import config as config_mod
 from .analyst import AnalystSQL
-from .accounts import Accounts, LoginLimiter
+from ..auth.accounts import Accounts, LoginLimiter
 
 SESSION_COOKIE = "sm_session"
 # Behind https the session cookie is __Host- prefixed: Secure, Path=/, no Domain, so a sibling
-# subdomain or plain-http page cannot plant or overwrite it (M1).
+# subdomain or plain-http page cannot plant or overwrite it (see docs/security.md M1).
 SECURE_SESSION_COOKIE = "__Host-sm_session"
 SESSION_NAMESPACE = "sm-session"
 CSRF_COOKIE = "ds_csrftoken"  # Datasette's (asgi-csrf) cookie name
@@ -44,21 +47,17 @@ def session_cookie_name(https):
 
 
 def csrf_token_for_session(datasette, session_id):
-    """The CSRF token bound to a session (M1): ``HMAC-SHA256(secret, "csrf:" + session id)``,
+    """The CSRF token bound to a session (see docs/security.md M1): ``HMAC-SHA256(secret, "csrf:" + session id)``,
     signed the way asgi-csrf signs its cookie so Datasette's check accepts it.
 
     Deterministic for a session, unknown to anyone without both the secret and the session id,
     so a token taken from another (anonymous) page or planted in a cookie never matches.
     """
-    import hmac
-
-    from itsdangerous.url_safe import URLSafeSerializer
-
     digest = hmac.new(datasette._secret.encode("utf-8"), b"csrf:" + session_id.encode("utf-8"), "sha256").hexdigest()
     return URLSafeSerializer(datasette._secret).dumps(digest, "csrftoken")
 
 _lock = threading.Lock()
-# At most this many password hashes/checks queued or running at once (M2).
+# At most this many password hashes/checks queued or running at once (see docs/security.md M2).
 PASSWORD_QUEUE = 32
 
 
@@ -74,7 +73,7 @@ class HubContext:
     """
 
     ingest = None
-    jobs = None  # server_monitor.leader.JobsLeader, set by plugins/sm_jobs.py at startup
+    jobs = None  # server_monitor.jobs.leader.JobsLeader, set by plugins/sm_jobs.py at startup
     fleet_thread = None
     checkpoint_thread = None
     maintenance_thread = None
@@ -86,16 +85,16 @@ class HubContext:
         self.accounts = Accounts(config.auth_db_path)
         # Shared by every worker process through auth.db (one budget, not one per worker).
         self.limiter = LoginLimiter(config.auth_db_path, limit=5, window=300, name="login")
-        # Registrations: failures (bad invite, taken name) per client address and per invite (M2).
+        # Registrations: failures (bad invite, taken name) per client address and per invite (see docs/security.md M2).
         self.register_limiter = LoginLimiter(config.auth_db_path, limit=10, window=300, name="register")
         # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
-        # burst of password checks queues instead of taking every core (M2).
+        # burst of password checks queues instead of taking every core (see docs/security.md M2).
         # Split between worker processes, so all of them together still leave half the cores.
         workers = config_mod.worker_count(config)
         self.password_workers = max(1, (os.cpu_count() or 2) // 2 // workers)
         self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
         self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
-        # Analysts' ad-hoc SQL: bounded concurrency, queue and time limit (L6).
+        # Analysts' ad-hoc SQL: bounded concurrency, queue and time limit (see docs/security.md L6).
         self.analyst_sql = AnalystSQL.from_config(config)
         self.admin_username = config.get("auth.username")
         self.admin_fingerprint = admin_fingerprint(config)
@@ -115,9 +114,7 @@ class HubContext:
             self._password_queue.release()
 
     def dead_jobs(self):
-        """Names of this process's background threads that were started but have died (M3)."""
-        from .leader import dead_jobs
-
+        """Names of this process's background threads that were started but have died (see docs/security.md M3)."""
         return dead_jobs(self)
 
     def background_problems(self):
@@ -136,7 +133,7 @@ class HubContext:
         if session is None:
             return None
         if session["source"] == "config":
-            # Sessions made with an older admin credential end when it changes (L1).
+            # Sessions made with an older admin credential end when it changes (see docs/security.md L1).
             if session["username"] == self.admin_username and session.get("fingerprint") == self.admin_fingerprint:
                 return {"id": self.admin_username, "role": "admin", "processes": True, "source": "config"}
             return None
@@ -150,12 +147,26 @@ class HubContext:
         return actor
 
 
+def dead_jobs(holder):
+    """Names of ``holder``'s job threads that were started but have died (list of str, see docs/security.md M3).
+
+    An alert pass that failed but will be retried is not a death (its text is in
+    ``alert_thread.last_error``). A thread with a ``down()`` method (the replication supervisor,
+    ``jobs/replication.py``) also counts as dead while that says its child is not running."""
+    dead = []
+    for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
+                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None),
+                   getattr(holder, "replication_thread", None)):
+        if thread is not None and not thread.stopped.is_set() and (
+                not thread.is_alive() or getattr(thread, "down", lambda: False)()):
+            dead.append(thread.name)
+    return dead
+
+
 def admin_fingerprint(config):
     """Keyed hash (HMAC-SHA256 with ``server.secret_key``) of the admin credential in force:
-    ``auth.password_hash``, else ``auth.password``. Stored with config-admin sessions (L1);
+    ``auth.password_hash``, else ``auth.password``. Stored with config-admin sessions (see docs/security.md L1);
     keyed so that ``auth.db`` holds nothing that helps guess a plain ``auth.password``."""
-    import hmac
-
     credential = config.get("auth.password_hash") or "plain:" + str(config.get("auth.password") or "")
     key = str(config.get("server.secret_key") or "").encode("utf-8")
     return hmac.new(key, b"admin-credential:" + credential.encode("utf-8"), "sha256").hexdigest()

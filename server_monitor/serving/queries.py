@@ -8,7 +8,9 @@ import json
 import os
 import re
 
-QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "canned_queries")
+from . import hub
+
+QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "canned_queries")
 DATABASE = "monitor"
 _OPTION_KEYS = {"title", "description", "hide_sql", "write", "on_success_message", "on_success_redirect",
                 "on_error_redirect", "admin"}
@@ -88,8 +90,6 @@ async def run(datasette, name, actor, **params):
     ``params``: the query's own parameters (``None`` and those not given are passed as ``""``,
     as Datasette does for a canned query's missing parameters).
     """
-    from . import hub
-
     sql = QUERIES[name]["sql"]
     values = {key: "" for key in named_parameters(sql)}
     values.update(scope_params(actor))

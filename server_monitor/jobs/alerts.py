@@ -35,7 +35,11 @@ from email.message import EmailMessage
 
 import urllib3
 
-from . import gpu_health, schema
+from monitor_agent import textrule
+
+from ..core import gpu_health
+from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
+from ..storage import schema
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
 # must not import the agent package, so the codes are repeated here and a test keeps them equal).
@@ -43,19 +47,6 @@ CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158})
 
 log = logging.getLogger("server_monitor.alerts")
 
-DEFAULTS = {
-    "enabled": True,
-    "interval_s": 60,
-    "repeat_minutes": 60,
-    "host_offline_minutes": 5,
-    "gpu_temperature_c": 85,
-    "gpu_temperature_minutes": 5,
-    "xid_minutes": 60,
-    "disk_percent": 90,
-    "dashboard_url": None,
-    "webhooks": [],
-    "smtp": None,
-}
 FAILURE_STATES = ("driver_mismatch", "no_devices", "driver_not_loaded", "insufficient_permissions", "error")
 STATE_TEXT = {
     "driver_mismatch": "NVIDIA driver/library version mismatch (a reboot is usually pending)",
@@ -69,9 +60,11 @@ STATE_TEXT = {
 
 
 # Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
-# error messages, mountpoints) become one space in every notice (M3: a newline in an e-mail
-# Subject raised ValueError and killed the alert thread; also no forged lines in chat).
-_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+# error messages, mountpoints) become one space in every notice (see docs/security.md M3: a newline in an e-mail
+# Subject raised ValueError and killed the alert thread; also no forged lines in chat): the
+# shared text rule (monitor_agent/textrule.py) plus, for one line, TAB, LF, ZWNJ/ZWJ and the
+# invisible operators U+2061-U+2065.
+_UNSAFE_TEXT = re.compile("[\t\n\u200c\u200d\u2061-\u2065" + textrule.UNSAFE_CLASS + "]+")
 
 
 def clean_text(text):
@@ -80,12 +73,12 @@ def clean_text(text):
 
 
 def slack_escape(text):
-    """Slack mrkdwn escaping (``&``, ``<``, ``>``): no ``<!channel>`` pings or disguised links (L9)."""
+    """Slack mrkdwn escaping (``&``, ``<``, ``>``): no ``<!channel>`` pings or disguised links (see docs/security.md L9)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def feishu_escape(text):
-    """Feishu/Lark text: ``<`` and ``>`` as full-width look-alikes, so no ``<at user_id="all">`` (L9)."""
+    """Feishu/Lark text: ``<`` and ``>`` as full-width look-alikes, so no ``<at user_id="all">`` (see docs/security.md L9)."""
     return text.replace("<", "\uff1c").replace(">", "\uff1e")
 
 
@@ -192,8 +185,11 @@ def evaluate(conn, now, cfg):
             fire("gpu_pcie_degraded", "warning", server_id, f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
     critical_xids = sorted(CRITICAL_XIDS)
-    for server_id, gpu_id, index, bus, xid, name, pid, process, ts in conn.execute(
-            "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, e.pid, e.process_name, max(e.ts)"
+    # The alert text never names the process (pid, name): every viewer in scope reads it in
+    # alerts_active and /api/fleet, also those with processes hidden (security review N6). Who
+    # ran on the GPU is in the XID list (server_xids / xid_events) for those who may see it.
+    for server_id, gpu_id, index, bus, xid, name, ts in conn.execute(
+            "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, max(e.ts)"
             " FROM xid_events e LEFT JOIN gpus g ON g.id = e.gpu_id"
             f" WHERE e.ts >= ? AND e.xid IN ({','.join('?' * len(critical_xids))})"
             " AND coalesce(g.status, 'active') != 'maintenance'"
@@ -201,9 +197,8 @@ def evaluate(conn, now, cfg):
             [now - cfg["xid_minutes"] * 60] + critical_xids):
         if server_id in servers and server_id not in offline:
             gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
-            who = f", pid {pid} {process or ''}".rstrip() if pid else ""
             fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
-                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}{who}".replace("  ", " "))
+                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip())
     window = cfg["gpu_temperature_minutes"] * 60
     for gpu_id, server_id, index, coolest, samples in conn.execute(
             "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"
@@ -235,7 +230,7 @@ IDENTITY_TEXT = {
 
 
 def identity_text(kind, hostname, previous, other):
-    """One line about a ``host_identity_events`` row (security review L10)."""
+    """One line about a ``host_identity_events`` row (see docs/security.md L10)."""
     return IDENTITY_TEXT.get(kind, "{hostname}: host identity changed ({kind})").format(
         hostname=hostname, previous=previous, other=other, kind=kind)
 
@@ -283,14 +278,14 @@ class Notifier:
                 ok = ok or 200 <= response.status < 300
                 if response.status >= 300:
                     log.warning("webhook %s answered %s", hook["url"], response.status)
-            except Exception as exc:  # one bad target never stops the others (M3)
+            except Exception as exc:  # one bad target never stops the others (see docs/security.md M3)
                 log.warning("webhook %s failed: %s: %s", hook.get("url"), type(exc).__name__, exc)
         smtp = self.cfg.get("smtp")
         if smtp:
             try:
                 self._mail(smtp, event, alert)
                 ok = True
-            except Exception as exc:  # SMTP errors, bad config, a header the policy refuses (M3)
+            except Exception as exc:  # SMTP errors, bad config, a header the policy refuses (see docs/security.md M3)
                 log.warning("alert e-mail failed: %s: %s", type(exc).__name__, exc)
         return ok
 
@@ -375,7 +370,7 @@ class AlertThread(threading.Thread):
     """Runs :meth:`AlertEngine.run_once` every ``interval_s`` seconds.
 
     A failing pass (any exception) is logged and retried on the next tick; it never ends the
-    thread (M3). ``last_error`` holds the last failure's text (None after a good pass),
+    thread (see docs/security.md M3). ``last_error`` holds the last failure's text (None after a good pass),
     ``last_pass_at`` the epoch seconds of the last good pass; ``/-/health`` reports both.
     """
 
@@ -393,6 +388,6 @@ class AlertThread(threading.Thread):
                 self.last_error, self.last_pass_at = None, time.time()
                 if any(result.values()):
                     log.info("alerts: %s", result)
-            except Exception as exc:  # keep alerting whatever one pass hit (M3)
+            except Exception as exc:  # keep alerting whatever one pass hit (see docs/security.md M3)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("alert evaluation failed, will retry")
