@@ -195,6 +195,8 @@ def route(scope, routes, base_url="/"):
     ``routes``: Datasette's compiled routes (``datasette._routes()``); like Datasette's router it
     matches the request's ``raw_path`` (not the percent-decoded ``path``) after ``base_url``.
     """
+    # Deferred: datasette.utils costs 0.1 s to import, and the fleet publisher subprocess imports
+    # this module (through serving/asgi.py) without ever routing a request.
     from datasette.utils import resolve_routes, tilde_decode
 
     raw = scope.get("raw_path")

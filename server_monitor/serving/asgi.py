@@ -25,7 +25,7 @@ import time
 
 from ..core import config as config_mod
 from . import netguard
-from .analyst import RoutingExecutor
+from .analyst import RoutingExecutor, interrupt_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_PDEATHSIG = 1
@@ -112,8 +112,6 @@ class _Startup:
                 # uvicorn has cancelled the requests still running after server.shutdown_timeout_s;
                 # their SQL still runs in Datasette's threads: stop it, so the threads let the
                 # process exit (I-10), and end the process should one still not finish.
-                from .analyst import interrupt_all
-
                 interrupt_all()
                 _exit_watchdog(EXIT_WATCHDOG_S)
                 await send({"type": "lifespan.shutdown.complete"})

@@ -5,7 +5,8 @@ timeout for a connection that is opened and then sends its request headers slowl
 and no cap on open connections: 42,000 such sockets from one client used every file
 descriptor of both workers, and ``/login``, ``/-/health`` and ingest stopped answering.
 
-:class:`GuardedHttpToolsProtocol` is uvicorn's httptools protocol with, per worker process:
+``server_monitor.serving.netproto.GuardedHttpToolsProtocol`` is uvicorn's httptools protocol with,
+per worker process, these limits (kept here, where importing them costs no uvicorn):
 
 * a header deadline: a request's headers must be complete ``server.header_timeout_s`` (10 s)
   after the connection opened or the previous response ended, else the connection is closed;
@@ -22,20 +23,17 @@ uvicorn's ``limit_concurrency`` (503 once that many connections or requests are 
 to the same ``max_connections`` by ``server-monitor serve``.
 """
 
-import logging
 import resource
-
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-log = logging.getLogger("server_monitor.serving.netguard")
 
 DEFAULTS = {"header_timeout_s": 10.0, "body_timeout_s": 30.0, "max_connections": 1000,
             "max_connections_per_address": 128}
 # The limits of this worker process (configure() sets them from the config in create_app).
 LIMITS = dict(DEFAULTS)
-_open = {"total": 0}
-_per_address = {}
-_refused = {"total": 0, "per_address": 0}
+# Open connections of this worker, in all and per client address, and those refused
+# (maintained by the protocol, on the event loop's thread).
+OPEN = {"total": 0}
+PER_ADDRESS = {}
+REFUSED = {"total": 0, "per_address": 0}
 
 
 def fd_cap(max_connections):
@@ -61,94 +59,4 @@ def configure(config):
 
 def refused_counts():
     """Connections refused so far by this worker: ``{"total": n, "per_address": n}``."""
-    return dict(_refused)
-
-
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's ``HttpToolsProtocol`` with header and body deadlines and connection caps
-    (module docstring). Pass as ``uvicorn.run(..., http=GuardedHttpToolsProtocol)``."""
-
-    _sm_counted = False
-    _sm_address = None
-    _sm_timer = None
-    _sm_cycle = None  # the request whose headers were seen last
-    _sm_phase = "headers"  # what the connection waits for: "headers", "body" or "app" (no deadline)
-
-    def connection_made(self, transport):
-        peer = transport.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) and peer else None
-        per_address = int(LIMITS["max_connections_per_address"])
-        if _open["total"] >= LIMITS["max_connections"] or (
-                per_address and address is not None and _per_address.get(address, 0) >= per_address):
-            which = "total" if _open["total"] >= LIMITS["max_connections"] else "per_address"
-            if _refused[which] % 1000 == 0:
-                log.warning("refusing connections: %s open (limit %s), %s from %s (limit %s)", _open["total"],
-                            LIMITS["max_connections"], _per_address.get(address, 0), address, per_address)
-            _refused[which] += 1
-            transport.abort()
-            return
-        self._sm_counted = True
-        self._sm_address = address
-        _open["total"] += 1
-        if address is not None:
-            _per_address[address] = _per_address.get(address, 0) + 1
-        super().connection_made(transport)
-        self._sm_arm(LIMITS["header_timeout_s"])
-
-    def connection_lost(self, exc):
-        self._sm_disarm()
-        if not self._sm_counted:
-            return
-        self._sm_counted = False
-        _open["total"] -= 1
-        if self._sm_address is not None:
-            left = _per_address.get(self._sm_address, 1) - 1
-            if left > 0:
-                _per_address[self._sm_address] = left
-            else:
-                _per_address.pop(self._sm_address, None)
-        super().connection_lost(exc)
-
-    def data_received(self, data):
-        super().data_received(data)
-        self._sm_track()
-
-    def on_response_complete(self):
-        super().on_response_complete()
-        if self.transport.is_closing():
-            return
-        self._sm_phase = "headers"  # the next request's headers (keep-alive), unless pipelined
-        self._sm_arm(LIMITS["header_timeout_s"])
-        self._sm_track()
-
-    def _sm_track(self):
-        """Move the deadline on: headers complete → body deadline (or none while the app runs);
-        body complete → none."""
-        cycle = self.cycle
-        if cycle is None:
-            return
-        if self._sm_phase == "headers" and cycle is not self._sm_cycle and not cycle.response_complete:
-            self._sm_cycle = cycle
-            if cycle.more_body:
-                self._sm_phase = "body"
-                self._sm_arm(LIMITS["body_timeout_s"])
-            else:
-                self._sm_phase = "app"
-                self._sm_disarm()
-        elif self._sm_phase == "body" and not cycle.more_body:
-            self._sm_phase = "app"
-            self._sm_disarm()
-
-    def _sm_arm(self, seconds):
-        self._sm_disarm()
-        self._sm_timer = self.loop.call_later(seconds, self._sm_expired)
-
-    def _sm_disarm(self):
-        if self._sm_timer is not None:
-            self._sm_timer.cancel()
-            self._sm_timer = None
-
-    def _sm_expired(self):
-        self._sm_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+    return dict(REFUSED)
