@@ -66,7 +66,7 @@ class Hub:
         data["data"]["path"], data["data"]["auth_path"] = self.db, os.path.join(work, "auth.db")
         with open(self.config, "w") as fp:
             yaml.safe_dump(data, fp)
-        shutil.copy(os.path.join(ROOT, "scripts", "fleet_fixture.py"), os.path.join(work, "fleet_fixture.py"))
+        shutil.copy(os.path.join(ROOT, "bench", "fleet_fixture.py"), os.path.join(work, "fleet_fixture.py"))
 
     def grow(self, servers, processes, users, seed=1):
         """Write one report per host through this revision's store_report."""

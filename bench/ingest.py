@@ -494,7 +494,7 @@ def main():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["fleet"]:  # the dashboard's data path: scripts/bench_fleet.py
-        import bench_fleet
+        from . import fleet as bench_fleet
 
         bench_fleet.main(sys.argv[2:])
     else:

@@ -16,15 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from bench_hub import HTTP, Hub, login  # noqa: E402
-from fleet_fixture import grow, host_name  # noqa: E402
+from .ingest import HTTP, Hub, login  # noqa: E402
+from .fleet_fixture import grow, host_name  # noqa: E402
 from reports import sample_report  # noqa: E402
 
 OLD_QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes", "announcements", "alerts_active",
