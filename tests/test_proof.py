@@ -1,8 +1,8 @@
-"""The proof suite (scripts/prove.py), quick profile: load, hub outage, crash, disk full,
+"""The proof suite (python -m bench prove), quick profile: load, hub outage, crash, disk full,
 bad collectors and API fuzzing against the real hub process. The full profile is run by
 hand; its figures are in docs/performance.md and docs/reliability.md.
 
-The six scenarios run as two ``prove.py --only`` calls in two test files (this one and
+The six scenarios run as two ``python -m bench prove --only`` calls in two test files (this one and
 ``test_proof_faults.py``), so the parallel suite runs them on two workers at once."""
 
 import json
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def run_proof(tmp_path, names):
-    """``scripts/prove.py --profile quick --only <names>``; returns its results, asserting that
+    """``python -m bench prove --profile quick --only <names>``; returns its results, asserting that
     exactly ``names`` ran and none failed, and that it exited 0."""
     out = tmp_path / "proof.json"
     result = subprocess.run([sys.executable, "-m", "bench", "prove", "--profile", "quick",

@@ -1,4 +1,4 @@
-"""Issue 13's mixed use, quick variant (``scripts/prove.py --profile quick --only mixed``): agents
+"""Issue 13's mixed use, quick variant (``python -m bench prove --profile quick --only mixed``): agents
 reporting in real time, viewers doing the dashboard's refresh and an analyst looping a heavy
 query, at once, on the real hub with two worker processes. Every report is stored exactly once,
 nothing answers an error. The goal-size run (``--profile mixed``) is run by hand; its figures

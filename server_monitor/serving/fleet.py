@@ -302,7 +302,7 @@ def encode(content, previous=None, version=None, now=None):
 # viewer's refresh took the CPU that ingest needed. After that, until MAX_STALE_S, the document
 # is still answered at once while its successor is built in the background
 # (stale-while-revalidate), so no viewer waits for a build of a busy fleet (0.4-0.9 s under the
-# mixed load of scripts/prove.py); a document older than MAX_STALE_S is rebuilt before it is
+# mixed load of python -m bench prove); a document older than MAX_STALE_S is rebuilt before it is
 # answered, and ``?fresh=1`` (the dashboard after an admin's change) never gets a reused one.
 # Fleets of fewer than REUSE_MIN_SERVERS servers (counted as the cached server fragments, one
 # per server and process visibility) stay exact whatever a build costs: a slow build there is
