@@ -36,8 +36,15 @@ from server_monitor.serving.wsgi_bridge import header as _header
 INGEST_PATH = "/api/report"
 HEALTH_PATH = "/-/health"
 PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
-# Paths that check a bearer token themselves (Prometheus scrapes /metrics without a session).
-TOKEN_PATHS = {"/metrics"}
+# Paths that check a bearer token themselves (Prometheus scrapes /metrics, its shards and servers
+# and its service discovery /metrics/targets without a session; plugins/sm_metrics.py).
+
+
+def is_token_path(path):
+    """True for ``/metrics`` and everything under ``/metrics/``."""
+    return path == "/metrics" or path.startswith("/metrics/")
+
+
 METRICS_401 = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
 # Datasette's introspection pages (/-/metadata, /-/plugins, /-/actor, ...) are admin-only;
 # these /-/ paths are for everyone logged in (or public, by the rules above).
@@ -68,7 +75,7 @@ def wants_json(scope):
     """True for API-style requests, which get JSON errors instead of redirects."""
     path = scope.get("path", "")
     query = scope.get("query_string", b"").decode("latin-1")
-    if (path.startswith("/api/") or path in TOKEN_PATHS or path.endswith((".json", ".csv"))
+    if (path.startswith("/api/") or is_token_path(path) or path.endswith((".json", ".csv"))
             or "_format=" in query):
         return True
     accept = _header(scope, b"accept")
@@ -319,8 +326,8 @@ def asgi_wrapper(datasette):
                     return await send_json(send, 415, {"ok": False, "status": 415,
                                                        "error": "API writes take application/json or no body"})
             bearer = _header(scope, b"authorization").lower().startswith("bearer ")
-            if actor is None and not is_public(path) and not (path in TOKEN_PATHS and bearer):
-                if path in TOKEN_PATHS:  # /metrics: say what a scraper needs, not "login required"
+            if actor is None and not is_public(path) and not (is_token_path(path) and bearer):
+                if is_token_path(path):  # /metrics: say what a scraper needs, not "login required"
                     return await send_json(
                         send, 401, {"ok": False, "status": 401, "error": METRICS_401},
                         [(b"www-authenticate", b'Bearer realm="server-monitor"')],

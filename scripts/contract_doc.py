@@ -23,6 +23,8 @@ def rows(spec, path=""):
         need = "required" if sub.required else "optional"
         if not sub.nullable:
             need += ", not null"
+        if getattr(sub, "identity", False):
+            need += ", identity"  # unsafe characters refused; other strings are free text (cleaned)
         yield f"| `{name}` | {kind} | {sub.unit or ''} | {sub.range_text()} | {need} | {sub.doc} |"
         if isinstance(sub, Obj):
             yield from rows(sub, name)

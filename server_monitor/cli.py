@@ -10,7 +10,7 @@ from datasette_auth_passwords.utils import hash_password as make_hash
 from .auth import tokens
 from .auth.accounts import Accounts
 from .core import config as config_mod
-from .jobs import leader
+from .jobs import leader, replication
 from .storage import instance, schema
 from .storage.rollup import Maintenance, refresh_statistics
 
@@ -115,7 +115,9 @@ def serve(config_path, init, host, port, workers):
         except sqlite3.Error as exc:
             raise click.ClickException(f"{cfg.auth_db_path}: {exc}")
         _private_files(cfg)
-    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError) as exc:
+        if replication.enabled(cfg):
+            replication.binary(cfg)  # a missing Litestream is one line now, not a dead job thread later
+    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError, replication.ReplicationError) as exc:
         raise click.ClickException(str(exc))
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or config_path}: {exc.strerror}")
@@ -131,6 +133,9 @@ def serve(config_path, init, host, port, workers):
     if workers > 1:
         leader.run_jobs_here(cfg)  # maintenance and alerts in this process, off the workers' GILs
     click.echo(f"Server Monitor hub on {url}" + (f" ({workers} worker processes)" if workers > 1 else ""), err=True)
+    if replication.enabled(cfg):
+        click.echo(f"Replicating {cfg.db_path} and {cfg.auth_db_path} to {cfg.get('replication.url')} "
+                   f"with Litestream (every {cfg.get('replication.sync_interval') or '1s'})", err=True)
     # Deferred: only serve runs the ASGI server; the other subcommands start without loading it.
     import uvicorn
 
@@ -305,6 +310,30 @@ def backup(config_path, destination):
             src.close()
         os.chmod(target, 0o600)
         click.echo(target)
+
+
+@cli.command()
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing databases (kept as <name>.before-restore).")
+@click.option("--timestamp", help="Restore to this RFC 3339 time (default: the latest replicated state).")
+def restore(config_path, force, timestamp):
+    """Rebuild monitor.db and auth.db from the Litestream replica (replication.url).
+
+    The hub must be stopped. Each database is restored beside its path, checked with
+    integrity_check, then moved into place. See docs/operations.md "Replication and restore".
+    """
+    os.umask(0o077)
+    cfg = _load(config_path)
+    if not cfg.get("replication.url"):
+        raise click.ClickException("replication.url is not set in " + cfg.path + ": nothing to restore from")
+    try:
+        config_mod.check_data_dirs(cfg)
+        instance.acquire_data_lock(cfg.db_path, "restore")  # no hub may run on these files meanwhile
+        replication.restore(cfg, force=force, timestamp=timestamp, echo=lambda line: click.echo(line, err=True))
+    except (config_mod.ConfigError, instance.InstanceError, replication.ReplicationError) as exc:
+        raise click.ClickException(str(exc))
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or cfg.db_path}: {exc.strerror}")
 
 
 @cli.command("hash-password")

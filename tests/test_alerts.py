@@ -311,7 +311,7 @@ def test_xid_events_stored_attributed_and_critical_ones_alerted(setup):
     fired = sorted(engine.run_once(now + 30)["fired"])
     assert fired == ["gpu_xid:1:00000000:28:00.0:xid48", "gpu_xid:1:00000000:38:00.0:xid79"]
     messages = sorted(b["message"] for b in receiver.of("/generic"))
-    assert messages == ["xid-host: GPU 1 (00000000:28:00.0): Xid 48 Double Bit ECC Error, pid 20311 python3",
+    assert messages == ["xid-host: GPU 1 (00000000:28:00.0): Xid 48 Double Bit ECC Error",
                         "xid-host: GPU 2 (00000000:38:00.0): Xid 79 GPU has fallen off the bus"]
     # An hour later (xid_minutes) they resolve.
     later = sample_report("xid-host", gpus=4, processes=0, sample_time=now + 4000)

@@ -102,13 +102,21 @@ def test_item1_every_layer_has_its_folder():
     assert flat == ["__init__.py", "__main__.py", "cli.py"]
 
 
+# The one agent module the hub imports: the text rule both sides clean and check strings with
+# (issue 22 item 6, docs/security.md N2). It lives in the agent's package because the zipapp must
+# carry it; it imports nothing but the standard library.
+SHARED_WITH_AGENT = {"monitor_agent.textrule"}
+
+
 @pytest.mark.parametrize("path", package_files())
 def test_item1_imports_follow_the_layers(path):
     """A module imports only its own layer and the layers below it (ALLOWED), never the
-    top-level ``ingest.py``, the plugins or the agent."""
+    top-level ``ingest.py``, the plugins or the agent (but for :data:`SHARED_WITH_AGENT`)."""
     here = layer_of(module_name(path))
     for module, lineno, _ in imports(path):
         top = module.split(".")[0]
+        if module in SHARED_WITH_AGENT:
+            continue
         assert top not in ("ingest", "plugins", "monitor_agent", "agent"), f"{path}:{lineno} imports {module}"
         if top != "server_monitor":
             continue
@@ -179,3 +187,11 @@ def test_item1_command_line_entry_points():
     assert result.returncode == 0 and "serve" in result.stdout, result.stderr[-2000:]
     with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as fp:
         assert 'server-monitor = "server_monitor.cli:main"' in fp.read()
+
+
+def test_the_shared_text_rule_imports_only_the_standard_library():
+    """What the hub takes from the agent's package stays a leaf: no agent machinery comes along."""
+    for module in SHARED_WITH_AGENT:
+        path = os.path.join(os.path.dirname(PACKAGE), *module.split(".")) + ".py"
+        for imported, lineno, _ in imports(path):
+            assert imported.split(".")[0] in sys.stdlib_module_names, f"{path}:{lineno} imports {imported}"

@@ -9,6 +9,7 @@ Relative paths in ``data.*`` are resolved against the directory holding the conf
 import copy
 import difflib
 import os
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ DEFAULTS = {
     },
     "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True},
     "alerts": {"enabled": True},
-    "prometheus": {"token": None},
+    # shards: how many targets /metrics/targets (Prometheus http_sd) splits the fleet into.
+    "prometheus": {"token": None, "shards": 1},
     # Defaults of the fleet views (canned-query parameters left empty use these).
     "features": {
         "free_max_util": 10,
@@ -51,6 +53,10 @@ DEFAULTS = {
         "analyst_concurrency": 1,
         "analyst_queue": 8,
     },
+    # Continuous replication of both databases with Litestream (server_monitor/replication.py),
+    # off by default: url is a directory, file:///path or s3://bucket/prefix; options are passed
+    # to Litestream's replica (endpoint, region, force-path-style, ...).
+    "replication": {"enabled": False, "url": None, "sync_interval": "1s", "litestream": None, "options": None},
     "data": {
         "path": "monitor.db",
         "auth_path": "auth.db",
@@ -206,6 +212,18 @@ def _check(data):
     for key in ("rollup_5m_days", "rollup_1h_days", "maintenance_interval_s"):
         if not isinstance(data["data"][key], (int, float)) or data["data"][key] < 0:
             raise ConfigError(f"config: data.{key} must be a non-negative number")
+    replication = data.get("replication")
+    if not isinstance(replication, dict):
+        raise ConfigError("config: 'replication' must be a mapping")
+    if not isinstance(replication.get("enabled", False), bool):
+        raise ConfigError("config: replication.enabled must be true or false")
+    if replication.get("enabled") and not (isinstance(replication.get("url"), str) and replication["url"].strip()):
+        raise ConfigError("config: replication.url must be set when replication.enabled is true "
+                          "(a directory, file:///path or s3://bucket/prefix)")
+    if not re.fullmatch(r"[0-9]+(ms|s|m|h)", str(replication.get("sync_interval") or "1s")):
+        raise ConfigError("config: replication.sync_interval must be a duration like 1s, 500ms or 1m")
+    if replication.get("options") is not None and not isinstance(replication["options"], dict):
+        raise ConfigError("config: replication.options must be a mapping of Litestream replica settings")
     sql = data.get("sql")
     if not isinstance(sql, dict):
         raise ConfigError("config: 'sql' must be a mapping")

@@ -11,9 +11,33 @@ import json
 import re
 
 # nvidia-smi topo -m connection names, weakest first (NV# ranks above all, by its # of links).
-PCIE_RANK = {"SYS": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
+PCIE_RANK = {"SYS": 1, "SOC": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
+# A NUMA node set as nvidia-smi's "NUMA Affinity" column prints it: "0", "0-1", "0,8,252-255".
+_NUMA_SET = re.compile(r"\d{1,4}(?:[-,]\d{1,4}){0,63}")
+# A CPU list as the "CPU Affinity" column prints it: "0-31,64-95".
+_CPU_SET = re.compile(r"\d{1,5}(?:[-,]\d{1,5}){0,255}")
 # Beyond this many candidates on one host, pick greedily instead of trying every set.
 EXHAUSTIVE_MAX = 16
+
+
+def numa_node(text):
+    """``text`` when it is a NUMA node set (``0``, ``0-1``), else None.
+
+    Agents before issue 22 read the NUMA column of ``topo -m`` on InfiniBand nodes (``mlx5_*``
+    NIC columns) from a link column and sent ``SYS`` / ``NODE``; a link word is never a NUMA node.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    return text if _NUMA_SET.fullmatch(text) else None
+
+
+def cpu_list(text):
+    """``text`` when it is a CPU list (``0-31,64-95``), else None (a link word from an old agent)."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    return text if _CPU_SET.fullmatch(text) else None
 
 
 def link_rank(link):
@@ -27,7 +51,7 @@ def link_rank(link):
 
 
 def _score(combo, links):
-    numas = {c.get("numa") for c in combo}
+    numas = {numa_node(c.get("numa")) for c in combo}
     same_numa = len(numas) == 1 and None not in numas
     ranks = [link_rank(links.get((min(a["i"], b["i"]), max(a["i"], b["i"]))))
              for a, b in itertools.combinations(combo, 2)]
@@ -58,7 +82,7 @@ def choose(candidates, links, want):
     pairs = [links.get((min(a["i"], b["i"]), max(a["i"], b["i"]))) for a, b in itertools.combinations(best, 2)]
     known = [p for p in pairs if p]
     weakest = min(known, key=link_rank) if known and len(known) == len(pairs) else None
-    numas = {c.get("numa") for c in best}
+    numas = {numa_node(c.get("numa")) for c in best}
     return {
         "devices": ",".join(str(c["i"]) for c in best),
         "uuids": ",".join(str(c.get("uuid")) for c in best),

@@ -35,13 +35,15 @@ from email.message import EmailMessage
 
 import urllib3
 
+from monitor_agent import textrule
+
 from ..core import gpu_health
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
 from ..storage import schema
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
 # must not import the agent package, so the codes are repeated here and a test keeps them equal).
-CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140})
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158})
 
 log = logging.getLogger("server_monitor.alerts")
 
@@ -59,8 +61,10 @@ STATE_TEXT = {
 
 # Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
 # error messages, mountpoints) become one space in every notice (see docs/security.md M3: a newline in an e-mail
-# Subject raised ValueError and killed the alert thread; also no forged lines in chat).
-_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+# Subject raised ValueError and killed the alert thread; also no forged lines in chat): the
+# shared text rule (monitor_agent/textrule.py) plus, for one line, TAB, LF, ZWNJ/ZWJ and the
+# invisible operators U+2061-U+2065.
+_UNSAFE_TEXT = re.compile("[\t\n\u200c\u200d\u2061-\u2065" + textrule.UNSAFE_CLASS + "]+")
 
 
 def clean_text(text):
@@ -181,8 +185,11 @@ def evaluate(conn, now, cfg):
             fire("gpu_pcie_degraded", "warning", server_id, f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
     critical_xids = sorted(CRITICAL_XIDS)
-    for server_id, gpu_id, index, bus, xid, name, pid, process, ts in conn.execute(
-            "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, e.pid, e.process_name, max(e.ts)"
+    # The alert text never names the process (pid, name): every viewer in scope reads it in
+    # alerts_active and /api/fleet, also those with processes hidden (security review N6). Who
+    # ran on the GPU is in the XID list (server_xids / xid_events) for those who may see it.
+    for server_id, gpu_id, index, bus, xid, name, ts in conn.execute(
+            "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, max(e.ts)"
             " FROM xid_events e LEFT JOIN gpus g ON g.id = e.gpu_id"
             f" WHERE e.ts >= ? AND e.xid IN ({','.join('?' * len(critical_xids))})"
             " AND coalesce(g.status, 'active') != 'maintenance'"
@@ -190,9 +197,8 @@ def evaluate(conn, now, cfg):
             [now - cfg["xid_minutes"] * 60] + critical_xids):
         if server_id in servers and server_id not in offline:
             gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
-            who = f", pid {pid} {process or ''}".rstrip() if pid else ""
             fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
-                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}{who}".replace("  ", " "))
+                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip())
     window = cfg["gpu_temperature_minutes"] * 60
     for gpu_id, server_id, index, coolest, samples in conn.execute(
             "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"

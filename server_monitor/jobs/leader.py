@@ -26,6 +26,7 @@ from ..serving.fleet_share import PublisherThread
 from ..serving.hub import dead_jobs  # noqa: F401 - also this module's API (tests, run_jobs_here)
 from ..storage.rollup import CheckpointThread, Maintenance, MaintenanceThread
 from . import alerts
+from . import replication
 
 
 def start_jobs(holder, config):
@@ -36,7 +37,12 @@ def start_jobs(holder, config):
     if getattr(holder, "fleet_thread", None) is None:
         holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
         holder.fleet_thread.start()
-    if getattr(holder, "checkpoint_thread", None) is None:
+    if replication.enabled(config):
+        if getattr(holder, "replication_thread", None) is None:
+            # Litestream owns the WAL checkpoints: no CheckpointThread (docs/architecture.md "Replication").
+            holder.replication_thread = replication.ReplicationThread(config)
+            holder.replication_thread.start()
+    elif getattr(holder, "checkpoint_thread", None) is None:
         holder.checkpoint_thread = CheckpointThread(config.db_path,
                                                     analyst_locks=AnalystSQL.from_config(config).lock_paths())
         holder.checkpoint_thread.start()
@@ -52,6 +58,7 @@ def start_jobs(holder, config):
 
 
 class _Holder:
+    replication_thread = None
     fleet_thread = None
     checkpoint_thread = None
     maintenance_thread = None

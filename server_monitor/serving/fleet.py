@@ -22,7 +22,7 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
                   "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
                             bus, model, [[pid, user, container, mib, name, gi], ...], vendor,
-                            health, health_reasons, xid, mig], ...]}],
+                            health, health_reasons, xid, mig, slurm], ...]}],
      "who": [{"user", "gpus", "mib", "hosts", "idle", "containers": [...]}],
      "problems": [{"id", "rule", "severity", "server_id", "server", "subject", "message",
                    "since", "acked_by", "acked_at", "ack_note", "silenced_until"}],
@@ -35,7 +35,11 @@ GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
 ``intel``, null for NVIDIA (the common case, kept out of the document). ``health`` is ``warning`` or
 ``critical`` (null when ok) with ``health_reasons`` text (``server_monitor.core.gpu_health``); ``xid``
 the GPU's last NVIDIA XID code; ``mig`` for a MIG-enabled GPU a list of
-``[uuid, profile, gi, mem_used_mib, mem_total_mib, procs]`` per MIG device (:data:`MIG_FIELDS`). Each server's part is
+``[uuid, profile, gi, mem_used_mib, mem_total_mib, procs, state]`` per MIG device (:data:`MIG_FIELDS`,
+``state`` from :func:`mig_states`);
+``slurm`` ``[job id, user]`` of the Slurm job the GPU is allocated to (null without one). A GPU a
+job holds with no process yet has state ``alloc`` and one process entry with a null pid and name,
+the job's user and container ``slurm-alloc:job <id>`` (``store.SLURM_ALLOCATION_KIND``). Each server's part is
 kept as JSON bytes and rebuilt only when that server's row changes (a new report, its state,
 an admin change), so a refresh after a few reports costs a few servers, not the fleet.
 """
@@ -55,14 +59,17 @@ from .queries import QUERIES, scope_params
 log = logging.getLogger("server_monitor.fleet")
 
 GPU_FIELDS = ["id", "index", "state", "util", "mem_used_mib", "mem_total_mib", "temp_c", "power_w",
-              "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig"]
+              "bus", "model", "procs", "vendor", "health", "health_reasons", "xid", "mig", "slurm"]
 # A MIG-enabled GPU's "mig" field: one array per MIG device, split in the grid.
-MIG_FIELDS = ["uuid", "profile", "gi", "mem_used_mib", "mem_total_mib", "procs"]
+MIG_FIELDS = ["uuid", "profile", "gi", "mem_used_mib", "mem_total_mib", "procs", "state"]
+# A MIG device's usage older than this (seconds before its report) counts as unknown, as in free_gpus.sql.
+MIG_SAMPLE_MAX_AGE_S = 300
 PROC_FIELDS = ["pid", "user", "container", "mib", "name", "gi"]
 # free, busy, idle (held: processes but utilization under features.idle_max_util), mig,
 # lost (missing from the latest report), error (collection failing or marked fault),
-# offline / stale (host not reporting), maint (GPU or host in maintenance).
-GPU_STATES = ("free", "busy", "idle", "mig", "lost", "error", "offline", "stale", "maint")
+# offline / stale (host not reporting), maint (GPU or host in maintenance), alloc (allocated to a
+# Slurm job that has no process on it yet: never free).
+GPU_STATES = ("free", "busy", "idle", "mig", "lost", "error", "offline", "stale", "maint", "alloc")
 # gpu_state values of a host whose GPU collection fails (see server_monitor.jobs.alerts).
 FAILING = frozenset(("driver_mismatch", "no_devices", "driver_not_loaded", "insufficient_permissions", "error",
                      "timeout", "busy"))
@@ -84,7 +91,35 @@ def gpu_state(server, gpu, idle_max_util):
         # NVENC/NVDEC at work count as use: a transcoder at 100 % encoder, 8 % SM is not idle.
         util = max(gpu["utilization_gpu"] or 0, gpu.get("utilization_encoder") or 0, gpu.get("utilization_decoder") or 0)
         return "idle" if util < idle_max_util else "busy"
+    if gpu.get("slurm_job"):
+        return "alloc"
     return "busy" if gpu["busy"] else "free"
+
+
+def mig_states(rows, gpu_process_count):
+    """State of each MIG device of one GPU, the rule ``free_gpus`` offers by (docs/api.md).
+
+    ``rows``: that GPU's ``fleet_mig`` rows (dicts); ``gpu_process_count``: compute processes the
+    report lists on the GPU. Returns one of, per row: ``busy`` (a process in this compute
+    instance), ``shared`` (idle, but a sibling compute instance of its GPU instance runs one: they
+    share its memory), ``unknown`` (usage not read yet or older than :data:`MIG_SAMPLE_MAX_AGE_S`,
+    or a process on the GPU that no instance holds yet), ``free``.
+    """
+    placed = sum(r["process_count"] for r in rows)
+    busy_gi = {r["gpu_instance_id"] for r in rows if r["process_count"]}
+    states = []
+    for r in rows:
+        if r["process_count"]:
+            states.append("busy")
+        elif (r["sampled_at"] is None or r["memory_total_mib"] is None or r["memory_used_mib"] is None
+              or r["ts"] - r["sampled_at"] > MIG_SAMPLE_MAX_AGE_S or r["gpu_instance_id"] is None
+              or gpu_process_count != placed):
+            states.append("unknown")
+        elif r["gpu_instance_id"] in busy_gi:
+            states.append("shared")
+        else:
+            states.append("free")
+    return states
 
 
 def _rows(conn, name, params):
@@ -111,6 +146,14 @@ def _bus(bus):
     return bus[9:] if bus and bus.startswith("00000000:") else bus
 
 
+def _mig_cells(rows, gpu_process_count):
+    """The document's ``mig`` field of one GPU (None without MIG devices)."""
+    if not rows:
+        return None
+    return [[r["uuid"], r["profile"], r["gpu_instance_id"], r["memory_used_mib"], r["memory_total_mib"],
+             r["process_count"], state] for r, state in zip(rows, mig_states(rows, gpu_process_count or 0))]
+
+
 def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     """Build the :class:`Fragment` of server row ``s`` with its ``gpus`` rows."""
     cells, counts, who, known_bus = [], {}, {}, set()
@@ -126,7 +169,8 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
                       _bus(g["pci_bus_id"]), None if g["name"] == model else g["name"], procs,
                       g["vendor"] if g["vendor"] != "nvidia" else None,
                       g.get("health") if g.get("health") not in (None, "ok") else None, g.get("health_reasons"),
-                      g.get("xid_last"), (migs_by_gpu or {}).get(g["id"])])
+                      g.get("xid_last"), _mig_cells((migs_by_gpu or {}).get(g["id"]), g["process_count"]),
+                      [g["slurm_job"], g.get("slurm_user")] if g.get("slurm_job") else None])
         if state in ("offline", "stale", "lost"):
             continue  # a host that does not report holds nothing now
         seen = set()
@@ -153,7 +197,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
             if bus and bus not in known_bus:
                 counts["lost"] = counts.get("lost", 0) + 1
                 cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None,
-                              "critical", "lost", None, None])
+                              "critical", "lost", None, None, None])
     server = {
         "id": s["id"], "name": s["name"], "state": s["state"], "admin_status": s["admin_status"],
         "note": s["status_note"], "last_seen": s["last_seen"], "interval_s": s["interval_s"],
@@ -210,9 +254,7 @@ def build_scope(conn, params, fragments, idle_max_util=5):
         conn.execute("COMMIT")
     procs_by_gpu, gpus_by_server, migs_by_gpu = {}, {}, {}
     for m in migs:
-        migs_by_gpu.setdefault(m["gpu_id"], []).append(
-            [m["uuid"], m["profile"], m["gpu_instance_id"], m["memory_used_mib"], m["memory_total_mib"],
-             m["process_count"]])
+        migs_by_gpu.setdefault(m["gpu_id"], []).append(m)
     for p in procs:
         container = p["container"]
         if container and p["container_kind"]:

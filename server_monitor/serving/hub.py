@@ -78,6 +78,7 @@ class HubContext:
     checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None
+    replication_thread = None
 
     def __init__(self, config):
         self.config = config
@@ -150,11 +151,14 @@ def dead_jobs(holder):
     """Names of ``holder``'s job threads that were started but have died (list of str, see docs/security.md M3).
 
     An alert pass that failed but will be retried is not a death (its text is in
-    ``alert_thread.last_error``)."""
+    ``alert_thread.last_error``). A thread with a ``down()`` method (the replication supervisor,
+    ``jobs/replication.py``) also counts as dead while that says its child is not running."""
     dead = []
     for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
-                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None)):
-        if thread is not None and not thread.is_alive() and not thread.stopped.is_set():
+                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None),
+                   getattr(holder, "replication_thread", None)):
+        if thread is not None and not thread.stopped.is_set() and (
+                not thread.is_alive() or getattr(thread, "down", lambda: False)()):
             dead.append(thread.name)
     return dead
 

@@ -14,12 +14,14 @@ import math
 import re
 import threading
 
-# Control characters (C0 but tab and newline, DEL, C1), the bidi embedding, override and
-# isolate controls that can make "ab\u202egnp.exe" display as "abexe.png", and the invisible
-# marks that make look-alike names (see docs/security.md L10): ALM U+061C, ZWSP U+200B, LRM/RLM
-# U+200E/U+200F, LS/PS U+2028/U+2029, BOM U+FEFF.
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
-                           "\u202a-\u202e\u2066-\u2069\ufeff]")
+from monitor_agent import textrule
+
+# Which characters no string may carry: the rule the agent cleans with (one module, security
+# review N2): control characters (C0 but tab and newline, DEL, C1), bidi controls, invisible
+# marks (L10) and lone surrogates. In a free-text field each one is replaced by U+FFFD and the
+# field named in the answer's ``replaced`` list; an identity field (``identity=True``, or one
+# with a pattern or a list of choices) is refused.
+_UNSAFE_CHARS = textrule.UNSAFE
 # Host names as RFC 1123 spells them (plus '_', common on lab machines): ASCII letters,
 # digits, '.', '-' and '_'. No spaces, newlines or look-alike letters from other scripts.
 HOSTNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -28,10 +30,12 @@ CONTRACT_VERSION = 1
 
 
 class _Nulled(threading.local):
-    """Messages for soft fields nulled during the current :func:`validate_report` call."""
+    """Messages for soft fields nulled (``items``) and free-text fields cleaned (``replaced``)
+    during the current :func:`validate_report` call."""
 
     def __init__(self):
         self.items = []
+        self.replaced = []
 
 
 _NULLED = _Nulled()
@@ -57,6 +61,19 @@ class _Bad(Exception):
     def __init__(self, message):
         super().__init__(message)
         self.message = message
+
+
+class _Replaced(_Bad):
+    """Not an error: a free-text value that was cleaned by the text rule. ``value`` is the
+    cleaned string to keep; the enclosing object records ``message`` with the field's path."""
+
+    def __init__(self, value, message):
+        super().__init__(message)
+        self.value = value
+
+
+def _note_replaced(path, message):
+    _NULLED.replaced.append(f"{path}: {message}"[:300])
 
 
 _MISSING = object()
@@ -92,6 +109,9 @@ class Spec:
     def _check(self, value, path):
         try:
             return self._leaf(value)
+        except _Replaced as cleaned:
+            _note_replaced(path, cleaned.message)
+            return cleaned.value
         except _Bad as bad:
             raise ContractError(path, bad.message) from None
 
@@ -147,16 +167,23 @@ def Int(min=None, max=None, **kw):
 
 
 class Str(Spec):
-    """A string of at most ``maxlen`` characters, valid UTF-8, no NUL; optional regex."""
+    """A string of at most ``maxlen`` characters; optional regex or choices.
+
+    Characters unsafe by :mod:`monitor_agent.textrule` (controls, bidi, invisible marks, lone
+    surrogates): an identity string (``identity=True``, or one with a ``pattern``) and a value
+    from ``choices`` are refused; free text has each one replaced by U+FFFD (same length) and is kept, the field
+    named in the answer's ``replaced`` list (security review N2).
+    """
 
     type_name = "string"
     leaf = True
 
-    def __init__(self, maxlen=256, minlen=0, pattern=None, choices=None, **kw):
+    def __init__(self, maxlen=256, minlen=0, pattern=None, choices=None, identity=False, **kw):
         super().__init__(**kw)
         self.maxlen, self.minlen = maxlen, minlen
         self.pattern = re.compile(pattern) if pattern else None
         self.choices = tuple(choices) if choices else None
+        self.identity = bool(identity or pattern)  # a value from a fixed list is refused too (below)
 
     def _leaf(self, value):
         if type(value) is not str and not isinstance(value, str):
@@ -165,16 +192,18 @@ class Str(Spec):
             raise _Bad(f"longer than {self.maxlen} characters ({len(value)})")
         if len(value) < self.minlen:
             raise _Bad(f"shorter than {self.minlen} characters")
-        if "\x00" in value:
-            raise _Bad("contains a NUL character")
         unsafe = _UNSAFE_CHARS.search(value)
         if unsafe:
-            raise _Bad(f"contains the control character U+{ord(unsafe.group()):04X}")
-        if not value.isascii():  # ASCII is valid UTF-8; only non-ASCII text can hold a lone surrogate
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise _Bad("is not valid Unicode (lone surrogate)") from None
+            char = unsafe.group()
+            if "\ud800" <= char <= "\udfff":
+                what = f"is not valid Unicode (lone surrogate {textrule.describe(char)})"
+            elif char == "\x00":
+                what = "contains a NUL character (U+0000)"
+            else:
+                what = f"contains the control character {textrule.describe(char)}"
+            if self.identity or self.choices is not None:
+                raise _Bad(what)
+            raise _Replaced(textrule.clean(value), f"{what}; replaced by U+FFFD")
         if self.choices is not None and value not in self.choices:
             raise _Bad(f"expected one of {', '.join(self.choices)}, got {_describe(value)}")
         if self.pattern is not None and not self.pattern.fullmatch(value):
@@ -230,6 +259,10 @@ class Obj(Spec):
             elif leaf:
                 try:
                     out[key] = spec._leaf(item)
+                    continue
+                except _Replaced as cleaned:
+                    out[key] = cleaned.value
+                    _note_replaced(f"{path}.{key}" if path else key, cleaned.message)
                     continue
                 except _Bad as bad:
                     error = ContractError(f"{path}.{key}" if path else key, bad.message)
@@ -346,7 +379,7 @@ DISK = Obj(
 
 LOST_GPU = Obj(
     {
-        "pci.bus_id": Str(64, doc="bus id named in nvidia-smi's error line"),
+        "pci.bus_id": Str(64, identity=True, doc="bus id named in nvidia-smi's error line"),
         "message": Str(1024, doc="nvidia-smi's error line"),
     },
     nullable=False,  # a list item must be an object
@@ -369,11 +402,11 @@ GPU = Obj(
     {
         "index": Int(0, 1023, doc="nvidia-smi index; AMD/Intel: position in PCI bus order among the vendor's GPUs "
                                   "(ROCR_VISIBLE_DEVICES / ZE_AFFINITY_MASK numbering)"),
-        "uuid": Str(128, doc="identity of the GPU: nvidia-smi uuid; AMD `GPU-<unique_id>` (as rocminfo), "
+        "uuid": Str(128, identity=True, doc="identity of the GPU: nvidia-smi uuid; AMD `GPU-<unique_id>` (as rocminfo), "
                              "else the PCI bus id"),
         "vendor": Str(16, choices=GPU_VENDORS, doc="who made it; absent (null) from older agents = nvidia"),
         "name": Str(256, doc="nvidia-smi name; AMD product_name or libdrm amdgpu.ids; Intel pci.ids"),
-        "pci.bus_id": Str(64, doc="nvidia-smi pci.bus_id; AMD/Intel the sysfs PCI address (0000:05:00.0)"),
+        "pci.bus_id": Str(64, identity=True, doc="nvidia-smi pci.bus_id; AMD/Intel the sysfs PCI address (0000:05:00.0)"),
         "driver_version": Str(64, doc="nvidia-smi driver_version; AMD/Intel /sys/module/<driver>/version"),
         "utilization.gpu": _pct("kernel duty cycle; null under MIG", "utilization.gpu"),
         "utilization.memory": _pct("memory controller duty cycle; null under MIG", "utilization.memory"),
@@ -451,7 +484,7 @@ GPU = Obj(
 
 PROCESS = Obj(
     {
-        "gpu_uuid": Str(128, doc="--query-compute-apps gpu_uuid"),
+        "gpu_uuid": Str(128, identity=True, doc="--query-compute-apps gpu_uuid"),
         "pid": Int(0, 2**31, doc="--query-compute-apps pid (host PID namespace)"),
         "process_name": Str(4096, doc="--query-compute-apps process_name"),
         "used_gpu_memory": Int(0, MIB, doc="--query-compute-apps used_gpu_memory; null on WDDM; AMD/Intel "
@@ -464,7 +497,7 @@ PROCESS = Obj(
         "container_kind": Str(32, doc="lxc, incus, docker, podman, kubernetes, slurm, user-slice"),
         "gpu_instance_id": Int(0, 1023, soft=True, doc="MIG GPU instance (GI) the process runs in"),
         "compute_instance_id": Int(0, 1023, soft=True, doc="MIG compute instance (CI) the process runs in"),
-        "mig_uuid": Str(128, soft=True, doc="MIG device UUID of that instance (MIG-...)"),
+        "mig_uuid": Str(128, soft=True, identity=True, doc="MIG device UUID of that instance (MIG-...)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -499,17 +532,19 @@ PROBE = Obj(
 
 MIG_DEVICE = Obj(
     {
-        "gpu_uuid": Str(128, doc="the MIG-enabled GPU (nvidia-smi -L)"),
+        "gpu_uuid": Str(128, identity=True, doc="the MIG-enabled GPU (nvidia-smi -L)"),
         "gpu_index": Int(0, 1023, doc="its nvidia-smi index"),
         "mig_index": Int(0, 1023, doc="MIG device index on that GPU (nvidia-smi -L `Device N`)"),
-        "uuid": Str(128, doc="MIG device UUID, the value for CUDA_VISIBLE_DEVICES"),
+        "uuid": Str(128, identity=True, doc="MIG device UUID, the value for CUDA_VISIBLE_DEVICES"),
         "profile": Str(64, soft=True, doc="MIG profile, e.g. 3g.40gb (nvidia-smi -L)"),
         "gpu_instance_id": Int(0, 1023, soft=True, doc="GPU instance id (GI)"),
         "compute_instance_id": Int(0, 1023, soft=True, doc="compute instance id (CI)"),
-        "memory.used": Int(0, MIB, soft=True, unit="MiB", doc="instance memory used (nvidia-smi table)"),
-        "memory.total": Int(0, MIB, soft=True, unit="MiB", doc="instance memory size"),
+        "memory.used": Int(0, MIB, soft=True, unit="MiB",
+                           doc="memory used in its GPU instance (nvidia-smi table; shared by the GI's compute instances)"),
+        "memory.total": Int(0, MIB, soft=True, unit="MiB", doc="memory size of its GPU instance"),
         "sm_count": Int(0, 100000, soft=True, doc="streaming multiprocessors of the instance"),
-        "sampled_at": Num(0, 1e11, soft=True, unit="epoch s", doc="when the usage was read (refreshed once a minute)"),
+        "sampled_at": Num(0, 1e11, soft=True, unit="epoch s",
+                          doc="when the table this usage comes from was read; null: not read yet (never offered as free)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -537,15 +572,40 @@ KMSG_STATES = ("ok", "not_found", "permission_denied", "error", "disabled")
 XID_EVENT = Obj(
     {
         "xid": Int(0, 100000, required=True, nullable=False, doc="NVIDIA XID code from `NVRM: Xid (PCI:...): <code>`"),
-        "pci.bus_id": Str(64, doc="bus id in the Xid line, in nvidia-smi's form"),
-        "gpu_uuid": Str(128, doc="the GPU of this report with that bus id, if any"),
+        "pci.bus_id": Str(64, identity=True, doc="bus id in the Xid line, in nvidia-smi's form"),
+        "gpu_uuid": Str(128, identity=True, doc="the GPU of this report with that bus id, if any"),
         "name": Str(128, doc="the code's name in NVIDIA's XID table (null for codes the agent does not know)"),
         "pid": Int(0, 2**31, doc="pid= in the Xid line"),
         "process_name": Str(256, doc="name= in the Xid line"),
+        "gpu_instance_id": Int(0, 1023, soft=True, doc="MIG GPU instance the driver tagged the line with (GPU-I:<n>)"),
+        "compute_instance_id": Int(0, 1023, soft=True,
+                                   doc="MIG compute instance the driver tagged the line with (GPU-CI:<n>)"),
         "message": Str(1024, doc="the kernel log message"),
         "seq": Int(0, 2**63 - 1, doc="/dev/kmsg record sequence number"),
         "usec": Int(0, 2**63 - 1, doc="/dev/kmsg record time since boot", unit="µs"),
         "time": Num(0, 1e11, doc="boot_time + usec", unit="epoch s"),
+    },
+    nullable=False,  # a list item must be an object
+)
+
+SLURM_STATES = ("ok", "timeout", "error")
+
+SLURM_JOB = Obj(
+    {
+        "job_id": Str(20, minlen=1, pattern=r"[0-9]{1,20}", required=True, nullable=False,
+                      doc="Slurm JobId (as in the job's cgroup job_<id>)"),
+        "array_id": Str(32, pattern=r"[0-9]{1,20}_[0-9]{1,10}", soft=True,
+                        doc="ArrayJobId_ArrayTaskId of an array task, as squeue prints it; null otherwise"),
+        "user": Str(256, soft=True, doc="the job's user (scontrol UserId name)"),
+        "uid": Int(0, 2**32, soft=True, doc="the job's UID (scontrol UserId number)"),
+        "partition": Str(128, soft=True, doc="scontrol Partition"),
+        "name": Str(256, soft=True, doc="scontrol JobName (free text the job's owner chose)"),
+        "state": Str(32, soft=True, doc="scontrol JobState (RUNNING, CONFIGURING, COMPLETING, SUSPENDED, ...)"),
+        "start_time": Num(0, 1e11, soft=True, unit="epoch s", doc="scontrol StartTime"),
+        "gpu_indexes": List(Int(0, 1023, nullable=False), 64, soft=True,
+                            doc="Slurm GRES indexes of this node's GPUs allocated to the job (IDX: of scontrol -d)"),
+        "gpu_uuids": List(Str(128, nullable=False, identity=True), 64, soft=True,
+                          doc="the GPUs of this report with those indexes (nvidia-smi index = Slurm IDX)"),
     },
     nullable=False,  # a list item must be an object
 )
@@ -585,6 +645,11 @@ REPORT = Obj(
         "kmsg_state": Str(32, choices=KMSG_STATES, soft=True,
                           doc="reading the kernel log for XID errors: ok, not_found, permission_denied, error, disabled"),
         "xid_events": List(XID_EVENT, 256, doc="NVIDIA XID errors read from the kernel log since the last report"),
+        "slurm_state": Str(32, choices=SLURM_STATES, soft=True,
+                           doc="reading Slurm allocations (scontrol show job -d): ok, timeout, error; "
+                               "absent where Slurm is not installed"),
+        "slurm_jobs": List(SLURM_JOB, 1024, soft=True,
+                           doc="Slurm jobs holding GPUs of this node; null/absent = no Slurm on the host"),
     },
     nullable=False,
 )
@@ -594,11 +659,18 @@ def validate_report(obj):
     """Check one decoded JSON report against :data:`REPORT`.
 
     Returns the normalised report dict, plus ``nulled``: a list of messages for soft fields
-    whose bad value was replaced by null. Raises :class:`ContractError` for anything
-    else; no other exception escapes for any JSON-decodable input.
+    whose bad value was replaced by null, and ``replaced``: a list of messages for free-text
+    fields whose unsafe characters (:mod:`monitor_agent.textrule`) were replaced by U+FFFD,
+    each naming the field by its path. Raises :class:`ContractError` for anything else; no
+    other exception escapes for any JSON-decodable input.
     """
     del _NULLED.items[:]
-    report = REPORT.check(obj, "")
-    report["nulled"] = list(_NULLED.items)
-    del _NULLED.items[:]
+    del _NULLED.replaced[:]
+    try:
+        report = REPORT.check(obj, "")
+        report["nulled"] = list(_NULLED.items)
+        report["replaced"] = list(_NULLED.replaced)
+    finally:
+        del _NULLED.items[:]
+        del _NULLED.replaced[:]
     return report

@@ -18,7 +18,7 @@ import sqlite3
 
 import sqlite_utils
 
-from . import dbguard
+from . import dbguard, xidtext
 
 MIGRATION_1 = """
 CREATE TABLE servers (
@@ -603,10 +603,36 @@ CREATE INDEX xid_events_server ON xid_events (server_id, ts);
               for table in ("gpu_samples_5m", "gpu_samples_1h") for col, aggs in GPU_ROLLUP_DEPTH for agg in aggs)
 )
 
+MIGRATION_22 = """
+-- Slurm GPU allocations (issue 22 item 7): the job holding each GPU now, from the agent's
+-- scontrol show job -d; null when no job holds it or Slurm is not on the host.
+ALTER TABLE gpus ADD COLUMN slurm_job TEXT;
+ALTER TABLE gpus ADD COLUMN slurm_user TEXT;
+"""
+
+
+def migration_23(conn):
+    """XID lines without the process for viewers who may not see processes (security review N6).
+
+    ``xid_events.message`` becomes the kernel line without its ``pid=…, name=…`` part; the line
+    as printed moves to the new column ``kernel_line`` (shown only with processes visible). The
+    ``gpu_xid`` alerts no longer name the process: the suffix ``, pid N name`` of stored alert
+    texts is cut (the evaluator rewrites firing ones anyway).
+    """
+    conn.execute("ALTER TABLE xid_events ADD COLUMN kernel_line TEXT")
+    rows = conn.execute("SELECT id, message FROM xid_events WHERE instr(message, 'pid=') > 0").fetchall()
+    for row_id, message in rows:
+        public = xidtext.without_process(message)
+        if public != message:
+            conn.execute("UPDATE xid_events SET message = ?, kernel_line = ? WHERE id = ?", (public, message, row_id))
+    conn.execute("UPDATE alerts SET message = substr(message, 1, instr(message, ', pid ') - 1)"
+                 " WHERE rule = 'gpu_xid' AND instr(message, ', pid ') > 0")
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
-              MIGRATION_21]
+              MIGRATION_21, MIGRATION_22, migration_23]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

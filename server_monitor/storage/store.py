@@ -11,7 +11,8 @@ import functools
 import json
 import sqlite3
 
-from ..core import gpu_health
+from ..core import gpu_health, topology
+from . import xidtext
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -172,8 +173,9 @@ def _store(conn, report, received_at):
     # their age: they are history at the time they were read, not at this report's.
     age = gpu_status.get("age_s") if gpu_status.get("stale") else None
     gpu_ts = ts - int(round(age)) if age else ts
+    allocations = slurm_allocations(report)
     gpu_ids, gpu_rows = _store_gpus(conn, server_id, report.get("gpus") or [], gpu_ts, newest, gpu_state,
-                                    _process_counts(report.get("processes") or []))
+                                    _process_counts(report.get("processes") or []), allocations)
     if ts < received_at - _MIN_RAW_RETENTION_S:
         cutoff = conn.execute("SELECT value FROM maintenance_state WHERE name = 'raw_deleted_before'").fetchone()
         if cutoff is not None and ts < cutoff[0]:
@@ -183,6 +185,7 @@ def _store(conn, report, received_at):
                             net_tx_bps=_num(net, "tx_bytes_per_s"))
             merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
     _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
+    _store_allocation_holders(conn, server_id, ts, gpu_ids, report.get("processes") or [], allocations)
     _store_xid_events(conn, server_id, ts, received_at, report.get("xid_events") or [])
     disks = report.get("disks") or []
     if disks:
@@ -408,7 +411,7 @@ def _process_counts(processes):
 
 
 # The statements of _store_gpus, built once.
-_GPU_COLUMNS = list(_GPU_LATEST) + ["process_count", "busy"] + list(_GPU_DERIVED)
+_GPU_COLUMNS = list(_GPU_LATEST) + ["process_count", "busy"] + list(_GPU_DERIVED) + ["slurm_job", "slurm_user"]
 _GPU_INSERT = (f"INSERT INTO gpus ({', '.join(['server_id', 'uuid', 'first_seen', 'last_ts', 'present'] + _GPU_COLUMNS)})"
                f" VALUES ({', '.join('?' * (len(_GPU_COLUMNS) + 5))})")
 _GPU_UPDATE = ("UPDATE gpus SET last_ts = ?, present = CASE WHEN ? THEN 1 ELSE present END, "
@@ -417,10 +420,25 @@ _GPU_SAMPLE_INSERT = (f"INSERT OR IGNORE INTO gpu_samples (gpu_id, ts, {', '.joi
                       f" VALUES ({', '.join('?' * (len(_GPU_SAMPLE_COLUMNS) + 2))})")
 
 
-def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
+def slurm_allocations(report):
+    """``{gpu uuid: (job, user, uid, job_id)}`` of the report's ``slurm_jobs`` (empty without Slurm):
+    ``job`` the id users know (``array_id`` of an array task, else the JobId), ``job_id`` the JobId.
+
+    A GPU named by two jobs (Slurm never does that; a confused report might) keeps the first.
+    """
+    out = {}
+    for job in report.get("slurm_jobs") or []:
+        for uuid in job.get("gpu_uuids") or []:
+            out.setdefault(uuid, (job.get("array_id") or job["job_id"], job.get("user"), job.get("uid"),
+                                  job["job_id"]))
+    return out
+
+
+def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts, allocations=None):
     """Upsert ``gpus`` rows, append ``gpu_samples`` and refresh the server's GPU counts.
 
-    ``process_counts``: ``{gpu uuid: processes in this report}``.
+    ``process_counts``: ``{gpu uuid: processes in this report}``; ``allocations``: the
+    :func:`slurm_allocations` of the report (``slurm_job`` / ``slurm_user`` of each GPU).
     Returns ``({identity: gpu_id}, [(gpu_id, {sample column: value})])``.
     """
     known = {
@@ -437,6 +455,8 @@ def _store_gpus(conn, server_id, gpus, ts, newest, gpu_state, process_counts):
             continue
         values = _gpu_values(gpu)
         values["process_count"] = process_counts.get(gpu.get("uuid"), 0)
+        job = (allocations or {}).get(gpu.get("uuid"))
+        values["slurm_job"], values["slurm_user"] = (job[0], job[1]) if job else (None, None)
         values["busy"] = int(gpu_health.is_busy(values["process_count"], values["utilization_gpu"],
                                                 values["utilization_encoder"], values["utilization_decoder"]))
         names = gpu_health.reason_names(values["clocks_event_reasons_active"])
@@ -492,7 +512,9 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     """Append XID events (each kernel record once) and keep ``gpus.xid_last`` / ``xid_last_ts``.
 
     An event's GPU is the server's GPU with its UUID, else with its PCI bus id; its time is the
-    agent's ``time`` (boot time + record usec), else the report's.
+    agent's ``time`` (boot time + record usec), else the report's. ``message`` is stored without
+    the line's ``pid=…, name=…`` part (:func:`server_monitor.storage.xidtext.without_process`), the full
+    line in ``kernel_line`` (security review N6).
     """
     if not events:
         return
@@ -502,11 +524,14 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     for e in events:
         gpu_id = by_uuid.get(e["gpu_uuid"]) or by_bus.get(_bus_key(e["pci.bus_id"]))
         when = int(e["time"]) if e["time"] is not None and e["time"] > 1e9 else ts
+        # The process (pid=, name=) stays out of the text every viewer reads (N6): message holds
+        # the line without it, kernel_line the line as the kernel printed it (null when the same).
+        public = xidtext.without_process(e["message"])
         cur = conn.execute(
             "INSERT OR IGNORE INTO xid_events (server_id, gpu_id, ts, received_at, seq, usec, pci_bus_id, xid, name,"
-            " pid, process_name, message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " pid, process_name, message, kernel_line) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (server_id, gpu_id, when, received_at, e["seq"], e["usec"], e["pci.bus_id"], e["xid"], e["name"],
-             e["pid"], e["process_name"], e["message"]))
+             e["pid"], e["process_name"], public, None if public == e["message"] else e["message"]))
         if cur.rowcount and gpu_id is not None:
             conn.execute("UPDATE gpus SET xid_last = ?, xid_last_ts = ? WHERE id = ? AND coalesce(xid_last_ts, 0) <= ?",
                          (e["xid"], when, gpu_id, when))
@@ -528,6 +553,30 @@ def _store_processes(conn, server_id, ts, gpu_ids, processes):
             for p in processes
         ],
     )
+
+
+# container_kind of the gpu_processes rows that stand for a Slurm allocation with no process.
+SLURM_ALLOCATION_KIND = "slurm-alloc"
+
+
+def _store_allocation_holders(conn, server_id, ts, gpu_ids, processes, allocations):
+    """One ``gpu_processes`` row per GPU a Slurm job holds with no process on it in this report.
+
+    The row stands for the job as the GPU's holder: ``pid`` and ``process_name`` NULL,
+    ``used_gpu_memory_mib`` 0, ``user``/``uid`` the job's, ``container`` ``job <JobId>`` (the name a
+    process inside the job gets from its cgroup, monitor_agent/cgroups.py) and ``container_kind``
+    :data:`SLURM_ALLOCATION_KIND`. So the who-panel, the holder history and GPU-hours count
+    an allocated GPU for the job's user from the moment it is allocated, and a GPU whose
+    job's processes run is counted through those processes only (never twice).
+    """
+    if not allocations:
+        return
+    used = {p.get("gpu_uuid") for p in processes}
+    rows = [(server_id, ts, gpu_ids[uuid], user, uid, f"job {job_id}", SLURM_ALLOCATION_KIND)
+            for uuid, (_, user, uid, job_id) in allocations.items() if uuid in gpu_ids and uuid not in used]
+    conn.executemany(
+        "INSERT INTO gpu_processes (server_id, ts, gpu_id, pid, process_name, used_gpu_memory_mib, user, uid,"
+        " container, container_kind) VALUES (?, ?, ?, NULL, NULL, 0, ?, ?, ?, ?)", rows)
 
 
 def _store_mig(conn, server_id, ts, devices, processes):
@@ -558,7 +607,9 @@ def _store_inventory(conn, server_id, ts, report):
                           for link in topo["links"] or [] if link["a"] != link["b"]])
         conn.executemany("UPDATE gpus SET cpu_affinity = ?, numa_node = ? WHERE server_id = ? AND gpu_index = ?"
                          " AND vendor = 'nvidia'",
-                         [(g["cpu_affinity"], g["numa_affinity"], server_id, g["index"]) for g in topo["gpus"] or []])
+                         [(topology.cpu_list(g["cpu_affinity"]), topology.numa_node(g["numa_affinity"]), server_id,
+                           g["index"])
+                          for g in topo["gpus"] or []])
     if report.get("mig_devices") is not None:
         _store_mig(conn, server_id, ts, report["mig_devices"], report.get("processes") or [])
     containers = report.get("containers")
