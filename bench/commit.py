@@ -16,8 +16,7 @@ import os
 import tempfile
 import time
 
-from bench.common import fresh_report, sample_report
-from server_monitor.storage import schema
+from bench.common import fresh_database, fresh_report, sample_report
 from server_monitor.storage.contract import validate_report
 from server_monitor.storage.rollup import CheckpointThread
 from server_monitor.storage.store import store_reports
@@ -25,11 +24,7 @@ from server_monitor.storage.store import store_reports
 
 def run(path, reports, group, variant):
     """One run on a fresh database at ``path``: sorted transaction times (ms)."""
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    schema.migrate(path)
-    conn = schema.connect(path)
+    conn = fresh_database(path)
     thread = None
     if variant == "in-commit":
         conn.execute("PRAGMA wal_autocheckpoint=1000")

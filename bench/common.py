@@ -6,7 +6,7 @@
 * :class:`Hub`: ``python -m server_monitor serve`` on its own config and database in a work
   directory, started, stopped, killed, measured (CPU seconds, RSS);
 * :func:`login`, :func:`timed`, :func:`pct`, :func:`free_port`, :func:`machine`;
-* :func:`fresh_report` and :func:`store`: a report of a template with a new id and time,
+* :func:`fresh_database`, :func:`fresh_report` and :func:`store`: a report of a template with a new id and time,
   validated and stored through the hub's own path (``validate_report`` + ``store_report``).
 """
 
@@ -32,6 +32,7 @@ import urllib3  # noqa: E402
 from http_client import Browserless  # noqa: E402
 from reports import sample_report  # noqa: E402,F401 - the report builder, re-exported for the commands
 from server_monitor.core import config as config_mod  # noqa: E402
+from server_monitor.storage import schema  # noqa: E402
 from server_monitor.storage.contract import validate_report  # noqa: E402
 from server_monitor.storage.store import store_report  # noqa: E402
 
@@ -73,6 +74,16 @@ def fresh_report(template, ts, **fields):
     report = copy.deepcopy(template)
     report.update(report_id=str(uuid.uuid4()), sample_time=ts, sent_at=ts, **fields)
     return report
+
+
+def fresh_database(path):
+    """Delete ``path`` and its WAL/SHM files if present, migrate a new database there and
+    return a writer connection (``schema.connect``: the hub's pragmas)."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.remove(path + suffix)
+    schema.migrate(path)
+    return schema.connect(path)
 
 
 def store(conn, report, ts):

@@ -36,7 +36,7 @@ import time
 
 import urllib3
 
-from bench.common import Hub, fresh_report, login, machine, sample_report, store
+from bench.common import Hub, fresh_database, fresh_report, login, machine, sample_report, store
 from server_monitor.storage import schema
 from server_monitor.storage.store import delete_server, store_reports
 
@@ -203,11 +203,7 @@ def sqlite_limits(workdir, seconds=10):
     results = {}
     for kind in ("raw", "store", "grouped"):
         path = os.path.join(workdir, f"limit-{kind}.db")
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.remove(path + suffix)
-        schema.migrate(path)
-        conn = schema.connect(path)
+        conn = fresh_database(path)
         template = sample_report("limit-host", gpus=8, processes=2, disks=4)
         store(conn, fresh_report(template, template["sample_time"]), template["sample_time"])  # the server, its GPUs
         server_id = conn.execute("SELECT id FROM servers").fetchone()[0]
