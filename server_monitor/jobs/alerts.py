@@ -186,7 +186,7 @@ def evaluate(conn, now, cfg):
                  f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
     critical_xids = sorted(CRITICAL_XIDS)
     # The alert text never names the process (pid, name): every viewer in scope reads it in
-    # alerts_active and /api/fleet, also those with processes hidden (security review N6). Who
+    # alerts_active and /api/fleet, also those with processes hidden (see docs/security.md N6). Who
     # ran on the GPU is in the XID list (server_xids / xid_events) for those who may see it.
     for server_id, gpu_id, index, bus, xid, name, ts in conn.execute(
             "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, max(e.ts)"
