@@ -38,6 +38,7 @@ import urllib3
 from monitor_agent import textrule
 
 from ..core import gpu_health
+from ..core.gpu_health import bus_subject
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
 from ..storage import schema
 
@@ -87,22 +88,6 @@ def settings(config):
     merged = dict(DEFAULTS)
     merged.update(config.get("alerts") or {})
     return merged
-
-
-def bus_subject(bus):
-    """One spelling of a PCI bus id for alert keys: ``00000000:6D:00.0``.
-
-    nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
-    ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not
-    a bus id is returned as it is.
-    """
-    text = str(bus).strip()
-    parts = text.split(":")
-    if len(parts) == 3 and all(parts):
-        domain = parts[0][-8:]
-        if all(c in "0123456789abcdefABCDEF" for c in domain):
-            return f"{domain.zfill(8)}:{parts[1]}:{parts[2]}".upper()
-    return text
 
 
 _bus_subject = bus_subject

@@ -54,7 +54,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from .alerts import bus_subject
+from ..core.gpu_health import bus_subject
 from .queries import QUERIES, scope_params
 
 log = logging.getLogger("server_monitor.fleet")
@@ -195,7 +195,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     # GPUs the driver reports as lost (nvidia-smi "Unable to determine the device handle")
     # that have no row of their own: a lost cell each, named by PCI bus id. The lost line
     # spells the bus 0000:70:00.0 where the GPU's own row says 00000000:70:00.0: compared in
-    # one spelling (alerts.bus_subject), a known GPU that goes lost stays one cell, counted once.
+    # one spelling (gpu_health.bus_subject), a known GPU that goes lost stays one cell, counted once.
     if s["gpu_lost"]:
         try:
             lost = json.loads(s["gpu_lost"])
