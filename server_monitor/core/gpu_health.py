@@ -134,8 +134,8 @@ def assess(row):
     return "ok", []
 
 
-def bus_subject(bus):
-    """One spelling of a PCI bus id for alert keys: ``00000000:6D:00.0``.
+def canonical_bus_id(bus):
+    """One spelling of a PCI bus id (alert keys, the fleet document's lost cells): ``00000000:6D:00.0``.
 
     nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
     ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not

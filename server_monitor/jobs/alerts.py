@@ -38,7 +38,7 @@ import urllib3
 from monitor_agent import textrule
 
 from ..core import gpu_health
-from ..core.gpu_health import bus_subject
+from ..core.gpu_health import canonical_bus_id
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
 from ..storage import schema
 
@@ -90,7 +90,6 @@ def settings(config):
     return merged
 
 
-_bus_subject = bus_subject
 
 
 def streak_start(conn, table, key_sql, key_params, bad_sql, bad_params=(), now=None):
@@ -161,12 +160,12 @@ def evaluate(conn, now, cfg):
         if state == "gpu_lost" and lost:
             for item in json.loads(lost):
                 bus = item.get("pci.bus_id") or "?"
-                fire("gpu_lost", "critical", server_id, _bus_subject(bus),
+                fire("gpu_lost", "critical", server_id, canonical_bus_id(bus),
                      f"{name}: GPU {bus} is lost ({item.get('message') or ''})", since=state_onset)
     for gpu_id, server_id, index, bus, gpu_name, last_ts in conn.execute(
             "SELECT id, server_id, gpu_index, pci_bus_id, name, last_ts FROM gpus WHERE present = 0 AND removed_at IS NULL"
             " AND status != 'maintenance'"):
-        subject = _bus_subject(bus) if bus else f"gpu{gpu_id}"
+        subject = canonical_bus_id(bus) if bus else f"gpu{gpu_id}"
         key = f"gpu_lost:{server_id}:{subject}"
 
         def gone_since(server_id=server_id, last_ts=last_ts):
@@ -225,7 +224,7 @@ def evaluate(conn, now, cfg):
                  f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
     critical_xids = sorted(CRITICAL_XIDS)
     # The alert text never names the process (pid, name): every viewer in scope reads it in
-    # alerts_active and /api/fleet, also those with processes hidden (see docs/security.md N6). Who
+    # alerts_active and /api/fleet, also those with processes hidden (security review N6). Who
     # ran on the GPU is in the XID list (server_xids / xid_events) for those who may see it.
     for server_id, gpu_id, index, bus, xid, name, ts in conn.execute(
             "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, max(e.ts)"

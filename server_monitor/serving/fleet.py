@@ -54,7 +54,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from ..core.gpu_health import bus_subject
+from ..core.gpu_health import canonical_bus_id
 from .queries import QUERIES, scope_params
 
 log = logging.getLogger("server_monitor.fleet")
@@ -169,7 +169,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
         state = gpu_state(s, g, idle_max_util)
         counts[state] = counts.get(state, 0) + 1
         if g["pci_bus_id"]:
-            known_bus.add(bus_subject(g["pci_bus_id"]))
+            known_bus.add(canonical_bus_id(g["pci_bus_id"]))
         procs = procs_by_gpu.get(g["id"], [])
         cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"], g["memory_total_mib"],
                       g["temperature_gpu_c"], None if g["power_draw_w"] is None else round(g["power_draw_w"]),
@@ -195,7 +195,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     # GPUs the driver reports as lost (nvidia-smi "Unable to determine the device handle")
     # that have no row of their own: a lost cell each, named by PCI bus id. The lost line
     # spells the bus 0000:70:00.0 where the GPU's own row says 00000000:70:00.0: compared in
-    # one spelling (gpu_health.bus_subject), a known GPU that goes lost stays one cell, counted once.
+    # one spelling (core/gpu_health.py canonical_bus_id), a known GPU that goes lost stays one cell, counted once.
     if s["gpu_lost"]:
         try:
             lost = json.loads(s["gpu_lost"])
@@ -203,7 +203,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
             lost = []
         for item in lost if isinstance(lost, list) else []:
             bus = item.get("pci.bus_id") if isinstance(item, dict) else None
-            if bus and bus_subject(bus) not in known_bus:
+            if bus and canonical_bus_id(bus) not in known_bus:
                 counts["lost"] = counts.get("lost", 0) + 1
                 cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None,
                               "critical", "lost", None, None, None])
@@ -353,7 +353,7 @@ def encode(content, previous=None, version=None, now=None):
 # viewer's refresh took the CPU that ingest needed. After that, until MAX_STALE_S, the document
 # is still answered at once while its successor is built in the background
 # (stale-while-revalidate), so no viewer waits for a build of a busy fleet (0.4-0.9 s under the
-# mixed load of python -m bench prove); a document older than MAX_STALE_S is rebuilt before it is
+# mixed load of scripts/prove.py); a document older than MAX_STALE_S is rebuilt before it is
 # answered, and ``?fresh=1`` (the dashboard after an admin's change) never gets a reused one.
 # Fleets of fewer than REUSE_MIN_SERVERS servers (counted as the cached server fragments, one
 # per server and process visibility) stay exact whatever a build costs: a slow build there is
