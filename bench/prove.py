@@ -50,6 +50,7 @@ import uuid
 import logging
 
 import urllib3
+import yaml
 
 from bench import common
 from bench.common import ROOT, pct, sample_report
@@ -85,12 +86,20 @@ HEAVY_SQL = ("select g.server_id, count(*), avg(s.utilization_gpu), max(s.temper
 CAPTURES = [("h100-80gb", "load", 8), ("h200", "load", 8), ("h100-mig", "load", 4), ("rtx-4080", "load", 1)]
 VIRTUAL_INTERVAL = 30  # seconds of sample time per agent tick (the "compressed interval")
 HUB_WORKERS = None  # --workers: the hub's server.workers for this run (None: the config's default)
+REPLICATE = False  # --replicate: the hub replicates both databases with Litestream to <its dir>/replica
 
 
 class Hub(common.Hub):
-    """The shared hub (:class:`bench.common.Hub`), started with this run's ``--workers``."""
+    """The shared hub (:class:`bench.common.Hub`), started with this run's ``--workers`` (and,
+    with ``--replicate``, its ``replication`` section on: Litestream to ``<workdir>/replica``)."""
 
     def start(self, workers=None, fsize=None):
+        if REPLICATE:
+            with open(self.config_path) as fp:
+                data = yaml.safe_load(fp)
+            data["replication"] = {"enabled": True, "url": os.path.join(self.workdir, "replica"), "sync_interval": "1s"}
+            with open(self.config_path, "w") as fp:
+                yaml.safe_dump(data, fp)
         return super().start(workers or HUB_WORKERS, fsize)
 
 
@@ -585,6 +594,7 @@ def scenario_mixed(p, work):
               "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None,
               "hub_rss_mib_max": round(rss) if rss else None,
               "hub_workers": HUB_WORKERS or config_mod.worker_count(config_mod.load(hub.config_path)),
+              "replication": REPLICATE,
               "maintenance_core_share": round(maintenance_share, 3)}
     print(json.dumps(result), flush=True)
     assert lost == 0 and duplicates == 0, f"{lost} reports lost, {duplicates} stored twice"
@@ -779,9 +789,11 @@ def main(argv=None):
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--seconds", type=int, help="override the load duration")
     parser.add_argument("--workers", type=int, help="the hub's worker processes (default: server.workers)")
+    parser.add_argument("--replicate", action="store_true",
+                        help="the hub replicates with Litestream (replication.enabled) to a directory beside it")
     args = parser.parse_args(argv)
-    global HUB_WORKERS
-    HUB_WORKERS = args.workers
+    global HUB_WORKERS, REPLICATE
+    HUB_WORKERS, REPLICATE = args.workers, args.replicate
     default = PROFILE_SCENARIOS.get(args.profile, [n for n in SCENARIOS if n != "mixed"])
     names = args.only.split(",") if args.only else default
     profile = dict(PROFILES[args.profile])
