@@ -38,6 +38,7 @@ import urllib3
 from monitor_agent import textrule
 
 from ..core import gpu_health
+from ..core.gpu_health import canonical_bus_id
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
 from ..storage import schema
 
@@ -89,23 +90,6 @@ def settings(config):
     return merged
 
 
-def bus_subject(bus):
-    """One spelling of a PCI bus id for alert keys: ``00000000:6D:00.0``.
-
-    nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
-    ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not
-    a bus id is returned as it is.
-    """
-    text = str(bus).strip()
-    parts = text.split(":")
-    if len(parts) == 3 and all(parts):
-        domain = parts[0][-8:]
-        if all(c in "0123456789abcdefABCDEF" for c in domain):
-            return f"{domain.zfill(8)}:{parts[1]}:{parts[2]}".upper()
-    return text
-
-
-_bus_subject = bus_subject
 
 
 def streak_start(conn, table, key_sql, key_params, bad_sql, bad_params=(), now=None):
@@ -176,12 +160,12 @@ def evaluate(conn, now, cfg):
         if state == "gpu_lost" and lost:
             for item in json.loads(lost):
                 bus = item.get("pci.bus_id") or "?"
-                fire("gpu_lost", "critical", server_id, _bus_subject(bus),
+                fire("gpu_lost", "critical", server_id, canonical_bus_id(bus),
                      f"{name}: GPU {bus} is lost ({item.get('message') or ''})", since=state_onset)
     for gpu_id, server_id, index, bus, gpu_name, last_ts in conn.execute(
             "SELECT id, server_id, gpu_index, pci_bus_id, name, last_ts FROM gpus WHERE present = 0 AND removed_at IS NULL"
             " AND status != 'maintenance'"):
-        subject = _bus_subject(bus) if bus else f"gpu{gpu_id}"
+        subject = canonical_bus_id(bus) if bus else f"gpu{gpu_id}"
         key = f"gpu_lost:{server_id}:{subject}"
 
         def gone_since(server_id=server_id, last_ts=last_ts):

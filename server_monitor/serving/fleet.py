@@ -54,7 +54,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from .alerts import bus_subject
+from ..core.gpu_health import canonical_bus_id
 from .queries import QUERIES, scope_params
 
 log = logging.getLogger("server_monitor.fleet")
@@ -169,7 +169,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
         state = gpu_state(s, g, idle_max_util)
         counts[state] = counts.get(state, 0) + 1
         if g["pci_bus_id"]:
-            known_bus.add(bus_subject(g["pci_bus_id"]))
+            known_bus.add(canonical_bus_id(g["pci_bus_id"]))
         procs = procs_by_gpu.get(g["id"], [])
         cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"], g["memory_total_mib"],
                       g["temperature_gpu_c"], None if g["power_draw_w"] is None else round(g["power_draw_w"]),
@@ -195,7 +195,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     # GPUs the driver reports as lost (nvidia-smi "Unable to determine the device handle")
     # that have no row of their own: a lost cell each, named by PCI bus id. The lost line
     # spells the bus 0000:70:00.0 where the GPU's own row says 00000000:70:00.0: compared in
-    # one spelling (alerts.bus_subject), a known GPU that goes lost stays one cell, counted once.
+    # one spelling (core/gpu_health.py canonical_bus_id), a known GPU that goes lost stays one cell, counted once.
     if s["gpu_lost"]:
         try:
             lost = json.loads(s["gpu_lost"])
@@ -203,7 +203,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
             lost = []
         for item in lost if isinstance(lost, list) else []:
             bus = item.get("pci.bus_id") if isinstance(item, dict) else None
-            if bus and bus_subject(bus) not in known_bus:
+            if bus and canonical_bus_id(bus) not in known_bus:
                 counts["lost"] = counts.get("lost", 0) + 1
                 cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None,
                               "critical", "lost", None, None, None])
