@@ -1,0 +1,140 @@
+"""Security review 227e0d8, round 3 (part b): N4, N7, N8, N10, N11, N12 and I-1 … I-9.
+
+Each test is named after the finding it proves and goes through the real code path: the real
+agent process against a hostile hub on loopback, the real hub over loopback HTTP, the real CLI
+in a subprocess, real files.
+"""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import FAKE_NVSMI, ROOT
+
+# -- N4: the agent against a hostile hub ------------------------------------------------------
+
+BOMB_INFLATED = 256 << 20  # what the gzip answer inflates to; the old agent held all of it
+
+
+def _gzip_bomb(size):
+    comp = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b"\0" * (1 << 20)
+    return b"".join([comp.compress(block) for _ in range(size >> 20)] + [comp.flush()])
+
+
+class _HostileHub(BaseHTTPRequestHandler):
+    """Answers the agent's POSTs in turn: a gzip bomb (201), a 64 MiB body (503), JSON nested
+    200,000 deep (400), then a normal 201."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        server = self.server
+        with server.lock:
+            n = server.count
+            server.count += 1
+        try:
+            if n % 4 == 0:
+                self._answer(201, server.bomb, [("Content-Encoding", "gzip")])
+            elif n % 4 == 1:
+                self.send_response(503)
+                self.send_header("Content-Length", str(64 << 20))
+                self.end_headers()
+                for _ in range(64):
+                    self.wfile.write(b"x" * (1 << 20))
+            elif n % 4 == 2:
+                self._answer(400, b"[" * 200000 + b"]" * 200000)
+            else:
+                self._answer(201, b'{"ok": true}')
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent stopped reading: what it should do
+
+    def _answer(self, status, body, headers=()):
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def hostile_hub():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHub)
+    server.daemon_threads = True
+    server.lock, server.count = threading.Lock(), 0
+    server.bomb = _gzip_bomb(BOMB_INFLATED)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _agent_config(tmp_path, url, interval=1):
+    config = tmp_path / "agent.yaml"
+    config.write_text("\n".join([
+        f"server_url: {url}", "token: t0ken-for-the-hostile-hub", f"interval: {interval}",
+        f"nvidia_smi: {FAKE_NVSMI}", f"spool_dir: {tmp_path / 'spool'}", "retry_base_s: 0.3", "retry_max_s: 1",
+    ]) + "\n")
+    return config
+
+
+def test_N4_agent_reads_hostile_hub_answers_within_bounds_and_keeps_running(hostile_hub, tmp_path):
+    url = f"http://127.0.0.1:{hostile_hub.server_port}"
+    hostile_hub.count = 0
+    log = open(tmp_path / "agent.log", "wb")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "agent.py"), "-c", str(_agent_config(tmp_path, url)),
+                             "-v"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while hostile_hub.count < 6 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # the answer to the last request is read
+        text = (tmp_path / "agent.log").read_text(errors="replace")
+        assert proc.poll() is None, f"the agent exited on a hostile answer:\n{text[-3000:]}"
+        assert hostile_hub.count >= 6, text[-3000:]  # bomb, big body, deep JSON, normal, bomb again…
+        hwm = _vm_hwm_kib(proc.pid)
+        # The agent alone is ~40 MiB; the old one held the 256 MiB inflated bomb (and copies of it).
+        assert hwm < 128 * 1024, f"agent peak RSS {hwm} KiB"
+        assert "RecursionError" not in text and "Traceback" not in text, text[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+    assert rc == 0
+
+
+@pytest.mark.parametrize("turn", [0, 2])
+def test_N4_agent_once_exits_cleanly_on_a_hostile_answer(hostile_hub, tmp_path, turn):
+    """``--once``: the bomb answer with 201 is a stored report (0), the deep JSON with 400 a
+    rejected one (1, said in one line) — never a traceback."""
+    url = f"http://127.0.0.1:{hostile_hub.server_port}"
+    hostile_hub.count = turn
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "agent.py"), "-c", str(_agent_config(tmp_path, url)),
+                           "--once"], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if turn == 0:
+        assert proc.returncode == 0 and "stored report" in proc.stdout, (proc.stdout, proc.stderr)
+    else:
+        assert proc.returncode == 1 and "hub rejected report" in proc.stderr, proc.stderr
