@@ -73,6 +73,9 @@ def _prepare_statistics(db_path):
 @click.version_option(package_name=None, version=__import__("server_monitor").__version__)
 def cli():
     """Server Monitor hub."""
+    # Everything a command creates (databases, backups, journals, configs) is private from its
+    # first byte: a chmod afterwards leaves a window in which others can open the file (N12).
+    os.umask(os.umask(0o077) | 0o077)
 
 
 @cli.command()
@@ -267,7 +270,10 @@ def sessions_list(config_path):
 @click.argument("username", required=False)
 def sessions_revoke(config_path, everyone, username):
     """End every session of USERNAME (or of everyone with --all); takes effect on the next request,
-    also on a running hub. Use it after a password leak or when someone leaves."""
+    also on a running hub. Use it after a password leak or when someone leaves.
+
+    USERNAME is matched without regard to case. Exits 1 for an unknown user, or when the user
+    had no session to end."""
     if everyone == bool(username):
         raise click.UsageError("give a USERNAME or --all (not both)")
     cfg, accounts = _accounts(config_path)
@@ -275,9 +281,18 @@ def sessions_revoke(config_path, everyone, username):
         count = accounts.end_all_sessions()
         click.echo(f"ended {count} session{'' if count == 1 else 's'} (all users)")
         return
-    if username != cfg.get("auth.username") and accounts.user(username) is None:
-        raise click.ClickException(f"no user {username!r} (nor is it auth.username); see: server-monitor sessions list")
+    # Names are compared without case, as at login: the stored name is the canonical one (N11).
+    admin = cfg.get("auth.username") or ""
+    if username.lower() == admin.lower():
+        username = admin
+    else:
+        user = accounts.user(username)
+        if user is None:
+            raise click.ClickException(f"no user {username!r} (nor is it auth.username); see: server-monitor sessions list")
+        username = user["username"]
     count = accounts.end_sessions_of(username)
+    if not count:
+        raise click.ClickException(f"{username} has no live session: nothing ended")
     click.echo(f"ended {count} session{'' if count == 1 else 's'} of {username}")
 
 
@@ -296,17 +311,23 @@ def maintain(config_path):
 def backup(config_path, destination):
     """Online backup of monitor.db and auth.db (SQLite backup API; safe while running).
 
-    DESTINATION is a directory; files are written as monitor-<UTC time>.db and auth-<UTC time>.db.
+    DESTINATION is a directory (created 0700 when missing); files are written as
+    monitor-<UTC time>.db and auth-<UTC time>.db, created 0600 (never an existing file).
     """
     import time
 
     cfg = _load(config_path)
-    os.makedirs(destination, exist_ok=True)
+    os.makedirs(destination, mode=0o700, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for name, path in (("monitor", cfg.db_path), ("auth", cfg.auth_db_path)):
         if not os.path.exists(path):
             continue
         target = os.path.join(destination, f"{name}-{stamp}.db")
+        # Created 0600 before a byte is written, and never an existing file or a planted link.
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            raise click.ClickException(f"{target} already exists; not overwritten")
         src = sqlite3.connect(path)
         dst = sqlite3.connect(target)
         try:

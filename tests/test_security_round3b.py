@@ -138,3 +138,87 @@ def test_N4_agent_once_exits_cleanly_on_a_hostile_answer(hostile_hub, tmp_path, 
         assert proc.returncode == 0 and "stored report" in proc.stdout, (proc.stdout, proc.stderr)
     else:
         assert proc.returncode == 1 and "hub rejected report" in proc.stderr, proc.stderr
+
+
+# -- N11, N12: the CLI ------------------------------------------------------------------------
+
+def _cli(hub_config, *args, umask=None):
+    old = os.umask(umask) if umask is not None else None
+    try:
+        return subprocess.run([sys.executable, "-m", "server_monitor", *args, "-c", hub_config.path],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        if old is not None:
+            os.umask(old)
+
+
+def test_N11_sessions_revoke_matches_the_name_without_case_and_fails_when_nothing_ended(hub_process, hub_config):
+    from datasette_auth_passwords.utils import hash_password
+    from http_client import Browserless
+
+    from server_monitor.accounts import Accounts
+
+    Accounts(hub_config.auth_db_path).create_user("viewer2", hash_password("correct horse battery"), "viewer")
+    base = hub_process.base_url
+    one, two = Browserless(base), Browserless(base)
+    assert one.login("viewer2", "correct horse battery").status == 302
+    assert two.login("VIEWER2", "correct horse battery").status == 302  # login ignores case too
+    assert one.request("GET", "/api/servers").status == 200
+
+    revoked = _cli(hub_config, "sessions", "revoke", "VIEWER2")
+    assert revoked.returncode == 0 and revoked.stdout.strip() == "ended 2 sessions of viewer2", revoked
+    for client in (one, two):
+        assert client.request("GET", "/api/servers").status == 401
+    again = _cli(hub_config, "sessions", "revoke", "Viewer2")
+    assert again.returncode == 1 and "viewer2 has no live session" in again.stderr
+    unknown = _cli(hub_config, "sessions", "revoke", "viewer3")
+    assert unknown.returncode == 1 and "no user 'viewer3'" in unknown.stderr
+
+
+def test_N12_backup_files_are_private_from_their_first_byte(hub_config, tmp_path):
+    """The copies are created 0600 (the old code made them 0644 under umask 022 and chmodded
+    after the copy: another user who opened one meanwhile kept reading it) and the destination
+    directory 0700. A monitor.db of a few 4 KiB-page backup steps keeps the copy open long enough
+    (0.25 s between steps) for a poller to see every mode the file ever had."""
+    import sqlite3
+
+    from server_monitor import schema
+    from server_monitor.accounts import Accounts
+
+    schema.migrate(hub_config.db_path)
+    Accounts(hub_config.auth_db_path).connection()
+    conn = sqlite3.connect(hub_config.db_path)
+    conn.execute("CREATE TABLE padding (b BLOB)")
+    conn.executemany("INSERT INTO padding VALUES (randomblob(1000000))", [()] * 40)
+    conn.commit()
+    conn.close()
+    dest = tmp_path / "bk" / "nested"
+    seen, stop = {}, threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for d in (dest.parent, dest):
+                if d.exists():
+                    seen.setdefault(str(d), d.stat().st_mode & 0o777)
+            if dest.exists():
+                for f in os.listdir(dest):
+                    try:
+                        seen.setdefault(f, os.stat(dest / f).st_mode & 0o777)
+                    except FileNotFoundError:
+                        pass
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        done = _cli(hub_config, "backup", str(dest), umask=0o022)
+    finally:
+        stop.set()
+        poller.join()
+    assert done.returncode == 0, done.stderr
+    copies = sorted(os.path.basename(line) for line in done.stdout.split())
+    assert [c.split("-")[0] for c in copies] == ["auth", "monitor"]
+    assert {name: seen.get(name) for name in copies} == {name: 0o600 for name in copies}, seen
+    assert all(mode == 0o600 for name, mode in seen.items() if not name.startswith("/")), seen
+    assert seen[str(dest)] == 0o700 and seen[str(dest.parent)] == 0o700, seen
+    again = _cli(hub_config, "backup", str(dest), umask=0o022)  # same second: never overwrites
+    assert again.returncode in (0, 1) and "Traceback" not in again.stderr
