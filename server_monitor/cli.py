@@ -45,6 +45,19 @@ def _private_files(cfg):
                 click.echo(f"WARNING: could not make {path} private (chmod 600): {exc.strerror}", err=True)
 
 
+def _check_lock_files(cfg):
+    """Open (creating) every lock file the workers and jobs will use and check the fleet shelf,
+    so a planted one stops the start with one line naming it (N8) rather than a worker later.
+    Raises ``instance.UnsafeFileError`` or ``OSError``."""
+    from . import fleet_share, leader
+    from .analyst import AnalystSQL
+
+    for path in [cfg.db_path + ".write.lock", leader.lock_path(cfg.db_path),
+                 *AnalystSQL.from_config(cfg).lock_paths()]:
+        os.close(instance.open_lock_file(path))
+    instance.check_private_dir(fleet_share.share_dir(cfg.db_path))
+
+
 def _prepare_auth_db(path):
     """Create or upgrade the sessions/users/tokens database at ``path`` (``data.auth_path``)
     and close it again. Raises ``sqlite3.Error``."""
@@ -106,6 +119,7 @@ def serve(config_path, init, host, port, workers):
         port = port or cfg.get("server.port")
         url = f"http://{host}:{port}/"
         instance.acquire_data_lock(cfg.db_path, url)  # fd stays open through exec: held for life
+        _check_lock_files(cfg)
         instance.check_port_free(host, port)
         if not os.path.exists(cfg.db_path) and os.path.exists(cfg.auth_db_path):
             click.echo(f"WARNING: {cfg.db_path} does not exist but {cfg.auth_db_path} does: starting with an "
@@ -118,7 +132,7 @@ def serve(config_path, init, host, port, workers):
         except sqlite3.Error as exc:
             raise click.ClickException(f"{cfg.auth_db_path}: {exc}")
         _private_files(cfg)
-    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError) as exc:
+    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError, instance.UnsafeFileError) as exc:
         raise click.ClickException(str(exc))
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or config_path}: {exc.strerror}")

@@ -21,6 +21,8 @@ import os
 import threading
 import time
 
+from .instance import open_lock_file
+
 
 def start_jobs(holder, config):
     """Start the job threads (each once): ``holder.fleet_thread`` (the fleet document publisher,
@@ -107,7 +109,7 @@ class JobsLeader:
 
         Raises ``OSError`` when the lock file cannot be opened (missing or unwritable directory).
         """
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_lock_file(self.path)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

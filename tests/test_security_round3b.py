@@ -222,3 +222,56 @@ def test_N12_backup_files_are_private_from_their_first_byte(hub_config, tmp_path
     assert seen[str(dest)] == 0o700 and seen[str(dest.parent)] == 0o700, seen
     again = _cli(hub_config, "backup", str(dest), umask=0o022)  # same second: never overwrites
     assert again.returncode in (0, 1) and "Traceback" not in again.stderr
+
+
+# -- N8: lock files and the shelf in a data directory others can write to ----------------------
+
+def _serve(hub_config, timeout=30):
+    from conftest import free_port
+
+    return subprocess.run([sys.executable, "-m", "server_monitor", "serve", "-c", hub_config.path,
+                           "--port", str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("plant", ["symlink-data-lock", "fifo-write-lock", "foreign-jobs-lock",
+                                   "symlink-analyst-slot", "symlink-shelf"])
+def test_N8_planted_lock_files_stop_the_hub_with_one_line(hub_config, tmp_path, plant):
+    """The old hub followed a planted ``monitor.db.lock`` link (truncating its target, here a
+    file standing for a root-owned one) and used a planted lock file others could hold."""
+    db = hub_config.db_path
+    victim = tmp_path / "important.txt"
+    victim.write_text("precious\n")
+    if plant == "symlink-data-lock":
+        path = db + ".lock"
+        os.symlink(victim, path)
+    elif plant == "fifo-write-lock":
+        path = db + ".write.lock"
+        os.mkfifo(path, 0o666)
+    elif plant == "foreign-jobs-lock":
+        if os.geteuid() != 0:
+            pytest.skip("needs root to plant a file owned by another user")
+        path = db + ".jobs.lock"
+        open(path, "w").close()
+        os.chown(path, 65534, 65534)
+    elif plant == "symlink-analyst-slot":
+        path = db + ".analyst.0.lock"
+        os.symlink(victim, path)
+    else:
+        path = db + ".fleet"
+        os.symlink(tmp_path, path)
+    done = _serve(hub_config)
+    assert done.returncode != 0, (done.stdout, done.stderr[-2000:])
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {path}: ") and "refusing to use it" in last, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_N8_lock_files_of_a_normal_start_are_private_regular_files(hub_process, hub_config):
+    """The checks refuse nothing on a normal start: every lock file is a 0600 file of ours."""
+    import stat
+
+    db = hub_config.db_path
+    for path in (db + ".lock", db + ".write.lock", db + ".jobs.lock", db + ".analyst.0.lock"):
+        st = os.lstat(path)
+        assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o600, path
