@@ -275,3 +275,150 @@ def test_N8_lock_files_of_a_normal_start_are_private_regular_files(hub_process, 
     for path in (db + ".lock", db + ".write.lock", db + ".jobs.lock", db + ".analyst.0.lock"):
         st = os.lstat(path)
         assert stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o600, path
+
+
+# -- N10, I-1, I-3, I-6: logins and registration on the real hub ------------------------------
+
+def _hub(hub_config, tmp_path, **values):
+    """The real hub with dotted config ``values``; returns (process, base URL)."""
+    from conftest import free_port
+    from test_agent_process import start_hub
+    from test_security_followups import _set_config
+
+    _set_config(hub_config, **values)
+    port = free_port()
+    return start_hub(hub_config, port, tmp_path), f"http://127.0.0.1:{port}"
+
+
+def _stop_hub(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def _weak_user(hub_config, name, password, role="viewer"):
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor.accounts import Accounts
+
+    Accounts(hub_config.auth_db_path).create_user(name, hash_password(password, iterations=1000), role)
+
+
+def test_N10_right_passwords_are_budgeted_and_sessions_per_user_capped(hub_config, tmp_path):
+    """Defaults: 10 right passwords a minute per user, 10 live sessions per user. The old hub
+    took every right password (75 sessions in 25 s) and slowed everyone's logins."""
+    from http_client import Browserless
+
+    from server_monitor.accounts import Accounts
+
+    proc, base = _hub(hub_config, tmp_path)
+    try:
+        _weak_user(hub_config, "vera", "correct horse battery")
+        _weak_user(hub_config, "walt", "battery staple horse")
+        accounts = Accounts(hub_config.auth_db_path)
+        older = [accounts.create_session("vera", "user", 12) for _ in range(3)]  # from yesterday's logins
+        accounts.connection().execute("UPDATE sessions SET created_at = created_at - 86400")
+        clients = [Browserless(base) for _ in range(11)]
+        statuses = [c.login("vera", "correct horse battery").status for c in clients]
+        assert statuses == [302] * 10 + [429], statuses
+        refused = Browserless(base).login("vera", "correct horse battery")
+        assert refused.status == 429 and "Too many logins for this account or address" in refused.data.decode()
+        # 10 live sessions at most: the three older ones were ended, the ten new ones work.
+        assert all(accounts.session(sid) is None for sid in older)
+        assert [c.request("GET", "/api/servers").status for c in clients[:10]] == [200] * 10
+        assert len([s for s in accounts.live_sessions() if s["username"] == "vera"]) == 10
+        # Someone else, from the same address, at once.
+        started = time.monotonic()
+        assert Browserless(base).login("walt", "battery staple horse").status == 302
+        assert time.monotonic() - started < 5
+    finally:
+        _stop_hub(proc)
+
+
+def _post_form(client, path, fields, headers=None, token_path=None):
+    import re
+
+    page = client.request("GET", token_path or path)
+    token = re.search(r'name="csrftoken" value="([^"]+)"', page.data.decode())
+    fields = dict(fields, csrftoken=token.group(1) if token else "")
+    return client.request("POST", path, fields=fields, headers=headers or {}, encode_multipart=False)
+
+
+def test_I1_a_valid_invite_registers_after_others_bogus_posts_from_the_same_address(hub_config, tmp_path):
+    import re
+
+    from http_client import Browserless
+
+    from server_monitor.accounts import Accounts
+
+    proc, base = _hub(hub_config, tmp_path)
+    try:
+        _, code = Accounts(hub_config.auth_db_path).create_invite("viewer", 24)
+        bogus = []
+        for i in range(12):
+            client = Browserless(base)
+            bogus.append(_post_form(client, f"/register?code=bogus{i}", {
+                "code": f"bogus{i}", "username": f"u{i}", "password": "x" * 12, "password2": "x" * 12},
+                token_path="/login").status)
+        assert bogus[-1] == 429, bogus  # bogus posts are still limited per address
+        good = Browserless(base)
+        answer = _post_form(good, f"/register?code={code}", {
+            "code": code, "username": "newbie", "password": "a fine long pass", "password2": "a fine long pass"})
+        assert answer.status == 302, re.findall(r"error[^<]*<[^>]*>[^<]*", answer.data.decode())
+        assert good.request("GET", "/api/servers").status == 200
+    finally:
+        _stop_hub(proc)
+
+
+def test_I3_the_username_repeated_is_not_a_password(hub_config, tmp_path):
+    import re
+
+    from http_client import Browserless
+
+    proc, base = _hub(hub_config, tmp_path)
+    try:
+        _weak_user(hub_config, "admin2", "correct horse battery", role="admin")
+        client = Browserless(base)
+        assert client.login("admin2", "correct horse battery").status == 302
+        page = client.request("GET", "/account").data.decode()
+        token = re.search(r'name="csrftoken" value="([^"]+)"', page).group(1)
+        fields = {"csrftoken": token, "password": "correct horse battery",
+                  "new_password": "admin2admin2", "new_password2": "admin2admin2"}
+        answer = client.request("POST", "/account", fields=fields, encode_multipart=False)
+        assert answer.status == 200 and "close to) the username" in answer.data.decode(), answer.data.decode()[-1500:]
+        assert client.request("GET", "/api/servers").status == 200  # still logged in, password unchanged
+    finally:
+        _stop_hub(proc)
+
+
+def test_I6_the_proxy_header_is_believed_only_from_trusted_proxies(hub_config, tmp_path):
+    """With ``trusted_proxy_header`` set, a client that reaches the hub directly (not from
+    ``auth.trusted_proxies``) rotated X-Forwarded-For and got a fresh address budget each time."""
+    from http_client import Browserless
+
+    from server_monitor.accounts import Accounts
+
+    import urllib3
+
+    proc, base = _hub(hub_config, tmp_path, **{"auth.trusted_proxy_header": "x-forwarded-for"})
+    try:
+        statuses = []
+        for i in range(6):
+            client = Browserless(base)  # from 127.0.0.3: not a trusted proxy (default 127.0.0.1, ::1)
+            client.http = urllib3.PoolManager(retries=False, source_address=("127.0.0.3", 0))
+            statuses.append(_post_form(client, "/login", {"username": f"user{i}", "password": "wrong"},
+                                       headers={"X-Forwarded-For": f"10.19.0.{i}"}).status)
+        assert statuses == [401] * 5 + [429], statuses
+    finally:
+        _stop_hub(proc)
+    # From a trusted proxy (127.0.0.1, in the default list) the header's rightmost address counts.
+    proc, base = _hub(hub_config, tmp_path)
+    try:
+        client = Browserless(base)
+        assert _post_form(client, "/login", {"username": hub_config.get("auth.username"),
+                                             "password": hub_config.password},
+                          headers={"X-Forwarded-For": "6.6.6.6, 10.0.0.9"}).status == 302
+        rows = Accounts(hub_config.auth_db_path).connection().execute("SELECT client FROM sessions").fetchall()
+        assert [r[0] for r in rows] == ["10.0.0.9"]
+    finally:
+        _stop_hub(proc)
