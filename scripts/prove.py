@@ -101,6 +101,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def _allow_many_logins(path):
+    """Let the simulated viewers and analysts (all logged in as the admin, one session each) log
+    in at once: the product budgets right passwords (auth.logins_per_minute) and caps live
+    sessions per user (auth.max_sessions_per_user), see docs/security.md N10."""
+    import yaml
+
+    with open(path) as fp:
+        data = yaml.safe_load(fp)
+    data["auth"].update(logins_per_minute=100000, max_sessions_per_user=100000)
+    with open(path, "w") as fp:
+        yaml.safe_dump(data, fp)
+
+
 class Hub:
     """The hub process; ``fsize`` limits the size of any file it writes (disk-full test)."""
 
@@ -109,6 +122,8 @@ class Hub:
         os.makedirs(workdir, exist_ok=True)
         self.config_path = os.path.join(workdir, "config.yaml")
         self.cfg, self.password = config_mod.create(self.config_path)
+        _allow_many_logins(self.config_path)
+        self.cfg = config_mod.load(self.config_path)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None

