@@ -429,9 +429,10 @@ class LoginLimiter:
     private one), so every worker process of the hub shares one budget: N workers never
     give N times the guesses. ``name`` separates limiters sharing a file ("login",
     "register", "login-ok"). ``limits``: a limit per key prefix (``{"ip": 60}``) instead of
-    ``limit``. The "login-ok" limiter budgets right passwords (N10): there :meth:`failed`
-    counts a successful login and :meth:`succeeded` frees a wrong one. An attempt still "being checked" after :attr:`PENDING_TTL` seconds belongs to
-    a worker that died and no longer counts.
+    ``limit``. The "login-ok" limiter budgets right passwords (N10): there
+    :meth:`failed` counts a successful login and :meth:`succeeded` frees a wrong one.
+    An attempt still "being checked" after :attr:`PENDING_TTL` seconds belongs to a worker
+    that died and no longer counts.
     """
 
     PENDING_TTL = 120

@@ -110,11 +110,11 @@ class HubContext:
         self.limiter = LoginLimiter(config.auth_db_path, limit=5, window=300, name="login")
         # Registrations: failures (bad invite, taken name) per client address and per invite (M2).
         self.register_limiter = LoginLimiter(config.auth_db_path, limit=10, window=300, name="register")
-        # Right passwords cost a PBKDF2 run too: budgeted per user and (6x) per address (N10).
-        per_minute = int(config.get("auth.logins_per_minute", 10))
+        # Right passwords cost a PBKDF2 run too: budgeted per user and (3x) per address (N10).
+        per_minute = int(config.get("auth.logins_per_minute", 20))
         self.success_limiter = LoginLimiter(config.auth_db_path, limit=per_minute, window=60, name="login-ok",
-                                            limits={"ip": 6 * per_minute})
-        self.max_sessions = int(config.get("auth.max_sessions_per_user", 10))
+                                            limits={"ip": 3 * per_minute})
+        self.max_sessions = int(config.get("auth.max_sessions_per_user", 20))
         # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
         # burst of password checks queues instead of taking every core (M2).
         # Split between worker processes, so all of them together still leave half the cores.
