@@ -16,7 +16,7 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor import fleet, fleet_share, hub
+from server_monitor import contract, fleet, fleet_share, hub
 from server_monitor.queries import DATABASE, QUERIES, run
 
 RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
@@ -82,11 +82,17 @@ def _admin_refusal(request):
 
 
 def _note(body):
+    """The ``note`` of a JSON body: text of at most 500 characters without control, bidi or
+    invisible characters and valid Unicode (a lone surrogate such as ``"\ud800"`` was a 500,
+    security review I-7); raises ValueError saying which."""
     note = body.get("note")
     if note is None:
         return ""
     if not isinstance(note, str) or len(note) > 500:
         raise ValueError("note must be text of at most 500 characters")
+    unsafe = contract.unsafe_char(note)
+    if unsafe:
+        raise ValueError(f"note: {unsafe}")
     return note
 
 

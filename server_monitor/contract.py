@@ -20,6 +20,21 @@ import threading
 # U+200E/U+200F, LS/PS U+2028/U+2029, BOM U+FEFF.
 _UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029"
                            "\u202a-\u202e\u2066-\u2069\ufeff]")
+def unsafe_char(text):
+    """Why ``text`` (str) is not safe to store and show, or None: a NUL, a control, bidi or
+    invisible character (:data:`_UNSAFE_CHARS`, named by code point) or a lone surrogate. For
+    text people type (admin notes) as for agent text."""
+    unsafe = _UNSAFE_CHARS.search(text)
+    if unsafe:
+        return f"contains the control character U+{ord(unsafe.group()):04X}"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode (lone surrogate)"
+    return None
+
+
 # Host names as RFC 1123 spells them (plus '_', common on lab machines): ASCII letters,
 # digits, '.', '-' and '_'. No spaces, newlines or look-alike letters from other scripts.
 HOSTNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"

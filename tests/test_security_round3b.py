@@ -5,6 +5,7 @@ agent process against a hostile hub on loopback, the real hub over loopback HTTP
 in a subprocess, real files.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -475,3 +476,24 @@ def test_N7_free_page_copies_only_device_lists_and_the_cookie_recipe_is_private(
     one_liner = page.inner_text("#one-liner")
     out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert f"mig-node CUDA_VISIBLE_DEVICES={good}" in out.stdout, (out.stdout, out.stderr)
+
+
+# -- I-7: 500s on admin input -----------------------------------------------------------------
+
+SLOW_SQL = "with recursive c(x) as (select 1 union all select x+1 from c) select count(*) from c"
+
+
+@pytest.mark.parametrize("path", ["/monitor.csv", "/~6Donitor.csv"])
+def test_I7_interrupted_csv_and_lone_surrogate_notes_are_4xx_not_500(hub_process, hub_config, path):
+    import urllib.parse
+
+    from http_client import Browserless
+
+    admin = Browserless(hub_process.base_url)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
+    for note in ("\ud800", "ab\u202egnp.exe", "nul\x00byte"):
+        body = json.dumps({"note": note}).encode()  # ASCII escapes: "\ud800" stays a lone surrogate
+        answer = admin.request("POST", "/api/alerts/1/ack", body=body, headers={"Content-Type": "application/json"})
+        assert answer.status == 400 and "note" in json.loads(answer.data)["error"], (note, answer.data)
+    answer = admin.request("GET", f"{path}?sql=" + urllib.parse.quote(SLOW_SQL), timeout=60)
+    assert 400 <= answer.status < 500, (answer.status, answer.data[:300])
