@@ -222,8 +222,8 @@ def evaluate(conn, now, cfg):
     for event_id, server_id, kind, hostname, previous, other in conn.execute(
             "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id FROM host_identity_events e"
             " JOIN servers s ON s.id = e.server_id WHERE e.accepted_at IS NULL AND s.status != 'maintenance'"):
-        fire("host_identity", "warning", server_id, f"event{event_id}", identity_text(kind, hostname, previous, other)
-             + " (accept it on /admin if expected)")
+        fire("host_identity", "warning", server_id, f"event{event_id}",
+             identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)")
     return firing
 
 
@@ -234,10 +234,18 @@ IDENTITY_TEXT = {
 }
 
 
-def identity_text(kind, hostname, previous, other):
-    """One line about a ``host_identity_events`` row (security review L10)."""
-    return IDENTITY_TEXT.get(kind, "{hostname}: host identity changed ({kind})").format(
-        hostname=hostname, previous=previous, other=other, kind=kind)
+# The alert's text, shown to every viewer whose scope has the server: it names no other server
+# (a viewer of the look-alike host must not learn the name or id of one out of their scope, I-2).
+SCOPED_IDENTITY_TEXT = dict(IDENTITY_TEXT, name_taken="{hostname}: a second server (another machine id) reports "
+                            "this name", look_alike="{hostname}: the name looks like another server's name")
+
+
+def identity_text(kind, hostname, previous, other, scoped=False):
+    """One line about a ``host_identity_events`` row (security review L10). ``scoped``: the
+    alert's wording, which names no other server (I-2); else the admin page's, which does."""
+    return (SCOPED_IDENTITY_TEXT if scoped else IDENTITY_TEXT).get(kind, "{hostname}: host identity changed ({kind})"
+                                                                   ).format(hostname=hostname, previous=previous,
+                                                                            other=other, kind=kind)
 
 
 class Notifier:

@@ -497,3 +497,39 @@ def test_I7_interrupted_csv_and_lone_surrogate_notes_are_4xx_not_500(hub_process
         assert answer.status == 400 and "note" in json.loads(answer.data)["error"], (note, answer.data)
     answer = admin.request("GET", f"{path}?sql=" + urllib.parse.quote(SLOW_SQL), timeout=60)
     assert 400 <= answer.status < 500, (answer.status, answer.data[:300])
+
+
+# -- I-2: identity text for a scoped viewer --------------------------------------------------
+
+def test_I2_host_identity_problem_names_no_out_of_scope_server(hub_config, tmp_path):
+    """A viewer whose scope is only the look-alike host saw "secret-h0st: the name looks like
+    secret-host, the name of server #1" in /api/fleet and alerts_active."""
+    from conftest import sample_report
+    from http_client import Browserless
+    from test_security_followups import _post, _wait_for
+
+    from server_monitor.accounts import Accounts
+
+    proc, base = _hub(hub_config, tmp_path, **{"alerts.interval_s": 1})
+    try:
+        token = hub_config.get("agent.token")
+        assert _post(base, token, sample_report("secret-host", gpus=1, processes=0, machine_id="m-aaaa")) == 201
+        assert _post(base, token, sample_report("secret-h0st", gpus=1, processes=0, machine_id="m-bbbb")) == 201
+        from datasette_auth_passwords.utils import hash_password
+
+        Accounts(hub_config.auth_db_path).create_user("vlook", hash_password("correct horse battery", iterations=1000),
+                                                      "viewer", servers=[2])
+        vlook = Browserless(base)
+        assert vlook.login("vlook", "correct horse battery").status == 302
+
+        def problems():
+            fleet = json.loads(vlook.request("GET", "/api/fleet?fresh=1").data)
+            return [p["message"] for p in fleet["problems"] if p["rule"] == "host_identity"]
+
+        seen = _wait_for(problems)
+        assert seen == ["secret-h0st: the name looks like another server's name (accept it on /admin if expected)"]
+        rows = json.loads(vlook.request("GET", "/monitor/alerts_active.json?_shape=array").data)
+        texts = json.dumps(rows) + json.dumps(json.loads(vlook.request("GET", "/api/fleet?fresh=1").data))
+        assert "secret-h0st" in texts and "secret-host" not in texts and "#1" not in texts
+    finally:
+        _stop_hub(proc)
