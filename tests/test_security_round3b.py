@@ -533,3 +533,82 @@ def test_I2_host_identity_problem_names_no_out_of_scope_server(hub_config, tmp_p
         assert "secret-h0st" in texts and "secret-host" not in texts and "#1" not in texts
     finally:
         _stop_hub(proc)
+
+
+# -- I-8, I-9: install and upgrade scripts ----------------------------------------------------
+
+def test_I8_install_agent_pins_the_zipapp_checksum_over_plain_http(tmp_path):
+    """A man-in-the-middle on plain http serves a replaced zipapp with a matching .sha256: the
+    hub's checksum alone cannot catch it, the checksum pinned with --sha256 does."""
+    import functools
+    import hashlib
+    from http.server import SimpleHTTPRequestHandler
+
+    from conftest import TESTS
+
+    served = tmp_path / "www" / "static" / "agent"
+    served.mkdir(parents=True)
+    evil = b"#!/bin/sh\necho owned\n"
+    for arch in ("x86_64", "aarch64"):
+        (served / f"server-monitor-agent-{arch}.pyz").write_bytes(evil)
+        (served / f"server-monitor-agent-{arch}.pyz.sha256").write_text(
+            f"{hashlib.sha256(evil).hexdigest()}  server-monitor-agent-{arch}.pyz\n")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "token").write_text("t0ken-for-the-test\n")
+    env = dict(os.environ, PATH=os.path.join(TESTS, "fakebin") + os.pathsep + os.environ["PATH"],
+               FAKE_SYSTEMCTL_LOG=str(root / "calls.log"))
+    genuine = hashlib.sha256(b"the release's own zipapp").hexdigest()
+    try:
+        args = ["bash", os.path.join(ROOT, "scripts", "install_agent.sh"), "--url", f"http://127.0.0.1:{server.server_port}",
+                "--token-file", str(tmp_path / "token"), "--root", str(root)]
+        pinned = subprocess.run(args + ["--sha256", genuine], env=env, capture_output=True, text=True, timeout=60,
+                                stdin=subprocess.DEVNULL)
+        assert pinned.returncode != 0 and f"does not match --sha256 {genuine}; not installed" in pinned.stderr, pinned
+        assert not (root / "opt/server-monitor-agent/server-monitor-agent.pyz").exists()
+        unpinned = subprocess.run(args + ["--dry-run"], env=env, capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)
+        assert unpinned.returncode == 0 and "warning: plain http and no --sha256" in unpinned.stderr, unpinned
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_I9_upgrade_rollback_restores_databases_without_following_planted_links(tmp_path):
+    """upgrade.sh's rollback (restore_databases, run as root) copied the backup onto the
+    database path and chowned it, both through a link the service user could plant there."""
+    import getpass
+    import stat
+
+    release = tmp_path / "release"
+    (release / ".venv" / "bin").mkdir(parents=True)
+    (release / ".venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (release / ".venv" / "bin" / "python").chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  secret_key: {'s' * 32}\nauth:\n  password: pw-for-the-test\n"
+                      f"agent:\n  token: {'t' * 32}\ndata:\n  path: {data}/monitor.db\n  auth_path: {data}/auth.db\n")
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    (backup / "monitor-20261207T000000Z.db").write_bytes(b"monitor backup")
+    (backup / "auth-20261207T000000Z.db").write_bytes(b"auth backup")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("root's file\n")
+    os.symlink(victim, data / "monitor.db")  # planted by the service user
+    user = getpass.getuser()
+    script = (f'set -euo pipefail; DRY_RUN=0; SERVER_USER={user}; say() {{ echo "$*" >&2; }}; run() {{ "$@"; }}\n'
+              + subprocess.run(["sed", "-n", "/^restore_databases()/,/^}/p", os.path.join(ROOT, "scripts", "upgrade.sh")],
+                               capture_output=True, text=True, check=True).stdout
+              + f'\nrestore_databases "{config}" "{backup}" "{release}"\n')
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert "restore_databases()" in script and done.returncode == 0, done.stderr
+    assert victim.read_text() == "root's file\n"
+    st = os.lstat(data / "monitor.db")
+    assert stat.S_ISREG(st.st_mode) and (data / "monitor.db").read_bytes() == b"monitor backup"
+    assert (data / "auth.db").read_bytes() == b"auth backup"
