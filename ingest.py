@@ -23,10 +23,11 @@ import threading
 import time
 import zlib
 
-from server_monitor import config as config_mod
-from server_monitor import dbguard, instance, schema, tokens
-from server_monitor.contract import ContractError, validate_report
-from server_monitor.store import NotStored, machine_identity, sample_time, store_reports
+from server_monitor.core import config as config_mod
+from server_monitor.storage import dbguard, instance, schema
+from server_monitor.auth import tokens
+from server_monitor.storage.contract import ContractError, validate_report
+from server_monitor.storage.store import NotStored, machine_identity, sample_time, store_reports
 
 log = logging.getLogger("server_monitor.ingest")
 
@@ -98,20 +99,20 @@ class IngestApp:
 
     def __init__(self, config):
         self.token = config.get("agent.token").encode("utf-8")
-        # agent.shared_token_enabled: false leaves only per-host tokens (I8).
+        # agent.shared_token_enabled: false leaves only per-host tokens (see docs/security.md I8).
         self.shared_token_enabled = config.get("agent.shared_token_enabled", True) is not False
         self.max_bytes = int(config.get("agent.max_report_bytes", 1_048_576))
         self.db_path = config.db_path
-        # Oldest stored time accepted (L3): the longest history kept (hourly roll-ups), at least
+        # Oldest stored time accepted (see docs/security.md L3): the longest history kept (hourly roll-ups), at least
         # the raw retention. Older means a broken clock or a forged report; 400 naming the field.
         self.max_age_s = int(86400 * max(float(config.get("data.retention_days", 7)),
                                          float(config.get("data.rollup_1h_days", 730))))
         self.auth_db_path = config.auth_db_path
         self._local = threading.local()
         schema.migrate(self.db_path)
-        self.guard = dbguard.watch(self.db_path)  # H2: notice the file being deleted or replaced
+        self.guard = dbguard.watch(self.db_path)  # see docs/reliability.md H2: notice the file being deleted or replaced
         # Writes of every worker process and of the maintenance pass queue on a lock file
-        # instead of SQLite's sleeping busy handler (server_monitor.instance.WriterLock).
+        # instead of SQLite's sleeping busy handler (server_monitor.storage.instance.WriterLock).
         self.writer_lock = instance.WriterLock(self.db_path)
 
     # -- storage -------------------------------------------------------------------
@@ -148,7 +149,7 @@ class IngestApp:
             return 403, {"error": f"this token may only report for host {only_host!r}",
                          "report_id": report["report_id"]}, None
         if only_host is not None:
-            # A per-host token cannot take the name of another server (L10).
+            # A per-host token cannot take the name of another server (see docs/security.md L10).
             other = self._conn().execute(
                 "SELECT id FROM servers WHERE machine_id != ?1 AND (hostname = ?2 OR display_name = ?2) LIMIT 1",
                 (only_host, report["host"]["hostname"])).fetchone()
@@ -192,6 +193,8 @@ class IngestApp:
                     entry[0], entry[1] = 201, {"report_id": report["report_id"], "stored": True}
                     if report["nulled"]:
                         entry[1]["nulled"] = report["nulled"][:20]
+                    if report["replaced"]:  # free text cleaned by the shared text rule (N2)
+                        entry[1]["replaced"] = report["replaced"][:20]
                 else:
                     entry[0], entry[1] = 200, {"report_id": report["report_id"], "stored": False, "duplicate": True}
 
@@ -293,7 +296,7 @@ class IngestApp:
     def respond(self, environs):
         """Several requests at once, their reports written together (group commit): a list of
         ``(status line, headers, payload bytes)`` in the order of ``environs``. Used by the hub's
-        ASGI bridge (``server_monitor.wsgi_bridge``) for the requests that queued meanwhile."""
+        ASGI bridge (``server_monitor.serving.wsgi_bridge``) for the requests that queued meanwhile."""
         prepared = [self.prepare(environ) for environ in environs]
         try:
             self.write(prepared)
@@ -333,7 +336,7 @@ _default_lock = threading.Lock()
 
 
 def make_application(config):
-    """Build the WSGI app for a loaded :class:`server_monitor.config.Config`."""
+    """Build the WSGI app for a loaded :class:`server_monitor.core.config.Config`."""
     return IngestApp(config)
 
 

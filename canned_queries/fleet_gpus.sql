@@ -1,5 +1,5 @@
 -- title: Fleet grid: GPUs
--- description: Optional :servers, a JSON array of server ids, limits the rows to those servers. Latest values of every GPU shown in the fleet grid (GET /api/fleet), in server and index order: utilization.gpu %, memory MiB, temperature.gpu °C, power.draw W, MIG mode, compute process count, admin status, utilization.encoder/decoder %, health badge (ok / warning / critical) with its reasons, last XID code. GPUs missing from their server's latest report (present = 0) stay listed as lost until an admin marks them removed (removed_at).
+-- description: Optional :servers, a JSON array of server ids, limits the rows to those servers. Latest values of every GPU shown in the fleet grid (GET /api/fleet), in server and index order: utilization.gpu %, memory MiB, temperature.gpu °C, power.draw W, MIG mode, compute process count, admin status, utilization.encoder/decoder %, health badge (ok / warning / critical) with its reasons, last XID code, the Slurm job holding the GPU (slurm_job, slurm_user; null without Slurm). GPUs missing from their server's latest report (present = 0) stay listed as lost until an admin marks them removed (removed_at).
 select
   g.id,
   g.server_id,
@@ -24,7 +24,9 @@ select
   g.utilization_decoder,
   g.health,
   g.health_reasons,
-  g.xid_last
+  g.xid_last,
+  g.slurm_job,
+  g.slurm_user
 from gpus g
 where (g.present or g.removed_at is null)
   and (coalesce(:servers, '') = '' or g.server_id in (select value from json_each(:servers)))

@@ -1,5 +1,5 @@
 -- title: GPU-hours per day
--- description: GPU-hours per day and owner between :since and :until (UTC epoch seconds; default the last 7 days), grouped :by user (default), container or server, for the per-day chart of /accounting. Days start at midnight in the viewer's time zone: :tz_offset_min is minutes east of UTC (default 0). day is YYYY-MM-DD; gpu_hours has decimals (a GPU shared by k owners counts 1/k each). At most 366 days.
+-- description: GPU-hours per day and owner between :since and :until (UTC epoch seconds; default the last 7 days), grouped :by user (default), container or server, for the per-day chart of /accounting. Days start at midnight in the viewer's time zone: :tz_offset_min is minutes east of UTC (default 0). day is YYYY-MM-DD; gpu_hours has decimals (a GPU shared by k owners counts 1/k each; a GPU allocated to a Slurm job with no process on it counts for the job's user, container job <id>). At most 366 days.
 with params as (
   select
     cast(coalesce(nullif(:since, ''), strftime('%s', 'now') - 7 * 86400) as integer) / 3600 * 3600 as since,

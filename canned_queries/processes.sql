@@ -1,5 +1,5 @@
 -- title: GPU processes
--- description: Compute processes in each server's latest report, with owner (user), container or job, VRAM in MiB (null where the driver does not report it, e.g. Windows WDDM) and, for AMD/Intel GPUs, utilization_gpu: the busiest DRM engine of the process over the last interval, in %.
+-- description: Compute processes in each server's latest report, with owner (user), container or job, VRAM in MiB (null where the driver does not report it, e.g. Windows WDDM) and, for AMD/Intel GPUs, utilization_gpu: the busiest DRM engine of the process over the last interval, in %. A row with container_kind slurm-alloc and no pid is a GPU allocated to Slurm job (container) of user with no process on it yet.
 select
   p.server_id,
   coalesce(s.display_name, s.hostname) as server,

@@ -1,5 +1,5 @@
 -- title: Server XID errors
--- description: NVIDIA XID errors of one server in the last :hours hours (default 24, at most 17520), oldest first, at most 500: for the XID markers and list of the history page. ts: UTC epoch s (the kernel record's time); gpu_index: null when the PCI bus id names no known GPU; name: NVIDIA's name for the code; critical = 1 for the codes that alert (as in the xid_events query); message: the kernel's text (agent text: show it as text only).
+-- description: NVIDIA XID errors of one server in the last :hours hours (default 24, at most 17520), oldest first, at most 500: for the XID markers and list of the history page. ts: UTC epoch s (the kernel record's time); gpu_index: null when the PCI bus id names no known GPU; name: NVIDIA's name for the code; critical = 1 for the codes that alert (as in the xid_events query); message: the kernel's text (agent text: show it as text only), without its pid=/name= part unless processes are visible to you.
 select
   e.id,
   e.ts,
@@ -8,10 +8,10 @@ select
   e.pci_bus_id,
   e.xid,
   e.name,
-  e.xid in (48, 63, 64, 74, 79, 94, 95, 119, 120, 140) as critical,
+  e.xid in (48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158) as critical,
   case when :_scope_processes then e.pid end as pid,
   case when :_scope_processes then e.process_name end as process_name,
-  e.message
+  case when :_scope_processes then coalesce(e.kernel_line, e.message) else e.message end as message
 from xid_events e
 left join gpus g on g.id = e.gpu_id
 where e.server_id = cast(:server_id as integer)

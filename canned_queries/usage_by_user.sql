@@ -1,10 +1,10 @@
 -- title: GPU usage by user, now
--- description: Who holds GPUs right now, from each server's newest report: per user (and container or job), the GPUs and servers they use, their processes and the VRAM they hold (MiB).
+-- description: Who holds GPUs right now, from each server's newest report: per user (and container or job), the GPUs and servers they use, their processes and the VRAM they hold (MiB). A GPU allocated to a user's Slurm job with no process yet counts among their gpus (container slurm-alloc job <id>), not among their processes.
 select
   coalesce(p.user, '(unknown)') as user,
   count(distinct p.server_id) as servers,
   count(distinct p.gpu_id) as gpus,
-  count(*) as processes,
+  count(p.pid) as processes,
   sum(p.used_gpu_memory_mib) as used_gpu_memory_mib,
   group_concat(distinct coalesce(s.display_name, s.hostname)) as server_names,
   group_concat(distinct p.container) as containers

@@ -1,5 +1,5 @@
 -- title: XID errors
--- description: NVIDIA XID errors read by the agents from the kernel log (/dev/kmsg), newest first, over the last :hours hours (default 168). :server_id limits to one server. name is NVIDIA's name for the code (docs.nvidia.com/deploy/xid-errors); critical = 1 for the codes that alert (48, 63, 64, 74, 79, 94, 95, 119, 120, 140). ts is UTC epoch s. A server whose kmsg_state is not ok (see the servers query) cannot report XIDs.
+-- description: NVIDIA XID errors read by the agents from the kernel log (/dev/kmsg), newest first, over the last :hours hours (default 168). :server_id limits to one server. name is NVIDIA's name for the code (docs.nvidia.com/deploy/xid-errors); critical = 1 for the codes that alert (48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158). ts is UTC epoch s. message is the kernel's line, without its pid=/name= part unless processes are visible to you. A server whose kmsg_state is not ok (see the servers query) cannot report XIDs.
 select
   e.ts,
   e.server_id,
@@ -9,10 +9,10 @@ select
   e.pci_bus_id,
   e.xid,
   e.name,
-  e.xid in (48, 63, 64, 74, 79, 94, 95, 119, 120, 140) as critical,
+  e.xid in (48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158) as critical,
   case when :_scope_processes then e.pid end as pid,
   case when :_scope_processes then e.process_name end as process_name,
-  e.message
+  case when :_scope_processes then coalesce(e.kernel_line, e.message) else e.message end as message
 from xid_events e
 join servers s on s.id = e.server_id
 left join gpus g on g.id = e.gpu_id

@@ -2,13 +2,13 @@
 
 import gc
 import logging
-import re
 import threading
 import time
 import uuid
 
 import psutil
 
+from . import textrule
 from .amdsmi import AmdSmi
 from .drm import DrmCollector
 from .gpu import BackgroundGpu, GpuCollector
@@ -17,24 +17,19 @@ from .inventory import Inventory
 from .kmsg import KmsgReader, bus_key
 from .procinfo import ProcessInfo
 from .runner import BoundedRunner
+from .slurm import SlurmCollector
 
 log = logging.getLogger("server_monitor.agent")
 
 CONTRACT_VERSION = 1
-# What the hub refuses in any string (server_monitor/contract.py): control characters and
-# bidi overrides. Text read from nvidia-smi, /proc or container tools may hold them.
-_UNSAFE_CHARS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def clean_text(value):
-    """``value`` with every string inside it stripped of control and bidi override characters."""
-    if isinstance(value, str):
-        return _UNSAFE_CHARS.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {k: clean_text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [clean_text(v) for v in value]
-    return value
+    """``value`` with every string inside it, at any depth, cleaned by the shared text rule
+    (:mod:`monitor_agent.textrule`, the same rule the hub checks): each control, bidi,
+    invisible character or lone surrogate becomes U+FFFD. Text read from nvidia-smi, /proc or
+    container tools may hold them; the hub would otherwise replace them itself."""
+    return textrule.clean_tree(value)
 
 
 def freeze_startup_objects():
@@ -95,9 +90,16 @@ class ReportBuilder:
         self.amdsmi = AmdSmi(cfg.get("amd_smi"), interval=cfg.get("inventory_interval", 60), timeout=timeout)
         # NVIDIA XID errors from the kernel log (no child process; the file stays open).
         self.kmsg = None
+        self._cycle = 0  # reports built, for how long a fallen-off GPU is kept (see _with_fallen)
+        self._fallen_seen = {}  # bus key -> cycle it was first reported lost from the kernel log
         if cfg.get("kmsg_path"):
             self.kmsg = KmsgReader(cfg["kmsg_path"], boot_time=psutil.boot_time())
         self.inventory = Inventory(interval=cfg.get("inventory_interval", 60), timeout=timeout)
+        # Slurm GPU allocations, only where scontrol is installed (no Slurm: no field, no child).
+        self.slurm = None
+        if cfg.get("slurm", True):
+            self.slurm = SlurmCollector(cfg.get("scontrol") or "scontrol", node=cfg.get("slurm_node"),
+                                        interval=cfg.get("slurm_interval", 60), timeout=timeout)
         self.extra = extra
 
     def _collect_drm(self, skip_bus_ids):
@@ -144,6 +146,48 @@ class ReportBuilder:
         for event in found["xid_events"]:
             event["gpu_uuid"] = by_bus.get(bus_key(event["pci.bus_id"]))
         return found
+
+    def _with_fallen(self, status, gpus):
+        """``status`` with the GPUs the kernel log said fell off the bus added to ``lost``.
+
+        nvidia-smi usually names a lost GPU itself ("Unable to determine the device handle ...");
+        newer drivers may print "GPU has fallen off the bus" with no Xid while nvidia-smi hangs
+        (state ``timeout``) or still lists the GPU from a sample taken before. Such a GPU is
+        reported like nvidia-smi's own lost GPUs (``gpu_status.lost``, state ``gpu_lost`` where it
+        was ``ok``) until a fresh nvidia-smi sample, read two cycles later or more, shows a healthy
+        row for its bus (a reset brought it back).
+        """
+        if self.kmsg is None:
+            return status
+        self._cycle += 1
+        seen = self._fallen_seen
+        fallen = self.kmsg.lost_gpus()
+        if not fallen:
+            return status
+        healthy = set()
+        if not status.get("stale"):
+            healthy = {bus_key(g.get("pci.bus_id")) for g in gpus
+                       if g.get("vendor") == "nvidia" and not g.get("state") and g.get("pci.bus_id")}
+        lost = list(status.get("lost") or [])
+        known = {bus_key(item.get("pci.bus_id")) for item in lost}
+        added = []
+        for item in fallen:
+            key = bus_key(item["pci.bus_id"])
+            first = seen.setdefault(key, self._cycle)
+            if key in healthy and self._cycle - first >= 2:
+                self.kmsg.forget(item["pci.bus_id"])
+                seen.pop(key, None)
+                continue
+            if key not in known:
+                added.append(dict(item))
+                known.add(key)
+        if not added:
+            return status
+        status = dict(status, lost=(lost + added)[:64])
+        if status.get("state") == "ok":
+            status["state"] = "gpu_lost"
+            status["message"] = "; ".join(item["message"] for item in added)[:4096]
+        return status
 
     def build(self):
         """Collect everything now; returns the report dict (see ``docs/api.md``)."""
@@ -193,13 +237,22 @@ class ReportBuilder:
             if app["container"] in renames:
                 app["container"] = renames[app["container"]]
             processes.append(app)
-        report["gpu_status"] = status
+        xid = self._xid_events(gpus)
+        report["gpu_status"] = self._with_fallen(status, gpus)
         report["gpus"] = gpus
         report["processes"] = processes
         report["mig_devices"] = gpu.get("mig_devices")  # None: no MIG GPU on this host
         report["gpu_topology"] = gpu.get("gpu_topology")  # None: not read this cycle
         report["containers"] = containers
-        report.update(self._xid_events(gpus))
+        report.update(xid)
+        if self.slurm is not None:
+            try:
+                allocations = self.slurm.collect(gpus)
+            except Exception as exc:  # a collector bug must not cost the host's report
+                log.warning("Slurm allocation read failed: %r", exc)
+                allocations = None
+            if allocations is not None:
+                report.update(allocations)
         if self.extra is not None:
             report.update(self.extra())
         return clean_text(report)

@@ -32,6 +32,11 @@ DEFAULTS = {
     "inventory_interval": 60,  # seconds between `incus/lxc list` and `zpool list` calls
     "probes": [],  # [{name, url, proxy?, timeout?}]
     "probe_interval": 60,
+    # Slurm GPU allocations (monitor_agent/slurm.py): read where scontrol is installed.
+    "slurm": True,
+    "scontrol": "scontrol",
+    "slurm_node": None,  # this node's Slurm NodeName; default the short host name
+    "slurm_interval": 60,  # seconds between `scontrol show job -d` calls
     # Identity overrides, for cloned machines sharing a machine-id or for demo agents.
     "hostname": None,
     "machine_id": None,
@@ -80,10 +85,11 @@ def check(cfg, require_hub=True):
     if require_hub and (not isinstance(cfg.get("token"), str) or not cfg["token"]):
         raise AgentConfigError("token is required (the hub's agent.token)")
     numbers = ("interval", "gpu_timeout", "spool_max_mb", "spool_max_age_h", "retry_base_s", "retry_max_s",
-               "inventory_interval", "probe_interval")
+               "inventory_interval", "probe_interval", "slurm_interval")
     for key in numbers:
         try:
-            cfg[key] = float(cfg[key])
+            # A dict built without load() (tests, embedding) may lack a key added later: its default.
+            cfg[key] = float(cfg.get(key, DEFAULTS[key]))
         except (TypeError, ValueError):
             raise AgentConfigError(f"{key} must be a number")
         if cfg[key] <= 0:
@@ -95,6 +101,12 @@ def check(cfg, require_hub=True):
     for key in ("sysfs_root", "procfs_root"):
         if not isinstance(cfg.get(key), str) or not cfg[key].startswith("/"):
             raise AgentConfigError(f"{key} must be an absolute path (default {DEFAULTS[key]})")
+    for key in ("slurm", "scontrol", "slurm_node"):
+        cfg.setdefault(key, DEFAULTS[key])
+    if not isinstance(cfg.get("slurm"), bool):
+        raise AgentConfigError("slurm must be true or false")
+    if cfg["slurm_node"] is not None and not isinstance(cfg["slurm_node"], str):
+        raise AgentConfigError("slurm_node must be a Slurm node name")
     if not isinstance(cfg.get("drm"), bool):
         raise AgentConfigError("drm must be true or false")
     cfg.setdefault("kmsg_path", DEFAULTS["kmsg_path"])

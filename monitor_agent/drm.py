@@ -58,6 +58,14 @@ _DPM_LINE = re.compile(r"^\s*\d+:\s*(\d+)\s*[Mm][Hh]z.*\*\s*$")
 # Device-local memory regions: amdgpu "vram", xe "vram0", i915 "local0".
 _DEVICE_REGION = re.compile(r"^(vram|local|lmem)\d*$")
 _UNITS = {"": 1, "B": 1, "KiB": 1024, "MiB": MIB, "GiB": 1024 * MIB}
+# AMD APUs that labs run compute on (PCI device id -> what it is). Their GPU has no memory of its
+# own: "VRAM" is a BIOS carve-out of system RAM (512 MiB - 96 GiB) and compute allocates from the GTT
+# pool (system RAM mapped for the GPU, mem_info_gtt_*). Strix Halo 0x1586 (Ryzen AI Max, Radeon
+# 8060S/8050S/8040S; amdgpu_top "DeviceID 5510"), MI300A 0x74A0. Other AMD GPUs with a carve-out
+# under drm_min_vram_mib are desktop/laptop iGPUs and stay skipped (drm_min_vram_mib: 0 keeps them).
+COMPUTE_APUS = {0x1586: "Strix Halo", 0x74A0: "Instinct MI300A"}
+# An AMD GPU with less "VRAM" than this is an APU's carve-out (no discrete compute GPU is that small).
+APU_CARVEOUT_MAX = 4096 * MIB
 
 
 # --------------------------------------------------------------------------- parsing
@@ -191,10 +199,12 @@ def parse_fdinfo(text):
     """One ``/proc/<pid>/fdinfo/<fd>`` text to a DRM client dict, or None if not a DRM client.
 
     Returns ``{"driver", "pdev", "client_id", "engines": {name: ns}, "cycles": {name: n},
-    "total_cycles": {name: n}, "capacity": {name: n}, "device_bytes": int | None}``.
-    ``device_bytes`` is the client's device-local memory: the sum over regions named ``vram*``
-    / ``local*`` of ``drm-resident-<region>`` (else ``drm-memory-<region>``, the older amdgpu
-    key, else ``drm-total-<region>``). A key whose value does not parse is skipped alone.
+    "total_cycles": {name: n}, "capacity": {name: n}, "device_bytes": int | None,
+    "gtt_bytes": int | None}``. ``device_bytes`` is the client's device-local memory: the sum
+    over regions named ``vram*`` / ``local*`` of ``drm-resident-<region>`` (else
+    ``drm-memory-<region>``, the older amdgpu key, else ``drm-total-<region>``); ``gtt_bytes``
+    the same for amdgpu's ``gtt`` region (system RAM mapped for the GPU: what an APU's compute
+    uses). A key whose value does not parse is skipped alone.
     """
     info = {"driver": None, "pdev": None, "client_id": None, "engines": {}, "cycles": {},
             "total_cycles": {}, "capacity": {}}
@@ -219,7 +229,7 @@ def parse_fdinfo(text):
             if group == "total" and name.startswith("cycles-"):
                 if value.isdigit():
                     info["total_cycles"][name[7:]] = int(value)
-            elif _DEVICE_REGION.match(name):
+            elif _DEVICE_REGION.match(name) or name == "gtt":
                 size = parse_size(value)
                 if size is not None:
                     memory[group][name] = size
@@ -234,11 +244,13 @@ def parse_fdinfo(text):
             info["client_id"] = int(value) if value.isdigit() else None
     if info["driver"] is None or info["client_id"] is None:
         return None
-    info["device_bytes"] = None
+    info["device_bytes"] = info["gtt_bytes"] = None
     for kind in ("resident", "memory", "total"):
-        if memory[kind]:
-            info["device_bytes"] = sum(memory[kind].values())
-            break
+        device = {k: v for k, v in memory[kind].items() if k != "gtt"}
+        if device and info["device_bytes"] is None:
+            info["device_bytes"] = sum(device.values())
+        if "gtt" in memory[kind] and info["gtt_bytes"] is None:
+            info["gtt_bytes"] = memory[kind]["gtt"]
     return info
 
 
@@ -280,7 +292,7 @@ class _Card:
     """Static facts about one GPU, read once per discovery."""
 
     __slots__ = ("card", "path", "card_path", "bus_id", "vendor", "driver", "device_id", "revision", "name",
-                 "uuid", "hwmon", "files", "integrated")
+                 "uuid", "hwmon", "files", "integrated", "apu")
 
 
 class DrmCollector:
@@ -311,6 +323,7 @@ class DrmCollector:
         self._ids = None
         self._clients = {}  # (pdev, client id) -> (parse_fdinfo dict, clock ns)
         self._energy = {}  # bus id -> (joules, clock s)
+        self._pools = {}  # bus id -> "vram" or "gtt": the memory pool memory.* reports (gtt on an APU)
         self._sysfs_drivers = {}
         self._fd_cache = {}  # pid -> (fd names at the last scan, those that link to /dev/dri/)
         self._scans = 0
@@ -333,7 +346,9 @@ class DrmCollector:
         Connector (``card0-DP-1``) and render (``renderD128``) nodes are skipped; two
         ``card`` nodes of one PCI device count once. Integrated graphics are skipped (they are not
         compute devices a lab hands out): Intel GPUs on PCI bus 0 (``00:02.0``) and AMD GPUs with
-        less than ``min_vram_mib`` of VRAM.
+        less than ``min_vram_mib`` of VRAM, except the compute APUs of :data:`COMPUTE_APUS`
+        (Strix Halo, MI300A), whose small VRAM is only a carve-out. ``apu`` marks an AMD GPU
+        whose memory is the GTT pool (see :meth:`read_gpu`).
         """
         base = f"{self.sysfs_root}/class/drm"
         cards, seen = [], set()
@@ -361,9 +376,13 @@ class DrmCollector:
             c = _Card()
             c.card, c.path, c.card_path, c.bus_id, c.vendor = card, path, f"{base}/{card}", bus_id, vendor
             c.integrated = vendor == "intel" and bus_id.split(":")[-2] == "00"
-            if vendor == "amd" and self.min_vram_mib:
+            c.device_id = parse_int(_read(f"{path}/device"))
+            c.apu = False
+            if vendor == "amd":
                 vram = parse_int(_read(f"{path}/mem_info_vram_total"))
-                c.integrated = vram is not None and vram < self.min_vram_mib * MIB
+                c.apu = c.device_id in COMPUTE_APUS or (vram is not None and vram < APU_CARVEOUT_MAX)
+                if self.min_vram_mib and c.device_id not in COMPUTE_APUS:
+                    c.integrated = vram is not None and vram < self.min_vram_mib * MIB
             if c.integrated:
                 continue
             c.driver = uevent.get("DRIVER")
@@ -372,7 +391,6 @@ class DrmCollector:
                     c.driver = os.path.basename(os.readlink(f"{path}/driver"))
                 except OSError:
                     c.driver = "amdgpu" if vendor == "amd" else None
-            c.device_id = parse_int(_read(f"{path}/device"))
             c.revision = parse_int(_read(f"{path}/revision"))
             c.name = self._product_name(c)
             unique = (_read(f"{path}/unique_id") or "").strip().lower()
@@ -438,6 +456,15 @@ class DrmCollector:
         temps = hwmon_temperatures({k: v for k, v in hw.items() if k.startswith("temp") and v is not None})
         total = parse_int(_read(f"{p}/mem_info_vram_total")) if "mem_info_vram_total" in c.files else None
         used = parse_int(_read(f"{p}/mem_info_vram_used")) if "mem_info_vram_used" in c.files else None
+        pool = "vram"
+        if c.apu and "mem_info_gtt_total" in c.files:
+            # An APU: memory is the larger of the carve-out and the GTT pool, as the kernel's KFD
+            # picks it for compute allocations and amd-smi reports it (used and total of that pool).
+            gtt_total = parse_int(_read(f"{p}/mem_info_gtt_total"))
+            if gtt_total is not None and (total is None or gtt_total > total):
+                pool, total = "gtt", gtt_total
+                used = parse_int(_read(f"{p}/mem_info_gtt_used")) if "mem_info_gtt_used" in c.files else None
+        self._pools[c.bus_id] = pool
         if total is None and c.driver == "xe":
             total = parse_int(_read(f"{p}/tile0/physical_vram_size_bytes"))
         power = micro(hw.get("power1_average")) if hw.get("power1_average") else None
@@ -598,7 +625,7 @@ class DrmCollector:
                 sums = engine_sum.setdefault(key[0], {})
                 for name, pct in busy.items():
                     sums[name] = sums.get(name, 0.0) + pct
-            vram = info["device_bytes"]
+            vram = info["gtt_bytes"] if self._pools.get(key[0]) == "gtt" else info["device_bytes"]
             if vram is not None:
                 device_sum[key[0]] = device_sum.get(key[0], 0) + vram
             if not vram and not any(busy.values()) and not any(info["engines"].values()) \

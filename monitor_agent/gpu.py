@@ -18,8 +18,14 @@ import time
 from . import nvsmi
 from .runner import BoundedRunner
 
-# MIG devices are read with at most one extra nvidia-smi call this often (seconds).
+# MIG: the plain nvidia-smi table (memory and processes of each MIG device) is read at least this
+# often (seconds), and at once on the first cycle, when -L changed, or when the compute processes
+# on MIG GPUs are not the ones the last table placed (then at most once per MIG_RECHECK_S).
 MIG_INTERVAL_S = 60
+MIG_RECHECK_S = 10
+# nvidia-smi -L (MIG device names and UUIDs) is read again this often even when the table shows
+# no new layout (an instance destroyed and created again keeps its ids but gets a new UUID).
+MIG_LIST_INTERVAL_S = 300
 
 # topo -m is read again after this long even when nothing changed (a report lost on the way,
 # a hub restored from an older backup), between cycles like every topology read (seconds).
@@ -62,7 +68,9 @@ class GpuCollector:
         self._topo_key = None  # (driver version, GPU UUIDs) the last topology read was for
         self._gpu_key = None  # the same for the newest collection
         self._mig_table, self._mig_procs = [], []
-        self._mig_called = self._mig_sampled = None
+        self._mig_listed_at = None  # when -L last ran
+        self._mig_table_at = None  # when the table last ran (successful or not)
+        self._mig_sampled = None  # when the last table that parsed was read
 
     def _run(self, args, timeout):
         result = self.runner.run([self.nvidia_smi] + args, timeout)
@@ -174,49 +182,75 @@ class GpuCollector:
         return nvsmi.parse_topo(_text(topo.stdout))
 
     def _mig(self, processes, now=None):
-        """MIG devices of this host, refreshed by at most one nvidia-smi call per :data:`MIG_INTERVAL_S`.
+        """MIG devices of this host, with the processes placed in them (only where a GPU has MIG on).
 
         ``nvidia-smi -L`` names each MIG device (profile, ``MIG-`` UUID); plain ``nvidia-smi``
-        gives its GPU/compute instance ids, memory and the processes in each instance. The
-        calls alternate: ``-L`` first and whenever the table shows a layout it does not name,
-        the table otherwise. Adds ``gpu_instance_id``, ``compute_instance_id`` and ``mig_uuid``
-        to the ``processes`` it can place. Returns the list from :func:`nvsmi.mig_devices`, each
-        with ``sampled_at`` (epoch s of the table it comes from; None before the first table).
+        gives its GPU/compute instance ids, memory and the processes in each compute instance.
+        Both are read on the first cycle (so a one-shot ``--once`` report and the first report
+        after a start carry each instance's memory and processes: an instance whose state is
+        unknown must never look free). After that the table is read again after
+        :data:`MIG_INTERVAL_S`, at once when ``-L`` changed, and when a compute process on a MIG
+        GPU is one the last table did not place (a job started since; at most once per
+        :data:`MIG_RECHECK_S`); ``-L`` again after :data:`MIG_LIST_INTERVAL_S` or when the table
+        shows a device it does not name. So a cycle makes 0, 1 or 2 extra calls.
+
+        Adds ``gpu_instance_id``, ``compute_instance_id`` and ``mig_uuid`` to the ``processes``
+        it can place (a process the last table did not list stays unplaced: the hub then offers
+        no instance of that GPU). Returns the list from :func:`nvsmi.mig_devices`, each with
+        ``sampled_at`` (epoch s of the table read it comes from; None while no table was read,
+        when memory and processes are unknown).
         """
         now = time.time() if now is None else now
-        if self._mig_called is None or now - self._mig_called >= MIG_INTERVAL_S:
-            self._mig_called = now
-            layout = {(d["gpu_index"], d["mig_index"]) for d in self._mig_table}
-            named = {(gpu, index) for gpu, info in (self._mig_listing or {}).items() for index in info["mig"]}
-            if self._mig_listing is None or not layout <= named:
-                listed = self._run(["-L"], self.timeout)
-                if listed.state == "ok" and listed.returncode == 0:
-                    self._mig_listing = nvsmi.parse_list_gpus(_text(listed.stdout))
-            else:
-                table = self._run([], self.timeout)
-                if table.state == "ok" and table.returncode == 0:
-                    self._mig_table, self._mig_procs = nvsmi.parse_mig_table(_text(table.stdout))
-                    self._mig_sampled = now
+        listed_now = changed = False
+        if self._mig_listing is None or now - self._mig_listed_at >= MIG_LIST_INTERVAL_S:
+            listed_now, changed = True, self._read_mig_listing(now)
+        uuid_of = {gpu: info["uuid"] for gpu, info in (self._mig_listing or {}).items()}
+        mig_gpus = {info["uuid"] for info in (self._mig_listing or {}).values() if info["mig"]}
+        placed = {(uuid_of.get(p["gpu_index"]), p["pid"]) for p in self._mig_procs}
+        unplaced = any(p["gpu_uuid"] in mig_gpus and (p["gpu_uuid"], p["pid"]) not in placed for p in processes)
+        since = None if self._mig_table_at is None else now - self._mig_table_at
+        if (self._mig_sampled is None or changed or since is None or since >= MIG_INTERVAL_S
+                or (unplaced and since >= MIG_RECHECK_S)):
+            self._mig_table_at = now
+            table = self._run([], self.timeout)
+            if table.state == "ok" and table.returncode == 0:
+                self._mig_table, self._mig_procs = nvsmi.parse_mig_table(_text(table.stdout))
+                self._mig_sampled = now
+                layout = {(d["gpu_index"], d["mig_index"]) for d in self._mig_table}
+                named = {(gpu, index) for gpu, info in (self._mig_listing or {}).items() for index in info["mig"]}
+                if not listed_now and not layout <= named:
+                    self._read_mig_listing(now)
         devices = nvsmi.mig_devices(self._mig_listing or {}, self._mig_table)
         if not devices and self._mig_listing:
-            # Named by -L, no table yet: the instances without usage.
+            # Named by -L, no table read yet (or it failed): the instances, their state unknown.
             devices = [{"gpu_index": gpu, "gpu_uuid": info["uuid"], "mig_index": index, "uuid": mig["uuid"],
                         "profile": mig["profile"], "gpu_instance_id": None, "compute_instance_id": None,
                         "memory.used": None, "memory.total": None, "sm_count": None}
                        for gpu, info in sorted(self._mig_listing.items()) for index, mig in sorted(info["mig"].items())]
         for device in devices:
-            device["sampled_at"] = self._mig_sampled if device["memory.used"] is not None else None
+            device["sampled_at"] = self._mig_sampled if device["gpu_instance_id"] is not None else None
         by_instance = {(d["gpu_uuid"], d["gpu_instance_id"], d["compute_instance_id"]): d["uuid"] for d in devices}
-        uuid_of = {gpu: info["uuid"] for gpu, info in (self._mig_listing or {}).items()}
-        placed = {(uuid_of.get(p["gpu_index"]), p["pid"]): p for p in self._mig_procs}
+        uuid_of = {gpu: info["uuid"] for gpu, info in (self._mig_listing or {}).items()}  # -L may have been re-read
+        where_of = {(uuid_of.get(p["gpu_index"]), p["pid"]): p for p in self._mig_procs}
         for proc in processes:
-            where = placed.get((proc["gpu_uuid"], proc["pid"]))
+            where = where_of.get((proc["gpu_uuid"], proc["pid"]))
             if where is not None and where["gpu_instance_id"] is not None:
                 proc["gpu_instance_id"] = where["gpu_instance_id"]
                 proc["compute_instance_id"] = where["compute_instance_id"]
                 proc["mig_uuid"] = by_instance.get((proc["gpu_uuid"], where["gpu_instance_id"],
                                                     where["compute_instance_id"]))
         return devices
+
+    def _read_mig_listing(self, now):
+        """Runs ``nvidia-smi -L``; True when it answered with a listing other than the one held."""
+        self._mig_listed_at = now
+        listed = self._run(["-L"], self.timeout)
+        if listed.state != "ok" or listed.returncode != 0:
+            return False
+        listing = nvsmi.parse_list_gpus(_text(listed.stdout))
+        changed = self._mig_listing is not None and listing != self._mig_listing
+        self._mig_listing = listing
+        return changed
 
     def _failure(self, result):
         """Status dict for a failed run, or None when nvidia-smi exited 0."""

@@ -71,7 +71,7 @@ def is_physical_nic(name):
 
 def hub_hostname(name):
     """``name`` in the characters the hub accepts (ASCII letters, digits, '.', '-', '_'; see
-    ``server_monitor.contract.HOSTNAME_PATTERN``): others become '-'; empty becomes "unknown"."""
+    ``server_monitor.storage.contract.HOSTNAME_PATTERN``): others become '-'; empty becomes "unknown"."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", name or "")[:253].lstrip("._-")
     return name or "unknown"
 

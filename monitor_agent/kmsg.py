@@ -27,9 +27,11 @@ import re
 import stat
 import time
 
-# NVIDIA's XID catalogue: "XID Errors", NVIDIA GPU deployment and management documentation,
-# https://docs.nvidia.com/deploy/xid-errors/ (names as given there, shortened).
+# NVIDIA's XID catalogue: "XID Errors" and its "Xid Catalog" (Ampere and newer), NVIDIA GPU
+# deployment and management documentation, https://docs.nvidia.com/deploy/xid-errors/ and
+# https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html (descriptions as given there).
 XID_NAMES = {
+    8: "GPU stopped processing",
     13: "Graphics Engine Exception",
     31: "GPU memory page fault",
     32: "Invalid or corrupted push buffer stream",
@@ -52,19 +54,54 @@ XID_NAMES = {
     94: "Contained ECC error",
     95: "Uncontained ECC error",
     109: "Context Switch Timeout Error",
+    110: "Security Fault Error",
     119: "GSP RPC Timeout",
     120: "GSP Error",
     121: "C2C Link Error",
+    136: "Link Training Failed",
+    137: "NVLink Privilege Error",
     140: "Unrecovered ECC Error",
+    141: "CUDA Fast Path Error",
+    143: "GPU Initialization Error",
+    144: "NVLink: SAW Error",
+    145: "NVLink: RLW Error",
+    146: "NVLink: TLW Error",
+    147: "NVLink: TREX Error",
+    148: "NVLink: NVLPW_CTRL Error",
+    149: "NVLink: NETIR Error",
+    150: "NVLink: MSE Error",
+    151: "Key rotation Error",
+    154: "GPU Recovery Action Changed",
+    155: "NVLink: SW Defined Error",
+    156: "Resource Retirement Event",
+    157: "Resource Retirement Failure",
+    158: "GPU Fatal Timeout",
 }
-# Codes that mean the GPU or its memory is failing or gone (alerted as critical by the hub).
-CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140})
+# Codes that mean the GPU or its memory is failing or gone (alerted as critical by the hub; the
+# hub's server_monitor/alerts.py repeats this set and a test keeps them equal). From the catalogue:
+# uncorrectable memory errors (48, 94, 95, 140), row-remapper/page-retirement events and failures
+# (63, 64), NVLink errors before NVLink 5 (74), lost GPU (79), GSP firmware hang/error (119, 120),
+# GPU init failure and fatal timeout (143, 158); each needs at least a GPU reset. Not critical by
+# code: the NVLink 5 errors 144-150 (fatal or not by sub-code: the message says "Fatal" or
+# "Nonfatal"), 154 (only says which recovery another Xid needs), application errors (13, 31, 43, 45).
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158})
 
 _XID = re.compile(
     r"NVRM: Xid \(PCI:(?P<domain>[0-9a-fA-F]{4,8}):(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})"
-    r"(?:\.(?P<fn>[0-7]))?\): (?P<xid>\d{1,5}),\s*(?P<rest>.*)"
+    r"(?:\.(?P<fn>[0-7]))?(?: GPU-I:(?P<gi>\d{1,4}))?(?: GPU-CI:(?P<ci>\d{1,4}))?\): (?P<xid>\d{1,5}),\s*(?P<rest>.*)"
 )
-_PID_NAME = re.compile(r"pid=(?P<pid>[^,]*),\s*name=(?P<name>[^,]*),\s*(?P<text>.*)")
+# After the code: "pid=1234, name=python3, <text>", "pid=7194, <text>" (no name=, MIG-attributed
+# lines), "pid='<unknown>', name=<unknown>, <text>", or the text alone (older drivers).
+_PID_NAME = re.compile(r"pid=(?P<pid>'?<unknown>'?|\d{1,10}),\s*(?:name=(?P<name>[^,]*),\s*)?(?P<text>.*)")
+# "GPU has fallen off the bus" printed without an Xid: "NVRM: GPU 0000:01:00.0: GPU has fallen off the
+# bus." (current drivers), "NVRM: GPU at 0000:01:00.0 has fallen off the bus." (older ones), and
+# "NVRM: The NVIDIA GPU 0000:b3:00.0 / (PCI ID: 10de:26b5) installed in this system has / fallen off
+# the bus and is not responding to commands." (three kernel records, or one with escaped newlines).
+_GPU_NAMED = re.compile(r"NVRM: (?:The NVIDIA )?GPU (?:at )?(?:PCI:)?(?P<bus>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:"
+                        r"[0-9a-fA-F]{2}(?:\.[0-7])?)\b")
+_FALLEN = re.compile(r"fallen off the bus", re.I)
+# A "The NVIDIA GPU <bus>" record is followed by its "fallen off the bus" record within this many records.
+FALLEN_SPAN = 4
 
 # Records read per cycle at most (the first cycle reads the whole ring buffer once).
 MAX_RECORDS = 50000
@@ -99,32 +136,57 @@ def parse_record(raw):
     except ValueError:
         return None
     message = rest.split("\n", 1)[0]  # continuation lines (" KEY=value") are not part of the text
+    # /dev/kmsg escapes a newline inside one message as "\x0a" (Documentation/ABI/testing/dev-kmsg).
+    message = message.replace("\\x0a", " ")
     return seq, usec, message
+
+
+def nvidia_bus_id(domain, bus, dev, fn=None):
+    """PCI address parts (hex text) in nvidia-smi's form ``00000000:3B:00.0``."""
+    return "%08X:%s:%s.%s" % (int(domain, 16), bus.upper(), dev.upper(), fn or "0")
 
 
 def parse_xid(message):
     """An ``NVRM: Xid`` message to an event dict, else None.
 
-    Returns ``{"pci.bus_id", "xid", "name", "pid", "process_name", "message"}``; ``pci.bus_id`` is
-    in nvidia-smi's form (``00000000:3B:00.0``), ``pid``/``process_name`` None when the driver
-    did not print them (or printed ``<unknown>``).
+    Returns ``{"pci.bus_id", "xid", "name", "pid", "process_name", "gpu_instance_id",
+    "compute_instance_id", "message"}``; ``pci.bus_id`` is in nvidia-smi's form
+    (``00000000:3B:00.0``); ``pid``/``process_name`` None when the driver did not print them (or
+    printed ``<unknown>``); ``gpu_instance_id``/``compute_instance_id`` the MIG instance the driver
+    tagged the line with (``Xid (PCI:0000:01:00 GPU-I:05 GPU-CI:02): 94``), else None.
     """
     match = _XID.search(message)
     if not match:
         return None
-    bus_id = "%08X:%s:%s.%s" % (int(match.group("domain"), 16), match.group("bus").upper(),
-                                match.group("dev").upper(), match.group("fn") or "0")
+    bus_id = nvidia_bus_id(match.group("domain"), match.group("bus"), match.group("dev"), match.group("fn"))
     xid = int(match.group("xid"))
     pid = name = None
     detail = match.group("rest")
     extra = _PID_NAME.match(detail)
     if extra:
-        pid_text = extra.group("pid").strip().strip("'\"")
+        pid_text = extra.group("pid").strip("'\"")
         pid = int(pid_text) if pid_text.isdigit() else None
-        name_text = extra.group("name").strip().strip("'\"")
+        name_text = (extra.group("name") or "").strip().strip("'\"")
         name = None if name_text in ("", "<unknown>") else name_text[:256]
+    gi, ci = match.group("gi"), match.group("ci")
     return {"pci.bus_id": bus_id, "xid": xid, "name": XID_NAMES.get(xid), "pid": pid, "process_name": name,
+            "gpu_instance_id": int(gi) if gi is not None else None,
+            "compute_instance_id": int(ci) if ci is not None else None,
             "message": message.strip()[:1024]}
+
+
+def fallen_off_bus(message):
+    """The bus id (nvidia-smi form) of an ``NVRM: GPU ...`` message that says the GPU fell off the
+    bus without an Xid, else None (see :data:`_GPU_NAMED`)."""
+    match = _GPU_NAMED.search(message)
+    if not match or not _FALLEN.search(message):
+        return None
+    return _bus_of(match.group("bus"))
+
+
+def _bus_of(text):
+    key = bus_key(text)
+    return None if key is None else "%08X:%02X:%02X.%d" % key
 
 
 class KmsgReader:
@@ -147,6 +209,23 @@ class KmsgReader:
         self._last_seq = -1
         self._first = True
         self.state = None
+        self._lost = {}  # bus id (nvidia-smi form) -> {"pci.bus_id", "message"}: fell off the bus
+        self._named = None  # (bus id, seq) of the last "NVRM: The NVIDIA GPU <bus>" record
+
+    def lost_gpus(self):
+        """GPUs the kernel log said fell off the bus (Xid 79, or the message without an Xid), as
+        ``[{"pci.bus_id", "message"}]`` like ``gpu_status.lost``; kept until :meth:`forget`."""
+        return list(self._lost.values())
+
+    def forget(self, bus_id):
+        """Drop ``bus_id`` from :meth:`lost_gpus` (the GPU answers again, e.g. after a reset)."""
+        key = bus_key(bus_id)
+        for bus in [b for b in self._lost if bus_key(b) == key]:
+            del self._lost[bus]
+
+    def _mark_lost(self, bus_id, message):
+        if bus_id and len(self._lost) < 64:
+            self._lost[bus_id] = {"pci.bus_id": bus_id, "message": message.strip()[:1024]}
 
     def _open(self):
         fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -183,13 +262,29 @@ class KmsgReader:
                 records.extend(line for line in lines if line and not line.startswith(b" "))
         return records
 
+    def _fallen(self, seq, message, old):
+        """Notice "GPU has fallen off the bus" printed without an Xid (one record or three)."""
+        bus = fallen_off_bus(message)
+        if bus is None:
+            match = _GPU_NAMED.search(message)
+            if match and "NVRM: The NVIDIA GPU" in message:
+                self._named = (_bus_of(match.group("bus")), seq)
+                return
+            if self._named is not None and _FALLEN.search(message) and seq - self._named[1] <= FALLEN_SPAN:
+                bus = self._named[0]
+        if bus is not None:
+            self._named = None
+            if not old:
+                self._mark_lost(bus, message)
+
     def collect(self, now=None):
         """Read what is new. Returns ``{"kmsg_state": str, "xid_events": [event, ...]}``.
 
         ``kmsg_state``: ``ok``, ``not_found`` (no such file), ``permission_denied`` (needs root
         or CAP_SYSLOG; ``kernel.dmesg_restrict``), ``error`` (another OS error). An event is
         :func:`parse_xid` output plus ``seq``, ``usec`` and ``time`` (epoch s, None without
-        ``boot_time``).
+        ``boot_time``). GPUs that fell off the bus (Xid 79, or the driver's message without an Xid)
+        are remembered for :meth:`lost_gpus`.
         """
         now = time.time() if now is None else now
         try:
@@ -211,14 +306,18 @@ class KmsgReader:
             if seq <= self._last_seq:
                 continue
             self._last_seq = seq
-            if "NVRM: Xid" not in message:
-                continue
-            event = parse_xid(message)
-            if event is None:
+            if "NVRM:" not in message:
                 continue
             event_time = self.boot_time + usec / 1e6 if self.boot_time is not None else None
-            if self._first and event_time is not None and event_time < now - self.history_s:
+            old = self._first and event_time is not None and event_time < now - self.history_s
+            if "NVRM: Xid" not in message:
+                self._fallen(seq, message, old)
                 continue
+            event = parse_xid(message)
+            if event is None or old:
+                continue
+            if event["xid"] == 79:
+                self._mark_lost(event["pci.bus_id"], message)
             event.update(seq=seq, usec=usec, time=event_time)
             events.append(event)
         self._first = False

@@ -304,7 +304,12 @@ def parse_list_gpus(text):
     return gpus
 
 
-_TABLE_MIG_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|\s+(\d+)MiB\s*/\s*(\d+)MiB\s+\|\s+(\d+)\s+(\S+)\s+\|")
+# First line of a MIG device row: "|  GPU  GI  CI  MIG | <memory> | SM  Unc | CE ENC ... |". The memory
+# cell reads "11091MiB / 40448MiB", "N/A", or is blank: older drivers (R450-R550) print the compute
+# instances (CI) of one GPU instance (GI) as merged cells, the memory and BAR1 cells only on the
+# GI's first CI row (the NVIDIA MIG User Guide's `nvidia-smi mig -cci 0,0,0 -gi 1` example).
+_TABLE_MIG_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\|([^|]*)\|\s+(\d+)\s+(\S+)\s+\|")
+_TABLE_MIG_MEMORY = re.compile(r"^\s*(\d+)MiB\s*/\s*(\d+)MiB\s*$")
 _TABLE_PROC_ROW = re.compile(r"^\|\s+(\d+)\s+(\d+|N/A)\s+(\d+|N/A)\s+(\d+)\s+(\S+)\s+(.*?)\s+(\d+|N/A)(?:MiB)?\s*\|$")
 
 
@@ -312,12 +317,19 @@ def parse_mig_table(text):
     """The ``MIG devices:`` and ``Processes:`` boxes of plain ``nvidia-smi`` output.
 
     Returns ``(devices, processes)``: ``devices`` a list of ``{"gpu_index", "gpu_instance_id",
-    "compute_instance_id", "mig_index", "memory.used", "memory.total", "sm_count"}`` (MiB; the
-    first line of each device row), ``processes`` a list of ``{"gpu_index", "gpu_instance_id",
-    "compute_instance_id", "pid", "process_name", "used_gpu_memory"}`` (ids None without MIG).
+    "compute_instance_id", "mig_index", "memory.used", "memory.total", "sm_count"}``, one per MIG
+    device (= compute instance, CI) in table order; ``processes`` a list of ``{"gpu_index",
+    "gpu_instance_id", "compute_instance_id", "pid", "process_name", "used_gpu_memory"}`` (ids None
+    for a GPU without MIG, printed ``N/A``).
+
+    Memory (MiB, the first line of the row) belongs to the GPU instance (GI): every CI of a GI
+    shares it. Where the driver prints it once for the GI (merged cells: the later CI rows of the
+    GI have a blank memory cell), those CIs get the GI's values; ``N/A`` gives None. A CI row never
+    takes the memory of another GI.
     """
     devices, processes = [], []
     section = None
+    shared = {}  # (gpu, gi) -> (used, total) as printed on the GI's first row
     for line in text.splitlines():
         if "MIG devices:" in line:
             section = "mig"
@@ -328,9 +340,19 @@ def parse_mig_table(text):
         if section == "mig":
             match = _TABLE_MIG_ROW.match(line)
             if match:
-                gpu, gi, ci, dev, used, total, sms = (int(match.group(i)) for i in range(1, 8))
+                gpu, gi, ci, dev = (int(match.group(i)) for i in range(1, 5))
+                cell = match.group(5)
+                memory = _TABLE_MIG_MEMORY.match(cell)
+                if memory:
+                    used, total = int(memory.group(1)), int(memory.group(2))
+                    shared[(gpu, gi)] = (used, total)
+                elif cell.strip() == "":
+                    used, total = shared.get((gpu, gi), (None, None))
+                else:
+                    used = total = None
+                sms = match.group(6)
                 devices.append({"gpu_index": gpu, "gpu_instance_id": gi, "compute_instance_id": ci, "mig_index": dev,
-                                "memory.used": used, "memory.total": total, "sm_count": sms})
+                                "memory.used": used, "memory.total": total, "sm_count": int(sms)})
         elif section == "proc":
             match = _TABLE_PROC_ROW.match(line)
             if match:
@@ -361,36 +383,92 @@ def mig_devices(listing, devices):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The named (non-device) columns of ``topo -m``, in the order nvidia-smi prints them.
+TOPO_AFFINITY_COLUMNS = ("CPU Affinity", "NUMA Affinity", "GPU NUMA ID")
+# Connection words of a ``topo -m`` cell (SOC is the pre-2017 name of SYS; NV# bonded NVLinks).
+TOPO_LINK = re.compile(r"X|SYS|SOC|NODE|PHB|PXB|PIX|NV\d{1,3}")
+# A NUMA node set as nvidia-smi prints it: "0", "0-1", "0,8,252-255".
+_NUMA_SET = re.compile(r"\d{1,4}(?:[-,]\d{1,4}){0,63}")
+_CPU_SET = re.compile(r"\d{1,5}(?:[-,]\d{1,5}){0,255}")
+_GPU_COL = re.compile(r"GPU(\d{1,4})")
+
+
+def numa_node_text(text):
+    """``text`` when it is a NUMA node set (``0``, ``0-1``, ``0,8,252-255``), else None.
+
+    A link word (``SYS``, ``NODE``, ``NV12``, ...), ``N/A`` or anything else is not a NUMA node.
+    """
+    text = (text or "").strip()
+    return text if _NUMA_SET.fullmatch(text) else None
+
+
+def _topo_columns(header):
+    """Column names of a ``topo -m`` header line (tab-separated, or whitespace in pasted copies)."""
+    if "\t" in header:
+        return [c.strip() for c in header.strip(" \t").split("\t")]
+    words, columns, i = header.split(), [], 0
+    while i < len(words):
+        for name in TOPO_AFFINITY_COLUMNS:
+            parts = name.split()
+            if words[i:i + len(parts)] == parts:
+                columns.append(name)
+                i += len(parts)
+                break
+        else:
+            columns.append(words[i])
+            i += 1
+    return columns
 
 
 def parse_topo(text):
     """``nvidia-smi topo -m`` to ``{"gpus": [...], "links": [...]}``; None when it is not a matrix.
 
-    ``gpus``: ``{"index", "cpu_affinity", "numa_affinity", "gpu_numa_id"}`` per GPU row (text
-    as printed, None for ``N/A`` or empty). ``links``: ``{"a", "b", "link"}`` for every GPU pair
-    ``a < b`` with nvidia-smi's connection name (``NV4``: 4 bonded NVLinks, ``PIX``, ``PXB``,
-    ``PHB``, ``NODE``, ``SYS``). NIC rows and columns are skipped.
+    Columns are found by their header: every column before the named ones (``CPU Affinity``,
+    ``NUMA Affinity``, ``GPU NUMA ID``) is a device, ``GPU<n>`` a GPU and any other name a NIC
+    (``NIC0`` with a "NIC Legend", ``mlx5_0`` / ``mlx4_0`` without one). ``gpus``:
+    ``{"index", "cpu_affinity", "numa_affinity", "gpu_numa_id"}`` per GPU row; a value that is not
+    of its column's kind (a link word such as ``SYS`` in a NUMA column, ``N/A``, empty) is None,
+    so a connection word is never stored as a NUMA node. ``links``: ``{"a", "b", "link"}`` for every
+    GPU pair ``a < b`` with nvidia-smi's connection name (``NV4``: 4 bonded NVLinks, ``PIX``,
+    ``PXB``, ``PHB``, ``NODE``, ``SYS``). NIC rows and columns are skipped. Cells are tab-separated
+    as nvidia-smi prints them; a copy whose tabs became spaces (pasted into an issue) also parses.
     """
-    lines = [_ANSI.sub("", line) for line in text.splitlines()]
-    header = next((line for line in lines if line.startswith("\t") and "GPU0" in line), None)
-    if header is None:
+    lines = [_ANSI.sub("", line).rstrip("\n") for line in text.splitlines()]
+    columns = None
+    for line in lines:
+        words = line.split()
+        if "GPU0" in words and "X" not in words and not line.lstrip().startswith(("Legend", "NIC Legend")):
+            columns = _topo_columns(line)
+            break
+    if columns is None:
         return None
-    columns = [c.strip() for c in header.split("\t")[1:]]
-    gpu_cols = [i for i, c in enumerate(columns) if re.fullmatch(r"GPU\d+", c)]
-    dev_cols = [i for i, c in enumerate(columns) if re.fullmatch(r"(GPU|NIC)\d+", c)]
+    named = [c for c in columns if c in TOPO_AFFINITY_COLUMNS]
+    devices = columns[:columns.index(named[0])] if named else list(columns)
+    gpu_cols = {i: int(m.group(1)) for i, c in enumerate(devices) for m in [_GPU_COL.fullmatch(c)] if m}
+    checks = {"CPU Affinity": _CPU_SET, "NUMA Affinity": _NUMA_SET, "GPU NUMA ID": _NUMA_SET}
     gpus, links = [], []
     for line in lines:
-        match = re.match(r"^GPU(\d+)\t", line)
+        match = re.match(r"^GPU(\d{1,4})(?:\t|\s+(?=\S))", line)
         if not match:
             continue
         index = int(match.group(1))
-        cells = [c.strip() for c in line.split("\t")[1:]]
-        for col in gpu_cols:
-            other = int(columns[col][3:])
-            if other > index and col < len(cells) and cells[col] not in ("", "X"):
-                links.append({"a": index, "b": other, "link": cells[col][:16]})
-        rest = [c for c in cells[len(dev_cols):] if c != ""]
-        values = [None if c in ("N/A", "") else c[:256] for c in rest] + [None, None, None]
-        gpus.append({"index": index, "cpu_affinity": values[0], "numa_affinity": values[1],
-                     "gpu_numa_id": values[2]})
+        if "\t" in line:
+            cells = [c.strip() for c in line.split("\t")[1:]]
+        else:
+            cells = line.split()[1:]
+        device_cells, rest = cells[:len(devices)], cells[len(devices):]
+        if len(device_cells) < len(devices) or not all(TOPO_LINK.fullmatch(c) for c in device_cells if c):
+            continue  # not a matrix row (a misaligned or cut line)
+        for col, other in gpu_cols.items():
+            cell = device_cells[col]
+            if other > index and cell not in ("", "X"):
+                links.append({"a": index, "b": other, "link": cell[:16]})
+        values = [c for c in rest if c != ""]
+        gpu = {"index": index, "cpu_affinity": None, "numa_affinity": None, "gpu_numa_id": None}
+        for name, value in zip(named, values):
+            if checks[name].fullmatch(value):
+                key = {"CPU Affinity": "cpu_affinity", "NUMA Affinity": "numa_affinity",
+                       "GPU NUMA ID": "gpu_numa_id"}[name]
+                gpu[key] = value[:256]
+        gpus.append(gpu)
     return {"gpus": gpus, "links": links} if gpus else None

@@ -7,17 +7,19 @@ Datasette's CSRF token; every route answers 403 to anyone but an admin.
 """
 
 import secrets
+from urllib.parse import parse_qs
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
-from server_monitor import hub, tokens
-from server_monitor.alerts import identity_text
-from server_monitor.accounts import ROLES, AccountError
-from server_monitor.queries import DATABASE, QUERIES, run
-from server_monitor.store import delete_server
-from server_monitor.web import page
+from server_monitor.serving import hub
+from server_monitor.auth import tokens
+from server_monitor.jobs.alerts import identity_text
+from server_monitor.auth.accounts import ROLES, AccountError
+from server_monitor.serving.queries import DATABASE, QUERIES, run
+from server_monitor.storage.store import delete_server
+from server_monitor.serving.web import page
 
 
 def _forbidden(request, post=True):
@@ -42,8 +44,6 @@ class Form(dict):
 
 
 async def read_form(request):
-    from urllib.parse import parse_qs
-
     body = (await request.post_body()).decode("utf-8", "replace")
     return Form(parse_qs(body, keep_blank_values=True))
 
@@ -67,7 +67,7 @@ async def render(request, datasette, status=200, **extra):
     identity_events = await run(datasette, "host_identity_events", actor)
     agent_tokens = tokens.list_tokens(ctx.accounts.connection())
     # Not "base_url": Datasette's own template variable of that name would win. server.public_url
-    # when configured: the Host header can be forged (I5).
+    # when configured: the Host header can be forged (see docs/security.md I5).
     site_url = (ctx.config.get("server.public_url") or f"{request.scheme}://{request.host}").rstrip("/")
     return await page(
         datasette, request, "admin.html", status=status,

@@ -17,9 +17,9 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor import hub
-from server_monitor.queries import DATABASE, run
-from server_monitor.store import delete_server
+from server_monitor.serving import hub
+from server_monitor.serving.queries import DATABASE, run
+from server_monitor.storage.store import delete_server
 
 def error(status, message, **headers):
     return Response.json({"ok": False, "status": status, "error": message}, status=status,

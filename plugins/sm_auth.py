@@ -21,11 +21,11 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password, verify_password
 
-from server_monitor import hub
-from server_monitor.accounts import AccountError, check_password, check_username
-from server_monitor.config import admin_password_hash
-from server_monitor.queries import ADMIN_QUERIES
-from server_monitor.web import page
+from server_monitor.serving import hub
+from server_monitor.auth.accounts import AccountError, check_password, check_username
+from server_monitor.core.config import admin_password_hash
+from server_monitor.serving.queries import ADMIN_QUERIES
+from server_monitor.serving.web import page
 
 BUSY_MESSAGE = "The hub is busy checking other passwords. Try again in a few seconds."
 
@@ -49,8 +49,8 @@ def client_address(request, ctx):
     """The client's address: the trusted proxy header when configured, else the socket peer.
 
     From the header the rightmost address is taken: the one your proxy added. Addresses to its
-    left come from the client and can be forged (L4). The header is read only from a socket
-    peer in ``auth.trusted_proxies`` (I-6).
+    left come from the client and can be forged (see docs/security.md L4). The header is read
+    only from a socket peer in ``auth.trusted_proxies`` (I-6).
     """
     header = ctx.config.get("auth.trusted_proxy_header")
     if header and hub.from_trusted_proxy(request.scope, ctx.config):
@@ -163,7 +163,7 @@ async def login(request, datasette):
 async def register(request, datasette):
     """``/register?code=``: the form (GET, 404 for a dead invite) and the account creation (POST).
 
-    The invite, the username and the password policy are checked before any PBKDF2 work (M2);
+    The invite, the username and the password policy are checked before any PBKDF2 work (see docs/security.md M2);
     failures (bad invite, taken name) are limited per client address and per invite (429).
     """
     ctx = hub.context(datasette)
@@ -202,7 +202,7 @@ async def register(request, datasette):
             raise AccountError("The two passwords differ.")
         check_username(username)
         if username.lower() == ctx.admin_username.lower() or ctx.accounts.user(username) is not None:
-            failed = True  # only an invite holder gets this far (I7)
+            failed = True  # only an invite holder gets this far (see docs/security.md I7)
             raise AccountError(f"The username {username!r} is taken.")
         check_password(password, username)
         password_hash = await ctx.password_work(hash_password, password)
@@ -236,7 +236,7 @@ async def account(request, datasette):
             error = "The two new passwords differ."
         else:
             user = ctx.accounts.user(actor["id"])
-            # The current-password check shares the login budget of this username (L5).
+            # The current-password check shares the login budget of this username (see docs/security.md L5).
             token, wait, busy = ctx.limiter.reserve(["user:" + actor["id"].lower()])
             if token is None:
                 wait = wait or 5

@@ -1,15 +1,15 @@
 """Canned queries from ``canned_queries/*.sql`` plus the ``:_scope_*`` magic parameters.
 
 Each ``.sql`` file is one canned query on the ``monitor`` database, named by its file
-stem (see ``server_monitor/queries.py``). Queries filter rows with
+stem (see ``server_monitor/serving/queries.py``). Queries filter rows with
 ``(:_scope_all or s.id in (select value from json_each(:_scope_servers)))`` so every
 actor sees only the servers in their scope.
 """
 
 from datasette import hookimpl
 
-from server_monitor import hub
-from server_monitor.queries import DATABASE, DATASETTE_QUERIES, scope_value
+from server_monitor.serving import hub
+from server_monitor.serving.queries import DATABASE, DATASETTE_QUERIES, scope_value
 
 
 @hookimpl

@@ -1,4 +1,4 @@
-"""CSV exports that a spreadsheet cannot run (security review L2).
+"""CSV exports that a spreadsheet cannot run (see docs/security.md L2).
 
 Every ``.csv`` answer of Datasette (tables, canned queries, ``?sql=``, ``_stream=1``) is written
 by one ``csv.writer`` call in ``datasette.views.base``; Datasette 0.65 has no hook for it. At
@@ -13,6 +13,7 @@ import re
 import types
 
 from datasette import hookimpl
+from datasette.views import base
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -47,8 +48,6 @@ def _shim():
 
 def install():
     """Patch Datasette's CSV writer (idempotent); returns True when the patch is in place."""
-    from datasette.views import base
-
     if not getattr(base.csv, "sm_escaping", False):
         base.csv = _shim()
     return True

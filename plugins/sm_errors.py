@@ -13,25 +13,21 @@ Datasette's CSV view as ``QueryInterrupted`` and was answered 500 (security revi
 answered 400 "SQL query took too long", as the JSON and HTML views answer it.
 """
 
+import datasette.handle_exception as default_handler
 from datasette import hookimpl
+from datasette.database import QueryInterrupted
+from datasette.views.base import DatasetteError
 
 
 @hookimpl
 def startup(datasette):
-    import datasette.handle_exception as default_handler
-
     default_handler.rich = None
 
 
 @hookimpl(tryfirst=True)
 def handle_exception(datasette, request, exception):
     """``QueryInterrupted`` (a query past its time limit) → 400, for every view; others: Datasette's."""
-    from datasette.database import QueryInterrupted
-    from datasette.views.base import DatasetteError
-
     if not isinstance(exception, QueryInterrupted):
         return None
-    import datasette.handle_exception as default_handler
-
     return default_handler.handle_exception(datasette, request, DatasetteError(
         "SQL query took too long (the time limit stopped it).", title="SQL Interrupted", status=400))

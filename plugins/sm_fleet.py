@@ -1,6 +1,6 @@
 """The fleet grid's data and the alert controls, on the session login (JSON errors only):
 
-* ``GET /api/fleet`` — the compact fleet document of ``server_monitor.fleet`` for the
+* ``GET /api/fleet`` — the compact fleet document of ``server_monitor.serving.fleet`` for the
   viewer's scope; gzip when the client accepts it, ``ETag`` and ``304`` on ``If-None-Match``;
 * ``POST /api/alerts/<id>/ack`` ``{"note": "..."}`` — admin: acknowledge a firing alert;
 * ``POST /api/silences`` ``{"server_id": 3 | null, "rule": "gpu_temperature" | null,
@@ -16,8 +16,9 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor import contract, fleet, fleet_share, hub
-from server_monitor.queries import DATABASE, QUERIES, run
+from monitor_agent import textrule
+from server_monitor.serving import fleet, fleet_share, hub
+from server_monitor.serving.queries import DATABASE, QUERIES, run
 
 RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
          "gpu_pcie_degraded", "disk_full", "host_identity")
@@ -29,7 +30,7 @@ def error(status, message, **headers):
 
 
 def cache(datasette):
-    """The :class:`server_monitor.fleet.FleetCache` of this hub (created on first use)."""
+    """The :class:`server_monitor.serving.fleet.FleetCache` of this hub (created on first use)."""
     found = getattr(datasette, "_sm_fleet_cache", None)
     if found is None:
         db_path = hub.context(datasette).config.db_path
@@ -90,9 +91,9 @@ def _note(body):
         return ""
     if not isinstance(note, str) or len(note) > 500:
         raise ValueError("note must be text of at most 500 characters")
-    unsafe = contract.unsafe_char(note)
+    unsafe = textrule.first_unsafe(note)  # the agent-text rule (lone surrogates included)
     if unsafe:
-        raise ValueError(f"note: {unsafe}")
+        raise ValueError(f"note contains the character {textrule.describe(unsafe)}, which is not allowed")
     return note
 
 

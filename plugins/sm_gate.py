@@ -1,7 +1,7 @@
 """The hub's front door (one ASGI wrapper around Datasette).
 
 1. ``/api/report`` goes to the WSGI ingest app (``ingest.py``) on the same port, run in
-   one worker thread (``server_monitor.wsgi_bridge``) so writes never block the event loop;
+   one worker thread (``server_monitor.serving.wsgi_bridge``) so writes never block the event loop;
    ``/-/health`` answers here too, without a session.
 2. Every other request is private: the session cookie is resolved to an actor here, and
    anonymous requests for anything but login/register, static assets and token paths
@@ -11,39 +11,50 @@
    Content-Security-Policy keep it.
 """
 
+import base64
+import hashlib
 import json
 import os
+from html import escape
 from http.cookies import SimpleCookie
 from urllib.parse import quote, urlsplit
 
 import threading
 
 from datasette import hookimpl
+from datasette.utils.asgi import Response
+from datasette.views.base import DatasetteError
 
 import ingest
-from server_monitor import analyst, dbguard, hub
-from server_monitor.web import STRICT_CSP
-from server_monitor.wsgi_bridge import IngestBridge
-from server_monitor.wsgi_bridge import header as _header
+from server_monitor.serving import analyst, hub
+from server_monitor.serving.queries import ADMIN_QUERIES, DATABASE
+from server_monitor.storage import dbguard
+from server_monitor.serving.web import STRICT_CSP
+from server_monitor.serving.wsgi_bridge import IngestBridge
+from server_monitor.serving.wsgi_bridge import header as _header
 
 INGEST_PATH = "/api/report"
 HEALTH_PATH = "/-/health"
 PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
-# Paths that check a bearer token themselves (Prometheus scrapes /metrics without a session).
-TOKEN_PATHS = {"/metrics"}
+# Paths that check a bearer token themselves (Prometheus scrapes /metrics, its shards and servers
+# and its service discovery /metrics/targets without a session; plugins/sm_metrics.py).
+
+
+def is_token_path(path):
+    """True for ``/metrics`` and everything under ``/metrics/``."""
+    return path == "/metrics" or path.startswith("/metrics/")
+
+
 METRICS_401 = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
 # Datasette's introspection pages (/-/metadata, /-/plugins, /-/actor, ...) are admin-only;
 # these /-/ paths are for everyone logged in (or public, by the rules above).
 DASH_PATHS_FOR_ALL = ("/-/logout", "/-/login", "/-/register", "/-/static/", "/-/static-plugins/")
 PUBLIC_PREFIXES = ("/static/", "/-/static/", "/-/static-plugins/")
 def _script_hash(text):
-    import base64
-    import hashlib
-
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
 
-# Datasette's own pages (tables, queries, the SQL editor, /-/ pages) get a script-src too (I1):
+# Datasette's own pages (tables, queries, the SQL editor, /-/ pages) get a script-src too (see docs/security.md I1):
 # scripts only from this origin; the one inline script left in Datasette 0.65's templates
 # (table.html's "DATASETTE_ALLOW_FACET = true|false;") is allowed by its two hashes. The other
 # inline scripts were moved to static files (templates/_close_open_menus.html,
@@ -64,7 +75,7 @@ def wants_json(scope):
     """True for API-style requests, which get JSON errors instead of redirects."""
     path = scope.get("path", "")
     query = scope.get("query_string", b"").decode("latin-1")
-    if (path.startswith("/api/") or path in TOKEN_PATHS or path.endswith((".json", ".csv"))
+    if (path.startswith("/api/") or is_token_path(path) or path.endswith((".json", ".csv"))
             or "_format=" in query):
         return True
     accept = _header(scope, b"accept")
@@ -127,7 +138,7 @@ async def send_text(send, status, text):
     await send({"type": "http.response.body", "body": payload})
 
 
-# Paths that never read monitor.db: they keep working while the file is replaced (H2), so a
+# Paths that never read monitor.db: they keep working while the file is replaced (see docs/reliability.md H2), so a
 # user can still log in or out and the pages' banner can ask /-/health what happened.
 NO_METRICS_PATHS = {"/login", "/logout", "/-/logout", "/-/login", "/register", "/-/register", "/account",
                     "/favicon.ico"}
@@ -135,7 +146,7 @@ NO_METRICS_PATHS = {"/login", "/logout", "/-/logout", "/-/login", "/register", "
 
 def database_refusal(path, ctx):
     """The dbguard problem text when ``path`` would serve data from a monitor.db that was deleted
-    or replaced under the running hub (newcomer H2), else None. Static files and the account
+    or replaced under the running hub (see docs/reliability.md H2), else None. Static files and the account
     pages (auth.db only) are always served."""
     if path in NO_METRICS_PATHS or path.startswith(PUBLIC_PREFIXES):
         return None
@@ -145,13 +156,11 @@ def database_refusal(path, ctx):
 async def send_database_replaced(send, scope, problem):
     """503 with ``Retry-After`` for a data page while monitor.db is replaced: JSON
     ``{"ok": false, "status": 503, "error": ..., "database_replaced": true}`` for API-style
-    requests, else a short HTML page saying the same (H2)."""
+    requests, else a short HTML page saying the same (see docs/reliability.md H2)."""
     extra = [(b"retry-after", b"30")]
     if wants_json(scope):
         return await send_json(send, 503, {"ok": False, "status": 503, "error": problem, "database_replaced": True},
                                extra)
-    from html import escape
-
     payload = ("<!DOCTYPE html><html lang=en><meta charset=utf-8><title>Database replaced · Server Monitor</title>"
                "<link rel=stylesheet href=/static/dashboard.css><main><h1>The metrics database was replaced or deleted"
                "</h1><p role=alert>" + escape(problem) + "</p><p>Restart the hub (after restoring the file if it"
@@ -185,7 +194,7 @@ async def health(datasette, send):
     its own hub from another one answering on the port)."""
     run_id = {"run_id": os.environ["SERVER_MONITOR_RUN_ID"]} if os.environ.get("SERVER_MONITOR_RUN_ID") else {}
     replaced = dbguard.check(hub.context(datasette).config.db_path)
-    if replaced:  # H2: monitor.db deleted or replaced under the running hub
+    if replaced:  # see docs/reliability.md H2: monitor.db deleted or replaced under the running hub
         return await send_json(send, 503, {"ok": False, "error": replaced, "database_replaced": True,
                                            **run_id})
     try:
@@ -208,7 +217,7 @@ def _origin_of(url):
 
 
 def cross_origin_refusal(scope, ctx, https):
-    """Why a state-changing request must be refused as cross-origin, or None (M1).
+    """Why a state-changing request must be refused as cross-origin, or None (see docs/security.md M1).
 
     ``Sec-Fetch-Site`` (sent by browsers on https and localhost) must be ``same-origin`` or
     ``none``: ``same-site`` is the cookie-tossing case (another port or a sibling subdomain).
@@ -230,7 +239,7 @@ def cross_origin_refusal(scope, ctx, https):
 
 
 def bind_csrf_to_session(scope, datasette, session_id):
-    """Replace any ``ds_csrftoken`` cookie the browser sent by the session-bound token (M1).
+    """Replace any ``ds_csrftoken`` cookie the browser sent by the session-bound token (see docs/security.md M1).
 
     Datasette's CSRF check (asgi-csrf, inside the gate) then renders and expects that token,
     so a token planted by a same-site page (cookie tossing) or taken from an anonymous page is
@@ -260,7 +269,7 @@ _ingest_lock = threading.Lock()
 def ingest_app(ctx):
     """The hub's ingest WSGI app (``ingest.make_application``), built once per hub context.
 
-    Building it migrates ``monitor.db`` and starts watching the file's identity (H2), so the
+    Building it migrates ``monitor.db`` and starts watching the file's identity (see docs/reliability.md H2), so the
     ``startup`` hook below builds it before the first request.
     """
     if ctx.ingest is None:
@@ -303,7 +312,7 @@ def asgi_wrapper(datasette):
                 kind = _header(scope, b"content-type").split(";")[0].strip().lower()
                 if kind == "multipart/form-data":
                     # No hub form uses it; asgi-csrf's multipart parser fails on current
-                    # python-multipart (500 before, I2).
+                    # python-multipart (500 before, see docs/security.md I2).
                     return await send_json(send, 415, {"ok": False, "status": 415, "error":
                                                        "forms are posted as application/x-www-form-urlencoded"})
             if actor is not None:
@@ -317,8 +326,8 @@ def asgi_wrapper(datasette):
                     return await send_json(send, 415, {"ok": False, "status": 415,
                                                        "error": "API writes take application/json or no body"})
             bearer = _header(scope, b"authorization").lower().startswith("bearer ")
-            if actor is None and not is_public(path) and not (path in TOKEN_PATHS and bearer):
-                if path in TOKEN_PATHS:  # /metrics: say what a scraper needs, not "login required"
+            if actor is None and not is_public(path) and not (is_token_path(path) and bearer):
+                if is_token_path(path):  # /metrics: say what a scraper needs, not "login required"
                     return await send_json(
                         send, 401, {"ok": False, "status": 401, "error": METRICS_401},
                         [(b"www-authenticate", b'Bearer realm="server-monitor"')],
@@ -332,7 +341,7 @@ def asgi_wrapper(datasette):
                 return await redirect(send, "/login?next=" + quote(target, safe=""))
 
             problem = database_refusal(path, ctx)
-            if problem is not None:  # H2: never serve the deleted file's data as if it were current
+            if problem is not None:  # see docs/reliability.md H2: never serve the deleted file's data as if it were current
                 return await send_database_replaced(send, scope, problem)
 
             if (actor is not None and path.startswith("/-/") and actor.get("role") != "admin"
@@ -348,7 +357,7 @@ def asgi_wrapper(datasette):
             async def send_with_headers(message):
                 if message["type"] == "http.response.start":
                     headers = list(message.get("headers") or [])
-                    if https:  # Datasette's CSRF cookie gets Secure behind https too (I9)
+                    if https:  # Datasette's CSRF cookie gets Secure behind https too (see docs/security.md I9)
                         headers = [(k, v + b"; Secure") if k == b"set-cookie" and v.startswith(b"ds_csrftoken=")
                                    and b"Secure" not in v else (k, v) for k, v in headers]
                     names = {k.lower() for k, _ in headers}
@@ -360,7 +369,7 @@ def asgi_wrapper(datasette):
                     message = dict(message, headers=headers)
                 await send(message)
 
-            if analyst.is_adhoc_sql(scope):  # ad-hoc SQL on its own bounded path (L6)
+            if analyst.is_adhoc_sql(scope):  # ad-hoc SQL on its own bounded path (see docs/security.md L6)
                 return await ctx.analyst_sql(app, scope, receive, send_with_headers)
             return await app(scope, receive, send_with_headers)
 
@@ -375,19 +384,17 @@ def skip_csrf(datasette, scope):
     return scope.get("path", "").startswith("/api/")
 
 
-# Datasette errors caused by the request, not the server, that Datasette 0.65 answers with 500 (I3).
+# Datasette errors caused by the request, not the server, that Datasette 0.65 answers with 500 (see docs/security.md I3).
 _BAD_INPUT_ERRORS = ("Cannot sort table by", "Cannot use _sort and _sort_desc")
 
 
 @hookimpl
 def handle_exception(datasette, request, exception):
-    """Bad ``?_sort=`` and similar request mistakes: 400 instead of Datasette's 500 (I3).
+    """Bad ``?_sort=`` and similar request mistakes: 400 instead of Datasette's 500 (see docs/security.md I3).
 
     Sets the status on the exception and returns None, so Datasette's own handler still renders
     the page or JSON error (with the message escaped) as usual.
     """
-    from datasette.views.base import DatasetteError
-
     if isinstance(exception, DatasetteError) and exception.status == 500 and \
             str(exception.message).startswith(_BAD_INPUT_ERRORS):
         exception.status = 400
@@ -395,13 +402,11 @@ def handle_exception(datasette, request, exception):
 
 
 def post_refusal(path):
-    """Why a state-changing request to a Datasette data path cannot be served, or None (I3).
+    """Why a state-changing request to a Datasette data path cannot be served, or None (see docs/security.md I3).
 
     Only the admin write canned queries (``/monitor/admin_*``) take POST; Datasette 0.65 answers
     a POST to a read-only query or a table page with a 500.
     """
-    from server_monitor.queries import ADMIN_QUERIES, DATABASE
-
     prefix = "/" + DATABASE
     if path != prefix and not path.startswith((prefix + "/", prefix + ".", "/_internal")):
         return None
@@ -415,8 +420,6 @@ def post_refusal(path):
 @hookimpl
 def forbidden(datasette, request, message):
     """Datasette's 403 as JSON for API-style requests (scripts never get an HTML page)."""
-    from datasette.utils.asgi import Response
-
     if wants_json(request.scope):
         return Response.json({"ok": False, "status": 403, "error": f"forbidden: {message}"}, status=403)
     return None

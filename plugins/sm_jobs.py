@@ -4,15 +4,15 @@
   seconds (60; 0 turns it off);
 * alert evaluation and delivery every ``alerts.interval_s`` seconds (``alerts.enabled``).
 
-They run in one process per hub, the holder of the jobs lock (``server_monitor.leader``): the
+They run in one process per hub, the holder of the jobs lock (``server_monitor.jobs.leader``): the
 worker itself with one worker, the ``serve`` process with several (this hook then only waits
 on the lock and reads the leader's state for ``/-/health``).
 """
 
 from datasette import hookimpl
 
-from server_monitor import hub
-from server_monitor.leader import JobsLeader, start_jobs
+from server_monitor.serving import hub
+from server_monitor.jobs.leader import JobsLeader, start_jobs
 
 
 @hookimpl

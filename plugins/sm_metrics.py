@@ -1,20 +1,61 @@
-"""``GET /metrics``: Prometheus text format of the fleet (see ``server_monitor/metrics.py``).
+"""``GET /metrics``: Prometheus text format of the fleet (see ``server_monitor/serving/metrics.py``), and
+``GET /metrics/targets``: Prometheus HTTP service discovery (``http_sd_configs``) of its shards or
+servers, so one or many Prometheus / vmagent split the fleet with ``hashmod`` relabeling.
 
-Allowed with ``Authorization: Bearer <prometheus.token>`` (config.yaml; compared in
-constant time) or an admin session. Anything else: 401/403 JSON.
+* ``/metrics`` — the whole fleet; ``/metrics?shard=I&of=N`` — the servers whose id % N == I;
+  ``/metrics/servers/<id>`` — one server (no ``Hostname``/``server_id`` labels on its samples: its
+  target carries them).
+* ``/metrics/targets`` (``?shards=N``, default ``prometheus.shards``; ``?per=server`` for one
+  target per server) — ``[{"targets": ["host:port"], "labels": {...}}]`` as ``http_sd_configs``
+  wants, ``__metrics_path__`` / ``__param_*`` set per target.
+
+Allowed with ``Authorization: Bearer <prometheus.token>`` (config.yaml; compared in constant time)
+or an admin session. Anything else: 401/403 JSON. A bad ``shard``/``of``: 400.
+
+The exposition is built on a thread (never on the event loop that answers the agents' reports),
+gzip-compressed when the scraper accepts it, and, when it took at least :data:`REUSE_MIN_COST_S`
+to build (a large fleet), kept for :data:`REUSE_S` seconds per scope: scrapes that pile up (a
+Prometheus that timed out and retried, several Prometheus on one shard) share one build instead of
+each paying for it. A small fleet's exposition is always fresh.
 """
 
+import asyncio
+import gzip
 import hmac
+import json
+import time
+from urllib.parse import urlsplit
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from server_monitor import hub
-from server_monitor.metrics import DISKS_SQL, GPUS_SQL, MIG_SQL, SERVERS_SQL, exposition
-
+from server_monitor.serving import hub
+from server_monitor.serving.metrics import CONTENT_TYPE, exposition, scoped_queries
 
 METRICS_REFUSED = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
+# A built exposition is served again for this long (s): shorter than any sane scrape interval.
+REUSE_S = 5.0
+# ... when its build cost at least this much (s).
+REUSE_MIN_COST_S = 0.05
+MAX_SHARDS = 1024
+# zlib level 1: 56 MB of text at 1,000 servers x 8 GPUs -> 3.2 MB in 0.4 s (level 5: 2.1 MB in 1.0 s).
+GZIP_LEVEL = 1
+
+
+
+class _Cache:
+    """Per Datasette instance: scope key -> (reusable until (monotonic), text, gzip) and the
+    per-scope locks that make concurrent scrapes of one scope wait for one build."""
+
+    def __init__(self):
+        self.built, self.locks = {}, {}
+
+
+def _cache(datasette):
+    cache = getattr(datasette, "_sm_metrics_cache", None)
+    if cache is None:
+        cache = datasette._sm_metrics_cache = _Cache()
+    return cache
 
 
 def _token_ok(request, configured):
@@ -24,19 +65,125 @@ def _token_ok(request, configured):
         given.strip().encode("utf-8", "surrogateescape"), str(configured).encode("utf-8"))
 
 
+def _refused(request, ctx):
+    """None when the request may read metrics, else the 401/403 response."""
+    if _token_ok(request, ctx.config.get("prometheus.token")) or (request.actor or {}).get("role") == "admin":
+        return None
+    status = 403 if request.actor else 401
+    return Response.json({"ok": False, "status": status, "error": METRICS_REFUSED},
+                         status=status, headers={"www-authenticate": 'Bearer realm="server-monitor"'})
+
+
+def _bad(message):
+    return Response.json({"ok": False, "status": 400, "error": message}, status=400)
+
+
+def _int_arg(request, name, low, high):
+    """``?name=`` as an int in ``low..high``; None when absent. Raises ValueError with the reason."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name} must be an integer {low}..{high}")
+    return int(raw)
+
+
+async def _body(datasette, key, queries, hostname_label):
+    """(text, gzip) bytes of the exposition for one scope, reused for :data:`REUSE_S` seconds."""
+    cache = _cache(datasette)
+    async with cache.locks.setdefault(key, asyncio.Lock()):
+        cached = cache.built.get(key)
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1], cached[2]
+        started = time.monotonic()
+        db = datasette.get_database("monitor")
+        rows = []
+        for sql, params in queries:
+            rows.append([dict(r) for r in (await db.execute(sql, params)).rows])
+
+        def build():
+            text = exposition(*rows, hostname_label=hostname_label)
+            return text, gzip.compress(text, GZIP_LEVEL, mtime=0)
+
+        text, packed = await asyncio.get_running_loop().run_in_executor(None, build)
+        cost = time.monotonic() - started
+        if cost >= REUSE_MIN_COST_S:
+            cache.built[key] = (time.monotonic() + REUSE_S, text, packed)
+        else:
+            cache.built.pop(key, None)
+        return text, packed
+
+
+async def _serve(request, datasette, key, queries, hostname_label=True):
+    text, packed = await _body(datasette, key, queries, hostname_label)
+    headers = {"cache-control": "no-store", "vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        headers["content-encoding"] = "gzip"
+        return Response(packed, content_type=CONTENT_TYPE, headers=headers)
+    return Response(text, content_type=CONTENT_TYPE, headers=headers)
+
+
 async def metrics(request, datasette):
+    refused = _refused(request, hub.context(datasette))
+    if refused:
+        return refused
+    try:
+        of = _int_arg(request, "of", 1, MAX_SHARDS)
+        shard = _int_arg(request, "shard", 0, MAX_SHARDS - 1)
+    except ValueError as exc:
+        return _bad(str(exc))
+    if (of is None) != (shard is None) or (of is not None and shard >= of):
+        return _bad("give both shard and of, with 0 <= shard < of")
+    return await _serve(request, datasette, ("shard", shard, of), scoped_queries(shard, of))
+
+
+async def server_metrics(request, datasette):
+    refused = _refused(request, hub.context(datasette))
+    if refused:
+        return refused
+    server_id = int(request.url_vars["server_id"])
+    return await _serve(request, datasette, ("server", server_id), scoped_queries(server_id=server_id),
+                        hostname_label=False)
+
+
+def _target(request, ctx):
+    """``host:port`` Prometheus should scrape: ``server.public_url``'s, else the request's Host."""
+    public = ctx.config.get("server.public_url")
+    if public:
+        parts = urlsplit(public)
+        return parts.netloc, parts.scheme
+    return request.headers.get("host") or f"{request.host}", request.scheme
+
+
+async def targets(request, datasette):
     ctx = hub.context(datasette)
-    if not (_token_ok(request, ctx.config.get("prometheus.token")) or (request.actor or {}).get("role") == "admin"):
-        status = 403 if request.actor else 401
-        return Response.json({"ok": False, "status": status, "error": METRICS_REFUSED},
-                             status=status, headers={"www-authenticate": 'Bearer realm="server-monitor"'})
-    db = datasette.get_database("monitor")
-    rows = []
-    for sql in (SERVERS_SQL, GPUS_SQL, DISKS_SQL, MIG_SQL):
-        rows.append([dict(r) for r in (await db.execute(sql)).rows])
-    return Response(exposition(*rows), content_type=CONTENT_TYPE_LATEST, headers={"cache-control": "no-store"})
+    refused = _refused(request, ctx)
+    if refused:
+        return refused
+    try:
+        shards = _int_arg(request, "shards", 1, MAX_SHARDS) or int(ctx.config.get("prometheus.shards") or 1)
+    except ValueError as exc:
+        return _bad(str(exc))
+    address, scheme = _target(request, ctx)
+    common = {"__scheme__": scheme}
+    if request.args.get("per") == "server":
+        rows = (await datasette.get_database("monitor").execute(
+            "SELECT id, hostname FROM servers ORDER BY id")).rows
+        groups = [{"targets": [address], "labels": {**common, "__metrics_path__": f"/metrics/servers/{r['id']}",
+                                                    "Hostname": r["hostname"], "server_id": str(r["id"])}}
+                  for r in rows]
+    elif request.args.get("per") not in (None, "shard"):
+        return _bad("per must be shard or server")
+    elif shards == 1:
+        groups = [{"targets": [address], "labels": {**common, "__metrics_path__": "/metrics"}}]
+    else:
+        groups = [{"targets": [address], "labels": {**common, "__metrics_path__": "/metrics", "__param_shard": str(i),
+                                                    "__param_of": str(shards), "shard": str(i)}}
+                  for i in range(shards)]
+    return Response(json.dumps(groups), content_type="application/json", headers={"cache-control": "no-store"})
 
 
 @hookimpl
 def register_routes():
-    return [(r"^/metrics$", metrics)]
+    return [(r"^/metrics$", metrics), (r"^/metrics/servers/(?P<server_id>[0-9]{1,12})$", server_metrics),
+            (r"^/metrics/targets$", targets)]

@@ -7,7 +7,7 @@ with ``textContent`` only. Each page sends a Content-Security-Policy without
 
 from datasette import hookimpl
 
-from server_monitor.web import page
+from server_monitor.serving.web import page
 
 
 async def dashboard(request, datasette):

@@ -1,4 +1,4 @@
-"""Datasette's SQL connections without ``fts3_tokenizer()`` (security review L7).
+"""Datasette's SQL connections without ``fts3_tokenizer()`` (see docs/security.md L7).
 
 Debian's libsqlite3 is built with ``SQLITE_ENABLE_FTS3_TOKENIZER``: ``fts3_tokenizer('porter')``
 returns a pointer into libsqlite3 (an ASLR leak) and the two-argument form registers a tokenizer

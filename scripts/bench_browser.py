@@ -54,7 +54,7 @@ class Hub:
         self.root, self.work = root, work
         os.makedirs(work, exist_ok=True)
         self.config = os.path.join(work, "config.yaml")
-        code = ("import sys; from server_monitor import config as c; _, pw = c.create(sys.argv[1]);"
+        code = ("import sys; from server_monitor.core import config as c; _, pw = c.create(sys.argv[1]);"
                 " print(pw); print(c.load(sys.argv[1]).db_path)")
         out = subprocess.run([PY, "-c", code, self.config], cwd=root, check=True, capture_output=True, text=True)
         self.password = out.stdout.split()[-2]

@@ -25,10 +25,10 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
 
-from server_monitor import schema  # noqa: E402
-from server_monitor.contract import validate_report  # noqa: E402
-from server_monitor.rollup import CheckpointThread  # noqa: E402
-from server_monitor.store import store_reports  # noqa: E402
+from server_monitor.storage import schema  # noqa: E402
+from server_monitor.storage.contract import validate_report  # noqa: E402
+from server_monitor.storage.rollup import CheckpointThread  # noqa: E402
+from server_monitor.storage.store import store_reports  # noqa: E402
 
 
 def run(path, reports, group, variant):

@@ -24,10 +24,10 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
 
-from server_monitor import schema  # noqa: E402
-from server_monitor.contract import validate_report  # noqa: E402
-from server_monitor.rollup import Maintenance  # noqa: E402
-from server_monitor.store import store_report  # noqa: E402
+from server_monitor.storage import schema  # noqa: E402
+from server_monitor.storage.contract import validate_report  # noqa: E402
+from server_monitor.storage.rollup import Maintenance  # noqa: E402
+from server_monitor.storage.store import store_report  # noqa: E402
 
 BEFORE = "ecc44d8"  # main just before the GPU-depth roll-ups
 

@@ -45,8 +45,8 @@ import urllib3  # noqa: E402
 
 from http_client import Browserless  # noqa: E402
 from reports import sample_report  # noqa: E402
-from server_monitor import config as config_mod  # noqa: E402
-from server_monitor import schema  # noqa: E402
+from server_monitor.core import config as config_mod  # noqa: E402
+from server_monitor.storage import schema  # noqa: E402
 
 HTTP = urllib3.PoolManager(maxsize=16, retries=False)
 
@@ -215,9 +215,9 @@ def populate(db_path, servers, days, interval, extra_servers):
     """
     import copy
 
-    from server_monitor.contract import validate_report
-    from server_monitor.rollup import Maintenance
-    from server_monitor.store import store_report
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.storage.rollup import Maintenance
+    from server_monitor.storage.store import store_report
 
     schema.migrate(db_path)
     conn = schema.connect(db_path)
@@ -269,8 +269,8 @@ def sqlite_limits(workdir, seconds=10):
     """
     import copy
 
-    from server_monitor.contract import validate_report
-    from server_monitor.store import store_report, store_reports
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.storage.store import store_report, store_reports
 
     results = {}
     for kind in ("raw", "store", "grouped"):
@@ -364,7 +364,7 @@ def time_queries(hub, server_id, runs=30):
 
 def forget_bench_hosts(db_path):
     """Remove the hosts a wrk run created, so the next run starts from the same fleet."""
-    from server_monitor.store import delete_server
+    from server_monitor.storage.store import delete_server
 
     conn = schema.connect(db_path)
     try:

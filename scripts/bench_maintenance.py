@@ -4,7 +4,7 @@
 
 Grows a fresh database through the product's own ingest path (``validate_report`` +
 ``store_report``, 8 GPUs and 16 processes per report) on a simulated clock, and runs the
-hub's own :class:`~server_monitor.rollup.Maintenance` object every simulated minute, as
+hub's own :class:`~server_monitor.storage.rollup.Maintenance` object every simulated minute, as
 the hub's maintenance thread does. Reports the CPU time of every pass (incremental passes
 and the pass that rolls a complete hour up), per stored report, and extrapolates to
 1,000 servers at 200 reports/s (720,000 reports an hour) as a share of one core. Side by
@@ -26,10 +26,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
-from server_monitor import schema  # noqa: E402
-from server_monitor.contract import validate_report  # noqa: E402
-from server_monitor.rollup import Maintenance  # noqa: E402
-from server_monitor.store import store_report  # noqa: E402
+from server_monitor.storage import schema  # noqa: E402
+from server_monitor.storage.contract import validate_report  # noqa: E402
+from server_monitor.storage.rollup import Maintenance  # noqa: E402
+from server_monitor.storage.store import store_report  # noqa: E402
 
 
 def main():
@@ -105,7 +105,7 @@ def main():
                   " CPU, unfinished")
         old.set_progress_handler(None, 0)
         started = time.process_time()
-        from server_monitor.rollup import usage_for_range
+        from server_monitor.storage.rollup import usage_for_range
 
         totals, _ = usage_for_range(old, t0, t0 + 3600)
         print(f"  its replacement (usage_for_range) on that hour: {time.process_time() - started:.2f} s CPU "

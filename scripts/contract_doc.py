@@ -1,4 +1,4 @@
-"""Print the report contract (server_monitor.contract.REPORT) as a Markdown table.
+"""Print the report contract (server_monitor.storage.contract.REPORT) as a Markdown table.
 
     .venv/bin/python scripts/contract_doc.py            # print it
     .venv/bin/python scripts/contract_doc.py --update   # rewrite it inside docs/api.md
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from server_monitor.contract import List, Obj, REPORT  # noqa: E402
+from server_monitor.storage.contract import List, Obj, REPORT  # noqa: E402
 
 
 def rows(spec, path=""):
@@ -23,6 +23,8 @@ def rows(spec, path=""):
         need = "required" if sub.required else "optional"
         if not sub.nullable:
             need += ", not null"
+        if getattr(sub, "identity", False):
+            need += ", identity"  # unsafe characters refused; other strings are free text (cleaned)
         yield f"| `{name}` | {kind} | {sub.unit or ''} | {sub.range_text()} | {need} | {sub.doc} |"
         if isinstance(sub, Obj):
             yield from rows(sub, name)

@@ -13,7 +13,7 @@ captured), then
    and the GPU-hours accounting from them;
 3. keeps posting a live report per host every ``--interval`` seconds (unless ``--once``).
 
-Every report is contract v1 (``server_monitor/contract.py``) and is validated by the hub
+Every report is contract v1 (``server_monitor/storage/contract.py``) and is validated by the hub
 like any agent's. Nothing here touches the agent's collectors or the database directly.
 
 The simulated lab: users alice, bob, carol, ... running training, inference and notebooks
@@ -428,7 +428,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("SERVER_MONITOR_AGENT_TOKEN")
     if not token and args.config:
-        from server_monitor import config as config_mod
+        from server_monitor.core import config as config_mod
 
         token = config_mod.load(args.config).get("agent.token")
     if not token:

@@ -3,8 +3,8 @@
     .venv/bin/python scripts/fleet_fixture.py DB --servers 200 [--processes 2000] [--users 40]
 
 Every report is a contract-v1 report (``tests/reports.py``, values from the real captures)
-checked by ``server_monitor.contract.validate_report`` and written by
-``server_monitor.store.store_report`` — the same path ``POST /api/report`` takes, without
+checked by ``server_monitor.storage.contract.validate_report`` and written by
+``server_monitor.storage.store.store_report`` — the same path ``POST /api/report`` takes, without
 the HTTP hop. The fleet: ``servers`` hosts × 8 H100 GPUs; ``processes`` compute processes
 spread over ``users`` users in LXC containers, Docker containers, Slurm jobs and on the host;
 about a quarter of the GPUs free, some held idle; one host offline (last report 24 min
@@ -22,8 +22,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
-from server_monitor import contract, schema  # noqa: E402
-from server_monitor.store import store_report  # noqa: E402
+from server_monitor.storage import contract, schema  # noqa: E402
+from server_monitor.storage.store import store_report  # noqa: E402
 
 FIRST = ["alice", "bob", "carol", "dmitri", "eve", "farah", "gao", "hiro", "ines", "jonas", "kemal", "lena",
          "mateo", "nadia", "oskar", "priya", "quinn", "rahul", "sofia", "tomas", "uma", "viktor", "wei", "xenia",

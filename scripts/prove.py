@@ -62,7 +62,7 @@ from monitor_agent.spool import Spool  # noqa: E402
 from monitor_agent.transport import Transport  # noqa: E402
 from http_client import Browserless  # noqa: E402
 from reports import sample_report  # noqa: E402
-from server_monitor import config as config_mod  # noqa: E402
+from server_monitor.core import config as config_mod  # noqa: E402
 
 PROFILES = {
     # agents, viewers, load seconds, agent tick (real s), viewer period (s), outage agents, outage tick

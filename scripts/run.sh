@@ -83,7 +83,7 @@ if [ "$DEMO" = 1 ]; then
   # never under a demo hub that is still running (it holds the lock next to monitor.db).
   "$PY" - "$DEMO_DIR/monitor.db" <<'PYEOF' || die "a demo hub is already running on $DEMO_DIR; stop it first"
 import sys
-from server_monitor import instance
+from server_monitor.storage import instance
 try:
     instance.acquire_data_lock(sys.argv[1], "run.sh --demo (resetting)")
 except instance.InstanceError:
@@ -99,7 +99,7 @@ fi
 # host, port and agent token as the hub will use them; a bad config is one line, no traceback
 CFG_LINE=$("$PY" - "$CONFIG" <<'PYEOF'
 import sys
-from server_monitor import config
+from server_monitor.core import config
 try:
     c = config.load(sys.argv[1])
     config.check_data_dirs(c)

@@ -53,7 +53,7 @@ def start_demo_hub(folder, password, maintenance_s=5, alerts_s=5):
     import urllib3
     import yaml
 
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     path = os.path.join(folder, "config.yaml")
     config_mod.create(path, password=password)

@@ -70,7 +70,7 @@ upgrade_server() {
   build_release "$SRC" "$new"
   backup="$ROOT$SERVER_DATA_DIR/backups/pre-upgrade-$(date -u +%Y%m%dT%H%M%SZ)"
   run "$old/.venv/bin/server-monitor" backup -c "$config" "$backup"
-  port=$("$old/.venv/bin/python" -c "import sys; from server_monitor import config; print(config.load(sys.argv[1]).get('server.port'))" "$config")
+  port=$("$old/.venv/bin/python" -c "import sys, importlib, importlib.util; config = importlib.import_module('server_monitor.core.config' if importlib.util.find_spec('server_monitor.core') else 'server_monitor.config'); print(config.load(sys.argv[1]).get('server.port'))" "$config")
   run systemctl stop server-monitor.service
   switch_current "$PREFIX" "$new"
   run systemctl start server-monitor.service
@@ -90,7 +90,7 @@ upgrade_server() {
 # restore_databases CONFIG BACKUP_DIR RELEASE: put the pre-upgrade copies back
 restore_databases() {
   local config=$1 backup=$2 release=$3 db auth name
-  read -r db auth < <("$release/.venv/bin/python" -c "import sys; from server_monitor import config as c; x = c.load(sys.argv[1]); print(x.db_path, x.auth_db_path)" "$config")
+  read -r db auth < <("$release/.venv/bin/python" -c "import sys, importlib, importlib.util; c = importlib.import_module('server_monitor.core.config' if importlib.util.find_spec('server_monitor.core') else 'server_monitor.config'); x = c.load(sys.argv[1]); print(x.db_path, x.auth_db_path)" "$config")
   for name in monitor auth; do
     local target=$db
     [ "$name" = auth ] && target=$auth

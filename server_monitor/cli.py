@@ -1,13 +1,20 @@
-"""``server-monitor``: run and manage the hub (Datasette and the ingest endpoint under uvicorn, see ``server_monitor.asgi``)."""
+"""``server-monitor``: run and manage the hub (Datasette and the ingest endpoint under uvicorn, see ``server_monitor.serving.asgi``)."""
 
 import os
 import sqlite3
+import time
 
 import click
+from datasette_auth_passwords.utils import hash_password as make_hash
 
-from . import config as config_mod
-from . import instance, schema
-
+from .auth import tokens
+from .auth.accounts import Accounts
+from .core import config as config_mod
+from .jobs import leader, replication
+from .serving import fleet_share
+from .serving.analyst import AnalystSQL
+from .storage import instance, schema
+from .storage.rollup import Maintenance, refresh_statistics
 
 
 def _ensure_config(path, username="admin", **options):
@@ -35,7 +42,7 @@ def _load(path):
 
 
 def _private_files(cfg):
-    """chmod 0600 the databases and their WAL/SHM files (made 0644 by releases before L8)."""
+    """chmod 0600 the databases and their WAL/SHM files (made 0644 by releases before the fix of docs/security.md L8)."""
     for base in (cfg.db_path, cfg.auth_db_path):
         for path in (base, base + "-wal", base + "-shm"):
             try:
@@ -49,9 +56,6 @@ def _check_lock_files(cfg):
     """Open (creating) every lock file the workers and jobs will use and check the fleet shelf,
     so a planted one stops the start with one line naming it (N8) rather than a worker later.
     Raises ``instance.UnsafeFileError`` or ``OSError``."""
-    from . import fleet_share, leader
-    from .analyst import AnalystSQL
-
     for path in [cfg.db_path + ".write.lock", leader.lock_path(cfg.db_path),
                  *AnalystSQL.from_config(cfg).lock_paths()]:
         os.close(instance.open_lock_file(path))
@@ -61,17 +65,11 @@ def _check_lock_files(cfg):
 def _prepare_auth_db(path):
     """Create or upgrade the sessions/users/tokens database at ``path`` (``data.auth_path``)
     and close it again. Raises ``sqlite3.Error``."""
-    from .accounts import Accounts
-
     Accounts(path).connection().close()
 
 
 def _prepare_statistics(db_path):
     """Planner statistics before Datasette opens its (long-lived) connections; best effort."""
-    import sqlite3
-
-    from .rollup import refresh_statistics
-
     try:
         conn = schema.connect(db_path, timeout=30)
         try:
@@ -101,12 +99,12 @@ def cli():
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes sharing the port (default: server.workers).")
 def serve(config_path, init, host, port, workers):
-    """Create config and database if needed, then serve the hub (Datasette + ingest, ``server_monitor.asgi``)
+    """Create config and database if needed, then serve the hub (Datasette + ingest, ``server_monitor.serving.asgi``)
     with uvicorn in ``server.workers`` processes.
 
     Refuses to start (one line, exit 1) when another hub holds the same database (a lock
-    next to it, see ``server_monitor.instance``) or the port is taken.
-    Files it creates are private (umask 077, L8); existing database files are made 0600.
+    next to it, see ``server_monitor.storage.instance``) or the port is taken.
+    Files it creates are private (umask 077, see docs/security.md L8); existing database files are made 0600.
     """
     os.umask(0o077)
     default_path = click.get_current_context().get_parameter_source("config_path") == click.core.ParameterSource.DEFAULT
@@ -132,7 +130,10 @@ def serve(config_path, init, host, port, workers):
         except sqlite3.Error as exc:
             raise click.ClickException(f"{cfg.auth_db_path}: {exc}")
         _private_files(cfg)
-    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError, instance.UnsafeFileError) as exc:
+        if replication.enabled(cfg):
+            replication.binary(cfg)  # a missing Litestream is one line now, not a dead job thread later
+    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError, instance.UnsafeFileError,
+            replication.ReplicationError) as exc:
         raise click.ClickException(str(exc))
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or config_path}: {exc.strerror}")
@@ -143,13 +144,15 @@ def serve(config_path, init, host, port, workers):
     os.environ[config_mod.WORKERS_ENV] = str(workers)  # what each worker reads (config.worker_count)
     os.environ[config_mod.ENV_VAR] = cfg.path
     # uvicorn must not take the client address from X-Forwarded-For (it trusts 127.0.0.1 by
-    # default): the hub reads auth.trusted_proxy_header itself, only when configured (L4).
+    # default): the hub reads auth.trusted_proxy_header itself, only when configured (see docs/security.md L4).
     os.environ["FORWARDED_ALLOW_IPS"] = ""
     if workers > 1:
-        from . import leader
-
         leader.run_jobs_here(cfg)  # maintenance and alerts in this process, off the workers' GILs
     click.echo(f"Server Monitor hub on {url}" + (f" ({workers} worker processes)" if workers > 1 else ""), err=True)
+    if replication.enabled(cfg):
+        click.echo(f"Replicating {cfg.db_path} and {cfg.auth_db_path} to {cfg.get('replication.url')} "
+                   f"with Litestream (every {cfg.get('replication.sync_interval') or '1s'})", err=True)
+    # Deferred: only serve runs the ASGI server; the other subcommands start without loading it.
     import uvicorn
 
     # One process by default; with server.workers > 1 uvicorn binds the port here and starts
@@ -157,7 +160,7 @@ def serve(config_path, init, host, port, workers):
     # No access log: at fleet size it is one line per agent report (200 a second for 1,000
     # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
     # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
-    uvicorn.run("server_monitor.asgi:create_app", factory=True, host=host, port=port, workers=workers,
+    uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
                 log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="")
 
 
@@ -199,8 +202,6 @@ def token():
 
 
 def _token_db(config_path):
-    from . import tokens
-
     return tokens, tokens.connect(_load(config_path).auth_db_path)
 
 
@@ -253,14 +254,10 @@ def sessions():
 
 
 def _utc(epoch):
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
 
 
 def _accounts(config_path):
-    from .accounts import Accounts
-
     cfg = _load(config_path)
     return cfg, Accounts(cfg.auth_db_path)
 
@@ -314,8 +311,6 @@ def sessions_revoke(config_path, everyone, username):
 @click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
 def maintain(config_path):
     """Run one maintenance pass now (roll-ups, retention, WAL checkpoint)."""
-    from .rollup import Maintenance
-
     click.echo(Maintenance.from_config(_load(config_path)).run_once())
 
 
@@ -328,8 +323,6 @@ def backup(config_path, destination):
     DESTINATION is a directory (created 0700 when missing); files are written as
     monitor-<UTC time>.db and auth-<UTC time>.db, created 0600 (never an existing file).
     """
-    import time
-
     cfg = _load(config_path)
     os.makedirs(destination, mode=0o700, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -353,12 +346,34 @@ def backup(config_path, destination):
         click.echo(target)
 
 
+@cli.command()
+@click.option("-c", "--config", "config_path", default="config.yaml", show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing databases (kept as <name>.before-restore).")
+@click.option("--timestamp", help="Restore to this RFC 3339 time (default: the latest replicated state).")
+def restore(config_path, force, timestamp):
+    """Rebuild monitor.db and auth.db from the Litestream replica (replication.url).
+
+    The hub must be stopped. Each database is restored beside its path, checked with
+    integrity_check, then moved into place. See docs/operations.md "Replication and restore".
+    """
+    os.umask(0o077)
+    cfg = _load(config_path)
+    if not cfg.get("replication.url"):
+        raise click.ClickException("replication.url is not set in " + cfg.path + ": nothing to restore from")
+    try:
+        config_mod.check_data_dirs(cfg)
+        instance.acquire_data_lock(cfg.db_path, "restore")  # no hub may run on these files meanwhile
+        replication.restore(cfg, force=force, timestamp=timestamp, echo=lambda line: click.echo(line, err=True))
+    except (config_mod.ConfigError, instance.InstanceError, replication.ReplicationError) as exc:
+        raise click.ClickException(str(exc))
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or cfg.db_path}: {exc.strerror}")
+
+
 @cli.command("hash-password")
 @click.password_option()
 def hash_password(password):
     """Print a PBKDF2 hash for auth.password_hash."""
-    from datasette_auth_passwords.utils import hash_password as make_hash
-
     click.echo(make_hash(password))
 
 

@@ -18,6 +18,7 @@ const GPU_STATE_TEXT = {
 const STATE_WORD = {
   free: "free", busy: "busy", idle: "held idle", mig: "MIG mode", lost: "lost (missing from the latest report)",
   error: "error", offline: "host offline", stale: "host late (stale)", maint: "maintenance",
+  alloc: "allocated to a Slurm job, no process yet",
 };
 const STATUS_RANK = { error: 0, offline: 1, stale: 2, maintenance: 3, online: 4 };
 const SERVER_GLYPH = { online: "●", stale: "◐", offline: "○", error: "▲", maintenance: "■" };
@@ -91,6 +92,7 @@ function cellText(server, g) {
     case "offline": return ["○off", who];
     case "stale": return ["◐" + (util === null ? "" : util), who];
     case "maint": return ["■mnt", who];
+    case "alloc": return ["⧗alloc", str((g[F_SLURM] || [])[1]) || who];
     default: return [state, who];
   }
 }
@@ -99,9 +101,16 @@ function cellText(server, g) {
 const VENDOR_LABEL = { amd: "AMD", intel: "Intel" };
 
 // ---- GPU health (fleet document: health, health_reasons, xid, mig after vendor) --------
-const F_HEALTH = 12, F_REASONS = 13, F_XID = 14, F_MIG = 15;
+const F_HEALTH = 12, F_REASONS = 13, F_XID = 14, F_MIG = 15, F_SLURM = 16;
+// Slurm job holding the GPU (fleet document: slurm = [job id, user]): "Slurm job 4300 of user9".
+function slurmText(g) {
+  const job = g[F_SLURM];
+  return job ? "Slurm job " + str(job[0]) + (job[1] ? " of " + str(job[1]) : "") : null;
+}
+// A process entry that stands for a Slurm allocation with no process (pid null, container slurm-alloc:…).
+function isAllocation(p) { return p[0] === null && String(p[2] || "").startsWith("slurm-alloc:"); }
 const HEALTH_GLYPH = { critical: "✖", warning: "⚠" };
-// nvidia-smi clocks_event_reasons.* names (server_monitor.gpu_health) in words.
+// nvidia-smi clocks_event_reasons.* names (server_monitor.core.gpu_health) in words.
 const THROTTLE_TEXT = {
   gpu_idle: "idle", applications_clocks_setting: "applications clocks", sw_power_cap: "power cap",
   hw_slowdown: "HW slowdown", sync_boost: "sync boost", sw_thermal_slowdown: "SW thermal slowdown",
@@ -118,21 +127,28 @@ function healthText(g) {
   if (g[F_XID] !== null && g[F_XID] !== undefined) parts.push("last XID " + g[F_XID]);
   return parts.length ? parts.join("; ") : null;
 }
-// MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs]; holders by GPU instance id.
+// MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs, state]; holders by GPU
+// instance id. state (server_monitor/fleet.py mig_states): free, busy, shared (a sibling compute instance of its GPU
+// instance is busy: they share its memory), unknown (usage not read yet): only "free" is what /free offers.
+const MIG_STATE_TEXT = { shared: ", idle but its GPU instance is in use (shared memory)",
+  unknown: ", usage not read yet" };
 function migHolders(procs, gi) {
-  return holders(procs.filter((p) => p[5] === gi));
+  return gi === null || gi === undefined ? [] : holders(procs.filter((p) => p[5] === gi));
 }
 function migLabel(m, procs) {
   const users = migHolders(procs, m[2]).map((u) => str(u) || "?");
+  const state = m[6];
   return "MIG " + (str(m[1]) || "?") + " (GI " + m[2] + "): " + fmtMiB(m[3]) + " of " + fmtMiB(m[4]) +
-    (users.length ? ", used by " + users.join(", ") : m[5] ? ", " + m[5] + " process" + (m[5] === 1 ? "" : "es") : ", free");
+    (users.length ? ", used by " + users.join(", ") : m[5] ? ", " + m[5] + " process" + (m[5] === 1 ? "" : "es") :
+      MIG_STATE_TEXT[state] || ", free");
 }
 function migSub(m, procs) {
   const users = migHolders(procs, m[2]);
   const profile = str(m[1]) || "?";
   const slices = Math.max(1, Math.min(8, parseInt(profile, 10) || 1));
   const line2 = users.length ? (str(users[0]) || "?") + (users.length > 1 ? "+" + (users.length - 1) : "") : (m[5] ? m[5] + "p" : gib(m[3]));
-  return h("span", { class: "mi grow-" + slices + (users.length || m[5] ? " mi-used" : ""), title: migLabel(m, procs),
+  const taken = users.length || m[5] || m[6] === "shared" || m[6] === "unknown";
+  return h("span", { class: "mi grow-" + slices + (taken ? " mi-used" : ""), title: migLabel(m, procs),
                      dataset: { profile } },
     h("span", { class: "mi1" }, profile.split(".")[0]), h("span", { class: "mi2" }, line2));
 }
@@ -145,6 +161,7 @@ function cellLabel(server, g) {
     (util !== null && util !== undefined ? ", " + util + "% utilization" : "") +
     (memTotal ? ", " + fmtMiB(memUsed) + " of " + fmtMiB(memTotal) + " VRAM" : "") +
     (users.length ? ", used by " + users.join(", ") : "") +
+    (slurmText(g) ? ", " + slurmText(g) : "") +
     (healthText(g) ? ", health " + healthText(g) : "") +
     (g[F_MIG] && g[F_MIG].length ? ", " + g[F_MIG].map((m) => migLabel(m, procs)).join("; ") : "");
 }
@@ -185,7 +202,7 @@ function serverSub(s) {
   if (s.state === "maintenance") return glyph + " maint";
   if (s.gpu_state && GPU_STATE_TEXT[s.gpu_state]) return glyph + " " + (s.gpu_state === "driver_mismatch" ? "driver" : "GPU err");
   const live = s.gpus.filter((g) => g[2] !== "lost");
-  const busy = live.filter((g) => g[2] === "busy" || g[2] === "idle" || g[2] === "mig").length;
+  const busy = live.filter((g) => g[2] === "busy" || g[2] === "idle" || g[2] === "mig" || g[2] === "alloc").length;
   return glyph + " " + busy + "/" + live.length;
 }
 
@@ -443,6 +460,7 @@ function showTip(el) {
     h("div", { class: "muted" }, VENDOR_LABEL[vendor] ? h("span", { class: "badge badge-vendor" }, VENDOR_LABEL[vendor]) : null,
       (VENDOR_LABEL[vendor] ? " " : "") + [str(model) || s.model, bus].filter(Boolean).join(" · ")),
     h("div", { class: "tip-state s-" + state }, STATE_WORD[state] + (old ? " — last seen " + fmtAge(nowHub() - s.last_seen) + " ago, values from then" : "")),
+    slurmText(g) ? h("div", { class: "tip-slurm" }, slurmText(g) + (state === "alloc" ? " — allocated, no process yet" : "")) : null,
     healthText(g) ? h("div", { class: "tip-health hl-" + (g[F_HEALTH] || "info") },
       (HEALTH_GLYPH[g[F_HEALTH]] || "ⓘ") + " " + healthText(g)) : null,
     g[F_MIG] && g[F_MIG].length ? h("ul", { class: "tip-mig" }, g[F_MIG].map((m) => h("li", {}, migLabel(m, procs)))) : null,
@@ -451,8 +469,8 @@ function showTip(el) {
     procs.length ? h("table", { class: "tip-procs" },
       h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, procs.slice(0, 12).map((p) => h("tr", {},
-        h("td", {}, str(p[1]) || "?"), h("td", {}, str(p[2]) || "host"), h("td", { class: "num" }, p[0] === null ? "?" : String(p[0])),
-        h("td", { class: "tip-pname" }, str(p[4]) || "?"), h("td", { class: "num" }, fmtMiB(p[3])))))) :
+        h("td", {}, str(p[1]) || "?"), h("td", {}, str(p[2]) || "host"), h("td", { class: "num" }, p[0] === null ? (isAllocation(p) ? "–" : "?") : String(p[0])),
+        h("td", { class: "tip-pname" }, isAllocation(p) ? "allocated, no process yet" : str(p[4]) || "?"), h("td", { class: "num" }, fmtMiB(p[3])))))) :
       h("div", { class: "muted" }, doc.processes ? (state === "lost" ? "" : "no compute process") : "processes are hidden for your account"),
     procs.length > 12 ? h("div", { class: "muted" }, "+" + (procs.length - 12) + " more processes") : null,
     h("div", { class: "muted tip-hint" }, "click: open " + s.name)]);
@@ -743,13 +761,14 @@ function routeFromHash() {
 function renderSummary() {
   const sc = doc.counts.servers, gc = doc.counts.gpus;
   const n = (o, k) => o[k] || 0;
-  const busy = n(gc, "busy") + n(gc, "mig"), idle = n(gc, "idle"), free = n(gc, "free");
+  const busy = n(gc, "busy") + n(gc, "mig"), idle = n(gc, "idle"), free = n(gc, "free"), alloc = n(gc, "alloc");
   const broken = n(gc, "lost") + n(gc, "error");
   fill(document.getElementById("summary"),
     h("span", { class: "sum sum-online" }, n(sc, "online") + " online"),
     n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
     n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
     h("span", { class: "sum sum-gpus" }, free + " free · " + busy + " busy" + (idle ? " · " + idle + " held idle" : "") +
+      (alloc ? " · " + alloc + " allocated (Slurm)" : "") +
       (broken ? " · " + broken + " broken" : "")));
 }
 

@@ -3,7 +3,7 @@
 
 def open_accounts(path, barrier, results):
     """Wait for ``barrier``, then ``Accounts(path)``; put "ok" or the error's repr on ``results``."""
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     barrier.wait()
     try:

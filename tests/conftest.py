@@ -45,7 +45,7 @@ def _config_template(tmp_path_factory):
     """One generated config (PBKDF2 hashing is slow on purpose), copied per test."""
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     path = tmp_path_factory.mktemp("template") / "config.yaml"
     cfg, password = config_mod.create(str(path))
@@ -70,7 +70,7 @@ def hub_config(tmp_path, monkeypatch, _config_template):
 
     ``.password`` holds the admin password; ``$SERVER_MONITOR_CONFIG`` points at it.
     """
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     text, password = _config_template
     path = tmp_path / "config.yaml"
@@ -105,33 +105,35 @@ def ingest_server(hub_config):
 
 def make_datasette(cfg):
     """A Datasette instance configured exactly like ``server-monitor serve`` runs it."""
-    from server_monitor.asgi import build_datasette
+    from server_monitor.serving.asgi import build_datasette
 
     return build_datasette(cfg)
 
 
 @pytest.fixture
 def datasette(hub_config):
-    from server_monitor import schema
+    from server_monitor.storage import schema
 
     schema.migrate(hub_config.db_path)
     return make_datasette(hub_config)
 
 
-@pytest.fixture
-def hub_process(hub_config, tmp_path):
-    """The real hub (``python -m server_monitor serve``) on a free loopback port; ``.base_url``."""
+def start_hub(config_path, log_path, start_s=30):
+    """Start the real hub (``python -m server_monitor serve -c config_path``) on a free loopback
+    port in a session of its own, logging to ``log_path``; returns the ``Popen`` once ``/login``
+    answers, with ``.base_url`` and ``.log`` (the open log file). Fails the test when it does not
+    start within ``start_s`` seconds."""
     import urllib3
 
     port = free_port()
-    log = open(tmp_path / "hub.log", "wb")
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server_monitor", "serve", "-c", hub_config.path, "--port", str(port)],
+        [sys.executable, "-m", "server_monitor", "serve", "-c", str(config_path), "--port", str(port)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     http = urllib3.PoolManager(retries=False)
-    deadline = time.time() + 30
+    deadline = time.time() + start_s
     while time.time() < deadline:
         try:
             if http.request("GET", base + "/login", timeout=1).status == 200:
@@ -140,12 +142,19 @@ def hub_process(hub_config, tmp_path):
             time.sleep(0.2)
     else:
         proc.kill()
-        pytest.fail("hub did not start:\n" + (tmp_path / "hub.log").read_text())
-    proc.base_url = base
+        pytest.fail("hub did not start:\n" + open(log_path).read())
+    proc.base_url, proc.log = base, log
+    return proc
+
+
+@pytest.fixture
+def hub_process(hub_config, tmp_path):
+    """The real hub (``python -m server_monitor serve``) on a free loopback port; ``.base_url``."""
+    proc = start_hub(hub_config.path, tmp_path / "hub.log")
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=10)
-    log.close()
+    proc.log.close()
 
 
 def shared_dir(tmp_path_factory, name, build):

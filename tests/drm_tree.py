@@ -344,12 +344,42 @@ def odd_host(root):
     return sys_root, proc_root
 
 
+STRIX_HALO_BUS = "0000:c3:00.0"
+STRIX_HALO_VRAM = 536870912  # mem_info_vram_total: the BIOS's 512 MiB carve-out (ROCm#6004, real)
+STRIX_HALO_GTT = 137438953472  # mem_info_gtt_total: 128 GiB GTT pool (ROCm#6004, real)
+STRIX_HALO_GTT_USED_MIB = 24174  # mem_info_gtt_used with a model loaded (homelab-monitor#247, real)
+
+
+def strix_halo_host(root):
+    """AMD Ryzen AI Max+ 395 (Strix Halo, Radeon 8060S, PCI 1002:1586 rev d1 at c3:00.0) with a 512 MiB
+    VRAM carve-out and a 128 GiB GTT pool, running one LLM server whose weights live in GTT
+    (drm-memory-gtt), and the desktop compositor holding a little VRAM."""
+    sys_root, proc_root = os.path.join(root, "sys"), os.path.join(root, "proc")
+    card(sys_root, 1, STRIX_HALO_BUS, {
+        "device": "0x1586\n", "revision": "0xd1\n", "gpu_busy_percent": "97\n",
+        "mem_info_vram_total": f"{STRIX_HALO_VRAM}\n", "mem_info_vram_used": f"{148 * MIB}\n",
+        "mem_info_vis_vram_total": f"{STRIX_HALO_VRAM}\n",
+        "mem_info_gtt_total": f"{STRIX_HALO_GTT}\n", "mem_info_gtt_used": f"{STRIX_HALO_GTT_USED_MIB * MIB}\n",
+        "pp_dpm_sclk": "0: 600Mhz\n1: 2900Mhz *\n", "pp_dpm_mclk": "0: 1000Mhz *\n",
+    }, hwmon={
+        "name": "amdgpu\n", "temp1_input": "71000\n", "temp1_label": "edge\n",
+        "power1_input": "98000000\n", "power1_label": "PPT\n",
+    }, connectors=("DP-1", "HDMI-A-1"), bridge="0000:00:08.1")
+    process(proc_root, 3100, 1000, CGROUP_HOST, ["/usr/bin/gnome-shell"],
+            {14: ("/dev/dri/card1", amdgpu_fdinfo(STRIX_HALO_BUS, 2, 5348, gtt_kib=14336, gfx_ns=81234567890))})
+    process(proc_root, 4200, 1000, CGROUP_HOST, ["/opt/llama.cpp/build/bin/llama-server", "-m", "model.gguf"],
+            {7: ("/dev/dri/renderD128", amdgpu_fdinfo(STRIX_HALO_BUS, 5, 2048, gtt_kib=24160 * 1024,
+                                                       compute_ns=912345678901))})
+    return sys_root, proc_root
+
+
 HOSTS = {
     "mi300x-8": mi300x_host,
     "radeon-7900xtx": radeon_host,
     "intel-arc-max": intel_host,
     "nvidia-amd": nvidia_amd_host,
     "amd-odd": odd_host,
+    "strix-halo": strix_halo_host,
 }
 
 AMDGPU_IDS = """# List of AMDGPU IDs (excerpt of libdrm's data/amdgpu.ids; format: device_id,\trevision_id,\tproduct_name)
@@ -360,6 +390,7 @@ AMDGPU_IDS = """# List of AMDGPU IDs (excerpt of libdrm's data/amdgpu.ids; forma
 744C,\tC8,\tAMD Radeon RX 7900 XTX
 744C,\tCC,\tAMD Radeon RX 7900 XT
 74A1,\t00,\tAMD Instinct MI300X
+1586,\tD1,\tAMD Radeon 8060S Graphics
 """
 
 

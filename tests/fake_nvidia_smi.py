@@ -21,8 +21,15 @@ Configured by environment variables:
                         (ignores SIGTERM, a child holds stdout open), ``slow:<seconds>``,
                         ``garbage`` (non-UTF-8 bytes and a comma in a process name),
                         ``sentinels`` (every sentinel spelling in the GPU fields)
+``FAKE_NVSMI_PROCNAME`` process path printed for each GPU's first compute process (any text,
+                        e.g. with U+200B: security review N2)
 ``FAKE_NVSMI_LOG``      append one line per invocation (argv) to this file
 ``FAKE_NVSMI_TOPO``     file answered to ``topo -m`` (default: the capture's one-GPU matrix)
+``FAKE_NVSMI_MIG_TABLE`` file answered to plain ``nvidia-smi`` (default: the capture's table), e.g. a
+                        MIG table of tests/fixtures/mig_corpus/
+``FAKE_NVSMI_MIG_LIST``  file answered to ``-L``: its ``MIG`` lines under the GPU of the same index
+                        (the GPU lines get the fake's UUIDs, so the agent can join them)
+``FAKE_NVSMI_PIDS``     comma-separated PIDs of each loaded GPU's compute processes (one process each)
 """
 
 import hashlib
@@ -135,6 +142,9 @@ def query_apps(cap, fields, fmt, count, seed):
     base = cap.compute_apps("load")
     per_gpu = int(env("FAKE_NVSMI_PROCS", str(len(base))))
     pid_mode = env("FAKE_NVSMI_PID", "capture")
+    pids = [p for p in env("FAKE_NVSMI_PIDS", "").split(",") if p]
+    if pids:
+        per_gpu = len(pids)
     mode = env("FAKE_NVSMI_MODE", "ok")
     lines = [] if "noheader" in fmt else [", ".join(fields)]
     for i in range(count):
@@ -144,7 +154,9 @@ def query_apps(cap, fields, fmt, count, seed):
             app = dict(base[k % len(base)]) if base else {"pid": "1", "process_name": "python", "used_gpu_memory": "100 MiB"}
             app["gpu_uuid"] = fake_uuid(seed, i)
             app["gpu_bus_id"] = bus_id(i)
-            if pid_mode == "parent":
+            if pids:
+                app["pid"] = pids[k]
+            elif pid_mode == "parent":
                 app["pid"] = str(os.getppid())
             elif pid_mode.isdigit():
                 app["pid"] = pid_mode
@@ -152,6 +164,8 @@ def query_apps(cap, fields, fmt, count, seed):
                 app["pid"] = str(int(app["pid"]) + 1000 * i + k)
             if mode == "garbage" and k == 0:
                 app["process_name"] = "/opt/bad\udcff\udcfename, with comma/train.py"
+            elif env("FAKE_NVSMI_PROCNAME") and k == 0:
+                app["process_name"] = env("FAKE_NVSMI_PROCNAME")
             mem = app["used_gpu_memory"]
             if nounits and mem.endswith(" MiB"):
                 mem = mem[:-4]
@@ -208,6 +222,21 @@ def main(argv):
     if "--version" in argv:
         out(cap.version() + "\n")
         return
+    if "-L" in argv and env("FAKE_NVSMI_MIG_LIST"):
+        # The fixture's MIG lines under the GPU line of the same index, that GPU with the fake's UUID.
+        with open(env("FAKE_NVSMI_MIG_LIST")) as fp:
+            listing = fp.read().splitlines()
+        rows = {row["index"][0]: row for row in gpu_rows(cap, count, seed)}
+        for line in listing:
+            if line.startswith("GPU "):
+                index = line.split(":", 1)[0][4:]
+                if index not in rows:
+                    continue
+                row = rows[index]
+                out(f"GPU {index}: {row['name'][0]} (UUID: {row['uuid'][0]})\n")
+            else:
+                out(line.rstrip() + "\n")
+        return
     if "-L" in argv:
         # MIG device lines of the capture (MIG captures only), under every GPU.
         mig_lines = [ln for ln in cap.section("capabilities", "list (-L)").splitlines() if ln.startswith("  MIG ")]
@@ -223,6 +252,10 @@ def main(argv):
                 out(fp.read())
         else:
             out(cap.section("capabilities", "topo -m") + "\n")
+        return
+    if len(argv) == 1 and env("FAKE_NVSMI_MIG_TABLE"):
+        with open(env("FAKE_NVSMI_MIG_TABLE")) as fp:
+            out(fp.read())
         return
     if len(argv) == 1:
         # Plain nvidia-smi: the capture's default table (GPU 0's state).

@@ -47,6 +47,8 @@ MATRIX = {
     "/api/silences/1": (401, 405, 405, 405, 405),
     "/monitor/gpus.csv": (401, 200, 200, 200, 200),
     "/metrics": (401, 403, 403, 403, 200),
+    "/metrics/servers/1": (401, 403, 403, 403, 200),
+    "/metrics/targets": (401, 403, 403, 403, 200),
     "/-/health": (200, 200, 200, 200, 200),
     "/monitor": (302, 403, 403, 200, 200),
     "/monitor.json": (401, 403, 403, 200, 200),
@@ -101,7 +103,7 @@ def build_hub(datasette, hub_config):
     assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
     for name in ("one", "two"):
         assert ingest(admin, sample_report(name, gpus=1, processes=1), hub_config.get("agent.token")).status_code == 201
-    ctx = __import__("server_monitor.hub", fromlist=["context"]).context(datasette)
+    ctx = __import__("server_monitor.serving.hub", fromlist=["context"]).context(datasette)
     password_hash = hash_password(PASSWORD, iterations=1000)
     ctx.accounts.create_user("vera", password_hash, "viewer")
     ctx.accounts.create_user("scott", password_hash, "viewer", servers=[2], see_processes=False)
@@ -346,7 +348,7 @@ def test_cookieless_login_post_is_refused(hub, hub_config):
 
 
 def test_every_canned_query_is_in_the_matrix():
-    from server_monitor.queries import ADMIN_QUERIES, QUERIES
+    from server_monitor.serving.queries import ADMIN_QUERIES, QUERIES
 
     assert set(QUERIES) == set(PUBLIC_QUERIES) | ADMIN_QUERIES
     for name in ADMIN_QUERIES:

@@ -3,9 +3,9 @@
 
 import pytest
 from conftest import file_connection
-from server_monitor import schema
-from server_monitor.queries import QUERIES
-from server_monitor.rollup import Maintenance
+from server_monitor.storage import schema
+from server_monitor.serving.queries import QUERIES
+from server_monitor.storage.rollup import Maintenance
 
 T0 = 1_800_000_000 // 3600 * 3600
 

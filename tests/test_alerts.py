@@ -9,9 +9,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from reports import sample_report
 
-from server_monitor import alerts, schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_report
+from server_monitor.jobs import alerts
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_report
 
 
 class Receiver:
@@ -310,7 +311,7 @@ def test_xid_events_stored_attributed_and_critical_ones_alerted(setup):
     fired = sorted(engine.run_once(now + 30)["fired"])
     assert fired == ["gpu_xid:1:00000000:28:00.0:xid48", "gpu_xid:1:00000000:38:00.0:xid79"]
     messages = sorted(b["message"] for b in receiver.of("/generic"))
-    assert messages == ["xid-host: GPU 1 (00000000:28:00.0): Xid 48 Double Bit ECC Error, pid 20311 python3",
+    assert messages == ["xid-host: GPU 1 (00000000:28:00.0): Xid 48 Double Bit ECC Error",
                         "xid-host: GPU 2 (00000000:38:00.0): Xid 79 GPU has fallen off the bus"]
     # An hour later (xid_minutes) they resolve.
     later = sample_report("xid-host", gpus=4, processes=0, sample_time=now + 4000)

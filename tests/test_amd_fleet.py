@@ -16,7 +16,7 @@ from test_hub_datasette import Client, ingest
 
 from monitor_agent.collect import ReportBuilder
 from monitor_agent.config import check
-from server_monitor.rollup import Maintenance
+from server_monitor.storage.rollup import Maintenance
 
 FIX = os.path.join(ROOT, "tests", "fixtures")
 
@@ -68,9 +68,10 @@ def test_idle_holders_and_gpu_hours_for_amd(admin, hub_config, tmp_path):
 def test_alerts_fire_for_hot_amd_gpus_and_ras_errors(tmp_path):
     from test_alerts import Receiver
 
-    from server_monitor import alerts, schema
-    from server_monitor.contract import validate_report
-    from server_monitor.store import store_report
+    from server_monitor.jobs import alerts
+    from server_monitor.storage import schema
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.storage.store import store_report
 
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 from http_client import Browserless
 
-from server_monitor.analyst import AnalystSQL, is_adhoc_sql
+from server_monitor.serving.analyst import AnalystSQL, is_adhoc_sql
 
 HEAVY = ("with recursive c(x) as (select 1 union all select x + 1 from c limit 2000000000) "
          "select count(*) from c")
@@ -141,7 +141,7 @@ def test_analyst_sql_runs_on_lower_priority_threads_of_its_own(datasette, hub_co
     ordinary SQL threads (nice 0)."""
     from test_hub_datasette import Client
 
-    from server_monitor.analyst import ANALYST_NICE, RoutingExecutor
+    from server_monitor.serving.analyst import ANALYST_NICE, RoutingExecutor
 
     executor = datasette.executor
     assert isinstance(executor, RoutingExecutor)

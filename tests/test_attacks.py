@@ -16,7 +16,7 @@ import test_access
 from test_access import MATRIX, PASSWORD, ROLES
 from test_hub_datasette import Client, ingest
 
-from server_monitor.queries import ADMIN_QUERIES, QUERIES
+from server_monitor.serving.queries import ADMIN_QUERIES, QUERIES
 
 TRAVERSAL = ["/static/../config.yaml", "/static/%2e%2e/config.yaml", "/static/..%2fconfig.yaml",
              "/static/%2e%2e%2fconfig.yaml", "/static/..%5cconfig.yaml", "/static/%252e%252e/config.yaml",

@@ -26,8 +26,8 @@ def test_ingest_refuses_with_503_once_the_file_is_gone(ingest_server, how, tmp_p
     """H2: ingest used to answer 201 "stored" into the deleted file (lost at restart) and a job
     re-created an empty monitor.db; now it answers 503 + Retry-After (agents spool) and nothing
     opens the path again until the hub restarts."""
-    from server_monitor import schema
-    from server_monitor.dbguard import DatabaseReplaced
+    from server_monitor.storage import schema
+    from server_monitor.storage.dbguard import DatabaseReplaced
 
     cfg = ingest_server.config
     token = cfg.get("agent.token")
@@ -113,7 +113,7 @@ def test_data_pages_answer_503_while_the_file_is_replaced(hub_process, hub_confi
     data is in any answer; login, logout, /account and static files still work."""
     from http_client import Browserless
 
-    from server_monitor import schema
+    from server_monitor.storage import schema
 
     base = hub_process.base_url
     token = hub_config.get("agent.token")

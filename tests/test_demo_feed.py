@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from server_monitor.rollup import Maintenance
+from server_monitor.storage.rollup import Maintenance
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import demo_feed  # noqa: E402
 
 
 def test_demo_fleet_reports_satisfy_the_contract():
-    from server_monitor.contract import validate_report
+    from server_monitor.storage.contract import validate_report
 
     fleet = demo_feed.build_fleet(12, start=1_800_000_000)
     kinds = set()

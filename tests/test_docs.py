@@ -39,8 +39,8 @@ def test_python_code_is_lint_clean():
 def test_config_example_is_valid_and_lists_known_keys():
     import yaml
 
-    from server_monitor import alerts
-    from server_monitor import config as config_mod
+    from server_monitor.jobs import alerts
+    from server_monitor.core import config as config_mod
 
     path = os.path.join(ROOT, "config.example.yaml")
     cfg = config_mod.load(path)

@@ -15,7 +15,7 @@ import drm_tree
 from monitor_agent import drm
 from monitor_agent.collect import ReportBuilder
 from monitor_agent.config import AgentConfigError, check
-from server_monitor.contract import validate_report
+from server_monitor.storage.contract import validate_report
 
 FIX = os.path.join(ROOT, "tests", "fixtures")
 IDS = [os.path.join(FIX, "sysfs", "amdgpu.ids")]
@@ -324,3 +324,47 @@ def test_blocked_sysfs_read_times_out_without_stalling_the_report(tmp_path):
     busy.write_text("42\n")
     report = validate_report(builder.build())
     assert report["gpu_status"]["state"] == "ok" and report["gpus"][0]["utilization.gpu"] == 42
+
+
+# --- issue 22 item 5: AMD APUs (Strix Halo, MI300A) with a small VRAM carve-out -------------------------
+
+def test_item5_strix_halo_apu_counted_with_its_gtt_memory():
+    """A Ryzen AI Max+ 395 (real sysfs sizes: 512 MiB carve-out, 128 GiB GTT) is a compute GPU, not
+    skipped as integrated graphics; memory.* is the GTT pool compute allocates from, and each
+    process's memory is its GTT share (drm-memory-gtt / drm-resident-gtt)."""
+    result = collector("strix-halo").collect()
+    (g,) = result["gpus"]
+    assert (g["pci.bus_id"], g["name"], g["vendor"]) == (drm_tree.STRIX_HALO_BUS, "AMD Radeon 8060S Graphics", "amd")
+    assert g["memory.total"] == drm_tree.STRIX_HALO_GTT // drm.MIB == 131072
+    assert g["memory.used"] == drm_tree.STRIX_HALO_GTT_USED_MIB
+    procs = sorted((p["pid"], p["used_gpu_memory"]) for p in result["processes"])
+    assert procs == [(3100, 14), (4200, 24160)]  # GTT MiB, not the 5 MiB / 2 MiB of carve-out
+
+
+def test_item5_apu_kept_whatever_drm_min_vram_mib_says(tmp_path):
+    """The skip rule for integrated graphics (VRAM < drm_min_vram_mib) does not apply to the compute
+    APUs, also not with a larger threshold; a Ryzen desktop iGPU stays skipped."""
+    big = drm.DrmCollector(os.path.join(FIX, "sysfs", "strix-halo"), os.path.join(FIX, "procfs", "strix-halo"),
+                           ids_paths=IDS, pci_ids_paths=PCI_IDS, min_vram_mib=65536)
+    assert [g["memory.total"] for g in big.collect()["gpus"]] == [131072]
+    assert [g["pci.bus_id"] for g in collector("radeon-7900xtx").collect()["gpus"]] == ["0000:03:00.0"]
+    # MI300A (1002:74a0) is the other compute APU; its tree here is built like the Strix Halo one.
+    sys_root, proc_root = drm_tree.strix_halo_host(str(tmp_path))
+    with open(os.path.join(sys_root, "devices", "pci0000:00", "0000:00:08.1", drm_tree.STRIX_HALO_BUS, "device"),
+              "w") as fp:
+        fp.write("0x74a0\n")
+    mi300a = drm.DrmCollector(sys_root, proc_root, ids_paths=IDS, pci_ids_paths=PCI_IDS).collect()["gpus"]
+    assert [(g["memory.used"], g["memory.total"]) for g in mi300a] == [(24174, 131072)]
+
+
+def test_item5_apu_report_is_valid(tmp_path):
+    """The agent's report for a Strix Halo host passes the hub's contract with the APU in it."""
+    cfg = check({"server_url": "http://127.0.0.1:9", "token": "x", "nvidia_smi": str(tmp_path / "none"),
+                 "sysfs_root": os.path.join(FIX, "sysfs", "strix-halo"),
+                 "procfs_root": os.path.join(FIX, "procfs", "strix-halo"), "kmsg_path": None,
+                 "spool_dir": str(tmp_path / "spool"),
+                 **{k: 30 for k in ("interval", "gpu_timeout", "spool_max_mb", "spool_max_age_h", "retry_base_s",
+                                    "retry_max_s", "inventory_interval", "probe_interval")}})
+    report = validate_report(ReportBuilder(cfg).build())
+    assert report["gpu_status"]["state"] == "ok"
+    assert [(g["vendor"], g["memory.total"]) for g in report["gpus"]] == [("amd", 131072)]

@@ -25,7 +25,7 @@ def hub(datasette, hub_config):
     idle["processes"] = idle["processes"][:1]  # GPU 0 held idle by user0, GPU 1 free
     for report in (busy, idle):
         assert ingest(admin, report, token).status_code == 201
-    ctx = __import__("server_monitor.hub", fromlist=["context"]).context(datasette)
+    ctx = __import__("server_monitor.serving.hub", fromlist=["context"]).context(datasette)
     ctx.accounts.create_user("scott", hash_password(PASSWORD, iterations=1000), "viewer", servers=[2],
                              see_processes=False)
     scoped = Client(datasette)
@@ -69,7 +69,7 @@ def test_etag_304_gzip_and_change(hub):
     assert ingest(admin, report, hub["token"]).status_code == 201
     # A build slower than fleet.SLOW_BUILD_S (50 ms: a loaded test machine) is served again for
     # up to fleet.MAX_STALE_S after a change, by design; a fast one is rebuilt at once.
-    from server_monitor import fleet
+    from server_monitor.serving import fleet
 
     deadline = time.monotonic() + fleet.MAX_STALE_S + 2
     changed = admin.get("/api/fleet", headers={"if-none-match": etag})
@@ -82,7 +82,7 @@ def test_etag_304_gzip_and_change(hub):
 
 
 def test_document_is_compressed_on_the_wire(hub, hub_config):
-    from server_monitor import fleet
+    from server_monitor.serving import fleet
 
     conn = sqlite3.connect(hub["db"])
     content = fleet.build_content(conn, {"id": "a", "role": "admin"}, {})
@@ -135,7 +135,7 @@ def test_lost_gpu_stays_until_marked_removed_and_offline_host(hub):
 
 
 def test_acknowledge_and_silence_api(hub, hub_config):
-    from server_monitor import alerts
+    from server_monitor.jobs import alerts
 
     admin = hub["admin"]
     conn = sqlite3.connect(hub["db"])
@@ -230,7 +230,7 @@ def _cache_and_builds(tmp_path):
     ``make(duration)``: a build function that takes ``duration`` seconds and records itself."""
     import asyncio
 
-    from server_monitor import fleet
+    from server_monitor.serving import fleet
 
     path = str(tmp_path / "m.db")
     writer = sqlite3.connect(path, isolation_level=None)
@@ -251,7 +251,7 @@ def test_a_small_fleet_is_never_answered_from_a_reused_document(tmp_path):
     """Below fleet.REUSE_MIN_SERVERS servers a slow build (a busy machine) is redone on every change."""
     import asyncio
 
-    from server_monitor import fleet
+    from server_monitor.serving import fleet
 
     writer, cache, builds, make = _cache_and_builds(tmp_path)
     cache.fragments.update({n: b"" for n in range(fleet.REUSE_MIN_SERVERS - 1)})
@@ -276,7 +276,7 @@ def test_a_very_slow_build_is_still_revalidated_in_the_background(tmp_path, monk
     every viewer after it waits for a synchronous build (the dashboard's p99 of ~0.9 s)."""
     import asyncio
 
-    from server_monitor import fleet
+    from server_monitor.serving import fleet
 
     monkeypatch.setattr(fleet, "MAX_REUSE_S", 0.3)  # the cap, reached by a 0.1 s build (10x = 1 s)
     monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers
@@ -304,7 +304,7 @@ def test_a_slow_fleet_build_is_reused_then_revalidated_in_the_background(tmp_pat
     A fast build (small fleet) is redone on every change."""
     import asyncio
 
-    from server_monitor import fleet
+    from server_monitor.serving import fleet
 
     monkeypatch.setattr(fleet, "MAX_STALE_S", 2.0)
     monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers

@@ -1,5 +1,5 @@
 """Fleet documents built once by the publisher process and served by every worker
-(``server_monitor.fleet_share``), on a real monitor.db filled through ``store_report``."""
+(``server_monitor.serving.fleet_share``), on a real monitor.db filled through ``store_report``."""
 
 import asyncio
 import json
@@ -9,9 +9,10 @@ import time
 import pytest
 from reports import sample_report
 
-from server_monitor import fleet, fleet_share, schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_report
+from server_monitor.serving import fleet, fleet_share
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_report
 
 ADMIN = {"id": "admin", "role": "admin"}
 SERVERS = fleet.REUSE_MIN_SERVERS + 20

@@ -189,28 +189,34 @@ def test_report_strings_are_cleaned_of_control_and_bidi_characters():
                                   "processes": [{"process_name": "x\ufffd[31my\tz"}], "n": 3}
 
 
-def test_mig_host_reads_instances_with_one_extra_call_per_minute(fake):
+def test_item3_mig_host_reads_the_table_on_the_first_cycle_then_once_a_minute(fake):
+    """Item 3: the first cycle reads -L and the table, so its report already says which instance is
+    busy (on 227e0d8 the first report had every instance's memory and processes unknown, and /free
+    offered the busy one). Then no extra call while the processes stay the ones placed, the table
+    again a minute later."""
     log = fake(capture="h100-mig", gpus=1)
     collector = GpuCollector(FAKE_NVSMI)
     first = collector.collect()
     assert first["gpus"][0]["mig.mode.current"] is True
-    assert calls(log)[-1].endswith(" -L")  # help, version, query, apps, then -L once
-    assert len(calls(log)) == 5
-    assert [(d["profile"], d["uuid"], d["memory.used"]) for d in first["mig_devices"]] == [
-        ("3g.40gb", "MIG-00000000-0000-0000-0000-000000000000", None),
-        ("2g.20gb", "MIG-00000001-0000-0000-0000-000000000001", None),
-        ("1g.10gb", "MIG-00000002-0000-0000-0000-000000000002", None),
-        ("1g.10gb", "MIG-00000003-0000-0000-0000-000000000003", None)]
-    collector.collect()
-    assert len(calls(log)) == 7  # within the minute: no extra call
-    collector._mig_called -= 61  # a minute later: the table
-    third = collector.collect()
-    assert len(calls(log)) == 10 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
-    assert [(d["gpu_instance_id"], d["memory.used"], d["memory.total"]) for d in third["mig_devices"]] == [
-        (2, 11091, 40448), (3, 17, 20096), (9, 9, 9984), (10, 9, 9984)]
-    assert {(p["pid"], p["gpu_instance_id"], p["mig_uuid"]) for p in third["processes"]} == {
+    assert [c.split()[-1] for c in calls(log)[-2:]] == ["-L", FAKE_NVSMI]  # help, version, query, apps, -L, table
+    assert len(calls(log)) == 6
+    assert [(d["profile"], d["uuid"], d["gpu_instance_id"], d["memory.used"], d["memory.total"])
+            for d in first["mig_devices"]] == [
+        ("3g.40gb", "MIG-00000000-0000-0000-0000-000000000000", 2, 11091, 40448),
+        ("2g.20gb", "MIG-00000001-0000-0000-0000-000000000001", 3, 17, 20096),
+        ("1g.10gb", "MIG-00000002-0000-0000-0000-000000000002", 9, 9, 9984),
+        ("1g.10gb", "MIG-00000003-0000-0000-0000-000000000003", 10, 9, 9984)]
+    assert all(d["sampled_at"] is not None for d in first["mig_devices"])
+    assert {(p["pid"], p["gpu_instance_id"], p["mig_uuid"]) for p in first["processes"]} == {
         (21180, 2, "MIG-00000000-0000-0000-0000-000000000000"), (21181, 2, "MIG-00000000-0000-0000-0000-000000000000"),
         (21198, 2, "MIG-00000000-0000-0000-0000-000000000000")}
+    collector.collect()
+    assert len(calls(log)) == 8  # within the minute, same processes: no extra call
+    collector._mig_table_at -= 61  # a minute later: the table
+    third = collector.collect()
+    assert len(calls(log)) == 11 and calls(log)[-1].split()[-1].endswith("fake_nvidia_smi.py")
+    assert [(d["gpu_instance_id"], d["memory.used"], d["memory.total"]) for d in third["mig_devices"]] == [
+        (2, 11091, 40448), (3, 17, 20096), (9, 9, 9984), (10, 9, 9984)]
 
 
 def test_non_mig_host_makes_no_mig_call(fake):

@@ -10,9 +10,9 @@ import time
 import ingest
 from reports import sample_report
 
-from server_monitor import schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_reports
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_reports
 
 
 def environ(cfg, body, token=None):
@@ -83,7 +83,7 @@ def test_store_reports_answers_in_order_and_keeps_duplicates_out(tmp_path):
 def test_the_checkpoint_thread_copies_the_wal_so_writers_do_not(tmp_path):
     """Writers checkpoint only past a 64 MiB WAL; the hub's checkpoint thread copies the WAL
     into the database file while reports keep being written (a passive checkpoint, no lock)."""
-    from server_monitor.rollup import CheckpointThread
+    from server_monitor.storage.rollup import CheckpointThread
 
     path = str(tmp_path / "m.db")
     schema.migrate(path)
@@ -118,7 +118,7 @@ def test_the_checkpoint_thread_copies_the_wal_so_writers_do_not(tmp_path):
 def test_a_wal_that_analysts_never_leave_is_brought_back_to_its_start(tmp_path, monkeypatch):
     """The 10-minute mixed run grew the WAL to 1.7 GB: analysts' scans ran back to back, so some
     reader always read from the WAL and SQLite never restarted it. Here two "analysts" on two
-    analyst slots (their lock files, as server_monitor.analyst takes them) hold overlapping read
+    analyst slots (their lock files, as server_monitor.serving.analyst takes them) hold overlapping read
     transactions of 0.3 s while a writer commits every few ms under the writer lock: the WAL
     grows past the restart threshold; the checkpoint thread holds both slots, restarts the WAL
     (writers held at most RESTART_WAIT_MS) and the analysts go on after. Without holding the
@@ -127,8 +127,8 @@ def test_a_wal_that_analysts_never_leave_is_brought_back_to_its_start(tmp_path, 
     import os
     import threading
 
-    from server_monitor import rollup
-    from server_monitor.instance import WriterLock
+    from server_monitor.storage import rollup
+    from server_monitor.storage.instance import WriterLock
 
     monkeypatch.setattr(rollup, "RESTART_FRAMES", 200)
     path = str(tmp_path / "m.db")

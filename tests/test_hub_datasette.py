@@ -191,7 +191,7 @@ def test_history_is_downsampled_below_the_row_limit(long_raw_retention, admin, h
                      [(g, ts, 80) for g in gpu_ids for ts in times])
     conn.commit()
     # Roll the 30 days up now (`server-monitor maintain`), rather than racing the hub's own pass.
-    from server_monitor.rollup import Maintenance
+    from server_monitor.storage.rollup import Maintenance
 
     maintenance = Maintenance.from_config(long_raw_retention)
     maintenance.pause = 0  # no 5 ms breather after each of its ~4,000 transactions: no ingest runs here

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from reports import sample_report
 
 import ingest
-from server_monitor import schema
+from server_monitor.storage import schema
 
 JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                       st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40))
@@ -80,7 +80,7 @@ def call(app, body, headers=None):
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory):
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     path = tmp_path_factory.mktemp("fuzz") / "config.yaml"
     cfg, _ = config_mod.create(str(path))
@@ -125,7 +125,7 @@ def test_database_is_intact_after_fuzzing(fuzz_app):
 def test_concurrent_writers_and_readers(hub_config):
     """8 ingest threads, 4 readers and the maintenance job on one file: no 'database is
     locked', nothing lost."""
-    from server_monitor.rollup import Maintenance
+    from server_monitor.storage.rollup import Maintenance
 
     app = ingest.make_application(hub_config)
     errors, statuses = [], []

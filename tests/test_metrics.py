@@ -68,7 +68,7 @@ def test_metrics_access(datasette, hub_config):
     scraped = anonymous.get("/metrics", headers={"Authorization": f"Bearer {hub_config.get('prometheus.token')}"})
     assert scraped.status_code == 200 and "server_monitor_up" in scraped.text
     viewer_hash = __import__("datasette_auth_passwords.utils", fromlist=["x"]).hash_password("viewer password", iterations=1000)
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     hub.context(datasette).accounts.create_user("vic", viewer_hash, "viewer")
     viewer = Client(datasette)
@@ -141,7 +141,7 @@ def test_mig_instances_carry_gpu_i_id_and_profile(datasette, hub_config):
     assert ingest(admin, mig_report("mig-m"), hub_config.get("agent.token")).status_code == 201
     found = families(admin.get("/metrics").text)
     used = samples(found["DCGM_FI_DEV_FB_USED"], Hostname="mig-m")
-    by_instance = {(s.labels.get("GPU_I_ID"), s.labels.get("GPU_I_PROFILE")): s.value for s in used}
+    by_instance = {(s.labels.get("GPU_I_ID", ""), s.labels.get("GPU_I_PROFILE", "")): s.value for s in used}
     assert by_instance == {("", ""): 11125, ("2", "3g.40gb"): 11091, ("3", "2g.20gb"): 17, ("9", "1g.10gb"): 9,
                            ("10", "1g.10gb"): 9}
     assert {s.labels["gpu"] for s in used} == {"0"}
@@ -221,3 +221,79 @@ def test_throttle_today_starts_at_the_viewers_local_midnight(datasette, hub_conf
         response = admin.get(f"/api/servers/{server_id}?day_start={bad}")
         assert response.status_code == 400 and "day_start" in response.json()["error"]
     assert admin.get("/api/servers?day_start=x").status_code == 400
+
+
+def test_metrics_gzip_when_asked_and_no_empty_labels(hub_process, hub_config):
+    """Issue 24 item 5: /metrics compressed on the wire when the scraper accepts gzip (as Prometheus
+    does), and lean (no empty labels). Through the real hub: the bytes on the wire are checked."""
+    import gzip
+    import json
+
+    import urllib3
+
+    http = urllib3.PoolManager(retries=False)
+    report = json.dumps(sample_report("lean-a", gpus=2, processes=1)).encode()
+    assert http.request("POST", hub_process.base_url + "/api/report", body=report, headers={
+        "Authorization": f"Bearer {hub_config.get('agent.token')}", "Content-Type": "application/json"}).status == 201
+    auth = {"Authorization": f"Bearer {hub_config.get('prometheus.token')}"}
+    plain = http.request("GET", hub_process.base_url + "/metrics", headers={**auth, "Accept-Encoding": "identity"})
+    packed = http.request("GET", hub_process.base_url + "/metrics", decode_content=False,
+                          headers={**auth, "Accept-Encoding": "gzip"})
+    assert "content-encoding" not in plain.headers
+    assert packed.headers["content-encoding"] == "gzip" and "Accept-Encoding" in packed.headers["vary"]
+    assert gzip.decompress(packed.data) == plain.data
+    assert len(packed.data) * 3 < len(plain.data)
+    text = plain.data.decode()
+    assert '=""' not in text
+    util = samples(families(text)["DCGM_FI_DEV_GPU_UTIL"], Hostname="lean-a")
+    assert set(util[0].labels) == {"gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "vendor"}
+
+
+def test_metrics_shards_partition_the_fleet_and_one_server_has_no_host_labels(datasette, hub_config):
+    """Issue 24 item 5: ?shard=I&of=N splits the servers (every one in exactly one shard), and
+    /metrics/servers/<id> leaves the labels its http_sd target carries off the samples."""
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    for i in range(7):
+        assert ingest(admin, sample_report(f"shard-{i}", gpus=2, processes=0),
+                      hub_config.get("agent.token")).status_code == 201
+
+    def hosts(text):
+        return sorted(s.labels["Hostname"] for s in families(text)["DCGM_FI_DEV_GPU_UTIL"].samples)
+
+    whole = hosts(admin.get("/metrics").text)
+    parts = [hosts(admin.get(f"/metrics?shard={i}&of=3").text) for i in range(3)]
+    assert sorted(sum(parts, [])) == whole and len(whole) == 14
+    assert all(parts) and len({tuple(p) for p in parts}) == 3
+    one = admin.get("/metrics/servers/1")
+    assert one.status_code == 200
+    found = families(one.text)
+    assert [s.labels for s in found["server_monitor_up"].samples] == [{}]
+    assert {s.labels["gpu"] for s in found["DCGM_FI_DEV_GPU_UTIL"].samples} == {"0", "1"}
+    assert "Hostname" not in one.text and "server_id" not in one.text
+    for bad in ("?shard=3&of=3", "?shard=0", "?of=2", "?shard=-1&of=2", "?shard=a&of=2", "?shard=0&of=5000"):
+        refused = admin.get("/metrics" + bad)
+        assert refused.status_code == 400, bad
+        assert "shard" in refused.json()["error"] or "of" in refused.json()["error"]
+
+
+def test_metrics_targets_for_http_sd(datasette, hub_config):
+    """Issue 24 item 5: /metrics/targets answers Prometheus HTTP service discovery, by shard or server."""
+    anonymous = Client(datasette)
+    assert anonymous.get("/metrics/targets").status_code == 401
+    assert anonymous.get("/metrics/servers/1").status_code == 401
+    token = {"Authorization": f"Bearer {hub_config.get('prometheus.token')}"}
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    for name in ("sd-a", "sd-b"):
+        assert ingest(admin, sample_report(name, gpus=1, processes=0), hub_config.get("agent.token")).status_code == 201
+    one = anonymous.get("/metrics/targets", headers=token).json()
+    assert len(one) == 1 and one[0]["labels"]["__metrics_path__"] == "/metrics"
+    four = anonymous.get("/metrics/targets?shards=4", headers={**token, "Host": "hub.example:5100"}).json()
+    assert [g["labels"]["shard"] for g in four] == ["0", "1", "2", "3"]
+    assert {g["targets"][0] for g in four} == {"hub.example:5100"}
+    assert all(g["labels"]["__param_of"] == "4" and g["labels"]["__param_shard"] == g["labels"]["shard"] for g in four)
+    per_server = anonymous.get("/metrics/targets?per=server", headers=token).json()
+    assert [(g["labels"]["Hostname"], g["labels"]["__metrics_path__"]) for g in per_server] == [
+        ("sd-a", "/metrics/servers/1"), ("sd-b", "/metrics/servers/2")]
+    assert anonymous.get("/metrics/targets?shards=0", headers=token).status_code == 400

@@ -279,7 +279,7 @@ def test_every_new_field_equals_the_capture(name, state):
 @pytest.mark.parametrize("name", all_captures())
 @pytest.mark.parametrize("state", ["idle", "load"])
 def test_throttle_bitmask_decodes_to_the_per_reason_columns(name, state):
-    from server_monitor.gpu_health import reason_names
+    from server_monitor.core.gpu_health import reason_names
 
     gpus, _ = parse_capture(name, state)
     row = Capture(name).query_gpu(state)[0]

@@ -37,6 +37,23 @@ def api(base, path, **params):
     return body["data"]
 
 
+def start_prometheus(tmp_path, name, config_text):
+    """Debian's prometheus with ``config_text`` on a free loopback port; returns (process, base URL, log file)."""
+    port = free_port()
+    (tmp_path / f"{name}.yml").write_text(config_text)
+    log = open(tmp_path / f"{name}.log", "wb")
+    prom = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / f'{name}.yml'}",
+                             f"--storage.tsdb.path={tmp_path / f'{name}-tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return prom, f"http://127.0.0.1:{port}", log
+
+
+def stop_prometheus(prom, log):
+    os.killpg(prom.pid, 15)
+    prom.wait(timeout=20)
+    log.close()
+
+
 def test_prometheus_scrapes_the_hub_and_the_dcgm_dashboard_queries_work(hub_process, hub_config, tmp_path):
     token = hub_config.get("agent.token")
     for report in (sample_report("prom-a", gpus=2, processes=1), sample_report("prom-b", gpus=1, processes=0),
@@ -45,9 +62,9 @@ def test_prometheus_scrapes_the_hub_and_the_dcgm_dashboard_queries_work(hub_proc
                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
         assert response.status == 201, response.data
     hub_port = hub_process.base_url.rsplit(":", 1)[1]
-    prom_port = free_port()
     (tmp_path / "token").write_text(hub_config.get("prometheus.token"))
-    (tmp_path / "prometheus.yml").write_text(
+    prom, base, log = start_prometheus(
+        tmp_path, "prometheus",
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n"
         "  - job_name: server-monitor\n"
@@ -56,11 +73,6 @@ def test_prometheus_scrapes_the_hub_and_the_dcgm_dashboard_queries_work(hub_proc
         f"      credentials_file: {tmp_path / 'token'}\n"
         "    static_configs:\n"
         f"      - targets: ['127.0.0.1:{hub_port}']\n")
-    log = open(tmp_path / "prometheus.log", "wb")
-    prom = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{prom_port}"
     try:
         deadline = time.time() + 60
         up = []
@@ -96,6 +108,68 @@ def test_prometheus_scrapes_the_hub_and_the_dcgm_dashboard_queries_work(hub_proc
         assert sorted((r["metric"]["GPU_I_ID"], r["metric"]["GPU_I_PROFILE"], float(r["value"][1])) for r in mig) == [
             ("10", "1g.10gb", 9), ("2", "3g.40gb", 11091), ("3", "2g.20gb", 17), ("9", "1g.10gb", 9)]
     finally:
-        os.killpg(prom.pid, 15)
-        prom.wait(timeout=20)
-        log.close()
+        stop_prometheus(prom, log)
+
+
+def test_two_prometheus_split_the_fleet_by_http_sd_and_hashmod(hub_process, hub_config, tmp_path):
+    """Issue 24 item 5: the hub lists 4 shard targets (/metrics/targets, http_sd_configs); two real
+    Prometheus keep half of them each with hashmod relabeling, every target is up, and together they
+    hold every GPU exactly once."""
+    token = hub_config.get("agent.token")
+    for i in range(12):
+        response = HTTP.request("POST", hub_process.base_url + "/api/report",
+                                body=json.dumps(sample_report(f"sd-{i:02d}", gpus=2, processes=0)).encode(),
+                                headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        assert response.status == 201, response.data
+    (tmp_path / "token").write_text(hub_config.get("prometheus.token"))
+    running = []
+    try:
+        for keep in (0, 1):
+            running.append(start_prometheus(
+                tmp_path, f"prom{keep}",
+                "global:\n  scrape_interval: 1s\n"
+                "scrape_configs:\n"
+                "  - job_name: server-monitor\n"
+                "    authorization:\n"
+                f"      credentials_file: {tmp_path / 'token'}\n"
+                "    http_sd_configs:\n"
+                f"      - url: {hub_process.base_url}/metrics/targets?shards=4\n"
+                "        refresh_interval: 5s\n"
+                "        authorization:\n"
+                "          type: Bearer\n"  # Prometheus 2.42's http_sd sends no scheme without it
+                f"          credentials_file: {tmp_path / 'token'}\n"
+                "    relabel_configs:\n"
+                "      - source_labels: [shard]\n"
+                "        modulus: 2\n"
+                "        target_label: __tmp_hash\n"
+                "        action: hashmod\n"
+                "      - source_labels: [__tmp_hash]\n"
+                f"        regex: '{keep}'\n"
+                "        action: keep\n"))
+        hosts, ups = {}, {}
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                for keep, (_, base, _) in enumerate(running):
+                    ups[keep] = api(base, "/api/v1/query", query='up{job="server-monitor"}')["result"]
+                    hosts[keep] = [r["metric"]["Hostname"] for r in
+                                   api(base, "/api/v1/query", query="DCGM_FI_DEV_GPU_UTIL")["result"]]
+                if sum(len(h) for h in hosts.values()) == 24 and all(len(u) == 2 for u in ups.values()):
+                    break
+            except (urllib3.exceptions.HTTPError, AssertionError):
+                pass
+            time.sleep(0.5)
+        logs = "".join((tmp_path / f"prom{k}.log").read_text()[-1500:] for k in (0, 1))
+        assert all(len(ups.get(k, [])) == 2 for k in (0, 1)), (ups, logs)
+        assert all(r["value"][1] == "1" for k in (0, 1) for r in ups[k]), ups
+        shards = sorted(r["metric"]["shard"] for k in (0, 1) for r in ups[k])
+        assert shards == ["0", "1", "2", "3"]
+        together = sorted(hosts[0] + hosts[1])
+        assert together == sorted(f"sd-{i:02d}" for i in range(12) for _ in range(2))  # every GPU once
+        assert hosts[0] and hosts[1] and not set(hosts[0]) & set(hosts[1])
+        durations = [float(r["value"][1]) for k in (0, 1) for r in
+                     api(running[k][1], "/api/v1/query", query="scrape_duration_seconds")["result"]]
+        assert len(durations) == 4 and max(durations) < 2
+    finally:
+        for prom, _, log in running:
+            stop_prometheus(prom, log)

@@ -19,11 +19,12 @@ import uuid
 import pytest
 from reports import sample_report
 
-from server_monitor import schema, topology
-from server_monitor.contract import validate_report
-from server_monitor.queries import QUERIES
-from server_monitor.rollup import Maintenance, refresh_statistics
-from server_monitor.store import store_report
+from server_monitor.storage import schema
+from server_monitor.core import topology
+from server_monitor.storage.contract import validate_report
+from server_monitor.serving.queries import QUERIES
+from server_monitor.storage.rollup import Maintenance, refresh_statistics
+from server_monitor.storage.store import store_report
 
 HISTORY = ("host_samples", "gpu_samples", "disk_samples", "gpu_processes", "host_samples_5m", "host_samples_1h",
            "gpu_samples_5m", "gpu_samples_1h", "gpu_usage_1h", "alerts", "xid_events")

@@ -7,10 +7,10 @@ import pytest
 from conftest import ROOT, file_connection
 from reports import sample_report
 
-from server_monitor import schema
-from server_monitor.contract import validate_report
-from server_monitor.rollup import Maintenance
-from server_monitor.store import store_report
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.rollup import Maintenance
+from server_monitor.storage.store import store_report
 
 DAY = 86400
 T0 = 1_800_000_000 // 3600 * 3600  # an hour boundary
@@ -118,7 +118,7 @@ def test_retention_deletes_each_tier_in_batches(db):
 def test_history_query_reads_the_rolled_up_tier(db, tmp_path):
     import time
 
-    from server_monitor.rollup import LAG
+    from server_monitor.storage.rollup import LAG
 
     now = int(time.time())
     start = (now - 20 * DAY) // 3600 * 3600

@@ -236,7 +236,7 @@ def test_serve_refuses_bad_input_in_one_line(tmp_path, config_text):
 def test_unknown_config_keys_are_named_with_the_closest_known_one(tmp_path, config_text):
     """M2: unknown keys in any section, alerts included, are errors naming the key and the closest
     known name (``retention_day: 3`` used to run with the default 7 days)."""
-    from server_monitor import config as config_mod
+    from server_monitor.core import config as config_mod
 
     for old, new, message in [
         ("retention_days: 7", "retention_day: 3", "unknown key data.retention_day (did you mean retention_days?)"),

@@ -5,9 +5,9 @@ import sqlite3
 import pytest
 from reports import sample_report
 
-from server_monitor import schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_report
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_report
 
 
 def test_fresh_database_is_current_and_wal(tmp_path):

@@ -15,9 +15,10 @@ from reports import sample_report
 from test_alerts import Receiver, SmtpSink
 from test_hub_datasette import Client, ingest
 
-from server_monitor import alerts, schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_report
+from server_monitor.jobs import alerts
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_report
 
 HOSTILE_HOST = "gpu-07\nBcc: attacker@evil.example"
 MARKUP_HOST = '<!channel> <at user_id="all"></at> re-login: <https://evil.example/login|https://monitor.example.org/>'
@@ -98,7 +99,7 @@ def test_m3_alert_thread_survives_a_failing_pass(tmp_path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_m3_dead_background_thread_shows_in_health(datasette):
     """M3: a background thread that died makes /-/health answer 503 naming it (the UI banner reads this)."""
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     client = Client(datasette)
     assert client.get("/-/health").json()["ok"] is True
@@ -159,7 +160,7 @@ def test_m2_register_checks_the_invite_before_hashing_and_is_rate_limited(datase
 def test_m2_a_valid_invite_still_registers_and_hashes_once(datasette, monkeypatch):
     """M2: the invite-first order keeps the normal path working (one hash, one account)."""
     sm_auth = _plugin("sm_auth")
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     hashes = []
     real = sm_auth.hash_password
@@ -178,7 +179,7 @@ def test_m2_pbkdf2_work_is_capped(datasette):
     import asyncio
     import threading
 
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     ctx = hub.context(datasette)
     running, peak, lock = [0], [0], threading.Lock()
@@ -209,7 +210,7 @@ def test_l5_account_current_password_check_is_rate_limited(datasette):
     """L5: wrong current passwords at /account share the per-username login budget (429 after five)."""
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     ctx = hub.context(datasette)
     ctx.accounts.create_user("vera", hash_password(PASSWORD, iterations=1000), "viewer")
@@ -228,7 +229,7 @@ def test_l5_account_current_password_check_is_rate_limited(datasette):
 @pytest.mark.parametrize("password", ["aaaaaaaaaaaa", "abababababab", "1234567890", "Password123", "vera-the-user1"])
 def test_i4_trivially_weak_passwords_are_refused(password):
     """I4: all-same/few-character passwords, the common list and the username are refused."""
-    from server_monitor.accounts import AccountError, check_password
+    from server_monitor.auth.accounts import AccountError, check_password
 
     with pytest.raises(AccountError):
         check_password(password, "vera-the-user")
@@ -240,7 +241,7 @@ def test_i4_trivially_weak_passwords_are_refused(password):
 def admin_and_vera(datasette, hub_config):
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     ctx = hub.context(datasette)
     ctx.accounts.create_user("vera", hash_password(PASSWORD, iterations=1000), "viewer")
@@ -334,7 +335,7 @@ def test_m1_browser_cookie_tossing_from_another_port_fails(page, hub_process, hu
     from browser import login
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     accounts = Accounts(hub_config.auth_db_path)
     accounts.create_user("vera", hash_password(PASSWORD, iterations=1000), "viewer")
@@ -376,7 +377,7 @@ def _put(conn, name, ts=None, gpus=1):
 
 def test_m4_server_and_gpu_ids_are_never_reused(tmp_path):
     """M4: deleting the highest-id server (or GPU) no longer gives its id to the next new host."""
-    from server_monitor.store import delete_server
+    from server_monitor.storage.store import delete_server
 
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)
@@ -440,7 +441,7 @@ def test_m4_delete_removes_accounting_alerts_and_scopes(datasette, hub_config):
     users.servers and invites.servers; a viewer scoped to it sees nothing of the next new host."""
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     ctx = hub.context(datasette)
     admin = Client(datasette)
@@ -491,7 +492,7 @@ def test_l4_x_forwarded_for_is_not_trusted_without_configuration(hub_process, hu
                                   encode_multipart=False)
         statuses.append(response.status)
     assert statuses == [401] * 5 + [429]
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     clients = [r[0] for r in Accounts(hub_config.auth_db_path).connection().execute("SELECT client FROM sessions")]
     assert clients == ["127.0.0.1"]
@@ -514,7 +515,7 @@ def test_l4_trusted_proxy_header_uses_the_rightmost_address(hub_config):
     not the leftmost one a client can forge."""
     from conftest import make_datasette
 
-    from server_monitor import hub
+    from server_monitor.serving import hub
 
     _set_config(hub_config, **{"auth.trusted_proxy_header": "X-Forwarded-For"})
     schema.migrate(hub_config.db_path)
@@ -556,7 +557,7 @@ def test_l3_first_rollup_starts_at_the_oldest_hour_kept(tmp_path):
     hours; now it starts at the oldest hour the hourly tier keeps."""
     from conftest import file_connection
 
-    from server_monitor.rollup import Maintenance
+    from server_monitor.storage.rollup import Maintenance
 
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)
@@ -696,8 +697,8 @@ def test_l10_report_ids_are_deduplicated_per_host(ingest_server):
 
 def test_l10_per_host_token_cannot_take_another_servers_name(ingest_server):
     """L10: a per-host token of gpu-a reporting hostname gpu-c (an existing server) gets 403."""
-    from server_monitor import tokens
-    from server_monitor.store import machine_identity
+    from server_monitor.auth import tokens
+    from server_monitor.storage.store import machine_identity
 
     shared = ingest_server.config.get("agent.token")
     assert _post(ingest_server.base_url, sample_report("gpu-c"), shared)[0] == 201
@@ -714,7 +715,7 @@ def test_l10_per_host_token_cannot_take_another_servers_name(ingest_server):
                                   "gpu\u2028x"])
 def test_l10_hostnames_are_rfc1123_ish(name):
     """L10/M3: newlines, spaces, invisible marks and look-alike letters are refused in host names."""
-    from server_monitor.contract import ContractError, validate_report
+    from server_monitor.storage.contract import ContractError, validate_report
 
     report = sample_report("ok-host")
     report["host"]["hostname"] = name
@@ -725,7 +726,7 @@ def test_l10_hostnames_are_rfc1123_ish(name):
 @pytest.mark.parametrize("mark", ["\u200e", "\u200f", "\u061c", "\u200b", "\ufeff", "\u2028", "\u2029"])
 def test_l10_invisible_marks_are_refused_in_names(mark):
     """L10: LRM, RLM, ALM, ZWSP, BOM, LS and PS never reach a stored name (GPU model, process)."""
-    from server_monitor.contract import ContractError, validate_report
+    from server_monitor.storage.contract import ContractError, validate_report
 
     report = sample_report("ok-host", gpus=1, processes=1)
     report["gpus"][0]["name"] = "NVIDIA" + mark + " H100"
@@ -742,7 +743,7 @@ def test_l10_agent_sends_a_name_the_hub_accepts():
     """L10: the agent turns a configured or kernel host name with other characters into one the hub accepts."""
     from monitor_agent.host import hub_hostname
 
-    from server_monitor.contract import HOSTNAME_PATTERN
+    from server_monitor.storage.contract import HOSTNAME_PATTERN
 
     assert hub_hostname("GPU Box\n1") == "GPU-Box-1"
     assert hub_hostname("gpu-\u0430") == "gpu--"
@@ -783,9 +784,9 @@ def test_i8_shared_agent_token_can_be_turned_off(hub_config):
 
     import ingest
 
-    from server_monitor import config as config_mod
-    from server_monitor import tokens
-    from server_monitor.store import machine_identity
+    from server_monitor.core import config as config_mod
+    from server_monitor.auth import tokens
+    from server_monitor.storage.store import machine_identity
 
     _set_config(hub_config, **{"agent.shared_token_enabled": False})
     app = ingest.make_application(config_mod.load(hub_config.path))

@@ -142,7 +142,7 @@ def test_l1_sessions_cli_lists_and_revokes_sessions_of_a_running_hub(hub_process
     session is sent to /login (302) or refused (401), on the running hub, through the real CLI."""
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     accounts = Accounts(hub_config.auth_db_path)
     accounts.create_user("vera", hash_password("correct horse battery"), "viewer")

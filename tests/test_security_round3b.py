@@ -155,7 +155,7 @@ def test_N11_sessions_revoke_matches_the_name_without_case_and_fails_when_nothin
     from datasette_auth_passwords.utils import hash_password
     from http_client import Browserless
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     Accounts(hub_config.auth_db_path).create_user("viewer2", hash_password("correct horse battery"), "viewer")
     base = hub_process.base_url
@@ -181,8 +181,8 @@ def test_N12_backup_files_are_private_from_their_first_byte(hub_config, tmp_path
     (0.25 s between steps) for a poller to see every mode the file ever had."""
     import sqlite3
 
-    from server_monitor import schema
-    from server_monitor.accounts import Accounts
+    from server_monitor.storage import schema
+    from server_monitor.auth.accounts import Accounts
 
     schema.migrate(hub_config.db_path)
     Accounts(hub_config.auth_db_path).connection()
@@ -298,7 +298,7 @@ def _stop_hub(proc):
 def _weak_user(hub_config, name, password, role="viewer"):
     from datasette_auth_passwords.utils import hash_password
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     Accounts(hub_config.auth_db_path).create_user(name, hash_password(password, iterations=1000), role)
 
@@ -308,7 +308,7 @@ def test_N10_right_passwords_are_budgeted_and_sessions_per_user_capped(hub_confi
     took every right password (75 sessions in 25 s) and slowed everyone's logins."""
     from http_client import Browserless
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     proc, base = _hub(hub_config, tmp_path)
     try:
@@ -348,7 +348,7 @@ def test_I1_a_valid_invite_registers_after_others_bogus_posts_from_the_same_addr
 
     from http_client import Browserless
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     proc, base = _hub(hub_config, tmp_path)
     try:
@@ -395,7 +395,7 @@ def test_I6_the_proxy_header_is_believed_only_from_trusted_proxies(hub_config, t
     ``auth.trusted_proxies``) rotated X-Forwarded-For and got a fresh address budget each time."""
     from http_client import Browserless
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     import urllib3
 
@@ -508,7 +508,7 @@ def test_I2_host_identity_problem_names_no_out_of_scope_server(hub_config, tmp_p
     from http_client import Browserless
     from test_security_followups import _post, _wait_for
 
-    from server_monitor.accounts import Accounts
+    from server_monitor.auth.accounts import Accounts
 
     proc, base = _hub(hub_config, tmp_path, **{"alerts.interval_s": 1})
     try:

@@ -10,8 +10,8 @@ import random
 import pytest
 from conftest import file_connection
 
-from server_monitor import schema
-from server_monitor.rollup import LAG, Maintenance
+from server_monitor.storage import schema
+from server_monitor.storage.rollup import LAG, Maintenance
 
 T0 = 1_800_000_000 // 3600 * 3600
 

@@ -194,8 +194,8 @@ def test_maintenance_transactions_queue_with_ingest_on_the_writer_lock(tmp_path)
     """Issue 13: the maintenance pass's write transactions hold the same lock as ingest's, so an
     ingest write waits in the kernel's queue (woken at once) instead of SQLite's sleeping busy
     handler; the lock is released after COMMIT, ROLLBACK, and a BEGIN that failed."""
-    from server_monitor import schema
-    from server_monitor.instance import LockedWriter, WriterLock
+    from server_monitor.storage import schema
+    from server_monitor.storage.instance import LockedWriter, WriterLock
 
     path = str(tmp_path / "monitor.db")
     schema.migrate(path)
@@ -235,7 +235,7 @@ def test_maintenance_transactions_queue_with_ingest_on_the_writer_lock(tmp_path)
 def test_every_worker_reports_the_leaders_dead_job_threads(tmp_path):
     """M3 with several processes: the jobs' leader publishes its dead job threads in the lock
     file, so a worker that does not run them still answers /-/health 503 naming them."""
-    from server_monitor.leader import JobsLeader
+    from server_monitor.jobs.leader import JobsLeader
 
     class Dead:  # a started job thread that has died
         name = "alerts"
@@ -252,7 +252,7 @@ def test_every_worker_reports_the_leaders_dead_job_threads(tmp_path):
     follower.start()  # the lock is taken: waits in a thread
     assert leader.is_leader and not follower.is_leader
     assert follower.dead() == []
-    from server_monitor.leader import dead_jobs
+    from server_monitor.jobs.leader import dead_jobs
 
     holder = type("Holder", (), {"maintenance_thread": None, "alert_thread": Dead()})()
     state["dead"] = dead_jobs(holder)

@@ -1,0 +1,3 @@
+"""Background jobs layer: ``leader`` (one process per hub runs the jobs: WAL checkpoints,
+maintenance, the fleet publisher, alerts) and ``alerts`` (rules and delivery). Imports ``core``,
+``storage`` and ``serving`` (the fleet publisher, the analysts' lock paths); nothing below imports it."""

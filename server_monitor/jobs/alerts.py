@@ -1,0 +1,401 @@
+"""Alert rules, evaluated in the background, delivered by webhook (generic, Slack, Feishu/Lark)
+and optionally e-mail. Every firing is a row in ``alerts``; it fires once, is repeated at
+most every ``alerts.repeat_minutes``, and sends a resolved notice when it clears. Servers
+and GPUs an admin marked ``maintenance`` raise nothing. An acknowledged alert (``alert_acks``)
+sends no reminders; an alert covered by a silence (``silences``: a server and/or a rule until
+a time) sends nothing while the silence lasts (and no resolved notice if it was never sent).
+
+Configuration (``config.yaml``, all optional)::
+
+    alerts:
+      enabled: true
+      interval_s: 60
+      repeat_minutes: 60
+      host_offline_minutes: 5
+      gpu_temperature_c: 85
+      gpu_temperature_minutes: 5
+      xid_minutes: 60
+      disk_percent: 90
+      dashboard_url: https://monitor.example.org/
+      webhooks:
+        - {url: "https://hooks.slack.com/services/...", format: slack}
+        - {url: "https://open.feishu.cn/open-apis/bot/v2/hook/...", format: feishu}
+        - {url: "https://example.org/hook", format: generic}
+      smtp: {host: smtp.example.org, port: 587, starttls: true, username: ..., password: ...,
+             from: monitor@example.org, to: [gpu-admins@example.org]}
+"""
+
+import json
+import logging
+import re
+import smtplib
+import threading
+import time
+from email.message import EmailMessage
+
+import urllib3
+
+from monitor_agent import textrule
+
+from ..core import gpu_health
+from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
+from ..storage import schema
+
+# NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
+# must not import the agent package, so the codes are repeated here and a test keeps them equal).
+CRITICAL_XIDS = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140, 143, 158})
+
+log = logging.getLogger("server_monitor.alerts")
+
+FAILURE_STATES = ("driver_mismatch", "no_devices", "driver_not_loaded", "insufficient_permissions", "error")
+STATE_TEXT = {
+    "driver_mismatch": "NVIDIA driver/library version mismatch (a reboot is usually pending)",
+    "no_devices": "the NVIDIA driver finds no GPUs",
+    "driver_not_loaded": "the NVIDIA driver is not loaded",
+    "insufficient_permissions": "insufficient permissions for NVML",
+    "error": "nvidia-smi fails",
+    "timeout": "nvidia-smi does not answer (killed after the timeout)",
+    "busy": "nvidia-smi hangs (an earlier call is still alive)",
+}
+
+
+# Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
+# error messages, mountpoints) become one space in every notice (see docs/security.md M3: a newline in an e-mail
+# Subject raised ValueError and killed the alert thread; also no forged lines in chat): the
+# shared text rule (monitor_agent/textrule.py) plus, for one line, TAB, LF, ZWNJ/ZWJ and the
+# invisible operators U+2061-U+2065.
+_UNSAFE_TEXT = re.compile("[\t\n\u200c\u200d\u2061-\u2065" + textrule.UNSAFE_CLASS + "]+")
+
+
+def clean_text(text):
+    """``text`` on one line: controls, line/paragraph separators, bidi and zero-width marks → " "."""
+    return _UNSAFE_TEXT.sub(" ", str(text)).strip()
+
+
+def slack_escape(text):
+    """Slack mrkdwn escaping (``&``, ``<``, ``>``): no ``<!channel>`` pings or disguised links (see docs/security.md L9)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def feishu_escape(text):
+    """Feishu/Lark text: ``<`` and ``>`` as full-width look-alikes, so no ``<at user_id="all">`` (see docs/security.md L9)."""
+    return text.replace("<", "\uff1c").replace(">", "\uff1e")
+
+
+def settings(config):
+    """``alerts`` section of the hub config merged over :data:`DEFAULTS`."""
+    merged = dict(DEFAULTS)
+    merged.update(config.get("alerts") or {})
+    return merged
+
+
+def _bus_subject(bus):
+    """One spelling of a PCI bus id for alert keys: ``00000000:6D:00.0``.
+
+    nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
+    ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not
+    a bus id is returned as it is.
+    """
+    text = str(bus).strip()
+    parts = text.split(":")
+    if len(parts) == 3 and all(parts):
+        domain = parts[0][-8:]
+        if all(c in "0123456789abcdefABCDEF" for c in domain):
+            return f"{domain.zfill(8)}:{parts[1]}:{parts[2]}".upper()
+    return text
+
+
+def evaluate(conn, now, cfg):
+    """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message"}}``.
+
+    ``conn``: a connection to monitor.db. ``cfg``: :func:`settings`. Pure reads.
+    """
+    firing = {}
+
+    def fire(rule, severity, server_id, subject, message):
+        key = f"{rule}:{server_id}:{subject}"
+        firing[key] = {"rule": rule, "severity": severity, "server_id": server_id, "subject": subject,
+                       "message": message}
+
+    servers = {row[0]: row for row in conn.execute(
+        "SELECT id, coalesce(display_name, hostname), last_seen, interval_s, gpu_state, gpu_message, gpu_lost, status"
+        " FROM servers WHERE status != 'maintenance'")}
+    offline = set()
+    for server_id, name, last_seen, interval, state, message, lost, _ in servers.values():
+        age = now - last_seen
+        if age > cfg["host_offline_minutes"] * 60:
+            offline.add(server_id)
+            since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_seen))
+            fire("host_offline", "critical", server_id, "", f"{name}: no report since {since} ({int(age // 60)} min)")
+            continue
+        if state in FAILURE_STATES:
+            # The driver-mismatch message is NVML's wording of the same thing: not repeated.
+            fire("gpu_failure", "critical", server_id, state, f"{name}: {STATE_TEXT[state]}"
+                 + (f" ({message})" if message and state != "driver_mismatch" else ""))
+        elif state in ("timeout", "busy"):
+            fire("collection_stale", "warning", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}")
+        if state == "gpu_lost" and lost:
+            for item in json.loads(lost):
+                bus = item.get("pci.bus_id") or "?"
+                fire("gpu_lost", "critical", server_id, _bus_subject(bus),
+                     f"{name}: GPU {bus} is lost ({item.get('message') or ''})")
+    for gpu_id, server_id, index, bus, gpu_name in conn.execute(
+            "SELECT id, server_id, gpu_index, pci_bus_id, name FROM gpus WHERE present = 0 AND removed_at IS NULL"
+            " AND status != 'maintenance'"):
+        subject = _bus_subject(bus) if bus else f"gpu{gpu_id}"
+        if f"gpu_lost:{server_id}:{subject}" in firing:
+            continue  # the driver named it lost already (its own message says why): one problem, not two
+        if server_id in servers and server_id not in offline:
+            fire("gpu_lost", "critical", server_id, subject,
+                 f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report")
+    for gpu_id, server_id, index, ecc, remap, retire, failure, state in conn.execute(
+            "SELECT id, server_id, gpu_index, ecc_errors_uncorrected_volatile_total, remapped_rows_pending,"
+            " retired_pages_pending, remapped_rows_failure, gpu_state FROM gpus WHERE present AND status != 'maintenance'"
+            " AND (ecc_errors_uncorrected_volatile_total > 0 OR remapped_rows_pending = 1 OR retired_pages_pending = 1"
+            "      OR remapped_rows_failure = 1 OR gpu_state = 'requires_reset')"):
+        if server_id in servers and server_id not in offline:
+            what = []
+            if state == "requires_reset":
+                what.append("GPU requires reset")
+            if ecc:
+                what.append(f"{ecc} uncorrectable ECC errors")
+            if failure:
+                what.append("row remapping failed (RMA)")
+            if remap:
+                what.append("row remapping pending (reset needed)")
+            if retire:
+                what.append("page retirement pending (reset needed)")
+            fire("gpu_ecc", "critical", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}")
+    for gpu_id, server_id, index, active, busy, gen, gen_max, width, width_max in conn.execute(
+            "SELECT id, server_id, gpu_index, clocks_event_reasons_active, busy, pcie_link_gen_current,"
+            " pcie_link_gen_max, pcie_link_width_current, pcie_link_width_max FROM gpus"
+            " WHERE present AND status != 'maintenance'"
+            " AND ((clocks_event_reasons_active & ?) != 0"
+            "      OR (busy AND (pcie_link_gen_current < pcie_link_gen_max OR pcie_link_width_current < pcie_link_width_max)))",
+            (gpu_health.HW_SLOWDOWN_MASK,)):
+        if server_id not in servers or server_id in offline:
+            continue
+        slow = gpu_health.reason_names((active or 0) & gpu_health.HW_SLOWDOWN_MASK)
+        if slow:
+            fire("gpu_throttle", "warning", server_id, f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} is throttled by {', '.join(slow)}")
+        degraded = gpu_health.pcie_degraded({"pcie_link_gen_current": gen, "pcie_link_gen_max": gen_max,
+                                             "pcie_link_width_current": width, "pcie_link_width_max": width_max})
+        if busy and degraded:
+            fire("gpu_pcie_degraded", "warning", server_id, f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
+    critical_xids = sorted(CRITICAL_XIDS)
+    # The alert text never names the process (pid, name): every viewer in scope reads it in
+    # alerts_active and /api/fleet, also those with processes hidden (security review N6). Who
+    # ran on the GPU is in the XID list (server_xids / xid_events) for those who may see it.
+    for server_id, gpu_id, index, bus, xid, name, ts in conn.execute(
+            "SELECT e.server_id, e.gpu_id, g.gpu_index, e.pci_bus_id, e.xid, e.name, max(e.ts)"
+            " FROM xid_events e LEFT JOIN gpus g ON g.id = e.gpu_id"
+            f" WHERE e.ts >= ? AND e.xid IN ({','.join('?' * len(critical_xids))})"
+            " AND coalesce(g.status, 'active') != 'maintenance'"
+            " GROUP BY e.server_id, e.gpu_id, e.pci_bus_id, e.xid",
+            [now - cfg["xid_minutes"] * 60] + critical_xids):
+        if server_id in servers and server_id not in offline:
+            gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
+            fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
+                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip())
+    window = cfg["gpu_temperature_minutes"] * 60
+    for gpu_id, server_id, index, coolest, samples in conn.execute(
+            "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"
+            " JOIN gpu_samples s ON s.gpu_id = g.id AND s.ts >= ? WHERE g.present AND g.status != 'maintenance'"
+            " GROUP BY g.id HAVING min(s.temperature_gpu_c) >= ? AND count(*) >= 2",
+            (now - window, cfg["gpu_temperature_c"])):
+        if server_id in servers and server_id not in offline:
+            fire("gpu_temperature", "warning", server_id, f"gpu{gpu_id}",
+                 f"{servers[server_id][1]}: GPU {index} at {coolest} °C or more for {cfg['gpu_temperature_minutes']} min")
+    for server_id, mount, percent in conn.execute(
+            "SELECT d.server_id, d.mountpoint, 100.0 * d.used_bytes / d.total_bytes FROM servers s"
+            " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
+            " WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?", (cfg["disk_percent"],)):
+        if server_id in servers and server_id not in offline:
+            fire("disk_full", "warning", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full")
+    for event_id, server_id, kind, hostname, previous, other in conn.execute(
+            "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id FROM host_identity_events e"
+            " JOIN servers s ON s.id = e.server_id WHERE e.accepted_at IS NULL AND s.status != 'maintenance'"):
+        fire("host_identity", "warning", server_id, f"event{event_id}",
+             identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)")
+    return firing
+
+
+IDENTITY_TEXT = {
+    "renamed": "{hostname}: the host name changed from {previous} (same machine id)",
+    "name_taken": "{hostname}: a second server (another machine id) reports the name of server #{other}",
+    "look_alike": "{hostname}: the name looks like {previous}, the name of server #{other}",
+}
+
+
+# The alert's text, shown to every viewer whose scope has the server: it names no other server
+# (a viewer of the look-alike host must not learn the name or id of one out of their scope, I-2).
+SCOPED_IDENTITY_TEXT = dict(IDENTITY_TEXT, name_taken="{hostname}: a second server (another machine id) reports "
+                            "this name", look_alike="{hostname}: the name looks like another server's name")
+
+
+def identity_text(kind, hostname, previous, other, scoped=False):
+    """One line about a ``host_identity_events`` row (see docs/security.md L10). ``scoped``: the
+    alert's wording, which names no other server (I-2); else the admin page's, which does."""
+    return (SCOPED_IDENTITY_TEXT if scoped else IDENTITY_TEXT).get(kind, "{hostname}: host identity changed ({kind})"
+                                                                   ).format(hostname=hostname, previous=previous,
+                                                                            other=other, kind=kind)
+
+
+class Notifier:
+    """Sends alert notices to every configured webhook and e-mail address."""
+
+    def __init__(self, cfg, http=None):
+        self.cfg = cfg
+        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
+
+    @staticmethod
+    def text(event, alert):
+        """One-line notice text (agent strings cleaned by :func:`clean_text`)."""
+        mark = {"firing": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[event]
+        return f"[{mark}] [{alert['severity']}] {clean_text(alert['message'])}"
+
+    def body(self, fmt, event, alert):
+        """Webhook body for ``fmt``: ``generic`` JSON, ``slack`` (``text``), ``feishu`` (Lark bot)."""
+        text = self.text(event, alert)
+        if fmt == "slack":
+            text = slack_escape(text)
+        elif fmt in ("feishu", "lark"):
+            text = feishu_escape(text)
+        if self.cfg.get("dashboard_url"):
+            text += f"\n{self.cfg['dashboard_url']}"
+        if fmt == "slack":
+            return {"text": text}
+        if fmt in ("feishu", "lark"):
+            return {"msg_type": "text", "content": {"text": text}}
+        return {"status": "resolved" if event == "resolved" else "firing", "event": event, "text": text,
+                "rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
+                "subject": alert["subject"], "message": alert["message"], "started_at": alert.get("started_at"),
+                "resolved_at": alert.get("resolved_at"), "dashboard_url": self.cfg.get("dashboard_url")}
+
+    def send(self, event, alert):
+        """Deliver to all targets; returns True when at least one delivery succeeded (or none is set)."""
+        targets = self.cfg.get("webhooks") or []
+        ok = not targets and not self.cfg.get("smtp")
+        for hook in targets:
+            try:
+                response = self.http.request("POST", hook["url"], body=json.dumps(self.body(hook.get("format", "generic"),
+                                                                                           event, alert)).encode(),
+                                             headers={"Content-Type": "application/json"})
+                ok = ok or 200 <= response.status < 300
+                if response.status >= 300:
+                    log.warning("webhook %s answered %s", hook["url"], response.status)
+            except Exception as exc:  # one bad target never stops the others (see docs/security.md M3)
+                log.warning("webhook %s failed: %s: %s", hook.get("url"), type(exc).__name__, exc)
+        smtp = self.cfg.get("smtp")
+        if smtp:
+            try:
+                self._mail(smtp, event, alert)
+                ok = True
+            except Exception as exc:  # SMTP errors, bad config, a header the policy refuses (see docs/security.md M3)
+                log.warning("alert e-mail failed: %s: %s", type(exc).__name__, exc)
+        return ok
+
+    def _mail(self, smtp, event, alert):
+        message = EmailMessage()
+        message["Subject"] = self.text(event, alert)[:200]
+        message["From"] = smtp["from"]
+        to = smtp["to"] if isinstance(smtp["to"], list) else [smtp["to"]]
+        message["To"] = ", ".join(to)
+        message.set_content(self.text(event, alert) + (f"\n\n{self.cfg['dashboard_url']}" if self.cfg.get("dashboard_url") else ""))
+        with smtplib.SMTP(smtp["host"], int(smtp.get("port", 25)), timeout=15) as client:
+            if smtp.get("starttls"):
+                client.starttls()
+            if smtp.get("username"):
+                client.login(smtp["username"], smtp.get("password") or "")
+            client.send_message(message)
+
+
+class AlertEngine:
+    """Keeps the ``alerts`` table in step with :func:`evaluate` and sends the notices."""
+
+    def __init__(self, db_path, cfg, notifier=None):
+        self.db_path = db_path
+        self.cfg = cfg
+        self.notifier = notifier or Notifier(cfg)
+
+    def run_once(self, now=None):
+        """One evaluation; returns ``{"fired": [...], "repeated": [...], "resolved": [...]}`` (keys)."""
+        now = int(time.time() if now is None else now)
+        conn = schema.connect(self.db_path, timeout=30)
+        try:
+            firing = evaluate(conn, now, self.cfg)
+            active = {row[1]: row for row in conn.execute(
+                "SELECT id, key, rule, severity, server_id, subject, message, started_at, last_notified_at,"
+                " notifications, EXISTS (SELECT 1 FROM alert_acks k WHERE k.alert_id = alerts.id)"
+                " FROM alerts WHERE resolved_at IS NULL")}
+            silences = conn.execute("SELECT server_id, rule FROM silences WHERE ended_at IS NULL AND until > ?",
+                                    (now,)).fetchall()
+
+            def silenced(alert):
+                return any((sid is None or sid == alert["server_id"]) and (rule is None or rule == alert["rule"])
+                           for sid, rule in silences)
+            result = {"fired": [], "repeated": [], "resolved": []}
+            repeat = self.cfg["repeat_minutes"] * 60
+            for key, alert in firing.items():
+                if key not in active:
+                    cur = conn.execute(
+                        "INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (key, alert["rule"], alert["severity"], alert["server_id"], alert["subject"], alert["message"], now))
+                    if not silenced(alert):
+                        self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=now), now)
+                    result["fired"].append(key)
+                else:
+                    row = active[key]
+                    if alert["message"] != row[6]:  # live text (e.g. how long a host is offline)
+                        conn.execute("UPDATE alerts SET message = ? WHERE id = ?", (alert["message"], row[0]))
+                    # Acknowledged: no reminders. Silenced: nothing until the silence ends.
+                    quiet = silenced(alert) or (row[10] and row[8] is not None)
+                    if not quiet and (row[8] is None or now - row[8] >= repeat):
+                        self._notify(conn, row[0], "reminder" if row[8] else "firing", dict(alert, started_at=row[7]), now)
+                        result["repeated"].append(key)
+            for key, row in active.items():
+                if key not in firing:
+                    conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, row[0]))
+                    alert = {"rule": row[2], "severity": row[3], "server_id": row[4], "subject": row[5],
+                             "message": row[6], "started_at": row[7], "resolved_at": now}
+                    if row[9] and not silenced(alert):  # no "resolved" for what was never announced
+                        self.notifier.send("resolved", alert)
+                    result["resolved"].append(key)
+            return result
+        finally:
+            conn.close()
+
+    def _notify(self, conn, alert_id, event, alert, now):
+        if self.notifier.send(event, alert):
+            conn.execute("UPDATE alerts SET last_notified_at = ?, notifications = notifications + 1 WHERE id = ?",
+                         (now, alert_id))
+
+
+class AlertThread(threading.Thread):
+    """Runs :meth:`AlertEngine.run_once` every ``interval_s`` seconds.
+
+    A failing pass (any exception) is logged and retried on the next tick; it never ends the
+    thread (see docs/security.md M3). ``last_error`` holds the last failure's text (None after a good pass),
+    ``last_pass_at`` the epoch seconds of the last good pass; ``/-/health`` reports both.
+    """
+
+    def __init__(self, engine):
+        super().__init__(name="alerts", daemon=True)
+        self.engine = engine
+        self.stopped = threading.Event()
+        self.last_error = None
+        self.last_pass_at = None
+
+    def run(self):
+        while not self.stopped.wait(self.engine.cfg["interval_s"]):
+            try:
+                result = self.engine.run_once()
+                self.last_error, self.last_pass_at = None, time.time()
+                if any(result.values()):
+                    log.info("alerts: %s", result)
+            except Exception as exc:  # keep alerting whatever one pass hit (see docs/security.md M3)
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("alert evaluation failed, will retry")

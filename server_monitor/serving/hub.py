@@ -1,0 +1,212 @@
+"""Per-Datasette-instance hub state shared by the plugins in ``plugins/``.
+
+``context(datasette)`` builds it once (config from ``$SERVER_MONITOR_CONFIG``, the
+accounts store, the login limiter, the ingest WSGI app) and caches it on the instance.
+"""
+
+import asyncio
+import hmac
+import ipaddress
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from itsdangerous.url_safe import URLSafeSerializer
+
+from ..core import config as config_mod
+from .analyst import AnalystSQL
+from ..auth.accounts import Accounts, LoginLimiter
+
+SESSION_COOKIE = "sm_session"
+# Behind https the session cookie is __Host- prefixed: Secure, Path=/, no Domain, so a sibling
+# subdomain or plain-http page cannot plant or overwrite it (see docs/security.md M1).
+SECURE_SESSION_COOKIE = "__Host-sm_session"
+SESSION_NAMESPACE = "sm-session"
+CSRF_COOKIE = "ds_csrftoken"  # Datasette's (asgi-csrf) cookie name
+
+
+def _scope_header(scope, name):
+    for key, value in scope.get("headers") or ():
+        if key == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def from_trusted_proxy(scope, config):
+    """True when ``auth.trusted_proxy_header`` is set and the socket peer of ``scope`` is one of
+    ``auth.trusted_proxies`` (addresses or networks; default loopback). Only then are the
+    proxy's headers believed: a client reaching the hub directly could otherwise pick its
+    own address for every request and get a fresh login budget each time (I-6)."""
+    if not config.get("auth.trusted_proxy_header"):
+        return False
+    nets = config.data["auth"].get("_trusted_nets")
+    if nets is None:
+        nets = config.data["auth"]["_trusted_nets"] = [
+            ipaddress.ip_network(p.strip(), strict=False) for p in config.get("auth.trusted_proxies") or []]
+    peer = (scope.get("client") or ("",))[0]
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if getattr(address, "ipv4_mapped", None):
+        address = address.ipv4_mapped
+    return any(address in net for net in nets)
+
+
+def scope_is_https(scope, config):
+    """True when the browser talks https to the hub: directly, or to a trusted proxy
+    (``auth.trusted_proxy_header`` set, the peer in ``auth.trusted_proxies``) that says so in
+    ``X-Forwarded-Proto``."""
+    if scope.get("scheme") == "https":
+        return True
+    if from_trusted_proxy(scope, config):
+        return _scope_header(scope, b"x-forwarded-proto").strip().lower() == "https"
+    return False
+
+
+def session_cookie_name(https):
+    """``__Host-sm_session`` over https, ``sm_session`` over plain http."""
+    return SECURE_SESSION_COOKIE if https else SESSION_COOKIE
+
+
+def csrf_token_for_session(datasette, session_id):
+    """The CSRF token bound to a session (see docs/security.md M1): ``HMAC-SHA256(secret, "csrf:" + session id)``,
+    signed the way asgi-csrf signs its cookie so Datasette's check accepts it.
+
+    Deterministic for a session, unknown to anyone without both the secret and the session id,
+    so a token taken from another (anonymous) page or planted in a cookie never matches.
+    """
+    digest = hmac.new(datasette._secret.encode("utf-8"), b"csrf:" + session_id.encode("utf-8"), "sha256").hexdigest()
+    return URLSafeSerializer(datasette._secret).dumps(digest, "csrftoken")
+
+_lock = threading.Lock()
+# At most this many password hashes/checks queued or running at once (see docs/security.md M2).
+PASSWORD_QUEUE = 32
+
+
+class PasswordBusy(Exception):
+    """Too many password checks are waiting; try again in a few seconds."""
+
+
+class HubContext:
+    """What the plugins need: ``config``, ``accounts``, ``limiter``, the password pool, the analysts' SQL gate.
+
+    The ingest WSGI app is not built here (``server_monitor`` never imports the top-level
+    ``ingest.py``): ``plugins/sm_gate.py`` builds it at startup and keeps it as ``ctx.ingest``.
+    """
+
+    ingest = None
+    jobs = None  # server_monitor.jobs.leader.JobsLeader, set by plugins/sm_jobs.py at startup
+    fleet_thread = None
+    checkpoint_thread = None
+    maintenance_thread = None
+    alert_thread = None
+    replication_thread = None
+
+    def __init__(self, config):
+        self.config = config
+        self.accounts = Accounts(config.auth_db_path)
+        # Shared by every worker process through auth.db (one budget, not one per worker).
+        self.limiter = LoginLimiter(config.auth_db_path, limit=5, window=300, name="login")
+        # Registrations: failures (bad invite, taken name) per client address and per invite (see docs/security.md M2).
+        self.register_limiter = LoginLimiter(config.auth_db_path, limit=10, window=300, name="register")
+        # Right passwords cost a PBKDF2 run too: budgeted per user and (3x) per address (N10).
+        per_minute = int(config.get("auth.logins_per_minute", 20))
+        self.success_limiter = LoginLimiter(config.auth_db_path, limit=per_minute, window=60, name="login-ok",
+                                            limits={"ip": 3 * per_minute})
+        self.max_sessions = int(config.get("auth.max_sessions_per_user", 20))
+        # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
+        # burst of password checks queues instead of taking every core (see docs/security.md M2).
+        # Split between worker processes, so all of them together still leave half the cores.
+        workers = config_mod.worker_count(config)
+        self.password_workers = max(1, (os.cpu_count() or 2) // 2 // workers)
+        self._password_pool = ThreadPoolExecutor(self.password_workers, thread_name_prefix="pbkdf2")
+        self._password_queue = threading.BoundedSemaphore(PASSWORD_QUEUE)
+        # Analysts' ad-hoc SQL: bounded concurrency, queue and time limit (see docs/security.md L6).
+        self.analyst_sql = AnalystSQL.from_config(config)
+        self.admin_username = config.get("auth.username")
+        self.admin_fingerprint = admin_fingerprint(config)
+        self.session_hours = float(config.get("auth.session_hours", 12))
+
+    async def password_work(self, fn, *args):
+        """Run ``fn(*args)`` (a PBKDF2 hash or check) on the bounded password pool; returns its result.
+
+        Raises :class:`PasswordBusy` when :data:`PASSWORD_QUEUE` jobs are already queued or
+        running (the caller answers 429/503 instead of piling up work).
+        """
+        if not self._password_queue.acquire(blocking=False):
+            raise PasswordBusy()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._password_pool, fn, *args)
+        finally:
+            self._password_queue.release()
+
+    def dead_jobs(self):
+        """Names of this process's background threads that were started but have died (see docs/security.md M3)."""
+        return dead_jobs(self)
+
+    def background_problems(self):
+        """Names of the hub's dead background threads, in whichever worker process runs them."""
+        return self.jobs.dead() if self.jobs is not None else self.dead_jobs()
+
+    def actor_for_session(self, session_id):
+        """Actor dict for a live session id, or None.
+
+        The config admin: ``{"id": <auth.username>, "role": "admin"}``. A user:
+        ``{"id", "role", "processes": bool}`` plus ``"servers": [ids]`` for a viewer limited
+        to some servers (analysts and admins always see all). Session and user are looked
+        up on every request, so logout, deletion and role or scope changes apply at once.
+        """
+        session = self.accounts.session(session_id)
+        if session is None:
+            return None
+        if session["source"] == "config":
+            # Sessions made with an older admin credential end when it changes (see docs/security.md L1).
+            if session["username"] == self.admin_username and session.get("fingerprint") == self.admin_fingerprint:
+                return {"id": self.admin_username, "role": "admin", "processes": True, "source": "config"}
+            return None
+        user = self.accounts.user(session["username"])
+        if user is None:
+            return None
+        actor = {"id": user["username"], "role": user["role"], "processes": bool(user["see_processes"]),
+                 "source": "user"}
+        if user["role"] == "viewer" and user["servers"] is not None:
+            actor["servers"] = user["servers"]
+        return actor
+
+
+def dead_jobs(holder):
+    """Names of ``holder``'s job threads that were started but have died (list of str, see docs/security.md M3).
+
+    An alert pass that failed but will be retried is not a death (its text is in
+    ``alert_thread.last_error``). A thread with a ``down()`` method (the replication supervisor,
+    ``jobs/replication.py``) also counts as dead while that says its child is not running."""
+    dead = []
+    for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
+                   getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None),
+                   getattr(holder, "replication_thread", None)):
+        if thread is not None and not thread.stopped.is_set() and (
+                not thread.is_alive() or getattr(thread, "down", lambda: False)()):
+            dead.append(thread.name)
+    return dead
+
+
+def admin_fingerprint(config):
+    """Keyed hash (HMAC-SHA256 with ``server.secret_key``) of the admin credential in force:
+    ``auth.password_hash``, else ``auth.password``. Stored with config-admin sessions (see docs/security.md L1);
+    keyed so that ``auth.db`` holds nothing that helps guess a plain ``auth.password``."""
+    credential = config.get("auth.password_hash") or "plain:" + str(config.get("auth.password") or "")
+    key = str(config.get("server.secret_key") or "").encode("utf-8")
+    return hmac.new(key, b"admin-credential:" + credential.encode("utf-8"), "sha256").hexdigest()
+
+
+def context(datasette):
+    """The :class:`HubContext` for ``datasette`` (created on first use)."""
+    ctx = getattr(datasette, "_server_monitor", None)
+    if ctx is None:
+        with _lock:
+            ctx = getattr(datasette, "_server_monitor", None)
+            if ctx is None:
+                ctx = HubContext(config_mod.load(os.environ.get(config_mod.ENV_VAR, "config.yaml")))
+                datasette._server_monitor = ctx
+    return ctx
