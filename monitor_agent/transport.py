@@ -68,8 +68,11 @@ def read_answer(response, limit=MAX_ANSWER_BYTES, deadline_s=30.0):
             return None, str(exc)
         stop = time.monotonic() + deadline_s
         raw_seen, out = 0, bytearray()
+        # read1 (urllib3 >= 2.3) returns what has arrived, so the deadline also bounds a trickle;
+        # read(n) waits for n bytes (each socket read still under the read timeout).
+        read = getattr(response, "read1", None) or response.read
         while True:
-            chunk = response.read1(READ_CHUNK, decode_content=False)
+            chunk = read(READ_CHUNK, decode_content=False)
             if not chunk:
                 complete = True
                 break

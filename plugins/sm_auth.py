@@ -15,6 +15,7 @@
 
 import asyncio
 import hashlib
+import logging
 from urllib.parse import urlsplit
 
 from datasette import hookimpl
@@ -26,6 +27,8 @@ from server_monitor.auth.accounts import AccountError, check_password, check_use
 from server_monitor.core.config import admin_password_hash
 from server_monitor.serving.queries import ADMIN_QUERIES
 from server_monitor.serving.web import page
+
+log = logging.getLogger("server_monitor.auth")
 
 BUSY_MESSAGE = "The hub is busy checking other passwords. Try again in a few seconds."
 
@@ -53,12 +56,20 @@ def client_address(request, ctx):
     only from a socket peer in ``auth.trusted_proxies`` (I-6).
     """
     header = ctx.config.get("auth.trusted_proxy_header")
-    if header and hub.from_trusted_proxy(request.scope, ctx.config):
-        value = request.headers.get(header.lower(), "")
-        if value and value.split(",")[-1].strip():
-            return value.split(",")[-1].strip()
     client = request.scope.get("client") or ("unknown", 0)
+    if header:
+        value = request.headers.get(header.lower(), "")
+        if hub.from_trusted_proxy(request.scope, ctx.config):
+            if value and value.split(",")[-1].strip():
+                return value.split(",")[-1].strip()
+        elif value and not _untrusted_warned:
+            _untrusted_warned.append(client[0])  # once per process: a misconfigured proxy, or a client going around it
+            log.warning("%s sent %s but is not in auth.trusted_proxies; using its own address (docs/operations.md)",
+                        client[0], header)
     return client[0]
+
+
+_untrusted_warned = []
 
 
 def _verify(ctx, username, password):
