@@ -45,6 +45,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode
 
+from ..storage.instance import open_lock_file
+
 # Datasette's views that run SQL written by the request (its own class names, see ``route``).
 DATA_VIEWS = {"DatabaseView": "database", "TableView": "table", "RowView": "row"}
 # Longest string or blob an analyst's query may make (SQLITE_LIMIT_LENGTH on the analysts' threads).
@@ -284,7 +286,7 @@ class AnalystSQL:
             if self.lock_prefix is not None:
                 fd = self._fds.get(slot)
                 if fd is None:
-                    fd = self._fds[slot] = os.open(f"{self.lock_prefix}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                    fd = self._fds[slot] = open_lock_file(f"{self.lock_prefix}.{slot}.lock")
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:
