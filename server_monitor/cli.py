@@ -11,7 +11,7 @@ from .auth import tokens
 from .auth.accounts import Accounts
 from .core import config as config_mod
 from .jobs import leader, replication
-from .serving import fleet_share
+from .serving import fleet_share, netguard
 from .serving.analyst import AnalystSQL
 from .storage import instance, schema
 from .storage.rollup import Maintenance, refresh_statistics
@@ -160,8 +160,17 @@ def serve(config_path, init, host, port, workers):
     # No access log: at fleet size it is one line per agent report (200 a second for 1,000
     # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
     # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
+    # Connection limits (security review N3, server_monitor/serving/netguard.py, netproto.py): header and body deadlines
+    # and connection caps in the HTTP protocol, uvicorn's limit_concurrency at the same cap, idle
+    # keep-alive connections closed after 5 s. A SIGTERM waits server.shutdown_timeout_s for
+    # running requests, then cancels them (I-10; serving/asgi.py's watchdog ends a worker whose SQL
+    # thread still runs).
+    limits = netguard.configure(cfg)
     uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="")
+                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="",
+                http="server_monitor.serving.netproto:GuardedHttpToolsProtocol",
+                limit_concurrency=limits["max_connections"], timeout_keep_alive=5,
+                timeout_graceful_shutdown=int(cfg.get("server.shutdown_timeout_s", 10)))
 
 
 @cli.command("init-config")
