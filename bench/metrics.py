@@ -4,7 +4,7 @@
     .venv/bin/python -m bench metrics --servers 1000 [--shards 4] [--seconds 60] [--json out.json]
 
 A hub (``server-monitor serve``, its default workers, its own maintenance) on a fleet grown only
-through ``POST /api/report`` (``--servers`` hosts × 8 GPUs, 2 processes each, batches of 500).
+through ``POST /api/report`` (``--servers`` hosts × 8 GPUs, 2 processes each, batches of 50).
 Measured over HTTP on loopback with the Prometheus token:
 
 * ``/metrics`` whole, with ``Accept-Encoding: gzip`` as Prometheus sends it: seconds (median of
@@ -35,8 +35,8 @@ def host(i):
     return f"node-{i:05d}"
 
 
-def grow(hub, servers, batch=500):
-    """``servers`` hosts through ``POST /api/report`` in batches; returns seconds taken."""
+def grow(hub, servers, batch=50):
+    """``servers`` hosts through ``POST /api/report`` in batches (under the 1 MiB body limit); returns seconds taken."""
     token = hub.config.get("agent.token")
     t0 = time.monotonic()
     for start in range(0, servers, batch):
