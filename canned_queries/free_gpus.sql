@@ -4,7 +4,8 @@ with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
     cast(coalesce(nullif(:max_util, ''), :_config_free_max_util) as real) as max_util,
-    max(1, cast(coalesce(nullif(:count, ''), 1) as integer)) as want,
+    -- 1..16 (gpu_set()'s bound, security review N1)
+    min(16, max(1, cast(coalesce(nullif(:count, ''), 1) as integer))) as want,
     coalesce(:model, '') as model
 ),
 free as (

@@ -128,7 +128,7 @@ function healthText(g) {
   return parts.length ? parts.join("; ") : null;
 }
 // MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs, state]; holders by GPU
-// instance id. state (server_monitor/fleet.py mig_states): free, busy, shared (a sibling compute instance of its GPU
+// instance id. state (server_monitor/serving/fleet.py mig_states): free, busy, shared (a sibling compute instance of its GPU
 // instance is busy: they share its memory), unknown (usage not read yet): only "free" is what /free offers.
 const MIG_STATE_TEXT = { shared: ", idle but its GPU instance is in use (shared memory)",
   unknown: ", usage not read yet" };

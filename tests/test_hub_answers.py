@@ -8,9 +8,10 @@ import time
 from reports import mig_report, sample_report
 from test_hub_datasette import Client, ingest
 
-from server_monitor import alerts, schema
-from server_monitor.contract import validate_report
-from server_monitor.store import store_report
+from server_monitor.jobs import alerts
+from server_monitor.storage import schema
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.store import store_report
 
 
 def _admin(datasette, hub_config):
