@@ -92,7 +92,7 @@ function cellText(server, g) {
     case "offline": return ["○off", who];
     case "stale": return ["◐" + (util === null ? "" : util), who];
     case "maint": return ["■mnt", who];
-    case "alloc": return ["⧗alloc", str((g[F_SLURM] || [])[1]) || who];
+    case "alloc": return ["◷alloc", str((g[F_SLURM] || [])[1]) || who];
     default: return [state, who];
   }
 }
@@ -809,9 +809,11 @@ function renderSummary() {
     h("span", { class: "sum sum-online" }, n(sc, "online") + " online"),
     n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
     n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
-    h("span", { class: "sum sum-gpus" }, free + " free · " + busy + " busy" + (idle ? " · " + idle + " held idle" : "") +
-      (alloc ? " · " + alloc + " allocated (Slurm)" : "") +
-      (broken ? " · " + broken + " broken" : "")));
+    // One chip; on a phone it wraps between its parts ("9 broken" was cut off at 390 px).
+    h("span", { class: "sum sum-gpus" }, ...[free + " free", busy + " busy", idle ? idle + " held idle" : null,
+      alloc ? alloc + " allocated (Slurm)" : null, broken ? broken + " broken" : null]
+      .filter((part) => part !== null)
+      .flatMap((part, i) => (i ? [" · ", h("span", { class: "sum-part" }, part)] : [h("span", { class: "sum-part" }, part)]))));
 }
 
 function renderAnnouncements() {

@@ -287,7 +287,7 @@ def test_item7_browser_grid_cell_hover_and_who_panel_show_the_allocation(page, h
     assert cells.count() == 8
     cell = cells.nth(4)
     assert "s-alloc" in cell.get_attribute("class")
-    assert cell.locator(".l1").inner_text() == "⧗alloc" and cell.locator(".l2").inner_text() == "user9"
+    assert cell.locator(".l1").inner_text() == "◷alloc" and cell.locator(".l2").inner_text() == "user9"
     label = cell.get_attribute("aria-label")
     assert "allocated to a Slurm job, no process yet" in label and "Slurm job 4300 of user9" in label
     assert "s-free" in cells.nth(6).get_attribute("class")
@@ -300,4 +300,39 @@ def test_item7_browser_grid_cell_hover_and_who_panel_show_the_allocation(page, h
     assert "slurm-alloc:job 4300" in text and "allocated, no process yet" in text
     who = page.inner_text("#who-body")
     assert "user8" in who and "user9" in who and "slurm-alloc:job 4300" in who
+    assert page.console_errors == []
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_item7_browser_every_cell_glyph_is_drawn_not_a_missing_glyph_box(page, hub_process, hub_config):
+    """The state glyphs of the grid cells and the legend (◷ allocated, ◌ idle, ✕ lost, ▲ error,
+    ○ offline, ◐ stale, ■ maintenance, ✖ critical) are drawn from a font the browser has: each
+    glyph, drawn on a canvas in the cells' font, differs from a code point no font has (the box
+    a browser draws for a missing glyph). The allocated cell's "⧗" (U+29D7) is in no font of
+    Debian's chromium with its DejaVu fonts: the demo's alloc cells read "▯alloc"."""
+    from browser import login, push
+
+    push(hub_process, hub_config, allocated_report())
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.wait_for_selector("#grid .cell.s-alloc")
+    result = page.evaluate("""() => {
+      const glyphs = new Set();
+      for (const e of document.querySelectorAll('#grid .cell, #legend .cell')) {
+        for (const ch of e.textContent) if (ch.codePointAt(0) > 0x2000) glyphs.add(ch);
+      }
+      const font = getComputedStyle(document.querySelector('#grid .cell.s-alloc .l1')).font;
+      const draw = (ch) => {
+        const c = document.createElement('canvas');
+        c.width = 60; c.height = 60;
+        const ctx = c.getContext('2d');
+        ctx.font = font;
+        ctx.fillText(ch, 10, 40);
+        return c.toDataURL();
+      };
+      const missing = draw(String.fromCodePoint(0x10FFFD));
+      return { glyphs: [...glyphs], missing: [...glyphs].filter((g) => draw(g) === missing) };
+    }""")
+    assert result["missing"] == [], result
+    assert {"◷", "◌", "✕", "▲", "○", "◐", "■", "✖"} <= set(result["glyphs"]), result
     assert page.console_errors == []
