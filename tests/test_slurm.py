@@ -256,7 +256,8 @@ def test_item7_agent_with_fake_scontrol_end_to_end(hub_process, hub_config, tmp_
     result = subprocess.run([sys.executable, os.path.join(ROOT, "agent.py"), "-c", str(config), "--once"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show job -d"]
+    # show node: the node's partitions (issue 24 item 1), read after a good job read.
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show job -d", "show node dgx-12"]
     admin = Browserless(hub_process.base_url)
     assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
     gpus = sorted(admin.request("GET", "/monitor/gpus.json?_shape=array").json(), key=lambda g: g["gpu_index"])
