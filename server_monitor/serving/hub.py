@@ -100,6 +100,7 @@ class HubContext:
         self.analyst_sql = AnalystSQL.from_config(config)
         self.admin_username = config.get("auth.username")
         self.admin_fingerprint = admin_fingerprint(config)
+        self.session_hours = float(config.get("auth.session_hours", 12))
         self._monitor_local = threading.local()  # read-only monitor.db connection per thread (group scopes)
 
     def group_members(self, groups):
@@ -118,7 +119,6 @@ class HubContext:
         except sqlite3.Error:
             self._monitor_local.conn = None
             return []
-        self.session_hours = float(config.get("auth.session_hours", 12))
 
     async def password_work(self, fn, *args):
         """Run ``fn(*args)`` (a PBKDF2 hash or check) on the bounded password pool; returns its result.
