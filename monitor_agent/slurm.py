@@ -290,13 +290,13 @@ class SlurmCollector:
         self._at = None
         self._result = None
 
-    def _read(self):
+    def _read(self, now=None):
         path = self._which(self.scontrol) if self.scontrol else None
         if not path:
             return None
         result = self.runner.run([path, "show", "job", "-d"], self.timeout)
         if result.state == "ok" and result.returncode == 0:
-            self._read_partitions(path)
+            self._read_partitions(path, now)
             jobs = parse_jobs(result.stdout.decode("utf-8", "replace"))
             return {"slurm_state": "ok", "slurm_jobs": node_allocations(jobs, self.node)}
         if result.state == "not_found":
@@ -324,7 +324,7 @@ class SlurmCollector:
         now = time.monotonic() if now is None else now
         if self._at is None or now - self._at >= self.interval:
             self._at = now
-            self._result = self._read()
+            self._result = self._read(now)
         if self._result is None:
             return None
         jobs = [dict(j) for j in self._result["slurm_jobs"]]
