@@ -313,12 +313,13 @@ function updateSectionHead(sec) {
 function buildSectionRows(sec) {
   if (sec.built) return;
   sec.built = true;
-  sec.body.replaceChildren(...sec.servers.map((s) => {
+  sec.rows = sec.servers.map((s) => {
     const r = buildRow(s);
     r.sid = s.id;
     rowEls.set(sec.name + "|" + s.id, r);
-    return r.row;
-  }));
+    return r;
+  });
+  sec.body.replaceChildren(...sec.rows.map((r) => r.row));
   applyFilter(true);
   applyHighlight();
 }
@@ -406,7 +407,7 @@ function renderGrid() {
     rowEls = new Map();
     sections = [];
     if (!grouped) {  // no groups: the grid as it always was, one row per server
-      const sec = { name: UNGROUPED, servers: list, body: grid, built: false, flat: true };
+      const sec = { name: UNGROUPED, servers: list, body: grid, built: false, flat: true, rows: [] };
       sections.push(sec);
       if (list.length) buildSectionRows(sec);
       else grid.replaceChildren(h("p", { class: "muted empty" }, "No server has reported yet. Start an agent (see README)."));
@@ -419,7 +420,7 @@ function renderGrid() {
           strip, line, h("span", { class: "gmatch" }));
         const body = h("div", { class: "gbody" });
         const el = h("details", { class: "gsec", dataset: { group: name } }, head, body);
-        const sec = { name, servers, el, head, body, strip, line, match: head.lastChild, built: false };
+        const sec = { name, servers, el, head, body, strip, line, match: head.lastChild, built: false, rows: [] };
         el.open = open;
         el.addEventListener("toggle", () => {
           sectionOpen.set(name, el.open);
@@ -472,18 +473,40 @@ function applyFilter(force = false) {
   if (!force && key === filterText) return;
   filterText = key;
   const shown = (sid) => (text === "" || hay.get(sid).includes(text)) && (only === "" || inGroup.get(sid).has(only));
-  for (const r of rowEls.values()) {
-    const hide = !shown(r.sid);
-    if (r.row.hidden !== hide) r.row.hidden = hide;
-  }
+  // Rows to hide go at once; rows to show again go SHOW_CHUNK at a time in page order, the rest in
+  // the next frames: clearing a narrow filter at 1,000 servers re-lays out every row, and the
+  // first screenful (the filter sits above it) is painted without waiting for the rest.
+  // A section with no match is hidden whole; its rows are left as they are until it shows again.
+  const reveal = [];
   for (const sec of sections) {
-    if (sec.flat) continue;
-    let n = sec.servers.length;
-    if (text || only) { n = 0; for (const s of sec.servers) if (shown(s.id)) n++; }
-    const hide = (text !== "" || only !== "") && n === 0;
-    if (sec.el.hidden !== hide) sec.el.hidden = hide;
-    sec.match.textContent = text || only ? n + " match" + (n === 1 ? "" : "es") : "";
+    if (!sec.flat) {
+      let n = sec.servers.length;
+      if (text || only) { n = 0; for (const s of sec.servers) if (shown(s.id)) n++; }
+      const hide = (text !== "" || only !== "") && n === 0;
+      sec.match.textContent = text || only ? n + " match" + (n === 1 ? "" : "es") : "";
+      if (hide) { if (!sec.el.hidden) sec.el.hidden = true; continue; }
+      if (sec.el.hidden) {  // shown again: its rows are set while it is still hidden, then it is revealed whole
+        for (const r of sec.rows) { const h = !shown(r.sid); if (r.row.hidden !== h) r.row.hidden = h; }
+        reveal.push({ el: sec.el, weight: sec.el.open ? n : 1 });
+        continue;
+      }
+    }
+    for (const r of sec.rows) {
+      if (!shown(r.sid)) { if (!r.row.hidden) r.row.hidden = true; }
+      else if (r.row.hidden) reveal.push({ el: r.row, weight: 1 });
+    }
   }
+  revealRows(reveal, ++revealGeneration);
+}
+
+const SHOW_CHUNK = 120;     // rows un-hidden per animation frame
+let revealGeneration = 0;  // a newer filter pass cancels the rows an older one still had to show
+function revealRows(items, generation, from = 0) {
+  // items: [{el: a row or a section, weight: rows it brings back}], in page order.
+  if (generation !== revealGeneration) return;
+  let i = from, budget = SHOW_CHUNK;
+  while (i < items.length && (budget > 0 || i === from)) { items[i].el.hidden = false; budget -= items[i].weight; i++; }
+  if (i < items.length) requestAnimationFrame(() => revealRows(items, generation, i));
 }
 
 function scheduleFilter() {
