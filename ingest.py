@@ -193,7 +193,7 @@ class IngestApp:
                     entry[0], entry[1] = 201, {"report_id": report["report_id"], "stored": True}
                     if report["nulled"]:
                         entry[1]["nulled"] = report["nulled"][:20]
-                    if report["replaced"]:  # free text cleaned by the shared text rule (N2)
+                    if report["replaced"]:  # free text cleaned by the shared text rule (see docs/security.md N2)
                         entry[1]["replaced"] = report["replaced"][:20]
                 else:
                     entry[0], entry[1] = 200, {"report_id": report["report_id"], "stored": False, "duplicate": True}

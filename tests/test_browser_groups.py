@@ -118,7 +118,7 @@ def test_item2_group_sections_summary_heatstrip_group_by_and_filter(page, hub_pr
 
 
 def test_item2_filter_repaints_within_100ms_at_1000_servers(page, hub_process, hub_config):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
     import fleet_fixture
 
     # 1,000 hosts × 8 GPUs through store_report (the path POST /api/report takes), in 4 clusters.

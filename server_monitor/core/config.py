@@ -53,7 +53,7 @@ DEFAULTS = {
         "analyst_concurrency": 1,
         "analyst_queue": 8,
     },
-    # Continuous replication of both databases with Litestream (server_monitor/replication.py),
+    # Continuous replication of both databases with Litestream (server_monitor/jobs/replication.py),
     # off by default: url is a directory, file:///path or s3://bucket/prefix; options are passed
     # to Litestream's replica (endpoint, region, force-path-style, ...).
     "replication": {"enabled": False, "url": None, "sync_interval": "1s", "litestream": None, "options": None},

@@ -3,7 +3,7 @@
 Why: with 1,000 servers reporting every 5 s, every server changes between two refreshes, so
 each fleet document (``server_monitor.serving.fleet``) is a full build: 0.3-0.9 s of Python. Built in
 each worker process, that Python held the GIL that the worker's ingest writer thread needs
-between SQLite calls; measured with ``scripts/prove.py``'s mixed load (1,000 hosts at 200
+between SQLite calls; measured with ``python -m bench prove``'s mixed load (1,000 hosts at 200
 reports/s, 120 s runs): ingest p99 159-194 ms with the 60 dashboard viewers, 93 ms with the
 analysts and no viewers (docs/performance.md). Here the build runs in a **publisher process**
 (``python -m server_monitor.serving.fleet_share``) that shares no GIL with any worker, once per round
