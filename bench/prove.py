@@ -94,12 +94,15 @@ class Hub(common.Hub):
     with ``--replicate``, its ``replication`` section on: Litestream to ``<workdir>/replica``)."""
 
     def start(self, workers=None, fsize=None):
+        with open(self.config_path) as fp:
+            data = yaml.safe_load(fp)
+        # The simulated viewers and analysts all log in as the admin, one session each, at once:
+        # lift the budget of right passwords and the cap on live sessions per user (docs/security.md N10).
+        data["auth"].update(logins_per_minute=100000, max_sessions_per_user=100000)
         if REPLICATE:
-            with open(self.config_path) as fp:
-                data = yaml.safe_load(fp)
             data["replication"] = {"enabled": True, "url": os.path.join(self.workdir, "replica"), "sync_interval": "1s"}
-            with open(self.config_path, "w") as fp:
-                yaml.safe_dump(data, fp)
+        with open(self.config_path, "w") as fp:
+            yaml.safe_dump(data, fp)
         return super().start(workers or HUB_WORKERS, fsize)
 
 

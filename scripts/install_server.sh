@@ -107,4 +107,8 @@ say ""
 say "Server Monitor is at http://$HOST:$PORT/ (put HTTPS in front: docs/operations.md)."
 say "Install an agent on each GPU host (the token is in $SERVER_CONFIG_DIR/config.yaml, agent.token):"
 say "  curl -fsSL http://$HOST:$PORT/static/agent/install_agent.sh -o install_agent.sh"
-say "  sudo bash install_agent.sh --url http://$HOST:$PORT --token-file /path/to/token"
+say "  sudo bash install_agent.sh --url http://$HOST:$PORT --token-file /path/to/token --sha256 HASH"
+say "with HASH the SHA-256 of the zipapp for the host's CPU (pins the agent over plain http, docs/security.md I-8):"
+for sum in "$RELEASE"/static/agent/*.pyz.sha256; do
+  if [ -f "$sum" ]; then say "  $(basename "${sum%.sha256}"): $(cut -d' ' -f1 "$sum")"; fi
+done

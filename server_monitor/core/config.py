@@ -8,6 +8,7 @@ Relative paths in ``data.*`` are resolved against the directory holding the conf
 
 import copy
 import difflib
+import ipaddress
 import os
 import re
 import secrets
@@ -35,6 +36,13 @@ DEFAULTS = {
         "password_hash": None,
         "session_hours": 12,
         "trusted_proxy_header": None,
+        # Socket peers whose trusted_proxy_header is believed (addresses or networks, I-6).
+        "trusted_proxies": ["127.0.0.1", "::1"],
+        # Right passwords too are budgeted (N10): per user per minute (per client address: 3x),
+        # and live sessions per user (the oldest ends when a login goes past it). A class logging
+        # in at once on one shared account from one NAT address still gets in.
+        "logins_per_minute": 20,
+        "max_sessions_per_user": 20,
     },
     "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True},
     "alerts": {"enabled": True},
@@ -205,6 +213,17 @@ def _check(data):
         raise ConfigError("config: set auth.password_hash (preferred) or auth.password")
     if auth.get("password_hash") and not str(auth["password_hash"]).startswith("pbkdf2_sha256$"):
         raise ConfigError("config: auth.password_hash must be a pbkdf2_sha256$... hash")
+    proxies = auth.get("trusted_proxies")
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        raise ConfigError("config: auth.trusted_proxies must be a list of addresses or networks")
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"config: auth.trusted_proxies: {proxy!r} is not an address or network")
+    for key in ("logins_per_minute", "max_sessions_per_user"):
+        if not isinstance(auth.get(key), int) or isinstance(auth.get(key), bool) or auth[key] < 1:
+            raise ConfigError(f"config: auth.{key} must be an integer >= 1")
     days = data["data"]["retention_days"]
     # History charts up to 48 h read raw samples, so raw data must cover at least that.
     if not isinstance(days, (int, float)) or days < 2:

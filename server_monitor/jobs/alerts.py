@@ -260,8 +260,9 @@ def evaluate(conn, now, cfg):
     for event_id, server_id, kind, hostname, previous, other, ts in conn.execute(
             "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id, e.ts FROM host_identity_events e"
             " JOIN servers s ON s.id = e.server_id WHERE e.accepted_at IS NULL AND s.status != 'maintenance'"):
-        fire("host_identity", "warning", server_id, f"event{event_id}", identity_text(kind, hostname, previous, other)
-             + " (accept it on /admin if expected)", since=ts)
+        fire("host_identity", "warning", server_id, f"event{event_id}",
+             identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)",
+             since=ts)
     return firing
 
 
@@ -272,10 +273,18 @@ IDENTITY_TEXT = {
 }
 
 
-def identity_text(kind, hostname, previous, other):
-    """One line about a ``host_identity_events`` row (see docs/security.md L10)."""
-    return IDENTITY_TEXT.get(kind, "{hostname}: host identity changed ({kind})").format(
-        hostname=hostname, previous=previous, other=other, kind=kind)
+# The alert's text, shown to every viewer whose scope has the server: it names no other server
+# (a viewer of the look-alike host must not learn the name or id of one out of their scope, I-2).
+SCOPED_IDENTITY_TEXT = dict(IDENTITY_TEXT, name_taken="{hostname}: a second server (another machine id) reports "
+                            "this name", look_alike="{hostname}: the name looks like another server's name")
+
+
+def identity_text(kind, hostname, previous, other, scoped=False):
+    """One line about a ``host_identity_events`` row (see docs/security.md L10). ``scoped``: the
+    alert's wording, which names no other server (I-2); else the admin page's, which does."""
+    return (SCOPED_IDENTITY_TEXT if scoped else IDENTITY_TEXT).get(kind, "{hostname}: host identity changed ({kind})"
+                                                                   ).format(hostname=hostname, previous=previous,
+                                                                            other=other, kind=kind)
 
 
 class Notifier:

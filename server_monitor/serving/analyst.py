@@ -32,6 +32,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode
 
+from ..storage.instance import open_lock_file
+
 
 ADHOC_PATHS = ("/monitor", "/monitor.json", "/monitor.csv")
 # Niceness added to the threads running analysts' SQL (Linux: per thread; 10 gives them about a
@@ -122,7 +124,7 @@ class AnalystSQL:
             if self.lock_prefix is not None:
                 fd = self._fds.get(slot)
                 if fd is None:
-                    fd = self._fds[slot] = os.open(f"{self.lock_prefix}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                    fd = self._fds[slot] = open_lock_file(f"{self.lock_prefix}.{slot}.lock")
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:

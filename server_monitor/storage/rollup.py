@@ -29,7 +29,7 @@ import threading
 import time
 
 from . import schema
-from .instance import LockedWriter, WriterLock
+from .instance import LockedWriter, WriterLock, open_lock_file
 
 log = logging.getLogger("server_monitor.rollup")
 
@@ -582,7 +582,7 @@ class CheckpointThread(threading.Thread):
         try:
             deadline = time.monotonic() + RESTART_SLOT_WAIT_S
             for path in self.analyst_locks:  # no new analyst scan; wait for the running one
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = open_lock_file(path)
                 held.append(fd)
                 while True:  # polled (analysts poll every 20 ms): never blocked for good, checkpoints go on
                     try:
