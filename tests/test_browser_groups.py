@@ -36,7 +36,8 @@ def grouped(hostname, groups, **kw):
 
 def visible_rows(page):
     return sorted(page.eval_on_selector_all(
-        "#grid .srow", "rows => rows.filter(r => r.checkVisibility() && !r.closest('[hidden]')).map(r => r.querySelector('.sname').textContent)"))
+        "#grid .srow", "rows => rows.filter(r => r.checkVisibility() && !r.closest('[hidden]'))"
+                       ".map(r => r.querySelector('.sname').textContent)"))
 
 
 def until(check, timeout=30.0):
