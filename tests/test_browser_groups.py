@@ -51,8 +51,8 @@ def until(check, timeout=30.0):
 def test_item1_groups_viewer_scoped_by_group_sees_new_members_never_other_groups(page, hub_process, hub_config):
     from server_monitor.auth.accounts import Accounts
 
-    push(hub_process, hub_config, grouped("a-1", ["team-a"]))
-    push(hub_process, hub_config, grouped("b-1", ["team-b"]))
+    push(hub_process, hub_config, grouped("a-1.lab", ["team-a"]))
+    push(hub_process, hub_config, grouped("b-1.lab", ["team-b"]))
     Accounts(hub_config.auth_db_path).create_user("tina", hash_password(PASSWORD, iterations=1000), "viewer",
                                                   servers=[], groups=["team-a"])
     login(page, hub_process.base_url, "tina", PASSWORD)
@@ -61,18 +61,20 @@ def test_item1_groups_viewer_scoped_by_group_sees_new_members_never_other_groups
     assert page.locator(".gsec").count() == 1 and page.inner_text(".gsec .gname").endswith("team-a")
     # A new server of the group reports: it is on the viewer's dashboard after a reload, with no edit;
     # the other group's new server never shows, nor in the fleet document the page fetched.
-    push(hub_process, hub_config, grouped("a-2", ["team-a", "rack-01"]))
-    push(hub_process, hub_config, grouped("b-2", ["team-b", "rack-01"]))
+    push(hub_process, hub_config, grouped("a-2.lab", ["team-a", "rack-01"]))
+    push(hub_process, hub_config, grouped("b-2.lab", ["team-b", "rack-01"]))
     page.reload()
     until(lambda: page.locator("#grid .srow").count() >= 2)
     # "Every group" (no shared prefix here): a-2 has a row under team-a and under rack-01.
     assert visible_rows(page) == ["a-1", "a-2", "a-2"]
     html = page.content()
-    assert "b-1" not in html and "b-2" not in html and "team-b" not in html
+    # Full names with a dot: no random token (base64url) in the page can contain them by chance.
+    for leak in ("b-1.lab", "b-2.lab", "team-b"):
+        assert leak not in html, html[max(0, html.index(leak) - 300):html.index(leak) + 100]
     fleet = page.request.get(hub_process.base_url + "/api/fleet?fresh=1").json()
-    assert sorted(s["name"] for s in fleet["servers"]) == ["a-1", "a-2"]
+    assert sorted(s["name"] for s in fleet["servers"]) == ["a-1.lab", "a-2.lab"]
     servers = page.request.get(hub_process.base_url + "/monitor/servers.json?_shape=array").json()
-    assert sorted(s["name"] for s in servers) == ["a-1", "a-2"]
+    assert sorted(s["name"] for s in servers) == ["a-1.lab", "a-2.lab"]
     assert page.console_errors == []
 
 
