@@ -6,6 +6,7 @@ admin-only write canned queries in ``canned_queries/admin_*.sql``. Every form ca
 Datasette's CSRF token; every route answers 403 to anyone but an admin.
 """
 
+import fnmatch
 import secrets
 from urllib.parse import parse_qs
 
@@ -18,6 +19,7 @@ from server_monitor.auth import tokens
 from server_monitor.jobs.alerts import identity_text
 from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
+from server_monitor.storage import groups as host_groups
 from server_monitor.storage.store import delete_server
 from server_monitor.serving.web import page
 
@@ -55,6 +57,34 @@ def _servers_from_form(form):
     return [int(v) for v in form.getlist("servers") if v.isdigit()]
 
 
+def _groups_from_form(form):
+    """Host groups of the scope (text field ``groups``, names split by commas/spaces); ``[]`` unless
+    the scope is ``some``. Raises :class:`host_groups.GroupError` for a bad name."""
+    if form.first("scope") != "some":
+        return []
+    return host_groups.parse_list(form.first("groups") or "")
+
+
+def select_servers(servers, pattern="", names="", ids=()):
+    """Server ids chosen for a bulk group change, from ``servers`` (rows of the ``servers`` query):
+    those whose host name or display name matches the shell-style ``pattern`` (``node-0*``,
+    ``gpu-[ab]*``; case-insensitive), those named in ``names`` (host or display names separated
+    by spaces, commas or lines), and ``ids``. Returns ``(sorted ids, unknown names)``."""
+    chosen, wanted = set(), {n.lower() for n in names.replace(",", " ").split()}
+    known = set()
+    pattern = (pattern or "").strip().lower()
+    for s in servers:
+        labels = {str(s["hostname"]).lower(), str(s["name"]).lower()}
+        if pattern and any(fnmatch.fnmatchcase(label, pattern) for label in labels):
+            chosen.add(s["server_id"])
+        if labels & wanted:
+            chosen.add(s["server_id"])
+            known |= labels & wanted
+        if s["server_id"] in ids:
+            chosen.add(s["server_id"])
+    return sorted(chosen), sorted(wanted - known)
+
+
 async def render(request, datasette, status=200, **extra):
     ctx = hub.context(datasette)
     actor = request.actor
@@ -74,6 +104,7 @@ async def render(request, datasette, status=200, **extra):
         servers=servers, gpus=gpus, lost_gpus=lost_gpus, announcements=announcements, users=ctx.accounts.users(),
         invites=ctx.accounts.invites(), agent_tokens=agent_tokens, identity_events=identity_events,
         identity_text=identity_text, roles=ROLES, site_url=site_url,
+        group_summary=await datasette.get_database(DATABASE).execute_fn(host_groups.summary),
         admin_username=ctx.admin_username, **extra,
     )
 
@@ -92,7 +123,7 @@ async def create_invite(request, datasette):
         invite_id, code = ctx.accounts.create_invite(
             form.first("role", "viewer"), float(form.first("hours") or 72), int(form.first("max_uses") or 1),
             servers=_servers_from_form(form), see_processes=form.first("see_processes") == "on",
-            created_by=request.actor["id"])
+            created_by=request.actor["id"], groups=_groups_from_form(form))
     except (AccountError, ValueError) as exc:
         return await render(request, datasette, status=400, error=str(exc))
     # The link is shown in this response only; the database keeps just the code's hash.
@@ -125,8 +156,8 @@ async def update_user(request, datasette):
             return await render(request, datasette, reset={"username": username, "password": password})
         else:
             ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form),
-                                     see_processes=form.first("see_processes") == "on")
-    except AccountError as exc:
+                                     see_processes=form.first("see_processes") == "on", groups=_groups_from_form(form))
+    except (AccountError, host_groups.GroupError) as exc:
         return await render(request, datasette, status=400, error=str(exc))
     except hub.PasswordBusy:
         return await render(request, datasette, status=503, error="The hub is busy checking passwords; try again.")
@@ -170,6 +201,40 @@ async def gpus_bulk(request, datasette):
     return Response.redirect("/admin#gpus")
 
 
+async def groups_bulk(request, datasette):
+    """``POST /admin/groups``: add (``action=add``) or remove (``action=remove``) host group ``group``
+    (source ``admin``) for many servers at once, chosen by name ``pattern`` (shell-style), by
+    ``names`` (a list) and/or by ``server_id`` (repeated). Groups that agents or Slurm report are
+    not touched (docs/api.md "Host groups")."""
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    form = await read_form(request)
+    action = form.first("action")
+    if action not in ("add", "remove"):
+        return await render(request, datasette, status=400, error="action must be add or remove")
+    try:
+        group = host_groups.check_name(form.first("group") or "")
+    except host_groups.GroupError as exc:
+        return await render(request, datasette, status=400, error=str(exc))
+    servers = await run(datasette, "servers", request.actor)
+    ids = {int(v) for v in form.getlist("server_id") if v.isdigit()}
+    chosen, unknown = select_servers(servers, form.first("pattern") or "", form.first("names") or "", ids)
+    if unknown:
+        return await render(request, datasette, status=400,
+                            error="No server is named " + ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else ""))
+    if not chosen:
+        return await render(request, datasette, status=400, error="No server matches: give a pattern, names or a selection.")
+
+    def write(conn):  # one transaction for all of them
+        with conn:
+            return host_groups.set_admin(conn, chosen, group, add=action == "add")
+
+    changed = await datasette.get_database(DATABASE).execute_write_fn(write, block=True)
+    verb = "added to" if action == "add" else "removed from"
+    return await render(request, datasette, group_done=f"{changed} of {len(chosen)} matching servers {verb} group {group}.")
+
+
 async def agent_token(request, datasette):
     denied = _forbidden(request)
     if denied:
@@ -200,4 +265,5 @@ def register_routes():
         (r"^/admin/servers/(?P<id>\d+)/delete$", server_delete),
         (r"^/admin/tokens$", agent_token),
         (r"^/admin/gpus$", gpus_bulk),
+        (r"^/admin/groups$", groups_bulk),
     ]

@@ -629,10 +629,24 @@ def migration_23(conn):
                  " WHERE rule = 'gpu_xid' AND instr(message, ', pid ') > 0")
 
 
+MIGRATION_24 = """
+-- Host groups (issue 24 item 1): a server's groups are the union of its rows here, one per
+-- (group, source); source 'agent' (agent_config.yaml groups:), 'slurm' (the node's partitions)
+-- or 'admin' (set in /admin). See server_monitor/storage/groups.py and docs/schema.md.
+CREATE TABLE server_groups (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    grp TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('agent', 'slurm', 'admin')),
+    PRIMARY KEY (server_id, grp, source)
+) WITHOUT ROWID;
+CREATE INDEX server_groups_grp ON server_groups (grp, server_id);
+"""
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
-              MIGRATION_21, MIGRATION_22, migration_23]
+              MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

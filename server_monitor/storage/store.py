@@ -12,7 +12,7 @@ import json
 import sqlite3
 
 from ..core import gpu_health, topology
-from . import xidtext
+from . import groups, xidtext
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -200,6 +200,8 @@ def _store(conn, report, received_at):
         )
     if newest:
         _store_inventory(conn, server_id, ts, report)
+        groups.sync_reported(conn, server_id, "agent", report.get("groups"))
+        groups.sync_reported(conn, server_id, "slurm", report.get("slurm_partitions"))
     return {"stored": True, "server_id": server_id}
 
 
@@ -641,7 +643,7 @@ def _store_inventory(conn, server_id, ts, report):
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_CHILD_TABLES = ("host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
+_SERVER_CHILD_TABLES = ("server_groups", "host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
                         "host_samples_5m", "host_samples_1h", "disk_samples", "containers", "probes",
                         "gpu_usage_1h", "alerts", "silences", "gpus")
 
