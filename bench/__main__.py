@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "ingest": ("ingest", "ingest throughput/latency over HTTP (wrk), SQLite limits, query times, disk per sample"),
     "fleet": ("fleet", "GET /api/fleet (changed, 304) beside the per-table calls it replaced"),
+    "metrics": ("metrics", "/metrics whole and sharded, a real Prometheus with http_sd, ingest while it scrapes"),
     "browser": ("browser", "the dashboard in Chromium: time to visible, refresh cost, DOM, heap (vs an old revision)"),
     "agent": ("agent", "agent CPU, child processes and RSS per report cycle (NVIDIA and AMD)"),
     "commit": ("commit", "ingest transactions with the WAL checkpointed in the commit or by the checkpoint thread"),
