@@ -14,10 +14,7 @@ with params as (
 free as (
   select
     g.server_id, coalesce(s.display_name, s.hostname) as server, g.vendor, g.gpu_index, g.uuid, g.name, g.numa_node,
-    coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib,
-    -- the host's free GPUs by index, ascending (a window keeps the order; group_concat alone may not)
-    group_concat(g.gpu_index, ',') over (partition by g.server_id, g.vendor order by g.gpu_index
-                                         rows between unbounded preceding and unbounded following) as free_indexes
+    coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib
   from gpus g
   join server_state s on s.id = g.server_id
   join params p
@@ -33,8 +30,7 @@ free as (
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 ),
 hosts as (
-  select f.server_id, f.server, f.vendor, count(*) as free_gpus, min(f.free_indexes) as free_indexes,
-    min(f.free_mib) as least_free_mib,
+  select f.server_id, f.server, f.vendor, count(*) as free_gpus, min(f.free_mib) as least_free_mib,
     json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
                                  'name', f.name)) as candidates
   from free f join params p
@@ -118,11 +114,11 @@ mig_free as (
 ),
 -- Every offer (whole GPUs and MIG instances) in order; one page of them.
 offers as (
-  select r.server_id, r.server, r.vendor, r.free_gpus, r.free_indexes, r.least_free_mib, r.candidates,
+  select r.server_id, r.server, r.vendor, r.free_gpus, r.least_free_mib, r.candidates,
     null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
   from ranked r
   union all
-  select m.server_id, m.server, 'nvidia', 1, null, m.free_mib, null, m.uuid, m.profile,
+  select m.server_id, m.server, 'nvidia', 1, m.free_mib, null, m.uuid, m.profile,
     m.name || ' MIG ' || coalesce(m.profile, '?'), 2, 0
   from mig_free m
   where m.pick = 1
@@ -141,7 +137,10 @@ chosen as materialized (
       gpu_set(pg.candidates,
               (select json_group_array(json_array(l.gpu_a, l.gpu_b, l.link)) from gpu_links l
                 where l.server_id = pg.server_id and pg.vendor = 'nvidia'),
-              p.want) end as pick
+              p.want) end as pick,
+    -- the host's free GPUs by nvidia-smi index, ascending
+    (select group_concat(i, ',') from (select json_extract(j.value, '$.i') as i from json_each(pg.candidates) j
+                                       order by i)) as free_indexes
   from page pg join params p
 )
 select
