@@ -82,6 +82,20 @@ def test_identity_cost_name_check_uses_the_indexes(tmp_path):
         "EXPLAIN QUERY PLAN SELECT id FROM servers WHERE machine_id != ?1 AND (hostname = ?2 OR display_name = ?2)"
         " LIMIT 1", ("m", "x")))  # ingest.py: a per-host token may not take another server's name
     assert "USING INDEX servers_hostname" in plan and "USING INDEX servers_display_name" in plan
+    # A display name written by the admin's canned query (SQL, not the hub's Python) is in the
+    # index: a new host named like it is a look-alike, or takes its name.
+    now = time.time()
+    store_report(conn, contract.validate_report(sample_report("node-a", gpus=1, processes=0)), now)
+    from server_monitor.serving.queries import QUERIES
+
+    conn.execute(QUERIES["admin_set_server"]["sql"],
+                 {"display_name": " Trainer-1 ", "status": "active", "status_note": "", "server_id": "1"})
+    store_report(conn, contract.validate_report(sample_report("trainer-l", gpus=1, processes=0)), now)
+    store_report(conn, contract.validate_report(sample_report("Trainer-1", gpus=1, processes=0)), now)
+    assert conn.execute("SELECT server_id, kind, hostname, previous, other_server_id FROM host_identity_events"
+                        " ORDER BY id").fetchall() == [(2, "look_alike", "trainer-l", "Trainer-1", 1),
+                                                       (3, "name_taken", "Trainer-1", "Trainer-1", 1),
+                                                       (3, "look_alike", "Trainer-1", "trainer-l", 2)]
 
 
 def test_identity_cost_sql_skeleton_is_the_python_skeleton(tmp_path):
@@ -100,23 +114,3 @@ def test_identity_cost_sql_skeleton_is_the_python_skeleton(tmp_path):
         if python.isascii() or in_sql.isascii():
             assert in_sql == python, name
     assert conn.execute(sql, ("\u212aODE-1",)).fetchone()[0] == name_skeleton("kode-1") == "kode-l"
-
-
-def test_identity_cost_display_name_set_by_the_admin_is_found(tmp_path):
-    """A display name written by the admin's canned query (SQL, not the hub's Python) is found by
-    the indexed check: a new host named like it is a look-alike."""
-    path = str(tmp_path / "monitor.db")
-    schema.migrate(path)
-    conn = schema.connect(path)
-    now = time.time()
-    store_report(conn, contract.validate_report(sample_report("node-a", gpus=1, processes=0)), now)
-    from server_monitor.serving.queries import QUERIES
-
-    conn.execute(QUERIES["admin_set_server"]["sql"],
-                 {"display_name": " Trainer-1 ", "status": "active", "status_note": "", "server_id": "1"})
-    store_report(conn, contract.validate_report(sample_report("trainer-l", gpus=1, processes=0)), now)
-    store_report(conn, contract.validate_report(sample_report("Trainer-1", gpus=1, processes=0)), now)
-    assert conn.execute("SELECT server_id, kind, hostname, previous, other_server_id FROM host_identity_events"
-                        " ORDER BY id").fetchall() == [(2, "look_alike", "trainer-l", "Trainer-1", 1),
-                                                       (3, "name_taken", "Trainer-1", "Trainer-1", 1),
-                                                       (3, "look_alike", "Trainer-1", "trainer-l", 2)]
