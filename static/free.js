@@ -59,7 +59,7 @@ function topology(r) {
 }
 
 function pagerButton(label, page, rel) {
-  const button = h("button", { type: "button", class: "small", rel }, label);
+  const button = h("button", { type: "button", class: "small " + rel, dataset: { page: String(page) } }, label);
   button.addEventListener("click", () => { history.pushState(null, "", toUrl(page)); find(page); });
   return button;
 }
