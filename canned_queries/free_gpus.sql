@@ -30,9 +30,7 @@ free as (
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 ),
 hosts as (
-  select f.server_id, f.server, f.vendor, count(*) as free_gpus, min(f.free_mib) as least_free_mib,
-    json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
-                                 'name', f.name)) as candidates
+  select f.server_id, f.server, f.vendor, count(*) as free_gpus, min(f.free_mib) as least_free_mib
   from free f join params p
   group by f.server_id, f.vendor
   having count(*) >= p.want
@@ -114,11 +112,11 @@ mig_free as (
 ),
 -- Every offer (whole GPUs and MIG instances) in order; one page of them.
 offers as (
-  select r.server_id, r.server, r.vendor, r.free_gpus, r.least_free_mib, r.candidates,
+  select r.server_id, r.server, r.vendor, r.free_gpus, r.least_free_mib,
     null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
   from ranked r
   union all
-  select m.server_id, m.server, 'nvidia', 1, m.free_mib, null, m.uuid, m.profile,
+  select m.server_id, m.server, 'nvidia', 1, m.free_mib, m.uuid, m.profile,
     m.name || ' MIG ' || coalesce(m.profile, '?'), 2, 0
   from mig_free m
   where m.pick = 1
@@ -131,6 +129,17 @@ page as materialized (
 ),
 -- gpu_set() (server_monitor/core/topology.py): the :count GPUs to use on one page host, one
 -- NUMA node and NVLink first (nvidia-smi topo -m, gpu_links), then the most free memory.
+-- The page's hosts' free GPUs, for gpu_set().
+page_candidates as materialized (
+  select pg.*,
+    (select json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
+                                         'name', f.name))
+     from free f where f.server_id = pg.server_id and f.vendor = pg.vendor) as candidates
+  from page pg
+  where pg.mig_uuid is null
+  union all
+  select pg.*, null from page pg where pg.mig_uuid is not null
+),
 chosen as materialized (
   select pg.*,
     case when pg.mig_uuid is null then
@@ -141,7 +150,7 @@ chosen as materialized (
     -- the host's free GPUs by nvidia-smi index, ascending
     (select group_concat(i, ',') from (select json_extract(j.value, '$.i') as i from json_each(pg.candidates) j
                                        order by i)) as free_indexes
-  from page pg join params p
+  from page_candidates pg join params p
 )
 select
   c.server_id,
