@@ -1,5 +1,7 @@
 # Server Monitor hub. The agent runs on the GPU hosts themselves (see docs/agent.md).
-#   docker build -t server-monitor . && docker run -p 5100:5100 -v sm-data:/data server-monitor
+#   docker build -t server-monitor . && docker run -p 127.0.0.1:5100:5100 -v sm-data:/data server-monitor
+# The hub listens on every interface inside the container; publish it on the host's loopback and
+# put the reverse proxy of docs/operations.md (scripts/nginx-server-monitor.conf) in front.
 # The image holds no secrets: on first start the hub writes /data/config.yaml with random
 # ones and prints the admin password once (docker logs). Mount your own config.yaml at
 # /data/config.yaml, or pass SERVER_MONITOR_SECRET_KEY, SERVER_MONITOR_AGENT_TOKEN and

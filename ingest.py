@@ -11,7 +11,8 @@ optional ``Content-Encoding: gzip``, body either one report object or a batch
 
 Answers (always JSON): 201 stored, 200 duplicate (already stored), 207 batch results,
 400 bad body or contract violation (message names the field), 401 bad token, 403 per-host token used for another host, 404 other
-path, 405 other method, 411 no Content-Length, 413 too large, 415 bad encoding,
+path, 405 other method, 411 no Content-Length, 413 too large, 415 bad encoding, 429 too many new
+servers from the shared token in the last hour (``agent.max_new_hosts_per_hour``, with ``Retry-After``),
 503 database unavailable (with ``Retry-After``). Never 500 for any input.
 """
 
@@ -50,7 +51,7 @@ class HTTPError(Exception):
 _REASONS = {
     200: "OK", 201: "Created", 207: "Multi-Status", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
+    411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type", 429: "Too Many Requests",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
 
@@ -102,6 +103,8 @@ class IngestApp:
         # agent.shared_token_enabled: false leaves only per-host tokens (see docs/security.md I8).
         self.shared_token_enabled = config.get("agent.shared_token_enabled", True) is not False
         self.max_bytes = int(config.get("agent.max_report_bytes", 1_048_576))
+        # New servers the shared token may create per hour (security review I-4; 0: no cap).
+        self.max_new_hosts_per_hour = int(config.get("agent.max_new_hosts_per_hour", 0) or 0)
         self.db_path = config.db_path
         # Oldest stored time accepted (see docs/security.md L3): the longest history kept (hourly roll-ups), at least
         # the raw retention. Older means a broken clock or a forged report; 400 naming the field.
@@ -193,7 +196,7 @@ class IngestApp:
                     entry[0], entry[1] = 201, {"report_id": report["report_id"], "stored": True}
                     if report["nulled"]:
                         entry[1]["nulled"] = report["nulled"][:20]
-                    if report["replaced"]:  # free text cleaned by the shared text rule (N2)
+                    if report["replaced"]:  # free text cleaned by the shared text rule (see docs/security.md N2)
                         entry[1]["replaced"] = report["replaced"][:20]
                 else:
                     entry[0], entry[1] = 200, {"report_id": report["report_id"], "stored": False, "duplicate": True}
@@ -236,6 +239,24 @@ class IngestApp:
             raise HTTPError(400, "body is shorter than Content-Length")
         return raw
 
+    def precheck(self, environ):
+        """The answer to a request that is refused before its body is read: wrong path (404),
+        method (405) or token (401), as ``(status line, headers, payload bytes)``; None when the
+        body is to be read (security review N9: an anonymous client's megabyte was buffered
+        before its 401). The hub's ASGI bridge calls it first; :meth:`prepare` checks again.
+        A database error is left to :meth:`prepare` (None here)."""
+        try:
+            if environ.get("PATH_INFO", "") != REPORT_PATH:
+                raise HTTPError(404, f"not found; agents post to {REPORT_PATH}")
+            if environ.get("REQUEST_METHOD") != "POST":
+                raise HTTPError(405, "only POST is allowed", [("Allow", "POST")])
+            self._authorize(environ)
+        except HTTPError as exc:
+            return render(exc.status, {"error": str(exc)}, exc.headers)
+        except Exception:  # auth.db unavailable, or a bug: prepare() answers it as usual
+            return None
+        return None
+
     def prepare(self, environ):
         """Everything of one request before the write: path, method, token, database file,
         body, contract. Returns a :class:`Prepared`; :meth:`write` stores its reports and
@@ -271,11 +292,40 @@ class IngestApp:
                 raise HTTPError(400, "reports: expected array")
             if len(reports) > MAX_BATCH:
                 raise HTTPError(413, f"reports: more than {MAX_BATCH} in one batch")
-            return Prepared(entries=[[*self._check_one(obj, received_at, only_host), received_at] for obj in reports],
-                            batch=True)
+            entries = [[*self._check_one(obj, received_at, only_host), received_at] for obj in reports]
+            self._check_new_hosts(entries, received_at, only_host)
+            return Prepared(entries=entries, batch=True)
         if not isinstance(body, dict):
             raise HTTPError(400, f"expected a JSON object (one report) or {{\"reports\": [...]}}, got {type(body).__name__}")
-        return Prepared(entries=[[*self._check_one(body, received_at, only_host), received_at]])
+        entries = [[*self._check_one(body, received_at, only_host), received_at]]
+        self._check_new_hosts(entries, received_at, only_host)
+        return Prepared(entries=entries)
+
+    def _check_new_hosts(self, entries, received_at, only_host):
+        """429 (``Retry-After``) for a shared-token request that would create servers beyond
+        ``agent.max_new_hosts_per_hour`` (counted by ``servers.first_seen`` over the last hour,
+        all workers together; security review I-4: one token created 1,000 servers in 2 s).
+        Per-host tokens are exempt (an admin issued each for its host). The whole request is
+        refused, so an agent's batch (one host) is retried later as a whole."""
+        if only_host is not None or not self.max_new_hosts_per_hour:
+            return
+        hosts = {machine_identity(entry[2]["host"]) for entry in entries if entry[2] is not None}
+        if not hosts:
+            return
+        conn = self._conn()
+        known = set()
+        for start in range(0, len(hosts), 500):
+            chunk = sorted(hosts)[start:start + 500]
+            known.update(row[0] for row in conn.execute(
+                f"SELECT machine_id FROM servers WHERE machine_id IN ({','.join('?' * len(chunk))})", chunk))
+        new = len(hosts - known)
+        if not new:
+            return
+        recent = conn.execute("SELECT count(*) FROM servers WHERE first_seen >= ?", (received_at - 3600,)).fetchone()[0]
+        if recent + new > self.max_new_hosts_per_hour:
+            raise HTTPError(429, f"{recent} servers were added in the last hour (agent.max_new_hosts_per_hour:"
+                                 f" {self.max_new_hosts_per_hour}); this request would add {new} more: retry later,"
+                                 " or use a per-host token", [("Retry-After", "600")])
 
     @staticmethod
     def answer(prepared):

@@ -1,5 +1,5 @@
 -- title: Idle GPU holders
--- description: GPUs whose processes hold at least :min_mib MiB while utilization.gpu, utilization.encoder and utilization.decoder all stay under :max_util % for at least :hours hours (defaults from config: 1024 MiB, 5 %, 2 h; looked back at most 48 h in raw samples), with who holds them and since when (idle_since, UTC epoch s).
+-- description: GPUs whose processes hold at least :min_mib MiB while utilization.gpu, utilization.encoder and utilization.decoder all stay under :max_util % for at least :hours hours (a GPU whose utilization.gpu is not reported — MIG, [N/A] — is never idle: unknown is not 0 %) (defaults from config: 1024 MiB, 5 %, 2 h; looked back at most 48 h in raw samples), with who holds them and since when (idle_since, UTC epoch s).
 with params as (
   select
     cast(coalesce(nullif(:min_mib, ''), :_config_idle_min_mib) as integer) as min_mib,
@@ -15,7 +15,8 @@ candidates as (
   join params p
   where s.state in ('online', 'error') and g.present and g.process_count > 0
     and g.memory_used_mib >= p.min_mib
-    and max(coalesce(g.utilization_gpu, 0), coalesce(g.utilization_encoder, 0), coalesce(g.utilization_decoder, 0)) < p.max_util
+    and g.utilization_gpu is not null
+    and max(g.utilization_gpu, coalesce(g.utilization_encoder, 0), coalesce(g.utilization_decoder, 0)) < p.max_util
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
 ),
 streaks as (
@@ -25,8 +26,9 @@ streaks as (
         and x.ts > coalesce(
           (select max(y.ts) from gpu_samples y
             where y.gpu_id = c.id and y.ts >= p.now - 172800
-              and (max(coalesce(y.utilization_gpu, 0), coalesce(y.utilization_encoder, 0),
-                       coalesce(y.utilization_decoder, 0)) >= p.max_util
+              and (y.utilization_gpu is null
+                   or max(y.utilization_gpu, coalesce(y.utilization_encoder, 0),
+                          coalesce(y.utilization_decoder, 0)) >= p.max_util
                    or coalesce(y.memory_used_mib, 0) < p.min_mib)),
           p.now - 172800)) as idle_since
   from candidates c join params p

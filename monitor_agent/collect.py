@@ -37,7 +37,7 @@ def freeze_startup_objects():
 
     Called after the first report (modules, collectors and their caches exist by then). Without
     it, each full (generation 2) collection walks all of them again, ~8 ms of CPU on a 2-vCPU
-    VM (``scripts/bench_agent.py`` prints the figure), landing on whichever cycle triggers it;
+    VM (``python -m bench agent`` prints the figure), landing on whichever cycle triggers it;
     with it, a full collection walks only what later cycles allocated (~0.1 ms). Objects frozen
     here are never collected (they live as long as the agent anyway). Returns the number frozen.
     """

@@ -78,7 +78,7 @@ XID_NAMES = {
     158: "GPU Fatal Timeout",
 }
 # Codes that mean the GPU or its memory is failing or gone (alerted as critical by the hub; the
-# hub's server_monitor/alerts.py repeats this set and a test keeps them equal). From the catalogue:
+# hub's server_monitor/jobs/alerts.py repeats this set and a test keeps them equal). From the catalogue:
 # uncorrectable memory errors (48, 94, 95, 140), row-remapper/page-retirement events and failures
 # (63, 64), NVLink errors before NVLink 5 (74), lost GPU (79), GSP firmware hang/error (119, 120),
 # GPU init failure and fatal timeout (143, 158); each needs at least a GPU reset. Not critical by

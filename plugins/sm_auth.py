@@ -15,6 +15,7 @@
 
 import asyncio
 import hashlib
+import logging
 from urllib.parse import urlsplit
 
 from datasette import hookimpl
@@ -26,6 +27,8 @@ from server_monitor.auth.accounts import AccountError, check_password, check_use
 from server_monitor.core.config import admin_password_hash
 from server_monitor.serving.queries import ADMIN_QUERIES
 from server_monitor.serving.web import page
+
+log = logging.getLogger("server_monitor.auth")
 
 BUSY_MESSAGE = "The hub is busy checking other passwords. Try again in a few seconds."
 
@@ -49,15 +52,24 @@ def client_address(request, ctx):
     """The client's address: the trusted proxy header when configured, else the socket peer.
 
     From the header the rightmost address is taken: the one your proxy added. Addresses to its
-    left come from the client and can be forged (see docs/security.md L4).
+    left come from the client and can be forged (see docs/security.md L4). The header is read
+    only from a socket peer in ``auth.trusted_proxies`` (I-6).
     """
     header = ctx.config.get("auth.trusted_proxy_header")
+    client = request.scope.get("client") or ("unknown", 0)
     if header:
         value = request.headers.get(header.lower(), "")
-        if value and value.split(",")[-1].strip():
-            return value.split(",")[-1].strip()
-    client = request.scope.get("client") or ("unknown", 0)
+        if hub.from_trusted_proxy(request.scope, ctx.config):
+            if value and value.split(",")[-1].strip():
+                return value.split(",")[-1].strip()
+        elif value and not _untrusted_warned:
+            _untrusted_warned.append(client[0])  # once per process: a misconfigured proxy, or a client going around it
+            log.warning("%s sent %s but is not in auth.trusted_proxies; using its own address (docs/operations.md)",
+                        client[0], header)
     return client[0]
+
+
+_untrusted_warned = []
 
 
 def _verify(ctx, username, password):
@@ -74,7 +86,8 @@ def _verify(ctx, username, password):
 def _start_session(datasette, request, ctx, username, source, next_url):
     ctx.accounts.purge_expired()  # logins are rare; expired rows never pile up
     session_id = ctx.accounts.create_session(username, source, ctx.session_hours, client=client_address(request, ctx),
-                                             fingerprint=ctx.admin_fingerprint if source == "config" else None)
+                                             fingerprint=ctx.admin_fingerprint if source == "config" else None,
+                                             max_live=ctx.max_sessions)
     response = Response.redirect(next_url)
     https = is_https(request, ctx)
     response.set_cookie(
@@ -115,14 +128,21 @@ async def login(request, datasette):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
     while True:
+        # Two budgets, both checked before the PBKDF2 run: failures (5 per 5 min per address
+        # and per user) and successes (auth.logins_per_minute per user, 6x per address, N10).
         token, wait, busy = ctx.limiter.reserve(keys)
+        error = "Too many failed attempts."
         if token is not None:
-            break
+            ok_token, wait, busy = ctx.success_limiter.reserve(keys)
+            if ok_token is not None:
+                break
+            ctx.limiter.succeeded(token)  # not checked: costs no budget
+            error = "Too many logins for this account or address."
         if not busy or loop.time() > deadline:
             wait = wait or 5
             return await _render_login(
                 datasette, request, status=429, next_url=next_url, username=username,
-                error=f"Too many failed attempts. Try again in {wait} seconds.",
+                error=f"{error} Try again in {wait} seconds.",
                 headers={"retry-after": str(wait)},
             )
         await asyncio.sleep(0.05)  # other attempts with these keys are being checked
@@ -130,18 +150,22 @@ async def login(request, datasette):
         source = await ctx.password_work(_verify, ctx, username, password[:1024])
     except hub.PasswordBusy:
         ctx.limiter.succeeded(token)  # not checked: costs no budget
+        ctx.success_limiter.succeeded(ok_token)
         return await _render_login(datasette, request, status=503, next_url=next_url, username=username,
                                    error=BUSY_MESSAGE, headers={"retry-after": "5"})
     except BaseException:
         ctx.limiter.failed(token)
+        ctx.success_limiter.succeeded(ok_token)
         raise
     if source is None:
         ctx.limiter.failed(token)
+        ctx.success_limiter.succeeded(ok_token)  # a wrong password is the other budget's
         return await _render_login(
             datasette, request, status=401, next_url=next_url, username=username,
             error="Invalid username or password.",
         )
     ctx.limiter.succeeded(token)
+    ctx.success_limiter.failed(ok_token)  # one right password: counted against the success budget
     if source == "user":
         username = ctx.accounts.user(username)["username"]  # canonical case
     return _start_session(datasette, request, ctx, username, source, next_url)
@@ -167,7 +191,13 @@ async def register(request, datasette):
     code = form.get("code") or ""
     username = (form.get("username") or "").strip()
     password = form.get("password") or ""
-    keys = ["ip:" + client_address(request, ctx), "invite:" + hashlib.sha256(code.encode()).hexdigest()[:32]]
+    # A live invite is limited on its own failures (taken names); only posts without one count
+    # against the address, so others' bogus posts from the same address or NAT never block a
+    # real invite (I-1). The lookup is one indexed read, no password work.
+    if ctx.accounts.invite_valid(code):
+        keys = ["invite:" + hashlib.sha256(code.encode()).hexdigest()[:32]]
+    else:
+        keys = ["ip:" + client_address(request, ctx)]
     token, wait, _ = ctx.register_limiter.reserve(keys)
     if token is None:
         wait = wait or 5

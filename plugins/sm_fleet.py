@@ -16,6 +16,7 @@ import json
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
+from monitor_agent import textrule
 from server_monitor.serving import fleet, fleet_share, hub
 from server_monitor.serving.queries import DATABASE, QUERIES, run
 
@@ -82,11 +83,17 @@ def _admin_refusal(request):
 
 
 def _note(body):
+    """The ``note`` of a JSON body: text of at most 500 characters without control, bidi or
+    invisible characters and valid Unicode (a lone surrogate such as ``"\ud800"`` was a 500,
+    security review I-7); raises ValueError saying which."""
     note = body.get("note")
     if note is None:
         return ""
     if not isinstance(note, str) or len(note) > 500:
         raise ValueError("note must be text of at most 500 characters")
+    unsafe = textrule.first_unsafe(note)  # the agent-text rule (lone surrogates included)
+    if unsafe:
+        raise ValueError(f"note contains the character {textrule.describe(unsafe)}, which is not allowed")
     return note
 
 

@@ -369,7 +369,11 @@ def asgi_wrapper(datasette):
                     message = dict(message, headers=headers)
                 await send(message)
 
-            if analyst.is_adhoc_sql(scope):  # ad-hoc SQL on its own bounded path (see docs/security.md L6)
+            # Ad-hoc SQL (?sql=, and table pages: _where, filters, facets) on its own bounded path
+            # (L6), however the path spells the database (N5). Viewers may not run it (Datasette
+            # answers their 403 at once): they never take an analyst slot.
+            if actor is not None and actor.get("role") != "viewer" and \
+                    await analyst.is_adhoc_sql(scope, datasette, actor):
                 return await ctx.analyst_sql(app, scope, receive, send_with_headers)
             return await app(scope, receive, send_with_headers)
 

@@ -6,11 +6,16 @@ at any address (the primitive of known SQLite RCE chains). On every connection D
 an authorizer refuses any statement that calls it ("not authorized"), both forms are also replaced
 by a function that raises, and on Python 3.12+ the tokenizer switch
 (``SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER``) is turned off as well.
+
+Connections of the analysts' SQL threads also get a lower ``SQLITE_LIMIT_LENGTH``
+(``server_monitor.serving.analyst.limit_connection``, security review N5).
 """
 
 import sqlite3
 
 from datasette import hookimpl
+
+from server_monitor.serving import analyst
 
 
 def _refused(*args):
@@ -36,3 +41,4 @@ def harden(conn):
 @hookimpl
 def prepare_connection(conn, database, datasette):
     harden(conn)
+    analyst.limit_connection(conn)  # bounded printf(); analysts' threads: values of at most 16 MiB (N5)

@@ -7,7 +7,9 @@
 # Needs only python3 (3.9+) and curl: the agent is a zipapp carrying its dependencies.
 # Options: --token-file FILE (or --token TOKEN, which stays in your shell history; with
 # neither, the token is asked for), --interval N, --ca-file PEM (private CA for an https
-# hub), --force (replace an existing agent_config.yaml), --dry-run, --root DIR (tests).
+# hub), --sha256 HEX (the zipapp's checksum as install_server.sh printed it: pins the agent
+# against a man-in-the-middle on plain http), --force (replace an existing
+# agent_config.yaml), --dry-run, --root DIR (tests).
 # Installs /opt/server-monitor-agent/server-monitor-agent.pyz (checksum-verified),
 # /etc/server-monitor/agent_config.yaml (0600) and server-monitor-agent.service (root,
 # restarts on failure), enabled and started.
@@ -39,6 +41,7 @@ TOKEN=""
 TOKEN_FILE=""
 INTERVAL=30
 CA_FILE=""
+PIN_SHA256=""
 FORCE=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,12 +53,18 @@ while [ $# -gt 0 ]; do
     --force) FORCE=1; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --root) ROOT=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --sha256) PIN_SHA256=$(printf '%s' "$2" | tr 'A-F' 'a-f'); shift 2 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
 [ -n "$URL" ] || die "--url is required"
 case "$URL" in http://*|https://*) ;; *) die "--url must start with http:// or https://" ;; esac
+[ -z "$PIN_SHA256" ] || [[ "$PIN_SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--sha256 needs the 64 hex digits of the zipapp's SHA-256"
+if [ -z "$PIN_SHA256" ] && [[ "$URL" == http://* ]]; then
+  say "warning: plain http and no --sha256: anyone on the path can replace the agent, which runs as root." \
+      "Pin it with --sha256 (install_server.sh prints it) or use https (docs/security.md I-8)"
+fi
 case "$INTERVAL" in ''|*[!0-9]*) die "--interval needs a whole number of seconds" ;; esac
 if [ -z "$ROOT" ] && [ "$DRY_RUN" != 1 ] && [ "$(id -u)" != 0 ]; then
   die "run as root (sudo bash $0 ...), or pass --dry-run"
@@ -97,6 +106,10 @@ run "${CURL[@]}" "$URL/static/agent/$PYZ" -o "$TMP/$PYZ"
 run "${CURL[@]}" "$URL/static/agent/$PYZ.sha256" -o "$TMP/$PYZ.sha256"
 if [ "$DRY_RUN" != 1 ]; then
   (cd "$TMP" && sha256sum -c --quiet "$PYZ.sha256") || die "checksum mismatch for $PYZ"
+  if [ -n "$PIN_SHA256" ]; then  # the hub's .sha256 came over the same connection: only the pin is independent
+    GOT=$(sha256sum "$TMP/$PYZ" | cut -d' ' -f1)
+    [ "$GOT" = "$PIN_SHA256" ] || die "$PYZ from $URL has SHA-256 $GOT, which does not match --sha256 $PIN_SHA256; not installed"
+  fi
 fi
 run mkdir -p "$DEST" "$ROOT$AGENT_STATE_DIR"
 run install -m 0755 "$TMP/$PYZ" "$DEST/server-monitor-agent.pyz.new"

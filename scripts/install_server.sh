@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Install the Server Monitor hub as a systemd service, from this checkout.
 #
-#   sudo scripts/install_server.sh [--prefix DIR] [--port N] [--admin NAME] [--dry-run] [--root DIR]
+#   sudo scripts/install_server.sh [--prefix DIR] [--port N] [--listen ADDR] [--admin NAME] [--dry-run] [--root DIR]
 #
+# * the hub listens on 127.0.0.1 (--listen, default): put the reverse proxy whose config is
+#   written to /etc/server-monitor/nginx-server-monitor.conf in front (TLS, header and body
+#   timeouts, per-client connection limits; docs/operations.md). --listen 0.0.0.0 faces the
+#   network directly, with only the hub's own connection limits (server.header_timeout_s ...).
 # * code in DIR/releases/<version>-<time> with its own venv (never pip into the system
 #   Python, so PEP 668 distributions work), DIR/current pointing at it (default DIR:
 #   /opt/server-monitor); air-gapped: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels
@@ -19,16 +23,18 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$SRC/scripts/_install_common.sh"
 
 PORT=5100
+LISTEN=127.0.0.1
 ADMIN="admin"
 PREFIX=$SERVER_PREFIX
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) PREFIX=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
+    --listen) LISTEN=$2; shift 2 ;;
     --admin) ADMIN=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --root) ROOT=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -66,10 +72,15 @@ else
   fi
   # The password reaches the tool through its environment, never its command line.
   SERVER_MONITOR_INIT_PASSWORD="$PASSWORD" run "$RELEASE/.venv/bin/server-monitor" init-config -c "$CONFIG" \
-    --admin "$ADMIN" --port "$PORT" --host 0.0.0.0 --data-dir "$DATA"
+    --admin "$ADMIN" --port "$PORT" --host "$LISTEN" --data-dir "$DATA"
   run chown "$SERVER_USER:$SERVER_USER" "$CONFIG"
   run chmod 0600 "$CONFIG"
 fi
+
+# The reverse proxy in front of a loopback hub (security review N3): nginx, to adapt (server_name,
+# certificates) and link into /etc/nginx/sites-enabled/. Rewritten on every install.
+sed "s/127\.0\.0\.1:5100/127.0.0.1:$PORT/" "$SRC/scripts/nginx-server-monitor.conf" \
+  | write_file "$ROOT$SERVER_CONFIG_DIR/nginx-server-monitor.conf" 0644
 
 switch_current "$ROOT$PREFIX" "$RELEASE"
 write_file "$ROOT$SERVER_UNIT" 0644 <<EOF
@@ -104,7 +115,20 @@ systemd_enable_restart server-monitor.service
 
 HOST=$(hostname -f 2>/dev/null || hostname)
 say ""
-say "Server Monitor is at http://$HOST:$PORT/ (put HTTPS in front: docs/operations.md)."
+BOUND=""
+if [ -f "$CONFIG" ]; then BOUND=$(sed -n 's/^  host: *//p' "$CONFIG" | head -1 | tr -d "\"'"); fi
+case "${BOUND:-$LISTEN}" in
+  127.*|localhost|::1)
+    say "Server Monitor listens on http://${BOUND:-$LISTEN}:$PORT/ only (loopback). Agents and browsers reach it"
+    say "through the reverse proxy: adapt $SERVER_CONFIG_DIR/nginx-server-monitor.conf (docs/operations.md)." ;;
+  *)
+    say "Server Monitor is at http://$HOST:$PORT/, facing the network directly (put HTTPS in front:"
+    say "$SERVER_CONFIG_DIR/nginx-server-monitor.conf, docs/operations.md)." ;;
+esac
 say "Install an agent on each GPU host (the token is in $SERVER_CONFIG_DIR/config.yaml, agent.token):"
 say "  curl -fsSL http://$HOST:$PORT/static/agent/install_agent.sh -o install_agent.sh"
-say "  sudo bash install_agent.sh --url http://$HOST:$PORT --token-file /path/to/token"
+say "  sudo bash install_agent.sh --url http://$HOST:$PORT --token-file /path/to/token --sha256 HASH"
+say "with HASH the SHA-256 of the zipapp for the host's CPU (pins the agent over plain http, docs/security.md I-8):"
+for sum in "$RELEASE"/static/agent/*.pyz.sha256; do
+  if [ -f "$sum" ]; then say "  $(basename "${sum%.sha256}"): $(cut -d' ' -f1 "$sum")"; fi
+done

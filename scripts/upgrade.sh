@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Upgrade an installed hub and/or agent to this checkout's version, with automatic rollback.
 #
-#   sudo scripts/upgrade.sh [server|agent|all] [--url HUB_URL] [--timeout SECONDS] [--dry-run] [--root DIR]
+#   sudo scripts/upgrade.sh [server|agent|all] [--url HUB_URL] [--sha256 HEX] [--timeout SECONDS] [--dry-run] [--root DIR]
 #
 # server: builds the new release beside the current one, takes an online backup of the
 #   databases, switches DIR/current to the new release and restarts (the hub migrates the
@@ -10,7 +10,8 @@
 #   schema) and restarts the old version. Config and data are kept.
 # agent: downloads the new zipapp from the hub (--url, default: the server_url in
 #   agent_config.yaml), keeps the old one, restarts, checks the unit is active, else
-#   restores the old zipapp. With no argument, upgrades whatever is installed.
+#   restores the old zipapp; --sha256 HEX pins the new zipapp's checksum (plain http: I-8).
+#   With no argument, upgrades whatever is installed.
 set -euo pipefail
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,18 +22,21 @@ SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 WHAT=""
 HUB_URL=""
+PIN_SHA256=""
 TIMEOUT=60
 while [ $# -gt 0 ]; do
   case "$1" in
     server|agent|all) WHAT=$1; shift ;;
     --url) HUB_URL=${2%/}; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
+    --sha256) PIN_SHA256=$(printf '%s' "$2" | tr 'A-F' 'a-f'); shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --root) ROOT=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
+[ -z "$PIN_SHA256" ] || [[ "$PIN_SHA256" =~ ^[0-9a-f]{64}$ ]] || die "--sha256 needs the 64 hex digits of the zipapp's SHA-256"
 need_root
 PREFIX="$ROOT$SERVER_PREFIX"
 if [ -z "$WHAT" ]; then
@@ -91,11 +95,14 @@ restore_databases() {
     local target=$db
     [ "$name" = auth ] && target=$auth
     local copy
-    copy=$(find "$backup" -maxdepth 1 -name "$name-*.db" | sort | tail -n 1)
+    copy=$(find "$backup" -maxdepth 1 -type f -name "$name-*.db" | sort | tail -n 1)
     [ -n "$copy" ] || continue
+    # As root in a directory the service user owns: never follow a link planted there (I-9).
+    # --remove-destination replaces a link at $target instead of writing through it; chown -h
+    # changes a link itself, never its target.
     run rm -f "$target-wal" "$target-shm"
-    run cp "$copy" "$target"
-    run chown "$SERVER_USER:$SERVER_USER" "$target"
+    run cp --no-dereference --remove-destination "$copy" "$target"
+    run chown -h "$SERVER_USER:$SERVER_USER" "$target"
   done
 }
 
@@ -113,6 +120,12 @@ upgrade_agent() {
   run curl -fsSL "$url/static/agent/server-monitor-agent-$arch.pyz.sha256" -o "$tmp/agent.sha256"
   if [ "$DRY_RUN" != 1 ]; then
     [ "$(cut -d' ' -f1 "$tmp/agent.sha256")" = "$(sha256sum "$tmp/agent.pyz" | cut -d' ' -f1)" ] || die "checksum mismatch"
+    if [ -n "$PIN_SHA256" ]; then
+      [ "$(sha256sum "$tmp/agent.pyz" | cut -d' ' -f1)" = "$PIN_SHA256" ] || die "the new agent does not match --sha256"
+    fi
+  fi
+  if [ -z "$PIN_SHA256" ] && [[ "$url" == http://* ]]; then
+    say "warning: plain http and no --sha256: the new agent (run as root) was not pinned (docs/security.md I-8)"
   fi
   run cp -p "$pyz" "$pyz.previous"
   run install -m 0755 "$tmp/agent.pyz" "$pyz.new"

@@ -8,7 +8,7 @@
   plugins' hub context, canned queries, the fleet document, Prometheus metrics, the analysts'
   SQL gate, page helpers;
 * ``jobs`` — background jobs (one process per hub): maintenance, WAL checkpoints, the fleet
-  publisher, alerts.
+  publisher, alerts, Litestream replication.
 
 A room imports only the rooms below it (docs/architecture.md, "Layers of the hub package";
 ``tests/test_architecture.py`` checks it). ``cli.py`` is the ``server-monitor`` command.

@@ -11,9 +11,10 @@ from .auth import tokens
 from .auth.accounts import Accounts
 from .core import config as config_mod
 from .jobs import leader, replication
+from .serving import fleet_share, netguard
+from .serving.analyst import AnalystSQL
 from .storage import instance, schema
 from .storage.rollup import Maintenance, refresh_statistics
-
 
 
 def _ensure_config(path, username="admin", **options):
@@ -51,6 +52,16 @@ def _private_files(cfg):
                 click.echo(f"WARNING: could not make {path} private (chmod 600): {exc.strerror}", err=True)
 
 
+def _check_lock_files(cfg):
+    """Open (creating) every lock file the workers and jobs will use and check the fleet shelf,
+    so a planted one stops the start with one line naming it (N8) rather than a worker later.
+    Raises ``instance.UnsafeFileError`` or ``OSError``."""
+    for path in [cfg.db_path + ".write.lock", leader.lock_path(cfg.db_path),
+                 *AnalystSQL.from_config(cfg).lock_paths()]:
+        os.close(instance.open_lock_file(path))
+    instance.check_private_dir(fleet_share.share_dir(cfg.db_path))
+
+
 def _prepare_auth_db(path):
     """Create or upgrade the sessions/users/tokens database at ``path`` (``data.auth_path``)
     and close it again. Raises ``sqlite3.Error``."""
@@ -73,6 +84,9 @@ def _prepare_statistics(db_path):
 @click.version_option(package_name=None, version=__import__("server_monitor").__version__)
 def cli():
     """Server Monitor hub."""
+    # Everything a command creates (databases, backups, journals, configs) is private from its
+    # first byte: a chmod afterwards leaves a window in which others can open the file (N12).
+    os.umask(os.umask(0o077) | 0o077)
 
 
 @cli.command()
@@ -103,6 +117,7 @@ def serve(config_path, init, host, port, workers):
         port = port or cfg.get("server.port")
         url = f"http://{host}:{port}/"
         instance.acquire_data_lock(cfg.db_path, url)  # fd stays open through exec: held for life
+        _check_lock_files(cfg)
         instance.check_port_free(host, port)
         if not os.path.exists(cfg.db_path) and os.path.exists(cfg.auth_db_path):
             click.echo(f"WARNING: {cfg.db_path} does not exist but {cfg.auth_db_path} does: starting with an "
@@ -117,7 +132,8 @@ def serve(config_path, init, host, port, workers):
         _private_files(cfg)
         if replication.enabled(cfg):
             replication.binary(cfg)  # a missing Litestream is one line now, not a dead job thread later
-    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError, replication.ReplicationError) as exc:
+    except (config_mod.ConfigError, schema.SchemaTooNew, instance.InstanceError, instance.UnsafeFileError,
+            replication.ReplicationError) as exc:
         raise click.ClickException(str(exc))
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or config_path}: {exc.strerror}")
@@ -144,8 +160,17 @@ def serve(config_path, init, host, port, workers):
     # No access log: at fleet size it is one line per agent report (200 a second for 1,000
     # hosts) and cost the hub more CPU than the fleet document; a reverse proxy keeps access
     # logs (docs/operations.md). uvicorn picks httptools and uvloop (requirements.txt).
+    # Connection limits (security review N3, server_monitor/serving/netguard.py, netproto.py): header and body deadlines
+    # and connection caps in the HTTP protocol, uvicorn's limit_concurrency at the same cap, idle
+    # keep-alive connections closed after 5 s. A SIGTERM waits server.shutdown_timeout_s for
+    # running requests, then cancels them (I-10; serving/asgi.py's watchdog ends a worker whose SQL
+    # thread still runs).
+    limits = netguard.configure(cfg)
     uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="")
+                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="",
+                http="server_monitor.serving.netproto:GuardedHttpToolsProtocol",
+                limit_concurrency=limits["max_connections"], timeout_keep_alive=5,
+                timeout_graceful_shutdown=int(cfg.get("server.shutdown_timeout_s", 10)))
 
 
 @cli.command("init-config")
@@ -265,7 +290,10 @@ def sessions_list(config_path):
 @click.argument("username", required=False)
 def sessions_revoke(config_path, everyone, username):
     """End every session of USERNAME (or of everyone with --all); takes effect on the next request,
-    also on a running hub. Use it after a password leak or when someone leaves."""
+    also on a running hub. Use it after a password leak or when someone leaves.
+
+    USERNAME is matched without regard to case. Exits 1 for an unknown user, or when the user
+    had no session to end."""
     if everyone == bool(username):
         raise click.UsageError("give a USERNAME or --all (not both)")
     cfg, accounts = _accounts(config_path)
@@ -273,9 +301,18 @@ def sessions_revoke(config_path, everyone, username):
         count = accounts.end_all_sessions()
         click.echo(f"ended {count} session{'' if count == 1 else 's'} (all users)")
         return
-    if username != cfg.get("auth.username") and accounts.user(username) is None:
-        raise click.ClickException(f"no user {username!r} (nor is it auth.username); see: server-monitor sessions list")
+    # Names are compared without case, as at login: the stored name is the canonical one (N11).
+    admin = cfg.get("auth.username") or ""
+    if username.lower() == admin.lower():
+        username = admin
+    else:
+        user = accounts.user(username)
+        if user is None:
+            raise click.ClickException(f"no user {username!r} (nor is it auth.username); see: server-monitor sessions list")
+        username = user["username"]
     count = accounts.end_sessions_of(username)
+    if not count:
+        raise click.ClickException(f"{username} has no live session: nothing ended")
     click.echo(f"ended {count} session{'' if count == 1 else 's'} of {username}")
 
 
@@ -292,15 +329,21 @@ def maintain(config_path):
 def backup(config_path, destination):
     """Online backup of monitor.db and auth.db (SQLite backup API; safe while running).
 
-    DESTINATION is a directory; files are written as monitor-<UTC time>.db and auth-<UTC time>.db.
+    DESTINATION is a directory (created 0700 when missing); files are written as
+    monitor-<UTC time>.db and auth-<UTC time>.db, created 0600 (never an existing file).
     """
     cfg = _load(config_path)
-    os.makedirs(destination, exist_ok=True)
+    os.makedirs(destination, mode=0o700, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for name, path in (("monitor", cfg.db_path), ("auth", cfg.auth_db_path)):
         if not os.path.exists(path):
             continue
         target = os.path.join(destination, f"{name}-{stamp}.db")
+        # Created 0600 before a byte is written, and never an existing file or a planted link.
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            raise click.ClickException(f"{target} already exists; not overwritten")
         src = sqlite3.connect(path)
         dst = sqlite3.connect(target)
         try:

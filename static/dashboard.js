@@ -79,9 +79,9 @@ function holders(procs) {
 function cellText(server, g) {
   const [, , state, util, memUsed, memTotal, , , bus, , procs] = g;
   const users = holders(procs);
-  // One holder: the name (clipped by the cell); several: a short name and "+N" that stays visible.
+  // One holder: the name (a cell holds 12 characters); several: the first name's head and "+N".
   const first = str(users[0]) || "?";
-  const who = !users.length ? "" : users.length === 1 ? first : first.slice(0, 3) + "+" + (users.length - 1);
+  const who = !users.length ? "" : users.length === 1 ? first : first.slice(0, 8) + "+" + (users.length - 1);
   switch (state) {
     case "free": return ["free", gib(memTotal)];
     case "busy": return [util === null ? "busy" : util + "%", who || (memUsed ? gib(memUsed) : "")];
@@ -128,7 +128,7 @@ function healthText(g) {
   return parts.length ? parts.join("; ") : null;
 }
 // MIG device of the fleet document: [uuid, profile, gi, mem_used_mib, mem_total_mib, procs, state]; holders by GPU
-// instance id. state (server_monitor/fleet.py mig_states): free, busy, shared (a sibling compute instance of its GPU
+// instance id. state (server_monitor/serving/fleet.py mig_states): free, busy, shared (a sibling compute instance of its GPU
 // instance is busy: they share its memory), unknown (usage not read yet): only "free" is what /free offers.
 const MIG_STATE_TEXT = { shared: ", idle but its GPU instance is in use (shared memory)",
   unknown: ", usage not read yet" };
@@ -351,6 +351,48 @@ function renderWho() {
     " · choose a user or container to highlight their GPUs" : "Nobody holds a GPU right now.";
 }
 
+// ---- idle holders: GPUs held at ~0 % for hours, by whom and for how long -----------------
+// Rows of the idle_holders canned query (README: "Idle holders"); its thresholds are the hub's
+// features.idle_* settings. A GPU whose utilization is not reported (MIG, [N/A]) is never in it.
+let idleRows = [];
+let idleFetchedAt = 0;     // Date.now() of the last idle_holders answer
+// Idle runs last hours and the durations advance on the client (idle_since): the list is asked
+// for every IDLE_REFRESH_S, not with every grid refresh (its streak search reads up to 48 h of
+// samples per candidate GPU, the heaviest query of the page on a 1,000-server fleet).
+const IDLE_REFRESH_S = 300;
+
+function idleGroups(rows) {
+  // One line per holder and server: GPUs idle since about the same time (10 min) together,
+  // so a user idling a whole 8-GPU node is one line, "GPU 0, 1, 2, 3, 4, 5, 6, 7".
+  const groups = new Map();
+  for (const r of rows) {
+    const key = r.users + "\u0000" + r.server_id + "\u0000" + Math.round(r.idle_since / 600);
+    const g = groups.get(key);
+    if (g) { g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since); }
+    else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since });
+  }
+  return [...groups.values()].sort((a, b) => a.since - b.since);
+}
+
+function renderIdle() {
+  const box = document.getElementById("idle");
+  const body = document.getElementById("idle-body");
+  if (!doc || !idleRows.length) { box.hidden = true; body.replaceChildren(); return; }
+  body.replaceChildren(...idleGroups(idleRows).map((g) => {
+    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden") : String(g.users).split(",").join(", ");
+    const gpus = g.gpus.sort((a, b) => a - b);
+    return h("tr", { dataset: { server: String(g.server_id) } },
+      h("td", { class: "idle-user" }, holders),
+      h("td", {}, h("button", { type: "button", class: "link-button", dataset: { open: String(g.server_id) } },
+        shortName(String(g.server)) + " · GPU" + (gpus.length > 1 ? "s " : " ") + gpus.join(", "))),
+      h("td", { class: "num" }, gib(g.held)),
+      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)));
+  }));
+  document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
+    " held at near 0 % utilization for hours · click a server to open it";
+  box.hidden = false;
+}
+
 // ---- problems first ------------------------------------------------------------------
 function problemText(p) {
   const age = fmtAge(nowHub() - p.since);
@@ -476,7 +518,7 @@ function showTip(el) {
     h("div", { class: "muted tip-hint" }, "click: open " + s.name)]);
   tip.hidden = false;
   const rect = el.getBoundingClientRect();
-  const width = Math.min(420, window.innerWidth - 16);
+  const width = Math.min(560, window.innerWidth - 16);
   tip.style.setProperty("width", width + "px");
   let left = Math.min(Math.max(8, rect.left), window.innerWidth - width - 8);
   let top = rect.bottom + 6;
@@ -807,12 +849,16 @@ async function refresh() {
   nextRefreshAt = Date.now() + REFRESH_S * 1000;
   const errorBox = document.getElementById("load-error");
   try {
-    const [changed, notes] = await Promise.all([fetchFleet(), fetchQuery("announcements")]);
+    const idleDue = Date.now() - idleFetchedAt >= IDLE_REFRESH_S * 1000;
+    const [changed, notes, idle] = await Promise.all([fetchFleet(), fetchQuery("announcements"),
+      idleDue ? fetchQuery("idle_holders").catch(() => null) : null]);
+    if (idle !== null) { idleRows = idle; idleFetchedAt = Date.now(); }
     lastUpdate = Date.now();
     errorBox.hidden = true;
     if (JSON.stringify(notes) !== JSON.stringify(announcements)) { announcements = notes; renderAnnouncements(); }
     if (changed) render();
-    else { renderSummary(); for (const s of doc.servers) { const r = rowEls.get(s.id); if (r) updateRowHead(r, s); } renderProblems(); }
+    renderIdle();
+    if (!changed) { renderSummary(); for (const s of doc.servers) { const r = rowEls.get(s.id); if (r) updateRowHead(r, s); } renderProblems(); }
   } catch (e) {
     errorBox.textContent = "Could not refresh: " + e.message + " (showing the last data)";
     errorBox.hidden = false;
@@ -843,6 +889,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (c) { hideTip(); openDetail(c.dataset.s || c.dataset.open); }
   });
   document.getElementById("who").addEventListener("click", (e) => {
+    if (e.target.dataset.open) { openDetail(e.target.dataset.open); return; }
     const u = e.target.closest("[data-user]"), c = e.target.closest("[data-container]");
     if (c) setHighlight("container", c.dataset.container);
     else if (u && u.tagName === "BUTTON") setHighlight("user", u.dataset.user);

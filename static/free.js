@@ -25,6 +25,22 @@ function copyButton(text) {
   return button;
 }
 
+// What free_gpus may offer (canned_queries/free_gpus.sql): nvidia-smi indexes, AMD/Intel indexes,
+// or one MIG device UUID (MIG-<uuid>, or the pre-R470 MIG-GPU-<uuid>/<gi>/<ci>). Anything else
+// came from a hostile or broken agent (a MIG "uuid" with a newline and a command, N7): shown as
+// text, never offered for the clipboard.
+const HEX_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+const ENV_GRAMMAR = new RegExp("^(?:CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=\\d{1,3}(?:,\\d{1,3})*" +
+  "|(?:ROCR_VISIBLE_DEVICES|ZE_AFFINITY_MASK)=\\d{1,3}(?:\\.\\d{1,3})?(?:,\\d{1,3}(?:\\.\\d{1,3})?)*" +
+  "|CUDA_VISIBLE_DEVICES=MIG-(?:" + HEX_UUID + "|GPU-" + HEX_UUID + "/\\d{1,4}/\\d{1,4}))$");
+
+function envCell(env) {
+  const text = String(env == null ? "" : env);
+  if (ENV_GRAMMAR.test(text)) return [h("code", { class: "env" }, text), " ", copyButton(text)];
+  return [h("code", { class: "env invalid" }, JSON.stringify(text).slice(0, 120)),
+    h("span", { class: "muted" }, " (not a device list: not offered for copying)")];
+}
+
 // The form's question and the page number, from the URL (what a shared link carries).
 function fromUrl() {
   const url = new URLSearchParams(location.search);
@@ -76,7 +92,7 @@ async function find(page) {
     document.querySelector("#free-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
       h("td", {}, h("a", { href: "/#server-" + Number(r.server_id) }, r.server)),
       h("td", { dataset: { label: "Free now" } }, r.mig_profile ? "1 MIG instance" : r.free_gpus + " free" + (r.free_indexes ? ": " + r.free_indexes : "")),
-      h("td", {}, h("code", { class: "env" }, r.env), " ", copyButton(r.env),
+      h("td", {}, ...envCell(r.env),
         r.vendor === "amd" ? h("span", { class: "muted" }, " (or HIP_VISIBLE_DEVICES)") : ""),
       h("td", { class: "num", dataset: { label: "Least free memory" } }, fmtMiB(r.min_free_mib)),
       h("td", { dataset: { label: "Topology" } }, topology(r)),

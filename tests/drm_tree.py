@@ -11,7 +11,7 @@ statistics of ``Documentation/gpu/drm-usage-stats.rst``. Numbers are public
 specifications (VRAM sizes, power limits, PCI ids from libdrm's amdgpu.ids / the kernel's
 PCI id tables) or illustrative readings within them.
 
-``scripts/bench_agent.py`` uses :func:`mi300x_host` to build its AMD case in a temporary
+``python -m bench agent`` uses :func:`mi300x_host` to build its AMD case in a temporary
 directory. The committed trees are the output of :func:`write_all`; ``test_drm.py`` checks
 that they still match.
 """

@@ -1,6 +1,6 @@
 """A minimal cookie-keeping HTTP client (urllib3) that logs in like a browser.
 
-Used by the end-to-end tests and by scripts/bench_hub.py and scripts/prove.py.
+Used by the end-to-end tests and by bench/common.py (`python -m bench ingest`, `python -m bench prove`).
 """
 
 import re

@@ -15,11 +15,23 @@ HEAVY = ("with recursive c(x) as (select 1 union all select x + 1 from c limit 2
          "select count(*) from c")
 
 
-def test_only_adhoc_sql_on_monitor_is_bounded():
-    assert is_adhoc_sql({"path": "/monitor", "query_string": b"sql=select+1"})
-    assert is_adhoc_sql({"path": "/monitor.json", "query_string": b"_shape=array&sql=select+1"})
-    assert not is_adhoc_sql({"path": "/monitor/servers.json", "query_string": b"_shape=array"})
-    assert not is_adhoc_sql({"path": "/monitor", "query_string": b""})
+def test_only_adhoc_sql_on_monitor_is_bounded(datasette):
+    def adhoc(path, query=b"", raw=None):
+        scope = {"path": path, "query_string": query}
+        if raw is not None:
+            scope["raw_path"] = raw
+        return asyncio.run(is_adhoc_sql(scope, datasette))
+
+    assert adhoc("/monitor", b"sql=select+1")
+    assert adhoc("/monitor.json", b"_shape=array&sql=select+1")
+    assert not adhoc("/monitor/servers.json", b"_shape=array")  # a canned query
+    assert not adhoc("/monitor", b"")
+    # N5: table pages (raw SQL in _where, filters, facets) and any spelling of the database.
+    assert adhoc("/monitor/host_samples.json", b"_where=1")
+    assert adhoc("/monitor/host_samples", b"")
+    assert adhoc("/monitor.json", b"sql=select+1", raw=b"/~6Donitor.json")
+    assert adhoc("/~6Donitor.csv", b"sql=select+1")
+    assert not adhoc("/login", b"sql=select+1")
 
 
 def test_time_limit_is_lowered_never_raised():

@@ -25,7 +25,7 @@ def test_grid_has_one_cell_per_gpu_and_detail_on_demand(page, hub_process, hub_c
     first = page.locator("#grid .srow").first
     assert first.locator(".sname").inner_text() == "gpu-node-01" and "2/2" in first.locator(".ssub").inner_text()
     cell = first.locator(".cell").first
-    assert cell.locator(".l1").inner_text() == "100%" and cell.locator(".l2").inner_text() == "use+1"
+    assert cell.locator(".l1").inner_text() == "100%" and cell.locator(".l2").inner_text() == "user1+1"  # first holder whole
     assert "used by user1, user0" in cell.get_attribute("aria-label")  # biggest VRAM holder first
     assert page.locator("#grid .srow").nth(1).locator(".cell .l1").inner_text() == "MIG"
     # Hover: the full detail of that GPU.

@@ -212,10 +212,10 @@ def test_free_page_copy_button_and_cookie_recipe_work(page, hub_process, hub_con
     # The page's own recipe for a script's cookie, run by curl against this hub.
     if not shutil.which("curl"):
         pytest.skip("curl is not installed")
-    recipe = page.inner_text("#cookie-howto").replace("YOUR-PASSWORD", hub_config.password).replace(
-        "YOU", hub_config.get("auth.username"))
+    recipe = page.inner_text("#cookie-howto").replace("YOU", hub_config.get("auth.username"))
     assert hub_process.base_url + "/login" in recipe
-    subprocess.run(["bash", "-c", recipe], cwd=tmp_path, check=True, timeout=60)
+    subprocess.run(["bash", "-c", recipe], cwd=tmp_path, check=True, timeout=60, input=hub_config.password + "\n",
+                   text=True)  # the password on standard input, as typed at the recipe's prompt
     one_liner = page.inner_text("#one-liner")
     out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("free-node CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES="), (out.stdout, out.stderr)

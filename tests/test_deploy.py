@@ -72,6 +72,10 @@ def test_install_upgrade_rollback_uninstall(deployed):
     assert oct(config.stat().st_mode & 0o777) == "0o600"
     cfg = yaml.safe_load(config.read_text())
     assert cfg["auth"]["username"] == "boss" and cfg["server"]["port"] == port
+    # Loopback by default, with the reverse proxy's config written next to it (N3).
+    assert cfg["server"]["host"] == "127.0.0.1" and "loopback" in result.stderr
+    proxy = (root / "etc/server-monitor/nginx-server-monitor.conf").read_text()
+    assert f"proxy_pass http://127.0.0.1:{port};" in proxy and "client_header_timeout" in proxy
     assert cfg["data"]["path"] == str(root / "var/lib/server-monitor/monitor.db")
     unit = (root / "etc/systemd/system/server-monitor.service").read_text()
     for line in ("User=server-monitor", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
@@ -192,7 +196,8 @@ def test_dockerfile_and_compose():
     compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
     hub = compose["services"]["hub"]
     assert any(v.endswith(":/data") for v in hub["volumes"])
-    assert "5100:5100" in hub["ports"]
+    # Published on the host's loopback only; a reverse proxy faces the network (N3).
+    assert hub["ports"] == ["127.0.0.1:5100:5100"]
     assert "environment" not in hub or all("=" not in str(v) for v in hub["environment"])
     ignored = open(os.path.join(ROOT, ".dockerignore")).read().split()
     assert "config.yaml" in ignored and "*.db" in ignored

@@ -1,12 +1,11 @@
-"""The proof suite (scripts/prove.py), quick profile: load, hub outage, crash, disk full,
+"""The proof suite (python -m bench prove), quick profile: load, hub outage, crash, disk full,
 bad collectors and API fuzzing against the real hub process. The full profile is run by
 hand; its figures are in docs/performance.md and docs/reliability.md.
 
-The six scenarios run as two ``prove.py --only`` calls in two test files (this one and
+The six scenarios run as two ``python -m bench prove --only`` calls in two test files (this one and
 ``test_proof_faults.py``), so the parallel suite runs them on two workers at once."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -17,11 +16,12 @@ pytestmark = pytest.mark.slow
 
 
 def run_proof(tmp_path, names):
-    """``scripts/prove.py --profile quick --only <names>``; returns its results, asserting that
+    """``python -m bench prove --profile quick --only <names>``; returns its results, asserting that
     exactly ``names`` ran and none failed, and that it exited 0."""
     out = tmp_path / "proof.json"
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "prove.py"), "--profile", "quick",
-                             "--only", ",".join(names), "--json", str(out)], capture_output=True, text=True, timeout=1800)
+    result = subprocess.run([sys.executable, "-m", "bench", "prove", "--profile", "quick",
+                             "--only", ",".join(names), "--json", str(out)], capture_output=True, text=True, timeout=1800,
+                            cwd=ROOT)
     assert out.exists(), result.stdout + result.stderr
     results = json.loads(out.read_text())["results"]
     assert set(results) == set(names)
@@ -41,9 +41,9 @@ def test_quick_profile_runs_every_scenario():
     """The two test files together cover every scenario of the quick profile."""
     from test_proof_faults import FAULT_SCENARIOS
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    sys.path.insert(0, ROOT)
     try:
-        import prove
+        from bench import prove
     finally:
         sys.path.pop(0)
     assert sorted(["load", "outage", "crash"] + FAULT_SCENARIOS) == sorted(n for n in prove.SCENARIOS if n != "mixed")

@@ -1,11 +1,10 @@
-"""Issue 13's mixed use, quick variant (``scripts/prove.py --profile quick --only mixed``): agents
+"""Issue 13's mixed use, quick variant (``python -m bench prove --profile quick --only mixed``): agents
 reporting in real time, viewers doing the dashboard's refresh and an analyst looping a heavy
 query, at once, on the real hub with two worker processes. Every report is stored exactly once,
 nothing answers an error. The goal-size run (``--profile mixed``) is run by hand; its figures
 are in docs/performance.md."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -18,9 +17,9 @@ pytestmark = pytest.mark.slow
 def test_mixed_use_quick(tmp_path):
     workers = 2
     out = tmp_path / "proof.json"
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "prove.py"), "--profile", "quick",
+    result = subprocess.run([sys.executable, "-m", "bench", "prove", "--profile", "quick",
                              "--only", "mixed", "--workers", str(workers), "--json", str(out)],
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.exists(), result.stdout + result.stderr
     mixed = json.loads(out.read_text())["results"]["mixed"]
     assert mixed["ok"], result.stdout[-5000:]

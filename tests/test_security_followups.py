@@ -100,9 +100,9 @@ def test_l10_changed_or_look_alike_host_names_are_flagged_to_the_admin(hub_confi
 
         admin = Browserless(base)
         assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
-        expected = ["GPU_A2: the name looks like gpu-a2, the name of server #1 (accept it on /admin if expected)",
+        expected = ["GPU_A2: the name looks like another server's name (accept it on /admin if expected)",
                     "gpu-a2: the host name changed from gpu-a (same machine id) (accept it on /admin if expected)",
-                    "gpu-b: a second server (another machine id) reports the name of server #2"
+                    "gpu-b: a second server (another machine id) reports this name"
                     " (accept it on /admin if expected)"]
         assert _wait_for(lambda: _problems(admin, "host_identity") == expected or None), _problems(admin, "host_identity")
         page = admin.request("GET", "/admin").data.decode()

@@ -168,8 +168,9 @@ def test_N2_real_agent_with_zwsp_in_a_process_path_keeps_its_host_online(ingest_
     conn = sqlite3.connect(ingest_server.config.db_path)
     try:
         deadline = time.time() + 30
-        while time.time() < deadline:
-            if conn.execute("select count(*) from host_samples").fetchone()[0] >= 3:
+        while time.time() < deadline:  # the fake's GPU is loaded (has its process) from its second call on
+            if (conn.execute("select count(*) from host_samples").fetchone()[0] >= 3
+                    and conn.execute("select count(*) from gpu_processes").fetchone()[0] >= 1):
                 break
             time.sleep(0.3)
     finally:

@@ -96,7 +96,9 @@ def check_password(password, username=None):
     if len(set(password)) < 4:
         raise AccountError("This password is too easy to guess: use at least 4 different characters.")
     lowered = password.lower()
-    if username and len(username) >= 3 and username.lower() in lowered and len(lowered) - len(username) < 6:
+    # The username once or repeated ("admin2admin2", I-3), with fewer than 6 other characters.
+    if username and len(username) >= 3 and username.lower() in lowered \
+            and len(lowered.replace(username.lower(), "")) < 6:
         raise AccountError("The password must not be (or be close to) the username.")
     if lowered in COMMON_PASSWORDS:
         raise AccountError("This password is on every list of common passwords; choose another.")
@@ -163,19 +165,24 @@ class Accounts:
         """This thread's connection to ``auth.db`` (for :mod:`server_monitor.auth.tokens`)."""
         return self._conn()
 
-    def create_session(self, username, source, hours, client=None, fingerprint=None):
+    def create_session(self, username, source, hours, client=None, fingerprint=None, max_live=None):
         """Start a session; returns the raw session id (to be signed into the cookie).
 
         ``fingerprint``: for the config admin, a keyed hash of the admin credential in force
         (``HubContext.admin_fingerprint``); the session dies when that credential changes.
+        ``max_live``: at most this many sessions of ``username`` stay; the oldest are ended (N10).
         """
         session_id = secrets.token_urlsafe(32)
         now = int(time.time())
-        self._conn().execute(
+        conn = self._conn()
+        conn.execute(
             "INSERT INTO sessions (id_hash, username, source, created_at, expires_at, client, fingerprint)"
             " VALUES (?,?,?,?,?,?,?)",
             (_hash(session_id), username, source, now, now + int(hours * 3600), client, fingerprint),
         )
+        if max_live:
+            conn.execute("DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions WHERE username = ?"
+                         " ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ?)", (username, int(max_live)))
         return session_id
 
     def session(self, session_id):
@@ -443,14 +450,18 @@ class LoginLimiter:
     The counts live in ``path`` (``auth.db``, table ``login_attempts``; ``":memory:"`` for a
     private one), so every worker process of the hub shares one budget: N workers never
     give N times the guesses. ``name`` separates limiters sharing a file ("login",
-    "register"). An attempt still "being checked" after :attr:`PENDING_TTL` seconds belongs to
-    a worker that died and no longer counts.
+    "register", "login-ok"). ``limits``: a limit per key prefix (``{"ip": 60}``) instead of
+    ``limit``. The "login-ok" limiter budgets right passwords (N10): there
+    :meth:`failed` counts a successful login and :meth:`succeeded` frees a wrong one.
+    An attempt still "being checked" after :attr:`PENDING_TTL` seconds belongs to a worker
+    that died and no longer counts.
     """
 
     PENDING_TTL = 120
 
-    def __init__(self, path=":memory:", limit=5, window=300, name="login"):
+    def __init__(self, path=":memory:", limit=5, window=300, name="login", limits=None):
         self.limit, self.window, self.name = limit, window, name
+        self.limits = dict(limits or {})  # key prefix ("ip") -> its own limit
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -474,14 +485,15 @@ class LoginLimiter:
                              (self.name, now - self.window, now - self.PENDING_TTL))
                 waits, busy = [], False
                 for key in keys:
+                    limit = self.limits.get(key.split(":", 1)[0], self.limit)
                     failures = [at for (at,) in conn.execute(
                         "SELECT at FROM login_attempts WHERE limiter = ? AND key = ? AND state = 'failed'"
                         " ORDER BY at", (self.name, key))]
                     pending = conn.execute("SELECT count(*) FROM login_attempts WHERE limiter = ? AND key = ?"
                                            " AND state = 'pending'", (self.name, key)).fetchone()[0]
-                    if len(failures) >= self.limit:
-                        waits.append(int(failures[-self.limit] + self.window - now) + 1)
-                    elif len(failures) + pending >= self.limit:
+                    if len(failures) >= limit:
+                        waits.append(int(failures[-limit] + self.window - now) + 1)
+                    elif len(failures) + pending >= limit:
                         busy = True
                 if waits or busy:
                     conn.execute("COMMIT")

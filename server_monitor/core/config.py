@@ -8,6 +8,7 @@ Relative paths in ``data.*`` are resolved against the directory holding the conf
 
 import copy
 import difflib
+import ipaddress
 import os
 import re
 import secrets
@@ -28,15 +29,28 @@ ENV_OVERRIDES = {
 DEFAULTS = {
     # workers: processes sharing the port (server_monitor/serving/asgi.py); 2 keeps ingest answered
     # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
-    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2},
+    # header_timeout_s .. max_connections_per_address: connection limits per worker (N3,
+    # server_monitor/serving/netguard.py); shutdown_timeout_s: how long a SIGTERM waits for requests (I-10).
+    "server": {"host": "127.0.0.1", "port": 5100, "secret_key": None, "public_url": None, "workers": 2,
+               "header_timeout_s": 10, "body_timeout_s": 30, "max_connections": 1000,
+               "max_connections_per_address": 128, "shutdown_timeout_s": 10},
     "auth": {
         "username": "admin",
         "password": None,
         "password_hash": None,
         "session_hours": 12,
         "trusted_proxy_header": None,
+        # Socket peers whose trusted_proxy_header is believed (addresses or networks, I-6).
+        "trusted_proxies": ["127.0.0.1", "::1"],
+        # Right passwords too are budgeted (N10): per user per minute (per client address: 3x),
+        # and live sessions per user (the oldest ends when a login goes past it). A class logging
+        # in at once on one shared account from one NAT address still gets in.
+        "logins_per_minute": 20,
+        "max_sessions_per_user": 20,
     },
-    "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True},
+    # max_new_hosts_per_hour: servers the shared token may create per hour (I-4; 0: no cap).
+    "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True,
+              "max_new_hosts_per_hour": 0},
     "alerts": {"enabled": True},
     # shards: how many targets /metrics/targets (Prometheus http_sd) splits the fleet into.
     "prometheus": {"token": None, "shards": 1},
@@ -53,7 +67,7 @@ DEFAULTS = {
         "analyst_concurrency": 1,
         "analyst_queue": 8,
     },
-    # Continuous replication of both databases with Litestream (server_monitor/replication.py),
+    # Continuous replication of both databases with Litestream (server_monitor/jobs/replication.py),
     # off by default: url is a directory, file:///path or s3://bucket/prefix; options are passed
     # to Litestream's replica (endpoint, region, force-path-style, ...).
     "replication": {"enabled": False, "url": None, "sync_interval": "1s", "litestream": None, "options": None},
@@ -187,6 +201,11 @@ def _check(data):
     workers = data["server"].get("workers", 2)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
         raise ConfigError("config: server.workers must be an integer 1..64")
+    for key, low in (("header_timeout_s", 1), ("body_timeout_s", 1), ("max_connections", 16),
+                     ("max_connections_per_address", 0), ("shutdown_timeout_s", 1)):
+        value = data["server"].get(key, DEFAULTS["server"][key])
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"config: server.{key} must be a number >= {low}")
     for key in ("server.secret_key", "agent.token"):
         section, name = key.split(".")
         value = data[section][name]
@@ -196,6 +215,9 @@ def _check(data):
     if public_url is not None and (not isinstance(public_url, str)
                                    or not public_url.startswith(("http://", "https://"))):
         raise ConfigError("config: server.public_url must be an http:// or https:// URL (or null)")
+    new_hosts = data["agent"].get("max_new_hosts_per_hour", 0)
+    if not isinstance(new_hosts, int) or isinstance(new_hosts, bool) or new_hosts < 0:
+        raise ConfigError("config: agent.max_new_hosts_per_hour must be an integer >= 0 (0: no cap)")
     if not isinstance(data["agent"].get("shared_token_enabled", True), bool):
         raise ConfigError("config: agent.shared_token_enabled must be true or false")
     auth = data["auth"]
@@ -205,6 +227,17 @@ def _check(data):
         raise ConfigError("config: set auth.password_hash (preferred) or auth.password")
     if auth.get("password_hash") and not str(auth["password_hash"]).startswith("pbkdf2_sha256$"):
         raise ConfigError("config: auth.password_hash must be a pbkdf2_sha256$... hash")
+    proxies = auth.get("trusted_proxies")
+    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
+        raise ConfigError("config: auth.trusted_proxies must be a list of addresses or networks")
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"config: auth.trusted_proxies: {proxy!r} is not an address or network")
+    for key in ("logins_per_minute", "max_sessions_per_user"):
+        if not isinstance(auth.get(key), int) or isinstance(auth.get(key), bool) or auth[key] < 1:
+            raise ConfigError(f"config: auth.{key} must be an integer >= 1")
     days = data["data"]["retention_days"]
     # History charts up to 48 h read raw samples, so raw data must cover at least that.
     if not isinstance(days, (int, float)) or days < 2:

@@ -132,3 +132,19 @@ def assess(row):
     if warning:
         return "warning", warning
     return "ok", []
+
+
+def canonical_bus_id(bus):
+    """One spelling of a PCI bus id (alert keys, the fleet document's lost cells): ``00000000:6D:00.0``.
+
+    nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
+    ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not
+    a bus id is returned as it is.
+    """
+    text = str(bus).strip()
+    parts = text.split(":")
+    if len(parts) == 3 and all(parts):
+        domain = parts[0][-8:]
+        if all(c in "0123456789abcdefABCDEF" for c in domain):
+            return f"{domain.zfill(8)}:{parts[1]}:{parts[2]}".upper()
+    return text

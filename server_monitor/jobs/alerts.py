@@ -38,6 +38,7 @@ import urllib3
 from monitor_agent import textrule
 
 from ..core import gpu_health
+from ..core.gpu_health import canonical_bus_id
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
 from ..storage import schema
 
@@ -89,33 +90,50 @@ def settings(config):
     return merged
 
 
-def _bus_subject(bus):
-    """One spelling of a PCI bus id for alert keys: ``00000000:6D:00.0``.
 
-    nvidia-smi's lost-GPU line says ``0000:6D:00.0`` (or ``GPU0000:6d:00.0``) where its
-    ``pci.bus_id`` column says ``00000000:6D:00.0``; both name the same GPU. Text that is not
-    a bus id is returned as it is.
+
+def streak_start(conn, table, key_sql, key_params, bad_sql, bad_params=(), now=None):
+    """First ``ts`` of the newest unbroken run of ``table`` rows matching ``bad_sql``, or None.
+
+    The onset of a condition from stored history: the row after the newest one (up to ``now``)
+    where ``bad_sql`` is false or null (unknown ends a run), else the oldest row kept. ``table``
+    is ``host_samples``, ``gpu_samples`` or ``disk_samples`` (raw samples, so a run older than
+    the raw retention starts at the oldest raw sample); ``key_sql`` selects one server/GPU/mount
+    (``server_id = ?``); both SQL fragments are this module's constants, never user text.
+    Walks the primary key backwards from the newest row: its cost is the run's length.
     """
-    text = str(bus).strip()
-    parts = text.split(":")
-    if len(parts) == 3 and all(parts):
-        domain = parts[0][-8:]
-        if all(c in "0123456789abcdefABCDEF" for c in domain):
-            return f"{domain.zfill(8)}:{parts[1]}:{parts[2]}".upper()
-    return text
+    limit = (" AND ts <= ?", (now,)) if now is not None else ("", ())
+    last_good = conn.execute(
+        f"SELECT ts FROM {table} WHERE {key_sql}{limit[0]} AND NOT coalesce({bad_sql}, 0)"
+        " ORDER BY ts DESC LIMIT 1", (*key_params, *limit[1], *bad_params)).fetchone()
+    first = conn.execute(
+        f"SELECT ts FROM {table} WHERE {key_sql} AND ts > ?{limit[0]} ORDER BY ts LIMIT 1",
+        (*key_params, last_good[0] if last_good else -1, *limit[1])).fetchone()
+    return first[0] if first else None
+
+
+def _first_report_after(conn, server_id, ts):
+    """Time of the server's first report after ``ts`` (a GPU's ``last_ts``): when it went missing."""
+    row = conn.execute("SELECT ts FROM host_samples WHERE server_id = ? AND ts > ? ORDER BY ts LIMIT 1",
+                       (server_id, ts)).fetchone()
+    return row[0] if row else ts
 
 
 def evaluate(conn, now, cfg):
-    """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message"}}``.
+    """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message", "since"}}``.
 
-    ``conn``: a connection to monitor.db. ``cfg``: :func:`settings`. Pure reads.
+    ``since`` is the condition's onset read from stored history (epoch s), or a function of no
+    argument that reads it (called only for an alert not yet stored, so the history is read once
+    per new alert, not on every pass), or None where history cannot tell (the engine then uses
+    the time it first saw the alert). ``conn``: a connection to monitor.db. ``cfg``:
+    :func:`settings`. Pure reads.
     """
     firing = {}
 
-    def fire(rule, severity, server_id, subject, message):
+    def fire(rule, severity, server_id, subject, message, since=None):
         key = f"{rule}:{server_id}:{subject}"
         firing[key] = {"rule": rule, "severity": severity, "server_id": server_id, "subject": subject,
-                       "message": message}
+                       "message": message, "since": since}
 
     servers = {row[0]: row for row in conn.execute(
         "SELECT id, coalesce(display_name, hostname), last_seen, interval_s, gpu_state, gpu_message, gpu_lost, status"
@@ -126,28 +144,42 @@ def evaluate(conn, now, cfg):
         if age > cfg["host_offline_minutes"] * 60:
             offline.add(server_id)
             since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_seen))
-            fire("host_offline", "critical", server_id, "", f"{name}: no report since {since} ({int(age // 60)} min)")
+            fire("host_offline", "critical", server_id, "", f"{name}: no report since {since} ({int(age // 60)} min)",
+                 since=last_seen)
             continue
+
+        def state_onset(server_id=server_id, state=state):
+            return streak_start(conn, "host_samples", "server_id = ?", (server_id,), "gpu_state = ?", (state,), now)
         if state in FAILURE_STATES:
             # The driver-mismatch message is NVML's wording of the same thing: not repeated.
             fire("gpu_failure", "critical", server_id, state, f"{name}: {STATE_TEXT[state]}"
-                 + (f" ({message})" if message and state != "driver_mismatch" else ""))
+                 + (f" ({message})" if message and state != "driver_mismatch" else ""), since=state_onset)
         elif state in ("timeout", "busy"):
-            fire("collection_stale", "warning", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}")
+            fire("collection_stale", "warning", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}",
+                 since=state_onset)
         if state == "gpu_lost" and lost:
             for item in json.loads(lost):
                 bus = item.get("pci.bus_id") or "?"
-                fire("gpu_lost", "critical", server_id, _bus_subject(bus),
-                     f"{name}: GPU {bus} is lost ({item.get('message') or ''})")
-    for gpu_id, server_id, index, bus, gpu_name in conn.execute(
-            "SELECT id, server_id, gpu_index, pci_bus_id, name FROM gpus WHERE present = 0 AND removed_at IS NULL"
+                fire("gpu_lost", "critical", server_id, canonical_bus_id(bus),
+                     f"{name}: GPU {bus} is lost ({item.get('message') or ''})", since=state_onset)
+    for gpu_id, server_id, index, bus, gpu_name, last_ts in conn.execute(
+            "SELECT id, server_id, gpu_index, pci_bus_id, name, last_ts FROM gpus WHERE present = 0 AND removed_at IS NULL"
             " AND status != 'maintenance'"):
-        subject = _bus_subject(bus) if bus else f"gpu{gpu_id}"
-        if f"gpu_lost:{server_id}:{subject}" in firing:
-            continue  # the driver named it lost already (its own message says why): one problem, not two
+        subject = canonical_bus_id(bus) if bus else f"gpu{gpu_id}"
+        key = f"gpu_lost:{server_id}:{subject}"
+
+        def gone_since(server_id=server_id, last_ts=last_ts):
+            # The first report without the GPU: it went missing right after its last sample.
+            return None if last_ts is None else _first_report_after(conn, server_id, last_ts)
+        if key in firing:
+            # The driver named it lost already (its own message says why): one problem, not two,
+            # and it has been gone since its last report, whenever the driver started saying so.
+            firing[key]["since"] = gone_since
+            continue
         if server_id in servers and server_id not in offline:
             fire("gpu_lost", "critical", server_id, subject,
-                 f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report")
+                 f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report",
+                 since=gone_since)
     for gpu_id, server_id, index, ecc, remap, retire, failure, state in conn.execute(
             "SELECT id, server_id, gpu_index, ecc_errors_uncorrected_volatile_total, remapped_rows_pending,"
             " retired_pages_pending, remapped_rows_failure, gpu_state FROM gpus WHERE present AND status != 'maintenance'"
@@ -165,7 +197,10 @@ def evaluate(conn, now, cfg):
                 what.append("row remapping pending (reset needed)")
             if retire:
                 what.append("page retirement pending (reset needed)")
-            fire("gpu_ecc", "critical", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}")
+            fire("gpu_ecc", "critical", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}",
+                 since=(lambda gpu_id=gpu_id: streak_start(conn, "gpu_samples", "gpu_id = ?", (gpu_id,),
+                                                           "ecc_errors_uncorrected_volatile_total > 0", (), now))
+                 if ecc else None)
     for gpu_id, server_id, index, active, busy, gen, gen_max, width, width_max in conn.execute(
             "SELECT id, server_id, gpu_index, clocks_event_reasons_active, busy, pcie_link_gen_current,"
             " pcie_link_gen_max, pcie_link_width_current, pcie_link_width_max FROM gpus"
@@ -178,7 +213,10 @@ def evaluate(conn, now, cfg):
         slow = gpu_health.reason_names((active or 0) & gpu_health.HW_SLOWDOWN_MASK)
         if slow:
             fire("gpu_throttle", "warning", server_id, f"gpu{gpu_id}",
-                 f"{servers[server_id][1]}: GPU {index} is throttled by {', '.join(slow)}")
+                 f"{servers[server_id][1]}: GPU {index} is throttled by {', '.join(slow)}",
+                 since=lambda gpu_id=gpu_id: streak_start(conn, "gpu_samples", "gpu_id = ?", (gpu_id,),
+                                                          "(clocks_event_reasons_active & ?) != 0",
+                                                          (gpu_health.HW_SLOWDOWN_MASK,), now))
         degraded = gpu_health.pcie_degraded({"pcie_link_gen_current": gen, "pcie_link_gen_max": gen_max,
                                              "pcie_link_width_current": width, "pcie_link_width_max": width_max})
         if busy and degraded:
@@ -198,7 +236,7 @@ def evaluate(conn, now, cfg):
         if server_id in servers and server_id not in offline:
             gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
             fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
-                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip())
+                 f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip(), since=ts)
     window = cfg["gpu_temperature_minutes"] * 60
     for gpu_id, server_id, index, coolest, samples in conn.execute(
             "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"
@@ -207,18 +245,24 @@ def evaluate(conn, now, cfg):
             (now - window, cfg["gpu_temperature_c"])):
         if server_id in servers and server_id not in offline:
             fire("gpu_temperature", "warning", server_id, f"gpu{gpu_id}",
-                 f"{servers[server_id][1]}: GPU {index} at {coolest} °C or more for {cfg['gpu_temperature_minutes']} min")
+                 f"{servers[server_id][1]}: GPU {index} at {coolest} °C or more for {cfg['gpu_temperature_minutes']} min",
+                 since=lambda gpu_id=gpu_id: streak_start(conn, "gpu_samples", "gpu_id = ?", (gpu_id,),
+                                                          "temperature_gpu_c >= ?", (cfg["gpu_temperature_c"],), now))
     for server_id, mount, percent in conn.execute(
             "SELECT d.server_id, d.mountpoint, 100.0 * d.used_bytes / d.total_bytes FROM servers s"
             " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
             " WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?", (cfg["disk_percent"],)):
         if server_id in servers and server_id not in offline:
-            fire("disk_full", "warning", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full")
-    for event_id, server_id, kind, hostname, previous, other in conn.execute(
-            "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id FROM host_identity_events e"
+            fire("disk_full", "warning", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full",
+                 since=lambda server_id=server_id, mount=mount: streak_start(
+                     conn, "disk_samples", "server_id = ? AND mountpoint = ?", (server_id, mount),
+                     "total_bytes > 0 AND 100.0 * used_bytes / total_bytes >= ?", (cfg["disk_percent"],), now))
+    for event_id, server_id, kind, hostname, previous, other, ts in conn.execute(
+            "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id, e.ts FROM host_identity_events e"
             " JOIN servers s ON s.id = e.server_id WHERE e.accepted_at IS NULL AND s.status != 'maintenance'"):
-        fire("host_identity", "warning", server_id, f"event{event_id}", identity_text(kind, hostname, previous, other)
-             + " (accept it on /admin if expected)")
+        fire("host_identity", "warning", server_id, f"event{event_id}",
+             identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)",
+             since=ts)
     return firing
 
 
@@ -229,10 +273,18 @@ IDENTITY_TEXT = {
 }
 
 
-def identity_text(kind, hostname, previous, other):
-    """One line about a ``host_identity_events`` row (see docs/security.md L10)."""
-    return IDENTITY_TEXT.get(kind, "{hostname}: host identity changed ({kind})").format(
-        hostname=hostname, previous=previous, other=other, kind=kind)
+# The alert's text, shown to every viewer whose scope has the server: it names no other server
+# (a viewer of the look-alike host must not learn the name or id of one out of their scope, I-2).
+SCOPED_IDENTITY_TEXT = dict(IDENTITY_TEXT, name_taken="{hostname}: a second server (another machine id) reports "
+                            "this name", look_alike="{hostname}: the name looks like another server's name")
+
+
+def identity_text(kind, hostname, previous, other, scoped=False):
+    """One line about a ``host_identity_events`` row (see docs/security.md L10). ``scoped``: the
+    alert's wording, which names no other server (I-2); else the admin page's, which does."""
+    return (SCOPED_IDENTITY_TEXT if scoped else IDENTITY_TEXT).get(kind, "{hostname}: host identity changed ({kind})"
+                                                                   ).format(hostname=hostname, previous=previous,
+                                                                            other=other, kind=kind)
 
 
 class Notifier:
@@ -304,6 +356,18 @@ class Notifier:
             client.send_message(message)
 
 
+# An alert younger than this (s) has its onset read again on every pass: history that arrives
+# after it fired (a spool replay after an outage, the demo's backfill) moves its start back.
+ONSET_RECHECK_S = 900
+
+
+def onset(since, now):
+    """``started_at`` of a new alert: its ``since`` (a number, a function returning one, or None)
+    as integer epoch seconds, never after ``now``; ``now`` when history does not tell."""
+    value = since() if callable(since) else since
+    return now if value is None else min(int(value), int(now))
+
+
 class AlertEngine:
     """Keeps the ``alerts`` table in step with :func:`evaluate` and sends the notices."""
 
@@ -331,18 +395,29 @@ class AlertEngine:
             result = {"fired": [], "repeated": [], "resolved": []}
             repeat = self.cfg["repeat_minutes"] * 60
             for key, alert in firing.items():
+                since = alert.pop("since", None)
                 if key not in active:
+                    # The alert starts when the condition did (stored history), not when this
+                    # hub first looked: after a restart a GPU missing for 5 h is not "lost for 10 s".
+                    started = onset(since, now)
                     cur = conn.execute(
                         "INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
                         " VALUES (?,?,?,?,?,?,?)",
-                        (key, alert["rule"], alert["severity"], alert["server_id"], alert["subject"], alert["message"], now))
+                        (key, alert["rule"], alert["severity"], alert["server_id"], alert["subject"], alert["message"],
+                         started))
                     if not silenced(alert):
-                        self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=now), now)
+                        self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=started), now)
                     result["fired"].append(key)
                 else:
                     row = active[key]
                     if alert["message"] != row[6]:  # live text (e.g. how long a host is offline)
                         conn.execute("UPDATE alerts SET message = ? WHERE id = ?", (alert["message"], row[0]))
+                    if since is not None and row[7] >= now - ONSET_RECHECK_S:
+                        # Reports stored after the alert (an agent replaying its spool, the demo's
+                        # backfill) can show an earlier onset: a young alert moves back to it.
+                        earlier = onset(since, now)
+                        if earlier < row[7]:
+                            conn.execute("UPDATE alerts SET started_at = ? WHERE id = ?", (earlier, row[0]))
                     # Acknowledged: no reminders. Silenced: nothing until the silence ends.
                     quiet = silenced(alert) or (row[10] and row[8] is not None)
                     if not quiet and (row[8] is None or now - row[8] >= repeat):

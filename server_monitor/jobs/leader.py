@@ -24,6 +24,7 @@ import time
 from ..serving.analyst import AnalystSQL
 from ..serving.fleet_share import PublisherThread
 from ..serving.hub import dead_jobs  # noqa: F401 - also this module's API (tests, run_jobs_here)
+from ..storage.instance import open_lock_file
 from ..storage.rollup import CheckpointThread, Maintenance, MaintenanceThread
 from . import alerts
 from . import replication
@@ -100,7 +101,7 @@ class JobsLeader:
 
         Raises ``OSError`` when the lock file cannot be opened (missing or unwritable directory).
         """
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_lock_file(self.path)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

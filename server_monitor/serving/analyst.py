@@ -3,7 +3,11 @@
 Datasette runs every query of a database on one shared pool of SQL threads
 (``num_sql_threads``). Six analysts each running a heavy ``?sql=`` query filled that pool, and
 every viewer's dashboard query waited behind them (9 s measured). :class:`AnalystSQL` bounds
-ad-hoc SQL (``/monitor?sql=``, ``/monitor.json?sql=``, ``/monitor.csv?sql=``):
+ad-hoc SQL: a database page with ``?sql=`` (``/monitor?sql=``, ``/monitor.json?sql=``, ...) and every
+table or row page (``/monitor/host_samples?_where=...``, filters, facets, ``_search``, ``_sort``),
+whatever the spelling of the path: it is routed as Datasette routes it (its ``raw_path``, the
+database name tilde-decoded, so ``/~6Donitor.json?sql=`` is the monitor database; security
+review N5). Canned queries are not ad-hoc. That path:
 
 * at most ``concurrency`` such queries run at once in the whole hub (``sql.analyst_concurrency``,
   default 1): with several worker processes the slots are ``flock``s on
@@ -19,6 +23,13 @@ ad-hoc SQL (``/monitor?sql=``, ``/monitor.json?sql=``, ``/monitor.csv?sql=``):
   :class:`RoutingExecutor`): on a small hub a heavy query still uses an idle core fully, but
   ingest and the viewers' queries get the CPU first when they need it.
 
+* SQLite values on its connections are at most :data:`ANALYST_MAX_LENGTH` bytes
+  (``SQLITE_LIMIT_LENGTH``, :func:`limit_connection`): ``printf('%.*c', 1e9, 'x')`` and
+  ``randomblob(5e8)`` fail at once with "string or blob too big" instead of running 24 s or
+  allocating 500 MB past the time limit (N5); ``printf()``/``format()`` (on every Datasette
+  connection) refuse a width or precision above :data:`PRINTF_MAX_WIDTH`, as SQLite's printf
+  ran 24 s for ``%.*c`` with 1e9 before it noticed the length limit.
+
 Canned queries (the dashboard's, also when an analyst runs them) are not affected.
 """
 
@@ -28,12 +39,21 @@ import errno
 import fcntl
 import json
 import os
+import re
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qsl, urlencode
 
+from ..storage.instance import open_lock_file
 
-ADHOC_PATHS = ("/monitor", "/monitor.json", "/monitor.csv")
+# Datasette's views that run SQL written by the request (its own class names, see ``route``).
+DATA_VIEWS = {"DatabaseView": "database", "TableView": "table", "RowView": "row"}
+# Longest string or blob an analyst's query may make (SQLITE_LIMIT_LENGTH on the analysts' threads).
+ANALYST_MAX_LENGTH = 16 * 1024 * 1024
+ANALYST_THREAD_PREFIX = "analyst-sql"
+# Largest width or precision printf()/format() accept on Datasette's connections (N5).
+PRINTF_MAX_WIDTH = 100_000
 # Niceness added to the threads running analysts' SQL (Linux: per thread; 10 gives them about a
 # tenth of a core's time while other threads want the CPU, all of an idle one).
 ANALYST_NICE = 10
@@ -58,7 +78,7 @@ class RoutingExecutor(ThreadPoolExecutor):
 
     def __init__(self, max_workers, analyst_workers=1, nice=ANALYST_NICE):
         super().__init__(max_workers=max_workers, thread_name_prefix="sql")
-        self.analyst = ThreadPoolExecutor(max_workers=max(1, analyst_workers), thread_name_prefix="analyst-sql",
+        self.analyst = ThreadPoolExecutor(max_workers=max(1, analyst_workers), thread_name_prefix=ANALYST_THREAD_PREFIX,
                                           initializer=_lower_priority, initargs=(nice,))
 
     def submit(self, fn, /, *args, **kwargs):
@@ -72,11 +92,155 @@ class RoutingExecutor(ThreadPoolExecutor):
         super().shutdown(wait=wait, **kwargs)
 
 
-def is_adhoc_sql(scope):
-    """True for a request running ad-hoc SQL on the ``monitor`` database."""
-    if scope.get("path") not in ADHOC_PATHS:
+# printf()/format() conversions: flags, width, precision (digits or *), length, type (SQLite's printf).
+_PRINTF_SPEC = re.compile(r"%[-+ #0!,]*(\*|\d+)?(?:\.(\*|\d+))?l{0,2}([a-zA-Z%])")
+_printf_local = threading.local()
+
+
+def _as_int(value):
+    """A printf ``*`` argument as SQLite reads it (``sqlite3_value_int64``), roughly."""
+    if isinstance(value, (int, float)):
+        return int(value) if abs(value) < 1e18 else 10 ** 18
+    if isinstance(value, str):
+        match = re.match(r"\s*[-+]?\d+(\.\d*)?([eE][-+]?\d+)?", value)
+        if match:
+            number = float(match.group(0))
+            return int(number) if abs(number) < 1e18 else 10 ** 18
+    return 0
+
+
+def bounded_printf(*values):
+    """SQLite's ``printf()`` / ``format()`` with width and precision at most
+    :data:`PRINTF_MAX_WIDTH` (N5): ``printf('%.*c', 1000000000, 'x')`` ran 24 s inside one SQLite
+    step, where neither the query time limit nor ``SQLITE_LIMIT_LENGTH`` stops it. Raises
+    ``ValueError`` (the query fails with that message) for a larger one; else the answer of
+    SQLite's own printf (run on a private in-memory connection of this thread)."""
+    if not values:
+        return None
+    fmt, args = values[0], values[1:]
+    if isinstance(fmt, str):
+        position = 0
+        for match in _PRINTF_SPEC.finditer(fmt):
+            for part in match.group(1, 2):
+                if part == "*":
+                    size = _as_int(args[position]) if position < len(args) else 0
+                    position += 1
+                else:
+                    size = int(part) if part and len(part) < 12 else (0 if not part else 10 ** 12)
+                if abs(size) > PRINTF_MAX_WIDTH:
+                    raise ValueError(f"printf(): width or precision {size} is above {PRINTF_MAX_WIDTH}")
+            if match.group(3) != "%":
+                position += 1
+    conn = getattr(_printf_local, "conn", None)
+    if conn is None:
+        conn = _printf_local.conn = sqlite3.connect(":memory:", check_same_thread=False)
+    placeholders = ", ".join("?" * len(values))
+    return conn.execute(f"SELECT printf({placeholders})", values).fetchone()[0]
+
+
+# Every connection Datasette opened in this process (its SQL threads keep theirs for life), so
+# that a shutdown can interrupt their queries (I-10). Bounded: closed ones are dropped.
+_OPEN_CONNECTIONS = []
+_OPEN_LOCK = threading.Lock()
+
+
+def _is_open(conn):
+    try:
+        conn.total_changes  # noqa: B018 - raises ProgrammingError once closed
+        return True
+    except sqlite3.ProgrammingError:
         return False
-    return any(key == "sql" for key, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+
+
+def track_connection(conn):
+    """Remember ``conn`` (a Datasette connection) for :func:`interrupt_all`."""
+    with _OPEN_LOCK:
+        if len(_OPEN_CONNECTIONS) >= 256:
+            _OPEN_CONNECTIONS[:] = [c for c in _OPEN_CONNECTIONS if _is_open(c)]
+        _OPEN_CONNECTIONS.append(conn)
+
+
+def interrupt_all():
+    """``interrupt()`` every open Datasette connection of this process (SQLite's
+    ``sqlite3_interrupt``, safe from any thread): their running statements stop at the next
+    VM step with "interrupted". Called at shutdown (``server_monitor.serving.asgi``, I-10) after
+    uvicorn cancelled the requests. Returns how many were interrupted."""
+    with _OPEN_LOCK:
+        connections = list(_OPEN_CONNECTIONS)
+    done = 0
+    for conn in connections:
+        try:
+            conn.interrupt()
+            done += 1
+        except sqlite3.ProgrammingError:  # closed meanwhile
+            pass
+    return done
+
+
+def limit_connection(conn):
+    """Bounds for a connection Datasette opens (``plugins/sm_sql.py``, N5): ``printf()`` and
+    ``format()`` become :func:`bounded_printf` on every connection; on an analysts' SQL thread
+    (:class:`RoutingExecutor`) ``SQLITE_LIMIT_LENGTH`` is lowered to :data:`ANALYST_MAX_LENGTH`
+    as well (Python 3.11+, ``Connection.setlimit``; older Pythons keep SQLite's 1 GB). The
+    connection is remembered for :func:`interrupt_all` (I-10)."""
+    track_connection(conn)
+    for name in ("printf", "format"):
+        conn.create_function(name, -1, bounded_printf, deterministic=True)
+    if threading.current_thread().name.startswith(ANALYST_THREAD_PREFIX) and hasattr(conn, "setlimit"):
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, ANALYST_MAX_LENGTH)
+
+
+def route(scope, routes, base_url="/"):
+    """How Datasette routes ``scope``: ``(kind, database, table)`` with kind ``"database"``,
+    ``"table"`` or ``"row"`` (names tilde-decoded as Datasette does), or None for any other page.
+
+    ``routes``: Datasette's compiled routes (``datasette._routes()``); like Datasette's router it
+    matches the request's ``raw_path`` (not the percent-decoded ``path``) after ``base_url``.
+    """
+    # Deferred: datasette.utils costs 0.1 s to import, and the fleet publisher subprocess imports
+    # this module (through serving/asgi.py) without ever routing a request.
+    from datasette.utils import resolve_routes, tilde_decode
+
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope.get("path", "")
+    path = path.partition("?")[0]
+    if base_url != "/" and path.startswith(base_url):
+        path = "/" + path[len(base_url):]
+    match, view = resolve_routes(routes, path)
+    kind = DATA_VIEWS.get(getattr(getattr(view, "view_class", None), "__name__", ""))
+    if kind is None:
+        return None
+    groups = match.groupdict()
+    table = groups.get("table")
+    return kind, tilde_decode(groups["database"]), tilde_decode(table) if table else None
+
+
+def has_sql_param(scope):
+    """True when the query string carries ``sql=``."""
+    return any(key == "sql" for key, _ in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                                    keep_blank_values=True))
+
+
+async def is_adhoc_sql(scope, datasette, actor=None):
+    """True for a request that runs SQL the request wrote (N5, L6): a database page with
+    ``sql=``, or a table or row page (``_where``, filters, facets, ``_search``, ``_sort`` all
+    shape its SQL) that is not a canned query. Any database, any spelling of its name."""
+    routes = getattr(datasette, "_sm_routes", None)
+    if routes is None:
+        routes = datasette._sm_routes = datasette._routes()
+    where = route(scope, routes, datasette.setting("base_url") or "/")
+    if where is None:
+        return False
+    kind, database, table = where
+    if kind == "database":
+        return has_sql_param(scope)
+    if kind == "table":
+        try:
+            canned = await datasette.get_canned_query(database, table, actor)
+        except Exception:  # an unknown database: Datasette answers 404 itself; bound it anyway
+            canned = None
+        return canned is None
+    return True
 
 
 class AnalystSQL:
@@ -122,7 +286,7 @@ class AnalystSQL:
             if self.lock_prefix is not None:
                 fd = self._fds.get(slot)
                 if fd is None:
-                    fd = self._fds[slot] = os.open(f"{self.lock_prefix}.{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+                    fd = self._fds[slot] = open_lock_file(f"{self.lock_prefix}.{slot}.lock")
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as exc:

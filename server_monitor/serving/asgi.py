@@ -16,12 +16,16 @@ by ``PRAGMA data_version``, so every worker serves the same data.
 """
 
 import ctypes
+import logging
 import os
 import signal
 import sys
+import threading
+import time
 
 from ..core import config as config_mod
-from .analyst import RoutingExecutor
+from . import netguard
+from .analyst import RoutingExecutor, interrupt_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_PDEATHSIG = 1
@@ -105,8 +109,34 @@ class _Startup:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # uvicorn has cancelled the requests still running after server.shutdown_timeout_s;
+                # their SQL still runs in Datasette's threads: stop it, so the threads let the
+                # process exit (I-10), and end the process should one still not finish.
+                interrupt_all()
+                _exit_watchdog(EXIT_WATCHDOG_S)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+# After the lifespan shutdown, a worker has this long to exit before it ends itself (I-10).
+EXIT_WATCHDOG_S = 10.0
+
+
+def _exit_watchdog(seconds):
+    """End this process ``seconds`` from now if it is still running (security review I-10).
+
+    uvicorn cancels requests still running after ``server.shutdown_timeout_s``, but a Python
+    function inside SQLite (or any SQL thread) cannot be cancelled, and the interpreter waits for
+    every SQL thread before it exits: a worker stuck that way kept the port and the database lock
+    until SIGKILL. SQLite rolls back whatever such a thread had not committed."""
+    def wait_then_exit():
+        time.sleep(seconds)
+        logging.getLogger("server_monitor").error(
+            "worker %s still running %.0f s after shutdown (a long SQL call?): exiting now", os.getpid(), seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    threading.Thread(target=wait_then_exit, name="exit-watchdog", daemon=True).start()
 
 
 def create_app():
@@ -116,6 +146,7 @@ def create_app():
     config (``serve`` has checked it before starting workers).
     """
     cfg = config_mod.load(os.environ.get(config_mod.ENV_VAR, "config.yaml"))
+    netguard.configure(cfg)  # this worker's connection limits (N3)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if config_mod.worker_count(cfg) > 1:
         _die_with_parent()  # a worker of serve (which set $SERVER_MONITOR_WORKERS): dies with it

@@ -54,6 +54,7 @@ import logging
 import time
 from collections import OrderedDict
 
+from ..core.gpu_health import canonical_bus_id
 from .queries import QUERIES, scope_params
 
 log = logging.getLogger("server_monitor.fleet")
@@ -65,7 +66,8 @@ MIG_FIELDS = ["uuid", "profile", "gi", "mem_used_mib", "mem_total_mib", "procs",
 # A MIG device's usage older than this (seconds before its report) counts as unknown, as in free_gpus.sql.
 MIG_SAMPLE_MAX_AGE_S = 300
 PROC_FIELDS = ["pid", "user", "container", "mib", "name", "gi"]
-# free, busy, idle (held: processes but utilization under features.idle_max_util), mig,
+# free, busy, idle (held: processes but a reported utilization under features.idle_max_util;
+# a GPU that reports none is busy, never idle), mig,
 # lost (missing from the latest report), error (collection failing or marked fault),
 # offline / stale (host not reporting), maint (GPU or host in maintenance), alloc (allocated to a
 # Slurm job that has no process on it yet: never free).
@@ -89,7 +91,11 @@ def gpu_state(server, gpu, idle_max_util):
         return "mig"
     if gpu["process_count"]:
         # NVENC/NVDEC at work count as use: a transcoder at 100 % encoder, 8 % SM is not idle.
-        util = max(gpu["utilization_gpu"] or 0, gpu.get("utilization_encoder") or 0, gpu.get("utilization_decoder") or 0)
+        # A utilization the GPU does not report (MIG, "[N/A]": null) is unknown, not 0 %: held
+        # with an unknown utilization is "busy", never "idle" (issue 22 item 9).
+        if gpu["utilization_gpu"] is None:
+            return "busy"
+        util = max(gpu["utilization_gpu"], gpu.get("utilization_encoder") or 0, gpu.get("utilization_decoder") or 0)
         return "idle" if util < idle_max_util else "busy"
     if gpu.get("slurm_job"):
         return "alloc"
@@ -162,7 +168,8 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     for g in gpus:
         state = gpu_state(s, g, idle_max_util)
         counts[state] = counts.get(state, 0) + 1
-        known_bus.add(g["pci_bus_id"])
+        if g["pci_bus_id"]:
+            known_bus.add(canonical_bus_id(g["pci_bus_id"]))
         procs = procs_by_gpu.get(g["id"], [])
         cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"], g["memory_total_mib"],
                       g["temperature_gpu_c"], None if g["power_draw_w"] is None else round(g["power_draw_w"]),
@@ -186,7 +193,9 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
             if container is not None:
                 entry[3].add(container)
     # GPUs the driver reports as lost (nvidia-smi "Unable to determine the device handle")
-    # that have no row of their own: a lost cell each, named by PCI bus id.
+    # that have no row of their own: a lost cell each, named by PCI bus id. The lost line
+    # spells the bus 0000:70:00.0 where the GPU's own row says 00000000:70:00.0: compared in
+    # one spelling (core/gpu_health.py canonical_bus_id), a known GPU that goes lost stays one cell, counted once.
     if s["gpu_lost"]:
         try:
             lost = json.loads(s["gpu_lost"])
@@ -194,7 +203,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
             lost = []
         for item in lost if isinstance(lost, list) else []:
             bus = item.get("pci.bus_id") if isinstance(item, dict) else None
-            if bus and bus not in known_bus:
+            if bus and canonical_bus_id(bus) not in known_bus:
                 counts["lost"] = counts.get("lost", 0) + 1
                 cells.append([None, None, "lost", None, None, None, None, None, _bus(bus), None, [], None,
                               "critical", "lost", None, None, None])

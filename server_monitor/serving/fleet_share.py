@@ -3,7 +3,7 @@
 Why: with 1,000 servers reporting every 5 s, every server changes between two refreshes, so
 each fleet document (``server_monitor.serving.fleet``) is a full build: 0.3-0.9 s of Python. Built in
 each worker process, that Python held the GIL that the worker's ingest writer thread needs
-between SQLite calls; measured with ``scripts/prove.py``'s mixed load (1,000 hosts at 200
+between SQLite calls; measured with ``python -m bench prove``'s mixed load (1,000 hosts at 200
 reports/s, 120 s runs): ingest p99 159-194 ms with the 60 dashboard viewers, 93 ms with the
 analysts and no viewers (docs/performance.md). Here the build runs in a **publisher process**
 (``python -m server_monitor.serving.fleet_share``) that shares no GIL with any worker, once per round
@@ -44,6 +44,7 @@ import threading
 import time
 
 from . import fleet
+from ..storage.instance import UnsafeFileError, check_private_dir
 from .asgi import _die_with_parent  # as the workers: SIGKILL when the leader dies
 
 log = logging.getLogger("server_monitor.fleet")
@@ -70,7 +71,8 @@ def scope_name(key):
 
 def _write_atomic(path, data):
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fp:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    with os.fdopen(os.open(tmp, flags, 0o600), "wb") as fp:
         fp.write(data)  # no fsync: a cache; a file cut short by a crash is never served (decode_doc)
     os.replace(tmp, path)
 
@@ -122,6 +124,12 @@ class Shelf:
     def _path(self, key, ext):
         return os.path.join(self.dir, scope_name(key) + ext)
 
+    def _unsafe(self, exc, every_s=300):
+        now = time.monotonic()
+        if now - getattr(self, "_warned", -every_s) >= every_s:
+            self._warned = now
+            log.warning("%s", exc)
+
     def want(self, key, now=None):
         """Ask the publisher for scope ``key``'s document (write or touch ``<scope>.want``);
         at most once per :data:`WANT_TOUCH_S` per scope."""
@@ -135,6 +143,7 @@ class Shelf:
                 os.utime(path)
             except FileNotFoundError:
                 os.makedirs(self.dir, mode=0o700, exist_ok=True)
+                check_private_dir(self.dir)
                 _write_atomic(path, json.dumps(list(key)).encode())
         except OSError as exc:  # a read-only or full disk: the worker keeps building itself
             log.warning("cannot ask for a shared fleet document: %s", exc)
@@ -143,7 +152,11 @@ class Shelf:
         """The :class:`Shared` document of scope ``key``, or None when there is none (yet)."""
         path = self._path(key, ".doc")
         try:
+            check_private_dir(self.dir)  # documents others could plant are never served (N8)
             st = os.stat(path)
+        except UnsafeFileError as exc:
+            self._unsafe(exc)
+            return None
         except OSError:
             return None
         known = self._docs.get(key)
@@ -214,6 +227,7 @@ class Publisher:
         shelf cannot be written."""
         if self._conn is None:
             self._conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, isolation_level=None)
+        check_private_dir(self.dir)  # raises UnsafeFileError (an OSError): nothing written there
         wanted = self.wanted(now)
         if not wanted:
             return 0

@@ -6,6 +6,7 @@ accounts store, the login limiter, the ingest WSGI app) and caches it on the ins
 
 import asyncio
 import hmac
+import ipaddress
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -31,12 +32,34 @@ def _scope_header(scope, name):
     return ""
 
 
+def from_trusted_proxy(scope, config):
+    """True when ``auth.trusted_proxy_header`` is set and the socket peer of ``scope`` is one of
+    ``auth.trusted_proxies`` (addresses or networks; default loopback). Only then are the
+    proxy's headers believed: a client reaching the hub directly could otherwise pick its
+    own address for every request and get a fresh login budget each time (I-6)."""
+    if not config.get("auth.trusted_proxy_header"):
+        return False
+    nets = config.data["auth"].get("_trusted_nets")
+    if nets is None:
+        nets = config.data["auth"]["_trusted_nets"] = [
+            ipaddress.ip_network(p.strip(), strict=False) for p in config.get("auth.trusted_proxies") or []]
+    peer = (scope.get("client") or ("",))[0]
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if getattr(address, "ipv4_mapped", None):
+        address = address.ipv4_mapped
+    return any(address in net for net in nets)
+
+
 def scope_is_https(scope, config):
     """True when the browser talks https to the hub: directly, or to a trusted proxy
-    (``auth.trusted_proxy_header`` set) that says so in ``X-Forwarded-Proto``."""
+    (``auth.trusted_proxy_header`` set, the peer in ``auth.trusted_proxies``) that says so in
+    ``X-Forwarded-Proto``."""
     if scope.get("scheme") == "https":
         return True
-    if config.get("auth.trusted_proxy_header"):
+    if from_trusted_proxy(scope, config):
         return _scope_header(scope, b"x-forwarded-proto").strip().lower() == "https"
     return False
 
@@ -87,6 +110,11 @@ class HubContext:
         self.limiter = LoginLimiter(config.auth_db_path, limit=5, window=300, name="login")
         # Registrations: failures (bad invite, taken name) per client address and per invite (see docs/security.md M2).
         self.register_limiter = LoginLimiter(config.auth_db_path, limit=10, window=300, name="register")
+        # Right passwords cost a PBKDF2 run too: budgeted per user and (3x) per address (N10).
+        per_minute = int(config.get("auth.logins_per_minute", 20))
+        self.success_limiter = LoginLimiter(config.auth_db_path, limit=per_minute, window=60, name="login-ok",
+                                            limits={"ip": 3 * per_minute})
+        self.max_sessions = int(config.get("auth.max_sessions_per_user", 20))
         # PBKDF2 (480,000 rounds, ~0.5 s of one core) runs on these few threads only, so a
         # burst of password checks queues instead of taking every core (see docs/security.md M2).
         # Split between worker processes, so all of them together still leave half the cores.

@@ -1,7 +1,10 @@
 """Serving the ingest app (``ingest.py``) from inside the ASGI hub, with group commit.
 
-The body is read only when its declared ``Content-Length`` is within the app's limit (the
-app answers 411/413 itself otherwise, before anything large is read). Requests then queue
+The app's ``precheck`` (path, method, token) runs before a byte of the body is read, so an
+anonymous or wrong-token client is answered 401 unread (security review N9). The body is read
+only when its declared ``Content-Length`` is within the app's limit (the app answers 411/413
+itself otherwise, before anything large is read), at most :data:`MAX_BODIES` at once per worker;
+a body that trickles is cut off by the connection's body deadline (``server_monitor.serving.netguard``). Requests then queue
 for a single writer thread (SQLite has one writer anyway, and the event loop never blocks),
 which takes every request that queued while it was busy and hands them to the app's
 ``respond`` at once: their reports are written in one transaction (``store_reports``) and
@@ -19,6 +22,10 @@ log = logging.getLogger("server_monitor.ingest")
 
 # Requests handed to the app at once at most (each may hold a batch of spooled reports).
 MAX_REQUESTS = 32
+# Report bodies read at once per worker at most (each up to agent.max_report_bytes), and how
+# long a request waits for its turn before 503 (security review N9).
+MAX_BODIES = 64
+BODY_SLOT_WAIT_S = 10.0
 
 
 def header(scope, name):
@@ -39,6 +46,7 @@ class IngestBridge:
         self._queue = queue.SimpleQueue()
         self._thread = None
         self._start_lock = threading.Lock()
+        self._bodies = None  # asyncio.Semaphore(MAX_BODIES), made on the event loop
 
     def _ensure_thread(self):
         if self._thread is None or not self._thread.is_alive():
@@ -72,18 +80,6 @@ class IngestBridge:
 
     async def __call__(self, app, scope, receive, send):
         length = header(scope, b"content-length").strip()
-        body = b""
-        # Read the body only when its declared size is acceptable; the app itself answers
-        # 411/413 otherwise, before anything large is read.
-        if length.isdigit() and int(length) <= app.max_bytes:
-            want = int(length)
-            more = True
-            while more and len(body) < want:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
         client = scope.get("client") or ("", 0)
         environ = {
             "REQUEST_METHOD": scope["method"],
@@ -95,7 +91,7 @@ class IngestBridge:
             "SERVER_NAME": "server-monitor",
             "SERVER_PORT": "0",
             "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.input": io.BytesIO(body),
+            "wsgi.input": io.BytesIO(b""),
             "wsgi.url_scheme": scope.get("scheme", "http"),
             "wsgi.errors": io.StringIO(),
             "wsgi.version": (1, 0),
@@ -108,15 +104,51 @@ class IngestBridge:
             if name not in ("HTTP_CONTENT_LENGTH", "HTTP_CONTENT_TYPE"):
                 environ[name] = value.decode("latin-1")
         loop = asyncio.get_running_loop()
+        precheck = getattr(app, "precheck", None)
+        if precheck is not None:
+            # Path, method and token before a byte of the body is read (N9): an anonymous
+            # client gets its 401 without the hub buffering its megabyte. In a thread: a
+            # per-host token is looked up in auth.db.
+            early = await loop.run_in_executor(None, precheck, environ)
+            if early is not None:
+                return await self._send(send, early)
+        # Read the body only when its declared size is acceptable; the app itself answers
+        # 411/413 otherwise, before anything large is read. At most MAX_BODIES bodies are read
+        # at once per worker; a request that waits BODY_SLOT_WAIT_S for its turn gets 503.
+        if length.isdigit() and int(length) <= app.max_bytes:
+            if self._bodies is None:
+                self._bodies = asyncio.Semaphore(MAX_BODIES)
+            try:
+                await asyncio.wait_for(self._bodies.acquire(), BODY_SLOT_WAIT_S)
+            except asyncio.TimeoutError:
+                return await self._send(send, ("503 Service Unavailable", [
+                    ("Content-Type", "application/json; charset=utf-8"), ("Retry-After", "5")],
+                    b'{"error": "too many reports being received; retry shortly"}'))
+            try:
+                want = int(length)
+                body = b""
+                more = True
+                while more and len(body) < want:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+            finally:
+                self._bodies.release()
+            environ["wsgi.input"] = io.BytesIO(body)
+        loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((app, environ, loop, future))
         self._ensure_thread()
         answer = await asyncio.shield(future)  # a disconnect does not cancel the write
         if isinstance(answer, BaseException):
-            status_line, headers, payload = "500 Internal Server Error", [
-                ("Content-Type", "application/json; charset=utf-8")], b'{"error": "internal error"}'
-        else:
-            status_line, headers, payload = answer
+            answer = ("500 Internal Server Error", [("Content-Type", "application/json; charset=utf-8")],
+                      b'{"error": "internal error"}')
+        await self._send(send, answer)
+
+    async def _send(self, send, answer):
+        status_line, headers, payload = answer
         await send({
             "type": "http.response.start",
             "status": int(status_line.split(" ", 1)[0]),

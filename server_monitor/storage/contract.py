@@ -16,9 +16,9 @@ import threading
 
 from monitor_agent import textrule
 
-# Which characters no string may carry: the rule the agent cleans with (one module, security
-# review N2): control characters (C0 but tab and newline, DEL, C1), bidi controls, invisible
-# marks (L10) and lone surrogates. In a free-text field each one is replaced by U+FFFD and the
+# Which characters no string may carry: the rule the agent cleans with (one module, see
+# docs/security.md N2): control characters (C0 but tab and newline, DEL, C1), bidi controls, invisible
+# marks (see docs/security.md L10) and lone surrogates. In a free-text field each one is replaced by U+FFFD and the
 # field named in the answer's ``replaced`` list; an identity field (``identity=True``, or one
 # with a pattern or a list of choices) is refused.
 _UNSAFE_CHARS = textrule.UNSAFE
@@ -172,7 +172,7 @@ class Str(Spec):
     Characters unsafe by :mod:`monitor_agent.textrule` (controls, bidi, invisible marks, lone
     surrogates): an identity string (``identity=True``, or one with a ``pattern``) and a value
     from ``choices`` are refused; free text has each one replaced by U+FFFD (same length) and is kept, the field
-    named in the answer's ``replaced`` list (security review N2).
+    named in the answer's ``replaced`` list (see docs/security.md N2).
     """
 
     type_name = "string"

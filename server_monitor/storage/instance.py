@@ -13,11 +13,70 @@ import fcntl
 import os
 import socket
 import sqlite3
+import stat
 import threading
 
 
 class InstanceError(RuntimeError):
     """Another hub holds the database, or the listen address is taken; ``str()`` says which."""
+
+
+class UnsafeFileError(OSError):
+    """A lock file or the shelf directory is a link, not a regular file (directory), belongs to
+    another user or is writable by others; ``str()`` is one line naming it (N8)."""
+
+
+def _refuse(path, what, why):
+    return UnsafeFileError(f"{path}: {why}; refusing to use it as {what}. Remove it and keep the data "
+                           f"directory writable by the hub's user (uid {os.geteuid()}) only")
+
+
+def open_lock_file(path):
+    """Open (create 0600 when missing) the lock file ``path`` for ``flock``; returns the descriptor.
+
+    Never follows a symbolic link (``O_NOFOLLOW``), is not inherited by child processes
+    (``O_CLOEXEC``), and refuses a file that is not a regular file owned by this process's
+    effective user: in a data directory others can write to, a planted link made the hub
+    truncate the link's target and a planted lock held by another user hung every ingest
+    (security review 227e0d8, N8). A file of ours with group/other permission bits is made 0600.
+    Raises :class:`UnsafeFileError` for such a file, ``OSError`` when it cannot be opened.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(path, "a lock file", "a symbolic link") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise _refuse(path, "a lock file", "not a regular file") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse(path, "a lock file", "not a regular file")
+        if st.st_uid != os.geteuid():
+            raise _refuse(path, "a lock file", f"owned by uid {st.st_uid}")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_private_dir(path):
+    """Raise :class:`UnsafeFileError` unless ``path`` (when it exists) is a real directory (not
+    a link) owned by this process's effective user and not writable by group or others. For
+    the fleet shelf ``<db_path>.fleet``, whose documents are served to viewers (N8)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(path, "the shelf directory", "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory")
+    if st.st_uid != os.geteuid():
+        raise _refuse(path, "the shelf directory", f"owned by uid {st.st_uid}")
+    if st.st_mode & 0o022:
+        raise _refuse(path, "the shelf directory", f"writable by others (mode {st.st_mode & 0o777:o})")
 
 
 def lock_path(db_path):
@@ -30,10 +89,11 @@ def acquire_data_lock(db_path, url):
 
     ``url``: the address this hub will serve, written into the lock file for the error
     message of a second hub. Raises :class:`InstanceError` when another process holds the
-    lock, ``OSError`` when the lock file cannot be created (e.g. missing directory).
+    lock, :class:`UnsafeFileError` for a planted lock file (see :func:`open_lock_file`),
+    ``OSError`` when the lock file cannot be created (e.g. missing directory).
     """
     path = lock_path(db_path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_lock_file(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -85,12 +145,12 @@ class WriterLock:
     ``<data.path>.write.lock`` plus a thread lock) queues the writers in the kernel instead,
     which wakes the next one the moment the lock is released. Use as a context manager around
     one transaction; it is held for that only. Raises ``OSError`` when the lock file cannot
-    be opened.
+    be opened (:class:`UnsafeFileError` for a planted one, see :func:`open_lock_file`).
     """
 
     def __init__(self, db_path):
         self.path = db_path + ".write.lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_lock_file(self.path)
         self._thread_lock = threading.Lock()
 
     def __enter__(self):

@@ -29,7 +29,7 @@ import threading
 import time
 
 from . import schema
-from .instance import LockedWriter, WriterLock
+from .instance import LockedWriter, WriterLock, open_lock_file
 
 log = logging.getLogger("server_monitor.rollup")
 
@@ -519,7 +519,7 @@ class Maintenance:
 # CheckpointThread). SQLite restarts the WAL only when a writer begins while every frame is
 # copied and no reader still reads from the WAL; analysts' scans run back to back (each up to
 # sql.analyst_time_limit_ms) leave no such moment, and the 10-minute mixed run of
-# scripts/prove.py grew the WAL to 1.7 GB in 11 minutes.
+# python -m bench prove grew the WAL to 1.7 GB in 11 minutes.
 RESTART_FRAMES = schema.WAL_AUTOCHECKPOINT_PAGES
 # How long a restart may hold writers while the last readers move off the WAL (ms); when a
 # reader takes longer the restart gives up at once and is tried again a second later.
@@ -582,7 +582,7 @@ class CheckpointThread(threading.Thread):
         try:
             deadline = time.monotonic() + RESTART_SLOT_WAIT_S
             for path in self.analyst_locks:  # no new analyst scan; wait for the running one
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                fd = open_lock_file(path)
                 held.append(fd)
                 while True:  # polled (analysts poll every 20 ms): never blocked for good, checkpoints go on
                     try:
@@ -643,7 +643,7 @@ class MaintenanceThread(threading.Thread):
     def account(self, cpu_s):
         """Add one pass's CPU time (s, this thread: Python and SQLite) to ``maintenance_state``
         (``cpu_ms``, ``passes``), so its share of a core can be read off the database
-        (``scripts/prove.py`` does). Best effort: a locked database skips one pass's figure."""
+        (``python -m bench prove`` does). Best effort: a locked database skips one pass's figure."""
         try:
             conn = schema.connect(self.maintenance.db_path, timeout=5)
             try:

@@ -612,7 +612,7 @@ ALTER TABLE gpus ADD COLUMN slurm_user TEXT;
 
 
 def migration_23(conn):
-    """XID lines without the process for viewers who may not see processes (security review N6).
+    """XID lines without the process for viewers who may not see processes (see docs/security.md N6).
 
     ``xid_events.message`` becomes the kernel line without its ``pid=…, name=…`` part; the line
     as printed moves to the new column ``kernel_line`` (shown only with processes visible). The

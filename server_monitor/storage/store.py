@@ -521,7 +521,7 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     An event's GPU is the server's GPU with its UUID, else with its PCI bus id; its time is the
     agent's ``time`` (boot time + record usec), else the report's. ``message`` is stored without
     the line's ``pid=…, name=…`` part (:func:`server_monitor.storage.xidtext.without_process`), the full
-    line in ``kernel_line`` (security review N6).
+    line in ``kernel_line`` (see docs/security.md N6).
     """
     if not events:
         return
@@ -531,7 +531,7 @@ def _store_xid_events(conn, server_id, ts, received_at, events):
     for e in events:
         gpu_id = by_uuid.get(e["gpu_uuid"]) or by_bus.get(_bus_key(e["pci.bus_id"]))
         when = int(e["time"]) if e["time"] is not None and e["time"] > 1e9 else ts
-        # The process (pid=, name=) stays out of the text every viewer reads (N6): message holds
+        # The process (pid=, name=) stays out of the text every viewer reads (see docs/security.md N6): message holds
         # the line without it, kernel_line the line as the kernel printed it (null when the same).
         public = xidtext.without_process(e["message"])
         cur = conn.execute(

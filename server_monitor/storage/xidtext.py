@@ -3,7 +3,7 @@
 The driver prints ``NVRM: Xid (PCI:0000:3b:00): 109, pid=1797828, name=pt_main_thread, Ch 00000008,
 errorString CTX SWITCH TIMEOUT, Info 0x58005`` (``pid='<unknown>', name=<unknown>`` when no process
 is known; some drivers print ``pid=`` alone). ``pid`` and ``name`` say who ran on the GPU: a viewer
-with processes hidden must not read them (security review N6). The hub therefore stores the
+with processes hidden must not read them (see docs/security.md N6). The hub therefore stores the
 message without them (``xid_events.message``) and the kernel's line as it was in
 ``xid_events.kernel_line``, which only viewers who may see processes are shown; see
 docs/security.md.

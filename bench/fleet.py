@@ -1,9 +1,9 @@
 """The dashboard's data path: ``GET /api/fleet`` beside the per-table calls it replaced.
 
-    .venv/bin/python scripts/bench_hub.py fleet [--servers 1000] [--processes 10000] [--runs 30]
+    .venv/bin/python -m bench fleet [--servers 1000] [--processes 10000] [--runs 30]
 
 A hub (``server-monitor serve``, its own maintenance and alert threads running) on a fleet
-grown through ``store_report`` (``scripts/fleet_fixture.py``: ``--servers`` × 8 GPUs,
+grown through ``store_report`` (``bench/fleet_fixture.py``: ``--servers`` × 8 GPUs,
 ``--processes`` processes, 40 users). Measured over HTTP on loopback as the logged-in admin:
 
 * ``/api/fleet`` when the data changed: one report is POSTed to ``/api/report`` before
@@ -16,28 +16,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-from bench_hub import HTTP, Hub, login  # noqa: E402
-from fleet_fixture import grow, host_name  # noqa: E402
-from reports import sample_report  # noqa: E402
+from bench.common import HTTP, Hub, login, sample_report, timed
+from bench.fleet_fixture import grow, host_name
 
 OLD_QUERIES = ["servers", "gpus", "processes", "disks", "containers", "probes", "announcements", "alerts_active",
                "idle_holders"]
-
-
-def timed(method, url, **kw):
-    t0 = time.perf_counter()
-    response = HTTP.request(method, url, preload_content=False, decode_content=False, **kw)
-    body = response.read(decode_content=False)
-    elapsed = (time.perf_counter() - t0) * 1000
-    response.release_conn()
-    return response, body, elapsed
 
 
 def run(servers=1000, processes=10000, runs=30, workdir=None):
@@ -48,7 +34,7 @@ def run(servers=1000, processes=10000, runs=30, workdir=None):
     t0 = time.time()
     grow(hub.config.db_path, servers=servers, processes=processes, n_users=40)
     grown = time.time() - t0
-    hub.start()
+    hub.start(workers=1)
     try:
         _, cookies = login(hub)
         token = hub.config.get("agent.token")
@@ -96,7 +82,7 @@ def run(servers=1000, processes=10000, runs=30, workdir=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="bench_hub.py fleet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench fleet", description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=30)

@@ -1,9 +1,9 @@
 """/admin and /free at fleet size (issue 24 items 3, 4): server time and browser load.
 
-    .venv/bin/python scripts/bench_fleet_pages.py [--servers 10000] [--processes 60000] [--users 400]
+    .venv/bin/python -m bench fleet-pages [--servers 10000] [--processes 60000] [--users 400]
         [--db PATH] [--port 8200] [--runs 5] [--screenshots DIR]
 
-Grows ``--servers`` × 8 GPUs through ``scripts/fleet_fixture.py`` (contract-validated reports
+Grows ``--servers`` × 8 GPUs through ``bench/fleet_fixture.py`` (contract-validated reports
 written by ``store_report``, the ingest path without HTTP, topo -m included) into ``--db`` (kept
 when it exists), starts the hub (``server-monitor serve``) on ``--port`` over it and measures,
 logged in as the admin:
@@ -28,11 +28,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import urllib3
 
-import urllib3  # noqa: E402
+from bench import common, fleet_fixture
+from bench.common import ROOT
 
 HTTP = urllib3.PoolManager(retries=False)
 
@@ -52,8 +51,8 @@ def start_hub(config, port, log):
     raise SystemExit("hub did not start: " + open(log).read()[-2000:])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench fleet-pages", description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=10000)
     parser.add_argument("--processes", type=int, default=60000)
     parser.add_argument("--users", type=int, default=400)
@@ -62,9 +61,8 @@ def main():
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--ahead", type=float, default=900)
     parser.add_argument("--screenshots")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    import fleet_fixture
     from playwright.sync_api import sync_playwright
 
     from browser import CHROMIUM_ARGS, chromium_path
@@ -82,6 +80,7 @@ def main():
     cfg, password = config_mod.create(config_path)
     text = open(config_path).read().replace("path: monitor.db", f"path: {os.path.abspath(args.db)}", 1)
     open(config_path, "w").write(text)
+    print(common.machine())
     proc, base = start_hub(config_path, args.port, os.path.join(directory, "hub.log"))
     try:
         login = HTTP.request("GET", base + "/login")

@@ -1,6 +1,6 @@
 """Agent cost per report cycle on an 8-GPU / 64-process host: NVIDIA and AMD side by side.
 
-    .venv/bin/python scripts/bench_agent.py [--cycles 1000] [--case nvidia|amd|both] [--inventory-interval 2]
+    .venv/bin/python -m bench agent [--cycles 1000] [--case nvidia|amd|both] [--inventory-interval 2]
 
 NVIDIA case: a fake nvidia-smi. AMD case: no nvidia-smi; 8 x MI300X in a sysfs fixture tree
 and 64 GPU processes (each with 30 other fds) among 300 other processes (20 fds each) in a
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+# Not bench.common: that imports the hub (Datasette), whose memory would count in the agent's RSS.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))

@@ -1,6 +1,6 @@
 """gpu_history before and after the GPU-depth columns (issue 15), side by side on one database.
 
-    .venv/bin/python scripts/bench_gpu_history.py [--workdir /tmp/smh] [--days 3]
+    .venv/bin/python -m bench gpu-history [--workdir /tmp/smh] [--days 3]
 
 The database is grown through the product's paths: ``store_report`` (1 server, 8 GPUs, ``--days``
 of reports at 60 s with the H100 capture's values) and one pass of the hub's own ``Maintenance``
@@ -14,20 +14,11 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import time
-import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from reports import sample_report  # noqa: E402
-
-from server_monitor.storage import schema  # noqa: E402
-from server_monitor.storage.contract import validate_report  # noqa: E402
-from server_monitor.storage.rollup import Maintenance  # noqa: E402
-from server_monitor.storage.store import store_report  # noqa: E402
+from bench.common import ROOT, fresh_report, sample_report, store
+from server_monitor.storage import schema
+from server_monitor.storage.rollup import Maintenance
 
 BEFORE = "ecc44d8"  # main just before the GPU-depth roll-ups
 
@@ -38,11 +29,10 @@ def grow(path, days):
     now = int(time.time())
     template = json.dumps(sample_report("hist-01", gpus=8, processes=1, disks=2))
     for i, ts in enumerate(range(now - days * 86400, now, 60)):
-        report = json.loads(template)
-        report.update(report_id=str(uuid.uuid4()), sample_time=ts, sent_at=ts, interval=60)
+        report = fresh_report(json.loads(template), ts, interval=60)
         for gpu in report["gpus"]:
             gpu["clocks_event_reasons_counters.sw_power_cap"] = i * 1000
-        store_report(conn, validate_report(report), ts)
+        store(conn, report, ts)
     conn.close()
     return Maintenance(path, pause=0).run_once()["hours_rolled"]
 

@@ -1,10 +1,10 @@
 """Proof under load and faults: one suite, a quick profile for CI and a full one by hand.
 
-    .venv/bin/python scripts/prove.py --profile quick            # ~2 minutes (CI runs it)
-    .venv/bin/python scripts/prove.py --profile full             # ~15 minutes, the recorded figures
-    .venv/bin/python scripts/prove.py --only outage,crash        # some scenarios
-    .venv/bin/python scripts/prove.py --profile mixed-small      # issue 13's mixed use, scaled down
-    .venv/bin/python scripts/prove.py --profile mixed            # the same at 1,000 agents, 10 minutes
+    .venv/bin/python -m bench prove --profile quick            # ~2 minutes (CI runs it)
+    .venv/bin/python -m bench prove --profile full             # ~15 minutes, the recorded figures
+    .venv/bin/python -m bench prove --only outage,crash        # some scenarios
+    .venv/bin/python -m bench prove --profile mixed-small      # issue 13's mixed use, scaled down
+    .venv/bin/python -m bench prove --profile mixed            # the same at 1,000 agents, 10 minutes
 
 Scenarios, each against the real hub process (``server-monitor serve``) on loopback:
 
@@ -36,7 +36,6 @@ import copy
 import json
 import os
 import re
-import resource
 import signal
 import sqlite3
 import statistics
@@ -48,21 +47,17 @@ import time
 import urllib.parse
 import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+import logging
 
-import logging  # noqa: E402
+import urllib3
+import yaml
 
-import psutil  # noqa: E402
-import urllib3  # noqa: E402
-
-from monitor_agent.delivery import Delivery  # noqa: E402
-from monitor_agent.spool import Spool  # noqa: E402
-from monitor_agent.transport import Transport  # noqa: E402
-from http_client import Browserless  # noqa: E402
-from reports import sample_report  # noqa: E402
-from server_monitor.core import config as config_mod  # noqa: E402
+from bench import common
+from bench.common import ROOT, pct, sample_report
+from monitor_agent.delivery import Delivery
+from monitor_agent.spool import Spool
+from monitor_agent.transport import Transport
+from server_monitor.core import config as config_mod
 
 PROFILES = {
     # agents, viewers, load seconds, agent tick (real s), viewer period (s), outage agents, outage tick
@@ -91,74 +86,24 @@ HEAVY_SQL = ("select g.server_id, count(*), avg(s.utilization_gpu), max(s.temper
 CAPTURES = [("h100-80gb", "load", 8), ("h200", "load", 8), ("h100-mig", "load", 4), ("rtx-4080", "load", 1)]
 VIRTUAL_INTERVAL = 30  # seconds of sample time per agent tick (the "compressed interval")
 HUB_WORKERS = None  # --workers: the hub's server.workers for this run (None: the config's default)
+REPLICATE = False  # --replicate: the hub replicates both databases with Litestream to <its dir>/replica
 
 
-def free_port():
-    import socket
+class Hub(common.Hub):
+    """The shared hub (:class:`bench.common.Hub`), started with this run's ``--workers`` (and,
+    with ``--replicate``, its ``replication`` section on: Litestream to ``<workdir>/replica``)."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Hub:
-    """The hub process; ``fsize`` limits the size of any file it writes (disk-full test)."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
-        self.config_path = os.path.join(workdir, "config.yaml")
-        self.cfg, self.password = config_mod.create(self.config_path)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = None
-        self.samples = []
-
-    def start(self, fsize=None):
-        def limits():
-            if fsize is not None:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.RLIM_INFINITY))
-
-        log = open(os.path.join(self.workdir, "hub.log"), "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path, "--port", str(self.port)]
-            + (["--workers", str(HUB_WORKERS)] if HUB_WORKERS else []),
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=limits)
-        http = urllib3.PoolManager(retries=False)
-        for _ in range(300):
-            try:
-                if http.request("GET", self.url + "/-/health", timeout=1).status == 200:
-                    return
-            except urllib3.exceptions.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("hub did not start: " + open(os.path.join(self.workdir, "hub.log")).read()[-2000:])
-
-    def stop(self, sig=signal.SIGTERM):
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def raise_fsize(self):
-        """Lift the file-size limit of the hub and its worker processes ("space returns")."""
-        procs = [psutil.Process(self.proc.pid)] + psutil.Process(self.proc.pid).children(recursive=True)
-        for proc in procs:
-            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-    def sample(self):
-        """CPU seconds and RSS (bytes) of the hub process tree now."""
-        try:
-            proc = psutil.Process(self.proc.pid)
-            procs = [proc] + proc.children(recursive=True)
-            cpu = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-            rss = sum(p.memory_info().rss for p in procs)
-            self.samples.append((time.monotonic(), cpu, rss))
-        except psutil.Error:
-            pass
-
-    def db(self):
-        return sqlite3.connect(self.cfg.db_path, timeout=30)
+    def start(self, workers=None, fsize=None):
+        with open(self.config_path) as fp:
+            data = yaml.safe_load(fp)
+        # The simulated viewers and analysts all log in as the admin, one session each, at once:
+        # lift the budget of right passwords and the cap on live sessions per user (docs/security.md N10).
+        data["auth"].update(logins_per_minute=100000, max_sessions_per_user=100000)
+        if REPLICATE:
+            data["replication"] = {"enabled": True, "url": os.path.join(self.workdir, "replica"), "sync_interval": "1s"}
+        with open(self.config_path, "w") as fp:
+            yaml.safe_dump(data, fp)
+        return super().start(workers or HUB_WORKERS, fsize)
 
 
 class AckTransport(Transport):
@@ -240,7 +185,7 @@ class SimAgent:
 
 def fleet(hub, work, name, count, t0):
     """``count`` simulated agents reporting to ``hub``, spools under ``work/<name>-spools``."""
-    return [SimAgent(i, hub.url, hub.cfg.get("agent.token"), os.path.join(work, f"{name}-spools"), t0)
+    return [SimAgent(i, hub.url, hub.config.get("agent.token"), os.path.join(work, f"{name}-spools"), t0)
             for i in range(count)]
 
 
@@ -275,10 +220,7 @@ def run_agents(agents, seconds, tick, stop=None):
 
 
 def login(hub):
-    # Default retries for idempotent requests, as browsers do on a stale kept-alive connection.
-    client = Browserless(hub.url, retries=None)
-    client.login("admin", hub.password)
-    return client.http, client.cookie_header
+    return common.login(hub, retries=None)  # browsers retry idempotent requests on a stale connection
 
 
 def analysts(hub, count, stop):
@@ -374,11 +316,6 @@ def viewers(hub, count, period, stop, results=None):
     for t in threads:
         t.start()
     return threads, results
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p))] if values else None
 
 
 def check_stored(hub, agents, check_order=True):
@@ -498,7 +435,7 @@ class OpenLoopFleet:
         conn = http.client.HTTPConnection("127.0.0.1", self.hub.port, timeout=30)
         try:
             conn.request("POST", "/api/report", body=body, headers={
-                "Authorization": "Bearer " + self.hub.cfg.get("agent.token"), "Content-Type": "application/json",
+                "Authorization": "Bearer " + self.hub.config.get("agent.token"), "Content-Type": "application/json",
                 "Content-Encoding": "gzip"})
             response = conn.getresponse()
             response.read()
@@ -660,6 +597,7 @@ def scenario_mixed(p, work):
               "hub_cpu_cores_max": round(max(cpu), 2) if cpu else None,
               "hub_rss_mib_max": round(rss) if rss else None,
               "hub_workers": HUB_WORKERS or config_mod.worker_count(config_mod.load(hub.config_path)),
+              "replication": REPLICATE,
               "maintenance_core_share": round(maintenance_share, 3)}
     print(json.dumps(result), flush=True)
     assert lost == 0 and duplicates == 0, f"{lost} reports lost, {duplicates} stored twice"
@@ -698,7 +636,7 @@ def scenario_crash(p, work):
     time.sleep(5)
     acked_before = set().union(*(set(a.transport.acked) for a in agents))
     hub.stop(signal.SIGKILL)
-    conn = sqlite3.connect(hub.cfg.db_path)
+    conn = sqlite3.connect(hub.config.db_path)
     integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     present = {r for (r,) in conn.execute("SELECT report_id FROM host_samples")}
     conn.close()
@@ -721,7 +659,7 @@ def scenario_disk_full(p, work):
     for a in agents:  # servers and GPUs exist before the disk fills
         a.tick()
     hub.stop()
-    size = os.path.getsize(hub.cfg.db_path)
+    size = os.path.getsize(hub.config.db_path)
     hub.start(fsize=size + 256 * 1024)  # room for ~256 KiB more, then "disk full"
     threads = run_agents(agents, 8, 0.1)
     for t in threads:
@@ -729,7 +667,7 @@ def scenario_disk_full(p, work):
     statuses = [s for a in agents for s in a.transport.statuses]
     full_answers = statuses.count(503)
     spooled = sum(len(a.delivery.spool) for a in agents)
-    conn = sqlite3.connect(hub.cfg.db_path)
+    conn = sqlite3.connect(hub.config.db_path)
     integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     conn.close()
     assert full_answers > 0, "the file-size limit was never hit"
@@ -754,7 +692,7 @@ def scenario_bad_collectors(p, work):
     for name, mode in (("bad-hang", "hang"), ("bad-lost", "lost:1"), ("bad-driver", "driver_mismatch")):
         cfg = os.path.join(work, f"{name}.yaml")
         with open(cfg, "w") as fp:
-            fp.write(f"server_url: {hub.url}\ntoken: {hub.cfg.get('agent.token')}\ninterval: 2\ngpu_timeout: 1\n"
+            fp.write(f"server_url: {hub.url}\ntoken: {hub.config.get('agent.token')}\ninterval: 2\ngpu_timeout: 1\n"
                      f"nvidia_smi: {fake}\nhostname: {name}\nmachine_id: {name}\nspool_dir: {work}/{name}-spool\n")
         env = dict(os.environ, FAKE_NVSMI_MODE=mode, FAKE_NVSMI_GPUS="4", FAKE_NVSMI_SEED=name)
         real.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "agent.py"), "-c", cfg], env=env,
@@ -829,7 +767,7 @@ def scenario_fuzz(p, work):
         [st, "run", os.path.join(ROOT, "docs", "openapi.yaml"), "--url", hub.url,
          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
          "--max-examples", examples, "--exclude-method", "DELETE",
-         "-H", f"Authorization: Bearer {hub.cfg.get('agent.token')}", "-H", headers["Cookie"].join(["Cookie: ", ""])],
+         "-H", f"Authorization: Bearer {hub.config.get('agent.token')}", "-H", headers["Cookie"].join(["Cookie: ", ""])],
         capture_output=True, text=True, timeout=1800)
     conn = hub.db()
     integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -854,17 +792,18 @@ def main(argv=None):
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--seconds", type=int, help="override the load duration")
     parser.add_argument("--workers", type=int, help="the hub's worker processes (default: server.workers)")
+    parser.add_argument("--replicate", action="store_true",
+                        help="the hub replicates with Litestream (replication.enabled) to a directory beside it")
     args = parser.parse_args(argv)
-    global HUB_WORKERS
-    HUB_WORKERS = args.workers
+    global HUB_WORKERS, REPLICATE
+    HUB_WORKERS, REPLICATE = args.workers, args.replicate
     default = PROFILE_SCENARIOS.get(args.profile, [n for n in SCENARIOS if n != "mixed"])
     names = args.only.split(",") if args.only else default
     profile = dict(PROFILES[args.profile])
     if args.seconds:
         profile["seconds"] = args.seconds
     results, failed = {}, []
-    machine = (f"{psutil.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
-               f"Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
+    machine = common.machine()
     print(f"proof suite, profile {args.profile}; hub workers: {args.workers or 'config default'}; "
           f"machine: {machine}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sm-proof-") as work:

@@ -1,6 +1,9 @@
 """A lab-like fleet grown through the hub's own write path, for benchmarks and screenshots.
 
-    .venv/bin/python scripts/fleet_fixture.py DB --servers 200 [--processes 2000] [--users 40]
+Standalone (no ``bench.common``): ``python -m bench browser`` copies it next to an older
+revision and runs it with that revision's ``server_monitor``.
+
+    .venv/bin/python -m bench fixture DB --servers 200 [--processes 2000] [--users 40]
 
 Every report is a contract-v1 report (``tests/reports.py``, values from the real captures)
 checked by ``server_monitor.storage.contract.validate_report`` and written by
@@ -22,8 +25,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from reports import sample_report  # noqa: E402
-from server_monitor.storage import contract, schema  # noqa: E402
-from server_monitor.storage.store import store_report  # noqa: E402
+
+try:
+    from server_monitor.storage import contract, schema
+    from server_monitor.storage.store import store_report
+except ImportError:  # an older revision (flat server_monitor/), as `python -m bench browser` runs it
+    from server_monitor import contract, schema
+    from server_monitor.store import store_report
 
 FIRST = ["alice", "bob", "carol", "dmitri", "eve", "farah", "gao", "hiro", "ines", "jonas", "kemal", "lena",
          "mateo", "nadia", "oskar", "priya", "quinn", "rahul", "sofia", "tomas", "uma", "viktor", "wei", "xenia",

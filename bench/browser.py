@@ -1,11 +1,11 @@
 """Browser benchmark: today's dashboard beside the ba1fb60 one, same fleet, same run.
 
-    .venv/bin/python scripts/bench_browser.py [--servers 200] [--processes 2000] [--users 40]
+    .venv/bin/python -m bench browser [--servers 200] [--processes 2000] [--users 40]
         [--old-rev ba1fb60] [--screenshots DIR]
 
 Each dashboard runs on its own hub (``server-monitor serve`` of that revision, with its own
 maintenance and alert threads) over its own database, grown through that revision's own
-``store_report`` by ``scripts/fleet_fixture.py`` (``--servers`` × 8 GPUs, ``--processes``
+``store_report`` by ``bench/fleet_fixture.py`` (``--servers`` × 8 GPUs, ``--processes``
 processes of ``--users`` users). The old revision is checked out with ``git worktree add``
 into a temporary directory. Debian's chromium (Playwright, CDP) on a 1440×900 viewport,
 logged in, measures:
@@ -25,80 +25,58 @@ logged in, measures:
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+from bench import common
+from bench.common import ROOT, free_port
 
-import urllib3  # noqa: E402
-
-HTTP = urllib3.PoolManager(retries=False)
 PY = sys.executable
+# The config module in the new layout (server_monitor/core/) or the flat one of older revisions.
+CONFIG_MODULE = ("importlib.import_module('server_monitor.core.config' if importlib.util.find_spec("
+                 "'server_monitor.core') else 'server_monitor.config')")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Hub(common.Hub):
+    """The shared hub (:class:`bench.common.Hub`) running the checkout at ``root`` (another
+    revision, on ``PYTHONPATH`` so that the plugins import its ``server_monitor``, not the one
+    installed editable in the virtualenv), its config made by that revision's own code."""
 
+    ready_path = "/login"  # older revisions have no /-/health
 
-class Hub:
-    """``python -m server_monitor serve`` of the checkout at ``root`` on its own database."""
-
-    def __init__(self, root, work):
-        self.root, self.work = root, work
+    def __init__(self, root, work):  # not common.Hub.__init__: that would make the config with this checkout
+        self.root, self.workdir = root, work
+        self.env = dict(os.environ, PYTHONPATH=root)
         os.makedirs(work, exist_ok=True)
-        self.config = os.path.join(work, "config.yaml")
-        code = ("import sys; from server_monitor.core import config as c; _, pw = c.create(sys.argv[1]);"
+        self.config_path = os.path.join(work, "config.yaml")
+        code = (f"import sys, importlib, importlib.util; c = {CONFIG_MODULE}; _, pw = c.create(sys.argv[1]);"
                 " print(pw); print(c.load(sys.argv[1]).db_path)")
-        out = subprocess.run([PY, "-c", code, self.config], cwd=root, check=True, capture_output=True, text=True)
+        out = subprocess.run([PY, "-c", code, self.config_path], cwd=root, check=True, capture_output=True, text=True,
+                             env=self.env)
         self.password = out.stdout.split()[-2]
         import yaml
 
-        with open(self.config) as fp:
+        with open(self.config_path) as fp:
             data = yaml.safe_load(fp)
-        self.db = os.path.join(work, "monitor.db")
-        data["data"]["path"], data["data"]["auth_path"] = self.db, os.path.join(work, "auth.db")
-        with open(self.config, "w") as fp:
+        self.db_path = os.path.join(work, "monitor.db")
+        data["data"]["path"], data["data"]["auth_path"] = self.db_path, os.path.join(work, "auth.db")
+        with open(self.config_path, "w") as fp:
             yaml.safe_dump(data, fp)
-        shutil.copy(os.path.join(ROOT, "scripts", "fleet_fixture.py"), os.path.join(work, "fleet_fixture.py"))
+        shutil.copy(os.path.join(ROOT, "bench", "fleet_fixture.py"), os.path.join(work, "fleet_fixture.py"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = self.log = None
+        self.samples = []
 
     def grow(self, servers, processes, users, seed=1):
         """Write one report per host through this revision's store_report."""
         code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests', sys.argv[2]];"
                 " import fleet_fixture as f;"
                 " f.grow(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]))")
-        subprocess.run([PY, "-c", code, self.root, self.work, self.db, str(servers), str(processes), str(users), str(seed)],
-                       cwd=self.root, check=True, env=dict(os.environ, PYTHONPATH=self.root))
-
-    def start(self):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(self.work, "hub.log"), "ab")
-        # serve execs the datasette script, whose plugins import server_monitor: PYTHONPATH makes
-        # that this checkout's package, not the one installed (editable) in the virtualenv.
-        env = dict(os.environ, PYTHONPATH=self.root)
-        self.proc = subprocess.Popen([PY, "-m", "server_monitor", "serve", "-c", self.config, "--port", str(self.port)],
-                                     cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=env)
-        for _ in range(300):
-            try:
-                if HTTP.request("GET", self.url + "/login", timeout=1).status == 200:
-                    return self
-            except urllib3.exceptions.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("hub did not start: " + open(os.path.join(self.work, "hub.log")).read()[-2000:])
-
-    def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        self.log.close()
+        subprocess.run([PY, "-c", code, self.root, self.workdir, self.db_path, str(servers), str(processes), str(users),
+                        str(seed)], cwd=self.root, check=True, env=self.env)
 
 
 # Per page: how to tell that every GPU of the fleet is rendered.

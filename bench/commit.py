@@ -1,7 +1,7 @@
 """Ingest transactions with the WAL checkpointed in the commit (SQLite's default) or by the hub's
 checkpoint thread, side by side on the same disk.
 
-    .venv/bin/python scripts/bench_commit.py [--reports 6000] [--group 4]
+    .venv/bin/python -m bench commit [--reports 6000] [--group 4]
 
 Stores the same reports (8 GPUs, 16 processes, 4 disks; 200 hosts) through ``store_reports`` in
 transactions of ``--group`` reports, twice per variant in alternation: ``in-commit`` sets
@@ -12,32 +12,19 @@ Prints each run's transaction time p50 / p99 / max (ms) and how many took over 2
 """
 
 import argparse
-import copy
 import os
-import sys
 import tempfile
 import time
-import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from reports import sample_report  # noqa: E402
-
-from server_monitor.storage import schema  # noqa: E402
-from server_monitor.storage.contract import validate_report  # noqa: E402
-from server_monitor.storage.rollup import CheckpointThread  # noqa: E402
-from server_monitor.storage.store import store_reports  # noqa: E402
+from bench.common import fresh_database, fresh_report, sample_report
+from server_monitor.storage.contract import validate_report
+from server_monitor.storage.rollup import CheckpointThread
+from server_monitor.storage.store import store_reports
 
 
 def run(path, reports, group, variant):
     """One run on a fresh database at ``path``: sorted transaction times (ms)."""
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-    schema.migrate(path)
-    conn = schema.connect(path)
+    conn = fresh_database(path)
     thread = None
     if variant == "in-commit":
         conn.execute("PRAGMA wal_autocheckpoint=1000")
@@ -67,9 +54,7 @@ def main():
     t0 = int(time.time()) - 86400
     reports = []
     for i in range(args.reports):
-        r = copy.deepcopy(templates[i % 200])
-        r["report_id"] = str(uuid.uuid4())
-        r["sample_time"] = t0 + i // 200 * 10
+        r = fresh_report(templates[i % 200], t0 + i // 200 * 10)
         r.pop("sent_at", None)
         reports.append(validate_report(r))
     path = os.path.join(tempfile.mkdtemp(prefix="sm-commit-"), "monitor.db")

@@ -1,6 +1,6 @@
 """Maintenance cost: does the roll-up pass keep up with real time at fleet size?
 
-    .venv/bin/python scripts/bench_maintenance.py [--servers 200] [--minutes 75] [--interval 30]
+    .venv/bin/python -m bench maintenance [--servers 200] [--minutes 75] [--interval 30]
 
 Grows a fresh database through the product's own ingest path (``validate_report`` +
 ``store_report``, 8 GPUs and 16 processes per report) on a simulated clock, and runs the
@@ -12,24 +12,15 @@ side, the former GPU-hours query (``--old``) on the same hour of data, stopped a
 """
 
 import argparse
-import copy
 import json
 import os
 import sqlite3
-import sys
 import tempfile
 import time
-import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from reports import sample_report  # noqa: E402
-from server_monitor.storage import schema  # noqa: E402
-from server_monitor.storage.contract import validate_report  # noqa: E402
-from server_monitor.storage.rollup import Maintenance  # noqa: E402
-from server_monitor.storage.store import store_report  # noqa: E402
+from bench.common import fresh_report, sample_report, store
+from server_monitor.storage import schema
+from server_monitor.storage.rollup import Maintenance
 
 
 def main():
@@ -59,10 +50,7 @@ def main():
         for s, template in enumerate(templates):
             ts = t0 + offsets[s] + ((end - 60 - t0 - offsets[s] + args.interval - 1) // args.interval) * args.interval
             while ts < end:
-                r = json.loads(template)
-                r["report_id"] = str(uuid.uuid4())
-                r["sample_time"] = r["sent_at"] = ts
-                store_report(conn, validate_report(copy.deepcopy(r)), ts)
+                store(conn, fresh_report(json.loads(template), ts), ts)
                 reports += 1
                 ts += args.interval
         ingest_s += time.process_time() - started

@@ -1,7 +1,7 @@
 """Hub benchmarks: ingest throughput and latency over real HTTP, query times, disk per sample.
 
-    .venv/bin/python scripts/bench_hub.py [--seconds 30] [--servers 200] [--days 30] [--workdir DIR]
-    .venv/bin/python scripts/bench_hub.py fleet [--servers 1000]   # GET /api/fleet vs per-table calls
+    .venv/bin/python -m bench ingest [--seconds 30] [--servers 200] [--days 30] [--workdir DIR]
+    .venv/bin/python -m bench fleet [--servers 1000]   # GET /api/fleet vs per-table calls (bench/fleet.py)
 
 Runs, side by side in one invocation:
 
@@ -26,8 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -35,26 +33,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+import urllib3
 
-import urllib3  # noqa: E402
-
-from http_client import Browserless  # noqa: E402
-from reports import sample_report  # noqa: E402
-from server_monitor.core import config as config_mod  # noqa: E402
-from server_monitor.storage import schema  # noqa: E402
-
-HTTP = urllib3.PoolManager(maxsize=16, retries=False)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.common import Hub, fresh_database, fresh_report, login, machine, sample_report, store
+from server_monitor.storage import schema
+from server_monitor.storage.store import delete_server, store_reports
 
 
 def report_template():
@@ -97,52 +81,6 @@ request = function()
     ["Content-Type"] = "application/json"}, body)
 end
 """
-
-
-class Hub:
-    """``server-monitor serve`` in a work directory."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.config_path = os.path.join(workdir, "config.yaml")
-        if not os.path.exists(self.config_path):
-            _, self.password = config_mod.create(self.config_path)
-            with open(os.path.join(workdir, "password"), "w") as fp:
-                fp.write(self.password)
-        else:
-            self.password = open(os.path.join(workdir, "password")).read()
-        self.config = config_mod.load(self.config_path)
-        self.proc = None
-
-    def start(self, workers=1):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(self.workdir, "hub.log"), "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "server_monitor", "serve", "-c", self.config_path,
-                                      "--port", str(self.port), "--workers", str(workers)], cwd=ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(200):
-            try:
-                if HTTP.request("GET", self.url + "/login", timeout=1).status == 200:
-                    return self
-            except urllib3.exceptions.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("hub did not start")
-
-    def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
-        self.log.close()
-
-    def cpu_seconds(self):
-        import psutil
-
-        proc = psutil.Process(self.proc.pid)
-        total = 0.0
-        for p in [proc] + proc.children(recursive=True):
-            t = p.cpu_times()
-            total += t.user + t.system
-        return total
 
 
 def run_wrk(hub, seconds, connections=16):
@@ -213,11 +151,7 @@ def populate(db_path, servers, days, interval, extra_servers):
     (~650 reports/s of CPU on the reference VM): 200 servers x 30 days at 300 s is
     1.7 M reports, about 45 minutes.
     """
-    import copy
-
-    from server_monitor.storage.contract import validate_report
     from server_monitor.storage.rollup import Maintenance
-    from server_monitor.storage.store import store_report
 
     schema.migrate(db_path)
     conn = schema.connect(db_path)
@@ -231,10 +165,7 @@ def populate(db_path, servers, days, interval, extra_servers):
         templates.append(json.dumps(r))
 
     def send(template, ts):
-        r = json.loads(template)
-        r["report_id"] = str(uuid.uuid4())
-        r["sample_time"] = r["sent_at"] = ts
-        store_report(conn, validate_report(copy.deepcopy(r)), ts)
+        store(conn, fresh_report(json.loads(template), ts), ts)
 
     started, reports = time.time(), 0
     for ts in range(now - days * 86400, now, interval):
@@ -267,22 +198,14 @@ def sqlite_limits(workdir, seconds=10):
     commit under load). Each for ``seconds`` on a fresh database in ``workdir``; returns
     ``{"raw", "store", "grouped"}`` reports/s.
     """
-    import copy
-
     from server_monitor.storage.contract import validate_report
-    from server_monitor.storage.store import store_report, store_reports
 
     results = {}
     for kind in ("raw", "store", "grouped"):
         path = os.path.join(workdir, f"limit-{kind}.db")
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.remove(path + suffix)
-        schema.migrate(path)
-        conn = schema.connect(path)
+        conn = fresh_database(path)
         template = sample_report("limit-host", gpus=8, processes=2, disks=4)
-        first = copy.deepcopy(template)
-        store_report(conn, validate_report(first), first["sample_time"])  # the server and its GPUs
+        store(conn, fresh_report(template, template["sample_time"]), template["sample_time"])  # the server, its GPUs
         server_id = conn.execute("SELECT id FROM servers").fetchone()[0]
         gpu_ids = [g for (g,) in conn.execute("SELECT id FROM gpus ORDER BY gpu_index")]
         t = int(time.time()) - 86400
@@ -291,18 +214,12 @@ def sqlite_limits(workdir, seconds=10):
             t += 1
             n += 1
             if kind == "store":
-                r = copy.deepcopy(template)
-                r["report_id"] = str(uuid.uuid4())
-                r["sample_time"] = r["sent_at"] = t
-                store_report(conn, validate_report(r), t)
+                store(conn, fresh_report(template, t), t)
                 continue
             if kind == "grouped":  # ingest's group commit under load: 16 reports per transaction
                 group = []
                 for _ in range(16):
-                    r = copy.deepcopy(template)
-                    r["report_id"] = str(uuid.uuid4())
-                    r["sample_time"] = r["sent_at"] = t
-                    group.append((validate_report(r), t))
+                    group.append((validate_report(fresh_report(template, t)), t))
                     t += 1
                 n += 15
                 store_reports(conn, group)
@@ -329,12 +246,6 @@ def sqlite_limits(workdir, seconds=10):
         results[kind] = n / (time.perf_counter() - started)
         conn.close()
     return results
-
-
-def login(hub):
-    client = Browserless(hub.url)
-    client.login("admin", hub.password)
-    return client.http, client.cookie_header
 
 
 def time_queries(hub, server_id, runs=30):
@@ -364,8 +275,6 @@ def time_queries(hub, server_id, runs=30):
 
 def forget_bench_hosts(db_path):
     """Remove the hosts a wrk run created, so the next run starts from the same fleet."""
-    from server_monitor.storage.store import delete_server
-
     conn = schema.connect(db_path)
     try:
         for (server_id,) in conn.execute("SELECT id FROM servers WHERE hostname LIKE 'bench-%'").fetchall():
@@ -400,13 +309,10 @@ def main():
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("needs wrk (apt-get install wrk)")
-    import psutil
 
     work = args.workdir or tempfile.mkdtemp(prefix="sm-bench-")
     os.makedirs(work, exist_ok=True)
-    print(f"hub benchmark in {work}; machine: {psutil.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {sys.version.split()[0]}, "
-          f"SQLite {sqlite3.sqlite_version}")
+    print(f"hub benchmark in {work}; machine: {machine()}")
 
     results = {}
     if args.full_only:
@@ -493,9 +399,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["fleet"]:  # the dashboard's data path: scripts/bench_fleet.py
-        import bench_fleet
-
-        bench_fleet.main(sys.argv[2:])
-    else:
-        main()
+    main()
