@@ -51,6 +51,24 @@ def host_name(i):
     return f"{kind}-{i + 1:03d}"
 
 
+def topology(i):
+    """``nvidia-smi topo -m`` as the agent reports it (``gpu_topology``) for host ``i``'s kind.
+
+    GPUs 0-3 on NUMA node 0 and 4-7 on node 1 on all kinds (CPU Affinity as on a 2-socket,
+    64-core host). The DGX/HGX kinds have NVSwitch: every pair ``NV18`` (H100/H200, 18 NVLinks
+    per GPU) or ``NV12`` (A100), as the DGX matrices in tests/fixtures/topo show; the L40S kind
+    has no NVLink: ``NODE`` inside a NUMA node, ``SYS`` across (tests/fixtures/topo/8gpu-nvlink-pairs.txt
+    without its bridges).
+    """
+    kind = ("dgx-h100", "hgx-h200", "gpu-a100", "node-l40s")[i % 4]
+    nvlink = {"dgx-h100": "NV18", "hgx-h200": "NV18", "gpu-a100": "NV12"}.get(kind)
+    gpus = [{"index": g, "cpu_affinity": "0-31,64-95" if g < 4 else "32-63,96-127",
+             "numa_affinity": "0" if g < 4 else "1", "gpu_numa_id": None} for g in range(8)]
+    links = [{"a": a, "b": b, "link": nvlink or ("NODE" if a // 4 == b // 4 else "SYS")}
+             for a in range(8) for b in range(a + 1, 8)]
+    return {"gpus": gpus, "links": links}
+
+
 def plan(servers, processes, n_users, seed=1):
     """Per host, per GPU: the list of (user, container kind, container, VRAM MiB, util) holders."""
     rng = random.Random(seed)
@@ -105,6 +123,7 @@ def grow(db_path, servers=200, processes=2000, n_users=40, seed=1, now=None, gro
             if interval:
                 report["interval"] = interval
             report["groups"] = [g for g in host_groups(s, servers, groups) if racks or not g.startswith("rack-")]
+            report["gpu_topology"] = topology(s)
             for g, gpu in enumerate(report["gpus"]):
                 holders = layout[(s, g)]
                 if not holders:

@@ -269,6 +269,27 @@ class Accounts:
             out.append(user)
         return out
 
+    def users_page(self, q="", limit=50, offset=0):
+        """One page of users for /admin (issue 24 item 3): ``(users, total)``.
+
+        ``q``: a case-insensitive part of the username or of ``created_by`` ("" for every user);
+        ``limit`` (1..500) users by username from ``offset``; ``total`` counts every match.
+        Users are dicts as :meth:`users` returns them.
+        """
+        limit, offset = min(500, max(1, int(limit))), max(0, int(offset))
+        where, values = "", []
+        if q:
+            where = " WHERE instr(lower(username || ' ' || coalesce(created_by, '')), lower(?)) > 0"
+            values = [q]
+        conn = self._conn()
+        total = conn.execute(f"SELECT count(*) FROM users{where}", values).fetchone()[0]
+        out = []
+        for row in conn.execute(f"SELECT * FROM users{where} ORDER BY username LIMIT ? OFFSET ?", values + [limit, offset]):
+            user = _decoded(row)
+            user.pop("password_hash")
+            out.append(user)
+        return out, total
+
     def create_user(self, username, password_hash, role, servers=None, see_processes=True, created_by=None,
                     groups=None):
         """Insert a user; raises :class:`AccountError` when the name is taken or invalid.
@@ -350,10 +371,10 @@ class Accounts:
         )
         return cur.lastrowid, code
 
-    def invites(self):
-        """Every invite (dicts without code hashes), newest first."""
+    def invites(self, limit=None):
+        """Every invite (dicts without code hashes), newest first; the ``limit`` newest when given."""
         out = []
-        for row in self._conn().execute("SELECT * FROM invites ORDER BY id DESC"):
+        for row in self._conn().execute("SELECT * FROM invites ORDER BY id DESC LIMIT ?", (-1 if limit is None else int(limit),)):
             invite = _decoded(row)
             invite.pop("code_hash")
             out.append(invite)
