@@ -16,6 +16,7 @@ COMMANDS = {
     "maintenance": ("maintenance", "maintenance pass CPU at fleet size on a simulated clock"),
     "prove": ("prove", "the proof suite: load, outage, crash, disk full, bad collectors, fuzz, mixed"),
     "mixed": ("prove", "the mixed use (agents + viewers + analysts): prove --profile mixed (or --profile mixed-small)"),
+    "fleet-pages": ("fleet_pages", "/admin and /free at 10,000 servers: server time, browser load, DOM (issue 24)"),
     "fixture": ("fleet_fixture", "grow a lab-like fleet into a database through store_report"),
 }
 

@@ -184,10 +184,14 @@ async def targets(request, datasette):
     address, scheme = _target(request, ctx)
     common = {"__scheme__": scheme}
     if request.args.get("per") == "server":
+        # __meta_server_monitor_groups: the server's host groups as ",a,b," (the convention of
+        # Consul's __meta_consul_tags), for keep/drop relabeling by group; dropped after relabeling.
         rows = (await datasette.get_database("monitor").execute(
-            "SELECT id, hostname FROM servers ORDER BY id")).rows
+            "SELECT s.id, s.hostname, (SELECT ',' || group_concat(DISTINCT sg.grp) || ','"
+            " FROM server_groups sg WHERE sg.server_id = s.id) AS groups FROM servers s ORDER BY s.id")).rows
         groups = [{"targets": [address], "labels": {**common, "__metrics_path__": f"/metrics/servers/{r['id']}",
-                                                    "Hostname": r["hostname"], "server_id": str(r["id"])}}
+                                                    "Hostname": r["hostname"], "server_id": str(r["id"]),
+                                                    "__meta_server_monitor_groups": r["groups"] or ""}}
                   for r in rows]
     elif request.args.get("per") not in (None, "shard"):
         return _bad("per must be shard or server")

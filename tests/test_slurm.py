@@ -100,7 +100,8 @@ def test_item7_collector_fake_scontrol_cached_bounded_and_kept_on_failure(tmp_pa
     assert [(j["job_id"], j["gpu_uuids"]) for j in first["slurm_jobs"]] == [
         ("4200", ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]), ("4300", ["GPU-4", "GPU-5", "GPU-7"])]
     collector.collect(GPUS8, now=1030.0)  # cached: no second call within the interval
-    assert log.read_text().splitlines() == ["show job -d"]
+    # (after a good job read, the node's partitions once per partition_interval: issue 24 item 1)
+    assert log.read_text().splitlines() == ["show job -d", "show node dgx-12"]
     # slurmctld down: the allocations read last stay in force, the state says why.
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "fail")
     failed = collector.collect(GPUS8, now=1061.0)
@@ -226,7 +227,7 @@ def test_item7_gpu_hours_count_allocated_gpus_for_the_jobs_user(tmp_path):
     Maintenance(path, now=lambda: t0 + 3 * 3600, pause=0).run_once()
 
     def hours(by):
-        cur = conn.execute(QUERIES["gpu_hours"]["sql"], {"since": str(t0), "until": str(t0 + 2 * 3600), "by": by,
+        cur = conn.execute(QUERIES["gpu_hours"]["sql"], {"since": str(t0), "until": str(t0 + 2 * 3600), "by": by, "group": "",
                                                         "_scope_all": 1, "_scope_servers": "[]",
                                                         "_scope_processes": 1})
         return {row[0]: row[2] for row in cur.fetchall()}
@@ -256,7 +257,8 @@ def test_item7_agent_with_fake_scontrol_end_to_end(hub_process, hub_config, tmp_
     result = subprocess.run([sys.executable, os.path.join(ROOT, "agent.py"), "-c", str(config), "--once"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show job -d"]
+    # show node: the node's partitions (issue 24 item 1), read after a good job read.
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show job -d", "show node dgx-12"]
     admin = Browserless(hub_process.base_url)
     assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
     gpus = sorted(admin.request("GET", "/monitor/gpus.json?_shape=array").json(), key=lambda g: g["gpu_index"])

@@ -117,7 +117,8 @@ HOST_METRICS = (
 
 SERVERS_SQL = """
 SELECT id, hostname, coalesce(display_name, hostname) AS name, state, seen_age_s, cpu_percent, load_1,
-    memory_used_bytes, memory_total_bytes, swap_used_bytes, net_rx_bps, net_tx_bps, gpu_count, gpus_busy
+    memory_used_bytes, memory_total_bytes, swap_used_bytes, net_rx_bps, net_tx_bps, gpu_count, gpus_busy,
+    (SELECT group_concat(sg.grp, ' ') FROM server_groups sg WHERE sg.server_id = server_state.id) AS groups
 FROM server_state WHERE {where}
 """
 GPUS_SQL = """
@@ -249,6 +250,13 @@ def exposition(servers, gpus, disks, migs=(), hostname_label=True):
         up.append(f"server_monitor_up{labels} {1 if s['id'] in live else 0}\n")
         if s["seen_age_s"] is not None:
             age.append(f"server_monitor_last_report_age_seconds{labels} {_number(s['seen_age_s'])}\n")
+    # Host groups (issue 24 item 1): one info series of value 1 per (server, group), not a label on
+    # every sample (a server is in several groups); PromQL joins it, see docs/scaling.md.
+    member = out.family("server_monitor_server_groups",
+                        "1 for each host group the server is in (agent config, Slurm partition or admin).")
+    for s in servers:
+        for name in sorted(set((s.get("groups") or "").split())):
+            member.append(f"server_monitor_server_groups{_labels(host[s['id']] + [('group', name)])} 1\n")
     for metric, column, help_text in HOST_METRICS:
         lines = out.family(metric, help_text)
         for s in live.values():
