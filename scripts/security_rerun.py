@@ -614,6 +614,7 @@ def area_xss(run):
     roles = {"admin": (hub.admin_name, hub.password), "viewer2": ("viewer2", PASSWORDS["viewer2"]),
              "analyst1": ("analyst1", PASSWORDS["analyst1"])}
     admin_only = ["/admin", "/monitor/gpu_processes", "/monitor/xid_events_table"]
+    shown = [0]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
@@ -636,6 +637,7 @@ def area_xss(run):
                             "() => document.querySelectorAll('img[src=x], svg[onload], b, script:not([src])').length")
                         inline = page.evaluate("() => [...document.querySelectorAll('script:not([src])')]"
                                                ".filter(s => s.textContent.includes('alert(')).length")
+                        shown[0] += any(p in page.inner_text("body") for p in PAYLOADS)
                     except Exception as exc:  # noqa: BLE001 - a page that fails to load is a failed case
                         run.check("xss", f"{role} {path}", False, f"{type(exc).__name__}: {exc}")
                         continue
@@ -645,6 +647,8 @@ def area_xss(run):
                 context.close()
         finally:
             browser.close()
+    run.check("xss", "the payloads reached the pages (shown as text on 20+ loads)", shown[0] >= 20,
+              f"payload text on {shown[0]} loads")
 
 
 def area_analyst(run):
@@ -1008,6 +1012,7 @@ def area_agent(run):
                   and "Traceback" not in out, f"rc {rc} in {time.monotonic() - t0:.1f} s: {out[-300:]}")
     server = ThreadingHTTPServer(("127.0.0.1", run.port()), _HostileHub)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # the agent hanging up early is what it should do
     comp = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     server.bomb = b"".join([comp.compress(b"\0" * (1 << 20)) for _ in range(256)] + [comp.flush()])
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
