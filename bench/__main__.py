@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "ingest": ("ingest", "ingest throughput/latency over HTTP (wrk), SQLite limits, query times, disk per sample"),
     "fleet": ("fleet", "GET /api/fleet (changed, 304) beside the per-table calls it replaced"),
+    "metrics": ("metrics", "/metrics whole and sharded, a real Prometheus with http_sd, ingest while it scrapes"),
     "browser": ("browser", "the dashboard in Chromium: time to visible, refresh cost, DOM, heap (vs an old revision)"),
     "agent": ("agent", "agent CPU, child processes and RSS per report cycle (NVIDIA and AMD)"),
     "commit": ("commit", "ingest transactions with the WAL checkpointed in the commit or by the checkpoint thread"),
@@ -15,6 +16,7 @@ COMMANDS = {
     "maintenance": ("maintenance", "maintenance pass CPU at fleet size on a simulated clock"),
     "prove": ("prove", "the proof suite: load, outage, crash, disk full, bad collectors, fuzz, mixed"),
     "mixed": ("prove", "the mixed use (agents + viewers + analysts): prove --profile mixed (or --profile mixed-small)"),
+    "fleet-pages": ("fleet_pages", "/admin and /free at 10,000 servers: server time, browser load, DOM (issue 24)"),
     "fixture": ("fleet_fixture", "grow a lab-like fleet into a database through store_report"),
 }
 

@@ -3,7 +3,7 @@
 Standalone (no ``bench.common``): ``python -m bench browser`` copies it next to an older
 revision and runs it with that revision's ``server_monitor``.
 
-    .venv/bin/python -m bench fixture DB --servers 200 [--processes 2000] [--users 40]
+    .venv/bin/python -m bench fixture DB --servers 200 [--processes 2000] [--users 40] [--groups 5]
 
 Every report is a contract-v1 report (``tests/reports.py``, values from the real captures)
 checked by ``server_monitor.storage.contract.validate_report`` and written by
@@ -11,7 +11,10 @@ checked by ``server_monitor.storage.contract.validate_report`` and written by
 the HTTP hop. The fleet: ``servers`` hosts × 8 H100 GPUs; ``processes`` compute processes
 spread over ``users`` users in LXC containers, Docker containers, Slurm jobs and on the host;
 about a quarter of the GPUs free, some held idle; one host offline (last report 24 min
-ago), one late, one with a driver/library mismatch, one with a lost GPU, one hot GPU.
+ago), one late, one with a driver/library mismatch, one with a lost GPU, one hot GPU. With
+``--groups N`` each host reports host groups the way an agent's ``groups:`` config sends them:
+one of N clusters (``cluster-a``, ``cluster-b``, …, hosts dealt round-robin by block) and its rack
+(``rack-01``… , 40 hosts a rack).
 """
 
 import argparse
@@ -48,6 +51,24 @@ def host_name(i):
     return f"{kind}-{i + 1:03d}"
 
 
+def topology(i):
+    """``nvidia-smi topo -m`` as the agent reports it (``gpu_topology``) for host ``i``'s kind.
+
+    GPUs 0-3 on NUMA node 0 and 4-7 on node 1 on all kinds (CPU Affinity as on a 2-socket,
+    64-core host). The DGX/HGX kinds have NVSwitch: every pair ``NV18`` (H100/H200, 18 NVLinks
+    per GPU) or ``NV12`` (A100), as the DGX matrices in tests/fixtures/topo show; the L40S kind
+    has no NVLink: ``NODE`` inside a NUMA node, ``SYS`` across (tests/fixtures/topo/8gpu-nvlink-pairs.txt
+    without its bridges).
+    """
+    kind = ("dgx-h100", "hgx-h200", "gpu-a100", "node-l40s")[i % 4]
+    nvlink = {"dgx-h100": "NV18", "hgx-h200": "NV18", "gpu-a100": "NV12"}.get(kind)
+    gpus = [{"index": g, "cpu_affinity": "0-31,64-95" if g < 4 else "32-63,96-127",
+             "numa_affinity": "0" if g < 4 else "1", "gpu_numa_id": None} for g in range(8)]
+    links = [{"a": a, "b": b, "link": nvlink or ("NODE" if a // 4 == b // 4 else "SYS")}
+             for a in range(8) for b in range(a + 1, 8)]
+    return {"gpus": gpus, "links": links}
+
+
 def plan(servers, processes, n_users, seed=1):
     """Per host, per GPU: the list of (user, container kind, container, VRAM MiB, util) holders."""
     rng = random.Random(seed)
@@ -74,8 +95,20 @@ def plan(servers, processes, n_users, seed=1):
     return layout, idle
 
 
-def grow(db_path, servers=200, processes=2000, n_users=40, seed=1, now=None):
-    """Write one current report per host into ``db_path`` (created if needed) via store_report."""
+def host_groups(i, servers, n_groups):
+    """The ``groups`` an agent of host ``i`` reports with ``--groups n_groups`` ([] for 0): its
+    cluster (``cluster-a``…, contiguous blocks of hosts) and its rack (40 hosts a rack)."""
+    if not n_groups:
+        return []
+    per = max(1, -(-servers // n_groups))
+    return [f"cluster-{chr(ord('a') + min(i // per, 25))}", f"rack-{i // 40 + 1:02d}"]
+
+
+def grow(db_path, servers=200, processes=2000, n_users=40, seed=1, now=None, groups=0, racks=True, interval=None):
+    """Write one current report per host into ``db_path`` (created if needed) via store_report.
+    ``groups``: number of clusters the hosts report as host groups (:func:`host_groups`; 0 = none);
+    ``racks=False`` leaves the rack group out (one group per host); ``interval``: the reporting
+    interval the reports state (s; default the sample report's), which sets when hosts go stale."""
     schema.migrate(db_path)
     conn = schema.connect(db_path)
     now = time.time() if now is None else now
@@ -87,6 +120,10 @@ def grow(db_path, servers=200, processes=2000, n_users=40, seed=1, now=None):
             report = sample_report(name, gpus=8, processes=0, sample_time=now - 5)
             received = now
             report["processes"] = []
+            if interval:
+                report["interval"] = interval
+            report["groups"] = [g for g in host_groups(s, servers, groups) if racks or not g.startswith("rack-")]
+            report["gpu_topology"] = topology(s)
             for g, gpu in enumerate(report["gpus"]):
                 holders = layout[(s, g)]
                 if not holders:
@@ -132,9 +169,11 @@ def main():
     parser.add_argument("--servers", type=int, default=200)
     parser.add_argument("--processes", type=int, default=2000)
     parser.add_argument("--users", type=int, default=40)
+    parser.add_argument("--groups", type=int, default=0, help="clusters (host groups) the hosts report; 0 = none")
+    parser.add_argument("--interval", type=float, default=None, help="reporting interval the reports state (s)")
     args = parser.parse_args()
     t0 = time.time()
-    grow(args.db, args.servers, args.processes, args.users)
+    grow(args.db, args.servers, args.processes, args.users, groups=args.groups, interval=args.interval)
     print(f"{args.servers} servers written to {args.db} in {time.time() - t0:.1f} s")
 
 

@@ -1,12 +1,15 @@
 -- title: Free GPUs now
--- description: Hosts with at least :count free GPUs (default 1), best first. A GPU is free when it has no compute process, is not allocated to a Slurm job (the agent reads scontrol show job -d where Slurm is installed: a job's GPUs are held from allocation, before its first CUDA process), utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: for :count 1 its free GPU instances are offered one per row instead, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>; a GPU instance is free when every one of its compute instances was read from nvidia-smi's table within 300 s of the report and runs no process, and every process on that GPU is placed in an instance; a GPU instance split into several compute instances is offered once, as the compute instance with the most SMs, because its compute instances share its memory; docs/api.md) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring). Only hosts reporting now without a problem are offered: offline, stale, error (GPU collection failing, a GPU lost, marked faulty) and maintenance hosts, and GPUs marked maintenance/fault or missing, are left out. free_gpus counts every free GPU of the host and vendor, free_indexes lists them (nvidia-smi indexes). One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs to use by index — for :count > 1 a set on one NUMA node joined by NVLink where nvidia-smi topo -m shows one (link: the weakest connection inside the set, NV<n> = n bonded NVLinks, else PIX/PXB/PHB/NODE/SYS; numa_node: their NUMA node), then the most free memory — and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
+-- description: Hosts with at least :count free GPUs (1 to 16, default 1), best first, :limit rows (1 to 500, default 20) from :offset (default 0); total is the number of rows there are in all. Best first: hosts whose free GPUs hold the :count GPUs on one NUMA node joined by NVLink (fit 2), then on one NUMA node (fit 1), then the others (fit 0); among those the fewest free GPUs left over (spare = free_gpus - :count: a whole free node is kept for a whole-node job while a smaller host fits), then the most free memory, then by name. A GPU is free when it has no compute process, is not allocated to a Slurm job (the agent reads scontrol show job -d where Slurm is installed: a job's GPUs are held from allocation, before its first CUDA process), utilization.gpu, utilization.encoder and utilization.decoder ≤ :max_util % (default from config, 10), MIG disabled (a MIG GPU is never offered whole: for :count 1 its free GPU instances are offered one per row instead, with mig_profile and env CUDA_VISIBLE_DEVICES=MIG-<uuid>; a GPU instance is free when every one of its compute instances was read from nvidia-smi's table within 300 s of the report and runs no process, and every process on that GPU is placed in an instance; a GPU instance split into several compute instances is offered once, as the compute instance with the most SMs, because its compute instances share its memory; docs/api.md) and at least :min_free_mib MiB free as the driver reports memory.free (default 0); :model filters by name (substring), :group by host group (a server in group :group from any source: agent config, Slurm partition, admin; empty = all). Only hosts reporting now without a problem are offered: offline, stale, error (GPU collection failing, a GPU lost, marked faulty) and maintenance hosts, and GPUs marked maintenance/fault or missing, are left out. free_gpus counts every free GPU of the host and vendor, free_indexes lists them (nvidia-smi indexes, ascending). One row per host and vendor (a job runs on one vendor's GPUs). visible_devices lists the :count GPUs to use by index — for :count > 1 a set on one NUMA node joined by NVLink where nvidia-smi topo -m shows one (link: the weakest connection inside the set, NV<n> = n bonded NVLinks, else PIX/PXB/PHB/NODE/SYS; numa_node: their NUMA node), then the most free memory — and env the variable to set: NVIDIA CUDA_VISIBLE_DEVICES (nvidia-smi indexes, with CUDA_DEVICE_ORDER=PCI_BUS_ID; also in cuda_visible_devices), AMD ROCR_VISIBLE_DEVICES (HIP_VISIBLE_DEVICES takes the same indexes; ROCR_VISIBLE_DEVICES also takes the GPU-… ids in gpu_uuids), Intel ZE_AFFINITY_MASK; gpu_uuids the same GPUs by UUID.
 with params as (
   select
     cast(coalesce(nullif(:min_free_mib, ''), 0) as integer) as min_free,
     cast(coalesce(nullif(:max_util, ''), :_config_free_max_util) as real) as max_util,
     -- 1..16 (gpu_set()'s bound, security review N1)
     min(16, max(1, cast(coalesce(nullif(:count, ''), 1) as integer))) as want,
-    coalesce(:model, '') as model
+    coalesce(:model, '') as model,
+    -- One page of hosts (issue 24 item 4): gpu_set() runs for these rows only.
+    min(500, max(1, cast(coalesce(nullif(:limit, ''), 20) as integer))) as page_size,
+    max(0, cast(coalesce(nullif(:offset, ''), 0) as integer)) as page_start
 ),
 free as (
   select
@@ -25,20 +28,51 @@ free as (
     and coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) >= p.min_free
     and instr(lower(g.name), lower(p.model)) > 0
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
+    and (coalesce(:group, '') = '' or g.server_id in (select server_id from server_groups where grp = :group))
 ),
--- Per host and vendor: the :count GPUs to use, chosen by gpu_set() (server_monitor/core/topology.py):
--- one NUMA node and NVLink first (nvidia-smi topo -m, gpu_links), then the most free memory.
 hosts as (
-  select f.server_id, f.server, f.vendor, count(*) as free_gpus,
-    group_concat(f.gpu_index, ',') as free_indexes,
-    gpu_set(json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
-                                         'name', f.name)),
-            (select json_group_array(json_array(l.gpu_a, l.gpu_b, l.link)) from gpu_links l
-              where l.server_id = f.server_id and f.vendor = 'nvidia'),
-            p.want) as chosen
+  select f.server_id, f.server, f.vendor, count(*) as free_gpus, min(f.free_mib) as least_free_mib
   from free f join params p
   group by f.server_id, f.vendor
   having count(*) >= p.want
+),
+-- Per host and NUMA node: its free GPUs (k) and the NVLink pairs among them (nvidia-smi topo -m in
+-- gpu_links, NV<n>). Only for :count > 1 (one GPU always fits).
+numa_sets as (
+  select f.server_id, f.vendor, f.numa_node, count(*) as k
+  from free f join params p
+  where p.want > 1 and f.numa_node is not null and f.vendor = 'nvidia'
+  group by f.server_id, f.vendor, f.numa_node
+  having count(*) >= p.want
+),
+nvlink_pairs as (
+  select a.server_id, a.numa_node, count(*) as nvlinked
+  from free a
+  join free b on b.server_id = a.server_id and b.vendor = a.vendor and b.numa_node = a.numa_node
+    and b.gpu_index > a.gpu_index
+  join gpu_links l on l.server_id = a.server_id and l.gpu_a = a.gpu_index and l.gpu_b = b.gpu_index
+  join params p
+  where p.want > 1 and a.vendor = 'nvidia' and l.link like 'NV%'
+  group by a.server_id, a.numa_node
+),
+-- How well the host holds :count GPUs: 2 = on one NUMA node, every pair of its free GPUs there
+-- joined by NVLink (NVSwitch, or the one NVLink pair for :count 2); 1 = on one NUMA node;
+-- 0 = spread over NUMA nodes or topology unknown. gpu_set() then picks the GPUs of the page's hosts.
+host_fit as (
+  select n.server_id, n.vendor,
+    max(case when coalesce(v.nvlinked, 0) = n.k * (n.k - 1) / 2 or (p.want = 2 and v.nvlinked > 0) then 2 else 1 end)
+      as fit
+  from numa_sets n
+  join params p
+  left join nvlink_pairs v on v.server_id = n.server_id and v.numa_node = n.numa_node
+  group by n.server_id, n.vendor
+),
+ranked as (
+  select h.*, h.free_gpus - p.want as spare,
+    case when p.want = 1 then 2 else coalesce(hf.fit, 0) end as fit
+  from hosts h
+  join params p
+  left join host_fit hf on hf.server_id = h.server_id and hf.vendor = h.vendor
 ),
 -- MIG (docs/api.md, free_gpus): the unit offered is a GPU instance (GI), the memory a job gets alone.
 -- A GI is free when each of its compute instances (CI) has a known state (read from nvidia-smi's table,
@@ -53,6 +87,7 @@ mig_gi as (
         or m.ts - m.sampled_at > 300) as unknown
   from mig_devices m
   where (:_scope_all or m.server_id in (select value from json_each(:_scope_servers)))
+    and (coalesce(:group, '') = '' or m.server_id in (select server_id from server_groups where grp = :group))
   group by m.server_id, m.gpu_id, m.gpu_instance_id
 ),
 mig_placed as (
@@ -76,27 +111,69 @@ mig_free as (
     and g.process_count = mp.placed
     and m.memory_total_mib - m.memory_used_mib >= p.min_free
     and instr(lower(g.name || ' ' || coalesce(m.profile, '')), lower(p.model)) > 0
+),
+-- Every offer (whole GPUs and MIG instances) in order; one page of them.
+offers as (
+  select r.server_id, r.server, r.vendor, r.free_gpus, r.least_free_mib,
+    null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
+  from ranked r
+  union all
+  select m.server_id, m.server, 'nvidia', 1, m.free_mib, m.uuid, m.profile,
+    m.name || ' MIG ' || coalesce(m.profile, '?'), 2, 0
+  from mig_free m
+  where m.pick = 1
+),
+page as materialized (
+  select o.*, count(*) over () as total
+  from offers o
+  order by o.fit desc, o.spare, o.least_free_mib desc, o.server collate nocase, o.vendor, o.server_id, o.mig_uuid
+  limit (select page_size from params) offset (select page_start from params)
+),
+-- gpu_set() (server_monitor/core/topology.py): the :count GPUs to use on one page host, one
+-- NUMA node and NVLink first (nvidia-smi topo -m, gpu_links), then the most free memory.
+-- The page's hosts' free GPUs, for gpu_set().
+page_candidates as materialized (
+  select pg.*,
+    (select json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
+                                         'name', f.name))
+     from free f where f.server_id = pg.server_id and f.vendor = pg.vendor) as candidates
+  from page pg
+  where pg.mig_uuid is null
+  union all
+  select pg.*, null from page pg where pg.mig_uuid is not null
+),
+chosen as materialized (
+  select pg.*,
+    case when pg.mig_uuid is null then
+      gpu_set(pg.candidates,
+              (select json_group_array(json_array(l.gpu_a, l.gpu_b, l.link)) from gpu_links l
+                where l.server_id = pg.server_id and pg.vendor = 'nvidia'),
+              p.want) end as pick,
+    -- the host's free GPUs by nvidia-smi index, ascending
+    (select group_concat(i, ',') from (select json_extract(j.value, '$.i') as i from json_each(pg.candidates) j
+                                       order by i)) as free_indexes
+  from page_candidates pg join params p
 )
 select
-  h.server_id,
-  h.server,
-  h.vendor,
-  h.free_gpus,
-  json_extract(h.chosen, '$.devices') as visible_devices,
-  case h.vendor when 'amd' then 'ROCR_VISIBLE_DEVICES=' when 'intel' then 'ZE_AFFINITY_MASK='
-    else 'CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=' end || json_extract(h.chosen, '$.devices') as env,
-  case when h.vendor = 'nvidia' then json_extract(h.chosen, '$.devices') end as cuda_visible_devices,
-  json_extract(h.chosen, '$.uuids') as gpu_uuids,
-  json_extract(h.chosen, '$.min_free') as min_free_mib,
-  json_extract(h.chosen, '$.models') as gpu_models,
-  null as mig_profile,
-  json_extract(h.chosen, '$.link') as link,
-  json_extract(h.chosen, '$.numa') as numa_node,
-  h.free_indexes
-from hosts h
-union all
-select m.server_id, m.server, 'nvidia', 1, m.uuid, 'CUDA_VISIBLE_DEVICES=' || m.uuid, m.uuid, m.uuid, m.free_mib,
-  m.name || ' MIG ' || coalesce(m.profile, '?'), m.profile, null, null, null
-from mig_free m
-where m.pick = 1
-order by min_free_mib desc, free_gpus desc, server, vendor
+  c.server_id,
+  c.server,
+  c.vendor,
+  c.free_gpus,
+  coalesce(c.mig_uuid, json_extract(c.pick, '$.devices')) as visible_devices,
+  case when c.mig_uuid is not null then 'CUDA_VISIBLE_DEVICES=' || c.mig_uuid
+    else case c.vendor when 'amd' then 'ROCR_VISIBLE_DEVICES=' when 'intel' then 'ZE_AFFINITY_MASK='
+      else 'CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=' end || json_extract(c.pick, '$.devices') end as env,
+  case when c.mig_uuid is not null then c.mig_uuid
+    when c.vendor = 'nvidia' then json_extract(c.pick, '$.devices') end as cuda_visible_devices,
+  coalesce(c.mig_uuid, json_extract(c.pick, '$.uuids')) as gpu_uuids,
+  coalesce(json_extract(c.pick, '$.min_free'), c.least_free_mib) as min_free_mib,
+  coalesce(c.mig_model, json_extract(c.pick, '$.models')) as gpu_models,
+  c.mig_profile,
+  json_extract(c.pick, '$.link') as link,
+  json_extract(c.pick, '$.numa') as numa_node,
+  c.free_indexes,
+  c.fit,
+  c.spare,
+  c.total
+from chosen c
+order by c.fit desc, c.spare, c.least_free_mib desc, c.server collate nocase, c.vendor, c.server_id, c.mig_uuid

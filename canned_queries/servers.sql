@@ -1,5 +1,5 @@
 -- title: Servers
--- description: Latest state of every server you may see. status is online, stale (two reports missed), offline (four missed), error (GPU collection failed or marked faulty) or maintenance. Bytes are bytes, rates bytes/s, times UTC epoch seconds.
+-- description: Latest state of every server you may see. status is online, stale (two reports missed), offline (four missed), error (GPU collection failed or marked faulty) or maintenance. groups: the server's host groups (any source), space-separated, null for none; :group keeps the servers of one group (empty = all). Bytes are bytes, rates bytes/s, times UTC epoch seconds.
 select
   s.id as server_id,
   coalesce(s.display_name, s.hostname) as name,
@@ -38,7 +38,9 @@ select
   s.kmsg_state,
   s.gpu_count,
   s.gpus_busy,
-  s.gpu_models
+  s.gpu_models,
+  (select group_concat(grp, ' ') from (select distinct grp from server_groups where server_id = s.id order by grp)) as groups
 from server_state s
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
+  and (coalesce(:group, '') = '' or s.id in (select server_id from server_groups where grp = :group))
 order by name collate nocase, s.id

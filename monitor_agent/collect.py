@@ -100,6 +100,7 @@ class ReportBuilder:
         if cfg.get("slurm", True):
             self.slurm = SlurmCollector(cfg.get("scontrol") or "scontrol", node=cfg.get("slurm_node"),
                                         interval=cfg.get("slurm_interval", 60), timeout=timeout)
+        self.groups = list(cfg.get("groups") or [])
         self.extra = extra
 
     def _collect_drm(self, skip_bus_ids):
@@ -245,6 +246,7 @@ class ReportBuilder:
         report["gpu_topology"] = gpu.get("gpu_topology")  # None: not read this cycle
         report["containers"] = containers
         report.update(xid)
+        report["groups"] = self.groups
         if self.slurm is not None:
             try:
                 allocations = self.slurm.collect(gpus)

@@ -1,6 +1,7 @@
 """``agent_config.yaml``: where to report, with which token, how often."""
 
 import os
+import re
 
 import yaml
 
@@ -37,6 +38,9 @@ DEFAULTS = {
     "scontrol": "scontrol",
     "slurm_node": None,  # this node's Slurm NodeName; default the short host name
     "slurm_interval": 60,  # seconds between `scontrol show job -d` calls
+    # Host groups (cluster, rack, project) sent with every report; the hub's dashboard,
+    # scopes and filters use them (docs/api.md "Host groups").
+    "groups": [],
     # Identity overrides, for cloned machines sharing a machine-id or for demo agents.
     "hostname": None,
     "machine_id": None,
@@ -45,6 +49,34 @@ DEFAULTS = {
 
 class AgentConfigError(ValueError):
     """A missing or malformed agent configuration value."""
+
+
+# The hub's rule for a group name (server_monitor/storage/groups.py GROUP_PATTERN; a test keeps them equal).
+GROUP_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+MAX_GROUPS = 32
+
+
+def check_groups(value):
+    """``groups:`` of the agent config: a list (or one comma-separated string) of names matching
+    :data:`GROUP_PATTERN`, at most :data:`MAX_GROUPS`; returns the sorted list without duplicates.
+    Raises :class:`AgentConfigError` naming the bad entry."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[\s,]+", value) if part]
+    if not isinstance(value, list):
+        raise AgentConfigError("groups must be a list of group names, e.g. [cluster-a, rack-12]")
+    names = set()
+    for item in value:
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            item = str(item)  # YAML reads `- 12` as a number
+        if not isinstance(item, str) or not re.fullmatch(GROUP_PATTERN, item):
+            raise AgentConfigError(f"groups: {item!r} is not a group name (1-64 letters, digits, '.', '_' or '-', "
+                                   "starting with a letter or digit)")
+        names.add(item)
+    if len(names) > MAX_GROUPS:
+        raise AgentConfigError(f"groups: at most {MAX_GROUPS} groups")
+    return sorted(names)
 
 
 def load(path, overrides=None, require_hub=True):
@@ -107,6 +139,7 @@ def check(cfg, require_hub=True):
         raise AgentConfigError("slurm must be true or false")
     if cfg["slurm_node"] is not None and not isinstance(cfg["slurm_node"], str):
         raise AgentConfigError("slurm_node must be a Slurm node name")
+    cfg["groups"] = check_groups(cfg.get("groups"))
     if not isinstance(cfg.get("drm"), bool):
         raise AgentConfigError("drm must be true or false")
     cfg.setdefault("kmsg_path", DEFAULTS["kmsg_path"])

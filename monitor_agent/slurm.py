@@ -13,6 +13,11 @@ one detail line per node group, with the GPUs by Slurm GRES index::
          Nodes=node-06 CPU_IDs=10-11,15,21 Mem=81920 GRES_IDX=gpu(IDX:0,2-3,5)   (Slurm <= 19.05)
          Nodes=gpu[01-02] CPU_IDs=0-7 Mem=0 GRES=gpu:a100:2(IDX:0-1)            (Slurm >= 20.02)
 
+The node's partitions come from ``scontrol show node <NodeName>`` (``Partitions=gpu,debug`` on
+its own line), read once per ``partition_interval`` (default 600 s: partitions change when an
+admin edits slurm.conf) and sent as ``slurm_partitions``; the hub stores them as host groups of
+source ``slurm``. Names that are not group names (server_monitor/storage/groups.py) are skipped.
+
 Parsing is pure (:func:`parse_jobs`, :func:`node_allocations`, :func:`expand_hostlist`,
 :func:`expand_indexes`, :func:`gres_gpu_indexes`); :class:`SlurmCollector` does the I/O.
 
@@ -44,6 +49,30 @@ _GRES_ENTRY = re.compile(r"([A-Za-z0-9_]+)((?::(?:\(null\)|[^,():]*))*)\((IDX|CN
 _MIG_TYPE = re.compile(r"\d+g\.\d+gb", re.IGNORECASE)
 _USER = re.compile(r"^(.*)\((\d+)\)$")
 MAX_HOSTLIST = 100000  # names one hostlist expression may expand to
+# A partition name the hub accepts as a group name (monitor_agent/config.py GROUP_PATTERN).
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_PARTITIONS = 32
+
+
+def node_partitions(text, node=None):
+    """Partitions of one node from ``scontrol show node <name>`` output (multi-line or ``-o``).
+
+    Returns a sorted list of names (``Partitions=gpu,debug`` → ``["debug", "gpu"]``), ``[]`` when
+    the node is in no partition (no ``Partitions=`` field), or ``None`` when ``text`` has no
+    ``NodeName=`` record for ``node`` (any node when ``node`` is None). Names outside the group
+    name rule are dropped; at most :data:`MAX_PARTITIONS`.
+    """
+    records = re.split(r"(?m)^(?=NodeName=)", text or "")
+    for record in records:
+        match = re.match(r"NodeName=(\S+)", record)
+        if not match or (node is not None and match.group(1) != node):
+            continue
+        field = re.search(r"(?:^|\s)Partitions=(\S*)", record)
+        if not field:
+            return []
+        names = {p for p in field.group(1).split(",") if _GROUP_NAME.fullmatch(p)}
+        return sorted(names)[:MAX_PARTITIONS]
+    return None
 
 
 def expand_indexes(text):
@@ -248,8 +277,11 @@ class SlurmCollector:
     """
 
     def __init__(self, scontrol="scontrol", node=None, interval=60.0, timeout=10.0, runner=None,
-                 which=shutil.which):
+                 which=shutil.which, partition_interval=600.0):
         self.scontrol = scontrol
+        self.partition_interval = partition_interval
+        self._partitions_at = None
+        self.partitions = None  # the node's partitions as last read; None = not known
         self.node = node or socket.gethostname().split(".")[0]
         self.interval = interval
         self.timeout = timeout
@@ -258,12 +290,13 @@ class SlurmCollector:
         self._at = None
         self._result = None
 
-    def _read(self):
+    def _read(self, now=None):
         path = self._which(self.scontrol) if self.scontrol else None
         if not path:
             return None
         result = self.runner.run([path, "show", "job", "-d"], self.timeout)
         if result.state == "ok" and result.returncode == 0:
+            self._read_partitions(path, now)
             jobs = parse_jobs(result.stdout.decode("utf-8", "replace"))
             return {"slurm_state": "ok", "slurm_jobs": node_allocations(jobs, self.node)}
         if result.state == "not_found":
@@ -273,18 +306,33 @@ class SlurmCollector:
         previous = self._result["slurm_jobs"] if self._result else []
         return {"slurm_state": state, "slurm_jobs": previous}
 
+    def _read_partitions(self, path, now=None):
+        """Re-read the node's partitions when ``partition_interval`` has passed (failures keep the last)."""
+        now = time.monotonic() if now is None else now
+        if self._partitions_at is not None and now - self._partitions_at < self.partition_interval:
+            return
+        self._partitions_at = now
+        result = self.runner.run([path, "show", "node", self.node], self.timeout)
+        if result.state == "ok" and result.returncode == 0:
+            found = node_partitions(result.stdout.decode("utf-8", "replace"), self.node)
+            if found is not None:
+                self.partitions = found
+
     def collect(self, gpus, now=None):
         """This node's allocations, re-read when ``interval`` has passed, mapped to ``gpus``
         (the report's GPU list). Never raises for scontrol's output or failures."""
         now = time.monotonic() if now is None else now
         if self._at is None or now - self._at >= self.interval:
             self._at = now
-            self._result = self._read()
+            self._result = self._read(now)
         if self._result is None:
             return None
         jobs = [dict(j) for j in self._result["slurm_jobs"]]
-        return {"slurm_state": self._result["slurm_state"], "slurm_jobs": map_to_gpus(jobs, gpus)}
+        out = {"slurm_state": self._result["slurm_state"], "slurm_jobs": map_to_gpus(jobs, gpus)}
+        if self.partitions is not None:
+            out["slurm_partitions"] = list(self.partitions)
+        return out
 
 
-__all__ = ["parse_jobs", "node_allocations", "expand_hostlist", "expand_indexes", "gres_gpu_indexes",
+__all__ = ["node_partitions", "parse_jobs", "node_allocations", "expand_hostlist", "expand_indexes", "gres_gpu_indexes",
            "map_to_gpus", "job_display_id", "SlurmCollector"]

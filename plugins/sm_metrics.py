@@ -12,17 +12,22 @@ servers, so one or many Prometheus / vmagent split the fleet with ``hashmod`` re
 Allowed with ``Authorization: Bearer <prometheus.token>`` (config.yaml; compared in constant time)
 or an admin session. Anything else: 401/403 JSON. A bad ``shard``/``of``: 400.
 
-The exposition is built on a thread (never on the event loop that answers the agents' reports),
-gzip-compressed when the scraper accepts it, and, when it took at least :data:`REUSE_MIN_COST_S`
+The exposition is built in a process of its own (``serving/metrics.py build_gzip``, one per hub
+worker, started on the first scrape, niced): formatting 280,000 samples is seconds of Python that
+would otherwise hold the worker's GIL while its ingest thread stores the agents' reports. It is
+gzip-compressed (decompressed here for a scraper that does not accept gzip), and, when it took at least :data:`REUSE_MIN_COST_S`
 to build (a large fleet), kept for :data:`REUSE_S` seconds per scope: scrapes that pile up (a
 Prometheus that timed out and retried, several Prometheus on one shard) share one build instead of
 each paying for it. A small fleet's exposition is always fresh.
 """
 
 import asyncio
+import concurrent.futures
 import gzip
 import hmac
 import json
+import multiprocessing
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -30,7 +35,7 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 
 from server_monitor.serving import hub
-from server_monitor.serving.metrics import CONTENT_TYPE, exposition, scoped_queries
+from server_monitor.serving.metrics import CONTENT_TYPE, build_gzip, builder_init
 
 METRICS_REFUSED = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
 # A built exposition is served again for this long (s): shorter than any sane scrape interval.
@@ -38,8 +43,6 @@ REUSE_S = 5.0
 # ... when its build cost at least this much (s).
 REUSE_MIN_COST_S = 0.05
 MAX_SHARDS = 1024
-# zlib level 1: 56 MB of text at 1,000 servers x 8 GPUs -> 3.2 MB in 0.4 s (level 5: 2.1 MB in 1.0 s).
-GZIP_LEVEL = 1
 
 
 
@@ -49,6 +52,20 @@ class _Cache:
 
     def __init__(self):
         self.built, self.locks = {}, {}
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _builder():
+    """This process's exposition builder (one process, spawned on first use, see the module docstring)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=builder_init)
+        return _pool
 
 
 def _cache(datasette):
@@ -88,24 +105,25 @@ def _int_arg(request, name, low, high):
     return int(raw)
 
 
-async def _body(datasette, key, queries, hostname_label):
-    """(text, gzip) bytes of the exposition for one scope, reused for :data:`REUSE_S` seconds."""
+async def _body(datasette, key, scope, hostname_label):
+    """(text, gzip) bytes of the exposition for one scope (``scope``: keyword arguments of
+    ``build_gzip``), reused for :data:`REUSE_S` seconds when it was costly to build."""
+    global _pool
     cache = _cache(datasette)
     async with cache.locks.setdefault(key, asyncio.Lock()):
         cached = cache.built.get(key)
         if cached is not None and time.monotonic() < cached[0]:
             return cached[1], cached[2]
         started = time.monotonic()
-        db = datasette.get_database("monitor")
-        rows = []
-        for sql, params in queries:
-            rows.append([dict(r) for r in (await db.execute(sql, params)).rows])
-
-        def build():
-            text = exposition(*rows, hostname_label=hostname_label)
-            return text, gzip.compress(text, GZIP_LEVEL, mtime=0)
-
-        text, packed = await asyncio.get_running_loop().run_in_executor(None, build)
+        db_path = datasette.get_database("monitor").path
+        loop = asyncio.get_running_loop()
+        try:
+            packed, _ = await loop.run_in_executor(_builder(), build_gzip, db_path, *scope, hostname_label)
+        except concurrent.futures.process.BrokenProcessPool:  # the builder died (OOM, killed): a new one
+            with _pool_lock:
+                _pool = None
+            packed, _ = await loop.run_in_executor(_builder(), build_gzip, db_path, *scope, hostname_label)
+        text = await loop.run_in_executor(None, gzip.decompress, packed)
         cost = time.monotonic() - started
         if cost >= REUSE_MIN_COST_S:
             cache.built[key] = (time.monotonic() + REUSE_S, text, packed)
@@ -114,8 +132,8 @@ async def _body(datasette, key, queries, hostname_label):
         return text, packed
 
 
-async def _serve(request, datasette, key, queries, hostname_label=True):
-    text, packed = await _body(datasette, key, queries, hostname_label)
+async def _serve(request, datasette, key, scope, hostname_label=True):
+    text, packed = await _body(datasette, key, scope, hostname_label)
     headers = {"cache-control": "no-store", "vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers["content-encoding"] = "gzip"
@@ -134,7 +152,7 @@ async def metrics(request, datasette):
         return _bad(str(exc))
     if (of is None) != (shard is None) or (of is not None and shard >= of):
         return _bad("give both shard and of, with 0 <= shard < of")
-    return await _serve(request, datasette, ("shard", shard, of), scoped_queries(shard, of))
+    return await _serve(request, datasette, ("shard", shard, of), (shard, of, None))
 
 
 async def server_metrics(request, datasette):
@@ -142,8 +160,7 @@ async def server_metrics(request, datasette):
     if refused:
         return refused
     server_id = int(request.url_vars["server_id"])
-    return await _serve(request, datasette, ("server", server_id), scoped_queries(server_id=server_id),
-                        hostname_label=False)
+    return await _serve(request, datasette, ("server", server_id), (None, None, server_id), hostname_label=False)
 
 
 def _target(request, ctx):
@@ -167,10 +184,14 @@ async def targets(request, datasette):
     address, scheme = _target(request, ctx)
     common = {"__scheme__": scheme}
     if request.args.get("per") == "server":
+        # __meta_server_monitor_groups: the server's host groups as ",a,b," (the convention of
+        # Consul's __meta_consul_tags), for keep/drop relabeling by group; dropped after relabeling.
         rows = (await datasette.get_database("monitor").execute(
-            "SELECT id, hostname FROM servers ORDER BY id")).rows
+            "SELECT s.id, s.hostname, (SELECT ',' || group_concat(DISTINCT sg.grp) || ','"
+            " FROM server_groups sg WHERE sg.server_id = s.id) AS groups FROM servers s ORDER BY s.id")).rows
         groups = [{"targets": [address], "labels": {**common, "__metrics_path__": f"/metrics/servers/{r['id']}",
-                                                    "Hostname": r["hostname"], "server_id": str(r["id"])}}
+                                                    "Hostname": r["hostname"], "server_id": str(r["id"]),
+                                                    "__meta_server_monitor_groups": r["groups"] or ""}}
                   for r in rows]
     elif request.args.get("per") not in (None, "shard"):
         return _bad("per must be shard or server")

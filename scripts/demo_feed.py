@@ -19,7 +19,9 @@ like any agent's. Nothing here touches the agent's collectors or the database di
 The simulated lab: users alice, bob, carol, ... running training, inference and notebooks
 in LXC/Incus containers, Docker containers and Slurm jobs (named the way the agent names
 them: ``job 4812``, a Docker container name, an LXC instance name, ``user-1003`` for a
-plain login session), a few "held idle" GPUs (VRAM held, 0 % for hours), a MIG host, a
+plain login session; the Slurm hosts report their jobs' GPU allocations as the agent reads
+them from ``scontrol``, and the first one has a GPU allocated to a job whose process has not
+started yet), a few "held idle" GPUs (VRAM held, 0 % for hours), a MIG host, a
 host whose GPU was lost 5 hours ago, one with an NVIDIA driver/library mismatch since
 3 hours ago, one that went offline 40 minutes ago, a hot GPU and a nearly full disk.
 The simulation is deterministic for a given ``--seed`` and report ids are derived from
@@ -74,6 +76,7 @@ GPU_MODELS = {
     "rtx2080": ("linux-x86_64__nvidia-geforce-rtx-2080", 4),
 }
 TICK = 900  # the scheduler decides every 15 minutes
+JOB_NAMES = {"train": "train", "serve": "vllm-serve", "eval": "eval-mmlu", "idle": "jupyter"}  # Slurm JobName
 
 
 def _num(row, field):
@@ -127,7 +130,7 @@ def fleet_plan(count):
 class Host:
     """One simulated host: identity, GPU model, the job schedule and its special state."""
 
-    def __init__(self, name, kind, style, special, seed, start, models):
+    def __init__(self, name, kind, style, special, seed, start, models, pending_alloc=False):
         capture, gpus = GPU_MODELS[kind]
         self.name, self.kind, self.style, self.special = name, kind, style, special
         self.model = models.setdefault(capture, load_model(capture))
@@ -143,6 +146,8 @@ class Host:
         self.disk_total = self.rng.choice([2, 4, 8]) * 1024**4
         self.disk_base = self.rng.uniform(0.2, 0.7)
         self.jobs = self._schedule(start)
+        if pending_alloc:
+            self._add_pending_allocation(start + 86400)
         self.interval = 30 if special == "offline" else None  # None: the feeder's interval
 
     def _owner(self, user, job_id):
@@ -177,13 +182,43 @@ class Host:
                 container, kind = self._owner(user, job_id)
                 if self.style == "docker" and rng.random() < 0.4:
                     user = "root"  # a container whose process runs as root
-                job = {"user": user, "uid": UIDS.get(user, 0), "container": container, "kind": kind,
+                job = {"job_id": job_id, "user": user, "uid": UIDS.get(user, 0), "container": container, "kind": kind,
                        "process": name, "profile": profile, "vram": vram * rng.uniform(0.6, 1.0),
                        "pid": rng.randint(2000, 4000000), "phase": rng.uniform(0, 6.28)}
                 jobs.append((t, t1, gpus, job))
                 for i in gpus:
                     busy_until[i] = t1
             t += TICK
+        return jobs
+
+    def _add_pending_allocation(self, now):
+        """A Slurm job allocated one GPU 20 minutes before ``now`` whose CUDA process starts only
+        40 minutes after ``now`` (staging its data): the GPU is allocated with no process, never
+        free (``slurm_jobs``, as monitor_agent/slurm.py reports it). The GPU is one with no other
+        job from then for 3 h (else the last GPU, taken from the jobs there)."""
+        t0, t1 = now - 1200, now + 3 * 3600
+        overlapping = lambda i: [j for j in self.jobs if i in j[2] and j[0] < t1 and j[1] > t0]  # noqa: E731
+        gpu = next((i for i in reversed(range(self.gpu_count)) if not overlapping(i)), self.gpu_count - 1)
+        for job in overlapping(gpu):
+            job[2].remove(gpu)
+        self.jobs = [j for j in self.jobs if j[2]]
+        job_id = max((j[3]["job_id"] for j in self.jobs), default=4000) + 7
+        self.jobs.append((t0, t1, [gpu], {
+            "job_id": job_id, "user": "judy", "uid": UIDS["judy"], "container": f"job {job_id}", "kind": "slurm",
+            "process": WORKLOADS[0][0], "profile": "train", "vram": 0.85, "pid": 3100000, "phase": 1.0,
+            "process_from": now + 2400}))
+
+    def allocations(self, t):
+        """The ``slurm_jobs`` of a Slurm-style host at ``t`` (None elsewhere: no Slurm there)."""
+        if self.style != "slurm":
+            return None
+        jobs = []
+        for t0, t1, gpus, job in self.jobs:
+            if t0 <= t < t1:
+                jobs.append({"job_id": str(job["job_id"]), "user": job["user"], "uid": job["uid"], "partition": "gpu",
+                             "name": JOB_NAMES[job["profile"]], "state": "RUNNING",
+                             "start_time": float(t0), "gpu_indexes": list(gpus),
+                             "gpu_uuids": [self.uuids[i] for i in gpus]})
         return jobs
 
     def alive(self, t, now):
@@ -194,7 +229,7 @@ class Host:
         """``{gpu index: job}`` for the jobs running at ``t``."""
         out = {}
         for t0, t1, gpus, job in self.jobs:
-            if t0 <= t < t1:
+            if t0 <= t < t1 and t >= job.get("process_from", t0):
                 for i in gpus:
                     out[i] = job
         return out
@@ -258,6 +293,7 @@ class Host:
             "gpus": gpus,
             "processes": processes,
             "containers": containers,
+            "slurm_jobs": self.allocations(t) if status["state"] == "ok" or status["state"] == "gpu_lost" else None,
             "probes": None,
             "agent": {"spool_depth": 0, "spool_bytes": 0, "spool_dropped": 0, "rejected": 0},
         }
@@ -321,8 +357,10 @@ def build_fleet(count=25, seed="demo", start=None):
     """``count`` :class:`Host` objects whose schedules begin at ``start`` (default: now)."""
     start = int(start or time.time())
     models = {}
-    return [Host(name, kind, style, special, seed, start - 86400, models)
-            for name, kind, style, special in fleet_plan(count)]
+    plan = fleet_plan(count)
+    first_slurm = next((name for name, _, style, _ in plan if style == "slurm"), None)
+    return [Host(name, kind, style, special, seed, start - 86400, models, pending_alloc=name == first_slurm)
+            for name, kind, style, special in plan]
 
 
 class Poster:

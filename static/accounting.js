@@ -55,13 +55,16 @@ function parseIsoDay(text) {
 
 async function load() {
   const by = document.getElementById("by").value;
+  const group = document.getElementById("group").value.trim();
   const params = { since: String(range.since), until: String(range.until), by };
+  if (group) params.group = group;  // only that host group's servers (docs/api.md "Host groups")
   document.getElementById("owner-head").textContent = { user: "User", container: "Container / job", server: "Server" }[by];
   document.getElementById("csv").href = "/monitor/gpu_hours.csv?" + new URLSearchParams(Object.assign({ _size: "max" }, params)).toString();
   const errorBox = document.getElementById("load-error");
   const lastDay = isoDay(Math.max(range.since, range.until - 1));
   document.getElementById("range-text").textContent = "From " + isoDay(range.since) +
-    (lastDay === isoDay(range.since) ? "" : " to " + lastDay + " (inclusive)") + ", grouped by " + by + ".";
+    (lastDay === isoDay(range.since) ? "" : " to " + lastDay + " (inclusive)") + ", grouped by " + by +
+    (group ? ", servers of group " + group : "") + ".";
   try {
     const [rows] = await Promise.all([fetchQuery("gpu_hours", params), loadDaily(params)]);
     errorBox.hidden = true;
@@ -89,6 +92,9 @@ function choose(kind) {
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".range").forEach((b) => b.addEventListener("click", () => choose(b.dataset.range)));
   document.getElementById("by").addEventListener("change", load);
+  document.getElementById("group").addEventListener("change", load);
+  const wanted = new URLSearchParams(location.search).get("group");
+  if (wanted) document.getElementById("group").value = wanted;
   document.getElementById("custom").addEventListener("click", () => {
     const errorBox = document.getElementById("load-error");
     const since = parseIsoDay(document.getElementById("since").value);

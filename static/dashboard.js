@@ -39,7 +39,16 @@ let lastUpdate = null;
 let announcements = [];
 let highlight = null;      // {kind: "user" | "container", value}
 let gridKey = null;        // structure of the rendered grid (server and GPU ids)
-let rowEls = new Map();    // server id -> {row, name, sub, cells: [el]}
+let rowEls = new Map();    // section + "|" + server id -> {sid, row, name, sub, cells: [el]} (rows built so far)
+let sections = [];         // host-group sections of the grid: {name, servers, el, body, head, built}
+const sectionOpen = new Map();  // group name -> open? (what this viewer chose; kept across refreshes)
+let hay = new Map();       // server id -> lower-case text the filter searches (name, models, state, groups, users, containers)
+let filterText = "";       // the filter as last applied (lower case)
+let filterFrame = 0;       // requestAnimationFrame id of a pending filter pass
+// Above this many rows the group sections start closed: the overview (one summary line and
+// heat-strip per group) fits a screen; a section's rows are built when it is opened.
+const OVERVIEW_MIN_SERVERS = 1000;
+const UNGROUPED = "";      // the section of servers in no group
 let showAllProblems = false;
 let openServer = null;     // server id shown in the detail panel
 
@@ -92,7 +101,7 @@ function cellText(server, g) {
     case "offline": return ["○off", who];
     case "stale": return ["◐" + (util === null ? "" : util), who];
     case "maint": return ["■mnt", who];
-    case "alloc": return ["⧗alloc", str((g[F_SLURM] || [])[1]) || who];
+    case "alloc": return ["◷alloc", str((g[F_SLURM] || [])[1]) || who];
     default: return [state, who];
   }
 }
@@ -256,26 +265,254 @@ function sortedServers() {
   return list;  // "name": the hub's order (name, case-insensitive)
 }
 
+// ---- host groups: sections with a summary line and heat-strip (the overview) ----------
+const STRIP_STATES = [["busy", "busy"], ["idle", "held idle"], ["alloc", "allocated"], ["mig", "MIG"], ["free", "free"],
+  ["broken", "broken"], ["off", "offline"], ["maint", "maintenance"]];
+function groupStats(servers) {
+  // GPU counts by state, mean utilization of the GPUs reporting now, problems of these servers.
+  const c = { busy: 0, idle: 0, alloc: 0, mig: 0, free: 0, broken: 0, off: 0, maint: 0 };
+  let utilSum = 0, utilN = 0, gpus = 0;
+  const ids = new Set();
+  for (const s of servers) {
+    ids.add(s.id);
+    for (const g of s.gpus) {
+      gpus++;
+      const st = g[2];
+      if (st === "lost" || st === "error") c.broken++;
+      else if (st === "offline" || st === "stale") c.off++;
+      else if (st in c) c[st]++;
+      if (g[3] !== null && st !== "offline" && st !== "stale" && st !== "lost") { utilSum += g[3]; utilN++; }
+    }
+  }
+  const problems = doc.problems.filter((p) => ids.has(p.server_id) && !p.acked_by && !p.silenced_until).length;
+  return { c, gpus, servers: servers.length, util: utilN ? utilSum / utilN : null, problems };
+}
+
+function groupLine(st) {
+  const parts = [st.servers + " server" + (st.servers === 1 ? "" : "s") + " · " + st.gpus + " GPUs:",
+    st.c.free + " free", (st.c.busy + st.c.mig) + " busy", st.c.idle + " held idle"];
+  if (st.c.alloc) parts.push(st.c.alloc + " allocated");
+  parts.push(st.c.broken + " broken");
+  if (st.c.off) parts.push(st.c.off + " offline");
+  parts.push("util " + (st.util === null ? "–" : Math.round(st.util) + "%"));
+  if (st.problems) parts.push(st.problems + " problem" + (st.problems === 1 ? "" : "s"));
+  return parts.join(" · ").replace(": · ", ": ");
+}
+
+function updateSectionHead(sec) {
+  const st = groupStats(sec.servers);
+  sec.line.textContent = groupLine(st);
+  sec.head.classList.toggle("g-problems", st.problems > 0 || st.c.broken > 0);
+  // Heat-strip: one segment per GPU state, as wide as its share of the group's GPUs.
+  const total = Math.max(1, st.gpus);
+  sec.strip.replaceChildren(...STRIP_STATES.filter(([k]) => st.c[k]).map(([k, word]) =>
+    h("span", { class: "gs gs-" + k, style: { width: (100 * st.c[k] / total).toFixed(2) + "%" }, title: st.c[k] + " " + word })));
+  sec.strip.setAttribute("aria-label", STRIP_STATES.filter(([k]) => st.c[k]).map(([k, word]) => st.c[k] + " " + word).join(", "));
+}
+
+function buildSectionRows(sec) {
+  if (sec.built) return;
+  sec.built = true;
+  sec.rows = sec.servers.map((s) => {
+    const r = buildRow(s);
+    r.sid = s.id;
+    rowEls.set(sec.name + "|" + s.id, r);
+    return r;
+  });
+  sec.body.replaceChildren(...sec.rows.map((r) => r.row));
+  applyFilter(true);
+  applyHighlight();
+}
+
+// Group names that share a prefix before "-", "_" or "." (cluster-a, cluster-b; rack-01, rack-02)
+// form one dimension; the sections show one dimension at a time ("Group by"), so a server that is
+// in one cluster and one rack has one row, and 250 racks never crowd out 5 clusters.
+function dimensionOf(name, shared) {
+  const m = /^([A-Za-z][A-Za-z0-9]*?)[-_.]/.exec(name) || /^([A-Za-z]+)\d+$/.exec(name);
+  return m && shared.has(m[1]) ? m[1] : "other";
+}
+
+function dimensions(list) {
+  // Map dimension -> sorted group names; "other" holds names whose prefix no other group shares.
+  const names = new Set();
+  for (const s of list) for (const g of s.groups || []) names.add(g);
+  const count = new Map();
+  for (const n of names) {
+    const m = /^([A-Za-z][A-Za-z0-9]*?)[-_.]/.exec(n) || /^([A-Za-z]+)\d+$/.exec(n);
+    if (m) count.set(m[1], (count.get(m[1]) || 0) + 1);
+  }
+  const shared = new Set([...count].filter(([, n]) => n > 1).map(([k]) => k));
+  const dims = new Map();
+  for (const n of [...names].sort()) {
+    const d = dimensionOf(n, shared);
+    if (!dims.has(d)) dims.set(d, []);
+    dims.get(d).push(n);
+  }
+  return dims;
+}
+
+function groupedLayout(list, groups) {
+  // [[group name, servers in the hub's/sort order]] for the groups of one dimension (``groups``,
+  // a Set; null = every group), by name; servers in none of them last, under UNGROUPED.
+  const by = new Map();
+  for (const s of list) {
+    const mine = (s.groups || []).filter((g) => groups === null || groups.has(g));
+    for (const g of (mine.length ? mine : [UNGROUPED])) {
+      if (!by.has(g)) by.set(g, []);
+      by.get(g).push(s);
+    }
+  }
+  return [...by.entries()].sort((a, b) => (a[0] === UNGROUPED) - (b[0] === UNGROUPED) || a[0].localeCompare(b[0]));
+}
+
+function chosenGroup() { return document.getElementById("group-filter").value; }
+
+function renderGroupChoice(dims) {
+  // The "Group by" and "Group" selects; hidden while no server is in a group.
+  const by = document.getElementById("group-by"), select = document.getElementById("group-filter");
+  const params = new URLSearchParams(location.search);
+  const names = [...dims.values()].flat().sort();
+  const key = [...dims.keys()].join(",") + "\n" + names.join("\n");
+  const wantBy = by.dataset.key ? by.value : params.get("by") || "";
+  const wantGroup = select.dataset.key ? select.value : params.get("group") || "";
+  if (by.dataset.key !== key) {
+    const order = [...dims.keys()].filter((d) => d !== "other")
+      .sort((a, b) => dims.get(a).length - dims.get(b).length || a.localeCompare(b));
+    by.replaceChildren(...order.map((d) => h("option", { value: d }, "Group by " + d)),
+      h("option", { value: "*" }, order.length ? "Every group" : "Group by group"),
+      h("option", { value: "-" }, "No groups (one grid)"));
+    select.replaceChildren(h("option", { value: "" }, "All groups"), ...names.map((n) => h("option", { value: n }, n)));
+    by.dataset.key = select.dataset.key = key;
+  }
+  by.value = [...by.options].some((o) => o.value === wantBy) ? wantBy : (by.options[0] ? by.options[0].value : "");
+  select.value = [...select.options].some((o) => o.value === wantGroup) ? wantGroup : "";
+  const none = names.length === 0;
+  by.hidden = select.hidden = none;
+  document.getElementById("groups-toggle").hidden = none || by.value === "-";
+}
+
 function renderGrid() {
   const grid = document.getElementById("grid");
   const list = sortedServers();
-  const key = document.getElementById("sort").value + ":" + list.map((s) => s.id + "." + s.gpus.map((g) => g[0]).join(",")).join(";");
+  const dims = dimensions(list);
+  renderGroupChoice(dims);
+  const byValue = document.getElementById("group-by").value;
+  const grouped = dims.size > 0 && byValue !== "-";
+  const layout = grouped ? groupedLayout(list, byValue === "*" ? null : new Set(dims.get(byValue) || [])) : [[UNGROUPED, list]];
+  const key = document.getElementById("sort").value + ":" + (grouped ? "g" + byValue : "f") + ":" +
+    layout.map(([n, ss]) => n + "=" + ss.map((s) => s.id + "." + s.gpus.map((g) => g[0]).join(",")).join(";")).join("/");
+  // A server in several groups has a row in each of their sections: count rows, not servers.
+  const overview = layout.reduce((n, [, ss]) => n + ss.length, 0) > OVERVIEW_MIN_SERVERS;
   if (key !== gridKey) {
     rowEls = new Map();
-    const rows = list.map((s) => { const r = buildRow(s); rowEls.set(s.id, r); return r.row; });
-    grid.replaceChildren(...(rows.length ? rows : [h("p", { class: "muted empty" }, "No server has reported yet. Start an agent (see README).")]));
+    sections = [];
+    if (!grouped) {  // no groups: the grid as it always was, one row per server
+      const sec = { name: UNGROUPED, servers: list, body: grid, built: false, flat: true, rows: [] };
+      sections.push(sec);
+      if (list.length) buildSectionRows(sec);
+      else grid.replaceChildren(h("p", { class: "muted empty" }, "No server has reported yet. Start an agent (see README)."));
+    } else {
+      grid.replaceChildren(...layout.map(([name, servers]) => {
+        const open = sectionOpen.has(name) ? sectionOpen.get(name) : !overview;
+        const strip = h("span", { class: "gstrip", role: "img" });
+        const line = h("span", { class: "gline" });
+        const head = h("summary", { class: "ghead" }, h("span", { class: "gname" }, name === UNGROUPED ? (byValue === "*" ? "(no group)" : "(no " + byValue + ")") : name),
+          strip, line, h("span", { class: "gmatch" }));
+        const body = h("div", { class: "gbody" });
+        const el = h("details", { class: "gsec", dataset: { group: name } }, head, body);
+        const sec = { name, servers, el, head, body, strip, line, match: head.lastChild, built: false, rows: [] };
+        el.open = open;
+        el.addEventListener("toggle", () => {
+          sectionOpen.set(name, el.open);
+          if (el.open) buildSectionRows(sec);
+        });
+        sections.push(sec);
+        updateSectionHead(sec);
+        return el;
+      }));
+      for (const sec of sections) if (sec.el.open) buildSectionRows(sec);
+    }
     gridKey = key;
   } else {
-    for (const s of list) {
-      const r = rowEls.get(s.id);
+    const byId = new Map(list.map((s) => [s.id, s]));
+    for (const [k, r] of rowEls) {
+      const s = byId.get(r.sid);
       updateRowHead(r, s);
       s.gpus.forEach((g, i) => updateCell(r.cells[i], s, g));
     }
+    for (const sec of sections) {
+      sec.servers = sec.servers.map((s) => byId.get(s.id));
+      if (!sec.flat) updateSectionHead(sec);
+    }
   }
-  applyFilterAndHighlight();
+  indexFilter();
+  applyFilter(true);
+  applyHighlight();
 }
 
 // ---- filter and highlight ----------------------------------------------------------
+// The filter never re-renders: each server's searchable text is lower-cased once per fleet
+// document (indexFilter), and a keystroke only toggles `hidden` on the rows and sections that
+// change, in the next animation frame (several keys in one frame are one pass).
+let inGroup = new Map();    // server id -> Set of its groups (the "Group" select)
+function indexFilter() {
+  hay = new Map();
+  inGroup = new Map(doc.servers.map((s) => [s.id, new Set(s.groups || [])]));
+  for (const s of doc.servers) {
+    const parts = [s.name, s.models || "", s.state, (s.groups || []).join(" ")];
+    for (const g of s.gpus) for (const p of g[10]) { if (p[1]) parts.push(p[1]); if (p[2]) parts.push(p[2]); }
+    hay.set(s.id, parts.join(" ").toLowerCase());
+  }
+}
+
+function applyFilter(force = false) {
+  if (!doc) return;
+  const text = document.getElementById("filter").value.trim().toLowerCase();
+  const only = chosenGroup();
+  const key = text + "\u0001" + only;
+  if (!force && key === filterText) return;
+  filterText = key;
+  const shown = (sid) => (text === "" || hay.get(sid).includes(text)) && (only === "" || inGroup.get(sid).has(only));
+  // Rows to hide go at once; rows to show again go SHOW_CHUNK at a time in page order, the rest in
+  // the next frames: clearing a narrow filter at 1,000 servers re-lays out every row, and the
+  // first screenful (the filter sits above it) is painted without waiting for the rest.
+  // A section with no match is hidden whole; its rows are left as they are until it shows again.
+  const reveal = [];
+  for (const sec of sections) {
+    if (!sec.flat) {
+      let n = sec.servers.length;
+      if (text || only) { n = 0; for (const s of sec.servers) if (shown(s.id)) n++; }
+      const hide = (text !== "" || only !== "") && n === 0;
+      sec.match.textContent = text || only ? n + " match" + (n === 1 ? "" : "es") : "";
+      if (hide) { if (!sec.el.hidden) sec.el.hidden = true; continue; }
+      if (sec.el.hidden) {  // shown again: its rows are set while it is still hidden, then it is revealed whole
+        for (const r of sec.rows) { const h = !shown(r.sid); if (r.row.hidden !== h) r.row.hidden = h; }
+        reveal.push({ el: sec.el, weight: sec.el.open ? n : 1 });
+        continue;
+      }
+    }
+    for (const r of sec.rows) {
+      if (!shown(r.sid)) { if (!r.row.hidden) r.row.hidden = true; }
+      else if (r.row.hidden) reveal.push({ el: r.row, weight: 1 });
+    }
+  }
+  revealRows(reveal, ++revealGeneration);
+}
+
+const SHOW_CHUNK = 120;     // rows un-hidden per animation frame
+let revealGeneration = 0;  // a newer filter pass cancels the rows an older one still had to show
+function revealRows(items, generation, from = 0) {
+  // items: [{el: a row or a section, weight: rows it brings back}], in page order.
+  if (generation !== revealGeneration) return;
+  let i = from, budget = SHOW_CHUNK;
+  while (i < items.length && (budget > 0 || i === from)) { items[i].el.hidden = false; budget -= items[i].weight; i++; }
+  if (i < items.length) requestAnimationFrame(() => revealRows(items, generation, i));
+}
+
+function scheduleFilter() {
+  if (filterFrame) return;
+  filterFrame = requestAnimationFrame(() => { filterFrame = 0; applyFilter(); });
+}
 function gpuMatches(g, kind, value) {
   // As in the who panel: hosts that do not report now (and lost GPUs) hold nothing now.
   if (g[2] === "offline" || g[2] === "stale" || g[2] === "lost") return false;
@@ -283,25 +520,19 @@ function gpuMatches(g, kind, value) {
 }
 
 function applyFilterAndHighlight() {
+  applyFilter(true);
+  applyHighlight();
+}
+
+function applyHighlight() {
   if (!doc) return;
-  const text = document.getElementById("filter").value.trim().toLowerCase();
   const grid = document.getElementById("grid");
   let lit = 0;
-  for (const s of doc.servers) {
-    const r = rowEls.get(s.id);
-    if (!r) continue;
-    let show = true;
-    if (text) {
-      const hay = [s.name, s.models || "", s.state].join(" ").toLowerCase();
-      show = hay.includes(text) || s.gpus.some((g) => g[10].some((p) =>
-        (str(p[1]) || "").toLowerCase().includes(text) || (str(p[2]) || "").toLowerCase().includes(text)));
-    }
-    r.row.hidden = !show;
-    s.gpus.forEach((g, i) => {
-      const on = highlight !== null && gpuMatches(g, highlight.kind, highlight.value);
-      r.cells[i].classList.toggle("hl", on);
-      if (on) lit++;
-    });
+  for (const s of doc.servers) s.gpus.forEach((g) => { if (highlight !== null && gpuMatches(g, highlight.kind, highlight.value)) lit++; });
+  const byId = new Map(doc.servers.map((s) => [s.id, s]));
+  for (const r of rowEls.values()) {
+    const s = byId.get(r.sid);
+    s.gpus.forEach((g, i) => r.cells[i].classList.toggle("hl", highlight !== null && gpuMatches(g, highlight.kind, highlight.value)));
   }
   grid.classList.toggle("highlighting", highlight !== null);
   const pill = document.getElementById("highlight");
@@ -809,9 +1040,11 @@ function renderSummary() {
     h("span", { class: "sum sum-online" }, n(sc, "online") + " online"),
     n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
     n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
-    h("span", { class: "sum sum-gpus" }, free + " free · " + busy + " busy" + (idle ? " · " + idle + " held idle" : "") +
-      (alloc ? " · " + alloc + " allocated (Slurm)" : "") +
-      (broken ? " · " + broken + " broken" : "")));
+    // One chip; on a phone it wraps between its parts ("9 broken" was cut off at 390 px).
+    h("span", { class: "sum sum-gpus" }, ...[free + " free", busy + " busy", idle ? idle + " held idle" : null,
+      alloc ? alloc + " allocated (Slurm)" : null, broken ? broken + " broken" : null]
+      .filter((part) => part !== null)
+      .flatMap((part, i) => (i ? [" · ", h("span", { class: "sum-part" }, part)] : [h("span", { class: "sum-part" }, part)]))));
 }
 
 function renderAnnouncements() {
@@ -858,7 +1091,7 @@ async function refresh() {
     if (JSON.stringify(notes) !== JSON.stringify(announcements)) { announcements = notes; renderAnnouncements(); }
     if (changed) render();
     renderIdle();
-    if (!changed) { renderSummary(); for (const s of doc.servers) { const r = rowEls.get(s.id); if (r) updateRowHead(r, s); } renderProblems(); }
+    if (!changed) { renderSummary(); const byId = new Map(doc.servers.map((s) => [s.id, s])); for (const r of rowEls.values()) updateRowHead(r, byId.get(r.sid)); renderProblems(); }
   } catch (e) {
     errorBox.textContent = "Could not refresh: " + e.message + " (showing the last data)";
     errorBox.hidden = false;
@@ -875,7 +1108,21 @@ function tick() {
 
 document.addEventListener("DOMContentLoaded", () => {
   const grid = document.getElementById("grid");
-  document.getElementById("filter").addEventListener("input", applyFilterAndHighlight);
+  document.getElementById("filter").addEventListener("input", scheduleFilter);
+  const keepInUrl = () => {  // the choice survives a reload and can be shared
+    const params = new URLSearchParams(location.search);
+    for (const [name, id] of [["group", "group-filter"], ["by", "group-by"]]) {
+      const v = document.getElementById(id).value;
+      if (v) params.set(name, v); else params.delete(name);
+    }
+    history.replaceState(history.state, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
+  };
+  document.getElementById("group-filter").addEventListener("change", () => { keepInUrl(); applyFilter(true); });
+  document.getElementById("group-by").addEventListener("change", () => { keepInUrl(); renderGrid(); });
+  document.getElementById("groups-toggle").addEventListener("click", () => {
+    const open = !sections.some((sec) => !sec.flat && sec.el.open);
+    for (const sec of sections) if (!sec.flat && !sec.el.hidden) sec.el.open = open;
+  });
   document.getElementById("sort").addEventListener("change", renderGrid);
   document.getElementById("who-filter").addEventListener("input", () => { renderWho(); applyFilterAndHighlight(); });
   document.getElementById("highlight-clear").addEventListener("click", () => { highlight = null; applyFilterAndHighlight(); });

@@ -1,5 +1,10 @@
-// Free-GPU finder: the free_gpus canned query, and the command line that does the same.
+// Free-GPU finder: the free_gpus canned query, one page of hosts at a time (best first), and the
+// command line that does the same. The search is in the page's URL (?count=4&model=H100&group=cluster-a&page=2),
+// so a link to it shows the same question (issue 24 item 4).
 "use strict";
+
+const PAGE_SIZE = 20;
+const FIELDS = ["count", "min_free_gib", "max_util", "model", "group"];
 
 // Copy to the clipboard where the browser allows it (https or localhost); else select the text.
 function copyButton(text) {
@@ -36,23 +41,73 @@ function envCell(env) {
     h("span", { class: "muted" }, " (not a device list: not offered for copying)")];
 }
 
-async function find(event) {
-  if (event) event.preventDefault();
+// The form's question and the page number, from the URL (what a shared link carries).
+function fromUrl() {
+  const url = new URLSearchParams(location.search);
+  const form = document.getElementById("free-form");
+  for (const name of FIELDS) {
+    if (url.has(name)) form.elements[name].value = url.get(name);
+    else form.elements[name].value = form.elements[name].defaultValue;
+  }
+  const page = parseInt(url.get("page") || "1", 10);
+  return Number.isFinite(page) && page > 0 ? page : 1;
+}
+
+function toUrl(page) {
+  const form = new FormData(document.getElementById("free-form"));
+  const url = new URLSearchParams();
+  for (const name of FIELDS) {
+    const value = String(form.get(name) || "").trim();
+    const field = document.getElementById("free-form").elements[name];
+    if (value !== "" && value !== field.defaultValue) url.set(name, value);
+  }
+  if (page > 1) url.set("page", String(page));
+  const query = url.toString();
+  return location.pathname + (query ? "?" + query : "");
+}
+
+function topology(r) {
+  if (r.mig_profile) return "MIG " + r.mig_profile;
+  const parts = [];
+  if (r.link) parts.push(r.link);
+  if (r.numa_node !== null && r.numa_node !== undefined) parts.push("NUMA " + r.numa_node);
+  return parts.join(" · ") || "–";
+}
+
+function pagerButton(label, page, rel) {
+  const button = h("button", { type: "button", class: "small " + rel, dataset: { page: String(page) } }, label);
+  button.addEventListener("click", () => { history.pushState(null, "", toUrl(page)); find(page); });
+  return button;
+}
+
+async function find(page) {
   const form = new FormData(document.getElementById("free-form"));
   const params = { count: form.get("count") || "1", min_free_mib: String(Math.round(Number(form.get("min_free_gib") || 0) * 1024)) };
   if (form.get("max_util")) params.max_util = form.get("max_util");
   if (form.get("model")) params.model = form.get("model");
+  // Host group (issue 24 item 1): only servers in it, from any source (agent, Slurm partition, admin).
+  if (String(form.get("group") || "").trim()) params.group = String(form.get("group")).trim();
   const errorBox = document.getElementById("load-error");
   try {
-    const rows = await fetchQuery("free_gpus", params);
+    const rows = await fetchQuery("free_gpus", Object.assign({ limit: String(PAGE_SIZE), offset: String((page - 1) * PAGE_SIZE) }, params));
     errorBox.hidden = true;
     document.querySelector("#free-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
       h("td", {}, h("a", { href: "/#server-" + Number(r.server_id) }, r.server)),
-      h("td", {}, r.mig_profile ? "1 MIG instance" : r.free_gpus + " free" + (r.free_indexes ? ": " + r.free_indexes : "")),
+      h("td", { dataset: { label: "Free now" } }, r.mig_profile ? "1 MIG instance" : r.free_gpus + " free" + (r.free_indexes ? ": " + r.free_indexes : "")),
       h("td", {}, ...envCell(r.env),
         r.vendor === "amd" ? h("span", { class: "muted" }, " (or HIP_VISIBLE_DEVICES)") : ""),
-      h("td", { class: "num" }, fmtMiB(r.min_free_mib)), h("td", {}, r.gpu_models || ""))) :
-      [h("tr", {}, h("td", { colSpan: 5 }, "No host has that many free GPUs right now."))]));
+      h("td", { class: "num", dataset: { label: "Least free memory" } }, fmtMiB(r.min_free_mib)),
+      h("td", { dataset: { label: "Topology" } }, topology(r)),
+      h("td", { dataset: { label: "Models" } }, r.gpu_models || ""))) :
+      [h("tr", {}, h("td", { colSpan: 6 }, page > 1 ? "No more hosts: this page is past the last one." :
+        "No host has that many free GPUs right now."))]));
+    const total = rows.length ? rows[0].total : 0;
+    const first = (page - 1) * PAGE_SIZE + 1;
+    document.getElementById("free-count").textContent = total ?
+      first + "–" + (first + rows.length - 1) + " of " + total.toLocaleString() + (total === 1 ? " offer" : " offers") : "";
+    document.getElementById("free-pager").replaceChildren(
+      ...(page > 1 ? [pagerButton("‹ Previous", page - 1, "prev")] : []),
+      ...(first + rows.length - 1 < total ? [pagerButton("Next ›", page + 1, "next")] : []));
     const query = new URLSearchParams(Object.assign({ _shape: "array" }, params)).toString();
     document.getElementById("one-liner").textContent =
       "curl -s -b cookies.txt '" + location.origin + "/monitor/free_gpus.json?" + query + "' \\\n" +
@@ -66,6 +121,11 @@ async function find(event) {
 document.addEventListener("DOMContentLoaded", () => {
   const howto = document.getElementById("cookie-howto");
   howto.textContent = howto.textContent.replaceAll("HUB", location.origin);
-  document.getElementById("free-form").addEventListener("submit", find);
-  find();
+  document.getElementById("free-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    history.pushState(null, "", toUrl(1));
+    find(1);
+  });
+  window.addEventListener("popstate", () => find(fromUrl()));
+  find(fromUrl());
 });

@@ -10,6 +10,17 @@ const SERIES_COLORS = ["#5aa9ff", "#f2994a", "#3fb950", "#a371f7", "#f85149", "#
 const OWNER_COLORS = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
                       "#9c755f", "#86bcb6", "#d37295", "#8cd17d"];
 const OTHER_OWNER = "#8d97a5";
+// A holder's name is written only where its band is at least this share of the row high.
+const FULL_BAND_SHARE = 0.8;
+
+function textOn(hex) {
+  // Label colour on a band of colour ``hex`` (#rrggbb): white where it reaches WCAG AA contrast
+  // (4.5:1) on that colour, else black (every OWNER_COLORS entry then reads at >= 4.5:1).
+  const lin = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  const luminance = 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  return 1.05 / (luminance + 0.05) >= 4.5 ? "#ffffff" : "#000000";
+}
 // Viridis stops for the utilization heatmap (0 % .. 100 %), readable on both themes.
 const HEAT_STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 let charts = [];
@@ -250,12 +261,14 @@ function gpuRowChart(container, opts) {
         y += hgt;
       }
     }
-    // Owner names written into long enough runs of the same owner.
+    // Owner names written into long enough runs of the same owner, over the run's full-height
+    // part only (a run's first and last cells are often partly held: a name starting there lost
+    // its first letter to the white below), in black or white, whichever the band reads in.
     if (opts.labels) {
-      ctx.fillStyle = "#ffffff";
       for (const run of opts.labels) {
-        const x0 = Math.max(u.bbox.left, u.valToPos(run.from, "x", true));
-        const x1 = Math.min(u.bbox.left + u.bbox.width, u.valToPos(run.to, "x", true));
+        const x0 = Math.max(u.bbox.left, u.valToPos(run.labelFrom, "x", true));
+        const x1 = Math.min(u.bbox.left + u.bbox.width, u.valToPos(run.labelTo, "x", true));
+        ctx.fillStyle = textOn(run.colour);
         if (x1 - x0 < 48 * px) continue;
         const yMid = (u.valToPos(n - run.row, "y", true) + u.valToPos(n - run.row - 1, "y", true)) / 2;
         let text = run.text;
@@ -296,7 +309,15 @@ function gpuRowChart(container, opts) {
                            values: (u, splits) => splits.map((v) => "GPU " + opts.gpus[rowOf(v)]) }, axisStyle(),
                          { grid: { show: false } })],
     series: [{}, { label: opts.title, stroke: "transparent", paths: () => null, points: { show: false } }],
-    hooks: { draw: [paint], setCursor: [showTip] },
+    // The time axis and padding take a fixed height (about 67 px) of the chart, known once it is
+    // laid out: measured then and added, so each GPU row gets rowHeight px whatever the GPU count
+    // (with "n * rowHeight + 40" a one-GPU host's rows had no height at all, two GPUs 12 px).
+    // uPlot fires "ready" inside its commit and drops a setSize made there: done just after.
+    hooks: { draw: [paint], setCursor: [showTip], ready: [(u) => queueMicrotask(() => {
+      const frame = u.height - u.bbox.height / devicePixelRatio;
+      const want = Math.round(n * rowHeight + frame);
+      if (Math.abs(u.height - want) > 0.5) u.setSize({ width: u.width, height: want });
+    })] },
   }, [[opts.range[0], opts.range[1]], [null, null]], box);
   box.append(tip);
   box.addEventListener("mouseleave", () => { tip.hidden = true; });
@@ -328,21 +349,39 @@ function holderTimeline(container, holders, gpus, range, cadence) {
     cell.rows.push(r);
   }
   const cells = [...byKey.values()].filter((c) => c.row !== undefined);
+  // Owners of one cell are stacked in its row. Owners holding the GPU at the same time each have
+  // a share up to 1 (two users' processes in every report: 1 + 1): scaled to the row, else the
+  // second owner's band was drawn on the next GPU's row, which looked held by them.
+  for (const c of cells) {
+    const total = c.parts.reduce((sum, part) => sum + part.frac, 0);
+    if (total > 1) for (const part of c.parts) part.frac /= total;
+  }
   // Stretched by the host's report step, not the GPU's own: a GPU held in every other report
   // has a typical step of two reports, which would paint the free report between as held.
   stretchSpans(cells, cadence);
-  // Runs of the same main owner, for the names written into the bands.
+  // Runs of the same main owner, for the names written into the bands; a name is written over
+  // the run's cells that the owner holds (nearly) all the time (labelFrom..labelTo), where its
+  // band has the full row height under the whole name.
   const labels = [];
   for (const g of gpus) {
     const mine = cells.filter((c) => c.row === rowIndex.get(g)).sort((a, b) => a.ts - b.ts);
     let run = null;
     for (const c of mine) {
       const main = who(c.rows[0]);
-      if (run && run.text === main && c.ts <= run.to + 1) { run.to = c.ts + c.span; continue; }
-      run = { row: rowIndex.get(g), from: c.ts, to: c.ts + c.span, text: main };
-      labels.push(run);
+      const full = c.parts[0].frac >= FULL_BAND_SHARE;
+      if (!(run && run.text === main && c.ts <= run.to + 1)) {
+        run = { row: rowIndex.get(g), from: c.ts, to: c.ts + c.span, text: main, colour: colour(main),
+                labelFrom: null, labelTo: null };
+        labels.push(run);
+      }
+      run.to = c.ts + c.span;
+      if (full) {
+        if (run.labelFrom === null) run.labelFrom = c.ts;
+        run.labelTo = c.ts + c.span;
+      }
     }
   }
+  labels.splice(0, labels.length, ...labels.filter((run) => run.labelFrom !== null));
   const legend = h("ul", { class: "owner-legend", "aria-label": "Users, most GPU time first" },
     ranked.slice(0, OWNER_COLORS.length).map((name) => h("li", {},
       h("span", { class: "swatch", style: { background: colour(name) } }), name)),

@@ -37,6 +37,8 @@ MATRIX = {
     "/admin/servers/1/delete": (302, 403, 403, 403, 405),
     "/admin/tokens": (302, 403, 403, 403, 405),
     "/admin/gpus": (302, 403, 403, 403, 405),
+    "/admin/groups": (302, 403, 403, 403, 405),
+    "/admin/scope-options": (302, 403, 403, 403, 200),
     "/api/servers": (401, 200, 200, 200, 200),
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),

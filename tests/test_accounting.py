@@ -35,7 +35,7 @@ def report(conn, ts, holders, util=50):
 def gpu_hours(conn, by="user", since=T0, until=T0 + 6 * 3600):
     Maintenance(conn.path, now=lambda: T0 + 6 * 3600, pause=0).run_once()
     sql = QUERIES["gpu_hours"]["sql"]
-    cur = conn.execute(sql, {"since": str(since), "until": str(until), "by": by, "_scope_all": 1,
+    cur = conn.execute(sql, {"since": str(since), "until": str(until), "by": by, "group": "", "_scope_all": 1,
                              "_scope_servers": "[]", "_scope_processes": 1})
     cols = [d[0] for d in cur.description]
     return {row[0]: dict(zip(cols, row)) for row in cur.fetchall()}
@@ -88,6 +88,6 @@ def test_late_report_is_counted_after_the_hour_was_rolled(db):
 def test_viewers_without_process_scope_see_no_accounting(db):
     report(db, T0, [(10, "frank", "", 1)])
     Maintenance(db.path, now=lambda: T0 + 7200, pause=0).run_once()
-    cur = db.execute(QUERIES["gpu_hours"]["sql"], {"since": str(T0), "until": str(T0 + 7200), "by": "user",
+    cur = db.execute(QUERIES["gpu_hours"]["sql"], {"since": str(T0), "until": str(T0 + 7200), "by": "user", "group": "",
                                                    "_scope_all": 1, "_scope_servers": "[]", "_scope_processes": 0})
     assert cur.fetchall() == []

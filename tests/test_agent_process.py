@@ -78,8 +78,9 @@ def test_hub_outage_then_recovery_with_the_real_agent(hub_config, tmp_path):
 
 
 def test_hung_nvidia_smi_does_not_stop_host_reports(ingest_server, tmp_path):
+    mark = f"hung-{os.getpid()}-{time.time_ns()}"  # tells this agent's nvidia-smi from other tests' running in parallel
     agent = start_agent(tmp_path, ingest_server.base_url, ingest_server.config.get("agent.token"), interval=2,
-                        env={"FAKE_NVSMI_MODE": "hang"}, gpu_timeout=1)
+                        env={"FAKE_NVSMI_MODE": "hang", "SM_TEST_MARK": mark}, gpu_timeout=1)
     time.sleep(7.5)
     stop(agent)
     conn = sqlite3.connect(ingest_server.config.db_path)
@@ -91,5 +92,12 @@ def test_hung_nvidia_smi_does_not_stop_host_reports(ingest_server, tmp_path):
     # No nvidia-smi left behind.
     import psutil
 
-    leftover = [p.pid for p in psutil.process_iter(["cmdline"]) if FAKE_NVSMI in " ".join(p.info["cmdline"] or [])]
+    leftover = []
+    for p in psutil.process_iter(["cmdline"]):
+        if FAKE_NVSMI in " ".join(p.info["cmdline"] or []):
+            try:
+                if p.environ().get("SM_TEST_MARK") == mark:
+                    leftover.append(p.pid)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
     assert leftover == []

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 # Every fillText on a canvas is recorded with the ink box the browser measured for it (device
 # pixels, canvas coordinates: actualBoundingBoxLeft/Right already account for textAlign); a
-# full clear of the canvas starts its list again, so the list is what the canvas shows now.
+# full clear of the canvas, or a new canvas size (which clears it too), starts its list again,
+# so the list is what the canvas shows now.
 RECORD_CANVAS_TEXT = """
 (() => {
   const drawn = new WeakMap();
@@ -33,7 +34,11 @@ RECORD_CANVAS_TEXT = """
   };
   P.fillText = function (text, x, y) {
     const m = this.measureText(text), t = this.getTransform();
-    const list = drawn.get(this.canvas) || [];
+    let list = drawn.get(this.canvas) || [];
+    if (list.size !== this.canvas.width + "x" + this.canvas.height) {
+      list = [];
+      list.size = this.canvas.width + "x" + this.canvas.height;
+    }
     list.push({ text: String(text), left: t.a * (x - m.actualBoundingBoxLeft) + t.e,
                 right: t.a * (x + m.actualBoundingBoxRight) + t.e, y: t.d * y + t.f,
                 top: t.d * (y - m.actualBoundingBoxAscent) + t.f, bottom: t.d * (y + m.actualBoundingBoxDescent) + t.f });
@@ -215,3 +220,177 @@ def test_item13_grid_cells_and_hover_card_are_not_clipped(browser, hub_process, 
     assert box["x"] >= 0 and box["x"] + box["width"] <= width
     assert errors == []
     context.close()
+
+
+def _contrast(a, b):
+    """WCAG 2 contrast ratio of two sRGB colours (r, g, b) in 0..255."""
+    def lum(c):
+        lin = [v / 255 / 12.92 if v / 255 <= 0.03928 else ((v / 255 + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+HOLDERS = ["jchristensen", "mkowalczykjr", "abhattachary", "ivan", "svenkatarama", "bob", "ohernandez12", "frank"]
+
+
+def test_item8_holder_names_are_whole_and_readable_on_their_band(hub_process, page, hub_config):
+    """Eight holders, each taking one GPU at an odd minute (so the first cell of each band is
+    held only part of its time, as on the demo): every name written into the holder timeline
+    has, in every pixel column of its ink, its holder's colour on the whole band height above
+    and below the ink (227e0d8 wrote "ivan" from the half-height first cell: "van"), and reads
+    at >= 4.5:1 contrast on that colour (227e0d8: white on yellow, 1.6:1)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    poster = demo_feed.Poster(hub_process.base_url, hub_config.get("agent.token"))
+    times = range(now - 6 * 3600, now, 60)
+    # At 6 h the page asks for 109 s buckets (gpu_holders_history.sql: span / 200 + 1), so a
+    # bucket holds one or two reports. Each holder starts (earlier start, more GPU time: colour
+    # rank g) with the second report of a bucket: the first cell of its band is half held.
+    starts = [next(t for t in times if t >= times[0] + (20 * g + 7) * 60 and t - 60 >= t // 109 * 109) for g in range(8)]
+    reports = []
+    for t in times:
+        report = sample_report("lab-01", gpus=8, processes=1, sample_time=t)
+        report["processes"] = [dict(p, user=HOLDERS[p_gpu], container=None, container_kind=None)
+                               for p_gpu, p in enumerate(report["processes"]) if t >= starts[p_gpu]]
+        reports.append(report)
+    poster.post(reports)
+    page.add_init_script(RECORD_CANVAS_TEXT.replace("list.push({ text: String(text),",
+                                                    "list.push({ style: this.fillStyle, text: String(text),"))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(f"{hub_process.base_url}/servers/{_server_id(hub_config, 'lab-01')}/history?hours=6")
+    expect(page.locator("figure.holders canvas")).to_have_count(1)
+    legend = {li.inner_text().strip(): _rgb(li.locator(".swatch").evaluate("e => getComputedStyle(e).backgroundColor"))
+              for li in page.locator("figure.holders .owner-legend li").all()}
+    assert sorted(legend) == sorted(HOLDERS), legend
+    labels = page.evaluate("""() => {
+      const u = charts.find((c) => c.root.parentElement.classList.contains('holders'));
+      const px = devicePixelRatio, n = u.scales.y.max, ctx = u.ctx;
+      const inPlot = (t) => t.left >= u.bbox.left && t.right <= u.bbox.left + u.bbox.width &&
+                            t.y >= u.bbox.top && t.y <= u.bbox.top + u.bbox.height;
+      return window.__canvasText(ctx.canvas).filter(inPlot).map((t) => {
+        let row = 0;
+        for (let r = 0; r < n; r++) if (t.y >= u.valToPos(n - r, 'y', true) && t.y <= u.valToPos(n - r - 1, 'y', true)) row = r;
+        const bandTop = u.valToPos(n - row, 'y', true), bandBottom = u.valToPos(n - row - 1, 'y', true);
+        const ys = [];  // the band's pixel rows above and below the ink (1 px of its edges left out)
+        for (let y = Math.ceil(bandTop + 2 * px); y < t.top - px; y++) ys.push(y);
+        for (let y = Math.ceil(t.bottom + 2 * px); y < bandBottom - 2 * px; y++) ys.push(y);
+        const columns = [];
+        for (let x = Math.ceil(t.left); x <= Math.floor(t.right); x++) {
+          columns.push(ys.map((y) => Array.from(ctx.getImageData(x, y, 1, 1).data.slice(0, 3))));
+        }
+        return { text: t.text, style: t.style, row, columns };
+      });
+    }""")
+    names = [label for label in labels if not label["text"].isdigit()]
+    assert {label["text"] for label in names} == set(HOLDERS), [label["text"] for label in names]
+    for label in names:
+        colour = legend[label["text"]]
+        assert label["row"] == HOLDERS.index(label["text"]), label["text"]
+        # Every pixel above and below the ink is the holder's colour (seams between cells are
+        # anti-aliased a few steps off it; white, the free row, is 80+ away from every colour).
+        off = [(x, c) for x, column in enumerate(label["columns"]) for c in column
+               if max(abs(a - b) for a, b in zip(c, colour)) > 40]
+        assert label["columns"] and all(label["columns"]) and off == [], (label["text"], colour, off[:5])
+        ink = _rgb(label["style"]) if label["style"].startswith("rgb") else tuple(
+            int(label["style"][i:i + 2], 16) for i in (1, 3, 5))
+        assert _contrast(ink, colour) >= 4.5, (label["text"], label["style"], colour)
+    assert page.console_errors == []
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_item8_holder_rows_keep_their_height_on_small_hosts(hub_process, page, hub_config, gpus):
+    """A workstation with one or two GPUs gets holder and heatmap rows as tall as an 8-GPU
+    server's (26 px), with its holder's name written in them (227e0d8 sized the chart
+    "n × 26 + 40" px around a 67 px time axis: one GPU got a -1 px plot, two GPUs 12 px rows)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    name = f"ws-{gpus}"
+    demo_feed.Poster(hub_process.base_url, hub_config.get("agent.token")).post(
+        [_held(name, t, ["jchristensen"] * gpus, util=90) for t in range(now - 2400, now, 30)])
+    page.add_init_script(RECORD_CANVAS_TEXT)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(f"{hub_process.base_url}/servers/{_server_id(hub_config, name)}/history?hours=1")
+    expect(page.locator("figure.gpu-rows canvas")).to_have_count(2)
+    rows = page.evaluate("""() => charts.filter((u) => u.root.parentElement.classList.contains('gpu-rows')).map((u) =>
+        [u.root.parentElement.querySelector('figcaption').textContent, u.bbox.height / devicePixelRatio / u.scales.y.max,
+         window.__canvasText(u.ctx.canvas).filter((t) => t.top >= u.bbox.top && t.bottom <= u.bbox.top + u.bbox.height
+                                                       && t.left >= u.bbox.left).map((t) => t.text)])""")
+    assert [title for title, _, _ in rows] == ["Who held each GPU", "GPU utilization"], rows
+    for title, height, _ in rows:
+        assert 25 <= height <= 27, (title, height)
+    assert rows[0][2].count("jchristensen") == gpus, rows
+    assert page.console_errors == []
+
+
+def test_item10_header_counts_stay_readable_on_a_phone(browser, hub_process, hub_config):
+    """The header's GPU counts, lost GPU included ("1 broken"), are all inside a 390 px phone
+    screen: with free, busy, held idle, Slurm-allocated and broken GPUs the one-line chip was
+    440 px wide on the 200-server fleet and "9 broken" fell off the screen (227e0d8 + item 7)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    first = _held("node-a", now - 60, ["jchristensen", "mkowalczykjr", None, None, None], util=[90, 0, 0, 0, 0])
+    second = _held("node-a", now - 30, ["jchristensen", "mkowalczykjr", None, None], util=[90, 0, 0, 0])
+    lost = first["gpus"][4]["pci.bus_id"]  # a known GPU that went lost: one broken GPU
+    second["gpu_status"] = {"state": "gpu_lost", "stale": False, "message": "GPU lost",
+                            "lost": [{"pci.bus_id": "0000:" + lost[9:], "message": "Unable to determine the device handle"}]}
+    second["slurm_jobs"] = [{"job_id": "4242", "user": "kimjisoo2024", "uid": 3001, "state": "RUNNING",
+                             "gpu_indexes": [3], "gpu_uuids": [second["gpus"][3]["uuid"]]}]
+    push(hub_process, hub_config, first)
+    push(hub_process, hub_config, second)
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    summary = page.locator("#summary")
+    expect(summary).to_contain_text("1 broken")
+    for part in ("1 free", "1 busy", "1 held idle", "1 allocated (Slurm)", "1 broken"):
+        assert part in summary.inner_text(), (part, summary.inner_text())
+    boxes = page.evaluate("""() => [...document.querySelectorAll('#summary .sum')].map((e) => {
+        const r = e.getBoundingClientRect();
+        return [e.textContent, r.left, r.right, e.scrollWidth, e.clientWidth]; })""")
+    assert [b for b in boxes if b[1] < 0 or b[2] > 390 or b[3] > b[4]] == [], boxes
+    context.close()
+
+
+def test_item8_a_gpu_shared_by_two_holders_is_drawn_on_its_own_row(hub_process, page, hub_config):
+    """GPU 0 held by two users at once in every report, GPU 1 free: the two owners' bands are
+    stacked inside GPU 0's row and GPU 1's row stays empty (227e0d8 drew the second owner a full
+    row lower: a free GPU 1 looked held by "mkowalczykjr" on the 200-server fleet)."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    reports = []
+    for t in range(now - 1800, now, 30):
+        report = _held("pair-01", t, ["jchristensen", None], util=[80, 0])
+        report["processes"].append(dict(report["processes"][0], pid=4242, user="mkowalczykjr", uid=1004))
+        reports.append(report)
+    demo_feed.Poster(hub_process.base_url, hub_config.get("agent.token")).post(reports)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(f"{hub_process.base_url}/servers/{_server_id(hub_config, 'pair-01')}/history?hours=1")
+    expect(page.locator("figure.holders canvas")).to_have_count(1)
+    legend = {li.inner_text().strip(): _rgb(li.locator(".swatch").evaluate("e => getComputedStyle(e).backgroundColor"))
+              for li in page.locator("figure.holders .owner-legend li").all()}
+    assert sorted(legend) == ["jchristensen", "mkowalczykjr"], legend
+    rows = page.evaluate("""() => {
+      const u = charts.find((c) => c.root.parentElement.classList.contains('holders'));
+      const px = devicePixelRatio, ctx = u.ctx;
+      return [0, 1].map((row) => {
+        const top = u.valToPos(2 - row, 'y', true), bottom = u.valToPos(1 - row, 'y', true);
+        const pixels = [];
+        for (let y = Math.ceil(top + 2 * px); y < bottom - 2 * px; y += 2)
+          for (let x = Math.ceil(u.bbox.left); x < u.bbox.left + u.bbox.width; x += 7)
+            pixels.push(Array.from(ctx.getImageData(x, y, 1, 1).data));
+        return pixels;
+      });
+    }""")
+
+    def owners(pixels):
+        return {name for p in pixels for name, colour in legend.items()
+                if p[3] == 255 and max(abs(a - b) for a, b in zip(p, colour)) <= 12}
+
+    assert owners(rows[0]) == {"jchristensen", "mkowalczykjr"}
+    assert owners(rows[1]) == set()
+    assert page.console_errors == []

@@ -27,6 +27,28 @@ def test_demo_fleet_reports_satisfy_the_contract():
     assert again[3].report(1_799_990_000, 1_800_000_000, 60) == fleet[3].report(1_799_990_000, 1_800_000_000, 60)
 
 
+def test_item7_demo_slurm_host_reports_an_allocation_without_a_process():
+    """The demo's first Slurm host reports its jobs' GPUs in ``slurm_jobs`` (the agent's
+    contract field), one of them allocated since 20 minutes before the start with no process
+    on it yet, until its process starts 40 minutes after; the other Slurm jobs' GPUs run theirs."""
+    from server_monitor.storage.contract import validate_report
+
+    start = 1_800_000_000
+    fleet = demo_feed.build_fleet(12, start=start)
+    host = next(h for h in fleet if h.style == "slurm")
+    waiting = {}
+    for t in (start - 1500, start - 600, start, start + 2000, start + 2500):
+        report = validate_report(host.report(t, t, 60))
+        used = {p["gpu_uuid"] for p in report["processes"]}
+        assert report["slurm_jobs"] and all(j["gpu_uuids"] for j in report["slurm_jobs"])
+        waiting[t - start] = [(j["user"], j["gpu_indexes"]) for j in report["slurm_jobs"]
+                              if any(uuid not in used for uuid in j["gpu_uuids"])]
+    assert waiting[-1500] == [] and waiting[2500] == []
+    assert waiting[-600] == waiting[0] == waiting[2000] and len(waiting[0]) == 1 and waiting[0][0][0] == "judy"
+    # Hosts of other styles have no Slurm: no field.
+    assert all(h.report(start, start, 60)["slurm_jobs"] is None for h in fleet if h.style != "slurm")
+
+
 def test_demo_feed_backfills_through_ingest(ingest_server, hub_config):
     stored = demo_feed.run(ingest_server.base_url, hub_config.get("agent.token"), hosts=6, hours=6, interval=60,
                            once=True, log=lambda text: None)
@@ -39,6 +61,9 @@ def test_demo_feed_backfills_through_ingest(ingest_server, hub_config):
     assert conn.execute("SELECT count(*) FROM gpus g JOIN servers s ON s.id = g.server_id"
                         " WHERE s.hostname = 'dgx-a01' AND NOT g.present").fetchone()[0] == 1
     assert conn.execute("SELECT count(*) FROM gpus WHERE mig_mode = 1 AND utilization_gpu IS NULL").fetchone()[0] == 2
+    # The Slurm host's GPU allocated to a job that has no process yet (item 7).
+    assert conn.execute("SELECT s.hostname, g.slurm_user FROM gpus g JOIN servers s ON s.id = g.server_id"
+                        " WHERE g.slurm_job IS NOT NULL AND g.process_count = 0").fetchall() == [("dgx-b01", "judy")]
     # The offline host stopped 40 minutes ago.
     last = conn.execute("SELECT max(h.ts) FROM host_samples h JOIN servers s ON s.id = h.server_id"
                         " WHERE s.hostname = 'ws-f01'").fetchone()[0]

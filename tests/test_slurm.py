@@ -100,7 +100,8 @@ def test_item7_collector_fake_scontrol_cached_bounded_and_kept_on_failure(tmp_pa
     assert [(j["job_id"], j["gpu_uuids"]) for j in first["slurm_jobs"]] == [
         ("4200", ["GPU-0", "GPU-1", "GPU-2", "GPU-3"]), ("4300", ["GPU-4", "GPU-5", "GPU-7"])]
     collector.collect(GPUS8, now=1030.0)  # cached: no second call within the interval
-    assert log.read_text().splitlines() == ["show job -d"]
+    # (after a good job read, the node's partitions once per partition_interval: issue 24 item 1)
+    assert log.read_text().splitlines() == ["show job -d", "show node dgx-12"]
     # slurmctld down: the allocations read last stay in force, the state says why.
     monkeypatch.setenv("FAKE_SCONTROL_MODE", "fail")
     failed = collector.collect(GPUS8, now=1061.0)
@@ -226,7 +227,7 @@ def test_item7_gpu_hours_count_allocated_gpus_for_the_jobs_user(tmp_path):
     Maintenance(path, now=lambda: t0 + 3 * 3600, pause=0).run_once()
 
     def hours(by):
-        cur = conn.execute(QUERIES["gpu_hours"]["sql"], {"since": str(t0), "until": str(t0 + 2 * 3600), "by": by,
+        cur = conn.execute(QUERIES["gpu_hours"]["sql"], {"since": str(t0), "until": str(t0 + 2 * 3600), "by": by, "group": "",
                                                         "_scope_all": 1, "_scope_servers": "[]",
                                                         "_scope_processes": 1})
         return {row[0]: row[2] for row in cur.fetchall()}
@@ -256,7 +257,8 @@ def test_item7_agent_with_fake_scontrol_end_to_end(hub_process, hub_config, tmp_
     result = subprocess.run([sys.executable, os.path.join(ROOT, "agent.py"), "-c", str(config), "--once"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show job -d"]
+    # show node: the node's partitions (issue 24 item 1), read after a good job read.
+    assert (tmp_path / "scontrol.log").read_text().splitlines() == ["show job -d", "show node dgx-12"]
     admin = Browserless(hub_process.base_url)
     assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
     gpus = sorted(admin.request("GET", "/monitor/gpus.json?_shape=array").json(), key=lambda g: g["gpu_index"])
@@ -287,7 +289,7 @@ def test_item7_browser_grid_cell_hover_and_who_panel_show_the_allocation(page, h
     assert cells.count() == 8
     cell = cells.nth(4)
     assert "s-alloc" in cell.get_attribute("class")
-    assert cell.locator(".l1").inner_text() == "⧗alloc" and cell.locator(".l2").inner_text() == "user9"
+    assert cell.locator(".l1").inner_text() == "◷alloc" and cell.locator(".l2").inner_text() == "user9"
     label = cell.get_attribute("aria-label")
     assert "allocated to a Slurm job, no process yet" in label and "Slurm job 4300 of user9" in label
     assert "s-free" in cells.nth(6).get_attribute("class")
@@ -300,4 +302,39 @@ def test_item7_browser_grid_cell_hover_and_who_panel_show_the_allocation(page, h
     assert "slurm-alloc:job 4300" in text and "allocated, no process yet" in text
     who = page.inner_text("#who-body")
     assert "user8" in who and "user9" in who and "slurm-alloc:job 4300" in who
+    assert page.console_errors == []
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_item7_browser_every_cell_glyph_is_drawn_not_a_missing_glyph_box(page, hub_process, hub_config):
+    """The state glyphs of the grid cells and the legend (◷ allocated, ◌ idle, ✕ lost, ▲ error,
+    ○ offline, ◐ stale, ■ maintenance, ✖ critical) are drawn from a font the browser has: each
+    glyph, drawn on a canvas in the cells' font, differs from a code point no font has (the box
+    a browser draws for a missing glyph). The allocated cell's "⧗" (U+29D7) is in no font of
+    Debian's chromium with its DejaVu fonts: the demo's alloc cells read "▯alloc"."""
+    from browser import login, push
+
+    push(hub_process, hub_config, allocated_report())
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.wait_for_selector("#grid .cell.s-alloc")
+    result = page.evaluate("""() => {
+      const glyphs = new Set();
+      for (const e of document.querySelectorAll('#grid .cell, #legend .cell')) {
+        for (const ch of e.textContent) if (ch.codePointAt(0) > 0x2000) glyphs.add(ch);
+      }
+      const font = getComputedStyle(document.querySelector('#grid .cell.s-alloc .l1')).font;
+      const draw = (ch) => {
+        const c = document.createElement('canvas');
+        c.width = 60; c.height = 60;
+        const ctx = c.getContext('2d');
+        ctx.font = font;
+        ctx.fillText(ch, 10, 40);
+        return c.toDataURL();
+      };
+      const missing = draw(String.fromCodePoint(0x10FFFD));
+      return { glyphs: [...glyphs], missing: [...glyphs].filter((g) => draw(g) === missing) };
+    }""")
+    assert result["missing"] == [], result
+    assert {"◷", "◌", "✕", "▲", "○", "◐", "■", "✖"} <= set(result["glyphs"]), result
     assert page.console_errors == []

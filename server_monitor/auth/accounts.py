@@ -111,6 +111,25 @@ def role_scope(role, servers, see_processes):
     return None, True
 
 
+def groups_json(groups):
+    """``None`` (no group scope) or the sorted group names as stored in ``users.groups``.
+
+    A viewer's scope is ``servers`` (ids) **plus** every server in one of ``groups`` at the time of
+    each request (``server_monitor.serving.hub`` resolves them in monitor.db), so a server that
+    joins a group later comes into scope with no edit. ``servers IS NULL`` still means all
+    servers; a group-only scope is ``servers = []`` with ``groups`` set."""
+    if not groups:
+        return None
+    return json.dumps(sorted({str(g) for g in groups}))
+
+
+def _decoded(row):
+    item = dict(row)
+    item["servers"] = json.loads(item["servers"]) if item["servers"] is not None else None
+    item["groups"] = json.loads(item["groups"]) if item.get("groups") else []
+    return item
+
+
 def scope_json(servers):
     """``None`` (all servers) or a list of ints as stored in ``users.servers``."""
     if servers is None:
@@ -146,6 +165,10 @@ class Accounts:
             if "last_seen_at" not in columns:
                 # When the session was last used (to the minute), for `server-monitor sessions list`.
                 conn.execute("ALTER TABLE sessions ADD COLUMN last_seen_at INTEGER")
+            for table in ("users", "invites"):
+                # A viewer's scope by host group (issue 24 item 1): JSON list of group names, NULL = none.
+                if "groups" not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN groups TEXT")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -235,39 +258,62 @@ class Accounts:
         row = self._conn().execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
         if row is None:
             return None
-        user = dict(row)
-        user["servers"] = json.loads(user["servers"]) if user["servers"] is not None else None
-        return user
+        return _decoded(row)
 
     def users(self):
         """Every user (dicts without password hashes), by username."""
         out = []
         for row in self._conn().execute("SELECT * FROM users ORDER BY username"):
-            user = dict(row)
+            user = _decoded(row)
             user.pop("password_hash")
-            user["servers"] = json.loads(user["servers"]) if user["servers"] is not None else None
             out.append(user)
         return out
 
-    def create_user(self, username, password_hash, role, servers=None, see_processes=True, created_by=None):
-        """Insert a user; raises :class:`AccountError` when the name is taken or invalid."""
+    def users_page(self, q="", limit=50, offset=0):
+        """One page of users for /admin (issue 24 item 3): ``(users, total)``.
+
+        ``q``: a case-insensitive part of the username or of ``created_by`` ("" for every user);
+        ``limit`` (1..500) users by username from ``offset``; ``total`` counts every match.
+        Users are dicts as :meth:`users` returns them.
+        """
+        limit, offset = min(500, max(1, int(limit))), max(0, int(offset))
+        where, values = "", []
+        if q:
+            where = " WHERE instr(lower(username || ' ' || coalesce(created_by, '')), lower(?)) > 0"
+            values = [q]
+        conn = self._conn()
+        total = conn.execute(f"SELECT count(*) FROM users{where}", values).fetchone()[0]
+        out = []
+        for row in conn.execute(f"SELECT * FROM users{where} ORDER BY username LIMIT ? OFFSET ?", values + [limit, offset]):
+            user = _decoded(row)
+            user.pop("password_hash")
+            out.append(user)
+        return out, total
+
+    def create_user(self, username, password_hash, role, servers=None, see_processes=True, created_by=None,
+                    groups=None):
+        """Insert a user; raises :class:`AccountError` when the name is taken or invalid.
+        ``groups``: host groups in the viewer's scope besides ``servers`` (see :func:`groups_json`)."""
         check_username(username)
         if role not in ROLES:
             raise AccountError(f"Unknown role {role!r}.")
         servers, see_processes = role_scope(role, servers, see_processes)
+        if servers is None:
+            groups = None
         try:
             cur = self._conn().execute(
-                "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by)"
-                " VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by,"
+                " groups) VALUES (?,?,?,?,?,?,?,?)",
                 (username, password_hash, role, scope_json(servers), int(bool(see_processes)), int(time.time()),
-                 created_by),
+                 created_by, groups_json(groups)),
             )
         except sqlite3.IntegrityError:
             raise AccountError(f"The username {username!r} is taken.")
         return cur.lastrowid
 
-    def update_user(self, username, role=None, servers=(), see_processes=None):
-        """Change role and/or scope (``servers=None`` means all). Effective on the next request."""
+    def update_user(self, username, role=None, servers=(), see_processes=None, groups=()):
+        """Change role and/or scope (``servers=None`` means all, and clears ``groups``; ``groups``: host
+        groups in scope besides ``servers``). Effective on the next request."""
         sets, values = [], []
         if role is not None:
             if role not in ROLES:
@@ -279,6 +325,11 @@ class Accounts:
         if servers != ():
             sets.append("servers = ?")
             values.append(scope_json(servers))
+            if servers is None:
+                groups = None
+        if groups != ():
+            sets.append("groups = ?")
+            values.append(groups_json(groups))
         if see_processes is not None:
             sets.append("see_processes = ?")
             values.append(int(bool(see_processes)))
@@ -300,30 +351,32 @@ class Accounts:
         return cur.rowcount == 1
 
     # -- invites ----------------------------------------------------------------------
-    def create_invite(self, role, hours, max_uses=1, servers=None, see_processes=True, created_by=None):
-        """New invite; returns ``(id, code)`` — the code exists only in this return value."""
+    def create_invite(self, role, hours, max_uses=1, servers=None, see_processes=True, created_by=None, groups=None):
+        """New invite; returns ``(id, code)`` — the code exists only in this return value.
+        ``groups``: host groups in the invited viewer's scope besides ``servers``."""
         if role not in ROLES:
             raise AccountError(f"Unknown role {role!r}.")
         servers, see_processes = role_scope(role, servers, see_processes)
+        if servers is None:
+            groups = None
         if not 1 <= int(max_uses) <= 1000 or not 0 < float(hours) <= 24 * 365:
             raise AccountError("Uses must be 1-1000 and the expiry within a year.")
         code = secrets.token_urlsafe(24)
         now = int(time.time())
         cur = self._conn().execute(
-            "INSERT INTO invites (code_hash, role, servers, see_processes, max_uses, expires_at, created_at, created_by)"
-            " VALUES (?,?,?,?,?,?,?,?)",
+            "INSERT INTO invites (code_hash, role, servers, see_processes, max_uses, expires_at, created_at, created_by,"
+            " groups) VALUES (?,?,?,?,?,?,?,?,?)",
             (_hash(code), role, scope_json(servers), int(bool(see_processes)), int(max_uses),
-             now + int(float(hours) * 3600), now, created_by),
+             now + int(float(hours) * 3600), now, created_by, groups_json(groups)),
         )
         return cur.lastrowid, code
 
-    def invites(self):
-        """Every invite (dicts without code hashes), newest first."""
+    def invites(self, limit=None):
+        """Every invite (dicts without code hashes), newest first; the ``limit`` newest when given."""
         out = []
-        for row in self._conn().execute("SELECT * FROM invites ORDER BY id DESC"):
-            invite = dict(row)
+        for row in self._conn().execute("SELECT * FROM invites ORDER BY id DESC LIMIT ?", (-1 if limit is None else int(limit),)):
+            invite = _decoded(row)
             invite.pop("code_hash")
-            invite["servers"] = json.loads(invite["servers"]) if invite["servers"] is not None else None
             out.append(invite)
         return out
 
@@ -353,7 +406,7 @@ class Accounts:
         conn.execute("BEGIN IMMEDIATE")
         try:
             row = conn.execute(
-                "SELECT id, role, servers, see_processes FROM invites WHERE code_hash = ? AND revoked_at IS NULL"
+                "SELECT id, role, servers, see_processes, groups FROM invites WHERE code_hash = ? AND revoked_at IS NULL"
                 " AND expires_at > ? AND uses < max_uses",
                 (_hash(code or ""), int(time.time())),
             ).fetchone()
@@ -362,10 +415,10 @@ class Accounts:
             conn.execute("UPDATE invites SET uses = uses + 1 WHERE id = ?", (row["id"],))
             try:
                 conn.execute(
-                    "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by)"
-                    " VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO users (username, password_hash, role, servers, see_processes, created_at, created_by,"
+                    " groups) VALUES (?,?,?,?,?,?,?,?)",
                     (username, password_hash, row["role"], row["servers"], row["see_processes"], int(time.time()),
-                     f"invite {row['id']}"),
+                     f"invite {row['id']}", row["groups"]),
                 )
             except sqlite3.IntegrityError:
                 raise AccountError(f"The username {username!r} is taken.")

@@ -64,6 +64,24 @@ def list_tokens(conn):
     return [dict(zip(names, row)) for row in cur]
 
 
+def tokens_page(conn, q="", limit=50, offset=0):
+    """One page of tokens for /admin (issue 24 item 3): ``(tokens, total)``, newest first.
+
+    ``q``: a case-insensitive part of the label (host name) or machine id ("" for all);
+    ``limit`` 1..500 from ``offset``. Tokens are dicts as :func:`list_tokens` returns them.
+    """
+    limit, offset = min(500, max(1, int(limit))), max(0, int(offset))
+    where, values = "", []
+    if q:
+        where = " WHERE instr(lower(coalesce(label, '') || ' ' || machine_id), lower(?)) > 0"
+        values = [q]
+    total = conn.execute(f"SELECT count(*) FROM agent_tokens{where}", values).fetchone()[0]
+    cur = conn.execute(f"SELECT id, machine_id, label, created_at, revoked_at, last_used_at FROM agent_tokens{where}"
+                       " ORDER BY id DESC LIMIT ? OFFSET ?", values + [limit, offset])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur], total
+
+
 def host_for_token(conn, token):
     """The ``machine_id`` a live per-host token may write, or None for an unknown/revoked one."""
     if not token.startswith(PREFIX):

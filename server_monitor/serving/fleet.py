@@ -19,7 +19,7 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
     {"v": 1, "generated_at": 1764633600, "processes": true,
      "gpu_fields": [...GPU_FIELDS], "proc_fields": [...PROC_FIELDS],
      "servers": [{"id", "name", "state", "admin_status", "note", "last_seen", "interval_s",
-                  "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model",
+                  "gpu_state", "gpu_message", "cpu_percent", "mem_percent", "models", "model", "groups",
                   "gpus": [[id, index, state, util, mem_used, mem_total, temp, power,
                             bus, model, [[pid, user, container, mib, name, gi], ...], vendor,
                             health, health_reasons, xid, mig, slurm], ...]}],
@@ -28,7 +28,9 @@ Shape (``v`` 1; times are UTC epoch seconds, memory MiB, power W, temperature °
                    "since", "acked_by", "acked_at", "ack_note", "silenced_until"}],
      "counts": {"servers": {state: n}, "gpus": {state: n}}}
 
-``bus`` is the PCI bus id without an all-zero domain; ``model`` is null when it is the server's
+``groups`` is the server's host groups (``server_monitor.storage.groups``: agent config, Slurm
+partitions, admin; any source), sorted, ``[]`` for none: the dashboard's group sections and the
+overview are built from it. ``bus`` is the PCI bus id without an all-zero domain; ``model`` is null when it is the server's
 ``model``. ``container`` is ``kind:name`` (``lxc:lab-1``, ``docker:…``, ``slurm:job-…``), null on the host;
 ``user`` null when unknown; ``gi`` the MIG GPU instance id of the process (null outside MIG).
 GPU ``state`` is one of :data:`GPU_STATES`; ``vendor`` is ``amd`` or
@@ -214,7 +216,7 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
         "cpu_percent": None if s["cpu_percent"] is None else round(s["cpu_percent"]),
         "mem_percent": (round(100 * s["memory_used_bytes"] / s["memory_total_bytes"])
                         if s["memory_used_bytes"] is not None and s["memory_total_bytes"] else None),
-        "models": s["gpu_models"], "model": model,
+        "models": s["gpu_models"], "model": model, "groups": s["groups"].split() if s.get("groups") else [],
     }
     return Fragment(sig, server, cells, counts, who)
 

@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import ipaddress
 import os
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ from itsdangerous.url_safe import URLSafeSerializer
 from ..core import config as config_mod
 from .analyst import AnalystSQL
 from ..auth.accounts import Accounts, LoginLimiter
+from ..storage import groups as groups_mod
 
 SESSION_COOKIE = "sm_session"
 # Behind https the session cookie is __Host- prefixed: Secure, Path=/, no Domain, so a sibling
@@ -127,6 +129,24 @@ class HubContext:
         self.admin_username = config.get("auth.username")
         self.admin_fingerprint = admin_fingerprint(config)
         self.session_hours = float(config.get("auth.session_hours", 12))
+        self._monitor_local = threading.local()  # read-only monitor.db connection per thread (group scopes)
+
+    def group_members(self, groups):
+        """Sorted ids of the servers now in any of ``groups`` (monitor.db ``server_groups``, any
+        source): one indexed read on a read-only connection of this thread. ``[]`` when monitor.db
+        cannot be read (a viewer then sees only the servers listed by id, never more)."""
+        if not groups:
+            return []
+        conn = getattr(self._monitor_local, "conn", None)
+        try:
+            if conn is None:
+                conn = sqlite3.connect(f"file:{self.config.db_path}?mode=ro", uri=True, timeout=5.0,
+                                       check_same_thread=False)
+                self._monitor_local.conn = conn
+            return groups_mod.members(conn, groups)
+        except sqlite3.Error:
+            self._monitor_local.conn = None
+            return []
 
     async def password_work(self, fn, *args):
         """Run ``fn(*args)`` (a PBKDF2 hash or check) on the bounded password pool; returns its result.
@@ -154,8 +174,10 @@ class HubContext:
 
         The config admin: ``{"id": <auth.username>, "role": "admin"}``. A user:
         ``{"id", "role", "processes": bool}`` plus ``"servers": [ids]`` for a viewer limited
-        to some servers (analysts and admins always see all). Session and user are looked
-        up on every request, so logout, deletion and role or scope changes apply at once.
+        to some servers (analysts and admins always see all): the user's own ids plus the
+        servers now in the user's host groups (``"groups": [names]`` then too). Session, user
+        and group members are looked up on every request, so logout, deletion, role or scope
+        changes and a server joining or leaving a group apply at once.
         """
         session = self.accounts.session(session_id)
         if session is None:
@@ -172,6 +194,9 @@ class HubContext:
                  "source": "user"}
         if user["role"] == "viewer" and user["servers"] is not None:
             actor["servers"] = user["servers"]
+            if user.get("groups"):
+                actor["groups"] = list(user["groups"])
+                actor["servers"] = sorted(set(user["servers"]) | set(self.group_members(user["groups"])))
         return actor
 
 

@@ -15,6 +15,7 @@ import re
 import threading
 
 from monitor_agent import textrule
+from . import groups as _groups
 
 # Which characters no string may carry: the rule the agent cleans with (one module, see
 # docs/security.md N2): control characters (C0 but tab and newline, DEL, C1), bidi controls, invisible
@@ -25,6 +26,8 @@ _UNSAFE_CHARS = textrule.UNSAFE
 # Host names as RFC 1123 spells them (plus '_', common on lab machines): ASCII letters,
 # digits, '.', '-' and '_'. No spaces, newlines or look-alike letters from other scripts.
 HOSTNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# A host group name (server_monitor/storage/groups.py; the agent's config checks the same pattern).
+GROUP_PATTERN = _groups.GROUP_PATTERN
 
 CONTRACT_VERSION = 1
 
@@ -650,6 +653,12 @@ REPORT = Obj(
                                "absent where Slurm is not installed"),
         "slurm_jobs": List(SLURM_JOB, 1024, soft=True,
                            doc="Slurm jobs holding GPUs of this node; null/absent = no Slurm on the host"),
+        "slurm_partitions": List(Str(64, nullable=False, pattern=GROUP_PATTERN), _groups.MAX_GROUPS, soft=True,
+                                 doc="the node's Slurm partitions (scontrol show node: Partitions=), stored as host "
+                                     "groups of source slurm; null/absent = not known (the stored ones stay)"),
+        "groups": List(Str(64, nullable=False, pattern=GROUP_PATTERN), _groups.MAX_GROUPS, soft=True,
+                       doc="host groups from the agent's config (groups:), 1-64 of [A-Za-z0-9_.-] each; "
+                           "null/absent = not sent (the stored ones stay), [] = none"),
     },
     nullable=False,
 )

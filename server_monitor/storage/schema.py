@@ -629,10 +629,52 @@ def migration_23(conn):
                  " WHERE rule = 'gpu_xid' AND instr(message, ', pid ') > 0")
 
 
+MIGRATION_24 = """
+-- Host groups (issue 24 item 1): a server's groups are the union of its rows here, one per
+-- (group, source); source 'agent' (agent_config.yaml groups:), 'slurm' (the node's partitions)
+-- or 'admin' (set in /admin). See server_monitor/storage/groups.py and docs/schema.md.
+CREATE TABLE server_groups (
+    server_id INTEGER NOT NULL REFERENCES servers(id),
+    grp TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('agent', 'slurm', 'admin')),
+    PRIMARY KEY (server_id, grp, source)
+) WITHOUT ROWID;
+CREATE INDEX server_groups_grp ON server_groups (grp, server_id);
+"""
+
+
+# What a reader sees of a name (``store.name_skeleton``) as an SQL expression over one column: the
+# same answer as the Python function for every name compared with an ASCII host name (the contract
+# keeps host names ASCII; the one character whose lower case is ASCII, U+212A KELVIN SIGN, is
+# mapped here, as SQLite's lower() changes only ASCII letters). tests/test_schema.py checks both agree.
+def skeleton_sql(column):
+    """SQL text of the name skeleton of ``column`` (indexed by migration 25)."""
+    expr = f"replace(lower({column}), char(8490), 'k')"
+    for old, new in (("0", "o"), ("1", "l"), ("i", "l"), ("_", "-"), ("rn", "m"), ("vv", "w")):
+        expr = f"replace({expr}, '{old}', '{new}')"
+    return expr
+
+
+MIGRATION_25 = f"""
+-- Host identity checks in O(log n) (issue 24: a new host's first report compared its name with
+-- every server's inside the write transaction, 13.8 ms at 10,000 servers vs 2.7 ms at 100).
+-- The look-alike skeletons of host and display names are index expressions: SQLite keeps them
+-- however a name is written (ingest, the admin's display name, a hand edit). The plain name
+-- indexes serve name_taken and the per-host token's check (ingest.py). servers_name orders
+-- /admin's server list (and its scope picker) by the name shown, one page at a time.
+CREATE INDEX servers_hostname ON servers (hostname);
+CREATE INDEX servers_name ON servers (coalesce(display_name, hostname) COLLATE NOCASE, id);
+CREATE INDEX servers_display_name ON servers (display_name);
+CREATE INDEX servers_hostname_skeleton ON servers ({skeleton_sql('hostname')});
+CREATE INDEX servers_display_skeleton ON servers ({skeleton_sql('display_name')});
+"""
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
-              MIGRATION_21, MIGRATION_22, migration_23]
+              MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
+              MIGRATION_25]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

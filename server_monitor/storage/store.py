@@ -7,12 +7,11 @@ id is already stored, or whose host already has a sample at the same second, is 
 duplicate: nothing is written and the caller answers 2xx.
 """
 
-import functools
 import json
 import sqlite3
 
 from ..core import gpu_health, topology
-from . import xidtext
+from . import groups, schema, xidtext
 from .rollup import merge_late_sample
 
 # Raw retention is at least two days; only samples older than this may predate the cutoff.
@@ -200,6 +199,8 @@ def _store(conn, report, received_at):
         )
     if newest:
         _store_inventory(conn, server_id, ts, report)
+        groups.sync_reported(conn, server_id, "agent", report.get("groups"))
+        groups.sync_reported(conn, server_id, "slurm", report.get("slurm_partitions"))
     return {"stored": True, "server_id": server_id}
 
 
@@ -276,28 +277,36 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
 _LOOK_ALIKE = str.maketrans({"0": "o", "1": "l", "i": "l", "_": "-"})
 
 
-@functools.lru_cache(maxsize=65536)  # a new server compares itself with every other server's names
 def name_skeleton(name):
     """A host name reduced to what a reader sees: lower case, ``0``→``o``, ``1``/``i``→``l``,
-    ``_``→``-``, ``rn``→``m``, ``vv``→``w``. Two different names with one skeleton look alike."""
+    ``_``→``-``, ``rn``→``m``, ``vv``→``w``. Two different names with one skeleton look alike.
+    The same rule in SQL, indexed over ``servers``' host and display names, is
+    :func:`server_monitor.storage.schema.skeleton_sql` (migration 25)."""
     return name.lower().translate(_LOOK_ALIKE).replace("rn", "m").replace("vv", "w")
+
+
+# The other servers whose host or display name has the new name's skeleton: two index seeks
+# (migration 25's expression indexes), whatever the size of the fleet.
+_SAME_SKELETON = (f"SELECT id, hostname, display_name FROM servers WHERE id != ?1"
+                  f" AND ({schema.skeleton_sql('hostname')} = ?2 OR {schema.skeleton_sql('display_name')} = ?2)"
+                  f" ORDER BY id")
 
 
 def note_identity_change(conn, server_id, hostname, previous, now):
     """Record in ``host_identity_events`` what an admin should look at about ``hostname``, the
     name server ``server_id`` reports now (``previous``: the name it reported before, None for a
     new server). Called inside the ingest transaction only when a server is new or its name
-    changed (a scan of ``servers``' names, not per report). Kinds: ``renamed`` (same machine id,
-    another name), ``name_taken`` (another server has this host or display name), ``look_alike``
-    (another server's name has the same :func:`name_skeleton`). Security review L10 (docs/security.md): an agent
-    with the shared token can send any host name; nothing is refused, the admin is told.
+    changed. Kinds: ``renamed`` (same machine id, another name), ``name_taken`` (another server
+    has this host or display name), ``look_alike`` (another server's name has the same
+    :func:`name_skeleton`). Security review L10 (docs/security.md): an agent with the shared
+    token can send any host name; nothing is refused, the admin is told. The other servers are
+    found through the skeleton indexes (issue 24: the cost does not grow with the fleet).
     """
     if previous is not None:
         conn.execute("INSERT INTO host_identity_events (server_id, ts, kind, hostname, previous)"
                      " VALUES (?, ?, 'renamed', ?, ?)", (server_id, now, hostname, previous))
     skeleton = name_skeleton(hostname)
-    for other_id, other_host, other_display in conn.execute(
-            "SELECT id, hostname, display_name FROM servers WHERE id != ?", (server_id,)).fetchall():
+    for other_id, other_host, other_display in conn.execute(_SAME_SKELETON, (server_id, skeleton)).fetchall():
         for name in {other_host, other_display} - {None}:
             kind = "name_taken" if name == hostname else "look_alike" if name_skeleton(name) == skeleton else None
             if kind:
@@ -641,7 +650,7 @@ def _store_inventory(conn, server_id, ts, report):
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
-_SERVER_CHILD_TABLES = ("host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
+_SERVER_CHILD_TABLES = ("server_groups", "host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
                         "host_samples_5m", "host_samples_1h", "disk_samples", "containers", "probes",
                         "gpu_usage_1h", "alerts", "silences", "gpus")
 
