@@ -137,7 +137,7 @@ def test_item2_filter_repaints_within_100ms_at_1000_servers(page, hub_process, h
             assert visible_rows(page) == ["dgx-h100-001", "dgx-h100-005", "dgx-h100-009"]
         if text == "cluster-c":
             assert len(visible_rows(page)) == 250
-    assert len(visible_rows(page)) == 1000
+    until(lambda: len(visible_rows(page)) == 1000)  # rows come back SHOW_CHUNK per frame after a clear
     print("filter keystroke → repaint (ms):", {k: round(v, 1) for k, v in times.items()})
     assert statistics.median(times.values()) <= 100, times
     assert page.console_errors == []
