@@ -111,6 +111,19 @@ def make_datasette(cfg):
 
 
 @pytest.fixture
+def admin(datasette, hub_config):
+    """The config admin logged in to ``datasette`` (a ``test_hub_datasette.Client``), with ``.token``
+    (the agent token) and ``.db`` (the monitor.db path)."""
+    from test_hub_datasette import Client
+
+    client = Client(datasette)
+    assert client.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    client.token = hub_config.get("agent.token")
+    client.db = hub_config.db_path
+    return client
+
+
+@pytest.fixture
 def datasette(hub_config):
     from server_monitor.storage import schema
 

@@ -13,7 +13,6 @@ import sqlite3
 import time
 import uuid
 
-import pytest
 from reports import sample_report
 from test_hub_datasette import Client, ingest
 
@@ -21,15 +20,6 @@ from server_monitor.core import topology
 from server_monitor.serving.queries import QUERIES, named_parameters
 from server_monitor.storage import contract, schema
 from server_monitor.storage.store import store_reports
-
-
-@pytest.fixture
-def admin(datasette, hub_config):
-    client = Client(datasette)
-    assert client.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
-    client.token = hub_config.get("agent.token")
-    client.db = hub_config.db_path
-    return client
 
 
 def grow(db_path, names, gpus=1, free=True, now=None):

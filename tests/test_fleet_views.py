@@ -6,18 +6,8 @@ import subprocess
 import sys
 import time
 
-import pytest
 from reports import sample_report
-from test_hub_datasette import Client, ingest
-
-
-@pytest.fixture
-def admin(datasette, hub_config):
-    client = Client(datasette)
-    assert client.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
-    client.token = hub_config.get("agent.token")
-    client.db = hub_config.db_path
-    return client
+from test_hub_datasette import ingest
 
 
 def host(client, name, gpus, used_mib=None, busy=(), util=0, sample_time=None, **kw):

@@ -15,7 +15,7 @@ import sys
 import pytest
 from conftest import FAKE_NVSMI, ROOT
 from reports import mig_report
-from test_hub_datasette import Client, ingest
+from test_hub_datasette import ingest
 
 from monitor_agent import nvsmi
 from monitor_agent.gpu import MIG_LIST_INTERVAL_S, MIG_RECHECK_S, GpuCollector
@@ -225,15 +225,6 @@ def test_item3_table_read_in_the_same_cycle_when_L_changes(fake):
 
 
 # ---- hub: free_gpus through real ingest (SQLite) and Datasette ------------------------------------
-
-@pytest.fixture
-def admin(datasette, hub_config):
-    client = Client(datasette)
-    assert client.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
-    client.token = hub_config.get("agent.token")
-    client.db = hub_config.db_path
-    return client
-
 
 def free_mig(client):
     rows = client.get("/monitor/free_gpus.json?_shape=array").json()
