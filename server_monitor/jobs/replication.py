@@ -17,7 +17,6 @@ under ``replication.options``); each database goes to its own sub-path (``<url>/
 :func:`restore` rebuilds both databases from the replica (``server-monitor restore``).
 """
 
-import ctypes
 import logging
 import os
 import shutil
@@ -29,6 +28,8 @@ import threading
 import time
 
 import yaml
+
+from ..core.process import die_with_parent
 
 log = logging.getLogger("server_monitor.replication")
 
@@ -46,7 +47,6 @@ TRUNCATE_PAGES = 16384
 # exit up to RESPAWN_MAX_S.
 RESPAWN_S = 1.0
 RESPAWN_MAX_S = 60.0
-PR_SET_PDEATHSIG = 1
 # Litestream not running for this long (s) counts as a dead job in /-/health.
 DOWN_AFTER_S = 10.0
 
@@ -122,15 +122,6 @@ def write_config(config):
     return path
 
 
-def _die_with_parent():
-    """In the Litestream child (``preexec_fn``): SIGTERM when the supervising thread's process
-    dies, so a ``kill -9`` of the hub leaves no replicator behind (Linux ``prctl``)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 class ReplicationThread(threading.Thread):
     """A job thread of the hub's leader: runs ``litestream replicate -config FILE`` and starts it
     again when it exits (after :data:`RESPAWN_S`, doubling up to :data:`RESPAWN_MAX_S` while it keeps
@@ -149,7 +140,7 @@ class ReplicationThread(threading.Thread):
     def _start(self):
         cmd = [binary(self.config), "replicate", "-config", write_config(self.config), "-no-expand-env"]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                     preexec_fn=lambda: die_with_parent(signal.SIGTERM))  # SIGTERM: it syncs first
         self.starts += 1
         threading.Thread(target=self._relay, args=(self.proc,), name="replication-log", daemon=True).start()
 

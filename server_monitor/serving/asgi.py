@@ -15,20 +15,18 @@ analysts' ad-hoc SQL gated across workers. Per-worker caches (the fleet document
 by ``PRAGMA data_version``, so every worker serves the same data.
 """
 
-import ctypes
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 
 from ..core import config as config_mod
+from ..core.process import die_with_parent
 from . import netguard
 from .analyst import RoutingExecutor, interrupt_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PR_SET_PDEATHSIG = 1
 # How long a thread that wants the GIL waits before the running one is asked to let go
 # (Python's default: 5 ms). Ingest's writer thread gives the GIL up in every SQLite call and
 # must get it back while it holds the writer lock that every worker queues on; with 5 ms, a
@@ -56,7 +54,7 @@ def build_datasette(cfg):
     (``datasette.app.StartupError``, ``sqlite3.Error``).
     """
     # Deferred: datasette.app loads Jinja, the plugin manager and every view (~0.2 s); the fleet
-    # publisher subprocess imports this module only for _die_with_parent and never builds Datasette.
+    # publisher subprocess imports this module and never builds Datasette.
     from datasette.app import Datasette
     from datasette.utils import parse_metadata
 
@@ -76,18 +74,6 @@ def build_datasette(cfg):
     datasette.executor = RoutingExecutor(settings(cfg)["num_sql_threads"],
                                          int(cfg.get("sql.analyst_concurrency", 1)))
     return datasette
-
-
-def _die_with_parent():
-    """In a worker process: get SIGKILL when the supervising process dies (Linux ``prctl``),
-    so a ``kill -9`` of the hub never leaves workers holding the port and the database."""
-    if os.getppid() == 1 or not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not fatal: the parent terminates workers on SIGTERM anyway
-        pass
 
 
 class _Startup:
@@ -149,6 +135,6 @@ def create_app():
     netguard.configure(cfg)  # this worker's connection limits (N3)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if config_mod.worker_count(cfg) > 1:
-        _die_with_parent()  # a worker of serve (which set $SERVER_MONITOR_WORKERS): dies with it
+        die_with_parent()  # a worker of serve (which set $SERVER_MONITOR_WORKERS): dies with it
     datasette = build_datasette(cfg)
     return _Startup(datasette, datasette.app())

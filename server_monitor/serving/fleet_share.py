@@ -43,9 +43,9 @@ import sys
 import threading
 import time
 
-from . import fleet
+from ..core.process import die_with_parent
 from ..storage.instance import UnsafeFileError, check_private_dir
-from .asgi import _die_with_parent  # as the workers: SIGKILL when the leader dies
+from . import fleet
 
 log = logging.getLogger("server_monitor.fleet")
 
@@ -263,7 +263,7 @@ def main(argv=None):
     """``python -m server_monitor.serving.fleet_share DB_PATH IDLE_MAX_UTIL PARENT_PID``: the publisher."""
     argv = sys.argv[1:] if argv is None else argv
     db_path, idle, parent = argv[0], float(argv[1]), int(argv[2])
-    _die_with_parent()
+    die_with_parent()  # as the workers: SIGKILL when the leader dies
     if os.getppid() != parent:
         return 0
     try:

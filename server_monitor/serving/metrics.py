@@ -12,12 +12,11 @@ partial GPU list) export values; stale, offline and maintenance hosts export jus
 ``server_monitor_up 0``, so a dead host never looks live.
 """
 
-import ctypes
 import gzip
 import os
-import signal
 import sqlite3
-import sys
+
+from ..core.process import die_with_parent
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # zlib level 1: 56 MB of text at 1,000 servers x 8 GPUs -> 3.2 MB in 0.4 s (level 5: 2.1 MB in 1.0 s).
@@ -337,11 +336,7 @@ def builder_init():
         os.nice(BUILDER_NICE)
     except OSError:
         pass
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
+    die_with_parent()
 
 
 def build_gzip(db_path, shard=None, of=None, server_id=None, hostname_label=True):
