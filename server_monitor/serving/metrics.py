@@ -221,6 +221,14 @@ class _Writer:
         return "".join(out)
 
 
+def _dcgm_labels(row, vendor, hostname, extra):
+    """dcgm-exporter's label string of a GPU or MIG ``row`` (``gpu_index``, ``uuid``, ``pci_bus_id``,
+    ``name``), ``Hostname`` when given, then the ``extra`` (name, value) pairs."""
+    return _labels([("gpu", str(row["gpu_index"])), ("UUID", row["uuid"]), ("pci_bus_id", row["pci_bus_id"]),
+                    ("device", f"{vendor}{row['gpu_index']}"), ("modelName", row["name"]), ("Hostname", hostname)]
+                   + extra)
+
+
 def exposition(servers, gpus, disks, migs=(), hostname_label=True):
     """Prometheus text format 0.0.4 (bytes) for the given rows: ``servers`` from
     :data:`SERVERS_SQL`, ``gpus`` from :data:`GPUS_SQL`, ``disks`` from :data:`DISKS_SQL`, ``migs``
@@ -274,26 +282,16 @@ def exposition(servers, gpus, disks, migs=(), hostname_label=True):
                      ("gpu_memory_partition_type", g["memory_partition"])]
             amd.append((g, pairs))
             continue
-        labels = _labels([("gpu", str(g["gpu_index"])), ("UUID", g["uuid"]), ("pci_bus_id", g["pci_bus_id"]),
-                          ("device", f"{vendor}{g['gpu_index']}"), ("modelName", g["name"]),
-                          ("Hostname", server["hostname"] if hostname_label else None),
-                          ("vendor", vendor)])
-        dcgm.append((g, labels))
-    all_gpus = dcgm + [(g, _labels([("gpu", str(g["gpu_index"])), ("UUID", g["uuid"]),
-                                    ("pci_bus_id", g["pci_bus_id"]), ("device", f"amd{g['gpu_index']}"),
-                                    ("modelName", g["name"]),
-                                    ("Hostname", live[g["server_id"]]["hostname"] if hostname_label else None),
-                                    ("vendor", "amd")])) for g, _ in amd]
+        dcgm.append((g, _dcgm_labels(g, vendor, server["hostname"] if hostname_label else None, [("vendor", vendor)])))
+    all_gpus = dcgm + [(g, _dcgm_labels(g, "amd", live[g["server_id"]]["hostname"] if hostname_label else None,
+                                        [("vendor", "amd")])) for g, _ in amd]
     mig_labels = []
     for m in migs:
         server = live.get(m["server_id"])
         if server is not None:
-            mig_labels.append((m, _labels([("gpu", str(m["gpu_index"])), ("UUID", m["uuid"]),
-                                           ("pci_bus_id", m["pci_bus_id"]), ("device", f"nvidia{m['gpu_index']}"),
-                                           ("modelName", m["name"]),
-                                           ("Hostname", server["hostname"] if hostname_label else None),
-                                           ("GPU_I_ID", str(m["gpu_instance_id"])),
-                                           ("GPU_I_PROFILE", m["profile"])])))
+            mig_labels.append((m, _dcgm_labels(m, "nvidia", server["hostname"] if hostname_label else None,
+                                               [("GPU_I_ID", str(m["gpu_instance_id"])),
+                                                ("GPU_I_PROFILE", m["profile"])])))
     mig_columns = {}
     for metric, column in MIG_METRICS:
         mig_columns.setdefault(metric, []).append(column)
