@@ -47,7 +47,7 @@ MAX_SHARDS = 1024
 
 
 class _Cache:
-    """Per Datasette instance: scope key -> (reusable until (monotonic), text, gzip) and the
+    """Per Datasette instance: scope key -> (reusable until (monotonic), gzip bytes) and the
     per-scope locks that make concurrent scrapes of one scope wait for one build."""
 
     def __init__(self):
@@ -106,14 +106,14 @@ def _int_arg(request, name, low, high):
 
 
 async def _body(datasette, key, scope, hostname_label):
-    """(text, gzip) bytes of the exposition for one scope (``scope``: keyword arguments of
-    ``build_gzip``), reused for :data:`REUSE_S` seconds when it was costly to build."""
+    """The gzip bytes of the exposition for one scope (``scope``: the positional arguments of
+    ``build_gzip`` after the database), reused for :data:`REUSE_S` seconds when it was costly to build."""
     global _pool
     cache = _cache(datasette)
     async with cache.locks.setdefault(key, asyncio.Lock()):
         cached = cache.built.get(key)
         if cached is not None and time.monotonic() < cached[0]:
-            return cached[1], cached[2]
+            return cached[1]
         started = time.monotonic()
         db_path = datasette.get_database("monitor").path
         loop = asyncio.get_running_loop()
@@ -123,21 +123,22 @@ async def _body(datasette, key, scope, hostname_label):
             with _pool_lock:
                 _pool = None
             packed, _ = await loop.run_in_executor(_builder(), build_gzip, db_path, *scope, hostname_label)
-        text = await loop.run_in_executor(None, gzip.decompress, packed)
         cost = time.monotonic() - started
         if cost >= REUSE_MIN_COST_S:
-            cache.built[key] = (time.monotonic() + REUSE_S, text, packed)
+            cache.built[key] = (time.monotonic() + REUSE_S, packed)
         else:
             cache.built.pop(key, None)
-        return text, packed
+        return packed
 
 
 async def _serve(request, datasette, key, scope, hostname_label=True):
-    text, packed = await _body(datasette, key, scope, hostname_label)
+    packed = await _body(datasette, key, scope, hostname_label)
     headers = {"cache-control": "no-store", "vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers["content-encoding"] = "gzip"
         return Response(packed, content_type=CONTENT_TYPE, headers=headers)
+    # Scrapers send Accept-Encoding: gzip; only others (curl, a browser tab) pay for inflating it.
+    text = await asyncio.get_running_loop().run_in_executor(None, gzip.decompress, packed)
     return Response(text, content_type=CONTENT_TYPE, headers=headers)
 
 
