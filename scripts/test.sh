@@ -33,7 +33,7 @@ if [ ${#MISSING[@]} -gt 0 ]; then
   fi
 fi
 
-# The whole suite runs on parallel workers (pytest-xdist, $SM_TEST_WORKERS, default 4: most tests
+# The whole suite runs on parallel workers (pytest-xdist, $SM_TEST_WORKERS, default 3: most tests
 # wait on real processes and sockets, not on the CPU), one test file per worker at a time, so the
 # tests of a file share its fixtures and never race each other. Chosen tests (a path, -n or
 # -p no:xdist in the arguments) run as asked.
@@ -47,6 +47,6 @@ done
 if [ "$PARALLEL" = 1 ]; then
   # --no-loadscope-reorder: files go to workers in collection order, which tests/conftest.py
   # starts with the longest files (LONG_FILES), instead of xdist's most-tests-first order.
-  ARGS=(-n "${SM_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "${ARGS[@]}")
+  ARGS=(-n "${SM_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "${ARGS[@]}")
 fi
 exec "$ROOT/.venv/bin/python" -m pytest "${ARGS[@]}"
