@@ -26,7 +26,7 @@ from datasette.utils.asgi import Response
 from datasette.views.base import DatasetteError
 
 import ingest
-from server_monitor.serving import analyst, hub
+from server_monitor.serving import analyst, fleet_share, hub
 from server_monitor.serving.queries import ADMIN_QUERIES, DATABASE
 from server_monitor.storage import dbguard
 from server_monitor.serving.web import STRICT_CSP
@@ -375,7 +375,12 @@ def asgi_wrapper(datasette):
             if actor is not None and actor.get("role") != "viewer" and \
                     await analyst.is_adhoc_sql(scope, datasette, actor):
                 return await ctx.analyst_sql(app, scope, receive, send_with_headers)
-            return await app(scope, receive, send_with_headers)
+            if actor is None or scope["method"] in SAFE_METHODS:
+                return await app(scope, receive, send_with_headers)
+            try:  # a person's write (an admin's form, an acknowledgement): the next ?fresh=1 fleet document shows it
+                return await app(scope, receive, send_with_headers)
+            finally:
+                fleet_share.note_write(ctx.config.db_path)
 
         return gate
 

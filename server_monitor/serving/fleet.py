@@ -164,14 +164,12 @@ def _mig_cells(rows, gpu_process_count):
 
 def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     """Build the :class:`Fragment` of server row ``s`` with its ``gpus`` rows."""
-    cells, counts, who, known_bus = [], {}, {}, set()
+    cells, counts, who = [], {}, {}
     models = {g["name"] for g in gpus}
     model = models.pop() if len(models) == 1 else None  # said once per server when all GPUs match
     for g in gpus:
         state = gpu_state(s, g, idle_max_util)
         counts[state] = counts.get(state, 0) + 1
-        if g["pci_bus_id"]:
-            known_bus.add(canonical_bus_id(g["pci_bus_id"]))
         procs = procs_by_gpu.get(g["id"], [])
         cells.append([g["id"], g["gpu_index"], state, g["utilization_gpu"], g["memory_used_mib"], g["memory_total_mib"],
                       g["temperature_gpu_c"], None if g["power_draw_w"] is None else round(g["power_draw_w"]),
@@ -199,6 +197,8 @@ def _fragment(sig, s, gpus, procs_by_gpu, idle_max_util, migs_by_gpu=None):
     # spells the bus 0000:70:00.0 where the GPU's own row says 00000000:70:00.0: compared in
     # one spelling (core/gpu_health.py canonical_bus_id), a known GPU that goes lost stays one cell, counted once.
     if s["gpu_lost"]:
+        # Only a host with lost GPUs pays for the canonical spelling (10,000 hosts: 0.7 s a cold build).
+        known_bus = {canonical_bus_id(g["pci_bus_id"]) for g in gpus if g["pci_bus_id"]}
         try:
             lost = json.loads(s["gpu_lost"])
         except ValueError:
@@ -423,13 +423,18 @@ class FleetCache:
     async def get(self, key, build_fn, fresh=False):
         """The :class:`Entry` for scope ``key``; ``await build_fn(previous, version)`` makes a new one.
 
-        ``fresh``: the caller needs what the database holds now (no reused document).
+        ``fresh``: the caller needs every change a person made so far (an admin's edit on
+        /admin, a viewer's acknowledgement): no document of this worker's that the database moved
+        past, and a shared one only when it was current after the last such change.
         With a ``shelf``, a large fleet's document comes from the publisher process while it
         is younger than :data:`MAX_STALE_S` (``server_monitor.serving.fleet_share``)."""
-        if not fresh and self.shelf is not None:
+        if self.shelf is not None:
             shared = self.shelf.get(key)
+            # ``fresh`` (a page's first load, a viewer's own change): a shared document is good
+            # when it was current after the last change a person made (fleet_share.note_write).
             if (shared is not None and shared.servers >= REUSE_MIN_SERVERS
-                    and time.time() - shared.checked < MAX_STALE_S):
+                    and time.time() - shared.checked < MAX_STALE_S
+                    and (not fresh or shared.checked > self.shelf.written())):
                 self.shelf.want(key)
                 return shared.entry
         version = self.version()
