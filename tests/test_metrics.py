@@ -297,3 +297,72 @@ def test_metrics_targets_for_http_sd(datasette, hub_config):
     assert [(g["labels"]["Hostname"], g["labels"]["__metrics_path__"]) for g in per_server] == [
         ("sd-a", "/metrics/servers/1"), ("sd-b", "/metrics/servers/2")]
     assert anonymous.get("/metrics/targets?shards=0", headers=token).status_code == 400
+
+
+def test_item5_steady_scraper_is_answered_from_a_build_made_ahead(hub_config, monkeypatch):
+    """Issue 24 (4 shards of 10,000 servers, scrape_duration_seconds <= 2 s): after scrapes at a
+    steady interval, the next build runs before the next scrape is due and that scrape is answered
+    from it without a build of its own; irregular scrapes are not predicted."""
+    import asyncio
+    import importlib.util
+    import os
+
+    from server_monitor.storage import schema
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.storage.store import store_report
+
+    spec = importlib.util.spec_from_file_location(
+        "sm_metrics_ahead", os.path.join(os.path.dirname(__file__), "..", "plugins", "sm_metrics.py"))
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    assert plugin.next_scrape([0.0, 15.0, 30.1], 30.1) == 30.1 + 15.1
+    assert plugin.next_scrape([0.0, 15.0, 45.0], 45.0) is None  # irregular
+    assert plugin.next_scrape([0.0, 15.0], 15.0) is None  # not enough scrapes yet
+
+    db_path = hub_config.db_path
+    schema.migrate(db_path)
+    conn = schema.connect(db_path)
+    now = time.time()
+    for i in range(3):
+        store_report(conn, validate_report(sample_report(f"ahead-{i}", gpus=2, processes=0, sample_time=now)), now)
+
+    class Database:
+        path = db_path
+
+    class Datasette:
+        def get_database(self, name):
+            return Database()
+
+    monkeypatch.setattr(plugin, "REUSE_S", 0.3)
+    monkeypatch.setattr(plugin, "AHEAD_MIN_COST_S", 0.0)
+    builds = []
+    real_build = plugin._build
+
+    async def counted(*args):
+        builds.append(time.monotonic())
+        return await real_build(*args)
+
+    monkeypatch.setattr(plugin, "_build", counted)
+    ds = Datasette()
+    key, scope = ("shard", 0, 1), (None, None, None)
+
+    async def scenario():
+        for i in range(3):
+            if i:
+                await asyncio.sleep(0.8)
+            await plugin._body(ds, key, scope, True)
+        third = time.monotonic()
+        # The third scrape planned the next build ahead of the fourth, due 0.8 s after it.
+        assert len(builds) == 3 and key in plugin._cache(ds).ahead
+        await plugin._cache(ds).ahead[key]
+        assert len(builds) == 4  # built (and done) before the fourth scrape comes
+        await asyncio.sleep(max(0.0, third + 0.8 - time.monotonic()))
+        packed = await plugin._body(ds, key, scope, True)  # the fourth scrape, on time: no build of its own
+        assert len(builds) == 4
+        return packed
+
+    import gzip
+
+    packed = asyncio.run(scenario())
+    assert "ahead-2" in gzip.decompress(packed).decode()
+    plugin._pool.shutdown()

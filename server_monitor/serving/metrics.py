@@ -295,13 +295,16 @@ def exposition(servers, gpus, disks, migs=(), hostname_label=True):
     mig_columns = {}
     for metric, column in MIG_METRICS:
         mig_columns.setdefault(metric, []).append(column)
+    # The hot loop (2.7 million samples at 10,000 servers × 8 GPUs): each GPU's "metric{labels} "
+    # prefix is one concatenation, integers (most values) are written by str() without _number's checks.
     for metric, column, help_text in GPU_METRICS:
         lines = out.family(metric, help_text)
+        append = lines.append
         # The product's own series (not DCGM's) cover every vendor under one label set.
         for g, labels in (all_gpus if metric.startswith("server_monitor_") else dcgm):
             value = g[column]
             if value is not None:
-                lines.append(f"{metric}{labels} {_number(value)}\n")
+                append(metric + labels + (" " + str(value) if type(value) is int else " " + _number(value)) + "\n")
         for mig_column in mig_columns.get(metric, ()):
             for m, labels in mig_labels:
                 if m[mig_column] is not None:
@@ -346,8 +349,12 @@ def build_gzip(db_path, shard=None, of=None, server_id=None, hostname_label=True
     conn = _connections.get(db_path)
     if conn is None:
         conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-        conn.row_factory = sqlite3.Row
         _connections[db_path] = conn
-    rows = [[dict(r) for r in conn.execute(sql, params)] for sql, params in scoped_queries(shard, of, server_id)]
+    rows = []
+    for sql, params in scoped_queries(shard, of, server_id):
+        cursor = conn.execute(sql, params)
+        columns = [c[0] for c in cursor.description]
+        # dict(zip()) over plain tuples: dict(sqlite3.Row) took 1.0 s of a 2,500-server shard's 2.4 s.
+        rows.append([dict(zip(columns, row)) for row in cursor.fetchall()])
     text = exposition(*rows, hostname_label=hostname_label)
     return gzip.compress(text, GZIP_LEVEL, mtime=0), len(text)
