@@ -18,6 +18,7 @@ COMMANDS = {
     "mixed": ("prove", "the mixed use (agents + viewers + analysts): prove --profile mixed (or --profile mixed-small)"),
     "fleet-pages": ("fleet_pages", "/admin and /free at 10,000 servers: server time, browser load, DOM (issue 24)"),
     "fixture": ("fleet_fixture", "grow a lab-like fleet into a database through store_report"),
+    "curve": ("curve", "the cost curve at 100 to 10,000 servers: fleet, /metrics, Prometheus, pages, RSS, ingest (issue 24)"),
 }
 
 

@@ -94,15 +94,16 @@ def send_open_loop(hub, servers, seconds):
             "p99_ms": round(pct(latencies, 0.99), 1), "max_ms": round(max(latencies), 1)}
 
 
-def prometheus(hub, work, shards):
-    """Start Debian's prometheus on ``hub`` with http_sd over ``shards`` targets; returns (proc, base)."""
+def prometheus(hub, work, shards, interval=15, timeout=10):
+    """Start Debian's prometheus on ``hub`` with http_sd over ``shards`` targets, scraping every
+    ``interval`` s with ``timeout``; returns (proc, base)."""
     token_file = os.path.join(work, "prom-token")
     with open(token_file, "w") as fp:
         fp.write(hub.config.get("prometheus.token"))
     port = free_port()
     config = os.path.join(work, "prometheus.yml")
     with open(config, "w") as fp:
-        fp.write("global:\n  scrape_interval: 15s\n  scrape_timeout: 10s\nscrape_configs:\n"
+        fp.write(f"global:\n  scrape_interval: {interval}s\n  scrape_timeout: {timeout}s\nscrape_configs:\n"
                  "  - job_name: server-monitor\n"
                  f"    authorization: {{type: Bearer, credentials_file: {token_file}}}\n"
                  "    http_sd_configs:\n"

@@ -1,0 +1,354 @@
+"""The cost curve of issue 24 item 6: one hub grown from 100 to 10,000 servers × 8 GPUs, measured
+at each size.
+
+    .venv/bin/python -m bench curve [--sizes 100,1000,5000,10000] [--shards 4] [--scrape-interval 30]
+        [--prometheus-seconds 150] [--ingest-seconds 60] [--runs 3] [--json out.json] [--workdir DIR]
+
+A hub (``server-monitor serve``, its default two workers, its own maintenance, alert, fleet
+publisher and /metrics builder processes) whose fleet grows **only through ``POST
+/api/report``** (batches of 50 reports, each host once; nothing is written to the database
+directly and nothing runs ANALYZE that the hub itself does not). Each host: 8 H100 GPUs
+(values from the real nvidia-smi captures, ``tests/reports.py``), a compute process on each GPU
+of three hosts in four (the fourth's GPUs idle and free), host groups as an agent's
+``groups:`` sends them (``cluster-a``… of 500 hosts, ``rack-001``… of 40). The reports state a
+900 s interval so that the hosts stay online while the pages are measured without a feeder;
+the ingest figure sends at the rate of a 30 s interval (``servers / 30`` reports per second).
+
+At each size, with the 1-minute load average next to each group of figures:
+
+* **fleet**: ``GET /api/fleet`` as the admin — the document a page gets (``?fresh=1``, the
+  publisher's for ≥ 100 servers), its gzip and JSON size, ``304``; and **changed**: after an
+  admin's write (a silence set and ended), the worker's own build of ``?fresh=1`` (median of
+  ``--runs``);
+* **metrics**: ``/metrics`` whole and ``?shard=0&of=N`` with ``Accept-Encoding: gzip``: seconds
+  (each a build, past the reuse window), bytes on the wire and as text;
+* **prometheus**: Debian's ``prometheus`` with ``http_sd_configs`` over ``--shards`` targets
+  every ``--scrape-interval`` s for ``--prometheus-seconds``: ``up`` (min over the run per
+  target) and ``scrape_duration_seconds`` (max over the scrapes after each target's first, and
+  max over all of them);
+* **browser** (Debian chromium, Playwright, 1440×900, logged in): navigation start → every GPU
+  cell on screen (up to 1,000 servers, the grid is open) or every group's summary line and
+  heat-strip (the overview, above 1,000); one group opened → its every GPU cell; DOM nodes;
+  ``/admin`` (DOMContentLoaded) and ``/free`` (first page drawn); first load and median of ``--runs``;
+* **new host**: 20 hosts' first reports one at a time: hub CPU per report (process tree) and
+  median latency;
+* **ingest**: ``servers / 30`` reports per second (the first 1,000 hosts in turn), open loop,
+  for ``--ingest-seconds``: rate achieved, p50 / p99 / max latency from when each was due, hub
+  CPU share;
+* **rss**: the hub's process tree (workers, publisher, builders), after the size's measurements.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+
+import urllib3
+
+from bench import metrics as bench_metrics
+from bench.common import HTTP, Hub, login, machine, pct, sample_report, timed
+
+GROUP_SIZE = 500  # hosts per cluster (cluster-a ... cluster-t at 10,000)
+RACK_SIZE = 40
+INTERVAL_S = 900
+
+
+def host(i):
+    """Host name of fleet member ``i``."""
+    return f"node-{i:05d}"
+
+
+def groups_of(i):
+    """The host groups host ``i``'s agent reports: its cluster and its rack."""
+    n = i // GROUP_SIZE
+    cluster = "cluster-" + (chr(ord("a") + n) if n < 26 else f"z{n}")
+    return [cluster, f"rack-{i // RACK_SIZE + 1:03d}"]
+
+
+def report_for(i, name=None):
+    """The report of host ``i`` (see the module docstring), a new ``report_id`` and times each call."""
+    busy = i % 4 != 3
+    report = sample_report(name or host(i), gpus=8, processes=1 if busy else 0, sample_time=time.time())
+    report["interval"] = INTERVAL_S
+    report["groups"] = groups_of(i)
+    if not busy:
+        for gpu in report["gpus"]:
+            gpu["utilization.gpu"], gpu["memory.used"] = 0, 0
+    return report
+
+
+def post(hub, reports, timeout=120):
+    token = hub.config.get("agent.token")
+    body = json.dumps({"reports": reports} if isinstance(reports, list) else reports).encode()
+    t0 = time.perf_counter()
+    answer = HTTP.request("POST", hub.url + "/api/report", body=body, timeout=timeout,
+                          headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    assert answer.status in (200, 201, 207), answer.data[:300]
+    return (time.perf_counter() - t0) * 1000
+
+
+def grow(hub, start, stop, batch=50):
+    """Hosts ``start``..``stop - 1`` through ``POST /api/report`` in batches; returns seconds."""
+    t0 = time.monotonic()
+    for first in range(start, stop, batch):
+        post(hub, [report_for(i) for i in range(first, min(stop, first + batch))])
+    return time.monotonic() - t0
+
+
+def load():
+    return round(os.getloadavg()[0], 1)
+
+
+def fleet_figures(hub, http, cookies, runs):
+    gz = dict(cookies, **{"Accept-Encoding": "gzip"})
+    out = {"load": load()}
+    response, body, ms = timed("GET", hub.url + "/api/fleet?fresh=1", http, headers=gz)
+    assert response.status == 200
+    out["first_ms"], out["gzip_bytes"] = round(ms), len(body)
+    import gzip
+
+    out["json_bytes"] = len(gzip.decompress(body))
+    served = [timed("GET", hub.url + "/api/fleet?fresh=1", http, headers=gz)[2] for _ in range(runs)]
+    out["page_ms"] = round(statistics.median(served))
+    etag = response.headers["etag"]
+    for _ in range(3):
+        response, body, ms = timed("GET", hub.url + "/api/fleet", http, headers=gz)
+        if response.status == 200:
+            etag = response.headers["etag"]
+    unchanged = [timed("GET", hub.url + "/api/fleet", http, headers=dict(gz, **{"If-None-Match": etag}))
+                 for _ in range(runs * 3)]
+    out["not_modified_ms"] = round(statistics.median(ms for r, _, ms in unchanged if r.status == 304), 1) \
+        if any(r.status == 304 for r, _, _ in unchanged) else None
+    changed = []
+    json_headers = dict(cookies, **{"Content-Type": "application/json"})
+    for k in range(runs):
+        post(hub, report_for(k))
+        made = http.request("POST", hub.url + "/api/silences", headers=json_headers,
+                            body=json.dumps({"server_id": 1, "minutes": 5, "note": "bench"}).encode())
+        assert made.status == 201, made.data[:300]
+        http.request("DELETE", f"{hub.url}/api/silences/{json.loads(made.data)['silence_id']}", headers=cookies)
+        response, body, ms = timed("GET", hub.url + "/api/fleet?fresh=1", http, headers=gz)
+        assert response.status == 200
+        changed.append(ms)
+    out["changed_ms"] = [round(ms) for ms in changed]
+    return out
+
+
+def metrics_figures(hub, shards, runs):
+    out = {"load": load()}
+    out["whole_s"], out["whole_gzip_bytes"], out["whole_text_bytes"] = bench_metrics.scrape_figures(hub, "/metrics", runs)
+    out["shard_s"], out["shard_gzip_bytes"], out["shard_text_bytes"] = bench_metrics.scrape_figures(
+        hub, f"/metrics?shard=0&of={shards}", runs)
+    out["load_after"] = load()
+    return out
+
+
+def prometheus_figures(hub, work, shards, interval, seconds):
+    proc, base = bench_metrics.prometheus(hub, work, shards, interval=interval, timeout=min(interval, 20))
+    try:
+        time.sleep(seconds)
+        # Steady state: the scrapes after the first of each target (which also starts the worker's
+        # builder process); the first ones are in "scrape_s_max_all".
+        window = f"[{max(interval, seconds - interval - 10)}s]"
+        up = bench_metrics.query(base, f'min_over_time(up{{job="server-monitor"}}[{seconds}s])')
+        worst = bench_metrics.query(base, f'max_over_time(scrape_duration_seconds{{job="server-monitor"}}{window})')
+        worst_all = bench_metrics.query(base, f'max_over_time(scrape_duration_seconds{{job="server-monitor"}}[{seconds}s])')
+        scrapes = bench_metrics.query(base, f'count_over_time(up{{job="server-monitor"}}{window})')
+        samples = bench_metrics.query(base, 'scrape_samples_scraped{job="server-monitor"}')
+        return {"load": load(), "targets": len(up), "all_up": sum(r["value"][1] == "1" for r in up),
+                "scrape_s_max": {r["metric"].get("shard", "?"): round(float(r["value"][1]), 2) for r in worst},
+                "scrape_s_max_all": {r["metric"].get("shard", "?"): round(float(r["value"][1]), 2) for r in worst_all},
+                "scrapes": sum(int(float(r["value"][1])) for r in scrapes),
+                "samples": sum(int(float(r["value"][1])) for r in samples)}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)
+
+
+# Navigation start -> the page's "done" state, checked on every animation frame.
+VISIBLE = """([gpus, overview]) => {
+  const cells = document.querySelectorAll('#grid .cell').length;
+  const heads = [...document.querySelectorAll('#grid details.gsec > summary .gline')].filter((e) => e.textContent).length;
+  const ready = overview ? heads > 0 && heads === document.querySelectorAll('#grid details.gsec').length : cells >= gpus;
+  if (ready) { window.__visible = window.__visible || performance.now(); return true; }
+  return false; }"""
+
+
+def browser_figures(hub, servers, runs):
+    from playwright.sync_api import sync_playwright
+
+    from browser import CHROMIUM_ARGS, chromium_path
+
+    overview = servers > 1000
+    gpus = servers * 8
+    out = {"load": load(), "overview": overview}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 900})
+        page = context.new_page()
+        page.goto(hub.url + "/login")
+        page.fill("#username", "admin")
+        page.fill("#password", hub.password)
+        page.press("#password", "Enter")
+        page.wait_for_url(hub.url + "/", timeout=120000)
+        cdp = context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+        visible = []
+        for _ in range(runs + 1):
+            page.goto(hub.url + "/")
+            page.wait_for_function(VISIBLE, arg=[gpus, overview], timeout=180000, polling="raf")
+            visible.append(page.evaluate("window.__visible"))
+        out["visible_first_ms"], out["visible_ms"] = round(visible[0]), round(statistics.median(visible[1:]))
+        out["nodes"] = int({m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}["Nodes"])
+        out["dom_elements"] = page.evaluate("document.getElementsByTagName('*').length")
+        out["height_px"] = page.evaluate("document.documentElement.scrollHeight")
+        if overview:  # one group opened: every GPU cell of it on screen
+            opened = []
+            for _ in range(runs):
+                page.goto(hub.url + "/")
+                page.wait_for_function(VISIBLE, arg=[gpus, True], timeout=180000, polling="raf")
+                opened.append(page.evaluate("""() => new Promise((resolve) => {
+                  const sec = document.querySelector('#grid details.gsec');
+                  const want = [...sec.querySelectorAll('summary .gline')][0].textContent.match(/(\\d+) GPUs/)[1] * 1;
+                  const t0 = performance.now();
+                  sec.open = true;
+                  const check = () => sec.querySelectorAll('.cell').length >= want ? resolve([performance.now() - t0, want])
+                                                                                   : requestAnimationFrame(check);
+                  requestAnimationFrame(check); })"""))
+            out["group_open_ms"] = round(statistics.median(t for t, _ in opened))
+            out["group_gpus"] = opened[0][1]
+            out["nodes_group_open"] = page.evaluate("document.getElementsByTagName('*').length")
+        for path, ready in (("/admin", None), ("/free", "#free-count:not(:empty)")):
+            loads = []
+            for _ in range(runs + 1):
+                page.goto(hub.url + path, wait_until="domcontentloaded")
+                if ready:
+                    page.wait_for_selector(ready, timeout=120000)
+                    loads.append(page.evaluate("performance.now()"))
+                else:
+                    loads.append(page.evaluate("performance.timing.domContentLoadedEventEnd"
+                                               " - performance.timing.navigationStart"))
+            name = path.strip("/")
+            out[f"{name}_first_ms"], out[f"{name}_ms"] = round(loads[0]), round(statistics.median(loads[1:]))
+            out[f"{name}_nodes"] = page.evaluate("document.getElementsByTagName('*').length")
+        browser.close()
+    out["load_after"] = load()
+    return out
+
+
+def new_host_figures(hub, size, count=20):
+    """``count`` new hosts' first reports, one at a time: hub CPU ms per report and median latency."""
+    latencies = []
+    cpu0 = hub.cpu_seconds()
+    for k in range(count):
+        latencies.append(post(hub, report_for(k, name=f"new-{size:05d}-{k:02d}")))
+    cpu = (hub.cpu_seconds() - cpu0) * 1000 / count
+    return {"load": load(), "hub_cpu_ms_per_report": round(cpu, 2), "latency_ms": round(statistics.median(latencies), 1)}
+
+
+def ingest_figures(hub, servers, seconds, senders=8):
+    """Reports of the fleet's hosts at ``servers / 30`` per second (a 30 s interval), open loop:
+    each report is due at its time; ``senders`` threads with kept-alive connections send them."""
+    rate = servers / 30
+    token = hub.config.get("agent.token")
+    # The first 1,000 hosts' reports, in turn (building each host's report costs the bench 6.5 ms; the
+    # hub's cost per report does not depend on which of its hosts sent it).
+    templates = [report_for(i) for i in range(min(servers, 1000))]
+    latencies, lock = [], threading.Lock()
+    start = time.monotonic() + 0.5
+    total = int(rate * seconds)
+    counter = iter(range(total))
+
+    def sender():
+        http = urllib3.PoolManager(maxsize=1, retries=False)
+        for k in counter:
+            due = start + k / rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            now = time.time()
+            report = dict(templates[k % len(templates)], report_id=f"curve-{k}-{time.time_ns()}",
+                          sample_time=now, sent_at=now)
+            answer = http.request("POST", hub.url + "/api/report", body=json.dumps(report).encode(),
+                                  headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+            with lock:
+                # open loop: from when the report was due, so a sender that fell behind counts too
+                latencies.append((time.monotonic() - due) * 1000 if answer.status == 201 else float("inf"))
+
+    cpu0, t0 = hub.cpu_seconds(), time.monotonic()
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    elapsed = time.monotonic() - t0
+    cpu = hub.cpu_seconds() - cpu0
+    return {"load": load(), "target_per_s": round(rate, 1), "sent": len(latencies),
+            "achieved_per_s": round(len(latencies) / elapsed, 1), "failed": sum(ms == float("inf") for ms in latencies),
+            "p50_ms": round(pct(latencies, 0.5), 1), "p99_ms": round(pct(latencies, 0.99), 1),
+            "max_ms": round(max(latencies), 1), "hub_cores": round(cpu / elapsed, 2)}
+
+
+def rss_mib(hub):
+    hub.samples.clear()
+    hub.sample()
+    return round(hub.samples[-1][2] / 2**20) if hub.samples else None
+
+
+def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60, runs=3, workdir=None,
+        skip=(), out_path=None):
+    work = workdir or tempfile.mkdtemp(prefix="sm-bench-curve-")
+    hub = Hub(work)
+    hub.start()
+    results = {"machine": machine(), "sizes": {}, "workdir": work}
+    grown = 0
+    try:
+        for size in sizes:
+            row = results["sizes"][size] = {"servers": size, "gpus": size * 8}
+            row["grow_s"] = round(grow(hub, grown, size), 1)
+            grown = size
+            time.sleep(3)
+            http, cookies = login(hub)
+            if "fleet" not in skip:
+                row["fleet"] = fleet_figures(hub, http, cookies, runs)
+            if "browser" not in skip:
+                row["browser"] = browser_figures(hub, size, runs)
+            if "metrics" not in skip:
+                row["metrics"] = metrics_figures(hub, shards, max(2, runs - 1))
+            if "prometheus" not in skip:
+                row["prometheus"] = prometheus_figures(hub, work, shards, interval, prometheus_seconds)
+            row["rss_mib"] = rss_mib(hub)
+            if "newhost" not in skip:
+                row["new_host"] = new_host_figures(hub, size)
+            if "ingest" not in skip:
+                row["ingest"] = ingest_figures(hub, size, ingest_seconds)
+            row["rss_mib_after_ingest"] = rss_mib(hub)
+            print(json.dumps({str(size): row}), flush=True)
+            if out_path:
+                with open(out_path, "w") as fp:
+                    json.dump(results, fp, indent=2)
+    finally:
+        hub.stop()
+    return results
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench curve", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,5000,10000")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--scrape-interval", type=int, default=30)
+    parser.add_argument("--prometheus-seconds", type=int, default=150)
+    parser.add_argument("--ingest-seconds", type=int, default=60)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma-separated: fleet,browser,metrics,prometheus,newhost,ingest")
+    parser.add_argument("--workdir")
+    parser.add_argument("--json", help="write the figures here (after each size)")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(machine(), flush=True)
+    run(sizes, args.shards, args.scrape_interval, args.prometheus_seconds, args.ingest_seconds, args.runs,
+        args.workdir, set(filter(None, args.skip.split(","))), args.json)
+    return 0
