@@ -455,7 +455,13 @@ function renderGrid() {
 // document (indexFilter), and a keystroke only toggles `hidden` on the rows and sections that
 // change, in the next animation frame (several keys in one frame are one pass).
 let inGroup = new Map();    // server id -> Set of its groups (the "Group" select)
+let indexed = null;         // the document hay/inGroup were built from (built when a filter is first used)
 function indexFilter() {
+  indexed = null;  // built on the first filter pass that needs it: the overview of 10,000 servers draws without it
+}
+function ensureIndex() {
+  if (indexed === doc) return;
+  indexed = doc;
   hay = new Map();
   inGroup = new Map(doc.servers.map((s) => [s.id, new Set(s.groups || [])]));
   for (const s of doc.servers) {
@@ -472,6 +478,7 @@ function applyFilter(force = false) {
   const key = text + "\u0001" + only;
   if (!force && key === filterText) return;
   filterText = key;
+  if (text || only) ensureIndex();
   const shown = (sid) => (text === "" || hay.get(sid).includes(text)) && (only === "" || inGroup.get(sid).has(only));
   // Rows to hide go at once; rows to show again go SHOW_CHUNK at a time in page order, the rest in
   // the next frames: clearing a narrow filter at 1,000 servers re-lays out every row, and the
@@ -1041,10 +1048,14 @@ function renderSummary() {
     n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
     n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
     // One chip; on a phone it wraps between its parts ("9 broken" was cut off at 390 px).
-    h("span", { class: "sum sum-gpus" }, ...[free + " free", busy + " busy", idle ? idle + " held idle" : null,
-      alloc ? alloc + " allocated (Slurm)" : null, broken ? broken + " broken" : null]
-      .filter((part) => part !== null)
-      .flatMap((part, i) => (i ? [" · ", h("span", { class: "sum-part" }, part)] : [h("span", { class: "sum-part" }, part)]))));
+    gpuChip(...[free + " free", busy + " busy", idle ? idle + " held idle" : null,
+      alloc ? alloc + " allocated (Slurm)" : null, broken ? broken + " broken" : null].filter((part) => part !== null)));
+}
+
+function gpuChip(...parts) {
+  // On a wide screen the chip may end in "…" (the top bar stays one line): its title says it all.
+  return h("span", { class: "sum sum-gpus", title: "GPUs: " + parts.join(", ") },
+    ...parts.flatMap((part, i) => (i ? [" · ", h("span", { class: "sum-part" }, part)] : [h("span", { class: "sum-part" }, part)])));
 }
 
 function renderAnnouncements() {

@@ -75,6 +75,11 @@ def test_item1_groups_viewer_scoped_by_group_sees_new_members_never_other_groups
     assert sorted(s["name"] for s in fleet["servers"]) == ["a-1.lab", "a-2.lab"]
     servers = page.request.get(hub_process.base_url + "/monitor/servers.json?_shape=array").json()
     assert sorted(s["name"] for s in servers) == ["a-1.lab", "a-2.lab"]
+    gpus = page.request.get(hub_process.base_url + "/monitor/gpus.json?_shape=array").json()
+    assert gpus and {g["server"] for g in gpus} <= {"a-1.lab", "a-2.lab", "a-1", "a-2"}, gpus[:2]
+    # /metrics is the Prometheus token's or an admin's: a viewer scoped by group gets none of it.
+    for path in ("/metrics", "/metrics?shard=0&of=2", "/metrics/servers/2", "/metrics/targets"):
+        assert page.request.get(hub_process.base_url + path).status == 403, path
     assert page.console_errors == []
 
 
@@ -147,3 +152,41 @@ def test_item2_filter_repaints_within_100ms_at_1000_servers(page, hub_process, h
     print("filter keystroke → repaint (ms, fastest of 3):", {k: round(v, 1) for k, v in times.items()})
     assert statistics.median(times.values()) <= 100, times
     assert page.console_errors == []
+
+
+TOPBAR = """() => {
+  const bar = document.querySelector('header.topbar');
+  const kids = [...bar.children].filter((k) => k.getClientRects().length);
+  const tops = kids.map((k) => Math.round(k.getBoundingClientRect().top));
+  return {height: bar.getBoundingClientRect().height, lines: new Set(tops.map((t) => Math.round(t / 12))).size,
+          user: document.querySelector('.user-menu').getBoundingClientRect().right,
+          overflow: document.documentElement.scrollWidth - innerWidth};
+}"""
+
+
+def test_item4_top_bar_stays_one_line_at_1440_with_1000_servers(browser, hub_process, hub_config):
+    """The newcomer review: "with 1,000 servers the 1440 px top bar wraps and 'admin' drops to a
+    second line". A 1,000-server fleet (4-digit counts, an offline and a late host, a lost GPU) and
+    an admin with a long login: at 1440 px the bar is one line with the user menu at its right end;
+    at 390 px nothing overflows the screen."""
+    from server_monitor.auth.accounts import Accounts
+
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import fleet_fixture
+
+    fleet_fixture.grow(hub_config.db_path, servers=1000, processes=2000, groups=4, racks=False, interval=600)
+    Accounts(hub_config.auth_db_path).create_user("margarethe.vandersteen", hash_password(PASSWORD, iterations=1000),
+                                                  "admin")
+    for width, height in ((1440, 900), (390, 844)):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        login(page, hub_process.base_url, "margarethe.vandersteen", PASSWORD)
+        page.wait_for_selector("#summary .sum-gpus")
+        bar = page.evaluate(TOPBAR)
+        assert bar["overflow"] <= 0, bar
+        if width == 1440:
+            chips = page.inner_text("#summary")
+            assert "online" in chips and "free" in chips and "broken" in chips, chips
+            assert bar["lines"] == 1 and bar["height"] < 50 and bar["user"] > width - 40, bar
+            assert "broken" in page.get_attribute("#summary .sum-gpus", "title")
+        context.close()
