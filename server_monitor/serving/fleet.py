@@ -253,34 +253,36 @@ def build_scope(conn, params, fragments, idle_max_util=5):
             known = fragments.get((row[0], see))
             if known is None or known.sig != sig:
                 stale.append(dict(zip(columns, row)))
-        gpus, procs, migs = [], [], []
+        # 500 servers at a time, their rows dropped once their fragments are built: a cold build
+        # of 10,000 servers held 80,000 GPU and 80,000 process rows as dicts at once (the
+        # worker's RSS stayed ~260 MB higher after it).
         for i in range(0, len(stale), 500):
-            chunk = json.dumps([s["id"] for s in stale[i:i + 500]])
-            gpus += _rows(conn, "fleet_gpus", dict(params, servers=chunk))
-            migs += _rows(conn, "fleet_mig", dict(params, servers=chunk))
-            if see:
-                procs += _rows(conn, "fleet_processes", dict(params, servers=chunk))
+            part = stale[i:i + 500]
+            chunk = json.dumps([s["id"] for s in part])
+            gpus = _rows(conn, "fleet_gpus", dict(params, servers=chunk))
+            migs = _rows(conn, "fleet_mig", dict(params, servers=chunk))
+            procs = _rows(conn, "fleet_processes", dict(params, servers=chunk)) if see else []
+            procs_by_gpu, gpus_by_server, migs_by_gpu = {}, {}, {}
+            for m in migs:
+                migs_by_gpu.setdefault(m["gpu_id"], []).append(m)
+            for p in procs:
+                container = p["container"]
+                if container and p["container_kind"]:
+                    container = f"{p['container_kind']}:{container}"
+                user = p["user"] if p["user"] is not None else (f"uid {p['uid']}" if p["uid"] is not None else None)
+                procs_by_gpu.setdefault(p["gpu_id"], []).append(
+                    [p["pid"], user, container, p["used_gpu_memory_mib"], p["process_name"], p["gpu_instance_id"]])
+            for g in gpus:
+                gpus_by_server.setdefault(g["server_id"], []).append(g)
+            for s in part:
+                fragments[(s["id"], see)] = _fragment(sigs[s["id"]], s, gpus_by_server.get(s["id"], ()), procs_by_gpu,
+                                                      idle_max_util, migs_by_gpu)
         alerts = _rows(conn, "alerts_active", params)
     finally:
         conn.execute("COMMIT")
-    procs_by_gpu, gpus_by_server, migs_by_gpu = {}, {}, {}
-    for m in migs:
-        migs_by_gpu.setdefault(m["gpu_id"], []).append(m)
-    for p in procs:
-        container = p["container"]
-        if container and p["container_kind"]:
-            container = f"{p['container_kind']}:{container}"
-        user = p["user"] if p["user"] is not None else (f"uid {p['uid']}" if p["uid"] is not None else None)
-        procs_by_gpu.setdefault(p["gpu_id"], []).append(
-            [p["pid"], user, container, p["used_gpu_memory_mib"], p["process_name"], p["gpu_instance_id"]])
-    for g in gpus:
-        gpus_by_server.setdefault(g["server_id"], []).append(g)
     if params["_scope_all"]:  # forget deleted servers
         for key in [k for k in fragments if k[0] not in sigs]:
             del fragments[key]
-    for s in stale:
-        fragments[(s["id"], see)] = _fragment(sigs[s["id"]], s, gpus_by_server.get(s["id"], ()), procs_by_gpu,
-                                              idle_max_util, migs_by_gpu)
     parts, counts_s, counts_g, who = [], {}, {}, {}
     for server_id in ids:  # last_seen is left out of the signature: it moves with every report
         f = fragments[(server_id, see)]
