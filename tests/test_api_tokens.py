@@ -250,3 +250,27 @@ def test_item4_token_requests_are_rate_limited_per_token(hub_config):
     configure(hub_config, api_token_requests_per_minute=0)
     with pytest.raises(config_mod.ConfigError, match=r"auth\.api_token_requests_per_minute must be an integer >= 1"):
         config_mod.load(hub_config.path)
+
+
+def test_item4_token_route_matrix_reads_like_its_owner_and_never_opens_admin_pages(datasette, hub_config):
+    """Every registered route (tests/test_access.py MATRIX) with a token of each role: the owner's
+    session answer, except admin, account, login/logout/register and /-/ pages: 403 for any token."""
+    from test_access import MATRIX, ROLES, build_hub
+
+    refused = ("/admin", "/account", "/-/", "/logout", "/login", "/register", "/monitor/admin_", "/_internal")
+
+    clients = build_hub(datasette, hub_config)
+    ctx = clients["ctx"]
+    owners = {"viewer": ("vera", "user"), "scoped": ("scott", "user"), "analyst": ("ana", "user"),
+              "admin": (ctx.admin_username, "config")}
+    script = Client(datasette)
+    mismatches = []
+    for role, (name, source) in owners.items():
+        _, token = ctx.accounts.api_tokens.create(name, source, "matrix")
+        for path, expected in MATRIX.items():
+            want = 403 if path.startswith(refused) and path != "/-/health" \
+                else expected[ROLES.index(role)]
+            got = script.get(path, headers=bearer(token)).status_code
+            if got != want:
+                mismatches.append(f"{role:8} {path}: got {got}, want {want}")
+    assert mismatches == []
