@@ -4,7 +4,7 @@ It plays what oauth2-proxy / Authelia / Authentik do in front of the hub: it kno
 is from its own login cookie (``idp=<name>``; the users and their groups come from a JSON file,
 standing in for the identity provider), answers 401 to anyone without one, **removes** whatever
 user and groups headers the client sent, sets its own, and forwards the request to the hub from
-the source address ``--source`` (a loopback address of its own, so the hub sees a different TCP
+the source address ``--source``; groups go one header line each, as oauth2-proxy sends them (a loopback address of its own, so the hub sees a different TCP
 peer for it than for a client on 127.0.0.1).
 
     python tests/sso_proxy.py --listen 127.0.0.1:PORT --upstream 127.0.0.1:HUBPORT \
@@ -58,10 +58,16 @@ def main():
                 return
             headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP and k.lower() not in drop}
             headers[args.user_header] = name
-            headers[args.groups_header] = ",".join(users[name])
             headers["Host"] = self.headers.get("Host", args.upstream)
             conn = http.client.HTTPConnection(up_host, int(up_port), timeout=30, source_address=(args.source, 0))
-            conn.request(self.command, self.path, body=body, headers=headers)
+            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            for key, value in headers.items():
+                conn.putheader(key, value)
+            for group in users[name]:  # one header line per group, as oauth2-proxy sends them
+                conn.putheader(args.groups_header, group)
+            if body is not None:
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
             answer = conn.getresponse()
             data = answer.read()
             self.send_response(answer.status)

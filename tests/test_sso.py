@@ -157,3 +157,31 @@ def test_item5_sso_is_off_by_default_and_a_bad_key_is_one_clear_line(hub_config,
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert [line for line in run.stderr.splitlines() if line.strip()] == [
         "Error: config: unknown key sso.enabeld (did you mean enabled?)"]
+
+
+def test_item5_sso_groups_header_in_each_proxys_form(hub_config):
+    """oauth2-proxy: one line per group; Authelia: one line joined by ","; Authentik: "|"; only
+    from a peer in sso.proxies."""
+    from server_monitor.auth import sso
+
+    write_config(hub_config, SSO)
+    cfg = config_mod.load(hub_config.path)
+
+    def scope(peer, *headers):
+        return {"client": (peer, 40000), "headers": [(k.lower().encode(), v.encode()) for k, v in headers]}
+
+    lines = scope(PROXY_ADDRESS, ("X-Forwarded-User", "tina"), ("X-Forwarded-Groups", "team-a-members"),
+                  ("X-Forwarded-Groups", "everyone"))
+    assert sso.identity(lines, cfg) == ("tina", ["everyone", "team-a-members"])
+    joined = scope(PROXY_ADDRESS, ("X-Forwarded-User", "tina"), ("X-Forwarded-Groups", "team-a-members, everyone"))
+    assert sso.identity(joined, cfg) == ("tina", ["everyone", "team-a-members"])
+    assert sso.identity(scope("127.0.0.1", ("X-Forwarded-User", "tina")), cfg) is None
+    assert sso.identity(scope("::ffff:127.0.0.2", ("X-Forwarded-User", "tina")), cfg) == ("tina", [])
+    write_config(hub_config, dict(SSO, user_header="X-authentik-username", groups_header="X-authentik-groups",
+                                  groups_separator="|"))
+    cfg = config_mod.load(hub_config.path)
+    piped = scope(PROXY_ADDRESS, ("X-authentik-username", "alice@lab.example"), ("X-authentik-groups", "lab-admins|x"))
+    assert sso.identity(piped, cfg) == ("alice@lab.example", ["lab-admins", "x"])
+    assert sso.mapped(cfg, ["lab-admins", "x"])[0] == "admin"
+    assert sso.mapped(cfg, ["team-a-members"]) == ("viewer", [], ["team-a"], True)
+    assert sso.mapped(cfg, ["x"]) == ("viewer", [], None, True)  # default_scope none

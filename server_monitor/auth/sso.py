@@ -77,8 +77,12 @@ def identity(scope, config):
     except AccountError:
         raise SSOError("The sign-on proxy sent a user name this hub cannot take (1 to 64 letters, digits,"
                        " '.', '_', '-' or '@').")
-    raw = _header(scope, config.get("sso.groups_header")) if config.get("sso.groups_header") else None
-    groups = sorted({g.strip() for g in (raw or "").split(config.get("sso.groups_separator") or ",") if g.strip()})
+    # Every line of the groups header (oauth2-proxy sends one line per group, Authelia one line
+    # joined by ",", Authentik one joined by "|"), each split at the separator.
+    wanted = (config.get("sso.groups_header") or "").lower().encode("latin-1")
+    separator = config.get("sso.groups_separator") or ","
+    groups = sorted({g.strip() for key, value in scope.get("headers") or () if wanted and key == wanted
+                     for g in value.decode("latin-1").split(separator) if g.strip()})
     return user, groups[:256]
 
 
