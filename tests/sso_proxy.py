@@ -4,8 +4,9 @@ It plays what oauth2-proxy / Authelia / Authentik do in front of the hub: it kno
 is from its own login cookie (``idp=<name>``; the users and their groups come from a JSON file,
 standing in for the identity provider), answers 401 to anyone without one, **removes** whatever
 user and groups headers the client sent, sets its own, and forwards the request to the hub from
-the source address ``--source``; groups go one header line each, as oauth2-proxy sends them (a loopback address of its own, so the hub sees a different TCP
-peer for it than for a client on 127.0.0.1).
+the source address ``--source`` (a loopback address of its own, so the hub sees a different TCP
+peer for it than for a client on 127.0.0.1). Groups go one header line each, as oauth2-proxy
+sends them.
 
     python tests/sso_proxy.py --listen 127.0.0.1:PORT --upstream 127.0.0.1:HUBPORT \
         --source 127.0.0.2 --users users.json [--user-header X-Forwarded-User] [--groups-header ...]
