@@ -3,7 +3,9 @@
 1. ``/api/report`` goes to the WSGI ingest app (``ingest.py``) on the same port, run in
    one worker thread (``server_monitor.serving.wsgi_bridge``) so writes never block the event loop;
    ``/-/health`` answers here too, without a session.
-2. Every other request is private: the session cookie is resolved to an actor here, and
+2. Every other request is private: a user's read-only API token (``Authorization: Bearer smu_``),
+   the trusted sign-on proxy's user header (``sso.*``, only from ``sso.proxies``) or the session
+   cookie is resolved to an actor here (:func:`resolve_actor`), and
    anonymous requests for anything but login/register, static assets and token paths
    (``/metrics``) get a redirect to ``/login`` (HTML) or a 401 JSON error (API and
    ``.json`` paths). Datasette's ``/-/`` introspection pages are for admins only.
