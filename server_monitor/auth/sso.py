@@ -16,8 +16,7 @@ the proxy's groups on every request. A user that exists already (created by invi
 role and scope an admin gave it: the proxy only proves who it is.
 """
 
-import ipaddress
-
+from ..core import peers
 from .accounts import ROLES, AccountError, check_username
 
 # Password hash of users created by SSO: no password ever matches it (they log in through the proxy).
@@ -34,20 +33,13 @@ def _nets(config):
     sso = config.data["sso"]
     nets = sso.get("_nets")
     if nets is None:
-        nets = sso["_nets"] = [ipaddress.ip_network(p.strip(), strict=False) for p in sso.get("proxies") or []]
+        nets = sso["_nets"] = peers.networks(sso.get("proxies"))
     return nets
 
 
 def peer_is_proxy(scope, config):
     """True when the socket peer of ASGI ``scope`` is one of ``sso.proxies`` (IPv4-mapped IPv6 as IPv4)."""
-    peer = (scope.get("client") or ("",))[0]
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if getattr(address, "ipv4_mapped", None):
-        address = address.ipv4_mapped
-    return any(address in net for net in _nets(config))
+    return peers.peer_in(scope, _nets(config))
 
 
 def _header(scope, name):

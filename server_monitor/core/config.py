@@ -244,14 +244,7 @@ def _check(data):
         raise ConfigError("config: set auth.password_hash (preferred) or auth.password")
     if auth.get("password_hash") and not str(auth["password_hash"]).startswith("pbkdf2_sha256$"):
         raise ConfigError("config: auth.password_hash must be a pbkdf2_sha256$... hash")
-    proxies = auth.get("trusted_proxies")
-    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
-        raise ConfigError("config: auth.trusted_proxies must be a list of addresses or networks")
-    for proxy in proxies:
-        try:
-            ipaddress.ip_network(proxy.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"config: auth.trusted_proxies: {proxy!r} is not an address or network")
+    _check_networks(auth.get("trusted_proxies"), "auth.trusted_proxies")
     for key in ("logins_per_minute", "max_sessions_per_user", "api_token_requests_per_minute"):
         if not isinstance(auth.get(key), int) or isinstance(auth.get(key), bool) or auth[key] < 1:
             raise ConfigError(f"config: auth.{key} must be an integer >= 1")
@@ -289,20 +282,25 @@ HEADER_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 HOST_GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
+def _check_networks(value, key):
+    """``value`` when it is a list of addresses or networks, else :class:`ConfigError` naming ``key``."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ConfigError(f"config: {key} must be a list of addresses or networks")
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"config: {key}: {entry!r} is not an address or network")
+    return value
+
+
 def _check_sso(sso):
     """Raise :class:`ConfigError` naming the one ``sso.*`` key that is wrong (see docs/operations.md)."""
     if not isinstance(sso, dict):
         raise ConfigError("config: 'sso' must be a mapping")
     if not isinstance(sso.get("enabled"), bool):
         raise ConfigError("config: sso.enabled must be true or false")
-    proxies = sso.get("proxies")
-    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
-        raise ConfigError("config: sso.proxies must be a list of addresses or networks (your proxy's)")
-    for proxy in proxies:
-        try:
-            ipaddress.ip_network(proxy.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"config: sso.proxies: {proxy!r} is not an address or network")
+    proxies = _check_networks(sso.get("proxies"), "sso.proxies")
     if sso["enabled"] and not proxies:
         raise ConfigError("config: sso.proxies must list the proxy's address when sso.enabled is true")
     for key in ("user_header", "groups_header"):

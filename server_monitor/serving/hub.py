@@ -6,7 +6,6 @@ accounts store, the login limiter, the ingest WSGI app) and caches it on the ins
 
 import asyncio
 import hmac
-import ipaddress
 import os
 import sqlite3
 import threading
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itsdangerous.url_safe import URLSafeSerializer
 
 from ..core import config as config_mod
+from ..core import peers
 from .analyst import AnalystSQL
 from ..auth import sso as sso_mod
 from ..auth.accounts import Accounts, LoginLimiter
@@ -45,16 +45,8 @@ def from_trusted_proxy(scope, config):
         return False
     nets = config.data["auth"].get("_trusted_nets")
     if nets is None:
-        nets = config.data["auth"]["_trusted_nets"] = [
-            ipaddress.ip_network(p.strip(), strict=False) for p in config.get("auth.trusted_proxies") or []]
-    peer = (scope.get("client") or ("",))[0]
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if getattr(address, "ipv4_mapped", None):
-        address = address.ipv4_mapped
-    return any(address in net for net in nets)
+        nets = config.data["auth"]["_trusted_nets"] = peers.networks(config.get("auth.trusted_proxies"))
+    return peers.peer_in(scope, nets)
 
 
 def scope_is_https(scope, config):
