@@ -84,7 +84,10 @@ def resolve_actor(scope, datasette, ctx, https):
     bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
     if bearer.startswith(api_tokens.PREFIX):
         client = (scope.get("client") or ("unknown",))[0]
-        actor, reason = ctx.actor_for_token(bearer, client)
+        forwarded = ctx.config.get("auth.trusted_proxy_header")
+        if forwarded and hub.from_trusted_proxy(scope, ctx.config):  # the address the proxy saw (docs/security.md L4)
+            client = _header(scope, forwarded.lower().encode("latin-1")).split(",")[-1].strip() or client
+        actor, reason = ctx.actor_for_token(bearer, client[:64])
         if actor is None:
             return None, None, None, (401, f"API token {reason}")
         refusal = token_refusal(scope)

@@ -274,3 +274,18 @@ def test_item4_token_route_matrix_reads_like_its_owner_and_never_opens_admin_pag
             if got != want:
                 mismatches.append(f"{role:8} {path}: got {got}, want {want}")
     assert mismatches == []
+
+
+def test_item4_last_used_address_behind_a_trusted_proxy_is_the_client_it_saw(hub_config):
+    configure(hub_config, trusted_proxy_header="x-forwarded-for")
+    from server_monitor.core import config as config_mod
+    from server_monitor.storage import schema
+
+    cfg = config_mod.load(hub_config.path)
+    schema.migrate(cfg.db_path)
+    ds = make_datasette(cfg)
+    ctx = hub.context(ds)
+    _, token = ctx.accounts.api_tokens.create("admin", "config", "behind nginx")
+    answer = Client(ds).get("/api/fleet", headers=dict(bearer(token), **{"X-Forwarded-For": "6.6.6.6, 10.1.2.3"}))
+    assert answer.status_code == 200
+    assert ctx.accounts.api_tokens.list()[0]["last_used_from"] == "10.1.2.3"

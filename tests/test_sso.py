@@ -109,6 +109,15 @@ def test_item5_sso_first_login_through_a_real_proxy_creates_users_with_mapped_ro
         "alice@lab.example", **{"Content-Type": "application/x-www-form-urlencoded"}),
         body=f"csrftoken={token}&role=viewer&max_uses=1&hours=1&scope=all")
     assert created.status == 200 and b"register?code=" in created.data
+    # The form token is bound to the proxy's user: another user's token, or none, is refused.
+    other = re.search(r'name="csrftoken" value="([^"]+)"', http.request(
+        "GET", proxy + "/account", headers=as_user("tina")).data.decode()).group(1)
+    assert other != token
+    for body in (f"csrftoken={other}&role=admin&max_uses=1&hours=1&scope=all", "role=admin&max_uses=1&hours=1"):
+        refused = http.request("POST", proxy + "/admin/invites", headers=as_user(
+            "alice@lab.example", **{"Content-Type": "application/x-www-form-urlencoded"}), body=body)
+        assert refused.status == 403, refused.data[:200]
+    assert len(accounts.invites()) == 1
     # The account page of an SSO user has no password form; logging out goes to the proxy's sign-out.
     account = http.request("GET", proxy + "/account", headers=as_user("tina")).data.decode()
     assert "sign-on proxy" in account and 'name="new_password"' not in account
