@@ -289,3 +289,40 @@ def test_item4_last_used_address_behind_a_trusted_proxy_is_the_client_it_saw(hub
     answer = Client(ds).get("/api/fleet", headers=dict(bearer(token), **{"X-Forwarded-For": "6.6.6.6, 10.1.2.3"}))
     assert answer.status_code == 200
     assert ctx.accounts.api_tokens.list()[0]["last_used_from"] == "10.1.2.3"
+
+
+def test_item4_group_scoped_viewers_token_gets_gpu_hours_of_its_servers_only(hub_config):
+    from conftest import file_connection
+
+    from server_monitor.storage import schema
+    from server_monitor.storage.contract import validate_report
+    from server_monitor.storage.rollup import Maintenance
+    from server_monitor.storage.store import store_report
+
+    schema.migrate(hub_config.db_path)
+    conn = file_connection(hub_config.db_path)
+    t0 = (int(time.time()) // 3600 - 3) * 3600
+    for i in range(120):  # one hour, both GPUs of each host held (processes of user0 and user1)
+        ts = t0 + i * 30
+        for name, group in (("a-1", "team-a"), ("b-1", "team-b")):
+            report = sample_report(name, gpus=2, processes=2, sample_time=ts)
+            report["groups"], report["sent_at"] = [group], ts
+            store_report(conn, validate_report(report), ts + 1)
+    conn.close()
+    Maintenance(hub_config.db_path, now=lambda: t0 + 3 * 3600, pause=0).run_once()
+    ds = make_datasette(hub_config)
+    ctx = hub.context(ds)
+    ctx.accounts.create_user("tina", hash_password(PASSWORD, iterations=1000), "viewer", servers=[], groups=["team-a"])
+    _, viewer = ctx.accounts.api_tokens.create("tina", "user", "report")
+    _, admin = ctx.accounts.api_tokens.create(ctx.admin_username, "config", "report")
+    script = Client(ds)
+
+    def hours(token, query="gpu_hours"):
+        answer = script.get(f"/monitor/{query}.json?_shape=array&by=server&since={t0}&until={t0 + 2 * 3600}",
+                            headers=bearer(token))
+        assert answer.status_code == 200, answer.text
+        return {row["owner"]: row["gpu_hours"] for row in answer.json()}
+
+    assert hours(admin) == pytest.approx({"a-1": 2.0, "b-1": 2.0}, abs=0.01)
+    assert hours(viewer) == pytest.approx({"a-1": 2.0}, abs=0.01)
+    assert set(hours(viewer, "gpu_hours_daily")) == {"a-1"}
