@@ -223,7 +223,8 @@ class HubContext:
     def actor_for_sso(self, scope):
         """The actor of the user the trusted sign-on proxy names in ``scope``'s headers (issue 26
         item 5), created or updated from its groups (``server_monitor.auth.sso``), marked
-        ``"login": "sso"``; None when SSO is off, the peer is not the proxy or no user header came. Raises :class:`server_monitor.auth.sso.SSOError` (403)."""
+        ``"login": "sso"``; None when SSO is off, the peer is not the proxy or no user header came.
+        Raises :class:`server_monitor.auth.sso.SSOError` (403)."""
         found = sso_mod.identity(scope, self.config)
         if found is None:
             return None
