@@ -18,7 +18,10 @@ would otherwise hold the worker's GIL while its ingest thread stores the agents'
 gzip-compressed (decompressed here for a scraper that does not accept gzip), and, when it took at least :data:`REUSE_MIN_COST_S`
 to build (a large fleet), kept for :data:`REUSE_S` seconds per scope: scrapes that pile up (a
 Prometheus that timed out and retried, several Prometheus on one shard) share one build instead of
-each paying for it. A small fleet's exposition is always fresh.
+each paying for it — in every worker: the build and the scrape times are shared through
+``<data.path>.metrics/`` (``serving/metrics.py SharedBuilds``), because a scraper's connection is
+closed after 5 s idle and its next scrape may come to another worker. A small fleet's exposition
+is always fresh.
 
 **Built ahead of a regular scraper** (issue 24: 4 shards of 10,000 servers, every
 ``scrape_duration_seconds`` ≤ 2 s): a 2,500-server shard is 675,000 samples, 1.4 s of CPU to build
@@ -45,7 +48,7 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 
 from server_monitor.serving import hub
-from server_monitor.serving.metrics import CONTENT_TYPE, build_gzip, builder_init
+from server_monitor.serving.metrics import CONTENT_TYPE, SharedBuilds, build_gzip, builder_init
 
 METRICS_REFUSED = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
 # A built exposition is served again for this long (s): shorter than any sane scrape interval.
@@ -62,12 +65,12 @@ AHEAD_MAX_INTERVAL_S = 300.0  # scrapes further apart are not predicted
 
 
 class _Cache:
-    """Per Datasette instance: scope key -> (reusable until (monotonic), gzip bytes, build s), the
-    per-scope locks that make concurrent scrapes of one scope wait for one build, the times of
-    each scope's last scrapes (monotonic) and the builds ahead under way."""
+    """Per Datasette instance: scope key -> (reusable until (epoch s), gzip bytes), the per-scope
+    locks that make concurrent scrapes of one scope wait for one build, and the builds ahead
+    under way (what all workers share is in :class:`~server_monitor.serving.metrics.SharedBuilds`)."""
 
     def __init__(self):
-        self.built, self.locks, self.scrapes, self.ahead = {}, {}, {}, {}
+        self.built, self.locks, self.ahead = {}, {}, {}
 
 
 _pool = None
@@ -137,7 +140,7 @@ async def _build(datasette, scope, hostname_label):
 
 
 def next_scrape(times, now):
-    """When the next scrape of a scope is due (monotonic s), from ``times`` (its last scrapes,
+    """When the next scrape of a scope is due (epoch s), from ``times`` (its last scrapes,
     oldest first, the newest ``now``), or None unless the last :data:`AHEAD_SCRAPES` came at a
     steady interval (each within :data:`AHEAD_JITTER` of the last, at most
     :data:`AHEAD_MAX_INTERVAL_S`): Prometheus scrapes a target every ``scrape_interval``."""
@@ -150,47 +153,64 @@ def next_scrape(times, now):
     return now + last
 
 
-def _plan_ahead(datasette, cache, key, scope, hostname_label, cost):
-    """After a scrape of ``key`` whose build cost ``cost`` s: start its next build ahead of the
-    next scrape when that is predictable (:func:`next_scrape`)."""
-    now = time.monotonic()
-    due = next_scrape(cache.scrapes.get(key, []), now)
+def _shared(datasette):
+    """This hub's :class:`~server_monitor.serving.metrics.SharedBuilds` (every worker sees them)."""
+    found = getattr(datasette, "_sm_metrics_shared", None)
+    if found is None:
+        found = datasette._sm_metrics_shared = SharedBuilds(datasette.get_database("monitor").path)
+    return found
+
+
+def _plan_ahead(datasette, key, scope, hostname_label, times, cost):
+    """After a scrape of ``key`` (``times``: its last scrapes, epoch s, this one last) whose build
+    cost ``cost`` s: start its next build ahead of the next scrape when that is predictable
+    (:func:`next_scrape`). The build is shared: the next scrape may come to another worker."""
+    cache, shared, name = _cache(datasette), _shared(datasette), _name(key)
+    due = next_scrape(times, times[-1])
     if due is None or cost < AHEAD_MIN_COST_S or key in cache.ahead:
         return
     start_at = due - AHEAD_MARGIN * cost
 
     async def ahead():
         try:
-            await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+            await asyncio.sleep(max(0.0, start_at - time.time()))
             async with cache.locks.setdefault(key, asyncio.Lock()):
                 packed, took = await _build(datasette, scope, hostname_label)
                 # Served to the scrape due at ``due`` (and one that is a little late), not after.
-                cache.built[key] = (max(due, time.monotonic()) + REUSE_S, packed, took)
+                until = max(due, time.time()) + REUSE_S
+                cache.built[key] = (until, packed)
+                shared.put(name, packed, until)
+                shared.built(name, took)
         finally:
             cache.ahead.pop(key, None)
 
     cache.ahead[key] = asyncio.get_running_loop().create_task(ahead())
 
 
+def _name(key):
+    """File name stem of a scope key: ``shard-0-4``, ``server-17``."""
+    return "-".join(str(part) for part in key)
+
+
 async def _body(datasette, key, scope, hostname_label):
     """The gzip bytes of the exposition for one scope (``scope``: the positional arguments of
     ``build_gzip`` after the database), reused for :data:`REUSE_S` seconds when it was costly to
-    build, built ahead of a steady scraper (see the module docstring)."""
-    cache = _cache(datasette)
-    times = cache.scrapes.setdefault(key, [])
-    times.append(time.monotonic())
-    del times[:-AHEAD_SCRAPES]
+    build (by any worker), built ahead of a steady scraper (see the module docstring)."""
+    cache, shared, name = _cache(datasette), _shared(datasette), _name(key)
+    times, cost = shared.scraped(name, AHEAD_SCRAPES)
     async with cache.locks.setdefault(key, asyncio.Lock()):
         cached = cache.built.get(key)
-        if cached is not None and time.monotonic() < cached[0]:
-            packed, cost = cached[1], cached[2]
-        else:
+        packed = cached[1] if cached is not None and time.time() < cached[0] else shared.get(name)
+        if packed is None:
             packed, cost = await _build(datasette, scope, hostname_label)
+            shared.built(name, cost)
             if cost >= REUSE_MIN_COST_S:
-                cache.built[key] = (time.monotonic() + REUSE_S, packed, cost)
+                until = time.time() + REUSE_S
+                cache.built[key] = (until, packed)
+                shared.put(name, packed, until)
             else:
                 cache.built.pop(key, None)
-    _plan_ahead(datasette, cache, key, scope, hostname_label, cost)
+    _plan_ahead(datasette, key, scope, hostname_label, times, cost)
     return packed
 
 

@@ -12,11 +12,17 @@ partial GPU list) export values; stale, offline and maintenance hosts export jus
 ``server_monitor_up 0``, so a dead host never looks live.
 """
 
+import json
+import logging
 import os
 import sqlite3
+import time
 import zlib
 
 from ..core.process import die_with_parent
+from ..storage.instance import check_private_dir
+
+_log = logging.getLogger("server_monitor.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # zlib level 1: 56 MB of text at 1,000 servers x 8 GPUs -> 3.2 MB in 0.4 s (level 5: 2.1 MB in 1.0 s).
@@ -362,6 +368,89 @@ def exposition(servers, gpus, disks, migs=(), hostname_label=True, sink=None):
     if sink is not None:
         return out.finish()
     return out.text().encode("utf-8")
+
+
+class SharedBuilds:
+    """Built expositions and scrape times shared by every worker of a hub, in ``<db_path>.metrics/``
+    (mode 0700, checked like the fleet shelf: never served from a directory others could write).
+
+    A scraper's connection does not stay with one worker (uvicorn closes an idle keep-alive
+    connection after 5 s; Prometheus' interval is 15-60 s), so what one worker built, and when the
+    scrapes of a scope came, must be seen by all of them. Per scope ``name`` (e.g. ``shard-0-4``):
+
+    * ``<name>.gz``: the gzip exposition; its modification time is the time (epoch s) until which
+      it may be served (set with ``os.utime``);
+    * ``<name>.json``: ``{"times": [epoch s of the last scrapes], "cost": s of the last build}``.
+
+    Every method swallows ``OSError`` (a full or read-only disk): the worker then builds itself.
+    """
+
+    def __init__(self, db_path):
+        self.dir = db_path + ".metrics"
+
+    def _path(self, name, ext):
+        return os.path.join(self.dir, name + ext)
+
+    def _ready(self):
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        check_private_dir(self.dir)
+
+    def _write(self, path, data, until=None):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(tmp, flags, 0o600), "wb") as fp:
+            fp.write(data)
+        if until is not None:
+            os.utime(tmp, (until, until))
+        os.replace(tmp, path)
+
+    def get(self, name, now=None):
+        """The gzip bytes of scope ``name`` while still servable, else None."""
+        path = self._path(name, ".gz")
+        try:
+            check_private_dir(self.dir)
+            if os.stat(path).st_mtime <= (time.time() if now is None else now):
+                return None
+            with open(path, "rb") as fp:
+                return fp.read()
+        except OSError:
+            return None
+
+    def put(self, name, packed, until):
+        """Keep ``packed`` for scope ``name``, servable until ``until`` (epoch s)."""
+        try:
+            self._ready()
+            self._write(self._path(name, ".gz"), packed, until)
+        except OSError as exc:
+            _log.warning("cannot share a built exposition: %s", exc)
+
+    def scraped(self, name, keep, now=None):
+        """Record a scrape of ``name`` now; returns ``(its last ``keep`` scrape times, last build cost)``."""
+        now = time.time() if now is None else now
+        state = self.state(name)
+        times = (state.get("times") or [])[-(keep - 1):] + [now]
+        self._save(name, times, state.get("cost", 0.0))
+        return times, float(state.get("cost", 0.0))
+
+    def built(self, name, cost):
+        """Record what the last build of ``name`` cost (s)."""
+        self._save(name, self.state(name).get("times") or [], cost)
+
+    def state(self, name):
+        try:
+            check_private_dir(self.dir)
+            with open(self._path(name, ".json"), "rb") as fp:
+                found = json.loads(fp.read())
+            return found if isinstance(found, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self, name, times, cost):
+        try:
+            self._ready()
+            self._write(self._path(name, ".json"), json.dumps({"times": times, "cost": cost}).encode())
+        except OSError as exc:
+            _log.warning("cannot record a scrape: %s", exc)
 
 
 _connections = {}  # db path -> read-only connection of the builder process
