@@ -25,7 +25,8 @@ At each size, with the 1-minute load average next to each group of figures:
 * **prometheus**: Debian's ``prometheus`` with ``http_sd_configs`` over ``--shards`` targets
   every ``--scrape-interval`` s for ``--prometheus-seconds``: ``up`` (min over the run per
   target) and ``scrape_duration_seconds`` (max over the scrapes after each target's first, and
-  max over all of them);
+  max over all of them); from 5,000 servers also the **control**: the same Prometheus scraping
+  the same shards' bytes from a static server, i.e. Prometheus' own part of that time;
 * **browser** (Debian chromium, Playwright, 1440×900, logged in): navigation start → every GPU
   cell on screen (up to 1,000 servers, the grid is open) or every group's summary line and
   heat-strip (the overview, above 1,000); one group opened → its every GPU cell; DOM nodes;
@@ -164,8 +165,63 @@ def prometheus_figures(hub, work, shards, interval, seconds):
                 "scrapes": sum(int(float(r["value"][1])) for r in scrapes),
                 "samples": sum(int(float(r["value"][1])) for r in samples)}
     finally:
-        os.killpg(proc.pid, 15)
+        os.killpg(proc.pid, 9)  # SIGTERM: it may write its head for 20 s or more at 10,000 servers
         proc.wait(20)
+
+
+def prometheus_control(hub, work, shards, interval, seconds):
+    """The same Prometheus scrape of the same bytes without the hub: each shard's gzip exposition,
+    fetched once from the hub, served by a static HTTP server (a thread of this process) to
+    Prometheus with ``static_configs``. Its ``scrape_duration_seconds`` is Prometheus' own part
+    (transfer, decompression, parsing, appending the samples)."""
+    import http.server
+    import subprocess
+
+    auth = {"Authorization": "Bearer " + hub.config.get("prometheus.token"), "Accept-Encoding": "gzip"}
+    bodies = {f"/s{i}": HTTP.request("GET", f"{hub.url}/metrics?shard={i}&of={shards}", headers=auth,
+                                     decode_content=False, timeout=120).data for i in range(shards)}
+
+    class Static(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - the http.server name
+            body = bodies.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Static)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    config = os.path.join(work, "control.yml")
+    with open(config, "w") as fp:
+        fp.write(f"global:\n  scrape_interval: {interval}s\n  scrape_timeout: {min(interval, 20)}s\nscrape_configs:\n")
+        for i in range(shards):
+            fp.write(f"  - job_name: control-{i}\n    metrics_path: /s{i}\n"
+                     f"    static_configs: [{{targets: ['127.0.0.1:{port}'], labels: {{shard: '{i}'}}}}]\n")
+    prom_port = bench_metrics.free_port()
+    log = open(os.path.join(work, "control.log"), "wb")
+    proc = subprocess.Popen([bench_metrics.PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={work}/tsdb-control",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        time.sleep(seconds)
+        window = f"[{max(interval, seconds - interval - 10)}s]"
+        worst = bench_metrics.query(base, f'max_over_time(scrape_duration_seconds{{job=~"control-.*"}}{window})')
+        up = bench_metrics.query(base, f'min_over_time(up{{job=~"control-.*"}}[{seconds}s])')
+        return {"load": load(), "all_up": sum(r["value"][1] == "1" for r in up),
+                "scrape_s_max": {r["metric"].get("shard", "?"): round(float(r["value"][1]), 2) for r in worst}}
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(20)
+        server.shutdown()
 
 
 # Navigation start -> the page's "done" state, checked on every animation frame.
@@ -339,6 +395,8 @@ def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60,
                 row["metrics"] = metrics_figures(hub, shards, max(2, runs - 1))
             if "prometheus" not in skip:
                 row["prometheus"] = prometheus_figures(hub, work, shards, interval, prometheus_seconds)
+            if "control" not in skip and size >= 5000:
+                row["prometheus_control"] = prometheus_control(hub, work, shards, interval, prometheus_seconds)
             row["rss_mib"] = rss_mib(hub)
             if "newhost" not in skip:
                 row["new_host"] = new_host_figures(hub, size)
@@ -362,7 +420,7 @@ def main(argv=None):
     parser.add_argument("--prometheus-seconds", type=int, default=150)
     parser.add_argument("--ingest-seconds", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated: fleet,browser,metrics,prometheus,newhost,ingest")
+    parser.add_argument("--skip", default="", help="comma-separated: fleet,browser,metrics,prometheus,control,newhost,ingest")
     parser.add_argument("--workdir")
     parser.add_argument("--json", help="write the figures here (after each size)")
     args = parser.parse_args(argv)
