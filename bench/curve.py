@@ -25,7 +25,7 @@ At each size, with the 1-minute load average next to each group of figures:
 * **prometheus**: Debian's ``prometheus`` with ``http_sd_configs`` over ``--shards`` targets
   every ``--scrape-interval`` s for ``--prometheus-seconds``: ``up`` (min over the run per
   target) and ``scrape_duration_seconds`` (max over the scrapes after each target's first, and
-  max over all of them); from 5,000 servers also the **control**: the same Prometheus scraping
+  max over all of them); from ``--control-from`` servers (5,000) also the **control**: the same Prometheus scraping
   the same shards' bytes from a static server, i.e. Prometheus' own part of that time;
 * **browser** (Debian chromium, Playwright, 1440×900, logged in): navigation start → every GPU
   cell on screen (up to 1,000 servers, the grid is open) or every group's summary line and
@@ -374,7 +374,7 @@ def rss_mib(hub):
 
 
 def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60, runs=3, workdir=None,
-        skip=(), out_path=None):
+        skip=(), out_path=None, control_from=5000):
     work = workdir or tempfile.mkdtemp(prefix="sm-bench-curve-")
     hub = Hub(work)
     hub.start()
@@ -395,7 +395,7 @@ def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60,
                 row["metrics"] = metrics_figures(hub, shards, max(2, runs - 1))
             if "prometheus" not in skip:
                 row["prometheus"] = prometheus_figures(hub, work, shards, interval, prometheus_seconds)
-            if "control" not in skip and size >= 5000:
+            if "control" not in skip and size >= control_from:
                 row["prometheus_control"] = prometheus_control(hub, work, shards, interval, prometheus_seconds)
             row["rss_mib"] = rss_mib(hub)
             if "newhost" not in skip:
@@ -420,6 +420,7 @@ def main(argv=None):
     parser.add_argument("--prometheus-seconds", type=int, default=150)
     parser.add_argument("--ingest-seconds", type=int, default=60)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--control-from", type=int, default=5000, help="the Prometheus control from this size on")
     parser.add_argument("--skip", default="", help="comma-separated: fleet,browser,metrics,prometheus,control,newhost,ingest")
     parser.add_argument("--workdir")
     parser.add_argument("--json", help="write the figures here (after each size)")
@@ -427,5 +428,5 @@ def main(argv=None):
     sizes = [int(s) for s in args.sizes.split(",")]
     print(machine(), flush=True)
     run(sizes, args.shards, args.scrape_interval, args.prometheus_seconds, args.ingest_seconds, args.runs,
-        args.workdir, set(filter(None, args.skip.split(","))), args.json)
+        args.workdir, set(filter(None, args.skip.split(","))), args.json, args.control_from)
     return 0
