@@ -218,3 +218,23 @@ def test_item2_large_fleet_document_kept_warm_after_its_viewers_left(fleet_db, m
     ancient = time.time() - fleet_share.KEEP_S - 1
     os.utime(os.path.join(directory, fleet_share.scope_name(big) + ".want"), (ancient, ancient))
     assert fresh_publisher.round() == 0 and shelf.get(big) is None
+
+
+def test_item2_a_persons_write_is_noted_for_fresh_page_loads_an_agents_report_is_not(datasette, hub_config):
+    """plugins/sm_gate.py: after a logged-in user's write (here an admin's silence) the hub touches
+    ``<data.path>.fleet/written`` (a ``?fresh=1`` page load then takes no older shared document);
+    reading pages and the agents' reports do not."""
+    from test_hub_datasette import Client, ingest
+
+    written = os.path.join(fleet_share.share_dir(hub_config.db_path), fleet_share.WRITTEN)
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    assert ingest(admin, sample_report("w-1", gpus=1, processes=0), hub_config.get("agent.token")).status_code == 201
+    assert admin.get("/api/fleet").status_code == 200
+    assert not os.path.exists(written)
+    before = time.time() - 1
+    made = admin.post("/api/silences", content=json.dumps({"server_id": 1, "minutes": 5}).encode(),
+                      headers={"Content-Type": "application/json"})
+    assert made.status_code == 201, made.text
+    assert os.stat(written).st_mtime >= before
+    assert fleet_share.Shelf(hub_config.db_path).written() >= before
