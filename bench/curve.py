@@ -25,7 +25,7 @@ At each size, with the 1-minute load average next to each group of figures:
 * **prometheus**: Debian's ``prometheus`` with ``http_sd_configs`` over ``--shards`` targets
   every ``--scrape-interval`` s for ``--prometheus-seconds``: ``up`` (min over the run per
   target) and ``scrape_duration_seconds`` (max over the scrapes after each target's first, and
-  max over all of them); from ``--control-from`` servers (5,000) also the **control**: the same Prometheus scraping
+  each target's first); from ``--control-from`` servers (5,000) also the **control**: the same Prometheus scraping
   the same shards' bytes from a static server, i.e. Prometheus' own part of that time;
 * **browser** (Debian chromium, Playwright, 1440×900, logged in): navigation start → every GPU
   cell on screen (up to 1,000 servers, the grid is open) or every group's summary line and
@@ -147,21 +147,30 @@ def metrics_figures(hub, shards, runs):
     return out
 
 
+def scrape_durations(base, selector, seconds):
+    """``({shard: max scrape_duration_seconds of its scrapes after the first}, {shard: its first})``
+    over the last ``seconds`` (each target's first scrape also starts the worker's builder and has
+    Prometheus create every series)."""
+    result = bench_metrics.query(base, f"scrape_duration_seconds{{{selector}}}[{seconds + 10}s]")
+    steady, first = {}, {}
+    for series in result:
+        values = [float(v) for _, v in sorted(series["values"], key=lambda tv: float(tv[0]))]
+        shard = series["metric"].get("shard", "?")
+        first[shard] = round(values[0], 2)
+        steady[shard] = round(max(values[1:]), 2) if len(values) > 1 else None
+    return steady, first
+
+
 def prometheus_figures(hub, work, shards, interval, seconds):
     proc, base = bench_metrics.prometheus(hub, work, shards, interval=interval, timeout=min(interval, 20))
     try:
         time.sleep(seconds)
-        # Steady state: the scrapes after the first of each target (which also starts the worker's
-        # builder process); the first ones are in "scrape_s_max_all".
-        window = f"[{max(interval, seconds - interval - 10)}s]"
         up = bench_metrics.query(base, f'min_over_time(up{{job="server-monitor"}}[{seconds}s])')
-        worst = bench_metrics.query(base, f'max_over_time(scrape_duration_seconds{{job="server-monitor"}}{window})')
-        worst_all = bench_metrics.query(base, f'max_over_time(scrape_duration_seconds{{job="server-monitor"}}[{seconds}s])')
-        scrapes = bench_metrics.query(base, f'count_over_time(up{{job="server-monitor"}}{window})')
+        steady, first = scrape_durations(base, 'job="server-monitor"', seconds)
+        scrapes = bench_metrics.query(base, f'count_over_time(up{{job="server-monitor"}}[{seconds}s])')
         samples = bench_metrics.query(base, 'scrape_samples_scraped{job="server-monitor"}')
         return {"load": load(), "targets": len(up), "all_up": sum(r["value"][1] == "1" for r in up),
-                "scrape_s_max": {r["metric"].get("shard", "?"): round(float(r["value"][1]), 2) for r in worst},
-                "scrape_s_max_all": {r["metric"].get("shard", "?"): round(float(r["value"][1]), 2) for r in worst_all},
+                "scrape_s_max": steady, "scrape_s_first": first,
                 "scrapes": sum(int(float(r["value"][1])) for r in scrapes),
                 "samples": sum(int(float(r["value"][1])) for r in samples)}
     finally:
@@ -213,11 +222,10 @@ def prometheus_control(hub, work, shards, interval, seconds):
     base = f"http://127.0.0.1:{prom_port}"
     try:
         time.sleep(seconds)
-        window = f"[{max(interval, seconds - interval - 10)}s]"
-        worst = bench_metrics.query(base, f'max_over_time(scrape_duration_seconds{{job=~"control-.*"}}{window})')
+        steady, first = scrape_durations(base, 'job=~"control-.*"', seconds)
         up = bench_metrics.query(base, f'min_over_time(up{{job=~"control-.*"}}[{seconds}s])')
-        return {"load": load(), "all_up": sum(r["value"][1] == "1" for r in up),
-                "scrape_s_max": {r["metric"].get("shard", "?"): round(float(r["value"][1]), 2) for r in worst}}
+        return {"load": load(), "all_up": sum(r["value"][1] == "1" for r in up), "scrape_s_max": steady,
+                "scrape_s_first": first}
     finally:
         os.killpg(proc.pid, 9)
         proc.wait(20)
