@@ -233,11 +233,14 @@ def prometheus_control(hub, work, shards, interval, seconds):
 
 
 # Navigation start -> the page's "done" state, checked on every animation frame.
-VISIBLE = """([gpus, overview]) => {
-  const cells = document.querySelectorAll('#grid .cell').length;
+# The overview (every section closed: above fleet.OVERVIEW_MIN_SERVERS rows) is done when every
+# group line is filled; the grid when every GPU of the fleet has its cell.
+VISIBLE = """(gpus) => {
+  const sections = document.querySelectorAll('#grid details.gsec');
+  const overview = sections.length > 0 && document.querySelectorAll('#grid details.gsec[open]').length === 0;
   const heads = [...document.querySelectorAll('#grid details.gsec > summary .gline')].filter((e) => e.textContent).length;
-  const ready = overview ? heads > 0 && heads === document.querySelectorAll('#grid details.gsec').length : cells >= gpus;
-  if (ready) { window.__visible = window.__visible || performance.now(); return true; }
+  const ready = overview ? heads === sections.length : document.querySelectorAll('#grid .cell').length >= gpus;
+  if (ready) { window.__visible = window.__visible || performance.now(); window.__overview = overview; return true; }
   return false; }"""
 
 
@@ -246,9 +249,10 @@ def browser_figures(hub, servers, runs):
 
     from browser import CHROMIUM_ARGS, chromium_path
 
-    overview = servers > 1000
-    gpus = servers * 8
-    out = {"load": load(), "overview": overview}
+    http, cookies = login(hub)
+    counts = json.loads(http.request("GET", hub.url + "/api/fleet", headers=cookies).data)["counts"]["gpus"]
+    gpus = sum(counts.values())  # the fleet's (new hosts of the smaller sizes included)
+    out = {"load": load(), "gpus": gpus}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1440, "height": 900})
@@ -263,9 +267,11 @@ def browser_figures(hub, servers, runs):
         visible = []
         for _ in range(runs + 1):
             page.goto(hub.url + "/")
-            page.wait_for_function(VISIBLE, arg=[gpus, overview], timeout=180000, polling="raf")
+            page.wait_for_function(VISIBLE, arg=gpus, timeout=180000, polling="raf")
             visible.append(page.evaluate("window.__visible"))
+            overview = page.evaluate("window.__overview")
         out["visible_first_ms"], out["visible_ms"] = round(visible[0]), round(statistics.median(visible[1:]))
+        out["overview"] = overview
         out["nodes"] = int({m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}["Nodes"])
         out["dom_elements"] = page.evaluate("document.getElementsByTagName('*').length")
         out["height_px"] = page.evaluate("document.documentElement.scrollHeight")
@@ -273,7 +279,7 @@ def browser_figures(hub, servers, runs):
             opened = []
             for _ in range(runs):
                 page.goto(hub.url + "/")
-                page.wait_for_function(VISIBLE, arg=[gpus, True], timeout=180000, polling="raf")
+                page.wait_for_function(VISIBLE, arg=gpus, timeout=180000, polling="raf")
                 opened.append(page.evaluate("""() => new Promise((resolve) => {
                   const sec = document.querySelector('#grid details.gsec');
                   const want = [...sec.querySelectorAll('summary .gline')][0].textContent.match(/(\\d+) GPUs/)[1] * 1;
@@ -319,13 +325,13 @@ def worker_cpu_seconds(hub):
     return total
 
 
-def new_host_figures(hub, size, count=20):
-    """``count`` new hosts' first reports, one at a time: the workers' CPU ms per report (the hub's
-    whole tree beside it) and median latency."""
+def new_host_figures(hub, first, count=20):
+    """``count`` new hosts' first reports (fleet members ``first``…, the next size's first hosts),
+    one at a time: the workers' CPU ms per report (the hub's whole tree beside it) and median latency."""
     latencies = []
     cpu0, tree0 = worker_cpu_seconds(hub), hub.cpu_seconds()
-    for k in range(count):
-        latencies.append(post(hub, report_for(k, name=f"new-{size:05d}-{k:02d}")))
+    for k in range(first, first + count):
+        latencies.append(post(hub, report_for(k)))
     cpu = (worker_cpu_seconds(hub) - cpu0) * 1000 / count
     tree = (hub.cpu_seconds() - tree0) * 1000 / count
     return {"load": load(), "worker_cpu_ms_per_report": round(cpu, 2), "hub_tree_cpu_ms_per_report": round(tree, 2),
@@ -407,7 +413,8 @@ def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60,
                 row["prometheus_control"] = prometheus_control(hub, work, shards, interval, prometheus_seconds)
             row["rss_mib"] = rss_mib(hub)
             if "newhost" not in skip:
-                row["new_host"] = new_host_figures(hub, size)
+                row["new_host"] = new_host_figures(hub, grown)
+                grown += 20
             if "ingest" not in skip:
                 row["ingest"] = ingest_figures(hub, size, ingest_seconds)
             row["rss_mib_after_ingest"] = rss_mib(hub)
