@@ -15,7 +15,7 @@ page, the search and page in the URL (``sq``/``sp``, ``gq``/``gp``, ``uq``/``up`
 import fnmatch
 import json
 import secrets
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
@@ -28,33 +28,8 @@ from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
 from server_monitor.storage import groups as host_groups
 from server_monitor.storage.store import delete_server
-from server_monitor.serving.web import page
-
-
-def _forbidden(request, post=True):
-    if (request.actor or {}).get("role") != "admin":
-        return Response.html("<!DOCTYPE html><title>Forbidden</title><link rel=stylesheet href=/static/dashboard.css>"
-                             "<main><h1>Forbidden</h1><p>This page is for admins. <a href=/>Back to the dashboard</a>"
-                             "</p></main>", status=403)
-    if post and request.method != "POST":
-        return Response.text("Method not allowed: use the forms on /admin", status=405, headers={"allow": "POST"})
-    return None
-
-
-class Form(dict):
-    """Form fields with repeated names kept (checkbox lists)."""
-
-    def getlist(self, key):
-        return self.get(key, [])
-
-    def first(self, key, default=None):
-        values = self.get(key)
-        return values[0] if values else default
-
-
-async def read_form(request):
-    body = (await request.post_body()).decode("utf-8", "replace")
-    return Form(parse_qs(body, keep_blank_values=True))
+from server_monitor.serving.web import page, read_form
+from server_monitor.serving.web import admin_denied as _forbidden
 
 
 def _servers_from_form(form, missing=None):

@@ -670,11 +670,47 @@ CREATE INDEX servers_display_skeleton ON servers ({skeleton_sql('display_name')}
 """
 
 
+MIGRATION_26 = """
+-- Alert rules made in /admin (issue 26 item 2, scope by host group: issue 24 item 1). The
+-- config file's alerts.* thresholds stay the built-in rules (server_monitor/jobs/alerts.py);
+-- these rows add to them. kind: what is measured (server_monitor/storage/alert_rules.py KINDS);
+-- threshold in the kind's unit; duration_minutes: how long the condition must hold; scope
+-- 'all', 'group' (scope_group: a server_groups name, resolved on every pass, so a new server
+-- of the group is covered) or 'server' (scope_server_id); gpu_model: substring of the GPU's
+-- name (GPU kinds only); targets: JSON list of notification target names (null: by severity).
+CREATE TABLE alert_rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    threshold REAL,
+    duration_minutes INTEGER NOT NULL DEFAULT 0,
+    severity TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    scope TEXT NOT NULL DEFAULT 'all' CHECK (scope IN ('all', 'group', 'server')),
+    scope_group TEXT,
+    scope_server_id INTEGER,
+    gpu_model TEXT,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    targets TEXT,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    CHECK ((scope = 'all' AND scope_group IS NULL AND scope_server_id IS NULL)
+        OR (scope = 'group' AND scope_group IS NOT NULL AND scope_server_id IS NULL)
+        OR (scope = 'server' AND scope_group IS NULL AND scope_server_id IS NOT NULL))
+);
+-- Which rule of alert_rules raised an alert (null: a built-in rule of config.yaml); a rule's
+-- recent firings on /admin/rules read this index newest first.
+ALTER TABLE alerts ADD COLUMN rule_id INTEGER;
+CREATE INDEX alerts_by_rule ON alerts (rule_id, rule, started_at);
+"""
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25]
+              MIGRATION_25, MIGRATION_26]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
