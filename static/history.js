@@ -172,12 +172,18 @@ function xidLabel(e) {
   return "XID " + e.xid + (e.name ? " (" + e.name + ")" : "");
 }
 
-function findOutages(host, range) {
-  // A gap between two host reports longer than three buckets (and two minutes) is an outage.
+// A host is offline after 4 of its own reporting intervals without a report (the servers view
+// and the host-offline alert count the same, server_monitor/jobs/alerts.py OFFLINE_INTERVALS).
+const OFFLINE_INTERVALS = 4;
+
+function findOutages(host, range, intervalS) {
+  // A gap between two host reports longer than three buckets (and two minutes, and 4 of the
+  // agent's reporting intervals: an agent reporting every 300 s has no outage between reports)
+  // is an outage.
   const out = [];
   if (!host.length) return out;
   const bucket = host[0].bucket_s;
-  const limit = Math.max(3 * bucket, 120);
+  const limit = Math.max(3 * bucket, 120, OFFLINE_INTERVALS * (intervalS || 0));
   let prev = null;
   for (const row of host) {
     if (prev !== null && row.ts - prev > limit) out.push({ from: prev + bucket, to: row.ts });
@@ -499,7 +505,7 @@ async function load(hours) {
     errorBox.hidden = true;
     const now = Date.now() / 1000;
     const range = [now - hours * 3600, now];
-    markers = { alerts, outages: findOutages(host, range), xids };
+    markers = { alerts, outages: findOutages(host, range, server && server.interval_s), xids };
     alertList(alerts);
     xidList(xids);
     draw(host, gpu, holders, range);

@@ -89,7 +89,8 @@ def settings(config):
     ``gpu_idle_held`` rule, as the dashboard and ``idle_holders`` count it)."""
     merged = dict(DEFAULTS)
     merged.update(config.get("alerts") or {})
-    merged["idle_min_mib"] = int(config.get("features.idle_min_mib", 1024) or 1024)
+    idle_min_mib = config.get("features.idle_min_mib", 1024)
+    merged["idle_min_mib"] = idle_min_mib if isinstance(idle_min_mib, int) and idle_min_mib > 0 else 1024
     return merged
 
 
