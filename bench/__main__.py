@@ -17,6 +17,7 @@ COMMANDS = {
     "prove": ("prove", "the proof suite: load, outage, crash, disk full, bad collectors, fuzz, mixed"),
     "mixed": ("prove", "the mixed use (agents + viewers + analysts): prove --profile mixed (or --profile mixed-small)"),
     "fleet-pages": ("fleet_pages", "/admin and /free at 10,000 servers: server time, browser load, DOM (issue 24)"),
+    "alerts": ("alerts", "one alert evaluation pass at 1,000 servers: built-in rules, and with rules made in /admin"),
     "fixture": ("fleet_fixture", "grow a lab-like fleet into a database through store_report"),
 }
 

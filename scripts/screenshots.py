@@ -9,7 +9,8 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``fleet-dark.png``, ``fleet-light.png``: the fleet grid at 1440×900;
 * ``phone.png``: the dashboard at 390×844 (phone width), dark;
 * ``history.png``: a busy server's history page (holder timeline, heatmap), 1440 wide;
-* ``free.png``: the free-GPU finder.
+* ``free.png``: the free-GPU finder;
+* ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -35,7 +36,16 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "rules.png")
+
+# The rules rules.png shows, made through /admin/rules' form as an admin would (field -> value).
+DEMO_RULES = [
+    {"name": "Idle GPUs (10 min)", "kind": "gpu_idle_held", "threshold": "5", "duration_minutes": "10",
+     "severity": "info", "scope": "all", "targets": ""},
+    {"name": "Hot H100s in cluster-a", "kind": "gpu_temperature", "threshold": "80", "duration_minutes": "5",
+     "severity": "critical", "scope": "group", "scope_group": "cluster-a", "gpu_model": "H100",
+     "targets": "gpu-admins"},
+]
 
 
 def _free_port():
@@ -137,6 +147,20 @@ def _settle(page):
     page.wait_for_timeout(600)  # a last paint after the data arrived
 
 
+def _make_rule(page, rule):
+    """Fill and submit /admin/rules' form with ``rule`` (field -> value); waits for the list."""
+    form = "#rule-form"
+    page.fill(f"{form} input[name=name]", rule["name"])
+    page.select_option(f"{form} select[name=kind]", rule["kind"])
+    page.select_option(f"{form} select[name=severity]", rule["severity"])
+    page.check(f"{form} input[name=scope][value={rule['scope']}]")
+    for field in ("threshold", "duration_minutes", "scope_group", "gpu_model", "targets"):
+        if field in rule:
+            page.fill(f"{form} input[name={field}]", rule[field])
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector(f"#rules-table .rule-row:has-text('{rule['name']}')")
+
+
 def _render(browser, base_url, username, password, out, history_server):
     errors, written = [], []
 
@@ -166,6 +190,15 @@ def _render(browser, base_url, username, password, out, history_server):
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")
+            page.goto(base_url + "/admin/rules")
+            for rule in DEMO_RULES:
+                _make_rule(page, rule)
+            page.click("#rules-table .rule-row:has-text('Idle GPUs') button[value=test]")
+            page.wait_for_selector("#dry-run")
+            _settle(page)
+            page.set_viewport_size({"width": 1440, "height": 1100})
+            shot(page, "rules.png")
+            page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)
     page.wait_for_selector("#grid > *")

@@ -25,7 +25,7 @@ const SERVER_GLYPH = { online: "●", stale: "◐", offline: "○", error: "▲"
 const RULE_TEXT = {
   host_offline: "offline", gpu_failure: "GPU failure", collection_stale: "GPU data stale", gpu_lost: "GPU lost",
   gpu_ecc: "GPU health", gpu_temperature: "hot GPU", gpu_throttle: "throttled", gpu_pcie_degraded: "PCIe degraded",
-  disk_full: "disk full", host_identity: "host name",
+  disk_full: "disk full", host_identity: "host name", gpu_xid: "XID", gpu_memory: "GPU memory", gpu_idle_held: "held idle",
 };
 
 // ---- state -------------------------------------------------------------------------
