@@ -154,6 +154,18 @@ def _row(row):
     return rule
 
 
+# The columns :func:`parse` gives values for, in the order :func:`_values` lists them.
+FIELDS = ("name", "kind", "threshold", "duration_minutes", "severity", "scope", "scope_group", "scope_server_id",
+          "gpu_model", "enabled", "targets")
+
+
+def _values(fields):
+    """:func:`parse`'s ``fields`` as the SQL values of :data:`FIELDS` (targets as JSON)."""
+    return tuple(int(fields["enabled"]) if name == "enabled"
+                 else (json.dumps(fields["targets"]) if fields["targets"] else None) if name == "targets"
+                 else fields[name] for name in FIELDS)
+
+
 def _name_taken(conn, name, rule_id=None):
     row = conn.execute("SELECT id FROM alert_rules WHERE name = ?", (name,)).fetchone()
     return row is not None and row[0] != rule_id
@@ -166,13 +178,8 @@ def create(conn, fields, user, now=None):
         raise RuleError("name", f"a rule named {fields['name']!r} exists already")
     now = int(time.time() if now is None else now)
     cur = conn.execute(
-        "INSERT INTO alert_rules (name, kind, threshold, duration_minutes, severity, scope, scope_group,"
-        " scope_server_id, gpu_model, enabled, targets, created_by, created_at, updated_by, updated_at)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (fields["name"], fields["kind"], fields["threshold"], fields["duration_minutes"], fields["severity"],
-         fields["scope"], fields["scope_group"], fields["scope_server_id"], fields["gpu_model"],
-         int(fields["enabled"]), json.dumps(fields["targets"]) if fields["targets"] else None,
-         user, now, user, now))
+        f"INSERT INTO alert_rules ({', '.join(FIELDS)}, created_by, created_at, updated_by, updated_at)"
+        f" VALUES ({','.join('?' * (len(FIELDS) + 4))})", (*_values(fields), user, now, user, now))
     return cur.lastrowid
 
 
@@ -183,13 +190,8 @@ def update(conn, rule_id, fields, user, now=None):
         raise RuleError("name", f"a rule named {fields['name']!r} exists already")
     now = int(time.time() if now is None else now)
     cur = conn.execute(
-        "UPDATE alert_rules SET name = ?, kind = ?, threshold = ?, duration_minutes = ?, severity = ?, scope = ?,"
-        " scope_group = ?, scope_server_id = ?, gpu_model = ?, enabled = ?, targets = ?, updated_by = ?,"
-        " updated_at = ? WHERE id = ?",
-        (fields["name"], fields["kind"], fields["threshold"], fields["duration_minutes"], fields["severity"],
-         fields["scope"], fields["scope_group"], fields["scope_server_id"], fields["gpu_model"],
-         int(fields["enabled"]), json.dumps(fields["targets"]) if fields["targets"] else None,
-         user, now, rule_id))
+        f"UPDATE alert_rules SET {', '.join(f'{name} = ?' for name in FIELDS)}, updated_by = ?, updated_at = ?"
+        " WHERE id = ?", (*_values(fields), user, now, rule_id))
     return cur.rowcount == 1
 
 
