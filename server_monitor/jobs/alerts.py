@@ -345,6 +345,16 @@ def _like(text):
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _scope_sql(rule, column):
+    """SQL keeping the rows whose ``column`` (a server id) is in ``rule``'s scope, and its parameters
+    (group members read from ``server_groups`` by its index ``server_groups_grp``)."""
+    if rule["scope"] == "group":
+        return f" AND {column} IN (SELECT server_id FROM server_groups WHERE grp = ?)", (rule["scope_group"],)
+    if rule["scope"] == "server":
+        return f" AND {column} = ?", (rule["scope_server_id"],)
+    return "", ()
+
+
 def evaluate_rule(conn, now, cfg, rule, servers=None, offline=None, builtin=None):
     """Alerts one ``alert_rules`` rule raises now, keyed ``rule<id>:<server_id>:<subject>``, as
     :func:`evaluate` gives them plus ``rule_id`` and (when the rule names any) ``targets``.
@@ -388,10 +398,11 @@ def evaluate_rule(conn, now, cfg, rule, servers=None, offline=None, builtin=None
                 fire(alert["rule"], alert["server_id"], alert["subject"], alert["message"], since=alert["since"])
     elif kind == "disk_full":
         cond = "total_bytes > 0 AND 100.0 * used_bytes / total_bytes >= ?"
+        where, params = _scope_sql(rule, "s.id")
         for server_id, mount, percent in conn.execute(
                 "SELECT d.server_id, d.mountpoint, 100.0 * d.used_bytes / d.total_bytes FROM servers s"
                 " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
-                " WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?", (threshold,)):
+                f" WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?{where}", (threshold, *params)):
             key = ("server_id = ? AND mountpoint = ?", (server_id, mount))
             if not covered(server_id) or (seconds and not held_for(conn, "disk_samples", *key, cond, (threshold,),
                                                                     now, seconds)):
@@ -403,12 +414,13 @@ def evaluate_rule(conn, now, cfg, rule, servers=None, offline=None, builtin=None
         cond, params = _GPU_CONDITIONS[kind]
         idle_mib = cfg.get("idle_min_mib") or 1024
         model = " AND name LIKE ? ESCAPE '\\'" if rule.get("gpu_model") else ""
+        where, scope_params = _scope_sql(rule, "server_id")
         current = cond if kind != "gpu_memory" else "memory_total_mib > 0 AND 100.0 * memory_used_mib / memory_total_mib >= ?"
         for gpu_id, server_id, index, gpu_name, total, temp, used, util in conn.execute(
                 "SELECT id, server_id, gpu_index, name, memory_total_mib, temperature_gpu_c, memory_used_mib,"
-                f" utilization_gpu FROM gpus WHERE present AND status != 'maintenance' AND {current}{model}",
+                f" utilization_gpu FROM gpus WHERE present AND status != 'maintenance' AND {current}{model}{where}",
                 (*(params(threshold, idle_mib, 0) if kind != "gpu_memory" else (threshold,)),
-                 *((_like(rule["gpu_model"]),) if model else ()))):
+                 *((_like(rule["gpu_model"]),) if model else ()), *scope_params)):
             if not covered(server_id):
                 continue
             cond_params = params(threshold, idle_mib, total or 0)
