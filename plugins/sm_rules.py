@@ -71,8 +71,8 @@ def _form_values(form):
 def _resolve_server(conn, text):
     """A server's id from ``text``: its id (``12`` or ``#12``), else its shown or host name (exact)."""
     text = (text or "").strip().lstrip("#")
-    if text.isdigit():
-        row = conn.execute("SELECT id FROM servers WHERE id = ?", (int(text),)).fetchone()
+    if alert_rules.row_id(text) is not None:
+        row = conn.execute("SELECT id FROM servers WHERE id = ?", (alert_rules.row_id(text),)).fetchone()
     else:
         row = conn.execute("SELECT id FROM servers WHERE display_name = ? OR hostname = ? ORDER BY id LIMIT 1",
                            (text, text)).fetchone()
@@ -112,13 +112,14 @@ async def rule_action(request, datasette):
     denied = _forbidden(request)
     if denied:
         return denied
-    rule_id = int(request.url_vars["id"])
+    rule_id = alert_rules.row_id(request.url_vars["id"])
     form = await read_form(request)
     action = form.first("action")
     db = datasette.get_database(DATABASE)
-    rule = await db.execute_fn(lambda conn: alert_rules.get(conn, rule_id))
+    rule = None if rule_id is None else await db.execute_fn(lambda conn: alert_rules.get(conn, rule_id))
     if rule is None:
-        return await render(request, datasette, status=404, error=f"No alert rule #{rule_id} (deleted?).")
+        return await render(request, datasette, status=404,
+                            error=f"No alert rule #{request.url_vars['id'][:20]} (deleted?).")
     user = _user(request)
     if action == "test":
         cfg = alerts.settings(hub.context(datasette).config)
@@ -170,13 +171,14 @@ async def rules_page(request, datasette):
         return denied
     edit = request.args.get("edit", "")
     form = None
-    if edit.isdigit():
-        rule = await datasette.get_database(DATABASE).execute_fn(lambda conn: alert_rules.get(conn, int(edit)))
+    if edit:
+        rule_id = alert_rules.row_id(edit)
+        rule = None if rule_id is None else await datasette.get_database(DATABASE).execute_fn(
+            lambda conn: alert_rules.get(conn, rule_id))
         if rule is None:
-            return await render(request, datasette, status=404, error=f"No alert rule #{edit} (deleted?).")
+            return await render(request, datasette, status=404, error=f"No alert rule #{edit[:20]} (deleted?).")
         form = _edit_values(rule)
-    saved = request.args.get("saved", "")
-    return await render(request, datasette, form=form, saved=int(saved) if saved.isdigit() else None)
+    return await render(request, datasette, form=form, saved=alert_rules.row_id(request.args.get("saved", "")))
 
 
 async def rules_route(request, datasette):

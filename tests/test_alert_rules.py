@@ -232,6 +232,8 @@ def test_item2_offline_alert_waits_for_the_agents_own_interval(hub):
     ({"kind": "cpu_magic"}, "kind"),
     ({"kind": "host_offline", "duration_minutes": "5"}, "duration_minutes"),
     ({"kind": "gpu_memory", "duration_minutes": "-1"}, "duration_minutes"),
+    ({"kind": "gpu_memory", "duration_minutes": "\u00b2"}, "duration_minutes"),  # a digit to isdigit(), not to int()
+    ({"kind": "gpu_memory", "scope": "server", "scope_server_id": "9" * 30}, "scope_server_id"),
     ({"kind": "gpu_memory", "severity": "page-me"}, "severity"),
     ({"kind": "gpu_memory", "scope": "group", "scope_group": "bad name!"}, "scope_group"),
     ({"kind": "gpu_memory", "scope": "server", "scope_server_id": "x"}, "scope_server_id"),
@@ -297,6 +299,15 @@ def test_item2_rule_crud_and_dry_run_through_http_as_admin(admin, hub_config):
     assert admin.post("/admin/rules/99999", data={"csrftoken": token, "action": "test"}).status_code == 404
     assert admin.post(f"/admin/rules/{rule_id}", data={"csrftoken": token, "action": "delete"}).status_code == 302
     assert db.execute("SELECT count(*) FROM alert_rules WHERE id = ?", (rule_id,)).fetchone() == (0,)
+    # Numbers no SQLite integer holds, or digits int() refuses: a message, never a 500.
+    huge = "9" * 30
+    assert admin.post(f"/admin/rules/{huge}", data={"csrftoken": token, "action": "test"}).status_code == 404
+    assert admin.get(f"/admin/rules?edit={huge}").status_code == 404
+    assert admin.get("/admin/rules?edit=%C2%B2").status_code == 404
+    odd = admin.post("/admin/rules", data=dict(form, name="odd", scope="server", scope_server=huge))
+    assert odd.status_code == 400 and "scope_server_id:" in odd.text
+    odd = admin.post("/admin/rules", data=dict(form, name="odd", duration_minutes="\u00b2"))
+    assert odd.status_code == 400 and "duration_minutes:" in odd.text
     # Without the CSRF token nothing is written.
     assert admin.post("/admin/rules", data=dict(form, csrftoken="", name="forged")).status_code == 403
     assert db.execute("SELECT count(*) FROM alert_rules WHERE name = 'forged'").fetchone() == (0,)

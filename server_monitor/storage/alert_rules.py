@@ -51,6 +51,9 @@ MAX_NAME = 100
 MAX_MODEL = 64
 MAX_TARGETS = 16
 TARGET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# A row id as text: ASCII digits, short enough for SQLite's 64-bit integers ("²" or a 30-digit
+# number would raise in int() or in SQLite, a 500 instead of a message).
+_DIGITS = re.compile(r"[0-9]{1,15}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 COLUMNS = ("id", "name", "kind", "threshold", "duration_minutes", "severity", "scope", "scope_group",
@@ -64,6 +67,11 @@ class RuleError(ValueError):
     def __init__(self, field, message):
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def row_id(text):
+    """``text`` as a row id (int), or None unless it is 1 to 15 ASCII digits."""
+    return int(text) if isinstance(text, str) and _DIGITS.fullmatch(text) else None
 
 
 def _text(form, key):
@@ -106,7 +114,7 @@ def parse(form, server_exists=None):
         if not math.isfinite(threshold) or not spec["min"] <= threshold <= spec["max"]:
             raise RuleError("threshold", f"must be {spec['min']} to {spec['max']} {spec['unit']}")
     raw = _text(form, "duration_minutes") or "0"
-    if not raw.isdigit() or int(raw) > MAX_DURATION_MINUTES:
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_DURATION_MINUTES:
         raise RuleError("duration_minutes", f"must be a whole number of minutes, 0 to {MAX_DURATION_MINUTES}")
     duration = int(raw)
     if duration and not spec["duration"]:
@@ -126,7 +134,7 @@ def parse(form, server_exists=None):
             raise RuleError("scope_group", str(exc)) from None
     elif scope == "server":
         raw = _text(form, "scope_server_id")
-        if not raw.isdigit() or (server_exists is not None and not server_exists(int(raw))):
+        if not _DIGITS.fullmatch(raw) or (server_exists is not None and not server_exists(int(raw))):
             raise RuleError("scope_server_id", "choose an existing server")
         scope_server_id = int(raw)
     gpu_model = _text(form, "gpu_model") or None
@@ -249,5 +257,5 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "create", "update", "set_enabled", "delete", "get",
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "create", "update", "set_enabled", "delete", "get",
            "all_rules", "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
