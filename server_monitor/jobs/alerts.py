@@ -5,6 +5,13 @@ and GPUs an admin marked ``maintenance`` raise nothing. An acknowledged alert (`
 sends no reminders; an alert covered by a silence (``silences``: a server and/or a rule until
 a time) sends nothing while the silence lasts (and no resolved notice if it was never sent).
 
+Two sets of rules: the built-in ones below (thresholds from ``config.yaml``, every server) and
+the rules admins make on ``/admin/rules`` (table ``alert_rules``, validated and stored by
+``server_monitor/storage/alert_rules.py``, evaluated by :func:`evaluate_rule` with their scope,
+duration, severity and GPU model). An alert of such a rule carries ``rule_id`` and, when the rule
+names any, ``targets`` (notification target names the Notifier delivers to; else by severity).
+A host is offline after :func:`offline_after_s`: never before 4 of its own reporting intervals.
+
 Configuration (``config.yaml``, all optional)::
 
     alerts:
