@@ -447,7 +447,7 @@ def evaluate_rule(conn, now, cfg, rule, servers=None, offline=None, builtin=None
 def dry_run(conn, now, cfg, rule):
     """What ``rule`` (a dict as :func:`evaluate_rule` takes) would raise now, sending nothing:
     ``[{"rule", "severity", "server_id", "server", "subject", "message", "started_at", "targets"}]``
-    ordered by server name and subject. ``started_at``: the condition's onset from history."""
+    ordered by server name and message. ``started_at``: the condition's onset from history."""
     servers = _servers(conn)
     found = evaluate_rule(conn, now, cfg, rule, servers=servers)
     out = []
@@ -455,7 +455,7 @@ def dry_run(conn, now, cfg, rule):
         out.append({"rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
                     "server": servers[alert["server_id"]][1], "subject": alert["subject"], "message": alert["message"],
                     "started_at": onset(alert["since"], now), "targets": alert.get("targets")})
-    return sorted(out, key=lambda a: (str(a["server"]).lower(), a["server_id"], str(a["subject"])))
+    return sorted(out, key=lambda a: (str(a["server"]).lower(), a["server_id"], a["message"]))
 
 
 def builtin_rules(cfg):
