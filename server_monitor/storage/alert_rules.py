@@ -35,7 +35,7 @@ KINDS = {
                         "duration": True, "gpu": True, "default": ALERT_DEFAULTS["gpu_temperature_c"]},
     "gpu_memory": {"label": "GPU memory used (memory.used / memory.total)", "unit": "%", "min": 0, "max": 100,
                    "duration": True, "gpu": True, "default": 95},
-    "gpu_idle_held": {"label": "GPU held idle (memory held, utilization.gpu at most the threshold, known only)",
+    "gpu_idle_held": {"label": "GPU held idle (memory held, utilization.gpu under the threshold, known only)",
                       "unit": "% utilization", "min": 0, "max": 100, "duration": True, "gpu": True, "default": 5},
     "host_offline": {"label": "Host offline (no report for the threshold, at least 4 of its intervals)",
                      "unit": "min", "min": 1, "max": 10080, "duration": False, "gpu": False,
