@@ -36,7 +36,7 @@ KINDS = {
     "gpu_memory": {"label": "GPU memory used (memory.used / memory.total)", "unit": "%", "min": 0, "max": 100,
                    "duration": True, "gpu": True, "default": 95},
     "gpu_idle_held": {"label": "GPU held idle (memory held, utilization.gpu under the threshold, known only)",
-                      "unit": "% utilization", "min": 0, "max": 100, "duration": True, "gpu": True, "default": 5},
+                      "unit": "% utilization", "min": 1, "max": 100, "duration": True, "gpu": True, "default": 5},
     "host_offline": {"label": "Host offline (no report for the threshold, at least 4 of its intervals)",
                      "unit": "min", "min": 1, "max": 10080, "duration": False, "gpu": False,
                      "default": ALERT_DEFAULTS["host_offline_minutes"]},
