@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "rules.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "api-token.png", "rules.png")
 
 # The rules rules.png shows, made through /admin/rules' form as an admin would (field -> value).
 DEMO_RULES = [
@@ -198,6 +198,14 @@ def _render(browser, base_url, username, password, out, history_server):
             _settle(page)
             page.set_viewport_size({"width": 1440, "height": 1100})
             shot(page, "rules.png")
+            # /account after creating an API token: the token shown once (issue 26 item 4; this demo hub's token
+            # dies with it).
+            page.goto(base_url + "/account")
+            page.fill("#token-name", "job launcher")
+            page.click("#create-token button[type=submit]")
+            page.wait_for_selector("#new-api-token")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            shot(page, "api-token.png")
             page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)
