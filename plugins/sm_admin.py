@@ -312,7 +312,11 @@ async def update_user(request, datasette):
             password = secrets.token_urlsafe(12)
             password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)
-            return await render(request, datasette, reset={"username": username, "password": password})
+            # A reset is what an admin does for a compromised account: the intruder's API tokens
+            # end with its sessions (attack run A6). A user changing its own password keeps them.
+            tokens = ctx.accounts.api_tokens.revoke_all_of(username, request.actor["id"])
+            return await render(request, datasette, reset={"username": username, "password": password,
+                                                           "tokens": tokens})
         else:
             # A form without the scope fields leaves the scope as it is (never widens it to all).
             ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),

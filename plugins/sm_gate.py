@@ -93,7 +93,10 @@ def resolve_actor(scope, datasette, ctx, https):
         refusal = token_refusal(scope)
         if refusal:
             return None, None, None, (403, refusal)
-        wait = ctx.token_budget.take(actor["token_id"], time.monotonic())
+        now = time.monotonic()
+        # Per token, then per owner (all its tokens together), so more tokens are not more requests.
+        wait = ctx.token_budget.take(actor["token_id"], now) or \
+            ctx.token_owner_budget.take((actor.get("source"), actor["id"].lower()), now)
         if wait:
             return None, None, None, (429, f"too many requests with this API token; retry in {wait} s", wait)
         return actor, None, None, None

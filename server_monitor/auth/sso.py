@@ -58,10 +58,17 @@ def sends_identity(scope, config):
 def identity(scope, config):
     """``(username, [proxy groups])`` from a request of the trusted proxy, else None (SSO off, the
     peer is not in ``sso.proxies``, or no user header). Raises :class:`SSOError` for a user name
-    the hub cannot take (1-64 of ``[A-Za-z0-9._@-]``)."""
+    the hub cannot take (1-64 of ``[A-Za-z0-9._@-]``) and for more than one user header line."""
     if not config.get("sso.enabled") or not peer_is_proxy(scope, config):
         return None
-    user = (_header(scope, config.get("sso.user_header")) or "").strip()
+    wanted_user = config.get("sso.user_header").lower().encode("latin-1")
+    lines = [value for key, value in scope.get("headers") or () if key == wanted_user]
+    if len(lines) > 1:
+        # A proxy sets the header once. Two lines mean one came from the client (a proxy that
+        # appends instead of replacing): never pick one of them (attack run A3).
+        raise SSOError("The sign-on proxy sent more than one user header; it must replace the client's"
+                       " (docs/operations.md, Single sign-on).")
+    user = lines[0].decode("latin-1").strip() if lines else ""
     if not user:
         return None
     try:

@@ -8,7 +8,6 @@ Relative paths in ``data.*`` are resolved against the directory holding the conf
 
 import copy
 import difflib
-import ipaddress
 import os
 import re
 import secrets
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 
 import yaml
 from datasette_auth_passwords.utils import hash_password
+
+from . import peers
 
 ENV_VAR = "SERVER_MONITOR_CONFIG"
 # Secrets may come from the environment instead of the file (containers, secret stores).
@@ -49,6 +50,9 @@ DEFAULTS = {
         "max_sessions_per_user": 20,
         # Requests per minute one API token may make (issue 26 item 4, docs/security.md "API tokens").
         "api_token_requests_per_minute": 120,
+        # ... and all API tokens of one user together (null: 3 x the per-token rate), so a user
+        # holding many tokens does not multiply the rate (docs/security.md, attack run A2).
+        "api_token_user_requests_per_minute": None,
     },
     # Single sign-on through a forward-auth proxy (issue 26 item 5, docs/operations.md "Single
     # sign-on"): off by default; the headers are believed only from a socket peer in ``proxies``.
@@ -248,6 +252,9 @@ def _check(data):
     for key in ("logins_per_minute", "max_sessions_per_user", "api_token_requests_per_minute"):
         if not isinstance(auth.get(key), int) or isinstance(auth.get(key), bool) or auth[key] < 1:
             raise ConfigError(f"config: auth.{key} must be an integer >= 1")
+    per_user = auth.get("api_token_user_requests_per_minute")
+    if per_user is not None and (not isinstance(per_user, int) or isinstance(per_user, bool) or per_user < 1):
+        raise ConfigError("config: auth.api_token_user_requests_per_minute must be an integer >= 1 (or null)")
     _check_sso(data.get("sso"))
     days = data["data"]["retention_days"]
     # History charts up to 48 h read raw samples, so raw data must cover at least that.
@@ -288,9 +295,9 @@ def _check_networks(value, key):
         raise ConfigError(f"config: {key} must be a list of addresses or networks")
     for entry in value:
         try:
-            ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"config: {key}: {entry!r} is not an address or network")
+            peers.network(entry)
+        except peers.NetworkError as exc:
+            raise ConfigError(f"config: {key}: {entry!r} {exc}")
     return value
 
 

@@ -125,7 +125,11 @@ class HubContext:
         self.session_hours = float(config.get("auth.session_hours", 12))
         self._monitor_local = threading.local()  # read-only monitor.db connection per thread (group scopes)
         # API token requests per minute per token, split between the worker processes (issue 26 item 4).
-        self.token_budget = RequestBudget(-(-int(config.get("auth.api_token_requests_per_minute", 120)) // workers))
+        per_token = int(config.get("auth.api_token_requests_per_minute", 120))
+        self.token_budget = RequestBudget(-(-per_token // workers))
+        # ... and per owner, all of its tokens together (attack run A2: 50 tokens were 50 budgets).
+        per_user = config.get("auth.api_token_user_requests_per_minute") or 3 * per_token
+        self.token_owner_budget = RequestBudget(-(-int(per_user) // workers))
 
     def group_members(self, groups):
         """Sorted ids of the servers now in any of ``groups`` (monitor.db ``server_groups``, any
