@@ -231,3 +231,43 @@ def test_A6_admin_password_reset_also_revokes_the_users_api_tokens(hub_config, r
     assert dead.status == 401 and b"API token revoked" in dead.data
     assert accounts.api_tokens.list("tina")[0]["revoked_by"] == hub_config.get("auth.username")
     assert get(base, "/api/servers", bearer(other)).status == 200  # nobody else's
+
+
+def test_A7_an_admins_demotion_of_a_sign_on_user_is_not_undone_by_the_proxys_groups(hub_config, real_hub, tmp_path):
+    """An admin who saw abuse demoted the sign-on user alice (proxy group lab-admins -> admin) to a
+    viewer of no server on /admin: the page said done, and alice's next request through the proxy
+    made her admin again (her role followed the proxy's groups on every request). Deleting her
+    only re-created her. Now an admin's edit of a sign-on user wins over the groups from then on."""
+    import json
+
+    set_config(hub_config, sso=SSO)
+    base = real_hub()
+    users = tmp_path / "idp.json"
+    users.write_text(json.dumps({"alice": ["lab-admins"], "bob": ["lab-admins"]}))
+    port = free_port()
+    proxy = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "sso_proxy.py"), "--listen", f"127.0.0.1:{port}",
+         "--upstream", base.split("//")[1], "--source", PROXY_ADDRESS, "--users", str(users)],
+        stdout=subprocess.PIPE, cwd=ROOT, start_new_session=True)
+    try:
+        assert proxy.stdout.readline().strip() == b"ready"
+        via = f"http://127.0.0.1:{port}"
+        for name in ("alice", "bob"):
+            assert get(via, "/admin", {"Cookie": f"idp={name}"}).status == 200
+        admin = Browserless(base)
+        assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
+        changed = post_form(admin, "/admin/users/alice", {"role": "viewer", "scope": "some", "see_processes": ""},
+                            token_path="/admin")
+        assert changed.status == 302
+        for _ in range(2):  # her next requests through the proxy, still in lab-admins
+            assert get(via, "/admin", {"Cookie": "idp=alice"}).status == 403
+            fleet = get(via, "/api/fleet?fresh=1", {"Cookie": "idp=alice"})
+            assert fleet.status == 200 and json.loads(fleet.data)["servers"] == []
+        accounts = Accounts(hub_config.auth_db_path)
+        alice = accounts.user("alice")
+        assert (alice["role"], alice["servers"], alice["created_by"]) == ("viewer", [], "sso (role set by admin)")
+        # bob, never edited, still follows the proxy's groups.
+        assert get(via, "/admin", {"Cookie": "idp=bob"}).status == 200 and accounts.user("bob")["created_by"] == "sso"
+    finally:
+        os.killpg(proxy.pid, signal.SIGTERM)
+        proxy.wait(timeout=10)
