@@ -23,7 +23,7 @@ from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
 from server_monitor.serving import hub
-from server_monitor.auth import tokens
+from server_monitor.auth import sso, tokens
 from server_monitor.jobs.alerts import identity_text
 from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
@@ -319,9 +319,10 @@ async def update_user(request, datasette):
                                                            "tokens": tokens})
         else:
             # A form without the scope fields leaves the scope as it is (never widens it to all).
-            ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),
-                                     see_processes=(form.first("see_processes") == "on") if form.first("scope") else None,
-                                     groups=_groups_from_form(form))
+            if ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),
+                                        see_processes=(form.first("see_processes") == "on") if form.first("scope")
+                                        else None, groups=_groups_from_form(form)):
+                sso.pin(ctx.accounts, username)  # the admin's choice now wins over the proxy's groups (A7)
     except (AccountError, host_groups.GroupError) as exc:
         return await render(request, datasette, status=400, error=str(exc))
     except hub.PasswordBusy:

@@ -12,8 +12,9 @@ else ``sso.default_role``) and, for viewers, to host groups (``sso.host_groups``
 host groups, server_monitor/storage/groups.py); a viewer with no mapped host group sees all
 servers (``sso.default_scope: all``) or none (``none``). Users are created on their first
 request with that role and scope and ``created_by = "sso"``; such users' role and scope follow
-the proxy's groups on every request. A user that exists already (created by invite) keeps the
-role and scope an admin gave it: the proxy only proves who it is.
+the proxy's groups on every request until an admin edits them on /admin (:func:`pin`). A user
+that exists already (created by invite) keeps the role and scope an admin gave it: the proxy
+only proves who it is.
 """
 
 from ..core import peers
@@ -22,6 +23,9 @@ from .accounts import ROLES, AccountError, check_username
 # Password hash of users created by SSO: no password ever matches it (they log in through the proxy).
 NO_PASSWORD = "!sso"
 CREATED_BY = "sso"
+# An SSO user whose role or scope an admin set on /admin: the admin's choice wins over the proxy's
+# groups from then on, as for an invited user (attack run A7: a demotion was undone on the next request).
+PINNED_BY_ADMIN = "sso (role set by admin)"
 _RANK = {role: n for n, role in enumerate(ROLES)}  # viewer < analyst < admin
 
 
@@ -131,3 +135,10 @@ def sync_user(accounts, config, username, groups):
                                  groups=host_groups)
             user = accounts.user(username)
     return user
+
+
+def pin(accounts, username):
+    """Stop following the proxy's groups for SSO user ``username`` (an admin has just set its role
+    or scope on /admin); True when it was an SSO-created user still following them."""
+    return accounts.connection().execute("UPDATE users SET created_by = ? WHERE username = ? AND created_by = ?",
+                                         (PINNED_BY_ADMIN, username, CREATED_BY)).rowcount == 1
