@@ -27,6 +27,7 @@ from ..serving.hub import dead_jobs  # noqa: F401 - also this module's API (test
 from ..storage.instance import open_lock_file
 from ..storage.rollup import CheckpointThread, Maintenance, MaintenanceThread
 from . import alerts
+from . import notify
 from . import replication
 
 
@@ -54,7 +55,8 @@ def start_jobs(holder, config):
         holder.maintenance_thread.start()
     cfg = alerts.settings(config)
     if cfg["enabled"] and getattr(holder, "alert_thread", None) is None:
-        holder.alert_thread = alerts.AlertThread(alerts.AlertEngine(config.db_path, cfg))
+        holder.alert_thread = alerts.AlertThread(alerts.AlertEngine(config.db_path, cfg,
+                                                                    notify.Notifier.from_config(config, cfg)))
         holder.alert_thread.start()
 
 
