@@ -116,7 +116,10 @@ async def own_contact(request, datasette):
     form = await _form(request)
     schemes = set(notify.settings(ctx.config)["contact_schemes"] or ())
     try:
-        url = notify.check_url(_first(form, "url"), schemes) if _first(form, "url").strip() else None
+        # An empty URL field keeps the stored URL (it is never sent back to the page); the
+        # "remove" box removes it.
+        url = notify.check_url(_first(form, "url"), schemes) if _first(form, "url").strip() else (
+            None if _first(form, "remove_url") == "on" else (ctx.notify_store.contact(actor["id"]) or {}).get("url"))
         ctx.notify_store.set_contact(actor["id"], _first(form, "email"), url, digest=_first(form, "digest") == "on",
                                      updated_by=actor["id"])
     except ContactError as exc:
@@ -139,7 +142,8 @@ def _admin_vars(ctx, request):
     if request.args.get("ntest") in ("ok", "failed") and request.args.get("nt") in names:
         test = {"ok": request.args["ntest"] == "ok", "name": request.args["nt"]}
     return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20),
-            "notify_contacts": ctx.notify_store.contacts(), "notify_severities": SEVERITIES, "notify_test": test}
+            "notify_contacts": ctx.notify_store.contacts(), "notify_severities": SEVERITIES, "notify_test": test,
+            "notify_when": when}
 
 
 def when(epoch):

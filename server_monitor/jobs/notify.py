@@ -123,12 +123,16 @@ class Target:
         return self.severities is None or severity in self.severities
 
     def shown_url(self):
-        """The URL with secrets hidden (Apprise's privacy form; the webhook's host only)."""
+        """The URL with secrets hidden: Apprise's privacy form (tokens and passwords shortened)
+        without path or query (a webhook path is often the secret), or the webhook's host."""
         if self.fmt:
             parts = urlsplit(self.url or "")
             return f"{parts.scheme}://{parts.hostname or ''}/…"
         plugin = apprise.Apprise.instantiate(self.url) if self.url else None
-        return plugin.url(privacy=True) if plugin is not None else "(not a valid Apprise URL)"
+        if plugin is None:
+            return "(not a valid Apprise URL)"
+        parts = urlsplit(plugin.url(privacy=True))
+        return f"{parts.scheme}://{parts.netloc}" + ("/…" if parts.path.strip("/") or parts.query else "")
 
 
 def native_url(url, fmt):

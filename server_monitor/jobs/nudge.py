@@ -101,7 +101,7 @@ def digest_numbers(conn, holder, now, admin):
     top = conn.execute("SELECT coalesce(nullif(container, ''), '(no container)'), sum(gpu_seconds) / 3600.0"
                        " FROM gpu_usage_1h WHERE hour >= ? AND user = ? GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
                        (since, holder)).fetchall()
-    numbers = {"gpu_hours": round(gpu_hours, 1), "idle_gpu_hours": round(max(idle_hours, 0), 1),
+    numbers = {"gpu_hours": round(gpu_hours, 1), "idle_gpu_hours": round(max(float(idle_hours), 0.0), 1),
                "top_jobs": [(name, round(hours, 1)) for name, hours in top]}
     if admin:
         total, util = conn.execute("SELECT coalesce(sum(gpu_seconds), 0) / 3600.0,"
@@ -110,7 +110,7 @@ def digest_numbers(conn, holder, now, admin):
         top_idle = conn.execute(f"SELECT user, {idle} FROM gpu_usage_1h WHERE hour >= ? AND user != ''"
                                 " GROUP BY user ORDER BY 2 DESC LIMIT 5", (since,)).fetchall()
         numbers.update(fleet_gpu_hours=round(total, 1), fleet_utilization=None if util is None else round(util, 1),
-                       top_idle=[(user, round(max(hours or 0, 0), 1)) for user, hours in top_idle])
+                       top_idle=[(user, round(max(float(hours or 0), 0.0), 1)) for user, hours in top_idle])
     return numbers
 
 
