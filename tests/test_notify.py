@@ -338,6 +338,8 @@ def test_item1_user_sets_own_contact_on_account_public_services_only(notify_hub,
     refused = user.post("/account/contact", data={"csrftoken": token, "email": "dave@example.org",
                                                   "url": "json://10.0.0.5:8080/internal"})
     assert refused.status_code == 400 and "not allowed here" in refused.text
+    inside = user.post("/account/contact", data={"csrftoken": token, "url": "ntfys://10.0.0.5/topic"})
+    assert inside.status_code == 400 and "ntfy.sh only" in inside.text
     assert user.post("/account/contact", data={"csrftoken": token, "email": "dave@example.org",
                                                "url": "ntfys://ntfy.sh/dave-gpus", "digest": "on"}).status_code == 302
     assert user.post("/account/contact", data={"csrftoken": token, "email": "bad\r\nBcc: x@y"}).status_code == 400

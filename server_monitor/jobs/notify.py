@@ -215,7 +215,8 @@ MAX_URL = 2000
 
 def check_url(url, schemes=None):
     """``url`` stripped if Apprise can use it (and, when ``schemes`` is given, its scheme is one
-    of them), else :class:`ContactError` with a reason to show. Nothing is sent."""
+    of them and an ntfy URL goes to ntfy.sh: a user's own contact never points the hub at a lab
+    host), else :class:`ContactError` with a reason to show. Nothing is sent."""
     url = (url or "").strip()
     if not url or len(url) > MAX_URL or any(ord(c) < 33 for c in url):
         raise ContactError("Give one Apprise URL (no spaces), e.g. ntfys://ntfy.sh/my-topic or tgram://bottoken/chatid.")
@@ -223,8 +224,12 @@ def check_url(url, schemes=None):
     if schemes is not None and scheme not in schemes:
         raise ContactError(f"URLs of kind {scheme or '?'}:// are not allowed here; use one of "
                            + ", ".join(f"{s}://" for s in sorted(schemes)) + ".")
-    if apprise.Apprise.instantiate(url) is None:
+    plugin = apprise.Apprise.instantiate(url)
+    if plugin is None:
         raise ContactError("Apprise does not understand this URL (see https://appriseit.com/services/).")
+    if schemes is not None and scheme in ("ntfy", "ntfys") and getattr(plugin, "mode", "") != "cloud" \
+            and str(getattr(plugin, "host", "")).lower() != "ntfy.sh":
+        raise ContactError("Here ntfy URLs go to ntfy.sh only (ntfys://ntfy.sh/your-topic); ask an admin for a lab server.")
     return url
 
 
