@@ -46,21 +46,22 @@ def _refused(message, back):
                          f"<p><a href=\"{back}\">Back</a></p></main>", status=400)
 
 
-def _admin_only(request):
-    if (request.actor or {}).get("role") != "admin":
-        return Response.html("<!DOCTYPE html><title>Forbidden</title><main><h1>Forbidden</h1>"
-                             "<p>This page is for admins.</p></main>", status=403)
-    if request.method != "POST":
-        return Response.text("Method not allowed: use the forms on /admin", status=405, headers={"allow": "POST"})
-    return None
+def admin_post(handler):
+    """``handler(request, datasette, ctx, form)`` as a route for admins' POSTs only: 403 to anyone
+    else, 405 to another method; ``form``: the parsed body (lists of values)."""
+    async def route(request, datasette):
+        if (request.actor or {}).get("role") != "admin":
+            return Response.html("<!DOCTYPE html><title>Forbidden</title><main><h1>Forbidden</h1>"
+                                 "<p>This page is for admins.</p></main>", status=403)
+        if request.method != "POST":
+            return Response.text("Method not allowed: use the forms on /admin", status=405, headers={"allow": "POST"})
+        return await handler(request, datasette, hub.context(datasette), await _form(request))
+    route.__doc__ = handler.__doc__
+    return route
 
 
-async def targets(request, datasette):
-    denied = _admin_only(request)
-    if denied:
-        return denied
-    ctx = hub.context(datasette)
-    form = await _form(request)
+@admin_post
+async def targets(request, datasette, ctx, form):
     name = _first(form, "name").strip()
     if _first(form, "action") == "delete":
         ctx.notify_store.delete_target(name)
@@ -73,13 +74,9 @@ async def targets(request, datasette):
     return Response.redirect("/admin#notifications")
 
 
-async def test_target(request, datasette):
+@admin_post
+async def test_target(request, datasette, ctx, form):
     """Send ``[TEST] [info] …`` to the target ``name`` (in a thread: delivery waits up to the timeout)."""
-    denied = _admin_only(request)
-    if denied:
-        return denied
-    ctx = hub.context(datasette)
-    form = await _form(request)
     notifier = _notifier(ctx)
     target = {t.name.lower(): t for t in notifier.targets()}.get(_first(form, "name").lower())
     if target is None:
@@ -91,12 +88,8 @@ async def test_target(request, datasette):
                              + "#notifications")
 
 
-async def admin_contact(request, datasette):
-    denied = _admin_only(request)
-    if denied:
-        return denied
-    ctx = hub.context(datasette)
-    form = await _form(request)
+@admin_post
+async def admin_contact(request, datasette, ctx, form):
     try:
         url = notify.check_url(_first(form, "url")) if _first(form, "url").strip() else None
         ctx.notify_store.set_contact(_first(form, "holder"), _first(form, "email"), url,

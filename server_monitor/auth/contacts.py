@@ -23,6 +23,8 @@ import sqlite3
 import threading
 import time
 
+from .accounts import thread_connection
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notify_targets (
     id INTEGER PRIMARY KEY,
@@ -103,14 +105,7 @@ class NotifyStore:
         self._conn().executescript(SCHEMA)
 
     def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
     # -- targets ---------------------------------------------------------------------------
     def targets(self):
