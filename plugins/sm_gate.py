@@ -190,7 +190,9 @@ async def health(datasette, send):
     """``GET /-/health``: 200 ``{"ok": true}`` when the metrics database answers a query and
     every background thread (maintenance, alerts) is alive; else 503 with ``error`` (the
     exception's class), ``dead_threads`` (names) or ``database_replaced: true`` (monitor.db was
-    deleted or replaced under the running hub; ``error`` says what to do). No data, no secrets. ``run_id`` echoes
+    deleted or replaced under the running hub; ``error`` says what to do). A healthy answer also has
+    ``notifications``: ``{"failures": N, "last_failure_at", "last_failure_target"}``, delivery
+    failures of the last hour (None when auth.db cannot be read). No data, no secrets. ``run_id`` echoes
     ``$SERVER_MONITOR_RUN_ID`` (a random id ``scripts/run.sh`` gives its hub, so that it can tell
     its own hub from another one answering on the port)."""
     run_id = {"run_id": os.environ["SERVER_MONITOR_RUN_ID"]} if os.environ.get("SERVER_MONITOR_RUN_ID") else {}

@@ -85,6 +85,9 @@ def test_item3_old_webhook_and_smtp_settings_map_to_apprise_services():
                                                   ("webhook-4", "slack"), ("ticketing", "generic"), ("email", None)]
     kinds = [type(apprise.Apprise.instantiate(t.url)).__name__ for t in targets if t.fmt is None]
     assert kinds == ["NotifySlack", "NotifyFeishu", "NotifyLark", "NotifyEmail"]
+    slack = apprise.Apprise.instantiate(targets[0].url)
+    assert (slack.token_a, slack.token_b, slack.token_c) == ("T1JJ3T3L2", "A1BRTD4JD", "TIiajkdnlazkcOXrIdevi7FQ")
+    assert not slack.include_footer and not slack.include_image
     mail = apprise.Apprise.instantiate(targets[-1].url)
     assert (mail.smtp_host, mail.port, mail.secure_mode, mail.user, mail.password) == (
         "smtp.example.org", 587, "starttls", "monitor", "p@ss/w:rd")
@@ -129,6 +132,31 @@ class Silent:
                 self.held.append(self.sock.accept()[0])
             except OSError:
                 return
+
+
+def test_item3_a_rule_that_names_targets_gets_its_resolved_notice_there_too(tmp_path, monkeypatch):
+    """Contract with the alert rules: an alert carrying ``targets`` is delivered there, and so is
+    its resolved notice (the engine keeps the names; the alerts table does not)."""
+    from server_monitor.storage import schema
+
+    receiver = Receiver()
+    try:
+        path = str(tmp_path / "monitor.db")
+        schema.migrate(path)
+        port = _port(receiver)
+        ncfg = {"targets": [{"name": "team-a", "url": f"json://127.0.0.1:{port}/team-a", "severities": ["warning"]},
+                            {"name": "all", "url": f"json://127.0.0.1:{port}/all"}]}
+        engine = alerts.AlertEngine(path, dict(alerts.DEFAULTS), notify.Notifier(dict(alerts.DEFAULTS), ncfg, None))
+        firing = {"custom:1:x": _alert("node-1: rule of team a", "critical", targets=["team-a"], since=None)}
+        # A rule (the alert-rules work owns them) that names its targets; the engine and delivery are real.
+        monkeypatch.setattr(alerts, "evaluate", lambda conn, now, cfg: {k: dict(v) for k, v in firing.items()})
+        assert engine.run_once(1_000_000)["fired"] == ["custom:1:x"]
+        firing.clear()
+        assert engine.run_once(1_000_060)["resolved"] == ["custom:1:x"]
+        assert [b["title"].split("]")[0] for b in receiver.of("/team-a")] == ["[FIRING", "[RESOLVED"]
+        assert receiver.of("/all") == []
+    finally:
+        receiver.server.shutdown()
 
 
 def test_item3_a_hung_target_costs_one_timeout_per_pass_and_the_rest_wait(tmp_path):

@@ -286,6 +286,9 @@ class AlertEngine:
         self.db_path = db_path
         self.cfg = cfg
         self.notifier = notifier or Notifier(cfg)
+        # The targets a firing alert named (``alert["targets"]``, jobs/notify.py), by key, for its
+        # resolved notice (the alerts table does not keep them; after a restart: by severity).
+        self._targets = {}
 
     def run_once(self, now=None):
         """One evaluation; returns ``{"fired": [...], "repeated": [...], "resolved": [...]}`` (keys)."""
@@ -310,6 +313,8 @@ class AlertEngine:
             repeat = self.cfg["repeat_minutes"] * 60
             for key, alert in firing.items():
                 since = alert.pop("since", None)
+                if alert.get("targets"):
+                    self._targets[key] = list(alert["targets"])
                 if key not in active:
                     # The alert starts when the condition did (stored history), not when this
                     # hub first looked: after a restart a GPU missing for 5 h is not "lost for 10 s".
@@ -342,6 +347,9 @@ class AlertEngine:
                     conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, row[0]))
                     alert = {"rule": row[2], "severity": row[3], "server_id": row[4], "subject": row[5],
                              "message": row[6], "started_at": row[7], "resolved_at": now}
+                    if self._targets.get(key):  # the rule named its targets: the resolved notice goes there too
+                        alert["targets"] = self._targets[key]
+                    self._targets.pop(key, None)
                     if row[9] and not silenced(alert):  # no "resolved" for what was never announced
                         self.notifier.send("resolved", alert)
                     result["resolved"].append(key)

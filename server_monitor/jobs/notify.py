@@ -138,14 +138,16 @@ class Target:
 def native_url(url, fmt):
     """The Apprise URL for a legacy ``alerts.webhooks`` entry, or None when Apprise has no such
     service (``generic``, or a Slack/Feishu format on another host: posted by our own code).
-    Slack on ``hooks.slack.com``: the webhook URL itself (Apprise reads it natively); Feishu and
+    Slack on ``hooks.slack.com/services/T/B/C``: ``slack://T/B/C/`` (no Apprise footer or logo); Feishu and
     Lark bot hooks ``…/open-apis/bot/v2/hook/<token>``: ``feishu://<token>``, ``lark://<token>``."""
     parts = urlsplit(url or "")
     host = (parts.hostname or "").lower()
     if parts.scheme != "https":
         return None
-    if fmt == "slack" and host == "hooks.slack.com":
-        return url
+    slack = re.match(r"^/services/([A-Za-z0-9]+)/([A-Za-z0-9]+)/([A-Za-z0-9]+)/?$", parts.path)
+    if fmt == "slack" and host == "hooks.slack.com" and slack:
+        # No Apprise logo or footer in the lab's channel: the notice as before, from the hub.
+        return "slack://{}/{}/{}/?footer=no&image=no".format(*slack.groups())
     match = re.match(r"^/open-apis/bot/v2/hook/([A-Za-z0-9_-]+)/?$", parts.path)
     if fmt in ("feishu", "lark") and match:
         if host == "open.feishu.cn":
