@@ -36,7 +36,8 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "notifications.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "api-token.png",
+         "notifications.png")
 
 
 def _free_port():
@@ -167,6 +168,15 @@ def _render(browser, base_url, username, password, out, history_server):
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")
+            # /account after creating an API token: the token shown once (issue 26 item 4; this demo hub's token
+            # dies with it).
+            page.goto(base_url + "/account")
+            page.fill("#token-name", "job launcher")
+            page.click("#create-token button[type=submit]")
+            page.wait_for_selector("#new-api-token")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            shot(page, "api-token.png")
+            page.set_viewport_size({"width": 1440, "height": 900})
             # /admin's Notifications: a target added through the form (nothing is sent).
             page.goto(base_url + "/admin#notifications")
             form = page.locator("#notify-add")
