@@ -670,11 +670,28 @@ CREATE INDEX servers_display_skeleton ON servers ({skeleton_sql('display_name')}
 """
 
 
+MIGRATION_26 = """
+-- Idle-GPU nudges (issue 26 item 1, server_monitor/jobs/nudge.py): one row per GPU and holder
+-- nudged during one idle run (idle_since); the dashboard's idle panel shows who was nudged when.
+-- Where a nudge went (e-mail, chat URL) stays in auth.db: this table names only the holder.
+CREATE TABLE idle_nudges (
+    gpu_id INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    idle_since INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    last_at INTEGER NOT NULL,
+    nudges INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (gpu_id, holder, idle_since)
+) WITHOUT ROWID;
+CREATE INDEX idle_nudges_last ON idle_nudges (last_at);
+"""
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25]
+              MIGRATION_25, MIGRATION_26]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
