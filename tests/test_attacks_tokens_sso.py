@@ -16,23 +16,13 @@ import yaml
 from conftest import ROOT, free_port, start_hub
 from datasette_auth_passwords.utils import hash_password
 from http_client import Browserless
+from test_sso import PROXY_ADDRESS, SSO  # the proxy connects from 127.0.0.2; lab-admins -> admin
 
 from server_monitor.auth.accounts import Accounts
 from server_monitor.core import config as config_mod
 from server_monitor.core import peers
 
 PASSWORD = "correct horse battery"
-PROXY_ADDRESS = "127.0.0.2"
-SSO = {
-    "enabled": True,
-    "proxies": [PROXY_ADDRESS + "/32"],
-    "user_header": "X-Forwarded-User",
-    "groups_header": "X-Forwarded-Groups",
-    "default_role": "viewer",
-    "default_scope": "none",
-    "roles": {"lab-admins": "admin"},
-    "host_groups": {},
-}
 
 
 def set_config(hub_config, **sections):
