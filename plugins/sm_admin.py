@@ -58,12 +58,23 @@ async def read_form(request):
     return Form(parse_qs(body, keep_blank_values=True))
 
 
+def _scope_kind(form):
+    """The form's ``scope``: None (no field), ``all`` or ``some``. Raises :class:`AccountError`
+    for any other value: a typo must not widen a user to every server (attack run, follow-up)."""
+    kind = form.first("scope")
+    if kind not in (None, "all", "some"):
+        raise AccountError("scope must be all or some")
+    return kind
+
+
 def _servers_from_form(form, missing=None):
     """Scope from the form: None for all servers, else the chosen server ids (hidden ``servers``
-    inputs of the scope picker). ``missing``: the answer when the form has no ``scope`` field."""
-    if form.first("scope") is None:
+    inputs of the scope picker). ``missing``: the answer when the form has no ``scope`` field.
+    Raises :class:`AccountError` for a ``scope`` other than ``all``/``some``."""
+    kind = _scope_kind(form)
+    if kind is None:
         return missing
-    if form.first("scope") != "some":
+    if kind == "all":
         return None
     return [int(v) for v in form.getlist("servers") if v.isdigit()]
 
@@ -72,10 +83,12 @@ def _groups_from_form(form, missing=()):
     """Host groups of the scope: every ``groups`` value (the scope picker's group chips, one name
     each; a name list split by commas/spaces is read the same way); ``[]`` unless the scope is
     ``some``. ``missing``: the answer when the form has no ``scope`` field (``()``: leave the stored
-    groups as they are). Raises :class:`host_groups.GroupError` for a bad name."""
-    if form.first("scope") is None:
+    groups as they are). Raises :class:`host_groups.GroupError` for a bad name,
+    :class:`AccountError` for a ``scope`` other than ``all``/``some``."""
+    kind = _scope_kind(form)
+    if kind is None:
         return missing
-    if form.first("scope") != "some":
+    if kind == "all":
         return []
     return host_groups.parse_list(" ".join(form.getlist("groups")))
 
