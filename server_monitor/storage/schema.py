@@ -670,11 +670,63 @@ CREATE INDEX servers_display_skeleton ON servers ({skeleton_sql('display_name')}
 """
 
 
+# Roll-ups keyed by server and a name (issue 26 item 7): disk use per mount point and host
+# temperatures per sensor chip. Part of migration 26 below (changing them needs a new migration).
+DISK_ROLLUP = (
+    ("used_bytes", ("avg", "max")),
+    ("total_bytes", ("max",)),
+)
+TEMPERATURE_ROLLUP = (
+    ("temperature_c", ("avg", "max")),
+)
+
+
+def _named_rollup_table(name, name_column, columns):
+    """Roll-up table keyed by ``(server_id, <name_column>, ts)``, with a ``ts`` index for retention."""
+    cols = ",\n    ".join(f"{col}_{agg} REAL" for col, aggs in columns for agg in aggs)
+    return (
+        f"CREATE TABLE {name} (\n    server_id INTEGER NOT NULL,\n    {name_column} TEXT NOT NULL,\n"
+        f"    ts INTEGER NOT NULL,\n    samples INTEGER NOT NULL,\n    {cols},\n"
+        f"    PRIMARY KEY (server_id, {name_column}, ts)\n) WITHOUT ROWID;\n"
+        f"CREATE INDEX {name}_ts ON {name} (ts);\n"
+    )
+
+
+MIGRATION_26 = (
+    """
+-- Issue 26 item 7: host temperatures (one row per report and sensor chip: the hottest of the
+-- chip's temp*_input, with the lowest temp*_max / temp*_crit reported for it), read by the agent
+-- from the kernel's hwmon sysfs tree; and 5-minute/hourly roll-ups of disk use and of these
+-- temperatures, so the history page shows 30 days (raw rows are kept data.retention_days).
+CREATE TABLE temperature_samples (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    sensor TEXT NOT NULL,
+    temperature_c REAL,
+    high_c REAL,
+    critical_c REAL,
+    PRIMARY KEY (server_id, ts, sensor)
+) WITHOUT ROWID;
+CREATE INDEX temperature_samples_ts ON temperature_samples (ts);
+-- Issue 26 item 6: GPU time held while utilization.gpu was known and under
+-- features.idle_max_util (the per-user page's idle GPU-hours). Hours rolled up before this
+-- migration keep 0.
+ALTER TABLE gpu_usage_1h ADD COLUMN idle_seconds REAL NOT NULL DEFAULT 0;
+-- The per-user page reads one user's hours over 30 days without scanning every owner.
+CREATE INDEX gpu_usage_1h_user ON gpu_usage_1h (user, hour);
+"""
+    + _named_rollup_table("disk_samples_5m", "mountpoint", DISK_ROLLUP)
+    + _named_rollup_table("disk_samples_1h", "mountpoint", DISK_ROLLUP)
+    + _named_rollup_table("temperature_samples_5m", "sensor", TEMPERATURE_ROLLUP)
+    + _named_rollup_table("temperature_samples_1h", "sensor", TEMPERATURE_ROLLUP)
+)
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25]
+              MIGRATION_25, MIGRATION_26]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

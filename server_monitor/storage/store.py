@@ -182,7 +182,9 @@ def _store(conn, report, received_at):
                             memory_used_bytes=_num(mem, "used_bytes"), memory_total_bytes=_num(mem, "total_bytes"),
                             swap_used_bytes=_num(mem, "swap_used_bytes"), net_rx_bps=_num(net, "rx_bytes_per_s"),
                             net_tx_bps=_num(net, "tx_bytes_per_s"))
-            merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
+            merge_late_sample(conn, server_id, ts, host_row, gpu_rows, named_rows={
+                "disk_samples": [(d["mountpoint"], d) for d in report.get("disks") or []],
+                "temperature_samples": [(t["sensor"], t) for t in chip_temperatures(report.get("temperatures"))]})
     _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
     _store_allocation_holders(conn, server_id, ts, gpu_ids, report.get("processes") or [], allocations)
     _store_xid_events(conn, server_id, ts, received_at, report.get("xid_events") or [])
@@ -197,11 +199,40 @@ def _store(conn, report, received_at):
                 for d in disks
             ],
         )
+    temperatures = chip_temperatures(report.get("temperatures"))
+    if temperatures:
+        conn.executemany(
+            "INSERT OR IGNORE INTO temperature_samples (server_id, ts, sensor, temperature_c, high_c, critical_c)"
+            " VALUES (?,?,?,?,?,?)",
+            [(server_id, ts, t["sensor"], t["temperature_c"], t["high_c"], t["critical_c"]) for t in temperatures],
+        )
     if newest:
         _store_inventory(conn, server_id, ts, report)
         groups.sync_reported(conn, server_id, "agent", report.get("groups"))
         groups.sync_reported(conn, server_id, "slurm", report.get("slurm_partitions"))
     return {"stored": True, "server_id": server_id}
+
+
+def chip_temperatures(temperatures):
+    """One row per sensor chip from a report's ``temperatures`` (contract: hwmon readings, °C).
+
+    ``temperatures``: list of ``{"chip", "label", "current_c", "high_c", "critical_c"}`` or None.
+    Returns ``[{"sensor": chip, "temperature_c": hottest current_c of the chip, "high_c": lowest
+    high_c, "critical_c": lowest critical_c}]`` (None where no reading of the chip has one),
+    in the report's chip order. A reading whose ``current_c`` was nulled by the contract adds
+    nothing but its limits. Stored per chip, not per reading: a 64-core CPU has 65 coretemp
+    readings per report, and the history page charts the chip (its hottest point).
+    """
+    chips = {}
+    for item in temperatures or ():
+        row = chips.setdefault(item["chip"], {"sensor": item["chip"], "temperature_c": None,
+                                              "high_c": None, "critical_c": None})
+        for key, field, pick in (("temperature_c", "current_c", max), ("high_c", "high_c", min),
+                                 ("critical_c", "critical_c", min)):
+            value = item.get(field)
+            if value is not None:
+                row[key] = value if row[key] is None else pick(row[key], value)
+    return list(chips.values())
 
 
 _SERVER_LATEST = (
@@ -651,7 +682,9 @@ def _store_inventory(conn, server_id, ts, report):
 # enabled, such as Datasette's write connection, need the cascade spelled out).
 _GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
 _SERVER_CHILD_TABLES = ("server_groups", "host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
-                        "host_samples_5m", "host_samples_1h", "disk_samples", "containers", "probes",
+                        "host_samples_5m", "host_samples_1h", "disk_samples", "disk_samples_5m", "disk_samples_1h",
+                        "temperature_samples", "temperature_samples_5m", "temperature_samples_1h",
+                        "containers", "probes",
                         "gpu_usage_1h", "alerts", "silences", "gpus")
 
 
