@@ -9,7 +9,9 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``fleet-dark.png``, ``fleet-light.png``: the fleet grid at 1440×900;
 * ``phone.png``: the dashboard at 390×844 (phone width), dark;
 * ``history.png``: a busy server's history page (holder timeline, heatmap), 1440 wide;
-* ``free.png``: the free-GPU finder.
+* ``free.png``: the free-GPU finder;
+* ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
+* ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs).
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -35,7 +37,7 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png")
 
 
 def _free_port():
@@ -163,6 +165,16 @@ def _render(browser, base_url, username, password, out, history_server):
             page.set_viewport_size({"width": 1440, "height": 1300})
             shot(page, "history.png")
             page.set_viewport_size({"width": 1440, "height": 900})
+            page.locator("figure.disk-history").scroll_into_view_if_needed()
+            page.evaluate("document.querySelector('figure.disk-history').scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(300)
+            shot(page, "disk-history.png")
+            page.goto(base_url + "/")
+            page.wait_for_selector("#who-body a.who-page")
+            page.locator("#who-body a.who-page").first.click()
+            page.wait_for_selector("#user-daily .uplot canvas")
+            _settle(page)
+            shot(page, "user.png")
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")
