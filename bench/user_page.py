@@ -7,7 +7,8 @@ Grows ``--servers`` × 8 GPUs through ``bench/fleet_fixture.py`` (contract-valid
 by ``store_report``) into ``--db`` (kept when it exists), then writes ``--days`` of hourly
 accounting (``gpu_usage_1h``) in the shape maintenance writes it: every GPU held all that time by
 the holders it has now (a GPU shared by k owners gives each 1/k; a GPU at 0 % counts as idle) —
-the worst case for a user's page, every hour of every GPU they hold is a row. Server 1 gets
+the worst case for a user's page, every hour of every GPU they hold is a row — and sums it per
+user and UTC day with maintenance's own code (``gpu_usage_user_1d``), timing one full day. Server 1 gets
 ``--days`` of disk roll-ups (4 mount points) and temperature roll-ups (3 chips) in the 5-minute
 and hourly tiers. Then it starts the hub (``server-monitor serve``) on ``--port``, logs in as the
 admin and prints the median wall time (urllib3) of ``--runs`` requests of the user page and its
@@ -16,6 +17,7 @@ three queries for the heaviest user, and of the history page's disk/temperature 
 """
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -26,6 +28,7 @@ from urllib.parse import quote
 from bench import common, fleet_fixture
 from bench.fleet_pages import HTTP, start_hub
 from server_monitor.storage import schema
+from server_monitor.storage.rollup import Maintenance
 
 
 def synthesize(db_path, days):
@@ -64,10 +67,23 @@ def synthesize(db_path, days):
                           for ts in range(start, now, step)])
     conn.execute("INSERT OR REPLACE INTO maintenance_state (name, value) VALUES ('rolled_until', ?)", (now // 3600 * 3600,))
     conn.execute("COMMIT")
-    conn.execute("ANALYZE")
     count = conn.execute("SELECT count(*) FROM gpu_usage_1h").fetchone()[0]
+    # The per-user days through maintenance's own code; one full day's recompute is what every
+    # maintenance pass does for today (its worst case, at the end of the day).
+    maintenance = Maintenance(db_path, pause=0)
+    writer, reader = maintenance._connect()
+    day = now // 86400 * 86400
+    maintenance._roll_user_days(writer, reader, list(range(day - days * 86400, day, 86400)))
+    t = time.perf_counter()
+    cpu = time.process_time()
+    rows = maintenance._roll_user_days(writer, reader, [day - 86400])
+    print(f"one full day of gpu_usage_user_1d recomputed (a pass at the end of a day): "
+          f"{(time.perf_counter() - t) * 1000:.0f} ms wall, {(time.process_time() - cpu) * 1000:.0f} ms CPU, {rows:,} rows")
+    writer.close()
+    reader.close()
     top = conn.execute("SELECT user, count(*) FROM gpu_usage_1h WHERE user <> '' GROUP BY user"
                        " ORDER BY 2 DESC LIMIT 1").fetchone()
+    conn.execute("ANALYZE")
     conn.close()
     return count, top
 
@@ -129,7 +145,7 @@ def main(argv=None):
                 response = HTTP.request("GET", base + path, headers={"Cookie": cookie})
                 times.append(time.perf_counter() - t)
                 assert response.status == 200, (path, response.status, response.data[:300])
-            rows = response.data.count(b"},{") + 1 if path.startswith("/monitor/") else "-"
+            rows = len(json.loads(response.data)) if path.startswith("/monitor/") else "-"
             print(f"{path:78} {statistics.median(times) * 1000:6.1f} ms ({min(times) * 1000:.1f}–{max(times) * 1000:.1f})"
                   f"  {rows} / {len(response.data):,}")
     finally:

@@ -6,14 +6,10 @@
 const DAYS = 30;
 
 function dayList(days) {
-  // The last `days` local days, oldest first, as YYYY-MM-DD (the query groups by local day).
+  // The last `days` UTC days (today included), oldest first, as YYYY-MM-DD: the query's days.
   const out = [];
-  const d = new Date();
-  d.setHours(12, 0, 0, 0);
-  for (let i = days; i >= 0; i--) {
-    const x = new Date(d.getTime() - i * 86400000);
-    out.push(x.getFullYear() + "-" + String(x.getMonth() + 1).padStart(2, "0") + "-" + String(x.getDate()).padStart(2, "0"));
-  }
+  const today = Math.floor(Date.now() / 86400000);
+  for (let i = days - 1; i >= 0; i--) out.push(new Date((today - i) * 86400000).toISOString().slice(0, 10));
   return out;
 }
 
@@ -50,8 +46,8 @@ function drawDaily(rows) {
   const box = document.getElementById("user-daily");
   if (chart) chart.destroy();
   box.replaceChildren();
-  // x: local noon of each day (epoch s), so the day label sits under its bar.
-  const xs = days.map((d) => { const [y, m, dd] = d.split("-").map(Number); return new Date(y, m - 1, dd, 12).getTime() / 1000; });
+  // x: noon UTC of each day (epoch s), so the day label sits under its bar.
+  const xs = days.map((d) => Date.parse(d + "T12:00:00Z") / 1000);
   const used = days.map((d) => (byDay.has(d) ? byDay.get(d).gpu_hours : 0));
   const idleH = days.map((d) => (byDay.has(d) ? byDay.get(d).idle_gpu_hours || 0 : 0));
   const bars = uPlot.paths.bars({ size: [0.7, 40] });
@@ -61,10 +57,10 @@ function drawDaily(rows) {
     width: Math.max(320, box.clientWidth - 24),
     height: 220,
     scales: { x: { time: true, range: [xs[0] - 43200, xs[xs.length - 1] + 43200] }, y: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.1)] } },
-    axes: [Object.assign({ values: (u, ticks) => ticks.map((t) => { const d = new Date(t * 1000); return (d.getMonth() + 1) + "/" + d.getDate(); }) }, axis),
+    axes: [Object.assign({ values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toISOString().slice(5, 10)) }, axis),
            Object.assign({ label: "GPU-hours", values: (u, ticks) => ticks.map((t) => fmtHours(t)) }, axis)],
     series: [
-      { value: (u, v) => (v === null ? "–" : new Date(v * 1000).toLocaleDateString()) },
+      { value: (u, v) => (v === null ? "–" : new Date(v * 1000).toISOString().slice(0, 10) + " UTC") },
       { label: "GPU-hours", stroke: "#4e79a7", fill: "rgba(78,121,167,0.55)", paths: bars, points: { show: false }, value: (u, v) => fmtHours(v) },
       { label: "idle GPU-hours", stroke: "#e15759", fill: "rgba(225,87,89,0.75)", paths: bars, points: { show: false }, value: (u, v) => fmtHours(v) },
     ],
@@ -96,7 +92,7 @@ async function loadUser() {
     const params = { user: name };
     const [gpus, daily, jobs] = await Promise.all([
       fetchQuery("user_gpus", params),
-      fetchQuery("user_gpu_hours_daily", Object.assign({ days: String(DAYS), tz_offset_min: String(-new Date().getTimezoneOffset()) }, params)),
+      fetchQuery("user_gpu_hours_daily", Object.assign({ days: String(DAYS) }, params)),
       fetchQuery("user_jobs", Object.assign({ days: String(DAYS) }, params)),
     ]);
     errorBox.hidden = true;

@@ -460,6 +460,7 @@ class Maintenance:
             oldest = int((now - self.keep["1h"]) // 3600 * 3600)
             done = target if first is None else max(oldest, int(first // 3600 * 3600))
         written = hours = 0
+        first_hour = done
         # Retention runs after this in the same pass, so raw rows of every hour behind the
         # watermark are still there, however long the hub was down.
         while done < target:
@@ -480,7 +481,58 @@ class Maintenance:
         # only gpu_usage_1h, so it is at most one maintenance pass behind).
         if done < now:
             written += self._current_usage(writer, reader, done, now)
+        # The per-user days of every hour gpu_usage_1h changed in: the hours rolled up, the dirty
+        # ones and the current ones (usually today alone; yesterday too in the first hour of a day).
+        days = set(range(int(min(first_hour, done) // 86400 * 86400), int(now) + 1, 86400))
+        days.update(h // 86400 * 86400 for h in dirty)
+        written += self._roll_user_days(writer, reader, sorted(days))
         return {"hours_rolled": hours, "dirty_hours": len(dirty), "rollup_rows": written}
+
+    # Per user, UTC day, server and container, from gpu_usage_1h (the per-user page's table).
+    _USER_DAY_SQL = (
+        "SELECT user, ? AS day, server_id, container, sum(gpu_seconds), sum(idle_seconds), sum(vram_mib_seconds),"
+        " sum(util_seconds), sum(util_known_seconds), count(DISTINCT gpu_id), min(hour), max(hour)"
+        " FROM gpu_usage_1h WHERE hour >= ? AND hour < ? AND user <> '' GROUP BY user, server_id, container")
+    _INSERT_USER_DAY = ("INSERT INTO gpu_usage_user_1d (user, day, server_id, container, gpu_seconds, idle_seconds,"
+                        " vram_mib_seconds, util_seconds, util_known_seconds, gpus, first_hour, last_hour)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+
+    def _roll_user_days(self, writer, reader, days):
+        """Recompute ``gpu_usage_user_1d`` for each UTC day (epoch s of its midnight) in ``days``.
+
+        The sums are read on the read connection (``gpu_usage_1h`` primary key range of the day:
+        at 1,000 servers × 8 GPUs up to ~230,000 rows for a full day); each day's rows are then
+        replaced user by user in transactions of at most about ``batch`` rows, so a reader sees
+        each user's old or new day, never a user's day half written. Owners without a user name
+        (``user`` '') are left out: the page is per user. Returns rows written.
+        """
+        written = 0
+        for day in days:
+            rows = reader.execute(self._USER_DAY_SQL, (day, day, day + 86400)).fetchall()
+            by_user = {}
+            for row in rows:
+                by_user.setdefault(row[0], []).append(row)
+            users = sorted(set(by_user) | {u for (u,) in reader.execute(
+                "SELECT DISTINCT user FROM gpu_usage_user_1d WHERE day = ?", (day,))})
+            group, size = [], 0
+            for n, user in enumerate(users):
+                group.append(user)
+                size += len(by_user.get(user, ())) + 1
+                if size < self.batch and n + 1 < len(users):
+                    continue
+                writer.execute("BEGIN IMMEDIATE")
+                try:
+                    writer.execute(f"DELETE FROM gpu_usage_user_1d WHERE day = ? AND user IN ({','.join('?' * len(group))})",
+                                   [day] + group)
+                    writer.executemany(self._INSERT_USER_DAY, [r for u in group for r in by_user.get(u, ())])
+                    writer.execute("COMMIT")
+                except BaseException:
+                    writer.execute("ROLLBACK")
+                    raise
+                written += size - len(group)
+                group, size = [], 0
+                time.sleep(self.pause)
+        return written
 
     # -- retention ------------------------------------------------------------------
     def _delete_before(self, writer, table, keys, cutoff, column="ts"):
@@ -515,6 +567,8 @@ class Maintenance:
         for table, key, _ in SOURCES:
             deleted[f"{table}_5m"] = self._delete_before(writer, f"{table}_5m", f"{key}, ts", m5)
             deleted[f"{table}_1h"] = self._delete_before(writer, f"{table}_1h", f"{key}, ts", h1)
+        deleted["gpu_usage_user_1d"] = self._delete_before(writer, "gpu_usage_user_1d", "user, day, server_id, container",
+                                                           h1, column="day")
         deleted["gpu_usage_1h"] = self._delete_before(writer, "gpu_usage_1h", "hour, gpu_id, user, container", h1,
                                                       column="hour")
         # XIDs are rare and are a GPU's fault history: kept as long as the longest tier.

@@ -685,7 +685,7 @@ _SERVER_CHILD_TABLES = ("server_groups", "host_identity_events", "gpu_links", "m
                         "host_samples_5m", "host_samples_1h", "disk_samples", "disk_samples_5m", "disk_samples_1h",
                         "temperature_samples", "temperature_samples_5m", "temperature_samples_1h",
                         "containers", "probes",
-                        "gpu_usage_1h", "alerts", "silences", "gpus")
+                        "gpu_usage_1h", "gpu_usage_user_1d", "alerts", "silences", "gpus")
 
 
 def delete_server(conn, server_id):
