@@ -73,7 +73,7 @@ def synthesize(db_path, days):
     maintenance = Maintenance(db_path, pause=0)
     writer, reader = maintenance._connect()
     day = now // 86400 * 86400
-    maintenance._roll_user_days(writer, reader, list(range(day - days * 86400, day, 86400)))
+    maintenance._roll_user_days(writer, reader, list(range(day - days * 86400, day + 1, 86400)))
     t = time.perf_counter()
     cpu = time.process_time()
     rows = maintenance._roll_user_days(writer, reader, [day - 86400])
