@@ -165,8 +165,9 @@ def _render(browser, base_url, username, password, out, history_server):
             page.set_viewport_size({"width": 1440, "height": 1300})
             shot(page, "history.png")
             page.set_viewport_size({"width": 1440, "height": 900})
-            page.locator("figure.disk-history").scroll_into_view_if_needed()
-            page.evaluate("document.querySelector('figure.disk-history').scrollIntoView({block: 'start'})")
+            # The disk and temperature charts just under the sticky header.
+            page.evaluate("window.scrollTo(0, document.querySelector('figure.disk-history').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
             page.wait_for_timeout(300)
             shot(page, "disk-history.png")
             page.goto(base_url + "/")
@@ -174,7 +175,7 @@ def _render(browser, base_url, username, password, out, history_server):
             page.locator("#who-body a.who-page").first.click()
             page.wait_for_selector("#user-daily .uplot canvas")
             _settle(page)
-            shot(page, "user.png")
+            shot(page, "user.png", full_page=True)
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")

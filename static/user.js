@@ -29,7 +29,9 @@ function drawGpus(rows) {
     h("td", {}, fmtMiB(r.held_mib) + " / " + fmtMiB(r.memory_used_mib) + " / " + fmtMiB(r.memory_total_mib)),
     h("td", {}, fmtPct(r.utilization_gpu)),
     h("td", { class: r.idle === 1 ? "idle-yes" : "" }, r.idle === 1 ? "idle" : r.idle === 0 ? "busy" : "unknown"),
-    h("td", {}, [r.containers, r.slurm_job ? "Slurm job " + r.slurm_job : null].filter(Boolean).join(" · ") || "–",
+    // A Slurm job's processes already carry the container "job <id>": name the allocation only when it adds something.
+    h("td", {}, [r.containers, r.slurm_job && String(r.containers || "").split(",").indexOf("job " + r.slurm_job) < 0
+      ? "Slurm job " + r.slurm_job : null].filter(Boolean).join(" · ") || "–",
       r.shared_with ? " (shared with " + r.shared_with + " other" + (r.shared_with === 1 ? "" : "s") + ")" : ""),
     h("td", {}, String(r.processes)))));
 }
