@@ -46,9 +46,11 @@ def _fill(hub, config):
     now = int(time.time())
     for k in range(3, -1, -1):
         t = now - k * HOUR
-        push(hub, config, _report("alpha", t, [(0, "alice", "job 42"), (1, "alice", "job 42")], [0, 100]))
-        push(hub, config, _report("beta", t, [(0, "bob", "lab-b")] + [(1, name, "evil") for name in HOSTILE],
-                                  [50, 50]))
+        alpha = _report("alpha", t, [(0, "alice", "job 42"), (1, "alice", "job 42")], [0, 100])
+        beta = _report("beta", t, [(0, "bob", "lab-b")] + [(1, name, "evil") for name in HOSTILE], [50, 50])
+        alpha["groups"], beta["groups"] = ["cluster-a"], ["cluster-b"]  # host groups, as the agent's groups: sends
+        push(hub, config, alpha)
+        push(hub, config, beta)
     Maintenance(config.db_path, pause=0).run_once()
 
 
@@ -88,19 +90,24 @@ def test_item6_user_page_shows_held_gpus_daily_hours_idle_hours_and_jobs(hub_pro
 
 
 def test_item6_scoped_viewer_never_sees_another_groups_server_on_a_user_page(hub_process, hub_config):
-    """A viewer scoped to beta opens alice's page: none of alpha's GPUs, hours or jobs; bob's show."""
+    """Viewers scoped to beta — by server, and by its host group cluster-b — open alice's page: none of
+    alpha's GPUs, hours or jobs; bob's (on beta) show."""
     _fill(hub_process, hub_config)
     accounts = Accounts(hub_config.auth_db_path)
     admin = _client(hub_process, hub_config.get("auth.username"), hub_config.password)
     servers = {s["name"]: s["server_id"] for s in _rows(admin, "servers")}
     accounts.create_user("sally", hash_password(PASSWORD, iterations=1000), "viewer", servers=[servers["beta"]])
-    scoped = _client(hub_process, "sally", PASSWORD)
-    assert scoped.request("GET", "/users/alice").status == 200
-    for query in ("user_gpus", "user_gpu_hours_daily", "user_jobs"):
-        assert _rows(scoped, query, user="alice") == [], query
-        assert _rows(admin, query, user="alice") != [], query  # the rows exist: the scope hid them
-    assert {g["server"] for g in _rows(scoped, "user_gpus", user="bob")} == {"beta"}
-    assert sum(d["gpu_hours"] for d in _rows(scoped, "user_gpu_hours_daily", user="bob")) == pytest.approx(4.0)
+    accounts.create_user("gina", hash_password(PASSWORD, iterations=1000), "viewer", servers=[],
+                         groups=["cluster-b"])
+    for name in ("sally", "gina"):
+        scoped = _client(hub_process, name, PASSWORD)
+        assert scoped.request("GET", "/users/alice").status == 200
+        for query in ("user_gpus", "user_gpu_hours_daily", "user_jobs"):
+            assert _rows(scoped, query, user="alice") == [], (name, query)
+            assert _rows(admin, query, user="alice") != [], query  # the rows exist: the scope hid them
+        assert {g["server"] for g in _rows(scoped, "user_gpus", user="bob")} == {"beta"}, name
+        assert sum(d["gpu_hours"] for d in _rows(scoped, "user_gpu_hours_daily", user="bob")) == pytest.approx(4.0)
+        assert {j["server"] for j in _rows(scoped, "user_jobs", user="bob")} == {"beta"}, name
     # Processes hidden: the page says so and the queries answer nothing.
     accounts.create_user("pia", hash_password(PASSWORD, iterations=1000), "viewer", see_processes=False)
     hidden = _client(hub_process, "pia", PASSWORD)
