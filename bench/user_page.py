@@ -25,8 +25,8 @@ import sqlite3
 import time
 from urllib.parse import quote
 
-from bench import common, fleet_fixture
-from bench.fleet_pages import HTTP, start_hub
+from bench import fleet_fixture
+from bench.fleet_pages import HTTP, admin_cookie, serve
 from server_monitor.storage import schema
 from server_monitor.storage.rollup import Maintenance
 
@@ -100,8 +100,6 @@ def main(argv=None):
     parser.add_argument("--ahead", type=float, default=900)
     args = parser.parse_args(argv)
 
-    from server_monitor.core import config as config_mod
-
     directory = os.path.dirname(os.path.abspath(args.db))
     os.makedirs(directory, exist_ok=True)
     if not os.path.exists(args.db):
@@ -114,22 +112,9 @@ def main(argv=None):
                               " ORDER BY 2 DESC LIMIT 1").fetchone()
     conn.close()
     print(f"heaviest user {user!r}: {rows:,} hourly accounting rows over {args.days} days")
-    config_path = os.path.join(directory, "config.yaml")
-    if os.path.exists(config_path):
-        os.remove(config_path)
-    cfg, password = config_mod.create(config_path)
-    text = open(config_path).read().replace("path: monitor.db", f"path: {os.path.abspath(args.db)}", 1)
-    open(config_path, "w").write(text)
-    print(common.machine())
-    proc, base = start_hub(config_path, args.port, os.path.join(directory, "hub.log"))
+    proc, base, cfg, password = serve(args.db, args.port)
     try:
-        login = HTTP.request("GET", base + "/login")
-        csrf = login.data.decode().split('name="csrftoken" value="')[1].split('"')[0]
-        cookie = "; ".join(c.split(";")[0] for c in login.headers.getlist("set-cookie"))
-        answer = HTTP.request("POST", base + "/login", fields={"username": cfg.get("auth.username"), "password": password,
-                                                              "csrftoken": csrf}, encode_multipart=False,
-                              headers={"Cookie": cookie}, redirect=False)
-        cookie += "; " + "; ".join(c.split(";")[0] for c in answer.headers.getlist("set-cookie"))
+        cookie = admin_cookie(base, cfg, password)
         u = quote(user, safe="")
         paths = [f"/users/{u}", f"/monitor/user_gpus.json?_shape=array&user={u}",
                  f"/monitor/user_gpu_hours_daily.json?_shape=array&user={u}&days={args.days}",

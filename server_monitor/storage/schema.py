@@ -227,11 +227,16 @@ GPU_ROLLUP = (
 )
 
 
-def _rollup_table(name, key, columns):
+def _rollup_table(name, key, columns, name_column=None):
+    """Roll-up table keyed by ``(key, ts)`` — or ``(server_id, <name_column>, ts)`` when ``name_column``
+    is given (a per-server series with a name: mount point, sensor chip) — with a ``ts`` index for retention."""
     cols = ",\n    ".join(f"{col}_{agg} REAL" for col, aggs in columns for agg in aggs)
+    keys = f"{key} INTEGER NOT NULL,\n" if name_column is None else \
+        f"server_id INTEGER NOT NULL,\n    {name_column} TEXT NOT NULL,\n"
+    primary = key if name_column is None else f"server_id, {name_column}"
     return (
-        f"CREATE TABLE {name} (\n    {key} INTEGER NOT NULL,\n    ts INTEGER NOT NULL,\n"
-        f"    samples INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY ({key}, ts)\n) WITHOUT ROWID;\n"
+        f"CREATE TABLE {name} (\n    {keys}    ts INTEGER NOT NULL,\n"
+        f"    samples INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY ({primary}, ts)\n) WITHOUT ROWID;\n"
         f"CREATE INDEX {name}_ts ON {name} (ts);\n"
     )
 
@@ -681,17 +686,6 @@ TEMPERATURE_ROLLUP = (
 )
 
 
-def _named_rollup_table(name, name_column, columns):
-    """Roll-up table keyed by ``(server_id, <name_column>, ts)``, with a ``ts`` index for retention."""
-    cols = ",\n    ".join(f"{col}_{agg} REAL" for col, aggs in columns for agg in aggs)
-    return (
-        f"CREATE TABLE {name} (\n    server_id INTEGER NOT NULL,\n    {name_column} TEXT NOT NULL,\n"
-        f"    ts INTEGER NOT NULL,\n    samples INTEGER NOT NULL,\n    {cols},\n"
-        f"    PRIMARY KEY (server_id, {name_column}, ts)\n) WITHOUT ROWID;\n"
-        f"CREATE INDEX {name}_ts ON {name} (ts);\n"
-    )
-
-
 MIGRATION_26 = (
     """
 -- Issue 26 item 7: host temperatures (one row per report and sensor chip: the hottest of the
@@ -732,10 +726,10 @@ CREATE TABLE gpu_usage_user_1d (
 ) WITHOUT ROWID;
 CREATE INDEX gpu_usage_user_1d_day ON gpu_usage_user_1d (day);
 """
-    + _named_rollup_table("disk_samples_5m", "mountpoint", DISK_ROLLUP)
-    + _named_rollup_table("disk_samples_1h", "mountpoint", DISK_ROLLUP)
-    + _named_rollup_table("temperature_samples_5m", "sensor", TEMPERATURE_ROLLUP)
-    + _named_rollup_table("temperature_samples_1h", "sensor", TEMPERATURE_ROLLUP)
+    + _rollup_table("disk_samples_5m", None, DISK_ROLLUP, name_column="mountpoint")
+    + _rollup_table("disk_samples_1h", None, DISK_ROLLUP, name_column="mountpoint")
+    + _rollup_table("temperature_samples_5m", None, TEMPERATURE_ROLLUP, name_column="sensor")
+    + _rollup_table("temperature_samples_1h", None, TEMPERATURE_ROLLUP, name_column="sensor")
 )
 
 
