@@ -15,6 +15,7 @@ page, the search and page in the URL (``sq``/``sp``, ``gq``/``gp``, ``uq``/``up`
 import fnmatch
 import json
 import secrets
+import time
 from urllib.parse import parse_qs, urlencode
 
 from datasette import hookimpl
@@ -180,6 +181,7 @@ async def render(request, datasette, status=200, **extra):
     users, users_total = ctx.accounts.users_page(uq, PAGE_SIZE, (up - 1) * PAGE_SIZE)
     invites = ctx.accounts.invites(limit=INVITES_SHOWN)
     agent_tokens, tokens_total = tokens.tokens_page(ctx.accounts.connection(), tq, PAGE_SIZE, (tp - 1) * PAGE_SIZE)
+    api_tokens = ctx.accounts.api_tokens.list(limit=API_TOKENS_SHOWN)  # users' API tokens (issue 26 item 4)
     edit_user = ctx.accounts.user(args["edit"]) if args.get("edit") else None
     wanted = [i for item in users + invites for i in (item["servers"] or [])[:SCOPE_NAMES]]
     wanted += (edit_user or {}).get("servers") or []
@@ -201,7 +203,8 @@ async def render(request, datasette, status=200, **extra):
         edit_user=edit_user, edit_scope=edit_scope, scope_summary=lambda item: scope_summary(item["servers"], names, item.get("groups")),
         identity_events=identity_events, identity_text=identity_text, roles=ROLES, site_url=site_url,
         group_summary=await datasette.get_database(DATABASE).execute_fn(host_groups.summary),
-        admin_username=ctx.admin_username, **extra,
+        admin_username=ctx.admin_username, api_tokens=api_tokens, api_tokens_shown=API_TOKENS_SHOWN,
+        now=int(time.time()), **extra,
     )
 
 
@@ -415,6 +418,19 @@ async def agent_token(request, datasette):
     return await render(request, datasette, new_token={"id": token_id, "token": value, "server": name})
 
 
+# The newest users' API tokens listed on /admin.
+API_TOKENS_SHOWN = 200
+
+
+async def api_token_revoke(request, datasette):
+    """``POST /admin/api-tokens/<id>/revoke``: an admin revokes any user's API token (issue 26 item 4)."""
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    hub.context(datasette).accounts.api_tokens.revoke(int(request.url_vars["id"]), request.actor["id"])
+    return Response.redirect("/admin#api-tokens")
+
+
 @hookimpl
 def register_routes():
     return [
@@ -425,6 +441,7 @@ def register_routes():
         (r"^/admin/users/(?P<username>[A-Za-z0-9._@-]{1,64})$", update_user),
         (r"^/admin/servers/(?P<id>\d+)/delete$", server_delete),
         (r"^/admin/tokens$", agent_token),
+        (r"^/admin/api-tokens/(?P<id>\d{1,18})/revoke$", api_token_revoke),
         (r"^/admin/gpus$", gpus_bulk),
         (r"^/admin/groups$", groups_bulk),
     ]

@@ -6,7 +6,8 @@
 * ``/logout``: ends the server-side session.
 * ``/register?code=...``: creates an account from an invite (the code is consumed
   atomically).
-* ``/account``: change your own password (ends your other sessions).
+* ``/account``: change your own password (ends your other sessions); create, list and revoke
+  your read-only API tokens (issue 26 item 4; a new token is shown in that one response only).
 * The actor comes from the session resolved by ``sm_gate``; Datasette's own
   ``ds_actor`` cookie, HTTP Basic path and ``/-/password-tool`` are not used.
 * Permissions by role: ``admin`` everything; ``analyst`` also SQL on ``monitor``;
@@ -16,6 +17,7 @@
 import asyncio
 import hashlib
 import logging
+import time
 from urllib.parse import urlsplit
 
 from datasette import hookimpl
@@ -24,6 +26,7 @@ from datasette_auth_passwords.utils import hash_password, verify_password
 
 from server_monitor.serving import hub
 from server_monitor.auth.accounts import AccountError, check_password, check_username
+from server_monitor.auth.api_tokens import TokenError
 from server_monitor.core.config import admin_password_hash
 from server_monitor.serving.queries import ADMIN_QUERIES
 from server_monitor.serving.web import page
@@ -232,16 +235,70 @@ async def register(request, datasette):
     return _start_session(datasette, request, ctx, username, "user", "/")
 
 
+def fmt_utc(epoch):
+    """``2026-12-07 05:31 UTC`` for an epoch (s), ``""`` for None."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch)) if epoch else ""
+
+
+# Expiry choices of the token form (days; "" = never).
+TOKEN_EXPIRY_DAYS = ("7", "30", "90", "365", "")
+
+
+async def _account_page(datasette, request, status=200, headers=None, **extra):
+    """``/account`` with the actor's API tokens (newest first, times as UTC text)."""
+    ctx = hub.context(datasette)
+    actor = request.actor
+    tokens = ctx.accounts.api_tokens.list(actor["id"])
+    now = int(time.time())
+    for item in tokens:
+        item["state"] = ("revoked" if item["revoked_at"] else "expired" if item["expires_at"] and item["expires_at"] <= now
+                         else "live")
+        for key in ("created_at", "expires_at", "last_used_at", "revoked_at"):
+            item[key + "_text"] = fmt_utc(item[key])
+    extra.setdefault("message", None)
+    extra.setdefault("error", None)
+    return await page(datasette, request, "sm_account.html", status=status, headers=headers,
+                      is_user=actor.get("source") == "user" and actor.get("login") != "sso",
+                      sso_login=actor.get("login") == "sso", api_tokens=tokens,
+                      expiry_choices=TOKEN_EXPIRY_DAYS, **extra)
+
+
+async def _token_action(request, datasette, form):
+    """The ``create_token`` / ``revoke_token`` posts of ``/account`` (issue 26 item 4)."""
+    ctx = hub.context(datasette)
+    actor = request.actor
+    if form.get("action") == "revoke_token":
+        raw = form.get("token_id") or ""
+        done = raw.isdigit() and ctx.accounts.api_tokens.revoke(int(raw), actor["id"], username=actor["id"])
+        if not done:  # not a live token of this user (another user's id included): nothing changes
+            return await _account_page(datasette, request, status=403, error="That is not a live token of yours.")
+        return await _account_page(datasette, request, message=f"Token #{raw} revoked; scripts using it get 401 now.")
+    days = form.get("days") or ""
+    if days not in TOKEN_EXPIRY_DAYS:
+        return await _account_page(datasette, request, status=400, error="Pick an expiry from the list.")
+    try:
+        token_id, token = ctx.accounts.api_tokens.create(actor["id"], "config" if actor.get("source") == "config" else "user",
+                                                         form.get("name"), int(days) if days else None)
+    except TokenError as exc:
+        return await _account_page(datasette, request, status=400, error=str(exc))
+    # The token is in this response only; auth.db keeps its SHA-256.
+    return await _account_page(datasette, request, new_token={"id": token_id, "token": token})
+
+
 async def account(request, datasette):
     ctx = hub.context(datasette)
     actor = request.actor
     if actor is None:
         return Response.redirect("/login?next=/account")
-    is_user = actor.get("source") == "user"
+    is_user = actor.get("source") == "user" and actor.get("login") != "sso"
     message = error = None
     if request.method == "POST":
         form = await request.post_vars()
-        if not is_user:
+        if form.get("action") in ("create_token", "revoke_token"):
+            return await _token_action(request, datasette, form)
+        if actor.get("login") == "sso":
+            error = "You sign in through the lab's sign-on; your password is kept there."
+        elif not is_user:
             error = "The admin's password lives in config.yaml (auth.password_hash)."
         elif form.get("new_password") != form.get("new_password2"):
             error = "The two new passwords differ."
@@ -251,9 +308,9 @@ async def account(request, datasette):
             token, wait, busy = ctx.limiter.reserve(["user:" + actor["id"].lower()])
             if token is None:
                 wait = wait or 5
-                return await page(datasette, request, "sm_account.html", status=429, is_user=is_user, message=None,
-                                  error=f"Too many failed attempts. Try again in {wait} seconds.",
-                                  headers={"retry-after": str(wait)})
+                return await _account_page(datasette, request, status=429,
+                                           error=f"Too many failed attempts. Try again in {wait} seconds.",
+                                           headers={"retry-after": str(wait)})
             try:
                 ok = await ctx.password_work(verify_password, (form.get("password") or "")[:1024],
                                              user["password_hash"])
@@ -274,14 +331,16 @@ async def account(request, datasette):
                     ctx.limiter.succeeded(token)
     if request.args.get("changed"):
         message = "Password changed. Your other sessions were logged out."
-    return await page(datasette, request, "sm_account.html", is_user=is_user, message=message, error=error)
+    return await _account_page(datasette, request, message=message, error=error)
 
 
 async def logout(request, datasette):
     if request.method == "POST":
         ctx = hub.context(datasette)
         ctx.accounts.end_session(request.scope.get("sm.session_id"))
-        response = Response.redirect("/login")
+        # A sign-on user logs out at the proxy (sso.logout_url), or the proxy logs it in again.
+        sso_logout = (request.actor or {}).get("login") == "sso" and ctx.config.get("sso.logout_url")
+        response = Response.redirect(sso_logout or "/login")
         https = is_https(request, ctx)
         response.set_cookie(hub.session_cookie_name(https), "", max_age=0, httponly=True, samesite="lax",
                             secure=https)
@@ -325,6 +384,8 @@ def permission_allowed(datasette, actor, action, resource):
     if not actor:
         return False
     role = actor.get("role")
+    if actor.get("token") and action == "view-query" and isinstance(resource, tuple) and resource[1] in ADMIN_QUERIES:
+        return False  # API tokens never reach the admin (write) canned queries, an admin's token neither
     if role == "admin":
         return True
     if action == "view-instance":

@@ -3,7 +3,9 @@
 1. ``/api/report`` goes to the WSGI ingest app (``ingest.py``) on the same port, run in
    one worker thread (``server_monitor.serving.wsgi_bridge``) so writes never block the event loop;
    ``/-/health`` answers here too, without a session.
-2. Every other request is private: the session cookie is resolved to an actor here, and
+2. Every other request is private: a user's read-only API token (``Authorization: Bearer smu_``),
+   the trusted sign-on proxy's user header (``sso.*``, only from ``sso.proxies``) or the session
+   cookie is resolved to an actor here (:func:`resolve_actor`), and
    anonymous requests for anything but login/register, static assets and token paths
    (``/metrics``) get a redirect to ``/login`` (HTML) or a 401 JSON error (API and
    ``.json`` paths). Datasette's ``/-/`` introspection pages are for admins only.
@@ -19,13 +21,16 @@ from html import escape
 from http.cookies import SimpleCookie
 from urllib.parse import quote, urlsplit
 
+import logging
 import threading
+import time
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette.views.base import DatasetteError
 
 import ingest
+from server_monitor.auth import api_tokens, sso
 from server_monitor.serving import analyst, hub
 from server_monitor.serving.queries import ADMIN_QUERIES, DATABASE
 from server_monitor.storage import dbguard
@@ -43,6 +48,69 @@ PUBLIC_PATHS = {"/login", "/register", "/-/register", "/favicon.ico"}
 def is_token_path(path):
     """True for ``/metrics`` and everything under ``/metrics/``."""
     return path == "/metrics" or path.startswith("/metrics/")
+
+
+log = logging.getLogger("server_monitor.auth")
+
+# What an API token (issue 26 item 4) never reaches, whatever its owner's role: admin pages, the
+# account page, Datasette's /-/ pages, login/logout/register and the admin (write) canned queries
+# (also refused by name in plugins/sm_auth.py permission_allowed, however the path spells the database).
+TOKEN_REFUSED_PREFIXES = ("/admin", "/account", "/-/", "/logout", "/login", "/register", "/monitor/admin_",
+                          "/_internal")
+
+
+def token_refusal(scope):
+    """Why a request made with an API token is refused (403), or None: tokens only read."""
+    if scope["method"] not in ("GET", "HEAD"):
+        return "API tokens are read-only: writes need a browser session"
+    if scope.get("path", "").startswith(TOKEN_REFUSED_PREFIXES):
+        return "API tokens do not open admin, account or /-/ pages"
+    return None
+
+
+_sso_warned = []
+
+
+def resolve_actor(scope, datasette, ctx, https):
+    """``(actor, session_id, csrf_id, refusal)`` for a request (issue 26 items 4 and 5).
+
+    In this order: an ``Authorization: Bearer smu_...`` API token (cookies are then ignored;
+    refusal ``(status, message)`` for a dead token, a write, an admin page or a spent rate);
+    the user named by the trusted sign-on proxy (``sso.*``: only from a peer in ``sso.proxies``);
+    the session cookie. ``csrf_id`` is what the CSRF token is bound to: the session id, or
+    ``"sso:" + user`` for a proxy login (no session: the proxy vouches for every request).
+    """
+    authorization = _header(scope, b"authorization")
+    bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    if bearer.startswith(api_tokens.PREFIX):
+        client = (scope.get("client") or ("unknown",))[0]
+        forwarded = ctx.config.get("auth.trusted_proxy_header")
+        if forwarded and hub.from_trusted_proxy(scope, ctx.config):  # the address the proxy saw (docs/security.md L4)
+            client = _header(scope, forwarded.lower().encode("latin-1")).split(",")[-1].strip() or client
+        actor, reason = ctx.actor_for_token(bearer, client[:64])
+        if actor is None:
+            return None, None, None, (401, f"API token {reason}")
+        refusal = token_refusal(scope)
+        if refusal:
+            return None, None, None, (403, refusal)
+        wait = ctx.token_budget.take(actor["token_id"], time.monotonic())
+        if wait:
+            return None, None, None, (429, f"too many requests with this API token; retry in {wait} s", wait)
+        return actor, None, None, None
+    if ctx.config.get("sso.enabled"):
+        try:
+            actor = ctx.actor_for_sso(scope)
+        except sso.SSOError as exc:
+            return None, None, None, (403, str(exc))
+        if actor is not None:
+            return actor, None, "sso:" + actor["id"], None
+        if sso.sends_identity(scope, ctx.config) and not _sso_warned:
+            _sso_warned.append(1)  # once per process: a client going around the proxy, or a missing sso.proxies entry
+            log.warning("%s sent %s but is not in sso.proxies; ignored (docs/operations.md, Single sign-on)",
+                        (scope.get("client") or ("?",))[0], ctx.config.get("sso.user_header"))
+    session_id = session_id_from_scope(scope, datasette, hub.session_cookie_name(https))
+    actor = ctx.actor_for_session(session_id) if session_id else None
+    return actor, (session_id if actor else None), (session_id if actor else None), None
 
 
 METRICS_401 = "metrics need the prometheus token (Authorization: Bearer ...) or an admin session"
@@ -301,9 +369,13 @@ def asgi_wrapper(datasette):
                 return await health(datasette, send)
             scope = _strip_cookie(scope, "ds_actor")
             https = hub.scope_is_https(scope, ctx.config)
-            session_id = session_id_from_scope(scope, datasette, hub.session_cookie_name(https))
-            actor = ctx.actor_for_session(session_id) if session_id else None
-            scope = dict(scope, **{"sm.actor": actor, "sm.session_id": session_id if actor else None})
+            actor, session_id, csrf_id, refused = resolve_actor(scope, datasette, ctx, https)
+            if refused:
+                extra = [(b"www-authenticate", b'Bearer realm="server-monitor", error="invalid_token"')] \
+                    if refused[0] == 401 else [(b"retry-after", str(refused[2]).encode())] if refused[0] == 429 else []
+                return await send_json(send, refused[0], {"ok": False, "status": refused[0], "error": refused[1]},
+                                       extra)
+            scope = dict(scope, **{"sm.actor": actor, "sm.session_id": session_id})
             if scope["method"] not in SAFE_METHODS:
                 refusal = cross_origin_refusal(scope, ctx, https)
                 if refusal:
@@ -315,8 +387,8 @@ def asgi_wrapper(datasette):
                     # python-multipart (500 before, see docs/security.md I2).
                     return await send_json(send, 415, {"ok": False, "status": 415, "error":
                                                        "forms are posted as application/x-www-form-urlencoded"})
-            if actor is not None:
-                scope = bind_csrf_to_session(scope, datasette, session_id)
+            if csrf_id is not None:
+                scope = bind_csrf_to_session(scope, datasette, csrf_id)
             if path.startswith("/api/") and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
                 # API writes take JSON or no body: a cross-site form cannot send either without
                 # a CORS preflight, which this hub never grants (Datasette's form CSRF check is

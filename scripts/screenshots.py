@@ -11,7 +11,8 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``history.png``: a busy server's history page (holder timeline, heatmap), 1440 wide;
 * ``free.png``: the free-GPU finder;
 * ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
-* ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs).
+* ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
+* ``api-token.png``: `/account` right after creating an API token (shown once).
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -37,7 +38,8 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
+         "api-token.png")
 
 
 def _free_port():
@@ -179,6 +181,15 @@ def _render(browser, base_url, username, password, out, history_server):
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")
+            # /account after creating an API token: the token shown once (issue 26 item 4; this demo hub's token
+            # dies with it).
+            page.goto(base_url + "/account")
+            page.fill("#token-name", "job launcher")
+            page.click("#create-token button[type=submit]")
+            page.wait_for_selector("#new-api-token")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            shot(page, "api-token.png")
+            page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)
     page.wait_for_selector("#grid > *")

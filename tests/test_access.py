@@ -38,6 +38,7 @@ MATRIX = {
     "/admin/users/someone": (302, 403, 403, 403, 405),
     "/admin/servers/1/delete": (302, 403, 403, 403, 405),
     "/admin/tokens": (302, 403, 403, 403, 405),
+    "/admin/api-tokens/1/revoke": (302, 403, 403, 403, 405),
     "/admin/gpus": (302, 403, 403, 403, 405),
     "/admin/groups": (302, 403, 403, 403, 405),
     "/admin/scope-options": (302, 403, 403, 403, 200),

@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 
-from . import tokens
+from . import api_tokens, tokens
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -173,6 +173,8 @@ class Accounts:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        # Users' read-only API tokens (issue 26 item 4), in auth.db beside the sessions.
+        self.api_tokens = api_tokens.ApiTokens(self._conn)
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -345,9 +347,11 @@ class Accounts:
         return cur.rowcount == 1
 
     def delete_user(self, username):
-        """Delete a user and end all of that user's sessions."""
+        """Delete a user, end all of that user's sessions and revoke its API tokens (a user made
+        later under the same name never inherits them)."""
         cur = self._conn().execute("DELETE FROM users WHERE username = ?", (username,))
         self.end_sessions_of(username)
+        self.api_tokens.revoke_all_of(username, "user deleted")
         return cur.rowcount == 1
 
     # -- invites ----------------------------------------------------------------------

@@ -47,6 +47,23 @@ DEFAULTS = {
         # in at once on one shared account from one NAT address still gets in.
         "logins_per_minute": 20,
         "max_sessions_per_user": 20,
+        # Requests per minute one API token may make (issue 26 item 4, docs/security.md "API tokens").
+        "api_token_requests_per_minute": 120,
+    },
+    # Single sign-on through a forward-auth proxy (issue 26 item 5, docs/operations.md "Single
+    # sign-on"): off by default; the headers are believed only from a socket peer in ``proxies``.
+    "sso": {
+        "enabled": False,
+        "proxies": [],
+        "user_header": "X-Forwarded-User",
+        "groups_header": "X-Forwarded-Groups",
+        "groups_separator": ",",
+        "default_role": "viewer",
+        "default_scope": "all",
+        "see_processes": True,
+        "roles": {},
+        "host_groups": {},
+        "logout_url": None,
     },
     # max_new_hosts_per_hour: servers the shared token may create per hour (I-4; 0: no cap).
     "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True,
@@ -227,17 +244,11 @@ def _check(data):
         raise ConfigError("config: set auth.password_hash (preferred) or auth.password")
     if auth.get("password_hash") and not str(auth["password_hash"]).startswith("pbkdf2_sha256$"):
         raise ConfigError("config: auth.password_hash must be a pbkdf2_sha256$... hash")
-    proxies = auth.get("trusted_proxies")
-    if not isinstance(proxies, list) or not all(isinstance(p, str) for p in proxies):
-        raise ConfigError("config: auth.trusted_proxies must be a list of addresses or networks")
-    for proxy in proxies:
-        try:
-            ipaddress.ip_network(proxy.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"config: auth.trusted_proxies: {proxy!r} is not an address or network")
-    for key in ("logins_per_minute", "max_sessions_per_user"):
+    _check_networks(auth.get("trusted_proxies"), "auth.trusted_proxies")
+    for key in ("logins_per_minute", "max_sessions_per_user", "api_token_requests_per_minute"):
         if not isinstance(auth.get(key), int) or isinstance(auth.get(key), bool) or auth[key] < 1:
             raise ConfigError(f"config: auth.{key} must be an integer >= 1")
+    _check_sso(data.get("sso"))
     days = data["data"]["retention_days"]
     # History charts up to 48 h read raw samples, so raw data must cover at least that.
     if not isinstance(days, (int, float)) or days < 2:
@@ -263,6 +274,63 @@ def _check(data):
     for key, low in (("analyst_time_limit_ms", 1), ("analyst_concurrency", 1), ("analyst_queue", 0)):
         if not isinstance(sql[key], int) or isinstance(sql[key], bool) or sql[key] < low:
             raise ConfigError(f"config: sql.{key} must be an integer >= {low}")
+
+
+ROLES = ("viewer", "analyst", "admin")
+HEADER_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+# Host group names (server_monitor/storage/groups.py GROUP_PATTERN; the base layer cannot import it).
+HOST_GROUP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_networks(value, key):
+    """``value`` when it is a list of addresses or networks, else :class:`ConfigError` naming ``key``."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise ConfigError(f"config: {key} must be a list of addresses or networks")
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"config: {key}: {entry!r} is not an address or network")
+    return value
+
+
+def _check_sso(sso):
+    """Raise :class:`ConfigError` naming the one ``sso.*`` key that is wrong (see docs/operations.md)."""
+    if not isinstance(sso, dict):
+        raise ConfigError("config: 'sso' must be a mapping")
+    if not isinstance(sso.get("enabled"), bool):
+        raise ConfigError("config: sso.enabled must be true or false")
+    proxies = _check_networks(sso.get("proxies"), "sso.proxies")
+    if sso["enabled"] and not proxies:
+        raise ConfigError("config: sso.proxies must list the proxy's address when sso.enabled is true")
+    for key in ("user_header", "groups_header"):
+        value = sso.get(key)
+        if not (isinstance(value, str) and HEADER_RE.fullmatch(value)) and not (key == "groups_header" and value is None):
+            raise ConfigError(f"config: sso.{key} must be an HTTP header name like X-Forwarded-User")
+    if not isinstance(sso.get("groups_separator"), str) or len(sso["groups_separator"]) != 1:
+        raise ConfigError("config: sso.groups_separator must be one character (',' for oauth2-proxy and Authelia)")
+    if sso.get("default_role") not in ROLES:
+        raise ConfigError(f"config: sso.default_role must be one of {', '.join(ROLES)}")
+    if sso.get("default_scope") not in ("all", "none"):
+        raise ConfigError("config: sso.default_scope must be all or none")
+    if not isinstance(sso.get("see_processes"), bool):
+        raise ConfigError("config: sso.see_processes must be true or false")
+    roles = sso.get("roles")
+    if not isinstance(roles, dict):
+        raise ConfigError("config: sso.roles must be a mapping of proxy group -> role")
+    for group, role in roles.items():
+        if role not in ROLES:
+            raise ConfigError(f"config: sso.roles.{group}: {role!r} is not a role ({', '.join(ROLES)})")
+    host_groups = sso.get("host_groups")
+    if not isinstance(host_groups, dict):
+        raise ConfigError("config: sso.host_groups must be a mapping of proxy group -> list of host groups")
+    for group, names in host_groups.items():
+        names = [names] if isinstance(names, str) else names
+        if not isinstance(names, list) or not all(isinstance(n, str) and HOST_GROUP_RE.fullmatch(n) for n in names):
+            raise ConfigError(f"config: sso.host_groups.{group} must be a list of host group names")
+    logout = sso.get("logout_url")
+    if logout is not None and not (isinstance(logout, str) and logout.startswith(("http://", "https://", "/"))):
+        raise ConfigError("config: sso.logout_url must be a URL or a path on this host (or null)")
 
 
 def load(path):

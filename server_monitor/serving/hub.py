@@ -6,7 +6,6 @@ accounts store, the login limiter, the ingest WSGI app) and caches it on the ins
 
 import asyncio
 import hmac
-import ipaddress
 import os
 import sqlite3
 import threading
@@ -15,8 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from itsdangerous.url_safe import URLSafeSerializer
 
 from ..core import config as config_mod
+from ..core import peers
 from .analyst import AnalystSQL
+from ..auth import sso as sso_mod
 from ..auth.accounts import Accounts, LoginLimiter
+from ..auth.api_tokens import RequestBudget
 from ..storage import groups as groups_mod
 
 SESSION_COOKIE = "sm_session"
@@ -43,16 +45,8 @@ def from_trusted_proxy(scope, config):
         return False
     nets = config.data["auth"].get("_trusted_nets")
     if nets is None:
-        nets = config.data["auth"]["_trusted_nets"] = [
-            ipaddress.ip_network(p.strip(), strict=False) for p in config.get("auth.trusted_proxies") or []]
-    peer = (scope.get("client") or ("",))[0]
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if getattr(address, "ipv4_mapped", None):
-        address = address.ipv4_mapped
-    return any(address in net for net in nets)
+        nets = config.data["auth"]["_trusted_nets"] = peers.networks(config.get("auth.trusted_proxies"))
+    return peers.peer_in(scope, nets)
 
 
 def scope_is_https(scope, config):
@@ -130,6 +124,8 @@ class HubContext:
         self.admin_fingerprint = admin_fingerprint(config)
         self.session_hours = float(config.get("auth.session_hours", 12))
         self._monitor_local = threading.local()  # read-only monitor.db connection per thread (group scopes)
+        # API token requests per minute per token, split between the worker processes (issue 26 item 4).
+        self.token_budget = RequestBudget(-(-int(config.get("auth.api_token_requests_per_minute", 120)) // workers))
 
     def group_members(self, groups):
         """Sorted ids of the servers now in any of ``groups`` (monitor.db ``server_groups``, any
@@ -185,9 +181,19 @@ class HubContext:
         if session["source"] == "config":
             # Sessions made with an older admin credential end when it changes (see docs/security.md L1).
             if session["username"] == self.admin_username and session.get("fingerprint") == self.admin_fingerprint:
-                return {"id": self.admin_username, "role": "admin", "processes": True, "source": "config"}
+                return self.actor_for_user(session["username"], "config")
             return None
-        user = self.accounts.user(session["username"])
+        return self.actor_for_user(session["username"], "user")
+
+    def actor_for_user(self, username, source, user=None):
+        """The actor of ``username`` now (see :meth:`actor_for_session`), or None for a user that
+        no longer exists. ``source``: ``config`` (the config admin) or ``user`` (``auth.db``);
+        ``user``: the row when the caller has just read it."""
+        if source == "config":
+            if username != self.admin_username:
+                return None
+            return {"id": self.admin_username, "role": "admin", "processes": True, "source": "config"}
+        user = user or self.accounts.user(username)
         if user is None:
             return None
         actor = {"id": user["username"], "role": user["role"], "processes": bool(user["see_processes"]),
@@ -198,6 +204,33 @@ class HubContext:
                 actor["groups"] = list(user["groups"])
                 actor["servers"] = sorted(set(user["servers"]) | set(self.group_members(user["groups"])))
         return actor
+
+    def actor_for_token(self, token, client=None):
+        """``(actor, None)`` for a live API token (issue 26 item 4): its owner's actor now, plus
+        ``"token": "smu"`` and ``"token_id"`` (Datasette 1.0 marks its ``dstok_`` actors the same
+        way), so the gate and the permission hook can refuse what tokens never do. Else
+        ``(None, reason)``: ``unknown``, ``revoked``, ``expired`` or ``owner gone``."""
+        row, reason = self.accounts.api_tokens.resolve(token, client=client)
+        if row is None:
+            return None, reason
+        if row["source"] == "config" and row["username"] != self.admin_username:
+            return None, "owner gone"
+        actor = self.actor_for_user(row["username"], row["source"])
+        if actor is None:
+            return None, "owner gone"
+        return dict(actor, token="smu", token_id=row["id"]), None
+
+    def actor_for_sso(self, scope):
+        """The actor of the user the trusted sign-on proxy names in ``scope``'s headers (issue 26
+        item 5), created or updated from its groups (``server_monitor.auth.sso``), marked
+        ``"login": "sso"``; None when SSO is off, the peer is not the proxy or no user header came.
+        Raises :class:`server_monitor.auth.sso.SSOError` (403)."""
+        found = sso_mod.identity(scope, self.config)
+        if found is None:
+            return None
+        user = sso_mod.sync_user(self.accounts, self.config, *found)
+        actor = self.actor_for_user(user["username"], "user", user) if user else None
+        return dict(actor, login="sso") if actor else None
 
 
 def dead_jobs(holder):
