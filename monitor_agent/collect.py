@@ -18,7 +18,7 @@ from .kmsg import KmsgReader, bus_key
 from .procinfo import ProcessInfo
 from .runner import BoundedRunner
 from .slurm import SlurmCollector
-from .temperatures import read_temperatures
+from .temperatures import per_chip, read_temperatures
 
 log = logging.getLogger("server_monitor.agent")
 
@@ -205,7 +205,7 @@ class ReportBuilder:
         report.update(self.host.collect())
         if self.temperature_root is not None:
             try:
-                report["temperatures"] = read_temperatures(self.temperature_root) or None
+                report["temperatures"] = per_chip(read_temperatures(self.temperature_root)) or None
             except Exception as exc:  # a collector bug must not cost the host's report
                 log.warning("temperature read failed: %r", exc)
         containers, zpools = self.inventory.refresh()

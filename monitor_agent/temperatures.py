@@ -14,6 +14,12 @@ Old drivers keep these files in ``hwmonN/device/`` instead; both places are read
 what ``psutil.sensors_temperatures()`` reads too, but psutil cannot be pointed at another
 root, and the agent setting ``sysfs_root`` (tests: a fixture tree) must apply here as well.
 
+The agent reports one reading per chip (:func:`per_chip`: the hottest), which is what the hub
+stores and charts: a two-socket 64-core host has 130 coretemp readings, and sending each every
+report would cost every report's size and the hub's contract check for nothing it keeps. The hub
+applies the same :func:`per_chip` to what any agent sends (this module is shared with the hub, like
+``textrule``: standard library only).
+
 A file that cannot be read or parsed (a sensor that answers ``EIO`` or ``ENODATA`` while
 its device sleeps, which ``lm-sensors`` shows as ``N/A``) leaves that value out only. Values
 outside -60…250 °C are dropped as not initialised: NVMe drives report an unset limit as
@@ -106,3 +112,27 @@ def read_temperatures(sysfs_root="/sys"):
             if len(out) >= MAX_READINGS:
                 return out
     return out
+
+
+def per_chip(readings):
+    """One reading per chip: the hottest, with the chip's lowest limits.
+
+    ``readings``: dicts with ``chip``, ``label``, ``current_c``, ``high_c``, ``critical_c`` (as
+    :func:`read_temperatures` returns them, or a report's ``temperatures`` after the hub's
+    contract check, where a bad value is None). Returns, in order of each chip's first reading,
+    ``{"chip", "label", "current_c", "high_c", "critical_c"}``: ``label`` and ``current_c`` of the
+    hottest reading with a value (the first on a tie; None when none has one), ``high_c`` and
+    ``critical_c`` the lowest the chip reports (the first limit reached), None when none.
+    """
+    chips = {}
+    for item in readings or ():
+        chip = chips.setdefault(item["chip"], {"chip": item["chip"], "label": None, "current_c": None,
+                                               "high_c": None, "critical_c": None})
+        current = item.get("current_c")
+        if current is not None and (chip["current_c"] is None or current > chip["current_c"]):
+            chip["current_c"], chip["label"] = current, item.get("label")
+        for key in ("high_c", "critical_c"):
+            value = item.get(key)
+            if value is not None and (chip[key] is None or value < chip[key]):
+                chip[key] = value
+    return list(chips.values())

@@ -8,7 +8,7 @@ import sys
 
 from conftest import FAKE_NVSMI, ROOT, TESTS, sample_report
 
-from monitor_agent.temperatures import read_temperatures
+from monitor_agent.temperatures import per_chip, read_temperatures
 from server_monitor.storage import contract
 
 HWMON = os.path.join(TESTS, "fixtures", "hwmon")
@@ -41,6 +41,17 @@ def test_item7_hwmon_unlabelled_sensor_and_second_chip_of_a_name():
     assert {"chip": "coretemp", "label": "Package id 0", "current_c": 50.0, "high_c": 80.0,
             "critical_c": 100.0} in intel
     assert read_temperatures(os.path.join(HWMON, "no-such-tree")) == []
+
+
+def test_item7_agent_sends_one_reading_per_chip_the_hottest_with_the_lowest_limits():
+    """What the agent reports (and the hub stores) per chip: the hottest reading and its label, the
+    lowest limits of the chip; NVMe's unset 65261.85 °C limits never count."""
+    chips = per_chip(read_temperatures(os.path.join(HWMON, "ryzen_nvme")))
+    assert chips == [
+        {"chip": "nvme", "label": "Sensor 2", "current_c": 41.85, "high_c": 81.85, "critical_c": 84.85},
+        {"chip": "k10temp", "label": "Tctl", "current_c": 51.625, "high_c": None, "critical_c": None}]
+    assert [c["chip"] for c in per_chip(read_temperatures(os.path.join(HWMON, "two_nvme")))] == [
+        "k10temp", "nvme", "nvme#2"]
 
 
 def test_item7_bad_temperature_value_nulls_only_that_field():

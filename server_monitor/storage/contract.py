@@ -650,8 +650,9 @@ REPORT = Obj(
         "uptime_s": Num(0, 1e10, doc="now - boot_time", unit="s"),
         "disks": List(DISK, 256, doc="real mounted filesystems"),
         "temperatures": List(TEMPERATURE, 256, soft=True,
-                             doc="host temperature readings from the hwmon sysfs tree (/sys/class/hwmon); "
-                                 "null/absent = not collected or none reported"),
+                             doc="host temperatures from the hwmon sysfs tree (/sys/class/hwmon): the agent sends "
+                                 "one reading per chip (its hottest, monitor_agent.temperatures.per_chip); the hub "
+                                 "stores the hottest per chip of whatever it gets; null/absent = not collected"),
         "gpu_status": GPU_STATUS,
         "gpus": List(GPU, 64, doc="one object per GPU read this cycle (nvidia-smi, AMD/Intel sysfs)"),
         "processes": List(PROCESS, 4096, doc="compute processes (NVIDIA) and DRM clients holding memory or "

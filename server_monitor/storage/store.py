@@ -10,6 +10,8 @@ duplicate: nothing is written and the caller answers 2xx.
 import json
 import sqlite3
 
+from monitor_agent.temperatures import per_chip as temperatures_per_chip
+
 from ..core import gpu_health, topology
 from . import groups, schema, xidtext
 from .rollup import merge_late_sample
@@ -214,25 +216,17 @@ def _store(conn, report, received_at):
 
 
 def chip_temperatures(temperatures):
-    """One row per sensor chip from a report's ``temperatures`` (contract: hwmon readings, °C).
+    """The ``temperature_samples`` rows of a report's ``temperatures`` (hwmon readings, °C): one per chip.
 
-    ``temperatures``: list of ``{"chip", "label", "current_c", "high_c", "critical_c"}`` or None.
-    Returns ``[{"sensor": chip, "temperature_c": hottest current_c of the chip, "high_c": lowest
-    high_c, "critical_c": lowest critical_c}]`` (None where no reading of the chip has one),
-    in the report's chip order. A reading whose ``current_c`` was nulled by the contract adds
-    nothing but its limits. Stored per chip, not per reading: a 64-core CPU has 65 coretemp
+    ``temperatures``: the checked report's list of ``{"chip", "label", "current_c", "high_c",
+    "critical_c"}`` or None. Reduced by :func:`monitor_agent.temperatures.per_chip` (the rule the
+    agent already applies, so any agent's readings are stored alike): ``[{"sensor": chip,
+    "temperature_c": its hottest current_c, "high_c", "critical_c": its lowest limits}]`` (None
+    where no reading has one). Stored per chip, not per reading: a 64-core CPU has 65 coretemp
     readings per report, and the history page charts the chip (its hottest point).
     """
-    chips = {}
-    for item in temperatures or ():
-        row = chips.setdefault(item["chip"], {"sensor": item["chip"], "temperature_c": None,
-                                              "high_c": None, "critical_c": None})
-        for key, field, pick in (("temperature_c", "current_c", max), ("high_c", "high_c", min),
-                                 ("critical_c", "critical_c", min)):
-            value = item.get(field)
-            if value is not None:
-                row[key] = value if row[key] is None else pick(row[key], value)
-    return list(chips.values())
+    return [{"sensor": c["chip"], "temperature_c": c["current_c"], "high_c": c["high_c"], "critical_c": c["critical_c"]}
+            for c in temperatures_per_chip(temperatures)]
 
 
 _SERVER_LATEST = (
