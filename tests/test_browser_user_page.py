@@ -1,5 +1,6 @@
 """Issue 26 items 6 and 7 in a real Chromium against the real hub: a holder's name on the dashboard
-opens their page with the GPU-hours chart (uPlot); a hostile name is shown as text and resolves;
+(who panel, idle panel, server detail), on /accounting and in the history page's holder legend links
+to their page, which shows the GPU-hours chart (uPlot); a hostile name is shown as text and resolves;
 the server history page charts disk use per mount point and host temperatures."""
 
 import time
@@ -30,6 +31,14 @@ def test_item6_dashboard_holder_label_opens_user_page_with_chart(page, hub_proce
         push(hub_process, hub_config, report)
     Maintenance(hub_config.db_path, pause=0).run_once()
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    # The idle panel names alice (her GPU 0 at 0 % for 3 h) with a link to her page.
+    expect(page.locator("#idle-body a.user-link", has_text="alice")).to_have_attribute("href", "/users/alice")
+    # /accounting by user links each user.
+    page.goto(hub_process.base_url + "/accounting")
+    page.click(".range[data-range='7']")
+    expect(page.locator("#hours-table a.user-link", has_text="alice")).to_have_attribute("href", "/users/alice")
+    expect(page.locator("#daily-legend a.user-link", has_text="alice")).to_have_count(1)
+    page.goto(hub_process.base_url + "/")
     # The who panel's holder label links to the user's page.
     link = page.locator("#who-body tr[data-user='alice'] a.who-page")
     expect(link).to_have_attribute("href", "/users/alice")
@@ -61,6 +70,8 @@ def test_item6_dashboard_holder_label_opens_user_page_with_chart(page, hub_proce
     disk = page.locator("figure.disk-history")
     expect(disk).to_have_attribute("data-mounts", "3")
     expect(disk.locator(".u-legend")).to_contain_text("/scratch")
+    expect(page.locator("figure.holders .owner-legend a.user-link", has_text="alice")).to_have_attribute(
+        "href", "/users/alice")
     temps = page.locator("figure.temperature-history")
     expect(temps.locator(".u-legend")).to_contain_text("coretemp")
     expect(temps.locator(".u-legend")).to_contain_text("nvme")
