@@ -64,6 +64,12 @@ def test_item6_dashboard_holder_label_opens_user_page_with_chart(page, hub_proce
     expect(page.locator("#user-heading .user-name")).to_have_text(EVIL)
     expect(page.locator("#user-gpus tbody tr")).to_have_count(1)
     expect(page.locator("#user-gpus tbody tr").first).to_contain_text("evil")
+    # At phone width the page itself never scrolls sideways (its tables scroll inside themselves).
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(hub_process.base_url + "/users/alice")
+    expect(page.locator("#user-daily .uplot canvas")).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    page.set_viewport_size({"width": 1400, "height": 1000})
     assert page.dialogs == [] and page.console_errors == []
     # Item 7: the history page charts every mount's use and the host's temperature chips.
     page.goto(hub_process.base_url + "/servers/1/history")
