@@ -141,3 +141,28 @@ def test_item6_hostile_user_names_are_escaped_and_resolve(hub_process, hub_confi
     assert admin.request("GET", "/users/%FF%FE").status == 400
     assert admin.request("GET", "/users/" + "x" * 257).status == 400
     assert admin.request("GET", "/users?name=").status == 400
+
+
+def test_item6_upgrade_to_26_fills_the_user_days_from_existing_accounting(tmp_path, monkeypatch):
+    """A hub upgraded with months of GPU-hours shows them on the per-user page at once: migration 26
+    sums the gpu_usage_1h rows of the last 366 days into gpu_usage_user_1d (idle hours unknown before: 0)."""
+    from server_monitor.storage import schema
+
+    path = str(tmp_path / "monitor.db")
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:25])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 25)
+    schema.migrate(path)
+    conn = schema.connect(path)
+    day = int(time.time()) // 86400 * 86400 - 40 * 86400
+    conn.executemany("INSERT INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, gpu_seconds, vram_mib_seconds,"
+                     " util_seconds, util_known_seconds, held_seconds) VALUES (?, 1, ?, ?, 'job 7', 3600, 0, 0, 0, 3600)",
+                     [(day + h * 3600, gpu, user) for h in range(30) for gpu in (1, 2) for user in ("alice", "")]
+                     + [(day - 400 * 86400, 1, "alice")])  # older than the page can show: not summed
+    conn.close()
+    monkeypatch.undo()
+    assert schema.migrate(path) == 25
+    rows = schema.connect(path).execute(
+        "SELECT user, day, container, gpu_seconds, idle_seconds, gpus, first_hour, last_hour FROM gpu_usage_user_1d"
+        " ORDER BY day").fetchall()
+    assert rows == [("alice", day, "job 7", 24 * 2 * 3600.0, 0.0, 2, day, day + 23 * 3600),
+                    ("alice", day + 86400, "job 7", 6 * 2 * 3600.0, 0.0, 2, day + 86400, day + 29 * 3600)]

@@ -725,6 +725,14 @@ CREATE TABLE gpu_usage_user_1d (
     PRIMARY KEY (user, day, server_id, container)
 ) WITHOUT ROWID;
 CREATE INDEX gpu_usage_user_1d_day ON gpu_usage_user_1d (day);
+-- The accounting kept before this upgrade, summed once for the days the page can show (366; at
+-- 1,000 servers x 8 GPUs ~14 s per 30 days of gpu_usage_1h, once); maintenance keeps it from here on.
+INSERT INTO gpu_usage_user_1d (user, day, server_id, container, gpu_seconds, idle_seconds, vram_mib_seconds,
+    util_seconds, util_known_seconds, gpus, first_hour, last_hour)
+SELECT user, hour / 86400 * 86400, server_id, container, sum(gpu_seconds), sum(idle_seconds), sum(vram_mib_seconds),
+    sum(util_seconds), sum(util_known_seconds), count(DISTINCT gpu_id), min(hour), max(hour)
+FROM gpu_usage_1h WHERE user <> '' AND hour >= (CAST(strftime('%s', 'now') AS INTEGER) / 86400 - 366) * 86400
+GROUP BY user, hour / 86400 * 86400, server_id, container;
 """
     + _rollup_table("disk_samples_5m", None, DISK_ROLLUP, name_column="mountpoint")
     + _rollup_table("disk_samples_1h", None, DISK_ROLLUP, name_column="mountpoint")
