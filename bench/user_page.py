@@ -32,7 +32,8 @@ from server_monitor.storage.rollup import Maintenance
 
 
 def synthesize(db_path, days):
-    """Write ``days`` of gpu_usage_1h for the current holders and server 1's disk/temperature roll-ups."""
+    """Write ``days`` of gpu_usage_1h for the current holders and server 1's disk/temperature roll-ups;
+    returns the number of gpu_usage_1h rows."""
     conn = schema.connect(db_path)
     now = int(time.time())
     hours = [h for h in range((now - days * 86400) // 3600 * 3600, now, 3600)]
@@ -81,11 +82,9 @@ def synthesize(db_path, days):
           f"{(time.perf_counter() - t) * 1000:.0f} ms wall, {(time.process_time() - cpu) * 1000:.0f} ms CPU, {rows:,} rows")
     writer.close()
     reader.close()
-    top = conn.execute("SELECT user, count(*) FROM gpu_usage_1h WHERE user <> '' GROUP BY user"
-                       " ORDER BY 2 DESC LIMIT 1").fetchone()
     conn.execute("ANALYZE")
     conn.close()
-    return count, top
+    return count
 
 
 def main(argv=None):
@@ -105,7 +104,7 @@ def main(argv=None):
     if not os.path.exists(args.db):
         t0 = time.time()
         fleet_fixture.grow(args.db, args.servers, args.processes, args.users, now=time.time() + args.ahead)
-        count, top = synthesize(args.db, args.days)
+        count = synthesize(args.db, args.days)
         print(f"grew {args.servers} servers and {count:,} gpu_usage_1h rows in {time.time() - t0:.0f} s")
     conn = sqlite3.connect(args.db)
     user, rows = conn.execute("SELECT user, count(*) FROM gpu_usage_1h WHERE user <> '' GROUP BY user"
