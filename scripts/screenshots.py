@@ -12,7 +12,8 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``free.png``: the free-GPU finder;
 * ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
 * ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
-* ``api-token.png``: `/account` right after creating an API token (shown once).
+* ``api-token.png``: `/account` right after creating an API token (shown once);
+* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -39,7 +40,7 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
-         "api-token.png")
+         "api-token.png", "notifications.png")
 
 
 def _free_port():
@@ -190,6 +191,18 @@ def _render(browser, base_url, username, password, out, history_server):
             page.set_viewport_size({"width": 1100, "height": 900})
             shot(page, "api-token.png")
             page.set_viewport_size({"width": 1440, "height": 900})
+            # /admin's Notifications: a target added through the form (nothing is sent).
+            page.goto(base_url + "/admin#notifications")
+            form = page.locator("#notify-add")
+            form.locator("input[name=name]").fill("oncall-ntfy")
+            form.locator("input[name=url]").fill("ntfys://ntfy.sh/lab-gpus-oncall")
+            form.locator("input[value=critical]").check()
+            form.locator("button[type=submit]").click()
+            page.wait_for_selector("#notify-targets tr[data-target=oncall-ntfy]")
+            _settle(page)
+            path = os.path.join(out, "notifications.png")
+            page.locator("#notifications").screenshot(path=path)
+            written.append(path)
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)
     page.wait_for_selector("#grid > *")

@@ -601,8 +601,12 @@ function idleGroups(rows) {
   for (const r of rows) {
     const key = r.users + "\u0000" + r.server_id + "\u0000" + Math.round(r.idle_since / 600);
     const g = groups.get(key);
-    if (g) { g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since); }
-    else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since });
+    if (g) {
+      g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since);
+      for (const n of String(r.nudged || "").split(",").filter(Boolean)) g.nudged.add(n);
+      g.nudgedAt = Math.max(g.nudgedAt, r.nudged_at || 0);
+    } else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since,
+      nudged: new Set(String(r.nudged || "").split(",").filter(Boolean)), nudgedAt: r.nudged_at || 0 });
   }
   return [...groups.values()].sort((a, b) => a.since - b.since);
 }
@@ -621,7 +625,10 @@ function renderIdle() {
       h("td", {}, h("button", { type: "button", class: "link-button", dataset: { open: String(g.server_id) } },
         shortName(String(g.server)) + " · GPU" + (gpus.length > 1 ? "s " : " ") + gpus.join(", "))),
       h("td", { class: "num" }, gib(g.held)),
-      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)));
+      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
+      // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
+      h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
+        g.nudged.size ? [...g.nudged].join(", ") + " · " + fmtAge(nowHub() - g.nudgedAt) + " ago" : "–"));
   }));
   document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
     " held at near 0 % utilization for hours · click a server to open it";

@@ -22,7 +22,7 @@ ALLOWED = {
     "storage": {"core"},
     "auth": {"core"},
     "serving": {"core", "storage", "auth"},
-    "jobs": {"core", "storage", "serving"},
+    "jobs": {"core", "storage", "auth", "serving"},
     "": {"core", "storage", "auth", "serving", "jobs"},
 }
 LAYERS = sorted(name for name in ALLOWED if name)

@@ -143,14 +143,14 @@ def test_item6_hostile_user_names_are_escaped_and_resolve(hub_process, hub_confi
     assert admin.request("GET", "/users?name=").status == 400
 
 
-def test_item6_upgrade_to_26_fills_the_user_days_from_existing_accounting(tmp_path, monkeypatch):
-    """A hub upgraded with months of GPU-hours shows them on the per-user page at once: migration 26
+def test_item6_upgrade_to_27_fills_the_user_days_from_existing_accounting(tmp_path, monkeypatch):
+    """A hub upgraded with months of GPU-hours shows them on the per-user page at once: migration 27
     sums the gpu_usage_1h rows of the last 366 days into gpu_usage_user_1d (idle hours unknown before: 0)."""
     from server_monitor.storage import schema
 
     path = str(tmp_path / "monitor.db")
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:25])
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 25)
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:26])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 26)
     schema.migrate(path)
     conn = schema.connect(path)
     day = int(time.time()) // 86400 * 86400 - 40 * 86400
@@ -160,7 +160,7 @@ def test_item6_upgrade_to_26_fills_the_user_days_from_existing_accounting(tmp_pa
                      + [(day - 400 * 86400, 1, "alice")])  # older than the page can show: not summed
     conn.close()
     monkeypatch.undo()
-    assert schema.migrate(path) == 25
+    assert schema.migrate(path) == 26
     rows = schema.connect(path).execute(
         "SELECT user, day, container, gpu_seconds, idle_seconds, gpus, first_hour, last_hour FROM gpu_usage_user_1d"
         " ORDER BY day").fetchall()

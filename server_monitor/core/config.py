@@ -26,6 +26,34 @@ ENV_OVERRIDES = {
     "SERVER_MONITOR_ADMIN_PASSWORD_HASH": ("auth", "password_hash"),
 }
 
+# The ``notifications`` section: where notices go and how they are delivered
+# (``server_monitor.jobs.notify``), idle-GPU nudges and weekly digests (``server_monitor.jobs.nudge``).
+NOTIFY_DEFAULTS = {
+    # [{name, url: <Apprise URL>, severities: [critical, warning, info]}] (no severities: all)
+    "targets": [],
+    "timeout_s": 10,        # per connection of one delivery
+    "workers": 4,           # deliveries in parallel
+    "pass_budget_s": 30,    # delivery time one alert pass may spend; the rest goes next pass
+    # Apprise URL kinds a user may set as their own contact on /account (admins may set any):
+    # services on their vendor's own host only (ntfy: ntfy.sh only), so a user cannot make the
+    # hub post to an address inside the lab. Self-hosted kinds (mmosts, rockets, matrixs,
+    # gotifys, json) added here let every user aim the hub at any host.
+    "contact_schemes": ["tgram", "slack", "discord", "ntfy", "ntfys", "feishu", "lark", "dingtalk", "wecombot",
+                        "pover"],
+    # Idle-GPU nudges: a GPU held idle (features.idle_min_mib / idle_max_util) this long
+    # (hours; null: features.idle_hours) nudges its holders, again every nudge_repeat_hours,
+    # never between quiet_hours [start, end) (hub local time, hours 0-23; null: never quiet).
+    "nudges": True,
+    "nudge_after_hours": None,
+    "nudge_repeat_hours": 24,
+    "quiet_hours": [22, 7],
+    "nudge_interval_s": 300,
+    # Weekly digest to those who opted in: weekday (0 Monday .. 6 Sunday) and hour (hub local time).
+    "digest_weekday": 0,
+    "digest_hour": 8,
+}
+
+
 DEFAULTS = {
     # workers: processes sharing the port (server_monitor/serving/asgi.py); 2 keeps ingest answered
     # while another process renders pages or runs SQL (docs/architecture.md, "Worker processes").
@@ -69,6 +97,7 @@ DEFAULTS = {
     "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True,
               "max_new_hosts_per_hour": 0},
     "alerts": {"enabled": True},
+    "notifications": NOTIFY_DEFAULTS,
     # shards: how many targets /metrics/targets (Prometheus http_sd) splits the fleet into.
     "prometheus": {"token": None, "shards": 1},
     # Defaults of the fleet views (canned-query parameters left empty use these).
@@ -114,7 +143,6 @@ ALERT_DEFAULTS = {
     "webhooks": [],
     "smtp": None,
 }
-
 
 WORKERS_ENV = "SERVER_MONITOR_WORKERS"
 
@@ -184,6 +212,7 @@ def known_keys():
     ``alerts`` keys of :data:`ALERT_DEFAULTS`. A new key is added there."""
     known = {section: set(values) for section, values in DEFAULTS.items()}
     known["alerts"] |= set(ALERT_DEFAULTS)
+    known["notifications"] |= set(NOTIFY_DEFAULTS)
     return known
 
 

@@ -675,8 +675,25 @@ CREATE INDEX servers_display_skeleton ON servers ({skeleton_sql('display_name')}
 """
 
 
+MIGRATION_26 = """
+-- Idle-GPU nudges (issue 26 item 1, server_monitor/jobs/nudge.py): one row per GPU and holder
+-- nudged during one idle run (idle_since); the dashboard's idle panel shows who was nudged when.
+-- Where a nudge went (e-mail, chat URL) stays in auth.db: this table names only the holder.
+CREATE TABLE idle_nudges (
+    gpu_id INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    idle_since INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    last_at INTEGER NOT NULL,
+    nudges INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (gpu_id, holder, idle_since)
+) WITHOUT ROWID;
+CREATE INDEX idle_nudges_last ON idle_nudges (last_at);
+"""
+
+
 # Roll-ups keyed by server and a name (issue 26 item 7): disk use per mount point and host
-# temperatures per sensor chip. Part of migration 26 below (changing them needs a new migration).
+# temperatures per sensor chip. Part of migration 27 below (changing them needs a new migration).
 DISK_ROLLUP = (
     ("used_bytes", ("avg", "max")),
     ("total_bytes", ("max",)),
@@ -686,7 +703,7 @@ TEMPERATURE_ROLLUP = (
 )
 
 
-MIGRATION_26 = (
+MIGRATION_27 = (
     """
 -- Issue 26 item 7: host temperatures (one row per report and sensor chip: the hottest of the
 -- chip's temp*_input, with the lowest temp*_max / temp*_crit reported for it), read by the agent
@@ -745,7 +762,7 @@ MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, M
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25, MIGRATION_26]
+              MIGRATION_25, MIGRATION_26, MIGRATION_27]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
