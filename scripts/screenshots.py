@@ -10,6 +10,9 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``phone.png``: the dashboard at 390×844 (phone width), dark;
 * ``history.png``: a busy server's history page (holder timeline, heatmap), 1440 wide;
 * ``free.png``: the free-GPU finder;
+* ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
+* ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
+* ``api-token.png``: `/account` right after creating an API token (shown once);
 * ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
@@ -36,8 +39,8 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "api-token.png",
-         "notifications.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
+         "api-token.png", "notifications.png")
 
 
 def _free_port():
@@ -165,6 +168,17 @@ def _render(browser, base_url, username, password, out, history_server):
             page.set_viewport_size({"width": 1440, "height": 1300})
             shot(page, "history.png")
             page.set_viewport_size({"width": 1440, "height": 900})
+            # The disk and temperature charts just under the sticky header.
+            page.evaluate("window.scrollTo(0, document.querySelector('figure.disk-history').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
+            page.wait_for_timeout(300)
+            shot(page, "disk-history.png")
+            page.goto(base_url + "/")
+            page.wait_for_selector("#who-body a.who-page")
+            page.locator("#who-body a.who-page").first.click()
+            page.wait_for_selector("#user-daily .uplot canvas")
+            _settle(page)
+            shot(page, "user.png", full_page=True)
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")

@@ -571,8 +571,10 @@ function renderWho() {
     const containers = w.containers.length ? h("div", { class: "who-containers" }, w.containers.slice(0, 4).map((c) =>
       h("button", { type: "button", class: "chip", dataset: { container: c }, title: "Highlight the GPUs of " + c }, c)),
     w.containers.length > 4 ? h("span", { class: "muted" }, " +" + (w.containers.length - 4)) : null) : null;
+    // The name highlights the user's GPUs; the link beside it opens their page (/users/<name>).
+    const pageLink = w.user === null ? null : userLink(w.user, "page ›", { class: "user-link who-page", title: "GPUs, GPU-hours and jobs of " + user });
     return h("tr", { dataset: { user } },
-      h("td", { class: "who-name" }, button, containers),
+      h("td", { class: "who-name" }, button, pageLink ? " " : null, pageLink, containers),
       h("td", { class: "num" }, String(w.gpus)),
       h("td", { class: "num" }, fmtMiB(w.mib)),
       h("td", { class: "num" }, String(w.hosts)),
@@ -614,7 +616,9 @@ function renderIdle() {
   const body = document.getElementById("idle-body");
   if (!doc || !idleRows.length) { box.hidden = true; body.replaceChildren(); return; }
   body.replaceChildren(...idleGroups(idleRows).map((g) => {
-    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden") : String(g.users).split(",").join(", ");
+    // users: group_concat of the holders' names (idle_holders), each linked to its page.
+    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
+      : String(g.users).split(",").flatMap((u, i) => (i ? [", ", userLink(u)] : [userLink(u)]));
     const gpus = g.gpus.sort((a, b) => a - b);
     return h("tr", { dataset: { server: String(g.server_id) } },
       h("td", { class: "idle-user" }, holders),
@@ -918,7 +922,7 @@ function gpuRow(gpu) {
     procs.length ? h("table", { class: "procs" },
       h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, procs.map((p) => h("tr", {},
-        h("td", { class: "proc-user" }, p.user || (p.uid !== null ? String(p.uid) : "?")),
+        h("td", { class: "proc-user" }, p.user ? userLink(p.user) : (p.uid !== null ? String(p.uid) : "?")),
         h("td", { class: "proc-container" }, p.container ? (p.container_kind ? p.container_kind + ": " : "") + p.container : "host"),
         h("td", { class: "num" }, p.pid === null ? "?" : String(p.pid)),
         h("td", { class: "proc-name", title: p.process_name || "" }, p.process_name || "?"),
