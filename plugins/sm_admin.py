@@ -23,7 +23,7 @@ from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
 from server_monitor.serving import hub
-from server_monitor.auth import tokens
+from server_monitor.auth import sso, tokens
 from server_monitor.jobs.alerts import identity_text
 from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
@@ -33,12 +33,23 @@ from server_monitor.serving.web import page, read_form
 from server_monitor.serving.web import admin_denied as _forbidden
 
 
+def _scope_kind(form):
+    """The form's ``scope``: None (no field), ``all`` or ``some``. Raises :class:`AccountError`
+    for any other value: a typo must not widen a user to every server (attack run, follow-up)."""
+    kind = form.first("scope")
+    if kind not in (None, "all", "some"):
+        raise AccountError("scope must be all or some")
+    return kind
+
+
 def _servers_from_form(form, missing=None):
     """Scope from the form: None for all servers, else the chosen server ids (hidden ``servers``
-    inputs of the scope picker). ``missing``: the answer when the form has no ``scope`` field."""
-    if form.first("scope") is None:
+    inputs of the scope picker). ``missing``: the answer when the form has no ``scope`` field.
+    Raises :class:`AccountError` for a ``scope`` other than ``all``/``some``."""
+    kind = _scope_kind(form)
+    if kind is None:
         return missing
-    if form.first("scope") != "some":
+    if kind == "all":
         return None
     return [int(v) for v in form.getlist("servers") if v.isdigit()]
 
@@ -47,10 +58,12 @@ def _groups_from_form(form, missing=()):
     """Host groups of the scope: every ``groups`` value (the scope picker's group chips, one name
     each; a name list split by commas/spaces is read the same way); ``[]`` unless the scope is
     ``some``. ``missing``: the answer when the form has no ``scope`` field (``()``: leave the stored
-    groups as they are). Raises :class:`host_groups.GroupError` for a bad name."""
-    if form.first("scope") is None:
+    groups as they are). Raises :class:`host_groups.GroupError` for a bad name,
+    :class:`AccountError` for a ``scope`` other than ``all``/``some``."""
+    kind = _scope_kind(form)
+    if kind is None:
         return missing
-    if form.first("scope") != "some":
+    if kind == "all":
         return []
     return host_groups.parse_list(" ".join(form.getlist("groups")))
 
@@ -287,12 +300,17 @@ async def update_user(request, datasette):
             password = secrets.token_urlsafe(12)
             password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)
-            return await render(request, datasette, reset={"username": username, "password": password})
+            # A reset is what an admin does for a compromised account: the intruder's API tokens
+            # end with its sessions (attack run A6). A user changing its own password keeps them.
+            tokens = ctx.accounts.api_tokens.revoke_all_of(username, request.actor["id"])
+            return await render(request, datasette, reset={"username": username, "password": password,
+                                                           "tokens": tokens})
         else:
             # A form without the scope fields leaves the scope as it is (never widens it to all).
-            ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),
-                                     see_processes=(form.first("see_processes") == "on") if form.first("scope") else None,
-                                     groups=_groups_from_form(form))
+            if ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),
+                                        see_processes=(form.first("see_processes") == "on") if form.first("scope")
+                                        else None, groups=_groups_from_form(form)):
+                sso.pin(ctx.accounts, username)  # the admin's choice now wins over the proxy's groups (A7)
     except (AccountError, host_groups.GroupError) as exc:
         return await render(request, datasette, status=400, error=str(exc))
     except hub.PasswordBusy:

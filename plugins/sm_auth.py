@@ -17,6 +17,7 @@
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from urllib.parse import urlsplit
 
@@ -269,7 +270,10 @@ async def _token_action(request, datasette, form):
     actor = request.actor
     if form.get("action") == "revoke_token":
         raw = form.get("token_id") or ""
-        done = raw.isdigit() and ctx.accounts.api_tokens.revoke(int(raw), actor["id"], username=actor["id"])
+        # ASCII digits within SQLite's integers only: "²".isdigit() is True and int() refuses it,
+        # and a 20-digit id overflowed SQLite (500s before, attack run A5).
+        done = re.fullmatch(r"[0-9]{1,18}", raw) is not None and \
+            ctx.accounts.api_tokens.revoke(int(raw), actor["id"], username=actor["id"])
         if not done:  # not a live token of this user (another user's id included): nothing changes
             return await _account_page(datasette, request, status=403, error="That is not a live token of yours.")
         return await _account_page(datasette, request, message=f"Token #{raw} revoked; scripts using it get 401 now.")
@@ -386,6 +390,9 @@ def permission_allowed(datasette, actor, action, resource):
     role = actor.get("role")
     if actor.get("token") and action == "view-query" and isinstance(resource, tuple) and resource[1] in ADMIN_QUERIES:
         return False  # API tokens never reach the admin (write) canned queries, an admin's token neither
+    if actor.get("token") and (resource[0] if isinstance(resource, tuple) else resource) == "_internal":
+        # Nor Datasette's _internal catalogue, however the path spells it (/~5Finternal: attack run A1).
+        return False
     if role == "admin":
         return True
     if action == "view-instance":

@@ -17,7 +17,7 @@ import time
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor.jobs import alerts
+from server_monitor.jobs import alerts, notify
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
 from server_monitor.storage import alert_rules
@@ -60,7 +60,7 @@ async def render(request, datasette, status=200, form=None, **extra):
     rules, builtin, group_summary = await db.execute_fn(lambda conn: _read_page(conn, cfg))
     return await page(datasette, request, "admin_rules.html", status=status, rules=rules, builtin=builtin,
                       kinds=alert_rules.KINDS, severities=alert_rules.SEVERITIES, group_summary=group_summary,
-                      form=form or {}, alerts_enabled=cfg["enabled"], **extra)
+                      form=form or {}, alerts_enabled=cfg["enabled"], target_names=target_names(ctx), **extra)
 
 
 def _form_values(form):
@@ -79,13 +79,26 @@ def _resolve_server(conn, text):
     return row[0] if row else None
 
 
+def target_names(ctx):
+    """Names of the notification targets there are now (``alerts.webhooks``/``smtp``,
+    ``notifications.targets``, the admin's in auth.db), as the Notifier routes by them."""
+    notifier = notify.Notifier(alerts.settings(ctx.config), notify.settings(ctx.config), ctx.notify_store)
+    return [target.name for target in notifier.targets()]  # (its delivery pool starts no thread unused)
+
+
 async def _parse(datasette, form):
     values = _form_values(form)
     if values.get("scope") == "server":
         found = await datasette.get_database(DATABASE).execute_fn(
             lambda conn: _resolve_server(conn, values.get("scope_server")))
         values["scope_server_id"] = "" if found is None else str(found)
-    return values, alert_rules.parse(values)
+    fields = alert_rules.parse(values)
+    known = {name.lower() for name in target_names(hub.context(datasette))}
+    unknown = [name for name in fields["targets"] or () if name.lower() not in known]
+    if unknown:
+        raise alert_rules.RuleError("targets", f"no notification target is named {unknown[0]!r} (add it on /admin"
+                                    " under Notifications, or in notifications.targets)")
+    return values, fields
 
 
 async def create_rule(request, datasette):

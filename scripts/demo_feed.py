@@ -264,6 +264,14 @@ class Host:
                   "used_bytes": int(512 * 1024**3 * 0.41), "health": None},
                  {"mountpoint": "/scratch", "device": "/dev/md0", "fstype": "xfs", "total_bytes": self.disk_total,
                   "used_bytes": int(self.disk_total * (0.96 if self.special == "diskfull" else disk_used)), "health": None}]
+        # Host temperatures as the agent reads them from hwmon (chip names and limits as on real
+        # hosts, tests/fixtures/hwmon): the CPU follows its load, the NVMe drive its neighbours.
+        cpu_chip = "k10temp"  # both demo CPU models are AMD (EPYC 9654, Ryzen 9 7950X)
+        temperatures = [
+            {"chip": cpu_chip, "label": "Tctl", "current_c": round(38 + cpu * 0.42 + rng.uniform(-1, 1), 1),
+             "high_c": None, "critical_c": None},
+            {"chip": "nvme", "label": "Composite", "current_c": round(34 + busy_share * 14 + rng.uniform(-0.5, 0.5), 2),
+             "high_c": 81.85, "critical_c": 84.85}]
         containers = None
         if self.style in ("lxc", "incus"):
             names = sorted({job["container"] for _, _, _, job in self.jobs[:40]})[:12]
@@ -289,6 +297,7 @@ class Host:
                         "tx_bytes_per_s": round(busy_share * rng.uniform(1e6, 5e7) + 1e4, 1)},
             "uptime_s": float(t - self.boot_time),
             "disks": disks,
+            "temperatures": temperatures,
             "gpu_status": status,
             "gpus": gpus,
             "processes": processes,

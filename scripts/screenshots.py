@@ -10,6 +10,10 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``phone.png``: the dashboard at 390×844 (phone width), dark;
 * ``history.png``: a busy server's history page (holder timeline, heatmap), 1440 wide;
 * ``free.png``: the free-GPU finder;
+* ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
+* ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
+* ``api-token.png``: `/account` right after creating an API token (shown once);
+* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form.
 * ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
@@ -36,7 +40,8 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "api-token.png", "rules.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
+         "api-token.png", "notifications.png", "rules.png")
 
 # The rules rules.png shows, made through /admin/rules' form as an admin would (field -> value).
 DEMO_RULES = [
@@ -44,7 +49,7 @@ DEMO_RULES = [
      "severity": "info", "scope": "all", "targets": ""},
     {"name": "Hot H100s in cluster-a", "kind": "gpu_temperature", "threshold": "80", "duration_minutes": "5",
      "severity": "critical", "scope": "group", "scope_group": "cluster-a", "gpu_model": "H100",
-     "targets": "gpu-admins"},
+     "targets": "oncall-ntfy"},
 ]
 
 
@@ -187,17 +192,20 @@ def _render(browser, base_url, username, password, out, history_server):
             page.set_viewport_size({"width": 1440, "height": 1300})
             shot(page, "history.png")
             page.set_viewport_size({"width": 1440, "height": 900})
+            # The disk and temperature charts just under the sticky header.
+            page.evaluate("window.scrollTo(0, document.querySelector('figure.disk-history').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
+            page.wait_for_timeout(300)
+            shot(page, "disk-history.png")
+            page.goto(base_url + "/")
+            page.wait_for_selector("#who-body a.who-page")
+            page.locator("#who-body a.who-page").first.click()
+            page.wait_for_selector("#user-daily .uplot canvas")
+            _settle(page)
+            shot(page, "user.png", full_page=True)
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")
-            page.goto(base_url + "/admin/rules")
-            for rule in DEMO_RULES:
-                _make_rule(page, rule)
-            page.click("#rules-table .rule-row:has-text('Idle GPUs') button[value=test]")
-            page.wait_for_selector("#dry-run")
-            _settle(page)
-            page.set_viewport_size({"width": 1440, "height": 1100})
-            shot(page, "rules.png")
             # /account after creating an API token: the token shown once (issue 26 item 4; this demo hub's token
             # dies with it).
             page.goto(base_url + "/account")
@@ -206,6 +214,28 @@ def _render(browser, base_url, username, password, out, history_server):
             page.wait_for_selector("#new-api-token")
             page.set_viewport_size({"width": 1100, "height": 900})
             shot(page, "api-token.png")
+            page.set_viewport_size({"width": 1440, "height": 900})
+            # /admin's Notifications: a target added through the form (nothing is sent).
+            page.goto(base_url + "/admin#notifications")
+            form = page.locator("#notify-add")
+            form.locator("input[name=name]").fill("oncall-ntfy")
+            form.locator("input[name=url]").fill("ntfys://ntfy.sh/lab-gpus-oncall")
+            form.locator("input[value=critical]").check()
+            form.locator("button[type=submit]").click()
+            page.wait_for_selector("#notify-targets tr[data-target=oncall-ntfy]")
+            _settle(page)
+            path = os.path.join(out, "notifications.png")
+            page.locator("#notifications").screenshot(path=path)
+            written.append(path)
+            # /admin/rules after the target above exists (a rule may name only known targets).
+            page.goto(base_url + "/admin/rules")
+            for rule in DEMO_RULES:
+                _make_rule(page, rule)
+            page.click("#rules-table .rule-row:has-text('Idle GPUs') button[value=test]")
+            page.wait_for_selector("#dry-run")
+            _settle(page)
+            page.set_viewport_size({"width": 1440, "height": 1100})
+            shot(page, "rules.png")
             page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)

@@ -57,6 +57,19 @@ function level(value, warn, crit) {
   return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
 }
 
+// ---- holder names: every holder name links to its per-user page ---------------------
+function userHref(name) {
+  // /users/<name> percent-encoded; "." and ".." would be resolved as path segments by the
+  // browser (encoded or not), so they go in the query string instead.
+  return name === "." || name === ".." ? "/users?name=" + encodeURIComponent(name) : "/users/" + encodeURIComponent(name);
+}
+function userLink(name, text, attrs) {
+  // A link to the user's page with the name as text (a text node, never HTML); the unknown
+  // owner (null, "" or "(unknown)") is plain text.
+  if (name === null || name === undefined || name === "" || name === "(unknown)") return text === undefined ? "(unknown)" : text;
+  return h("a", Object.assign({ href: userHref(name), class: "user-link" }, attrs || {}), text === undefined ? name : text);
+}
+
 // ---- data ------------------------------------------------------------------------
 async function fetchQuery(name, params) {
   const query = new URLSearchParams(Object.assign({ _shape: "objects" }, params || {}));

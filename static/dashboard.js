@@ -571,8 +571,10 @@ function renderWho() {
     const containers = w.containers.length ? h("div", { class: "who-containers" }, w.containers.slice(0, 4).map((c) =>
       h("button", { type: "button", class: "chip", dataset: { container: c }, title: "Highlight the GPUs of " + c }, c)),
     w.containers.length > 4 ? h("span", { class: "muted" }, " +" + (w.containers.length - 4)) : null) : null;
+    // The name highlights the user's GPUs; the link beside it opens their page (/users/<name>).
+    const pageLink = w.user === null ? null : userLink(w.user, "page ›", { class: "user-link who-page", title: "GPUs, GPU-hours and jobs of " + user });
     return h("tr", { dataset: { user } },
-      h("td", { class: "who-name" }, button, containers),
+      h("td", { class: "who-name" }, button, pageLink ? " " : null, pageLink, containers),
       h("td", { class: "num" }, String(w.gpus)),
       h("td", { class: "num" }, fmtMiB(w.mib)),
       h("td", { class: "num" }, String(w.hosts)),
@@ -599,8 +601,12 @@ function idleGroups(rows) {
   for (const r of rows) {
     const key = r.users + "\u0000" + r.server_id + "\u0000" + Math.round(r.idle_since / 600);
     const g = groups.get(key);
-    if (g) { g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since); }
-    else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since });
+    if (g) {
+      g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since);
+      for (const n of String(r.nudged || "").split(",").filter(Boolean)) g.nudged.add(n);
+      g.nudgedAt = Math.max(g.nudgedAt, r.nudged_at || 0);
+    } else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since,
+      nudged: new Set(String(r.nudged || "").split(",").filter(Boolean)), nudgedAt: r.nudged_at || 0 });
   }
   return [...groups.values()].sort((a, b) => a.since - b.since);
 }
@@ -610,14 +616,19 @@ function renderIdle() {
   const body = document.getElementById("idle-body");
   if (!doc || !idleRows.length) { box.hidden = true; body.replaceChildren(); return; }
   body.replaceChildren(...idleGroups(idleRows).map((g) => {
-    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden") : String(g.users).split(",").join(", ");
+    // users: group_concat of the holders' names (idle_holders), each linked to its page.
+    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
+      : String(g.users).split(",").flatMap((u, i) => (i ? [", ", userLink(u)] : [userLink(u)]));
     const gpus = g.gpus.sort((a, b) => a - b);
     return h("tr", { dataset: { server: String(g.server_id) } },
       h("td", { class: "idle-user" }, holders),
       h("td", {}, h("button", { type: "button", class: "link-button", dataset: { open: String(g.server_id) } },
         shortName(String(g.server)) + " · GPU" + (gpus.length > 1 ? "s " : " ") + gpus.join(", "))),
       h("td", { class: "num" }, gib(g.held)),
-      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)));
+      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
+      // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
+      h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
+        g.nudged.size ? [...g.nudged].join(", ") + " · " + fmtAge(nowHub() - g.nudgedAt) + " ago" : "–"));
   }));
   document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
     " held at near 0 % utilization for hours · click a server to open it";
@@ -911,7 +922,7 @@ function gpuRow(gpu) {
     procs.length ? h("table", { class: "procs" },
       h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, procs.map((p) => h("tr", {},
-        h("td", { class: "proc-user" }, p.user || (p.uid !== null ? String(p.uid) : "?")),
+        h("td", { class: "proc-user" }, p.user ? userLink(p.user) : (p.uid !== null ? String(p.uid) : "?")),
         h("td", { class: "proc-container" }, p.container ? (p.container_kind ? p.container_kind + ": " : "") + p.container : "host"),
         h("td", { class: "num" }, p.pid === null ? "?" : String(p.pid)),
         h("td", { class: "proc-name", title: p.process_name || "" }, p.process_name || "?"),

@@ -254,7 +254,11 @@ def csrf(client, path="/admin/rules"):
     return re.search(r'name="csrftoken" value="([^"]+)"', client.get(path).text).group(1)
 
 
-def test_item2_rule_crud_and_dry_run_through_http_as_admin(admin, hub_config):
+def test_item2_rule_crud_and_dry_run_through_http_as_admin(admin, hub_config, datasette):
+    from server_monitor.serving import hub
+
+    # The rule's target must exist (the Notifier routes by name): one added as on /admin.
+    hub.context(datasette).notify_store.add_target("team-a", "json://127.0.0.1:9/hook", ["critical"])
     now = time.time()
     for name, group, temp in (("gpu-a1", "cluster-a", 88), ("gpu-b1", "cluster-b", 88)):
         assert ingest(admin, host(name, now, groups=[group], temperature=temp), admin.token).status_code == 201
@@ -289,6 +293,8 @@ def test_item2_rule_crud_and_dry_run_through_http_as_admin(admin, hub_config):
     # Bad input: 400 with the page and a message naming the field, nothing stored.
     bad = admin.post("/admin/rules", data=dict(form, name="other", threshold="very hot"))
     assert bad.status_code == 400 and "threshold: " in bad.text and 'value="very hot"' in bad.text
+    nowhere = admin.post("/admin/rules", data=dict(form, name="other", targets="team-a, team-z"))
+    assert nowhere.status_code == 400 and "targets: no notification target is named &#39;team-z&#39;" in nowhere.text
     taken = admin.post("/admin/rules", data=dict(form))
     assert taken.status_code == 400 and "name: a rule named" in taken.text
     unknown_server = admin.post("/admin/rules", data=dict(form, name="x", scope="server", scope_server="nope"))

@@ -39,10 +39,13 @@ def test_history_renders_points_for_each_range(page, hub_process, hub_config):
         expect(page.locator("#tier")).to_contain_text("points")
         points = int(re.search(r"(\d+) points", page.inner_text("#tier")).group(1))
         assert points > 0, label
-        # holders, utilization heatmap, CPU, memory, network + 3 GPU line charts + the thermal
-        # headroom (the GPU-depth charts with nothing to show are left out: no throttling, ECC
-        # error, video engine use or PCIe downgrade in these reports)
-        assert page.locator("figure.chart canvas").count() == 9
+        # holders, utilization heatmap, CPU, memory, network, disk use per mount point (issue 26
+        # item 7; no host temperatures in these reports, so no chart for them) + 3 GPU line charts +
+        # the thermal headroom (the GPU-depth charts with nothing to show are left out: no
+        # throttling, ECC error, video engine use or PCIe downgrade in these reports)
+        assert page.locator("figure.chart canvas").count() == 10
+        assert page.locator("figure.disk-history canvas").count() == 1
+        assert page.locator("figure.temperature-history").count() == 0
         assert page.locator("figure[data-series='temperature_gpu_tlimit_c_min'] canvas").count() == 1
     page.fill("#custom-hours", "2")
     page.click("#custom-apply")

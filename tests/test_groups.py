@@ -232,6 +232,13 @@ def test_item1_groups_viewer_scope_by_group_new_server_joins_other_group_never(f
     assert seen() == ["b-1", "b-2", "c-1"]
     assert admin.post("/admin/users/tina", data={"csrftoken": token, "action": "update", "role": "viewer",
                                                  "scope": "some", "groups": "no/slash"}).status_code == 400
+    # A scope that is neither "all" nor "some" (a typo, a forged form) is refused, never read as "all".
+    for bad in ("everything", "Some", "", "all "):
+        assert admin.post("/admin/users/tina", data={"csrftoken": token, "action": "update", "role": "viewer",
+                                                     "scope": bad, "groups": "team-a"}).status_code == 400
+    assert seen() == ["b-1", "b-2", "c-1"]
+    assert admin.post("/admin/invites", data={"csrftoken": token, "role": "viewer", "max_uses": "1", "hours": "24",
+                                              "scope": "any"}).status_code == 400
     assert admin.post("/admin/users/tina", data={"csrftoken": token, "action": "update", "role": "viewer",
                                                  "scope": "all", "groups": "team-b"}).status_code == 302
     assert ctx.accounts.user("tina")["groups"] == [] and len(seen()) == 6

@@ -145,6 +145,19 @@ def _hash(session_id):
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+def thread_connection(local, path):
+    """The connection to ``auth.db`` at ``path`` kept on ``local`` (a ``threading.local``), opened
+    on first use: autocommit, WAL, busy timeout 5 s, rows as ``sqlite3.Row``."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.row_factory = sqlite3.Row
+        local.conn = conn
+    return conn
+
+
 class Accounts:
     """Session store over ``path``; thread-safe (a connection per thread)."""
 
@@ -177,14 +190,7 @@ class Accounts:
         self.api_tokens = api_tokens.ApiTokens(self._conn)
 
     def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
     def connection(self):
         """This thread's connection to ``auth.db`` (for :mod:`server_monitor.auth.tokens`)."""

@@ -1,5 +1,5 @@
-"""Alert rules, evaluated in the background, delivered by webhook (generic, Slack, Feishu/Lark)
-and optionally e-mail. Every firing is a row in ``alerts``; it fires once, is repeated at
+"""Alert rules, evaluated in the background, delivered by :mod:`server_monitor.jobs.notify`
+(Apprise targets, the webhooks and e-mail below). Every firing is a row in ``alerts``; it fires once, is repeated at
 most every ``alerts.repeat_minutes``, and sends a resolved notice when it clears. Servers
 and GPUs an admin marked ``maintenance`` raise nothing. An acknowledged alert (``alert_acks``)
 sends no reminders; an alert covered by a silence (``silences``: a server and/or a rule until
@@ -34,20 +34,14 @@ Configuration (``config.yaml``, all optional)::
 
 import json
 import logging
-import re
-import smtplib
 import threading
 import time
-from email.message import EmailMessage
-
-import urllib3
-
-from monitor_agent import textrule
 
 from ..core import gpu_health
 from ..core.gpu_health import canonical_bus_id
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
 from ..storage import alert_rules, schema
+from . import notify
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
 # must not import the agent package, so the codes are repeated here and a test keeps them equal).
@@ -67,27 +61,8 @@ STATE_TEXT = {
 }
 
 
-# Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
-# error messages, mountpoints) become one space in every notice (see docs/security.md M3: a newline in an e-mail
-# Subject raised ValueError and killed the alert thread; also no forged lines in chat): the
-# shared text rule (monitor_agent/textrule.py) plus, for one line, TAB, LF, ZWNJ/ZWJ and the
-# invisible operators U+2061-U+2065.
-_UNSAFE_TEXT = re.compile("[\t\n\u200c\u200d\u2061-\u2065" + textrule.UNSAFE_CLASS + "]+")
-
-
-def clean_text(text):
-    """``text`` on one line: controls, line/paragraph separators, bidi and zero-width marks → " "."""
-    return _UNSAFE_TEXT.sub(" ", str(text)).strip()
-
-
-def slack_escape(text):
-    """Slack mrkdwn escaping (``&``, ``<``, ``>``): no ``<!channel>`` pings or disguised links (see docs/security.md L9)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def feishu_escape(text):
-    """Feishu/Lark text: ``<`` and ``>`` as full-width look-alikes, so no ``<at user_id="all">`` (see docs/security.md L9)."""
-    return text.replace("<", "\uff1c").replace(">", "\uff1e")
+# The text rules of notices live with the delivery (jobs/notify.py); kept importable here.
+clean_text, slack_escape, feishu_escape = notify.clean_text, notify.slack_escape, notify.feishu_escape
 
 
 def settings(config):
@@ -502,73 +477,9 @@ def identity_text(kind, hostname, previous, other, scoped=False):
                                                                             other=other, kind=kind)
 
 
-class Notifier:
-    """Sends alert notices to every configured webhook and e-mail address."""
-
-    def __init__(self, cfg, http=None):
-        self.cfg = cfg
-        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
-
-    @staticmethod
-    def text(event, alert):
-        """One-line notice text (agent strings cleaned by :func:`clean_text`)."""
-        mark = {"firing": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[event]
-        return f"[{mark}] [{alert['severity']}] {clean_text(alert['message'])}"
-
-    def body(self, fmt, event, alert):
-        """Webhook body for ``fmt``: ``generic`` JSON, ``slack`` (``text``), ``feishu`` (Lark bot)."""
-        text = self.text(event, alert)
-        if fmt == "slack":
-            text = slack_escape(text)
-        elif fmt in ("feishu", "lark"):
-            text = feishu_escape(text)
-        if self.cfg.get("dashboard_url"):
-            text += f"\n{self.cfg['dashboard_url']}"
-        if fmt == "slack":
-            return {"text": text}
-        if fmt in ("feishu", "lark"):
-            return {"msg_type": "text", "content": {"text": text}}
-        return {"status": "resolved" if event == "resolved" else "firing", "event": event, "text": text,
-                "rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
-                "subject": alert["subject"], "message": alert["message"], "started_at": alert.get("started_at"),
-                "resolved_at": alert.get("resolved_at"), "dashboard_url": self.cfg.get("dashboard_url")}
-
-    def send(self, event, alert):
-        """Deliver to all targets; returns True when at least one delivery succeeded (or none is set)."""
-        targets = self.cfg.get("webhooks") or []
-        ok = not targets and not self.cfg.get("smtp")
-        for hook in targets:
-            try:
-                response = self.http.request("POST", hook["url"], body=json.dumps(self.body(hook.get("format", "generic"),
-                                                                                           event, alert)).encode(),
-                                             headers={"Content-Type": "application/json"})
-                ok = ok or 200 <= response.status < 300
-                if response.status >= 300:
-                    log.warning("webhook %s answered %s", hook["url"], response.status)
-            except Exception as exc:  # one bad target never stops the others (see docs/security.md M3)
-                log.warning("webhook %s failed: %s: %s", hook.get("url"), type(exc).__name__, exc)
-        smtp = self.cfg.get("smtp")
-        if smtp:
-            try:
-                self._mail(smtp, event, alert)
-                ok = True
-            except Exception as exc:  # SMTP errors, bad config, a header the policy refuses (see docs/security.md M3)
-                log.warning("alert e-mail failed: %s: %s", type(exc).__name__, exc)
-        return ok
-
-    def _mail(self, smtp, event, alert):
-        message = EmailMessage()
-        message["Subject"] = self.text(event, alert)[:200]
-        message["From"] = smtp["from"]
-        to = smtp["to"] if isinstance(smtp["to"], list) else [smtp["to"]]
-        message["To"] = ", ".join(to)
-        message.set_content(self.text(event, alert) + (f"\n\n{self.cfg['dashboard_url']}" if self.cfg.get("dashboard_url") else ""))
-        with smtplib.SMTP(smtp["host"], int(smtp.get("port", 25)), timeout=15) as client:
-            if smtp.get("starttls"):
-                client.starttls()
-            if smtp.get("username"):
-                client.login(smtp["username"], smtp.get("password") or "")
-            client.send_message(message)
+# Delivery (Apprise, webhooks, e-mail, routing, failure records) is jobs/notify.py's; the name
+# stays importable here for older callers.
+Notifier = notify.Notifier
 
 
 # An alert younger than this (s) has its onset read again on every pass: history that arrives
@@ -590,11 +501,17 @@ class AlertEngine:
         self.db_path = db_path
         self.cfg = cfg
         self.notifier = notifier or Notifier(cfg)
+        # The targets a firing alert named (``alert["targets"]``, jobs/notify.py), by key, for its
+        # resolved notice (the alerts table does not keep them; after a restart: by severity).
+        self._targets = {}
 
     def run_once(self, now=None):
         """One evaluation; returns ``{"fired": [...], "repeated": [...], "resolved": [...]}`` (keys)."""
         now = int(time.time() if now is None else now)
         conn = schema.connect(self.db_path, timeout=30)
+        begin = getattr(self.notifier, "begin_pass", None)
+        if begin is not None:  # deliveries of this pass share one time budget (jobs/notify.py)
+            begin()
         try:
             rules = alert_rules.all_rules(conn, enabled_only=True)
             firing = evaluate(conn, now, self.cfg, rules)
@@ -613,6 +530,8 @@ class AlertEngine:
             repeat = self.cfg["repeat_minutes"] * 60
             for key, alert in firing.items():
                 since = alert.pop("since", None)
+                if alert.get("targets"):
+                    self._targets[key] = list(alert["targets"])
                 if key not in active:
                     # The alert starts when the condition did (stored history), not when this
                     # hub first looked: after a restart a GPU missing for 5 h is not "lost for 10 s".
@@ -647,8 +566,12 @@ class AlertEngine:
                              "message": row[6], "started_at": row[7], "resolved_at": now}
                     if row[11] is not None:
                         alert["rule_id"] = row[11]
-                        if targets.get(row[11]):
-                            alert["targets"] = list(targets[row[11]])
+                    # The rule named its targets: the resolved notice goes there too (the rule's
+                    # targets now, else those the alert carried when it fired).
+                    named = (targets.get(row[11]) if row[11] is not None else None) or self._targets.get(key)
+                    if named:
+                        alert["targets"] = list(named)
+                    self._targets.pop(key, None)
                     # No "resolved" for what was never announced, nor for the alerts of a rule
                     # an admin disabled or deleted (the condition did not clear: the rule went).
                     gone = row[11] is not None and row[11] not in targets
