@@ -1,5 +1,7 @@
 """Shared helpers for the hub's own HTML pages (plugins ``sm_pages`` and ``sm_auth``)."""
 
+from urllib.parse import quote, urlencode
+
 from datasette.utils.asgi import Response
 
 from .. import __version__
@@ -23,3 +25,40 @@ async def page(datasette, request, template, status=200, headers=None, **context
     all_headers = {"content-security-policy": STRICT_CSP}
     all_headers.update(headers or {})
     return Response.html(html, status=status, headers=all_headers)
+
+
+def user_path(name):
+    """The path of ``name``'s per-user page (``plugins/sm_pages.py``): ``/users/<name>`` with the
+    name percent-encoded (every character but unreserved ones), or ``/users?name=`` for ``.`` and
+    ``..``, which browsers resolve as path segments. The same rule as ``userHref`` in
+    ``static/common.js`` (the pages' links); used for the links in nudges and digests."""
+    name = str(name)
+    return "/users?" + urlencode({"name": name}) if name in (".", "..") else "/users/" + quote(name, safe="")
+
+
+def user_url(name, base=None):
+    """:func:`user_path` of ``name``, absolute under ``base`` (``alerts.dashboard_url`` or
+    ``server.public_url``, with or without a trailing slash) when given, else the path alone."""
+    return (str(base).rstrip("/") if base else "") + user_path(name)
+
+
+def pager(args, path, key, number, total, size, anchor=""):
+    """Paging of one server-rendered list (``/admin``'s users, servers, GPUs, tokens, contacts):
+    ``{"first", "last", "total", "prev", "next"}`` (1-based rows; ``prev``/``next``: URLs of
+    ``path`` that keep the other lists' search and page from ``args`` (the request's query
+    arguments; ``key`` and ``edit`` dropped), or None)."""
+    def url(n):
+        kept = {k: args.get(k) for k in args if k not in (key, "edit")}
+        if n > 1:
+            kept[key] = str(n)
+        return path + ("?" + urlencode(kept) if kept else "") + anchor
+
+    first = (number - 1) * size + 1
+    return {"first": min(first, total), "last": min(number * size, total), "total": total,
+            "prev": url(number - 1) if number > 1 else None, "next": url(number + 1) if number * size < total else None}
+
+
+def page_number(args, key):
+    """The 1-based page number in query argument ``key`` of ``args`` (1 when absent or not a number; at most 10**6)."""
+    value = args.get(key) or "1"
+    return max(1, min(10 ** 6, int(value))) if value.isdigit() else 1
