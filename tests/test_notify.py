@@ -429,3 +429,83 @@ def test_item1_user_sets_own_contact_on_account_public_services_only(notify_hub,
     assert NotifyStore(hub_config.auth_db_path).contact("dave")["url"] == "ntfys://ntfy.sh/dave-gpus"
     page = user.get("/account").text
     assert 'value="d@example.org"' in page and "dave-gpus" not in page
+
+
+def test_item2_admin_edits_a_target_name_severities_and_url_kept_secret_unless_replaced(notify_hub, hub_config):
+    """An admin edits a target on /admin: the form shows the name and severities, the URL only
+    shortened (never its secret path); saving with the URL field empty renames it and changes its
+    severities but keeps the URL (and its delivery status); a new URL replaces it; a taken name or
+    a bad URL is a 400 that changes nothing; config targets have no edit."""
+    admin = notify_hub
+    store = NotifyStore(hub_config.auth_db_path)
+    secret = f"json://127.0.0.1:{_port(admin.receiver)}/hook-s3cr3t-path"
+    token = _csrf(admin)
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "name": "lab-chat", "url": secret,
+                                                     "severities": "warning", "action": "add"}).status_code == 302
+    store.add_target("other", "json://127.0.0.1:9/other")
+    store.record_ok("lab-chat", at=1_700_000_000)
+    page = admin.get("/admin").text
+    assert 'href="/admin?nedit=lab-chat#notify-edit">Edit</a>' in page
+    assert "nedit=broken" not in page  # the config target is edited in config.yaml
+    form = admin.get("/admin?nedit=lab-chat").text
+    form = form[form.index('id="notify-edit"'):form.index('id="notify-add"')]
+    assert 'name="new_name"' in form and 'value="lab-chat"' in form and "s3cr3t" not in form
+    assert f'placeholder="kept: json://127.0.0.1:{_port(admin.receiver)}/…"' in form
+    assert 'value="warning" checked' in form and 'value="critical" >' in form
+    # Rename + severities, URL field empty: the URL stays.
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "lab-chat",
+                                                     "new_name": "gpu-chat", "url": "",
+                                                     "severities": ["critical", "warning"]}).status_code == 302
+    (edited,) = [t for t in store.targets() if t["name"] != "other"]
+    assert (edited["name"], edited["url"], edited["severities"]) == ("gpu-chat", secret, ["critical", "warning"])
+    assert store.status()["gpu-chat"]["last_ok_at"] == 1_700_000_000 and "lab-chat" not in store.status()
+    # A taken name, a bad URL, an unknown target: 400, nothing changed.
+    for data, text in (({"new_name": "other"}, "exists already"), ({"new_name": "gpu-chat", "url": "https://example.org/x"},
+                       "Apprise does not understand"), ({"name": "nope", "new_name": "nope"}, "No target named")):
+        answer = admin.post("/admin/notify/targets", data=dict({"csrftoken": token, "action": "update", "name": "gpu-chat",
+                                                                "url": ""}, **data))
+        assert answer.status_code == 400 and text in answer.text
+    assert [t["url"] for t in store.targets() if t["name"] == "gpu-chat"] == [secret]
+    # A new URL replaces the stored one; "send test" reaches it under the new name.
+    fresh = f"json://127.0.0.1:{_port(admin.receiver)}/new-path"
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "gpu-chat",
+                                                     "new_name": "gpu-chat", "url": fresh}).status_code == 302
+    assert [(t["url"], t["severities"]) for t in store.targets() if t["name"] == "gpu-chat"] == [(fresh, None)]
+    assert "ntest=ok" in admin.post("/admin/notify/test", data={"csrftoken": token, "name": "gpu-chat"}).headers["location"]
+    assert len(admin.receiver.of("/new-path")) == 1 and admin.receiver.of("/hook-s3cr3t-path") == []
+
+
+def test_item2_admin_contacts_list_pages_and_searches_past_500(notify_hub, hub_config):
+    """1,210 contacts: /admin lists 50 a page with "1–50 of 1,210" and a Next link through to the
+    last ones (the old list stopped at 500); the search finds a holder by name or e-mail (never by
+    the secret URL) and keeps the other lists' search in its links."""
+    admin = notify_hub
+    conn = sqlite3.connect(hub_config.auth_db_path)
+    conn.executemany("insert into notify_contacts (holder, email, url, digest, updated_at) values (?,?,?,0,1)",
+                     [(f"user{n:04d}", f"u{n}@example.org", f"json://127.0.0.1:9/secret-{n}") for n in range(1210)])
+    conn.commit()
+    page = admin.get("/admin").text
+    table = page[page.index('id="contact-table"'):]
+    assert table.count('data-holder="') == 50 and 'data-holder="user0000"' in table
+    assert "1–50 of 1,210" in table and 'href="/admin?cp=2#contacts" rel="next"' in table
+    last = admin.get("/admin?cp=25").text
+    last = last[last.index('id="contact-table"'):]
+    assert 'data-holder="user1209"' in last and "1201–1210 of 1,210" in last and 'rel="next"' not in last
+    found = admin.get("/admin?cq=u1207@&uq=x").text
+    found = found[found.index('id="contact-table"'):]
+    assert found.count('data-holder="') == 1 and 'data-holder="user1207"' in found
+    assert admin.get("/admin?cq=secret-12").text.count('data-holder="') == 0
+    assert "No contact matches." in admin.get("/admin?cq=nobody-here").text
+
+
+def test_item1_digest_reaches_every_opted_in_contact_past_500(notify_hub, hub_config):
+    """The weekly digest goes to every contact that wants it, not only the first 500 by name."""
+    admin = notify_hub
+    conn = sqlite3.connect(hub_config.auth_db_path)
+    conn.executemany("insert into notify_contacts (holder, email, digest, updated_at) values (?,?,0,1)",
+                     [(f"user{n:04d}", f"u{n}@example.org") for n in range(600)])
+    conn.execute("update notify_contacts set digest = 1 where holder = 'user0599'")
+    conn.commit()
+    today = time.localtime().tm_wday
+    assert _nudger(hub_config, nudges=False, digest_weekday=today, digest_hour=0).run_once()["digests"] == ["user0599"]
+    assert _mail(admin.sink)["To"] == "u599@example.org"

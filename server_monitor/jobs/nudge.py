@@ -217,8 +217,8 @@ class Nudger:
         accounts = Accounts(self.config.auth_db_path)
         admin_name = (self.config.get("auth.username") or "").lower()
         sent = []
-        for contact in self.store.contacts():
-            if not contact["digest"] or (contact["digest_sent_at"] or 0) > now - 6 * 86400:
+        for contact in self.store.digest_contacts():
+            if (contact["digest_sent_at"] or 0) > now - 6 * 86400:
                 continue
             holder = contact["holder"]
             user = accounts.user(holder)
