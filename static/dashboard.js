@@ -631,7 +631,7 @@ function renderIdle() {
       h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
       // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
       h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
-        g.nudged.size ? [userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
+        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
   }));
   document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
     " held at near 0 % utilization for hours · click a server to open it";
