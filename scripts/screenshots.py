@@ -13,7 +13,8 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
 * ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
 * ``api-token.png``: `/account` right after creating an API token (shown once);
-* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form.
+* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form;
+* ``nudges.png``: ``/account``'s idle-GPU nudge and weekly digest contact, saved through its form.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -40,7 +41,7 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
-         "api-token.png", "notifications.png")
+         "api-token.png", "notifications.png", "nudges.png")
 
 
 def _free_port():
@@ -203,6 +204,19 @@ def _render(browser, base_url, username, password, out, history_server):
             path = os.path.join(out, "notifications.png")
             page.locator("#notifications").screenshot(path=path)
             written.append(path)
+            # /account: where idle-GPU nudges and the weekly digest go, saved through the form (nothing is sent).
+            page.goto(base_url + "/account#contact")
+            page.fill("#contact-email", "alice@example.org")
+            page.fill("#contact-url", "ntfys://ntfy.sh/alice-gpus")
+            page.check("#contact-digest")
+            page.click("#own-contact input[type=submit]")
+            page.wait_for_selector("#contact-saved")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            page.evaluate("window.scrollTo(0, document.getElementById('contact').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
+            _settle(page)
+            shot(page, "nudges.png")
+            page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)
     page.wait_for_selector("#grid > *")
