@@ -321,6 +321,22 @@ def test_item1_nudge_failure_is_recorded_and_nothing_marked(notify_hub, hub_conf
     assert sqlite3.connect(admin.db).execute("select count(*) from idle_nudges").fetchone() == (0,)
 
 
+def test_item3_admin_delivery_failures_and_contacts_mark_holder_names_for_their_page_link(notify_hub, hub_config):
+    """/admin's failure list and contact list mark a contact's holder (data-holder, which
+    static/common.js turns into a link to /users/<name>), escaped; other targets stay plain text."""
+    admin = notify_hub
+    store = NotifyStore(hub_config.auth_db_path)
+    store.set_contact("carol<b>", "carol@example.org")
+    store.record_failure("contact:carol<b>:email", "SMTP refused")
+    store.record_failure("broken", "connection refused")
+    page = admin.get("/admin").text
+    failures = page[page.index('id="notify-failures"'):page.index('id="contacts"')]
+    assert 'contact:<span class="holder" data-holder="carol&lt;b&gt;">carol&lt;b&gt;</span>:email' in failures
+    assert "<td>broken</td>" in failures
+    contacts = page[page.index('id="contact-table"'):]
+    assert '<span class="holder" data-holder="carol&lt;b&gt;">carol&lt;b&gt;</span>' in contacts
+
+
 def test_item1_weekly_digest_for_users_and_admins(notify_hub, hub_config):
     """Opted-in holders get their GPU-hours, idle GPU-hours and top jobs of the per-user page's table
     (gpu_usage_user_1d) and a link to their page; the admin also the fleet's utilization and the top
