@@ -507,6 +507,9 @@ def test_item2_admin_contacts_list_pages_and_searches_past_500(notify_hub, hub_c
     last = admin.get("/admin?cp=25").text
     last = last[last.index('id="contact-table"'):]
     assert 'data-holder="user1209"' in last and "1201–1210 of 1,210" in last and 'rel="next"' not in last
+    # Paging keeps the other lists' search, not a one-shot edit form or test result.
+    second = admin.get("/admin?nedit=x&ntest=ok&nt=broken&uq=a").text
+    assert 'href="/admin?uq=a&amp;cp=2#contacts" rel="next"' in second
     found = admin.get("/admin?cq=u1207@&uq=x").text
     found = found[found.index('id="contact-table"'):]
     assert found.count('data-holder="') == 1 and 'data-holder="user1207"' in found

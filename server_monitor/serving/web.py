@@ -42,13 +42,18 @@ def user_url(name, base=None):
     return (str(base).rstrip("/") if base else "") + user_path(name)
 
 
+# Query arguments that open a form or show an outcome once (``/admin``: a user's edit form, a
+# target's edit form, a "send test" result): paging links leave them out.
+ONE_SHOT_ARGS = ("edit", "nedit", "ntest", "nt")
+
+
 def pager(args, path, key, number, total, size, anchor=""):
     """Paging of one server-rendered list (``/admin``'s users, servers, GPUs, tokens, contacts):
     ``{"first", "last", "total", "prev", "next"}`` (1-based rows; ``prev``/``next``: URLs of
     ``path`` that keep the other lists' search and page from ``args`` (the request's query
-    arguments; ``key`` and ``edit`` dropped), or None)."""
+    arguments; ``key`` and :data:`ONE_SHOT_ARGS` dropped), or None)."""
     def url(n):
-        kept = {k: args.get(k) for k in args if k not in (key, "edit")}
+        kept = {k: args.get(k) for k in args if k != key and k not in ONE_SHOT_ARGS}
         if n > 1:
             kept[key] = str(n)
         return path + ("?" + urlencode(kept) if kept else "") + anchor
