@@ -16,7 +16,6 @@ import fnmatch
 import json
 import secrets
 import time
-from urllib.parse import urlencode
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
@@ -29,8 +28,9 @@ from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
 from server_monitor.storage import groups as host_groups
 from server_monitor.storage.store import delete_server
-from server_monitor.serving.web import page, read_form
+from server_monitor.serving.web import page, page_number, read_form
 from server_monitor.serving.web import admin_denied as _forbidden
+from server_monitor.serving.web import pager as web_pager
 
 
 def _scope_kind(form):
@@ -97,22 +97,12 @@ SCOPE_NAMES = 3
 
 
 def _page_number(request, key):
-    value = request.args.get(key) or "1"
-    return max(1, min(10 ** 6, int(value))) if value.isdigit() else 1
+    return page_number(request.args, key)
 
 
 def pager(request, key, number, total, size=PAGE_SIZE, anchor=""):
-    """Paging of one /admin list: ``{"first", "last", "total", "prev", "next"}`` (1-based rows;
-    ``prev``/``next`` URLs that keep the other lists' search and page, or None)."""
-    def url(n):
-        args = {k: request.args.get(k) for k in request.args if k not in (key, "edit")}
-        if n > 1:
-            args[key] = str(n)
-        return "/admin" + ("?" + urlencode(args) if args else "") + anchor
-
-    first = (number - 1) * size + 1
-    return {"first": min(first, total), "last": min(number * size, total), "total": total,
-            "prev": url(number - 1) if number > 1 else None, "next": url(number + 1) if number * size < total else None}
+    """Paging of one /admin list (:func:`server_monitor.serving.web.pager` on ``/admin``)."""
+    return web_pager(request.args, "/admin", key, number, total, size, anchor)
 
 
 async def _page_of(datasette, name, actor, q, number):

@@ -1,7 +1,9 @@
 """Notification targets, delivery failures and people's contacts on ``/admin`` and ``/account``.
 
-* ``POST /admin/notify/targets``: add (``name``, Apprise ``url``, ``severities`` repeated) or
-  delete (``action=delete``, ``name``) a target kept in ``auth.db``.
+* ``POST /admin/notify/targets``: add (``name``, Apprise ``url``, ``severities`` repeated),
+  edit (``action=update``, ``name``, ``new_name``, ``severities``, ``url``: empty keeps the stored
+  URL, which the page never shows back) or delete (``action=delete``, ``name``) a target kept in
+  ``auth.db``. ``GET /admin?nedit=<name>#notify-edit`` shows the edit form.
 * ``POST /admin/notify/test``: send a test notice to the target ``name`` now (any target: config,
   ``alerts.webhooks``/``alerts.smtp`` or admin-made); the answer says whether it arrived, a
   failure is also in the failure list.
@@ -24,6 +26,10 @@ from datasette.utils.asgi import Response
 from server_monitor.auth.contacts import SEVERITIES, ContactError
 from server_monitor.jobs import alerts, notify
 from server_monitor.serving import hub
+from server_monitor.serving.web import page_number, pager
+
+# Contacts per page of /admin's contact list (like its users: search ``cq``, page ``cp``).
+CONTACTS_PAGE = 50
 
 
 def _notifier(ctx):
@@ -65,6 +71,13 @@ async def targets(request, datasette, ctx, form):
     name = _first(form, "name").strip()
     if _first(form, "action") == "delete":
         ctx.notify_store.delete_target(name)
+        return Response.redirect("/admin#notifications")
+    if _first(form, "action") == "update":
+        try:
+            url = notify.check_url(_first(form, "url")) if _first(form, "url").strip() else None
+            ctx.notify_store.update_target(name, _first(form, "new_name").strip(), url, form.get("severities") or [])
+        except ContactError as exc:
+            return _refused(str(exc), "/admin?" + urlencode({"nedit": name}) + "#notify-edit")
         return Response.redirect("/admin#notifications")
     try:
         url = notify.check_url(_first(form, "url"))
@@ -134,9 +147,21 @@ def _admin_vars(ctx, request):
     test = None
     if request.args.get("ntest") in ("ok", "failed") and request.args.get("nt") in names:
         test = {"ok": request.args["ntest"] == "ok", "name": request.args["nt"]}
-    return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20),
-            "notify_contacts": ctx.notify_store.contacts(), "notify_severities": SEVERITIES, "notify_test": test,
-            "notify_when": when}
+    # The edit form of an admin-made target: name and severities filled in, the URL only as its
+    # shortened form (its secrets never go back to the page; an empty URL field keeps it).
+    edit = None
+    if request.args.get("nedit"):
+        stored = ctx.notify_store.target(request.args["nedit"])
+        if stored:
+            edit = {"name": stored["name"], "severities": stored["severities"] or [],
+                    "shown_url": notify.Target(stored["name"], stored["url"]).shown_url()}
+    cq = request.args.get("cq", "")[:200]
+    cp = page_number(request.args, "cp")
+    contacts, total = ctx.notify_store.contacts_page(cq, CONTACTS_PAGE, (cp - 1) * CONTACTS_PAGE)
+    return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit,
+            "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
+                                                                 "#contacts"), "cq": cq,
+            "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when}
 
 
 def when(epoch):

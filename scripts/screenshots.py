@@ -13,7 +13,8 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
 * ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
 * ``api-token.png``: `/account` right after creating an API token (shown once);
-* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form.
+* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form;
+* ``nudges.png``: ``/account``'s idle-GPU nudge and weekly digest contact, saved through its form;
 * ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
@@ -41,7 +42,7 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
-         "api-token.png", "notifications.png", "rules.png")
+         "api-token.png", "notifications.png", "nudges.png", "rules.png")
 
 # The rules rules.png shows, made through /admin/rules' form as an admin would (field -> value).
 DEMO_RULES = [
@@ -236,6 +237,18 @@ def _render(browser, base_url, username, password, out, history_server):
             _settle(page)
             page.set_viewport_size({"width": 1440, "height": 1100})
             shot(page, "rules.png")
+            # /account: where idle-GPU nudges and the weekly digest go, saved through the form (nothing is sent).
+            page.goto(base_url + "/account#contact")
+            page.fill("#contact-email", "alice@example.org")
+            page.fill("#contact-url", "ntfys://ntfy.sh/alice-gpus")
+            page.check("#contact-digest")
+            page.click("#own-contact input[type=submit]")
+            page.wait_for_selector("#contact-saved")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            page.evaluate("window.scrollTo(0, document.getElementById('contact').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
+            _settle(page)
+            shot(page, "nudges.png")
             page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)

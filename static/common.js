@@ -70,6 +70,17 @@ function userLink(name, text, attrs) {
   return h("a", Object.assign({ href: userHref(name), class: "user-link" }, attrs || {}), text === undefined ? name : text);
 }
 
+function userLinks(names) {
+  // Several holder names (an array), each userLink()ed, separated by ", ".
+  return names.flatMap((u, i) => (i ? [", ", userLink(u)] : [userLink(u)]));
+}
+function linkHolders(root) {
+  // Server-rendered pages (/admin) mark a holder name as <span data-holder="name">name</span>;
+  // each becomes userLink(name), so a holder name links the same way on every page.
+  for (const el of (root || document).querySelectorAll("[data-holder]")) el.replaceWith(userLink(el.dataset.holder));
+}
+document.addEventListener("DOMContentLoaded", () => linkHolders(document));
+
 // ---- data ------------------------------------------------------------------------
 async function fetchQuery(name, params) {
   const query = new URLSearchParams(Object.assign({ _shape: "objects" }, params || {}));

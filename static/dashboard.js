@@ -567,21 +567,24 @@ function renderWho() {
     w.containers.some((c) => c.toLowerCase().includes(text)));
   body.replaceChildren(...rows.map((w) => {
     const user = w.user === null ? "(unknown)" : w.user;
-    const button = h("button", { type: "button", class: "link-button who-user", dataset: { user } }, user);
+    // The name links to the user's page like every holder name (userLink); the ◎ button beside it
+    // highlights their GPUs in the grid.
+    const button = h("button", { type: "button", class: "link-button who-user", dataset: { user },
+      title: "Highlight the GPUs of " + user, "aria-label": "Highlight the GPUs of " + user }, "◎");
     const containers = w.containers.length ? h("div", { class: "who-containers" }, w.containers.slice(0, 4).map((c) =>
       h("button", { type: "button", class: "chip", dataset: { container: c }, title: "Highlight the GPUs of " + c }, c)),
     w.containers.length > 4 ? h("span", { class: "muted" }, " +" + (w.containers.length - 4)) : null) : null;
-    // The name highlights the user's GPUs; the link beside it opens their page (/users/<name>).
-    const pageLink = w.user === null ? null : userLink(w.user, "page ›", { class: "user-link who-page", title: "GPUs, GPU-hours and jobs of " + user });
+    const name = w.user === null ? h("span", { class: "who-unknown" }, user)
+      : userLink(w.user, undefined, { class: "user-link who-page", title: "GPUs, GPU-hours and jobs of " + user });
     return h("tr", { dataset: { user } },
-      h("td", { class: "who-name" }, button, pageLink ? " " : null, pageLink, containers),
+      h("td", { class: "who-name" }, name, " ", button, containers),
       h("td", { class: "num" }, String(w.gpus)),
       h("td", { class: "num" }, fmtMiB(w.mib)),
       h("td", { class: "num" }, String(w.hosts)),
       h("td", { class: "num" + (w.idle ? " warn-text" : "") }, w.idle ? String(w.idle) : "–"));
   }));
   note.textContent = doc.who.length ? (rows.length < doc.who.length ? rows.length + " of " + doc.who.length + " users" : doc.who.length + " users") +
-    " · choose a user or container to highlight their GPUs" : "Nobody holds a GPU right now.";
+    " · a name opens the user's page; ◎ or a container highlights their GPUs" : "Nobody holds a GPU right now.";
 }
 
 // ---- idle holders: GPUs held at ~0 % for hours, by whom and for how long -----------------
@@ -618,7 +621,7 @@ function renderIdle() {
   body.replaceChildren(...idleGroups(idleRows).map((g) => {
     // users: group_concat of the holders' names (idle_holders), each linked to its page.
     const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
-      : String(g.users).split(",").flatMap((u, i) => (i ? [", ", userLink(u)] : [userLink(u)]));
+      : userLinks(String(g.users).split(","));
     const gpus = g.gpus.sort((a, b) => a - b);
     return h("tr", { dataset: { server: String(g.server_id) } },
       h("td", { class: "idle-user" }, holders),
@@ -628,7 +631,7 @@ function renderIdle() {
       h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
       // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
       h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
-        g.nudged.size ? [...g.nudged].join(", ") + " · " + fmtAge(nowHub() - g.nudgedAt) + " ago" : "–"));
+        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
   }));
   document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
     " held at near 0 % utilization for hours · click a server to open it";

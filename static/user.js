@@ -4,6 +4,8 @@
 "use strict";
 
 const DAYS = 30;
+// The weekly digest's window (server_monitor/jobs/nudge.py DIGEST_DAYS): the last 7 UTC days, today included.
+const WEEK_DAYS = 7;
 
 function dayList(days) {
   // The last `days` UTC days (today included), oldest first, as YYYY-MM-DD: the query's days.
@@ -45,6 +47,16 @@ function drawDaily(rows) {
   const idle = rows.reduce((n, r) => n + (r.idle_gpu_hours || 0), 0);
   document.getElementById("daily-total").textContent =
     "(" + fmtHours(total) + " GPU-hours, " + fmtHours(idle) + " of them idle)";
+  // The same sums over the digest's week, to one decimal as the digest writes them.
+  const week = new Set(dayList(WEEK_DAYS));
+  const weekRows = rows.filter((r) => week.has(r.day));
+  const weekTotal = weekRows.reduce((n, r) => n + r.gpu_hours, 0);
+  const weekIdle = weekRows.reduce((n, r) => n + (r.idle_gpu_hours || 0), 0);
+  const weekBox = document.getElementById("week-total");
+  weekBox.dataset.gpuHours = weekTotal.toFixed(1);
+  weekBox.dataset.idleGpuHours = weekIdle.toFixed(1);
+  weekBox.textContent = "Last " + WEEK_DAYS + " days (since " + dayList(WEEK_DAYS)[0] + "): " + weekTotal.toFixed(1) +
+    " GPU-hours, " + weekIdle.toFixed(1) + " of them idle — the numbers of the weekly digest.";
   const box = document.getElementById("user-daily");
   if (chart) chart.destroy();
   box.replaceChildren();

@@ -5,6 +5,7 @@ nudges and weekly digests to the holders. Every sink is real and on loopback: an
 
 import email
 import email.policy
+import re
 import socket
 import sqlite3
 import threading
@@ -13,13 +14,16 @@ import time
 import apprise
 import pytest
 import yaml
+from browser import push
 from test_alerts import Receiver, SmtpSink
 from test_fleet_views import host
 from test_hub_datasette import Client
+from test_user_page import _client, _report, _rows
 
 from server_monitor.auth.contacts import NotifyStore
 from server_monitor.core import config as config_mod
 from server_monitor.jobs import alerts, notify, nudge
+from server_monitor.storage.rollup import Maintenance
 
 HOSTILE = 'gpu-07\nBcc: attacker@evil.example\r\u2028<!channel> @everyone <at user_id="all"></at> [x](https://evil.example)'
 
@@ -203,8 +207,6 @@ def notify_hub(hub_config, request):
 
 
 def _csrf(client, path="/admin"):
-    import re
-
     return re.search(r'name="csrftoken" value="([^"]+)"', client.get(path).text).group(1)
 
 
@@ -292,7 +294,7 @@ def test_item1_idle_gpu_nudges_its_holder_by_mail_and_chat_with_cadence_and_quie
     assert mail["Subject"] == "[IDLE GPU] alice: 1 GPU held idle on idler [FIRING] forged <!channel> @everyone"
     body = mail.get_content()
     assert "idler [FIRING] forged <!channel> @everyone GPU 0: 30000 MiB held at 0 % utilization for" in body
-    assert "https://monitor.example.org/" in body
+    assert "Your GPUs, GPU-hours and idle GPU-hours: https://monitor.example.org/users/alice" in body
     (chat,) = admin.receiver.of("/alice")
     assert "\n" not in chat["title"] and "<" not in chat["title"] and "@everyone" not in chat["message"]
     assert chat["message"].splitlines()[0].startswith("idler [FIRING] forged \uff1c!channel\uff1e \uff20everyone GPU 0")
@@ -319,20 +321,42 @@ def test_item1_nudge_failure_is_recorded_and_nothing_marked(notify_hub, hub_conf
     assert sqlite3.connect(admin.db).execute("select count(*) from idle_nudges").fetchone() == (0,)
 
 
+def test_item3_admin_delivery_failures_and_contacts_mark_holder_names_for_their_page_link(notify_hub, hub_config):
+    """/admin's failure list and contact list mark a contact's holder (data-holder, which
+    static/common.js turns into a link to /users/<name>), escaped; other targets stay plain text."""
+    admin = notify_hub
+    store = NotifyStore(hub_config.auth_db_path)
+    store.set_contact("carol<b>", "carol@example.org")
+    store.record_failure("contact:carol<b>:email", "SMTP refused")
+    store.record_failure("broken", "connection refused")
+    page = admin.get("/admin").text
+    failures = page[page.index('id="notify-failures"'):page.index('id="contacts"')]
+    assert 'contact:<span class="holder" data-holder="carol&lt;b&gt;">carol&lt;b&gt;</span>:email' in failures
+    assert "<td>broken</td>" in failures
+    contacts = page[page.index('id="contact-table"'):]
+    assert '<span class="holder" data-holder="carol&lt;b&gt;">carol&lt;b&gt;</span>' in contacts
+
+
 def test_item1_weekly_digest_for_users_and_admins(notify_hub, hub_config):
-    """Opted-in holders get their GPU-hours, idle GPU-hours and top jobs; the admin also the fleet's
-    utilization and top idle holders; once a week."""
+    """Opted-in holders get their GPU-hours, idle GPU-hours and top jobs of the per-user page's table
+    (gpu_usage_user_1d) and a link to their page; the admin also the fleet's utilization and the top
+    idle holders (nobody with 0 idle hours); once a week."""
     admin = notify_hub
     host(admin, "node-1", 2, used_mib={0: 1000, 1: 1000}, busy=(0, 1))
     conn = sqlite3.connect(admin.db)
     gpu0, gpu1 = [r[0] for r in conn.execute("select id from gpus order by gpu_index")]
     hour = int(time.time()) // 3600 * 3600 - 7200
-    # alice: 10 GPU-hours at 20 % (8 idle GPU-hours), job-1 6 h, job-2 4 h; bob: 2 GPU-hours at 100 %.
-    rows = [(hour, 1, gpu0, "alice", "job-1", 6 * 3600, 0, 6 * 3600 * 20, 6 * 3600, 6 * 3600),
-            (hour, 1, gpu1, "alice", "job-2", 4 * 3600, 0, 4 * 3600 * 20, 4 * 3600, 4 * 3600),
-            (hour - 3600, 1, gpu0, "bob", "", 2 * 3600, 0, 2 * 3600 * 100, 2 * 3600, 2 * 3600)]
+    day = hour // 86400 * 86400
+    # alice: 10 GPU-hours (job-1 6 h, job-2 4 h), 3 of them idle; bob: 2 GPU-hours at 100 %, none idle.
+    rows = [(hour, 1, gpu0, "alice", "job-1", 6 * 3600, 0, 6 * 3600 * 20, 6 * 3600, 6 * 3600, 3 * 3600),
+            (hour, 1, gpu1, "alice", "job-2", 4 * 3600, 0, 4 * 3600 * 20, 4 * 3600, 4 * 3600, 0),
+            (hour - 3600, 1, gpu0, "bob", "", 2 * 3600, 0, 2 * 3600 * 100, 2 * 3600, 2 * 3600, 0)]
     conn.executemany("insert into gpu_usage_1h (hour, server_id, gpu_id, user, container, gpu_seconds, vram_mib_seconds,"
-                     " util_seconds, util_known_seconds, held_seconds) values (?,?,?,?,?,?,?,?,?,?)", rows)
+                     " util_seconds, util_known_seconds, held_seconds, idle_seconds) values (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany("insert into gpu_usage_user_1d (user, day, server_id, container, gpu_seconds, idle_seconds,"
+                     " vram_mib_seconds, util_seconds, util_known_seconds, gpus, first_hour, last_hour)"
+                     " values (?,?,?,?,?,?,?,?,?,1,?,?)",
+                     [(r[3], day, r[1], r[4], r[5], r[10], r[6], r[7], r[8], r[0], r[0]) for r in rows])
     conn.commit()
     store = NotifyStore(hub_config.auth_db_path)
     store.set_contact("alice", "alice@example.org", digest=True)
@@ -345,12 +369,55 @@ def test_item1_weekly_digest_for_users_and_admins(notify_hub, hub_config):
     mails = {_mail(admin.sink, i)["To"]: _mail(admin.sink, i) for i in range(len(admin.sink.messages))}
     alice = mails["alice@example.org"].get_content()
     assert mails["alice@example.org"]["Subject"] == "[DIGEST] GPU use of alice, last 7 days"
-    assert "Your GPU-hours: 10.0 (idle GPU-hours: 8.0)" in alice
+    since = time.strftime("%Y-%m-%d", time.gmtime(nudge.week_start(time.time())))
+    assert f"Your GPU-hours since {since} (UTC days): 10.0 (idle GPU-hours: 3.0)" in alice
     assert alice.index("job-1: 6.0 GPU-hours") < alice.index("job-2: 4.0 GPU-hours") and "Fleet" not in alice
+    assert "https://monitor.example.org/users/alice" in alice
     boss = mails["boss@example.org"].get_content()
     assert "Fleet: 12.0 GPU-hours held, average utilization 33.3 %" in boss
-    assert "Top idle holders: alice 8.0 idle GPU-hours, bob 0.0 idle GPU-hours" in boss
+    assert "Top idle holders: alice 3.0 idle GPU-hours" in boss.splitlines()
     assert _nudger(hub_config, nudges=False, digest_weekday=today, digest_hour=0).run_once()["digests"] == []
+
+
+def test_item1_digest_and_user_page_agree_on_gpu_hours_and_idle_hours_over_http(hub_process, hub_config):
+    """One real fleet pushed over HTTP, GPU-hours computed by the hub's own maintenance: alice holds
+    GPU 0 at 0 % (idle) and GPU 1 at 30 % (busy, not idle: above features.idle_max_util) for 4 hourly
+    reports. Her weekly digest (sent through a real SMTP sink) and her page's queries over HTTP
+    (user_gpu_hours_daily for the same 7 days, user_jobs) give the same GPU-hours (8.0), idle
+    GPU-hours (4.0; held × (1 − utilization) would say 6.8) and jobs; the admin's top idle holders
+    give her the same idle hours; the digest links her page under alerts.dashboard_url."""
+    now = int(time.time())
+    for k in range(3, -1, -1):
+        push(hub_process, hub_config, _report("alpha", now - k * 3600, [(0, "alice", "job 42"), (1, "alice", "job 42")],
+                                              [0, 30]))
+        push(hub_process, hub_config, _report("beta", now - k * 3600, [(0, "bob", "lab-b")], [50]))
+    Maintenance(hub_config.db_path, pause=0).run_once()
+    sink = SmtpSink()
+    try:
+        store = NotifyStore(hub_config.auth_db_path)
+        store.set_contact("alice", "alice@example.org", digest=True)
+        store.set_contact(hub_config.get("auth.username"), "boss@example.org", digest=True)
+        config = config_mod.load(hub_config.path)
+        config.data["alerts"] = {"dashboard_url": "https://gpu.lab.example/", "smtp": {
+            "host": "127.0.0.1", "port": sink.port, "from": "monitor@example.org", "to": "admins@example.org"}}
+        config.data["notifications"] = {"nudges": False, "digest_weekday": time.localtime().tm_wday, "digest_hour": 0}
+        cfg = alerts.settings(config)
+        sent = nudge.Nudger(config, cfg, notify.Notifier.from_config(config, cfg)).run_once()["digests"]
+        assert sorted(sent) == sorted(["alice", hub_config.get("auth.username")])
+        mails = {_mail(sink, i)["To"]: _mail(sink, i).get_content() for i in range(len(sink.messages))}
+    finally:
+        sink.sock.close()
+    digest = mails["alice@example.org"]
+    gpu_hours, idle_hours = map(float, re.search(r"GPU-hours[^:\n]*: ([\d.]+) \(idle GPU-hours: ([\d.]+)\)", digest).groups())
+    page = _client(hub_process, hub_config.get("auth.username"), hub_config.password)
+    daily = _rows(page, "user_gpu_hours_daily", user="alice", days=7)
+    assert (gpu_hours, idle_hours) == (round(sum(d["gpu_hours"] for d in daily), 1),
+                                       round(sum(d["idle_gpu_hours"] for d in daily), 1)) == (8.0, 4.0)
+    jobs = _rows(page, "user_jobs", user="alice", days=7)
+    assert [(j["container"], j["gpu_hours"]) for j in jobs] == [("job 42", 8.0)]
+    assert "  job 42: 8.0 GPU-hours" in digest
+    assert "https://gpu.lab.example/users/alice" in digest
+    assert "alice 4.0 idle GPU-hours" in mails["boss@example.org"]
 
 
 def test_item1_user_sets_own_contact_on_account_public_services_only(notify_hub, hub_config):
@@ -378,3 +445,86 @@ def test_item1_user_sets_own_contact_on_account_public_services_only(notify_hub,
     assert NotifyStore(hub_config.auth_db_path).contact("dave")["url"] == "ntfys://ntfy.sh/dave-gpus"
     page = user.get("/account").text
     assert 'value="d@example.org"' in page and "dave-gpus" not in page
+
+
+def test_item2_admin_edits_a_target_name_severities_and_url_kept_secret_unless_replaced(notify_hub, hub_config):
+    """An admin edits a target on /admin: the form shows the name and severities, the URL only
+    shortened (never its secret path); saving with the URL field empty renames it and changes its
+    severities but keeps the URL (and its delivery status); a new URL replaces it; a taken name or
+    a bad URL is a 400 that changes nothing; config targets have no edit."""
+    admin = notify_hub
+    store = NotifyStore(hub_config.auth_db_path)
+    secret = f"json://127.0.0.1:{_port(admin.receiver)}/hook-s3cr3t-path"
+    token = _csrf(admin)
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "name": "lab-chat", "url": secret,
+                                                     "severities": "warning", "action": "add"}).status_code == 302
+    store.add_target("other", "json://127.0.0.1:9/other")
+    store.record_ok("lab-chat", at=1_700_000_000)
+    page = admin.get("/admin").text
+    assert 'href="/admin?nedit=lab-chat#notify-edit">Edit</a>' in page
+    assert "nedit=broken" not in page  # the config target is edited in config.yaml
+    form = admin.get("/admin?nedit=lab-chat").text
+    form = form[form.index('id="notify-edit"'):form.index('id="notify-add"')]
+    assert 'name="new_name"' in form and 'value="lab-chat"' in form and "s3cr3t" not in form
+    assert f'placeholder="kept: json://127.0.0.1:{_port(admin.receiver)}/…"' in form
+    assert 'value="warning" checked' in form and 'value="critical" >' in form
+    # Rename + severities, URL field empty: the URL stays.
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "lab-chat",
+                                                     "new_name": "gpu-chat", "url": "",
+                                                     "severities": ["critical", "warning"]}).status_code == 302
+    (edited,) = [t for t in store.targets() if t["name"] != "other"]
+    assert (edited["name"], edited["url"], edited["severities"]) == ("gpu-chat", secret, ["critical", "warning"])
+    assert store.status()["gpu-chat"]["last_ok_at"] == 1_700_000_000 and "lab-chat" not in store.status()
+    # A taken name, a bad URL, an unknown target: 400, nothing changed.
+    for data, text in (({"new_name": "other"}, "exists already"), ({"new_name": "gpu-chat", "url": "https://example.org/x"},
+                       "Apprise does not understand"), ({"name": "nope", "new_name": "nope"}, "No target named")):
+        answer = admin.post("/admin/notify/targets", data=dict({"csrftoken": token, "action": "update", "name": "gpu-chat",
+                                                                "url": ""}, **data))
+        assert answer.status_code == 400 and text in answer.text
+    assert [t["url"] for t in store.targets() if t["name"] == "gpu-chat"] == [secret]
+    # A new URL replaces the stored one; "send test" reaches it under the new name.
+    fresh = f"json://127.0.0.1:{_port(admin.receiver)}/new-path"
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "gpu-chat",
+                                                     "new_name": "gpu-chat", "url": fresh}).status_code == 302
+    assert [(t["url"], t["severities"]) for t in store.targets() if t["name"] == "gpu-chat"] == [(fresh, None)]
+    assert "ntest=ok" in admin.post("/admin/notify/test", data={"csrftoken": token, "name": "gpu-chat"}).headers["location"]
+    assert len(admin.receiver.of("/new-path")) == 1 and admin.receiver.of("/hook-s3cr3t-path") == []
+
+
+def test_item2_admin_contacts_list_pages_and_searches_past_500(notify_hub, hub_config):
+    """1,210 contacts: /admin lists 50 a page with "1–50 of 1,210" and a Next link through to the
+    last ones (the old list stopped at 500); the search finds a holder by name or e-mail (never by
+    the secret URL) and keeps the other lists' search in its links."""
+    admin = notify_hub
+    conn = sqlite3.connect(hub_config.auth_db_path)
+    conn.executemany("insert into notify_contacts (holder, email, url, digest, updated_at) values (?,?,?,0,1)",
+                     [(f"user{n:04d}", f"u{n}@example.org", f"json://127.0.0.1:9/secret-{n}") for n in range(1210)])
+    conn.commit()
+    page = admin.get("/admin").text
+    table = page[page.index('id="contact-table"'):]
+    assert table.count('data-holder="') == 50 and 'data-holder="user0000"' in table
+    assert "1–50 of 1,210" in table and 'href="/admin?cp=2#contacts" rel="next"' in table
+    last = admin.get("/admin?cp=25").text
+    last = last[last.index('id="contact-table"'):]
+    assert 'data-holder="user1209"' in last and "1201–1210 of 1,210" in last and 'rel="next"' not in last
+    # Paging keeps the other lists' search, not a one-shot edit form or test result.
+    second = admin.get("/admin?nedit=x&ntest=ok&nt=broken&uq=a").text
+    assert 'href="/admin?uq=a&amp;cp=2#contacts" rel="next"' in second
+    found = admin.get("/admin?cq=u1207@&uq=x").text
+    found = found[found.index('id="contact-table"'):]
+    assert found.count('data-holder="') == 1 and 'data-holder="user1207"' in found
+    assert admin.get("/admin?cq=secret-12").text.count('data-holder="') == 0
+    assert "No contact matches." in admin.get("/admin?cq=nobody-here").text
+
+
+def test_item1_digest_reaches_every_opted_in_contact_past_500(notify_hub, hub_config):
+    """The weekly digest goes to every contact that wants it, not only the first 500 by name."""
+    admin = notify_hub
+    conn = sqlite3.connect(hub_config.auth_db_path)
+    conn.executemany("insert into notify_contacts (holder, email, digest, updated_at) values (?,?,0,1)",
+                     [(f"user{n:04d}", f"u{n}@example.org") for n in range(600)])
+    conn.execute("update notify_contacts set digest = 1 where holder = 'user0599'")
+    conn.commit()
+    today = time.localtime().tm_wday
+    assert _nudger(hub_config, nudges=False, digest_weekday=today, digest_hour=0).run_once()["digests"] == ["user0599"]
+    assert _mail(admin.sink)["To"] == "u599@example.org"

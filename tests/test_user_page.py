@@ -14,6 +14,7 @@ from http_client import Browserless
 from reports import sample_report
 
 from server_monitor.auth.accounts import Accounts
+from server_monitor.serving.web import user_path
 from server_monitor.storage.rollup import Maintenance
 
 PASSWORD = "correct horse battery"
@@ -125,9 +126,9 @@ def test_item6_hostile_user_names_are_escaped_and_resolve(hub_process, hub_confi
     for name in HOSTILE:
         name = STORED.get(name, name)
         assert name in stored, (name, stored)
-        # common.js userHref(): /users/<encodeURIComponent>, dot segments in the query string.
-        path = "/users?name=" + quote(name, safe="") if name in (".", "..") else "/users/" + quote(name, safe="")
-        page = admin.request("GET", path)
+        # The path the nudges' and digests' links use (web.user_path, the rule of common.js userHref():
+        # /users/<percent-encoded>, dot segments in the query string).
+        page = admin.request("GET", user_path(name))
         assert page.status == 200, (name, page.status)
         html = page.data.decode()
         assert "<script>alert(1)</script>" not in html

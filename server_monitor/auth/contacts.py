@@ -126,6 +126,33 @@ class NotifyStore:
         except sqlite3.IntegrityError:
             raise ContactError(f"A target named {name!r} exists already.") from None
 
+    def target(self, name):
+        """The admin-made target ``name`` (any case) as :meth:`targets` gives it, or None."""
+        row = self._conn().execute("SELECT * FROM notify_targets WHERE name = ?", (name,)).fetchone()
+        return dict(row, severities=json.loads(row["severities"]) if row["severities"] else None) if row else None
+
+    def update_target(self, name, new_name, url=None, severities=None):
+        """Edit the admin-made target ``name``: rename it to ``new_name``, set its ``severities``
+        (empty: every severity) and, when ``url`` is given (already checked with
+        ``server_monitor.jobs.notify.check_url``), replace its URL; ``url`` None keeps the stored
+        one (the page never shows it back). Its delivery status follows a rename. Raises
+        :class:`ContactError` when there is no such target or ``new_name`` is bad or taken."""
+        check_name(new_name)
+        chosen = check_severities(severities)
+        conn = self._conn()
+        try:
+            with conn:  # one transaction: the target and its status rename together
+                changed = conn.execute(
+                    "UPDATE notify_targets SET name = ?, url = coalesce(?, url), severities = ? WHERE name = ?",
+                    (new_name, url, json.dumps(chosen) if chosen else None, name)).rowcount
+                if not changed:
+                    raise ContactError(f"No target named {name!r}.")
+                if new_name != name:
+                    conn.execute("DELETE FROM notify_status WHERE target = ? AND lower(target) <> lower(?)", (new_name, name))
+                    conn.execute("UPDATE notify_status SET target = ? WHERE target = ?", (new_name, name))
+        except sqlite3.IntegrityError:
+            raise ContactError(f"A target named {new_name!r} exists already.") from None
+
     def delete_target(self, name):
         """Delete the target ``name``; returns True when there was one."""
         return self._conn().execute("DELETE FROM notify_targets WHERE name = ?", (name,)).rowcount > 0
@@ -179,6 +206,29 @@ class NotifyStore:
         """Every contact, by holder name (at most ``limit``)."""
         return [dict(row) for row in self._conn().execute(
             "SELECT * FROM notify_contacts ORDER BY holder LIMIT ?", (int(limit),))]
+
+    def digest_contacts(self):
+        """Every contact that wants the weekly digest (``digest`` 1), by holder name, however many."""
+        return [dict(row) for row in self._conn().execute(
+            "SELECT * FROM notify_contacts WHERE digest = 1 ORDER BY holder")]
+
+    def contacts_page(self, q="", limit=50, offset=0):
+        """One page of contacts for ``/admin`` (like the users list): ``(contacts, total)``.
+
+        ``q``: a case-insensitive part of the holder name, the e-mail address or ``updated_by``
+        ("" for every contact; never the URL, which holds secrets); ``limit`` (1..500) contacts
+        by holder name from ``offset``; ``total`` counts every match."""
+        limit, offset = min(500, max(1, int(limit))), max(0, int(offset))
+        where, values = "", []
+        if q:
+            where = (" WHERE instr(lower(holder || ' ' || coalesce(email, '') || ' ' || coalesce(updated_by, '')),"
+                     " lower(?)) > 0")
+            values = [q]
+        conn = self._conn()
+        total = conn.execute(f"SELECT count(*) FROM notify_contacts{where}", values).fetchone()[0]
+        rows = conn.execute(f"SELECT * FROM notify_contacts{where} ORDER BY holder LIMIT ? OFFSET ?",
+                            values + [limit, offset])
+        return [dict(row) for row in rows], total
 
     def contacts_for(self, holders):
         """``{holder (as stored): contact}`` for the names in ``holders`` (any case)."""

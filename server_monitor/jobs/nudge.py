@@ -10,10 +10,12 @@ inside ``quiet_hours`` (hub local time). ``idle_nudges`` in monitor.db keeps who
 (never where to): the dashboard's idle panel shows it.
 
 Once a week (``digest_weekday``, from ``digest_hour``, hub local time) everyone who opted in gets
-a digest of the last 7 days from ``gpu_usage_1h`` (the table behind the ``gpu_hours`` query):
-their GPU-hours, idle GPU-hours (GPU-hours held × (1 − average utilization.gpu), counted where
-utilization is known) and top jobs/containers; admins (role ``admin`` or the config admin) also
-get fleet utilization and the top idle holders.
+a digest of the last 7 UTC days (today included) from ``gpu_usage_user_1d``, the table of the
+per-user page: their GPU-hours, idle GPU-hours (GPU time held while utilization.gpu was known and
+under ``features.idle_max_util``: ``idle_seconds``, the page's number) and top jobs/containers;
+admins (role ``admin`` or the config admin) also get fleet utilization and the top idle holders.
+Nudges and digests link to the holder's page (``/users/<name>``, absolute under
+``alerts.dashboard_url``).
 """
 
 import logging
@@ -23,11 +25,13 @@ import time
 from ..auth.accounts import Accounts
 from ..auth.contacts import NotifyStore
 from ..serving.queries import QUERIES, config_params
+from ..serving.web import user_url
 from ..storage import schema
 from . import notify
 
 log = logging.getLogger("server_monitor.nudge")
-WEEK_S = 7 * 86400
+# The digest's week: the last 7 UTC days, today included (the per-user page's days=7).
+DIGEST_DAYS = 7
 
 
 def quiet(now, hours):
@@ -72,8 +76,9 @@ def contact_targets(holder, contact, cfg):
     return found
 
 
-def nudge_text(holder, rows, dashboard_url):
-    """``build(escape) -> (title, body)`` of a nudge to ``holder`` about ``rows`` (idle_holders rows)."""
+def nudge_text(holder, rows, page_url):
+    """``build(escape) -> (title, body)`` of a nudge to ``holder`` about ``rows`` (idle_holders rows);
+    ``page_url``: the holder's page (:func:`server_monitor.serving.web.user_url`)."""
     def build(escape):
         servers = sorted({str(r["server"]) for r in rows})
         title = (f"[IDLE GPU] {escape(holder)}: {len(rows)} GPU{'s' if len(rows) != 1 else ''} held idle on "
@@ -82,51 +87,65 @@ def nudge_text(holder, rows, dashboard_url):
                  f" utilization for {r['idle_hours']} h (since "
                  f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(r['idle_since']))})" for r in rows]
         lines.append("If you are done, end the process or job so others can use the GPU.")
-        if dashboard_url:
-            lines.append(str(dashboard_url))
+        lines.append(f"Your GPUs, GPU-hours and idle GPU-hours: {escape(page_url)}")
         return title, "\n".join(lines)
     return build
 
 
+def week_start(now):
+    """Epoch s of the first UTC day of the digest's week before ``now`` (epoch s): the last 7 UTC
+    days, today included, exactly the days ``user_gpu_hours_daily`` answers for ``days=7``."""
+    return (int(now) // 86400 - DIGEST_DAYS + 1) * 86400
+
+
 def digest_numbers(conn, holder, now, admin):
-    """The digest of ``holder`` for the 7 days before ``now``: ``{"gpu_hours", "idle_gpu_hours",
-    "top_jobs": [(job or container, gpu_hours)]}`` plus for an ``admin`` ``"fleet_gpu_hours"``,
+    """The digest of ``holder`` for the last 7 UTC days (today included, up to the last maintenance
+    pass): ``{"since": epoch s of the first day, "gpu_hours", "idle_gpu_hours", "top_jobs":
+    [(container or job, gpu_hours)]}`` plus for an ``admin`` ``"fleet_gpu_hours"``,
     ``"fleet_utilization"`` (%, None unknown), ``"top_idle": [(user, idle_gpu_hours)]``.
-    From ``gpu_usage_1h`` (hourly, the table of the ``gpu_hours`` query)."""
-    since = (now - WEEK_S) // 3600 * 3600
-    idle = "(sum(util_known_seconds) - sum(util_seconds) / 100.0) / 3600.0"
+
+    The holder's numbers come from ``gpu_usage_user_1d``, the table of the per-user page
+    (``/users/<name>``: ``user_gpu_hours_daily``, ``user_jobs``), so the digest and the page give the
+    same GPU-hours and idle GPU-hours for the same week: idle is ``idle_seconds``, the GPU time held
+    while utilization.gpu was known and under ``features.idle_max_util``. Every server counts (the
+    page of an admin). Fleet GPU-hours and utilization come from ``gpu_usage_1h`` (owners without
+    a user name included); the top idle holders from ``gpu_usage_user_1d`` (its day index)."""
+    since = week_start(now)
     gpu_hours, idle_hours = conn.execute(
-        f"SELECT coalesce(sum(gpu_seconds), 0) / 3600.0, coalesce({idle}, 0) FROM gpu_usage_1h"
-        " WHERE hour >= ? AND user = ?", (since, holder)).fetchone()
-    top = conn.execute("SELECT coalesce(nullif(container, ''), '(no container)'), sum(gpu_seconds) / 3600.0"
-                       " FROM gpu_usage_1h WHERE hour >= ? AND user = ? GROUP BY 1 ORDER BY 2 DESC LIMIT 5",
-                       (since, holder)).fetchall()
-    numbers = {"gpu_hours": round(gpu_hours, 1), "idle_gpu_hours": round(max(float(idle_hours), 0.0), 1),
+        "SELECT coalesce(sum(gpu_seconds), 0) / 3600.0, coalesce(sum(idle_seconds), 0) / 3600.0"
+        " FROM gpu_usage_user_1d WHERE user = ? AND day >= ?", (holder, since)).fetchone()
+    top = conn.execute("SELECT coalesce(nullif(container, ''), '(on the host)'), sum(gpu_seconds) / 3600.0"
+                       " FROM gpu_usage_user_1d WHERE user = ? AND day >= ? GROUP BY container ORDER BY 2 DESC LIMIT 5",
+                       (holder, since)).fetchall()
+    numbers = {"since": since, "gpu_hours": round(gpu_hours, 1), "idle_gpu_hours": round(idle_hours, 1),
                "top_jobs": [(name, round(hours, 1)) for name, hours in top]}
     if admin:
         total, util = conn.execute("SELECT coalesce(sum(gpu_seconds), 0) / 3600.0,"
                                    " sum(util_seconds) / nullif(sum(util_known_seconds), 0) FROM gpu_usage_1h"
                                    " WHERE hour >= ?", (since,)).fetchone()
-        top_idle = conn.execute(f"SELECT user, {idle} FROM gpu_usage_1h WHERE hour >= ? AND user != ''"
-                                " GROUP BY user ORDER BY 2 DESC LIMIT 5", (since,)).fetchall()
+        top_idle = conn.execute("SELECT user, sum(idle_seconds) / 3600.0 FROM gpu_usage_user_1d WHERE day >= ?"
+                                " GROUP BY user HAVING sum(idle_seconds) > 0 ORDER BY 2 DESC, 1 LIMIT 5",
+                                (since,)).fetchall()
         numbers.update(fleet_gpu_hours=round(total, 1), fleet_utilization=None if util is None else round(util, 1),
-                       top_idle=[(user, round(max(float(hours or 0), 0.0), 1)) for user, hours in top_idle])
+                       top_idle=[(user, round(hours, 1)) for user, hours in top_idle])
     return numbers
 
 
-def digest_text(holder, numbers, dashboard_url):
-    """``build(escape) -> (title, body)`` of the weekly digest (``numbers``: :func:`digest_numbers`)."""
+def digest_text(holder, numbers, page_url):
+    """``build(escape) -> (title, body)`` of the weekly digest (``numbers``: :func:`digest_numbers`;
+    ``page_url``: the holder's page, :func:`server_monitor.serving.web.user_url`)."""
     def build(escape):
-        lines = [f"Your GPU-hours: {numbers['gpu_hours']} (idle GPU-hours: {numbers['idle_gpu_hours']})"]
-        lines += [f"  {escape(name)}: {hours} GPU-hours" for name, hours in numbers["top_jobs"]]
+        first = time.strftime("%Y-%m-%d", time.gmtime(numbers["since"]))
+        lines = [f"Your GPU-hours since {first} (UTC days): {numbers['gpu_hours']:.1f}"
+                 f" (idle GPU-hours: {numbers['idle_gpu_hours']:.1f})"]
+        lines += [f"  {escape(name)}: {hours:.1f} GPU-hours" for name, hours in numbers["top_jobs"]]
         if "fleet_gpu_hours" in numbers:
             util = "unknown" if numbers["fleet_utilization"] is None else f"{numbers['fleet_utilization']} %"
-            lines.append(f"Fleet: {numbers['fleet_gpu_hours']} GPU-hours held, average utilization {util}")
-            lines.append("Top idle holders: " + (", ".join(f"{escape(u)} {h} idle GPU-hours"
+            lines.append(f"Fleet: {numbers['fleet_gpu_hours']:.1f} GPU-hours held, average utilization {util}")
+            lines.append("Top idle holders: " + (", ".join(f"{escape(u)} {h:.1f} idle GPU-hours"
                                                           for u, h in numbers["top_idle"]) or "none"))
-        if dashboard_url:
-            lines.append(str(dashboard_url))
-        return f"[DIGEST] GPU use of {escape(holder)}, last 7 days", "\n".join(lines)
+        lines.append(f"Your page (GPUs now, GPU-hours per day, jobs): {escape(page_url)}")
+        return f"[DIGEST] GPU use of {escape(holder)}, last {DIGEST_DAYS} days", "\n".join(lines)
     return build
 
 
@@ -138,6 +157,11 @@ class Nudger:
         self.config, self.cfg, self.notifier = config, cfg, notifier
         self.ncfg = notifier.ncfg
         self.store = notifier.store or NotifyStore(config.auth_db_path)
+
+    def page_url(self, holder):
+        """The link to ``holder``'s page in their nudges and digests: absolute under
+        ``alerts.dashboard_url`` (else ``server.public_url``) when set, else the path alone."""
+        return user_url(holder, self.cfg.get("dashboard_url") or self.config.get("server.public_url"))
 
     def run_once(self, now=None):
         """Nudge and send digests now; returns ``{"nudged": [holder], "digests": [holder]}``."""
@@ -175,7 +199,7 @@ class Nudger:
                     due.append(row)
             if not due:
                 continue
-            build = nudge_text(holder, due, self.cfg.get("dashboard_url"))
+            build = nudge_text(holder, due, self.page_url(holder))
             sent = [self.notifier.send_message(t, build) for t in contact_targets(holder, contact, self.cfg)]
             if any(sent):
                 for row in due:
@@ -193,13 +217,13 @@ class Nudger:
         accounts = Accounts(self.config.auth_db_path)
         admin_name = (self.config.get("auth.username") or "").lower()
         sent = []
-        for contact in self.store.contacts():
-            if not contact["digest"] or (contact["digest_sent_at"] or 0) > now - 6 * 86400:
+        for contact in self.store.digest_contacts():
+            if (contact["digest_sent_at"] or 0) > now - 6 * 86400:
                 continue
             holder = contact["holder"]
             user = accounts.user(holder)
             admin = holder.lower() == admin_name or (user is not None and user["role"] == "admin")
-            build = digest_text(holder, digest_numbers(conn, holder, now, admin), self.cfg.get("dashboard_url"))
+            build = digest_text(holder, digest_numbers(conn, holder, now, admin), self.page_url(holder))
             if any([self.notifier.send_message(t, build) for t in contact_targets(holder, contact, self.cfg)]):
                 self.store.digest_sent(holder, now)
                 sent.append(holder)

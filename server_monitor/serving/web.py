@@ -1,7 +1,7 @@
 """Shared helpers for the hub's own HTML pages (plugins ``sm_pages``, ``sm_auth``, ``sm_admin``
 and ``sm_rules``): the strict CSP page renderer, the admin-only guard and the form reader."""
 
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlencode
 
 from datasette.utils.asgi import Response
 
@@ -58,3 +58,45 @@ async def read_form(request):
     bytes that are not UTF-8 become U+FFFD)."""
     body = (await request.post_body()).decode("utf-8", "replace")
     return Form(parse_qs(body, keep_blank_values=True))
+
+
+def user_path(name):
+    """The path of ``name``'s per-user page (``plugins/sm_pages.py``): ``/users/<name>`` with the
+    name percent-encoded (every character but unreserved ones), or ``/users?name=`` for ``.`` and
+    ``..``, which browsers resolve as path segments. The same rule as ``userHref`` in
+    ``static/common.js`` (the pages' links); used for the links in nudges and digests."""
+    name = str(name)
+    return "/users?" + urlencode({"name": name}) if name in (".", "..") else "/users/" + quote(name, safe="")
+
+
+def user_url(name, base=None):
+    """:func:`user_path` of ``name``, absolute under ``base`` (``alerts.dashboard_url`` or
+    ``server.public_url``, with or without a trailing slash) when given, else the path alone."""
+    return (str(base).rstrip("/") if base else "") + user_path(name)
+
+
+# Query arguments that open a form or show an outcome once (``/admin``: a user's edit form, a
+# target's edit form, a "send test" result): paging links leave them out.
+ONE_SHOT_ARGS = ("edit", "nedit", "ntest", "nt")
+
+
+def pager(args, path, key, number, total, size, anchor=""):
+    """Paging of one server-rendered list (``/admin``'s users, servers, GPUs, tokens, contacts):
+    ``{"first", "last", "total", "prev", "next"}`` (1-based rows; ``prev``/``next``: URLs of
+    ``path`` that keep the other lists' search and page from ``args`` (the request's query
+    arguments; ``key`` and :data:`ONE_SHOT_ARGS` dropped), or None)."""
+    def url(n):
+        kept = {k: args.get(k) for k in args if k != key and k not in ONE_SHOT_ARGS}
+        if n > 1:
+            kept[key] = str(n)
+        return path + ("?" + urlencode(kept) if kept else "") + anchor
+
+    first = (number - 1) * size + 1
+    return {"first": min(first, total), "last": min(number * size, total), "total": total,
+            "prev": url(number - 1) if number > 1 else None, "next": url(number + 1) if number * size < total else None}
+
+
+def page_number(args, key):
+    """The 1-based page number in query argument ``key`` of ``args`` (1 when absent or not a number; at most 10**6)."""
+    value = args.get(key) or "1"
+    return max(1, min(10 ** 6, int(value))) if value.isdigit() else 1
