@@ -85,7 +85,7 @@ def test_item4_readme_recipes_cover_each_issue26_workflow_with_docs_and_a_render
     recipes = readme[readme.index("## Recipes"):]
     recipes = recipes[:recipes.index("\n## ", 3)]
     rows = [line for line in recipes.splitlines() if line.startswith("| ") and not line.startswith("| Workflow")]
-    for workflow in ("nudges", "Notifications", "API tokens", "Single sign-on", "user's page", "Disk history"):
+    for workflow in ("nudges", "Alert rules", "Notifications", "API tokens", "Single sign-on", "user's page", "Disk history"):
         assert any(workflow in row.split("|")[1] for row in rows), workflow
     for row in rows:
         links = re.findall(r"\]\((docs/[\w./-]+\.md)#([\w-]+)\)", row)
