@@ -26,7 +26,9 @@ from datasette.utils.asgi import Response
 from server_monitor.auth.contacts import SEVERITIES, ContactError
 from server_monitor.jobs import alerts, notify
 from server_monitor.serving import hub
+from server_monitor.serving.queries import DATABASE
 from server_monitor.serving.web import page_number, pager
+from server_monitor.storage import alert_rules
 
 # Contacts per page of /admin's contact list (like its users: search ``cq``, page ``cp``).
 CONTACTS_PAGE = 50
@@ -69,15 +71,28 @@ def admin_post(handler):
 @admin_post
 async def targets(request, datasette, ctx, form):
     name = _first(form, "name").strip()
+    db = datasette.get_database(DATABASE)
     if _first(form, "action") == "delete":
+        # A target that alert rules name stays until they are edited: deleting it would leave
+        # their alerts going nowhere.
+        users = await db.execute_fn(lambda conn: alert_rules.rules_naming_target(conn, name))
+        if users:
+            return _refused(f"Alert rules send to {name}: {', '.join(users[:10])}. Edit them on /admin/rules first.",
+                            "/admin#notifications")
         ctx.notify_store.delete_target(name)
         return Response.redirect("/admin#notifications")
     if _first(form, "action") == "update":
+        new_name = _first(form, "new_name").strip()
         try:
             url = notify.check_url(_first(form, "url")) if _first(form, "url").strip() else None
-            ctx.notify_store.update_target(name, _first(form, "new_name").strip(), url, form.get("severities") or [])
+            ctx.notify_store.update_target(name, new_name, url, form.get("severities") or [])
         except ContactError as exc:
             return _refused(str(exc), "/admin?" + urlencode({"nedit": name}) + "#notify-edit")
+        if new_name and new_name != name:  # the rules that named it follow the rename
+            def rename(conn):
+                with conn:
+                    return alert_rules.rename_target(conn, name, new_name, request.actor["id"])
+            await db.execute_write_fn(rename, block=True)
         return Response.redirect("/admin#notifications")
     try:
         url = notify.check_url(_first(form, "url"))

@@ -6,6 +6,7 @@ path (validate_report + store_report); the HTTP tests drive /admin/rules through
 a logged-in admin (CSRF token from the page) and a viewer.
 """
 
+import json
 import re
 import time
 
@@ -335,4 +336,33 @@ def test_item2_rules_pages_refuse_viewers(datasette, admin):
     assert viewer.post("/admin/rules/1", data={"csrftoken": token, "action": "delete"}).status_code == 403
     db = schema.connect(admin.db)
     assert db.execute("SELECT count(*) FROM alert_rules").fetchone() == (0,)
+    db.close()
+
+
+def test_item2_renamed_target_keeps_its_rules_and_a_target_in_use_is_not_deleted(admin, datasette):
+    """A target renamed on /admin stays the target of the rules that named it (they would otherwise
+    send to a name that no longer exists); deleting a target that rules name is refused, naming them."""
+    from server_monitor.serving import hub
+
+    hub.context(datasette).notify_store.add_target("team-a", "json://127.0.0.1:9/hook", ["critical"])
+    token = csrf(admin)
+    form = {"csrftoken": token, "name": "A hot", "kind": "gpu_temperature", "threshold": "80",
+            "duration_minutes": "0", "severity": "critical", "scope": "all", "targets": "other-x, TEAM-A",
+            "enabled": "on"}
+    hub.context(datasette).notify_store.add_target("other-x", "json://127.0.0.1:9/other", [])
+    assert admin.post("/admin/rules", data=form).status_code == 302
+    renamed = admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "team-a",
+                                                         "new_name": "team-alpha", "url": ""})
+    assert renamed.status_code == 302
+    db = schema.connect(admin.db)
+    assert json.loads(db.execute("SELECT targets FROM alert_rules WHERE name = 'A hot'").fetchone()[0]) == [
+        "other-x", "team-alpha"]
+    refused = admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete", "name": "team-alpha"})
+    assert refused.status_code == 400 and "A hot" in refused.text
+    assert "team-alpha" in [t["name"] for t in hub.context(datasette).notify_store.targets()]
+    rule_id = db.execute("SELECT id FROM alert_rules WHERE name = 'A hot'").fetchone()[0]
+    assert admin.post(f"/admin/rules/{rule_id}", data={"csrftoken": token, "action": "delete"}).status_code == 302
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete",
+                                                     "name": "team-alpha"}).status_code == 302
+    assert "team-alpha" not in [t["name"] for t in hub.context(datasette).notify_store.targets()]
     db.close()

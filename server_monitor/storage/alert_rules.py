@@ -217,6 +217,28 @@ def delete(conn, rule_id):
     return conn.execute("DELETE FROM alert_rules WHERE id = ?", (rule_id,)).rowcount == 1
 
 
+def rules_naming_target(conn, target):
+    """Names of the rules whose ``targets`` list ``target`` (a notification target name, any case)."""
+    wanted = target.lower()
+    return [name for name, targets in conn.execute("SELECT name, targets FROM alert_rules WHERE targets IS NOT NULL")
+            if any(t.lower() == wanted for t in json.loads(targets))]
+
+
+def rename_target(conn, old, new, user, now=None):
+    """Point every rule that names the notification target ``old`` (any case) at ``new`` instead,
+    as edited by ``user`` (a target renamed on /admin keeps its rules). Returns how many rules changed."""
+    now = int(time.time() if now is None else now)
+    changed = 0
+    for rule_id, targets in conn.execute("SELECT id, targets FROM alert_rules WHERE targets IS NOT NULL").fetchall():
+        names = json.loads(targets)
+        renamed = [new if t.lower() == old.lower() else t for t in names]
+        if renamed != names:
+            conn.execute("UPDATE alert_rules SET targets = ?, updated_by = ?, updated_at = ? WHERE id = ?",
+                         (json.dumps(sorted(set(renamed), key=renamed.index)), user, now, rule_id))
+            changed += 1
+    return changed
+
+
 def get(conn, rule_id):
     """Rule ``rule_id`` as a dict of :data:`COLUMNS` (``targets`` a list or None), or None."""
     row = conn.execute(f"SELECT {', '.join(COLUMNS)} FROM alert_rules WHERE id = ?", (rule_id,)).fetchone()
