@@ -393,6 +393,7 @@ function renderGroupChoice(dims) {
 
 function renderGrid() {
   const grid = document.getElementById("grid");
+  indexFilter();  // before any rows are built: building a section's rows applies the filter (?group= on load)
   const list = sortedServers();
   const dims = dimensions(list);
   renderGroupChoice(dims);
@@ -445,7 +446,6 @@ function renderGrid() {
       if (!sec.flat) updateSectionHead(sec);
     }
   }
-  indexFilter();
   applyFilter(true);
   applyHighlight();
 }
@@ -528,7 +528,7 @@ function applyHighlight() {
   if (!doc) return;
   const grid = document.getElementById("grid");
   let lit = 0;
-  for (const s of doc.servers) s.gpus.forEach((g) => { if (highlight !== null && gpuMatches(g, highlight.kind, highlight.value)) lit++; });
+  for (const s of scoped().servers) s.gpus.forEach((g) => { if (highlight !== null && gpuMatches(g, highlight.kind, highlight.value)) lit++; });
   const byId = new Map(doc.servers.map((s) => [s.id, s]));
   for (const r of rowEls.values()) {
     const s = byId.get(r.sid);
@@ -553,6 +553,59 @@ function setHighlight(kind, value) {
   }
 }
 
+// ---- the chosen host group scopes every panel -------------------------------------------
+// With a group chosen ("Group" select, ?group=), the summary counts, the problems, "Using GPUs now"
+// and "Idle holders" are the group's, not the viewer's whole scope: they are computed here from the
+// fleet document's servers (their cells and processes), as server_monitor/serving/fleet.py computes
+// the document's own `who` and `counts`. Once per document and group (a few ms at 1,000 servers).
+let scopeCache = { doc: null, group: null, view: null };
+function scoped() {
+  const only = chosenGroup();
+  if (!only) return { group: "", servers: doc.servers, ids: null, who: doc.who, problems: doc.problems, counts: doc.counts };
+  if (scopeCache.doc === doc && scopeCache.group === only) return scopeCache.view;
+  const servers = doc.servers.filter((s) => (s.groups || []).includes(only));
+  const ids = new Set(servers.map((s) => s.id));
+  const cs = {}, cg = {}, who = new Map();  // who: user -> [GPUs, MiB, hosts, idle GPUs, containers]
+  for (const s of servers) {
+    cs[s.state] = (cs[s.state] || 0) + 1;
+    const mine = new Map();  // this server's users -> [GPUs, MiB, idle GPUs, containers]
+    for (const g of s.gpus) {
+      cg[g[2]] = (cg[g[2]] || 0) + 1;
+      if (g[2] === "offline" || g[2] === "stale" || g[2] === "lost") continue;  // holds nothing now
+      const seen = new Set();
+      for (const p of g[10]) {
+        const user = str(p[1]), container = str(p[2]);
+        let e = mine.get(user);
+        if (!e) mine.set(user, e = [0, 0, 0, new Set()]);
+        e[1] += p[3] || 0;
+        if (!seen.has(user)) { seen.add(user); e[0]++; e[2] += g[2] === "idle"; }
+        if (container !== null) e[3].add(container);
+      }
+    }
+    for (const [user, [n, mib, idle, containers]] of mine) {
+      let e = who.get(user);
+      if (!e) who.set(user, e = [0, 0, 0, 0, new Set()]);
+      e[0] += n; e[1] += mib; e[2]++; e[3] += idle;
+      for (const c of containers) e[4].add(c);
+    }
+  }
+  const whoList = [...who].map(([user, e]) => ({ user, gpus: e[0], mib: e[1], hosts: e[2], idle: e[3], containers: [...e[4]].sort() }))
+    .sort((a, b) => b.gpus - a.gpus || b.mib - a.mib || (a.user || "").localeCompare(b.user || ""));
+  const view = { group: only, servers, ids, who: whoList, problems: doc.problems.filter((p) => ids.has(p.server_id)),
+    counts: { servers: cs, gpus: cg } };
+  scopeCache = { doc, group: only, view };
+  return view;
+}
+const inScopeText = (view) => (view.group ? " in " + view.group : "");
+
+function renderScoped() {
+  renderSummary();
+  renderProblems();
+  renderWho();
+  renderIdle();
+  applyHighlight();
+}
+
 // ---- who is using GPUs now -----------------------------------------------------------
 function renderWho() {
   const body = document.getElementById("who-body");
@@ -563,7 +616,8 @@ function renderWho() {
     note.textContent = "Your account does not show GPU processes or users.";
     return;
   }
-  const rows = doc.who.filter((w) => !text || (w.user || "").toLowerCase().includes(text) ||
+  const view = scoped(), all = view.who;
+  const rows = all.filter((w) => !text || (w.user || "").toLowerCase().includes(text) ||
     w.containers.some((c) => c.toLowerCase().includes(text)));
   body.replaceChildren(...rows.map((w) => {
     const user = w.user === null ? "(unknown)" : w.user;
@@ -583,8 +637,8 @@ function renderWho() {
       h("td", { class: "num" }, String(w.hosts)),
       h("td", { class: "num" + (w.idle ? " warn-text" : "") }, w.idle ? String(w.idle) : "–"));
   }));
-  note.textContent = doc.who.length ? (rows.length < doc.who.length ? rows.length + " of " + doc.who.length + " users" : doc.who.length + " users") +
-    " · a name opens the user's page; ◎ or a container highlights their GPUs" : "Nobody holds a GPU right now.";
+  note.textContent = all.length ? (rows.length < all.length ? rows.length + " of " + all.length + " users" : all.length + " users") + inScopeText(view) +
+    " · a name opens the user's page; ◎ or a container highlights their GPUs" : "Nobody holds a GPU" + inScopeText(view) + " right now.";
 }
 
 // ---- idle holders: GPUs held at ~0 % for hours, by whom and for how long -----------------
@@ -617,8 +671,10 @@ function idleGroups(rows) {
 function renderIdle() {
   const box = document.getElementById("idle");
   const body = document.getElementById("idle-body");
-  if (!doc || !idleRows.length) { box.hidden = true; body.replaceChildren(); return; }
-  body.replaceChildren(...idleGroups(idleRows).map((g) => {
+  const view = doc ? scoped() : null;
+  const rows = view && view.ids ? idleRows.filter((r) => view.ids.has(r.server_id)) : idleRows;
+  if (!doc || !rows.length) { box.hidden = true; body.replaceChildren(); return; }
+  body.replaceChildren(...idleGroups(rows).map((g) => {
     // users: group_concat of the holders' names (idle_holders), each linked to its page.
     const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
       : userLinks(String(g.users).split(","));
@@ -633,8 +689,8 @@ function renderIdle() {
       h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
         g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
   }));
-  document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
-    " held at near 0 % utilization for hours · click a server to open it";
+  document.getElementById("idle-note").textContent = rows.length + " GPU" + (rows.length === 1 ? "" : "s") +
+    inScopeText(view) + " held at near 0 % utilization for hours · click a server to open it";
   box.hidden = false;
 }
 
@@ -669,12 +725,12 @@ function renderProblems() {
   const box = document.getElementById("problems");
   const admin = document.body.dataset.role === "admin";
   if (box.querySelector("form")) return;  // an admin is typing a note: do not replace the form
-  const list = doc.problems;
+  const view = scoped(), list = view.problems;
   if (!list.length) { box.replaceChildren(); return; }
   const limit = showAllProblems ? list.length : 4;
   const open = list.filter((p) => !p.acked_by && !p.silenced_until).length;
   fill(box,
-    h("h2", { class: "problems-title" }, list.length + " problem" + (list.length === 1 ? "" : "s") +
+    h("h2", { class: "problems-title" }, list.length + " problem" + (list.length === 1 ? "" : "s") + inScopeText(view) +
       (open < list.length ? " (" + (list.length - open) + " acknowledged or silenced)" : "")),
     h("ul", { class: "problem-list" }, list.slice(0, limit).map((p) => problemRow(p, admin))),
     list.length > 4 ? h("button", { type: "button", class: "link-button", id: "problems-more" },
@@ -1046,11 +1102,12 @@ function routeFromHash() {
 
 // ---- summary, fetch, refresh -----------------------------------------------------------
 function renderSummary() {
-  const sc = doc.counts.servers, gc = doc.counts.gpus;
+  const view = scoped(), sc = view.counts.servers, gc = view.counts.gpus;
   const n = (o, k) => o[k] || 0;
   const busy = n(gc, "busy") + n(gc, "mig"), idle = n(gc, "idle"), free = n(gc, "free"), alloc = n(gc, "alloc");
   const broken = n(gc, "lost") + n(gc, "error");
   fill(document.getElementById("summary"),
+    view.group ? h("span", { class: "sum sum-scope" }, view.group + ":") : null,
     h("span", { class: "sum sum-online" }, n(sc, "online") + " online"),
     n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
     n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
@@ -1069,9 +1126,9 @@ function renderAnnouncements() {
 
 function render() {
   if (!doc) return;
+  renderGrid();  // first: it fills the "Group" select that scopes the other panels
   renderSummary();
   renderProblems();
-  renderGrid();
   renderWho();
   applyFilterAndHighlight();
 }
@@ -1131,7 +1188,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     history.replaceState(history.state, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
   };
-  document.getElementById("group-filter").addEventListener("change", () => { keepInUrl(); applyFilter(true); });
+  document.getElementById("group-filter").addEventListener("change", () => { keepInUrl(); applyFilter(true); renderScoped(); });
   document.getElementById("group-by").addEventListener("change", () => { keepInUrl(); renderGrid(); });
   document.getElementById("groups-toggle").addEventListener("click", () => {
     const open = !sections.some((sec) => !sec.flat && sec.el.open);

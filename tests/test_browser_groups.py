@@ -147,3 +147,49 @@ def test_item2_filter_repaints_within_100ms_at_1000_servers(page, hub_process, h
     print("filter keystroke → repaint (ms, fastest of 3):", {k: round(v, 1) for k, v in times.items()})
     assert statistics.median(times.values()) <= 100, times
     assert page.console_errors == []
+
+
+def test_F3_group_filter_scopes_every_panel(page, hub_process, hub_config):
+    """``/?by=cluster&group=cluster-b`` scopes the whole page, not only the grid: the header counts,
+    the problems list, "Using GPUs now" and "Idle holders" are cluster-b's (newcomer finding 3:
+    they stayed fleet-wide). Choosing "All groups" brings the whole fleet back."""
+    import sqlite3
+
+    from playwright.sync_api import expect
+    from test_browser_answers import _held
+
+    now = int(time.time())
+    for t in range(now - 3 * 3600, now + 1, 600):  # 3 h held at 0 %: one idle holder in each cluster
+        for name, user, group in (("idle-a", "ann", "cluster-a"), ("idle-b", "bob", "cluster-b")):
+            report = _held(name, t, [user, None])
+            report["groups"] = [group]
+            push(hub_process, hub_config, report)
+    push(hub_process, hub_config, grouped("busy-a", ["cluster-a"], state="load"))
+    with sqlite3.connect(hub_config.db_path) as conn:
+        ids = dict(conn.execute("select hostname, id from servers"))
+        for key, host in (("t1", "idle-a"), ("t2", "busy-a")):  # two problems in cluster-a, none in cluster-b
+            conn.execute("INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
+                         " VALUES (?, 'gpu_temperature', 'warning', ?, 's', ?, ?)", (key, ids[host], host + ": hot", now))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/?by=cluster&group=cluster-b")
+    expect(page.locator("#idle-body tr")).to_have_count(1)
+    assert visible_rows(page) == ["idle-b"]
+    assert page.locator("#idle-body td.idle-user").inner_text() == "bob"
+    assert "1 GPU in cluster-b held" in page.inner_text("#idle-note")
+    assert [u.strip() for u in page.locator("#who-body tr td.who-name a").all_inner_texts()] == ["bob"]
+    assert page.locator("#problems .problem").count() == 0  # cluster-a's problems are not cluster-b's
+    summary = page.inner_text("#summary")
+    assert summary.startswith("cluster-b:") and "1 online" in summary and "1 held idle" in summary, summary
+    # The whole fleet again: every panel counts every group.
+    page.select_option("#group-filter", "")
+    expect(page.locator("#idle-body tr")).to_have_count(2)
+    expect(page.locator("#problems .problems-title")).to_have_text("2 problems")
+    assert sorted(u.strip() for u in page.locator("#who-body tr td.who-name a").all_inner_texts()) == ["ann", "bob", "user0"]
+    summary = page.inner_text("#summary")
+    assert "3 online" in summary and "2 held idle" in summary, summary
+    # And back to cluster-a with the select: its two problems, its holder.
+    page.select_option("#group-filter", "cluster-a")
+    expect(page.locator("#problems .problems-title")).to_have_text("2 problems in cluster-a")
+    expect(page.locator("#idle-body tr")).to_have_count(1)
+    assert page.locator("#idle-body td.idle-user").inner_text() == "ann"
+    assert page.console_errors == []
