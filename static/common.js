@@ -39,6 +39,16 @@ function fmtDuration(s) {
   if (hr) return hr + "h " + m + "m";
   return m + "m";
 }
+// A duration in words, the one helper every page shares: "45 s", "12 min", "5 h 59 min", "6 h"
+// (rounded to whole minutes first, so 5 h 59.7 min is "6 h", never "5 h 60 min"), "3 d" from 48 h.
+function fmtAge(s) {
+  s = Math.max(0, Math.round(s));
+  if (s < 90) return s + " s";
+  const minutes = Math.round(s / 60);
+  if (minutes < 90) return minutes + " min";
+  if (s < 172800) { const hr = Math.floor(minutes / 60), m = minutes % 60; return hr + " h" + (m ? " " + m + " min" : ""); }
+  return Math.round(s / 86400) + " d";
+}
 function fmtAgo(s) {
   if (s === null || s === undefined) return "never";
   if (s < 90) return Math.max(0, Math.round(s)) + " s ago";

@@ -58,13 +58,7 @@ const nowHub = () => Date.now() / 1000 + skew;
 const str = (v) => (v === undefined ? null : v);  // strings arrive inline (null when unknown)
 
 // ---- small formatters ----------------------------------------------------------------
-function fmtAge(s) {
-  s = Math.max(0, Math.round(s));
-  if (s < 90) return s + " s";
-  if (s < 5400) return Math.round(s / 60) + " min";
-  if (s < 172800) { const hr = Math.floor(s / 3600); const m = Math.round((s % 3600) / 60); return hr + " h" + (m ? " " + m + " min" : ""); }
-  return Math.round(s / 86400) + " d";
-}
+// fmtAge (a duration in words: "45 s", "12 min", "5 h 59 min", "6 h", "3 d") is in common.js.
 function clock(epoch) {
   const d = new Date(epoch * 1000);
   const sameDay = new Date().toDateString() === d.toDateString();
