@@ -97,7 +97,7 @@ PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gp
                   "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences",
                   "gpu_holders_history", "server_alerts", "gpu_hours_daily", "xid_events", "fleet_mig",
                   "server_xids", "disk_history", "temperature_history", "user_gpus", "user_gpu_hours_daily",
-                  "user_jobs"]
+                  "user_jobs", "host_groups"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)
