@@ -22,11 +22,13 @@ each paying for it. A small fleet's exposition is always fresh.
 """
 
 import asyncio
+import atexit
 import concurrent.futures
 import gzip
 import hmac
 import json
 import multiprocessing
+import signal
 import threading
 import time
 from urllib.parse import urlsplit
@@ -58,6 +60,18 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
+def _stop_builder():
+    """At exit of this hub process: shut the builder down, so its queues' semaphores are
+    released (the demo's stop printed "resource_tracker: There appear to be 5 leaked semaphore
+    objects", the pool's call and result queues)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting anyway: let the clean-up finish
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _builder():
     """This process's exposition builder (one process, spawned on first use, see the module docstring)."""
     global _pool
@@ -66,6 +80,9 @@ def _builder():
             _pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=builder_init)
         return _pool
+
+
+atexit.register(_stop_builder)
 
 
 def _cache(datasette):

@@ -15,6 +15,7 @@ partial GPU list) export values; stale, offline and maintenance hosts export jus
 import gzip
 import os
 import sqlite3
+import signal
 
 from ..core.process import die_with_parent
 
@@ -343,7 +344,9 @@ _connections = {}  # db path -> read-only connection of the builder process
 
 def builder_init():
     """Initializer of the exposition builder process (``plugins/sm_metrics.py``): lower CPU
-    priority (:data:`BUILDER_NICE`) and SIGKILL when the worker that started it dies (Linux)."""
+    priority (:data:`BUILDER_NICE`) and SIGKILL when the worker that started it dies (Linux).
+    Ctrl-C (SIGINT to the terminal's process group) is ignored: the worker shuts the builder down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(BUILDER_NICE)
     except OSError:
