@@ -42,4 +42,4 @@ select
 from held h
 join gpus g on g.id = h.gpu_id
 join params p
-order by h.server collate nocase, g.gpu_index
+order by natural_key(h.server), g.gpu_index

@@ -16,6 +16,7 @@ import fnmatch
 import json
 import secrets
 import time
+from urllib.parse import urlencode
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
@@ -247,7 +248,7 @@ async def scope_options(request, datasette):
 
 
 async def admin_page(request, datasette):
-    return _forbidden(request, post=False) or await render(request, datasette)
+    return _forbidden(request, post=False) or await render(request, datasette, group_done=_group_done(request.args))
 
 
 async def create_invite(request, datasette):
@@ -375,8 +376,24 @@ async def groups_bulk(request, datasette):
             return host_groups.set_admin(conn, chosen, group, add=action == "add")
 
     changed = await datasette.get_database(DATABASE).execute_write_fn(write, block=True)
+    # Redirect after POST: a reload of the page shows the outcome again, never re-submits the form.
+    return Response.redirect("/admin?" + urlencode({"gdone": action, "gname": group, "gn": changed, "gof": len(chosen)})
+                             + "#groups")
+
+
+def _group_done(args):
+    """The outcome line of a bulk group change from ``/admin``'s one-shot arguments (``gdone``,
+    ``gname``, ``gn``, ``gof``: set by :func:`groups_bulk`'s redirect), or None when they are
+    absent or malformed (the group name is checked like a new one, the counts are integers)."""
+    action, counts = args.get("gdone"), (args.get("gn", ""), args.get("gof", ""))
+    if action not in ("add", "remove") or not all(c.isdigit() and len(c) <= 7 for c in counts):
+        return None
+    try:
+        group = host_groups.check_name(args.get("gname") or "")
+    except host_groups.GroupError:
+        return None
     verb = "added to" if action == "add" else "removed from"
-    return await render(request, datasette, group_done=f"{changed} of {len(chosen)} matching servers {verb} group {group}.")
+    return f"{int(counts[0])} of {int(counts[1])} matching servers {verb} group {group}."
 
 
 async def agent_token(request, datasette):

@@ -39,6 +39,11 @@ function fmtDuration(s) {
   if (hr) return hr + "h " + m + "m";
   return m + "m";
 }
+// Natural order of names: dgx-a9 < dgx-a10 < dgx-a100 (digit runs as numbers, case ignored), as the
+// canned queries order servers (natural_key(), server_monitor/core/natural.py).
+const naturalCollator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+function naturalCompare(a, b) { return naturalCollator.compare(a || "", b || ""); }
+
 // A duration in words, the one helper every page shares: "45 s", "12 min", "5 h 59 min", "6 h"
 // (rounded to whole minutes first, so 5 h 59.7 min is "6 h", never "5 h 60 min"), "3 d" from 48 h.
 function fmtAge(s) {

@@ -254,9 +254,11 @@ function sortedServers() {
   const sort = document.getElementById("sort").value;
   const list = doc.servers.slice();
   const free = (s) => s.gpus.filter((g) => g[2] === "free").length;
-  if (sort === "problems") list.sort((a, b) => (STATUS_RANK[a.state] - STATUS_RANK[b.state]) || a.name.localeCompare(b.name));
-  else if (sort === "free") list.sort((a, b) => (free(b) - free(a)) || a.name.localeCompare(b.name));
-  return list;  // "name": the hub's order (name, case-insensitive)
+  const byName = (a, b) => naturalCompare(a.name, b.name) || a.id - b.id;  // dgx-a9, dgx-a10, dgx-a100
+  if (sort === "problems") list.sort((a, b) => (STATUS_RANK[a.state] - STATUS_RANK[b.state]) || byName(a, b));
+  else if (sort === "free") list.sort((a, b) => (free(b) - free(a)) || byName(a, b));
+  else list.sort(byName);
+  return list;
 }
 
 // ---- host groups: sections with a summary line and heat-strip (the overview) ----------
@@ -337,7 +339,7 @@ function dimensions(list) {
   }
   const shared = new Set([...count].filter(([, n]) => n > 1).map(([k]) => k));
   const dims = new Map();
-  for (const n of [...names].sort()) {
+  for (const n of [...names].sort(naturalCompare)) {
     const d = dimensionOf(n, shared);
     if (!dims.has(d)) dims.set(d, []);
     dims.get(d).push(n);
@@ -356,7 +358,7 @@ function groupedLayout(list, groups) {
       by.get(g).push(s);
     }
   }
-  return [...by.entries()].sort((a, b) => (a[0] === UNGROUPED) - (b[0] === UNGROUPED) || a[0].localeCompare(b[0]));
+  return [...by.entries()].sort((a, b) => (a[0] === UNGROUPED) - (b[0] === UNGROUPED) || naturalCompare(a[0], b[0]));
 }
 
 function chosenGroup() { return document.getElementById("group-filter").value; }
@@ -365,7 +367,7 @@ function renderGroupChoice(dims) {
   // The "Group by" and "Group" selects; hidden while no server is in a group.
   const by = document.getElementById("group-by"), select = document.getElementById("group-filter");
   const params = new URLSearchParams(location.search);
-  const names = [...dims.values()].flat().sort();
+  const names = [...dims.values()].flat().sort(naturalCompare);
   const key = [...dims.keys()].join(",") + "\n" + names.join("\n");
   const wantBy = by.dataset.key ? by.value : params.get("by") || "";
   const wantGroup = select.dataset.key ? select.value : params.get("group") || "";
@@ -373,7 +375,7 @@ function renderGroupChoice(dims) {
     const order = [...dims.keys()].filter((d) => d !== "other")
       .sort((a, b) => dims.get(a).length - dims.get(b).length || a.localeCompare(b));
     by.replaceChildren(...order.map((d) => h("option", { value: d }, "Group by " + d)),
-      h("option", { value: "*" }, order.length ? "Every group" : "Group by group"),
+      h("option", { value: "*" }, order.length ? "Every group" : "Group by host group"),
       h("option", { value: "-" }, "No groups (one grid)"));
     select.replaceChildren(h("option", { value: "" }, "All groups"), ...names.map((n) => h("option", { value: n }, n)));
     by.dataset.key = select.dataset.key = key;

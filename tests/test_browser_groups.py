@@ -193,3 +193,28 @@ def test_F3_group_filter_scopes_every_panel(page, hub_process, hub_config):
     expect(page.locator("#idle-body tr")).to_have_count(1)
     assert page.locator("#idle-body td.idle-user").inner_text() == "ann"
     assert page.console_errors == []
+
+
+def test_F13_servers_in_natural_order_and_the_group_by_label(page, hub_process, hub_config):
+    """Servers are listed in natural order (dgx-a9, dgx-a10, dgx-a11, dgx-a100; they sorted as text:
+    dgx-a10, dgx-a100, dgx-a11) on the dashboard and in the canned queries that list servers, and
+    the group-by choice reads "Group by host group", never "Group by group" (newcomer finding 13)."""
+    names = ["dgx-a10", "dgx-a100", "DGX-A11", "dgx-a9", "dgx-a2"]
+    for name in names:
+        push(hub_process, hub_config, grouped(name, ["lab"], gpus=1, processes=0, state="idle"))
+    natural = ["dgx-a2", "dgx-a9", "dgx-a10", "DGX-A11", "dgx-a100"]
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    until(lambda: page.locator("#grid .srow").count() == 5)
+    shown = page.eval_on_selector_all("#grid .srow .sname", "els => els.map((e) => e.textContent)")
+    assert shown == natural, shown
+    page.select_option("#sort", "free")  # ties (one free GPU each) in natural order too
+    assert page.eval_on_selector_all("#grid .srow .sname", "els => els.map((e) => e.textContent)") == natural
+    labels = page.eval_on_selector_all("#group-by option", "os => os.map((o) => o.textContent)")
+    assert "Group by group" not in labels and "Group by host group" in labels, labels
+    for query, column in (("servers", "name"), ("gpus", "server"), ("disks", "server")):
+        rows = page.request.get(f"{hub_process.base_url}/monitor/{query}.json?_shape=array").json()
+        order = list(dict.fromkeys(r[column] for r in rows))
+        assert order == natural, (query, order)
+    free = page.request.get(hub_process.base_url + "/monitor/free_gpus.json?_shape=array").json()
+    assert [r["server"] for r in free] == natural  # equal offers: by name, naturally
+    assert page.console_errors == []

@@ -20,7 +20,7 @@ import pytest
 from reports import sample_report
 
 from server_monitor.storage import schema
-from server_monitor.core import topology
+from server_monitor.core import natural, topology
 from server_monitor.storage.contract import validate_report
 from server_monitor.serving.queries import QUERIES
 from server_monitor.storage.rollup import Maintenance, refresh_statistics
@@ -73,7 +73,8 @@ def grown(tmp_path_factory):
 
 
 def plan(conn, sql):
-    topology.register(conn)  # the SQL functions every Datasette connection has (plugins/sm_topology.py)
+    topology.register(conn)  # the SQL functions every Datasette connection has (plugins/sm_topology.py,
+    natural.register(conn)   # plugins/sm_natural.py)
     names = set(re.findall(r"(?<!:):(\w+)", sql))
     params = {name: PARAMS.get(name, "") for name in names}
     params.update({n: 10 for n in names if n.startswith("_config_")})
