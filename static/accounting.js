@@ -74,6 +74,7 @@ async function load() {
       h("td", { class: "num" }, r.avg_utilization_gpu === null ? "–" : r.avg_utilization_gpu.toFixed(0) + "%"),
       h("td", { class: "num" }, String(r.gpus)), h("td", { class: "num" }, String(r.servers)))) :
       [h("tr", {}, h("td", { colSpan: 6 }, "No GPU was held in this range."))]));
+    labelFromHead(document.getElementById("hours-table"));
   } catch (e) {
     errorBox.textContent = "Could not load: " + e.message;
     errorBox.hidden = false;

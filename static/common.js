@@ -39,6 +39,15 @@ function fmtDuration(s) {
   if (hr) return hr + "h " + m + "m";
   return m + "m";
 }
+// Phone layout (dashboard.css, ≤ 800 px): a table's rows become cards and its header row is hidden,
+// so each cell says its column (data-label, shown as "Column: value"), as /free's table does.
+function labelFromHead(table) {
+  const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const tr of table.tBodies[0].rows) {
+    [...tr.cells].forEach((td, i) => { if (heads[i] && td.colSpan === 1 && !td.dataset.label) td.dataset.label = heads[i]; });
+  }
+}
+
 // Natural order of names: dgx-a9 < dgx-a10 < dgx-a100 (digit runs as numbers, case ignored), as the
 // canned queries order servers (natural_key(), server_monitor/core/natural.py).
 const naturalCollator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });

@@ -17,14 +17,30 @@ function dayList(days) {
 
 function fmtHours(v) { return v === null || v === undefined ? "–" : (v >= 10 ? v.toFixed(0) : v.toFixed(1)); }
 
+// A user may hold hundreds of GPUs (492 on a 1,000-server fleet: a 161,000 px page): the list shows
+// the first GPUS_SHOWN rows under a summary line, and "Show all" the rest.
+const GPUS_SHOWN = 20;
+let showAllGpus = false;
+
 function drawGpus(rows) {
   document.getElementById("now-count").textContent = "(" + rows.length + ")";
   const body = document.querySelector("#user-gpus tbody");
+  const summary = document.getElementById("now-summary");
   if (!rows.length) {
     body.replaceChildren(h("tr", {}, h("td", { colSpan: 8, class: "muted" }, "No GPU held now on the servers you may see.")));
+    summary.replaceChildren();
     return;
   }
-  body.replaceChildren(...rows.map((r) => h("tr", { dataset: { serverId: String(r.server_id), gpu: String(r.gpu_index) } },
+  const servers = new Set(rows.map((r) => r.server_id)).size, idle = rows.filter((r) => r.idle === 1).length;
+  const held = rows.reduce((n, r) => n + (r.held_mib || 0), 0);
+  const shown = showAllGpus ? rows : rows.slice(0, GPUS_SHOWN);
+  const more = rows.length > GPUS_SHOWN ? h("button", { type: "button", class: "link-button", id: "gpus-more" },
+    showAllGpus ? "Show the first " + GPUS_SHOWN : "Show all " + rows.length + " GPUs") : null;
+  if (more) more.addEventListener("click", () => { showAllGpus = !showAllGpus; drawGpus(rows); });
+  summary.replaceChildren(rows.length + " GPU" + (rows.length === 1 ? "" : "s") + " on " + servers + " server" +
+    (servers === 1 ? "" : "s") + ", " + idle + " idle, " + fmtMiB(held) + " held" +
+    (shown.length < rows.length ? " · the first " + shown.length + " below" : "") + " ", ...(more ? [more] : []));
+  body.replaceChildren(...shown.map((r) => h("tr", { dataset: { serverId: String(r.server_id), gpu: String(r.gpu_index) } },
     h("td", {}, h("a", { href: "/servers/" + encodeURIComponent(r.server_id) + "/history" }, r.server)),
     h("td", {}, "GPU " + r.gpu_index),
     h("td", {}, r.name || "–"),
@@ -36,6 +52,7 @@ function drawGpus(rows) {
       ? "Slurm job " + r.slurm_job : null].filter(Boolean).join(" · ") || "–",
       r.shared_with ? " (shared with " + r.shared_with + " other" + (r.shared_with === 1 ? "" : "s") + ")" : ""),
     h("td", {}, String(r.processes)))));
+  labelFromHead(document.getElementById("user-gpus"));
 }
 
 let chart = null;
@@ -97,6 +114,7 @@ function drawJobs(rows) {
     h("td", {}, String(r.gpus)),
     h("td", {}, fmtLocalTime(r.first_hour)),
     h("td", {}, fmtLocalTime(r.last_hour)))));
+  labelFromHead(document.getElementById("user-jobs"));
 }
 
 async function loadUser() {

@@ -82,3 +82,42 @@ def test_item6_dashboard_holder_label_opens_user_page_with_chart(page, hub_proce
     expect(temps.locator(".u-legend")).to_contain_text("coretemp")
     expect(temps.locator(".u-legend")).to_contain_text("nvme")
     assert page.dialogs == [] and page.console_errors == []
+
+
+def test_F5_phone_tables_keep_their_column_labels_and_a_big_holder_page_is_short(page, hub_process, hub_config):
+    """At 390 px, /accounting's and /users/<name>'s tables become cards and used to lose their
+    column names (bare numbers, newcomer finding 5); now each cell says its column, as /free's do.
+    A user holding many GPUs (here 40; 492 made a 161,427 px page) gets the chart first and the GPU
+    list as a summary, the first 20 rows and "Show all"."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    for k in range(2, -1, -1):
+        for n in range(5):  # erin holds every GPU of five 8-GPU servers
+            push(hub_process, hub_config, _report(f"node-{n}", now - k * HOUR, [(i, "erin", "big") for i in range(8)],
+                                                  [0] * 4 + [90] * 4))
+    Maintenance(hub_config.db_path, pause=0).run_once()
+    page.set_viewport_size({"width": 390, "height": 844})
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/accounting")
+    page.click(".range[data-range='7']")
+    first = page.locator("#hours-table tbody tr").first
+    expect(first.locator("td").nth(1)).to_have_attribute("data-label", "GPU-hours")
+    labels = first.locator("td").evaluate_all("tds => tds.map((td) => getComputedStyle(td, '::before').content)")
+    assert labels == ['"User: "', '"GPU-hours: "', '"VRAM GiB-hours: "', '"Avg. utilization while held: "',
+                      '"GPUs: "', '"Servers: "'], labels
+    page.goto(hub_process.base_url + "/users/erin")
+    expect(page.locator("#now-summary")).to_contain_text("40 GPUs on 5 servers, 20 idle")
+    rows = page.locator("#user-gpus tbody tr")
+    expect(rows).to_have_count(20)
+    assert rows.first.locator("td").nth(5).get_attribute("data-label") == "Idle"
+    assert page.locator("#user-jobs tbody tr td").first.get_attribute("data-label") == "Container / job"
+    # The chart comes before the list.
+    chart_top = page.locator("#user-daily").bounding_box()["y"]
+    assert chart_top < page.locator("#user-gpus").bounding_box()["y"]
+    assert chart_top < 844 * 1.5, chart_top  # near the top of the page, not after hundreds of rows
+    page.click("#gpus-more")
+    expect(rows).to_have_count(40)
+    expect(page.locator("#gpus-more")).to_have_text("Show the first 20")
+    assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    assert page.dialogs == [] and page.console_errors == []
