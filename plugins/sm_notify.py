@@ -37,7 +37,9 @@ CONTACTS_PAGE = 50
 def _notifier(ctx):
     """A notifier over the hub's config (targets and failures in auth.db); built per request, cheap."""
     cfg = alerts.settings(ctx.config)
-    return notify.Notifier(cfg, notify.settings(ctx.config), ctx.notify_store)
+    notifier = notify.Notifier(cfg, notify.settings(ctx.config), ctx.notify_store)
+    notifier.public_url = ctx.config.get("server.public_url")
+    return notifier
 
 
 async def _form(request):

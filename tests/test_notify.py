@@ -106,8 +106,11 @@ def test_item3_hostile_agent_text_stays_one_safe_line_over_apprise(tmp_path):
                             {"name": "mail", "url": f"mailto://127.0.0.1:{sink.port}?from=m@example.org&to=a@example.org"}]}
         assert notify.Notifier(dict(alerts.DEFAULTS), ncfg, None).send("firing", _alert(HOSTILE + ": nvidia-smi fails"))
         (chat,) = receiver.of("/chat")
+        # The title is one line; the body's lines are the hub's own (message, rule), none forged.
+        assert "\n" not in chat["title"] and len(chat["message"].split("\n")) == 2
+        assert chat["message"].split("\n")[1] == "Rule: gpu_failure · severity critical"
         for text in (chat["title"], chat["message"]):
-            assert "\n" not in text and "\r" not in text and "\u2028" not in text
+            assert "\r" not in text and "\u2028" not in text
             assert "<" not in text and ">" not in text and "@everyone" not in text and "@evil" not in text
         assert chat["title"].startswith("[FIRING] [critical] gpu-07 Bcc: attacker\uff20evil.example")
         mail = _mail(sink)
@@ -528,3 +531,37 @@ def test_item1_digest_reaches_every_opted_in_contact_past_500(notify_hub, hub_co
     today = time.localtime().tm_wday
     assert _nudger(hub_config, nudges=False, digest_weekday=today, digest_hour=0).run_once()["digests"] == ["user0599"]
     assert _mail(admin.sink)["To"] == "u599@example.org"
+
+
+def test_F6_severity_sets_the_apprise_type_title_is_a_summary_body_has_details_and_link(tmp_path):
+    """Newcomer finding 6: every notice went out as Apprise type ``info`` with the title repeated
+    as body. Now critical → failure, warning → warning, info → info, resolved → success; the
+    body carries the start time and the dashboard/history links (``server.public_url`` when
+    ``alerts.dashboard_url`` is unset); hostile agent text stays neutral in both."""
+    receiver = Receiver()
+    try:
+        ncfg = {"targets": [{"name": "chat", "url": f"json://127.0.0.1:{_port(receiver)}/chat"}]}
+        notifier = notify.Notifier(dict(alerts.DEFAULTS), ncfg, NotifyStore(str(tmp_path / "auth.db")))
+        notifier.public_url = "https://monitor.example.org/"
+        start = 1_800_000_000
+        for severity in ("critical", "warning", "info"):
+            assert notifier.send("firing", _alert(f"node-1: {severity} thing", severity, started_at=start))
+        assert notifier.send("resolved", _alert("node-1: critical thing", started_at=start, resolved_at=start + 600))
+        got = receiver.of("/chat")
+        assert [b["type"] for b in got] == ["failure", "warning", "info", "success"]
+        assert got[0]["title"] == "[FIRING] [critical] node-1: critical thing"
+        body = got[0]["message"]
+        assert body != got[0]["title"] and "[FIRING]" not in body
+        assert body.splitlines() == ["node-1: critical thing", "Rule: gpu_failure · severity critical",
+                                     "Since: 2027-01-15 08:00 UTC", "Dashboard: https://monitor.example.org/",
+                                     "History: https://monitor.example.org/servers/1/history"]
+        assert "Resolved: 2027-01-15 08:10 UTC" in got[3]["message"]
+        # Hostile agent text: neutral in title and body, and it forges no line of the body.
+        assert notifier.send("firing", _alert(HOSTILE, "warning"))
+        last = receiver.of("/chat")[-1]
+        for text in (last["title"], last["message"]):
+            assert "<" not in text and "@everyone" not in text and "\r" not in text and "\u2028" not in text
+        assert [line.split(":")[0] for line in last["message"].split("\n")] == [
+            "gpu-07 Bcc", "Rule", "Dashboard", "History"]
+    finally:
+        receiver.server.shutdown()
