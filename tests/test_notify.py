@@ -565,3 +565,44 @@ def test_F6_severity_sets_the_apprise_type_title_is_a_summary_body_has_details_a
             "gpu-07 Bcc", "Rule", "Dashboard", "History"]
     finally:
         receiver.server.shutdown()
+
+
+def test_F2_admin_contact_edit_keeps_what_the_user_saved_on_account(notify_hub, hub_config):
+    """Newcomer finding 2: the user saves e-mail, URL and digest on /account; an admin who then
+    saves that holder with only a new URL on /admin kept nothing else. Now empty fields and
+    "unchanged" keep the stored values, Edit shows them (the URL hidden), and clearing a shown
+    e-mail is a deliberate change."""
+    from server_monitor.auth.accounts import Accounts
+    from datasette_auth_passwords.utils import hash_password
+
+    Accounts(hub_config.auth_db_path).create_user("erin", hash_password("erin-password-1", iterations=1000), "viewer")
+    user = Client(notify_hub.ds)
+    assert user.login("erin", "erin-password-1").status_code == 302
+    assert user.post("/account/contact", data={"csrftoken": _csrf(user, "/account"), "email": "erin@example.org",
+                                               "url": "ntfys://ntfy.sh/erin-s3cr3t-topic", "digest": "on"}).status_code == 302
+    admin, store = notify_hub, NotifyStore(hub_config.auth_db_path)
+    token = _csrf(admin)
+    # The blank form (what the newcomer used): holder and a URL only.
+    saved = admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin",
+                                                       "url": "json://127.0.0.1:9/erin", "digest": "keep"})
+    assert saved.status_code == 302
+    stored = store.contact("erin")
+    assert (stored["email"], stored["url"], stored["digest"]) == ("erin@example.org", "json://127.0.0.1:9/erin", 1)
+    # Edit shows the stored values; the URL only shortened.
+    page = admin.get(saved.headers["location"]).text
+    form = page[page.index('id="contact-form"'):page.index("</form>", page.index('id="contact-form"'))]
+    assert 'value="erin@example.org"' in form and 'name="shown" value="erin"' in form
+    assert '<option value="on" selected>yes</option>' in form and "json://127.0.0.1" in form and "/erin" not in form
+    # In the edit form an emptied e-mail is a deliberate change; digest off; the URL kept.
+    assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin", "shown": "erin",
+                                                      "email": "", "url": "", "digest": "off"}).status_code == 302
+    stored = store.contact("erin")
+    assert (stored["email"], stored["url"], stored["digest"]) == (None, "json://127.0.0.1:9/erin", 0)
+    # A new holder from the blank form: what is given, digest off unless asked.
+    assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "frank",
+                                                      "email": "f@example.org", "digest": "keep"}).status_code == 302
+    assert (store.contact("frank")["email"], store.contact("frank")["digest"]) == ("f@example.org", 0)
+    # remove_url with no e-mail left removes the contact, as before.
+    assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin", "shown": "erin",
+                                                      "remove_url": "on"}).status_code == 302
+    assert store.contact("erin") is None

@@ -77,7 +77,7 @@ def user_url(name, base=None):
 
 # Query arguments that open a form or show an outcome once (``/admin``: a user's edit form, a
 # target's edit form, a "send test" result): paging links leave them out.
-ONE_SHOT_ARGS = ("edit", "nedit", "ntest", "nt")
+ONE_SHOT_ARGS = ("edit", "nedit", "cedit", "ntest", "nt")
 
 
 def pager(args, path, key, number, total, size, anchor=""):
