@@ -254,6 +254,11 @@ async def update_user(request, datasette):
         if action == "delete":
             ctx.accounts.delete_user(username)
         elif action == "reset":
+            if (ctx.accounts.user(username) or {}).get("password_hash") == sso.NO_PASSWORD:
+                # No password to reset: giving one would open a way in around the lab's proxy.
+                return await render(request, datasette, status=400,
+                                    error=f"{username} signs in through the lab's sign-on proxy and has no password"
+                                          " here: reset it there.")
             password = secrets.token_urlsafe(12)
             password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)

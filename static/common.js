@@ -52,6 +52,12 @@ function fmtLocalTime(epoch) {
   const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
   return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) + " (" + tz + ")";
 }
+// /admin, /admin/rules and /account show times one way: "2026-12-07 05:56 UTC" (the hub's
+// server-side format, fmt_utc / notify_when in plugins/; also the notices' and nudges' times).
+function fmtUtcTime(epoch) {
+  if (!epoch) return "–";
+  return new Date(epoch * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
 function level(value, warn, crit) {
   if (value === null || value === undefined) return "unknown";
   return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
