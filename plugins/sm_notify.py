@@ -26,7 +26,7 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 
 from server_monitor.auth.contacts import KEEP, SEVERITIES, ContactError
-from server_monitor.jobs import alerts, notify
+from server_monitor.jobs import alerts, notify, nudge
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
 from server_monitor.serving.web import page_number, pager
@@ -197,7 +197,9 @@ def _admin_vars(ctx, request):
     return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
             "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
                                                                  "#contacts"), "cq": cq,
-            "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when}
+            "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when,
+            "nudge_quiet": nudge.quiet_note(notify.settings(ctx.config), time.time()),
+            "quiet_hours": notify.settings(ctx.config).get("quiet_hours")}
 
 
 def when(epoch):

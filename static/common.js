@@ -111,3 +111,13 @@ function setupTheme() {
 }
 
 document.addEventListener("DOMContentLoaded", setupTheme);
+
+// In-page jumps (the dashboard's "Idle holders", "Legend" links) land below the sticky top bar,
+// however many lines it wraps to on a phone: the page's scroll padding follows the bar's height.
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.querySelector(".topbar");
+  if (!bar) return;
+  const fit = () => { document.documentElement.style.scrollPaddingTop = (bar.offsetHeight + 8) + "px"; };
+  fit();
+  window.addEventListener("resize", fit);
+});

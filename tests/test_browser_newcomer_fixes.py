@@ -93,3 +93,97 @@ def test_F2_admin_edit_form_shows_the_holders_saved_contact_and_keeps_it(page, h
     stored = NotifyStore(hub_config.auth_db_path).contact("erin")
     assert (stored["email"], stored["url"], stored["digest"]) == ("erin@example.org", "ntfys://ntfy.sh/erin-new", 1)
     assert page.console_errors == []
+
+
+def _hub_with(hub_config, request, **notifications):
+    import yaml
+
+    data = yaml.safe_load(open(hub_config.path))
+    data["notifications"] = notifications
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    return request.getfixturevalue("hub_process")
+
+
+def _idle_for(hub, hub_config, name, minutes, util=0):
+    """Reports of ``name`` every minute for ``minutes`` up to now: GPU 0 holds 30 GB at ``util`` %."""
+    import time
+
+    from browser import push
+    from reports import sample_report
+
+    now = time.time()
+    for i in range(minutes, -1, -1):
+        report = sample_report(name, gpus=1, processes=1, sample_time=now - i * 60)
+        report["gpus"][0].update({"utilization.gpu": util, "memory.used": 30000})
+        for key in ("utilization.encoder", "utilization.decoder"):
+            report["gpus"][0][key] = 0
+        push(hub, hub_config, report)
+
+
+def test_F11_idle_panel_lists_what_nudges_are_about_and_the_link_lands_below_the_header(browser, request,
+                                                                                       hub_config):
+    """Newcomer finding 11: with nudge_after_hours 0.25 a GPU idle for 30 min was nudged while
+    the panel (its own 2 h window) stayed hidden, and its toolbar link did nothing. Now one
+    threshold lists it in the panel and for the nudges, and on a phone the jump lands below the
+    sticky header."""
+    import sqlite3
+
+    from playwright.sync_api import expect
+
+    from server_monitor.core import config as config_mod
+    from server_monitor.jobs import nudge
+
+    hub = _hub_with(hub_config, request, nudge_after_hours=0.25, quiet_hours=None)
+    _idle_for(hub, hub_config, "idle-node", 30)
+    _idle_for(hub, hub_config, "busy-node", 5, util=80)
+    config = config_mod.load(hub_config.path)
+    conn = sqlite3.connect(hub_config.db_path)
+    nudged_about = {r["server"] for r in nudge.idle_gpus(conn, config, config_mod.idle_hours(config))}
+    assert nudged_about == {"idle-node"}
+    context = browser.new_context(viewport={"width": 390, "height": 800})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    expect(page.locator("#idle-body tr")).to_have_count(1)
+    expect(page.locator("#idle-body")).to_contain_text("GPU 0")
+    expect(page.locator("#idle-note")).to_contain_text("for 15 min or more")
+    page.locator("a.legend-link[href='#idle']").click()
+    page.wait_for_timeout(500)
+    header = page.locator(".topbar").bounding_box()
+    title = page.locator("#idle-title").bounding_box()
+    assert title["y"] >= header["y"] + header["height"], (title, header)
+    assert title["y"] < 800
+    assert errors == []
+    context.close()
+
+
+def test_F11_F12_empty_idle_panel_still_answers_the_link_and_says_nudges_wait_for_quiet_hours(browser, request,
+                                                                                              hub_config):
+    """Newcomer findings 11 and 12: with no GPU held idle the panel was hidden and the link did
+    nothing; inside quiet hours nudges were held back without a sign. Now the panel says there is
+    none (and its rule), and it and /admin say "nudges held for quiet hours until HH:MM (hub time)"."""
+    import time
+
+    from playwright.sync_api import expect
+
+    hour = time.localtime().tm_hour
+    hub = _hub_with(hub_config, request, quiet_hours=[hour, (hour + 2) % 24])
+    _idle_for(hub, hub_config, "busy-node", 3, util=80)
+    page = browser.new_page()  # (the page fixture would start the hub before its config is written)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    expect(page.locator("#grid")).to_contain_text("busy-node")
+    page.locator("a.legend-link[href='#idle']").click()
+    expect(page.locator("#idle")).to_be_visible()
+    note = page.locator("#idle-note")
+    expect(note).to_contain_text("No GPU held idle (1024 MiB or more at under 5 % utilization) for 2 h or more")
+    until = f"{(hour + 2) % 24:02d}:00"
+    expect(note).to_contain_text(f"nudges held for quiet hours until {until} (hub time)")
+    assert page.locator("#idle-table").is_hidden()
+    page.goto(hub.base_url + "/admin#contacts")
+    expect(page.locator("#nudge-quiet")).to_contain_text(f"nudges held for quiet hours until {until} (hub time)")
+    assert errors == []
+    page.close()
