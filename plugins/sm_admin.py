@@ -13,7 +13,6 @@ page, the search and page in the URL (``sq``/``sp``, ``gq``/``gp``, ``uq``/``up`
 """
 
 import fnmatch
-import json
 import secrets
 import time
 

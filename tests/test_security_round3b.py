@@ -434,7 +434,6 @@ def test_N7_free_page_copies_only_device_lists_and_the_script_recipe_is_private(
     newcomer finding 9 the page teaches an API token instead, and its recipe must keep the token
     off every command line too (read without echo, the header on curl's standard input)."""
     import shutil
-    import stat
 
     from browser import login, push
     from test_browser_pages import new_api_token

@@ -340,9 +340,10 @@ class Notifier:
         return f"[{MARKS[event]}] [{alert['severity']}] {escape(alert['message'])}"
 
     def details(self, event, alert, escape=clean_text):
-        """The notice's body under its title (:meth:`text`, the one-line summary): the message, rule and severity, server, start (and end) time
-        in UTC and the links (the dashboard and the server's history page) when the hub knows its
-        address (:meth:`link_base`). Agent text is cleaned by ``escape``; lines joined by ``\n``."""
+        """The notice's body under its title (:meth:`text`, the one-line summary): the message,
+        rule and severity, server, start (and end) time in UTC and the links (the dashboard and
+        the server's history page) when the hub knows its address (:meth:`link_base`). Agent
+        text is cleaned by ``escape``; one item a line (newlines only between them)."""
         lines = [escape(alert["message"]), f"Rule: {escape(alert['rule'])} · severity {alert['severity']}"]
         if alert.get("server"):
             lines.append(f"Server: {escape(alert['server'])}")

@@ -3,10 +3,11 @@
 Every ``notifications.nudge_interval_s`` the job leader reads the ``idle_holders`` canned query
 (GPUs whose processes hold ``features.idle_min_mib`` MiB at under ``features.idle_max_util`` %
 with utilization known, for at least ``core.config.idle_hours``: ``notifications.nudge_after_hours``
-when set, else ``features.idle_hours``; the dashboard's Idle holders panel lists the same GPUs). Each holder with a contact in ``auth.db`` (``notify_contacts``: an
-e-mail address, sent through the ``alerts.smtp`` server, and/or an Apprise URL) gets one message
-listing their idle GPUs; again every ``nudge_repeat_hours`` while the GPU stays idle, never
-inside ``quiet_hours`` (hub local time). ``idle_nudges`` in monitor.db keeps who was nudged when
+when set, else ``features.idle_hours``; the dashboard's Idle holders panel lists the same GPUs).
+Each holder with a contact in ``auth.db`` (``notify_contacts``: an e-mail address, sent through
+the ``alerts.smtp`` server, and/or an Apprise URL) gets one message listing their idle GPUs;
+again every ``nudge_repeat_hours`` while the GPU stays idle, never inside ``quiet_hours`` (hub
+local time; :func:`quiet_note` says so on the dashboard and /admin). ``idle_nudges`` in monitor.db keeps who was nudged when
 (never where to): the dashboard's idle panel shows it.
 
 Once a week (``digest_weekday``, from ``digest_hour``, hub local time) everyone who opted in gets
