@@ -13,7 +13,6 @@ page, the search and page in the URL (``sq``/``sp``, ``gq``/``gp``, ``uq``/``up`
 """
 
 import fnmatch
-import json
 import secrets
 import time
 from urllib.parse import urlencode
@@ -29,7 +28,7 @@ from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
 from server_monitor.storage import groups as host_groups
 from server_monitor.storage.store import delete_server
-from server_monitor.serving.web import page, page_number, read_form
+from server_monitor.serving.web import SCOPE_NAMES, page, page_number, read_form, scope_summary, server_names
 from server_monitor.serving.web import admin_denied as _forbidden
 from server_monitor.serving.web import pager as web_pager
 
@@ -93,8 +92,6 @@ def select_servers(servers, pattern="", names="", ids=()):
 PAGE_SIZE = 50
 # Invites shown (newest first); older ones stay in auth.db.
 INVITES_SHOWN = 50
-# Servers named in a scope's one-line summary ("12 servers: a, b, c …").
-SCOPE_NAMES = 3
 
 
 def _page_number(request, key):
@@ -113,37 +110,6 @@ async def _page_of(datasette, name, actor, q, number):
         return rows, rows[0]["total"]
     first = await run(datasette, name, actor, q=q, limit=1, offset=0)  # past the end
     return [], first[0]["total"] if first else 0
-
-
-async def server_names(datasette, ids):
-    """``{server id: shown name}`` for ``ids`` (one query)."""
-    if not ids:
-        return {}
-    result = await datasette.get_database(DATABASE).execute(
-        "SELECT id, coalesce(display_name, hostname) FROM servers WHERE id IN (SELECT value FROM json_each(?))",
-        [json.dumps(sorted(set(ids)))])
-    return {row[0]: row[1] for row in result.rows}
-
-
-def scope_summary(servers, names, groups=()):
-    """One line for a stored scope: ``all servers``, ``3 servers: a, b, c`` (at most
-    :data:`SCOPE_NAMES` names, then ``…``), with ``groups …`` in front when the scope names host
-    groups (``groups rack-1, team-a + 2 servers: a, b``)."""
-    if servers is None:
-        return "all servers"
-    groups = list(groups or ())
-    head = ""
-    if groups:
-        more = " …" if len(groups) > SCOPE_NAMES else ""
-        head = f"group{'s' if len(groups) != 1 else ''} {', '.join(groups[:SCOPE_NAMES])}{more}"
-        if not servers:
-            return head
-        head += " + "
-    if not servers:
-        return "no server"
-    shown = [names.get(i, f"#{i}") for i in servers[:SCOPE_NAMES]]
-    more = " …" if len(servers) > SCOPE_NAMES else ""
-    return f"{head}{len(servers)} server{'s' if len(servers) != 1 else ''}: {', '.join(shown)}{more}"
 
 
 async def render(request, datasette, status=200, **extra):
@@ -288,6 +254,11 @@ async def update_user(request, datasette):
         if action == "delete":
             ctx.accounts.delete_user(username)
         elif action == "reset":
+            if (ctx.accounts.user(username) or {}).get("password_hash") == sso.NO_PASSWORD:
+                # No password to reset: giving one would open a way in around the lab's proxy.
+                return await render(request, datasette, status=400,
+                                    error=f"{username} signs in through the lab's sign-on proxy and has no password"
+                                          " here: reset it there.")
             password = secrets.token_urlsafe(12)
             password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)

@@ -30,7 +30,7 @@ from server_monitor.auth.accounts import AccountError, check_password, check_use
 from server_monitor.auth.api_tokens import TokenError
 from server_monitor.core.config import admin_password_hash
 from server_monitor.serving.queries import ADMIN_QUERIES
-from server_monitor.serving.web import page
+from server_monitor.serving.web import SCOPE_NAMES, page, scope_summary, server_names
 
 log = logging.getLogger("server_monitor.auth")
 
@@ -258,7 +258,21 @@ async def _account_page(datasette, request, status=200, headers=None, **extra):
             item[key + "_text"] = fmt_utc(item[key])
     extra.setdefault("message", None)
     extra.setdefault("error", None)
-    return await page(datasette, request, "sm_account.html", status=status, headers=headers,
+    # The scope as stored (host groups + servers by name, admin's scope_summary), not the
+    # hundreds of server ids a group expands to; how many servers it covers now.
+    scope = None
+    if actor.get("servers") is not None:
+        stored = ctx.accounts.user(actor["id"]) or {}
+        chosen = stored.get("servers") if stored else actor["servers"]
+        names = await server_names(datasette, (chosen or [])[:SCOPE_NAMES])
+        scope = scope_summary(chosen or [], names, stored.get("groups"))
+        scope = ("host " + scope if stored.get("groups") else scope) + (
+            f" ({len(actor['servers'])} server{'s' if len(actor['servers']) != 1 else ''} now)"
+            if stored.get("groups") else "")
+    # The hub's address for the "Try it" line: server.public_url, else the request's own.
+    hub_url = (ctx.config.get("server.public_url") or f"{request.scheme}://{request.host}").rstrip("/")
+    return await page(datasette, request, "sm_account.html", status=status, headers=headers, scope=scope,
+                      hub_url=hub_url,
                       is_user=actor.get("source") == "user" and actor.get("login") != "sso",
                       sso_login=actor.get("login") == "sso", api_tokens=tokens,
                       expiry_choices=TOKEN_EXPIRY_DAYS, **extra)

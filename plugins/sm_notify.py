@@ -7,7 +7,9 @@
 * ``POST /admin/notify/test``: send a test notice to the target ``name`` now (any target: config,
   ``alerts.webhooks``/``alerts.smtp`` or admin-made); the answer says whether it arrived, a
   failure is also in the failure list.
-* ``POST /admin/notify/contacts``: set any holder's contact (e-mail, any Apprise URL, digest).
+* ``POST /admin/notify/contacts``: set any holder's contact (e-mail, any Apprise URL, digest),
+  changing only the parts given (:func:`admin_contact`); ``GET /admin?cedit=<holder>#contact-form``
+  fills the form with the stored values (the URL hidden).
 * ``POST /account/contact``: a user sets their own contact (holder = their user name; the URL
   only of a kind in ``notifications.contact_schemes``, so nobody makes the hub post inside the lab).
 
@@ -23,8 +25,8 @@ from urllib.parse import parse_qs, urlencode
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor.auth.contacts import SEVERITIES, ContactError
-from server_monitor.jobs import alerts, notify
+from server_monitor.auth.contacts import KEEP, SEVERITIES, ContactError
+from server_monitor.jobs import alerts, notify, nudge
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
 from server_monitor.serving.web import page_number, pager
@@ -37,7 +39,9 @@ CONTACTS_PAGE = 50
 def _notifier(ctx):
     """A notifier over the hub's config (targets and failures in auth.db); built per request, cheap."""
     cfg = alerts.settings(ctx.config)
-    return notify.Notifier(cfg, notify.settings(ctx.config), ctx.notify_store)
+    notifier = notify.Notifier(cfg, notify.settings(ctx.config), ctx.notify_store)
+    notifier.public_url = ctx.config.get("server.public_url")
+    return notifier
 
 
 async def _form(request):
@@ -118,13 +122,22 @@ async def test_target(request, datasette, ctx, form):
 
 @admin_post
 async def admin_contact(request, datasette, ctx, form):
+    """Set a holder's contact, changing only what the admin gave: an empty e-mail field keeps the
+    stored address unless the form showed it (``shown`` = the holder whose values were filled
+    in: then empty clears it), an empty URL keeps the stored URL (``remove_url`` clears it),
+    ``digest`` ``on``/``off`` sets the opt-in and anything else keeps it. So an admin never
+    silently wipes what the holder saved on /account."""
+    holder = _first(form, "holder").strip()
+    shown = _first(form, "shown").strip().lower() == holder.lower() != ""
+    email = _first(form, "email").strip() or (None if shown else KEEP)
+    digest = {"on": True, "off": False}.get(_first(form, "digest"), KEEP)
     try:
-        url = notify.check_url(_first(form, "url")) if _first(form, "url").strip() else None
-        ctx.notify_store.set_contact(_first(form, "holder"), _first(form, "email"), url,
-                                     digest=_first(form, "digest") == "on", updated_by=request.actor["id"])
+        url = notify.check_url(_first(form, "url")) if _first(form, "url").strip() else (
+            None if _first(form, "remove_url") == "on" else KEEP)
+        ctx.notify_store.edit_contact(holder, email, url, digest, updated_by=request.actor["id"])
     except ContactError as exc:
         return _refused(str(exc), "/admin#contacts")
-    return Response.redirect("/admin#contacts")
+    return Response.redirect("/admin?" + urlencode({"cedit": holder}) + "#contact-form")
 
 
 async def own_contact(request, datasette):
@@ -170,13 +183,23 @@ def _admin_vars(ctx, request):
         if stored:
             edit = {"name": stored["name"], "severities": stored["severities"] or [],
                     "shown_url": notify.Target(stored["name"], stored["url"]).shown_url()}
+    # The contact form filled with a holder's stored values (?cedit=<holder>): e-mail and digest
+    # shown, the URL only as its shortened form.
+    contact_edit = None
+    if request.args.get("cedit"):
+        stored = ctx.notify_store.contact(request.args["cedit"][:64])
+        contact_edit = dict(stored, shown_url=notify.Target(stored["holder"], stored["url"]).shown_url()
+                            if stored["url"] else None) if stored else {"holder": request.args["cedit"][:64],
+                                                                        "new": True}
     cq = request.args.get("cq", "")[:200]
     cp = page_number(request.args, "cp")
     contacts, total = ctx.notify_store.contacts_page(cq, CONTACTS_PAGE, (cp - 1) * CONTACTS_PAGE)
-    return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit,
+    return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
             "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
                                                                  "#contacts"), "cq": cq,
-            "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when}
+            "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when,
+            "nudge_quiet": nudge.quiet_note(notify.settings(ctx.config), time.time()),
+            "quiet_hours": notify.settings(ctx.config).get("quiet_hours")}
 
 
 def when(epoch):

@@ -10,11 +10,30 @@ from urllib.parse import unquote
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
+import time
+
+from server_monitor.core.config import idle_hours
+from server_monitor.jobs import notify
+from server_monitor.serving import hub
 from server_monitor.serving.web import page
 
 
+def idle_settings(config, now=None):
+    """What the dashboard's Idle holders panel says about its rule (data attributes of ``#idle``):
+    ``hours`` (:func:`~server_monitor.core.config.idle_hours`, the nudges' threshold too),
+    ``min_mib``, ``max_util`` (``features.idle_*``), ``nudges`` (bool), ``quiet`` (``[start, end]``
+    hub local hours or None) and ``utc_offset`` (s east of UTC of the hub's local time now), so
+    the page can say "nudges held for quiet hours until 07:00 (hub time)" while it stays open."""
+    ncfg = notify.settings(config)
+    quiet = ncfg.get("quiet_hours")
+    quiet = [int(quiet[0]), int(quiet[1])] if quiet and len(quiet) == 2 and quiet[0] != quiet[1] else None
+    return {"hours": idle_hours(config), "min_mib": config.get("features.idle_min_mib"),
+            "max_util": config.get("features.idle_max_util"), "nudges": bool(ncfg.get("nudges")), "quiet": quiet,
+            "utc_offset": time.localtime(now).tm_gmtoff}
+
+
 async def dashboard(request, datasette):
-    return await page(datasette, request, "dashboard.html")
+    return await page(datasette, request, "dashboard.html", idle=idle_settings(hub.context(datasette).config))
 
 
 async def history(request, datasette):

@@ -76,6 +76,12 @@ function fmtLocalTime(epoch) {
   const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
   return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) + " (" + tz + ")";
 }
+// /admin, /admin/rules and /account show times one way: "2026-12-07 05:56 UTC" (the hub's
+// server-side format, fmt_utc / notify_when in plugins/; also the notices' and nudges' times).
+function fmtUtcTime(epoch) {
+  if (!epoch) return "–";
+  return new Date(epoch * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
 function level(value, warn, crit) {
   if (value === null || value === undefined) return "unknown";
   return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
@@ -129,3 +135,13 @@ function setupTheme() {
 }
 
 document.addEventListener("DOMContentLoaded", setupTheme);
+
+// In-page jumps (the dashboard's "Idle holders", "Legend" links) land below the sticky top bar,
+// however many lines it wraps to on a phone: the page's scroll padding follows the bar's height.
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.querySelector(".topbar");
+  if (!bar) return;
+  const fit = () => { document.documentElement.style.scrollPaddingTop = (bar.offsetHeight + 8) + "px"; };
+  fit();
+  window.addEventListener("resize", fit);
+});

@@ -664,12 +664,41 @@ function idleGroups(rows) {
   return [...groups.values()].sort((a, b) => a.since - b.since);
 }
 
+// The panel's rule and the nudges' quiet hours come from the page (#idle data-*, sm_pages.py
+// idle_settings): one threshold for the panel and the nudges (config idle_hours).
+function idleHoursText(hours) {
+  return hours >= 1 ? (Math.round(hours * 10) / 10) + " h" : Math.round(hours * 60) + " min";
+}
+function idleQuietNote(box) {
+  // "nudges held for quiet hours until 07:00 (hub time)" while the hub's local hour is quiet.
+  const d = box.dataset;
+  if (d.nudges !== "1" || d.quietStart === undefined) return "";
+  const start = Number(d.quietStart), end = Number(d.quietEnd);
+  const hour = new Date((nowHub() + Number(d.utcOffset || 0)) * 1000).getUTCHours();
+  const quiet = start < end ? hour >= start && hour < end : hour >= start || hour < end;
+  return quiet ? " · nudges held for quiet hours until " + String(end).padStart(2, "0") + ":00 (hub time)" : "";
+}
+
 function renderIdle() {
   const box = document.getElementById("idle");
   const body = document.getElementById("idle-body");
-  const view = doc ? scoped() : null;
-  const rows = view && view.ids ? idleRows.filter((r) => view.ids.has(r.server_id)) : idleRows;
-  if (!doc || !rows.length) { box.hidden = true; body.replaceChildren(); return; }
+  if (!doc) { box.hidden = true; body.replaceChildren(); return; }
+  // A chosen host group scopes the panel (scoped(): the group's servers only).
+  const view = scoped();
+  const rows = view.ids ? idleRows.filter((r) => view.ids.has(r.server_id)) : idleRows;
+  // Never hidden once the fleet is loaded: the toolbar's "Idle holders" link always lands here.
+  const rule = idleHoursText(Number(box.dataset.hours || 2)) + " or more";
+  const table = document.getElementById("idle-table");
+  if (!rows.length) {
+    body.replaceChildren();
+    table.hidden = true;
+    document.getElementById("idle-note").textContent = "No GPU" + inScopeText(view) + " held idle (" + (box.dataset.minMib || "?") +
+      " MiB or more at under " + (box.dataset.maxUtil || "?") + " % utilization) for " + rule + " right now" +
+      idleQuietNote(box) + ".";
+    box.hidden = false;
+    return;
+  }
+  table.hidden = false;
   body.replaceChildren(...idleGroups(rows).map((g) => {
     // users: group_concat of the holders' names (idle_holders), each linked to its page.
     const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
@@ -686,7 +715,7 @@ function renderIdle() {
         g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
   }));
   document.getElementById("idle-note").textContent = rows.length + " GPU" + (rows.length === 1 ? "" : "s") +
-    inScopeText(view) + " held at near 0 % utilization for hours · click a server to open it";
+    inScopeText(view) + " held at near 0 % utilization for " + rule + idleQuietNote(box) + " · click a server to open it";
   box.hidden = false;
 }
 

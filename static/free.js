@@ -126,7 +126,8 @@ async function find(page) {
       ...(first + rows.length - 1 < total ? [pagerButton("Next ›", page + 1, "next")] : []));
     const query = new URLSearchParams(Object.assign({ _shape: "array" }, params)).toString();
     document.getElementById("one-liner").textContent =
-      "curl -s -b cookies.txt '" + location.origin + "/monitor/free_gpus.json?" + query + "' \\\n" +
+      "printf 'Authorization: Bearer %s\\n' \"$SM_TOKEN\" | curl -sf -H @- '" + location.origin +
+      "/monitor/free_gpus.json?" + query + "' \\\n" +
       "  | python3 -c 'import json,sys; [print(r[\"server\"], r[\"env\"]) for r in json.load(sys.stdin)]'";
   } catch (e) {
     errorBox.textContent = "Could not load: " + e.message;
@@ -135,8 +136,6 @@ async function find(page) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const howto = document.getElementById("cookie-howto");
-  howto.textContent = howto.textContent.replaceAll("HUB", location.origin);
   document.getElementById("free-form").addEventListener("submit", (event) => {
     event.preventDefault();
     history.pushState(null, "", toUrl(1));

@@ -106,8 +106,11 @@ def test_item3_hostile_agent_text_stays_one_safe_line_over_apprise(tmp_path):
                             {"name": "mail", "url": f"mailto://127.0.0.1:{sink.port}?from=m@example.org&to=a@example.org"}]}
         assert notify.Notifier(dict(alerts.DEFAULTS), ncfg, None).send("firing", _alert(HOSTILE + ": nvidia-smi fails"))
         (chat,) = receiver.of("/chat")
+        # The title is one line; the body's lines are the hub's own (message, rule), none forged.
+        assert "\n" not in chat["title"] and len(chat["message"].split("\n")) == 2
+        assert chat["message"].split("\n")[1] == "Rule: gpu_failure · severity critical"
         for text in (chat["title"], chat["message"]):
-            assert "\n" not in text and "\r" not in text and "\u2028" not in text
+            assert "\r" not in text and "\u2028" not in text
             assert "<" not in text and ">" not in text and "@everyone" not in text and "@evil" not in text
         assert chat["title"].startswith("[FIRING] [critical] gpu-07 Bcc: attacker\uff20evil.example")
         mail = _mail(sink)
@@ -528,3 +531,78 @@ def test_item1_digest_reaches_every_opted_in_contact_past_500(notify_hub, hub_co
     today = time.localtime().tm_wday
     assert _nudger(hub_config, nudges=False, digest_weekday=today, digest_hour=0).run_once()["digests"] == ["user0599"]
     assert _mail(admin.sink)["To"] == "u599@example.org"
+
+
+def test_F6_severity_sets_the_apprise_type_title_is_a_summary_body_has_details_and_link(tmp_path):
+    """Newcomer finding 6: every notice went out as Apprise type ``info`` with the title repeated
+    as body. Now critical → failure, warning → warning, info → info, resolved → success; the
+    body carries the start time and the dashboard/history links (``server.public_url`` when
+    ``alerts.dashboard_url`` is unset); hostile agent text stays neutral in both."""
+    receiver = Receiver()
+    try:
+        ncfg = {"targets": [{"name": "chat", "url": f"json://127.0.0.1:{_port(receiver)}/chat"}]}
+        notifier = notify.Notifier(dict(alerts.DEFAULTS), ncfg, NotifyStore(str(tmp_path / "auth.db")))
+        notifier.public_url = "https://monitor.example.org/"
+        start = 1_800_000_000
+        for severity in ("critical", "warning", "info"):
+            assert notifier.send("firing", _alert(f"node-1: {severity} thing", severity, started_at=start))
+        assert notifier.send("resolved", _alert("node-1: critical thing", started_at=start, resolved_at=start + 600))
+        got = receiver.of("/chat")
+        assert [b["type"] for b in got] == ["failure", "warning", "info", "success"]
+        assert got[0]["title"] == "[FIRING] [critical] node-1: critical thing"
+        body = got[0]["message"]
+        assert body != got[0]["title"] and "[FIRING]" not in body
+        assert body.splitlines() == ["node-1: critical thing", "Rule: gpu_failure · severity critical",
+                                     "Since: 2027-01-15 08:00 UTC", "Dashboard: https://monitor.example.org/",
+                                     "History: https://monitor.example.org/servers/1/history"]
+        assert "Resolved: 2027-01-15 08:10 UTC" in got[3]["message"]
+        # Hostile agent text: neutral in title and body, and it forges no line of the body.
+        assert notifier.send("firing", _alert(HOSTILE, "warning"))
+        last = receiver.of("/chat")[-1]
+        for text in (last["title"], last["message"]):
+            assert "<" not in text and "@everyone" not in text and "\r" not in text and "\u2028" not in text
+        assert [line.split(":")[0] for line in last["message"].split("\n")] == [
+            "gpu-07 Bcc", "Rule", "Dashboard", "History"]
+    finally:
+        receiver.server.shutdown()
+
+
+def test_F2_admin_contact_edit_keeps_what_the_user_saved_on_account(notify_hub, hub_config):
+    """Newcomer finding 2: the user saves e-mail, URL and digest on /account; an admin who then
+    saves that holder with only a new URL on /admin kept nothing else. Now empty fields and
+    "unchanged" keep the stored values, Edit shows them (the URL hidden), and clearing a shown
+    e-mail is a deliberate change."""
+    from server_monitor.auth.accounts import Accounts
+    from datasette_auth_passwords.utils import hash_password
+
+    Accounts(hub_config.auth_db_path).create_user("erin", hash_password("erin-password-1", iterations=1000), "viewer")
+    user = Client(notify_hub.ds)
+    assert user.login("erin", "erin-password-1").status_code == 302
+    assert user.post("/account/contact", data={"csrftoken": _csrf(user, "/account"), "email": "erin@example.org",
+                                               "url": "ntfys://ntfy.sh/erin-s3cr3t-topic", "digest": "on"}).status_code == 302
+    admin, store = notify_hub, NotifyStore(hub_config.auth_db_path)
+    token = _csrf(admin)
+    # The blank form (what the newcomer used): holder and a URL only.
+    saved = admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin",
+                                                       "url": "json://127.0.0.1:9/erin", "digest": "keep"})
+    assert saved.status_code == 302
+    stored = store.contact("erin")
+    assert (stored["email"], stored["url"], stored["digest"]) == ("erin@example.org", "json://127.0.0.1:9/erin", 1)
+    # Edit shows the stored values; the URL only shortened.
+    page = admin.get(saved.headers["location"]).text
+    form = page[page.index('id="contact-form"'):page.index("</form>", page.index('id="contact-form"'))]
+    assert 'value="erin@example.org"' in form and 'name="shown" value="erin"' in form
+    assert '<option value="on" selected>yes</option>' in form and "json://127.0.0.1" in form and "/erin" not in form
+    # In the edit form an emptied e-mail is a deliberate change; digest off; the URL kept.
+    assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin", "shown": "erin",
+                                                      "email": "", "url": "", "digest": "off"}).status_code == 302
+    stored = store.contact("erin")
+    assert (stored["email"], stored["url"], stored["digest"]) == (None, "json://127.0.0.1:9/erin", 0)
+    # A new holder from the blank form: what is given, digest off unless asked.
+    assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "frank",
+                                                      "email": "f@example.org", "digest": "keep"}).status_code == 302
+    assert (store.contact("frank")["email"], store.contact("frank")["digest"]) == ("f@example.org", 0)
+    # remove_url with no e-mail left removes the contact, as before.
+    assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin", "shown": "erin",
+                                                      "remove_url": "on"}).status_code == 302
+    assert store.contact("erin") is None

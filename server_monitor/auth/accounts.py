@@ -282,7 +282,8 @@ class Accounts:
 
         ``q``: a case-insensitive part of the username or of ``created_by`` ("" for every user);
         ``limit`` (1..500) users by username from ``offset``; ``total`` counts every match.
-        Users are dicts as :meth:`users` returns them.
+        Users are dicts as :meth:`users` returns them, plus ``has_password`` (False for a user
+        the sign-on proxy created, who has none: nothing to reset).
         """
         limit, offset = min(500, max(1, int(limit))), max(0, int(offset))
         where, values = "", []
@@ -294,7 +295,8 @@ class Accounts:
         out = []
         for row in conn.execute(f"SELECT * FROM users{where} ORDER BY username LIMIT ? OFFSET ?", values + [limit, offset]):
             user = _decoded(row)
-            user.pop("password_hash")
+            # "!…" marks an account without a password (sso.NO_PASSWORD: created by the sign-on proxy).
+            user["has_password"] = not (user.pop("password_hash") or "!").startswith("!")
             out.append(user)
         return out, total
 

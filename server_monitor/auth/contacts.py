@@ -63,6 +63,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # An e-mail address on one line (no display name, no comma list): what an SMTP RCPT TO takes.
 EMAIL_RE = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})$")
 FAILURES_KEPT = 200
+# NotifyStore.edit_contact: "leave this part as stored".
+KEEP = object()
 
 
 class ContactError(ValueError):
@@ -256,6 +258,26 @@ class NotifyStore:
             " ON CONFLICT (holder) DO UPDATE SET email = excluded.email, url = excluded.url,"
             " digest = excluded.digest, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
             (holder, email, url or None, 1 if digest else 0, int(time.time()), updated_by))
+
+    def edit_contact(self, holder, email=KEEP, url=KEEP, digest=KEEP, updated_by=None):
+        """Change only the given parts of ``holder``'s contact, in one transaction: a part left
+        at :data:`KEEP` keeps its stored value (a new contact starts empty, no digest). ``email``
+        "" or None clears it (checked here), ``url`` None clears it (a new one must already be
+        checked by the caller), ``digest`` a bool. With neither e-mail nor URL left the contact
+        is deleted, as :meth:`set_contact` does. Returns the stored contact (dict) or None.
+        Raises :class:`ContactError`."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")  # no /account save slips in between the read and the write
+        try:
+            stored = self.contact((holder or "").strip()) or {}
+            self.set_contact(holder, stored.get("email") if email is KEEP else email,
+                             stored.get("url") if url is KEEP else url,
+                             bool(stored.get("digest")) if digest is KEEP else digest, updated_by=updated_by)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return self.contact((holder or "").strip())
 
     def digest_sent(self, holder, at):
         """Remember when ``holder``'s weekly digest went out (epoch s)."""

@@ -161,6 +161,16 @@ def worker_count(config):
     return max(1, int(config.get("server.workers", 2)))
 
 
+def idle_hours(config):
+    """Hours (float) a GPU must be held idle to count as an *idle holder*: one threshold for the
+    dashboard's Idle holders panel (the ``idle_holders`` query's default ``hours``) and the
+    idle-GPU nudges, so a nudge is never about a GPU the panel does not list (newcomer finding
+    11). ``notifications.nudge_after_hours`` when set (the older setting), else
+    ``features.idle_hours`` (default 2)."""
+    after = (config.get("notifications") or {}).get("nudge_after_hours")
+    return float(after if after else config.get("features.idle_hours") or 2)
+
+
 class ConfigError(ValueError):
     """Raised when ``config.yaml`` is missing a required key or holds a wrong type."""
 

@@ -281,6 +281,23 @@ logging.getLogger("apprise").addHandler(_apprise_log)
 
 MARKS = {"firing": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED", "test": "TEST"}
 
+# Apprise's notify type sets the priority, colour and icon on ntfy, Discord, Slack, Teams …:
+# a resolved notice is a success whatever its severity, else the severity picks it.
+NOTIFY_TYPES = {"critical": apprise.NotifyType.FAILURE, "warning": apprise.NotifyType.WARNING,
+                "info": apprise.NotifyType.INFO}
+
+
+def notify_type(event, severity):
+    """The Apprise ``NotifyType`` of a notice: ``success`` for ``event`` ``resolved``, else by
+    ``severity`` (critical → ``failure``, warning → ``warning``, info or unknown → ``info``)."""
+    if event == "resolved":
+        return apprise.NotifyType.SUCCESS
+    return NOTIFY_TYPES.get(severity, apprise.NotifyType.INFO)
+
+
+def _utc(epoch):
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
+
 
 class Notifier:
     """Sends notices to the targets (see the module docstring).
@@ -300,17 +317,46 @@ class Notifier:
         self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=self.timeout))
         self._pool = concurrent.futures.ThreadPoolExecutor(int(self.ncfg["workers"]), thread_name_prefix="notify")
         self._deadline = None
+        # The hub's address for links when alerts.dashboard_url is not set (server.public_url).
+        self.public_url = None
 
     @classmethod
     def from_config(cls, config, cfg):
-        """The hub's notifier: ``cfg`` the alerts settings, targets and failures in ``config``'s auth.db."""
-        return cls(cfg, settings(config), NotifyStore(config.auth_db_path))
+        """The hub's notifier: ``cfg`` the alerts settings, targets and failures in ``config``'s auth.db,
+        links under ``alerts.dashboard_url`` or else ``server.public_url``."""
+        notifier = cls(cfg, settings(config), NotifyStore(config.auth_db_path))
+        notifier.public_url = config.get("server.public_url")
+        return notifier
+
+    def link_base(self):
+        """``alerts.dashboard_url``, else ``server.public_url``, without a trailing slash; None when neither."""
+        base = self.cfg.get("dashboard_url") or self.public_url
+        return str(base).rstrip("/") if base else None
 
     # -- what is sent --------------------------------------------------------------------------
     @staticmethod
     def text(event, alert, escape=clean_text):
         """One-line notice text (agent strings cleaned by ``escape``: :func:`clean_text`, or :func:`neutral`)."""
         return f"[{MARKS[event]}] [{alert['severity']}] {escape(alert['message'])}"
+
+    def details(self, event, alert, escape=clean_text):
+        """The notice's body under its title (:meth:`text`, the one-line summary): the message,
+        rule and severity, server, start (and end) time in UTC and the links (the dashboard and
+        the server's history page) when the hub knows its address (:meth:`link_base`). Agent
+        text is cleaned by ``escape``; one item a line (newlines only between them)."""
+        lines = [escape(alert["message"]), f"Rule: {escape(alert['rule'])} · severity {alert['severity']}"]
+        if alert.get("server"):
+            lines.append(f"Server: {escape(alert['server'])}")
+        if alert.get("started_at"):
+            lines.append(f"Since: {_utc(alert['started_at'])}")
+        if event == "resolved" and alert.get("resolved_at"):
+            lines.append(f"Resolved: {_utc(alert['resolved_at'])}")
+        base = self.link_base()
+        if base:
+            lines.append(f"Dashboard: {base}/")
+            if isinstance(alert.get("server_id"), int):
+                lines.append(f"History: {base}/servers/{alert['server_id']}/history")
+        return "\n".join(lines)
 
     def body(self, fmt, event, alert):
         """Webhook body for ``fmt``: ``generic`` JSON, ``slack`` (``text``), ``feishu`` (Lark bot)."""
@@ -396,9 +442,9 @@ class Notifier:
             if target.fmt:
                 self._post(target, self.body(target.fmt, event, alert))
             else:
-                text = self.text(event, alert, escape_for(target.url))
-                self._apprise(target, text, text + (f"\n{self.cfg['dashboard_url']}" if self.cfg.get("dashboard_url")
-                                                    else ""))
+                escape = escape_for(target.url)
+                self._apprise(target, self.text(event, alert, escape), self.details(event, alert, escape),
+                              notify_type(event, alert.get("severity")))
         except Exception as exc:  # one bad target never stops the others (see docs/security.md M3)
             self._failed(target.name, target.url, f"{type(exc).__name__}: {exc}")
             return False
@@ -431,14 +477,14 @@ class Notifier:
         if not 200 <= response.status < 300:
             raise RuntimeError(f"HTTP {response.status}")
 
-    def _apprise(self, target, title, body):
+    def _apprise(self, target, title, body, kind=apprise.NotifyType.INFO):
         plugin = apprise.Apprise.instantiate(target.url)
         if plugin is None:
             raise ValueError("Apprise does not understand this URL")
         plugin.socket_connect_timeout = plugin.socket_read_timeout = self.timeout
         _apprise_log.start()
         try:
-            ok = plugin.notify(body=body, title=title, body_format=apprise.NotifyFormat.TEXT)
+            ok = plugin.notify(body=body, title=title, notify_type=kind, body_format=apprise.NotifyFormat.TEXT)
         finally:
             lines = _apprise_log.stop()
         if not ok:

@@ -2,11 +2,12 @@
 
 Every ``notifications.nudge_interval_s`` the job leader reads the ``idle_holders`` canned query
 (GPUs whose processes hold ``features.idle_min_mib`` MiB at under ``features.idle_max_util`` %
-with utilization known, for at least ``notifications.nudge_after_hours`` hours, default
-``features.idle_hours``). Each holder with a contact in ``auth.db`` (``notify_contacts``: an
-e-mail address, sent through the ``alerts.smtp`` server, and/or an Apprise URL) gets one message
-listing their idle GPUs; again every ``nudge_repeat_hours`` while the GPU stays idle, never
-inside ``quiet_hours`` (hub local time). ``idle_nudges`` in monitor.db keeps who was nudged when
+with utilization known, for at least ``core.config.idle_hours``: ``notifications.nudge_after_hours``
+when set, else ``features.idle_hours``; the dashboard's Idle holders panel lists the same GPUs).
+Each holder with a contact in ``auth.db`` (``notify_contacts``: an e-mail address, sent through
+the ``alerts.smtp`` server, and/or an Apprise URL) gets one message listing their idle GPUs;
+again every ``nudge_repeat_hours`` while the GPU stays idle, never inside ``quiet_hours`` (hub
+local time; :func:`quiet_note` says so on the dashboard and /admin). ``idle_nudges`` in monitor.db keeps who was nudged when
 (never where to): the dashboard's idle panel shows it.
 
 Once a week (``digest_weekday``, from ``digest_hour``, hub local time) everyone who opted in gets
@@ -23,6 +24,7 @@ import threading
 import time
 
 from ..auth.accounts import Accounts
+from ..core.config import idle_hours
 from ..auth.contacts import NotifyStore
 from ..serving.queries import QUERIES, config_params
 from ..serving.web import user_url
@@ -42,6 +44,28 @@ def quiet(now, hours):
     hour = time.localtime(now).tm_hour
     start, end = int(hours[0]), int(hours[1])
     return start <= hour < end if start < end else (hour >= start or hour < end)
+
+
+def quiet_until(now, hours):
+    """When the quiet period that holds ``now`` ends (epoch s, the next ``hours[1]``:00 hub
+    local time), or None when ``now`` is not inside ``hours`` (see :func:`quiet`)."""
+    if not quiet(now, hours):
+        return None
+    local = time.localtime(now)
+    for days in (0, 1):  # mktime normalises the day past the month's end
+        end = time.mktime((local.tm_year, local.tm_mon, local.tm_mday + days, int(hours[1]), 0, 0, 0, 0, -1))
+        if end > now:
+            return int(end)
+    return None
+
+
+def quiet_note(ncfg, now):
+    """What the dashboard's Idle holders panel and /admin say while quiet hours hold nudges back:
+    ``"nudges held for quiet hours until 07:00 (hub time)"``; None when nudges are off or
+    ``now`` is outside ``ncfg["quiet_hours"]`` (``ncfg``: :func:`notify.settings`)."""
+    until = quiet_until(now, ncfg.get("quiet_hours")) if ncfg.get("nudges") else None
+    return f"nudges held for quiet hours until {time.strftime('%H:%M', time.localtime(until))} (hub time)" \
+        if until else None
 
 
 def idle_gpus(conn, config, after_hours):
@@ -174,7 +198,7 @@ class Nudger:
             conn.close()
 
     def nudge(self, conn, now):
-        after = self.ncfg.get("nudge_after_hours") or self.config.get("features.idle_hours") or 2
+        after = idle_hours(self.config)  # the Idle holders panel's threshold too
         repeat = float(self.ncfg["nudge_repeat_hours"]) * 3600
         rows = idle_gpus(conn, self.config, after)
         by_holder = {}

@@ -1,11 +1,13 @@
 """Shared helpers for the hub's own HTML pages (plugins ``sm_pages``, ``sm_auth``, ``sm_admin``
 and ``sm_rules``): the strict CSP page renderer, the admin-only guard and the form reader."""
 
+import json
 from urllib.parse import parse_qs, quote, urlencode
 
 from datasette.utils.asgi import Response
 
 from .. import __version__
+from .queries import DATABASE
 
 # No 'unsafe-inline', no 'unsafe-eval': page code lives in static files and builds the
 # DOM with textContent, so agent-supplied strings can never run.
@@ -76,8 +78,9 @@ def user_url(name, base=None):
 
 
 # Query arguments that open a form or show an outcome once (``/admin``: a user's edit form, a
-# target's edit form, a "send test" result, a bulk group change's outcome): paging links leave them out.
-ONE_SHOT_ARGS = ("edit", "nedit", "ntest", "nt", "gdone", "gname", "gn", "gof")
+# target's or contact's edit form, a "send test" result, a bulk group change's outcome): paging
+# links leave them out.
+ONE_SHOT_ARGS = ("edit", "nedit", "cedit", "ntest", "nt", "gdone", "gname", "gn", "gof")
 
 
 def pager(args, path, key, number, total, size, anchor=""):
@@ -100,3 +103,39 @@ def page_number(args, key):
     """The 1-based page number in query argument ``key`` of ``args`` (1 when absent or not a number; at most 10**6)."""
     value = args.get(key) or "1"
     return max(1, min(10 ** 6, int(value))) if value.isdigit() else 1
+
+
+# Servers named in a scope's one-line summary ("12 servers: a, b, c …"): /admin's user and
+# invite lists and /account.
+SCOPE_NAMES = 3
+
+
+async def server_names(datasette, ids):
+    """``{server id: shown name}`` for ``ids`` (one query)."""
+    if not ids:
+        return {}
+    result = await datasette.get_database(DATABASE).execute(
+        "SELECT id, coalesce(display_name, hostname) FROM servers WHERE id IN (SELECT value FROM json_each(?))",
+        [json.dumps(sorted(set(ids)))])
+    return {row[0]: row[1] for row in result.rows}
+
+
+def scope_summary(servers, names, groups=()):
+    """One line for a stored scope: ``all servers``, ``3 servers: a, b, c`` (at most
+    :data:`SCOPE_NAMES` names, then ``…``), with ``groups …`` in front when the scope names host
+    groups (``groups rack-1, team-a + 2 servers: a, b``)."""
+    if servers is None:
+        return "all servers"
+    groups = list(groups or ())
+    head = ""
+    if groups:
+        more = " …" if len(groups) > SCOPE_NAMES else ""
+        head = f"group{'s' if len(groups) != 1 else ''} {', '.join(groups[:SCOPE_NAMES])}{more}"
+        if not servers:
+            return head
+        head += " + "
+    if not servers:
+        return "no server"
+    shown = [names.get(i, f"#{i}") for i in servers[:SCOPE_NAMES]]
+    more = " …" if len(servers) > SCOPE_NAMES else ""
+    return f"{head}{len(servers)} server{'s' if len(servers) != 1 else ''}: {', '.join(shown)}{more}"

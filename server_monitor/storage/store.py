@@ -674,7 +674,7 @@ def _store_inventory(conn, server_id, ts, report):
 
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
-_GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
+_GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h", "idle_nudges")
 _SERVER_CHILD_TABLES = ("server_groups", "host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
                         "host_samples_5m", "host_samples_1h", "disk_samples", "disk_samples_5m", "disk_samples_1h",
                         "temperature_samples", "temperature_samples_5m", "temperature_samples_1h",
