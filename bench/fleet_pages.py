@@ -51,6 +51,34 @@ def start_hub(config, port, log):
     raise SystemExit("hub did not start: " + open(log).read()[-2000:])
 
 
+def serve(db, port):
+    """A fresh hub config beside ``db`` (its ``data.path`` set to ``db``) and the hub started on it at
+    ``port`` (logging to ``hub.log`` there); returns ``(process, base_url, config, admin password)``."""
+    from server_monitor.core import config as config_mod
+
+    directory = os.path.dirname(os.path.abspath(db))
+    config_path = os.path.join(directory, "config.yaml")
+    if os.path.exists(config_path):
+        os.remove(config_path)
+    cfg, password = config_mod.create(config_path)
+    text = open(config_path).read().replace("path: monitor.db", f"path: {os.path.abspath(db)}", 1)
+    open(config_path, "w").write(text)
+    print(common.machine())
+    proc, base = start_hub(config_path, port, os.path.join(directory, "hub.log"))
+    return proc, base, cfg, password
+
+
+def admin_cookie(base, cfg, password):
+    """Log in as the config's admin through the form; returns the ``Cookie`` header value."""
+    login = HTTP.request("GET", base + "/login")
+    csrf = login.data.decode().split('name="csrftoken" value="')[1].split('"')[0]
+    cookie = "; ".join(c.split(";")[0] for c in login.headers.getlist("set-cookie"))
+    answer = HTTP.request("POST", base + "/login", fields={"username": cfg.get("auth.username"), "password": password,
+                                                          "csrftoken": csrf}, encode_multipart=False,
+                          headers={"Cookie": cookie}, redirect=False)
+    return cookie + "; " + "; ".join(c.split(";")[0] for c in answer.headers.getlist("set-cookie"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench fleet-pages", description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=10000)
@@ -66,7 +94,6 @@ def main(argv=None):
     from playwright.sync_api import sync_playwright
 
     from browser import CHROMIUM_ARGS, chromium_path
-    from server_monitor.core import config as config_mod
 
     directory = os.path.dirname(os.path.abspath(args.db))
     os.makedirs(directory, exist_ok=True)
@@ -74,22 +101,9 @@ def main(argv=None):
         t0 = time.time()
         fleet_fixture.grow(args.db, args.servers, args.processes, args.users, now=time.time() + args.ahead)
         print(f"grew {args.servers} servers in {time.time() - t0:.0f} s")
-    config_path = os.path.join(directory, "config.yaml")
-    if os.path.exists(config_path):
-        os.remove(config_path)
-    cfg, password = config_mod.create(config_path)
-    text = open(config_path).read().replace("path: monitor.db", f"path: {os.path.abspath(args.db)}", 1)
-    open(config_path, "w").write(text)
-    print(common.machine())
-    proc, base = start_hub(config_path, args.port, os.path.join(directory, "hub.log"))
+    proc, base, cfg, password = serve(args.db, args.port)
     try:
-        login = HTTP.request("GET", base + "/login")
-        csrf = login.data.decode().split('name="csrftoken" value="')[1].split('"')[0]
-        cookie = "; ".join(c.split(";")[0] for c in login.headers.getlist("set-cookie"))
-        answer = HTTP.request("POST", base + "/login", fields={"username": cfg.get("auth.username"), "password": password,
-                                                              "csrftoken": csrf}, encode_multipart=False,
-                              headers={"Cookie": cookie}, redirect=False)
-        cookie += "; " + "; ".join(c.split(";")[0] for c in answer.headers.getlist("set-cookie"))
+        cookie = admin_cookie(base, cfg, password)
         paths = ["/admin", "/admin?sq=h200-99", "/admin?gq=dgx-h100-77&gp=2", "/admin/scope-options?q=a100-12",
                  "/admin/scope-options?q=dgx&all=1", "/monitor/free_gpus.json?_shape=array",
                  "/monitor/free_gpus.json?_shape=array&count=4", "/monitor/free_gpus.json?_shape=array&offset=5000",

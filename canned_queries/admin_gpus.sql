@@ -28,5 +28,5 @@ select
   (select count(*) from matches) as total
 from matches m
 join gpus g on g.id = m.id
-order by m.server collate nocase, g.server_id, g.gpu_index
+order by natural_key(m.server), g.server_id, g.gpu_index
 limit (select page_size from params) offset (select page_start from params)

@@ -1,5 +1,5 @@
 -- title: Active alerts
--- description: Alerts firing now (rules in config.yaml alerts.*), most severe first: host offline, GPU lost, nvidia-smi failure by kind, stale GPU data, uncorrectable ECC or pending row remap, hot GPU, full disk. last_seen is the server's last report (the live "offline for" age); acked_by/acked_at/ack_note say who acknowledged it; silenced_until is the end of a silence that covers it (no notifications until then). Times UTC epoch s.
+-- description: Alerts firing now (built-in rules of config.yaml alerts.*, and the rules made on /admin/rules), most severe first (critical, warning, info): host offline, GPU lost, nvidia-smi failure by kind, stale GPU data, uncorrectable ECC or pending row remap, hot GPU, full disk. last_seen is the server's last report (the live "offline for" age); acked_by/acked_at/ack_note say who acknowledged it; silenced_until is the end of a silence that covers it (no notifications until then). Times UTC epoch s.
 select
   a.id,
   a.rule,
@@ -24,4 +24,4 @@ left join servers s on s.id = a.server_id
 left join alert_acks k on k.alert_id = a.id
 where a.resolved_at is null
   and (:_scope_all or a.server_id in (select value from json_each(:_scope_servers)))
-order by case a.severity when 'critical' then 0 else 1 end, a.started_at
+order by case a.severity when 'critical' then 0 when 'warning' then 1 else 2 end, a.started_at

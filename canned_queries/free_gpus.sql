@@ -126,7 +126,7 @@ offers as (
 page as materialized (
   select o.*, count(*) over () as total
   from offers o
-  order by o.fit desc, o.spare, o.least_free_mib desc, o.server collate nocase, o.vendor, o.server_id, o.mig_uuid
+  order by o.fit desc, o.spare, o.least_free_mib desc, natural_key(o.server), o.vendor, o.server_id, o.mig_uuid
   limit (select page_size from params) offset (select page_start from params)
 ),
 -- gpu_set() (server_monitor/core/topology.py): the :count GPUs to use on one page host, one
@@ -176,4 +176,4 @@ select
   c.spare,
   c.total
 from chosen c
-order by c.fit desc, c.spare, c.least_free_mib desc, c.server collate nocase, c.vendor, c.server_id, c.mig_uuid
+order by c.fit desc, c.spare, c.least_free_mib desc, natural_key(c.server), c.vendor, c.server_id, c.mig_uuid

@@ -1,5 +1,5 @@
 -- title: Idle GPU holders
--- description: GPUs whose processes hold at least :min_mib MiB while utilization.gpu, utilization.encoder and utilization.decoder all stay under :max_util % for at least :hours hours (a GPU whose utilization.gpu is not reported — MIG, [N/A] — is never idle: unknown is not 0 %) (defaults from config: 1024 MiB, 5 %, 2 h; looked back at most 48 h in raw samples), with who holds them and since when (idle_since, UTC epoch s).
+-- description: GPUs whose processes hold at least :min_mib MiB while utilization.gpu, utilization.encoder and utilization.decoder all stay under :max_util % for at least :hours hours (a GPU whose utilization.gpu is not reported — MIG, [N/A] — is never idle: unknown is not 0 %) (defaults from config: 1024 MiB, 5 %, 2 h; looked back at most 48 h in raw samples), with who holds them and since when (idle_since, UTC epoch s), and which holders the hub nudged about this idle run and when last (nudged, nudged_at; see docs/operations.md "Idle-GPU nudges").
 with params as (
   select
     cast(coalesce(nullif(:min_mib, ''), :_config_idle_min_mib) as integer) as min_mib,
@@ -35,6 +35,7 @@ streaks as (
 )
 select
   st.server_id,
+  st.id as gpu_id,
   st.server,
   st.gpu_index,
   st.name,
@@ -45,7 +46,11 @@ select
   (select group_concat(distinct pr.user) from gpu_processes pr indexed by gpu_processes_server_ts
     where pr.server_id = st.server_id and pr.ts = st.last_ts and pr.gpu_id = st.id and :_scope_processes) as users,
   (select group_concat(distinct pr.container) from gpu_processes pr indexed by gpu_processes_server_ts
-    where pr.server_id = st.server_id and pr.ts = st.last_ts and pr.gpu_id = st.id and :_scope_processes) as containers
+    where pr.server_id = st.server_id and pr.ts = st.last_ts and pr.gpu_id = st.id and :_scope_processes) as containers,
+  (select group_concat(n.holder) from idle_nudges n
+    where n.gpu_id = st.id and n.idle_since >= st.idle_since - 600 and :_scope_processes) as nudged,
+  (select max(n.last_at) from idle_nudges n
+    where n.gpu_id = st.id and n.idle_since >= st.idle_since - 600 and :_scope_processes) as nudged_at
 from streaks st join params p
 where st.idle_since is not null and p.now - st.idle_since >= p.hours * 3600
 order by idle_hours desc, held_mib desc

@@ -18,6 +18,7 @@ from .kmsg import KmsgReader, bus_key
 from .procinfo import ProcessInfo
 from .runner import BoundedRunner
 from .slurm import SlurmCollector
+from .temperatures import per_chip, read_temperatures
 
 log = logging.getLogger("server_monitor.agent")
 
@@ -101,6 +102,8 @@ class ReportBuilder:
             self.slurm = SlurmCollector(cfg.get("scontrol") or "scontrol", node=cfg.get("slurm_node"),
                                         interval=cfg.get("slurm_interval", 60), timeout=timeout)
         self.groups = list(cfg.get("groups") or [])
+        # Host temperatures from the hwmon sysfs tree (file reads only); None = not collected.
+        self.temperature_root = cfg.get("sysfs_root", "/sys") if cfg.get("temperatures", True) else None
         self.extra = extra
 
     def _collect_drm(self, skip_bus_ids):
@@ -200,6 +203,11 @@ class ReportBuilder:
             "interval": self.interval,
         }
         report.update(self.host.collect())
+        if self.temperature_root is not None:
+            try:
+                report["temperatures"] = per_chip(read_temperatures(self.temperature_root)) or None
+            except Exception as exc:  # a collector bug must not cost the host's report
+                log.warning("temperature read failed: %r", exc)
         containers, zpools = self.inventory.refresh()
         report["disks"].extend(zpools)
         gpu = self.gpu_background.collect()

@@ -20,6 +20,7 @@ DEFAULTS = {
     "sysfs_root": "/sys",
     "procfs_root": "/proc",
     "drm": True,  # read AMD / Intel GPUs from sysfs and DRM fdinfo
+    "temperatures": True,  # read host temperatures from <sysfs_root>/class/hwmon (monitor_agent/temperatures.py)
     "drm_min_vram_mib": 4096,  # AMD GPUs with less VRAM are integrated graphics (Ryzen iGPU): skipped
     "amd_smi": "amd-smi",
     # Kernel log read for NVIDIA XID errors (needs root or CAP_SYSLOG); null = not read.
@@ -133,6 +134,9 @@ def check(cfg, require_hub=True):
     for key in ("sysfs_root", "procfs_root"):
         if not isinstance(cfg.get(key), str) or not cfg[key].startswith("/"):
             raise AgentConfigError(f"{key} must be an absolute path (default {DEFAULTS[key]})")
+    cfg.setdefault("temperatures", DEFAULTS["temperatures"])
+    if not isinstance(cfg["temperatures"], bool):
+        raise AgentConfigError("temperatures must be true or false")
     for key in ("slurm", "scontrol", "slurm_node"):
         cfg.setdefault(key, DEFAULTS[key])
     if not isinstance(cfg.get("slurm"), bool):

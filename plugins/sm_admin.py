@@ -13,57 +13,43 @@ page, the search and page in the URL (``sq``/``sp``, ``gq``/``gp``, ``uq``/``up`
 """
 
 import fnmatch
-import json
 import secrets
 import time
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
 from server_monitor.serving import hub
-from server_monitor.auth import tokens
+from server_monitor.auth import sso, tokens
 from server_monitor.jobs.alerts import identity_text
 from server_monitor.auth.accounts import ROLES, AccountError
 from server_monitor.serving.queries import DATABASE, QUERIES, run
 from server_monitor.storage import groups as host_groups
 from server_monitor.storage.store import delete_server
-from server_monitor.serving.web import page
+from server_monitor.serving.web import SCOPE_NAMES, page, page_number, read_form, scope_summary, server_names
+from server_monitor.serving.web import admin_denied as _forbidden
+from server_monitor.serving.web import pager as web_pager
 
 
-def _forbidden(request, post=True):
-    if (request.actor or {}).get("role") != "admin":
-        return Response.html("<!DOCTYPE html><title>Forbidden</title><link rel=stylesheet href=/static/dashboard.css>"
-                             "<main><h1>Forbidden</h1><p>This page is for admins. <a href=/>Back to the dashboard</a>"
-                             "</p></main>", status=403)
-    if post and request.method != "POST":
-        return Response.text("Method not allowed: use the forms on /admin", status=405, headers={"allow": "POST"})
-    return None
-
-
-class Form(dict):
-    """Form fields with repeated names kept (checkbox lists)."""
-
-    def getlist(self, key):
-        return self.get(key, [])
-
-    def first(self, key, default=None):
-        values = self.get(key)
-        return values[0] if values else default
-
-
-async def read_form(request):
-    body = (await request.post_body()).decode("utf-8", "replace")
-    return Form(parse_qs(body, keep_blank_values=True))
+def _scope_kind(form):
+    """The form's ``scope``: None (no field), ``all`` or ``some``. Raises :class:`AccountError`
+    for any other value: a typo must not widen a user to every server (attack run, follow-up)."""
+    kind = form.first("scope")
+    if kind not in (None, "all", "some"):
+        raise AccountError("scope must be all or some")
+    return kind
 
 
 def _servers_from_form(form, missing=None):
     """Scope from the form: None for all servers, else the chosen server ids (hidden ``servers``
-    inputs of the scope picker). ``missing``: the answer when the form has no ``scope`` field."""
-    if form.first("scope") is None:
+    inputs of the scope picker). ``missing``: the answer when the form has no ``scope`` field.
+    Raises :class:`AccountError` for a ``scope`` other than ``all``/``some``."""
+    kind = _scope_kind(form)
+    if kind is None:
         return missing
-    if form.first("scope") != "some":
+    if kind == "all":
         return None
     return [int(v) for v in form.getlist("servers") if v.isdigit()]
 
@@ -72,10 +58,12 @@ def _groups_from_form(form, missing=()):
     """Host groups of the scope: every ``groups`` value (the scope picker's group chips, one name
     each; a name list split by commas/spaces is read the same way); ``[]`` unless the scope is
     ``some``. ``missing``: the answer when the form has no ``scope`` field (``()``: leave the stored
-    groups as they are). Raises :class:`host_groups.GroupError` for a bad name."""
-    if form.first("scope") is None:
+    groups as they are). Raises :class:`host_groups.GroupError` for a bad name,
+    :class:`AccountError` for a ``scope`` other than ``all``/``some``."""
+    kind = _scope_kind(form)
+    if kind is None:
         return missing
-    if form.first("scope") != "some":
+    if kind == "all":
         return []
     return host_groups.parse_list(" ".join(form.getlist("groups")))
 
@@ -104,27 +92,15 @@ def select_servers(servers, pattern="", names="", ids=()):
 PAGE_SIZE = 50
 # Invites shown (newest first); older ones stay in auth.db.
 INVITES_SHOWN = 50
-# Servers named in a scope's one-line summary ("12 servers: a, b, c …").
-SCOPE_NAMES = 3
 
 
 def _page_number(request, key):
-    value = request.args.get(key) or "1"
-    return max(1, min(10 ** 6, int(value))) if value.isdigit() else 1
+    return page_number(request.args, key)
 
 
 def pager(request, key, number, total, size=PAGE_SIZE, anchor=""):
-    """Paging of one /admin list: ``{"first", "last", "total", "prev", "next"}`` (1-based rows;
-    ``prev``/``next`` URLs that keep the other lists' search and page, or None)."""
-    def url(n):
-        args = {k: request.args.get(k) for k in request.args if k not in (key, "edit")}
-        if n > 1:
-            args[key] = str(n)
-        return "/admin" + ("?" + urlencode(args) if args else "") + anchor
-
-    first = (number - 1) * size + 1
-    return {"first": min(first, total), "last": min(number * size, total), "total": total,
-            "prev": url(number - 1) if number > 1 else None, "next": url(number + 1) if number * size < total else None}
+    """Paging of one /admin list (:func:`server_monitor.serving.web.pager` on ``/admin``)."""
+    return web_pager(request.args, "/admin", key, number, total, size, anchor)
 
 
 async def _page_of(datasette, name, actor, q, number):
@@ -134,37 +110,6 @@ async def _page_of(datasette, name, actor, q, number):
         return rows, rows[0]["total"]
     first = await run(datasette, name, actor, q=q, limit=1, offset=0)  # past the end
     return [], first[0]["total"] if first else 0
-
-
-async def server_names(datasette, ids):
-    """``{server id: shown name}`` for ``ids`` (one query)."""
-    if not ids:
-        return {}
-    result = await datasette.get_database(DATABASE).execute(
-        "SELECT id, coalesce(display_name, hostname) FROM servers WHERE id IN (SELECT value FROM json_each(?))",
-        [json.dumps(sorted(set(ids)))])
-    return {row[0]: row[1] for row in result.rows}
-
-
-def scope_summary(servers, names, groups=()):
-    """One line for a stored scope: ``all servers``, ``3 servers: a, b, c`` (at most
-    :data:`SCOPE_NAMES` names, then ``…``), with ``groups …`` in front when the scope names host
-    groups (``groups rack-1, team-a + 2 servers: a, b``)."""
-    if servers is None:
-        return "all servers"
-    groups = list(groups or ())
-    head = ""
-    if groups:
-        more = " …" if len(groups) > SCOPE_NAMES else ""
-        head = f"group{'s' if len(groups) != 1 else ''} {', '.join(groups[:SCOPE_NAMES])}{more}"
-        if not servers:
-            return head
-        head += " + "
-    if not servers:
-        return "no server"
-    shown = [names.get(i, f"#{i}") for i in servers[:SCOPE_NAMES]]
-    more = " …" if len(servers) > SCOPE_NAMES else ""
-    return f"{head}{len(servers)} server{'s' if len(servers) != 1 else ''}: {', '.join(shown)}{more}"
 
 
 async def render(request, datasette, status=200, **extra):
@@ -269,7 +214,7 @@ async def scope_options(request, datasette):
 
 
 async def admin_page(request, datasette):
-    return _forbidden(request, post=False) or await render(request, datasette)
+    return _forbidden(request, post=False) or await render(request, datasette, group_done=_group_done(request.args))
 
 
 async def create_invite(request, datasette):
@@ -309,15 +254,25 @@ async def update_user(request, datasette):
         if action == "delete":
             ctx.accounts.delete_user(username)
         elif action == "reset":
+            if (ctx.accounts.user(username) or {}).get("password_hash") == sso.NO_PASSWORD:
+                # No password to reset: giving one would open a way in around the lab's proxy.
+                return await render(request, datasette, status=400,
+                                    error=f"{username} signs in through the lab's sign-on proxy and has no password"
+                                          " here: reset it there.")
             password = secrets.token_urlsafe(12)
             password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)
-            return await render(request, datasette, reset={"username": username, "password": password})
+            # A reset is what an admin does for a compromised account: the intruder's API tokens
+            # end with its sessions (attack run A6). A user changing its own password keeps them.
+            tokens = ctx.accounts.api_tokens.revoke_all_of(username, request.actor["id"])
+            return await render(request, datasette, reset={"username": username, "password": password,
+                                                           "tokens": tokens})
         else:
             # A form without the scope fields leaves the scope as it is (never widens it to all).
-            ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),
-                                     see_processes=(form.first("see_processes") == "on") if form.first("scope") else None,
-                                     groups=_groups_from_form(form))
+            if ctx.accounts.update_user(username, role=form.first("role"), servers=_servers_from_form(form, missing=()),
+                                        see_processes=(form.first("see_processes") == "on") if form.first("scope")
+                                        else None, groups=_groups_from_form(form)):
+                sso.pin(ctx.accounts, username)  # the admin's choice now wins over the proxy's groups (A7)
     except (AccountError, host_groups.GroupError) as exc:
         return await render(request, datasette, status=400, error=str(exc))
     except hub.PasswordBusy:
@@ -392,8 +347,24 @@ async def groups_bulk(request, datasette):
             return host_groups.set_admin(conn, chosen, group, add=action == "add")
 
     changed = await datasette.get_database(DATABASE).execute_write_fn(write, block=True)
+    # Redirect after POST: a reload of the page shows the outcome again, never re-submits the form.
+    return Response.redirect("/admin?" + urlencode({"gdone": action, "gname": group, "gn": changed, "gof": len(chosen)})
+                             + "#groups")
+
+
+def _group_done(args):
+    """The outcome line of a bulk group change from ``/admin``'s one-shot arguments (``gdone``,
+    ``gname``, ``gn``, ``gof``: set by :func:`groups_bulk`'s redirect), or None when they are
+    absent or malformed (the group name is checked like a new one, the counts are integers)."""
+    action, counts = args.get("gdone"), (args.get("gn", ""), args.get("gof", ""))
+    if action not in ("add", "remove") or not all(c.isdigit() and len(c) <= 7 for c in counts):
+        return None
+    try:
+        group = host_groups.check_name(args.get("gname") or "")
+    except host_groups.GroupError:
+        return None
     verb = "added to" if action == "add" else "removed from"
-    return await render(request, datasette, group_done=f"{changed} of {len(chosen)} matching servers {verb} group {group}.")
+    return f"{int(counts[0])} of {int(counts[1])} matching servers {verb} group {group}."
 
 
 async def agent_token(request, datasette):

@@ -17,6 +17,7 @@
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from urllib.parse import urlsplit
 
@@ -29,7 +30,7 @@ from server_monitor.auth.accounts import AccountError, check_password, check_use
 from server_monitor.auth.api_tokens import TokenError
 from server_monitor.core.config import admin_password_hash
 from server_monitor.serving.queries import ADMIN_QUERIES
-from server_monitor.serving.web import page
+from server_monitor.serving.web import SCOPE_NAMES, page, scope_summary, server_names
 
 log = logging.getLogger("server_monitor.auth")
 
@@ -257,7 +258,21 @@ async def _account_page(datasette, request, status=200, headers=None, **extra):
             item[key + "_text"] = fmt_utc(item[key])
     extra.setdefault("message", None)
     extra.setdefault("error", None)
-    return await page(datasette, request, "sm_account.html", status=status, headers=headers,
+    # The scope as stored (host groups + servers by name, admin's scope_summary), not the
+    # hundreds of server ids a group expands to; how many servers it covers now.
+    scope = None
+    if actor.get("servers") is not None:
+        stored = ctx.accounts.user(actor["id"]) or {}
+        chosen = stored.get("servers") if stored else actor["servers"]
+        names = await server_names(datasette, (chosen or [])[:SCOPE_NAMES])
+        scope = scope_summary(chosen or [], names, stored.get("groups"))
+        scope = ("host " + scope if stored.get("groups") else scope) + (
+            f" ({len(actor['servers'])} server{'s' if len(actor['servers']) != 1 else ''} now)"
+            if stored.get("groups") else "")
+    # The hub's address for the "Try it" line: server.public_url, else the request's own.
+    hub_url = (ctx.config.get("server.public_url") or f"{request.scheme}://{request.host}").rstrip("/")
+    return await page(datasette, request, "sm_account.html", status=status, headers=headers, scope=scope,
+                      hub_url=hub_url,
                       is_user=actor.get("source") == "user" and actor.get("login") != "sso",
                       sso_login=actor.get("login") == "sso", api_tokens=tokens,
                       expiry_choices=TOKEN_EXPIRY_DAYS, **extra)
@@ -269,7 +284,10 @@ async def _token_action(request, datasette, form):
     actor = request.actor
     if form.get("action") == "revoke_token":
         raw = form.get("token_id") or ""
-        done = raw.isdigit() and ctx.accounts.api_tokens.revoke(int(raw), actor["id"], username=actor["id"])
+        # ASCII digits within SQLite's integers only: "²".isdigit() is True and int() refuses it,
+        # and a 20-digit id overflowed SQLite (500s before, attack run A5).
+        done = re.fullmatch(r"[0-9]{1,18}", raw) is not None and \
+            ctx.accounts.api_tokens.revoke(int(raw), actor["id"], username=actor["id"])
         if not done:  # not a live token of this user (another user's id included): nothing changes
             return await _account_page(datasette, request, status=403, error="That is not a live token of yours.")
         return await _account_page(datasette, request, message=f"Token #{raw} revoked; scripts using it get 401 now.")
@@ -386,6 +404,9 @@ def permission_allowed(datasette, actor, action, resource):
     role = actor.get("role")
     if actor.get("token") and action == "view-query" and isinstance(resource, tuple) and resource[1] in ADMIN_QUERIES:
         return False  # API tokens never reach the admin (write) canned queries, an admin's token neither
+    if actor.get("token") and (resource[0] if isinstance(resource, tuple) else resource) == "_internal":
+        # Nor Datasette's _internal catalogue, however the path spells it (/~5Finternal: attack run A1).
+        return False
     if role == "admin":
         return True
     if action == "view-instance":

@@ -8,6 +8,7 @@ actor sees only the servers in their scope.
 
 from datasette import hookimpl
 
+from server_monitor.core.config import idle_hours
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE, DATASETTE_QUERIES, scope_value
 
@@ -23,7 +24,10 @@ def canned_queries(datasette, database, actor):
 def register_magic_parameters(datasette):
     def config_value(key, request):
         """``:_config_<key>``: the ``features.<key>`` default from config.yaml."""
-        value = hub.context(datasette).config.get(f"features.{key}")
+        config = hub.context(datasette).config
+        if key == "idle_hours":  # one threshold for the Idle holders panel and the nudges
+            return idle_hours(config)
+        value = config.get(f"features.{key}")
         if value is None:
             raise KeyError(key)
         return value

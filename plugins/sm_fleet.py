@@ -21,7 +21,8 @@ from server_monitor.serving import fleet, fleet_share, hub
 from server_monitor.serving.queries import DATABASE, QUERIES, run
 
 RULES = ("host_offline", "gpu_failure", "collection_stale", "gpu_lost", "gpu_ecc", "gpu_temperature", "gpu_throttle",
-         "gpu_pcie_degraded", "disk_full", "host_identity")
+         "gpu_pcie_degraded", "disk_full", "host_identity",
+         "gpu_memory", "gpu_idle_held")  # the last two: kinds of the rules made on /admin/rules only
 
 
 def error(status, message, **headers):

@@ -93,7 +93,10 @@ def resolve_actor(scope, datasette, ctx, https):
         refusal = token_refusal(scope)
         if refusal:
             return None, None, None, (403, refusal)
-        wait = ctx.token_budget.take(actor["token_id"], time.monotonic())
+        now = time.monotonic()
+        # Per token, then per owner (all its tokens together), so more tokens are not more requests.
+        wait = ctx.token_budget.take(actor["token_id"], now) or \
+            ctx.token_owner_budget.take((actor.get("source"), actor["id"].lower()), now)
         if wait:
             return None, None, None, (429, f"too many requests with this API token; retry in {wait} s", wait)
         return actor, None, None, None
@@ -257,7 +260,9 @@ async def health(datasette, send):
     """``GET /-/health``: 200 ``{"ok": true}`` when the metrics database answers a query and
     every background thread (maintenance, alerts) is alive; else 503 with ``error`` (the
     exception's class), ``dead_threads`` (names) or ``database_replaced: true`` (monitor.db was
-    deleted or replaced under the running hub; ``error`` says what to do). No data, no secrets. ``run_id`` echoes
+    deleted or replaced under the running hub; ``error`` says what to do). A healthy answer also has
+    ``notifications``: ``{"failures": N, "last_failure_at", "last_failure_target"}``, delivery
+    failures of the last hour (None when auth.db cannot be read). No data, no secrets. ``run_id`` echoes
     ``$SERVER_MONITOR_RUN_ID`` (a random id ``scripts/run.sh`` gives its hub, so that it can tell
     its own hub from another one answering on the port)."""
     run_id = {"run_id": os.environ["SERVER_MONITOR_RUN_ID"]} if os.environ.get("SERVER_MONITOR_RUN_ID") else {}
@@ -273,7 +278,13 @@ async def health(datasette, send):
     if dead:
         return await send_json(send, 503, {"ok": False, "error": "background thread stopped",
                                            "dead_threads": dead, **run_id})
-    return await send_json(send, 200, {"ok": True, **run_id})
+    # Delivery failures of the last hour (count, newest target and time; the error texts are on
+    # /admin): they do not make the hub unhealthy, but a monitor of the monitor sees them.
+    try:
+        failures = hub.context(datasette).notify_store.failure_summary(time.time() - 3600)
+    except Exception:  # noqa: BLE001 - auth.db unreadable: the health answer goes on without it
+        failures = None
+    return await send_json(send, 200, {"ok": True, "notifications": failures, **run_id})
 
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")

@@ -35,11 +35,13 @@ build ahead is started only by a scrape that came, so a scraper that stops costs
 """
 
 import asyncio
+import atexit
 import concurrent.futures
 import gzip
 import hmac
 import json
 import multiprocessing
+import signal
 import threading
 import time
 from urllib.parse import urlsplit
@@ -77,6 +79,18 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
+def _stop_builder():
+    """At exit of this hub process: shut the builder down, so its queues' semaphores are
+    released (the demo's stop printed "resource_tracker: There appear to be 5 leaked semaphore
+    objects", the pool's call and result queues)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # exiting anyway: let the clean-up finish
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _builder():
     """This process's exposition builder (one process, spawned on first use, see the module docstring)."""
     global _pool
@@ -85,6 +99,9 @@ def _builder():
             _pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=builder_init)
         return _pool
+
+
+atexit.register(_stop_builder)
 
 
 def _cache(datasette):

@@ -5,13 +5,35 @@ with ``textContent`` only. Each page sends a Content-Security-Policy without
 ``'unsafe-inline'`` or ``'unsafe-eval'``.
 """
 
-from datasette import hookimpl
+from urllib.parse import unquote
 
+from datasette import hookimpl
+from datasette.utils.asgi import Response
+
+import time
+
+from server_monitor.core.config import idle_hours
+from server_monitor.jobs import notify
+from server_monitor.serving import hub
 from server_monitor.serving.web import page
 
 
+def idle_settings(config, now=None):
+    """What the dashboard's Idle holders panel says about its rule (data attributes of ``#idle``):
+    ``hours`` (:func:`~server_monitor.core.config.idle_hours`, the nudges' threshold too),
+    ``min_mib``, ``max_util`` (``features.idle_*``), ``nudges`` (bool), ``quiet`` (``[start, end]``
+    hub local hours or None) and ``utc_offset`` (s east of UTC of the hub's local time now), so
+    the page can say "nudges held for quiet hours until 07:00 (hub time)" while it stays open."""
+    ncfg = notify.settings(config)
+    quiet = ncfg.get("quiet_hours")
+    quiet = [int(quiet[0]), int(quiet[1])] if quiet and len(quiet) == 2 and quiet[0] != quiet[1] else None
+    return {"hours": idle_hours(config), "min_mib": config.get("features.idle_min_mib"),
+            "max_util": config.get("features.idle_max_util"), "nudges": bool(ncfg.get("nudges")), "quiet": quiet,
+            "utc_offset": time.localtime(now).tm_gmtoff}
+
+
 async def dashboard(request, datasette):
-    return await page(datasette, request, "dashboard.html")
+    return await page(datasette, request, "dashboard.html", idle=idle_settings(hub.context(datasette).config))
 
 
 async def history(request, datasette):
@@ -26,11 +48,35 @@ async def accounting(request, datasette):
     return await page(datasette, request, "accounting.html")
 
 
+# A holder name as agents report it: free text of at most 256 characters (contract: processes[].user).
+USER_NAME_MAX = 256
+
+
+async def user(request, datasette):
+    """``/users/<name>`` (name percent-encoded, any character) or ``/users?name=<name>``.
+
+    The second form serves names a path cannot carry (``.`` and ``..``, which browsers resolve as
+    path segments, percent-encoded or not). 400 for an empty or over-long name. The name is
+    handed to the template only, which escapes it; the page's script reads it from a data
+    attribute and queries user_gpus / user_gpu_hours_daily / user_jobs with it.
+    """
+    raw = request.url_vars.get("name")
+    try:
+        name = unquote(raw, errors="strict") if raw is not None else request.args.get("name", "")
+    except UnicodeDecodeError:
+        return Response.text("400: the user name is not UTF-8 once percent-decoded", status=400)
+    if not name or len(name) > USER_NAME_MAX:
+        return Response.text("400: a user name of 1-256 characters is required", status=400)
+    return await page(datasette, request, "user.html", user_name=name)
+
+
 @hookimpl
 def register_routes():
     return [
         (r"^/$", dashboard),
         (r"^/free$", free),
         (r"^/accounting$", accounting),
+        (r"^/users$", user),
+        (r"^/users/(?P<name>[^/]+)$", user),
         (r"^/servers/(?P<server_id>\d{1,18})/history$", history),
     ]

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -264,6 +265,14 @@ class Host:
                   "used_bytes": int(512 * 1024**3 * 0.41), "health": None},
                  {"mountpoint": "/scratch", "device": "/dev/md0", "fstype": "xfs", "total_bytes": self.disk_total,
                   "used_bytes": int(self.disk_total * (0.96 if self.special == "diskfull" else disk_used)), "health": None}]
+        # Host temperatures as the agent reads them from hwmon (chip names and limits as on real
+        # hosts, tests/fixtures/hwmon): the CPU follows its load, the NVMe drive its neighbours.
+        cpu_chip = "k10temp"  # both demo CPU models are AMD (EPYC 9654, Ryzen 9 7950X)
+        temperatures = [
+            {"chip": cpu_chip, "label": "Tctl", "current_c": round(38 + cpu * 0.42 + rng.uniform(-1, 1), 1),
+             "high_c": None, "critical_c": None},
+            {"chip": "nvme", "label": "Composite", "current_c": round(34 + busy_share * 14 + rng.uniform(-0.5, 0.5), 2),
+             "high_c": 81.85, "critical_c": 84.85}]
         containers = None
         if self.style in ("lxc", "incus"):
             names = sorted({job["container"] for _, _, _, job in self.jobs[:40]})[:12]
@@ -289,6 +298,7 @@ class Host:
                         "tx_bytes_per_s": round(busy_share * rng.uniform(1e6, 5e7) + 1e4, 1)},
             "uptime_s": float(t - self.boot_time),
             "disks": disks,
+            "temperatures": temperatures,
             "gpu_status": status,
             "gpus": gpus,
             "processes": processes,
@@ -353,11 +363,24 @@ class Host:
         return gpu, procs
 
 
+def name_prefix(seed):
+    """The host-name prefix of a feed with ``seed``: ``""`` for the demo's own seed ``demo``, else
+    the seed as a host-name label (lower case, ``[a-z0-9-]``, at most 20 characters) and ``-``, so
+    a second feed into the demo hub (``--seed lab1k``: ``lab1k-dgx-a01``) adds hosts instead of
+    reusing the demo's 25 names."""
+    if seed == "demo":
+        return ""
+    label = re.sub(r"[^a-z0-9-]+", "-", str(seed).lower()).strip("-")[:20].strip("-")
+    return (label or hashlib.sha1(str(seed).encode()).hexdigest()[:8]) + "-"
+
+
 def build_fleet(count=25, seed="demo", start=None):
-    """``count`` :class:`Host` objects whose schedules begin at ``start`` (default: now)."""
+    """``count`` :class:`Host` objects whose schedules begin at ``start`` (default: now), named
+    by :func:`fleet_plan` after :func:`name_prefix` of ``seed``."""
     start = int(start or time.time())
     models = {}
-    plan = fleet_plan(count)
+    prefix = name_prefix(seed)
+    plan = [(prefix + name, *rest) for name, *rest in fleet_plan(count)]
     first_slurm = next((name for name, _, style, _ in plan if style == "slurm"), None)
     return [Host(name, kind, style, special, seed, start - 86400, models, pending_alloc=name == first_slurm)
             for name, kind, style, special in plan]
@@ -459,9 +482,10 @@ def main(argv=None):
     parser.add_argument("--config", help="hub config.yaml to read agent.token from")
     parser.add_argument("--token", help="agent token (default: from --config or $SERVER_MONITOR_AGENT_TOKEN)")
     parser.add_argument("--hosts", type=int, default=25, help="demo hosts (default 25)")
-    parser.add_argument("--hours", type=float, default=24.0, help="history to backfill (default 24)")
+    parser.add_argument("--hours", type=float, default=24.0, help="history to backfill (default 24; 0: live reports only)")
     parser.add_argument("--interval", type=int, default=60, help="seconds between reports (default 60)")
-    parser.add_argument("--seed", default="demo", help="simulation seed (default demo)")
+    parser.add_argument("--seed", default="demo", help="simulation seed (default demo); another seed also prefixes "
+                        "the host names (lab1k-dgx-a01), so its hosts never share the demo's names")
     parser.add_argument("--once", action="store_true", help="backfill and exit")
     args = parser.parse_args(argv)
     token = args.token or os.environ.get("SERVER_MONITOR_AGENT_TOKEN")
@@ -471,8 +495,8 @@ def main(argv=None):
         token = config_mod.load(args.config).get("agent.token")
     if not token:
         parser.error("give --token or --config")
-    if not 0 < args.hours <= 48 or args.interval < 10 or args.hosts < 1:
-        parser.error("--hours must be in (0, 48], --interval >= 10, --hosts >= 1")
+    if not 0 <= args.hours <= 48 or args.interval < 10 or args.hosts < 1:
+        parser.error("--hours must be in [0, 48] (0: live reports only), --interval >= 10, --hosts >= 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         run(args.url, token, args.hosts, args.hours, args.interval, args.seed, args.once,

@@ -9,7 +9,13 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``fleet-dark.png``, ``fleet-light.png``: the fleet grid at 1440×900;
 * ``phone.png``: the dashboard at 390×844 (phone width), dark;
 * ``history.png``: a busy server's history page (holder timeline, heatmap), 1440 wide;
-* ``free.png``: the free-GPU finder.
+* ``free.png``: the free-GPU finder;
+* ``disk-history.png``: that server's disk use per mount point and host temperatures (history page);
+* ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
+* ``api-token.png``: `/account` right after creating an API token (shown once);
+* ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form;
+* ``nudges.png``: ``/account``'s idle-GPU nudge and weekly digest contact, saved through its form;
+* ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -35,7 +41,17 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "api-token.png")
+SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
+         "api-token.png", "notifications.png", "nudges.png", "rules.png")
+
+# The rules rules.png shows, made through /admin/rules' form as an admin would (field -> value).
+DEMO_RULES = [
+    {"name": "Idle GPUs (10 min)", "kind": "gpu_idle_held", "threshold": "5", "duration_minutes": "10",
+     "severity": "info", "scope": "all", "targets": ""},
+    {"name": "Hot H100s in cluster-a", "kind": "gpu_temperature", "threshold": "80", "duration_minutes": "5",
+     "severity": "critical", "scope": "group", "scope_group": "cluster-a", "gpu_model": "H100",
+     "targets": "oncall-ntfy"},
+]
 
 
 def _free_port():
@@ -137,6 +153,20 @@ def _settle(page):
     page.wait_for_timeout(600)  # a last paint after the data arrived
 
 
+def _make_rule(page, rule):
+    """Fill and submit /admin/rules' form with ``rule`` (field -> value); waits for the list."""
+    form = "#rule-form"
+    page.fill(f"{form} input[name=name]", rule["name"])
+    page.select_option(f"{form} select[name=kind]", rule["kind"])
+    page.select_option(f"{form} select[name=severity]", rule["severity"])
+    page.check(f"{form} input[name=scope][value={rule['scope']}]")
+    for field in ("threshold", "duration_minutes", "scope_group", "gpu_model", "targets"):
+        if field in rule:
+            page.fill(f"{form} input[name={field}]", rule[field])
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector(f"#rules-table .rule-row:has-text('{rule['name']}')")
+
+
 def _render(browser, base_url, username, password, out, history_server):
     errors, written = [], []
 
@@ -163,6 +193,17 @@ def _render(browser, base_url, username, password, out, history_server):
             page.set_viewport_size({"width": 1440, "height": 1300})
             shot(page, "history.png")
             page.set_viewport_size({"width": 1440, "height": 900})
+            # The disk and temperature charts just under the sticky header.
+            page.evaluate("window.scrollTo(0, document.querySelector('figure.disk-history').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
+            page.wait_for_timeout(300)
+            shot(page, "disk-history.png")
+            page.goto(base_url + "/")
+            page.wait_for_selector("#who-body a.who-page")
+            page.locator("#who-body a.who-page").first.click()
+            page.wait_for_selector("#user-daily .uplot canvas")
+            _settle(page)
+            shot(page, "user.png", full_page=True)
             page.goto(base_url + "/free")
             _settle(page)
             shot(page, "free.png")
@@ -174,6 +215,40 @@ def _render(browser, base_url, username, password, out, history_server):
             page.wait_for_selector("#new-api-token")
             page.set_viewport_size({"width": 1100, "height": 900})
             shot(page, "api-token.png")
+            page.set_viewport_size({"width": 1440, "height": 900})
+            # /admin's Notifications: a target added through the form (nothing is sent).
+            page.goto(base_url + "/admin#notifications")
+            form = page.locator("#notify-add")
+            form.locator("input[name=name]").fill("oncall-ntfy")
+            form.locator("input[name=url]").fill("ntfys://ntfy.sh/lab-gpus-oncall")
+            form.locator("input[value=critical]").check()
+            form.locator("button[type=submit]").click()
+            page.wait_for_selector("#notify-targets tr[data-target=oncall-ntfy]")
+            _settle(page)
+            path = os.path.join(out, "notifications.png")
+            page.locator("#notifications").screenshot(path=path)
+            written.append(path)
+            # /admin/rules after the target above exists (a rule may name only known targets).
+            page.goto(base_url + "/admin/rules")
+            for rule in DEMO_RULES:
+                _make_rule(page, rule)
+            page.click("#rules-table .rule-row:has-text('Idle GPUs') button[value=test]")
+            page.wait_for_selector("#dry-run")
+            _settle(page)
+            page.set_viewport_size({"width": 1440, "height": 1100})
+            shot(page, "rules.png")
+            # /account: where idle-GPU nudges and the weekly digest go, saved through the form (nothing is sent).
+            page.goto(base_url + "/account#contact")
+            page.fill("#contact-email", "alice@example.org")
+            page.fill("#contact-url", "ntfys://ntfy.sh/alice-gpus")
+            page.check("#contact-digest")
+            page.click("#own-contact input[type=submit]")
+            page.wait_for_selector("#contact-saved")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            page.evaluate("window.scrollTo(0, document.getElementById('contact').getBoundingClientRect().top"
+                          " + window.scrollY - document.querySelector('header').offsetHeight - 12)")
+            _settle(page)
+            shot(page, "nudges.png")
             page.set_viewport_size({"width": 1440, "height": 900})
         context.close()
     context, page = _page(browser, base_url, username, password, 390, 844, "dark", errors)

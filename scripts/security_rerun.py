@@ -1086,9 +1086,9 @@ def area_agent(run):
 
 
 def area_free(run):
-    """N7: a MIG device "uuid" with a newline and a command gets no Copy button on /free; the cookie
-    recipe run as written under umask 022 keeps the password off curl's command line and writes
-    cookies.txt 0600."""
+    """N7: a MIG device "uuid" with a newline and a command gets no Copy button on /free; the
+    script recipe (an API token since newcomer finding 9, typed at its prompt) run as written keeps
+    the token off curl's command line and writes no session file."""
     from playwright.sync_api import sync_playwright
 
     from browser import CHROMIUM_ARGS, chromium_path
@@ -1118,7 +1118,13 @@ def area_free(run):
             buttons = rows.nth(bad[0]).locator("button.copy").count() if bad else -1
             run.check("free", "N7a MIG uuid with a newline: no Copy button", buttons == 0,
                       f"rows {len(bad)}, copy buttons {buttons}")
-            recipe = page.inner_text("#cookie-howto").replace("YOU", "viewerall")
+            page.goto(hub.base + "/account")
+            page.fill("#token-name", "n7 rerun")
+            page.click("#create-token button[type=submit]")
+            token = page.input_value("#new-token")
+            page.goto(hub.base + "/free")
+            page.wait_for_selector("#free-table tbody tr >> text=mig-node", timeout=15000)
+            recipe = page.inner_text("#token-howto") + "\n" + page.inner_text("#one-liner")
         finally:
             browser.close()
     work = os.path.join(run.workdir, "free")
@@ -1130,16 +1136,14 @@ def area_free(run):
     old = os.umask(0o022)
     try:
         done = subprocess.run(["bash", "-c", recipe], cwd=work, timeout=60, text=True, capture_output=True,
-                              input=PASSWORDS["viewerall"] + "\n",
+                              input=token + "\n",
                               env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
     finally:
         os.umask(old)
     argv = open(os.path.join(work, "argv.log")).read() if os.path.exists(os.path.join(work, "argv.log")) else ""
-    run.check("free", "N7b password not on curl's command line", argv and PASSWORDS["viewerall"] not in argv,
-              f"rc {done.returncode}; argv {argv[:200]!r}")
-    jar = os.path.join(work, "cookies.txt")
-    mode = stat.S_IMODE(os.stat(jar).st_mode) if os.path.exists(jar) else None
-    run.check("free", "N7b cookies.txt is 0600 under umask 022", mode == 0o600, f"mode {oct(mode) if mode else None}")
+    run.check("free", "N7b API token not on curl's command line", argv and token not in argv and "mig-node" in done.stdout,
+              f"rc {done.returncode}; argv {argv[:200]!r}; out {done.stdout[:200]!r}")
+    run.check("free", "N7b no session file written", not os.path.exists(os.path.join(work, "cookies.txt")), "")
 
 
 def area_throughput(run):

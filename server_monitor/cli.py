@@ -1,6 +1,7 @@
 """``server-monitor``: run and manage the hub (Datasette and the ingest endpoint under uvicorn, see ``server_monitor.serving.asgi``)."""
 
 import os
+import signal
 import sqlite3
 import time
 
@@ -166,11 +167,28 @@ def serve(config_path, init, host, port, workers):
     # running requests, then cancels them (I-10; serving/asgi.py's watchdog ends a worker whose SQL
     # thread still runs).
     limits = netguard.configure(cfg)
-    uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="",
-                http="server_monitor.serving.netproto:GuardedHttpToolsProtocol",
-                limit_concurrency=limits["max_connections"], timeout_keep_alive=5,
-                timeout_graceful_shutdown=int(cfg.get("server.shutdown_timeout_s", 10)))
+    # uvicorn re-raises the signals it caught once it has stopped, under the handlers it found: a
+    # SIGTERM (run.sh sends one right after the terminal's Ctrl-C) then killed the process before
+    # its atexit clean-up. Under this handler it raises SystemExit instead, and the clean-up runs.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.run("server_monitor.serving.asgi:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_level="info", access_log=False, lifespan="on", proxy_headers=False, forwarded_allow_ips="",
+                    http="server_monitor.serving.netproto:GuardedHttpToolsProtocol",
+                    limit_concurrency=limits["max_connections"], timeout_keep_alive=5,
+                    timeout_graceful_shutdown=int(cfg.get("server.shutdown_timeout_s", 10)))
+    finally:
+        # The server has stopped (Ctrl-C, SIGTERM): the interpreter's exit (atexit: the /metrics
+        # builder's shutdown, multiprocessing's clean-up) must not be cut short by the SIGTERM
+        # run.sh sends right after the terminal's SIGINT, or the resource tracker reports
+        # "leaked semaphore objects" (newcomer finding 14). SIGKILL still ends it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM handler of the hub's main process: exit 143 through SystemExit (atexit runs)."""
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 @cli.command("init-config")

@@ -35,7 +35,7 @@ async function loadDaily(params) {
   });
   document.getElementById("daily-bars").replaceChildren(...bars);
   document.getElementById("daily-legend").replaceChildren(...top.map((o) => h("li", {},
-    h("span", { class: "swatch", style: { background: colour(o) } }), o === null ? "(unknown)" : o)),
+    h("span", { class: "swatch", style: { background: colour(o) } }), o === null ? "(unknown)" : params.by === "user" ? userLink(o) : o)),
     totals.size > top.length ? h("li", {}, h("span", { class: "swatch", style: { background: "var(--muted)" } }), "others") : null);
 }
 
@@ -69,11 +69,12 @@ async function load() {
     const [rows] = await Promise.all([fetchQuery("gpu_hours", params), loadDaily(params)]);
     errorBox.hidden = true;
     document.querySelector("#hours-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
-      h("td", {}, r.owner === null ? "(unknown)" : r.owner), h("td", { class: "num" }, r.gpu_hours.toFixed(2)),
+      h("td", {}, r.owner === null ? "(unknown)" : by === "user" ? userLink(r.owner) : r.owner), h("td", { class: "num" }, r.gpu_hours.toFixed(2)),
       h("td", { class: "num" }, r.vram_gib_hours.toFixed(1)),
       h("td", { class: "num" }, r.avg_utilization_gpu === null ? "–" : r.avg_utilization_gpu.toFixed(0) + "%"),
       h("td", { class: "num" }, String(r.gpus)), h("td", { class: "num" }, String(r.servers)))) :
       [h("tr", {}, h("td", { colSpan: 6 }, "No GPU was held in this range."))]));
+    labelFromHead(document.getElementById("hours-table"));
   } catch (e) {
     errorBox.textContent = "Could not load: " + e.message;
     errorBox.hidden = false;

@@ -148,5 +148,5 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     table.addEventListener("change", count);
   }
-  document.querySelectorAll("td.epoch").forEach((cell) => { cell.textContent = fmtLocalTime(Number(cell.dataset.epoch)); });
+  document.querySelectorAll("td.epoch").forEach((cell) => { cell.textContent = fmtUtcTime(Number(cell.dataset.epoch)); });
 });

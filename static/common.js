@@ -39,6 +39,30 @@ function fmtDuration(s) {
   if (hr) return hr + "h " + m + "m";
   return m + "m";
 }
+// Phone layout (dashboard.css, ≤ 800 px): a table's rows become cards and its header row is hidden,
+// so each cell says its column (data-label, shown as "Column: value"), as /free's table does.
+function labelFromHead(table) {
+  const heads = [...table.querySelectorAll("thead th")].map((th) => th.textContent.trim());
+  for (const tr of table.tBodies[0].rows) {
+    [...tr.cells].forEach((td, i) => { if (heads[i] && td.colSpan === 1 && !td.dataset.label) td.dataset.label = heads[i]; });
+  }
+}
+
+// Natural order of names: dgx-a9 < dgx-a10 < dgx-a100 (digit runs as numbers, case ignored), as the
+// canned queries order servers (natural_key(), server_monitor/core/natural.py).
+const naturalCollator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+function naturalCompare(a, b) { return naturalCollator.compare(a || "", b || ""); }
+
+// A duration in words, the one helper every page shares: "45 s", "12 min", "5 h 59 min", "6 h"
+// (rounded to whole minutes first, so 5 h 59.7 min is "6 h", never "5 h 60 min"), "3 d" from 48 h.
+function fmtAge(s) {
+  s = Math.max(0, Math.round(s));
+  if (s < 90) return s + " s";
+  const minutes = Math.round(s / 60);
+  if (minutes < 90) return minutes + " min";
+  if (s < 172800) { const hr = Math.floor(minutes / 60), m = minutes % 60; return hr + " h" + (m ? " " + m + " min" : ""); }
+  return Math.round(s / 86400) + " d";
+}
 function fmtAgo(s) {
   if (s === null || s === undefined) return "never";
   if (s < 90) return Math.max(0, Math.round(s)) + " s ago";
@@ -52,10 +76,40 @@ function fmtLocalTime(epoch) {
   const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
   return d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" }) + " (" + tz + ")";
 }
+// /admin, /admin/rules and /account show times one way: "2026-12-07 05:56 UTC" (the hub's
+// server-side format, fmt_utc / notify_when in plugins/; also the notices' and nudges' times).
+function fmtUtcTime(epoch) {
+  if (!epoch) return "–";
+  return new Date(epoch * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC";
+}
 function level(value, warn, crit) {
   if (value === null || value === undefined) return "unknown";
   return value >= crit ? "crit" : value >= warn ? "warn" : "ok";
 }
+
+// ---- holder names: every holder name links to its per-user page ---------------------
+function userHref(name) {
+  // /users/<name> percent-encoded; "." and ".." would be resolved as path segments by the
+  // browser (encoded or not), so they go in the query string instead.
+  return name === "." || name === ".." ? "/users?name=" + encodeURIComponent(name) : "/users/" + encodeURIComponent(name);
+}
+function userLink(name, text, attrs) {
+  // A link to the user's page with the name as text (a text node, never HTML); the unknown
+  // owner (null, "" or "(unknown)") is plain text.
+  if (name === null || name === undefined || name === "" || name === "(unknown)") return text === undefined ? "(unknown)" : text;
+  return h("a", Object.assign({ href: userHref(name), class: "user-link" }, attrs || {}), text === undefined ? name : text);
+}
+
+function userLinks(names) {
+  // Several holder names (an array), each userLink()ed, separated by ", ".
+  return names.flatMap((u, i) => (i ? [", ", userLink(u)] : [userLink(u)]));
+}
+function linkHolders(root) {
+  // Server-rendered pages (/admin) mark a holder name as <span data-holder="name">name</span>;
+  // each becomes userLink(name), so a holder name links the same way on every page.
+  for (const el of (root || document).querySelectorAll("[data-holder]")) el.replaceWith(userLink(el.dataset.holder));
+}
+document.addEventListener("DOMContentLoaded", () => linkHolders(document));
 
 // ---- data ------------------------------------------------------------------------
 async function fetchQuery(name, params) {
@@ -81,3 +135,13 @@ function setupTheme() {
 }
 
 document.addEventListener("DOMContentLoaded", setupTheme);
+
+// In-page jumps (the dashboard's "Idle holders", "Legend" links) land below the sticky top bar,
+// however many lines it wraps to on a phone: the page's scroll padding follows the bar's height.
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.querySelector(".topbar");
+  if (!bar) return;
+  const fit = () => { document.documentElement.style.scrollPaddingTop = (bar.offsetHeight + 8) + "px"; };
+  fit();
+  window.addEventListener("resize", fit);
+});

@@ -25,7 +25,7 @@ const SERVER_GLYPH = { online: "●", stale: "◐", offline: "○", error: "▲"
 const RULE_TEXT = {
   host_offline: "offline", gpu_failure: "GPU failure", collection_stale: "GPU data stale", gpu_lost: "GPU lost",
   gpu_ecc: "GPU health", gpu_temperature: "hot GPU", gpu_throttle: "throttled", gpu_pcie_degraded: "PCIe degraded",
-  disk_full: "disk full", host_identity: "host name",
+  disk_full: "disk full", host_identity: "host name", gpu_xid: "XID", gpu_memory: "GPU memory", gpu_idle_held: "held idle",
 };
 
 // ---- state -------------------------------------------------------------------------
@@ -58,13 +58,7 @@ const nowHub = () => Date.now() / 1000 + skew;
 const str = (v) => (v === undefined ? null : v);  // strings arrive inline (null when unknown)
 
 // ---- small formatters ----------------------------------------------------------------
-function fmtAge(s) {
-  s = Math.max(0, Math.round(s));
-  if (s < 90) return s + " s";
-  if (s < 5400) return Math.round(s / 60) + " min";
-  if (s < 172800) { const hr = Math.floor(s / 3600); const m = Math.round((s % 3600) / 60); return hr + " h" + (m ? " " + m + " min" : ""); }
-  return Math.round(s / 86400) + " d";
-}
+// fmtAge (a duration in words: "45 s", "12 min", "5 h 59 min", "6 h", "3 d") is in common.js.
 function clock(epoch) {
   const d = new Date(epoch * 1000);
   const sameDay = new Date().toDateString() === d.toDateString();
@@ -260,9 +254,11 @@ function sortedServers() {
   const sort = document.getElementById("sort").value;
   const list = doc.servers.slice();
   const free = (s) => s.gpus.filter((g) => g[2] === "free").length;
-  if (sort === "problems") list.sort((a, b) => (STATUS_RANK[a.state] - STATUS_RANK[b.state]) || a.name.localeCompare(b.name));
-  else if (sort === "free") list.sort((a, b) => (free(b) - free(a)) || a.name.localeCompare(b.name));
-  return list;  // "name": the hub's order (name, case-insensitive)
+  const byName = (a, b) => naturalCompare(a.name, b.name) || a.id - b.id;  // dgx-a9, dgx-a10, dgx-a100
+  if (sort === "problems") list.sort((a, b) => (STATUS_RANK[a.state] - STATUS_RANK[b.state]) || byName(a, b));
+  else if (sort === "free") list.sort((a, b) => (free(b) - free(a)) || byName(a, b));
+  else list.sort(byName);
+  return list;
 }
 
 // ---- host groups: sections with a summary line and heat-strip (the overview) ----------
@@ -343,7 +339,7 @@ function dimensions(list) {
   }
   const shared = new Set([...count].filter(([, n]) => n > 1).map(([k]) => k));
   const dims = new Map();
-  for (const n of [...names].sort()) {
+  for (const n of [...names].sort(naturalCompare)) {
     const d = dimensionOf(n, shared);
     if (!dims.has(d)) dims.set(d, []);
     dims.get(d).push(n);
@@ -362,7 +358,7 @@ function groupedLayout(list, groups) {
       by.get(g).push(s);
     }
   }
-  return [...by.entries()].sort((a, b) => (a[0] === UNGROUPED) - (b[0] === UNGROUPED) || a[0].localeCompare(b[0]));
+  return [...by.entries()].sort((a, b) => (a[0] === UNGROUPED) - (b[0] === UNGROUPED) || naturalCompare(a[0], b[0]));
 }
 
 function chosenGroup() { return document.getElementById("group-filter").value; }
@@ -371,7 +367,7 @@ function renderGroupChoice(dims) {
   // The "Group by" and "Group" selects; hidden while no server is in a group.
   const by = document.getElementById("group-by"), select = document.getElementById("group-filter");
   const params = new URLSearchParams(location.search);
-  const names = [...dims.values()].flat().sort();
+  const names = [...dims.values()].flat().sort(naturalCompare);
   const key = [...dims.keys()].join(",") + "\n" + names.join("\n");
   const wantBy = by.dataset.key ? by.value : params.get("by") || "";
   const wantGroup = select.dataset.key ? select.value : params.get("group") || "";
@@ -379,7 +375,7 @@ function renderGroupChoice(dims) {
     const order = [...dims.keys()].filter((d) => d !== "other")
       .sort((a, b) => dims.get(a).length - dims.get(b).length || a.localeCompare(b));
     by.replaceChildren(...order.map((d) => h("option", { value: d }, "Group by " + d)),
-      h("option", { value: "*" }, order.length ? "Every group" : "Group by group"),
+      h("option", { value: "*" }, order.length ? "Every group" : "Group by host group"),
       h("option", { value: "-" }, "No groups (one grid)"));
     select.replaceChildren(h("option", { value: "" }, "All groups"), ...names.map((n) => h("option", { value: n }, n)));
     by.dataset.key = select.dataset.key = key;
@@ -393,6 +389,7 @@ function renderGroupChoice(dims) {
 
 function renderGrid() {
   const grid = document.getElementById("grid");
+  indexFilter();  // before any rows are built: building a section's rows applies the filter (?group= on load)
   const list = sortedServers();
   const dims = dimensions(list);
   renderGroupChoice(dims);
@@ -445,7 +442,6 @@ function renderGrid() {
       if (!sec.flat) updateSectionHead(sec);
     }
   }
-  indexFilter();
   applyFilter(true);
   applyHighlight();
 }
@@ -535,7 +531,7 @@ function applyHighlight() {
   if (!doc) return;
   const grid = document.getElementById("grid");
   let lit = 0;
-  for (const s of doc.servers) s.gpus.forEach((g) => { if (highlight !== null && gpuMatches(g, highlight.kind, highlight.value)) lit++; });
+  for (const s of scoped().servers) s.gpus.forEach((g) => { if (highlight !== null && gpuMatches(g, highlight.kind, highlight.value)) lit++; });
   const byId = new Map(doc.servers.map((s) => [s.id, s]));
   for (const r of rowEls.values()) {
     const s = byId.get(r.sid);
@@ -560,6 +556,59 @@ function setHighlight(kind, value) {
   }
 }
 
+// ---- the chosen host group scopes every panel -------------------------------------------
+// With a group chosen ("Group" select, ?group=), the summary counts, the problems, "Using GPUs now"
+// and "Idle holders" are the group's, not the viewer's whole scope: they are computed here from the
+// fleet document's servers (their cells and processes), as server_monitor/serving/fleet.py computes
+// the document's own `who` and `counts`. Once per document and group (a few ms at 1,000 servers).
+let scopeCache = { doc: null, group: null, view: null };
+function scoped() {
+  const only = chosenGroup();
+  if (!only) return { group: "", servers: doc.servers, ids: null, who: doc.who, problems: doc.problems, counts: doc.counts };
+  if (scopeCache.doc === doc && scopeCache.group === only) return scopeCache.view;
+  const servers = doc.servers.filter((s) => (s.groups || []).includes(only));
+  const ids = new Set(servers.map((s) => s.id));
+  const cs = {}, cg = {}, who = new Map();  // who: user -> [GPUs, MiB, hosts, idle GPUs, containers]
+  for (const s of servers) {
+    cs[s.state] = (cs[s.state] || 0) + 1;
+    const mine = new Map();  // this server's users -> [GPUs, MiB, idle GPUs, containers]
+    for (const g of s.gpus) {
+      cg[g[2]] = (cg[g[2]] || 0) + 1;
+      if (g[2] === "offline" || g[2] === "stale" || g[2] === "lost") continue;  // holds nothing now
+      const seen = new Set();
+      for (const p of g[10]) {
+        const user = str(p[1]), container = str(p[2]);
+        let e = mine.get(user);
+        if (!e) mine.set(user, e = [0, 0, 0, new Set()]);
+        e[1] += p[3] || 0;
+        if (!seen.has(user)) { seen.add(user); e[0]++; e[2] += g[2] === "idle"; }
+        if (container !== null) e[3].add(container);
+      }
+    }
+    for (const [user, [n, mib, idle, containers]] of mine) {
+      let e = who.get(user);
+      if (!e) who.set(user, e = [0, 0, 0, 0, new Set()]);
+      e[0] += n; e[1] += mib; e[2]++; e[3] += idle;
+      for (const c of containers) e[4].add(c);
+    }
+  }
+  const whoList = [...who].map(([user, e]) => ({ user, gpus: e[0], mib: e[1], hosts: e[2], idle: e[3], containers: [...e[4]].sort() }))
+    .sort((a, b) => b.gpus - a.gpus || b.mib - a.mib || (a.user || "").localeCompare(b.user || ""));
+  const view = { group: only, servers, ids, who: whoList, problems: doc.problems.filter((p) => ids.has(p.server_id)),
+    counts: { servers: cs, gpus: cg } };
+  scopeCache = { doc, group: only, view };
+  return view;
+}
+const inScopeText = (view) => (view.group ? " in " + view.group : "");
+
+function renderScoped() {
+  renderSummary();
+  renderProblems();
+  renderWho();
+  renderIdle();
+  applyHighlight();
+}
+
 // ---- who is using GPUs now -----------------------------------------------------------
 function renderWho() {
   const body = document.getElementById("who-body");
@@ -570,23 +619,29 @@ function renderWho() {
     note.textContent = "Your account does not show GPU processes or users.";
     return;
   }
-  const rows = doc.who.filter((w) => !text || (w.user || "").toLowerCase().includes(text) ||
+  const view = scoped(), all = view.who;
+  const rows = all.filter((w) => !text || (w.user || "").toLowerCase().includes(text) ||
     w.containers.some((c) => c.toLowerCase().includes(text)));
   body.replaceChildren(...rows.map((w) => {
     const user = w.user === null ? "(unknown)" : w.user;
-    const button = h("button", { type: "button", class: "link-button who-user", dataset: { user } }, user);
+    // The name links to the user's page like every holder name (userLink); the ◎ button beside it
+    // highlights their GPUs in the grid.
+    const button = h("button", { type: "button", class: "link-button who-user", dataset: { user },
+      title: "Highlight the GPUs of " + user, "aria-label": "Highlight the GPUs of " + user }, "◎");
     const containers = w.containers.length ? h("div", { class: "who-containers" }, w.containers.slice(0, 4).map((c) =>
       h("button", { type: "button", class: "chip", dataset: { container: c }, title: "Highlight the GPUs of " + c }, c)),
     w.containers.length > 4 ? h("span", { class: "muted" }, " +" + (w.containers.length - 4)) : null) : null;
+    const name = w.user === null ? h("span", { class: "who-unknown" }, user)
+      : userLink(w.user, undefined, { class: "user-link who-page", title: "GPUs, GPU-hours and jobs of " + user });
     return h("tr", { dataset: { user } },
-      h("td", { class: "who-name" }, button, containers),
+      h("td", { class: "who-name" }, name, " ", button, containers),
       h("td", { class: "num" }, String(w.gpus)),
       h("td", { class: "num" }, fmtMiB(w.mib)),
       h("td", { class: "num" }, String(w.hosts)),
       h("td", { class: "num" + (w.idle ? " warn-text" : "") }, w.idle ? String(w.idle) : "–"));
   }));
-  note.textContent = doc.who.length ? (rows.length < doc.who.length ? rows.length + " of " + doc.who.length + " users" : doc.who.length + " users") +
-    " · choose a user or container to highlight their GPUs" : "Nobody holds a GPU right now.";
+  note.textContent = all.length ? (rows.length < all.length ? rows.length + " of " + all.length + " users" : all.length + " users") + inScopeText(view) +
+    " · a name opens the user's page; ◎ or a container highlights their GPUs" : "Nobody holds a GPU" + inScopeText(view) + " right now.";
 }
 
 // ---- idle holders: GPUs held at ~0 % for hours, by whom and for how long -----------------
@@ -606,28 +661,68 @@ function idleGroups(rows) {
   for (const r of rows) {
     const key = r.users + "\u0000" + r.server_id + "\u0000" + Math.round(r.idle_since / 600);
     const g = groups.get(key);
-    if (g) { g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since); }
-    else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since });
+    if (g) {
+      g.gpus.push(r.gpu_index); g.held += r.held_mib || 0; g.since = Math.min(g.since, r.idle_since);
+      for (const n of String(r.nudged || "").split(",").filter(Boolean)) g.nudged.add(n);
+      g.nudgedAt = Math.max(g.nudgedAt, r.nudged_at || 0);
+    } else groups.set(key, { users: r.users, server_id: r.server_id, server: r.server, gpus: [r.gpu_index], held: r.held_mib || 0, since: r.idle_since,
+      nudged: new Set(String(r.nudged || "").split(",").filter(Boolean)), nudgedAt: r.nudged_at || 0 });
   }
   return [...groups.values()].sort((a, b) => a.since - b.since);
+}
+
+// The panel's rule and the nudges' quiet hours come from the page (#idle data-*, sm_pages.py
+// idle_settings): one threshold for the panel and the nudges (config idle_hours).
+function idleHoursText(hours) {
+  return hours >= 1 ? (Math.round(hours * 10) / 10) + " h" : Math.round(hours * 60) + " min";
+}
+function idleQuietNote(box) {
+  // "nudges held for quiet hours until 07:00 (hub time)" while the hub's local hour is quiet.
+  const d = box.dataset;
+  if (d.nudges !== "1" || d.quietStart === undefined) return "";
+  const start = Number(d.quietStart), end = Number(d.quietEnd);
+  const hour = new Date((nowHub() + Number(d.utcOffset || 0)) * 1000).getUTCHours();
+  const quiet = start < end ? hour >= start && hour < end : hour >= start || hour < end;
+  return quiet ? " · nudges held for quiet hours until " + String(end).padStart(2, "0") + ":00 (hub time)" : "";
 }
 
 function renderIdle() {
   const box = document.getElementById("idle");
   const body = document.getElementById("idle-body");
-  if (!doc || !idleRows.length) { box.hidden = true; body.replaceChildren(); return; }
-  body.replaceChildren(...idleGroups(idleRows).map((g) => {
-    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden") : String(g.users).split(",").join(", ");
+  if (!doc) { box.hidden = true; body.replaceChildren(); return; }
+  // A chosen host group scopes the panel (scoped(): the group's servers only).
+  const view = scoped();
+  const rows = view.ids ? idleRows.filter((r) => view.ids.has(r.server_id)) : idleRows;
+  // Never hidden once the fleet is loaded: the toolbar's "Idle holders" link always lands here.
+  const rule = idleHoursText(Number(box.dataset.hours || 2)) + " or more";
+  const table = document.getElementById("idle-table");
+  if (!rows.length) {
+    body.replaceChildren();
+    table.hidden = true;
+    document.getElementById("idle-note").textContent = "No GPU" + inScopeText(view) + " held idle (" + (box.dataset.minMib || "?") +
+      " MiB or more at under " + (box.dataset.maxUtil || "?") + " % utilization) for " + rule + " right now" +
+      idleQuietNote(box) + ".";
+    box.hidden = false;
+    return;
+  }
+  table.hidden = false;
+  body.replaceChildren(...idleGroups(rows).map((g) => {
+    // users: group_concat of the holders' names (idle_holders), each linked to its page.
+    const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
+      : userLinks(String(g.users).split(","));
     const gpus = g.gpus.sort((a, b) => a - b);
     return h("tr", { dataset: { server: String(g.server_id) } },
       h("td", { class: "idle-user" }, holders),
       h("td", {}, h("button", { type: "button", class: "link-button", dataset: { open: String(g.server_id) } },
         shortName(String(g.server)) + " · GPU" + (gpus.length > 1 ? "s " : " ") + gpus.join(", "))),
       h("td", { class: "num" }, gib(g.held)),
-      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)));
+      h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
+      // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
+      h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
+        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
   }));
-  document.getElementById("idle-note").textContent = idleRows.length + " GPU" + (idleRows.length === 1 ? "" : "s") +
-    " held at near 0 % utilization for hours · click a server to open it";
+  document.getElementById("idle-note").textContent = rows.length + " GPU" + (rows.length === 1 ? "" : "s") +
+    inScopeText(view) + " held at near 0 % utilization for " + rule + idleQuietNote(box) + " · click a server to open it";
   box.hidden = false;
 }
 
@@ -662,12 +757,12 @@ function renderProblems() {
   const box = document.getElementById("problems");
   const admin = document.body.dataset.role === "admin";
   if (box.querySelector("form")) return;  // an admin is typing a note: do not replace the form
-  const list = doc.problems;
+  const view = scoped(), list = view.problems;
   if (!list.length) { box.replaceChildren(); return; }
   const limit = showAllProblems ? list.length : 4;
   const open = list.filter((p) => !p.acked_by && !p.silenced_until).length;
   fill(box,
-    h("h2", { class: "problems-title" }, list.length + " problem" + (list.length === 1 ? "" : "s") +
+    h("h2", { class: "problems-title" }, list.length + " problem" + (list.length === 1 ? "" : "s") + inScopeText(view) +
       (open < list.length ? " (" + (list.length - open) + " acknowledged or silenced)" : "")),
     h("ul", { class: "problem-list" }, list.slice(0, limit).map((p) => problemRow(p, admin))),
     list.length > 4 ? h("button", { type: "button", class: "link-button", id: "problems-more" },
@@ -918,7 +1013,7 @@ function gpuRow(gpu) {
     procs.length ? h("table", { class: "procs" },
       h("thead", {}, h("tr", {}, ["User", "Container / job", "PID", "Process", "VRAM"].map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, procs.map((p) => h("tr", {},
-        h("td", { class: "proc-user" }, p.user || (p.uid !== null ? String(p.uid) : "?")),
+        h("td", { class: "proc-user" }, p.user ? userLink(p.user) : (p.uid !== null ? String(p.uid) : "?")),
         h("td", { class: "proc-container" }, p.container ? (p.container_kind ? p.container_kind + ": " : "") + p.container : "host"),
         h("td", { class: "num" }, p.pid === null ? "?" : String(p.pid)),
         h("td", { class: "proc-name", title: p.process_name || "" }, p.process_name || "?"),
@@ -1039,11 +1134,12 @@ function routeFromHash() {
 
 // ---- summary, fetch, refresh -----------------------------------------------------------
 function renderSummary() {
-  const sc = doc.counts.servers, gc = doc.counts.gpus;
+  const view = scoped(), sc = view.counts.servers, gc = view.counts.gpus;
   const n = (o, k) => o[k] || 0;
   const busy = n(gc, "busy") + n(gc, "mig"), idle = n(gc, "idle"), free = n(gc, "free"), alloc = n(gc, "alloc");
   const broken = n(gc, "lost") + n(gc, "error");
   fill(document.getElementById("summary"),
+    view.group ? h("span", { class: "sum sum-scope" }, view.group + ":") : null,
     h("span", { class: "sum sum-online" }, n(sc, "online") + " online"),
     n(sc, "offline") ? h("span", { class: "sum sum-offline" }, n(sc, "offline") + " offline") : null,
     n(sc, "error") + n(sc, "stale") ? h("span", { class: "sum sum-problems" }, (n(sc, "error") + n(sc, "stale")) + " with problems") : null,
@@ -1066,9 +1162,9 @@ function renderAnnouncements() {
 
 function render() {
   if (!doc) return;
+  renderGrid();  // first: it fills the "Group" select that scopes the other panels
   renderSummary();
   renderProblems();
-  renderGrid();
   renderWho();
   applyFilterAndHighlight();
 }
@@ -1128,7 +1224,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     history.replaceState(history.state, "", location.pathname + (params.toString() ? "?" + params : "") + location.hash);
   };
-  document.getElementById("group-filter").addEventListener("change", () => { keepInUrl(); applyFilter(true); });
+  document.getElementById("group-filter").addEventListener("change", () => { keepInUrl(); applyFilter(true); renderScoped(); });
   document.getElementById("group-by").addEventListener("change", () => { keepInUrl(); renderGrid(); });
   document.getElementById("groups-toggle").addEventListener("click", () => {
     const open = !sections.some((sec) => !sec.flat && sec.el.open);

@@ -80,6 +80,20 @@ function pagerButton(label, page, rel) {
   return button;
 }
 
+// The viewer's host groups (host_groups canned query) fill the group field's list; a group that is
+// not among them is said to be unknown or outside the viewer's scope, never "no free GPUs".
+async function groupProblem(group) {
+  let rows;
+  try { rows = await fetchQuery("host_groups", group ? { group } : {}); } catch (e) { return null; }
+  const mine = rows.filter((r) => r.in_scope).map((r) => String(r.grp));
+  document.getElementById("group-list").replaceChildren(...mine.map((g) => h("option", { value: g })));
+  if (!group || mine.includes(group)) return null;
+  const pick = mine.length ? " Pick one of yours: " + mine.slice(0, 12).join(", ") + (mine.length > 12 ? ", … (see the field's list)." : ".")
+    : " None of the servers you may see is in a host group.";
+  return (rows.some((r) => r.grp === group && !r.in_scope) ? "Host group \u201c" + group + "\u201d is not in your scope." :
+    "No host group named \u201c" + group + "\u201d.") + pick;
+}
+
 async function find(page) {
   const form = new FormData(document.getElementById("free-form"));
   const params = { count: form.get("count") || "1", min_free_mib: String(Math.round(Number(form.get("min_free_gib") || 0) * 1024)) };
@@ -89,7 +103,9 @@ async function find(page) {
   if (String(form.get("group") || "").trim()) params.group = String(form.get("group")).trim();
   const errorBox = document.getElementById("load-error");
   try {
-    const rows = await fetchQuery("free_gpus", Object.assign({ limit: String(PAGE_SIZE), offset: String((page - 1) * PAGE_SIZE) }, params));
+    const [rows, wrongGroup] = await Promise.all([
+      fetchQuery("free_gpus", Object.assign({ limit: String(PAGE_SIZE), offset: String((page - 1) * PAGE_SIZE) }, params)),
+      groupProblem(params.group || "")]);
     errorBox.hidden = true;
     document.querySelector("#free-table tbody").replaceChildren(...(rows.length ? rows.map((r) => h("tr", {},
       h("td", {}, h("a", { href: "/#server-" + Number(r.server_id) }, r.server)),
@@ -99,8 +115,8 @@ async function find(page) {
       h("td", { class: "num", dataset: { label: "Least free memory" } }, fmtMiB(r.min_free_mib)),
       h("td", { dataset: { label: "Topology" } }, topology(r)),
       h("td", { dataset: { label: "Models" } }, r.gpu_models || ""))) :
-      [h("tr", {}, h("td", { colSpan: 6 }, page > 1 ? "No more hosts: this page is past the last one." :
-        "No host has that many free GPUs right now."))]));
+      [h("tr", {}, h("td", { colSpan: 6, class: wrongGroup ? "group-problem" : "" }, wrongGroup ||
+        (page > 1 ? "No more hosts: this page is past the last one." : "No host has that many free GPUs right now.")))]));
     const total = rows.length ? rows[0].total : 0;
     const first = (page - 1) * PAGE_SIZE + 1;
     document.getElementById("free-count").textContent = total ?
@@ -110,7 +126,8 @@ async function find(page) {
       ...(first + rows.length - 1 < total ? [pagerButton("Next ›", page + 1, "next")] : []));
     const query = new URLSearchParams(Object.assign({ _shape: "array" }, params)).toString();
     document.getElementById("one-liner").textContent =
-      "curl -s -b cookies.txt '" + location.origin + "/monitor/free_gpus.json?" + query + "' \\\n" +
+      "printf 'Authorization: Bearer %s\\n' \"$SM_TOKEN\" | curl -sf -H @- '" + location.origin +
+      "/monitor/free_gpus.json?" + query + "' \\\n" +
       "  | python3 -c 'import json,sys; [print(r[\"server\"], r[\"env\"]) for r in json.load(sys.stdin)]'";
   } catch (e) {
     errorBox.textContent = "Could not load: " + e.message;
@@ -119,8 +136,6 @@ async function find(page) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const howto = document.getElementById("cookie-howto");
-  howto.textContent = howto.textContent.replaceAll("HUB", location.origin);
   document.getElementById("free-form").addEventListener("submit", (event) => {
     event.preventDefault();
     history.pushState(null, "", toUrl(1));

@@ -172,12 +172,18 @@ function xidLabel(e) {
   return "XID " + e.xid + (e.name ? " (" + e.name + ")" : "");
 }
 
-function findOutages(host, range) {
-  // A gap between two host reports longer than three buckets (and two minutes) is an outage.
+// A host is offline after 4 of its own reporting intervals without a report (the servers view
+// and the host-offline alert count the same, server_monitor/jobs/alerts.py OFFLINE_INTERVALS).
+const OFFLINE_INTERVALS = 4;
+
+function findOutages(host, range, intervalS) {
+  // A gap between two host reports longer than three buckets (and two minutes, and 4 of the
+  // agent's reporting intervals: an agent reporting every 300 s has no outage between reports)
+  // is an outage.
   const out = [];
   if (!host.length) return out;
   const bucket = host[0].bucket_s;
-  const limit = Math.max(3 * bucket, 120);
+  const limit = Math.max(3 * bucket, 120, OFFLINE_INTERVALS * (intervalS || 0));
   let prev = null;
   for (const row of host) {
     if (prev !== null && row.ts - prev > limit) out.push({ from: prev + bucket, to: row.ts });
@@ -382,9 +388,11 @@ function holderTimeline(container, holders, gpus, range, cadence) {
     }
   }
   labels.splice(0, labels.length, ...labels.filter((run) => run.labelFrom !== null));
+  // Names that are users (not a container standing in for an unknown user) link to their page.
+  const users = new Set(holders.filter((r) => r.user).map((r) => r.user));
   const legend = h("ul", { class: "owner-legend", "aria-label": "Users, most GPU time first" },
     ranked.slice(0, OWNER_COLORS.length).map((name) => h("li", {},
-      h("span", { class: "swatch", style: { background: colour(name) } }), name)),
+      h("span", { class: "swatch", style: { background: colour(name) } }), users.has(name) ? userLink(name) : name)),
     ranked.length > OWNER_COLORS.length ? h("li", {}, h("span", { class: "swatch", style: { background: OTHER_OWNER } }),
                                              plural(ranked.length - OWNER_COLORS.length, "other user")) : null);
   const tier = holders.length && holders[0].tier === "1h" ? "from the hourly GPU-hours" : "from the process samples";
@@ -489,9 +497,10 @@ async function load(hours) {
   document.querySelectorAll(".range").forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.hours) === hours)));
   try {
     const q = { server_id: serverId, hours: String(hours) };
-    const [servers, host, gpu, holders, alerts, xids] = await Promise.all([
+    const [servers, host, gpu, holders, alerts, xids, disks, temps] = await Promise.all([
       fetchQuery("servers"), fetchQuery("server_history", q), fetchQuery("gpu_history", q),
       fetchQuery("gpu_holders_history", q), fetchQuery("server_alerts", q), fetchQuery("server_xids", q),
+      fetchQuery("disk_history", q), fetchQuery("temperature_history", q),
     ]);
     const server = servers.find((s) => String(s.server_id) === serverId);
     document.getElementById("server-name").textContent = server ? server.name : "unknown server " + serverId;
@@ -499,17 +508,17 @@ async function load(hours) {
     errorBox.hidden = true;
     const now = Date.now() / 1000;
     const range = [now - hours * 3600, now];
-    markers = { alerts, outages: findOutages(host, range), xids };
+    markers = { alerts, outages: findOutages(host, range, server && server.interval_s), xids };
     alertList(alerts);
     xidList(xids);
-    draw(host, gpu, holders, range);
+    draw(host, gpu, holders, range, disks, temps);
   } catch (e) {
     errorBox.textContent = "Could not load history: " + e.message;
     errorBox.hidden = false;
   }
 }
 
-function draw(host, gpu, holders, range) {
+function draw(host, gpu, holders, range, disks, temps) {
   charts.forEach((c) => c.destroy());
   charts = [];
   const container = document.getElementById("charts");
@@ -531,6 +540,7 @@ function draw(host, gpu, holders, range) {
   makeChart(container, "Network", fmtRate, xs, [
     { label: "rx", values: host.map((r) => r.net_rx_bps) },
     { label: "tx", values: host.map((r) => r.net_tx_bps) }], range);
+  hostExtraCharts(container, disks || [], temps || [], range);
   const byGpu = {};
   for (const row of gpu) (byGpu["GPU " + row.gpu_index] = byGpu["GPU " + row.gpu_index] || []).push(row);
   if (!Object.keys(byGpu).length) return;
@@ -622,3 +632,31 @@ document.addEventListener("DOMContentLoaded", () => {
                                                                             height: c.height })));
   load(currentHours);
 });
+
+// ---- disks and host temperatures (issue 26 item 7) ------------------------------------------
+// disk_history: used % per mount point (as Beszel shows it), from the 5-minute / hourly roll-ups
+// beyond 48 h; temperature_history: each sensor chip's hottest reading (hwmon), °C.
+function byName(rows, key) {
+  const out = {};
+  for (const r of rows) (out[r[key]] = out[r[key]] || []).push(r);
+  return out;
+}
+
+function hostExtraCharts(container, disks, temps, range) {
+  if (disks.length) {
+    const mounts = byName(disks, "mountpoint");
+    const { xs, out } = alignSeries(mounts, "used_percent");
+    const chart = makeChart(container, "Disk used (% per mount point)", (v) => (v === null || v === undefined ? "–" : v.toFixed(1) + "%"), xs,
+      Object.entries(out).map(([label, values]) => ({ label, values })), range, [0, 100]);
+    chart.root.closest("figure").classList.add("disk-history");
+    chart.root.closest("figure").dataset.mounts = String(Object.keys(mounts).length);
+  }
+  if (temps.length) {
+    const chips = byName(temps, "sensor");
+    const { xs, out } = alignSeries(chips, "temperature_c");
+    const chart = makeChart(container, "Host temperatures (hottest reading per sensor chip)",
+      (v) => (v === null || v === undefined ? "–" : v.toFixed(0) + " °C"), xs,
+      Object.entries(out).map(([label, values]) => ({ label, values })), range);
+    chart.root.closest("figure").classList.add("temperature-history");
+  }
+}

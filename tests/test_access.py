@@ -30,6 +30,8 @@ MATRIX = {
     "/servers/1/history": (302, 200, 200, 200, 200),
     "/free": (302, 200, 200, 200, 200),
     "/accounting": (302, 200, 200, 200, 200),
+    "/users/user0": (302, 200, 200, 200, 200),
+    "/users?name=..": (302, 200, 200, 200, 200),
     "/admin": (302, 403, 403, 403, 200),
     "/admin/invites": (302, 403, 403, 403, 405),
     "/admin/invites/1/revoke": (302, 403, 403, 403, 405),
@@ -39,7 +41,13 @@ MATRIX = {
     "/admin/api-tokens/1/revoke": (302, 403, 403, 403, 405),
     "/admin/gpus": (302, 403, 403, 403, 405),
     "/admin/groups": (302, 403, 403, 403, 405),
+    "/admin/notify/targets": (302, 403, 403, 403, 405),
+    "/admin/notify/test": (302, 403, 403, 403, 405),
+    "/admin/notify/contacts": (302, 403, 403, 403, 405),
+    "/account/contact": (302, 405, 405, 405, 405),
     "/admin/scope-options": (302, 403, 403, 403, 200),
+    "/admin/rules": (302, 403, 403, 403, 200),
+    "/admin/rules/1": (302, 403, 403, 403, 405),
     "/api/servers": (401, 200, 200, 200, 200),
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),
@@ -88,7 +96,8 @@ PUBLIC_QUERIES = ["servers", "gpus", "processes", "disks", "server_history", "gp
                   "containers", "probes", "announcements", "free_gpus", "idle_holders", "gpu_hours",
                   "alerts_active", "alerts_history", "fleet_servers", "fleet_gpus", "fleet_processes", "silences",
                   "gpu_holders_history", "server_alerts", "gpu_hours_daily", "xid_events", "fleet_mig",
-                  "server_xids"]
+                  "server_xids", "disk_history", "temperature_history", "user_gpus", "user_gpu_hours_daily",
+                  "user_jobs", "host_groups"]
 for name in PUBLIC_QUERIES:
     MATRIX[f"/monitor/{name}"] = (302, 200, 200, 200, 200)
     MATRIX[f"/monitor/{name}.json"] = (401, 200, 200, 200, 200)

@@ -28,10 +28,10 @@ def csrf(client, path="/account"):
     return re.search(r'name="csrftoken" value="([^"]+)"', client.get(path).text).group(1)
 
 
-def create_token(client, name="job launcher", days="30"):
+def create_token(client, name="job launcher", days="30", **kwargs):
     """A token made through the /account form; returns (response, token)."""
     answer = client.post("/account", data={"csrftoken": csrf(client), "action": "create_token", "name": name,
-                                           "days": days})
+                                           "days": days}, **kwargs)
     found = re.search(r'value="(smu_[A-Za-z0-9_-]{43})"', answer.text)
     return answer, found.group(1) if found else None
 
@@ -326,3 +326,34 @@ def test_item4_group_scoped_viewers_token_gets_gpu_hours_of_its_servers_only(hub
     assert hours(admin) == pytest.approx({"a-1": 2.0, "b-1": 2.0}, abs=0.01)
     assert hours(viewer) == pytest.approx({"a-1": 2.0}, abs=0.01)
     assert set(hours(viewer, "gpu_hours_daily")) == {"a-1"}
+
+
+
+def test_F10_account_shows_a_group_scoped_viewer_by_group_and_names_not_raw_ids(lab, hub_config):
+    """Newcomer finding 10: /account listed a group-scoped viewer's scope as the raw server ids
+    the group expands to. Now: the host groups as stored, how many servers that is now, and
+    servers chosen one by one by name (the /admin lists' scope_summary)."""
+    admin, ctx, user = lab
+    tina = user("tina")
+    page = tina.get("/account").text
+    assert re.search(r'<span id="account-scope">([^<]*)</span>', page).group(1) == "host group team-a (2 servers now)"
+    assert "servers: 1" not in page
+    b1 = sqlite3.connect(hub_config.db_path).execute("SELECT id FROM servers WHERE hostname = 'b-1'").fetchone()[0]
+    ctx.accounts.update_user("tina", role="viewer", servers=[b1], groups=["team-a"])
+    page = tina.get("/account").text
+    assert re.search(r'<span id="account-scope">([^<]*)</span>', page).group(1) == \
+        "host group team-a + 1 server: b-1 (3 servers now)"
+
+
+def test_F9_account_try_it_line_uses_the_hubs_real_address(lab, hub_config):
+    """Newcomer finding 9: the "Try it" line under a new token said http://HUB:5100. Now the
+    request's own address, or server.public_url when it is set (the Host header can be forged)."""
+    admin, ctx, user = lab
+    tina = user("tina")
+    answer, token = create_token(tina)
+    line = re.search(r"<p>Try it: <code>(.*?)</code></p>", answer.text).group(1)
+    assert "HUB" not in line and "http://localhost/monitor/free_gpus.json?_shape=array" in line
+    hub.context(admin.ds).config.data["server"]["public_url"] = "https://monitor.example.org/"
+    answer, token = create_token(tina, "second", headers={"Host": "evil.example"})
+    line = re.search(r"<p>Try it: <code>(.*?)</code></p>", answer.text).group(1)
+    assert "https://monitor.example.org/monitor/free_gpus.json?_shape=array" in line

@@ -22,7 +22,7 @@ ALLOWED = {
     "storage": {"core"},
     "auth": {"core"},
     "serving": {"core", "storage", "auth"},
-    "jobs": {"core", "storage", "serving"},
+    "jobs": {"core", "storage", "auth", "serving"},
     "": {"core", "storage", "auth", "serving", "jobs"},
 }
 LAYERS = sorted(name for name in ALLOWED if name)
@@ -103,10 +103,11 @@ def test_item1_every_layer_has_its_folder():
     assert flat == ["__init__.py", "__main__.py", "cli.py"]
 
 
-# The one agent module the hub imports: the text rule both sides clean and check strings with
-# (issue 22 item 6, docs/security.md N2). It lives in the agent's package because the zipapp must
-# carry it; it imports nothing but the standard library.
-SHARED_WITH_AGENT = {"monitor_agent.textrule"}
+# The agent modules the hub imports: the text rule both sides clean and check strings with
+# (issue 22 item 6, docs/security.md N2), and the rule that reduces hwmon readings to one per chip
+# (issue 26 item 7: the agent sends it, the hub stores any agent's readings by it). They live in the
+# agent's package because the zipapp must carry them; they import nothing but the standard library.
+SHARED_WITH_AGENT = {"monitor_agent.textrule", "monitor_agent.temperatures"}
 
 
 @pytest.mark.parametrize("path", package_files())

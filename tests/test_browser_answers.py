@@ -177,6 +177,25 @@ def test_item9_dashboard_lists_idle_holders_with_how_long(page, hub_process, hub
     assert page.console_errors == []
 
 
+def test_F7_durations_round_to_minutes_first_never_60_min(page, hub_process, hub_config):
+    """The shared duration helper (static/common.js fmtAge, used by the idle holders, problems and
+    host ages) rounds to whole minutes before splitting into hours: 5 h 59 min 40 s is "6 h", not
+    "5 h 60 min" (newcomer finding 7). Evaluated in the dashboard page itself; also the idle panel."""
+    from playwright.sync_api import expect
+
+    now = int(time.time())
+    # Idle since 3 h 59 min 50 s ago: the panel says "4 h" (the old helper: "3 h 60 min").
+    for t in (now - 4 * 3600 + 10, now - 3 * 3600, now - 2 * 3600, now - 3600, now):
+        push(hub_process, hub_config, _held("idler", t, ["jchristensen"]))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    expect(page.locator("#idle-body tr")).to_have_count(1)
+    assert page.locator("#idle-body td.idle-for").inner_text() in ("4 h", "4 h 1 min")
+    words = page.evaluate("() => [5 * 3600 + 59 * 60 + 40, 3 * 3600 + 3570, 3 * 3600 + 29, 89 * 60 + 40, 45, 3 * 86400]"
+                          ".map((s) => fmtAge(s))")
+    assert words == ["6 h", "4 h", "3 h", "1 h 30 min", "45 s", "3 d"], words
+    assert page.console_errors == []
+
+
 LOGINS = ["jchristensen", "mkowalczykjr", "abhattachary", "user07", "svenkatarama", "ohernandez12", "lwojciechows", "kimjisoo2024"]
 
 

@@ -204,3 +204,47 @@ def test_item1_item3_item4_group_chip_in_the_scope_picker_and_group_on_free(brow
     assert page.input_value("#free-form input[name=group]") == "lab-x"
     assert errors == []
     context.close()
+
+
+def test_F8_free_names_an_unknown_or_out_of_scope_group_and_lists_the_viewers_groups(browser, hub_process, hub_config):
+    """/free with a group nobody has (a typo) says there is no host group of that name, and with a
+    group outside the viewer's scope says so, instead of "No host has that many free GPUs" (newcomer
+    finding 8); the group field offers the viewer's own groups (a datalist)."""
+    import sqlite3
+
+    from datasette_auth_passwords.utils import hash_password
+    from playwright.sync_api import expect
+    from server_monitor.auth.accounts import Accounts
+    from server_monitor.storage import groups
+
+    grow(hub_config.db_path, [f"node-{t}-{i}" for t in "ab" for i in range(3)], gpus=1)
+    with sqlite3.connect(hub_config.db_path) as conn:
+        for t in "ab":
+            ids = [i for (i,) in conn.execute("select id from servers where hostname like ?", (f"node-{t}-%",))]
+            groups.set_admin(conn, ids, f"cluster-{t}")
+    Accounts(hub_config.auth_db_path).create_user("erin", hash_password("a long enough password", iterations=1000),
+                                                  "viewer", servers=[], groups=["cluster-b"])
+    page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    login(page, hub_process.base_url, "erin", "a long enough password")
+    cell = page.locator("#free-table tbody td.group-problem")
+    page.goto(hub_process.base_url + "/free?group=nope")
+    expect(cell).to_have_text("No host group named \u201cnope\u201d. Pick one of yours: cluster-b.")
+    page.goto(hub_process.base_url + "/free?group=cluster-a")
+    expect(cell).to_have_text("Host group \u201ccluster-a\u201d is not in your scope. Pick one of yours: cluster-b.")
+    assert page.locator("#free-table tbody tr td:first-child a").count() == 0
+    # The field's list: the viewer's groups only.
+    assert page.eval_on_selector_all("#group-list option", "os => os.map(o => o.value)") == ["cluster-b"]
+    assert page.get_attribute("#free-form input[name=group]", "list") == "group-list"
+    # Their own group: its hosts, no complaint.
+    page.goto(hub_process.base_url + "/free?group=cluster-b")
+    expect(page.locator("#free-count")).to_have_text("1–3 of 3 offers")
+    assert cell.count() == 0 and errors == []
+    # The admin sees every group in the list, and a typo is still named as one.
+    admin = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    login(admin, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    admin.goto(hub_process.base_url + "/free?group=cluster-c")
+    expect(admin.locator("#free-table tbody td.group-problem")).to_have_text(
+        "No host group named \u201ccluster-c\u201d. Pick one of yours: cluster-a, cluster-b.")
+    assert admin.eval_on_selector_all("#group-list option", "os => os.map(o => o.value)") == ["cluster-a", "cluster-b"]

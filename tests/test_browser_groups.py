@@ -190,3 +190,74 @@ def test_item4_top_bar_stays_one_line_at_1440_with_1000_servers(browser, hub_pro
             assert bar["lines"] == 1 and bar["height"] < 50 and bar["user"] > width - 40, bar
             assert "broken" in page.get_attribute("#summary .sum-gpus", "title")
         context.close()
+
+
+def test_F3_group_filter_scopes_every_panel(page, hub_process, hub_config):
+    """``/?by=cluster&group=cluster-b`` scopes the whole page, not only the grid: the header counts,
+    the problems list, "Using GPUs now" and "Idle holders" are cluster-b's (newcomer finding 3:
+    they stayed fleet-wide). Choosing "All groups" brings the whole fleet back."""
+    import sqlite3
+
+    from playwright.sync_api import expect
+    from test_browser_answers import _held
+
+    now = int(time.time())
+    for t in range(now - 3 * 3600, now + 1, 600):  # 3 h held at 0 %: one idle holder in each cluster
+        for name, user, group in (("idle-a", "ann", "cluster-a"), ("idle-b", "bob", "cluster-b")):
+            report = _held(name, t, [user, None])
+            report["groups"] = [group]
+            push(hub_process, hub_config, report)
+    push(hub_process, hub_config, grouped("busy-a", ["cluster-a"], state="load"))
+    with sqlite3.connect(hub_config.db_path) as conn:
+        ids = dict(conn.execute("select hostname, id from servers"))
+        for key, host in (("t1", "idle-a"), ("t2", "busy-a")):  # two problems in cluster-a, none in cluster-b
+            conn.execute("INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
+                         " VALUES (?, 'gpu_temperature', 'warning', ?, 's', ?, ?)", (key, ids[host], host + ": hot", now))
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/?by=cluster&group=cluster-b")
+    expect(page.locator("#idle-body tr")).to_have_count(1)
+    assert visible_rows(page) == ["idle-b"]
+    assert page.locator("#idle-body td.idle-user").inner_text() == "bob"
+    assert "1 GPU in cluster-b held" in page.inner_text("#idle-note")
+    assert [u.strip() for u in page.locator("#who-body tr td.who-name a").all_inner_texts()] == ["bob"]
+    assert page.locator("#problems .problem").count() == 0  # cluster-a's problems are not cluster-b's
+    summary = page.inner_text("#summary")
+    assert summary.startswith("cluster-b:") and "1 online" in summary and "1 held idle" in summary, summary
+    # The whole fleet again: every panel counts every group.
+    page.select_option("#group-filter", "")
+    expect(page.locator("#idle-body tr")).to_have_count(2)
+    expect(page.locator("#problems .problems-title")).to_have_text("2 problems")
+    assert sorted(u.strip() for u in page.locator("#who-body tr td.who-name a").all_inner_texts()) == ["ann", "bob", "user0"]
+    summary = page.inner_text("#summary")
+    assert "3 online" in summary and "2 held idle" in summary, summary
+    # And back to cluster-a with the select: its two problems, its holder.
+    page.select_option("#group-filter", "cluster-a")
+    expect(page.locator("#problems .problems-title")).to_have_text("2 problems in cluster-a")
+    expect(page.locator("#idle-body tr")).to_have_count(1)
+    assert page.locator("#idle-body td.idle-user").inner_text() == "ann"
+    assert page.console_errors == []
+
+
+def test_F13_servers_in_natural_order_and_the_group_by_label(page, hub_process, hub_config):
+    """Servers are listed in natural order (dgx-a9, dgx-a10, dgx-a11, dgx-a100; they sorted as text:
+    dgx-a10, dgx-a100, dgx-a11) on the dashboard and in the canned queries that list servers, and
+    the group-by choice reads "Group by host group", never "Group by group" (newcomer finding 13)."""
+    names = ["dgx-a10", "dgx-a100", "DGX-A11", "dgx-a9", "dgx-a2"]
+    for name in names:
+        push(hub_process, hub_config, grouped(name, ["lab"], gpus=1, processes=0, state="idle"))
+    natural = ["dgx-a2", "dgx-a9", "dgx-a10", "DGX-A11", "dgx-a100"]
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    until(lambda: page.locator("#grid .srow").count() == 5)
+    shown = page.eval_on_selector_all("#grid .srow .sname", "els => els.map((e) => e.textContent)")
+    assert shown == natural, shown
+    page.select_option("#sort", "free")  # ties (one free GPU each) in natural order too
+    assert page.eval_on_selector_all("#grid .srow .sname", "els => els.map((e) => e.textContent)") == natural
+    labels = page.eval_on_selector_all("#group-by option", "os => os.map((o) => o.textContent)")
+    assert "Group by group" not in labels and "Group by host group" in labels, labels
+    for query, column in (("servers", "name"), ("gpus", "server"), ("disks", "server")):
+        rows = page.request.get(f"{hub_process.base_url}/monitor/{query}.json?_shape=array").json()
+        order = list(dict.fromkeys(r[column] for r in rows))
+        assert order == natural, (query, order)
+    free = page.request.get(hub_process.base_url + "/monitor/free_gpus.json?_shape=array").json()
+    assert [r["server"] for r in free] == natural  # equal offers: by name, naturally
+    assert page.console_errors == []

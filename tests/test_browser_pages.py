@@ -39,10 +39,13 @@ def test_history_renders_points_for_each_range(page, hub_process, hub_config):
         expect(page.locator("#tier")).to_contain_text("points")
         points = int(re.search(r"(\d+) points", page.inner_text("#tier")).group(1))
         assert points > 0, label
-        # holders, utilization heatmap, CPU, memory, network + 3 GPU line charts + the thermal
-        # headroom (the GPU-depth charts with nothing to show are left out: no throttling, ECC
-        # error, video engine use or PCIe downgrade in these reports)
-        assert page.locator("figure.chart canvas").count() == 9
+        # holders, utilization heatmap, CPU, memory, network, disk use per mount point (issue 26
+        # item 7; no host temperatures in these reports, so no chart for them) + 3 GPU line charts +
+        # the thermal headroom (the GPU-depth charts with nothing to show are left out: no
+        # throttling, ECC error, video engine use or PCIe downgrade in these reports)
+        assert page.locator("figure.chart canvas").count() == 10
+        assert page.locator("figure.disk-history canvas").count() == 1
+        assert page.locator("figure.temperature-history").count() == 0
         assert page.locator("figure[data-series='temperature_gpu_tlimit_c_min'] canvas").count() == 1
     page.fill("#custom-hours", "2")
     page.click("#custom-apply")
@@ -190,7 +193,18 @@ def test_free_gpus_accounting_and_alerts_pages(browser, fast_hub, hub_config):
     tab.close()
 
 
-def test_free_page_copy_button_and_cookie_recipe_work(page, hub_process, hub_config, tmp_path):
+def new_api_token(page, base_url, name="job launcher"):
+    """An API token made on /account in the browser (as a user would); returns it."""
+    page.goto(base_url + "/account")
+    page.fill("#token-name", name)
+    page.click("#create-token button[type=submit]")
+    return page.input_value("#new-token")
+
+
+def test_F9_free_page_teaches_the_api_token_and_its_recipe_works(page, hub_process, hub_config, tmp_path):
+    """Newcomer finding 9: /free's "From a script" box taught the cookie-jar + CSRF login. Now it
+    teaches the API token (Authorization: Bearer, as docs/api.md): the page's own recipe and
+    one-liner, run by bash with a token made on /account, print the free GPUs; the copy button works."""
     import shutil
     import subprocess
 
@@ -202,6 +216,7 @@ def test_free_page_copy_button_and_cookie_recipe_work(page, hub_process, hub_con
         g["utilization.gpu"], g["memory.used"] = 0, 0
     push(hub_process, hub_config, report)
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    token = new_api_token(page, hub_process.base_url)
     page.goto(hub_process.base_url + "/free")
     row = page.locator("#free-table tbody tr").first
     expect(row).to_contain_text("2 free: 1,2")
@@ -209,15 +224,16 @@ def test_free_page_copy_button_and_cookie_recipe_work(page, hub_process, hub_con
     row.locator("button.copy").click()
     expect(row.locator("button.copy")).to_have_text(re.compile("Copied|Selected"))
     assert row.locator("a").get_attribute("href") == "/#server-1"
-    # The page's own recipe for a script's cookie, run by curl against this hub.
+    box = page.locator("main").inner_text()
+    assert "cookies.txt" not in box and "csrftoken" not in box and "Authorization: Bearer" in box
+    assert page.locator("a[href='/account#api-tokens']").count() == 1
     if not shutil.which("curl"):
         pytest.skip("curl is not installed")
-    recipe = page.inner_text("#cookie-howto").replace("YOU", hub_config.get("auth.username"))
-    assert hub_process.base_url + "/login" in recipe
-    subprocess.run(["bash", "-c", recipe], cwd=tmp_path, check=True, timeout=60, input=hub_config.password + "\n",
-                   text=True)  # the password on standard input, as typed at the recipe's prompt
-    one_liner = page.inner_text("#one-liner")
-    out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # The page's recipe (token typed at its prompt) and one-liner, run by bash against this hub.
+    script = page.inner_text("#token-howto") + "\n" + page.inner_text("#one-liner")
+    assert hub_process.base_url + "/monitor/free_gpus.json?" in script
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         input=token + "\n")
     assert out.stdout.startswith("free-node CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES="), (out.stdout, out.stderr)
     assert page.console_errors == []
 

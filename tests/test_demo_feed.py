@@ -124,3 +124,33 @@ def test_gpus_seen_only_in_replays_stay_present_when_the_newest_report_cannot_li
     push(ingest_server, hub_config, sample_report("broken-driver", gpus=2, processes=0, sample_time=now - 600))
     present = dict(sqlite3.connect(hub_config.db_path).execute("SELECT gpu_index, present FROM gpus"))
     assert present == {0: 1, 1: 1}
+
+
+def test_F14_demo_feed_seed_gives_unique_host_names():
+    """Newcomer finding 14: ``--seed lab1k`` fed into the ``--demo`` hub reused the demo's 25 host
+    names (duplicates). Another seed now prefixes the names; the demo's own seed keeps them."""
+    from server_monitor.storage.contract import validate_report
+
+    demo = [h.name for h in demo_feed.build_fleet(25, start=1_800_000_000)]
+    assert demo[:2] == ["dgx-a01", "gpu-c01"]
+    big = demo_feed.build_fleet(1000, seed="lab1k", start=1_800_000_000)
+    names = [h.name for h in big]
+    assert len(set(names)) == 1000 and not set(names) & set(demo)
+    assert names[0] == "lab1k-dgx-a01"
+    assert len({h.machine_id for h in big} | {h.machine_id for h in demo_feed.build_fleet(25, start=1_800_000_000)}) == 1025
+    # A seed that is no host-name label still gives valid names the contract accepts.
+    odd = demo_feed.build_fleet(2, seed="Lab 1K / test!", start=1_800_000_000)
+    assert odd[0].name == "lab-1k-test-dgx-a01"
+    validate_report(odd[0].report(1_800_000_000, 1_800_000_000, 60))
+
+
+def test_F14_demo_feed_hours_0_is_live_only(ingest_server, hub_config):
+    """``--hours 0`` means no history, live reports only (it was refused: "(0, 48]")."""
+    rc = demo_feed.main(["--url", ingest_server.base_url, "--token", hub_config.get("agent.token"),
+                         "--hosts", "4", "--hours", "0", "--seed", "live", "--once"])
+    assert rc == 0
+    conn = sqlite3.connect(hub_config.db_path)
+    # One report per live host, now (the 3rd demo host is the one that went offline 40 min ago).
+    assert conn.execute("SELECT count(*) FROM host_samples").fetchone()[0] == 3
+    assert sorted(n for (n,) in conn.execute("SELECT hostname FROM servers")) == ["live-dgx-a01", "live-dgx-b01",
+                                                                                   "live-gpu-c01"]

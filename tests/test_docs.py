@@ -1,6 +1,7 @@
 """Documentation that is generated from code must match the code."""
 
 import os
+import re
 import sys
 
 import pytest
@@ -67,3 +68,35 @@ def test_test_caches_are_not_tracked():
                  "agent-spool/x.json.gz"):
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
         assert ignored.returncode == 0, path
+
+
+def _slug(heading):
+    """GitHub's anchor of a Markdown heading: lower case, punctuation but '-' dropped, spaces -> '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_item4_readme_recipes_cover_each_issue26_workflow_with_docs_and_a_rendered_screenshot():
+    """README's Recipes table has a row per issue 26 workflow, each linking a docs section that
+    exists; every screenshot README and docs/ show or link exists and is one scripts/screenshots.py
+    renders (SHOTS), and every shot it renders is shown somewhere."""
+    import screenshots
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    recipes = readme[readme.index("## Recipes"):]
+    recipes = recipes[:recipes.index("\n## ", 3)]
+    rows = [line for line in recipes.splitlines() if line.startswith("| ") and not line.startswith("| Workflow")]
+    for workflow in ("nudges", "Alert rules", "Notifications", "API tokens", "Single sign-on", "user's page", "Disk history"):
+        assert any(workflow in row.split("|")[1] for row in rows), workflow
+    for row in rows:
+        links = re.findall(r"\]\((docs/[\w./-]+\.md)#([\w-]+)\)", row)
+        assert links, row
+        for path, anchor in links:
+            headings = re.findall(r"^#+ (.+)$", open(os.path.join(ROOT, path), encoding="utf-8").read(), re.M)
+            assert anchor in {_slug(h) for h in headings}, (path, anchor)
+    shown = set()
+    for path in ["README.md"] + [os.path.join("docs", n) for n in os.listdir(os.path.join(ROOT, "docs")) if n.endswith(".md")]:
+        for name in re.findall(r"screenshots/([\w.-]+\.png)", open(os.path.join(ROOT, path), encoding="utf-8").read()):
+            assert os.path.exists(os.path.join(ROOT, "docs", "screenshots", name)), (path, name)
+            assert name in screenshots.SHOTS, (path, name)
+            shown.add(name)
+    assert shown == set(screenshots.SHOTS)

@@ -16,7 +16,7 @@ import uuid
 from reports import sample_report
 from test_hub_datasette import Client, ingest
 
-from server_monitor.core import topology
+from server_monitor.core import natural, topology
 from server_monitor.serving.queries import QUERIES, named_parameters
 from server_monitor.storage import contract, schema
 from server_monitor.storage.store import store_reports
@@ -159,6 +159,7 @@ def test_item4_free_runs_gpu_set_for_one_page_only(admin):
 
     conn = sqlite3.connect(admin.db)
     conn.create_function("gpu_set", 3, counted)
+    natural.register(conn)  # as on every Datasette connection (plugins/sm_natural.py)
     sql = QUERIES["free_gpus"]["sql"]
     params = {k: "" for k in named_parameters(sql)}
     params.update({"_scope_all": 1, "_scope_servers": "[]", "_config_free_max_util": 10, "count": "2"})
@@ -296,8 +297,8 @@ def _group(admin, token, group, pattern, action="add"):
     """POST /admin/groups (the "Host groups" section's bulk form): ``pattern``'s servers in ``group``."""
     response = admin.post("/admin/groups", data={"csrftoken": token, "action": action, "group": group,
                                                  "pattern": pattern})
-    assert response.status_code == 200, response.text
-    return response
+    assert response.status_code == 302, response.text  # redirect after POST (finding F13)
+    return admin.get(response.headers["location"].split("#")[0])
 
 
 def test_item1_item3_scope_options_offer_host_groups_before_servers(admin):

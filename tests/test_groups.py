@@ -153,11 +153,17 @@ def csrf(client, path="/admin"):
     return re.search(r'name="csrftoken" value="([^"]+)"', client.get(path).text).group(1)
 
 
+def _bulk(admin, data):
+    """POST /admin/groups, then the page its redirect names (redirect after POST, finding F13)."""
+    answer = admin.post("/admin/groups", data=data)
+    assert answer.status_code == 302 and answer.headers["location"].startswith("/admin?gdone="), answer.text
+    return admin.get(answer.headers["location"].split("#")[0])
+
+
 def test_item1_groups_admin_bulk_add_remove_by_pattern_names_and_selection(fleet, hub_config):
     admin, ctx = fleet
     token = csrf(admin)
-    done = admin.post("/admin/groups", data={"csrftoken": token, "group": "gpu-hall", "action": "add",
-                                             "pattern": "?-1", "names": "a-2"})
+    done = _bulk(admin, {"csrftoken": token, "group": "gpu-hall", "action": "add", "pattern": "?-1", "names": "a-2"})
     assert done.status_code == 200 and "4 of 4 matching servers added to group gpu-hall" in done.text
     assert [h for h, g, s in memberships(hub_config.db_path) if g == "gpu-hall" and s == "admin"] == [
         "a-1", "a-2", "b-1", "c-1"]
@@ -165,10 +171,10 @@ def test_item1_groups_admin_bulk_add_remove_by_pattern_names_and_selection(fleet
     assert re.search(r'<a href="/\?group=gpu-hall">gpu-hall</a></td><td>4</td><td>admin</td>', page), page
     # Remove by selection (server ids) and by pattern; team-a (from the agents) is not the admin's to remove.
     ids = {s["name"]: s["server_id"] for s in admin.get("/monitor/servers.json?_shape=array").json()}
-    removed = admin.post("/admin/groups", data={"csrftoken": token, "group": "gpu-hall", "action": "remove",
-                                                "server_id": [str(ids["b-1"])], "pattern": "C-*"})
+    removed = _bulk(admin, {"csrftoken": token, "group": "gpu-hall", "action": "remove",
+                            "server_id": [str(ids["b-1"])], "pattern": "C-*"})
     assert "2 of 2 matching servers removed from group gpu-hall" in removed.text
-    kept = admin.post("/admin/groups", data={"csrftoken": token, "group": "team-a", "action": "remove", "pattern": "a-*"})
+    kept = _bulk(admin, {"csrftoken": token, "group": "team-a", "action": "remove", "pattern": "a-*"})
     assert "0 of 2 matching servers removed" in kept.text
     assert sorted(h for h, g, s in memberships(hub_config.db_path) if g == "team-a") == ["a-1", "a-2"]
     # Bad input: precise 400s, nothing written.
@@ -232,6 +238,13 @@ def test_item1_groups_viewer_scope_by_group_new_server_joins_other_group_never(f
     assert seen() == ["b-1", "b-2", "c-1"]
     assert admin.post("/admin/users/tina", data={"csrftoken": token, "action": "update", "role": "viewer",
                                                  "scope": "some", "groups": "no/slash"}).status_code == 400
+    # A scope that is neither "all" nor "some" (a typo, a forged form) is refused, never read as "all".
+    for bad in ("everything", "Some", "", "all "):
+        assert admin.post("/admin/users/tina", data={"csrftoken": token, "action": "update", "role": "viewer",
+                                                     "scope": bad, "groups": "team-a"}).status_code == 400
+    assert seen() == ["b-1", "b-2", "c-1"]
+    assert admin.post("/admin/invites", data={"csrftoken": token, "role": "viewer", "max_uses": "1", "hours": "24",
+                                              "scope": "any"}).status_code == 400
     assert admin.post("/admin/users/tina", data={"csrftoken": token, "action": "update", "role": "viewer",
                                                  "scope": "all", "groups": "team-b"}).status_code == 302
     assert ctx.accounts.user("tina")["groups"] == [] and len(seen()) == 6
@@ -331,3 +344,24 @@ def test_item1_groups_from_agent_config_and_slurm_end_to_end(hub_process, hub_co
                          env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "groups: 'rack 12' is not a group name" in bad.stderr + bad.stdout
     assert json.loads(json.dumps(doc))["servers"][0]["name"]
+
+
+def test_F13_add_to_group_redirects_after_post_and_the_outcome_is_not_forged(fleet, hub_config):
+    """After "Add to group" the browser is sent to GET /admin (303/302 + Location), so a reload shows
+    the outcome without re-submitting the form (newcomer finding 13); the outcome arguments are
+    checked (a made-up group name or count shows nothing) and paging links leave them out."""
+    admin, ctx = fleet
+    token = csrf(admin)
+    answer = admin.post("/admin/groups", data={"csrftoken": token, "group": "gpu-hall", "action": "add", "pattern": "a-*"})
+    assert answer.status_code == 302
+    location = answer.headers["location"]
+    assert location == "/admin?gdone=add&gname=gpu-hall&gn=2&gof=2#groups"
+    shown = admin.get(location.split("#")[0]).text
+    assert '<p role="status" class="new-secret">2 of 2 matching servers added to group gpu-hall.</p>' in shown
+    # A reload is a GET: nothing is written again (the same memberships).
+    before = memberships(hub_config.db_path)
+    admin.get(location.split("#")[0])
+    assert memberships(hub_config.db_path) == before
+    for forged in ("/admin?gdone=add&gname=%3Cscript%3E&gn=1&gof=1", "/admin?gdone=drop&gname=x&gn=1&gof=1",
+                   "/admin?gdone=add&gname=x&gn=-1&gof=1"):
+        assert "matching servers" not in admin.get(forged).text, forged

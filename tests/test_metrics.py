@@ -404,3 +404,34 @@ def test_item5_builder_streams_each_family_into_gzip(hub_config):
     assert metrics.exposition(*rows, sink=parts.append) == length
     assert len(parts) >= 30 and max(map(len, parts)) < length / 10  # a family at a time
     assert all(p.startswith(b"# HELP ") for p in parts)
+
+
+def test_F4_same_named_hosts_give_no_duplicate_series(datasette, hub_config):
+    """Two servers with one host name (the hub keeps them apart by machine id) must not give two
+    series with the same name and labels in any family: Prometheus drops such samples. Parsed as
+    Prometheus' text format by prometheus_client, every (name, label set) counted."""
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    token = hub_config.get("agent.token")
+    for n in range(2):
+        report = sample_report("dgx-a01", gpus=2, processes=1, machine_id=f"m{n:031d}")
+        report["gpus"][0]["uuid"] = f"GPU-{n}0000000-0000-0000-0000-000000000000"  # boards differ
+        report["gpus"][1]["uuid"] = None  # a GPU that reported no UUID
+        assert ingest(admin, report, token).status_code == 201
+    response = admin.get("/metrics")
+    assert response.status_code == 200
+    seen, duplicates, checked = set(), [], set()
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key in seen:
+                duplicates.append(key)
+            seen.add(key)
+            checked.add(sample.name)
+    assert duplicates == []
+    assert {"server_monitor_filesystem_used_bytes", "server_monitor_filesystem_size_bytes", "server_monitor_up",
+            "DCGM_FI_DEV_GPU_UTIL", "server_monitor_cpu_percent"} <= checked
+    # Both hosts' series are there, told apart by server_id like every other host series.
+    used = [s for s in text_string_to_metric_families(response.text)
+            if s.name == "server_monitor_filesystem_used_bytes"][0]
+    assert len({s.labels.get("server_id") for s in samples(used, Hostname="dgx-a01", mountpoint="/")}) == 2

@@ -20,17 +20,19 @@ import pytest
 from reports import sample_report
 
 from server_monitor.storage import schema
-from server_monitor.core import topology
+from server_monitor.core import natural, topology
 from server_monitor.storage.contract import validate_report
 from server_monitor.serving.queries import QUERIES
 from server_monitor.storage.rollup import Maintenance, refresh_statistics
 from server_monitor.storage.store import store_report
 
 HISTORY = ("host_samples", "gpu_samples", "disk_samples", "gpu_processes", "host_samples_5m", "host_samples_1h",
-           "gpu_samples_5m", "gpu_samples_1h", "gpu_usage_1h", "alerts", "xid_events")
+           "gpu_samples_5m", "gpu_samples_1h", "gpu_usage_1h", "alerts", "xid_events", "disk_samples_5m",
+           "disk_samples_1h", "temperature_samples", "temperature_samples_5m", "temperature_samples_1h",
+           "gpu_usage_user_1d")
 SERVERS, HOURS, INTERVAL = 12, 3, 120
-PARAMS = {"server_id": "1", "hours": "24", "since": "", "until": "", "by": "user", "count": "1", "_scope_all": 1,
-          "_scope_servers": "[]", "_scope_processes": 1, "_actor_id": "admin"}
+PARAMS = {"server_id": "1", "hours": "24", "since": "", "until": "", "by": "user", "count": "1", "user": "user0",
+          "days": "30", "_scope_all": 1, "_scope_servers": "[]", "_scope_processes": 1, "_actor_id": "admin"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,8 @@ def grown(tmp_path_factory):
 
 
 def plan(conn, sql):
-    topology.register(conn)  # the SQL functions every Datasette connection has (plugins/sm_topology.py)
+    topology.register(conn)  # the SQL functions every Datasette connection has (plugins/sm_topology.py,
+    natural.register(conn)   # plugins/sm_natural.py)
     names = set(re.findall(r"(?<!:):(\w+)", sql))
     params = {name: PARAMS.get(name, "") for name in names}
     params.update({n: 10 for n in names if n.startswith("_config_")})

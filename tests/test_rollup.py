@@ -272,3 +272,45 @@ def test_late_gpu_depth_sample_merges_min_and_max_into_the_tiers(db):
         row = db.execute(f"select pcie_link_gen_current_min, pcie_link_gen_current_max,"
                          f" ecc_errors_corrected_volatile_total_max from {table} where gpu_id = 10 and ts = ?", (T0,))
         assert row.fetchone() == (2, 4, 5)
+
+
+def test_item6_user_days_follow_gpu_usage_1h_through_late_reports(tmp_path):
+    """The per-user page's table (gpu_usage_user_1d) holds exactly gpu_usage_1h summed per user, UTC day,
+    server and container — after the first pass over two days, after a report delivered late into an
+    hour already rolled up (dirty hour), and with idle_seconds counting only GPU time under 5 %."""
+    path = str(tmp_path / "monitor.db")
+    schema.migrate(path)
+    conn = schema.connect(path)
+    start = T0 - 30 * 3600  # two UTC days
+
+    def store(ts, util, received=None):
+        report = sample_report("u-host", gpus=2, processes=1, sample_time=ts)
+        report["interval"] = 600
+        report["gpus"][0]["utilization.gpu"], report["gpus"][1]["utilization.gpu"] = util, 100
+        assert store_report(conn, validate_report(report), received or ts + 1)["stored"]
+
+    for k in range(0, 30 * 6, 2):  # every 20 min for 30 h; the odd 10-minute slots stay empty
+        store(start + k * 600, 0 if k % 4 == 0 else 50)
+    maint = Maintenance(path, now=lambda: T0 + 3600, pause=0)
+
+    def check():
+        by_day = conn.execute(
+            "select user, hour / 86400 * 86400, server_id, container, round(sum(gpu_seconds), 6),"
+            " round(sum(idle_seconds), 6), count(distinct gpu_id), min(hour), max(hour) from gpu_usage_1h"
+            " group by 1, 2, 3, 4 order by 1, 2, 3, 4").fetchall()
+        table = conn.execute(
+            "select user, day, server_id, container, round(gpu_seconds, 6), round(idle_seconds, 6), gpus,"
+            " first_hour, last_hour from gpu_usage_user_1d order by 1, 2, 3, 4").fetchall()
+        assert table == by_day and len({row[1] for row in table}) == 2
+        return table
+
+    maint.run_once()
+    before = check()
+    # GPU 0 idles (0 %) in every other report: each GPU-hour of user0 on it is half idle.
+    user0 = [r for r in before if r[0] == "user0"]
+    assert sum(r[5] for r in user0) == pytest.approx(sum(r[4] for r in user0) / 4)
+    # A report of a past hour arrives late (an odd slot: more GPU time): the hour is redone, and the day too.
+    store(start + 3 * 600, 0, received=T0 + 3600)
+    maint.run_once()
+    after = check()
+    assert sum(r[4] for r in after) > sum(r[4] for r in before)

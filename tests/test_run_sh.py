@@ -252,3 +252,30 @@ def test_unknown_config_keys_are_named_with_the_closest_known_one(tmp_path, conf
     # Every documented key is known, and a section left empty means its defaults.
     path = _config(tmp_path, config_text + "features:\n")
     assert config_mod.load(str(path)).get("features.idle_hours") == 2
+
+
+def test_F14_ctrl_c_after_a_scrape_stops_the_hub_without_tracebacks_or_leaked_semaphores(tmp_path, config_text):
+    """Newcomer finding 14: stopping the demo hub (Ctrl-C: SIGINT to run.sh's whole process group)
+    printed "resource_tracker: There appear to be 5 leaked semaphore objects" (the /metrics
+    builder pool's queues, never shut down) and the builder's own KeyboardInterrupt traceback."""
+    import yaml
+
+    config = _config(tmp_path, config_text)
+    token = yaml.safe_load(config_text)["prometheus"]["token"]
+    port = free_port()
+    hub = RunSh(tmp_path, "--config", str(config), "--port", str(port), "--no-agent")
+    try:
+        hub.wait_for("is running at")
+        for _ in range(3):  # each worker may start its builder process
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer " + token})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert answer.status == 200
+        assert hub.processes("multiprocessing.spawn")  # the builder (and the workers) run
+        os.killpg(hub.proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        hub.proc.wait(timeout=30)
+        time.sleep(1)  # the resource tracker writes its warning as it exits
+    finally:
+        hub.stop()
+    out = hub.output()
+    assert "leaked semaphore" not in out, out
+    assert "_process_worker" not in out, out  # no KeyboardInterrupt traceback from the builder

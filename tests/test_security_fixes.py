@@ -450,7 +450,8 @@ def test_m4_delete_removes_accounting_alerts_and_scopes(datasette, hub_config):
     for name in ("one", "victim"):
         assert ingest(admin, sample_report(name, gpus=1, processes=1), token).status_code == 201
     conn = schema.connect(hub_config.db_path)
-    conn.execute("INSERT INTO gpu_usage_1h VALUES (0, 2, 2, 'old-host-user-alice', '', 60, 0, 0, 0, 60)")
+    conn.execute("INSERT INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, gpu_seconds, vram_mib_seconds,"
+                 " util_seconds, util_known_seconds, held_seconds) VALUES (0, 2, 2, 'old-host-user-alice', '', 60, 0, 0, 0, 60)")
     conn.execute("INSERT INTO alerts (key, rule, severity, server_id, message, started_at)"
                  " VALUES ('k', 'disk_full', 'warning', 2, 'victim: / full', 1)")
     ctx.accounts.create_user("scoped-old", hash_password(PASSWORD, iterations=1000), "viewer", servers=[1, 2])
@@ -459,9 +460,22 @@ def test_m4_delete_removes_accounting_alerts_and_scopes(datasette, hub_config):
     viewer = Client(datasette)
     assert viewer.login("only-victim", PASSWORD).status_code == 302
     assert [s["name"] for s in viewer.get("/monitor/servers.json?_shape=array").json()] == ["victim"]
+    victim_gpus = [r[0] for r in conn.execute("SELECT id FROM gpus WHERE server_id = 2")]
+    conn.execute("INSERT INTO idle_nudges (gpu_id, holder, idle_since, first_at, last_at) VALUES (?, 'alice', 1, 2, 2)",
+                 (victim_gpus[0],))
+    conn.commit()
     assert admin.request("DELETE", "/api/servers/2").json() == {"ok": True, "deleted": 2}
     assert conn.execute("SELECT count(*) FROM gpu_usage_1h WHERE server_id = 2").fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM alerts WHERE server_id = 2").fetchone()[0] == 0
+    # Every table of the schema, present and future: nothing keyed by the server or its GPUs is left.
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "server_id" in columns:
+            assert conn.execute(f"SELECT count(*) FROM {table} WHERE server_id = 2").fetchone()[0] == 0, table
+        if "gpu_id" in columns and table != "gpus":
+            left = conn.execute(f"SELECT count(*) FROM {table} WHERE gpu_id IN ({','.join('?' * len(victim_gpus))})",
+                                victim_gpus).fetchone()[0]
+            assert left == 0, table
     assert ctx.accounts.user("scoped-old")["servers"] == [1]
     assert ctx.accounts.user("only-victim")["servers"] == []
     assert ctx.accounts.invites()[0]["servers"] == []

@@ -426,15 +426,17 @@ def test_I6_the_proxy_header_is_believed_only_from_trusted_proxies(hub_config, t
 # -- N7: the /free copy recipe ----------------------------------------------------------------
 
 @pytest.mark.browser
-def test_N7_free_page_copies_only_device_lists_and_the_cookie_recipe_is_private(page, hub_process, hub_config,
+def test_N7_free_page_copies_only_device_lists_and_the_script_recipe_is_private(page, hub_process, hub_config,
                                                                                tmp_path):
     """(a) An agent's MIG "uuid" with a newline and a command reached the clipboard; now only a
     value of the device grammar gets a Copy button. (b) The cookie recipe, run as written under
-    umask 022, wrote a 0644 cookies.txt and put the password on curl's command line."""
+    umask 022, wrote a 0644 cookies.txt and put the password on curl's command line; since
+    newcomer finding 9 the page teaches an API token instead, and its recipe must keep the token
+    off every command line too (read without echo, the header on curl's standard input)."""
     import shutil
-    import stat
 
     from browser import login, push
+    from test_browser_pages import new_api_token
     from playwright.sync_api import expect
     from reports import mig_report
 
@@ -445,6 +447,7 @@ def test_N7_free_page_copies_only_device_lists_and_the_cookie_recipe_is_private(
     report["mig_devices"][1]["uuid"] = good
     push(hub_process, hub_config, report)
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    token = new_api_token(page, hub_process.base_url)
     page.goto(hub_process.base_url + "/free")
     rows = page.locator("#free-table tbody tr")
     expect(rows.first).to_contain_text("mig-node")
@@ -463,18 +466,16 @@ def test_N7_free_page_copies_only_device_lists_and_the_cookie_recipe_is_private(
     bindir.mkdir()
     (bindir / "curl").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/argv.log\nexec {shutil.which("curl")} "$@"\n')
     (bindir / "curl").chmod(0o755)
-    recipe = page.inner_text("#cookie-howto").replace("YOU", hub_config.get("auth.username"))
+    script = page.inner_text("#token-howto") + "\n" + page.inner_text("#one-liner")
     old = os.umask(0o022)
     try:
-        subprocess.run(["bash", "-c", recipe], cwd=tmp_path, check=True, timeout=60, text=True,
-                       input=hub_config.password + "\n", env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
+        out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, timeout=60, text=True,
+                             input=token + "\n", env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
     finally:
         os.umask(old)
     argv = (tmp_path / "argv.log").read_text()
-    assert argv.count("\n") == 2 and hub_config.password not in argv, argv
-    assert stat.S_IMODE(os.stat(tmp_path / "cookies.txt").st_mode) == 0o600
-    one_liner = page.inner_text("#one-liner")
-    out = subprocess.run(["bash", "-c", one_liner], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert argv.count("\n") == 1 and token not in argv and token[4:12] not in argv, argv
+    assert not (tmp_path / "cookies.txt").exists()  # no session file any more
     assert f"mig-node CUDA_VISIBLE_DEVICES={good}" in out.stdout, (out.stdout, out.stderr)
 
 

@@ -145,6 +145,19 @@ def _hash(session_id):
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
+def thread_connection(local, path):
+    """The connection to ``auth.db`` at ``path`` kept on ``local`` (a ``threading.local``), opened
+    on first use: autocommit, WAL, busy timeout 5 s, rows as ``sqlite3.Row``."""
+    conn = getattr(local, "conn", None)
+    if conn is None:
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.row_factory = sqlite3.Row
+        local.conn = conn
+    return conn
+
+
 class Accounts:
     """Session store over ``path``; thread-safe (a connection per thread)."""
 
@@ -177,14 +190,7 @@ class Accounts:
         self.api_tokens = api_tokens.ApiTokens(self._conn)
 
     def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-        return conn
+        return thread_connection(self._local, self.path)
 
     def connection(self):
         """This thread's connection to ``auth.db`` (for :mod:`server_monitor.auth.tokens`)."""
@@ -276,7 +282,8 @@ class Accounts:
 
         ``q``: a case-insensitive part of the username or of ``created_by`` ("" for every user);
         ``limit`` (1..500) users by username from ``offset``; ``total`` counts every match.
-        Users are dicts as :meth:`users` returns them.
+        Users are dicts as :meth:`users` returns them, plus ``has_password`` (False for a user
+        the sign-on proxy created, who has none: nothing to reset).
         """
         limit, offset = min(500, max(1, int(limit))), max(0, int(offset))
         where, values = "", []
@@ -288,7 +295,8 @@ class Accounts:
         out = []
         for row in conn.execute(f"SELECT * FROM users{where} ORDER BY username LIMIT ? OFFSET ?", values + [limit, offset]):
             user = _decoded(row)
-            user.pop("password_hash")
+            # "!…" marks an account without a password (sso.NO_PASSWORD: created by the sign-on proxy).
+            user["has_password"] = not (user.pop("password_hash") or "!").startswith("!")
             out.append(user)
         return out, total
 

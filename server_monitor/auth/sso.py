@@ -12,8 +12,9 @@ else ``sso.default_role``) and, for viewers, to host groups (``sso.host_groups``
 host groups, server_monitor/storage/groups.py); a viewer with no mapped host group sees all
 servers (``sso.default_scope: all``) or none (``none``). Users are created on their first
 request with that role and scope and ``created_by = "sso"``; such users' role and scope follow
-the proxy's groups on every request. A user that exists already (created by invite) keeps the
-role and scope an admin gave it: the proxy only proves who it is.
+the proxy's groups on every request until an admin edits them on /admin (:func:`pin`). A user
+that exists already (created by invite) keeps the role and scope an admin gave it: the proxy
+only proves who it is.
 """
 
 from ..core import peers
@@ -22,6 +23,9 @@ from .accounts import ROLES, AccountError, check_username
 # Password hash of users created by SSO: no password ever matches it (they log in through the proxy).
 NO_PASSWORD = "!sso"
 CREATED_BY = "sso"
+# An SSO user whose role or scope an admin set on /admin: the admin's choice wins over the proxy's
+# groups from then on, as for an invited user (attack run A7: a demotion was undone on the next request).
+PINNED_BY_ADMIN = "sso (role set by admin)"
 _RANK = {role: n for n, role in enumerate(ROLES)}  # viewer < analyst < admin
 
 
@@ -58,10 +62,17 @@ def sends_identity(scope, config):
 def identity(scope, config):
     """``(username, [proxy groups])`` from a request of the trusted proxy, else None (SSO off, the
     peer is not in ``sso.proxies``, or no user header). Raises :class:`SSOError` for a user name
-    the hub cannot take (1-64 of ``[A-Za-z0-9._@-]``)."""
+    the hub cannot take (1-64 of ``[A-Za-z0-9._@-]``) and for more than one user header line."""
     if not config.get("sso.enabled") or not peer_is_proxy(scope, config):
         return None
-    user = (_header(scope, config.get("sso.user_header")) or "").strip()
+    wanted_user = config.get("sso.user_header").lower().encode("latin-1")
+    lines = [value for key, value in scope.get("headers") or () if key == wanted_user]
+    if len(lines) > 1:
+        # A proxy sets the header once. Two lines mean one came from the client (a proxy that
+        # appends instead of replacing): never pick one of them (attack run A3).
+        raise SSOError("The sign-on proxy sent more than one user header; it must replace the client's"
+                       " (docs/operations.md, Single sign-on).")
+    user = lines[0].decode("latin-1").strip() if lines else ""
     if not user:
         return None
     try:
@@ -124,3 +135,10 @@ def sync_user(accounts, config, username, groups):
                                  groups=host_groups)
             user = accounts.user(username)
     return user
+
+
+def pin(accounts, username):
+    """Stop following the proxy's groups for SSO user ``username`` (an admin has just set its role
+    or scope on /admin); True when it was an SSO-created user still following them."""
+    return accounts.connection().execute("UPDATE users SET created_by = ? WHERE username = ? AND created_by = ?",
+                                         (PINNED_BY_ADMIN, username, CREATED_BY)).rowcount == 1

@@ -8,7 +8,6 @@ Relative paths in ``data.*`` are resolved against the directory holding the conf
 
 import copy
 import difflib
-import ipaddress
 import os
 import re
 import secrets
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 
 import yaml
 from datasette_auth_passwords.utils import hash_password
+
+from . import peers
 
 ENV_VAR = "SERVER_MONITOR_CONFIG"
 # Secrets may come from the environment instead of the file (containers, secret stores).
@@ -25,6 +26,34 @@ ENV_OVERRIDES = {
     "SERVER_MONITOR_ADMIN_USERNAME": ("auth", "username"),
     "SERVER_MONITOR_ADMIN_PASSWORD_HASH": ("auth", "password_hash"),
 }
+
+# The ``notifications`` section: where notices go and how they are delivered
+# (``server_monitor.jobs.notify``), idle-GPU nudges and weekly digests (``server_monitor.jobs.nudge``).
+NOTIFY_DEFAULTS = {
+    # [{name, url: <Apprise URL>, severities: [critical, warning, info]}] (no severities: all)
+    "targets": [],
+    "timeout_s": 10,        # per connection of one delivery
+    "workers": 4,           # deliveries in parallel
+    "pass_budget_s": 30,    # delivery time one alert pass may spend; the rest goes next pass
+    # Apprise URL kinds a user may set as their own contact on /account (admins may set any):
+    # services on their vendor's own host only (ntfy: ntfy.sh only), so a user cannot make the
+    # hub post to an address inside the lab. Self-hosted kinds (mmosts, rockets, matrixs,
+    # gotifys, json) added here let every user aim the hub at any host.
+    "contact_schemes": ["tgram", "slack", "discord", "ntfy", "ntfys", "feishu", "lark", "dingtalk", "wecombot",
+                        "pover"],
+    # Idle-GPU nudges: a GPU held idle (features.idle_min_mib / idle_max_util) this long
+    # (hours; null: features.idle_hours) nudges its holders, again every nudge_repeat_hours,
+    # never between quiet_hours [start, end) (hub local time, hours 0-23; null: never quiet).
+    "nudges": True,
+    "nudge_after_hours": None,
+    "nudge_repeat_hours": 24,
+    "quiet_hours": [22, 7],
+    "nudge_interval_s": 300,
+    # Weekly digest to those who opted in: weekday (0 Monday .. 6 Sunday) and hour (hub local time).
+    "digest_weekday": 0,
+    "digest_hour": 8,
+}
+
 
 DEFAULTS = {
     # workers: processes sharing the port (server_monitor/serving/asgi.py); 2 keeps ingest answered
@@ -49,6 +78,9 @@ DEFAULTS = {
         "max_sessions_per_user": 20,
         # Requests per minute one API token may make (issue 26 item 4, docs/security.md "API tokens").
         "api_token_requests_per_minute": 120,
+        # ... and all API tokens of one user together (null: 3 x the per-token rate), so a user
+        # holding many tokens does not multiply the rate (docs/security.md, attack run A2).
+        "api_token_user_requests_per_minute": None,
     },
     # Single sign-on through a forward-auth proxy (issue 26 item 5, docs/operations.md "Single
     # sign-on"): off by default; the headers are believed only from a socket peer in ``proxies``.
@@ -69,6 +101,7 @@ DEFAULTS = {
     "agent": {"token": None, "max_report_bytes": 1_048_576, "shared_token_enabled": True,
               "max_new_hosts_per_hour": 0},
     "alerts": {"enabled": True},
+    "notifications": NOTIFY_DEFAULTS,
     # shards: how many targets /metrics/targets (Prometheus http_sd) splits the fleet into.
     "prometheus": {"token": None, "shards": 1},
     # Defaults of the fleet views (canned-query parameters left empty use these).
@@ -115,7 +148,6 @@ ALERT_DEFAULTS = {
     "smtp": None,
 }
 
-
 WORKERS_ENV = "SERVER_MONITOR_WORKERS"
 
 
@@ -127,6 +159,16 @@ def worker_count(config):
     if env.isdigit() and int(env) > 0:
         return int(env)
     return max(1, int(config.get("server.workers", 2)))
+
+
+def idle_hours(config):
+    """Hours (float) a GPU must be held idle to count as an *idle holder*: one threshold for the
+    dashboard's Idle holders panel (the ``idle_holders`` query's default ``hours``) and the
+    idle-GPU nudges, so a nudge is never about a GPU the panel does not list (newcomer finding
+    11). ``notifications.nudge_after_hours`` when set (the older setting), else
+    ``features.idle_hours`` (default 2)."""
+    after = (config.get("notifications") or {}).get("nudge_after_hours")
+    return float(after if after else config.get("features.idle_hours") or 2)
 
 
 class ConfigError(ValueError):
@@ -184,6 +226,7 @@ def known_keys():
     ``alerts`` keys of :data:`ALERT_DEFAULTS`. A new key is added there."""
     known = {section: set(values) for section, values in DEFAULTS.items()}
     known["alerts"] |= set(ALERT_DEFAULTS)
+    known["notifications"] |= set(NOTIFY_DEFAULTS)
     return known
 
 
@@ -248,6 +291,9 @@ def _check(data):
     for key in ("logins_per_minute", "max_sessions_per_user", "api_token_requests_per_minute"):
         if not isinstance(auth.get(key), int) or isinstance(auth.get(key), bool) or auth[key] < 1:
             raise ConfigError(f"config: auth.{key} must be an integer >= 1")
+    per_user = auth.get("api_token_user_requests_per_minute")
+    if per_user is not None and (not isinstance(per_user, int) or isinstance(per_user, bool) or per_user < 1):
+        raise ConfigError("config: auth.api_token_user_requests_per_minute must be an integer >= 1 (or null)")
     _check_sso(data.get("sso"))
     days = data["data"]["retention_days"]
     # History charts up to 48 h read raw samples, so raw data must cover at least that.
@@ -288,9 +334,9 @@ def _check_networks(value, key):
         raise ConfigError(f"config: {key} must be a list of addresses or networks")
     for entry in value:
         try:
-            ipaddress.ip_network(entry.strip(), strict=False)
-        except ValueError:
-            raise ConfigError(f"config: {key}: {entry!r} is not an address or network")
+            peers.network(entry)
+        except peers.NetworkError as exc:
+            raise ConfigError(f"config: {key}: {entry!r} {exc}")
     return value
 
 

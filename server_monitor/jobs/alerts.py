@@ -1,9 +1,16 @@
-"""Alert rules, evaluated in the background, delivered by webhook (generic, Slack, Feishu/Lark)
-and optionally e-mail. Every firing is a row in ``alerts``; it fires once, is repeated at
+"""Alert rules, evaluated in the background, delivered by :mod:`server_monitor.jobs.notify`
+(Apprise targets, the webhooks and e-mail below). Every firing is a row in ``alerts``; it fires once, is repeated at
 most every ``alerts.repeat_minutes``, and sends a resolved notice when it clears. Servers
 and GPUs an admin marked ``maintenance`` raise nothing. An acknowledged alert (``alert_acks``)
 sends no reminders; an alert covered by a silence (``silences``: a server and/or a rule until
 a time) sends nothing while the silence lasts (and no resolved notice if it was never sent).
+
+Two sets of rules: the built-in ones below (thresholds from ``config.yaml``, every server) and
+the rules admins make on ``/admin/rules`` (table ``alert_rules``, validated and stored by
+``server_monitor/storage/alert_rules.py``, evaluated by :func:`evaluate_rule` with their scope,
+duration, severity and GPU model). An alert of such a rule carries ``rule_id`` and, when the rule
+names any, ``targets`` (notification target names the Notifier delivers to; else by severity).
+A host is offline after :func:`offline_after_s`: never before 4 of its own reporting intervals.
 
 Configuration (``config.yaml``, all optional)::
 
@@ -27,20 +34,14 @@ Configuration (``config.yaml``, all optional)::
 
 import json
 import logging
-import re
-import smtplib
 import threading
 import time
-from email.message import EmailMessage
-
-import urllib3
-
-from monitor_agent import textrule
 
 from ..core import gpu_health
 from ..core.gpu_health import canonical_bus_id
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
-from ..storage import schema
+from ..storage import alert_rules, schema
+from . import notify
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
 # must not import the agent package, so the codes are repeated here and a test keeps them equal).
@@ -60,33 +61,18 @@ STATE_TEXT = {
 }
 
 
-# Line breaks, other controls and invisible/bidi characters in agent text (hostnames, GPU
-# error messages, mountpoints) become one space in every notice (see docs/security.md M3: a newline in an e-mail
-# Subject raised ValueError and killed the alert thread; also no forged lines in chat): the
-# shared text rule (monitor_agent/textrule.py) plus, for one line, TAB, LF, ZWNJ/ZWJ and the
-# invisible operators U+2061-U+2065.
-_UNSAFE_TEXT = re.compile("[\t\n\u200c\u200d\u2061-\u2065" + textrule.UNSAFE_CLASS + "]+")
-
-
-def clean_text(text):
-    """``text`` on one line: controls, line/paragraph separators, bidi and zero-width marks → " "."""
-    return _UNSAFE_TEXT.sub(" ", str(text)).strip()
-
-
-def slack_escape(text):
-    """Slack mrkdwn escaping (``&``, ``<``, ``>``): no ``<!channel>`` pings or disguised links (see docs/security.md L9)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def feishu_escape(text):
-    """Feishu/Lark text: ``<`` and ``>`` as full-width look-alikes, so no ``<at user_id="all">`` (see docs/security.md L9)."""
-    return text.replace("<", "\uff1c").replace(">", "\uff1e")
+# The text rules of notices live with the delivery (jobs/notify.py); kept importable here.
+clean_text, slack_escape, feishu_escape = notify.clean_text, notify.slack_escape, notify.feishu_escape
 
 
 def settings(config):
-    """``alerts`` section of the hub config merged over :data:`DEFAULTS`."""
+    """``alerts`` section of the hub config merged over :data:`DEFAULTS`, plus ``idle_min_mib``
+    (``features.idle_min_mib``, MiB: the memory a GPU must hold to count as held idle for a
+    ``gpu_idle_held`` rule, as the dashboard and ``idle_holders`` count it)."""
     merged = dict(DEFAULTS)
     merged.update(config.get("alerts") or {})
+    idle_min_mib = config.get("features.idle_min_mib", 1024)
+    merged["idle_min_mib"] = idle_min_mib if isinstance(idle_min_mib, int) and idle_min_mib > 0 else 1024
     return merged
 
 
@@ -119,8 +105,46 @@ def _first_report_after(conn, server_id, ts):
     return row[0] if row else ts
 
 
-def evaluate(conn, now, cfg):
+# A host is offline after ``alerts.host_offline_minutes`` (or a rule's threshold) without a
+# report, and never before it missed this many of its own reporting intervals (``interval_s``,
+# the interval the agent states in every report): an agent reporting every 300 s is not
+# "offline" after 5 minutes. The servers view calls a host offline after 4 missed reports too.
+OFFLINE_INTERVALS = 4
+
+
+def offline_after_s(minutes, interval_s):
+    """Seconds without a report after which a host is offline: ``max(minutes × 60,``
+    :data:`OFFLINE_INTERVALS` ``× interval_s)`` (``interval_s`` the agent's reporting interval, s)."""
+    return max(minutes * 60, OFFLINE_INTERVALS * (interval_s or 0))
+
+
+def is_offline(now, last_seen, interval_s, minutes):
+    """True when the host last seen at ``last_seen`` (epoch s, hub clock) is offline at ``now``."""
+    return now - last_seen > offline_after_s(minutes, interval_s)
+
+
+def offline_text(name, now, last_seen, interval_s):
+    """The host-offline alert's text (``name`` is agent text: the Notifier cleans it)."""
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_seen))
+    every = f"; it reports every {interval_s} s" if interval_s and interval_s >= 120 else ""
+    return f"{name}: no report since {since} ({int((now - last_seen) // 60)} min{every})"
+
+
+def _servers(conn):
+    """``{id: (id, name, last_seen, interval_s, gpu_state, gpu_message, gpu_lost, status)}`` of the
+    servers not in maintenance."""
+    return {row[0]: row for row in conn.execute(
+        "SELECT id, coalesce(display_name, hostname), last_seen, interval_s, gpu_state, gpu_message, gpu_lost, status"
+        " FROM servers WHERE status != 'maintenance'")}
+
+
+def evaluate(conn, now, cfg, rules=()):
     """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message", "since"}}``.
+
+    The built-in rules (``cfg``'s thresholds) first, then every rule of ``rules`` (enabled rows
+    of ``alert_rules``, :func:`server_monitor.storage.alert_rules.all_rules`), whose alerts also
+    carry ``rule_id`` and, where the rule names them, ``targets`` (notification target names);
+    see :func:`evaluate_rule`.
 
     ``since`` is the condition's onset read from stored history (epoch s), or a function of no
     argument that reads it (called only for an alert not yet stored, so the history is read once
@@ -135,17 +159,12 @@ def evaluate(conn, now, cfg):
         firing[key] = {"rule": rule, "severity": severity, "server_id": server_id, "subject": subject,
                        "message": message, "since": since}
 
-    servers = {row[0]: row for row in conn.execute(
-        "SELECT id, coalesce(display_name, hostname), last_seen, interval_s, gpu_state, gpu_message, gpu_lost, status"
-        " FROM servers WHERE status != 'maintenance'")}
+    servers = _servers(conn)
     offline = set()
     for server_id, name, last_seen, interval, state, message, lost, _ in servers.values():
-        age = now - last_seen
-        if age > cfg["host_offline_minutes"] * 60:
+        if is_offline(now, last_seen, interval, cfg["host_offline_minutes"]):
             offline.add(server_id)
-            since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last_seen))
-            fire("host_offline", "critical", server_id, "", f"{name}: no report since {since} ({int(age // 60)} min)",
-                 since=last_seen)
+            fire("host_offline", "critical", server_id, "", offline_text(name, now, last_seen, interval), since=last_seen)
             continue
 
         def state_onset(server_id=server_id, state=state):
@@ -263,7 +282,178 @@ def evaluate(conn, now, cfg):
         fire("host_identity", "warning", server_id, f"event{event_id}",
              identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)",
              since=ts)
+    if rules:
+        builtin = dict(firing)
+        for rule in rules:
+            firing.update(evaluate_rule(conn, now, cfg, rule, servers=servers, offline=offline, builtin=builtin))
     return firing
+
+
+# The built-in rules a gpu_health rule covers (on its scope, with its severity and targets).
+HEALTH_RULES = ("gpu_failure", "gpu_lost", "gpu_ecc", "gpu_xid")
+
+# Per-GPU kinds: the condition on the latest values (``gpus``) and on one GPU's raw samples
+# (``gpu_samples``, for the duration), as SQL over the columns both tables have, with their
+# parameters from (threshold, idle_min_mib, memory_total_mib). Constants, never user text.
+_GPU_CONDITIONS = {
+    "gpu_temperature": ("temperature_gpu_c >= ?", lambda t, mib, total: (t,)),
+    # gpu_samples has no memory.total: the GPU's (it does not change) turns the % into MiB.
+    "gpu_memory": ("memory_used_mib >= ?", lambda t, mib, total: (t * total / 100.0,)),
+    # Held idle as the fleet and idle_holders count it: memory held, utilization.gpu (and the
+    # encoder/decoder) under the threshold, utilization known (unknown is not 0 %).
+    "gpu_idle_held": ("utilization_gpu IS NOT NULL AND utilization_gpu < ? AND coalesce(utilization_encoder, 0) < ?"
+                      " AND coalesce(utilization_decoder, 0) < ? AND memory_used_mib >= ?",
+                      lambda t, mib, total: (t, t, t, mib)),
+}
+
+
+def held_for(conn, table, key_sql, key_params, cond_sql, cond_params, now, seconds):
+    """True when ``cond_sql`` held on every row of ``table`` for one key over the last
+    ``seconds`` before ``now``: on the newest row at or before ``now - seconds`` (so the
+    condition began before the window) and on every row after it. Unknown (null) breaks it.
+    Cost: the rows in the window (primary key range). SQL fragments are this module's constants."""
+    start = now - seconds
+    anchor = conn.execute(f"SELECT coalesce({cond_sql}, 0) FROM {table} WHERE {key_sql} AND ts <= ?"
+                          " ORDER BY ts DESC LIMIT 1", (*cond_params, *key_params, start)).fetchone()
+    if not anchor or not anchor[0]:
+        return False
+    broken = conn.execute(f"SELECT 1 FROM {table} WHERE {key_sql} AND ts > ? AND ts <= ?"
+                          f" AND NOT coalesce({cond_sql}, 0) LIMIT 1",
+                          (*key_params, start, now, *cond_params)).fetchone()
+    return broken is None
+
+
+def _like(text):
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _scope_sql(rule, column):
+    """SQL keeping the rows whose ``column`` (a server id) is in ``rule``'s scope, and its parameters
+    (group members read from ``server_groups`` by its index ``server_groups_grp``)."""
+    if rule["scope"] == "group":
+        return f" AND {column} IN (SELECT server_id FROM server_groups WHERE grp = ?)", (rule["scope_group"],)
+    if rule["scope"] == "server":
+        return f" AND {column} = ?", (rule["scope_server_id"],)
+    return "", ()
+
+
+def evaluate_rule(conn, now, cfg, rule, servers=None, offline=None, builtin=None):
+    """Alerts one ``alert_rules`` rule raises now, keyed ``rule<id>:<server_id>:<subject>``, as
+    :func:`evaluate` gives them plus ``rule_id`` and (when the rule names any) ``targets``.
+
+    ``rule``: a dict of :data:`server_monitor.storage.alert_rules.COLUMNS`. Servers in
+    maintenance raise nothing; GPU, disk and health kinds skip offline hosts. Its scope is read
+    now (:func:`~server_monitor.storage.alert_rules.scope_servers`). ``servers``/``offline``/
+    ``builtin``: what :func:`evaluate` already read (computed here when None, e.g. for a dry
+    run). A disabled rule is evaluated all the same (the dry run of /admin/rules): the engine
+    passes only enabled ones. Pure reads.
+    """
+    if servers is None:
+        servers = _servers(conn)
+    if offline is None:
+        offline = {sid for sid, row in servers.items() if is_offline(now, row[2], row[3], cfg["host_offline_minutes"])}
+    scope = alert_rules.scope_servers(conn, rule)
+    kind, threshold, severity, rule_id = rule["kind"], rule["threshold"], rule["severity"], rule["id"]
+    seconds = (rule["duration_minutes"] or 0) * 60
+    label = f" [rule {rule['name']}]"
+    out = {}
+
+    def covered(server_id, online=True):
+        return server_id in servers and (scope is None or server_id in scope) and not (online and server_id in offline)
+
+    def fire(alert_rule, server_id, subject, message, since=None):
+        alert = {"rule": alert_rule, "severity": severity, "server_id": server_id, "subject": subject,
+                 "message": message + label, "since": since, "rule_id": rule_id}
+        if rule.get("targets"):
+            alert["targets"] = list(rule["targets"])
+        out[f"rule{rule_id}:{server_id}:{subject}"] = alert
+
+    if kind == "host_offline":
+        for server_id, name, last_seen, interval, *_ in servers.values():
+            if covered(server_id, online=False) and is_offline(now, last_seen, interval, threshold):
+                fire("host_offline", server_id, "", offline_text(name, now, last_seen, interval), since=last_seen)
+    elif kind == "gpu_health":
+        if builtin is None:
+            builtin = evaluate(conn, now, cfg)
+        for key, alert in builtin.items():
+            if alert["rule"] in HEALTH_RULES and covered(alert["server_id"]):
+                fire(alert["rule"], alert["server_id"], alert["subject"], alert["message"], since=alert["since"])
+    elif kind == "disk_full":
+        cond = "total_bytes > 0 AND 100.0 * used_bytes / total_bytes >= ?"
+        where, params = _scope_sql(rule, "s.id")
+        for server_id, mount, percent in conn.execute(
+                "SELECT d.server_id, d.mountpoint, 100.0 * d.used_bytes / d.total_bytes FROM servers s"
+                " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
+                f" WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?{where}", (threshold, *params)):
+            key = ("server_id = ? AND mountpoint = ?", (server_id, mount))
+            if not covered(server_id) or (seconds and not held_for(conn, "disk_samples", *key, cond, (threshold,),
+                                                                    now, seconds)):
+                continue
+            fire("disk_full", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full"
+                 + (f" for {rule['duration_minutes']} min" if seconds else ""),
+                 since=lambda key=key: streak_start(conn, "disk_samples", *key, cond, (threshold,), now))
+    elif kind in _GPU_CONDITIONS:
+        cond, params = _GPU_CONDITIONS[kind]
+        idle_mib = cfg.get("idle_min_mib") or 1024
+        model = " AND name LIKE ? ESCAPE '\\'" if rule.get("gpu_model") else ""
+        where, scope_params = _scope_sql(rule, "server_id")
+        current = cond if kind != "gpu_memory" else "memory_total_mib > 0 AND 100.0 * memory_used_mib / memory_total_mib >= ?"
+        for gpu_id, server_id, index, gpu_name, total, temp, used, util in conn.execute(
+                "SELECT id, server_id, gpu_index, name, memory_total_mib, temperature_gpu_c, memory_used_mib,"
+                f" utilization_gpu FROM gpus WHERE present AND status != 'maintenance' AND {current}{model}{where}",
+                (*(params(threshold, idle_mib, 0) if kind != "gpu_memory" else (threshold,)),
+                 *((_like(rule["gpu_model"]),) if model else ()), *scope_params)):
+            if not covered(server_id):
+                continue
+            cond_params = params(threshold, idle_mib, total or 0)
+            key = ("gpu_id = ?", (gpu_id,))
+            if seconds and not held_for(conn, "gpu_samples", *key, cond, cond_params, now, seconds):
+                continue
+            what = {"gpu_temperature": f"at {temp} °C (≥ {threshold:g} °C)",
+                    "gpu_memory": f"memory {used} of {total} MiB used (≥ {threshold:g} %)",
+                    "gpu_idle_held": f"held idle: {used} MiB, utilization.gpu {util} % (< {threshold:g} %)"}[kind]
+            fire(kind, server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index} ({gpu_name}) {what}"
+                 + (f" for {rule['duration_minutes']} min" if seconds else ""),
+                 since=lambda key=key, cond_params=cond_params: streak_start(conn, "gpu_samples", *key, cond,
+                                                                            cond_params, now))
+    return out
+
+
+def dry_run(conn, now, cfg, rule):
+    """What ``rule`` (a dict as :func:`evaluate_rule` takes) would raise now, sending nothing:
+    ``[{"rule", "severity", "server_id", "server", "subject", "message", "started_at", "targets"}]``
+    ordered by server name and message. ``started_at``: the condition's onset from history."""
+    servers = _servers(conn)
+    found = evaluate_rule(conn, now, cfg, rule, servers=servers)
+    out = []
+    for alert in found.values():
+        out.append({"rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
+                    "server": servers[alert["server_id"]][1], "subject": alert["subject"], "message": alert["message"],
+                    "started_at": onset(alert["since"], now), "targets": alert.get("targets")})
+    return sorted(out, key=lambda a: (str(a["server"]).lower(), a["server_id"], a["message"]))
+
+
+def builtin_rules(cfg):
+    """The rules ``config.yaml``'s ``alerts`` section sets (read-only on /admin/rules):
+    ``[{"rule", "what", "severity"}]``, ``what`` in words with the configured thresholds."""
+    return [
+        {"rule": "host_offline", "severity": "critical",
+         "what": f"no report for {cfg['host_offline_minutes']} min (and at least {OFFLINE_INTERVALS} of the host's "
+                 "reporting intervals)"},
+        {"rule": "gpu_failure", "severity": "critical", "what": "nvidia-smi / NVML fails (driver mismatch, no devices, …)"},
+        {"rule": "collection_stale", "severity": "warning", "what": "nvidia-smi hangs or times out"},
+        {"rule": "gpu_lost", "severity": "critical", "what": "a GPU is lost or missing from the report"},
+        {"rule": "gpu_ecc", "severity": "critical",
+         "what": "uncorrectable ECC errors, row remapping failed or pending, page retirement pending, reset required"},
+        {"rule": "gpu_xid", "severity": "critical",
+         "what": f"a critical XID ({', '.join(map(str, sorted(CRITICAL_XIDS)))}) in the last {cfg['xid_minutes']} min"},
+        {"rule": "gpu_throttle", "severity": "warning", "what": "hardware slowdown (thermal, power brake)"},
+        {"rule": "gpu_pcie_degraded", "severity": "warning", "what": "busy GPU on a degraded PCIe link"},
+        {"rule": "gpu_temperature", "severity": "warning",
+         "what": f"temperature.gpu ≥ {cfg['gpu_temperature_c']} °C for {cfg['gpu_temperature_minutes']} min"},
+        {"rule": "disk_full", "severity": "warning", "what": f"a mount point ≥ {cfg['disk_percent']} % full"},
+        {"rule": "host_identity", "severity": "warning", "what": "a host's name or identity changed"},
+    ]
 
 
 IDENTITY_TEXT = {
@@ -287,73 +477,9 @@ def identity_text(kind, hostname, previous, other, scoped=False):
                                                                             other=other, kind=kind)
 
 
-class Notifier:
-    """Sends alert notices to every configured webhook and e-mail address."""
-
-    def __init__(self, cfg, http=None):
-        self.cfg = cfg
-        self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
-
-    @staticmethod
-    def text(event, alert):
-        """One-line notice text (agent strings cleaned by :func:`clean_text`)."""
-        mark = {"firing": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[event]
-        return f"[{mark}] [{alert['severity']}] {clean_text(alert['message'])}"
-
-    def body(self, fmt, event, alert):
-        """Webhook body for ``fmt``: ``generic`` JSON, ``slack`` (``text``), ``feishu`` (Lark bot)."""
-        text = self.text(event, alert)
-        if fmt == "slack":
-            text = slack_escape(text)
-        elif fmt in ("feishu", "lark"):
-            text = feishu_escape(text)
-        if self.cfg.get("dashboard_url"):
-            text += f"\n{self.cfg['dashboard_url']}"
-        if fmt == "slack":
-            return {"text": text}
-        if fmt in ("feishu", "lark"):
-            return {"msg_type": "text", "content": {"text": text}}
-        return {"status": "resolved" if event == "resolved" else "firing", "event": event, "text": text,
-                "rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
-                "subject": alert["subject"], "message": alert["message"], "started_at": alert.get("started_at"),
-                "resolved_at": alert.get("resolved_at"), "dashboard_url": self.cfg.get("dashboard_url")}
-
-    def send(self, event, alert):
-        """Deliver to all targets; returns True when at least one delivery succeeded (or none is set)."""
-        targets = self.cfg.get("webhooks") or []
-        ok = not targets and not self.cfg.get("smtp")
-        for hook in targets:
-            try:
-                response = self.http.request("POST", hook["url"], body=json.dumps(self.body(hook.get("format", "generic"),
-                                                                                           event, alert)).encode(),
-                                             headers={"Content-Type": "application/json"})
-                ok = ok or 200 <= response.status < 300
-                if response.status >= 300:
-                    log.warning("webhook %s answered %s", hook["url"], response.status)
-            except Exception as exc:  # one bad target never stops the others (see docs/security.md M3)
-                log.warning("webhook %s failed: %s: %s", hook.get("url"), type(exc).__name__, exc)
-        smtp = self.cfg.get("smtp")
-        if smtp:
-            try:
-                self._mail(smtp, event, alert)
-                ok = True
-            except Exception as exc:  # SMTP errors, bad config, a header the policy refuses (see docs/security.md M3)
-                log.warning("alert e-mail failed: %s: %s", type(exc).__name__, exc)
-        return ok
-
-    def _mail(self, smtp, event, alert):
-        message = EmailMessage()
-        message["Subject"] = self.text(event, alert)[:200]
-        message["From"] = smtp["from"]
-        to = smtp["to"] if isinstance(smtp["to"], list) else [smtp["to"]]
-        message["To"] = ", ".join(to)
-        message.set_content(self.text(event, alert) + (f"\n\n{self.cfg['dashboard_url']}" if self.cfg.get("dashboard_url") else ""))
-        with smtplib.SMTP(smtp["host"], int(smtp.get("port", 25)), timeout=15) as client:
-            if smtp.get("starttls"):
-                client.starttls()
-            if smtp.get("username"):
-                client.login(smtp["username"], smtp.get("password") or "")
-            client.send_message(message)
+# Delivery (Apprise, webhooks, e-mail, routing, failure records) is jobs/notify.py's; the name
+# stays importable here for older callers.
+Notifier = notify.Notifier
 
 
 # An alert younger than this (s) has its onset read again on every pass: history that arrives
@@ -375,16 +501,24 @@ class AlertEngine:
         self.db_path = db_path
         self.cfg = cfg
         self.notifier = notifier or Notifier(cfg)
+        # The targets a firing alert named (``alert["targets"]``, jobs/notify.py), by key, for its
+        # resolved notice (the alerts table does not keep them; after a restart: by severity).
+        self._targets = {}
 
     def run_once(self, now=None):
         """One evaluation; returns ``{"fired": [...], "repeated": [...], "resolved": [...]}`` (keys)."""
         now = int(time.time() if now is None else now)
         conn = schema.connect(self.db_path, timeout=30)
+        begin = getattr(self.notifier, "begin_pass", None)
+        if begin is not None:  # deliveries of this pass share one time budget (jobs/notify.py)
+            begin()
         try:
-            firing = evaluate(conn, now, self.cfg)
+            rules = alert_rules.all_rules(conn, enabled_only=True)
+            firing = evaluate(conn, now, self.cfg, rules)
+            targets = {rule["id"]: rule["targets"] for rule in rules}
             active = {row[1]: row for row in conn.execute(
                 "SELECT id, key, rule, severity, server_id, subject, message, started_at, last_notified_at,"
-                " notifications, EXISTS (SELECT 1 FROM alert_acks k WHERE k.alert_id = alerts.id)"
+                " notifications, EXISTS (SELECT 1 FROM alert_acks k WHERE k.alert_id = alerts.id), rule_id"
                 " FROM alerts WHERE resolved_at IS NULL")}
             silences = conn.execute("SELECT server_id, rule FROM silences WHERE ended_at IS NULL AND until > ?",
                                     (now,)).fetchall()
@@ -396,15 +530,17 @@ class AlertEngine:
             repeat = self.cfg["repeat_minutes"] * 60
             for key, alert in firing.items():
                 since = alert.pop("since", None)
+                if alert.get("targets"):
+                    self._targets[key] = list(alert["targets"])
                 if key not in active:
                     # The alert starts when the condition did (stored history), not when this
                     # hub first looked: after a restart a GPU missing for 5 h is not "lost for 10 s".
                     started = onset(since, now)
                     cur = conn.execute(
-                        "INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at)"
-                        " VALUES (?,?,?,?,?,?,?)",
+                        "INSERT INTO alerts (key, rule, severity, server_id, subject, message, started_at, rule_id)"
+                        " VALUES (?,?,?,?,?,?,?,?)",
                         (key, alert["rule"], alert["severity"], alert["server_id"], alert["subject"], alert["message"],
-                         started))
+                         started, alert.get("rule_id")))
                     if not silenced(alert):
                         self._notify(conn, cur.lastrowid, "firing", dict(alert, started_at=started), now)
                     result["fired"].append(key)
@@ -428,7 +564,18 @@ class AlertEngine:
                     conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, row[0]))
                     alert = {"rule": row[2], "severity": row[3], "server_id": row[4], "subject": row[5],
                              "message": row[6], "started_at": row[7], "resolved_at": now}
-                    if row[9] and not silenced(alert):  # no "resolved" for what was never announced
+                    if row[11] is not None:
+                        alert["rule_id"] = row[11]
+                    # The rule named its targets: the resolved notice goes there too (the rule's
+                    # targets now, else those the alert carried when it fired).
+                    named = (targets.get(row[11]) if row[11] is not None else None) or self._targets.get(key)
+                    if named:
+                        alert["targets"] = list(named)
+                    self._targets.pop(key, None)
+                    # No "resolved" for what was never announced, nor for the alerts of a rule
+                    # an admin disabled or deleted (the condition did not clear: the rule went).
+                    gone = row[11] is not None and row[11] not in targets
+                    if row[9] and not gone and not silenced(alert):
                         self.notifier.send("resolved", alert)
                     result["resolved"].append(key)
             return result

@@ -27,6 +27,8 @@ from ..serving.hub import dead_jobs  # noqa: F401 - also this module's API (test
 from ..storage.instance import open_lock_file
 from ..storage.rollup import CheckpointThread, Maintenance, MaintenanceThread
 from . import alerts
+from . import notify
+from . import nudge
 from . import replication
 
 
@@ -34,7 +36,8 @@ def start_jobs(holder, config):
     """Start the job threads (each once): ``holder.fleet_thread`` (the fleet document publisher,
     ``server_monitor.serving.fleet_share``), ``holder.checkpoint_thread`` (the WAL, every second),
     ``holder.maintenance_thread`` (every ``data.maintenance_interval_s`` s; 0: off) and
-    ``holder.alert_thread`` (every ``alerts.interval_s`` s when ``alerts.enabled``)."""
+    ``holder.alert_thread`` (every ``alerts.interval_s`` s when ``alerts.enabled``) and
+    ``holder.nudge_thread`` (idle-GPU nudges and digests, every ``notifications.nudge_interval_s`` s)."""
     if getattr(holder, "fleet_thread", None) is None:
         holder.fleet_thread = PublisherThread(config.db_path, float(config.get("features.idle_max_util") or 5))
         holder.fleet_thread.start()
@@ -53,9 +56,15 @@ def start_jobs(holder, config):
         holder.maintenance_thread = MaintenanceThread(Maintenance.from_config(config), interval)
         holder.maintenance_thread.start()
     cfg = alerts.settings(config)
+    notifier = None
     if cfg["enabled"] and getattr(holder, "alert_thread", None) is None:
-        holder.alert_thread = alerts.AlertThread(alerts.AlertEngine(config.db_path, cfg))
+        notifier = notify.Notifier.from_config(config, cfg)
+        holder.alert_thread = alerts.AlertThread(alerts.AlertEngine(config.db_path, cfg, notifier))
         holder.alert_thread.start()
+    if getattr(holder, "nudge_thread", None) is None:
+        # Idle-GPU nudges and weekly digests (jobs/nudge.py): they run without alerts too.
+        holder.nudge_thread = nudge.NudgeThread(nudge.Nudger(config, cfg, notifier or notify.Notifier.from_config(config, cfg)))
+        holder.nudge_thread.start()
 
 
 class _Holder:
@@ -64,6 +73,7 @@ class _Holder:
     checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None
+    nudge_thread = None
 
 
 def run_jobs_here(config):

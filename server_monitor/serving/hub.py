@@ -19,6 +19,7 @@ from .analyst import AnalystSQL
 from ..auth import sso as sso_mod
 from ..auth.accounts import Accounts, LoginLimiter
 from ..auth.api_tokens import RequestBudget
+from ..auth.contacts import NotifyStore
 from ..storage import groups as groups_mod
 
 SESSION_COOKIE = "sm_session"
@@ -97,11 +98,14 @@ class HubContext:
     checkpoint_thread = None
     maintenance_thread = None
     alert_thread = None
+    nudge_thread = None
     replication_thread = None
 
     def __init__(self, config):
         self.config = config
         self.accounts = Accounts(config.auth_db_path)
+        # Notification targets, contacts, delivery failures (auth.db; server_monitor/auth/contacts.py).
+        self.notify_store = NotifyStore(config.auth_db_path)
         # Shared by every worker process through auth.db (one budget, not one per worker).
         self.limiter = LoginLimiter(config.auth_db_path, limit=5, window=300, name="login")
         # Registrations: failures (bad invite, taken name) per client address and per invite (see docs/security.md M2).
@@ -125,7 +129,11 @@ class HubContext:
         self.session_hours = float(config.get("auth.session_hours", 12))
         self._monitor_local = threading.local()  # read-only monitor.db connection per thread (group scopes)
         # API token requests per minute per token, split between the worker processes (issue 26 item 4).
-        self.token_budget = RequestBudget(-(-int(config.get("auth.api_token_requests_per_minute", 120)) // workers))
+        per_token = int(config.get("auth.api_token_requests_per_minute", 120))
+        self.token_budget = RequestBudget(-(-per_token // workers))
+        # ... and per owner, all of its tokens together (attack run A2: 50 tokens were 50 budgets).
+        per_user = config.get("auth.api_token_user_requests_per_minute") or 3 * per_token
+        self.token_owner_budget = RequestBudget(-(-int(per_user) // workers))
 
     def group_members(self, groups):
         """Sorted ids of the servers now in any of ``groups`` (monitor.db ``server_groups``, any
@@ -242,6 +250,7 @@ def dead_jobs(holder):
     dead = []
     for thread in (getattr(holder, "checkpoint_thread", None), getattr(holder, "maintenance_thread", None),
                    getattr(holder, "alert_thread", None), getattr(holder, "fleet_thread", None),
+                   getattr(holder, "nudge_thread", None),
                    getattr(holder, "replication_thread", None)):
         if thread is not None and not thread.stopped.is_set() and (
                 not thread.is_alive() or getattr(thread, "down", lambda: False)()):

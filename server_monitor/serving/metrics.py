@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sqlite3
+import signal
 import time
 import zlib
 
@@ -260,10 +261,22 @@ class _Writer:
 
 def _dcgm_labels(row, vendor, hostname, extra):
     """dcgm-exporter's label string of a GPU or MIG ``row`` (``gpu_index``, ``uuid``, ``pci_bus_id``,
-    ``name``), ``Hostname`` when given, then the ``extra`` (name, value) pairs."""
+    ``name``, ``server_id``), ``Hostname`` when given, then the ``extra`` (name, value) pairs.
+    A GPU's series are told apart by its ``UUID`` (unique per board); a GPU that reported none (the
+    store keys it ``bus:<pci id>`` / ``index:<n>``, unique only within its server) gets ``server_id``
+    too when ``hostname`` is given, so two same-named hosts never give duplicate series."""
     return _labels([("gpu", str(row["gpu_index"])), ("UUID", row["uuid"]), ("pci_bus_id", row["pci_bus_id"]),
                     ("device", f"{vendor}{row['gpu_index']}"), ("modelName", row["name"]), ("Hostname", hostname)]
-                   + extra)
+                   + _no_uuid_server_id(row, hostname) + extra)
+
+
+def _no_uuid_server_id(row, hostname):
+    """``[("server_id", id)]`` for a GPU row without a board UUID when host labels are written, else ``[]``
+    (see :func:`server_monitor.storage.store.gpu_identity` for the stand-in keys)."""
+    uuid = row.get("uuid") or ""
+    if hostname is None or (uuid and not uuid.startswith(("bus:", "index:"))):
+        return []
+    return [("server_id", str(row["server_id"]))]
 
 
 def exposition(servers, gpus, disks, migs=(), hostname_label=True, sink=None):
@@ -320,6 +333,7 @@ def exposition(servers, gpus, disks, migs=(), hostname_label=True, sink=None):
                      ("hostname", server["hostname"] if hostname_label else None), ("pci_bus_id", g["pci_bus_id"]),
                      ("gpu_compute_partition_type", g["compute_partition"]),
                      ("gpu_memory_partition_type", g["memory_partition"])]
+            pairs += _no_uuid_server_id(g, server["hostname"] if hostname_label else None)
             amd.append((g, pairs))
             continue
         dcgm.append((g, _dcgm_labels(g, vendor, server["hostname"] if hostname_label else None, [("vendor", vendor)])))
@@ -361,8 +375,9 @@ def exposition(servers, gpus, disks, migs=(), hostname_label=True, sink=None):
     for d in disks:
         server = live.get(d["server_id"])
         if server is not None:
-            labels = _labels([("Hostname", server["hostname"] if hostname_label else None),
-                              ("mountpoint", d["mountpoint"])])
+            # The host's label pairs (Hostname and server_id), as on every other host series: two
+            # servers may share a host name, and without server_id their series would be duplicates.
+            labels = _labels(host[d["server_id"]] + [("mountpoint", d["mountpoint"])])
             used.append(f"server_monitor_filesystem_used_bytes{labels} {_number(d['used_bytes'] or 0)}\n")
             size.append(f"server_monitor_filesystem_size_bytes{labels} {_number(d['total_bytes'] or 0)}\n")
     if sink is not None:
@@ -458,7 +473,9 @@ _connections = {}  # db path -> read-only connection of the builder process
 
 def builder_init():
     """Initializer of the exposition builder process (``plugins/sm_metrics.py``): lower CPU
-    priority (:data:`BUILDER_NICE`) and SIGKILL when the worker that started it dies (Linux)."""
+    priority (:data:`BUILDER_NICE`) and SIGKILL when the worker that started it dies (Linux).
+    Ctrl-C (SIGINT to the terminal's process group) is ignored: the worker shuts the builder down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         os.nice(BUILDER_NICE)
     except OSError:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+from ..core.config import idle_hours
 from . import hub
 
 QUERY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "canned_queries")
@@ -75,8 +76,11 @@ def scope_params(actor):
 
 
 def config_params(config):
-    """``:_config_<key>`` values (``features.*`` in config.yaml) for running queries directly."""
-    return {f"_config_{key}": value for key, value in (config.get("features") or {}).items()}
+    """``:_config_<key>`` values (``features.*`` in config.yaml) for running queries directly;
+    ``idle_hours`` is :func:`server_monitor.core.config.idle_hours` (the nudges' threshold too)."""
+    values = {f"_config_{key}": value for key, value in (config.get("features") or {}).items()}
+    values["_config_idle_hours"] = idle_hours(config)
+    return values
 
 
 def named_parameters(sql):

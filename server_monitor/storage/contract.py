@@ -380,6 +380,19 @@ DISK = Obj(
     nullable=False,  # a list item must be an object
 )
 
+TEMPERATURE = Obj(
+    {
+        "chip": Str(64, minlen=1, required=True, nullable=False, pattern=r"[A-Za-z0-9_.:#-]+",
+                    doc="hwmon chip: the hwmonN/name file (coretemp, k10temp, nvme, acpitz, …), '#2', '#3' "
+                        "added for a second, third chip of that name"),
+        "label": Str(64, doc="tempN_label (e.g. 'Package id 0', 'Composite'), else 'tempN'"),
+        "current_c": Num(-60, 250, soft=True, doc="tempN_input / 1000", unit="°C"),
+        "high_c": Num(-60, 250, soft=True, doc="tempN_max / 1000", unit="°C"),
+        "critical_c": Num(-60, 250, soft=True, doc="tempN_crit / 1000", unit="°C"),
+    },
+    nullable=False,  # a list item must be an object
+)
+
 LOST_GPU = Obj(
     {
         "pci.bus_id": Str(64, identity=True, doc="bus id named in nvidia-smi's error line"),
@@ -636,6 +649,10 @@ REPORT = Obj(
         "network": NETWORK,
         "uptime_s": Num(0, 1e10, doc="now - boot_time", unit="s"),
         "disks": List(DISK, 256, doc="real mounted filesystems"),
+        "temperatures": List(TEMPERATURE, 256, soft=True,
+                             doc="host temperatures from the hwmon sysfs tree (/sys/class/hwmon): the agent sends "
+                                 "one reading per chip (its hottest, monitor_agent.temperatures.per_chip); the hub "
+                                 "stores the hottest per chip of whatever it gets; null/absent = not collected"),
         "gpu_status": GPU_STATUS,
         "gpus": List(GPU, 64, doc="one object per GPU read this cycle (nvidia-smi, AMD/Intel sysfs)"),
         "processes": List(PROCESS, 4096, doc="compute processes (NVIDIA) and DRM clients holding memory or "

@@ -2,10 +2,11 @@
 
 Tiers (defaults, configurable in ``data.*``):
 
-* raw ``host_samples`` / ``gpu_samples`` / ``disk_samples`` / ``gpu_processes``:
+* raw ``host_samples`` / ``gpu_samples`` / ``disk_samples`` / ``temperature_samples`` / ``gpu_processes``:
   ``retention_days`` (7);
 * 5-minute ``*_5m`` (samples, and per column avg, max or min as ``schema.HOST_ROLLUP``,
-  ``schema.GPU_ROLLUP`` and ``schema.GPU_ROLLUP_DEPTH`` list): ``rollup_5m_days`` (90);
+  ``schema.GPU_ROLLUP``, ``schema.GPU_ROLLUP_DEPTH``, ``schema.DISK_ROLLUP`` (per mount point)
+  and ``schema.TEMPERATURE_ROLLUP`` (per sensor chip) list): ``rollup_5m_days`` (90);
 * hourly ``*_1h``: ``rollup_1h_days`` (730);
 * ``xid_events`` (rare, and the record of a GPU's faults): as long as the hourly tier.
 
@@ -36,10 +37,14 @@ log = logging.getLogger("server_monitor.rollup")
 LAG = 600  # seconds after an hour ends before it is rolled up
 TIERS = (("5m", 300), ("1h", 3600))
 SOURCES = (
-    # raw table, key column, rolled-up columns
+    # raw table, key column(s), rolled-up columns
     ("host_samples", "server_id", schema.HOST_ROLLUP),
     ("gpu_samples", "gpu_id", schema.GPU_ROLLUP + schema.GPU_ROLLUP_DEPTH),
+    ("disk_samples", "server_id, mountpoint", schema.DISK_ROLLUP),
+    ("temperature_samples", "server_id, sensor", schema.TEMPERATURE_ROLLUP),
 )
+# Default for features.idle_max_util: a held GPU under this utilization.gpu (%) counts as idle.
+IDLE_MAX_UTIL = 5
 
 
 def _aggregate_sql(table, key, columns, bucket, source_tier=None):
@@ -78,15 +83,17 @@ WHERE {where} AND p.gpu_id IS NOT NULL
 GROUP BY p.server_id, p.ts, p.gpu_id, 4, 5
 """
 NEXT_SQL = "SELECT min(ts) FROM host_samples WHERE server_id = ? AND ts > ?"
-USAGE_COLUMNS = ("gpu_seconds", "vram_mib_seconds", "util_seconds", "util_known_seconds", "held_seconds")
+USAGE_COLUMNS = ("gpu_seconds", "vram_mib_seconds", "util_seconds", "util_known_seconds", "held_seconds",
+                 "idle_seconds")
 
 
-def _accumulate(totals, owners, durations):
+def _accumulate(totals, owners, durations, idle_max_util=IDLE_MAX_UTIL):
     """Add owner rows (from :data:`OWNERS_SQL`) to ``totals``, weighting each report by ``durations``.
 
     ``durations``: {(server_id, ts): seconds} (a negative value corrects an earlier
-    provisional duration). ``totals``: {(hour, server_id, gpu_id, user, container): [5 sums]}
-    in the order of :data:`USAGE_COLUMNS`. Owner rows of reports not in ``durations`` are
+    provisional duration). ``totals``: {(hour, server_id, gpu_id, user, container): [6 sums]}
+    in the order of :data:`USAGE_COLUMNS`; ``idle_seconds`` is the owner's GPU time (its 1/k
+    share) while utilization.gpu was known and under ``idle_max_util`` %. Owner rows of reports not in ``durations`` are
     skipped (no host sample: the former query's inner join did the same).
     """
     by_report = {}
@@ -101,17 +108,19 @@ def _accumulate(totals, owners, durations):
             shares[row[2]] = shares.get(row[2], 0) + 1
         hour = report[1] // 3600 * 3600
         for server_id, _ts, gpu_id, user, container, vram, util in rows:
-            acc = totals.setdefault((hour, server_id, gpu_id, user, container), [0.0, 0.0, 0.0, 0.0, 0.0])
+            acc = totals.setdefault((hour, server_id, gpu_id, user, container), [0.0] * 6)
             acc[0] += dur / shares[gpu_id]
             acc[1] += vram * dur
             if util is not None:
                 acc[2] += util * dur
                 acc[3] += dur
+                if util < idle_max_util:
+                    acc[5] += dur / shares[gpu_id]
             acc[4] += dur
     return totals
 
 
-def usage_for_range(reader, start, end):
+def usage_for_range(reader, start, end, idle_max_util=IDLE_MAX_UTIL):
     """GPU usage of the reports with ``start <= ts < end`` (epoch s), from raw rows.
 
     Returns ``(totals, provisional)``: totals as in :func:`_accumulate`; provisional maps
@@ -137,7 +146,7 @@ def usage_for_range(reader, start, end):
         if durations:
             owners = reader.execute(OWNERS_SQL.format(where="p.server_id = ? AND p.ts >= ? AND p.ts < ?"),
                                     (server_id, start, end))
-            _accumulate(totals, owners, durations)
+            _accumulate(totals, owners, durations, idle_max_util)
     return totals, provisional
 
 
@@ -161,27 +170,35 @@ def _merge_sql(table, key, columns):
                             f"ELSE ({name} * samples + {new}) / (samples + 1) END")
             else:  # min or max; a NULL on either side keeps the other
                 sets.append(f"{name} = {agg}(coalesce({name}, {new}), coalesce({new}, {name}))")
+    keys = ", ".join("?" * len(key.split(",")))
     sql = (f"INSERT INTO {table} ({key}, ts, samples, {', '.join(names)}) "
-           f"VALUES (?, ?, 1, {', '.join('?' * len(names))}) "
+           f"VALUES ({keys}, ?, 1, {', '.join('?' * len(names))}) "
            f"ON CONFLICT ({key}, ts) DO UPDATE SET {', '.join(sets)}")
     return sql, values
 
 
-def merge_late_sample(conn, server_id, ts, host_row, gpu_rows):
+def merge_late_sample(conn, server_id, ts, host_row, gpu_rows, named_rows=None):
     """Add a sample older than the raw cutoff straight into the 5-minute and hourly tiers.
 
     Called by ingest inside its transaction when ``ts`` is before ``raw_deleted_before``
     (its hour's raw rows are gone, so a recompute from raw is no longer possible).
-    ``host_row``: dict of host_samples columns; ``gpu_rows``: list of ``(gpu_id, dict)``.
+    ``host_row``: dict of host_samples columns; ``gpu_rows``: list of ``(gpu_id, dict)``;
+    ``named_rows``: ``{"disk_samples": [(mountpoint, dict)], "temperature_samples": [(sensor, dict)]}``.
     """
+    named_rows = named_rows or {}
     for table, key, columns in SOURCES:
         for tier, bucket in TIERS:
             sql, values = _merge_sql(f"{table}_{tier}", key, columns)
             bucket_ts = ts // bucket * bucket
             if table == "host_samples":
                 conn.execute(sql, [server_id, bucket_ts] + [host_row.get(v) for v in values])
-            elif gpu_rows:
-                conn.executemany(sql, [[gpu_id, bucket_ts] + [row.get(v) for v in values] for gpu_id, row in gpu_rows])
+            elif table == "gpu_samples":
+                if gpu_rows:
+                    conn.executemany(sql, [[gpu_id, bucket_ts] + [row.get(v) for v in values]
+                                           for gpu_id, row in gpu_rows])
+            elif named_rows.get(table):
+                conn.executemany(sql, [[server_id, name, bucket_ts] + [row.get(v) for v in values]
+                                       for name, row in named_rows[table]])
 
 
 ANALYSIS_LIMIT = 1000  # rows ANALYZE visits per index (PRAGMA analysis_limit): approximate, bounded cost
@@ -241,7 +258,7 @@ class Maintenance:
     """
 
     def __init__(self, db_path, retention_days=7, rollup_5m_days=90, rollup_1h_days=730,
-                 batch=1000, pause=0.005, now=time.time, stats_min_pages=None):
+                 batch=1000, pause=0.005, now=time.time, stats_min_pages=None, idle_max_util=IDLE_MAX_UTIL):
         self.db_path = db_path
         self.keep = {"raw": retention_days * 86400, "5m": rollup_5m_days * 86400, "1h": rollup_1h_days * 86400}
         self.batch = batch
@@ -250,13 +267,15 @@ class Maintenance:
         self.now = now
         self._usage_inc = None  # incremental GPU-usage state (see _current_usage)
         self.stats_min_pages = stats_min_pages
+        self.idle_max_util = idle_max_util  # % utilization.gpu under which held time is idle
 
     @classmethod
     def from_config(cls, config):
         """Build from a hub :class:`~server_monitor.core.config.Config` (``data.*`` keys)."""
         return cls(config.db_path, retention_days=float(config.get("data.retention_days", 7)),
                    rollup_5m_days=float(config.get("data.rollup_5m_days", 90)),
-                   rollup_1h_days=float(config.get("data.rollup_1h_days", 730)))
+                   rollup_1h_days=float(config.get("data.rollup_1h_days", 730)),
+                   idle_max_util=float(config.get("features.idle_max_util", IDLE_MAX_UTIL)))
 
     # -- connections ----------------------------------------------------------------
     def _connect(self):
@@ -289,7 +308,7 @@ class Maintenance:
 
     # -- roll-ups -------------------------------------------------------------------
     _UPSERT_USAGE = ("INSERT INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
-                     + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)"
+                     + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?," + ",".join("?" * len(USAGE_COLUMNS)) + ")"
                      " ON CONFLICT (hour, gpu_id, user, container) DO UPDATE SET "
                      + ", ".join(f"{c} = {c} + excluded.{c}" for c in USAGE_COLUMNS))
 
@@ -302,13 +321,13 @@ class Maintenance:
 
         Returns ``(rows written, provisional)`` (see :func:`usage_for_range`).
         """
-        totals, provisional = usage_for_range(reader, start, end)
+        totals, provisional = usage_for_range(reader, start, end, self.idle_max_util)
         rows = self._usage_rows(totals)
         self._replace_usage(writer, "hour >= ? AND hour < ?", (start, end), rows)
         return len(rows), provisional
 
     _INSERT_USAGE = ("INSERT OR REPLACE INTO gpu_usage_1h (hour, server_id, gpu_id, user, container, "
-                     + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?)")
+                     + ", ".join(USAGE_COLUMNS) + ") VALUES (?,?,?,?,?," + ",".join("?" * len(USAGE_COLUMNS)) + ")")
 
     def _replace_usage(self, writer, where, params, rows, epoch=None):
         """Replace the ``gpu_usage_1h`` rows matching ``where`` (an ``hour`` range) by ``rows``.
@@ -366,7 +385,8 @@ class Maintenance:
         try:
             top = reader.execute("SELECT coalesce(max(id), 0) FROM gpu_processes").fetchone()[0]
             if inc is None or inc["epoch"] != epoch or inc["done"] > done:
-                totals, provisional = usage_for_range(reader, done, int(now // 3600 * 3600) + 3600)
+                totals, provisional = usage_for_range(reader, done, int(now // 3600 * 3600) + 3600,
+                                                      self.idle_max_util)
                 full = True
             else:
                 full = False
@@ -383,7 +403,7 @@ class Maintenance:
                         corrections[(server_id, ts)] = min(nxt - ts, counted) - counted
                 for (server_id, ts), delta in corrections.items():
                     owners = reader.execute(OWNERS_SQL.format(where="p.server_id = ? AND p.ts = ?"), (server_id, ts))
-                    _accumulate(totals, owners, {(server_id, ts): delta})
+                    _accumulate(totals, owners, {(server_id, ts): delta}, self.idle_max_util)
                 # Reports stored since the last pass.
                 owners = reader.execute(OWNERS_SQL.format(where="p.id > ? AND p.id <= ? AND p.ts >= ?"),
                                         (inc["top"], top, done)).fetchall()
@@ -398,7 +418,7 @@ class Maintenance:
                         durations[(server_id, ts)] = provisional[(server_id, ts)] = interval
                     else:
                         durations[(server_id, ts)] = min(nxt - ts, interval)
-                _accumulate(totals, owners, durations)
+                _accumulate(totals, owners, durations, self.idle_max_util)
         finally:
             reader.execute("COMMIT")
         rows = self._usage_rows(totals)
@@ -415,7 +435,7 @@ class Maintenance:
         written = self._roll_usage(writer, reader, start, end)[0]
         for table, key, columns in SOURCES:
             cols = ", ".join([key, "ts", "samples"] + _columns(columns))
-            marks = ", ".join("?" * (3 + len(_columns(columns))))
+            marks = ", ".join("?" * (len(key.split(",")) + 2 + len(_columns(columns))))
             for tier, bucket in TIERS:
                 rows = reader.execute(_aggregate_sql(table, key, columns, bucket), (start, end)).fetchall()
                 self._write(writer, f"INSERT OR REPLACE INTO {table}_{tier} ({cols}) VALUES ({marks})", rows)
@@ -440,6 +460,7 @@ class Maintenance:
             oldest = int((now - self.keep["1h"]) // 3600 * 3600)
             done = target if first is None else max(oldest, int(first // 3600 * 3600))
         written = hours = 0
+        first_hour = done
         # Retention runs after this in the same pass, so raw rows of every hour behind the
         # watermark are still there, however long the hub was down.
         while done < target:
@@ -460,7 +481,58 @@ class Maintenance:
         # only gpu_usage_1h, so it is at most one maintenance pass behind).
         if done < now:
             written += self._current_usage(writer, reader, done, now)
+        # The per-user days of every hour gpu_usage_1h changed in: the hours rolled up, the dirty
+        # ones and the current ones (usually today alone; yesterday too in the first hour of a day).
+        days = set(range(int(min(first_hour, done) // 86400 * 86400), int(now) + 1, 86400))
+        days.update(h // 86400 * 86400 for h in dirty)
+        written += self._roll_user_days(writer, reader, sorted(days))
         return {"hours_rolled": hours, "dirty_hours": len(dirty), "rollup_rows": written}
+
+    # Per user, UTC day, server and container, from gpu_usage_1h (the per-user page's table).
+    _USER_DAY_SQL = (
+        "SELECT user, ? AS day, server_id, container, sum(gpu_seconds), sum(idle_seconds), sum(vram_mib_seconds),"
+        " sum(util_seconds), sum(util_known_seconds), count(DISTINCT gpu_id), min(hour), max(hour)"
+        " FROM gpu_usage_1h WHERE hour >= ? AND hour < ? AND user <> '' GROUP BY user, server_id, container")
+    _INSERT_USER_DAY = ("INSERT INTO gpu_usage_user_1d (user, day, server_id, container, gpu_seconds, idle_seconds,"
+                        " vram_mib_seconds, util_seconds, util_known_seconds, gpus, first_hour, last_hour)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+
+    def _roll_user_days(self, writer, reader, days):
+        """Recompute ``gpu_usage_user_1d`` for each UTC day (epoch s of its midnight) in ``days``.
+
+        The sums are read on the read connection (``gpu_usage_1h`` primary key range of the day:
+        at 1,000 servers × 8 GPUs up to ~230,000 rows for a full day); each day's rows are then
+        replaced user by user in transactions of at most about ``batch`` rows, so a reader sees
+        each user's old or new day, never a user's day half written. Owners without a user name
+        (``user`` '') are left out: the page is per user. Returns rows written.
+        """
+        written = 0
+        for day in days:
+            rows = reader.execute(self._USER_DAY_SQL, (day, day, day + 86400)).fetchall()
+            by_user = {}
+            for row in rows:
+                by_user.setdefault(row[0], []).append(row)
+            users = sorted(set(by_user) | {u for (u,) in reader.execute(
+                "SELECT DISTINCT user FROM gpu_usage_user_1d WHERE day = ?", (day,))})
+            group, size = [], 0
+            for n, user in enumerate(users):
+                group.append(user)
+                size += len(by_user.get(user, ())) + 1
+                if size < self.batch and n + 1 < len(users):
+                    continue
+                writer.execute("BEGIN IMMEDIATE")
+                try:
+                    writer.execute(f"DELETE FROM gpu_usage_user_1d WHERE day = ? AND user IN ({','.join('?' * len(group))})",
+                                   [day] + group)
+                    writer.executemany(self._INSERT_USER_DAY, [r for u in group for r in by_user.get(u, ())])
+                    writer.execute("COMMIT")
+                except BaseException:
+                    writer.execute("ROLLBACK")
+                    raise
+                written += size - len(group)
+                group, size = [], 0
+                time.sleep(self.pause)
+        return written
 
     # -- retention ------------------------------------------------------------------
     def _delete_before(self, writer, table, keys, cutoff, column="ts"):
@@ -489,11 +561,14 @@ class Maintenance:
             "host_samples": self._delete_before(writer, "host_samples", "server_id, ts", raw),
             "gpu_samples": self._delete_before(writer, "gpu_samples", "gpu_id, ts", raw),
             "disk_samples": self._delete_before(writer, "disk_samples", "server_id, ts, mountpoint", raw),
+            "temperature_samples": self._delete_before(writer, "temperature_samples", "server_id, ts, sensor", raw),
             "gpu_processes": self._delete_before(writer, "gpu_processes", "id", raw),
         }
         for table, key, _ in SOURCES:
             deleted[f"{table}_5m"] = self._delete_before(writer, f"{table}_5m", f"{key}, ts", m5)
             deleted[f"{table}_1h"] = self._delete_before(writer, f"{table}_1h", f"{key}, ts", h1)
+        deleted["gpu_usage_user_1d"] = self._delete_before(writer, "gpu_usage_user_1d", "user, day, server_id, container",
+                                                           h1, column="day")
         deleted["gpu_usage_1h"] = self._delete_before(writer, "gpu_usage_1h", "hour, gpu_id, user, container", h1,
                                                       column="hour")
         # XIDs are rare and are a GPU's fault history: kept as long as the longest tier.

@@ -227,11 +227,16 @@ GPU_ROLLUP = (
 )
 
 
-def _rollup_table(name, key, columns):
+def _rollup_table(name, key, columns, name_column=None):
+    """Roll-up table keyed by ``(key, ts)`` — or ``(server_id, <name_column>, ts)`` when ``name_column``
+    is given (a per-server series with a name: mount point, sensor chip) — with a ``ts`` index for retention."""
     cols = ",\n    ".join(f"{col}_{agg} REAL" for col, aggs in columns for agg in aggs)
+    keys = f"{key} INTEGER NOT NULL,\n" if name_column is None else \
+        f"server_id INTEGER NOT NULL,\n    {name_column} TEXT NOT NULL,\n"
+    primary = key if name_column is None else f"server_id, {name_column}"
     return (
-        f"CREATE TABLE {name} (\n    {key} INTEGER NOT NULL,\n    ts INTEGER NOT NULL,\n"
-        f"    samples INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY ({key}, ts)\n) WITHOUT ROWID;\n"
+        f"CREATE TABLE {name} (\n    {keys}    ts INTEGER NOT NULL,\n"
+        f"    samples INTEGER NOT NULL,\n    {cols},\n    PRIMARY KEY ({primary}, ts)\n) WITHOUT ROWID;\n"
         f"CREATE INDEX {name}_ts ON {name} (ts);\n"
     )
 
@@ -670,11 +675,130 @@ CREATE INDEX servers_display_skeleton ON servers ({skeleton_sql('display_name')}
 """
 
 
+MIGRATION_26 = """
+-- Idle-GPU nudges (issue 26 item 1, server_monitor/jobs/nudge.py): one row per GPU and holder
+-- nudged during one idle run (idle_since); the dashboard's idle panel shows who was nudged when.
+-- Where a nudge went (e-mail, chat URL) stays in auth.db: this table names only the holder.
+CREATE TABLE idle_nudges (
+    gpu_id INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    idle_since INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    last_at INTEGER NOT NULL,
+    nudges INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (gpu_id, holder, idle_since)
+) WITHOUT ROWID;
+CREATE INDEX idle_nudges_last ON idle_nudges (last_at);
+"""
+
+
+# Roll-ups keyed by server and a name (issue 26 item 7): disk use per mount point and host
+# temperatures per sensor chip. Part of migration 27 below (changing them needs a new migration).
+DISK_ROLLUP = (
+    ("used_bytes", ("avg", "max")),
+    ("total_bytes", ("max",)),
+)
+TEMPERATURE_ROLLUP = (
+    ("temperature_c", ("avg", "max")),
+)
+
+
+MIGRATION_27 = (
+    """
+-- Issue 26 item 7: host temperatures (one row per report and sensor chip: the hottest of the
+-- chip's temp*_input, with the lowest temp*_max / temp*_crit reported for it), read by the agent
+-- from the kernel's hwmon sysfs tree; and 5-minute/hourly roll-ups of disk use and of these
+-- temperatures, so the history page shows 30 days (raw rows are kept data.retention_days).
+CREATE TABLE temperature_samples (
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    ts INTEGER NOT NULL,
+    sensor TEXT NOT NULL,
+    temperature_c REAL,
+    high_c REAL,
+    critical_c REAL,
+    PRIMARY KEY (server_id, ts, sensor)
+) WITHOUT ROWID;
+CREATE INDEX temperature_samples_ts ON temperature_samples (ts);
+-- Issue 26 item 6: GPU time held while utilization.gpu was known and under
+-- features.idle_max_util (the per-user page's idle GPU-hours). Hours rolled up before this
+-- migration keep 0.
+ALTER TABLE gpu_usage_1h ADD COLUMN idle_seconds REAL NOT NULL DEFAULT 0;
+-- The per-user page: gpu_usage_1h summed per user, UTC day, server and container (kept by
+-- maintenance from gpu_usage_1h), so a user holding 900 GPUs for 30 days is ~20,000 rows to
+-- read instead of 650,000. gpus: distinct GPUs of that row's hours; first/last_hour: epoch s.
+CREATE TABLE gpu_usage_user_1d (
+    user TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    server_id INTEGER NOT NULL,
+    container TEXT NOT NULL,
+    gpu_seconds REAL NOT NULL,
+    idle_seconds REAL NOT NULL,
+    vram_mib_seconds REAL NOT NULL,
+    util_seconds REAL NOT NULL,
+    util_known_seconds REAL NOT NULL,
+    gpus INTEGER NOT NULL,
+    first_hour INTEGER NOT NULL,
+    last_hour INTEGER NOT NULL,
+    PRIMARY KEY (user, day, server_id, container)
+) WITHOUT ROWID;
+CREATE INDEX gpu_usage_user_1d_day ON gpu_usage_user_1d (day);
+-- The accounting kept before this upgrade, summed once for the days the page can show (366; at
+-- 1,000 servers x 8 GPUs ~14 s per 30 days of gpu_usage_1h, once); maintenance keeps it from here on.
+INSERT INTO gpu_usage_user_1d (user, day, server_id, container, gpu_seconds, idle_seconds, vram_mib_seconds,
+    util_seconds, util_known_seconds, gpus, first_hour, last_hour)
+SELECT user, hour / 86400 * 86400, server_id, container, sum(gpu_seconds), sum(idle_seconds), sum(vram_mib_seconds),
+    sum(util_seconds), sum(util_known_seconds), count(DISTINCT gpu_id), min(hour), max(hour)
+FROM gpu_usage_1h WHERE user <> '' AND hour >= (CAST(strftime('%s', 'now') AS INTEGER) / 86400 - 366) * 86400
+GROUP BY user, hour / 86400 * 86400, server_id, container;
+"""
+    + _rollup_table("disk_samples_5m", None, DISK_ROLLUP, name_column="mountpoint")
+    + _rollup_table("disk_samples_1h", None, DISK_ROLLUP, name_column="mountpoint")
+    + _rollup_table("temperature_samples_5m", None, TEMPERATURE_ROLLUP, name_column="sensor")
+    + _rollup_table("temperature_samples_1h", None, TEMPERATURE_ROLLUP, name_column="sensor")
+)
+
+
+MIGRATION_28 = """
+-- Alert rules made in /admin (issue 26 item 2, scope by host group: issue 24 item 1). The
+-- config file's alerts.* thresholds stay the built-in rules (server_monitor/jobs/alerts.py);
+-- these rows add to them. kind: what is measured (server_monitor/storage/alert_rules.py KINDS);
+-- threshold in the kind's unit; duration_minutes: how long the condition must hold; scope
+-- 'all', 'group' (scope_group: a server_groups name, resolved on every pass, so a new server
+-- of the group is covered) or 'server' (scope_server_id); gpu_model: substring of the GPU's
+-- name (GPU kinds only); targets: JSON list of notification target names (null: by severity).
+CREATE TABLE alert_rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    threshold REAL,
+    duration_minutes INTEGER NOT NULL DEFAULT 0,
+    severity TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    scope TEXT NOT NULL DEFAULT 'all' CHECK (scope IN ('all', 'group', 'server')),
+    scope_group TEXT,
+    scope_server_id INTEGER,
+    gpu_model TEXT,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    targets TEXT,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    CHECK ((scope = 'all' AND scope_group IS NULL AND scope_server_id IS NULL)
+        OR (scope = 'group' AND scope_group IS NOT NULL AND scope_server_id IS NULL)
+        OR (scope = 'server' AND scope_group IS NULL AND scope_server_id IS NOT NULL))
+);
+-- Which rule of alert_rules raised an alert (null: a built-in rule of config.yaml); a rule's
+-- recent firings on /admin/rules read this index newest first.
+ALTER TABLE alerts ADD COLUMN rule_id INTEGER;
+CREATE INDEX alerts_by_rule ON alerts (rule_id, rule, started_at);
+"""
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25]
+              MIGRATION_25, MIGRATION_26, MIGRATION_27, MIGRATION_28]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

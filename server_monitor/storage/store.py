@@ -10,6 +10,8 @@ duplicate: nothing is written and the caller answers 2xx.
 import json
 import sqlite3
 
+from monitor_agent.temperatures import per_chip as temperatures_per_chip
+
 from ..core import gpu_health, topology
 from . import groups, schema, xidtext
 from .rollup import merge_late_sample
@@ -182,7 +184,9 @@ def _store(conn, report, received_at):
                             memory_used_bytes=_num(mem, "used_bytes"), memory_total_bytes=_num(mem, "total_bytes"),
                             swap_used_bytes=_num(mem, "swap_used_bytes"), net_rx_bps=_num(net, "rx_bytes_per_s"),
                             net_tx_bps=_num(net, "tx_bytes_per_s"))
-            merge_late_sample(conn, server_id, ts, host_row, gpu_rows)
+            merge_late_sample(conn, server_id, ts, host_row, gpu_rows, named_rows={
+                "disk_samples": [(d["mountpoint"], d) for d in report.get("disks") or []],
+                "temperature_samples": [(t["sensor"], t) for t in chip_temperatures(report.get("temperatures"))]})
     _store_processes(conn, server_id, ts, gpu_ids, report.get("processes") or [])
     _store_allocation_holders(conn, server_id, ts, gpu_ids, report.get("processes") or [], allocations)
     _store_xid_events(conn, server_id, ts, received_at, report.get("xid_events") or [])
@@ -197,11 +201,32 @@ def _store(conn, report, received_at):
                 for d in disks
             ],
         )
+    temperatures = chip_temperatures(report.get("temperatures"))
+    if temperatures:
+        conn.executemany(
+            "INSERT OR IGNORE INTO temperature_samples (server_id, ts, sensor, temperature_c, high_c, critical_c)"
+            " VALUES (?,?,?,?,?,?)",
+            [(server_id, ts, t["sensor"], t["temperature_c"], t["high_c"], t["critical_c"]) for t in temperatures],
+        )
     if newest:
         _store_inventory(conn, server_id, ts, report)
         groups.sync_reported(conn, server_id, "agent", report.get("groups"))
         groups.sync_reported(conn, server_id, "slurm", report.get("slurm_partitions"))
     return {"stored": True, "server_id": server_id}
+
+
+def chip_temperatures(temperatures):
+    """The ``temperature_samples`` rows of a report's ``temperatures`` (hwmon readings, °C): one per chip.
+
+    ``temperatures``: the checked report's list of ``{"chip", "label", "current_c", "high_c",
+    "critical_c"}`` or None. Reduced by :func:`monitor_agent.temperatures.per_chip` (the rule the
+    agent already applies, so any agent's readings are stored alike): ``[{"sensor": chip,
+    "temperature_c": its hottest current_c, "high_c", "critical_c": its lowest limits}]`` (None
+    where no reading has one). Stored per chip, not per reading: a 64-core CPU has 65 coretemp
+    readings per report, and the history page charts the chip (its hottest point).
+    """
+    return [{"sensor": c["chip"], "temperature_c": c["current_c"], "high_c": c["high_c"], "critical_c": c["critical_c"]}
+            for c in temperatures_per_chip(temperatures)]
 
 
 _SERVER_LATEST = (
@@ -654,10 +679,12 @@ def _store_inventory(conn, server_id, ts, report):
 
 # Tables holding a server's rows, children first (connections without foreign keys
 # enabled, such as Datasette's write connection, need the cascade spelled out).
-_GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h")
+_GPU_CHILD_TABLES = ("gpu_samples", "gpu_samples_5m", "gpu_samples_1h", "idle_nudges")
 _SERVER_CHILD_TABLES = ("server_groups", "host_identity_events", "gpu_links", "mig_devices", "xid_events", "gpu_processes", "host_samples",
-                        "host_samples_5m", "host_samples_1h", "disk_samples", "containers", "probes",
-                        "gpu_usage_1h", "alerts", "silences", "gpus")
+                        "host_samples_5m", "host_samples_1h", "disk_samples", "disk_samples_5m", "disk_samples_1h",
+                        "temperature_samples", "temperature_samples_5m", "temperature_samples_1h",
+                        "containers", "probes",
+                        "gpu_usage_1h", "gpu_usage_user_1d", "alerts", "silences", "gpus")
 
 
 def delete_server(conn, server_id):

@@ -1,0 +1,111 @@
+"""One alert evaluation pass at fleet size, built-in rules alone and with rules made in /admin.
+
+    .venv/bin/python -m bench alerts [--servers 1000] [--reports 11] [--passes 5] [--db PATH]
+
+Grows a lab-like fleet (``bench/fleet_fixture.py``: 8 H100-class GPUs a host, a quarter free,
+some held idle, one host offline, one hot GPU, four clusters as host groups) through the hub's
+own write path, ``--reports`` reports a host one minute apart (the history the rules' durations
+read), then times what the alert thread runs every ``alerts.interval_s``: ``evaluate()`` (the
+built-in rules of config.yaml), then ``evaluate()`` with :data:`RULES` (every kind, group,
+server and model scopes, durations of 5 and 10 minutes), each the median of ``--passes`` passes,
+and one whole ``AlertEngine.run_once`` pass in steady state (alerts already stored). With an
+older revision (no ``alert_rules``) only the built-in pass is timed. Prints one JSON line.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+from bench import fleet_fixture
+from server_monitor.jobs import alerts
+from server_monitor.storage import schema
+
+try:
+    from server_monitor.storage import alert_rules
+except ImportError:  # a revision before alert rules (issue 26 item 2): built-in rules only
+    alert_rules = None
+
+# The rules of the "with rules" pass: one or more of every kind, scoped every way.
+RULES = [
+    {"name": "hot A", "kind": "gpu_temperature", "threshold": "80", "duration_minutes": "5", "scope": "group",
+     "scope_group": "cluster-a"},
+    {"name": "hot H100", "kind": "gpu_temperature", "threshold": "75", "gpu_model": "H100"},
+    {"name": "memory full", "kind": "gpu_memory", "threshold": "95", "duration_minutes": "5"},
+    {"name": "idle 10 min", "kind": "gpu_idle_held", "threshold": "5", "duration_minutes": "10"},
+    {"name": "idle B", "kind": "gpu_idle_held", "threshold": "5", "duration_minutes": "5", "scope": "group",
+     "scope_group": "cluster-b"},
+    {"name": "down", "kind": "host_offline", "threshold": "10"},
+    {"name": "health C", "kind": "gpu_health", "scope": "group", "scope_group": "cluster-c"},
+    {"name": "disk", "kind": "disk_full", "threshold": "50", "duration_minutes": "5"},
+    {"name": "one host", "kind": "gpu_memory", "threshold": "10", "scope": "server", "scope_server_id": "1"},
+]
+
+
+class Config:
+    def get(self, key, default=None):
+        return default
+
+
+def median_ms(fn, passes):
+    times = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(statistics.median(times), 1), result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", type=int, default=1000)
+    parser.add_argument("--reports", type=int, default=11, help="reports a host, one minute apart")
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--db", help="reuse (or create) this database instead of a temporary one")
+    args = parser.parse_args()
+    path = args.db or os.path.join(tempfile.mkdtemp(prefix="sm-alerts-"), "monitor.db")
+    now = int(time.time())
+    t0 = time.perf_counter()
+    if not os.path.exists(path):
+        for k in range(args.reports - 1, -1, -1):
+            fleet_fixture.grow(path, servers=args.servers, processes=args.servers * 8, now=now - 60 * k, groups=4,
+                               racks=False)
+    grow_s = time.perf_counter() - t0
+    cfg = alerts.settings(Config())
+    conn = schema.connect(path)
+    # The clock of the fleet's newest report (plus 5 s), so a reused database is timed in the
+    # same state (the same hosts offline, the same windows) whenever and by whichever code.
+    now = conn.execute("SELECT max(last_seen) FROM servers").fetchone()[0] + 5
+    out = {"servers": args.servers, "gpus": conn.execute("SELECT count(*) FROM gpus").fetchone()[0],
+           "gpu_samples": conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0], "grow_s": round(grow_s, 1)}
+    out["builtin_ms"], firing = median_ms(lambda: alerts.evaluate(conn, now, cfg), args.passes)
+    out["builtin_alerts"] = len(firing)
+    if alert_rules is not None:
+        with conn:
+            conn.execute("DELETE FROM alert_rules")
+            for form in RULES:
+                alert_rules.create(conn, alert_rules.parse(dict({"severity": "warning", "enabled": "on"}, **form)),
+                                   "bench", now)
+        rules = alert_rules.all_rules(conn, enabled_only=True)
+        out["rules"] = len(rules)
+        out["with_rules_ms"], firing = median_ms(lambda: alerts.evaluate(conn, now, cfg, rules), args.passes)
+        out["with_rules_alerts"] = len(firing)
+        out["per_rule_ms"] = {}
+        for rule in rules:
+            out["per_rule_ms"][rule["name"]], found = median_ms(
+                lambda rule=rule: alerts.evaluate_rule(conn, now, cfg, rule), args.passes)
+    conn.close()
+
+    class Quiet:
+        def send(self, event, alert):
+            return True
+    engine = alerts.AlertEngine(path, cfg, notifier=Quiet())
+    engine.run_once(now)  # stores the alerts
+    out["run_once_steady_ms"], _ = median_ms(lambda: engine.run_once(now), args.passes)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
