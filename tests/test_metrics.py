@@ -372,6 +372,30 @@ def test_item5_steady_scraper_is_answered_from_a_build_made_ahead(hub_config, mo
     plugin._pool.shutdown()
 
 
+def test_item5_per_server_scrapes_keep_no_shared_record(datasette, hub_config):
+    """Issue 24 item 5 (http_sd, one target per server, 10,000 servers): a scrape of
+    /metrics/servers/<id> is built fresh each time and writes nothing to <data.path>.metrics/
+    (before: two file writes per scrape and a record per server, 10,000 files), while a
+    shard's scrapes are still recorded for the build ahead."""
+    import os
+
+    admin = Client(datasette)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status_code == 302
+    token = hub_config.get("agent.token")
+    assert ingest(admin, sample_report("per-a", gpus=2, processes=0), token).status_code == 201
+    first = admin.get("/metrics/servers/1")
+    assert first.status_code == 200 and "DCGM_FI_DEV_GPU_UTIL" in first.text
+    report = sample_report("per-a", gpus=2, processes=0, sample_time=time.time() + 1)
+    report["gpus"][0]["utilization.gpu"] = 77
+    assert ingest(admin, report, token).status_code == 201
+    again = families(admin.get("/metrics/servers/1").text)
+    assert 77 in {s.value for s in samples(again["DCGM_FI_DEV_GPU_UTIL"], gpu="0")}  # fresh, not reused
+    shared = hub_config.db_path + ".metrics"
+    assert not [n for n in (os.listdir(shared) if os.path.isdir(shared) else []) if n.startswith("server-")]
+    assert admin.get("/metrics?shard=0&of=2").status_code == 200
+    assert "shard-0-2.json" in os.listdir(shared)
+
+
 def test_item5_builder_streams_each_family_into_gzip(hub_config):
     """Issue 24 (hub RSS <= 1.5 GB at 10,000 servers): the builder hands the exposition to the gzip
     stream one family at a time instead of holding its whole text (a 2,500-server shard: 142 MB,
