@@ -36,6 +36,11 @@ At each size, with the 1-minute load average next to each group of figures:
 * **ingest**: ``servers / 30`` reports per second (the first 1,000 hosts in turn), open loop,
   for ``--ingest-seconds``: rate achieved, p50 / p99 / max latency from when each was due, hub
   CPU share;
+* **per_server** (``--per-server-targets``): one target per server (``/metrics/servers/<id>``)
+  from ``/metrics/targets?per=server``, ``--shards`` scrape jobs keeping their share by
+  ``hashmod`` of ``server_id``, every ``--per-server-intervals`` s (each in turn, a Prometheus
+  of its own): every target's ``scrape_duration_seconds`` (max, p99, p50 after its first), ``up``, the hub's CPU while
+  scraped, and the ingest figures while scraped (see :func:`per_server_figures`);
 * **rss**: the hub's process tree (workers, publisher, builders), after the size's measurements.
 """
 
@@ -232,6 +237,77 @@ def prometheus_control(hub, work, shards, interval, seconds):
         server.shutdown()
 
 
+def per_server_prometheus(hub, work, shards, interval, path):
+    """Start Debian's prometheus on ``hub`` with ``shards`` scrape jobs over one http_sd list of
+    one target per server (``/metrics/targets?per=server``), each job keeping its share by
+    ``hashmod`` of ``server_id`` (docs/scaling.md's N-shard config, in one Prometheus); returns
+    (proc, base)."""
+    import subprocess
+
+    token_file = os.path.join(work, "prom-token")
+    with open(token_file, "w") as fp:
+        fp.write(hub.config.get("prometheus.token"))
+    config = os.path.join(work, "per-server.yml")
+    auth = f"authorization: {{type: Bearer, credentials_file: {token_file}}}"
+    with open(config, "w") as fp:
+        fp.write(f"global:\n  scrape_interval: {interval}s\n  scrape_timeout: {min(interval, 20)}s\nscrape_configs:\n")
+        for i in range(shards):
+            fp.write(f"  - job_name: server-monitor-{i}\n    {auth}\n    http_sd_configs:\n"
+                     f"      - url: {hub.url}/metrics/targets?per=server\n        refresh_interval: 60s\n        {auth}\n"
+                     "    relabel_configs:\n"
+                     f"      - {{source_labels: [server_id], modulus: {shards}, target_label: __tmp_hash, action: hashmod}}\n"
+                     f"      - {{source_labels: [__tmp_hash], regex: '{i}', action: keep}}\n")
+    port = bench_metrics.free_port()
+    log = open(os.path.join(work, "per-server-prometheus.log"), "wb")
+    proc = subprocess.Popen([bench_metrics.PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={path}",
+                             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def per_server_figures(hub, work, servers, shards, interval, seconds, ingest_seconds):
+    """Issue 24 item 5's other design: one Prometheus target per server (``/metrics/servers/<id>``,
+    ~270 samples), split into ``shards`` jobs by ``hashmod``, every ``interval`` s for ``seconds``.
+    After one interval of warm-up: the hub's CPU (cores) over one interval of scraping alone,
+    then the ingest figures (``servers / 30`` reports/s) for ``ingest_seconds`` while scraped.
+    Then over the run: targets, ``up`` (min per target), ``scrape_duration_seconds`` max and
+    p99 over every scrape after each target's first (and the max of the firsts), scrapes, samples."""
+    proc, base = per_server_prometheus(hub, work, shards, interval, os.path.join(work, f"tsdb-per-server-{interval}"))
+    t_start = time.monotonic()
+    try:
+        time.sleep(interval + 10)
+        out = {"load_start": load()}
+        cpu0, t0 = hub.cpu_seconds(), time.monotonic()
+        time.sleep(interval)
+        out["hub_cores_scraped"] = round((hub.cpu_seconds() - cpu0) / (time.monotonic() - t0), 2)
+        out["load_scraped"] = load()
+        out["ingest_while_scraped"] = ingest_figures(hub, servers, ingest_seconds)
+        time.sleep(max(0.0, seconds - (time.monotonic() - t_start)))
+        window = int(time.monotonic() - t_start) + 10
+        selector = 'job=~"server-monitor-.*"'
+        up = bench_metrics.query(base, f"min_over_time(up{{{selector}}}[{window}s])", timeout=60)
+        durations = bench_metrics.query(base, f"scrape_duration_seconds{{{selector}}}[{window}s]", timeout=60)
+        steady, firsts = [], []
+        for series in durations:
+            values = [float(v) for _, v in sorted(series["values"], key=lambda tv: float(tv[0]))]
+            firsts.append(values[0])
+            steady += values[1:]
+        samples = bench_metrics.query(base, f"sum(scrape_samples_scraped{{{selector}}})", timeout=60)
+        out.update({"load": load(), "interval_s": interval, "jobs": shards, "targets": len(up),
+                    "all_up": sum(r["value"][1] == "1" for r in up),
+                    "scrapes": len(steady) + len(firsts),
+                    "scrape_s_max": round(max(steady), 3) if steady else None,
+                    "scrape_s_p99": round(pct(steady, 0.99), 3) if steady else None,
+                    "scrape_s_p50": round(pct(steady, 0.5), 3) if steady else None,
+                    "over_2s": sum(v > 2 for v in steady),
+                    "scrape_s_first_max": round(max(firsts), 3) if firsts else None,
+                    "samples": int(float(samples[0]["value"][1])) if samples else 0})
+        return out
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(20)
+
+
 # Navigation start -> the page's "done" state, checked on every animation frame.
 # The overview (every section closed: above fleet.OVERVIEW_MIN_SERVERS rows) is done when every
 # group line is filled; the grid when every GPU of the fleet has its cell.
@@ -388,7 +464,7 @@ def rss_mib(hub):
 
 
 def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60, runs=3, workdir=None,
-        skip=(), out_path=None, control_from=5000):
+        skip=(), out_path=None, control_from=5000, per_server=False, per_server_intervals=(30,)):
     work = workdir or tempfile.mkdtemp(prefix="sm-bench-curve-")
     hub = Hub(work)
     hub.start()
@@ -409,6 +485,11 @@ def run(sizes, shards=4, interval=30, prometheus_seconds=150, ingest_seconds=60,
                 row["metrics"] = metrics_figures(hub, shards, max(2, runs - 1))
             if "prometheus" not in skip:
                 row["prometheus"] = prometheus_figures(hub, work, shards, interval, prometheus_seconds)
+            for every in (per_server_intervals if per_server else ()):
+                row[f"per_server_{every}s"] = per_server_figures(hub, work, size, shards, every,
+                                                                 max(prometheus_seconds, 3 * every + ingest_seconds + 20),
+                                                                 ingest_seconds)
+                print(json.dumps({str(size): {f"per_server_{every}s": row[f"per_server_{every}s"]}}), flush=True)
             if "control" not in skip and size >= control_from:
                 row["prometheus_control"] = prometheus_control(hub, work, shards, interval, prometheus_seconds)
             row["rss_mib"] = rss_mib(hub)
@@ -437,11 +518,15 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--control-from", type=int, default=5000, help="the Prometheus control from this size on")
     parser.add_argument("--skip", default="", help="comma-separated: fleet,browser,metrics,prometheus,control,newhost,ingest")
+    parser.add_argument("--per-server-targets", action="store_true",
+                        help="also: one Prometheus target per server, --shards jobs split by hashmod")
+    parser.add_argument("--per-server-intervals", default="30", help="their scrape interval(s), s, comma-separated")
     parser.add_argument("--workdir")
     parser.add_argument("--json", help="write the figures here (after each size)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(machine(), flush=True)
     run(sizes, args.shards, args.scrape_interval, args.prometheus_seconds, args.ingest_seconds, args.runs,
-        args.workdir, set(filter(None, args.skip.split(","))), args.json, args.control_from)
+        args.workdir, set(filter(None, args.skip.split(","))), args.json, args.control_from,
+        args.per_server_targets, [int(v) for v in args.per_server_intervals.split(",")])
     return 0

@@ -121,8 +121,9 @@ def prometheus(hub, work, shards, interval=15, timeout=10):
     return proc, f"http://127.0.0.1:{port}"
 
 
-def query(base, promql):
-    answer = HTTP.request("GET", base + "/api/v1/query", fields={"query": promql}, timeout=10)
+def query(base, promql, timeout=10):
+    """The ``result`` of an instant PromQL query at Prometheus ``base`` (list of dicts)."""
+    answer = HTTP.request("GET", base + "/api/v1/query", fields={"query": promql}, timeout=timeout)
     return json.loads(answer.data)["data"]["result"]
 
 
