@@ -231,3 +231,23 @@ def test_builtin_override_viewer_403(datasette, admin):
                               data={"csrftoken": token, "action": action, "threshold": "50"})
         assert refused.status_code == 403, action
     assert overrides(admin.db) == []
+
+
+def test_builtin_override_target_renamed_follows_and_a_target_in_use_is_not_deleted(admin, datasette):
+    """A notification target a built-in rule's override names follows its rename on /admin, and is
+    not deleted while named (its alerts would go nowhere), as for rules made on /admin/rules."""
+    from server_monitor.serving import hub
+
+    hub.context(datasette).notify_store.add_target("team-a", "json://127.0.0.1:9/hook", ["critical"])
+    token = csrf(admin)
+    assert admin.post("/admin/rules/builtin/gpu_xid", data={"csrftoken": token, "action": "update",
+                                                            "targets": "TEAM-A"}).status_code == 302
+    renamed = admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "team-a",
+                                                         "new_name": "team-alpha", "url": ""})
+    assert renamed.status_code == 302
+    assert json.loads(overrides(admin.db)[0][5]) == ["team-alpha"]
+    refused = admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete", "name": "team-alpha"})
+    assert refused.status_code == 400 and "built-in gpu_xid" in refused.text
+    assert admin.post("/admin/rules/builtin/gpu_xid", data={"csrftoken": token, "action": "reset"}).status_code == 302
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete",
+                                                     "name": "team-alpha"}).status_code == 302

@@ -239,13 +239,19 @@ def rename_target(conn, old, new, user, now=None):
     now = int(time.time() if now is None else now)
     changed = 0
     for rule_id, targets in conn.execute("SELECT id, targets FROM alert_rules WHERE targets IS NOT NULL").fetchall():
-        names = json.loads(targets)
-        renamed = [new if t.lower() == old.lower() else t for t in names]
-        if renamed != names:
+        renamed = retarget(json.loads(targets), old, new)
+        if renamed is not None:
             conn.execute("UPDATE alert_rules SET targets = ?, updated_by = ?, updated_at = ? WHERE id = ?",
-                         (json.dumps(sorted(set(renamed), key=renamed.index)), user, now, rule_id))
+                         (json.dumps(renamed), user, now, rule_id))
             changed += 1
     return changed
+
+
+def retarget(names, old, new):
+    """``names`` (target names) with ``old`` (any case) renamed ``new``, duplicates dropped, or
+    None when ``old`` is not among them."""
+    renamed = [new if t.lower() == old.lower() else t for t in names]
+    return sorted(set(renamed), key=renamed.index) if renamed != names else None
 
 
 def get(conn, rule_id):
@@ -288,5 +294,5 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "create", "update", "set_enabled", "delete", "get",
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "create", "update", "set_enabled", "delete", "get",
            "all_rules", "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]

@@ -24,7 +24,7 @@ import math
 import re
 import time
 
-from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets
+from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets, retarget
 
 # How long the look-back of gpu_xid or the offline threshold may be (a week, in minutes).
 MAX_WINDOW_MINUTES = 10080
@@ -172,6 +172,30 @@ def reset(conn, name):
     return conn.execute("DELETE FROM builtin_rule_overrides WHERE rule = ?", (check_name(name),)).rowcount == 1
 
 
+def naming_target(conn, target):
+    """The built-in rules whose override names notification target ``target`` (any case), as
+    ``["built-in <rule>", ...]`` (to refuse deleting a target in use, as for ``alert_rules``)."""
+    wanted = target.lower()
+    return [f"built-in {name}" for name, targets in
+            conn.execute("SELECT rule, targets FROM builtin_rule_overrides WHERE targets IS NOT NULL ORDER BY rule")
+            if any(t.lower() == wanted for t in json.loads(targets))]
+
+
+def rename_target(conn, old, new, user, now=None):
+    """Point the overrides that name target ``old`` (any case) at ``new`` (a target renamed on
+    /admin), changed by ``user``. Returns how many overrides changed."""
+    now = int(time.time() if now is None else now)
+    changed = 0
+    for name, targets in conn.execute("SELECT rule, targets FROM builtin_rule_overrides WHERE targets IS NOT NULL"
+                                      ).fetchall():
+        renamed = retarget(json.loads(targets), old, new)
+        if renamed is not None:
+            conn.execute("UPDATE builtin_rule_overrides SET targets = ?, updated_by = ?, updated_at = ? WHERE rule = ?",
+                         (json.dumps(renamed), user, now, name))
+            changed += 1
+    return changed
+
+
 def apply(cfg, overrides):
     """``cfg`` (the ``alerts`` settings, ``jobs.alerts.settings``) with the overridden thresholds
     and minutes of ``overrides`` (:func:`all_overrides`) in place of config.yaml's: a new dict,
@@ -185,4 +209,5 @@ def apply(cfg, overrides):
     return merged
 
 
-__all__ = ["BUILTINS", "check_name", "parse", "all_overrides", "save", "set_enabled", "reset", "apply"]
+__all__ = ["BUILTINS", "check_name", "parse", "all_overrides", "save", "set_enabled", "reset", "naming_target",
+           "rename_target", "apply"]
