@@ -8,7 +8,8 @@ a time) sends nothing while the silence lasts (and no resolved notice if it was 
 Two sets of rules: the built-in ones below (thresholds from ``config.yaml``, every server; an
 admin may override a built-in rule's threshold, minutes, severity and targets, or disable it, on
 ``/admin/rules``: table ``builtin_rule_overrides``, ``server_monitor/storage/builtin_overrides.py``,
-read once per pass; config.yaml stays the default) and the rules admins make on ``/admin/rules`` (table ``alert_rules``, validated and stored by
+read once per pass; config.yaml stays the default) and the rules admins make on
+``/admin/rules`` (table ``alert_rules``, validated and stored by
 ``server_monitor/storage/alert_rules.py``, evaluated by :func:`evaluate_rule` with their scope,
 duration, severity and GPU model). An alert of such a rule carries ``rule_id`` and, when the rule
 names any, ``targets`` (notification target names the Notifier delivers to; else by severity).

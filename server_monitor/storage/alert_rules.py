@@ -294,5 +294,5 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "create", "update", "set_enabled", "delete", "get",
-           "all_rules", "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "create",
+           "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
