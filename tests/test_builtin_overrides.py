@@ -13,11 +13,9 @@ import time
 
 import pytest
 import yaml
-from datasette_auth_passwords.utils import hash_password
 from http_client import Browserless
 from reports import sample_report
-from test_alert_rules import Recorder, csrf, host, put, server_id
-from test_hub_datasette import Client
+from test_alert_rules import Recorder, csrf, host, logged_in_viewer, put, server_id
 
 from server_monitor.jobs import alerts
 from server_monitor.storage import schema
@@ -218,13 +216,7 @@ def test_builtin_override_bad_action_and_edit_name_are_400(admin):
 
 
 def test_builtin_override_viewer_403(datasette, admin):
-    from server_monitor.serving import hub
-
-    hub.context(datasette).accounts.create_user("vera", hash_password("correct horse battery", iterations=1000),
-                                                "viewer")
-    viewer = Client(datasette)
-    assert viewer.login("vera", "correct horse battery").status_code == 302
-    token = csrf(viewer, "/account")
+    viewer, token = logged_in_viewer(datasette)
     assert viewer.get("/admin/rules?edit_builtin=gpu_temperature").status_code == 403
     for action in ("update", "disable", "reset", "test"):
         refused = viewer.post("/admin/rules/builtin/gpu_temperature",

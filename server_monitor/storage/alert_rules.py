@@ -236,13 +236,20 @@ def rules_naming_target(conn, target):
 def rename_target(conn, old, new, user, now=None):
     """Point every rule that names the notification target ``old`` (any case) at ``new`` instead,
     as edited by ``user`` (a target renamed on /admin keeps its rules). Returns how many rules changed."""
+    return rename_target_in(conn, "alert_rules", "id", old, new, user, now)
+
+
+def rename_target_in(conn, table, key, old, new, user, now=None):
+    """Rename target ``old`` (any case) ``new`` in the JSON ``targets`` of every row of ``table``
+    (``alert_rules`` or ``builtin_rule_overrides``, rows keyed by column ``key``: constants, never
+    user text), setting ``updated_by``/``updated_at``. Returns how many rows changed."""
     now = int(time.time() if now is None else now)
     changed = 0
-    for rule_id, targets in conn.execute("SELECT id, targets FROM alert_rules WHERE targets IS NOT NULL").fetchall():
+    for row_key, targets in conn.execute(f"SELECT {key}, targets FROM {table} WHERE targets IS NOT NULL").fetchall():
         renamed = retarget(json.loads(targets), old, new)
         if renamed is not None:
-            conn.execute("UPDATE alert_rules SET targets = ?, updated_by = ?, updated_at = ? WHERE id = ?",
-                         (json.dumps(renamed), user, now, rule_id))
+            conn.execute(f"UPDATE {table} SET targets = ?, updated_by = ?, updated_at = ? WHERE {key} = ?",
+                         (json.dumps(renamed), user, now, row_key))
             changed += 1
     return changed
 
@@ -294,5 +301,6 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "create",
-           "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "rename_target_in",
+           "create", "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers",
+           "MAX_DURATION_MINUTES"]

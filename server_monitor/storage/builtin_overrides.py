@@ -24,7 +24,7 @@ import math
 import re
 import time
 
-from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets, retarget
+from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets, rename_target_in
 
 # How long the look-back of gpu_xid or the offline threshold may be (a week, in minutes).
 MAX_WINDOW_MINUTES = 10080
@@ -184,16 +184,7 @@ def naming_target(conn, target):
 def rename_target(conn, old, new, user, now=None):
     """Point the overrides that name target ``old`` (any case) at ``new`` (a target renamed on
     /admin), changed by ``user``. Returns how many overrides changed."""
-    now = int(time.time() if now is None else now)
-    changed = 0
-    for name, targets in conn.execute("SELECT rule, targets FROM builtin_rule_overrides WHERE targets IS NOT NULL"
-                                      ).fetchall():
-        renamed = retarget(json.loads(targets), old, new)
-        if renamed is not None:
-            conn.execute("UPDATE builtin_rule_overrides SET targets = ?, updated_by = ?, updated_at = ? WHERE rule = ?",
-                         (json.dumps(renamed), user, now, name))
-            changed += 1
-    return changed
+    return rename_target_in(conn, "builtin_rule_overrides", "rule", old, new, user, now)
 
 
 def apply(cfg, overrides):
