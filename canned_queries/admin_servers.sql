@@ -18,7 +18,7 @@ select
   (select count(*) from servers c join params p
     where p.q = '' or instr(lower(coalesce(c.display_name, '') || ' ' || c.hostname), p.q) > 0) as total
 from server_state s
-join params p
+cross join params p  -- s outermost, so a page walks servers_name_key in order (no sort)
 where p.q = '' or instr(lower(coalesce(s.display_name, '') || ' ' || s.hostname), p.q) > 0
-order by coalesce(s.display_name, s.hostname) collate nocase, s.id
+order by s.name_key, s.id
 limit (select page_size from params) offset (select page_start from params)
