@@ -58,6 +58,10 @@ def test_natsort_sqlite_binary_order_is_the_key_order():
     by_column = [n for (n,) in conn.execute("SELECT name FROM t ORDER BY k, id")]
     by_function = [n for (n,) in conn.execute("SELECT name FROM t ORDER BY natural_key(name), id")]
     assert by_column == by_function == sorted(HOSTILE, key=natural.sort_key)
+    position = {name: i for i, name in enumerate(by_column)}
+    assert position["n" + "2" * 20] < position["n" + "1" * 21] and position["n" + "9" * 29] < position["n1" + "0" * 30]
+    assert position["dgx-a9"] < position["dgx-a10"] < position["DGX-A11"] < position["dgx-a100"]
+    assert position["node-\uffff"] < position["node-😀-2"] < position["node-😀-10"]  # code points, as UTF-8 bytes
 
 
 @pytest.mark.browser
