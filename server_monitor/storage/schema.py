@@ -857,7 +857,8 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     second, outside the writers' lock); a writer checkpoints only when the WAL passes
     :data:`WAL_AUTOCHECKPOINT_PAGES` (a hub without the thread, e.g. ``ingest.py`` alone). With
     SQLite's default of 1,000 pages, the commit of an ingest transaction copied the WAL into
-    the database and synced it while every other writer waited.
+    the database and synced it while every other writer waited. The SQL function
+    ``natural_key()`` (:mod:`server_monitor.core.natural`) is registered on it.
     """
     dbguard.ensure(path)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False, factory=factory)
@@ -870,6 +871,9 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     # When the WAL restarts, its file is cut back to this size (a WAL that grew while readers
     # held it would otherwise keep its largest size on disk).
     conn.execute(f"PRAGMA journal_size_limit={WAL_AUTOCHECKPOINT_PAGES * 4096}")
+    # natural_key(): a writer can compute servers.name_key (migration 29) in SQL, as the
+    # admin_set_server canned query does on Datasette's connections (plugins/sm_natural.py).
+    natural.register(conn)
     return conn
 
 
