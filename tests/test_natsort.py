@@ -174,6 +174,17 @@ def test_natsort_migration_fills_the_key_of_an_old_database(tmp_path, monkeypatc
     writer = schema.connect(path)
     store_report(writer, validate_report(_report("dgx-a5")), int(__import__("time").time()))
     assert writer.execute("SELECT name_key FROM servers WHERE hostname = 'dgx-a5'").fetchone()[0] == "dgx-a115"
+    # Named by the admin (the canned query's SQL on a hub writer), then renamed by its agent: the
+    # name shown is still the admin's, and so is the key.
+    sql = QUERIES["admin_set_server"]["sql"]
+    server_id = writer.execute("SELECT id FROM servers WHERE hostname = 'dgx-a5'").fetchone()[0]
+    writer.execute(sql, {"display_name": " Rack 7 ", "status": "active", "status_note": "", "server_id": str(server_id)})
+    assert writer.execute("SELECT name_key FROM servers WHERE id = ?", (server_id,)).fetchone()[0] == "rack 117"
+    store_report(writer, validate_report(_report("dgx-a6", machine_id="m-dgx-a5")), int(__import__("time").time()) + 1)
+    assert writer.execute("SELECT hostname, name_key FROM servers WHERE id = ?", (server_id,)).fetchone() == (
+        "dgx-a6", "rack 117")
+    writer.execute(sql, {"display_name": "", "status": "active", "status_note": "", "server_id": str(server_id)})
+    assert writer.execute("SELECT name_key FROM servers WHERE id = ?", (server_id,)).fetchone()[0] == "dgx-a116"
     writer.close()
 
 
