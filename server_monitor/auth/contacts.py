@@ -253,6 +253,12 @@ class NotifyStore:
         return [dict(row) for row in self._conn().execute(
             "SELECT * FROM notify_contacts ORDER BY holder LIMIT ?", (int(limit),))]
 
+    def zones(self, limit=5000):
+        """``{holder (lower case): IANA time zone}`` of the contacts that have one (at most
+        ``limit``), for the dashboard's Idle holders panel (whose quiet hours are on whose clock)."""
+        return {row[0].lower(): row[1] for row in self._conn().execute(
+            "SELECT holder, tz FROM notify_contacts WHERE tz IS NOT NULL ORDER BY holder LIMIT ?", (int(limit),))}
+
     def digest_contacts(self):
         """Every contact that wants the weekly digest (``digest`` 1), by holder name, however many."""
         return [dict(row) for row in self._conn().execute(
