@@ -14,7 +14,7 @@ import zoneinfo
 
 from test_fleet_views import host
 from test_hub_datasette import Client
-from test_notify import _csrf, _nudger, notify_hub  # noqa: F401 - notify_hub is a fixture
+from test_notify import _csrf, _nudger, notify_hub  # noqa: F401  (fixture)
 
 from server_monitor.auth.accounts import Accounts
 from server_monitor.auth.contacts import NotifyStore
@@ -47,7 +47,7 @@ def _user(hub_config, name):
     Accounts(hub_config.auth_db_path).create_user(name, hash_password(f"{name}-password-1", iterations=1000), "viewer")
 
 
-def test_tz_quiet_hours_follow_the_holders_zone(notify_hub, hub_config):
+def test_tz_quiet_hours_follow_the_holders_zone(notify_hub, hub_config):  # noqa: F811
     """alice (Europe/Zurich) and bob (Asia/Shanghai, 6-7 h ahead) each hold a GPU idle; quiet
     hours are the next two hours on Zurich's clock. At that same instant only bob is nudged,
     through the SMTP sink, and his nudge gives its time on his clock with his zone's name."""
@@ -79,7 +79,7 @@ def test_tz_quiet_hours_follow_the_holders_zone(notify_hub, hub_config):
     assert SHANGHAI in bob_row and "nudges held" not in bob_row
 
 
-def test_tz_digest_day_follows_the_holders_zone(notify_hub, hub_config):
+def test_tz_digest_day_follows_the_holders_zone(notify_hub, hub_config):  # noqa: F811
     """Pacific/Kiritimati (UTC+14) and Pacific/Pago_Pago (UTC-11) are always on different
     weekdays: with digest_weekday = Kiritimati's weekday now (from hour 0), only the holder on
     Kiritimati's clock gets the digest at this instant."""
@@ -92,7 +92,7 @@ def test_tz_digest_day_follows_the_holders_zone(notify_hub, hub_config):
     assert list(_mails(admin.sink)) == ["kiri@example.org"]
 
 
-def test_tz_unknown_zone_is_400(notify_hub, hub_config):
+def test_tz_unknown_zone_is_400(notify_hub, hub_config):  # noqa: F811
     """An unknown or hostile time zone on /account or /admin is a 400 that names the field, shows
     the text escaped, and stores nothing; a known one is stored."""
     _user(hub_config, "dave")
@@ -139,7 +139,7 @@ def test_tz_old_auth_db_upgrades_in_place(tmp_path):
     assert store.contact("alice")["email"] == "alice@example.org" and store.contact("bob")["tz"] is None
 
 
-def test_tz_admin_edit_keeps_user_zone(notify_hub, hub_config):
+def test_tz_admin_edit_keeps_user_zone(notify_hub, hub_config):  # noqa: F811
     """The user saves their zone on /account; an admin who saves that holder from the blank
     /admin form (a new URL only) keeps it; the list shows it; Edit shows it, and in the shown form
     the admin can change it or clear it to hub time."""
@@ -160,7 +160,7 @@ def test_tz_admin_edit_keeps_user_zone(notify_hub, hub_config):
     row = page[page.index('data-holder="erin"'):page.index("</tr>", page.index('data-holder="erin"'))]
     assert ZURICH in row
     form = page[page.index('id="contact-form"'):page.index("</form>", page.index('id="contact-form"'))]
-    assert f'name="tz" list="tz-list"' in form and f'value="{ZURICH}"' in form
+    assert 'name="tz" list="tz-list"' in form and f'value="{ZURICH}"' in form
     assert admin.post("/admin/notify/contacts", data={"csrftoken": token, "holder": "erin", "shown": "erin",
                                                       "email": "erin@example.org", "digest": "on",
                                                       "tz": SHANGHAI}).status_code == 302
