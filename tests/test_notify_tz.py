@@ -194,3 +194,26 @@ def test_tz_quiet_period_across_a_dst_change_in_zurich_ends_at_the_right_utc_ins
     ncfg = {"nudges": True, "quiet_hours": [22, 7]}
     assert nudge.quiet_note(ncfg, spring, ZURICH) == "nudges held for quiet hours until 07:00 Europe/Zurich"
     assert nudge.quiet_note(ncfg, autumn, ZURICH) == "nudges held for quiet hours until 07:00 Europe/Zurich"
+
+
+def test_tz_dashboard_carries_holders_zones_only_to_viewers_who_see_every_holder(notify_hub, hub_config):  # noqa: F811
+    """The Idle holders panel's zones map (data-zones) names holders of every server: an admin's
+    dashboard has it, a viewer scoped to one server or without holder names gets an empty map."""
+    from datasette_auth_passwords.utils import hash_password
+
+    admin = notify_hub
+    _idle(admin, "zrhnode", "alice")
+    NotifyStore(hub_config.auth_db_path).set_contact("alice", "alice@example.org", tz=ZURICH)
+    (sid,) = sqlite3.connect(admin.db).execute("select id from servers").fetchone()
+    accounts = Accounts(hub_config.auth_db_path)
+    accounts.create_user("scoped", hash_password("scoped-password-1", iterations=1000), "viewer", servers=[sid])
+    accounts.create_user("blind", hash_password("blind-password-1", iterations=1000), "viewer", see_processes=False)
+
+    def zones(client):
+        return re.search(r'data-zones="([^"]*)"', client.get("/").text).group(1)
+
+    assert zones(admin) == "{&#34;alice&#34;: &#34;Europe/Zurich&#34;}"
+    for name in ("scoped", "blind"):
+        viewer = Client(admin.ds)
+        assert viewer.login(name, f"{name}-password-1").status_code == 302
+        assert zones(viewer) == "{}", name
