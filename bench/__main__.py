@@ -19,6 +19,7 @@ COMMANDS = {
     "fleet-pages": ("fleet_pages", "/admin and /free at 10,000 servers: server time, browser load, DOM (issue 24)"),
     "alerts": ("alerts", "one alert evaluation pass at 1,000 servers: built-in rules, and with rules made in /admin"),
     "user-page": ("user_page", "per-user page and disk/temperature history at 1,000 servers x 8 GPUs x 30 days (issue 26)"),
+    "natsort": ("natsort", "servers in natural order at fleet size: stored name_key vs the per-row natural_key() (issue 24)"),
     "fixture": ("fleet_fixture", "grow a lab-like fleet into a database through store_report"),
     "curve": ("curve", "the cost curve at 100 to 10,000 servers: fleet, /metrics, Prometheus, pages, RSS, ingest (issue 24)"),
 }

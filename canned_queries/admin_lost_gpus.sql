@@ -5,5 +5,5 @@ select g.id, g.server_id, coalesce(s.display_name, s.hostname) as server, g.gpu_
 from gpus g
 join servers s on s.id = g.server_id
 where not g.present and g.removed_at is null
-order by natural_key(server), g.server_id, g.gpu_index
+order by s.name_key, g.server_id, g.gpu_index
 limit 500

@@ -6,6 +6,7 @@
 -- on_success_message: Server updated
 update servers
 set display_name = nullif(trim(:display_name), ''),
+    name_key = natural_key(coalesce(nullif(trim(:display_name), ''), hostname)),
     status = :status,
     status_note = nullif(trim(:status_note), '')
 where id = cast(:server_id as integer)

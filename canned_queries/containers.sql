@@ -16,4 +16,4 @@ select
 from containers c
 join servers s on s.id = c.server_id
 where (:_scope_all or c.server_id in (select value from json_each(:_scope_servers)))
-order by natural_key(server), c.project, c.name
+order by s.name_key, s.id, c.project, c.name

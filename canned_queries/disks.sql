@@ -14,4 +14,4 @@ from servers s
 -- cross join: servers drive the plan (one primary-key search per server, never a scan of history)
 cross join disk_samples d on d.server_id = s.id and d.ts = s.last_ts
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
-order by natural_key(server), d.mountpoint
+order by s.name_key, s.id, d.mountpoint

@@ -20,4 +20,4 @@ select
   (select group_concat(grp, ' ') from (select distinct grp from server_groups where server_id = s.id order by grp)) as groups
 from server_state s
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
-order by name collate nocase, s.id
+order by s.name_key, s.id

@@ -109,4 +109,4 @@ left join gpu_samples d on d.gpu_id = g.id and d.ts = (
     and (f.sw_power_cap_us is not null or f.sw_thermal_slowdown_us is not null or f.hw_thermal_slowdown_us is not null)
   order by f.ts limit 1)
 where (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
-order by natural_key(server), g.server_id, g.gpu_index
+order by s.name_key, g.server_id, g.gpu_index

@@ -13,4 +13,4 @@ select
 from probes p
 join servers s on s.id = p.server_id
 where (:_scope_all or p.server_id in (select value from json_each(:_scope_servers)))
-order by natural_key(server), p.name
+order by s.name_key, s.id, p.name

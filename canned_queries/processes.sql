@@ -22,4 +22,4 @@ cross join gpu_processes p indexed by gpu_processes_server_ts on p.server_id = s
 left join gpus g on g.id = p.gpu_id
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
   and :_scope_processes
-order by natural_key(server), g.gpu_index, p.used_gpu_memory_mib desc
+order by s.name_key, s.id, g.gpu_index, p.used_gpu_memory_mib desc

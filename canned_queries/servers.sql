@@ -43,4 +43,4 @@ select
 from server_state s
 where (:_scope_all or s.id in (select value from json_each(:_scope_servers)))
   and (coalesce(:group, '') = '' or s.id in (select server_id from server_groups where grp = :group))
-order by natural_key(name), s.id
+order by s.name_key, s.id

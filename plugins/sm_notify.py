@@ -7,11 +7,13 @@
 * ``POST /admin/notify/test``: send a test notice to the target ``name`` now (any target: config,
   ``alerts.webhooks``/``alerts.smtp`` or admin-made); the answer says whether it arrived, a
   failure is also in the failure list.
-* ``POST /admin/notify/contacts``: set any holder's contact (e-mail, any Apprise URL, digest),
-  changing only the parts given (:func:`admin_contact`); ``GET /admin?cedit=<holder>#contact-form``
-  fills the form with the stored values (the URL hidden).
+* ``POST /admin/notify/contacts``: set any holder's contact (e-mail, any Apprise URL, digest,
+  time zone), changing only the parts given (:func:`admin_contact`);
+  ``GET /admin?cedit=<holder>#contact-form`` fills the form with the stored values (the URL hidden).
 * ``POST /account/contact``: a user sets their own contact (holder = their user name; the URL
-  only of a kind in ``notifications.contact_schemes``, so nobody makes the hub post inside the lab).
+  only of a kind in ``notifications.contact_schemes``, so nobody makes the hub post inside the lab;
+  ``tz`` an IANA time zone name, which the page fills in from the browser when none is stored).
+  An unknown time zone is a 400 naming the field (``contacts.check_tz``).
 
 Every form carries Datasette's CSRF token; the admin routes answer 403 to anyone but an admin.
 The ``/admin`` and ``/account`` pages get their data from :func:`extra_template_vars`.
@@ -25,7 +27,7 @@ from urllib.parse import parse_qs, urlencode
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor.auth.contacts import KEEP, SEVERITIES, ContactError
+from server_monitor.auth.contacts import KEEP, SEVERITIES, ContactError, time_zones
 from server_monitor.jobs import alerts, notify, nudge
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
@@ -127,16 +129,18 @@ async def admin_contact(request, datasette, ctx, form):
     """Set a holder's contact, changing only what the admin gave: an empty e-mail field keeps the
     stored address unless the form showed it (``shown`` = the holder whose values were filled
     in: then empty clears it), an empty URL keeps the stored URL (``remove_url`` clears it),
-    ``digest`` ``on``/``off`` sets the opt-in and anything else keeps it. So an admin never
-    silently wipes what the holder saved on /account."""
+    ``digest`` ``on``/``off`` sets the opt-in and anything else keeps it, an empty time zone
+    (``tz``) keeps the stored one unless the form showed it (then empty means hub time). So an
+    admin never silently wipes what the holder saved on /account."""
     holder = _first(form, "holder").strip()
     shown = _first(form, "shown").strip().lower() == holder.lower() != ""
     email = _first(form, "email").strip() or (None if shown else KEEP)
     digest = {"on": True, "off": False}.get(_first(form, "digest"), KEEP)
+    tz = _first(form, "tz").strip() or (None if shown else KEEP)
     try:
         url = notify.check_url(_first(form, "url")) if _first(form, "url").strip() else (
             None if _first(form, "remove_url") == "on" else KEEP)
-        ctx.notify_store.edit_contact(holder, email, url, digest, updated_by=request.actor["id"])
+        ctx.notify_store.edit_contact(holder, email, url, digest, updated_by=request.actor["id"], tz=tz)
     except ContactError as exc:
         return _refused(str(exc), "/admin#contacts")
     return Response.redirect("/admin?" + urlencode({"cedit": holder}) + "#contact-form")
@@ -157,7 +161,7 @@ async def own_contact(request, datasette):
         url = notify.check_url(_first(form, "url"), schemes) if _first(form, "url").strip() else (
             None if _first(form, "remove_url") == "on" else (ctx.notify_store.contact(actor["id"]) or {}).get("url"))
         ctx.notify_store.set_contact(actor["id"], _first(form, "email"), url, digest=_first(form, "digest") == "on",
-                                     updated_by=actor["id"])
+                                     updated_by=actor["id"], tz=_first(form, "tz"))
     except ContactError as exc:
         return _refused(str(exc), "/account")
     return Response.redirect("/account?contact=saved")
@@ -196,12 +200,15 @@ def _admin_vars(ctx, request):
     cq = request.args.get("cq", "")[:200]
     cp = page_number(request.args, "cp")
     contacts, total = ctx.notify_store.contacts_page(cq, CONTACTS_PAGE, (cp - 1) * CONTACTS_PAGE)
+    ncfg, now = notify.settings(ctx.config), time.time()
+    for c in contacts:  # "nudges held for quiet hours until 07:00 Europe/Zurich" on the holder's clock
+        c["quiet_note"] = nudge.quiet_note(ncfg, now, c["tz"]) if c.get("tz") else None
     return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
             "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
                                                                  "#contacts"), "cq": cq,
             "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when,
-            "nudge_quiet": nudge.quiet_note(notify.settings(ctx.config), time.time()),
-            "quiet_hours": notify.settings(ctx.config).get("quiet_hours")}
+            "nudge_quiet": nudge.quiet_note(ncfg, now), "quiet_hours": ncfg.get("quiet_hours"),
+            "time_zones": time_zones()}
 
 
 def when(epoch):
@@ -220,7 +227,7 @@ def extra_template_vars(template, request, datasette):
     if not actor.get("id"):
         return {}
     return {"my_contact": ctx.notify_store.contact(actor["id"]) or {}, "notify_when": when,
-            "contact_schemes": sorted(notify.settings(ctx.config)["contact_schemes"] or ()),
+            "contact_schemes": sorted(notify.settings(ctx.config)["contact_schemes"] or ()), "time_zones": time_zones(),
             "contact_saved": request.args.get("contact") == "saved"}
 
 

@@ -15,6 +15,7 @@ import time
 from server_monitor.core.config import idle_hours
 from server_monitor.jobs import notify
 from server_monitor.serving import hub
+from server_monitor.serving.queries import scope_params
 from server_monitor.serving.web import page
 
 
@@ -32,8 +33,19 @@ def idle_settings(config, now=None):
             "utc_offset": time.localtime(now).tm_gmtoff}
 
 
+def holder_zones(ctx, actor):
+    """``{holder (lower case): IANA time zone}`` of the contacts with one (``auth.db``), so the
+    Idle holders panel says "held until 07:00 Europe/Zurich" on each holder's own clock; empty
+    for a viewer scoped to some servers or without holder names (the map names holders of every
+    server)."""
+    scope = scope_params(actor)
+    return ctx.notify_store.zones() if scope["_scope_all"] and scope["_scope_processes"] else {}
+
+
 async def dashboard(request, datasette):
-    return await page(datasette, request, "dashboard.html", idle=idle_settings(hub.context(datasette).config))
+    ctx = hub.context(datasette)
+    return await page(datasette, request, "dashboard.html", idle=idle_settings(ctx.config),
+                      idle_zones=holder_zones(ctx, request.actor))
 
 
 async def history(request, datasette):

@@ -14,7 +14,8 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``user.png``: the per-user page of the user holding the most GPUs (GPUs now, GPU-hours per day, jobs);
 * ``api-token.png``: `/account` right after creating an API token (shown once);
 * ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form;
-* ``nudges.png``: ``/account``'s idle-GPU nudge and weekly digest contact, saved through its form;
+* ``nudges.png``: ``/account``'s idle-GPU nudge and weekly digest contact (with the holder's time
+  zone), saved through its form;
 * ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one;
 * ``builtin-rules.png``: its built-in rules (config.yaml) after overriding ``gpu_temperature``
   through the Edit form, with that form open again.
@@ -259,6 +260,8 @@ def _render(browser, base_url, username, password, out, history_server):
             page.fill("#contact-email", "alice@example.org")
             page.fill("#contact-url", "ntfys://ntfy.sh/alice-gpus")
             page.check("#contact-digest")
+            # The time zone field holds the browser's zone when none is stored; alice's is Zurich.
+            page.fill("#contact-tz", "Europe/Zurich")
             page.click("#own-contact input[type=submit]")
             page.wait_for_selector("#contact-saved")
             page.set_viewport_size({"width": 1100, "height": 900})

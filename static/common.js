@@ -48,10 +48,33 @@ function labelFromHead(table) {
   }
 }
 
-// Natural order of names: dgx-a9 < dgx-a10 < dgx-a100 (digit runs as numbers, case ignored), as the
-// canned queries order servers (natural_key(), server_monitor/core/natural.py).
-const naturalCollator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
-function naturalCompare(a, b) { return naturalCollator.compare(a || "", b || ""); }
+// Natural order of names: dgx-a9 < dgx-a10 < dgx-a100 (digit runs as numbers, case ignored), the
+// same key as servers.name_key and natural_key() (server_monitor/core/natural.py sort_key: lower
+// case; each ASCII digit run without leading zeros as <digits of its length><length><digits>),
+// compared by code point as SQLite compares the stored key, so every page and /admin agree.
+const naturalKeys = new Map();  // name -> key (a 10,000-server sort compares ~140,000 times)
+function naturalKey(s) {
+  s = s == null ? "" : String(s);
+  let key = naturalKeys.get(s);
+  if (key === undefined) {
+    key = s.toLowerCase().replace(/[0-9]+/g, (run) => {
+      const digits = run.replace(/^0+/, "") || "0", length = String(digits.length);
+      return length.length + length + digits;
+    });
+    if (naturalKeys.size >= 100000) naturalKeys.clear();
+    naturalKeys.set(s, key);
+  }
+  return key;
+}
+function naturalCompare(a, b) {
+  const x = naturalKey(a), y = naturalKey(b);
+  if (x === y) return 0;
+  let i = 0;
+  while (i < x.length && i < y.length && x.charCodeAt(i) === y.charCodeAt(i)) i++;
+  if (i === x.length) return -1;
+  if (i === y.length) return 1;
+  return x.codePointAt(i) - y.codePointAt(i);  // code points, not UTF-16 units: UTF-8 byte order
+}
 
 // A duration in words, the one helper every page shares: "45 s", "12 min", "5 h 59 min", "6 h"
 // (rounded to whole minutes first, so 5 h 59.7 min is "6 h", never "5 h 60 min"), "3 d" from 48 h.

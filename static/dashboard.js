@@ -676,14 +676,38 @@ function idleGroups(rows) {
 function idleHoursText(hours) {
   return hours >= 1 ? (Math.round(hours * 10) / 10) + " h" : Math.round(hours * 60) + " min";
 }
+function idleZones(box) {
+  // {holder (lower case): IANA time zone} of the holders' contacts (sm_pages.py holder_zones).
+  try { return JSON.parse(box.dataset.zones || "{}") || {}; } catch (e) { return {}; }
+}
+function quietHour(hour, start, end) {
+  return start < end ? hour >= start && hour < end : hour >= start || hour < end;
+}
 function idleQuietNote(box) {
-  // "nudges held for quiet hours until 07:00 (hub time)" while the hub's local hour is quiet.
+  // "nudges held for quiet hours until 07:00 (hub time)" while the hub's local hour is quiet;
+  // holders with their own time zone follow their clock instead (idleHolderQuiet).
   const d = box.dataset;
   if (d.nudges !== "1" || d.quietStart === undefined) return "";
   const start = Number(d.quietStart), end = Number(d.quietEnd);
   const hour = new Date((nowHub() + Number(d.utcOffset || 0)) * 1000).getUTCHours();
-  const quiet = start < end ? hour >= start && hour < end : hour >= start || hour < end;
-  return quiet ? " · nudges held for quiet hours until " + String(end).padStart(2, "0") + ":00 (hub time)" : "";
+  const others = Object.keys(idleZones(box)).length ? " for holders without a time zone" : "";
+  return quietHour(hour, start, end) ? " · nudges held for quiet hours until " + String(end).padStart(2, "0") + ":00 (hub time)" + others : "";
+}
+function idleHolderQuiet(box, holders) {
+  // Per holder with a time zone, in quiet hours on their own clock: "held until 07:00 Europe/Zurich".
+  const d = box.dataset;
+  if (d.nudges !== "1" || d.quietStart === undefined) return "";
+  const start = Number(d.quietStart), end = Number(d.quietEnd), zones = idleZones(box), notes = [];
+  for (const name of holders) {
+    const zone = zones[String(name).toLowerCase()];
+    if (!zone) continue;
+    let hour;
+    try {
+      hour = Number(new Intl.DateTimeFormat("en-GB", { timeZone: zone, hour: "numeric", hourCycle: "h23" }).format(new Date(nowHub() * 1000)));
+    } catch (e) { continue; }
+    if (quietHour(hour, start, end)) notes.push(name + ": held until " + String(end).padStart(2, "0") + ":00 " + zone);
+  }
+  return notes.join("; ");
 }
 
 function renderIdle() {
@@ -711,6 +735,7 @@ function renderIdle() {
     const holders = g.users === null || g.users === undefined ? (doc.processes ? "(unknown)" : "hidden")
       : userLinks(String(g.users).split(","));
     const gpus = g.gpus.sort((a, b) => a - b);
+    const held = g.users ? idleHolderQuiet(box, String(g.users).split(",")) : "";
     return h("tr", { dataset: { server: String(g.server_id) } },
       h("td", { class: "idle-user" }, holders),
       h("td", {}, h("button", { type: "button", class: "link-button", dataset: { open: String(g.server_id) } },
@@ -719,7 +744,8 @@ function renderIdle() {
       h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
       // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
       h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
-        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–"));
+        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–",
+        held ? h("span", { class: "muted idle-held" }, " · " + held) : null));
   }));
   document.getElementById("idle-note").textContent = rows.length + " GPU" + (rows.length === 1 ? "" : "s") +
     inScopeText(view) + " held at near 0 % utilization for " + rule + idleQuietNote(box) + " · click a server to open it";

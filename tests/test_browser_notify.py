@@ -189,3 +189,78 @@ def test_item3_holder_names_link_everywhere_and_item1_user_page_week_matches_dig
     expect(week).to_contain_text(f"{gpu_hours} GPU-hours, {idle_hours} of them idle")
     assert (week.get_attribute("data-gpu-hours"), week.get_attribute("data-idle-gpu-hours")) == (gpu_hours, idle_hours)
     assert page.console_errors == [] and page.dialogs == []
+
+
+def _tz_context(browser, zone):
+    """A Chromium context whose clock is in the IANA zone ``zone`` (what Intl reports to the page)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id=zone)
+    page = context.new_page()
+    page.console_errors = []
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    return context, page
+
+
+def test_tz_account_prefills_the_browsers_zone_and_saves_it(sink_hub, browser, hub_config):
+    """A browser in Asia/Shanghai opens /account with no zone stored: the field holds the browser's
+    zone (Intl) and says so, nothing is stored until the user saves; after saving it is stored and
+    shown, and the admin's contact list shows it."""
+    from playwright.sync_api import expect
+
+    context, page = _tz_context(browser, "Asia/Shanghai")
+    login(page, sink_hub.base_url, "erin", "erin-password-1")
+    page.goto(sink_hub.base_url + "/account")
+    expect(page.locator("#contact-tz")).to_have_value("Asia/Shanghai")
+    expect(page.locator("#contact-tz-note")).to_contain_text("Filled in from your browser (Asia/Shanghai)")
+    assert NotifyStore(hub_config.auth_db_path).contact("erin") is None
+    page.fill("#contact-email", "erin@example.org")
+    page.click("#own-contact input[type=submit]")
+    expect(page.locator("#contact-saved")).to_contain_text("Contact saved")
+    expect(page.locator("#contact-tz")).to_have_value("Asia/Shanghai")
+    expect(page.locator("#contact-tz-note")).to_be_hidden()
+    assert NotifyStore(hub_config.auth_db_path).contact("erin")["tz"] == "Asia/Shanghai"
+    assert page.console_errors == []
+    context.close()
+    # The admin, in another zone, sees it in the contacts list; a stored zone is never replaced
+    # by the viewer's browser zone.
+    context, page = _tz_context(browser, "Europe/Zurich")
+    login(page, sink_hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(sink_hub.base_url + "/admin?cedit=erin#contact-form")
+    expect(page.locator("#contact-table tr", has_text="erin").locator("td.contact-tz")).to_have_text("Asia/Shanghai")
+    expect(page.locator("#contact-form input[name=tz]")).to_have_value("Asia/Shanghai")
+    assert page.console_errors == []
+    context.close()
+
+
+def test_tz_idle_panel_says_whose_clock_holds_a_nudge(hub_config, request, browser):
+    """Quiet hours are the next two hours on Shanghai's clock: the Idle holders panel's row of a
+    holder whose contact is in Asia/Shanghai says "held until HH:00 Asia/Shanghai"; a holder
+    without a zone (hub time, outside quiet hours there) gets no such note."""
+    import datetime
+    import zoneinfo
+
+    from playwright.sync_api import expect
+
+    hour = datetime.datetime.now(zoneinfo.ZoneInfo("Asia/Shanghai")).hour
+    hub_hour = time.localtime().tm_hour
+    assert hub_hour not in (hour, (hour + 1) % 24), "the hub runs on a clock near Shanghai's: pick other zones"
+    data = yaml.safe_load(open(hub_config.path))
+    data["notifications"] = {"quiet_hours": [hour, (hour + 2) % 24]}
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    hub = request.getfixturevalue("hub_process")
+    now = int(time.time())
+    for t in range(now - 3 * 3600, now + 1, 600):
+        push(hub, hub_config, _held("idler", t, ["liwei", "jchristensen"]))
+    store = NotifyStore(hub_config.auth_db_path)
+    store.set_contact("liwei", "liwei@example.org", tz="Asia/Shanghai")
+    store.set_contact("jchristensen", "jc@example.org")
+    context, page = _tz_context(browser, "Europe/Zurich")
+    login(page, hub.base_url, hub_config.get("auth.username"), hub_config.password)
+    rows = page.locator("#idle-body tr")
+    expect(rows).to_have_count(2)
+    held = f"held until {(hour + 2) % 24:02d}:00 Asia/Shanghai"
+    expect(page.locator("#idle-body tr", has_text="liwei").locator("td.idle-nudged")).to_contain_text("liwei: " + held)
+    expect(page.locator("#idle-body tr", has_text="jchristensen").locator("td.idle-nudged")).to_have_text("–")
+    assert page.console_errors == []
+    context.close()

@@ -288,7 +288,7 @@ def test_item3_admin_queries_use_the_name_index(admin):
     sql = QUERIES["admin_servers"]["sql"]
     params = {k: "" for k in named_parameters(sql)}
     plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
-    assert "USING INDEX servers_name" in plan and "TEMP B-TREE" not in plan  # pages walk the index, no sort
+    assert "USING INDEX servers_name_key" in plan and "TEMP B-TREE" not in plan  # pages walk the index, no sort
 
 
 # ---- host groups (issue 24 item 1) inside the paged /admin and /free (items 3, 4) ----------------

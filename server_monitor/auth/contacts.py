@@ -8,7 +8,10 @@ see docs/security.md). Tables:
   ``severities`` JSON list or NULL for every severity).
 * ``notify_contacts``: one row per holder name (the user name that holds GPUs on the servers,
   usually the lab login): ``email``, ``url`` (an Apprise URL or chat webhook), ``digest``
-  (1: wants the weekly digest), ``digest_sent_at``.
+  (1: wants the weekly digest), ``digest_sent_at``, ``tz`` (the holder's IANA time zone such as
+  ``Europe/Zurich``, NULL: hub time; quiet hours and the digest's hour follow it). Older
+  ``auth.db`` files get ``tz`` added in place by :class:`NotifyStore` (``ALTER TABLE``, every
+  contact kept).
 * ``notify_failures``: the newest :data:`FAILURES_KEPT` failed deliveries (``target``, ``at``
   epoch s, ``error`` one cleaned line without secrets).
 * ``notify_status``: per target the last success and the last failure.
@@ -17,11 +20,13 @@ Written by the hub's job leader (failures, digest times) and the ``/admin`` and 
 pages; every process opens its own connections (WAL, busy timeout 5 s).
 """
 
+import functools
 import json
 import re
 import sqlite3
 import threading
 import time
+import zoneinfo
 
 from .accounts import thread_connection
 
@@ -41,7 +46,8 @@ CREATE TABLE IF NOT EXISTS notify_contacts (
     digest INTEGER NOT NULL DEFAULT 0,
     digest_sent_at INTEGER,
     updated_at INTEGER NOT NULL,
-    updated_by TEXT
+    updated_by TEXT,
+    tz TEXT
 );
 CREATE TABLE IF NOT EXISTS notify_failures (
     id INTEGER PRIMARY KEY,
@@ -69,6 +75,35 @@ KEEP = object()
 
 class ContactError(ValueError):
     """A target or contact that cannot be stored; ``str()`` is shown to the admin or user."""
+
+
+@functools.lru_cache(maxsize=1)
+def time_zones():
+    """Sorted IANA time zone names this hub knows (``zoneinfo.available_timezones()``: the system
+    tz database and the pinned ``tzdata`` package, so the same names everywhere), for the
+    /account and /admin pickers and :func:`check_tz`. Read once per process."""
+    return tuple(sorted(_zone_set()))
+
+
+@functools.lru_cache(maxsize=1)
+def _zone_set():
+    # "localtime" (a link to the machine's own zone in some system tz trees) names no place: it
+    # would mean a different zone on every hub.
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules"}
+
+
+def check_tz(name):
+    """``name`` stripped when it is an IANA time zone name the hub knows (:func:`time_zones`,
+    e.g. ``Europe/Zurich``, ``Asia/Shanghai``, ``UTC``), None when empty ("hub time").
+    Raises :class:`ContactError` naming the field for anything else (a path, a POSIX TZ string,
+    an unknown name); the message repeats at most 64 characters of it, for the page to escape."""
+    name = (name or "").strip()
+    if not name:
+        return None
+    if name not in _zone_set():
+        raise ContactError(f"Time zone: {name[:64]!r} is not a known IANA time zone name; "
+                           "use one like Europe/Zurich or Asia/Shanghai, or leave it empty for hub time.")
+    return name
 
 
 def check_name(name):
@@ -104,7 +139,16 @@ class NotifyStore:
     def __init__(self, path):
         self.path = path
         self._local = threading.local()
-        self._conn().executescript(SCHEMA)
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+        if "tz" not in {row[1] for row in conn.execute("PRAGMA table_info(notify_contacts)")}:
+            # auth.db files from before per-contact time zones: the column is added in place
+            # (every contact kept, tz NULL = hub time, as before).
+            try:
+                conn.execute("ALTER TABLE notify_contacts ADD COLUMN tz TEXT")
+            except sqlite3.OperationalError as exc:  # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
 
     def _conn(self):
         return thread_connection(self._local, self.path)
@@ -200,7 +244,7 @@ class NotifyStore:
     # -- contacts --------------------------------------------------------------------------
     def contact(self, holder):
         """The contact of ``holder`` (dict ``holder``, ``email``, ``url``, ``digest``, ``digest_sent_at``,
-        ``updated_at``, ``updated_by``) or None."""
+        ``updated_at``, ``updated_by``, ``tz``: IANA name or None for hub time) or None."""
         row = self._conn().execute("SELECT * FROM notify_contacts WHERE holder = ?", (holder,)).fetchone()
         return dict(row) if row else None
 
@@ -208,6 +252,12 @@ class NotifyStore:
         """Every contact, by holder name (at most ``limit``)."""
         return [dict(row) for row in self._conn().execute(
             "SELECT * FROM notify_contacts ORDER BY holder LIMIT ?", (int(limit),))]
+
+    def zones(self, limit=5000):
+        """``{holder (lower case): IANA time zone}`` of the contacts that have one (at most
+        ``limit``), for the dashboard's Idle holders panel (whose quiet hours are on whose clock)."""
+        return {row[0].lower(): row[1] for row in self._conn().execute(
+            "SELECT holder, tz FROM notify_contacts WHERE tz IS NOT NULL ORDER BY holder LIMIT ?", (int(limit),))}
 
     def digest_contacts(self):
         """Every contact that wants the weekly digest (``digest`` 1), by holder name, however many."""
@@ -241,30 +291,33 @@ class NotifyStore:
                                     " COLLATE NOCASE", (json.dumps(names),))
         return {row["holder"].lower(): dict(row) for row in rows}
 
-    def set_contact(self, holder, email=None, url=None, digest=False, updated_by=None):
-        """Store (or, with neither ``email`` nor ``url`` and no digest, delete) ``holder``'s contact.
-        ``email`` is checked here; ``url`` must already be checked by the caller. Raises
-        :class:`ContactError`."""
+    def set_contact(self, holder, email=None, url=None, digest=False, updated_by=None, tz=None):
+        """Store (or, with neither ``email`` nor ``url``, delete) ``holder``'s contact.
+        ``email`` and ``tz`` (IANA time zone name, empty/None: hub time; :func:`check_tz`) are
+        checked here; ``url`` must already be checked by the caller. Raises :class:`ContactError`."""
         holder = (holder or "").strip()
         if not holder or len(holder) > 64 or any(c.isspace() or ord(c) < 32 for c in holder):
             raise ContactError("A holder name is the user name on the servers (1 to 64 characters, no spaces).")
         email = check_email(email)
+        tz = check_tz(tz)
         conn = self._conn()
         if not email and not url:
             conn.execute("DELETE FROM notify_contacts WHERE holder = ?", (holder,))
             return
         conn.execute(
-            "INSERT INTO notify_contacts (holder, email, url, digest, updated_at, updated_by) VALUES (?,?,?,?,?,?)"
+            "INSERT INTO notify_contacts (holder, email, url, digest, updated_at, updated_by, tz) VALUES (?,?,?,?,?,?,?)"
             " ON CONFLICT (holder) DO UPDATE SET email = excluded.email, url = excluded.url,"
-            " digest = excluded.digest, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-            (holder, email, url or None, 1 if digest else 0, int(time.time()), updated_by))
+            " digest = excluded.digest, updated_at = excluded.updated_at, updated_by = excluded.updated_by,"
+            " tz = excluded.tz",
+            (holder, email, url or None, 1 if digest else 0, int(time.time()), updated_by, tz))
 
-    def edit_contact(self, holder, email=KEEP, url=KEEP, digest=KEEP, updated_by=None):
+    def edit_contact(self, holder, email=KEEP, url=KEEP, digest=KEEP, updated_by=None, tz=KEEP):
         """Change only the given parts of ``holder``'s contact, in one transaction: a part left
-        at :data:`KEEP` keeps its stored value (a new contact starts empty, no digest). ``email``
-        "" or None clears it (checked here), ``url`` None clears it (a new one must already be
-        checked by the caller), ``digest`` a bool. With neither e-mail nor URL left the contact
-        is deleted, as :meth:`set_contact` does. Returns the stored contact (dict) or None.
+        at :data:`KEEP` keeps its stored value (a new contact starts empty, no digest, hub time).
+        ``email`` "" or None clears it (checked here), ``url`` None clears it (a new one must
+        already be checked by the caller), ``digest`` a bool, ``tz`` an IANA name or ""/None for
+        hub time (checked here). With neither e-mail nor URL left the contact is deleted, as
+        :meth:`set_contact` does. Returns the stored contact (dict) or None.
         Raises :class:`ContactError`."""
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")  # no /account save slips in between the read and the write
@@ -272,7 +325,8 @@ class NotifyStore:
             stored = self.contact((holder or "").strip()) or {}
             self.set_contact(holder, stored.get("email") if email is KEEP else email,
                              stored.get("url") if url is KEEP else url,
-                             bool(stored.get("digest")) if digest is KEEP else digest, updated_by=updated_by)
+                             bool(stored.get("digest")) if digest is KEEP else digest, updated_by=updated_by,
+                             tz=stored.get("tz") if tz is KEEP else tz)
         except BaseException:
             conn.execute("ROLLBACK")
             raise

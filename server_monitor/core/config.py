@@ -43,13 +43,14 @@ NOTIFY_DEFAULTS = {
                         "pover"],
     # Idle-GPU nudges: a GPU held idle (features.idle_min_mib / idle_max_util) this long
     # (hours; null: features.idle_hours) nudges its holders, again every nudge_repeat_hours,
-    # never between quiet_hours [start, end) (hub local time, hours 0-23; null: never quiet).
+    # never between quiet_hours [start, end) (hours 0-23 on the holder's clock: their contact's
+    # time zone, else hub local time; null: never quiet).
     "nudges": True,
     "nudge_after_hours": None,
     "nudge_repeat_hours": 24,
     "quiet_hours": [22, 7],
     "nudge_interval_s": 300,
-    # Weekly digest to those who opted in: weekday (0 Monday .. 6 Sunday) and hour (hub local time).
+    # Weekly digest to those who opted in: weekday (0 Monday .. 6 Sunday) and hour (holder's clock, as quiet_hours).
     "digest_weekday": 0,
     "digest_hour": 8,
 }

@@ -1,23 +1,44 @@
 """Natural order of server names: ``dgx-a9 < dgx-a10 < dgx-a11 < dgx-a100`` (digit runs compare
-as numbers, the rest case-insensitively), as people number their hosts.
+as numbers, letters case-insensitively), as people number their hosts.
 
-The canned queries that list servers order by the SQL function ``natural_key(name)``
-(``plugins/sm_natural.py`` registers it on every Datasette connection): one call per row, a
-plain string compared by SQLite's own sorter (a collation callback would be called per
-comparison: 1.4 million Python calls to sort 80,000 GPU rows). The dashboard sorts the same way
-in ``static/common.js`` (``naturalCompare``: ``Intl.Collator`` with ``numeric: true``)."""
+One key, three places that must agree (tests/test_natsort.py checks them against each other):
+
+* ``servers.name_key`` (migration 29): :func:`sort_key` of the name shown
+  (``coalesce(display_name, hostname)``), written with the name by every path that sets one
+  (``storage/store.py`` ingest, the ``admin_set_server`` canned query) and re-checked at every
+  start (:func:`server_monitor.storage.schema.refresh_name_keys`). Its plain BINARY order is the
+  natural order, so the index ``servers_name_key (name_key, id)`` gives /admin's pages and the
+  server lists in natural order without sorting or a per-row function.
+* the SQL function ``natural_key(text)`` (``plugins/sm_natural.py`` registers it on every
+  Datasette connection), for queries that order by a name that is not a server's stored key.
+* ``naturalKey`` / ``naturalCompare`` in ``static/common.js`` (the dashboard's sorting): the
+  same key built the same way, compared by code point (SQLite's BINARY order of UTF-8).
+
+The key: the text lower-cased (``str.lower``, the same Unicode mapping as JavaScript's
+``toLowerCase``), each run of ASCII digits without its leading zeros written as
+``<digits of its length><its length><the digits>`` (``9`` → ``119``, ``10`` → ``1210``,
+a 30-digit run → ``230…``): a longer number sorts after a shorter one whatever their digits,
+numbers of equal length compare digit by digit, so text order is number order for any length.
+The encoded run starts with a digit, so punctuation (``-``, ``.``) < numbers < letters, as in the
+plain text. Names equal but for case or leading zeros (``DGX-A7``, ``dgx-a007``) have equal keys
+(the queries break ties by server id)."""
 
 import re
 
-_DIGITS = re.compile(r"\d+")
-PAD = 20  # digit runs are compared as numbers of up to 20 digits (longer ones as text)
+_DIGITS = re.compile(r"[0-9]+")  # ASCII digits only (Python's \\d would take any Unicode digit; JS's does not)
+
+
+def _number(match):
+    digits = match.group().lstrip("0") or "0"
+    length = str(len(digits))
+    return str(len(length)) + length + digits
 
 
 def sort_key(text):
-    """The natural sort key of ``text`` (str or None; None sorts as ""): lower-cased (casefold),
-    each run of digits without its leading zeros, left-padded with zeros to :data:`PAD` digits.
-    ``sort_key("DGX-A10") == "dgx-a00000000000000000010"``."""
-    return _DIGITS.sub(lambda m: (m.group().lstrip("0") or "0").rjust(PAD, "0"), (text or "").casefold())
+    """The natural sort key of ``text`` (str or None; None sorts as ""), a str whose plain
+    code point order is the natural order. ``sort_key("DGX-A10") == "dgx-a1210"``,
+    ``sort_key("dgx-a9") == "dgx-a119"``. Raises nothing."""
+    return _DIGITS.sub(_number, (text or "").lower())
 
 
 def register(conn):

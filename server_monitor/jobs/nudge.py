@@ -6,11 +6,13 @@ with utilization known, for at least ``core.config.idle_hours``: ``notifications
 when set, else ``features.idle_hours``; the dashboard's Idle holders panel lists the same GPUs).
 Each holder with a contact in ``auth.db`` (``notify_contacts``: an e-mail address, sent through
 the ``alerts.smtp`` server, and/or an Apprise URL) gets one message listing their idle GPUs;
-again every ``nudge_repeat_hours`` while the GPU stays idle, never inside ``quiet_hours`` (hub
-local time; :func:`quiet_note` says so on the dashboard and /admin). ``idle_nudges`` in monitor.db keeps who was nudged when
+again every ``nudge_repeat_hours`` while the GPU stays idle, never inside ``quiet_hours`` on the
+holder's own clock (the contact's ``tz``, an IANA zone; hub local time without one;
+:func:`quiet_note` says whose time on the dashboard and /admin). Times in a nudge are in the
+holder's zone with its name (UTC without one). ``idle_nudges`` in monitor.db keeps who was nudged when
 (never where to): the dashboard's idle panel shows it.
 
-Once a week (``digest_weekday``, from ``digest_hour``, hub local time) everyone who opted in gets
+Once a week (``digest_weekday``, from ``digest_hour``, on the holder's clock as above) everyone who opted in gets
 a digest of the last 7 UTC days (today included) from ``gpu_usage_user_1d``, the table of the
 per-user page: their GPU-hours, idle GPU-hours (GPU time held while utilization.gpu was known and
 under ``features.idle_max_util``: ``idle_seconds``, the page's number) and top jobs/containers;
@@ -19,9 +21,11 @@ Nudges and digests link to the holder's page (``/users/<name>``, absolute under
 ``alerts.dashboard_url``).
 """
 
+import datetime
 import logging
 import threading
 import time
+import zoneinfo
 
 from ..auth.accounts import Accounts
 from ..core.config import idle_hours
@@ -36,36 +40,72 @@ log = logging.getLogger("server_monitor.nudge")
 DIGEST_DAYS = 7
 
 
-def quiet(now, hours):
-    """True when ``now`` (epoch s) falls in ``hours`` = ``[start, end)`` (hub local hours 0-23;
-    ``start > end`` wraps midnight; None or equal: never quiet)."""
+def zone_of(tz):
+    """The :class:`zoneinfo.ZoneInfo` of ``tz`` (a contact's IANA time zone name), or None for
+    hub local time when ``tz`` is empty or unknown to this hub (a name stored by a hub with a newer
+    tz database): a nudge then follows hub time rather than failing."""
+    if not tz:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def local_time(now, tz=None):
+    """``now`` (epoch s) as a :class:`datetime.datetime` in the IANA zone ``tz`` (aware), or in
+    hub local time (naive) when ``tz`` is None/unknown (:func:`zone_of`)."""
+    return datetime.datetime.fromtimestamp(now, zone_of(tz))
+
+
+def zone_label(tz):
+    """How a time in ``tz`` is labelled: the zone's name (``Europe/Zurich``), or ``(hub time)``."""
+    return tz if zone_of(tz) else "(hub time)"
+
+
+def quiet(now, hours, tz=None):
+    """True when ``now`` (epoch s) falls in ``hours`` = ``[start, end)`` (local hours 0-23 in the
+    IANA zone ``tz``, hub local time when None; ``start > end`` wraps midnight; None or equal:
+    never quiet)."""
     if not hours or len(hours) != 2 or hours[0] == hours[1]:
         return False
-    hour = time.localtime(now).tm_hour
+    hour = local_time(now, tz).hour
     start, end = int(hours[0]), int(hours[1])
     return start <= hour < end if start < end else (hour >= start or hour < end)
 
 
-def quiet_until(now, hours):
-    """When the quiet period that holds ``now`` ends (epoch s, the next ``hours[1]``:00 hub
-    local time), or None when ``now`` is not inside ``hours`` (see :func:`quiet`)."""
-    if not quiet(now, hours):
+def quiet_until(now, hours, tz=None):
+    """When the quiet period that holds ``now`` ends (epoch s: the next ``hours[1]``:00 wall-clock
+    time in the zone ``tz``, hub local time when None; across a DST change that is still 07:00 on
+    the clock, so the UTC instant moves with the offset), or None when ``now`` is not inside
+    ``hours`` (see :func:`quiet`). An end hour that the clock skips (spring forward) ends at the
+    change."""
+    if not quiet(now, hours, tz):
         return None
-    local = time.localtime(now)
-    for days in (0, 1):  # mktime normalises the day past the month's end
-        end = time.mktime((local.tm_year, local.tm_mon, local.tm_mday + days, int(hours[1]), 0, 0, 0, 0, -1))
+    local = local_time(now, tz)
+    for days in (0, 1):
+        day = local.date() + datetime.timedelta(days=days)
+        end = datetime.datetime.combine(day, datetime.time(int(hours[1])), tzinfo=local.tzinfo).timestamp()
         if end > now:
             return int(end)
     return None
 
 
-def quiet_note(ncfg, now):
+def quiet_note(ncfg, now, tz=None):
     """What the dashboard's Idle holders panel and /admin say while quiet hours hold nudges back:
-    ``"nudges held for quiet hours until 07:00 (hub time)"``; None when nudges are off or
-    ``now`` is outside ``ncfg["quiet_hours"]`` (``ncfg``: :func:`notify.settings`)."""
-    until = quiet_until(now, ncfg.get("quiet_hours")) if ncfg.get("nudges") else None
-    return f"nudges held for quiet hours until {time.strftime('%H:%M', time.localtime(until))} (hub time)" \
-        if until else None
+    ``"nudges held for quiet hours until 07:00 (hub time)"``, or for a holder with a time zone
+    ``tz`` ``"... until 07:00 Europe/Zurich"`` (their wall clock); None when nudges are off or
+    ``now`` is outside ``ncfg["quiet_hours"]`` there (``ncfg``: :func:`notify.settings`)."""
+    until = quiet_until(now, ncfg.get("quiet_hours"), tz) if ncfg.get("nudges") else None
+    return f"nudges held for quiet hours until {local_time(until, tz):%H:%M} {zone_label(tz)}" if until else None
+
+
+def clock_text(epoch, tz=None):
+    """``YYYY-MM-DD HH:MM Europe/Zurich`` of ``epoch`` (s) in the holder's zone ``tz``, or
+    ``YYYY-MM-DD HH:MM UTC`` without one (the times in a nudge)."""
+    if zone_of(tz):
+        return f"{local_time(epoch, tz):%Y-%m-%d %H:%M} {tz}"
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
 def idle_gpus(conn, config, after_hours):
@@ -100,16 +140,17 @@ def contact_targets(holder, contact, cfg):
     return found
 
 
-def nudge_text(holder, rows, page_url):
+def nudge_text(holder, rows, page_url, tz=None):
     """``build(escape) -> (title, body)`` of a nudge to ``holder`` about ``rows`` (idle_holders rows);
-    ``page_url``: the holder's page (:func:`server_monitor.serving.web.user_url`)."""
+    ``page_url``: the holder's page (:func:`server_monitor.serving.web.user_url`); times in the
+    holder's IANA zone ``tz`` with its name (UTC without one: :func:`clock_text`)."""
     def build(escape):
         servers = sorted({str(r["server"]) for r in rows})
         title = (f"[IDLE GPU] {escape(holder)}: {len(rows)} GPU{'s' if len(rows) != 1 else ''} held idle on "
                  + escape(", ".join(servers[:3]) + (" …" if len(servers) > 3 else "")))
         lines = [f"{escape(r['server'])} GPU {r['gpu_index']}: {r['held_mib']} MiB held at {r['utilization_gpu']} %"
                  f" utilization for {r['idle_hours']} h (since "
-                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(r['idle_since']))})" for r in rows]
+                 f"{clock_text(r['idle_since'], tz)})" for r in rows]
         lines.append("If you are done, end the process or job so others can use the GPU.")
         lines.append(f"Your GPUs, GPU-hours and idle GPU-hours: {escape(page_url)}")
         return title, "\n".join(lines)
@@ -207,12 +248,11 @@ class Nudger:
                 if holder:
                     by_holder.setdefault(holder, []).append(row)
         contacts = self.store.contacts_for(by_holder)
-        if not contacts or quiet(now, self.ncfg.get("quiet_hours")):
-            return []
         nudged = []
         for holder, gpus in sorted(by_holder.items()):
             contact = contacts.get(holder.lower())
-            if contact is None:
+            # Quiet hours on the holder's own clock (their contact's time zone), else hub time.
+            if contact is None or quiet(now, self.ncfg.get("quiet_hours"), contact.get("tz")):
                 continue
             due = []
             for row in gpus:
@@ -223,7 +263,7 @@ class Nudger:
                     due.append(row)
             if not due:
                 continue
-            build = nudge_text(holder, due, self.page_url(holder))
+            build = nudge_text(holder, due, self.page_url(holder), contact.get("tz"))
             sent = [self.notifier.send_message(t, build) for t in contact_targets(holder, contact, self.cfg)]
             if any(sent):
                 for row in due:
@@ -235,13 +275,14 @@ class Nudger:
         return nudged
 
     def digests(self, conn, now):
-        local = time.localtime(now)
-        if local.tm_wday != int(self.ncfg["digest_weekday"]) or local.tm_hour < int(self.ncfg["digest_hour"]):
-            return []
         accounts = Accounts(self.config.auth_db_path)
         admin_name = (self.config.get("auth.username") or "").lower()
         sent = []
         for contact in self.store.digest_contacts():
+            # digest_weekday from digest_hour on the holder's own clock (their time zone), else hub time.
+            local = local_time(now, contact.get("tz"))
+            if local.weekday() != int(self.ncfg["digest_weekday"]) or local.hour < int(self.ncfg["digest_hour"]):
+                continue
             if (contact["digest_sent_at"] or 0) > now - 6 * 86400:
                 continue
             holder = contact["holder"]

@@ -18,6 +18,7 @@ import sqlite3
 
 import sqlite_utils
 
+from ..core import natural
 from . import dbguard, xidtext
 
 MIGRATION_1 = """
@@ -794,7 +795,37 @@ CREATE INDEX alerts_by_rule ON alerts (rule_id, rule, started_at);
 """
 
 
-MIGRATION_29 = """
+# The shown name's natural sort key (server_monitor/core/natural.py), as an SQL expression for
+# connections with natural_key() registered.
+NAME_KEY_SQL = "natural_key(coalesce(display_name, hostname))"
+
+
+def refresh_name_keys(conn):
+    """Write ``servers.name_key`` (migration 29) wherever it is missing or stale: rows written
+    by a hand edit, an old tool or a restored copy. Registers ``natural_key()`` on ``conn``;
+    returns the number of rows fixed. One pass over ``servers`` (~10 ms at 10,000 servers);
+    run by :func:`migrate` at every start."""
+    if "name_key" not in {row[1] for row in conn.execute("PRAGMA table_info(servers)")}:
+        return 0  # a database kept before migration 29 (tests build such ones)
+    natural.register(conn)
+    return conn.execute(f"UPDATE servers SET name_key = {NAME_KEY_SQL}"
+                        f" WHERE name_key IS NOT {NAME_KEY_SQL}").rowcount
+
+
+def migration_29(conn):
+    """Servers in natural order at any fleet size (issue 24 item 3): ``servers.name_key``, the
+    natural sort key of the name shown (``natural.sort_key(coalesce(display_name, hostname))``),
+    whose plain BINARY order is the natural order, and the index ``servers_name_key (name_key,
+    id)`` that /admin's pages and the server lists walk. It replaces ``servers_name`` (the
+    case-insensitive text order, migration 25). Existing rows are filled here; new and renamed
+    servers get their key from the path that writes the name (docs/schema.md)."""
+    conn.execute("ALTER TABLE servers ADD COLUMN name_key TEXT")
+    refresh_name_keys(conn)
+    conn.execute("DROP INDEX IF EXISTS servers_name")
+    conn.execute("CREATE INDEX servers_name_key ON servers (name_key, id)")
+
+
+MIGRATION_30 = """
 -- Overrides of the built-in alert rules (the alerts.* thresholds of config.yaml), made on
 -- /admin/rules (server_monitor/storage/builtin_overrides.py). One row per overridden built-in
 -- rule, named as server_monitor/jobs/alerts.py fires it; no row: config.yaml's values. A null
@@ -817,7 +848,7 @@ MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, M
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25, MIGRATION_26, MIGRATION_27, MIGRATION_28, MIGRATION_29]
+              MIGRATION_25, MIGRATION_26, MIGRATION_27, MIGRATION_28, migration_29, MIGRATION_30]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -845,7 +876,8 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     second, outside the writers' lock); a writer checkpoints only when the WAL passes
     :data:`WAL_AUTOCHECKPOINT_PAGES` (a hub without the thread, e.g. ``ingest.py`` alone). With
     SQLite's default of 1,000 pages, the commit of an ingest transaction copied the WAL into
-    the database and synced it while every other writer waited.
+    the database and synced it while every other writer waited. The SQL function
+    ``natural_key()`` (:mod:`server_monitor.core.natural`) is registered on it.
     """
     dbguard.ensure(path)
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False, factory=factory)
@@ -858,6 +890,9 @@ def connect(path, timeout=5.0, cache_mib=64, factory=sqlite3.Connection):
     # When the WAL restarts, its file is cut back to this size (a WAL that grew while readers
     # held it would otherwise keep its largest size on disk).
     conn.execute(f"PRAGMA journal_size_limit={WAL_AUTOCHECKPOINT_PAGES * 4096}")
+    # natural_key(): a writer can compute servers.name_key (migration 29) in SQL, as the
+    # admin_set_server canned query does on Datasette's connections (plugins/sm_natural.py).
+    natural.register(conn)
     return conn
 
 
@@ -867,7 +902,8 @@ def migrate(path):
     Each pending step runs in one ``BEGIN IMMEDIATE`` transaction together with the
     ``user_version`` bump, so a crash leaves the previous version intact. Returns the
     version the database had before. Raises :class:`SchemaTooNew` when the file is
-    newer than this code.
+    newer than this code. Then writes any missing or stale ``servers.name_key``
+    (:func:`refresh_name_keys`).
     """
     sqlite_utils.Database(path).enable_wal()
     conn = connect(path)
@@ -895,6 +931,14 @@ def migrate(path):
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+        # A hand edit, an old tool or a test fixture may have written a name without its key.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            refresh_name_keys(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return before
     finally:
         conn.close()

@@ -12,7 +12,7 @@ import sqlite3
 
 from monitor_agent.temperatures import per_chip as temperatures_per_chip
 
-from ..core import gpu_health, topology
+from ..core import gpu_health, natural, topology
 from . import groups, schema, xidtext
 from .rollup import merge_late_sample
 
@@ -274,8 +274,10 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
         "SELECT id, last_ts, hostname FROM servers WHERE machine_id = ?", (identity,)
     ).fetchone()
     if row is None:
-        cols = ("machine_id", "first_seen", "last_seen") + _SERVER_LATEST
-        values = (identity, received_at, received_at) + tuple(latest[c] for c in _SERVER_LATEST)
+        # name_key: the natural sort key of the name shown (migration 29; no display name yet).
+        cols = ("machine_id", "first_seen", "last_seen", "name_key") + _SERVER_LATEST
+        values = ((identity, received_at, received_at, natural.sort_key(host["hostname"]))
+                  + tuple(latest[c] for c in _SERVER_LATEST))
         cur = conn.execute(
             f"INSERT INTO servers ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
             values,
@@ -290,6 +292,9 @@ def _upsert_server(conn, report, host, ts, skew, received_at):
             _SERVER_UPDATE,
             (received_at,) + tuple(latest[c] for c in _SERVER_LATEST) + (server_id,),
         )
+        if previous != host["hostname"]:  # the shown name changed unless an admin named the server
+            conn.execute("UPDATE servers SET name_key = ? WHERE id = ? AND display_name IS NULL",
+                         (natural.sort_key(host["hostname"]), server_id))
         return server_id, True
     conn.execute(
         "UPDATE servers SET last_seen = max(last_seen, ?) WHERE id = ?", (received_at, server_id)
