@@ -32,7 +32,7 @@ from server_monitor.jobs import alerts, notify, nudge
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
 from server_monitor.serving.web import page_number, pager
-from server_monitor.storage import alert_rules
+from server_monitor.storage import alert_rules, builtin_overrides
 
 # Contacts per page of /admin's contact list (like its users: search ``cq``, page ``cp``).
 CONTACTS_PAGE = 50
@@ -81,7 +81,8 @@ async def targets(request, datasette, ctx, form):
     if _first(form, "action") == "delete":
         # A target that alert rules name stays until they are edited: deleting it would leave
         # their alerts going nowhere.
-        users = await db.execute_fn(lambda conn: alert_rules.rules_naming_target(conn, name))
+        users = await db.execute_fn(lambda conn: alert_rules.rules_naming_target(conn, name)
+                                    + builtin_overrides.naming_target(conn, name))
         if users:
             return _refused(f"Alert rules send to {name}: {', '.join(users[:10])}. Edit them on /admin/rules first.",
                             "/admin#notifications")
@@ -97,7 +98,8 @@ async def targets(request, datasette, ctx, form):
         if new_name and new_name != name:  # the rules that named it follow the rename
             def rename(conn):
                 with conn:
-                    return alert_rules.rename_target(conn, name, new_name, request.actor["id"])
+                    return (alert_rules.rename_target(conn, name, new_name, request.actor["id"])
+                            + builtin_overrides.rename_target(conn, name, new_name, request.actor["id"]))
             await db.execute_write_fn(rename, block=True)
         return Response.redirect("/admin#notifications")
     try:

@@ -1,5 +1,6 @@
 """Alert rules on ``/admin/rules`` (issue 26 item 2): list, create, edit, enable/disable, delete
-and dry-run the rules of ``alert_rules``, beside the built-in rules of ``config.yaml``.
+and dry-run the rules of ``alert_rules``; edit, disable/enable, reset to config and dry-run the
+built-in rules of ``config.yaml`` (their overrides: ``storage/builtin_overrides.py``).
 
 Server-rendered (``templates/admin_rules.html``). Admins only (403 for anyone else, 405 for a
 GET of a write route); every form carries Datasette's CSRF token, as on ``/admin``. Bad input
@@ -7,9 +8,12 @@ answers 400 with the page and a message naming the field (:class:`RuleError`), n
 The dry run (``action=test``) evaluates the rule now against the stored data with the same
 code as the alert thread (``jobs.alerts.dry_run``) and sends nothing.
 
-Routes: ``GET /admin/rules`` (``?edit=<id>`` fills the form with a rule), ``POST /admin/rules``
-(create), ``POST /admin/rules/<id>`` with ``action`` = ``update``, ``enable``, ``disable``,
-``delete`` or ``test``.
+Routes: ``GET /admin/rules`` (``?edit=<id>`` fills the form with a rule, ``?edit_builtin=<name>``
+the built-in rule's form), ``POST /admin/rules`` (create), ``POST /admin/rules/<id>`` with
+``action`` = ``update``, ``enable``, ``disable``, ``delete`` or ``test``, ``POST
+/admin/rules/builtin/<name>`` with ``action`` = ``update`` (threshold, minutes, severity,
+targets), ``enable``, ``disable``, ``reset`` (back to config.yaml) or ``test``. An unknown
+built-in name answers 400 naming ``rule``.
 """
 
 import time
@@ -20,7 +24,7 @@ from datasette.utils.asgi import Response
 from server_monitor.jobs import alerts, notify
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
-from server_monitor.storage import alert_rules
+from server_monitor.storage import alert_rules, builtin_overrides
 from server_monitor.storage import groups as host_groups
 from server_monitor.serving.web import admin_denied as _forbidden, page, read_form
 
@@ -46,14 +50,15 @@ def _read_page(conn, cfg):
     for rule in rules:
         if rule["scope"] == "server":
             rule["scope_name"] = names.get(rule["scope_server_id"], f"#{rule['scope_server_id']} (deleted)")
-    builtin = alerts.builtin_rules(cfg)
+    builtin = alerts.builtin_rules(cfg, builtin_overrides.all_overrides(conn))
     for rule in builtin:
         rule["recent"] = alert_rules.recent_firings(conn, rule=rule["rule"], limit=RECENT)
     return rules, builtin, host_groups.summary(conn)
 
 
 async def render(request, datasette, status=200, form=None, **extra):
-    """The rules page; ``form``: the values to put back in the form (after an error or ``?edit``)."""
+    """The rules page; ``form``: the values to put back in the form (after an error or ``?edit``);
+    ``builtin_edit``/``builtin_form`` (in ``extra``): the built-in rule whose form is open, and its values."""
     ctx = hub.context(datasette)
     cfg = alerts.settings(ctx.config)
     db = datasette.get_database(DATABASE)
@@ -86,6 +91,15 @@ def target_names(ctx):
     return [target.name for target in notifier.targets()]  # (its delivery pool starts no thread unused)
 
 
+def _check_targets(datasette, fields):
+    """Raise :class:`alert_rules.RuleError` (``targets``) when ``fields`` names a target there is not."""
+    known = {name.lower() for name in target_names(hub.context(datasette))}
+    unknown = [name for name in fields["targets"] or () if name.lower() not in known]
+    if unknown:
+        raise alert_rules.RuleError("targets", f"no notification target is named {unknown[0]!r} (add it on /admin"
+                                    " under Notifications, or in notifications.targets)")
+
+
 async def _parse(datasette, form):
     values = _form_values(form)
     if values.get("scope") == "server":
@@ -93,11 +107,7 @@ async def _parse(datasette, form):
             lambda conn: _resolve_server(conn, values.get("scope_server")))
         values["scope_server_id"] = "" if found is None else str(found)
     fields = alert_rules.parse(values)
-    known = {name.lower() for name in target_names(hub.context(datasette))}
-    unknown = [name for name in fields["targets"] or () if name.lower() not in known]
-    if unknown:
-        raise alert_rules.RuleError("targets", f"no notification target is named {unknown[0]!r} (add it on /admin"
-                                    " under Notifications, or in notifications.targets)")
+    _check_targets(datasette, fields)
     return values, fields
 
 
@@ -166,6 +176,65 @@ async def rule_action(request, datasette):
     return Response.redirect("/admin/rules#rules")
 
 
+async def builtin_action(request, datasette):
+    """``POST /admin/rules/builtin/<name>``: ``action`` = update (threshold, minutes, severity,
+    targets from the form), enable, disable, reset (drop the override: config.yaml again) or test
+    (dry run with the override applied). 400 naming the field for bad input or an unknown rule."""
+    denied = _forbidden(request)
+    if denied:
+        return denied
+    name = request.url_vars["name"]
+    form = await read_form(request)
+    action = form.first("action")
+    db = datasette.get_database(DATABASE)
+    user = _user(request)
+    try:
+        builtin_overrides.check_name(name)
+    except alert_rules.RuleError as exc:
+        return await render(request, datasette, status=400, error=str(exc), error_field=exc.field)
+    if action == "test":
+        cfg = alerts.settings(hub.context(datasette).config)
+        found = await db.execute_fn(lambda conn: alerts.dry_run_builtin(conn, int(time.time()), cfg, name))
+        enabled = await db.execute_fn(lambda conn: builtin_overrides.all_overrides(conn).get(name, {}).get("enabled",
+                                                                                                           True))
+        return await render(request, datasette, tested={"name": f"{name} (built-in)", "enabled": enabled},
+                            test_results=found[:SHOWN], test_total=len(found))
+    if action == "update":
+        values = _form_values(form)
+        try:
+            fields = builtin_overrides.parse(name, values)
+            _check_targets(datasette, fields)
+        except alert_rules.RuleError as exc:
+            return await render(request, datasette, status=400, error=str(exc), error_field=exc.field,
+                                builtin_edit=name, builtin_form=values)
+
+        def write(conn):
+            with conn:
+                builtin_overrides.save(conn, name, fields, user)
+    elif action in ("enable", "disable"):
+        def write(conn):
+            with conn:
+                builtin_overrides.set_enabled(conn, name, action == "enable", user)
+    elif action == "reset":
+        def write(conn):
+            with conn:
+                builtin_overrides.reset(conn, name)
+    else:
+        return await render(request, datasette, status=400,
+                            error="action: must be one of update, enable, disable, reset, test")
+    await db.execute_write_fn(write, block=True)
+    return Response.redirect(f"/admin/rules?saved_builtin={name}#builtin-{name}")
+
+
+def _builtin_values(override):
+    """A built-in rule's override (or None) as the text values of its form (empty: config.yaml's)."""
+    override = override or {}
+    values = {key: "" if override.get(key) is None else str(override[key]) for key in ("minutes", "severity")}
+    values["threshold"] = "" if override.get("threshold") is None else f"{override['threshold']:g}"
+    values["targets"] = ", ".join(override.get("targets") or [])
+    return values
+
+
 def _edit_values(rule):
     """A stored rule as the form's text values."""
     values = {key: "" if rule[key] is None else str(rule[key]) for key in
@@ -184,6 +253,15 @@ async def rules_page(request, datasette):
         return denied
     edit = request.args.get("edit", "")
     form = None
+    edit_builtin = request.args.get("edit_builtin", "")
+    if edit_builtin:
+        try:
+            builtin_overrides.check_name(edit_builtin)
+        except alert_rules.RuleError as exc:
+            return await render(request, datasette, status=400, error=str(exc), error_field=exc.field)
+        override = await datasette.get_database(DATABASE).execute_fn(
+            lambda conn: builtin_overrides.all_overrides(conn).get(edit_builtin))
+        return await render(request, datasette, builtin_edit=edit_builtin, builtin_form=_builtin_values(override))
     if edit:
         rule_id = alert_rules.row_id(edit)
         rule = None if rule_id is None else await datasette.get_database(DATABASE).execute_fn(
@@ -191,7 +269,9 @@ async def rules_page(request, datasette):
         if rule is None:
             return await render(request, datasette, status=404, error=f"No alert rule #{edit[:20]} (deleted?).")
         form = _edit_values(rule)
-    return await render(request, datasette, form=form, saved=alert_rules.row_id(request.args.get("saved", "")))
+    saved_builtin = request.args.get("saved_builtin", "")
+    return await render(request, datasette, form=form, saved=alert_rules.row_id(request.args.get("saved", "")),
+                        saved_builtin=saved_builtin if saved_builtin in builtin_overrides.BUILTINS else None)
 
 
 async def rules_route(request, datasette):
@@ -206,4 +286,5 @@ def register_routes():
     return [
         (r"^/admin/rules$", rules_route),
         (r"^/admin/rules/(?P<id>\d+)$", rule_action),
+        (r"^/admin/rules/builtin/(?P<name>[^/]+)$", builtin_action),
     ]

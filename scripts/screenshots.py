@@ -16,7 +16,9 @@ writes into ``docs/screenshots/`` (or ``--out``):
 * ``notifications.png``: the Notifications section of ``/admin`` with a target added through its form;
 * ``nudges.png``: ``/account``'s idle-GPU nudge and weekly digest contact (with the holder's time
   zone), saved through its form;
-* ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one.
+* ``rules.png``: ``/admin/rules`` with two rules made through its form and the dry run of one;
+* ``builtin-rules.png``: its built-in rules (config.yaml) after overriding ``gpu_temperature``
+  through the Edit form, with that form open again.
 
 Usage: ``scripts/screenshots.py [--out DIR] [--hosts 25] [--hours 24] [--wait-offline]``.
 ``--wait-offline`` waits (about 3 minutes) until the demo's offline host is shown offline.
@@ -43,7 +45,7 @@ CHROMIUM_ARGS = [  # as tests/browser.py
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SHOTS = ("fleet-dark.png", "fleet-light.png", "phone.png", "history.png", "free.png", "disk-history.png", "user.png",
-         "api-token.png", "notifications.png", "nudges.png", "rules.png")
+         "api-token.png", "notifications.png", "nudges.png", "rules.png", "builtin-rules.png")
 
 # The rules rules.png shows, made through /admin/rules' form as an admin would (field -> value).
 DEMO_RULES = [
@@ -53,6 +55,9 @@ DEMO_RULES = [
      "severity": "critical", "scope": "group", "scope_group": "cluster-a", "gpu_model": "H100",
      "targets": "oncall-ntfy"},
 ]
+
+# The override builtin-rules.png shows (config.yaml's default: 85 °C for 5 min, warning).
+BUILTIN_OVERRIDE = {"threshold": "88", "minutes": "3"}
 
 
 def _free_port():
@@ -238,6 +243,18 @@ def _render(browser, base_url, username, password, out, history_server):
             _settle(page)
             page.set_viewport_size({"width": 1440, "height": 1100})
             shot(page, "rules.png")
+            # The built-in gpu_temperature rule overridden through its Edit form, then opened again.
+            page.goto(base_url + "/admin/rules?edit_builtin=gpu_temperature#builtin-form")
+            for field, value in BUILTIN_OVERRIDE.items():
+                page.fill(f"#builtin-form input[name={field}]", value)
+            page.select_option("#builtin-form select[name=severity]", "critical")
+            page.click("#builtin-form button[type=submit]")
+            page.wait_for_selector("#builtin-gpu_temperature >> text=Reset to config")
+            page.goto(base_url + "/admin/rules?edit_builtin=gpu_temperature#builtin-form")
+            _settle(page)
+            path = os.path.join(out, "builtin-rules.png")
+            page.locator("#builtin").screenshot(path=path)
+            written.append(path)
             # /account: where idle-GPU nudges and the weekly digest go, saved through the form (nothing is sent).
             page.goto(base_url + "/account#contact")
             page.fill("#contact-email", "alice@example.org")

@@ -321,14 +321,19 @@ def test_item2_rule_crud_and_dry_run_through_http_as_admin(admin, hub_config, da
     db.close()
 
 
-def test_item2_rules_pages_refuse_viewers(datasette, admin):
+def logged_in_viewer(datasette):
+    """A viewer account ``vera`` logged in to ``datasette`` (a Client), and its CSRF token."""
     from server_monitor.serving import hub
 
     hub.context(datasette).accounts.create_user("vera", hash_password("correct horse battery", iterations=1000),
                                                 "viewer")
     viewer = Client(datasette)
     assert viewer.login("vera", "correct horse battery").status_code == 302
-    token = csrf(viewer, "/account")
+    return viewer, csrf(viewer, "/account")
+
+
+def test_item2_rules_pages_refuse_viewers(datasette, admin):
+    viewer, token = logged_in_viewer(datasette)
     assert viewer.get("/admin/rules").status_code == 403
     refused = viewer.post("/admin/rules", data={"csrftoken": token, "name": "mine", "kind": "gpu_memory",
                                                "severity": "info"})

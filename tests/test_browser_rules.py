@@ -50,6 +50,45 @@ def test_item2_browser_admin_creates_a_group_rule_and_sees_its_dry_run(page, hub
     assert [e for e in page.console_errors if "status of 400" not in e] == []  # the 400 is that answer
 
 
+def test_builtin_override_browser_admin_edits_a_builtin_rule(page, hub_process, hub_config):
+    """The built-in gpu_temperature rule (config.yaml: 85 °C for 5 min) edited to 80 °C in the page:
+    the row says what fires now, config's value beside it and who changed it; Test applies the
+    override; a bad threshold names the field; Reset to config brings config.yaml's back."""
+    now = time.time()
+    for t in (now - 60, now):  # two samples in the rule's window
+        report = hot("warm-a.lab", ["rack-1"], 83)
+        report["sample_time"] = report["sent_at"] = t
+        push(hub_process, hub_config, report)
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/admin/rules")
+    row = "#builtin-gpu_temperature"
+    assert "temperature.gpu ≥ 85 °C for 5 min" in page.inner_text(row)
+    page.click(f"{row} >> text=Edit")
+    page.wait_for_selector("#builtin-form")
+    assert page.get_attribute("#builtin-form input[name=threshold]", "placeholder") == "config: 85"
+    page.fill("#builtin-form input[name=threshold]", "80")
+    page.select_option("#builtin-form select[name=severity]", "critical")
+    page.click("#builtin-form button[type=submit]")
+    page.wait_for_selector(f"{row}.builtin-row >> text=Reset to config")
+    text = page.inner_text(row)
+    assert "temperature.gpu ≥ 80 °C for 5 min" in text and "temperature.gpu ≥ 85 °C for 5 min" in text
+    assert "critical" in text and f"by {hub_config.get('auth.username')}" in text
+    page.click(f"{row} button[value=test]")
+    page.wait_for_selector("#dry-run")
+    assert "1 alert would fire" in page.inner_text("#dry-run-count")
+    assert "warm-a.lab" in page.inner_text("#dry-run table") and "critical" in page.inner_text("#dry-run table")
+    # A bad threshold: the page names the field and keeps the override as it was.
+    page.click(f"{row} >> text=Edit")
+    page.fill("#builtin-form input[name=threshold]", "hot")
+    page.click("#builtin-form button[type=submit]")
+    assert page.inner_text("#rule-error").startswith("threshold:")
+    assert "temperature.gpu ≥ 80 °C" in page.inner_text(row)
+    page.click(f"{row} button[value=reset]")
+    page.wait_for_selector(f"{row} >> text=none (config.yaml)")
+    assert "temperature.gpu ≥ 85 °C for 5 min" in page.inner_text(row) and "warning" in page.inner_text(row)
+    assert [e for e in page.console_errors if "status of 400" not in e] == []  # the 400 is that answer
+
+
 def test_item2_browser_history_has_no_outage_between_a_slow_agents_reports(page, hub_process, hub_config):
     now = time.time()
     for k in range(6, -1, -1):  # every 300 s for 30 min, as an agent with interval 300 reports

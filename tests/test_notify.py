@@ -156,7 +156,7 @@ def test_item3_a_rule_that_names_targets_gets_its_resolved_notice_there_too(tmp_
         engine = alerts.AlertEngine(path, dict(alerts.DEFAULTS), notify.Notifier(dict(alerts.DEFAULTS), ncfg, None))
         firing = {"custom:1:x": _alert("node-1: rule of team a", "critical", targets=["team-a"], since=None)}
         # A rule (the alert-rules work owns them) that names its targets; the engine and delivery are real.
-        monkeypatch.setattr(alerts, "evaluate", lambda conn, now, cfg, rules=(): {k: dict(v) for k, v in firing.items()})
+        monkeypatch.setattr(alerts, "evaluate", lambda conn, now, cfg, rules=(), overrides=None: {k: dict(v) for k, v in firing.items()})
         assert engine.run_once(1_000_000)["fired"] == ["custom:1:x"]
         firing.clear()
         assert engine.run_once(1_000_060)["resolved"] == ["custom:1:x"]

@@ -5,8 +5,11 @@ and GPUs an admin marked ``maintenance`` raise nothing. An acknowledged alert (`
 sends no reminders; an alert covered by a silence (``silences``: a server and/or a rule until
 a time) sends nothing while the silence lasts (and no resolved notice if it was never sent).
 
-Two sets of rules: the built-in ones below (thresholds from ``config.yaml``, every server) and
-the rules admins make on ``/admin/rules`` (table ``alert_rules``, validated and stored by
+Two sets of rules: the built-in ones below (thresholds from ``config.yaml``, every server; an
+admin may override a built-in rule's threshold, minutes, severity and targets, or disable it, on
+``/admin/rules``: table ``builtin_rule_overrides``, ``server_monitor/storage/builtin_overrides.py``,
+read once per pass; config.yaml stays the default) and the rules admins make on
+``/admin/rules`` (table ``alert_rules``, validated and stored by
 ``server_monitor/storage/alert_rules.py``, evaluated by :func:`evaluate_rule` with their scope,
 duration, severity and GPU model). An alert of such a rule carries ``rule_id`` and, when the rule
 names any, ``targets`` (notification target names the Notifier delivers to; else by severity).
@@ -40,7 +43,7 @@ import time
 from ..core import gpu_health
 from ..core.gpu_health import canonical_bus_id
 from ..core.config import ALERT_DEFAULTS as DEFAULTS  # the alerts section's keys, kept with every other key
-from ..storage import alert_rules, schema
+from ..storage import alert_rules, builtin_overrides, schema
 from . import notify
 
 # NVIDIA XID codes alerted as critical (monitor_agent/kmsg.py keeps the table of names; the hub
@@ -138,10 +141,14 @@ def _servers(conn):
         " FROM servers WHERE status != 'maintenance'")}
 
 
-def evaluate(conn, now, cfg, rules=()):
+def evaluate(conn, now, cfg, rules=(), overrides=None):
     """Alerts firing now: ``{key: {"rule", "severity", "server_id", "subject", "message", "since"}}``.
 
-    The built-in rules (``cfg``'s thresholds) first, then every rule of ``rules`` (enabled rows
+    The built-in rules first: ``cfg``'s thresholds, or those of ``overrides`` (the admin's
+    overrides of the built-in rules, :func:`server_monitor.storage.builtin_overrides.all_overrides`;
+    read here once when None), whose severity and ``targets`` the alerts carry; a built-in rule
+    an override disabled raises nothing (a ``gpu_health`` rule of ``rules`` still sees its
+    conditions). Then every rule of ``rules`` (enabled rows
     of ``alert_rules``, :func:`server_monitor.storage.alert_rules.all_rules`), whose alerts also
     carry ``rule_id`` and, where the rule names them, ``targets`` (notification target names);
     see :func:`evaluate_rule`.
@@ -153,11 +160,17 @@ def evaluate(conn, now, cfg, rules=()):
     :func:`settings`. Pure reads.
     """
     firing = {}
+    if overrides is None:
+        overrides = builtin_overrides.all_overrides(conn)
+    cfg = builtin_overrides.apply(cfg, overrides)
 
     def fire(rule, severity, server_id, subject, message, since=None):
         key = f"{rule}:{server_id}:{subject}"
-        firing[key] = {"rule": rule, "severity": severity, "server_id": server_id, "subject": subject,
-                       "message": message, "since": since}
+        override = overrides.get(rule)
+        firing[key] = {"rule": rule, "severity": (override and override["severity"]) or severity,
+                       "server_id": server_id, "subject": subject, "message": message, "since": since}
+        if override and override["targets"]:
+            firing[key]["targets"] = list(override["targets"])
 
     servers = _servers(conn)
     offline = set()
@@ -282,8 +295,11 @@ def evaluate(conn, now, cfg, rules=()):
         fire("host_identity", "warning", server_id, f"event{event_id}",
              identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)",
              since=ts)
+    builtin = dict(firing)
+    for key, alert in builtin.items():
+        if alert["rule"] in overrides and not overrides[alert["rule"]]["enabled"]:
+            del firing[key]
     if rules:
-        builtin = dict(firing)
         for rule in rules:
             firing.update(evaluate_rule(conn, now, cfg, rule, servers=servers, offline=offline, builtin=builtin))
     return firing
@@ -419,41 +435,86 @@ def evaluate_rule(conn, now, cfg, rule, servers=None, offline=None, builtin=None
     return out
 
 
-def dry_run(conn, now, cfg, rule):
-    """What ``rule`` (a dict as :func:`evaluate_rule` takes) would raise now, sending nothing:
-    ``[{"rule", "severity", "server_id", "server", "subject", "message", "started_at", "targets"}]``
-    ordered by server name and message. ``started_at``: the condition's onset from history."""
-    servers = _servers(conn)
-    found = evaluate_rule(conn, now, cfg, rule, servers=servers)
+def _listed(found, servers, now):
+    """Alerts of :func:`evaluate`/:func:`evaluate_rule` as the dry run shows them (see :func:`dry_run`)."""
     out = []
-    for alert in found.values():
+    for alert in found:
         out.append({"rule": alert["rule"], "severity": alert["severity"], "server_id": alert["server_id"],
                     "server": servers[alert["server_id"]][1], "subject": alert["subject"], "message": alert["message"],
                     "started_at": onset(alert["since"], now), "targets": alert.get("targets")})
     return sorted(out, key=lambda a: (str(a["server"]).lower(), a["server_id"], a["message"]))
 
 
-def builtin_rules(cfg):
-    """The rules ``config.yaml``'s ``alerts`` section sets (read-only on /admin/rules):
-    ``[{"rule", "what", "severity"}]``, ``what`` in words with the configured thresholds."""
-    return [
-        {"rule": "host_offline", "severity": "critical",
-         "what": f"no report for {cfg['host_offline_minutes']} min (and at least {OFFLINE_INTERVALS} of the host's "
-                 "reporting intervals)"},
-        {"rule": "gpu_failure", "severity": "critical", "what": "nvidia-smi / NVML fails (driver mismatch, no devices, …)"},
-        {"rule": "collection_stale", "severity": "warning", "what": "nvidia-smi hangs or times out"},
-        {"rule": "gpu_lost", "severity": "critical", "what": "a GPU is lost or missing from the report"},
-        {"rule": "gpu_ecc", "severity": "critical",
-         "what": "uncorrectable ECC errors, row remapping failed or pending, page retirement pending, reset required"},
-        {"rule": "gpu_xid", "severity": "critical",
-         "what": f"a critical XID ({', '.join(map(str, sorted(CRITICAL_XIDS)))}) in the last {cfg['xid_minutes']} min"},
-        {"rule": "gpu_throttle", "severity": "warning", "what": "hardware slowdown (thermal, power brake)"},
-        {"rule": "gpu_pcie_degraded", "severity": "warning", "what": "busy GPU on a degraded PCIe link"},
-        {"rule": "gpu_temperature", "severity": "warning",
-         "what": f"temperature.gpu ≥ {cfg['gpu_temperature_c']} °C for {cfg['gpu_temperature_minutes']} min"},
-        {"rule": "disk_full", "severity": "warning", "what": f"a mount point ≥ {cfg['disk_percent']} % full"},
-        {"rule": "host_identity", "severity": "warning", "what": "a host's name or identity changed"},
-    ]
+def dry_run(conn, now, cfg, rule):
+    """What ``rule`` (a dict as :func:`evaluate_rule` takes) would raise now, sending nothing:
+    ``[{"rule", "severity", "server_id", "server", "subject", "message", "started_at", "targets"}]``
+    ordered by server name and message. ``started_at``: the condition's onset from history.
+    Hosts are offline by the built-in host_offline threshold as overridden (as in the alert thread)."""
+    servers = _servers(conn)
+    cfg = builtin_overrides.apply(cfg, builtin_overrides.all_overrides(conn))
+    return _listed(evaluate_rule(conn, now, cfg, rule, servers=servers).values(), servers, now)
+
+
+def dry_run_builtin(conn, now, cfg, name):
+    """What built-in rule ``name`` (:data:`server_monitor.storage.builtin_overrides.BUILTINS`)
+    would raise now with its override applied (threshold, minutes, severity, targets), sending
+    nothing; a disabled one as if it were enabled. Rows as :func:`dry_run`'s. Runs every
+    built-in rule once (:func:`evaluate`) and keeps that one's alerts."""
+    overrides = builtin_overrides.all_overrides(conn)
+    if name in overrides:
+        overrides[name] = dict(overrides[name], enabled=True)
+    servers = _servers(conn)
+    found = evaluate(conn, now, cfg, overrides=overrides)
+    return _listed([alert for alert in found.values() if alert["rule"] == name], servers, now)
+
+
+def _num(value):
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _builtin_what(name, cfg):
+    """Built-in rule ``name``'s condition in words, with the thresholds of ``cfg``."""
+    return {
+        "host_offline": f"no report for {_num(cfg['host_offline_minutes'])} min (and at least {OFFLINE_INTERVALS} of the"
+                        " host's reporting intervals)",
+        "gpu_failure": "nvidia-smi / NVML fails (driver mismatch, no devices, …)",
+        "collection_stale": "nvidia-smi hangs or times out",
+        "gpu_lost": "a GPU is lost or missing from the report",
+        "gpu_ecc": "uncorrectable ECC errors, row remapping failed or pending, page retirement pending, reset required",
+        "gpu_xid": f"a critical XID ({', '.join(map(str, sorted(CRITICAL_XIDS)))}) in the last {cfg['xid_minutes']} min",
+        "gpu_throttle": "hardware slowdown (thermal, power brake)",
+        "gpu_pcie_degraded": "busy GPU on a degraded PCIe link",
+        "gpu_temperature": f"temperature.gpu ≥ {_num(cfg['gpu_temperature_c'])} °C for {cfg['gpu_temperature_minutes']} min",
+        "disk_full": f"a mount point ≥ {_num(cfg['disk_percent'])} % full",
+        "host_identity": "a host's name or identity changed",
+    }[name]
+
+
+def builtin_rules(cfg, overrides=None):
+    """The built-in rules (config.yaml's ``alerts`` section, as overridden on /admin/rules), in
+    the order of :data:`~server_monitor.storage.builtin_overrides.BUILTINS`: ``[{"rule",
+    "severity", "what", "enabled", "targets", "config_severity", "config_what", "override",
+    "threshold", "minutes"}]``. ``what``/``severity``/``enabled``/``targets``: what the alert
+    thread uses now; ``config_what``/``config_severity``: config.yaml's alone; ``override``: the
+    row of ``overrides`` (:func:`~server_monitor.storage.builtin_overrides.all_overrides`; None:
+    no overrides) or None; ``threshold``/``minutes``: None where the rule has none, else its
+    bounds (``key``, ``label``, ``unit``, ``min``, ``max``) plus ``config`` (config.yaml's
+    value) and ``value`` (the override's, or None)."""
+    overrides = overrides or {}
+    effective = builtin_overrides.apply(cfg, overrides)
+    out = []
+    for name, spec in builtin_overrides.BUILTINS.items():
+        override = overrides.get(name)
+        rule = {"rule": name, "config_severity": spec["severity"], "config_what": _builtin_what(name, cfg),
+                "what": _builtin_what(name, effective), "override": override,
+                "severity": (override and override["severity"]) or spec["severity"],
+                "enabled": override["enabled"] if override else True,
+                "targets": override["targets"] if override else None}
+        for key in ("threshold", "minutes"):
+            rule[key] = spec[key] and dict(spec[key], config=cfg[spec[key]["key"]],
+                                           value=override[key] if override else None)
+        out.append(rule)
+    return out
 
 
 IDENTITY_TEXT = {
@@ -514,7 +575,9 @@ class AlertEngine:
             begin()
         try:
             rules = alert_rules.all_rules(conn, enabled_only=True)
-            firing = evaluate(conn, now, self.cfg, rules)
+            overrides = builtin_overrides.all_overrides(conn)  # the built-in rules' overrides, once a pass
+            firing = evaluate(conn, now, self.cfg, rules, overrides)
+            disabled = {name for name, override in overrides.items() if not override["enabled"]}
             targets = {rule["id"]: rule["targets"] for rule in rules}
             active = {row[1]: row for row in conn.execute(
                 "SELECT id, key, rule, severity, server_id, subject, message, started_at, last_notified_at,"
@@ -548,6 +611,8 @@ class AlertEngine:
                     row = active[key]
                     if alert["message"] != row[6]:  # live text (e.g. how long a host is offline)
                         conn.execute("UPDATE alerts SET message = ? WHERE id = ?", (alert["message"], row[0]))
+                    if alert["severity"] != row[3]:  # its rule's severity was edited
+                        conn.execute("UPDATE alerts SET severity = ? WHERE id = ?", (alert["severity"], row[0]))
                     if since is not None and row[7] >= now - ONSET_RECHECK_S:
                         # Reports stored after the alert (an agent replaying its spool, the demo's
                         # backfill) can show an earlier onset: a young alert moves back to it.
@@ -573,8 +638,9 @@ class AlertEngine:
                         alert["targets"] = list(named)
                     self._targets.pop(key, None)
                     # No "resolved" for what was never announced, nor for the alerts of a rule
-                    # an admin disabled or deleted (the condition did not clear: the rule went).
-                    gone = row[11] is not None and row[11] not in targets
+                    # an admin disabled or deleted, built-in rules included (the condition did
+                    # not clear: the rule went).
+                    gone = (row[11] not in targets) if row[11] is not None else row[2] in disabled
                     if row[9] and not gone and not silenced(alert):
                         self.notifier.send("resolved", alert)
                     result["resolved"].append(key)

@@ -10,7 +10,8 @@ severity). Who created and last edited it, and when (UTC epoch s), are kept with
 
 This module validates and stores rules; ``server_monitor/jobs/alerts.py`` evaluates them. The
 config file's ``alerts.*`` thresholds are not stored here: they stay the built-in rules
-(``jobs.alerts.builtin_rules``), shown read-only beside these.
+(``jobs.alerts.builtin_rules``), whose overrides made on /admin/rules live in
+``builtin_rule_overrides`` (:mod:`server_monitor.storage.builtin_overrides`).
 
 Every function takes an open ``sqlite3`` connection to monitor.db; the writers run in the
 caller's transaction (or autocommit). Bad input raises :class:`RuleError` naming the field.
@@ -143,16 +144,24 @@ def parse(form, server_exists=None):
             raise RuleError("gpu_model", f"{kind} is not a per-GPU rule: leave the GPU model empty")
         if len(gpu_model) > MAX_MODEL or _CONTROL.search(gpu_model):
             raise RuleError("gpu_model", f"give at most {MAX_MODEL} printable characters")
-    names = [t for t in re.split(r"[\s,]+", _text(form, "targets")) if t]
+    enabled = _text(form, "enabled").lower() not in ("", "0", "off", "false", "no")
+    return {"name": name, "kind": kind, "threshold": threshold, "duration_minutes": duration, "severity": severity,
+            "scope": scope, "scope_group": scope_group, "scope_server_id": scope_server_id, "gpu_model": gpu_model,
+            "enabled": enabled, "targets": parse_targets(_text(form, "targets"))}
+
+
+def parse_targets(text):
+    """Notification target names from ``text`` (separated by commas or spaces), first spelling of
+    each kept in order, or None when there are none. Raises :class:`RuleError` (``targets``) for a
+    name outside :data:`TARGET_RE` or more than :data:`MAX_TARGETS` names. Whether a target of that
+    name exists is the caller's check (the Notifier's targets live outside monitor.db)."""
+    names = [t for t in re.split(r"[\s,]+", text or "") if t]
     for target in names:
         if not TARGET_RE.fullmatch(target):
             raise RuleError("targets", f"{target[:40]!r} is not a target name (letters, digits, '.', '_', '-')")
     if len(names) > MAX_TARGETS:
         raise RuleError("targets", f"at most {MAX_TARGETS} targets")
-    enabled = _text(form, "enabled").lower() not in ("", "0", "off", "false", "no")
-    return {"name": name, "kind": kind, "threshold": threshold, "duration_minutes": duration, "severity": severity,
-            "scope": scope, "scope_group": scope_group, "scope_server_id": scope_server_id, "gpu_model": gpu_model,
-            "enabled": enabled, "targets": sorted(set(names), key=names.index) or None}
+    return sorted(set(names), key=names.index) or None
 
 
 def _row(row):
@@ -227,16 +236,29 @@ def rules_naming_target(conn, target):
 def rename_target(conn, old, new, user, now=None):
     """Point every rule that names the notification target ``old`` (any case) at ``new`` instead,
     as edited by ``user`` (a target renamed on /admin keeps its rules). Returns how many rules changed."""
+    return rename_target_in(conn, "alert_rules", "id", old, new, user, now)
+
+
+def rename_target_in(conn, table, key, old, new, user, now=None):
+    """Rename target ``old`` (any case) ``new`` in the JSON ``targets`` of every row of ``table``
+    (``alert_rules`` or ``builtin_rule_overrides``, rows keyed by column ``key``: constants, never
+    user text), setting ``updated_by``/``updated_at``. Returns how many rows changed."""
     now = int(time.time() if now is None else now)
     changed = 0
-    for rule_id, targets in conn.execute("SELECT id, targets FROM alert_rules WHERE targets IS NOT NULL").fetchall():
-        names = json.loads(targets)
-        renamed = [new if t.lower() == old.lower() else t for t in names]
-        if renamed != names:
-            conn.execute("UPDATE alert_rules SET targets = ?, updated_by = ?, updated_at = ? WHERE id = ?",
-                         (json.dumps(sorted(set(renamed), key=renamed.index)), user, now, rule_id))
+    for row_key, targets in conn.execute(f"SELECT {key}, targets FROM {table} WHERE targets IS NOT NULL").fetchall():
+        renamed = retarget(json.loads(targets), old, new)
+        if renamed is not None:
+            conn.execute(f"UPDATE {table} SET targets = ?, updated_by = ?, updated_at = ? WHERE {key} = ?",
+                         (json.dumps(renamed), user, now, row_key))
             changed += 1
     return changed
+
+
+def retarget(names, old, new):
+    """``names`` (target names) with ``old`` (any case) renamed ``new``, duplicates dropped, or
+    None when ``old`` is not among them."""
+    renamed = [new if t.lower() == old.lower() else t for t in names]
+    return sorted(set(renamed), key=renamed.index) if renamed != names else None
 
 
 def get(conn, rule_id):
@@ -279,5 +301,6 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "create", "update", "set_enabled", "delete", "get",
-           "all_rules", "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "rename_target_in",
+           "create", "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers",
+           "MAX_DURATION_MINUTES"]

@@ -825,11 +825,30 @@ def migration_29(conn):
     conn.execute("CREATE INDEX servers_name_key ON servers (name_key, id)")
 
 
+MIGRATION_30 = """
+-- Overrides of the built-in alert rules (the alerts.* thresholds of config.yaml), made on
+-- /admin/rules (server_monitor/storage/builtin_overrides.py). One row per overridden built-in
+-- rule, named as server_monitor/jobs/alerts.py fires it; no row: config.yaml's values. A null
+-- column follows config.yaml (threshold, minutes) or the rule's own severity / routing by
+-- severity (severity, targets); enabled = 0 stops the rule. Reset to config deletes the row.
+CREATE TABLE builtin_rule_overrides (
+    rule TEXT PRIMARY KEY,
+    enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+    threshold REAL,
+    minutes INTEGER,
+    severity TEXT CHECK (severity IS NULL OR severity IN ('info', 'warning', 'critical')),
+    targets TEXT,
+    updated_by TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
 MIGRATIONS = [MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6, MIGRATION_7, MIGRATION_8,
               migration_9, MIGRATION_10, MIGRATION_11, MIGRATION_12, MIGRATION_13, MIGRATION_14, MIGRATION_15,
               MIGRATION_16, MIGRATION_17, MIGRATION_18, MIGRATION_19, MIGRATION_20,
               MIGRATION_21, MIGRATION_22, migration_23, MIGRATION_24,
-              MIGRATION_25, MIGRATION_26, MIGRATION_27, MIGRATION_28, migration_29]
+              MIGRATION_25, MIGRATION_26, MIGRATION_27, MIGRATION_28, migration_29, MIGRATION_30]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,245 @@
+"""The built-in alert rules of config.yaml edited on /admin/rules (issue 26 item 2): an override
+in monitor.db (``builtin_rule_overrides``) changes threshold, minutes, severity, targets or
+enabled; config.yaml stays the default and "Reset to config" brings it back.
+
+The first test drives the real hub process over HTTP (its own alert thread); the others drive
+/admin/rules through Datasette with a logged-in admin or viewer and run the hub's AlertEngine on
+the same monitor.db.
+"""
+
+import json
+import re
+import time
+
+import pytest
+import yaml
+from http_client import Browserless
+from reports import sample_report
+from test_alert_rules import Recorder, csrf, host, logged_in_viewer, put, server_id
+
+from server_monitor.jobs import alerts
+from server_monitor.storage import schema
+
+
+def gpu_report(name, t, temperature):
+    report = sample_report(name, gpus=1, processes=0, sample_time=t)
+    report["sent_at"] = t
+    report["gpus"][0]["temperature.gpu"] = temperature
+    return report
+
+
+def overrides(db_path):
+    conn = schema.connect(db_path)
+    try:
+        return conn.execute("SELECT rule, enabled, threshold, minutes, severity, targets, updated_by"
+                            " FROM builtin_rule_overrides ORDER BY rule").fetchall()
+    finally:
+        conn.close()
+
+
+# ---- the real hub over HTTP --------------------------------------------------------------------
+
+@pytest.fixture
+def hot_hub(hub_config, request):
+    """The real hub with gpu_temperature_c 90 in config.yaml, evaluating alerts every second."""
+    data = yaml.safe_load(open(hub_config.path))
+    data["alerts"] = {"interval_s": 1, "gpu_temperature_c": 90, "gpu_temperature_minutes": 1}
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    return request.getfixturevalue("hub_process")
+
+
+@pytest.mark.slow
+def test_builtin_override_changes_what_fires(hot_hub, hub_config):
+    from browser import push
+
+    admin = Browserless(hot_hub.base_url)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
+
+    def active():
+        rows = json.loads(admin.request("GET", "/monitor/alerts_active.json?_shape=array").data)
+        return {(r["server"], r["rule"]): r for r in rows if r["rule"] == "gpu_temperature"}
+
+    def wait_for(check, timeout=30):
+        deadline = time.time() + timeout
+        while not check():
+            assert time.time() < deadline, active()
+            time.sleep(0.3)
+
+    def report_both():
+        now = time.time()
+        push(hot_hub, hub_config, gpu_report("warm.lab", now, 89))
+        push(hot_hub, hub_config, gpu_report("hot.lab", now, 95))  # fires at config's 90: a pass ran
+
+    report_both()
+    time.sleep(1.1)
+    report_both()  # two samples in the 1-minute window, as the built-in rule asks
+    wait_for(lambda: ("hot.lab", "gpu_temperature") in active())
+    assert ("warm.lab", "gpu_temperature") not in active()  # 89 °C < config's 90 °C
+    page = admin.request("GET", "/admin/rules?edit_builtin=gpu_temperature").data.decode()
+    assert 'id="builtin-form"' in page and 'placeholder="config: 90"' in page
+    token = re.search(r'name="csrftoken" value="([^"]+)"', page).group(1)
+    saved = admin.request("POST", "/admin/rules/builtin/gpu_temperature", encode_multipart=False,
+                          fields={"csrftoken": token, "action": "update", "threshold": "88", "minutes": "",
+                                  "severity": "critical", "targets": ""})
+    assert saved.status == 302, saved.data[:500]
+    report_both()
+    wait_for(lambda: ("warm.lab", "gpu_temperature") in active())
+    fired = active()[("warm.lab", "gpu_temperature")]
+    assert fired["severity"] == "critical" and "89 °C" in fired["message"]
+    shown = admin.request("GET", "/admin/rules").data.decode()
+    row = re.search(r'<tr id="builtin-gpu_temperature".*?</tr>', shown, re.S).group(0)
+    # The page shows the rule as it fires now, config.yaml's value beside it and who changed it.
+    assert "temperature.gpu ≥ 88 °C for 1 min" in row and "temperature.gpu ≥ 90 °C for 1 min" in row
+    assert f"by {hub_config.get('auth.username')}" in row and "Reset to config" in row
+
+
+# ---- /admin/rules in Datasette and the engine on the same monitor.db -----------------------------
+
+def engine_for(hub_config):
+    """The hub's AlertEngine on its monitor.db with its config.yaml (the page's defaults: 85 °C for
+    5 min, disks 90 %), recording what it sends."""
+    recorder = Recorder()
+    return alerts.AlertEngine(hub_config.db_path, alerts.settings(hub_config), notifier=recorder), recorder
+
+
+def test_builtin_override_reset_to_config(admin, hub_config):
+    engine, recorder = engine_for(hub_config)
+    conn = schema.connect(admin.db)
+    now = int(time.time())
+    for minute in range(7):
+        put(conn, host("warm-1", now - 360 + 60 * minute, temperature=84), now - 360 + 60 * minute)
+    key = f"gpu_temperature:{server_id(conn, 'warm-1')}:gpu1"
+    assert engine.run_once(now)["fired"] == []  # 84 °C under config's 85 °C
+    token = csrf(admin)
+    form = {"csrftoken": token, "action": "update", "threshold": "83", "minutes": "3", "severity": "", "targets": ""}
+    assert admin.post("/admin/rules/builtin/gpu_temperature", data=form).status_code == 302
+    assert overrides(admin.db) == [("gpu_temperature", 1, 83.0, 3, None, None, hub_config.get("auth.username"))]
+    # The dry run ("Test") of the built-in rule applies the override.
+    tested = admin.post("/admin/rules/builtin/gpu_temperature", data={"csrftoken": token, "action": "test"})
+    assert tested.status_code == 200 and "1</strong> alert would fire" in tested.text and "warm-1" in tested.text
+    assert engine.run_once(now)["fired"] == [key]
+    assert "for 3 min" in conn.execute("SELECT message FROM alerts WHERE key = ?", (key,)).fetchone()[0]
+    reset = admin.post("/admin/rules/builtin/gpu_temperature", data={"csrftoken": token, "action": "reset"})
+    assert reset.status_code == 302 and overrides(admin.db) == []
+    assert engine.run_once(now + 1)["resolved"] == [key]  # config's 85 °C again: the condition cleared
+    assert recorder.sent[-1][0] == "resolved"
+    page = admin.get("/admin/rules").text
+    row = re.search(r'<tr id="builtin-gpu_temperature".*?</tr>', page, re.S).group(0)
+    assert "temperature.gpu ≥ 85 °C for 5 min" in row and "none (config.yaml)" in row and "Reset to config" not in row
+    nothing = admin.post("/admin/rules/builtin/gpu_temperature", data={"csrftoken": token, "action": "test"})
+    assert "Nothing would fire now." in nothing.text
+    # Saving a form that overrides nothing leaves no override either.
+    empty = dict(form, threshold="", minutes="")
+    assert admin.post("/admin/rules/builtin/gpu_temperature", data=empty).status_code == 302
+    assert overrides(admin.db) == []
+    conn.close()
+
+
+def test_builtin_override_disabled_builtin_never_fires_and_resolves_open(admin, datasette, hub_config):
+    from server_monitor.serving import hub
+
+    hub.context(datasette).notify_store.add_target("oncall", "json://127.0.0.1:9/hook", [])
+    engine, recorder = engine_for(hub_config)
+    conn = schema.connect(admin.db)
+    now = int(time.time())
+    report = host("full-1", now)
+    report["disks"][0]["used_bytes"] = report["disks"][0]["total_bytes"] * 95 // 100  # "/" 95 % full
+    put(conn, report, now)
+    key = f"disk_full:{server_id(conn, 'full-1')}:/"
+    token = csrf(admin)
+    # Targets and severity of a built-in rule travel with its alerts.
+    assert admin.post("/admin/rules/builtin/disk_full", data={"csrftoken": token, "action": "update",
+                                                              "threshold": "", "severity": "critical",
+                                                              "targets": "oncall"}).status_code == 302
+    assert engine.run_once(now)["fired"] == [key]
+    assert recorder.sent[-1][1]["severity"] == "critical" and recorder.sent[-1][1]["targets"] == ["oncall"]
+    assert admin.post("/admin/rules/builtin/disk_full", data={"csrftoken": token, "action": "disable"}).status_code == 302
+    assert overrides(admin.db)[0][:2] == ("disk_full", 0)
+    sent = len(recorder.sent)
+    # Its open alert ends as a disabled or deleted rule's does: resolved, without a "resolved"
+    # notice (the rule went, the disk did not get emptier); and it never fires while disabled.
+    assert engine.run_once(now + 60)["resolved"] == [key]
+    assert conn.execute("SELECT resolved_at FROM alerts WHERE key = ?", (key,)).fetchone() == (now + 60,)
+    for t in (now + 120, now + 240):  # (before the host counts as offline)
+        assert engine.run_once(t) == {"fired": [], "repeated": [], "resolved": []}
+    assert recorder.sent[sent:] == []
+    page = admin.get("/admin/rules").text
+    row = re.search(r'<tr id="builtin-disk_full".*?</tr>', page, re.S).group(0)
+    assert "disabled" in row and 'value="enable"' in row
+    # The dry run still shows what it would raise; enabling it again fires again.
+    tested = admin.post("/admin/rules/builtin/disk_full", data={"csrftoken": token, "action": "test"})
+    assert "1</strong> alert would fire" in tested.text and "disabled" in tested.text
+    assert admin.post("/admin/rules/builtin/disk_full", data={"csrftoken": token, "action": "enable"}).status_code == 302
+    assert engine.run_once(now + 250)["fired"] == [key]
+    conn.close()
+
+
+@pytest.mark.parametrize("path, form, field", [
+    ("gpu_temperature", {"threshold": "9" * 30}, "threshold"),
+    ("gpu_temperature", {"threshold": "nan"}, "threshold"),
+    ("gpu_temperature", {"threshold": "inf"}, "threshold"),
+    ("gpu_temperature", {"threshold": "-Infinity"}, "threshold"),
+    ("gpu_temperature", {"threshold": "\u0668\u0668"}, "threshold"),  # Arabic-Indic "88": float() takes it
+    ("gpu_temperature", {"threshold": "hot"}, "threshold"),
+    ("gpu_temperature", {"threshold": "151"}, "threshold"),
+    ("gpu_temperature", {"minutes": "-5"}, "minutes"),
+    ("gpu_temperature", {"minutes": "9" * 30}, "minutes"),
+    ("gpu_temperature", {"minutes": "\u00b2"}, "minutes"),
+    ("gpu_temperature", {"minutes": "0"}, "minutes"),
+    ("gpu_ecc", {"threshold": "3"}, "threshold"),
+    ("disk_full", {"minutes": "5"}, "minutes"),
+    ("host_offline", {"threshold": "1e9"}, "threshold"),
+    ("disk_full", {"severity": "page-me"}, "severity"),
+    ("disk_full", {"targets": "ok, <script>"}, "targets"),
+    ("disk_full", {"targets": "team-z"}, "targets"),
+    ("cpu_magic", {}, "rule"),
+    ("%C3%A9t%C3%A9", {}, "rule"),
+])
+def test_builtin_override_bad_input_is_400(admin, path, form, field):
+    token = csrf(admin)
+    answer = admin.post(f"/admin/rules/builtin/{path}", data=dict({"csrftoken": token, "action": "update"}, **form))
+    assert answer.status_code == 400, answer.text[:300]
+    assert re.search(rf'id="rule-error">{field}: ', answer.text), answer.text[:2000]
+    assert overrides(admin.db) == []
+
+
+def test_builtin_override_bad_action_and_edit_name_are_400(admin):
+    token = csrf(admin)
+    assert admin.post("/admin/rules/builtin/disk_full", data={"csrftoken": token, "action": "explode"}).status_code == 400
+    assert admin.get("/admin/rules?edit_builtin=cpu_magic").status_code == 400
+    assert admin.get("/admin/rules?edit_builtin=%C3%A9").status_code == 400
+    assert admin.get("/admin/rules/builtin/disk_full").status_code == 405
+    # Without the CSRF token nothing is written.
+    assert admin.post("/admin/rules/builtin/disk_full", data={"csrftoken": "", "action": "disable"}).status_code == 403
+    assert overrides(admin.db) == []
+
+
+def test_builtin_override_viewer_403(datasette, admin):
+    viewer, token = logged_in_viewer(datasette)
+    assert viewer.get("/admin/rules?edit_builtin=gpu_temperature").status_code == 403
+    for action in ("update", "disable", "reset", "test"):
+        refused = viewer.post("/admin/rules/builtin/gpu_temperature",
+                              data={"csrftoken": token, "action": action, "threshold": "50"})
+        assert refused.status_code == 403, action
+    assert overrides(admin.db) == []
+
+
+def test_builtin_override_target_renamed_follows_and_a_target_in_use_is_not_deleted(admin, datasette):
+    """A notification target a built-in rule's override names follows its rename on /admin, and is
+    not deleted while named (its alerts would go nowhere), as for rules made on /admin/rules."""
+    from server_monitor.serving import hub
+
+    hub.context(datasette).notify_store.add_target("team-a", "json://127.0.0.1:9/hook", ["critical"])
+    token = csrf(admin)
+    assert admin.post("/admin/rules/builtin/gpu_xid", data={"csrftoken": token, "action": "update",
+                                                            "targets": "TEAM-A"}).status_code == 302
+    renamed = admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "update", "name": "team-a",
+                                                         "new_name": "team-alpha", "url": ""})
+    assert renamed.status_code == 302
+    assert json.loads(overrides(admin.db)[0][5]) == ["team-alpha"]
+    refused = admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete", "name": "team-alpha"})
+    assert refused.status_code == 400 and "built-in gpu_xid" in refused.text
+    assert admin.post("/admin/rules/builtin/gpu_xid", data={"csrftoken": token, "action": "reset"}).status_code == 302
+    assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete",
+                                                     "name": "team-alpha"}).status_code == 302
