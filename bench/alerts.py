@@ -6,7 +6,8 @@ Grows a lab-like fleet (``bench/fleet_fixture.py``: 8 H100-class GPUs a host, a 
 some held idle, one host offline, one hot GPU, four clusters as host groups) through the hub's
 own write path, ``--reports`` reports a host one minute apart (the history the rules' durations
 read), then times what the alert thread runs every ``alerts.interval_s``: ``evaluate()`` (the
-built-in rules of config.yaml), then ``evaluate()`` with :data:`RULES` (every kind, group,
+built-in rules of config.yaml), the same with :data:`OVERRIDES` stored (where the revision has
+editable built-in rules), then ``evaluate()`` with :data:`RULES` (every kind, group,
 server and model scopes, durations of 5 and 10 minutes), each the median of ``--passes`` passes,
 and one whole ``AlertEngine.run_once`` pass in steady state (alerts already stored). With an
 older revision (no ``alert_rules``) only the built-in pass is timed. Prints one JSON line.
@@ -27,6 +28,15 @@ try:
     from server_monitor.storage import alert_rules
 except ImportError:  # a revision before alert rules (issue 26 item 2): built-in rules only
     alert_rules = None
+try:
+    from server_monitor.storage import builtin_overrides
+except ImportError:  # a revision before editable built-in rules: no overrides pass
+    builtin_overrides = None
+
+# The overrides of the "built-in rules overridden" pass: thresholds that fire more, one rule off.
+OVERRIDES = {"gpu_temperature": {"threshold": "80", "minutes": "3", "severity": "critical"},
+             "disk_full": {"threshold": "50"}}
+DISABLED = ("gpu_throttle",)
 
 # The rules of the "with rules" pass: one or more of every kind, scoped every way.
 RULES = [
@@ -74,6 +84,7 @@ def main():
                                racks=False)
     grow_s = time.perf_counter() - t0
     cfg = alerts.settings(Config())
+    schema.migrate(path)  # a database kept from an older revision is brought up to this one's schema
     conn = schema.connect(path)
     # The clock of the fleet's newest report (plus 5 s), so a reused database is timed in the
     # same state (the same hosts offline, the same windows) whenever and by whichever code.
@@ -82,6 +93,19 @@ def main():
            "gpu_samples": conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0], "grow_s": round(grow_s, 1)}
     out["builtin_ms"], firing = median_ms(lambda: alerts.evaluate(conn, now, cfg), args.passes)
     out["builtin_alerts"] = len(firing)
+    if builtin_overrides is not None:
+        # The same pass with overrides stored: evaluate() reads them (one read of a table of at
+        # most 11 rows) and applies them; then they are reset so the next passes match.
+        with conn:
+            for name, form in OVERRIDES.items():
+                builtin_overrides.save(conn, name, builtin_overrides.parse(name, form), "bench", now)
+            for name in DISABLED:
+                builtin_overrides.set_enabled(conn, name, False, "bench", now)
+        out["builtin_overridden_ms"], firing = median_ms(lambda: alerts.evaluate(conn, now, cfg), args.passes)
+        out["builtin_overridden_alerts"] = len(firing)
+        with conn:
+            for name in list(OVERRIDES) + list(DISABLED):
+                builtin_overrides.reset(conn, name)
     if alert_rules is not None:
         with conn:
             conn.execute("DELETE FROM alert_rules")
