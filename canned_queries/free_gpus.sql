@@ -16,8 +16,7 @@ with params as (
 -- page host's GPUs for gpu_set()), never a copy of every free GPU searched through an automatic index.
 free as not materialized (
   select
-    g.id as gpu_id, g.server_id, coalesce(s.display_name, s.hostname) as server, s.name_key, g.vendor, g.gpu_index,
-    g.uuid, g.name, g.numa_node,
+    g.id as gpu_id, g.server_id, g.vendor, g.gpu_index, g.uuid, g.name, g.numa_node,
     coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib
   from gpus g
   join server_state s on s.id = g.server_id
@@ -30,7 +29,7 @@ free as not materialized (
         <= p.max_util
     and not coalesce(g.mig_mode, 0)
     and coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) >= p.min_free
-    and instr(lower(g.name), lower(p.model)) > 0
+    and (p.model = '' and g.name is not null or instr(lower(g.name), lower(p.model)) > 0)  -- no lower() per GPU without :model
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
     and (coalesce(:group, '') = '' or g.server_id in (select server_id from server_groups where grp = :group))
 ),
@@ -38,7 +37,7 @@ free as not materialized (
 -- and the free GPUs' nvidia-smi indexes as a bit set (bit i = GPU i, for indexes 0..62; wide is
 -- set when an index lies outside, and the NVLink count below then falls back to joining GPU pairs).
 node_free as materialized (
-  select f.server_id, min(f.server) as server, min(f.name_key) as name_key, f.vendor, f.numa_node,
+  select f.server_id, f.vendor, f.numa_node,
     count(*) as k, min(f.free_mib) as least_free_mib,
     sum(distinct case when f.gpu_index between 0 and 62 then 1 << f.gpu_index end) as mask,
     min(f.gpu_index) as lo, max(f.gpu_index) as hi,
@@ -47,36 +46,41 @@ node_free as materialized (
   group by f.server_id, f.vendor, f.numa_node
 ),
 -- How well a NUMA node holds :count GPUs (only for :count > 1, NVIDIA, known NUMA node, k >= :count):
--- 2 = every pair of its free GPUs joined by NVLink (nvidia-smi topo -m in gpu_links, NV<n>;
--- NVSwitch), or for :count 2 one NVLink pair; else 1. nvlinked counts the NVLink pairs (a < b) among
--- the node's free GPUs: the links between lo and hi whose both ends are in the bit set.
+-- 2 = every pair of its free GPUs joined by NVLink (nvidia-smi topo -m in gpu_links, NV<n>; NVSwitch),
+-- or for :count 2 one NVLink pair among them; else 1. The pairs are the node's links (primary key
+-- range lo..hi) whose both ends are in the bit set, each pair once (gpu_a < gpu_b).
 node_fit as (
   select n.*,
-    case when p.want > 1 and n.vendor = 'nvidia' and n.numa_node is not null and n.k >= p.want then
+    case when p.want > 1 and n.vendor = 'nvidia' and n.numa_node is not null and n.k >= p.want then 1 +
       case when n.wide then
-        (select count(*) from free a
-           join free b on b.server_id = a.server_id and b.vendor = a.vendor and b.numa_node = a.numa_node
-             and b.gpu_index > a.gpu_index
-           join gpu_links l on l.server_id = a.server_id and l.gpu_a = a.gpu_index and l.gpu_b = b.gpu_index
-          where a.server_id = n.server_id and a.vendor = n.vendor and a.numa_node = n.numa_node
-            and l.link like 'NV%')
+        (select case when p.want = 2 then count(*) > 0 else count(*) = n.k * (n.k - 1) / 2 end
+         from free a
+         join free b on b.server_id = a.server_id and b.vendor = a.vendor and b.numa_node = a.numa_node
+           and b.gpu_index > a.gpu_index
+         join gpu_links l on l.server_id = a.server_id and l.gpu_a = a.gpu_index and l.gpu_b = b.gpu_index
+         where a.server_id = n.server_id and a.vendor = n.vendor and a.numa_node = n.numa_node
+           and l.link like 'NV%')
+      when p.want = 2 then
+        exists (select 1 from gpu_links l
+                where l.server_id = n.server_id and l.gpu_a between n.lo and n.hi and l.gpu_b > l.gpu_a
+                  and l.gpu_b <= n.hi and (n.mask >> l.gpu_a) & 1 and (n.mask >> l.gpu_b) & 1
+                  and l.link like 'NV%')
       else
         (select count(*) from gpu_links l
-          where l.server_id = n.server_id and l.gpu_a between n.lo and n.hi and l.gpu_b > l.gpu_a
-            and l.gpu_b <= n.hi and (n.mask >> l.gpu_a) & 1 and (n.mask >> l.gpu_b) & 1 and l.link like 'NV%')
+         where l.server_id = n.server_id and l.gpu_a between n.lo and n.hi and l.gpu_b > l.gpu_a
+           and l.gpu_b <= n.hi and (n.mask >> l.gpu_a) & 1 and (n.mask >> l.gpu_b) & 1
+           and l.link like 'NV%') = n.k * (n.k - 1) / 2
       end
-    end as nvlinked
+    end as fit
   from node_free n join params p
 ),
--- Per host and vendor: its free GPUs, and how well it holds :count GPUs (fit): 2 = on one NUMA
--- node joined by NVLink (any host for :count 1: one GPU always fits), 1 = on one NUMA node, 0 = spread
--- over NUMA nodes or topology unknown. gpu_set() then picks the GPUs of the page's hosts.
+-- Per host and vendor: its free GPUs, and how well it holds :count GPUs (fit): its best NUMA node's
+-- (any host for :count 1: one GPU always fits), 0 = spread over NUMA nodes or topology unknown.
+-- gpu_set() then picks the GPUs of the page's hosts.
 ranked as (
-  select n.server_id, min(n.server) as server, min(n.name_key) as name_key, n.vendor, sum(n.k) as free_gpus,
+  select n.server_id, n.vendor, sum(n.k) as free_gpus,
     min(n.least_free_mib) as least_free_mib, sum(n.k) - p.want as spare,
-    case when p.want = 1 then 2 else coalesce(max(
-      case when n.nvlinked is null then null
-        when n.nvlinked = n.k * (n.k - 1) / 2 or (p.want = 2 and n.nvlinked > 0) then 2 else 1 end), 0) end as fit
+    case when p.want = 1 then 2 else coalesce(max(n.fit), 0) end as fit
   from node_fit n join params p
   group by n.server_id, n.vendor
   having sum(n.k) >= p.want
@@ -122,9 +126,10 @@ mig_free as (
 -- Every offer (whole GPUs and MIG instances) in order; one page of them. The name's order is
 -- servers.name_key (natural_key() of the shown name, stored with the name: migration 29).
 offers as (
-  select r.server_id, r.server, r.name_key, r.vendor, r.free_gpus, r.least_free_mib,
-    null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
+  select r.server_id, coalesce(s.display_name, s.hostname) as server, s.name_key, r.vendor, r.free_gpus,
+    r.least_free_mib, null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
   from ranked r
+  join servers s on s.id = r.server_id
   union all
   select m.server_id, m.server, m.name_key, 'nvidia', 1, m.free_mib, m.uuid, m.profile,
     m.name || ' MIG ' || coalesce(m.profile, '?'), 2, 0
