@@ -35,7 +35,7 @@ free as not materialized (
 ),
 -- One pass over the free GPUs: per host, vendor and NUMA node, how many (k), the least free memory
 -- and the free GPUs' nvidia-smi indexes as a bit set (bit i = GPU i, for indexes 0..62; wide is
--- set when an index lies outside, and the NVLink count below then falls back to joining GPU pairs).
+-- set when an index lies outside, and the NVLink count below then reads the node's indexes as a list).
 node_free as materialized (
   select f.server_id, f.vendor, f.numa_node,
     count(*) as k, min(f.free_mib) as least_free_mib,
@@ -54,11 +54,10 @@ node_fit as (
     case when p.want > 1 and n.vendor = 'nvidia' and n.numa_node is not null and n.k >= p.want then 1 +
       case when n.wide then
         (select case when p.want = 2 then count(*) > 0 else count(*) = n.k * (n.k - 1) / 2 end
-         from free a
-         join free b on b.server_id = a.server_id and b.vendor = a.vendor and b.numa_node = a.numa_node
-           and b.gpu_index > a.gpu_index
-         join gpu_links l on l.server_id = a.server_id and l.gpu_a = a.gpu_index and l.gpu_b = b.gpu_index
-         where a.server_id = n.server_id and a.vendor = n.vendor and a.numa_node = n.numa_node
+         from (select ',' || group_concat(f.gpu_index) || ',' as list from free f
+               where f.server_id = n.server_id and f.vendor = n.vendor and f.numa_node = n.numa_node) w
+         join gpu_links l on l.server_id = n.server_id
+         where l.gpu_b > l.gpu_a and instr(w.list, ',' || l.gpu_a || ',') and instr(w.list, ',' || l.gpu_b || ',')
            and l.link like 'NV%')
       when p.want = 2 then
         exists (select 1 from gpu_links l
