@@ -91,6 +91,13 @@ def test_B1_one_bad_override_row_never_stops_every_alert(hub_config, real_hub, t
          ("disk_full", 1, -5, None, None, '{"a": 1}'),            # below its bounds, targets an object
          ("gpu_temperature", 1, 1e300, 10 ** 15, None, '["ok", 7]'),
          ("no_such_rule", 0, 1, 1, None, None)])
+    # A rule of alert_rules whose targets a hand edit broke the same way.
+    from server_monitor.storage import alert_rules
+    with conn:
+        rule_id = alert_rules.create(conn, alert_rules.parse({"name": "hot", "kind": "gpu_temperature", "scope": "all",
+                                                              "severity": "warning",
+                                                              "enabled": "on"}), "sql")
+    conn.execute("UPDATE alert_rules SET targets = '[' WHERE id = ?", (rule_id,))
     conn.commit()
     base = real_hub()
     report(base, hub_config, "gone-host", "a" * 32)
@@ -133,6 +140,7 @@ def test_B2_a_stored_time_zone_this_hub_cannot_load_never_stops_nudges_or_pages(
     assert set(result["nudged"]) == {"alice", "bob"}, result
     assert {"bob", "carol", "dave"} <= set(result["digests"]), result  # on hub time
     assert {"alice@example.org", "bob@example.org"} <= set(_mails(admin.sink))
+    assert store.zones() == {"alice": "Europe/Zurich"}  # the dashboard's map: listed zones only
     # /admin lists the contacts with quiet hours set (the note reads each contact's zone).
     from server_monitor.serving import hub
     hour = time.localtime().tm_hour
@@ -154,12 +162,13 @@ def test_B3_a_blob_or_non_utf8_server_name_never_stops_the_hub_starting(hub_conf
     conn = sqlite3.connect(hub_config.db_path)
     conn.execute("UPDATE servers SET display_name = CAST('dgx-a50' AS BLOB) WHERE hostname = 'dgx-a9'")
     conn.execute("UPDATE servers SET display_name = X'6467782dff' WHERE hostname = 'dgx-a10'")  # 'dgx-' + 0xff
+    conn.execute("UPDATE servers SET hostname = CAST(X'6467782dff' AS TEXT) WHERE hostname = 'dgx-a100'")
     conn.execute("UPDATE servers SET name_key = NULL")
     conn.commit()
     real_hub.stop()
     base = real_hub()  # its start runs refresh_name_keys
-    keys = dict(conn.execute("SELECT hostname, name_key FROM servers").fetchall())
-    assert keys == {"dgx-a9": "dgx-a1250", "dgx-a10": "dgx-\ufffd", "dgx-a100": "dgx-a13100"}, keys
+    keys = dict(conn.execute("SELECT id, name_key FROM servers").fetchall())
+    assert keys == {1: "dgx-a1250", 2: "dgx-\ufffd", 3: "dgx-\ufffd"}, keys
     admin = admin_client(base, hub_config)
     rows = json.loads(admin.request("GET", "/monitor/admin_servers.json?_shape=array").data)
-    assert [r["hostname"] for r in rows] == ["dgx-a9", "dgx-a100", "dgx-a10"], rows
+    assert [r["server_id"] for r in rows] == [1, 2, 3], rows

@@ -37,7 +37,14 @@ def _number(match):
 def sort_key(text):
     """The natural sort key of ``text`` (str or None; None sorts as ""), a str whose plain
     code point order is the natural order. ``sort_key("DGX-A10") == "dgx-a1210"``,
-    ``sort_key("dgx-a9") == "dgx-a119"``. Raises nothing."""
+    ``sort_key("dgx-a9") == "dgx-a119"``. Bytes (a name a hand edit stored as a BLOB) are read
+    as UTF-8, bad bytes as U+FFFD; any other value as its ``str()``. Raises nothing: it runs
+    inside SQL at every start (``refresh_name_keys``), where one exception stopped the hub
+    starting (round 4 attack run B3)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8", "replace")
+    elif text is not None and not isinstance(text, str):
+        text = str(text)
     return _DIGITS.sub(_number, (text or "").lower())
 
 
