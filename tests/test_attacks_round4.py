@@ -12,10 +12,10 @@ import time
 
 import pytest
 import urllib3
-import yaml
 from conftest import start_hub
 from http_client import Browserless
 from reports import sample_report
+from test_attacks_tokens_sso import set_config
 from test_notify import _nudger, notify_hub  # noqa: F401  (fixture)
 from test_notify_tz import _idle, _mails
 
@@ -23,18 +23,10 @@ from server_monitor.auth.contacts import NotifyStore
 from server_monitor.jobs import nudge
 
 
-def set_config(hub_config, **sections):
-    """Merge ``sections`` (``alerts={...}``) into the hub's config.yaml."""
-    data = yaml.safe_load(open(hub_config.path))
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    with open(hub_config.path, "w") as fp:
-        yaml.safe_dump(data, fp)
-
-
 @pytest.fixture
 def real_hub(hub_config, tmp_path):
-    """Start the real hub after the test has set its config: ``start()`` returns its base URL."""
+    """Start the real hub after the test has set its config: ``start()`` returns its base URL,
+    ``start.stop()`` stops the hubs started so far (to start one again on the same files)."""
     procs = []
 
     def start():

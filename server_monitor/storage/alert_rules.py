@@ -320,5 +320,5 @@ def scope_servers(conn, rule):
 
 
 __all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "stored_targets",
-           "retarget", "rename_target_in", "create", "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers",
-           "MAX_DURATION_MINUTES"]
+           "retarget", "rename_target_in", "create", "update", "set_enabled", "delete", "get", "all_rules",
+           "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
