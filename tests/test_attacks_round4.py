@@ -9,10 +9,12 @@ import os
 import signal
 import sqlite3
 import time
+import urllib.parse
 
 import pytest
 import urllib3
-from conftest import start_hub
+from browser import launch
+from conftest import ROOT, start_hub
 from http_client import Browserless
 from reports import sample_report
 from test_attacks_tokens_sso import set_config
@@ -21,6 +23,13 @@ from test_notify_tz import _idle, _mails
 
 from server_monitor.auth.contacts import NotifyStore
 from server_monitor.jobs import nudge
+
+
+@pytest.fixture
+def browser():
+    """A Chromium per test here: B2 uses Datasette's test client (``asyncio.run``), which a
+    file-wide Playwright (its event loop running) would refuse."""
+    yield from launch()
 
 
 @pytest.fixture
@@ -164,3 +173,46 @@ def test_B3_a_blob_or_non_utf8_server_name_never_stops_the_hub_starting(hub_conf
     admin = admin_client(base, hub_config)
     rows = json.loads(admin.request("GET", "/monitor/admin_servers.json?_shape=array").data)
     assert [r["server_id"] for r in rows] == [1, 2, 3], rows
+
+
+def test_B4_natural_key_in_an_analysts_sql_stays_within_the_time_limit(hub_config, real_hub):
+    """``natural_key()`` is Python inside SQL, where the analysts' 2 s time limit cannot stop it
+    (as ``gpu_set()`` in the 227e0d8 review's N1): on a 16 MB string (the analysts' length
+    limit) one call ran 3 s and three calls 11 s. Now only the first ``MAX_KEY_CHARS`` code
+    points count: the key of a 16,000,000-character name is that of its first 1,024."""
+    base = real_hub()
+    from datasette_auth_passwords.utils import hash_password
+
+    from server_monitor.auth.accounts import Accounts
+    from server_monitor.core import natural
+    Accounts(hub_config.auth_db_path).create_user("ana", hash_password("correct horse battery", iterations=1000),
+                                                  "analyst")
+    analyst = Browserless(base)
+    assert analyst.login("ana", "correct horse battery").status == 302
+    sql = ("select length(natural_key(replace(hex(zeroblob(8000000)), '00', '1a'))) as n"
+           " from (select 1 union all select 2 union all select 3)")
+    started = time.monotonic()
+    answer = analyst.request("GET", "/monitor.json?_shape=array&sql=" + urllib.parse.quote(sql))
+    took = time.monotonic() - started
+    assert answer.status == 200, (took, answer.data[:300])
+    assert json.loads(answer.data) == [{"n": len(natural.sort_key("1a" * 512))}] * 3
+    assert took < 5, took  # it was 11 s; the key work is now microseconds per call
+
+
+@pytest.mark.browser
+def test_B4_the_dashboards_key_cuts_long_names_as_the_stored_key_does(browser):
+    """static/common.js's ``naturalKey`` cuts a long name at the same 1,024 code points (not
+    UTF-16 units) as ``servers.name_key``, so the dashboard and /admin agree on long names."""
+    from server_monitor.core import natural
+    names = ["1" * 5000, "a" * 1023 + "😀" * 10, "😀" * 1500 + "9", "dgx-" + "9" * 2000, "x" * 1024 + "1",
+             "x" * 1024 + "2", "İ" * 1100]
+    page = browser.new_page()
+    try:
+        page.set_content("<!doctype html><html><body></body></html>")
+        page.add_script_tag(path=os.path.join(ROOT, "static", "common.js"))
+        keys = page.evaluate("(names) => names.map((n) => naturalKey(n))", names)
+        assert keys == [natural.sort_key(n) for n in names]
+        assert keys[4] == keys[5] == "x" * 1024  # names equal in their first 1,024 code points tie
+        assert len(keys[2]) == 1024  # code points, not UTF-16 units: 1,024 emoji kept whole
+    finally:
+        page.close()
