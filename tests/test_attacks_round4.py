@@ -150,6 +150,9 @@ def test_B2_a_stored_time_zone_this_hub_cannot_load_never_stops_nudges_or_pages(
     page = admin.get("/admin")
     assert page.status_code == 200, page.text[-2000:]
     assert 'data-holder="carol"' in page.text
+    row = page.text[page.text.index('data-holder="bob"'):page.text.index("</tr>", page.text.index('data-holder="bob"'))]
+    assert "America" in row and "not a zone this hub knows: hub time" in row
+    assert f"nudges held for quiet hours until {(hour + 2) % 24:02d}:00 (hub time)" in row  # on hub time
 
 
 def test_B3_a_blob_or_non_utf8_server_name_never_stops_the_hub_starting(hub_config, real_hub, tmp_path):
