@@ -164,10 +164,27 @@ def parse_targets(text):
     return sorted(set(names), key=names.index) or None
 
 
+def stored_targets(text):
+    """The target names of a stored ``targets`` column (``alert_rules`` or
+    ``builtin_rule_overrides``): the JSON list :func:`parse_targets` gave, or None when empty or
+    when a hand edit (SQL, a restored copy) left something else there (not JSON, not a list of
+    target names): the rule then routes by severity. Raises nothing, so one bad row never stops
+    the alert pass that reads every rule (round 4 attack run B1)."""
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(t, str) and TARGET_RE.fullmatch(t) for t in names):
+        return None
+    return names[:MAX_TARGETS] or None
+
+
 def _row(row):
     rule = dict(zip(COLUMNS, row))
     rule["enabled"] = bool(rule["enabled"])
-    rule["targets"] = json.loads(rule["targets"]) if rule["targets"] else None
+    rule["targets"] = stored_targets(rule["targets"])
     return rule
 
 
@@ -230,7 +247,7 @@ def rules_naming_target(conn, target):
     """Names of the rules whose ``targets`` list ``target`` (a notification target name, any case)."""
     wanted = target.lower()
     return [name for name, targets in conn.execute("SELECT name, targets FROM alert_rules WHERE targets IS NOT NULL")
-            if any(t.lower() == wanted for t in json.loads(targets))]
+            if any(t.lower() == wanted for t in stored_targets(targets) or ())]
 
 
 def rename_target(conn, old, new, user, now=None):
@@ -246,7 +263,8 @@ def rename_target_in(conn, table, key, old, new, user, now=None):
     now = int(time.time() if now is None else now)
     changed = 0
     for row_key, targets in conn.execute(f"SELECT {key}, targets FROM {table} WHERE targets IS NOT NULL").fetchall():
-        renamed = retarget(json.loads(targets), old, new)
+        names = stored_targets(targets)
+        renamed = None if names is None else retarget(names, old, new)
         if renamed is not None:
             conn.execute(f"UPDATE {table} SET targets = ?, updated_by = ?, updated_at = ? WHERE {key} = ?",
                          (json.dumps(renamed), user, now, row_key))
@@ -301,6 +319,6 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "rename_target_in",
-           "create", "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers",
-           "MAX_DURATION_MINUTES"]
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "stored_targets",
+           "retarget", "rename_target_in", "create", "update", "set_enabled", "delete", "get", "all_rules",
+           "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]
