@@ -68,14 +68,15 @@ def test_builtin_override_changes_what_fires(hot_hub, hub_config):
             assert time.time() < deadline, active()
             time.sleep(0.3)
 
-    def report_both():
+    def report_both(ago=0):
         now = time.time()
-        push(hot_hub, hub_config, gpu_report("warm.lab", now, 89))
-        push(hot_hub, hub_config, gpu_report("hot.lab", now, 95))  # fires at config's 90: a pass ran
+        for name, temperature in (("warm.lab", 89), ("hot.lab", 95)):  # hot.lab fires at config's 90: a pass ran
+            report = gpu_report(name, now - ago, temperature)
+            report["sent_at"] = now  # (sampled ``ago`` s before: a spool replay)
+            push(hot_hub, hub_config, report)
 
-    report_both()
-    time.sleep(1.1)
-    report_both()  # two samples in the 1-minute window, as the built-in rule asks
+    report_both(ago=61)
+    report_both()  # hot for the rule's 1 minute: on the sample before the window and on every one since
     wait_for(lambda: ("hot.lab", "gpu_temperature") in active())
     assert ("warm.lab", "gpu_temperature") not in active()  # 89 °C < config's 90 °C
     page = admin.request("GET", "/admin/rules?edit_builtin=gpu_temperature").data.decode()
