@@ -55,9 +55,9 @@ def test_builtin_override_browser_admin_edits_a_builtin_rule(page, hub_process, 
     the row says what fires now, config's value beside it and who changed it; Test applies the
     override; a bad threshold names the field; Reset to config brings config.yaml's back."""
     now = time.time()
-    for t in (now - 60, now):  # two samples in the rule's window
+    for t in range(int(now) - 360, int(now) + 1, 60):  # 83 °C for 6 min: longer than the rule's 5 min
         report = hot("warm-a.lab", ["rack-1"], 83)
-        report["sample_time"] = report["sent_at"] = t
+        report["sample_time"], report["sent_at"] = t, now  # (sent now: a spool replay)
         push(hub_process, hub_config, report)
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
     page.goto(hub_process.base_url + "/admin/rules")

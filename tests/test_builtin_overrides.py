@@ -10,7 +10,6 @@ the same monitor.db.
 import json
 import re
 import time
-import uuid
 
 import pytest
 import yaml
@@ -26,7 +25,6 @@ def gpu_report(name, t, temperature):
     report = sample_report(name, gpus=1, processes=0, sample_time=t)
     report["sent_at"] = t
     report["gpus"][0]["temperature.gpu"] = temperature
-    report["report_id"] = str(uuid.uuid4())  # one report per host and sample time
     return report
 
 
