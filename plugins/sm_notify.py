@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlencode
 from datasette import hookimpl
 from datasette.utils.asgi import Response
 
-from server_monitor.auth.contacts import KEEP, SEVERITIES, ContactError, time_zones
+from server_monitor.auth.contacts import KEEP, SEVERITIES, ContactError, known_tz, time_zones
 from server_monitor.jobs import alerts, notify, nudge
 from server_monitor.serving import hub
 from server_monitor.serving.queries import DATABASE
@@ -203,6 +203,8 @@ def _admin_vars(ctx, request):
     ncfg, now = notify.settings(ctx.config), time.time()
     for c in contacts:  # "nudges held for quiet hours until 07:00 Europe/Zurich" on the holder's clock
         c["quiet_note"] = nudge.quiet_note(ncfg, now, c["tz"]) if c.get("tz") else None
+        # A stored name this hub does not list (restored auth.db, hand edit): nudges use hub time.
+        c["tz_unknown"] = bool(c.get("tz")) and not known_tz(c["tz"])
     return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
             "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
                                                                  "#contacts"), "cq": cq,

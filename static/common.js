@@ -52,12 +52,15 @@ function labelFromHead(table) {
 // same key as servers.name_key and natural_key() (server_monitor/core/natural.py sort_key: lower
 // case; each ASCII digit run without leading zeros as <digits of its length><length><digits>),
 // compared by code point as SQLite compares the stored key, so every page and /admin agree.
+// Only the first 1,024 code points count (natural.py MAX_KEY_CHARS).
 const naturalKeys = new Map();  // name -> key (a 10,000-server sort compares ~140,000 times)
+const NATURAL_KEY_CHARS = 1024;
 function naturalKey(s) {
   s = s == null ? "" : String(s);
   let key = naturalKeys.get(s);
   if (key === undefined) {
-    key = s.toLowerCase().replace(/[0-9]+/g, (run) => {
+    const cut = s.length > NATURAL_KEY_CHARS ? Array.from(s).slice(0, NATURAL_KEY_CHARS).join("") : s;
+    key = cut.toLowerCase().replace(/[0-9]+/g, (run) => {
       const digits = run.replace(/^0+/, "") || "0", length = String(digits.length);
       return length.length + length + digits;
     });

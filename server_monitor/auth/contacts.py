@@ -92,6 +92,14 @@ def _zone_set():
     return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules"}
 
 
+def known_tz(name):
+    """True when ``name`` (any value) is, exactly, an IANA time zone name of :func:`time_zones`:
+    the only names worth handing to :class:`zoneinfo.ZoneInfo` (which opens a file per name:
+    a directory such as ``America``, an over-long name or ``localtime`` would raise or mean the
+    machine's zone). One set lookup."""
+    return isinstance(name, str) and name in _zone_set()
+
+
 def check_tz(name):
     """``name`` stripped when it is an IANA time zone name the hub knows (:func:`time_zones`,
     e.g. ``Europe/Zurich``, ``Asia/Shanghai``, ``UTC``), None when empty ("hub time").
@@ -100,7 +108,7 @@ def check_tz(name):
     name = (name or "").strip()
     if not name:
         return None
-    if name not in _zone_set():
+    if not known_tz(name):
         raise ContactError(f"Time zone: {name[:64]!r} is not a known IANA time zone name; "
                            "use one like Europe/Zurich or Asia/Shanghai, or leave it empty for hub time.")
     return name
@@ -255,9 +263,12 @@ class NotifyStore:
 
     def zones(self, limit=5000):
         """``{holder (lower case): IANA time zone}`` of the contacts that have one (at most
-        ``limit``), for the dashboard's Idle holders panel (whose quiet hours are on whose clock)."""
+        ``limit``), for the dashboard's Idle holders panel (whose quiet hours are on whose clock).
+        A stored name this hub does not list (:func:`known_tz`: a hand edit, a restored auth.db) is
+        left out: that holder is on hub time, as for the nudges."""
         return {row[0].lower(): row[1] for row in self._conn().execute(
-            "SELECT holder, tz FROM notify_contacts WHERE tz IS NOT NULL ORDER BY holder LIMIT ?", (int(limit),))}
+            "SELECT holder, tz FROM notify_contacts WHERE tz IS NOT NULL ORDER BY holder LIMIT ?", (int(limit),))
+            if known_tz(row[1])}
 
     def digest_contacts(self):
         """Every contact that wants the weekly digest (``digest`` 1), by holder name, however many."""

@@ -164,10 +164,27 @@ def parse_targets(text):
     return sorted(set(names), key=names.index) or None
 
 
+def stored_targets(text):
+    """The target names of a stored ``targets`` column (``alert_rules`` or
+    ``builtin_rule_overrides``): the JSON list :func:`parse_targets` gave, or None when empty or
+    when a hand edit (SQL, a restored copy) left something else there (not JSON, not a list of
+    target names): the rule then routes by severity. Raises nothing, so one bad row never stops
+    the alert pass that reads every rule (round 4 attack run B1)."""
+    if not text:
+        return None
+    try:
+        names = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(names, list) or not all(isinstance(t, str) and TARGET_RE.fullmatch(t) for t in names):
+        return None
+    return names[:MAX_TARGETS] or None
+
+
 def _row(row):
     rule = dict(zip(COLUMNS, row))
     rule["enabled"] = bool(rule["enabled"])
-    rule["targets"] = json.loads(rule["targets"]) if rule["targets"] else None
+    rule["targets"] = stored_targets(rule["targets"])
     return rule
 
 
@@ -230,7 +247,7 @@ def rules_naming_target(conn, target):
     """Names of the rules whose ``targets`` list ``target`` (a notification target name, any case)."""
     wanted = target.lower()
     return [name for name, targets in conn.execute("SELECT name, targets FROM alert_rules WHERE targets IS NOT NULL")
-            if any(t.lower() == wanted for t in json.loads(targets))]
+            if any(t.lower() == wanted for t in stored_targets(targets) or ())]
 
 
 def rename_target(conn, old, new, user, now=None):
@@ -246,7 +263,8 @@ def rename_target_in(conn, table, key, old, new, user, now=None):
     now = int(time.time() if now is None else now)
     changed = 0
     for row_key, targets in conn.execute(f"SELECT {key}, targets FROM {table} WHERE targets IS NOT NULL").fetchall():
-        renamed = retarget(json.loads(targets), old, new)
+        names = stored_targets(targets)
+        renamed = None if names is None else retarget(names, old, new)
         if renamed is not None:
             conn.execute(f"UPDATE {table} SET targets = ?, updated_by = ?, updated_at = ? WHERE {key} = ?",
                          (json.dumps(renamed), user, now, row_key))
@@ -276,17 +294,28 @@ def all_rules(conn, enabled_only=False):
 def recent_firings(conn, rule_id=None, rule=None, limit=5):
     """The newest ``limit`` rows of ``alerts`` raised by rule ``rule_id`` (or, with ``rule_id``
     None, by the built-in rule named ``rule``): ``[{"id", "server_id", "server", "subject",
-    "message", "severity", "started_at", "resolved_at"}]``, newest first (``alerts_by_rule``)."""
+    "shown", "message", "severity", "started_at", "resolved_at"}]``, newest first
+    (``alerts_by_rule``). ``shown``: the subject as the dashboard names it, "GPU <gpu_index>" for
+    a per-GPU alert (subject ``gpu<gpus.id>``, an internal id) whose GPU row is still there, else
+    the subject (a PCI bus id, a mount point, a GPU state)."""
     if rule_id is not None:
         where, params = "a.rule_id = ?", (rule_id,)
     else:
         where, params = "a.rule_id IS NULL AND a.rule = ?", (rule,)
     rows = conn.execute(
-        "SELECT a.id, a.server_id, coalesce(s.display_name, s.hostname), a.subject, a.message, a.severity,"
-        f" a.started_at, a.resolved_at FROM alerts a LEFT JOIN servers s ON s.id = a.server_id WHERE {where}"
-        " ORDER BY a.started_at DESC, a.id DESC LIMIT ?", (*params, limit))
-    keys = ("id", "server_id", "server", "subject", "message", "severity", "started_at", "resolved_at")
-    return [dict(zip(keys, r)) for r in rows]
+        "SELECT a.id, a.server_id, coalesce(s.display_name, s.hostname), a.subject, g.gpu_index, a.message,"
+        " a.severity, a.started_at, a.resolved_at FROM alerts a LEFT JOIN servers s ON s.id = a.server_id"
+        " LEFT JOIN gpus g ON g.id = CASE WHEN a.subject GLOB 'gpu[0-9]*' AND substr(a.subject, 4) NOT GLOB '*[^0-9]*'"
+        " THEN CAST(substr(a.subject, 4) AS INTEGER) END AND g.server_id = a.server_id"
+        f" WHERE {where} ORDER BY a.started_at DESC, a.id DESC LIMIT ?", (*params, limit))
+    keys = ("id", "server_id", "server", "subject", "gpu_index", "message", "severity", "started_at", "resolved_at")
+    out = []
+    for row in rows:
+        firing = dict(zip(keys, row))
+        index = firing.pop("gpu_index")
+        firing["shown"] = f"GPU {index}" if index is not None else firing["subject"]
+        out.append(firing)
+    return out
 
 
 def scope_servers(conn, rule):
@@ -301,6 +330,6 @@ def scope_servers(conn, rule):
     return None
 
 
-__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "retarget", "rename_target_in",
-           "create", "update", "set_enabled", "delete", "get", "all_rules", "recent_firings", "scope_servers",
-           "MAX_DURATION_MINUTES"]
+__all__ = ["row_id", "KINDS", "SEVERITIES", "SCOPES", "RuleError", "parse", "parse_targets", "stored_targets",
+           "retarget", "rename_target_in", "create", "update", "set_enabled", "delete", "get", "all_rules",
+           "recent_firings", "scope_servers", "MAX_DURATION_MINUTES"]

@@ -20,11 +20,14 @@ naming the field.
 """
 
 import json
+import logging
 import math
 import re
 import time
 
-from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets, rename_target_in
+from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets, rename_target_in, stored_targets
+
+log = logging.getLogger("server_monitor.alerts")
 
 # How long the look-back of gpu_xid or the offline threshold may be (a week, in minutes).
 MAX_WINDOW_MINUTES = 10080
@@ -46,8 +49,8 @@ BUILTINS = {
                             "max": MAX_WINDOW_MINUTES}},
     "gpu_throttle": {"severity": "warning", "threshold": None, "minutes": None},
     "gpu_pcie_degraded": {"severity": "warning", "threshold": None, "minutes": None},
-    # Its minutes are a window over the raw samples (kept 48 h); at least 2 samples must be in
-    # it, so 0 would never fire: 1 minute at least.
+    # Its minutes: the temperature held on every raw sample (kept 48 h) for that long, as a
+    # rule's "For" (jobs/alerts.py held_for); 0 is not a duration: 1 minute at least.
     "gpu_temperature": {"severity": "warning",
                         "threshold": {"key": "gpu_temperature_c", "label": "temperature.gpu at least", "unit": "°C",
                                       "min": 0, "max": 150},
@@ -117,18 +120,53 @@ def parse(name, form):
     return fields
 
 
+# The unusable stored values already logged (rule, field, value): each is logged once per process,
+# not on every alert pass.
+_LOGGED = set()
+
+
+def _stored_number(name, key, value):
+    """A stored threshold or minutes of built-in rule ``name`` as :func:`parse` would have given
+    it, or None (config.yaml's) when a hand edit left a value outside the rule's bounds, text,
+    or a field the rule does not have."""
+    bounds = BUILTINS[name][key]
+    if value is None or bounds is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or not bounds["min"] <= value <= bounds["max"]:
+        return None
+    if key == "minutes":
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
 def _row(row):
+    """A stored row as an override. What :func:`parse` would refuse (written by hand with SQL, or
+    by a restored copy) is ignored field by field and logged once: the field follows config.yaml
+    (threshold, minutes), the rule's own severity or routing by severity (targets); the row's
+    good fields still apply (round 4 attack run B1: one bad row stopped every alert)."""
     override = dict(zip(COLUMNS, row))
-    override["enabled"] = bool(override["enabled"])
-    override["targets"] = json.loads(override["targets"]) if override["targets"] else None
+    name = override["rule"]
+    override["enabled"] = override["enabled"] not in (0, "0")
+    cleaned = {key: _stored_number(name, key, override[key]) for key in ("threshold", "minutes")}
+    cleaned["severity"] = override["severity"] if override["severity"] in SEVERITIES else None
+    cleaned["targets"] = stored_targets(override["targets"])
+    for key, value in cleaned.items():
+        if value is None and override[key] is not None and (name, key, repr(override[key])) not in _LOGGED:
+            _LOGGED.add((name, key, repr(override[key])))
+            log.warning("built-in rule %s: ignoring the stored %s %.60r (not what /admin/rules would save);"
+                        " config.yaml's applies", name, key, override[key])
+    override.update(cleaned)
     return override
 
 
 def all_overrides(conn):
-    """Every override, ``{rule: {"rule", "enabled", "threshold", "minutes", "severity", "targets",
-    "updated_by", "updated_at"}}`` (``targets`` a list or None). One read of a table of at most
-    :data:`BUILTINS` rows: the alert thread calls it once per pass."""
-    return {row[0]: _row(row) for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM builtin_rule_overrides")}
+    """Every override of a built-in rule of :data:`BUILTINS`, ``{rule: {"rule", "enabled",
+    "threshold", "minutes", "severity", "targets", "updated_by", "updated_at"}}`` (``targets`` a
+    list or None); rows naming no built-in rule are left out, unusable fields are None (see
+    :func:`_row`). One read of a table of at most :data:`BUILTINS` rows: the alert thread calls
+    it once per pass. Raises nothing for what a hand edit may store."""
+    return {row[0]: _row(row) for row in conn.execute(f"SELECT {', '.join(COLUMNS)} FROM builtin_rule_overrides")
+            if row[0] in BUILTINS}
 
 
 def _upsert(conn, name, values, user, now):
@@ -178,7 +216,7 @@ def naming_target(conn, target):
     wanted = target.lower()
     return [f"built-in {name}" for name, targets in
             conn.execute("SELECT rule, targets FROM builtin_rule_overrides WHERE targets IS NOT NULL ORDER BY rule")
-            if any(t.lower() == wanted for t in json.loads(targets))]
+            if any(t.lower() == wanted for t in stored_targets(targets) or ())]
 
 
 def rename_target(conn, old, new, user, now=None):

@@ -796,8 +796,10 @@ CREATE INDEX alerts_by_rule ON alerts (rule_id, rule, started_at);
 
 
 # The shown name's natural sort key (server_monitor/core/natural.py), as an SQL expression for
-# connections with natural_key() registered.
-NAME_KEY_SQL = "natural_key(coalesce(display_name, hostname))"
+# connections with natural_key() registered. Passed as a BLOB, so a name that a hand edit stored
+# as text that is not UTF-8 reaches sort_key as bytes (Python's sqlite3 cannot hand such text to
+# a function: the start would fail, round 4 attack run B3); valid text gives the same key.
+NAME_KEY_SQL = "natural_key(CAST(coalesce(display_name, hostname) AS BLOB))"
 
 
 def refresh_name_keys(conn):
