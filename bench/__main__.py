@@ -20,6 +20,7 @@ COMMANDS = {
     "alerts": ("alerts", "one alert evaluation pass at 1,000 servers: built-in rules, and with rules made in /admin"),
     "user-page": ("user_page", "per-user page and disk/temperature history at 1,000 servers x 8 GPUs x 30 days (issue 26)"),
     "natsort": ("natsort", "servers in natural order at fleet size: stored name_key vs the per-row natural_key() (issue 24)"),
+    "free": ("free", "/free's SQL (free_gpus) of this tree vs an older revision on one grown database: times, identical rows"),
     "fixture": ("fleet_fixture", "grow a lab-like fleet into a database through store_report"),
     "curve": ("curve", "the cost curve at 100 to 10,000 servers: fleet, /metrics, Prometheus, pages, RSS, ingest (issue 24)"),
 }

@@ -11,9 +11,12 @@ with params as (
     min(500, max(1, cast(coalesce(nullif(:limit, ''), 20) as integer))) as page_size,
     max(0, cast(coalesce(nullif(:offset, ''), 0) as integer)) as page_start
 ),
-free as (
+-- A free GPU (the conditions of the description). Not materialized: each use below reads gpus
+-- through its own plan (every online server's GPUs by gpus_server once for the aggregates, one
+-- page host's GPUs for gpu_set()), never a copy of every free GPU searched through an automatic index.
+free as not materialized (
   select
-    g.server_id, coalesce(s.display_name, s.hostname) as server, g.vendor, g.gpu_index, g.uuid, g.name, g.numa_node,
+    g.id as gpu_id, g.server_id, g.vendor, g.gpu_index, g.uuid, g.name, g.numa_node,
     coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) as free_mib
   from gpus g
   join server_state s on s.id = g.server_id
@@ -26,53 +29,60 @@ free as (
         <= p.max_util
     and not coalesce(g.mig_mode, 0)
     and coalesce(g.memory_free_mib, g.memory_total_mib - coalesce(g.memory_used_mib, 0)) >= p.min_free
-    and instr(lower(g.name), lower(p.model)) > 0
+    and (p.model = '' and g.name is not null or instr(lower(g.name), lower(p.model)) > 0)  -- no lower() per GPU without :model
     and (:_scope_all or g.server_id in (select value from json_each(:_scope_servers)))
     and (coalesce(:group, '') = '' or g.server_id in (select server_id from server_groups where grp = :group))
 ),
-hosts as (
-  select f.server_id, f.server, f.vendor, count(*) as free_gpus, min(f.free_mib) as least_free_mib
-  from free f join params p
-  group by f.server_id, f.vendor
-  having count(*) >= p.want
-),
--- Per host and NUMA node: its free GPUs (k) and the NVLink pairs among them (nvidia-smi topo -m in
--- gpu_links, NV<n>). Only for :count > 1 (one GPU always fits).
-numa_sets as (
-  select f.server_id, f.vendor, f.numa_node, count(*) as k
-  from free f join params p
-  where p.want > 1 and f.numa_node is not null and f.vendor = 'nvidia'
+-- One pass over the free GPUs: per host, vendor and NUMA node, how many (k), the least free memory
+-- and the free GPUs' nvidia-smi indexes as a bit set (bit i = GPU i, for indexes 0..62; wide is
+-- set when an index lies outside, and the NVLink count below then reads the node's indexes as a list).
+node_free as materialized (
+  select f.server_id, f.vendor, f.numa_node,
+    count(*) as k, min(f.free_mib) as least_free_mib,
+    sum(distinct case when f.gpu_index between 0 and 62 then 1 << f.gpu_index end) as mask,
+    min(f.gpu_index) as lo, max(f.gpu_index) as hi,
+    max(f.gpu_index not between 0 and 62) as wide
+  from free f
   group by f.server_id, f.vendor, f.numa_node
-  having count(*) >= p.want
 ),
-nvlink_pairs as (
-  select a.server_id, a.numa_node, count(*) as nvlinked
-  from free a
-  join free b on b.server_id = a.server_id and b.vendor = a.vendor and b.numa_node = a.numa_node
-    and b.gpu_index > a.gpu_index
-  join gpu_links l on l.server_id = a.server_id and l.gpu_a = a.gpu_index and l.gpu_b = b.gpu_index
-  join params p
-  where p.want > 1 and a.vendor = 'nvidia' and l.link like 'NV%'
-  group by a.server_id, a.numa_node
+-- How well a NUMA node holds :count GPUs (only for :count > 1, NVIDIA, known NUMA node, k >= :count):
+-- 2 = every pair of its free GPUs joined by NVLink (nvidia-smi topo -m in gpu_links, NV<n>; NVSwitch),
+-- or for :count 2 one NVLink pair among them; else 1. The pairs are the node's links (primary key
+-- range lo..hi) whose both ends are in the bit set, each pair once (gpu_a < gpu_b).
+node_fit as (
+  select n.*,
+    case when p.want > 1 and n.vendor = 'nvidia' and n.numa_node is not null and n.k >= p.want then 1 +
+      case when n.wide then
+        (select case when p.want = 2 then count(*) > 0 else count(*) = n.k * (n.k - 1) / 2 end
+         from (select ',' || group_concat(f.gpu_index) || ',' as list from free f
+               where f.server_id = n.server_id and f.vendor = n.vendor and f.numa_node = n.numa_node) w
+         join gpu_links l on l.server_id = n.server_id
+         where l.gpu_b > l.gpu_a and instr(w.list, ',' || l.gpu_a || ',') and instr(w.list, ',' || l.gpu_b || ',')
+           and l.link like 'NV%')
+      when p.want = 2 then
+        exists (select 1 from gpu_links l
+                where l.server_id = n.server_id and l.gpu_a between n.lo and n.hi and l.gpu_b > l.gpu_a
+                  and l.gpu_b <= n.hi and (n.mask >> l.gpu_a) & 1 and (n.mask >> l.gpu_b) & 1
+                  and l.link like 'NV%')
+      else
+        (select count(*) from gpu_links l
+         where l.server_id = n.server_id and l.gpu_a between n.lo and n.hi and l.gpu_b > l.gpu_a
+           and l.gpu_b <= n.hi and (n.mask >> l.gpu_a) & 1 and (n.mask >> l.gpu_b) & 1
+           and l.link like 'NV%') = n.k * (n.k - 1) / 2
+      end
+    end as fit
+  from node_free n join params p
 ),
--- How well the host holds :count GPUs: 2 = on one NUMA node, every pair of its free GPUs there
--- joined by NVLink (NVSwitch, or the one NVLink pair for :count 2); 1 = on one NUMA node;
--- 0 = spread over NUMA nodes or topology unknown. gpu_set() then picks the GPUs of the page's hosts.
-host_fit as (
-  select n.server_id, n.vendor,
-    max(case when coalesce(v.nvlinked, 0) = n.k * (n.k - 1) / 2 or (p.want = 2 and v.nvlinked > 0) then 2 else 1 end)
-      as fit
-  from numa_sets n
-  join params p
-  left join nvlink_pairs v on v.server_id = n.server_id and v.numa_node = n.numa_node
-  group by n.server_id, n.vendor
-),
+-- Per host and vendor: its free GPUs, and how well it holds :count GPUs (fit): its best NUMA node's
+-- (any host for :count 1: one GPU always fits), 0 = spread over NUMA nodes or topology unknown.
+-- gpu_set() then picks the GPUs of the page's hosts.
 ranked as (
-  select h.*, h.free_gpus - p.want as spare,
-    case when p.want = 1 then 2 else coalesce(hf.fit, 0) end as fit
-  from hosts h
-  join params p
-  left join host_fit hf on hf.server_id = h.server_id and hf.vendor = h.vendor
+  select n.server_id, n.vendor, sum(n.k) as free_gpus,
+    min(n.least_free_mib) as least_free_mib, sum(n.k) - p.want as spare,
+    case when p.want = 1 then 2 else coalesce(max(n.fit), 0) end as fit
+  from node_fit n join params p
+  group by n.server_id, n.vendor
+  having sum(n.k) >= p.want
 ),
 -- MIG (docs/api.md, free_gpus): the unit offered is a GPU instance (GI), the memory a job gets alone.
 -- A GI is free when each of its compute instances (CI) has a known state (read from nvidia-smi's table,
@@ -94,7 +104,7 @@ mig_placed as (
   select m.gpu_id, sum(m.process_count) as placed from mig_devices m group by m.gpu_id
 ),
 mig_free as (
-  select m.server_id, coalesce(s.display_name, s.hostname) as server, m.uuid, m.profile, g.name,
+  select m.server_id, coalesce(s.display_name, s.hostname) as server, s.name_key, m.uuid, m.profile, g.name,
     m.memory_total_mib - m.memory_used_mib as free_mib,
     row_number() over (partition by m.server_id, m.gpu_id, m.gpu_instance_id
                        order by m.sm_count desc, m.mig_index) as pick
@@ -112,13 +122,15 @@ mig_free as (
     and m.memory_total_mib - m.memory_used_mib >= p.min_free
     and instr(lower(g.name || ' ' || coalesce(m.profile, '')), lower(p.model)) > 0
 ),
--- Every offer (whole GPUs and MIG instances) in order; one page of them.
+-- Every offer (whole GPUs and MIG instances) in order; one page of them. The name's order is
+-- servers.name_key (natural_key() of the shown name, stored with the name: migration 29).
 offers as (
-  select r.server_id, r.server, r.vendor, r.free_gpus, r.least_free_mib,
-    null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
+  select r.server_id, coalesce(s.display_name, s.hostname) as server, s.name_key, r.vendor, r.free_gpus,
+    r.least_free_mib, null as mig_uuid, null as mig_profile, null as mig_model, r.fit, r.spare
   from ranked r
+  join servers s on s.id = r.server_id
   union all
-  select m.server_id, m.server, 'nvidia', 1, m.free_mib, m.uuid, m.profile,
+  select m.server_id, m.server, m.name_key, 'nvidia', 1, m.free_mib, m.uuid, m.profile,
     m.name || ' MIG ' || coalesce(m.profile, '?'), 2, 0
   from mig_free m
   where m.pick = 1
@@ -126,7 +138,7 @@ offers as (
 page as materialized (
   select o.*, count(*) over () as total
   from offers o
-  order by o.fit desc, o.spare, o.least_free_mib desc, natural_key(o.server), o.vendor, o.server_id, o.mig_uuid
+  order by o.fit desc, o.spare, o.least_free_mib desc, o.name_key, o.vendor, o.server_id, o.mig_uuid
   limit (select page_size from params) offset (select page_start from params)
 ),
 -- gpu_set() (server_monitor/core/topology.py): the :count GPUs to use on one page host, one
@@ -136,7 +148,8 @@ page_candidates as materialized (
   select pg.*,
     (select json_group_array(json_object('i', f.gpu_index, 'numa', f.numa_node, 'free', f.free_mib, 'uuid', f.uuid,
                                          'name', f.name))
-     from free f where f.server_id = pg.server_id and f.vendor = pg.vendor) as candidates
+     from (select * from free f where f.server_id = pg.server_id and f.vendor = pg.vendor order by f.gpu_id) f)
+      as candidates
   from page pg
   where pg.mig_uuid is null
   union all
@@ -176,4 +189,4 @@ select
   c.spare,
   c.total
 from chosen c
-order by c.fit desc, c.spare, c.least_free_mib desc, natural_key(c.server), c.vendor, c.server_id, c.mig_uuid
+order by c.fit desc, c.spare, c.least_free_mib desc, c.name_key, c.vendor, c.server_id, c.mig_uuid
