@@ -640,7 +640,7 @@ function renderWho() {
       h("td", { class: "num" }, String(w.hosts)),
       h("td", { class: "num" + (w.idle ? " warn-text" : "") }, w.idle ? String(w.idle) : "–"));
   }));
-  note.textContent = all.length ? (rows.length < all.length ? rows.length + " of " + all.length + " users" : all.length + " users") + inScopeText(view) +
+  note.textContent = all.length ? (rows.length < all.length ? rows.length + " of " + all.length : String(all.length)) + (all.length === 1 ? " user" : " users") + inScopeText(view) +
     " · a name opens the user's page; ◎ or a container highlights their GPUs" : "Nobody holds a GPU" + inScopeText(view) + " right now.";
 }
 
