@@ -97,10 +97,12 @@ def test_F2N_no_smtp_warns_on_account_and_admin_and_the_idle_panel_says_the_nudg
 
 
 def test_F2N_smtp_hub_does_not_warn(notify_hub, hub_config):  # noqa: F811
-    """With alerts.smtp set (tests/test_notify.py's loopback sink) nothing warns."""
+    """With alerts.smtp set (tests/test_notify.py's loopback sink) nothing warns, and the
+    dashboard's idle panel gets an empty map of failed nudges."""
     NotifyStore(hub_config.auth_db_path).set_contact("judy", "judy@example.org")
     page = notify_hub.get("/admin").text
     assert "admin-contact-no-smtp" not in page and "contact-no-smtp" not in page
+    assert 'data-failed="{}"' in notify_hub.get("/").text
 
 
 def test_F2N_time_zone_in_any_case_is_stored_canonically(admin, datasette, hub_config):
