@@ -55,9 +55,9 @@ def test_builtin_override_browser_admin_edits_a_builtin_rule(page, hub_process, 
     the row says what fires now, config's value beside it and who changed it; Test applies the
     override; a bad threshold names the field; Reset to config brings config.yaml's back."""
     now = time.time()
-    for t in (now - 60, now):  # two samples in the rule's window
+    for t in range(int(now) - 360, int(now) + 1, 60):  # 83 °C for 6 min: longer than the rule's 5 min
         report = hot("warm-a.lab", ["rack-1"], 83)
-        report["sample_time"] = report["sent_at"] = t
+        report["sample_time"], report["sent_at"] = t, now  # (sent now: a spool replay)
         push(hub_process, hub_config, report)
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
     page.goto(hub_process.base_url + "/admin/rules")
@@ -103,3 +103,46 @@ def test_item2_browser_history_has_no_outage_between_a_slow_agents_reports(page,
     listed = page.locator("#alert-list")
     assert listed.is_hidden() or "no reports for" not in listed.inner_text(), listed.inner_text()
     assert page.console_errors == []
+
+
+def test_F25_builtin_edit_error_marks_its_own_field(page, hub_process, hub_config):
+    """Newcomer run 2, finding 5: threshold "nan" in the built-in gpu_temperature form: the red
+    aria-invalid mark is on that form's Threshold field, not on the New rule form's."""
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    page.goto(hub_process.base_url + "/admin/rules?edit_builtin=gpu_temperature")
+    page.fill("#builtin-form input[name=threshold]", "nan")
+    page.click("#builtin-form button[type=submit]")
+    assert page.inner_text("#rule-error") == "threshold: 'nan' is not a number"
+    assert page.get_attribute("#builtin-form input[name=threshold]", "aria-invalid") == "true"
+    assert page.input_value("#builtin-form input[name=threshold]") == "nan"  # the form keeps what was typed
+    assert page.locator("#rule-form [aria-invalid]").count() == 0
+    # And the other way round: an error of the New rule form marks only its own field.
+    page.fill("#rule-form input[name=name]", "Broken")
+    page.fill("#rule-form input[name=threshold]", "hot")
+    page.click("#rule-form button[type=submit]")
+    assert page.inner_text("#rule-error").startswith("threshold:")
+    assert page.get_attribute("#rule-form input[name=threshold]", "aria-invalid") == "true"
+    assert page.locator("#builtin-form").count() == 0
+    assert [e for e in page.console_errors if "status of 400" not in e] == []  # the 400s are those answers
+
+
+def test_F28_rules_page_fits_a_390_px_phone(browser, hub_process, hub_config):
+    """Newcomer run 2, finding 8: /admin/rules at 390 px scrolled sideways (the "What" select of the
+    New rule form was 558 px wide, the page 594 px): the page, a rule and the built-in edit form
+    fit the phone's width."""
+    push(hub_process, hub_config, hot("rack1-a.lab", ["rack-1"], 84))
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    width = "() => [document.documentElement.scrollWidth, document.body.scrollWidth]"
+    page.goto(hub_process.base_url + "/admin/rules")
+    assert max(page.evaluate(width)) <= 390, page.evaluate(width)
+    page.fill("#rule-form input[name=name]", "Rack 1 warm, a rule name long enough to wrap on a phone")
+    page.select_option("#rule-form select[name=kind]", "gpu_idle_held")
+    page.fill("#rule-form input[name=threshold]", "5")
+    page.click("#rule-form button[type=submit]")
+    page.wait_for_selector("#rules-table .rule-row")
+    assert max(page.evaluate(width)) <= 390, page.evaluate(width)
+    page.goto(hub_process.base_url + "/admin/rules?edit_builtin=gpu_temperature")
+    assert max(page.evaluate(width)) <= 390, page.evaluate(width)
+    context.close()

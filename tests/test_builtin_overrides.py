@@ -15,7 +15,7 @@ import pytest
 import yaml
 from http_client import Browserless
 from reports import sample_report
-from test_alert_rules import Recorder, csrf, host, logged_in_viewer, put, server_id
+from test_alert_rules import Recorder, csrf, host, logged_in_viewer, make_rule, put, server_id
 
 from server_monitor.jobs import alerts
 from server_monitor.storage import schema
@@ -66,14 +66,15 @@ def test_builtin_override_changes_what_fires(hot_hub, hub_config):
             assert time.time() < deadline, active()
             time.sleep(0.3)
 
-    def report_both():
+    def report_both(ago=0):
         now = time.time()
-        push(hot_hub, hub_config, gpu_report("warm.lab", now, 89))
-        push(hot_hub, hub_config, gpu_report("hot.lab", now, 95))  # fires at config's 90: a pass ran
+        for name, temperature in (("warm.lab", 89), ("hot.lab", 95)):  # hot.lab fires at config's 90: a pass ran
+            report = gpu_report(name, now - ago, temperature)
+            report["sent_at"] = now  # (sampled ``ago`` s before: a spool replay)
+            push(hot_hub, hub_config, report)
 
-    report_both()
-    time.sleep(1.1)
-    report_both()  # two samples in the 1-minute window, as the built-in rule asks
+    report_both(ago=61)
+    report_both()  # hot for the rule's 1 minute: on the sample before the window and on every one since
     wait_for(lambda: ("hot.lab", "gpu_temperature") in active())
     assert ("warm.lab", "gpu_temperature") not in active()  # 89 °C < config's 90 °C
     page = admin.request("GET", "/admin/rules?edit_builtin=gpu_temperature").data.decode()
@@ -243,3 +244,118 @@ def test_builtin_override_target_renamed_follows_and_a_target_in_use_is_not_dele
     assert admin.post("/admin/rules/builtin/gpu_xid", data={"csrftoken": token, "action": "reset"}).status_code == 302
     assert admin.post("/admin/notify/targets", data={"csrftoken": token, "action": "delete",
                                                      "name": "team-alpha"}).status_code == 302
+
+
+# ---- newcomer run 2 findings (F21, F26, F27) ------------------------------------------------------
+
+@pytest.fixture
+def config_hub(hub_config, request):
+    """The real hub with config.yaml's built-in gpu_temperature at 85 °C for 5 min (the default),
+    evaluating alerts every second."""
+    data = yaml.safe_load(open(hub_config.path))
+    data["alerts"] = {"interval_s": 1, "gpu_temperature_c": 85, "gpu_temperature_minutes": 5}
+    with open(hub_config.path, "w") as fp:
+        yaml.safe_dump(data, fp)
+    return request.getfixturevalue("hub_process")
+
+
+@pytest.mark.slow
+def test_F21_builtin_override_of_one_minute_fires_and_keeps_true_alerts(config_hub, hub_config):
+    """Newcomer run 2, finding 1: agents report every 60 s; dgx-b01's GPU runs at 88 °C and fires
+    under config.yaml's 85 °C for 5 min. An admin overrides the rule to 60 °C for 1 min: Test
+    lists both hot GPUs (88 and 65 °C), and the next passes keep the 88 °C alert open (the same
+    row, never resolved) and fire the 65 °C one. Before the fix a 1-minute window held one
+    sample of a 60 s agent, "at least 2 samples" never held: nothing fired and the open alert
+    was resolved."""
+    from browser import push
+
+    admin = Browserless(config_hub.base_url)
+    assert admin.login(hub_config.get("auth.username"), hub_config.password).status == 302
+    now = int(time.time())
+    for t in range(now - 600, now + 1, 60):  # 10 minutes of reports every 60 s, sent now (a spool replay)
+        for name, temperature in (("dgx-b01", 88), ("dgx-b02", 65)):
+            report = gpu_report(name, t, temperature)
+            report["sent_at"] = now
+            push(config_hub, hub_config, report)
+
+    def open_alerts():
+        conn = schema.connect(hub_config.db_path)
+        try:
+            return {row[0]: row[1] for row in conn.execute(
+                "SELECT s.hostname, a.id FROM alerts a JOIN servers s ON s.id = a.server_id"
+                " WHERE a.rule = 'gpu_temperature' AND a.rule_id IS NULL AND a.resolved_at IS NULL")}
+        finally:
+            conn.close()
+
+    deadline = time.time() + 30
+    while "dgx-b01" not in open_alerts():
+        assert time.time() < deadline, open_alerts()
+        time.sleep(0.3)
+    first = open_alerts()
+    assert set(first) == {"dgx-b01"}  # 65 °C < config's 85 °C
+    page = admin.request("GET", "/admin/rules?edit_builtin=gpu_temperature").data.decode()
+    token = re.search(r'name="csrftoken" value="([^"]+)"', page).group(1)
+    saved = admin.request("POST", "/admin/rules/builtin/gpu_temperature", encode_multipart=False,
+                          fields={"csrftoken": token, "action": "update", "threshold": "60", "minutes": "1",
+                                  "severity": "", "targets": ""})
+    assert saved.status == 302, saved.data[:500]
+    tested = admin.request("POST", "/admin/rules/builtin/gpu_temperature", encode_multipart=False,
+                           fields={"csrftoken": token, "action": "test"}).data.decode()
+    assert "2</strong> alerts would fire" in tested, re.search(r'id="dry-run-count">.*?</p>', tested, re.S).group(0)
+    assert "dgx-b01" in tested and "dgx-b02" in tested
+    deadline = time.time() + 30
+    while "dgx-b02" not in open_alerts():
+        assert time.time() < deadline, open_alerts()
+        time.sleep(0.3)
+    time.sleep(2.5)  # more passes with the override
+    assert open_alerts() == {"dgx-b01": first["dgx-b01"], "dgx-b02": open_alerts()["dgx-b02"]}
+    conn = schema.connect(hub_config.db_path)
+    try:
+        assert conn.execute("SELECT count(*) FROM alerts WHERE resolved_at IS NOT NULL").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_F26_overridden_builtin_message_states_the_applied_threshold(admin, hub_config):
+    """Newcomer run 2, finding 6: with the override at 60 °C for 3 min, a GPU at 70 °C reads
+    "at 70 °C (≥ 60 °C) for 3 min" (as a rule made on the page says it), in the alert and in the
+    dry run, not "at 70 °C or more" (which reads as if 70 °C were the threshold)."""
+    engine, recorder = engine_for(hub_config)
+    conn = schema.connect(admin.db)
+    now = int(time.time())
+    for minute in range(7):
+        put(conn, host("warm-1", now - 360 + 60 * minute, temperature=70), now - 360 + 60 * minute)
+    token = csrf(admin)
+    form = {"csrftoken": token, "action": "update", "threshold": "60", "minutes": "3", "severity": "", "targets": ""}
+    assert admin.post("/admin/rules/builtin/gpu_temperature", data=form).status_code == 302
+    tested = admin.post("/admin/rules/builtin/gpu_temperature", data={"csrftoken": token, "action": "test"})
+    assert "GPU 0 at 70 °C (≥ 60 °C) for 3 min" in tested.text
+    key = f"gpu_temperature:{server_id(conn, 'warm-1')}:gpu1"
+    assert engine.run_once(now)["fired"] == [key]
+    message = conn.execute("SELECT message FROM alerts WHERE key = ?", (key,)).fetchone()[0]
+    assert message == "warm-1: GPU 0 at 70 °C (≥ 60 °C) for 3 min"
+    assert recorder.sent[-1][1]["message"] == message
+    conn.close()
+
+
+def test_F27_recent_firings_name_the_gpu_index(admin, hub_config):
+    """Newcomer run 2, finding 7: "Recent firings" on /admin/rules name the GPU as the dashboard
+    does ("GPU 1"), not by the alert's internal subject ("gpu2", the gpus row id), for the
+    built-in rules and the rules made on the page."""
+    engine, _ = engine_for(hub_config)
+    conn = schema.connect(admin.db)
+    now = int(time.time())
+    for minute in range(7):
+        report = host("hot-1", now - 360 + 60 * minute, temperature=90, gpus=2)
+        report["gpus"][0]["temperature.gpu"] = 40  # only GPU 1 (gpus row 2) is hot
+        put(conn, report, now - 360 + 60 * minute)
+    rule = make_rule(conn, name="warm", kind="gpu_temperature", threshold="80")
+    fired = engine.run_once(now)["fired"]
+    sid = server_id(conn, "hot-1")
+    assert sorted(fired) == sorted([f"gpu_temperature:{sid}:gpu2", f"rule{rule}:{sid}:gpu2"])
+    page = admin.get("/admin/rules").text
+    for row_id in ("builtin-gpu_temperature", f"rule-{rule}"):
+        row = re.search(rf'<tr id="{row_id}".*?</tr>', page, re.S).group(0)
+        firings = re.search(r'<ul class="firings">.*?</ul>', row, re.S).group(0)
+        assert "hot-1 GPU 1" in firings and "gpu2" not in firings, firings
+    conn.close()

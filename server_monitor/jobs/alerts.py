@@ -269,17 +269,27 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
             gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
             fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
                  f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip(), since=ts)
-    window = cfg["gpu_temperature_minutes"] * 60
-    for gpu_id, server_id, index, coolest, samples in conn.execute(
-            "SELECT g.id, g.server_id, g.gpu_index, min(s.temperature_gpu_c), count(*) FROM gpus g"
-            " JOIN gpu_samples s ON s.gpu_id = g.id AND s.ts >= ? WHERE g.present AND g.status != 'maintenance'"
-            " GROUP BY g.id HAVING min(s.temperature_gpu_c) >= ? AND count(*) >= 2",
-            (now - window, cfg["gpu_temperature_c"])):
-        if server_id in servers and server_id not in offline:
-            fire("gpu_temperature", "warning", server_id, f"gpu{gpu_id}",
-                 f"{servers[server_id][1]}: GPU {index} at {coolest} °C or more for {cfg['gpu_temperature_minutes']} min",
-                 since=lambda gpu_id=gpu_id: streak_start(conn, "gpu_samples", "gpu_id = ?", (gpu_id,),
-                                                          "temperature_gpu_c >= ?", (cfg["gpu_temperature_c"],), now))
+    # "For N min" as a rule made on /admin/rules means it (held_for): the condition held on the
+    # newest sample at or before now - N min and on every sample since, whatever the agent's
+    # interval (a window that had to hold 2 samples never fired for 1 min at 60 s reports, F21).
+    # An alert already open stays while no sample of the last N min is under the threshold: an
+    # override (a longer N) never resolves an alert whose condition still holds.
+    hot, minutes = cfg["gpu_temperature_c"], cfg["gpu_temperature_minutes"]
+    hot_sql = _GPU_CONDITIONS["gpu_temperature"][0]
+    hot_open = {row[0] for row in conn.execute(  # (a key range on the index alerts_active)
+        "SELECT key FROM alerts WHERE resolved_at IS NULL AND key > 'gpu_temperature:' AND key < 'gpu_temperature;'")}
+    for gpu_id, server_id, index, temperature in conn.execute(
+            f"SELECT id, server_id, gpu_index, temperature_gpu_c FROM gpus WHERE present AND status != 'maintenance'"
+            f" AND {hot_sql}", (hot,)):
+        if server_id not in servers or server_id in offline:
+            continue
+        key = ("gpu_id = ?", (gpu_id,))
+        was_open = f"gpu_temperature:{server_id}:gpu{gpu_id}" in hot_open
+        if not held_for(conn, "gpu_samples", *key, hot_sql, (hot,), now, minutes * 60, anchored=not was_open):
+            continue
+        fire("gpu_temperature", "warning", server_id, f"gpu{gpu_id}",
+             f"{servers[server_id][1]}: GPU {index} at {_num(temperature)} °C (≥ {_num(hot)} °C) for {minutes} min",
+             since=lambda key=key: streak_start(conn, "gpu_samples", *key, hot_sql, (hot,), now))
     for server_id, mount, percent in conn.execute(
             "SELECT d.server_id, d.mountpoint, 100.0 * d.used_bytes / d.total_bytes FROM servers s"
             " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
@@ -323,16 +333,20 @@ _GPU_CONDITIONS = {
 }
 
 
-def held_for(conn, table, key_sql, key_params, cond_sql, cond_params, now, seconds):
+def held_for(conn, table, key_sql, key_params, cond_sql, cond_params, now, seconds, anchored=True):
     """True when ``cond_sql`` held on every row of ``table`` for one key over the last
     ``seconds`` before ``now``: on the newest row at or before ``now - seconds`` (so the
     condition began before the window) and on every row after it. Unknown (null) breaks it.
+    ``anchored=False`` drops the first part (the rows in the window alone: an alert already
+    open stays while they hold). Samples further apart than ``seconds`` still count: the
+    newest one before the window says what held at its start.
     Cost: the rows in the window (primary key range). SQL fragments are this module's constants."""
     start = now - seconds
-    anchor = conn.execute(f"SELECT coalesce({cond_sql}, 0) FROM {table} WHERE {key_sql} AND ts <= ?"
-                          " ORDER BY ts DESC LIMIT 1", (*cond_params, *key_params, start)).fetchone()
-    if not anchor or not anchor[0]:
-        return False
+    if anchored:
+        anchor = conn.execute(f"SELECT coalesce({cond_sql}, 0) FROM {table} WHERE {key_sql} AND ts <= ?"
+                              " ORDER BY ts DESC LIMIT 1", (*cond_params, *key_params, start)).fetchone()
+        if not anchor or not anchor[0]:
+            return False
     broken = conn.execute(f"SELECT 1 FROM {table} WHERE {key_sql} AND ts > ? AND ts <= ?"
                           f" AND NOT coalesce({cond_sql}, 0) LIMIT 1",
                           (*key_params, start, now, *cond_params)).fetchone()

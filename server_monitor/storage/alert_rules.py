@@ -294,17 +294,28 @@ def all_rules(conn, enabled_only=False):
 def recent_firings(conn, rule_id=None, rule=None, limit=5):
     """The newest ``limit`` rows of ``alerts`` raised by rule ``rule_id`` (or, with ``rule_id``
     None, by the built-in rule named ``rule``): ``[{"id", "server_id", "server", "subject",
-    "message", "severity", "started_at", "resolved_at"}]``, newest first (``alerts_by_rule``)."""
+    "shown", "message", "severity", "started_at", "resolved_at"}]``, newest first
+    (``alerts_by_rule``). ``shown``: the subject as the dashboard names it, "GPU <gpu_index>" for
+    a per-GPU alert (subject ``gpu<gpus.id>``, an internal id) whose GPU row is still there, else
+    the subject (a PCI bus id, a mount point, a GPU state)."""
     if rule_id is not None:
         where, params = "a.rule_id = ?", (rule_id,)
     else:
         where, params = "a.rule_id IS NULL AND a.rule = ?", (rule,)
     rows = conn.execute(
-        "SELECT a.id, a.server_id, coalesce(s.display_name, s.hostname), a.subject, a.message, a.severity,"
-        f" a.started_at, a.resolved_at FROM alerts a LEFT JOIN servers s ON s.id = a.server_id WHERE {where}"
-        " ORDER BY a.started_at DESC, a.id DESC LIMIT ?", (*params, limit))
-    keys = ("id", "server_id", "server", "subject", "message", "severity", "started_at", "resolved_at")
-    return [dict(zip(keys, r)) for r in rows]
+        "SELECT a.id, a.server_id, coalesce(s.display_name, s.hostname), a.subject, g.gpu_index, a.message,"
+        " a.severity, a.started_at, a.resolved_at FROM alerts a LEFT JOIN servers s ON s.id = a.server_id"
+        " LEFT JOIN gpus g ON g.id = CASE WHEN a.subject GLOB 'gpu[0-9]*' AND substr(a.subject, 4) NOT GLOB '*[^0-9]*'"
+        " THEN CAST(substr(a.subject, 4) AS INTEGER) END AND g.server_id = a.server_id"
+        f" WHERE {where} ORDER BY a.started_at DESC, a.id DESC LIMIT ?", (*params, limit))
+    keys = ("id", "server_id", "server", "subject", "gpu_index", "message", "severity", "started_at", "resolved_at")
+    out = []
+    for row in rows:
+        firing = dict(zip(keys, row))
+        index = firing.pop("gpu_index")
+        firing["shown"] = f"GPU {index}" if index is not None else firing["subject"]
+        out.append(firing)
+    return out
 
 
 def scope_servers(conn, rule):

@@ -49,8 +49,8 @@ BUILTINS = {
                             "max": MAX_WINDOW_MINUTES}},
     "gpu_throttle": {"severity": "warning", "threshold": None, "minutes": None},
     "gpu_pcie_degraded": {"severity": "warning", "threshold": None, "minutes": None},
-    # Its minutes are a window over the raw samples (kept 48 h); at least 2 samples must be in
-    # it, so 0 would never fire: 1 minute at least.
+    # Its minutes: the temperature held on every raw sample (kept 48 h) for that long, as a
+    # rule's "For" (jobs/alerts.py held_for); 0 is not a duration: 1 minute at least.
     "gpu_temperature": {"severity": "warning",
                         "threshold": {"key": "gpu_temperature_c", "label": "temperature.gpu at least", "unit": "°C",
                                       "min": 0, "max": 150},
