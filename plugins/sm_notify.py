@@ -208,7 +208,8 @@ def _admin_vars(ctx, request):
         c["quiet_note"] = nudge.quiet_note(ncfg, now, c["tz"]) if c.get("tz") else None
         # A stored name this hub does not list (restored auth.db, hand edit): nudges use hub time.
         c["tz_unknown"] = bool(c.get("tz")) and not known_tz(c["tz"])
-    return {"no_smtp": no_smtp(ctx.config), "notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
+    return {"no_smtp": no_smtp(ctx.config),
+            "notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
             "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
                                                                  "#contacts"), "cq": cq,
             "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when,
