@@ -1,5 +1,5 @@
 -- title: GPU-hours
--- description: GPU time held between :since and :until (UTC epoch seconds; default the last 24 h), grouped :by user (default), container or server, on the servers of host group :group (any source; empty = every server). A GPU allocated to a Slurm job with no process on it counts for the job's user (container: job <id>) from allocation on; once the job's processes run it counts through them, never twice. A GPU shared by k owners counts 1/k for each; a report counts until the host's next report, at most one interval, so offline gaps add nothing. gpu_hours, vram_gib_hours (GiB held × hours), avg_utilization_gpu (%, while held); first_hour/last_hour: the first and last hour with use (UTC epoch s, kept for scripts), first_hour_utc/last_hour_utc the same as ISO 8601 UTC. gpu_hours has decimals; the range is counted in hourly steps from the start of the hour holding :since, the current hour up to the last maintenance pass (about a minute).
+-- description: GPU time held between :since and :until (UTC epoch seconds; default the last 24 h), grouped :by user (default), container or server, on the servers of host group :group (any source; empty = every server). A GPU allocated to a Slurm job with no process on it counts for the job's user (container: job <id>) from allocation on; once the job's processes run it counts through them, never twice. A GPU shared by k owners counts 1/k for each; a report counts until the host's next report, at most one interval, so offline gaps add nothing. gpu_hours, vram_gib_hours (GiB held × hours), avg_utilization_gpu (%, while held); first_hour/last_hour: the first and last hour with use (UTC epoch s, kept for scripts), first_hour_utc/last_hour_utc the same as ISO 8601 UTC. gpu_hours has decimals; rows by gpu_hours, most first, equal ones in natural order of owner (dgx-a2 < DGX-A3 < dgx-a10); the range is counted in hourly steps from the start of the hour holding :since, the current hour up to the last maintenance pass (about a minute).
 with params as (
   select
     cast(coalesce(nullif(:since, ''), strftime('%s', 'now') - 86400) as integer) / 3600 * 3600 as since,
@@ -30,4 +30,4 @@ where u.hour >= p.since and u.hour < p.until
   and (coalesce(:group, '') = '' or u.server_id in (select server_id from server_groups where grp = :group))
   and :_scope_processes
 group by 1, 2
-order by gpu_hours desc
+order by gpu_hours desc, natural_key(owner), owner

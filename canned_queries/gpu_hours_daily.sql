@@ -23,4 +23,4 @@ where u.hour >= p.since and u.hour < min(p.until, p.since + 366 * 86400)
   and (coalesce(:group, '') = '' or u.server_id in (select server_id from server_groups where grp = :group))
   and :_scope_processes
 group by 1, 2
-order by 1, 3 desc
+order by 1, 3 desc, natural_key(owner), owner

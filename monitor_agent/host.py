@@ -7,6 +7,7 @@ that goes backwards (reboot, wrap, NIC reset) restarts the delta instead of goin
 negative.
 """
 
+import logging
 import os
 import platform
 import re
@@ -16,6 +17,8 @@ import time
 import psutil
 
 from . import __version__
+
+log = logging.getLogger("server_monitor.agent.host")
 
 # Interfaces that carry no traffic of their own (container plumbing, bridges, tunnels).
 _VIRTUAL_NIC = re.compile(
@@ -81,6 +84,7 @@ class HostCollector:
 
     def __init__(self, machine_id_path="/etc/machine-id", hostname=None, machine_id=None):
         self._hostname = hostname
+        self._name_noted = None  # the host name whose rewrite was logged (once per name)
         self._static = {
             "machine_id": machine_id or read_machine_id(machine_id_path),
             "os": os_pretty_name(),
@@ -162,7 +166,14 @@ class HostCollector:
         rx, tx = self._net_rates()
         boot = psutil.boot_time()
         host = dict(self._static)
-        name = hub_hostname(self._hostname or socket.gethostname()[:253])
+        given = self._hostname or socket.gethostname()[:253]
+        name = hub_hostname(given)
+        if name != given and self._name_noted != given:
+            # Said once per name (not every cycle): the hub lists this host under the name sent.
+            self._name_noted = given
+            log.warning("host name %r is sent as %r: the hub takes only ASCII letters, digits, '.', '-' and '_'"
+                        " (each other character becomes '-'); set hostname: in the agent config to choose the name",
+                        given, name)
         host.update(hostname=name, cpu_count=psutil.cpu_count() or 1, boot_time=boot)
         return {
             "host": host,

@@ -116,7 +116,8 @@ async def render(request, datasette, status=200, **extra):
     ctx = hub.context(datasette)
     actor = request.actor
     args = request.args
-    sq, gq, uq, tq = (args.get(k, "")[:200] for k in ("sq", "gq", "uq", "tq"))
+    # Searches ignore spaces around the words typed (" dgx-a10 " finds dgx-a10).
+    sq, gq, uq, tq = (args.get(k, "").strip()[:200] for k in ("sq", "gq", "uq", "tq"))
     sp, gp, up, tp = (_page_number(request, k) for k in ("sp", "gp", "up", "tp"))
     servers, servers_total = await _page_of(datasette, "admin_servers", actor, sq, sp)
     gpus, gpus_total = await _page_of(datasette, "admin_gpus", actor, gq, gp)
@@ -198,7 +199,7 @@ async def scope_options(request, datasette):
     denied = _forbidden(request, post=False)
     if denied:
         return denied
-    q = (request.args.get("q") or "")[:200]
+    q = (request.args.get("q") or "").strip()[:200]
     limit = SCOPE_ALL_MAX if request.args.get("all") == "1" else SCOPE_OPTIONS
     kind = request.args.get("kind")
     if kind is not None and kind not in SCOPE_SOURCES:

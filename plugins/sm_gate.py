@@ -19,7 +19,7 @@ import json
 import os
 from html import escape
 from http.cookies import SimpleCookie
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import logging
 import threading
@@ -32,7 +32,7 @@ from datasette.views.base import DatasetteError
 import ingest
 from server_monitor.auth import api_tokens, sso
 from server_monitor.serving import analyst, fleet_share, hub
-from server_monitor.serving.queries import ADMIN_QUERIES, DATABASE
+from server_monitor.serving.queries import ADMIN_QUERIES, DATABASE, canned_param_problem
 from server_monitor.storage import dbguard
 from server_monitor.serving.web import STRICT_CSP
 from server_monitor.serving.wsgi_bridge import IngestBridge
@@ -458,6 +458,11 @@ def asgi_wrapper(datasette):
             if actor is not None and actor.get("role") != "viewer" and \
                     await analyst.is_adhoc_sql(scope, datasette, actor):
                 return await ctx.analyst_sql(app, scope, receive, send_with_headers)
+            if scope["method"] in SAFE_METHODS and path.startswith("/" + DATABASE + "/"):
+                # A canned query's id or span that is not a number: 400 naming it (not 200, no rows).
+                bad = canned_param_problem(path, parse_qs(scope.get("query_string", b"").decode("utf-8", "replace")))
+                if bad:
+                    return await send_json(send, 400, {"ok": False, "status": 400, "error": bad})
             if actor is None or scope["method"] in SAFE_METHODS:
                 return await app(scope, receive, send_with_headers)
             try:  # a person's write (an admin's form, an acknowledgement): the next ?fresh=1 fleet document shows it

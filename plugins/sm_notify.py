@@ -160,11 +160,14 @@ async def own_contact(request, datasette):
         # "remove" box removes it.
         url = notify.check_url(_first(form, "url"), schemes) if _first(form, "url").strip() else (
             None if _first(form, "remove_url") == "on" else (ctx.notify_store.contact(actor["id"]) or {}).get("url"))
-        ctx.notify_store.set_contact(actor["id"], _first(form, "email"), url, digest=_first(form, "digest") == "on",
-                                     updated_by=actor["id"], tz=_first(form, "tz"))
+        kept = ctx.notify_store.set_contact(actor["id"], _first(form, "email"), url,
+                                            digest=_first(form, "digest") == "on", updated_by=actor["id"],
+                                            tz=_first(form, "tz"))
     except ContactError as exc:
         return _refused(str(exc), "/account")
-    return Response.redirect("/account?contact=saved")
+    # What the page then says: "saved" (an address), "zone" (only the time zone: nothing is
+    # sent until an address is added) or "removed" (nothing given: nothing kept).
+    return Response.redirect("/account?" + urlencode({"contact": {"address": "saved"}.get(kept, kept)}) + "#contact")
 
 
 def _admin_vars(ctx, request):
@@ -197,7 +200,7 @@ def _admin_vars(ctx, request):
         contact_edit = dict(stored, shown_url=notify.Target(stored["holder"], stored["url"]).shown_url()
                             if stored["url"] else None) if stored else {"holder": request.args["cedit"][:64],
                                                                         "new": True}
-    cq = request.args.get("cq", "")[:200]
+    cq = request.args.get("cq", "").strip()[:200]
     cp = page_number(request.args, "cp")
     contacts, total = ctx.notify_store.contacts_page(cq, CONTACTS_PAGE, (cp - 1) * CONTACTS_PAGE)
     ncfg, now = notify.settings(ctx.config), time.time()
@@ -205,12 +208,20 @@ def _admin_vars(ctx, request):
         c["quiet_note"] = nudge.quiet_note(ncfg, now, c["tz"]) if c.get("tz") else None
         # A stored name this hub does not list (restored auth.db, hand edit): nudges use hub time.
         c["tz_unknown"] = bool(c.get("tz")) and not known_tz(c["tz"])
-    return {"notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
+    return {"no_smtp": no_smtp(ctx.config),
+            "notify_targets": shown, "notify_failures": ctx.notify_store.failures(20), "notify_edit": edit, "contact_edit": contact_edit,
             "notify_contacts": contacts, "contacts_pager": pager(request.args, "/admin", "cp", cp, total, CONTACTS_PAGE,
                                                                  "#contacts"), "cq": cq,
             "notify_severities": SEVERITIES, "notify_test": test, "notify_when": when,
             "nudge_quiet": nudge.quiet_note(ncfg, now), "quiet_hours": ncfg.get("quiet_hours"),
             "time_zones": time_zones()}
+
+
+def no_smtp(config):
+    """True when this hub sends no e-mail (no ``alerts.smtp`` server): an e-mail contact then gets
+    nothing, every nudge to it fails (``contact:<holder>:email`` under Delivery failures), so
+    /account and /admin say so next to the e-mail field and on each such contact."""
+    return not alerts.settings(config).get("smtp")
 
 
 def when(epoch):
@@ -230,7 +241,8 @@ def extra_template_vars(template, request, datasette):
         return {}
     return {"my_contact": ctx.notify_store.contact(actor["id"]) or {}, "notify_when": when,
             "contact_schemes": sorted(notify.settings(ctx.config)["contact_schemes"] or ()), "time_zones": time_zones(),
-            "contact_saved": request.args.get("contact") == "saved"}
+            "contact_saved": request.args.get("contact") if request.args.get("contact") in ("saved", "zone", "removed")
+            else None, "no_smtp": no_smtp(ctx.config)}
 
 
 @hookimpl

@@ -42,10 +42,19 @@ def holder_zones(ctx, actor):
     return ctx.notify_store.zones() if scope["_scope_all"] and scope["_scope_processes"] else {}
 
 
+def holder_nudge_failures(ctx, actor):
+    """``{holder (lower case): epoch s}`` of the holders whose last nudge or digest failed on
+    every contact target (``NotifyStore.failed_contacts``), so the Idle holders panel says
+    "nudge failed" rather than "–"; empty for the viewers :func:`holder_zones` gives nothing."""
+    scope = scope_params(actor)
+    return ctx.notify_store.failed_contacts() if scope["_scope_all"] and scope["_scope_processes"] else {}
+
+
 async def dashboard(request, datasette):
     ctx = hub.context(datasette)
     return await page(datasette, request, "dashboard.html", idle=idle_settings(ctx.config),
-                      idle_zones=holder_zones(ctx, request.actor))
+                      idle_zones=holder_zones(ctx, request.actor),
+                      idle_failed=holder_nudge_failures(ctx, request.actor))
 
 
 async def history(request, datasette):

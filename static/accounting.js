@@ -16,7 +16,9 @@ async function loadDaily(params) {
   const rows = await fetchQuery("gpu_hours_daily", Object.assign({ tz_offset_min: String(-new Date().getTimezoneOffset()) }, params));
   const totals = new Map();
   for (const r of rows) totals.set(r.owner, (totals.get(r.owner) || 0) + r.gpu_hours);
-  const top = [...totals.entries()].sort((a, b) => b[1] - a[1]).slice(0, DAY_COLORS.length).map(([o]) => o);
+  // Most GPU-hours first; equal ones (to the 0.001 h the query rounds to) in natural order, as the table.
+  const top = [...totals.entries()].sort((a, b) => Math.round(b[1] * 1000) - Math.round(a[1] * 1000) || naturalCompare(a[0], b[0]))
+    .slice(0, DAY_COLORS.length).map(([o]) => o);
   const colour = (o) => (top.indexOf(o) >= 0 ? DAY_COLORS[top.indexOf(o)] : "var(--muted)");
   const days = new Map();
   for (let t = range.since; t < range.until; t += 86400) days.set(isoDay(t), []);
@@ -34,9 +36,11 @@ async function loadDaily(params) {
       h("span", { class: "daily-value" }, sum >= 10 ? sum.toFixed(0) : sum.toFixed(1)), stack, h("span", { class: "daily-day" }, day.slice(5)));
   });
   document.getElementById("daily-bars").replaceChildren(...bars);
-  document.getElementById("daily-legend").replaceChildren(...top.map((o) => h("li", {},
-    h("span", { class: "swatch", style: { background: colour(o) } }), o === null ? "(unknown)" : params.by === "user" ? userLink(o) : o)),
-    totals.size > top.length ? h("li", {}, h("span", { class: "swatch", style: { background: "var(--muted)" } }), "others") : null);
+  // No "others" entry unless there are others (replaceChildren(null) would add a text "null").
+  const legend = top.map((o) => h("li", {},
+    h("span", { class: "swatch", style: { background: colour(o) } }), o === null ? "(unknown)" : params.by === "user" ? userLink(o) : o));
+  if (totals.size > top.length) legend.push(h("li", {}, h("span", { class: "swatch", style: { background: "var(--muted)" } }), "others"));
+  document.getElementById("daily-legend").replaceChildren(...legend);
 }
 
 function isoDay(epoch) {
@@ -58,6 +62,11 @@ async function load() {
   const group = document.getElementById("group").value.trim();
   const params = { since: String(range.since), until: String(range.until), by };
   if (group) params.group = group;  // only that host group's servers (docs/api.md "Host groups")
+  // The page's URL says what it shows (?by=server&group=…), to share or reload.
+  const shown = new URLSearchParams(location.search);
+  shown.set("by", by);
+  if (group) shown.set("group", group); else shown.delete("group");
+  history.replaceState(null, "", location.pathname + "?" + shown.toString() + location.hash);
   document.getElementById("owner-head").textContent = { user: "User", container: "Container / job", server: "Server" }[by];
   document.getElementById("csv").href = "/monitor/gpu_hours.csv?" + new URLSearchParams(Object.assign({ _size: "max" }, params)).toString();
   const errorBox = document.getElementById("load-error");
@@ -94,8 +103,12 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".range").forEach((b) => b.addEventListener("click", () => choose(b.dataset.range)));
   document.getElementById("by").addEventListener("change", load);
   document.getElementById("group").addEventListener("change", load);
-  const wanted = new URLSearchParams(location.search).get("group");
+  const asked = new URLSearchParams(location.search);
+  const wanted = asked.get("group");
   if (wanted) document.getElementById("group").value = wanted;
+  // ?by=server (or container, user) picks the grouping; another value is ignored (user).
+  const by = document.getElementById("by");
+  if ([...by.options].some((o) => o.value === asked.get("by"))) by.value = asked.get("by");
   document.getElementById("custom").addEventListener("click", () => {
     const errorBox = document.getElementById("load-error");
     const since = parseIsoDay(document.getElementById("since").value);

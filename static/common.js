@@ -136,6 +136,11 @@ function linkHolders(root) {
   for (const el of (root || document).querySelectorAll("[data-holder]")) el.replaceWith(userLink(el.dataset.holder));
 }
 document.addEventListener("DOMContentLoaded", () => linkHolders(document));
+// Server-rendered tables marked data-phone-labels (/admin, /account): on a phone each cell says
+// its column, like the tables built in JavaScript (labelFromHead).
+document.addEventListener("DOMContentLoaded", () => {
+  for (const table of document.querySelectorAll("table[data-phone-labels]")) if (table.tBodies.length) labelFromHead(table);
+});
 
 // ---- data ------------------------------------------------------------------------
 async function fetchQuery(name, params) {

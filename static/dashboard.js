@@ -640,7 +640,7 @@ function renderWho() {
       h("td", { class: "num" }, String(w.hosts)),
       h("td", { class: "num" + (w.idle ? " warn-text" : "") }, w.idle ? String(w.idle) : "–"));
   }));
-  note.textContent = all.length ? (rows.length < all.length ? rows.length + " of " + all.length + " users" : all.length + " users") + inScopeText(view) +
+  note.textContent = all.length ? (rows.length < all.length ? rows.length + " of " + all.length : String(all.length)) + (all.length === 1 ? " user" : " users") + inScopeText(view) +
     " · a name opens the user's page; ◎ or a container highlights their GPUs" : "Nobody holds a GPU" + inScopeText(view) + " right now.";
 }
 
@@ -679,6 +679,18 @@ function idleHoursText(hours) {
 function idleZones(box) {
   // {holder (lower case): IANA time zone} of the holders' contacts (sm_pages.py holder_zones).
   try { return JSON.parse(box.dataset.zones || "{}") || {}; } catch (e) { return {}; }
+}
+function idleFailures(box, holders, nudgedAt) {
+  // "nudge to bob failed 5m ago": holders whose last nudge failed on every contact target after
+  // the last nudge that arrived (sm_pages.py holder_nudge_failures; /admin → Delivery failures).
+  let failed = {};
+  try { failed = JSON.parse(box.dataset.failed || "{}") || {}; } catch (e) { failed = {}; }
+  const notes = [];
+  for (const name of holders) {
+    const at = failed[String(name).toLowerCase()];
+    if (at && at > nudgedAt) notes.push("nudge to " + name + " failed " + fmtAge(nowHub() - at) + " ago");
+  }
+  return notes.join("; ");
 }
 function quietHour(hour, start, end) {
   return start < end ? hour >= start && hour < end : hour >= start || hour < end;
@@ -736,6 +748,7 @@ function renderIdle() {
       : userLinks(String(g.users).split(","));
     const gpus = g.gpus.sort((a, b) => a - b);
     const held = g.users ? idleHolderQuiet(box, String(g.users).split(",")) : "";
+    const failed = g.users ? idleFailures(box, String(g.users).split(","), g.nudgedAt) : "";
     return h("tr", { dataset: { server: String(g.server_id) } },
       h("td", { class: "idle-user" }, holders),
       h("td", {}, h("button", { type: "button", class: "link-button", dataset: { open: String(g.server_id) } },
@@ -744,7 +757,8 @@ function renderIdle() {
       h("td", { class: "num warn-text idle-for", title: "since " + clock(g.since) }, fmtAge(nowHub() - g.since)),
       // Who the hub nudged about this idle run, and when last (jobs/nudge.py; docs/operations.md).
       h("td", { class: "idle-nudged", title: g.nudgedAt ? "last nudge " + clock(g.nudgedAt) : "" },
-        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : "–",
+        g.nudged.size ? [...userLinks([...g.nudged]), " · " + fmtAge(nowHub() - g.nudgedAt) + " ago"] : (failed ? "" : "–"),
+        failed ? h("span", { class: "warn-text idle-failed", title: "see /admin → Delivery failures" }, (g.nudged.size ? " · " : "") + failed) : null,
         held ? h("span", { class: "muted idle-held" }, " · " + held) : null));
   }));
   document.getElementById("idle-note").textContent = rows.length + " GPU" + (rows.length === 1 ? "" : "s") +

@@ -218,14 +218,19 @@ def wheelhouse(tmp_path_factory):
 
 
 def file_connection(path):
-    """An autocommit sqlite3 connection that remembers its file (``.path``) for Maintenance."""
+    """An autocommit sqlite3 connection that remembers its file (``.path``) for Maintenance, with
+    ``natural_key()`` registered as on every Datasette connection (plugins/sm_natural.py), so the
+    canned queries run here as they run in the hub."""
     import sqlite3
+
+    from server_monitor.core import natural
 
     class Conn(sqlite3.Connection):
         pass
 
     conn = sqlite3.connect(path, isolation_level=None, factory=Conn)
     conn.path = path
+    natural.register(conn)
     return conn
 
 

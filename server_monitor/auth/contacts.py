@@ -100,15 +100,29 @@ def known_tz(name):
     return isinstance(name, str) and name in _zone_set()
 
 
+@functools.lru_cache(maxsize=1)
+def _zones_by_lower():
+    # {lower-case name: [canonical names]}: "europe/zurich" -> ["Europe/Zurich"].
+    found = {}
+    for zone in _zone_set():
+        found.setdefault(zone.lower(), []).append(zone)
+    return found
+
+
 def check_tz(name):
     """``name`` stripped when it is an IANA time zone name the hub knows (:func:`time_zones`,
     e.g. ``Europe/Zurich``, ``Asia/Shanghai``, ``UTC``), None when empty ("hub time").
+    A name that matches exactly one known zone when case is ignored (``europe/zurich``) gives
+    that zone's canonical spelling (``Europe/Zurich``): what is stored and shown.
     Raises :class:`ContactError` naming the field for anything else (a path, a POSIX TZ string,
     an unknown name); the message repeats at most 64 characters of it, for the page to escape."""
     name = (name or "").strip()
     if not name:
         return None
     if not known_tz(name):
+        same = _zones_by_lower().get(name.lower()) if len(name) <= 64 else None
+        if same and len(same) == 1:
+            return same[0]
         raise ContactError(f"Time zone: {name[:64]!r} is not a known IANA time zone name; "
                            "use one like Europe/Zurich or Asia/Shanghai, or leave it empty for hub time.")
     return name
@@ -270,6 +284,21 @@ class NotifyStore:
             "SELECT holder, tz FROM notify_contacts WHERE tz IS NOT NULL ORDER BY holder LIMIT ?", (int(limit),))
             if known_tz(row[1])}
 
+    def failed_contacts(self, limit=5000):
+        """``{holder (lower case): epoch s}`` of the holders whose last delivery failed on every
+        contact target (``notify_status`` rows ``contact:<holder>:email|url``: the newest failure
+        later than any success), with the time of that failure: the Idle holders panel says
+        "nudge failed" instead of "–" (e.g. an e-mail contact on a hub without ``alerts.smtp``).
+        At most ``limit`` status rows are read."""
+        outcome = {}
+        for row in self._conn().execute(
+                "SELECT target, last_ok_at, last_failure_at FROM notify_status WHERE target LIKE 'contact:%'"
+                " ORDER BY target LIMIT ?", (int(limit),)):
+            holder = row["target"][len("contact:"):].rpartition(":")[0].lower()
+            ok, failed = outcome.get(holder, (0, 0))
+            outcome[holder] = (max(ok, row["last_ok_at"] or 0), max(failed, row["last_failure_at"] or 0))
+        return {holder: failed for holder, (ok, failed) in outcome.items() if holder and failed > ok}
+
     def digest_contacts(self):
         """Every contact that wants the weekly digest (``digest`` 1), by holder name, however many."""
         return [dict(row) for row in self._conn().execute(
@@ -303,31 +332,35 @@ class NotifyStore:
         return {row["holder"].lower(): dict(row) for row in rows}
 
     def set_contact(self, holder, email=None, url=None, digest=False, updated_by=None, tz=None):
-        """Store (or, with neither ``email`` nor ``url``, delete) ``holder``'s contact.
+        """Store (or, with neither ``email`` nor ``url`` nor ``tz``, delete) ``holder``'s contact.
         ``email`` and ``tz`` (IANA time zone name, empty/None: hub time; :func:`check_tz`) are
-        checked here; ``url`` must already be checked by the caller. Raises :class:`ContactError`."""
+        checked here; ``url`` must already be checked by the caller. A contact with only a time
+        zone is kept (nothing is sent to it; the zone applies once an address is added, and the
+        Idle holders panel uses it). Returns ``"address"`` (an e-mail or URL is stored),
+        ``"zone"`` (only the zone) or ``"removed"``. Raises :class:`ContactError`."""
         holder = (holder or "").strip()
         if not holder or len(holder) > 64 or any(c.isspace() or ord(c) < 32 for c in holder):
             raise ContactError("A holder name is the user name on the servers (1 to 64 characters, no spaces).")
         email = check_email(email)
         tz = check_tz(tz)
         conn = self._conn()
-        if not email and not url:
+        if not email and not url and not tz:
             conn.execute("DELETE FROM notify_contacts WHERE holder = ?", (holder,))
-            return
+            return "removed"
         conn.execute(
             "INSERT INTO notify_contacts (holder, email, url, digest, updated_at, updated_by, tz) VALUES (?,?,?,?,?,?,?)"
             " ON CONFLICT (holder) DO UPDATE SET email = excluded.email, url = excluded.url,"
             " digest = excluded.digest, updated_at = excluded.updated_at, updated_by = excluded.updated_by,"
             " tz = excluded.tz",
             (holder, email, url or None, 1 if digest else 0, int(time.time()), updated_by, tz))
+        return "address" if email or url else "zone"
 
     def edit_contact(self, holder, email=KEEP, url=KEEP, digest=KEEP, updated_by=None, tz=KEEP):
         """Change only the given parts of ``holder``'s contact, in one transaction: a part left
         at :data:`KEEP` keeps its stored value (a new contact starts empty, no digest, hub time).
         ``email`` "" or None clears it (checked here), ``url`` None clears it (a new one must
         already be checked by the caller), ``digest`` a bool, ``tz`` an IANA name or ""/None for
-        hub time (checked here). With neither e-mail nor URL left the contact is deleted, as
+        hub time (checked here). With neither e-mail, URL nor time zone left the contact is deleted, as
         :meth:`set_contact` does. Returns the stored contact (dict) or None.
         Raises :class:`ContactError`."""
         conn = self._conn()

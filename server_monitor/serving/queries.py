@@ -83,6 +83,41 @@ def config_params(config):
     return values
 
 
+# Parameters of the canned queries that name a row or a span: a value that is not one is a 400
+# naming the parameter (canned_param_problem), not a 200 with no rows.
+INTEGER_PARAMS = frozenset({"server_id", "gpu_id"})
+NUMBER_PARAMS = frozenset({"hours"})
+_INTEGER_RE = re.compile(r"^\s*[+-]?\d{1,18}\s*$")
+_CANNED_PATH_RE = re.compile(r"^/" + DATABASE + r"/(\w+)(?:\.(?:json|csv))?$")
+
+
+def canned_param_problem(path, query):
+    """For a GET of the canned query at ``path`` (``/monitor/<name>``, ``.json`` or ``.csv``) with
+    the parsed query string ``query`` (``{name: [values]}``): the message of a 400 when one of its
+    parameters :data:`INTEGER_PARAMS` (``server_id``, ``gpu_id``: an integer) or
+    :data:`NUMBER_PARAMS` (``hours``: a finite number) has a non-empty value that is not one,
+    e.g. ``"server_id must be an integer (a server's id), not 'abc'"``; None otherwise (other paths,
+    empty values: the query's default). The value is repeated cut to 40 characters."""
+    match = _CANNED_PATH_RE.match(path)
+    if not match or match.group(1) not in QUERIES:
+        return None
+    wanted = named_parameters(QUERIES[match.group(1)]["sql"])
+    for name in sorted((INTEGER_PARAMS | NUMBER_PARAMS) & wanted):
+        for value in query.get(name) or ():
+            if not value.strip():
+                continue
+            if name in INTEGER_PARAMS and not _INTEGER_RE.match(value):
+                return f"{name} must be an integer (an id), not {value[:40]!r}"
+            if name in NUMBER_PARAMS:
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = float("nan")
+                if number != number or number in (float("inf"), float("-inf")):
+                    return f"{name} must be a number, not {value[:40]!r}"
+    return None
+
+
 def named_parameters(sql):
     """The ``:name`` parameters of ``sql`` (comments included; ``::`` casts are not parameters)."""
     return set(re.findall(r"(?<![:\w]):(\w+)", sql))
