@@ -48,6 +48,7 @@ MATRIX = {
     "/admin/scope-options": (302, 403, 403, 403, 200),
     "/admin/rules": (302, 403, 403, 403, 200),
     "/admin/rules/1": (302, 403, 403, 403, 405),
+    "/admin/rules/builtin/gpu_temperature": (302, 403, 403, 403, 405),
     "/api/servers": (401, 200, 200, 200, 200),
     "/api/servers/1": (401, 200, 404, 200, 200),
     "/api/servers/1/history": (401, 200, 404, 200, 200),
