@@ -244,7 +244,22 @@ def _cache_and_builds(tmp_path):
             return fleet.encode(b'{"n":%d}' % len(builds), previous, version)
         return build
 
-    return writer, fleet.FleetCache(path), builds, make
+    # Versions here move with the database only: the 10 s clock bucket (a document's other
+    # expiry, test_the_clock_bucket_moves_the_version) would otherwise turn over inside a
+    # scenario at random, and a version taken before the turn would not equal one taken after it.
+    return writer, fleet.FleetCache(path, bucket_s=10 ** 9), builds, make
+
+
+def test_the_clock_bucket_moves_the_version(tmp_path):
+    """A fleet document also expires when the 10 s clock bucket turns (its ages and "offline"
+    move with the clock even when nobody writes): same data, another bucket, another version."""
+    from server_monitor.serving import fleet
+
+    path = str(tmp_path / "m.db")
+    sqlite3.connect(path).execute("create table t (x)")
+    cache = fleet.FleetCache(path)
+    assert cache.version(now=1000.0) == cache.version(now=1009.9)
+    assert cache.version(now=1009.9) != cache.version(now=1010.0)
 
 
 def test_a_small_fleet_is_never_answered_from_a_reused_document(tmp_path):
@@ -309,11 +324,6 @@ def test_a_slow_fleet_build_is_reused_then_revalidated_in_the_background(tmp_pat
     monkeypatch.setattr(fleet, "MAX_STALE_S", 2.0)
     monkeypatch.setattr(fleet, "REUSE_MIN_SERVERS", 0)  # these builds have no servers
     writer, cache, builds, make = _cache_and_builds(tmp_path)
-    # Versions here move with the database only: the 10 s clock bucket (a document's other
-    # expiry) would otherwise turn over inside the scenario's 4 s at random, and a version taken
-    # before the turn would not equal one taken after it.
-    cache.bucket_s = 10 ** 9
-
     async def timed(coro):
         started = time.monotonic()
         result = await coro
