@@ -13,7 +13,6 @@ page, the search and page in the URL (``sq``/``sp``, ``gq``/``gp``, ``uq``/``up`
 """
 
 import fnmatch
-import secrets
 import time
 from urllib.parse import urlencode
 
@@ -21,6 +20,7 @@ from datasette import hookimpl
 from datasette.utils.asgi import Response
 from datasette_auth_passwords.utils import hash_password
 
+from server_monitor.core import config
 from server_monitor.serving import hub
 from server_monitor.auth import sso, tokens
 from server_monitor.jobs.alerts import identity_text
@@ -260,7 +260,7 @@ async def update_user(request, datasette):
                 return await render(request, datasette, status=400,
                                     error=f"{username} signs in through the lab's sign-on proxy and has no password"
                                           " here: reset it there.")
-            password = secrets.token_urlsafe(12)
+            password = config.new_secret(12)
             password_hash = await ctx.password_work(hash_password, password)
             ctx.accounts.set_password(username, password_hash)
             # A reset is what an admin does for a compromised account: the intruder's API tokens

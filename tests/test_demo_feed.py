@@ -154,3 +154,20 @@ def test_F14_demo_feed_hours_0_is_live_only(ingest_server, hub_config):
     assert conn.execute("SELECT count(*) FROM host_samples").fetchone()[0] == 3
     assert sorted(n for (n,) in conn.execute("SELECT hostname FROM servers")) == ["live-dgx-a01", "live-dgx-b01",
                                                                                    "live-gpu-c01"]
+
+
+def test_new_secrets_never_start_with_a_dash(monkeypatch, tmp_path):
+    """A generated agent token, Prometheus token or first password goes on command lines
+    (``demo_feed.py --token X``): one starting with ``-`` read as an option (argparse exit 2,
+    test_F14_demo_feed_hours_0_is_live_only failed one run in 64). A draw starting with ``-`` is
+    drawn again, and config.create uses it for every secret it writes."""
+    import secrets as secrets_mod
+
+    from server_monitor.core import config as config_mod
+
+    draws = iter(["-starts-with-a-dash", "ok-" + "x" * 40] * 8)
+    monkeypatch.setattr(secrets_mod, "token_urlsafe", lambda nbytes: next(draws))
+    assert config_mod.new_secret(32) == "ok-" + "x" * 40
+    cfg, password = config_mod.create(str(tmp_path / "config.yaml"))
+    assert password == "ok-" + "x" * 40
+    assert cfg.get("agent.token") == cfg.get("prometheus.token") == "ok-" + "x" * 40

@@ -432,6 +432,17 @@ def admin_password_hash(config):
     return cached
 
 
+def new_secret(nbytes):
+    """A random URL-safe text secret of ``nbytes`` random bytes (``secrets.token_urlsafe``) that
+    never starts with ``-``: agent and Prometheus tokens and first passwords are pasted into
+    command lines (``--token X``, ``curl -u admin:X``), where a leading ``-`` reads as an option
+    (argparse: "expected one argument"). One draw in 64 starts with ``-``; it is drawn again."""
+    while True:
+        secret = secrets.token_urlsafe(nbytes)
+        if not secret.startswith("-"):
+            return secret
+
+
 def create(path, username="admin", host="127.0.0.1", port=5100, data_dir=None, password=None):
     """Write a new config with random secrets to ``path`` (mode 0600).
 
@@ -440,13 +451,13 @@ def create(path, username="admin", host="127.0.0.1", port=5100, data_dir=None, p
     Returns ``(Config, password)``; the password exists only in the return value (the
     file stores its PBKDF2 hash). Raises ``FileExistsError`` if the file is already there.
     """
-    password = password or secrets.token_urlsafe(12)
+    password = password or new_secret(12)
     base = os.path.abspath(data_dir) if data_dir else ""
     data = {
         "server": {"host": host, "port": port, "secret_key": secrets.token_hex(32)},
         "auth": {"username": username, "password_hash": hash_password(password)},
-        "agent": {"token": secrets.token_urlsafe(32)},
-        "prometheus": {"token": secrets.token_urlsafe(32)},
+        "agent": {"token": new_secret(32)},
+        "prometheus": {"token": new_secret(32)},
         "data": {"path": os.path.join(base, "monitor.db"), "auth_path": os.path.join(base, "auth.db"),
                  "retention_days": 7},
     }
