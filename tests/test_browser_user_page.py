@@ -101,11 +101,21 @@ def test_F5_phone_tables_keep_their_column_labels_and_a_big_holder_page_is_short
     login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
     page.goto(hub_process.base_url + "/accounting")
     page.click(".range[data-range='7']")
+    page.wait_for_load_state("networkidle")  # the page's first load and the 7-day one both drawn
     first = page.locator("#hours-table tbody tr").first
     expect(first.locator("td").nth(1)).to_have_attribute("data-label", "GPU-hours")
-    labels = first.locator("td").evaluate_all("tds => tds.map((td) => getComputedStyle(td, '::before').content)")
-    assert labels == ['"User: "', '"GPU-hours: "', '"VRAM GiB-hours: "', '"Avg. utilization while held: "',
-                      '"GPUs: "', '"Servers: "'], labels
+    want = ['"User: "', '"GPU-hours: "', '"VRAM GiB-hours: "', '"Avg. utilization while held: "', '"GPUs: "',
+            '"Servers: "']
+    labels_js = ("() => [...document.querySelectorAll('#hours-table tbody tr:first-child td')]"
+                 ".map((td) => getComputedStyle(td, '::before').content)")
+    # The rows in the document now (a row replaced between locating and reading gave '' once, at load 6)
+    try:
+        page.wait_for_function(f"want => JSON.stringify(({labels_js})()) === JSON.stringify(want)", arg=want,
+                               timeout=10_000)
+    except Exception:
+        pass  # the assertion below shows what the cells say
+    labels = page.evaluate(labels_js)
+    assert labels == want, labels
     page.goto(hub_process.base_url + "/users/erin")
     expect(page.locator("#now-summary")).to_contain_text("40 GPUs on 5 servers, 20 idle")
     rows = page.locator("#user-gpus tbody tr")
