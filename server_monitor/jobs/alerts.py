@@ -164,10 +164,12 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
         overrides = builtin_overrides.all_overrides(conn)
     cfg = builtin_overrides.apply(cfg, overrides)
 
-    def fire(rule, severity, server_id, subject, message, since=None):
+    def fire(rule, server_id, subject, message, since=None):
+        # Severity: the override's, else the rule's own (builtin_overrides.BUILTINS, one table of them).
         key = f"{rule}:{server_id}:{subject}"
         override = overrides.get(rule)
-        firing[key] = {"rule": rule, "severity": (override and override["severity"]) or severity,
+        severity = (override and override["severity"]) or builtin_overrides.BUILTINS[rule]["severity"]
+        firing[key] = {"rule": rule, "severity": severity,
                        "server_id": server_id, "subject": subject, "message": message, "since": since}
         if override and override["targets"]:
             firing[key]["targets"] = list(override["targets"])
@@ -177,22 +179,22 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
     for server_id, name, last_seen, interval, state, message, lost, _ in servers.values():
         if is_offline(now, last_seen, interval, cfg["host_offline_minutes"]):
             offline.add(server_id)
-            fire("host_offline", "critical", server_id, "", offline_text(name, now, last_seen, interval), since=last_seen)
+            fire("host_offline", server_id, "", offline_text(name, now, last_seen, interval), since=last_seen)
             continue
 
         def state_onset(server_id=server_id, state=state):
             return streak_start(conn, "host_samples", "server_id = ?", (server_id,), "gpu_state = ?", (state,), now)
         if state in FAILURE_STATES:
             # The driver-mismatch message is NVML's wording of the same thing: not repeated.
-            fire("gpu_failure", "critical", server_id, state, f"{name}: {STATE_TEXT[state]}"
+            fire("gpu_failure", server_id, state, f"{name}: {STATE_TEXT[state]}"
                  + (f" ({message})" if message and state != "driver_mismatch" else ""), since=state_onset)
         elif state in ("timeout", "busy"):
-            fire("collection_stale", "warning", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}",
+            fire("collection_stale", server_id, state, f"{name}: GPU data is stale: {STATE_TEXT[state]}",
                  since=state_onset)
         if state == "gpu_lost" and lost:
             for item in json.loads(lost):
                 bus = item.get("pci.bus_id") or "?"
-                fire("gpu_lost", "critical", server_id, canonical_bus_id(bus),
+                fire("gpu_lost", server_id, canonical_bus_id(bus),
                      f"{name}: GPU {bus} is lost ({item.get('message') or ''})", since=state_onset)
     for gpu_id, server_id, index, bus, gpu_name, last_ts in conn.execute(
             "SELECT id, server_id, gpu_index, pci_bus_id, name, last_ts FROM gpus WHERE present = 0 AND removed_at IS NULL"
@@ -209,7 +211,7 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
             firing[key]["since"] = gone_since
             continue
         if server_id in servers and server_id not in offline:
-            fire("gpu_lost", "critical", server_id, subject,
+            fire("gpu_lost", server_id, subject,
                  f"{servers[server_id][1]}: GPU {index} ({bus}, {gpu_name}) is missing from the latest report",
                  since=gone_since)
     for gpu_id, server_id, index, ecc, remap, retire, failure, state in conn.execute(
@@ -229,7 +231,7 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
                 what.append("row remapping pending (reset needed)")
             if retire:
                 what.append("page retirement pending (reset needed)")
-            fire("gpu_ecc", "critical", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}",
+            fire("gpu_ecc", server_id, f"gpu{gpu_id}", f"{servers[server_id][1]}: GPU {index}: {', '.join(what)}",
                  since=(lambda gpu_id=gpu_id: streak_start(conn, "gpu_samples", "gpu_id = ?", (gpu_id,),
                                                            "ecc_errors_uncorrected_volatile_total > 0", (), now))
                  if ecc else None)
@@ -244,7 +246,7 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
             continue
         slow = gpu_health.reason_names((active or 0) & gpu_health.HW_SLOWDOWN_MASK)
         if slow:
-            fire("gpu_throttle", "warning", server_id, f"gpu{gpu_id}",
+            fire("gpu_throttle", server_id, f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} is throttled by {', '.join(slow)}",
                  since=lambda gpu_id=gpu_id: streak_start(conn, "gpu_samples", "gpu_id = ?", (gpu_id,),
                                                           "(clocks_event_reasons_active & ?) != 0",
@@ -252,7 +254,7 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
         degraded = gpu_health.pcie_degraded({"pcie_link_gen_current": gen, "pcie_link_gen_max": gen_max,
                                              "pcie_link_width_current": width, "pcie_link_width_max": width_max})
         if busy and degraded:
-            fire("gpu_pcie_degraded", "warning", server_id, f"gpu{gpu_id}",
+            fire("gpu_pcie_degraded", server_id, f"gpu{gpu_id}",
                  f"{servers[server_id][1]}: GPU {index} is busy on a degraded link ({degraded})")
     critical_xids = sorted(CRITICAL_XIDS)
     # The alert text never names the process (pid, name): every viewer in scope reads it in
@@ -267,7 +269,7 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
             [now - cfg["xid_minutes"] * 60] + critical_xids):
         if server_id in servers and server_id not in offline:
             gpu = f"GPU {index} ({bus})" if index is not None else f"GPU {bus}"
-            fire("gpu_xid", "critical", server_id, f"{bus}:xid{xid}",
+            fire("gpu_xid", server_id, f"{bus}:xid{xid}",
                  f"{servers[server_id][1]}: {gpu}: Xid {xid} {name or ''}".strip(), since=ts)
     # "For N min" as a rule made on /admin/rules means it (held_for): the condition held on the
     # newest sample at or before now - N min and on every sample since, whatever the agent's
@@ -287,7 +289,7 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
         was_open = f"gpu_temperature:{server_id}:gpu{gpu_id}" in hot_open
         if not held_for(conn, "gpu_samples", *key, hot_sql, (hot,), now, minutes * 60, anchored=not was_open):
             continue
-        fire("gpu_temperature", "warning", server_id, f"gpu{gpu_id}",
+        fire("gpu_temperature", server_id, f"gpu{gpu_id}",
              f"{servers[server_id][1]}: GPU {index} at {_num(temperature)} °C (≥ {_num(hot)} °C) for {minutes} min",
              since=lambda key=key: streak_start(conn, "gpu_samples", *key, hot_sql, (hot,), now))
     for server_id, mount, percent in conn.execute(
@@ -295,14 +297,14 @@ def evaluate(conn, now, cfg, rules=(), overrides=None):
             " JOIN disk_samples d ON d.server_id = s.id AND d.ts = s.last_ts"
             " WHERE d.total_bytes > 0 AND 100.0 * d.used_bytes / d.total_bytes >= ?", (cfg["disk_percent"],)):
         if server_id in servers and server_id not in offline:
-            fire("disk_full", "warning", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full",
+            fire("disk_full", server_id, mount, f"{servers[server_id][1]}: {mount} is {percent:.0f} % full",
                  since=lambda server_id=server_id, mount=mount: streak_start(
                      conn, "disk_samples", "server_id = ? AND mountpoint = ?", (server_id, mount),
                      "total_bytes > 0 AND 100.0 * used_bytes / total_bytes >= ?", (cfg["disk_percent"],), now))
     for event_id, server_id, kind, hostname, previous, other, ts in conn.execute(
             "SELECT e.id, e.server_id, e.kind, e.hostname, e.previous, e.other_server_id, e.ts FROM host_identity_events e"
             " JOIN servers s ON s.id = e.server_id WHERE e.accepted_at IS NULL AND s.status != 'maintenance'"):
-        fire("host_identity", "warning", server_id, f"event{event_id}",
+        fire("host_identity", server_id, f"event{event_id}",
              identity_text(kind, hostname, previous, other, scoped=True) + " (accept it on /admin if expected)",
              since=ts)
     builtin = dict(firing)

@@ -5,6 +5,7 @@ JSON endpoints that run them directly (``plugins/sm_api.py``).
 """
 
 import json
+import math
 import os
 import re
 
@@ -87,7 +88,7 @@ def config_params(config):
 # naming the parameter (canned_param_problem), not a 200 with no rows.
 INTEGER_PARAMS = frozenset({"server_id", "gpu_id"})
 NUMBER_PARAMS = frozenset({"hours"})
-_INTEGER_RE = re.compile(r"^\s*[+-]?\d{1,18}\s*$")
+_INTEGER_RE = re.compile(r"^\s*[+-]?[0-9]{1,18}\s*$")  # ASCII digits (\d takes any Unicode digit)
 _CANNED_PATH_RE = re.compile(r"^/" + DATABASE + r"/(\w+)(?:\.(?:json|csv))?$")
 
 
@@ -99,10 +100,7 @@ def canned_param_problem(path, query):
     e.g. ``"server_id must be an integer (a server's id), not 'abc'"``; None otherwise (other paths,
     empty values: the query's default). The value is repeated cut to 40 characters."""
     match = _CANNED_PATH_RE.match(path)
-    if not match or match.group(1) not in QUERIES:
-        return None
-    wanted = named_parameters(QUERIES[match.group(1)]["sql"])
-    for name in sorted((INTEGER_PARAMS | NUMBER_PARAMS) & wanted):
+    for name in _CHECKED_PARAMS.get(match.group(1), ()) if match else ():
         for value in query.get(name) or ():
             if not value.strip():
                 continue
@@ -110,10 +108,10 @@ def canned_param_problem(path, query):
                 return f"{name} must be an integer (an id), not {value[:40]!r}"
             if name in NUMBER_PARAMS:
                 try:
-                    number = float(value)
+                    finite = math.isfinite(float(value))
                 except ValueError:
-                    number = float("nan")
-                if number != number or number in (float("inf"), float("-inf")):
+                    finite = False
+                if not finite:
                     return f"{name} must be a number, not {value[:40]!r}"
     return None
 
@@ -121,6 +119,11 @@ def canned_param_problem(path, query):
 def named_parameters(sql):
     """The ``:name`` parameters of ``sql`` (comments included; ``::`` casts are not parameters)."""
     return set(re.findall(r"(?<![:\w]):(\w+)", sql))
+
+
+# Each canned query's parameters that canned_param_problem checks, sorted (read once, not per request).
+_CHECKED_PARAMS = {name: sorted((INTEGER_PARAMS | NUMBER_PARAMS) & named_parameters(q["sql"]))
+                   for name, q in QUERIES.items()}
 
 
 async def run(datasette, name, actor, **params):
