@@ -230,6 +230,11 @@ def test_item2_offline_alert_waits_for_the_agents_own_interval(hub):
     ({"kind": "gpu_temperature", "threshold": "hot"}, "threshold"),
     ({"kind": "gpu_temperature", "threshold": "500"}, "threshold"),
     ({"kind": "gpu_temperature", "threshold": "nan"}, "threshold"),
+    # float() takes each of these; a threshold is an ASCII decimal number as typed, nothing else
+    ({"kind": "gpu_temperature", "threshold": "8_0"}, "threshold"),
+    ({"kind": "gpu_temperature", "threshold": "\u0668\u0668"}, "threshold"),  # Arabic-Indic 88
+    ({"kind": "gpu_temperature", "threshold": "-inf"}, "threshold"),
+    ({"kind": "gpu_temperature", "threshold": "1e999"}, "threshold"),
     ({"kind": "cpu_magic"}, "kind"),
     ({"kind": "host_offline", "duration_minutes": "5"}, "duration_minutes"),
     ({"kind": "gpu_memory", "duration_minutes": "-1"}, "duration_minutes"),

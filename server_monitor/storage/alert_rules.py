@@ -55,6 +55,20 @@ TARGET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # A row id as text: ASCII digits, short enough for SQLite's 64-bit integers ("²" or a 30-digit
 # number would raise in int() or in SQLite, a 500 instead of a message).
 _DIGITS = re.compile(r"[0-9]{1,15}")
+# A decimal number in ASCII ("88", "88.5", "-1", "1e2"); float() alone also takes "nan", "inf",
+# "٨٨" (Arabic-Indic digits), "1_000" and surrounding white space.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+
+def parse_decimal(key, raw):
+    """``raw`` (form text) as a float when it is a finite ASCII decimal number of at most 40
+    characters; raises :class:`RuleError` naming ``key`` otherwise. Bounds are the caller's."""
+    if len(raw) > 40 or not _DECIMAL.fullmatch(raw):
+        raise RuleError(key, f"{raw[:40]!r} is not a number")
+    value = float(raw)
+    if not math.isfinite(value):  # "1e999"
+        raise RuleError(key, f"{raw!r} is not a finite number")
+    return value
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 COLUMNS = ("id", "name", "kind", "threshold", "duration_minutes", "severity", "scope", "scope_group",
@@ -108,11 +122,8 @@ def parse(form, server_exists=None):
     elif not raw:
         threshold = float(spec["default"])
     else:
-        try:
-            threshold = float(raw)
-        except ValueError:
-            raise RuleError("threshold", f"{raw[:40]!r} is not a number") from None
-        if not math.isfinite(threshold) or not spec["min"] <= threshold <= spec["max"]:
+        threshold = parse_decimal("threshold", raw)
+        if not spec["min"] <= threshold <= spec["max"]:
             raise RuleError("threshold", f"must be {spec['min']} to {spec['max']} {spec['unit']}")
     raw = _text(form, "duration_minutes") or "0"
     if not _DIGITS.fullmatch(raw) or int(raw) > MAX_DURATION_MINUTES:

@@ -25,7 +25,7 @@ import math
 import re
 import time
 
-from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_targets, rename_target_in, stored_targets
+from .alert_rules import MAX_DURATION_MINUTES, SEVERITIES, RuleError, parse_decimal, parse_targets, rename_target_in, stored_targets
 
 log = logging.getLogger("server_monitor.alerts")
 
@@ -62,9 +62,6 @@ BUILTINS = {
 }
 
 COLUMNS = ("rule", "enabled", "threshold", "minutes", "severity", "targets", "updated_by", "updated_at")
-# A decimal number in ASCII ("88", "88.5", "-1", "1e2"); float() alone also takes "nan", "inf",
-# "٨٨" (Arabic-Indic digits) and "1_000".
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
 _DIGITS = re.compile(r"[0-9]{1,15}")
 
 
@@ -106,10 +103,8 @@ def parse(name, form):
                 raise RuleError(key, f"{where}, a whole number")
             fields[key] = int(raw)
             continue
-        if len(raw) > 40 or not _NUMBER.fullmatch(raw):
-            raise RuleError(key, f"{raw[:40]!r} is not a number")
-        value = float(raw)
-        if not math.isfinite(value) or not bounds["min"] <= value <= bounds["max"]:
+        value = parse_decimal(key, raw)
+        if not bounds["min"] <= value <= bounds["max"]:
             raise RuleError(key, where)
         fields[key] = value
     severity = _text(form, "severity")
