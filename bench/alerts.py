@@ -1,6 +1,6 @@
 """One alert evaluation pass at fleet size, built-in rules alone and with rules made in /admin.
 
-    .venv/bin/python -m bench alerts [--servers 1000] [--reports 11] [--passes 5] [--db PATH]
+    .venv/bin/python -m bench alerts [--servers 1000] [--reports 11] [--passes 5] [--db PATH] [--long]
 
 Grows a lab-like fleet (``bench/fleet_fixture.py``: 8 H100-class GPUs a host, a quarter free,
 some held idle, one host offline, one hot GPU, four clusters as host groups) through the hub's
@@ -9,7 +9,9 @@ read), then times what the alert thread runs every ``alerts.interval_s``: ``eval
 built-in rules of config.yaml), the same with :data:`OVERRIDES` stored (where the revision has
 editable built-in rules), then ``evaluate()`` with :data:`RULES` (every kind, group,
 server and model scopes, durations of 5 and 10 minutes), each the median of ``--passes`` passes,
-and one whole ``AlertEngine.run_once`` pass in steady state (alerts already stored). With an
+and one whole ``AlertEngine.run_once`` pass in steady state (alerts already stored). ``--long`` adds
+:data:`LONG_RULES` with a duration of the whole history (at most 1,440 minutes), the worst case
+of ``held_for``: every GPU whose condition holds has every sample of its window read. With an
 older revision (no ``alert_rules``) only the built-in pass is timed. Prints one JSON line.
 """
 
@@ -53,6 +55,13 @@ RULES = [
     {"name": "one host", "kind": "gpu_memory", "threshold": "10", "scope": "server", "scope_server_id": "1"},
 ]
 
+# The rules of the --long pass: conditions that hold on many GPUs for the whole history.
+LONG_RULES = [
+    {"name": "warm (every GPU)", "kind": "gpu_temperature", "threshold": "20"},
+    {"name": "memory in use", "kind": "gpu_memory", "threshold": "10"},
+    {"name": "held idle", "kind": "gpu_idle_held", "threshold": "5"},
+]
+
 
 class Config:
     def get(self, key, default=None):
@@ -74,6 +83,9 @@ def main():
     parser.add_argument("--reports", type=int, default=11, help="reports a host, one minute apart")
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--db", help="reuse (or create) this database instead of a temporary one")
+    parser.add_argument("--long", action="store_true",
+                        help="also time rules whose duration is the whole history (--reports - 1 minutes, at most"
+                             " 1,440): every GPU whose condition holds has its whole window read")
     args = parser.parse_args()
     path = args.db or os.path.join(tempfile.mkdtemp(prefix="sm-alerts-"), "monitor.db")
     now = int(time.time())
@@ -120,6 +132,19 @@ def main():
         for rule in rules:
             out["per_rule_ms"][rule["name"]], found = median_ms(
                 lambda rule=rule: alerts.evaluate_rule(conn, now, cfg, rule), args.passes)
+        if args.long:
+            minutes = str(min(args.reports - 1, alert_rules.MAX_DURATION_MINUTES))
+            out["long_minutes"], out["long_ms"], out["long_alerts"] = int(minutes), {}, {}
+            with conn:
+                for form in LONG_RULES:
+                    alert_rules.create(conn, alert_rules.parse(dict({"severity": "warning", "enabled": "on",
+                                                                     "duration_minutes": minutes}, **form)), "bench", now)
+            for rule in alert_rules.all_rules(conn, enabled_only=True):
+                if rule["name"] not in {form["name"] for form in LONG_RULES}:
+                    continue
+                out["long_ms"][rule["name"]], found = median_ms(
+                    lambda rule=rule: alerts.evaluate_rule(conn, now, cfg, rule), args.passes)
+                out["long_alerts"][rule["name"]] = len(found)
     conn.close()
 
     class Quiet:
