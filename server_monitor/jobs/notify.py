@@ -38,6 +38,7 @@ header can be injected.
 import concurrent.futures
 import json
 import logging
+import queue
 import re
 import threading
 import time
@@ -299,6 +300,62 @@ def _utc(epoch):
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))
 
 
+class DeliveryPool:
+    """Runs deliveries on at most ``workers`` daemon threads, started on first use;
+    :meth:`submit` returns a ``concurrent.futures.Future``.
+
+    Not a ``ThreadPoolExecutor``: the interpreter joins an executor's threads at exit, so a
+    delivery hanging on an unanswering target (up to ``notifications.timeout_s``, for each one
+    queued) held the hub's exit after SIGTERM. Daemon threads do not: a notice cut short by the
+    exit was never marked sent (``alerts.last_notified_at``), so the first pass after the restart
+    sends it. One pool serves the whole process (:func:`delivery_pool`), so the notifiers built
+    per request (``/admin`` tests, the rules page) add no threads."""
+
+    def __init__(self, workers, name="notify"):
+        self.workers, self.name = max(1, int(workers)), name
+        self._queue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = threading.Semaphore(0)
+
+    def submit(self, fn, *args):
+        """Queue ``fn(*args)``; its Future holds the result or the exception."""
+        future = concurrent.futures.Future()
+        self._queue.put((future, fn, args))
+        if not self._idle.acquire(blocking=False):  # no thread waiting: start one, up to workers
+            with self._lock:
+                if self._threads < self.workers:
+                    self._threads += 1
+                    threading.Thread(target=self._run, name=f"{self.name}_{self._threads}", daemon=True).start()
+        return future
+
+    def _run(self):
+        while True:
+            future, fn, args = self._queue.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # the Future carries it to whoever waits
+                    future.set_exception(exc)
+            del future, fn, args
+            self._idle.release()
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def delivery_pool(workers):
+    """The process's :class:`DeliveryPool`, grown to ``workers`` threads at most when a notifier
+    asks for more than it had."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = DeliveryPool(workers)
+        _POOL.workers = max(_POOL.workers, int(workers))
+        return _POOL
+
+
 class Notifier:
     """Sends notices to the targets (see the module docstring).
 
@@ -315,7 +372,7 @@ class Notifier:
         self.store = store
         self.timeout = float(self.ncfg["timeout_s"])
         self.http = http or urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=self.timeout))
-        self._pool = concurrent.futures.ThreadPoolExecutor(int(self.ncfg["workers"]), thread_name_prefix="notify")
+        self._pool = delivery_pool(int(self.ncfg["workers"]))
         self._deadline = None
         # The hub's address for links when alerts.dashboard_url is not set (server.public_url).
         self.public_url = None
