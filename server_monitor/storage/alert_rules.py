@@ -69,6 +69,8 @@ def parse_decimal(key, raw):
     if not math.isfinite(value):  # "1e999"
         raise RuleError(key, f"{raw!r} is not a finite number")
     return value
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 
 COLUMNS = ("id", "name", "kind", "threshold", "duration_minutes", "severity", "scope", "scope_group",
