@@ -47,6 +47,16 @@ done
 if [ "$PARALLEL" = 1 ]; then
   # --no-loadscope-reorder: files go to workers in collection order, which tests/conftest.py
   # starts with the longest files (LONG_FILES), instead of xdist's most-tests-first order.
-  ARGS=(-n "${SM_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "${ARGS[@]}")
+  # Tests marked "timing" hold a wall-clock figure of a done-when (the dashboard filter's
+  # keystroke-to-repaint at 1,000 servers): they run afterwards, alone, so the other workers'
+  # browsers and hubs on the same cores are not part of the figure. Both phases always run;
+  # the suite fails when either does.
+  rc=0
+  "$ROOT/.venv/bin/python" -m pytest -n "${SM_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder \
+    -m "not timing" "${ARGS[@]}" || rc=$?
+  timing=0
+  "$ROOT/.venv/bin/python" -m pytest -p no:xdist -m timing "${ARGS[@]}" || timing=$?
+  if [ "$timing" != 0 ] && [ "$timing" != 5 ]; then rc=$timing; fi  # 5: no test is marked (a -k chose others)
+  exit "$rc"
 fi
 exec "$ROOT/.venv/bin/python" -m pytest "${ARGS[@]}"

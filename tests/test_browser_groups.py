@@ -125,6 +125,7 @@ def test_item2_group_sections_summary_heatstrip_group_by_and_filter(page, hub_pr
     assert page.console_errors == []
 
 
+@pytest.mark.timing  # scripts/test.sh runs it alone, after the parallel phase
 def test_item2_filter_repaints_within_100ms_at_1000_servers(page, hub_process, hub_config):
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import fleet_fixture
