@@ -53,6 +53,9 @@ function attachSearch(root, onPick, extraButtons, kind) {
       answer.total + (answer.total === 1 ? " match." : " matches.");
   };
   input.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(show, SEARCH_DELAY_MS); });
+  // Text already in the box (typed while the page was still loading, or put back by the
+  // browser on Back) is searched at once: no input event will come for it.
+  if (input.value.trim()) show();
   input.addEventListener("keydown", (e) => {
     if (e.key === "Enter") {  // never submit the form from the search box: take the first match
       e.preventDefault();

@@ -75,7 +75,8 @@ def test_item3_admin_search_and_scope_by_search(browser, hub_process, hub_config
     # The user list: search, and the scope editor shows the chosen servers as chips.
     page.goto(hub_process.base_url + "/admin?uq=colleague#users")
     expect(page.locator("#user-table tbody")).to_contain_text("11 servers: racka-node07, rackb-node33, rackc-node10 …")
-    page.click("#user-table a:text('Edit role and scope')")
+    with page.expect_navigation():  # and its deferred scripts: the chips are there before them
+        page.click("#user-table a:text('Edit role and scope')")
     expect(page.locator("#user-scope .chip")).to_have_count(11)
     page.locator("#user-scope .chips-clear").click()
     page.locator("#user-scope .picker-search").fill("racka-node01")
@@ -85,6 +86,28 @@ def test_item3_admin_search_and_scope_by_search(browser, hub_process, hub_config
     expect(page.locator("#user-table tbody")).to_contain_text("1 server: racka-node01")
     assert errors == []
     context.close()
+
+
+def test_item3_text_typed_before_the_pickers_script_ran_is_searched(browser, hub_process, hub_config):
+    """A fresh-clone run typed into the scope picker before ``admin.js`` (deferred) had attached
+    it: the input event went nowhere and no match ever showed. Text already in the box (typed
+    while the page loads, or put back by the browser on Back) is now searched when it attaches."""
+    from playwright.sync_api import expect
+
+    grow(hub_config.db_path, [f"early-node{i:02d}" for i in range(12)], gpus=1)
+    page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+    login(page, hub_process.base_url, hub_config.get("auth.username"), hub_config.password)
+    held = []
+    page.route("**/static/admin.js", lambda route: held.append(route))  # the script waits until the text is typed
+    page.goto(hub_process.base_url + "/admin", wait_until="commit")
+    page.fill("#invite-scope .picker-search", "early-node07")
+    while not held:
+        page.wait_for_timeout(50)
+    held[0].continue_()
+    picker = page.locator("#invite-scope")
+    expect(picker.locator(".picker-option", has_text="early-node07")).to_be_visible()
+    expect(picker.locator(".picker-status")).to_have_text("1 match.")
+    page.context.close()
 
 
 def test_item3_item4_phone_width_has_no_horizontal_overflow(browser, hub_process, hub_config):
