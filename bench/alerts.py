@@ -6,7 +6,8 @@ Grows a lab-like fleet (``bench/fleet_fixture.py``: 8 H100-class GPUs a host, a 
 some held idle, one host offline, one hot GPU, four clusters as host groups) through the hub's
 own write path, ``--reports`` reports a host one minute apart (the history the rules' durations
 read), then times what the alert thread runs every ``alerts.interval_s``: ``evaluate()`` (the
-built-in rules of config.yaml), the same with :data:`OVERRIDES` stored (where the revision has
+built-in rules of config.yaml; the planner's statistics first, as the hub's maintenance gathers
+them: ``rollup.refresh_statistics``), the same with :data:`OVERRIDES` stored (where the revision has
 editable built-in rules), then ``evaluate()`` with :data:`RULES` (every kind, group,
 server and model scopes, durations of 5 and 10 minutes), each the median of ``--passes`` passes,
 and one whole ``AlertEngine.run_once`` pass in steady state (alerts already stored). ``--long`` adds
@@ -24,7 +25,7 @@ import time
 
 from bench import fleet_fixture
 from server_monitor.jobs import alerts
-from server_monitor.storage import schema
+from server_monitor.storage import rollup, schema
 
 try:
     from server_monitor.storage import alert_rules
@@ -98,11 +99,18 @@ def main():
     cfg = alerts.settings(Config())
     schema.migrate(path)  # a database kept from an older revision is brought up to this one's schema
     conn = schema.connect(path)
+    # The planner's statistics as the hub's maintenance leaves them (its next pass would gather
+    # them on a database grown this much); a revision without the step plans without them.
+    refresh = getattr(rollup, "refresh_statistics", None)
+    statistics_step = refresh(conn) if refresh else "none"
+    conn.close()
+    conn = schema.connect(path)  # a connection reads the statistics when it loads the schema
     # The clock of the fleet's newest report (plus 5 s), so a reused database is timed in the
     # same state (the same hosts offline, the same windows) whenever and by whichever code.
     now = conn.execute("SELECT max(last_seen) FROM servers").fetchone()[0] + 5
     out = {"servers": args.servers, "gpus": conn.execute("SELECT count(*) FROM gpus").fetchone()[0],
-           "gpu_samples": conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0], "grow_s": round(grow_s, 1)}
+           "gpu_samples": conn.execute("SELECT count(*) FROM gpu_samples").fetchone()[0], "grow_s": round(grow_s, 1),
+           "statistics": statistics_step}
     out["builtin_ms"], firing = median_ms(lambda: alerts.evaluate(conn, now, cfg), args.passes)
     out["builtin_alerts"] = len(firing)
     if builtin_overrides is not None:
